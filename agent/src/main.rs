@@ -1,0 +1,2 @@
+//! `tributary-agent`: the edge daemon (see the Agent issue; not built yet).
+fn main() {}

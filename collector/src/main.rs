@@ -1,0 +1,2 @@
+//! `tributary-collector`: the central service (see the Collector issue; not built yet).
+fn main() {}

@@ -1,0 +1,6 @@
+//! # tributary-firmware
+//!
+//! The code that runs on microcontrollers: sensor drivers written against
+//! `embedded-hal` 1.0, fixed-size windowed pre-aggregation and a reliable
+//! framed link to the gateway. `#![no_std]` and allocation-free.
+#![no_std]

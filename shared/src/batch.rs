@@ -1,0 +1,227 @@
+//! Agent → collector batches of partial aggregates, and the collector's
+//! confirmations (DESIGN §4, §5).
+//!
+//! A [`Batch`] is identified by (agent, seq); the collector applies each
+//! identity once and then publishes a [`Confirm`] listing the sequences it has
+//! durably applied, after which the agent may delete them from its outbox.
+//!
+//! Two encodings carry the same structure:
+//! - JSON (`serde_json`), the default, readable with any MQTT tool; it is an
+//!   object whose `v` field is the format version;
+//! - compact binary: the byte [`BINARY_MAGIC`], then postcard with the
+//!   version as its first field.
+//!
+//! [`Batch::decode`] tells them apart by the first byte, reads the version
+//! before anything else and rejects versions it does not know.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::series::{validate_id, KeyError, SeriesKey};
+use crate::summary::Summary;
+use crate::window::Window;
+
+/// The batch format version this crate speaks.
+pub const BATCH_VERSION: u16 = 1;
+/// The first byte of the binary encoding (never the start of JSON text).
+pub const BINARY_MAGIC: u8 = 0xB7;
+
+/// One closed (or revised) window of one series, as merged at an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partial {
+    /// The series.
+    pub series: SeriesKey,
+    /// The window (start aligned to width).
+    pub window: Window,
+    /// The summary of the readings this agent saw in the window (for a
+    /// revision, only the late readings).
+    pub summary: Summary,
+}
+
+/// A batch of partials from one agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Format version; always [`BATCH_VERSION`] when built by this crate.
+    pub v: u16,
+    /// The agent id (a valid id, matching the publishing topic).
+    pub agent: String,
+    /// The agent's batch sequence number, persisted across restarts.
+    pub seq: u64,
+    /// The agent's watermark (ms): it believes it has seen every reading
+    /// before this event time.
+    pub watermark: i64,
+    /// Readings the agent had to drop (outbox full at its floor) since the
+    /// previous batch.
+    #[serde(default)]
+    pub dropped_readings: u64,
+    /// The partial aggregates.
+    pub partials: Vec<Partial>,
+}
+
+/// The collector's confirmation of durably applied batches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirm {
+    /// Format version.
+    pub v: u16,
+    /// The agent whose batches are confirmed.
+    pub agent: String,
+    /// The batch sequences applied (including ones that were duplicates).
+    pub seqs: Vec<u64>,
+}
+
+/// Why a batch or confirmation was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// The payload is empty.
+    #[error("empty payload")]
+    Empty,
+    /// The first byte is neither `{`/whitespace (JSON) nor the binary magic.
+    #[error("unknown payload format (first byte {0:#04x}); expected JSON or binary magic {BINARY_MAGIC:#04x}")]
+    UnknownFormat(u8),
+    /// A version this build does not know.
+    #[error("unknown batch format version {0} (this build speaks {BATCH_VERSION})")]
+    UnknownVersion(u16),
+    /// Invalid JSON or a JSON value that breaks an invariant.
+    #[error("invalid JSON batch: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Invalid binary encoding or a value that breaks an invariant.
+    #[error("invalid binary batch: {0}")]
+    Binary(postcard::Error),
+    /// The agent id is invalid.
+    #[error("invalid agent id: {0}")]
+    Agent(#[from] KeyError),
+}
+
+/// The payload encoding of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// JSON text.
+    #[default]
+    Json,
+    /// Compact binary (magic byte + postcard).
+    Binary,
+}
+
+impl fmt::Display for Encoding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Encoding::Json => "json",
+            Encoding::Binary => "binary",
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct VersionProbe {
+    v: Option<u16>,
+}
+
+impl Batch {
+    /// A batch of this crate's version.
+    pub fn new(agent: impl Into<String>, seq: u64, watermark: i64, partials: Vec<Partial>) -> Self {
+        Batch {
+            v: BATCH_VERSION,
+            agent: agent.into(),
+            seq,
+            watermark,
+            dropped_readings: 0,
+            partials,
+        }
+    }
+
+    /// The number of readings the partials hold.
+    pub fn readings(&self) -> u64 {
+        self.partials.iter().map(|p| p.summary.count()).sum()
+    }
+
+    /// Encodes the batch.
+    pub fn encode(&self, encoding: Encoding) -> Vec<u8> {
+        match encoding {
+            // Serialising these types cannot fail: all map keys are strings.
+            Encoding::Json => serde_json::to_vec(self).unwrap_or_default(),
+            Encoding::Binary => {
+                let mut out = alloc::vec![BINARY_MAGIC];
+                out.extend(postcard::to_allocvec(self).unwrap_or_default());
+                out
+            }
+        }
+    }
+
+    /// Decodes and validates a batch in either encoding.
+    pub fn decode(bytes: &[u8]) -> Result<Batch, BatchError> {
+        let first = *bytes.first().ok_or(BatchError::Empty)?;
+        let batch = match first {
+            BINARY_MAGIC => {
+                let body = &bytes[1..];
+                let (v, _) = postcard::take_from_bytes::<u16>(body).map_err(BatchError::Binary)?;
+                if v != BATCH_VERSION {
+                    return Err(BatchError::UnknownVersion(v));
+                }
+                match postcard::take_from_bytes::<Batch>(body) {
+                    Ok((b, [])) => b,
+                    Ok(_) => {
+                        return Err(BatchError::Binary(postcard::Error::DeserializeBadEncoding))
+                    }
+                    Err(e) => return Err(BatchError::Binary(e)),
+                }
+            }
+            b'{' | b' ' | b'\t' | b'\r' | b'\n' => match serde_json::from_slice::<Batch>(bytes) {
+                Ok(b) => b,
+                Err(e) => {
+                    // A newer version may not even parse: say so rather than
+                    // report a confusing field error.
+                    if let Ok(VersionProbe { v: Some(v) }) = serde_json::from_slice(bytes) {
+                        if v != BATCH_VERSION {
+                            return Err(BatchError::UnknownVersion(v));
+                        }
+                    }
+                    return Err(BatchError::Json(e));
+                }
+            },
+            other => return Err(BatchError::UnknownFormat(other)),
+        };
+        if batch.v != BATCH_VERSION {
+            return Err(BatchError::UnknownVersion(batch.v));
+        }
+        validate_id("agent id", &batch.agent)?;
+        Ok(batch)
+    }
+}
+
+impl Confirm {
+    /// A confirmation of `seqs` for `agent`.
+    pub fn new(agent: impl Into<String>, seqs: Vec<u64>) -> Self {
+        Confirm {
+            v: BATCH_VERSION,
+            agent: agent.into(),
+            seqs,
+        }
+    }
+
+    /// JSON bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes and checks the version.
+    pub fn decode(bytes: &[u8]) -> Result<Confirm, BatchError> {
+        let c: Confirm =
+            serde_json::from_slice(bytes).map_err(|e| {
+                match serde_json::from_slice::<VersionProbe>(bytes) {
+                    Ok(VersionProbe { v: Some(v) }) if v != BATCH_VERSION => {
+                        BatchError::UnknownVersion(v)
+                    }
+                    _ => BatchError::Json(e),
+                }
+            })?;
+        if c.v != BATCH_VERSION {
+            return Err(BatchError::UnknownVersion(c.v));
+        }
+        validate_id("agent id", &c.agent)?;
+        Ok(c)
+    }
+}

@@ -1,0 +1,289 @@
+//! The fixed-capacity summary of the microcontroller form.
+//!
+//! # Design
+//! Same algebra as [`crate::summary::Summary`], in at most 512 bytes and with
+//! no allocation: values are `i32` ticks, event times are `u32` milliseconds
+//! from the start of the window the enclosing frame names, the moments are
+//! kept relative to a per-channel *reference* offset r — Σ(v−r) in `i64`,
+//! Σ(v−r)² in `u64` — which keeps them small when readings hover around a
+//! typical value, and the sketch holds 64 `u16` buckets per sign.
+//!
+//! Every overflow (a bucket past 65 535, a moment past its integer) is
+//! reported as an error with the summary unchanged; the device then closes the
+//! window early and starts a fresh summary, which the agent merges back
+//! exactly. Two fixed summaries merge only if quantum and reference agree.
+//! [`crate::summary::Summary::from_fixed`] widens losslessly.
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::error::SummaryError;
+use crate::extent::Extent;
+use crate::quantum::Quantum;
+use crate::sketch::FixedSketch;
+
+/// The device-side summary of one channel over one window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FixedSummary {
+    quantum: Quantum,
+    reference: i32,
+    count: u32,
+    sum: i64,
+    sum_sq: u64,
+    extent: Option<Extent<u32, i32>>,
+    sketch: FixedSketch,
+}
+
+impl FixedSummary {
+    /// The empty summary for a channel with `quantum` and `reference` offset.
+    pub fn new(quantum: Quantum, reference: i32) -> Self {
+        FixedSummary {
+            quantum,
+            reference,
+            count: 0,
+            sum: 0,
+            sum_sq: 0,
+            extent: None,
+            sketch: FixedSketch::new(),
+        }
+    }
+
+    /// Folds in a reading of `v` ticks taken `time` ms after the window start.
+    /// On error nothing changes.
+    #[inline]
+    pub fn insert(&mut self, time: u32, v: i32) -> Result<(), SummaryError> {
+        let count = self
+            .count
+            .checked_add(1)
+            .ok_or(SummaryError::Overflow("count"))?;
+        let d = i64::from(v) - i64::from(self.reference);
+        let sum = self
+            .sum
+            .checked_add(d)
+            .ok_or(SummaryError::Overflow("sum"))?;
+        let sq = d.unsigned_abs() * d.unsigned_abs(); // |d| < 2³², so no overflow
+        let sum_sq = self
+            .sum_sq
+            .checked_add(sq)
+            .ok_or(SummaryError::Overflow("sum of squares"))?;
+        self.sketch.insert(i64::from(v))?;
+        self.count = count;
+        self.sum = sum;
+        self.sum_sq = sum_sq;
+        let one = Extent::of(time, v);
+        self.extent = Some(match self.extent {
+            Some(e) => e.merge(&one),
+            None => one,
+        });
+        Ok(())
+    }
+
+    /// Merges `other` (same quantum and reference, times on the same base).
+    /// On error `self` is unchanged.
+    pub fn merge(&mut self, other: &FixedSummary) -> Result<(), SummaryError> {
+        if self.quantum != other.quantum {
+            return Err(SummaryError::QuantumMismatch {
+                left: self.quantum,
+                right: other.quantum,
+            });
+        }
+        if self.reference != other.reference {
+            return Err(SummaryError::ReferenceMismatch {
+                left: self.reference,
+                right: other.reference,
+            });
+        }
+        let count = self
+            .count
+            .checked_add(other.count)
+            .ok_or(SummaryError::Overflow("count"))?;
+        let sum = self
+            .sum
+            .checked_add(other.sum)
+            .ok_or(SummaryError::Overflow("sum"))?;
+        let sum_sq = self
+            .sum_sq
+            .checked_add(other.sum_sq)
+            .ok_or(SummaryError::Overflow("sum of squares"))?;
+        let sketch = self.sketch.merged_with(&other.sketch)?;
+        self.count = count;
+        self.sum = sum;
+        self.sum_sq = sum_sq;
+        self.sketch = sketch;
+        self.extent = Extent::merge_opt(self.extent, other.extent);
+        Ok(())
+    }
+
+    /// Moves every event time `delta` ms later, for merging a summary into a
+    /// wider window that starts `delta` ms earlier.
+    pub fn delay_times(&mut self, delta: u32) -> Result<(), SummaryError> {
+        if let Some(e) = &mut self.extent {
+            let first = e
+                .first
+                .time
+                .checked_add(delta)
+                .ok_or(SummaryError::Overflow("event time"))?;
+            let last = e
+                .last
+                .time
+                .checked_add(delta)
+                .ok_or(SummaryError::Overflow("event time"))?;
+            e.first.time = first;
+            e.last.time = last;
+        }
+        Ok(())
+    }
+
+    /// The channel's quantum.
+    pub fn quantum(&self) -> Quantum {
+        self.quantum
+    }
+    /// The reference offset r of the moments.
+    pub fn reference(&self) -> i32 {
+        self.reference
+    }
+    /// The number of readings.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+    /// Whether no reading was folded in.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+    /// Σ(v − r).
+    pub fn offset_sum(&self) -> i64 {
+        self.sum
+    }
+    /// Σ(v − r)².
+    pub fn offset_sum_sq(&self) -> u64 {
+        self.sum_sq
+    }
+    /// Min, max, first and last.
+    pub fn extent(&self) -> Option<&Extent<u32, i32>> {
+        self.extent.as_ref()
+    }
+    /// The quantile sketch.
+    pub fn sketch(&self) -> &FixedSketch {
+        &self.sketch
+    }
+
+    /// Checks the invariants a decoded summary must satisfy.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        self.sketch.validate()?;
+        if self.sketch.count() != u64::from(self.count) {
+            return Err("fixed summary: sketch count differs from count");
+        }
+        match &self.extent {
+            None if self.count == 0 => {
+                if self.sum != 0 || self.sum_sq != 0 {
+                    return Err("fixed summary: empty summary with non-zero sums");
+                }
+                Ok(())
+            }
+            None => Err("fixed summary: readings without min/max/first/last"),
+            Some(_) if self.count == 0 => Err("fixed summary: min/max/first/last without readings"),
+            Some(e) => {
+                e.validate()?;
+                let n = i128::from(self.count);
+                let r = i128::from(self.reference);
+                let s = i128::from(self.sum);
+                if s < n * (i128::from(e.min) - r) || s > n * (i128::from(e.max) - r) {
+                    return Err("fixed summary: sum outside count·[min, max]");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The wire mirror of [`FixedSummary`], validated into it on decode.
+#[derive(Deserialize)]
+struct RawFixed {
+    quantum: Quantum,
+    reference: i32,
+    count: u32,
+    sum: i64,
+    sum_sq: u64,
+    extent: Option<Extent<u32, i32>>,
+    sketch: FixedSketch,
+}
+
+impl<'de> Deserialize<'de> for FixedSummary {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let r = RawFixed::deserialize(d)?;
+        let s = FixedSummary {
+            quantum: r.quantum,
+            reference: r.reference,
+            count: r.count,
+            sum: r.sum,
+            sum_sq: r.sum_sq,
+            extent: r.extent,
+            sketch: r.sketch,
+        };
+        s.validate().map_err(serde::de::Error::custom)?;
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::summary::Summary;
+
+    #[test]
+    fn fits_the_device_budget() {
+        assert!(
+            core::mem::size_of::<FixedSummary>() <= 512,
+            "{}",
+            core::mem::size_of::<FixedSummary>()
+        );
+    }
+
+    #[test]
+    fn widening_is_lossless() {
+        let q = Quantum::new(-3).unwrap();
+        let mut f = FixedSummary::new(q, 21_000);
+        let mut full = Summary::new(q);
+        for (i, v) in [20_950, 21_010, 21_400, -5, 0, 21_000, 2_000_000_000]
+            .into_iter()
+            .enumerate()
+        {
+            f.insert(i as u32 * 100, v).unwrap();
+            full.insert(1_000_000 + i as i64 * 100, i64::from(v))
+                .unwrap();
+        }
+        let widened = Summary::from_fixed(&f, 1_000_000);
+        assert_eq!(widened, full.with_sketch_scale(f.sketch().scale()));
+    }
+
+    #[test]
+    fn merge_refuses_other_reference_or_quantum() {
+        let q = Quantum::new(-3).unwrap();
+        let mut a = FixedSummary::new(q, 0);
+        a.insert(0, 5).unwrap();
+        let b = FixedSummary::new(q, 1);
+        assert!(matches!(
+            a.merge(&b),
+            Err(SummaryError::ReferenceMismatch { .. })
+        ));
+        let c = FixedSummary::new(Quantum::new(-2).unwrap(), 0);
+        assert!(matches!(
+            a.merge(&c),
+            Err(SummaryError::QuantumMismatch { .. })
+        ));
+        assert_eq!(a.count(), 1);
+    }
+
+    #[test]
+    fn moment_overflow_is_reported_and_leaves_state() {
+        let mut a = FixedSummary::new(Quantum::DEFAULT, i32::MIN);
+        let mut n = 0;
+        let err = loop {
+            match a.insert(0, i32::MAX) {
+                Ok(()) => n += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err, SummaryError::Overflow("sum of squares"));
+        assert_eq!(a.count(), n);
+    }
+}

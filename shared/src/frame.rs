@@ -1,0 +1,299 @@
+//! Device ↔ agent link frames: postcard + CRC-32 + COBS, no allocation.
+//!
+//! # Format (version 1)
+//! ```text
+//! COBS( version:u8 | postcard(Message) | crc32(version ‖ payload):u32 LE ) 0x00
+//! ```
+//! The CRC is CRC-32/ISO-HDLC over the version byte and the postcard bytes.
+//! COBS removes every zero byte from the frame, so `0x00` delimits frames and
+//! a receiver resynchronises at the next delimiter after any corruption.
+//!
+//! Encoding writes into a caller-provided buffer; [`FrameDecoder`] accumulates
+//! bytes into a fixed buffer and yields one result per delimiter, so a
+//! truncated, corrupt or oversized frame costs exactly that frame. Decoding
+//! never panics; every failure is a [`FrameError`].
+
+use core::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fixed::FixedSummary;
+use crate::quantum::Quantum;
+
+/// The frame format version this crate speaks.
+pub const FRAME_VERSION: u8 = 1;
+/// The largest decoded frame: version + payload + CRC.
+pub const MAX_PAYLOAD: usize = 600;
+/// The largest encoded frame including the delimiter.
+pub const MAX_FRAME: usize = MAX_PAYLOAD + MAX_PAYLOAD / 254 + 2;
+/// The most channels a device announces.
+pub const MAX_CHANNELS: usize = 8;
+
+const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+
+/// A device id on the link (a valid series device id of at most 32 chars).
+pub type DeviceName = heapless::String<32>;
+
+/// Why a frame could not be encoded or decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// Fewer bytes than a version byte and a CRC.
+    Truncated,
+    /// The COBS encoding is invalid.
+    Cobs,
+    /// The CRC does not match the contents.
+    Crc {
+        /// The CRC computed over the received bytes.
+        computed: u32,
+        /// The CRC the frame carried.
+        received: u32,
+    },
+    /// A frame version this build does not know.
+    UnknownVersion(u8),
+    /// The bytes are not a valid message of this version.
+    Malformed,
+    /// The frame exceeds the receive buffer or [`MAX_PAYLOAD`].
+    Oversized,
+    /// The output buffer is too small for the encoded frame.
+    BufferTooSmall,
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Truncated => {
+                f.write_str("frame truncated: shorter than version byte and CRC")
+            }
+            FrameError::Cobs => f.write_str("frame has invalid COBS encoding"),
+            FrameError::Crc { computed, received } => {
+                write!(
+                    f,
+                    "frame CRC mismatch: computed {computed:#010x}, frame carries {received:#010x}"
+                )
+            }
+            FrameError::UnknownVersion(v) => write!(
+                f,
+                "unknown frame version {v} (this build speaks {FRAME_VERSION})"
+            ),
+            FrameError::Malformed => f.write_str("frame payload is not a valid message"),
+            FrameError::Oversized => write!(f, "frame longer than {MAX_PAYLOAD} bytes"),
+            FrameError::BufferTooSmall => f.write_str("output buffer too small for the frame"),
+        }
+    }
+}
+
+impl core::error::Error for FrameError {}
+
+/// Counters a device reports in its Hello/status frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DeviceStats {
+    /// Readings dropped because the resend ring was full even after coarsening.
+    pub dropped_readings: u32,
+    /// Summary frames merged into neighbours to make room.
+    pub coarsened: u32,
+    /// Sensor reads that failed (bus error, NACK, CRC) and were skipped.
+    pub sensor_errors: u32,
+    /// Frames sent again after an ack timeout.
+    pub resent: u32,
+    /// Corrupt frames received from the gateway.
+    pub corrupt_frames: u32,
+}
+
+/// What a device channel measures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelInfo {
+    /// The channel number used in Summary and Reading frames.
+    pub channel: u8,
+    /// The metric name (a valid series metric name).
+    pub metric: heapless::String<32>,
+    /// The unit, e.g. `degC`.
+    pub unit: heapless::String<8>,
+    /// The channel's quantum.
+    pub quantum: Quantum,
+    /// The reference offset of its fixed summaries.
+    pub reference: i32,
+}
+
+/// Sent by a device at start and periodically: who it is and how it fares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The device id.
+    pub device: DeviceName,
+    /// Changes at every boot, so a reboot is never mistaken for time going back.
+    pub boot: u32,
+    /// Firmware version text.
+    pub firmware: heapless::String<16>,
+    /// The device's window width in ms (0 in raw-reading mode).
+    pub window_ms: u32,
+    /// The device's monotonic clock when the frame was built (ms since boot).
+    pub tick: u64,
+    /// The channels.
+    pub channels: heapless::Vec<ChannelInfo, MAX_CHANNELS>,
+    /// Counters since boot.
+    pub stats: DeviceStats,
+}
+
+/// One channel's summary over one device window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryFrame {
+    /// The boot this frame belongs to.
+    pub boot: u32,
+    /// Per-boot frame sequence number.
+    pub seq: u32,
+    /// The channel.
+    pub channel: u8,
+    /// Window start on the device clock (ms since boot); summary times are
+    /// offsets from it.
+    pub start_tick: u64,
+    /// Window width in ms.
+    pub width_ms: u32,
+    /// The summary.
+    pub summary: FixedSummary,
+}
+
+/// One raw reading, for devices that do not aggregate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadingFrame {
+    /// The boot this frame belongs to.
+    pub boot: u32,
+    /// Per-boot frame sequence number.
+    pub seq: u32,
+    /// The channel.
+    pub channel: u8,
+    /// When it was taken, on the device clock (ms since boot).
+    pub tick: u64,
+    /// The value in ticks of the channel's quantum.
+    pub value: i32,
+}
+
+/// The gateway has durably applied frame `seq` of boot `boot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The boot of the acknowledged frame.
+    pub boot: u32,
+    /// The acknowledged sequence number.
+    pub seq: u32,
+}
+
+/// The gateway's wall clock, so device windows align to wall-clock multiples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeSync {
+    /// Milliseconds since the Unix epoch when the frame was sent.
+    pub unix_ms: i64,
+}
+
+/// Every message on the device link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Device → gateway: identity and status.
+    Hello(Hello),
+    /// Device → gateway: a closed window of one channel.
+    Summary(SummaryFrame),
+    /// Device → gateway: one raw reading.
+    Reading(ReadingFrame),
+    /// Gateway → device: a frame is durably applied.
+    Ack(Ack),
+    /// Gateway → device: wall-clock time.
+    TimeSync(TimeSync),
+}
+
+/// Encodes `msg` as one delimited frame into `out`; returns the bytes written.
+pub fn encode(msg: &Message, out: &mut [u8]) -> Result<usize, FrameError> {
+    let mut raw = [0u8; MAX_PAYLOAD];
+    raw[0] = FRAME_VERSION;
+    let body = postcard::to_slice(msg, &mut raw[1..MAX_PAYLOAD - 4])
+        .map_err(|_| FrameError::Oversized)?
+        .len();
+    let crc = CRC.checksum(&raw[..1 + body]);
+    raw[1 + body..1 + body + 4].copy_from_slice(&crc.to_le_bytes());
+    let raw = &raw[..1 + body + 4];
+    let mut enc = cobs::CobsEncoder::new(out);
+    enc.push(raw).map_err(|_| FrameError::BufferTooSmall)?;
+    let n = enc.finalize();
+    *out.get_mut(n).ok_or(FrameError::BufferTooSmall)? = 0;
+    Ok(n + 1)
+}
+
+/// Decodes one COBS-encoded frame (without its delimiter) in place.
+pub fn decode_in_place(frame: &mut [u8]) -> Result<Message, FrameError> {
+    if frame.len() > MAX_FRAME {
+        return Err(FrameError::Oversized);
+    }
+    let n = cobs::decode_in_place(frame).map_err(|_| FrameError::Cobs)?;
+    let raw = frame.get(..n).ok_or(FrameError::Cobs)?;
+    if raw.len() < 5 {
+        return Err(FrameError::Truncated);
+    }
+    let (data, tail) = raw.split_at(raw.len() - 4);
+    let received = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+    let computed = CRC.checksum(data);
+    if computed != received {
+        return Err(FrameError::Crc { computed, received });
+    }
+    if data[0] != FRAME_VERSION {
+        return Err(FrameError::UnknownVersion(data[0]));
+    }
+    match postcard::take_from_bytes::<Message>(&data[1..]) {
+        Ok((msg, [])) => Ok(msg),
+        _ => Err(FrameError::Malformed),
+    }
+}
+
+/// Splits a byte stream into frames with a fixed `N`-byte buffer.
+///
+/// Feed it bytes as they arrive; each `0x00` delimiter yields the decoded
+/// message or the reason the frame was rejected. A frame longer than `N`
+/// is discarded up to its delimiter and reported as [`FrameError::Oversized`].
+#[derive(Debug, Clone)]
+pub struct FrameDecoder<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+    overflowed: bool,
+}
+
+impl<const N: usize> Default for FrameDecoder<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> FrameDecoder<N> {
+    /// An empty decoder.
+    pub const fn new() -> Self {
+        FrameDecoder {
+            buf: [0; N],
+            len: 0,
+            overflowed: false,
+        }
+    }
+
+    /// Feeds one byte; returns a result when it completes a frame.
+    #[inline]
+    pub fn push(&mut self, byte: u8) -> Option<Result<Message, FrameError>> {
+        if byte != 0 {
+            match self.buf.get_mut(self.len) {
+                Some(slot) if !self.overflowed => {
+                    *slot = byte;
+                    self.len += 1;
+                }
+                _ => self.overflowed = true,
+            }
+            return None;
+        }
+        let (len, overflowed) = (self.len, self.overflowed);
+        self.len = 0;
+        self.overflowed = false;
+        if overflowed {
+            return Some(Err(FrameError::Oversized));
+        }
+        if len == 0 {
+            return None; // back-to-back delimiters: idle line
+        }
+        Some(decode_in_place(&mut self.buf[..len]))
+    }
+
+    /// Bytes of an unfinished frame currently buffered.
+    pub fn pending(&self) -> usize {
+        self.len
+    }
+}

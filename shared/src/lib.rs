@@ -1,0 +1,54 @@
+//! # tributary-core
+//!
+//! The data model every Tributary program shares (DESIGN §2, §3, §5).
+//!
+//! ## Layout
+//! - [`quantum`] — readings become exact integer ticks of a series' quantum.
+//! - [`index`] — exponential-histogram bucket indices without `log`.
+//! - [`sketch`] — the mergeable quantile sketch, generic over its storage:
+//!   [`sketch::Sketch`] (full) and [`sketch::FixedSketch`] (device).
+//! - [`error`] — why a reading or merge was refused.
+//! - [`extent`] — min, max, first and last.
+//! - [`summary`] — the full summary with exact integer moments (`alloc`).
+//! - [`fixed`] — the ≤ 512-byte, allocation-free device summary.
+//! - [`window`] — aligned tumbling windows.
+//! - [`series`] — validated series keys (`alloc`).
+//! - [`frame`] — device link frames: postcard + CRC + COBS, no allocation.
+//! - [`batch`] — agent → collector batches and confirmations (`alloc`).
+//! - [`topic`] — the MQTT topic tree (`alloc`).
+//!
+//! ## Features
+//! - no default features: `no_std`, no allocator — what the firmware uses;
+//! - `alloc`: the full summary, series keys and batches;
+//! - `std` (default): statistics and quantile queries (which need `f64`
+//!   math from `std`).
+#![cfg_attr(not(feature = "std"), no_std)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+#[cfg(feature = "alloc")]
+pub mod batch;
+pub mod error;
+pub mod extent;
+pub mod fixed;
+pub mod frame;
+pub mod index;
+pub mod quantum;
+#[cfg(feature = "alloc")]
+pub mod series;
+pub mod sketch;
+#[cfg(feature = "alloc")]
+pub mod summary;
+#[cfg(feature = "alloc")]
+pub mod topic;
+pub mod window;
+
+pub use error::SummaryError;
+pub use fixed::FixedSummary;
+pub use quantum::{Quantum, ValueError};
+#[cfg(feature = "alloc")]
+pub use series::SeriesKey;
+#[cfg(feature = "alloc")]
+pub use summary::Summary;
+pub use window::{Width, Window};

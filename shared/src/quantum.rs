@@ -1,0 +1,192 @@
+//! The quantum of a series: readings become exact integers.
+//!
+//! Every series has a quantum *q* = 10^e of its unit (default 10⁻⁶). A reading
+//! *x* is held as the integer tick count *v* = round(*x*/*q*), rounded half away
+//! from zero. Everything downstream — sums, squares, sketch indices — is then
+//! integer arithmetic, which is what makes merged results bit-identical
+//! whatever the merge order (DESIGN §2).
+//!
+//! Conversion refuses NaN, infinities and values whose tick count would exceed
+//! [`MAX_TICKS`] (2⁵³, the largest range in which every integer is exactly
+//! representable as an `f64`).
+
+use core::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The largest tick magnitude a summary accepts: 2⁵³.
+pub const MAX_TICKS: i64 = 1 << 53;
+
+/// Powers of ten that are exact in `f64` (10⁰ ..= 10²²).
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// Why a reading could not be turned into ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// The reading was NaN.
+    #[error("reading is NaN")]
+    NaN,
+    /// The reading was +∞ or −∞.
+    #[error("reading is infinite")]
+    Infinite,
+    /// The reading is too large for the series' quantum.
+    #[error("reading is out of range for the quantum: |ticks| would exceed 2^53")]
+    OutOfRange,
+}
+
+/// A quantum 10^`exponent` of a series' unit; `exponent` lies in
+/// [`Quantum::MIN_EXPONENT`, `Quantum::MAX_EXPONENT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "i8", into = "i8")]
+pub struct Quantum(i8);
+
+/// A quantum exponent outside the supported range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("quantum exponent {0} is outside -18..=18")]
+pub struct QuantumError(pub i8);
+
+impl Quantum {
+    /// Smallest exponent (10⁻¹⁸).
+    pub const MIN_EXPONENT: i8 = -18;
+    /// Largest exponent (10¹⁸).
+    pub const MAX_EXPONENT: i8 = 18;
+    /// The default quantum, 10⁻⁶ of the unit.
+    pub const DEFAULT: Quantum = Quantum(-6);
+
+    /// The quantum 10^`exponent`.
+    pub const fn new(exponent: i8) -> Result<Self, QuantumError> {
+        if exponent < Self::MIN_EXPONENT || exponent > Self::MAX_EXPONENT {
+            Err(QuantumError(exponent))
+        } else {
+            Ok(Quantum(exponent))
+        }
+    }
+
+    /// The decimal exponent.
+    pub const fn exponent(self) -> i8 {
+        self.0
+    }
+
+    /// Converts a reading in the series' unit to ticks: round(x / q), half away
+    /// from zero.
+    pub fn ticks(self, x: f64) -> Result<i64, ValueError> {
+        if x.is_nan() {
+            return Err(ValueError::NaN);
+        }
+        if x.is_infinite() {
+            return Err(ValueError::Infinite);
+        }
+        let scaled = if self.0 <= 0 {
+            x * POW10[usize::from(self.0.unsigned_abs())]
+        } else {
+            x / POW10[usize::from(self.0.unsigned_abs())]
+        };
+        // Checked before rounding so the `as` conversion below cannot saturate.
+        if !(-(MAX_TICKS as f64) - 0.5..=(MAX_TICKS as f64) + 0.5).contains(&scaled) {
+            return Err(ValueError::OutOfRange);
+        }
+        let v = round_half_away(scaled);
+        if v.unsigned_abs() > MAX_TICKS.unsigned_abs() {
+            return Err(ValueError::OutOfRange);
+        }
+        Ok(v)
+    }
+
+    /// Converts ticks back to the series' unit (correctly rounded).
+    pub fn value(self, ticks: i64) -> f64 {
+        self.scale(ticks as f64)
+    }
+
+    /// Multiplies a tick-valued `f64` (a mean, a quantile) by the quantum.
+    pub fn scale(self, ticks: f64) -> f64 {
+        let p = POW10[usize::from(self.0.unsigned_abs())];
+        if self.0 <= 0 {
+            ticks / p
+        } else {
+            ticks * p
+        }
+    }
+}
+
+impl Default for Quantum {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl TryFrom<i8> for Quantum {
+    type Error = QuantumError;
+    fn try_from(e: i8) -> Result<Self, QuantumError> {
+        Quantum::new(e)
+    }
+}
+
+impl From<Quantum> for i8 {
+    fn from(q: Quantum) -> i8 {
+        q.0
+    }
+}
+
+impl fmt::Display for Quantum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "1e{}", self.0)
+    }
+}
+
+/// Rounds half away from zero without `libm`: exact for |x| < 2⁶³ because
+/// `x - trunc(x)` is exact in binary floating point.
+fn round_half_away(x: f64) -> i64 {
+    let t = x as i64; // truncates toward zero; |x| is range-checked by the caller
+    let frac = x - t as f64;
+    if frac >= 0.5 {
+        t + 1
+    } else if frac <= -0.5 {
+        t - 1
+    } else {
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_and_rounds_half_away_from_zero() {
+        let q = Quantum::new(-3).unwrap();
+        assert_eq!(q.ticks(21.5).unwrap(), 21_500);
+        assert_eq!(q.ticks(0.0005).unwrap(), 1);
+        assert_eq!(q.ticks(-0.0005).unwrap(), -1);
+        assert_eq!(q.ticks(0.00049).unwrap(), 0);
+        assert_eq!(q.ticks(-12.3456).unwrap(), -12_346);
+        let coarse = Quantum::new(2).unwrap();
+        assert_eq!(coarse.ticks(1250.0).unwrap(), 13);
+        assert_eq!(coarse.value(13), 1300.0);
+        assert_eq!(q.value(21_500), 21.5);
+    }
+
+    #[test]
+    fn refuses_nan_infinite_and_out_of_range() {
+        let q = Quantum::DEFAULT;
+        assert_eq!(q.ticks(f64::NAN), Err(ValueError::NaN));
+        assert_eq!(q.ticks(f64::INFINITY), Err(ValueError::Infinite));
+        assert_eq!(q.ticks(f64::NEG_INFINITY), Err(ValueError::Infinite));
+        assert_eq!(q.ticks(1e10), Err(ValueError::OutOfRange));
+        assert_eq!(q.ticks(-1e10), Err(ValueError::OutOfRange));
+        assert!(q.ticks(9.0e9).is_ok());
+    }
+
+    #[test]
+    fn exponent_range_is_enforced() {
+        assert_eq!(Quantum::new(19), Err(QuantumError(19)));
+        assert_eq!(Quantum::new(-19), Err(QuantumError(-19)));
+        assert!(serde_json::from_str::<Quantum>("-40").is_err());
+        assert_eq!(
+            serde_json::from_str::<Quantum>("-6").unwrap(),
+            Quantum::DEFAULT
+        );
+    }
+}

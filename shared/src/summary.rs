@@ -1,0 +1,348 @@
+//! The full summary of a series over a window, used by agent and collector.
+//!
+//! # Design
+//! Readings are integer ticks of the series' [`Quantum`]. The summary keeps the
+//! count, the exact sums Σv (`i128`) and Σv² (`u128`), the [`Extent`] (min,
+//! max, first, last) and a [`Sketch`]. Merging is integer addition plus the
+//! sketch merge, so every field — and every statistic derived from them — is
+//! bit-identical whatever the merge order or tree. Overflow of any sum is
+//! detected and reported; on error the summary is unchanged.
+//!
+//! Statistics are computed only when asked for, and are `None` where they are
+//! undefined (an empty summary, the variance of one reading) — never NaN.
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub use crate::error::SummaryError;
+use crate::extent::Extent;
+use crate::fixed::FixedSummary;
+use crate::quantum::{Quantum, MAX_TICKS};
+use crate::sketch::Sketch;
+
+/// The exact, mergeable summary of a set of readings of one series.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    quantum: Quantum,
+    count: u64,
+    sum: i128,
+    sum_sq: u128,
+    extent: Option<Extent<i64, i64>>,
+    sketch: Sketch,
+}
+
+/// A quantile estimate with its guaranteed relative-error bound.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quantile {
+    /// The estimate, in the series' unit.
+    pub value: f64,
+    /// The bound on |estimate − true| / |true| of the sketch's scale.
+    pub relative_error: f64,
+}
+
+impl Summary {
+    /// The empty summary (the merge identity) for `quantum`.
+    pub fn new(quantum: Quantum) -> Self {
+        Summary {
+            quantum,
+            count: 0,
+            sum: 0,
+            sum_sq: 0,
+            extent: None,
+            sketch: Sketch::new(),
+        }
+    }
+
+    /// Folds in a reading given in the series' unit.
+    pub fn insert_value(&mut self, time: i64, x: f64) -> Result<(), SummaryError> {
+        let v = self.quantum.ticks(x)?;
+        self.insert(time, v)
+    }
+
+    /// Folds in a reading given in ticks. On error nothing changes.
+    #[inline]
+    pub fn insert(&mut self, time: i64, v: i64) -> Result<(), SummaryError> {
+        if v.unsigned_abs() > MAX_TICKS.unsigned_abs() {
+            return Err(SummaryError::OutOfRange(v));
+        }
+        let count = self
+            .count
+            .checked_add(1)
+            .ok_or(SummaryError::Overflow("count"))?;
+        let sum = self
+            .sum
+            .checked_add(i128::from(v))
+            .ok_or(SummaryError::Overflow("sum"))?;
+        let sq = u128::from(v.unsigned_abs()) * u128::from(v.unsigned_abs());
+        let sum_sq = self
+            .sum_sq
+            .checked_add(sq)
+            .ok_or(SummaryError::Overflow("sum of squares"))?;
+        self.sketch.insert(v)?;
+        self.count = count;
+        self.sum = sum;
+        self.sum_sq = sum_sq;
+        let one = Extent::of(time, v);
+        self.extent = Some(match self.extent {
+            Some(e) => e.merge(&one),
+            None => one,
+        });
+        Ok(())
+    }
+
+    /// Merges `other` into `self`. On error `self` is unchanged.
+    pub fn merge(&mut self, other: &Summary) -> Result<(), SummaryError> {
+        if self.quantum != other.quantum {
+            return Err(SummaryError::QuantumMismatch {
+                left: self.quantum,
+                right: other.quantum,
+            });
+        }
+        let count = self
+            .count
+            .checked_add(other.count)
+            .ok_or(SummaryError::Overflow("count"))?;
+        let sum = self
+            .sum
+            .checked_add(other.sum)
+            .ok_or(SummaryError::Overflow("sum"))?;
+        let sum_sq = self
+            .sum_sq
+            .checked_add(other.sum_sq)
+            .ok_or(SummaryError::Overflow("sum of squares"))?;
+        let sketch = self.sketch.merged_with(&other.sketch)?;
+        self.count = count;
+        self.sum = sum;
+        self.sum_sq = sum_sq;
+        self.sketch = sketch;
+        self.extent = Extent::merge_opt(self.extent, other.extent);
+        Ok(())
+    }
+
+    /// The merge of `self` and `other`.
+    pub fn merged_with(&self, other: &Summary) -> Result<Summary, SummaryError> {
+        let mut out = self.clone();
+        out.merge(other)?;
+        Ok(out)
+    }
+
+    /// Widens a device summary whose times are offsets from `time_base` (ms).
+    /// Lossless: every field carries over exactly.
+    pub fn from_fixed(fixed: &FixedSummary, time_base: i64) -> Summary {
+        let n = i128::from(fixed.count());
+        let r = i128::from(fixed.reference());
+        let s = i128::from(fixed.offset_sum());
+        // Σv = Σ(v−r) + n·r and Σv² = Σ(v−r)² + 2r·Σ(v−r) + n·r²; all terms fit
+        // an i128 comfortably (n < 2³², |r| < 2³¹, |s| < 2⁶³).
+        let sum = s + n * r;
+        let sum_sq = (i128::from(fixed.offset_sum_sq()) + 2 * r * s + n * r * r).unsigned_abs();
+        let extent = fixed.extent().map(|e| Extent {
+            min: i64::from(e.min),
+            max: i64::from(e.max),
+            first: crate::extent::Point {
+                time: time_base + i64::from(e.first.time),
+                value: i64::from(e.first.value),
+            },
+            last: crate::extent::Point {
+                time: time_base + i64::from(e.last.time),
+                value: i64::from(e.last.value),
+            },
+        });
+        // 64 buckets always fit the full form's 2048.
+        let sketch = fixed.sketch().convert().unwrap_or_default();
+        Summary {
+            quantum: fixed.quantum(),
+            count: u64::from(fixed.count()),
+            sum,
+            sum_sq,
+            extent,
+            sketch,
+        }
+    }
+
+    /// The series' quantum.
+    pub fn quantum(&self) -> Quantum {
+        self.quantum
+    }
+    /// The number of readings.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+    /// Whether no reading was folded in.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+    /// Σv in ticks.
+    pub fn sum_ticks(&self) -> i128 {
+        self.sum
+    }
+    /// Σv² in ticks².
+    pub fn sum_sq_ticks(&self) -> u128 {
+        self.sum_sq
+    }
+    /// Min, max, first and last in ticks (`None` when empty).
+    pub fn extent(&self) -> Option<&Extent<i64, i64>> {
+        self.extent.as_ref()
+    }
+    /// The quantile sketch.
+    pub fn sketch(&self) -> &Sketch {
+        &self.sketch
+    }
+
+    /// This summary with its sketch lowered to `scale` (for comparing a
+    /// summary with one whose sketch had to coarsen further).
+    pub fn with_sketch_scale(&self, scale: i8) -> Summary {
+        Summary {
+            sketch: self.sketch.downscaled_to(scale),
+            ..self.clone()
+        }
+    }
+
+    /// Checks the invariants a decoded summary must satisfy.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        self.sketch.validate()?;
+        if self.sketch.count() != self.count {
+            return Err("summary: sketch count differs from count");
+        }
+        match &self.extent {
+            None if self.count == 0 => {
+                if self.sum != 0 || self.sum_sq != 0 {
+                    return Err("summary: empty summary with non-zero sums");
+                }
+                Ok(())
+            }
+            None => Err("summary: readings without min/max/first/last"),
+            Some(_) if self.count == 0 => Err("summary: min/max/first/last without readings"),
+            Some(e) => {
+                e.validate()?;
+                if e.min.unsigned_abs() > MAX_TICKS.unsigned_abs()
+                    || e.max.unsigned_abs() > MAX_TICKS.unsigned_abs()
+                {
+                    return Err("summary: min/max out of range");
+                }
+                let n = i128::from(self.count);
+                if self.sum < n * i128::from(e.min) || self.sum > n * i128::from(e.max) {
+                    return Err("summary: sum outside count·[min, max]");
+                }
+                let m = u128::from(e.min.unsigned_abs().max(e.max.unsigned_abs()));
+                if let Some(bound) = (m * m).checked_mul(u128::from(self.count)) {
+                    if self.sum_sq > bound {
+                        return Err("summary: sum of squares larger than count·max²");
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl Summary {
+    /// Σx in the series' unit.
+    pub fn sum(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.quantum.scale(self.sum as f64))
+    }
+
+    /// The mean, computed as ⌊Σv/n⌋ + (Σv mod n)/n so that only the final
+    /// fraction is rounded.
+    pub fn mean(&self) -> Option<f64> {
+        let n = i128::from(self.count);
+        (n > 0).then(|| {
+            let (a, b) = (self.sum.div_euclid(n), self.sum.rem_euclid(n));
+            self.quantum.scale(a as f64 + b as f64 / n as f64)
+        })
+    }
+
+    /// The sample variance in ticks², from the exact integer moments:
+    /// M₂ = Σv² − (Σv)²/n, split as Σv² − a·(Σv + b) − b²/n with
+    /// a = ⌊Σv/n⌋, b = Σv mod n so that the integer part is exact.
+    fn variance_ticks(&self) -> Option<f64> {
+        if self.count < 2 {
+            return None;
+        }
+        let n = i128::from(self.count);
+        let (a, b) = (self.sum.div_euclid(n), self.sum.rem_euclid(n));
+        let t = a.checked_mul(self.sum.checked_add(b)?)?;
+        let int_part = if t >= 0 {
+            self.sum_sq.checked_sub(t.unsigned_abs())?
+        } else {
+            self.sum_sq.checked_add(t.unsigned_abs())?
+        };
+        let frac = (b as f64) * (b as f64) / (n as f64);
+        Some(((int_part as f64 - frac) / (n - 1) as f64).max(0.0))
+    }
+
+    /// The sample variance (n − 1 denominator) in the unit²; `None` below two readings.
+    pub fn variance(&self) -> Option<f64> {
+        self.variance_ticks()
+            .map(|v| self.quantum.scale(self.quantum.scale(v)))
+    }
+
+    /// The sample standard deviation; `None` below two readings.
+    pub fn stddev(&self) -> Option<f64> {
+        self.variance_ticks().map(|v| self.quantum.scale(v.sqrt()))
+    }
+
+    /// The smallest reading.
+    pub fn min(&self) -> Option<f64> {
+        self.extent.map(|e| self.quantum.value(e.min))
+    }
+    /// The largest reading.
+    pub fn max(&self) -> Option<f64> {
+        self.extent.map(|e| self.quantum.value(e.max))
+    }
+    /// The earliest reading as (event time, value).
+    pub fn first(&self) -> Option<(i64, f64)> {
+        self.extent
+            .map(|e| (e.first.time, self.quantum.value(e.first.value)))
+    }
+    /// The latest reading as (event time, value).
+    pub fn last(&self) -> Option<(i64, f64)> {
+        self.extent
+            .map(|e| (e.last.time, self.quantum.value(e.last.value)))
+    }
+
+    /// The quantile `q` ∈ [0, 1] with its error bound; q = 0 and q = 1 give
+    /// the exact min and max, and every estimate is clamped to [min, max].
+    pub fn quantile(&self, q: f64) -> Option<Quantile> {
+        let e = self.extent?;
+        let relative_error = crate::index::relative_error(self.sketch.scale());
+        let ticks = if q == 0.0 {
+            e.min as f64
+        } else if q == 1.0 {
+            e.max as f64
+        } else {
+            self.sketch.quantile(q)?.clamp(e.min as f64, e.max as f64)
+        };
+        Some(Quantile {
+            value: self.quantum.scale(ticks),
+            relative_error,
+        })
+    }
+}
+
+/// The wire mirror of [`Summary`], validated into it on decode.
+#[derive(Deserialize)]
+struct RawSummary {
+    quantum: Quantum,
+    count: u64,
+    sum: i128,
+    sum_sq: u128,
+    extent: Option<Extent<i64, i64>>,
+    sketch: Sketch,
+}
+
+impl<'de> Deserialize<'de> for Summary {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let r = RawSummary::deserialize(d)?;
+        let s = Summary {
+            quantum: r.quantum,
+            count: r.count,
+            sum: r.sum,
+            sum_sq: r.sum_sq,
+            extent: r.extent,
+            sketch: r.sketch,
+        };
+        s.validate().map_err(serde::de::Error::custom)?;
+        Ok(s)
+    }
+}

@@ -1,1 +1,2 @@
+//! Criterion benchmarks of tributary-core (being written).
 fn main() {}

@@ -104,11 +104,10 @@ impl FixedSummary {
             .sum_sq
             .checked_add(other.sum_sq)
             .ok_or(SummaryError::Overflow("sum of squares"))?;
-        let sketch = self.sketch.merged_with(&other.sketch)?;
+        self.sketch.merge(&other.sketch)?; // atomic: unchanged on error
         self.count = count;
         self.sum = sum;
         self.sum_sq = sum_sq;
-        self.sketch = sketch;
         self.extent = Extent::merge_opt(self.extent, other.extent);
         Ok(())
     }

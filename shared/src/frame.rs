@@ -183,6 +183,10 @@ pub struct TimeSync {
 }
 
 /// Every message on the device link.
+///
+/// Variants are held inline: the device has no allocator to box them, and
+/// builds one message at a time.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// Device → gateway: identity and status.

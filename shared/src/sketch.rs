@@ -142,6 +142,27 @@ impl<S: CountStore> Buckets<S> {
         true
     }
 
+    /// Whether adding `other`'s counts (whose range lies within ours) stays
+    /// within `MAX_COUNT`.
+    fn can_add(&self, other: &Buckets<S>) -> bool {
+        other.iter().all(|(index, c)| {
+            let k = (index - self.offset) as usize;
+            self.counts
+                .get(k)
+                .checked_add(c)
+                .is_some_and(|s| s <= S::MAX_COUNT)
+        })
+    }
+
+    /// Adds `other`'s counts, whose range lies within ours and which
+    /// [`Self::can_add`] approved.
+    fn add_within(&mut self, other: &Buckets<S>) {
+        for (index, c) in other.iter() {
+            let k = (index - self.offset) as usize;
+            self.counts.set(k, self.counts.get(k).saturating_add(c));
+        }
+    }
+
     fn validate(&self) -> Result<(), &'static str> {
         if self.counts.len() > S::LIMIT {
             return Err("more buckets than the form allows");
@@ -167,6 +188,15 @@ impl<S: CountStore> Buckets<S> {
 /// Range of `b` after lowering the scale by `shift`.
 fn shifted(range: Option<(i32, i32)>, shift: u8) -> Option<(i32, i32)> {
     range.map(|(lo, hi)| (lo >> shift, hi >> shift))
+}
+
+/// Whether range `outer` contains range `inner` (an empty inner always fits).
+fn covers(outer: Option<(i32, i32)>, inner: Option<(i32, i32)>) -> bool {
+    match (outer, inner) {
+        (_, None) => true,
+        (Some((l1, h1)), Some((l2, h2))) => l1 <= l2 && h2 <= h1,
+        (None, Some(_)) => false,
+    }
 }
 
 fn union(a: Option<(i32, i32)>, b: Option<(i32, i32)>) -> Option<(i32, i32)> {
@@ -351,6 +381,24 @@ impl<S: CountStore> ExpHistogram<S> {
     /// further if the union would exceed the limit) and counts are added.
     /// On overflow `self` is unchanged.
     pub fn merge(&mut self, other: &Self) -> Result<(), SketchOverflow> {
+        if self.scale == other.scale
+            && covers(self.positive.range(), other.positive.range())
+            && covers(self.negative.range(), other.negative.range())
+        {
+            // Fast path, no allocation: `other` fits inside `self`'s buckets.
+            let zero = self
+                .zero
+                .checked_add(other.zero)
+                .filter(|&z| z <= S::MAX_COUNT)
+                .ok_or(SketchOverflow)?;
+            if !(self.positive.can_add(&other.positive) && self.negative.can_add(&other.negative)) {
+                return Err(SketchOverflow);
+            }
+            self.positive.add_within(&other.positive);
+            self.negative.add_within(&other.negative);
+            self.zero = zero;
+            return Ok(());
+        }
         let merged = self.merged_with(other)?;
         *self = merged;
         Ok(())

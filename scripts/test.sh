@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The one test command (README): installs what the tests need, then runs them.
+#
+# Tests start their own mosquitto / PostgreSQL / Chromium processes on
+# 127.0.0.1 with free ports; this script only makes sure the programs exist.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+# Debian starts services on install where it can; the tests run their own.
+service postgresql stop >/dev/null 2>&1 || true
+service mosquitto stop >/dev/null 2>&1 || true
+
+# The firmware and the core must build without std.
+cargo build -q -p tributary-core --no-default-features
+cargo build -q -p tributary-firmware --no-default-features
+
+# Decoders get a short burst of extra fuzzing in CI.
+export PROPTEST_CASES="${PROPTEST_CASES:-256}"
+cargo test --workspace --all-targets "$@"

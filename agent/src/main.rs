@@ -1,2 +1,72 @@
-//! `tributary-agent`: the edge daemon (see the Agent issue; not built yet).
-fn main() {}
+//! `tributary-agent`: the command line around [`tributary_agent::run`].
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tributary_agent::config::Config;
+
+/// The Tributary edge agent.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The config file (TOML; `TRIBUTARY_*` variables override keys).
+    #[arg(long, short, default_value = "/etc/tributary/agent.toml")]
+    config: PathBuf,
+    /// Validate the config and exit.
+    #[arg(long)]
+    check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Measure readings/s through windowing with durable group commits.
+    Bench(tributary_agent::bench::BenchArgs),
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    if let Some(Command::Bench(args)) = cli.command {
+        return rt.block_on(tributary_agent::bench::run(args));
+    }
+    let config = Config::load(&cli.config)
+        .with_context(|| format!("loading config {}", cli.config.display()))?;
+    if cli.check_config {
+        println!("config {} is valid", cli.config.display());
+        return Ok(());
+    }
+    rt.block_on(tributary_agent::run(config, shutdown_signal()))
+        .context("agent stopped with an error")?;
+    Ok(())
+}

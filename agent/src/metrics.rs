@@ -1,0 +1,276 @@
+//! The agent's counters and gauges, rendered in the Prometheus text format.
+//!
+//! Plain atomics shared by every task: cheap to bump on hot paths, read by
+//! the `/metrics` handler and by [`crate::AgentHandle::metrics`].
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why input was refused; each is a label of `tributary_agent_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Reject {
+    /// JSON that does not parse or has the wrong shape.
+    MalformedJson,
+    /// A format version this build does not know.
+    UnknownVersion,
+    /// NaN, infinite or out of the quantum's range.
+    BadValue,
+    /// A payload above `limits.max_payload_bytes`.
+    Oversized,
+    /// A link frame with bad COBS/CRC/encoding.
+    CorruptFrame,
+    /// Data from a device (or boot) whose Hello was not seen.
+    UnknownDevice,
+    /// A series with more tags than `limits.max_tags`.
+    TooManyTags,
+    /// A new series past `limits.max_series`.
+    SeriesLimit,
+    /// An invalid metric name, device id or tag.
+    BadKey,
+    /// A device window that does not divide the agent window.
+    DeviceWindow,
+    /// A summary that cannot merge (quantum mismatch, overflow).
+    Merge,
+    /// A topic outside the device tree.
+    BadTopic,
+}
+
+const REJECT_NAMES: [&str; 12] = [
+    "malformed_json",
+    "unknown_version",
+    "bad_value",
+    "oversized",
+    "corrupt_frame",
+    "unknown_device",
+    "too_many_tags",
+    "series_limit",
+    "bad_key",
+    "device_window",
+    "merge",
+    "bad_topic",
+];
+
+/// All counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    rejected: [AtomicU64; 12],
+    /// Readings folded into windows.
+    pub readings_accepted: AtomicU64,
+    /// Link frames received (valid).
+    pub frames_received: AtomicU64,
+    /// Link frames already applied (re-acked, not re-applied).
+    pub frames_duplicate: AtomicU64,
+    /// Group commits.
+    pub commits: AtomicU64,
+    /// Time spent committing (µs).
+    pub commit_micros: AtomicU64,
+    /// Closed partials put in the outbox.
+    pub partials_emitted: AtomicU64,
+    /// Revision partials (late data) put in the outbox.
+    pub revisions_emitted: AtomicU64,
+    /// Partials merged away by coarsening.
+    pub partials_coarsened: AtomicU64,
+    /// Readings dropped at the outbox floor.
+    pub readings_dropped: AtomicU64,
+    /// Batches formed.
+    pub batches_formed: AtomicU64,
+    /// Batch publications (first sends).
+    pub batches_sent: AtomicU64,
+    /// Batch re-publications after a confirmation timeout or reconnect.
+    pub batches_resent: AtomicU64,
+    /// Batches confirmed by the collector.
+    pub batches_confirmed: AtomicU64,
+    /// Readings in confirmed batches.
+    pub readings_confirmed: AtomicU64,
+    /// Uplink connections established.
+    pub uplink_connects: AtomicU64,
+    /// Gauge: uplink connected (0/1).
+    pub uplink_up: AtomicU64,
+    /// Gauge: outbox bytes.
+    pub outbox_bytes: AtomicU64,
+    /// Gauge: series tracked.
+    pub series: AtomicU64,
+    /// Gauge: store healthy (1) or failed (0).
+    pub store_ok: AtomicU64,
+}
+
+/// A snapshot of the main counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Readings folded into windows.
+    pub readings_accepted: u64,
+    /// Input refused, all reasons.
+    pub rejected: u64,
+    /// Batches published (first sends).
+    pub batches_sent: u64,
+    /// Batches confirmed.
+    pub batches_confirmed: u64,
+    /// Readings in confirmed batches.
+    pub readings_confirmed: u64,
+    /// Outbox bytes.
+    pub outbox_bytes: u64,
+}
+
+impl Metrics {
+    /// Counts one refused input.
+    pub fn reject(&self, r: Reject) {
+        self.rejected[r as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Refusals for one reason.
+    pub fn rejected(&self, r: Reject) -> u64 {
+        self.rejected[r as usize].load(Relaxed)
+    }
+
+    /// A snapshot of the main counters.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            readings_accepted: self.readings_accepted.load(Relaxed),
+            rejected: self.rejected.iter().map(|a| a.load(Relaxed)).sum(),
+            batches_sent: self.batches_sent.load(Relaxed),
+            batches_confirmed: self.batches_confirmed.load(Relaxed),
+            readings_confirmed: self.readings_confirmed.load(Relaxed),
+            outbox_bytes: self.outbox_bytes.load(Relaxed),
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP tributary_agent_rejected_total Input refused, by reason.\n# TYPE tributary_agent_rejected_total counter"
+        );
+        for (name, c) in REJECT_NAMES.iter().zip(&self.rejected) {
+            let _ = writeln!(
+                out,
+                "tributary_agent_rejected_total{{reason=\"{name}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
+        let counters: [(&str, &str, &AtomicU64); 15] = [
+            (
+                "readings_accepted_total",
+                "Readings folded into windows.",
+                &self.readings_accepted,
+            ),
+            (
+                "frames_received_total",
+                "Valid link frames received.",
+                &self.frames_received,
+            ),
+            (
+                "frames_duplicate_total",
+                "Link frames already applied.",
+                &self.frames_duplicate,
+            ),
+            ("commits_total", "Group commits.", &self.commits),
+            (
+                "commit_microseconds_total",
+                "Time spent in group commits.",
+                &self.commit_micros,
+            ),
+            (
+                "partials_emitted_total",
+                "Closed partials put in the outbox.",
+                &self.partials_emitted,
+            ),
+            (
+                "revisions_emitted_total",
+                "Revision partials (late data).",
+                &self.revisions_emitted,
+            ),
+            (
+                "partials_coarsened_total",
+                "Partials merged away by coarsening.",
+                &self.partials_coarsened,
+            ),
+            (
+                "readings_dropped_total",
+                "Readings dropped at the outbox floor.",
+                &self.readings_dropped,
+            ),
+            (
+                "batches_formed_total",
+                "Batches formed.",
+                &self.batches_formed,
+            ),
+            (
+                "batches_sent_total",
+                "Batches published (first sends).",
+                &self.batches_sent,
+            ),
+            (
+                "batches_resent_total",
+                "Batches published again.",
+                &self.batches_resent,
+            ),
+            (
+                "batches_confirmed_total",
+                "Batches confirmed by the collector.",
+                &self.batches_confirmed,
+            ),
+            (
+                "readings_confirmed_total",
+                "Readings in confirmed batches.",
+                &self.readings_confirmed,
+            ),
+            (
+                "uplink_connects_total",
+                "Uplink connections established.",
+                &self.uplink_connects,
+            ),
+        ];
+        for (name, help, c) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP tributary_agent_{name} {help}\n# TYPE tributary_agent_{name} counter\ntributary_agent_{name} {}",
+                c.load(Relaxed)
+            );
+        }
+        let gauges: [(&str, &str, &AtomicU64); 4] = [
+            (
+                "uplink_up",
+                "Whether the uplink is connected.",
+                &self.uplink_up,
+            ),
+            (
+                "outbox_bytes",
+                "Bytes of unconfirmed partials and batches.",
+                &self.outbox_bytes,
+            ),
+            ("series", "Series tracked.", &self.series),
+            (
+                "store_ok",
+                "Whether the last store operation succeeded.",
+                &self.store_ok,
+            ),
+        ];
+        for (name, help, g) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP tributary_agent_{name} {help}\n# TYPE tributary_agent_{name} gauge\ntributary_agent_{name} {}",
+                g.load(Relaxed)
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_labels() {
+        let m = Metrics::default();
+        m.reject(Reject::BadValue);
+        m.reject(Reject::BadValue);
+        m.readings_accepted.fetch_add(5, Relaxed);
+        let text = m.render();
+        assert!(text.contains("tributary_agent_rejected_total{reason=\"bad_value\"} 2"));
+        assert!(text.contains("tributary_agent_readings_accepted_total 5"));
+        assert_eq!(m.counters().rejected, 2);
+    }
+}

@@ -1,0 +1,6 @@
+//! Device inputs, each a thin async shell that sends [`crate::engine::Cmd`]s:
+//!
+//! - [`simulated`] — N virtual devices in-process (demo, tests, benchmarks);
+//! - [`json`] — the JSON readings format of the local broker.
+pub mod json;
+pub mod simulated;

@@ -1,0 +1,161 @@
+//! Tests of the SQLite store and the outbox.
+
+use std::collections::BTreeMap;
+
+use tributary_core::batch::{Batch, Encoding};
+use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+
+use super::outbox::Limits;
+use super::*;
+use crate::window::Emitted;
+
+fn key(m: &str) -> SeriesKey {
+    SeriesKey::new(m, "dev", BTreeMap::new()).unwrap()
+}
+
+fn summary(n: i64) -> Summary {
+    let mut s = Summary::new(Quantum::DEFAULT);
+    for i in 0..n {
+        s.insert(i, i * 1000 + 7).unwrap();
+    }
+    s
+}
+
+fn limits(max: u64) -> Limits {
+    Limits {
+        max_bytes: max,
+        widths: vec![Width::new(4000).unwrap(), Width::new(16000).unwrap()],
+    }
+}
+
+fn setup(dir: &tempfile::TempDir, series: usize) -> Store {
+    let mut st = Store::open(&dir.path().join("a.db"), Synchronous::Normal).unwrap();
+    let c = Commit {
+        new_sources: vec![(0, "dev".into())],
+        new_series: (0..series)
+            .map(|i| SeriesRow {
+                id: i as u32,
+                key: key(&format!("m{i}")),
+                quantum: Quantum::DEFAULT,
+                source: 0,
+                closed_before: i64::MIN,
+            })
+            .collect(),
+        ..Commit::default()
+    };
+    st.commit(&c, &limits(u64::MAX)).unwrap();
+    st
+}
+
+fn emit(series: u32, start: i64, n: i64) -> Emitted {
+    Emitted {
+        series,
+        window: Window::new(start, Width::new(1000).unwrap()).unwrap(),
+        summary: summary(n),
+        revision: false,
+    }
+}
+
+#[test]
+fn state_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut st = setup(&dir, 2);
+        let mut c = Commit::default();
+        c.flush.checkpoints.push((1, 5000, summary(3)));
+        c.flush.closed_before.push((1, 5000));
+        c.watermarks.push((0, 5500));
+        st.commit(&c, &limits(u64::MAX)).unwrap();
+    }
+    let st = Store::open(&dir.path().join("a.db"), Synchronous::Normal).unwrap();
+    let l = st.load().unwrap();
+    assert_eq!(l.sources, vec![("dev".to_string(), Some(5500))]);
+    assert_eq!(l.series.len(), 2);
+    assert_eq!(l.series[1].closed_before, 5000);
+    assert_eq!(l.windows, vec![(1, 5000, summary(3))]);
+}
+
+#[test]
+fn batches_keep_their_identity_until_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = setup(&dir, 1);
+    let mut c = Commit::default();
+    for i in 0..5 {
+        c.flush.emitted.push(emit(0, i * 1000, 2));
+    }
+    st.commit(&c, &limits(u64::MAX)).unwrap();
+    let b = st.form_batches("gw", 99, 10, 2, Encoding::Json).unwrap();
+    assert_eq!(b.iter().map(|b| b.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    let decoded = Batch::decode(&b[0].payload).unwrap();
+    assert_eq!(decoded.partials.len(), 2);
+    assert_eq!(decoded.watermark, 99);
+    assert_eq!(st.pending_partials().unwrap(), 0);
+    assert_eq!(st.confirm(&[2]).unwrap(), (1, 4));
+    drop(st);
+    let mut st = Store::open(&dir.path().join("a.db"), Synchronous::Normal).unwrap();
+    let left = st.unconfirmed().unwrap();
+    assert_eq!(left.iter().map(|b| b.seq).collect::<Vec<_>>(), vec![1, 3]);
+    assert_eq!(left[0].payload, b[0].payload, "same bytes on resend");
+    // The sequence counter is persisted too.
+    let mut c = Commit::default();
+    c.flush.emitted.push(emit(0, 9000, 1));
+    st.commit(&c, &limits(u64::MAX)).unwrap();
+    let b = st.form_batches("gw", 0, 1, 10, Encoding::Binary).unwrap();
+    assert_eq!(b[0].seq, 4);
+}
+
+#[test]
+fn coarsening_is_exact_and_widens_windows_then_drops_at_the_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = setup(&dir, 2);
+    let mut c = Commit::default();
+    let mut truth = [0u64; 2];
+    for s in 0..2u32 {
+        for i in 0..32 {
+            c.flush.emitted.push(emit(s, i * 1000, 3));
+            truth[s as usize] += 3;
+        }
+    }
+    st.commit(&c, &limits(u64::MAX)).unwrap();
+    let full = st.outbox_bytes();
+    // Shrink to 40 %: coarsening alone must do it.
+    let out = st
+        .commit(&Commit::default(), &limits(full * 2 / 5))
+        .unwrap();
+    assert!(out.coarsened > 0);
+    assert_eq!(out.dropped_readings, 0);
+    assert!(st.outbox_bytes() <= full * 2 / 5);
+    let b = st.form_batches("gw", 0, 100, 1000, Encoding::Json).unwrap();
+    let mut got = [0u64; 2];
+    let mut widths = std::collections::BTreeSet::new();
+    for batch in &b {
+        for p in &Batch::decode(&batch.payload).unwrap().partials {
+            let s = if p.series.metric() == "m0" { 0 } else { 1 };
+            got[s] += p.summary.count();
+            widths.insert(p.window.width().ms());
+        }
+    }
+    assert_eq!(got, truth);
+    assert!(widths.iter().any(|&w| w > 1000), "{widths:?}");
+
+    // Now at a tiny limit: everything coarsens to the floor, then drops.
+    let mut c = Commit::default();
+    for i in 0..32 {
+        c.flush.emitted.push(emit(0, i * 1000, 3));
+    }
+    st.confirm(&b.iter().map(|b| b.seq).collect::<Vec<_>>())
+        .unwrap();
+    let out = st.commit(&c, &limits(200)).unwrap();
+    assert!(out.dropped_readings > 0);
+    let b = st.form_batches("gw", 0, 100, 1000, Encoding::Json).unwrap();
+    let mut kept = 0;
+    for batch in &b {
+        let d = Batch::decode(&batch.payload).unwrap();
+        kept += d.readings();
+        assert_eq!(d.dropped_readings, out.dropped_readings);
+        for p in &d.partials {
+            assert_eq!(p.window.width().ms(), 16000);
+        }
+    }
+    assert_eq!(kept + out.dropped_readings, 96);
+}

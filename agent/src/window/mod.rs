@@ -1,0 +1,423 @@
+//! Event-time tumbling windows per series, watermarks per source, allowed
+//! lateness and revision partials (DESIGN §3). A plain synchronous state
+//! machine: no I/O, no clock of its own (the caller passes wall-clock time).
+//!
+//! # Design
+//! - Every series belongs to one *source* (its device). A source's watermark
+//!   is the largest event time it has delivered. A window of a series closes
+//!   when its source's watermark passes `end + allowed_lateness`, or when the
+//!   source has been idle (no input, wall clock) for `idle_close_ms`.
+//! - Per series, every window starting before `closed_before` is closed.
+//!   Data for a closed window is never dropped: it accumulates into a *late*
+//!   summary holding only the late readings, emitted at the next flush as a
+//!   revision partial for the same window (the collector merges it).
+//! - [`Windower::flush`] hands out, in one value, everything the store must
+//!   commit atomically: closed partials, checkpoints of changed open windows,
+//!   deleted checkpoints and new `closed_before` marks. After a crash the
+//!   state is rebuilt from the last commit with the `restore_*` methods.
+//!
+//! The hot path ([`Windower::insert_many`]) folds a run of readings of one
+//! series with one lookup, usually hitting the newest open window.
+
+use tributary_core::{Quantum, SeriesKey, Summary, SummaryError, Width, Window};
+
+/// Index of a series in the windower.
+pub type SeriesId = u32;
+/// Index of a source (device) in the windower.
+pub type SourceId = u32;
+
+#[derive(Debug, Clone)]
+struct Open {
+    start: i64,
+    summary: Summary,
+    dirty: bool,
+}
+
+/// One series' windowing state.
+#[derive(Debug, Clone)]
+pub struct SeriesState {
+    key: SeriesKey,
+    quantum: Quantum,
+    source: SourceId,
+    open: Vec<Open>,
+    closed_before: i64,
+    closed_before_dirty: bool,
+    late: Vec<(i64, Summary)>,
+    deleted: Vec<i64>,
+    dirty: bool,
+}
+
+impl SeriesState {
+    /// The series key.
+    pub fn key(&self) -> &SeriesKey {
+        &self.key
+    }
+    /// The series' quantum.
+    pub fn quantum(&self) -> Quantum {
+        self.quantum
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SourceState {
+    max_event: Option<i64>,
+    last_active_ms: i64,
+}
+
+/// A closed window (or a revision of one) ready for the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emitted {
+    /// The series.
+    pub series: SeriesId,
+    /// The window.
+    pub window: Window,
+    /// Its summary (only the late readings, for a revision).
+    pub summary: Summary,
+    /// Whether this is a revision of an already emitted window.
+    pub revision: bool,
+}
+
+/// Everything a flush changed, to be committed in one transaction.
+#[derive(Debug, Default)]
+pub struct Flush {
+    /// Closed partials and revisions.
+    pub emitted: Vec<Emitted>,
+    /// Open windows whose summary changed: (series, start, summary).
+    pub checkpoints: Vec<(SeriesId, i64, Summary)>,
+    /// Checkpoints to delete (their window closed): (series, start).
+    pub deleted: Vec<(SeriesId, i64)>,
+    /// New `closed_before` marks: (series, time).
+    pub closed_before: Vec<(SeriesId, i64)>,
+}
+
+/// The windowing state of all series.
+#[derive(Debug)]
+pub struct Windower {
+    width: Width,
+    lateness_ms: i64,
+    idle_close_ms: i64,
+    series: Vec<SeriesState>,
+    sources: Vec<SourceState>,
+    dirty: Vec<SeriesId>,
+}
+
+impl Windower {
+    /// An empty windower.
+    pub fn new(width: Width, lateness_ms: i64, idle_close_ms: i64) -> Self {
+        Windower {
+            width,
+            lateness_ms,
+            idle_close_ms,
+            series: Vec::new(),
+            sources: Vec::new(),
+            dirty: Vec::new(),
+        }
+    }
+
+    /// The window width.
+    pub fn width(&self) -> Width {
+        self.width
+    }
+
+    /// Registers a source; `now_ms` counts as its last activity.
+    pub fn add_source(&mut self, now_ms: i64) -> SourceId {
+        self.sources.push(SourceState {
+            max_event: None,
+            last_active_ms: now_ms,
+        });
+        (self.sources.len() - 1) as SourceId
+    }
+
+    /// Registers a series of `source`; nothing before `closed_before` is open.
+    pub fn add_series(
+        &mut self,
+        key: SeriesKey,
+        quantum: Quantum,
+        source: SourceId,
+        closed_before: i64,
+    ) -> SeriesId {
+        self.series.push(SeriesState {
+            key,
+            quantum,
+            source,
+            open: Vec::new(),
+            closed_before,
+            closed_before_dirty: false,
+            late: Vec::new(),
+            deleted: Vec::new(),
+            dirty: false,
+        });
+        (self.series.len() - 1) as SeriesId
+    }
+
+    /// The state of series `id`.
+    pub fn series(&self, id: SeriesId) -> Option<&SeriesState> {
+        self.series.get(id as usize)
+    }
+
+    /// The number of series.
+    pub fn series_count(&self) -> usize {
+        self.series.len()
+    }
+
+    /// Restores a checkpointed open window (after a restart).
+    pub fn restore_window(&mut self, id: SeriesId, start: i64, summary: Summary) {
+        if let Some(s) = self.series.get_mut(id as usize) {
+            let pos = s.open.partition_point(|o| o.start < start);
+            s.open.insert(
+                pos,
+                Open {
+                    start,
+                    summary,
+                    dirty: false,
+                },
+            );
+        }
+    }
+
+    /// Restores a source's watermark (after a restart).
+    pub fn restore_watermark(&mut self, source: SourceId, max_event: i64) {
+        if let Some(s) = self.sources.get_mut(source as usize) {
+            s.max_event = Some(s.max_event.map_or(max_event, |m| m.max(max_event)));
+        }
+    }
+
+    /// A source's watermark (the largest event time it delivered).
+    pub fn source_watermark(&self, source: SourceId) -> Option<i64> {
+        self.sources.get(source as usize).and_then(|s| s.max_event)
+    }
+
+    /// The agent's watermark: the smallest source watermark minus the lateness.
+    pub fn watermark(&self) -> i64 {
+        self.sources
+            .iter()
+            .filter_map(|s| s.max_event)
+            .min()
+            .map_or(0, |m| m.saturating_sub(self.lateness_ms))
+    }
+
+    fn touch(&mut self, id: SeriesId) {
+        let s = &mut self.series[id as usize];
+        if !s.dirty {
+            s.dirty = true;
+            self.dirty.push(id);
+        }
+    }
+
+    /// Folds in one reading (`ticks` of the series' quantum) at event time `time`.
+    pub fn insert(
+        &mut self,
+        id: SeriesId,
+        time: i64,
+        ticks: i64,
+        now_ms: i64,
+    ) -> Result<(), SummaryError> {
+        self.insert_many(id, &[(time, ticks)], now_ms).1
+    }
+
+    /// Folds in readings `(time, ticks)` of one series. Returns how many were
+    /// accepted and the first error (readings in error are skipped).
+    pub fn insert_many(
+        &mut self,
+        id: SeriesId,
+        points: &[(i64, i64)],
+        now_ms: i64,
+    ) -> (usize, Result<(), SummaryError>) {
+        let w = self.width.ms();
+        let Some(s) = self.series.get_mut(id as usize) else {
+            return (0, Ok(()));
+        };
+        let mut accepted = 0;
+        let mut first_err = Ok(());
+        let mut max_t = i64::MIN;
+        for &(t, v) in points {
+            let start = t.div_euclid(w) * w;
+            let res = if start < s.closed_before {
+                match s.late.iter_mut().find(|(st, _)| *st == start) {
+                    Some((_, sum)) => sum.insert(t, v),
+                    None => {
+                        let mut sum = Summary::new(s.quantum);
+                        let r = sum.insert(t, v);
+                        if r.is_ok() {
+                            s.late.push((start, sum));
+                        }
+                        r
+                    }
+                }
+            } else {
+                let open = match s.open.last_mut() {
+                    Some(o) if o.start == start => o,
+                    _ => {
+                        let pos = s.open.partition_point(|o| o.start < start);
+                        if s.open.get(pos).is_none_or(|o| o.start != start) {
+                            s.open.insert(
+                                pos,
+                                Open {
+                                    start,
+                                    summary: Summary::new(s.quantum),
+                                    dirty: false,
+                                },
+                            );
+                        }
+                        &mut s.open[pos]
+                    }
+                };
+                open.dirty = true;
+                open.summary.insert(t, v)
+            };
+            match res {
+                Ok(()) => {
+                    accepted += 1;
+                    max_t = max_t.max(t);
+                }
+                Err(e) => {
+                    if first_err.is_ok() {
+                        first_err = Err(e);
+                    }
+                }
+            }
+        }
+        let source = s.source;
+        if accepted > 0 {
+            self.touch(id);
+        }
+        self.note_source(source, (accepted > 0).then_some(max_t), now_ms);
+        (accepted, first_err)
+    }
+
+    fn note_source(&mut self, source: SourceId, max_event: Option<i64>, now_ms: i64) {
+        if let Some(src) = self.sources.get_mut(source as usize) {
+            src.last_active_ms = src.last_active_ms.max(now_ms);
+            if let Some(t) = max_event {
+                src.max_event = Some(src.max_event.map_or(t, |m| m.max(t)));
+            }
+        }
+    }
+
+    /// Merges a summary of readings in `window` (a device window, whose width
+    /// divides the agent's) into the series.
+    pub fn merge(
+        &mut self,
+        id: SeriesId,
+        window: Window,
+        summary: &Summary,
+        now_ms: i64,
+    ) -> Result<(), SummaryError> {
+        let w = self.width.ms();
+        let Some(s) = self.series.get_mut(id as usize) else {
+            return Ok(());
+        };
+        if summary.is_empty() {
+            let source = s.source;
+            self.note_source(source, Some(window.end() - 1), now_ms);
+            return Ok(());
+        }
+        let start = window.start().div_euclid(w) * w;
+        if start < s.closed_before {
+            match s.late.iter_mut().find(|(st, _)| *st == start) {
+                Some((_, sum)) => sum.merge(summary)?,
+                None => {
+                    let mut sum = Summary::new(s.quantum);
+                    sum.merge(summary)?;
+                    s.late.push((start, sum));
+                }
+            }
+        } else {
+            let pos = s.open.partition_point(|o| o.start < start);
+            if s.open.get(pos).is_none_or(|o| o.start != start) {
+                s.open.insert(
+                    pos,
+                    Open {
+                        start,
+                        summary: Summary::new(s.quantum),
+                        dirty: false,
+                    },
+                );
+            }
+            s.open[pos].summary.merge(summary)?;
+            s.open[pos].dirty = true;
+        }
+        let source = s.source;
+        let last = summary
+            .extent()
+            .map_or(window.end() - 1, |e| e.last.time.max(window.start()));
+        self.touch(id);
+        self.note_source(source, Some(last), now_ms);
+        Ok(())
+    }
+
+    /// Closes the windows that are due and collects every change since the
+    /// last flush. `now_ms` is the wall clock (for idle sources).
+    pub fn flush(&mut self, now_ms: i64) -> Flush {
+        let mut out = Flush::default();
+        let w = self.width.ms();
+        // Due windows can appear in series that saw no input (their source
+        // advanced or went idle), so every series with open windows is checked.
+        for (idx, s) in self.series.iter_mut().enumerate() {
+            let id = idx as SeriesId;
+            if !s.open.is_empty() {
+                let src = &self.sources[s.source as usize];
+                let idle = now_ms.saturating_sub(src.last_active_ms) >= self.idle_close_ms;
+                let threshold = src
+                    .max_event
+                    .map_or(i64::MIN, |m| m.saturating_sub(self.lateness_ms));
+                let n_due = if idle {
+                    s.open.len()
+                } else {
+                    s.open.partition_point(|o| o.start + w <= threshold)
+                };
+                for o in s.open.drain(..n_due) {
+                    s.closed_before = s.closed_before.max(o.start + w);
+                    s.closed_before_dirty = true;
+                    s.deleted.push(o.start);
+                    if let Ok(window) = Window::new(o.start, self.width) {
+                        out.emitted.push(Emitted {
+                            series: id,
+                            window,
+                            summary: o.summary,
+                            revision: false,
+                        });
+                    }
+                }
+            }
+            for (start, summary) in s.late.drain(..) {
+                if let Ok(window) = Window::new(start, self.width) {
+                    out.emitted.push(Emitted {
+                        series: id,
+                        window,
+                        summary,
+                        revision: true,
+                    });
+                }
+            }
+            for start in s.deleted.drain(..) {
+                out.deleted.push((id, start));
+            }
+            if s.closed_before_dirty {
+                s.closed_before_dirty = false;
+                out.closed_before.push((id, s.closed_before));
+            }
+        }
+        for id in self.dirty.drain(..) {
+            let s = &mut self.series[id as usize];
+            s.dirty = false;
+            for o in s.open.iter_mut().filter(|o| o.dirty) {
+                o.dirty = false;
+                out.checkpoints.push((id, o.start, o.summary.clone()));
+            }
+        }
+        out
+    }
+
+    /// Readings held in open windows (not yet emitted).
+    pub fn open_readings(&self) -> u64 {
+        self.series
+            .iter()
+            .flat_map(|s| s.open.iter())
+            .map(|o| o.summary.count())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests;

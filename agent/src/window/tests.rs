@@ -1,0 +1,162 @@
+//! Tests of the windowing state machine.
+
+use std::collections::{BTreeMap, HashMap};
+
+use proptest::prelude::*;
+use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+
+use super::*;
+
+fn key(m: &str) -> SeriesKey {
+    SeriesKey::new(m, "dev", BTreeMap::new()).unwrap()
+}
+
+fn w(ms: i64) -> Width {
+    Width::new(ms).unwrap()
+}
+
+#[test]
+fn closes_by_watermark_plus_lateness() {
+    let mut win = Windower::new(w(1000), 200, 1_000_000);
+    let src = win.add_source(0);
+    let s = win.add_series(key("t"), Quantum::DEFAULT, src, i64::MIN);
+    win.insert(s, 100, 1, 0).unwrap();
+    win.insert(s, 900, 2, 0).unwrap();
+    win.insert(s, 1100, 3, 0).unwrap();
+    let f = win.flush(0);
+    assert!(f.emitted.is_empty(), "watermark 1100 < 1000 + 200");
+    assert_eq!(f.checkpoints.len(), 2);
+    win.insert(s, 1200, 4, 0).unwrap();
+    let f = win.flush(0);
+    assert_eq!(f.emitted.len(), 1);
+    assert_eq!(f.emitted[0].window.start(), 0);
+    assert_eq!(f.emitted[0].summary.count(), 2);
+    assert!(!f.emitted[0].revision);
+    assert_eq!(f.deleted, vec![(s, 0)]);
+    assert_eq!(f.closed_before, vec![(s, 1000)]);
+    assert_eq!(f.checkpoints.len(), 1, "only the changed window 1000");
+}
+
+#[test]
+fn late_data_becomes_a_revision_delta() {
+    let mut win = Windower::new(w(1000), 0, 1_000_000);
+    let src = win.add_source(0);
+    let s = win.add_series(key("t"), Quantum::DEFAULT, src, i64::MIN);
+    win.insert(s, 10, 1, 0).unwrap();
+    win.insert(s, 2000, 1, 0).unwrap();
+    let f = win.flush(0);
+    assert_eq!(f.emitted.len(), 1);
+    win.insert(s, 20, 5, 0).unwrap();
+    win.insert(s, 30, 6, 0).unwrap();
+    let f = win.flush(0);
+    assert_eq!(f.emitted.len(), 1);
+    let e = &f.emitted[0];
+    assert!(e.revision);
+    assert_eq!(e.window.start(), 0);
+    assert_eq!(e.summary.count(), 2, "only the late readings");
+    assert_eq!(e.summary.sum_ticks(), 11);
+    assert!(f.checkpoints.is_empty(), "late data is not checkpointed");
+}
+
+#[test]
+fn idle_sources_close_everything() {
+    let mut win = Windower::new(w(1000), 0, 5_000);
+    let src = win.add_source(0);
+    let s = win.add_series(key("t"), Quantum::DEFAULT, src, i64::MIN);
+    win.insert(s, 10_500, 1, 100).unwrap();
+    assert!(win.flush(4_000).emitted.is_empty());
+    let f = win.flush(5_100);
+    assert_eq!(f.emitted.len(), 1);
+    assert_eq!(f.emitted[0].window.start(), 10_000);
+}
+
+#[test]
+fn merges_device_summaries_into_the_agent_window() {
+    let mut win = Windower::new(w(60_000), 0, 1_000_000);
+    let src = win.add_source(0);
+    let s = win.add_series(key("t"), Quantum::DEFAULT, src, i64::MIN);
+    let mut a = Summary::new(Quantum::DEFAULT);
+    a.insert(61_000, 5).unwrap();
+    let mut b = Summary::new(Quantum::DEFAULT);
+    b.insert(75_000, 7).unwrap();
+    win.merge(s, Window::new(60_000, w(10_000)).unwrap(), &a, 0)
+        .unwrap();
+    win.merge(s, Window::new(70_000, w(10_000)).unwrap(), &b, 0)
+        .unwrap();
+    win.insert(s, 200_000, 1, 0).unwrap();
+    let f = win.flush(0);
+    let e = f
+        .emitted
+        .iter()
+        .find(|e| e.window.start() == 60_000)
+        .unwrap();
+    assert_eq!(e.summary.count(), 2);
+    assert_eq!(e.summary.sum_ticks(), 12);
+}
+
+#[test]
+fn restored_state_continues_where_it_left() {
+    let mut win = Windower::new(w(1000), 0, 1_000_000);
+    let src = win.add_source(0);
+    let s = win.add_series(key("t"), Quantum::DEFAULT, src, i64::MIN);
+    win.insert(s, 1500, 3, 0).unwrap();
+    let f = win.flush(0);
+    let (_, start, sum) = f.checkpoints[0].clone();
+    // A new windower from the checkpoint and a closed_before mark.
+    let mut win2 = Windower::new(w(1000), 0, 1_000_000);
+    let src2 = win2.add_source(0);
+    let s2 = win2.add_series(key("t"), Quantum::DEFAULT, src2, 1000);
+    win2.restore_window(s2, start, sum);
+    win2.restore_watermark(src2, 1500);
+    win2.insert(s2, 1600, 4, 0).unwrap();
+    win2.insert(s2, 500, 1, 0).unwrap(); // before closed_before: a revision
+    win2.insert(s2, 3000, 1, 0).unwrap();
+    let f = win2.flush(0);
+    let main = f.emitted.iter().find(|e| !e.revision).unwrap();
+    assert_eq!(main.summary.count(), 2);
+    assert_eq!(main.summary.sum_ticks(), 7);
+    assert!(f
+        .emitted
+        .iter()
+        .any(|e| e.revision && e.window.start() == 0));
+}
+
+proptest! {
+    /// Whatever the arrival order and flush points, the emitted partials of
+    /// each window add up exactly to the readings in it, and every
+    /// emitted-or-open reading is accounted for.
+    #[test]
+    fn emitted_partials_add_up_exactly(
+        readings in prop::collection::vec((0u8..3, 0i64..20_000, -1000i64..1000), 1..300),
+        flush_every in 1usize..50,
+        lateness in 0i64..3000,
+    ) {
+        let mut win = Windower::new(w(1000), lateness, 1_000_000);
+        let src = win.add_source(0);
+        let ids: Vec<_> = (0..3).map(|i| win.add_series(key(&format!("m{i}")), Quantum::DEFAULT, src, i64::MIN)).collect();
+        let mut truth: HashMap<(u32, i64), (u64, i128)> = HashMap::new();
+        let mut got: HashMap<(u32, i64), (u64, i128)> = HashMap::new();
+        let collect = |f: Flush, got: &mut HashMap<(u32, i64), (u64, i128)>| {
+            for e in f.emitted {
+                let g = got.entry((e.series, e.window.start())).or_default();
+                g.0 += e.summary.count();
+                g.1 += e.summary.sum_ticks();
+            }
+        };
+        for (i, &(s, t, v)) in readings.iter().enumerate() {
+            win.insert(ids[s as usize], t, v, 0).unwrap();
+            let e = truth.entry((ids[s as usize], t.div_euclid(1000) * 1000)).or_default();
+            e.0 += 1;
+            e.1 += i128::from(v);
+            if i % flush_every == 0 {
+                let f = win.flush(0);
+                collect(f, &mut got);
+            }
+        }
+        // Going idle closes everything that is left.
+        let f = win.flush(10_000_000);
+        collect(f, &mut got);
+        prop_assert_eq!(win.open_readings(), 0);
+        prop_assert_eq!(truth, got);
+    }
+}

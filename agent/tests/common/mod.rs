@@ -1,0 +1,182 @@
+//! Shared test helpers: a stand-in collector that de-duplicates batches by
+//! (agent, seq), sums partials per (series, window) and publishes Confirms;
+//! and the ground truth of simulated devices.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use tributary_agent::config::SimulatedConfig;
+use tributary_agent::sources::simulated::SimPlan;
+use tributary_core::batch::{Batch, Confirm};
+use tributary_core::topic;
+
+/// (series text, window start, width) → (count, Σticks).
+pub type Totals = HashMap<(String, i64, i64), (u64, i128)>;
+
+#[derive(Debug, Default)]
+pub struct Received {
+    pub seqs: HashSet<(String, u64)>,
+    pub totals: Totals,
+    pub readings: u64,
+    pub duplicates: u64,
+    pub dropped: u64,
+}
+
+/// The test's collector: subscribes to every agent's partials.
+pub struct TestCollector {
+    pub state: Arc<Mutex<Received>>,
+    client: Client,
+}
+
+impl TestCollector {
+    pub fn start(port: u16) -> TestCollector {
+        let mut o = MqttOptions::new(
+            format!("test-collector-{}", fastrand::u32(..)),
+            "127.0.0.1",
+            port,
+        );
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(16 << 20, 16 << 20);
+        let (client, mut conn) = Client::new(o, 1000);
+        let state = Arc::new(Mutex::new(Received::default()));
+        let st = state.clone();
+        let c2 = client.clone();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = c2.try_subscribe(topic::ALL_PARTIALS, QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let Ok(b) = Batch::decode(&p.payload) else {
+                            continue;
+                        };
+                        {
+                            let mut s = st.lock().unwrap();
+                            if s.seqs.insert((b.agent.clone(), b.seq)) {
+                                s.dropped += b.dropped_readings;
+                                for part in &b.partials {
+                                    let e = s
+                                        .totals
+                                        .entry((
+                                            part.series.to_string(),
+                                            part.window.start(),
+                                            part.window.width().ms(),
+                                        ))
+                                        .or_default();
+                                    e.0 += part.summary.count();
+                                    e.1 += part.summary.sum_ticks();
+                                    s.readings += part.summary.count();
+                                }
+                            } else {
+                                s.duplicates += 1;
+                            }
+                        }
+                        let c = Confirm::new(b.agent.clone(), vec![b.seq]);
+                        let _ = c2.try_publish(
+                            topic::acks(&b.agent),
+                            QoS::AtLeastOnce,
+                            false,
+                            c.encode(),
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
+        });
+        TestCollector { state, client }
+    }
+
+    pub fn readings(&self) -> u64 {
+        self.state.lock().unwrap().readings
+    }
+
+    /// Waits until `n` readings arrived (or the timeout passes).
+    pub fn wait_for(&self, n: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.readings();
+            if got >= n || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn totals(&self) -> Totals {
+        self.state.lock().unwrap().totals.clone()
+    }
+}
+
+impl Drop for TestCollector {
+    fn drop(&mut self) {
+        let _ = self.client.try_disconnect();
+    }
+}
+
+/// The exact totals the simulated devices produce, per agent window.
+pub fn truth(sim: &SimulatedConfig, width: i64) -> Totals {
+    let mut out = Totals::new();
+    for plan in SimPlan::all(sim) {
+        for (metric, t, v) in plan.readings() {
+            let key = format!("{metric}{{device=\"{}\"}}", plan.name);
+            let e = out
+                .entry((key, t.div_euclid(width) * width, width))
+                .or_default();
+            e.0 += 1;
+            e.1 += i128::from(v);
+        }
+    }
+    out
+}
+
+/// Per-series (count, Σticks), whatever the windows.
+pub fn per_series(t: &Totals) -> HashMap<String, (u64, i128)> {
+    let mut out: HashMap<String, (u64, i128)> = HashMap::new();
+    for ((s, _, _), (n, sum)) in t {
+        let e = out.entry(s.clone()).or_default();
+        e.0 += n;
+        e.1 += sum;
+    }
+    out
+}
+
+/// A time well in the past, aligned to `align`, fixed per test run.
+pub fn start_ms(align: i64) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    (now - 86_400_000).div_euclid(align) * align
+}
+
+pub fn sim_config(devices: usize, windows: u64, start: i64, frame_rate: u32) -> SimulatedConfig {
+    SimulatedConfig {
+        devices,
+        prefix: "sim-".into(),
+        mode: tributary_agent::config::SimMode::Summaries,
+        channels: 2,
+        device_window_ms: 1000,
+        readings_per_window: 5,
+        windows,
+        start_ms: start,
+        frame_rate,
+        max_unacked: 32,
+    }
+}
+
+/// An agent config as TOML text.
+pub fn agent_toml(dir: &std::path::Path, port: u16, sim: &SimulatedConfig, extra: &str) -> String {
+    format!(
+        "agent_id = \"gw-test\"\ndata_dir = {dir:?}\n[window]\nwidth_ms = 5000\nallowed_lateness_ms = 1000\nidle_close_ms = 1500\n\
+[store]\ncommit_interval_ms = 20\n[uplink]\nport = {port}\nconfirm_timeout_ms = 1500\nreconnect_min_ms = 50\nreconnect_max_ms = 500\nmax_in_flight = 8\n\
+[http]\nlisten = \"\"\n[outbox]\nbatch_max_partials = 20\n\
+[simulated]\ndevices = {}\nmode = \"summaries\"\nchannels = {}\ndevice_window_ms = {}\nreadings_per_window = {}\nwindows = {}\nstart_ms = {}\nframe_rate = {}\nmax_unacked = {}\n{extra}",
+        sim.devices, sim.channels, sim.device_window_ms, sim.readings_per_window, sim.windows, sim.start_ms, sim.frame_rate, sim.max_unacked,
+        dir = dir.display().to_string(),
+    )
+}

@@ -1,0 +1,175 @@
+//! # tributary-testkit
+//!
+//! Helpers shared by the agent's and the collector's integration tests.
+//! Tests run the real programs, never mocks: [`Mosquitto`] starts a real
+//! `mosquitto` broker on `127.0.0.1` with a free port and kills it on drop.
+//!
+//! ```no_run
+//! use tributary_testkit::{Mosquitto, MosquittoOptions};
+//! let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
+//! println!("broker on 127.0.0.1:{}", broker.port());
+//! ```
+//!
+//! ## API
+//! - [`free_port`] — an unused TCP port on 127.0.0.1.
+//! - [`MosquittoOptions`] — per-client queue limits (to make a lossy broker).
+//! - [`Mosquitto`] — `start`, `port`, `stop`, `restart` (same port), killed on `Drop`.
+
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// An unused TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// How to configure the test broker.
+#[derive(Debug, Clone, Default)]
+pub struct MosquittoOptions {
+    /// `max_queued_messages`: QoS 1/2 messages queued per client beyond the
+    /// in-flight ones; when full, mosquitto drops further messages for that
+    /// client (after having PUBACKed them to the publisher). `None` keeps
+    /// mosquitto's default (1000).
+    pub max_queued_messages: Option<u32>,
+    /// `max_inflight_messages` per client; `None` keeps the default (20).
+    pub max_inflight_messages: Option<u32>,
+    /// A fixed port instead of a free one.
+    pub port: Option<u16>,
+}
+
+/// A running mosquitto broker, killed on drop.
+#[derive(Debug)]
+pub struct Mosquitto {
+    port: u16,
+    config: PathBuf,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+/// The mosquitto binary: `/usr/sbin/mosquitto`, else `mosquitto` on `PATH`.
+fn binary() -> PathBuf {
+    let sbin = PathBuf::from("/usr/sbin/mosquitto");
+    if sbin.exists() {
+        sbin
+    } else {
+        PathBuf::from("mosquitto")
+    }
+}
+
+impl Mosquitto {
+    /// Writes a config to a temp dir, starts mosquitto on 127.0.0.1 and waits
+    /// until the port accepts connections (up to 10 s).
+    pub fn start(options: MosquittoOptions) -> io::Result<Mosquitto> {
+        let dir = tempfile::tempdir()?;
+        let port = options.port.unwrap_or_else(free_port);
+        let mut conf = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_keepalive 120\n"
+        );
+        if let Some(n) = options.max_queued_messages {
+            conf.push_str(&format!("max_queued_messages {n}\n"));
+        }
+        if let Some(n) = options.max_inflight_messages {
+            conf.push_str(&format!("max_inflight_messages {n}\n"));
+        }
+        let config = dir.path().join("mosquitto.conf");
+        std::fs::write(&config, conf)?;
+        let mut m = Mosquitto {
+            port,
+            config,
+            child: None,
+            _dir: dir,
+        };
+        m.spawn()?;
+        Ok(m)
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        let child = Command::new(binary())
+            .arg("-c")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    return Err(io::Error::other(format!(
+                        "mosquitto exited early with {status} (port {} taken?)",
+                        self.port
+                    )));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(
+                    "mosquitto did not accept connections in 10 s",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the broker (like a crash: queued messages are lost).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (stops it first if running).
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.stop();
+        // The port may linger briefly after the kill; retry for a while.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn() {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_stops_and_restarts_on_the_same_port() {
+        let mut m = Mosquitto::start(MosquittoOptions::default()).unwrap();
+        let port = m.port();
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
+        m.stop();
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+        m.restart().unwrap();
+        assert_eq!(m.port(), port);
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
+    }
+}

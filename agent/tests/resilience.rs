@@ -1,5 +1,7 @@
 //! Outage, lossy broker and outbox coarsening, each with a real mosquitto.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -120,6 +120,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(kib) = peak_rss_kib() {
         println!("  peak RSS           {:.1} MiB", kib as f64 / 1024.0);
     }
+    drop(engine);
     agent.shutdown().await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

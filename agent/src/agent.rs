@@ -107,6 +107,14 @@ impl Agent {
                 }
             }));
         }
+        if config.local_mqtt.enabled {
+            tasks.push(tokio::spawn(crate::sources::mqtt::run(
+                config.clone(),
+                tx.clone(),
+                metrics.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
         let mut sims = Vec::new();
         for plan in SimPlan::all(&config.simulated) {
             sims.push(tokio::spawn(simulated::run_device(

@@ -1,0 +1,151 @@
+//! Devices on the local broker: JSON readings ([`super::json`]) on
+//! `tributary/v1/devices/{device}/readings` and binary link frames (Hello,
+//! Summary, Reading) on `…/{device}/summaries`.
+//!
+//! The subscription uses a persistent session and manual acknowledgements:
+//! a message is PUBACKed only after the engine committed its effect, so a
+//! crash before the commit makes the broker redeliver it. Bad input is
+//! acknowledged (it will never become good), logged and counted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::{mpsc, oneshot, watch};
+use tributary_core::frame::{FrameDecoder, MAX_FRAME};
+use tributary_core::topic;
+
+use super::json;
+use crate::config::Config;
+use crate::engine::{now_ms, Cmd};
+use crate::metrics::{Metrics, Reject};
+
+/// Runs the local-broker source until shutdown.
+pub(crate) async fn run(
+    cfg: Config,
+    engine: mpsc::Sender<Cmd>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let l = &cfg.local_mqtt;
+    let id = if l.client_id.is_empty() {
+        format!("tributary-agent-{}-local", cfg.agent_id)
+    } else {
+        l.client_id.clone()
+    };
+    let mut o = MqttOptions::new(id, l.host.clone(), l.port);
+    o.set_clean_session(false);
+    o.set_manual_acks(true);
+    o.set_keep_alive(Duration::from_secs(30));
+    let max = cfg.limits.max_payload_bytes;
+    o.set_max_packet_size(max * 2 + 1024, 64 * 1024);
+    if let (Some(u), Some(p)) = (&l.username, &l.password) {
+        o.set_credentials(u.clone(), p.clone());
+    }
+    let (client, mut events) = AsyncClient::new(o, 256);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            ev = events.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    tracing::info!("local broker connected");
+                    let _ = client.try_subscribe(topic::ALL_DEVICES, QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let done = handle(&p.topic, &p.payload, max, &engine, &metrics).await;
+                    let c = client.clone();
+                    tokio::spawn(async move {
+                        if let Some(rx) = done {
+                            if rx.await.is_err() {
+                                return; // engine gone: no ack, the broker redelivers
+                            }
+                        }
+                        let _ = c.ack(&p).await;
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "local broker connection failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Sends one message's content to the engine; returns what to await before acking.
+async fn handle(
+    t: &str,
+    payload: &[u8],
+    max: usize,
+    engine: &mpsc::Sender<Cmd>,
+    metrics: &Metrics,
+) -> Option<oneshot::Receiver<()>> {
+    let Some((device, leaf)) = topic::device_topic(t) else {
+        tracing::warn!(topic = t, "message outside the device topic tree refused");
+        metrics.reject(Reject::BadTopic);
+        return None;
+    };
+    if payload.len() > max {
+        tracing::warn!(
+            device,
+            bytes = payload.len(),
+            limit = max,
+            "payload over limits.max_payload_bytes refused"
+        );
+        metrics.reject(Reject::Oversized);
+        return None;
+    }
+    let (tx, rx) = oneshot::channel();
+    let cmd = match leaf {
+        "readings" => match json::parse(payload) {
+            Ok(msg) => Cmd::Json {
+                device: device.to_string(),
+                msg,
+                done: Some(tx),
+            },
+            Err((reason, why)) => {
+                tracing::warn!(device, ?reason, "JSON readings refused: {why}");
+                metrics.reject(reason);
+                return None;
+            }
+        },
+        "summaries" => {
+            let mut dec = FrameDecoder::<MAX_FRAME>::new();
+            let mut frames = Vec::new();
+            let arrival = now_ms();
+            let tail = if payload.last() == Some(&0) {
+                None
+            } else {
+                Some(0u8)
+            };
+            for &b in payload.iter().chain(tail.iter()) {
+                match dec.push(b) {
+                    Some(Ok(m)) => frames.push((m, arrival)),
+                    Some(Err(e)) => {
+                        tracing::warn!(device, error = %e, "corrupt summary frame refused");
+                        metrics.reject(Reject::CorruptFrame);
+                    }
+                    None => {}
+                }
+            }
+            if frames.is_empty() {
+                return None;
+            }
+            Cmd::Link {
+                link: format!("mqtt:{device}"),
+                frames,
+                reply: None,
+                fixed_offset: None,
+                done: Some(tx),
+            }
+        }
+        _ => {
+            tracing::warn!(topic = t, "unknown device topic leaf refused");
+            metrics.reject(Reject::BadTopic);
+            return None;
+        }
+    };
+    engine.send(cmd).await.ok()?;
+    Some(rx)
+}

@@ -260,11 +260,14 @@ impl Summary {
         }
         let n = i128::from(self.count);
         let (a, b) = (self.sum.div_euclid(n), self.sum.rem_euclid(n));
-        let t = a.checked_mul(self.sum.checked_add(b)?)?;
-        let int_part = if t >= 0 {
-            self.sum_sq.checked_sub(t.unsigned_abs())?
+        // t = a·(Σv + b) can exceed i128 (|t| ≤ Σv² < 2¹²⁸), so it is formed
+        // as a u128 magnitude with a separate sign.
+        let s = self.sum.checked_add(b)?;
+        let t = a.unsigned_abs().checked_mul(s.unsigned_abs())?;
+        let int_part = if (a >= 0) == (s >= 0) || a == 0 || s == 0 {
+            self.sum_sq.checked_sub(t)?
         } else {
-            self.sum_sq.checked_add(t.unsigned_abs())?
+            self.sum_sq.checked_add(t)?
         };
         let frac = (b as f64) * (b as f64) / (n as f64);
         Some(((int_part as f64 - frac) / (n - 1) as f64).max(0.0))

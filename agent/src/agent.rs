@@ -115,6 +115,14 @@ impl Agent {
                 shutdown_rx.clone(),
             )));
         }
+        for port in &config.serial {
+            tasks.push(tokio::spawn(crate::sources::serial::run(
+                port.clone(),
+                tx.clone(),
+                metrics.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
         let mut sims = Vec::new();
         for plan in SimPlan::all(&config.simulated) {
             sims.push(tokio::spawn(simulated::run_device(

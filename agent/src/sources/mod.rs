@@ -2,7 +2,9 @@
 //!
 //! - [`simulated`] — N virtual devices in-process (demo, tests, benchmarks);
 //! - [`json`] — the JSON readings format of the local broker;
-//! - [`mqtt`] — devices on the local broker (JSON and binary frames).
+//! - [`mqtt`] — devices on the local broker (JSON and binary frames);
+//! - [`serial`] — devices on serial ports (the firmware link protocol).
 pub mod json;
 pub mod mqtt;
+pub mod serial;
 pub mod simulated;

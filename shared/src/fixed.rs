@@ -185,8 +185,19 @@ impl FixedSummary {
                 let n = i128::from(self.count);
                 let r = i128::from(self.reference);
                 let s = i128::from(self.sum);
-                if s < n * (i128::from(e.min) - r) || s > n * (i128::from(e.max) - r) {
+                let (a, b) = (i128::from(e.min) - r, i128::from(e.max) - r);
+                if s < n * a || s > n * b {
                     return Err("fixed summary: sum outside count·[min, max]");
+                }
+                // Σd² of n values d ∈ [a, b] with Σd = s lies in
+                // [s²/n, (a+b)·s − n·a·b] (Cauchy–Schwarz; Σ(d−a)(d−b) ≤ 0).
+                // Without this, widening an inconsistent payload could give a
+                // negative or oversized Σv² (all terms < 2¹²⁷).
+                let q = i128::from(self.sum_sq);
+                if q * n < s * s || q > (a + b) * s - n * a * b {
+                    return Err(
+                        "fixed summary: sum of squares inconsistent with count, sum and [min, max]",
+                    );
                 }
                 Ok(())
             }

@@ -567,7 +567,8 @@ fn worst_case_summary_frame_fits_max_payload() {
         "quantum": -18,
         "reference": i32::MIN,
         "count": n,
-        "sum": i64::try_from(n).unwrap() * (i64::from(i32::MAX) - i64::from(i32::MIN)),
+        // The widest Σd consistent with Σd² ≤ u64::MAX (Σd² ≥ (Σd)²/n).
+        "sum": 1i64 << 43,
         "sum_sq": u64::MAX,
         "extent": {
             "min": i32::MIN, "max": i32::MAX,
@@ -624,3 +625,28 @@ const GOLDEN_BATCH: &[u8] = &[
     255, 2, 168, 3, 154, 233, 2, 1, 5, 174, 3, 168, 177, 7, 174, 3, 144, 185, 7, 5, 6, 0, 222, 7,
     1, 1, 202, 1, 1, 1,
 ];
+
+#[test]
+fn fixed_summary_with_inconsistent_moments_is_rejected() {
+    // Two readings 10 and 20 (reference 0): Σd = 30, Σd² = 500.
+    let make = |sum_sq: u64| {
+        serde_json::json!({
+            "quantum": -3, "reference": 0, "count": 2, "sum": 30, "sum_sq": sum_sq,
+            "extent": {"min": 10, "max": 20,
+                       "first": {"time": 0, "value": 10}, "last": {"time": 1, "value": 20}},
+            "sketch": serde_json::to_value({
+                let mut f = FixedSummary::new(Quantum::new(-3).unwrap(), 0);
+                f.insert(0, 10).unwrap();
+                f.insert(1, 20).unwrap();
+                f
+            }).unwrap()["sketch"],
+        })
+    };
+    let ok: FixedSummary = serde_json::from_value(make(500)).unwrap();
+    assert_eq!(Summary::from_fixed(&ok, 0).sum_sq_ticks(), 500);
+    // Below (Σd)²/n = 450 or above (a+b)·Σd − n·a·b = 500: no data gives that.
+    for bad in [0, 449, 501, u64::MAX] {
+        let err = serde_json::from_value::<FixedSummary>(make(bad)).unwrap_err();
+        assert!(err.to_string().contains("sum of squares"), "{bad}: {err}");
+    }
+}

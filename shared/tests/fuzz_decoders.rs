@@ -164,6 +164,32 @@ fn input() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+
+/// Mutated postcard payloads of every message, re-wrapped with the version
+/// byte, a correct CRC and COBS, so they reach the message decoder and the
+/// summary validation instead of stopping at the CRC.
+fn rewrapped() -> impl Strategy<Value = Vec<u8>> {
+    let payloads: Vec<Vec<u8>> = frames()
+        .into_iter()
+        .map(|mut f| {
+            f.pop();
+            let n = cobs::decode_in_place(&mut f).unwrap();
+            f[1..n - 4].to_vec()
+        })
+        .collect();
+    (0..payloads.len(), prop::collection::vec(mutation(), 1..4)).prop_map(move |(k, muts)| {
+        let mut raw = vec![frame::FRAME_VERSION];
+        raw.extend(apply(payloads[k].clone(), &muts));
+        let crc = CRC.checksum(&raw);
+        raw.extend_from_slice(&crc.to_le_bytes());
+        let mut out = vec![0u8; raw.len() + raw.len() / 254 + 2];
+        let n = cobs::encode(&raw, &mut out);
+        out.truncate(n);
+        out
+    })
+}
+
 /// An accepted message must be valid and survive a re-encode.
 fn check_message(m: &Message) {
     if let Message::Summary(s) = m {
@@ -223,6 +249,18 @@ proptest! {
             if let Ok(m) = frame::decode_in_place(&mut copy) {
                 check_message(&m);
             }
+        }
+    }
+
+    #[test]
+    fn rewrapped_payloads_decode_only_to_valid_messages(bytes in rewrapped()) {
+        let mut copy = bytes.clone();
+        match frame::decode_in_place(&mut copy) {
+            Ok(m) => check_message(&m),
+            Err(e) => prop_assert!(
+                matches!(e, frame::FrameError::Malformed | frame::FrameError::Oversized),
+                "{:?}", e
+            ),
         }
     }
 

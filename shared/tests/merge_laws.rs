@@ -447,3 +447,40 @@ fn merge_refuses_other_quantum_and_leaves_state() {
     ));
     assert_eq!(a, before);
 }
+
+/// The generators above only sometimes push a sketch below scale 6; this pins
+/// the interesting case: parts at fine scales merging into a whole that had
+/// to coarsen, along many random trees.
+#[test]
+fn merge_trees_that_must_coarsen_equal_the_whole() {
+    let mut mix = Mix(99);
+    let full_r: Vec<(i64, i64)> = (0..400)
+        .map(|i| {
+            let bits = 1 + mix.below(53) as u32;
+            let m = (mix.next() >> (64 - bits)) as i64;
+            (i % 7, if i % 3 == 0 { -m } else { m })
+        })
+        .chain([(0, 1), (0, MAX_TICKS), (1, -1), (1, -MAX_TICKS), (2, 0)])
+        .collect();
+    let whole = full(&full_r);
+    assert!(whole.sketch().scale() < 6, "{}", whole.sketch().scale());
+    let fixed_r: Vec<(u32, i32)> = (0..400u32)
+        .map(|i| {
+            let bits = 1 + mix.below(28) as u32;
+            let m = (mix.next() >> (64 - bits)) as i32;
+            (i % 5, if i % 4 == 0 { -m } else { m })
+        })
+        .chain([(0, 1), (0, 1 << 28), (1, -1), (1, -(1 << 28)), (2, 0)])
+        .collect();
+    let whole_fixed = fixed(-77, &fixed_r);
+    assert!(whole_fixed.sketch().scale() <= 1);
+    for seed in 0..200 {
+        let merged = split_and_merge(&full_r, seed, full, m_full);
+        assert_eq!(merged, whole, "seed {seed}");
+        assert_eq!(stats_bits(&merged), stats_bits(&whole));
+        let merged_fixed = split_and_merge(&fixed_r, seed, |p| fixed(-77, p), m_fixed);
+        assert_eq!(merged_fixed, whole_fixed, "seed {seed}");
+    }
+    // Small parts of the wide data do keep finer scales than the whole.
+    assert!(full(&full_r[..3]).sketch().scale() > whole.sketch().scale());
+}

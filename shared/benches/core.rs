@@ -11,6 +11,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tributary_core::batch::{Batch, Encoding, Partial};
 use tributary_core::frame::{self, FrameDecoder, Message, SummaryFrame, MAX_FRAME};
+use tributary_core::sketch::Sketch;
 use tributary_core::{FixedSummary, Quantum, SeriesKey, Summary, Width, Window};
 
 /// SplitMix64: deterministic data without extra crates.
@@ -96,6 +97,15 @@ fn insert(c: &mut Criterion) {
                 f.insert(i as u32, v as i32).unwrap();
             }
             f
+        })
+    });
+    g.bench_function("sketch", |b| {
+        b.iter(|| {
+            let mut s = Sketch::new();
+            for &(_, v) in black_box(&r) {
+                s.insert(v).unwrap();
+            }
+            s
         })
     });
     g.finish();

@@ -4,3 +4,9 @@
 //! `embedded-hal` 1.0, fixed-size windowed pre-aggregation and a reliable
 //! framed link to the gateway. `#![no_std]` and allocation-free.
 #![no_std]
+
+pub mod aggregator;
+pub mod sensor;
+
+pub use aggregator::{Aggregator, AggregatorError, Mode};
+pub use sensor::{ChannelSpec, Sensor};

@@ -1,0 +1,234 @@
+//! Windowed pre-aggregation: one [`FixedSummary`] per channel for the current
+//! window of device time, closed into Summary frames at the window boundary.
+//!
+//! Frames are handed to a caller-supplied `emit` closure one at a time, so
+//! nothing is allocated and the link decides where they go.
+
+use tributary_core::fixed::FixedSummary;
+use tributary_core::frame::{DeviceStats, Message, ReadingFrame, SummaryFrame};
+use tributary_core::quantum::Quantum;
+
+use crate::sensor::{ChannelSpec, Sensor};
+
+/// Whether the device aggregates or sends every reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Summaries per channel and window.
+    Aggregate,
+    /// One Reading frame per sample.
+    Raw,
+}
+
+/// Why an aggregator could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggregatorError {
+    /// The sensor's channel list does not have the aggregator's channel count.
+    ChannelCount {
+        /// The aggregator's compile-time channel count.
+        expected: usize,
+        /// The number of channel specs given.
+        got: usize,
+    },
+    /// A channel's quantum exponent is out of range.
+    Quantum {
+        /// The channel index.
+        channel: usize,
+        /// The exponent given.
+        exponent: i8,
+    },
+    /// The window width is zero.
+    ZeroWidth,
+}
+
+/// Pre-aggregates `C` channels into tumbling windows of device time.
+#[derive(Debug, Clone)]
+pub struct Aggregator<const C: usize> {
+    boot: u32,
+    seq: u32,
+    width_ms: u32,
+    /// Window boundaries fall at `k · width − phase` on the device clock.
+    phase: u64,
+    mode: Mode,
+    quanta: [(Quantum, i32); C],
+    start: Option<u64>,
+    current: [FixedSummary; C],
+    stats: DeviceStats,
+}
+
+impl<const C: usize> Aggregator<C> {
+    /// An aggregator for the channels `specs` (exactly `C` of them).
+    pub fn new(
+        specs: &[ChannelSpec],
+        boot: u32,
+        width_ms: u32,
+        mode: Mode,
+    ) -> Result<Self, AggregatorError> {
+        if specs.len() != C {
+            return Err(AggregatorError::ChannelCount {
+                expected: C,
+                got: specs.len(),
+            });
+        }
+        if width_ms == 0 {
+            return Err(AggregatorError::ZeroWidth);
+        }
+        let mut quanta = [(Quantum::DEFAULT, 0); C];
+        for (i, (slot, spec)) in quanta.iter_mut().zip(specs).enumerate() {
+            let q = Quantum::new(spec.quantum_exp).map_err(|_| AggregatorError::Quantum {
+                channel: i,
+                exponent: spec.quantum_exp,
+            })?;
+            *slot = (q, spec.reference);
+        }
+        let current = core::array::from_fn(|i| FixedSummary::new(quanta[i].0, quanta[i].1));
+        Ok(Aggregator {
+            boot,
+            seq: 0,
+            width_ms,
+            phase: 0,
+            mode,
+            quanta,
+            start: None,
+            current,
+            stats: DeviceStats::default(),
+        })
+    }
+
+    /// The boot id stamped on every frame.
+    pub fn boot(&self) -> u32 {
+        self.boot
+    }
+
+    /// The window width in ms.
+    pub fn width_ms(&self) -> u32 {
+        self.width_ms
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Counters since boot (sensor errors; the link adds its own).
+    pub fn stats(&self) -> DeviceStats {
+        self.stats
+    }
+
+    /// The next sequence number to be used.
+    pub fn next_seq(&self) -> u32 {
+        self.seq
+    }
+
+    /// Aligns windows opened from now on so that boundaries fall at
+    /// `k · width − phase_ms` on the device clock (the clock module computes
+    /// the phase from a TimeSync). The open window keeps its bounds.
+    pub fn set_phase(&mut self, phase_ms: u64) {
+        self.phase = phase_ms % u64::from(self.width_ms);
+    }
+
+    /// Start of the current window, if one is open.
+    pub fn window_start(&self) -> Option<u64> {
+        self.start
+    }
+
+    fn window_of(&self, now: u64) -> u64 {
+        let w = u64::from(self.width_ms);
+        let shifted = now + self.phase;
+        (shifted - shifted % w).saturating_sub(self.phase)
+    }
+
+    fn next_seq_bump(&mut self) -> u32 {
+        let s = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        s
+    }
+
+    /// Closes the open window if `now` is at or past its end.
+    pub fn close_due(&mut self, now: u64, emit: &mut impl FnMut(Message)) {
+        if let Some(start) = self.start {
+            if now >= start + u64::from(self.width_ms) {
+                self.flush(emit);
+            }
+        }
+    }
+
+    /// Closes the open window now, emitting one frame per non-empty channel.
+    pub fn flush(&mut self, emit: &mut impl FnMut(Message)) {
+        if let Some(start) = self.start.take() {
+            for ch in 0..C {
+                self.emit_channel(ch, start, emit);
+            }
+        }
+    }
+
+    fn emit_channel(&mut self, ch: usize, start: u64, emit: &mut impl FnMut(Message)) {
+        let (q, r) = self.quanta[ch];
+        let summary = core::mem::replace(&mut self.current[ch], FixedSummary::new(q, r));
+        if summary.is_empty() {
+            return;
+        }
+        let seq = self.next_seq_bump();
+        emit(Message::Summary(SummaryFrame {
+            boot: self.boot,
+            seq,
+            channel: ch as u8,
+            start_tick: start,
+            width_ms: self.width_ms,
+            summary,
+        }));
+    }
+
+    /// Folds one reading per channel taken at `now` (ms since boot), closing
+    /// the previous window first if `now` is past it.
+    pub fn record(&mut self, now: u64, values: &[i32; C], emit: &mut impl FnMut(Message)) {
+        if self.mode == Mode::Raw {
+            for (ch, &value) in values.iter().enumerate() {
+                let seq = self.next_seq_bump();
+                emit(Message::Reading(ReadingFrame {
+                    boot: self.boot,
+                    seq,
+                    channel: ch as u8,
+                    tick: now,
+                    value,
+                }));
+            }
+            return;
+        }
+        self.close_due(now, emit);
+        let start = match self.start {
+            Some(s) if now >= s => s,
+            // A reading before the open window (clock re-aligned): close it.
+            Some(_) => {
+                self.flush(emit);
+                self.window_of(now)
+            }
+            None => self.window_of(now),
+        };
+        self.start = Some(start);
+        // now − start < width ≤ u32::MAX by construction of window_of.
+        let offset = u32::try_from(now - start).unwrap_or(u32::MAX);
+        for (ch, &v) in values.iter().enumerate() {
+            if self.current[ch].insert(offset, v).is_err() {
+                // Overflow: send what we have and start afresh for the same window.
+                self.emit_channel(ch, start, emit);
+                if self.current[ch].insert(offset, v).is_err() {
+                    // A single reading that does not fit even an empty summary.
+                    self.stats.dropped_readings = self.stats.dropped_readings.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    /// Measures `sensor` at `now` and records the readings; a failed
+    /// measurement is skipped and counted in [`DeviceStats::sensor_errors`].
+    pub fn poll<S: Sensor>(&mut self, now: u64, sensor: &mut S, emit: &mut impl FnMut(Message)) {
+        let mut values = [0i32; C];
+        match sensor.measure(&mut values) {
+            Ok(()) => self.record(now, &values, emit),
+            Err(_) => {
+                self.stats.sensor_errors = self.stats.sensor_errors.saturating_add(1);
+                self.close_due(now, emit);
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Aggregator tests: closed windows merge to the single-pass summary, window
+//! bounds, overflow and sensor-error handling, raw mode.
+
+use tributary_core::frame::Message;
+use tributary_core::quantum::Quantum;
+use tributary_core::summary::Summary;
+use tributary_firmware::{Aggregator, ChannelSpec, Mode, Sensor};
+
+const SPECS: [ChannelSpec; 2] = [
+    ChannelSpec {
+        metric: "temperature",
+        unit: "degC",
+        quantum_exp: -3,
+        reference: 20_000,
+    },
+    ChannelSpec {
+        metric: "humidity",
+        unit: "pct",
+        quantum_exp: -2,
+        reference: 5_000,
+    },
+];
+
+fn lcg(state: &mut u64) -> u32 {
+    *state = state
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (*state >> 33) as u32
+}
+
+#[test]
+fn closed_windows_merge_to_the_single_pass_summary() {
+    let mut agg = Aggregator::<2>::new(&SPECS, 7, 10_000, Mode::Aggregate).unwrap();
+    let mut frames = Vec::new();
+    let mut truth = [
+        Summary::new(Quantum::new(-3).unwrap()),
+        Summary::new(Quantum::new(-2).unwrap()),
+    ];
+    let mut rng = 42u64;
+    let mut now = 0u64;
+    for _ in 0..5_000 {
+        now += u64::from(lcg(&mut rng) % 300);
+        let v = [
+            20_000 + (lcg(&mut rng) % 4000) as i32 - 2000,
+            (lcg(&mut rng) % 10_000) as i32,
+        ];
+        truth[0].insert(now as i64, i64::from(v[0])).unwrap();
+        truth[1].insert(now as i64, i64::from(v[1])).unwrap();
+        agg.record(now, &v, &mut |m| frames.push(m));
+    }
+    agg.flush(&mut |m| frames.push(m));
+    let mut merged = [
+        Summary::new(Quantum::new(-3).unwrap()),
+        Summary::new(Quantum::new(-2).unwrap()),
+    ];
+    let mut seqs = Vec::new();
+    for m in &frames {
+        let Message::Summary(f) = m else {
+            panic!("unexpected frame {m:?}")
+        };
+        assert_eq!(f.boot, 7);
+        assert_eq!(f.start_tick % 10_000, 0, "windows are aligned");
+        assert!(f.summary.extent().unwrap().last.time < 10_000);
+        seqs.push(f.seq);
+        let wide = Summary::from_fixed(&f.summary, f.start_tick as i64);
+        merged[usize::from(f.channel)].merge(&wide).unwrap();
+    }
+    assert_eq!(seqs, (0..frames.len() as u32).collect::<Vec<_>>());
+    for ch in 0..2 {
+        let scale = merged[ch].sketch().scale();
+        assert_eq!(
+            merged[ch],
+            truth[ch].with_sketch_scale(scale),
+            "channel {ch}"
+        );
+    }
+}
+
+struct Flaky(u32);
+
+impl Sensor for Flaky {
+    type Error = ();
+    fn channels(&self) -> &'static [ChannelSpec] {
+        &SPECS
+    }
+    fn measure(&mut self, out: &mut [i32]) -> Result<(), ()> {
+        self.0 += 1;
+        if self.0 % 3 == 0 {
+            return Err(());
+        }
+        out[0] = 21_000;
+        out[1] = 4_000;
+        Ok(())
+    }
+}
+
+#[test]
+fn sensor_errors_are_skipped_and_counted() {
+    let mut agg = Aggregator::<2>::new(&SPECS, 1, 1_000, Mode::Aggregate).unwrap();
+    let mut sensor = Flaky(0);
+    let mut frames = Vec::new();
+    for t in 0..9u64 {
+        agg.poll(t * 100, &mut sensor, &mut |m| frames.push(m));
+    }
+    agg.flush(&mut |m| frames.push(m));
+    assert_eq!(agg.stats().sensor_errors, 3);
+    let counts: Vec<u32> = frames
+        .iter()
+        .map(|m| match m {
+            Message::Summary(f) => f.summary.count(),
+            _ => 0,
+        })
+        .collect();
+    assert_eq!(counts, vec![6, 6]);
+}
+
+#[test]
+fn raw_mode_emits_one_reading_frame_per_sample() {
+    let mut agg = Aggregator::<2>::new(&SPECS, 3, 1_000, Mode::Raw).unwrap();
+    let mut frames = Vec::new();
+    agg.record(5, &[1, 2], &mut |m| frames.push(m));
+    agg.record(6, &[3, 4], &mut |m| frames.push(m));
+    let got: Vec<(u32, u8, u64, i32)> = frames
+        .iter()
+        .map(|m| match m {
+            Message::Reading(r) => (r.seq, r.channel, r.tick, r.value),
+            _ => panic!("not a reading"),
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![(0, 0, 5, 1), (1, 1, 5, 2), (2, 0, 6, 3), (3, 1, 6, 4)]
+    );
+}
+
+#[test]
+fn phase_aligns_later_windows() {
+    let mut agg = Aggregator::<2>::new(&SPECS, 1, 10_000, Mode::Aggregate).unwrap();
+    let mut frames = Vec::new();
+    agg.record(1_000, &[1, 1], &mut |m| frames.push(m));
+    // Wall clock = tick + 3_500 → boundaries at ticks ≡ 6_500 (mod 10_000).
+    agg.set_phase(3_500);
+    agg.record(12_000, &[1, 1], &mut |m| frames.push(m));
+    agg.flush(&mut |m| frames.push(m));
+    let starts: Vec<u64> = frames
+        .iter()
+        .map(|m| match m {
+            Message::Summary(f) => f.start_tick,
+            _ => panic!(),
+        })
+        .collect();
+    assert_eq!(starts, vec![0, 0, 6_500, 6_500]);
+}
+
+#[test]
+fn bad_config_is_rejected() {
+    assert!(Aggregator::<3>::new(&SPECS, 1, 10_000, Mode::Aggregate).is_err());
+    assert!(Aggregator::<2>::new(&SPECS, 1, 0, Mode::Aggregate).is_err());
+}

@@ -6,7 +6,11 @@
 #![no_std]
 
 pub mod aggregator;
+pub mod clock;
+pub mod link;
 pub mod sensor;
 
 pub use aggregator::{Aggregator, AggregatorError, Mode};
+pub use clock::Clock;
+pub use link::{ByteSink, Link, LinkStats};
 pub use sensor::{ChannelSpec, Sensor};

@@ -1,0 +1,195 @@
+//! Link tests: exactly-once delivery over a lossy, reordering, duplicating and
+//! corrupting channel; ring-full coarsening; clock wrap and time-sync phase.
+
+use std::collections::BTreeMap;
+
+use tributary_core::frame::{encode, Ack, FrameDecoder, Message, SummaryFrame, MAX_FRAME};
+use tributary_core::quantum::Quantum;
+use tributary_core::summary::Summary;
+use tributary_firmware::{Aggregator, ChannelSpec, Clock, Link, Mode};
+
+const SPECS: [ChannelSpec; 1] = [ChannelSpec {
+    metric: "temperature",
+    unit: "degC",
+    quantum_exp: -3,
+    reference: 20_000,
+}];
+
+fn lcg(state: &mut u64) -> u32 {
+    *state = state
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (*state >> 33) as u32
+}
+
+/// Delivers each frame with loss, duplication, corruption and reordering.
+fn lossy(rng: &mut u64, frames: Vec<Vec<u8>>, perfect: bool) -> Vec<u8> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for f in frames {
+        if perfect {
+            out.push(f);
+            continue;
+        }
+        match lcg(rng) % 10 {
+            0 | 1 => {}                      // lost
+            2 => out.extend([f.clone(), f]), // duplicated
+            3 => {
+                let mut c = f.clone();
+                let i = lcg(rng) as usize % (c.len() - 1); // keep the delimiter
+                c[i] ^= 0x5a;
+                out.push(c);
+            }
+            _ => out.push(f),
+        }
+    }
+    if !perfect && out.len() > 1 {
+        for i in (1..out.len()).rev() {
+            let j = lcg(rng) as usize % (i + 1);
+            out.swap(i, j);
+        }
+    }
+    out.concat()
+}
+
+#[test]
+fn every_closed_window_arrives_exactly_once() {
+    let mut agg = Aggregator::<1>::new(&SPECS, 9, 1_000, Mode::Aggregate).unwrap();
+    let mut link = Link::<16, 64>::new(500);
+    let mut rng = 7u64;
+    let mut truth = Summary::new(Quantum::new(-3).unwrap());
+    let mut rx = FrameDecoder::<MAX_FRAME>::new();
+    let mut got: BTreeMap<(u32, u32), SummaryFrame> = BTreeMap::new();
+    let mut duplicates = 0;
+    let mut sent_windows = 0u32;
+    let mut now = 0u64;
+    for step in 0..4_000u32 {
+        now += 50;
+        let perfect = step >= 3_000;
+        if step < 2_900 {
+            let v = 20_000 + (lcg(&mut rng) % 2_000) as i32;
+            truth.insert(now as i64, i64::from(v)).unwrap();
+            agg.record(now, &[v], &mut |m| {
+                sent_windows += 1;
+                link.enqueue(m)
+            });
+        } else if step == 2_900 {
+            agg.flush(&mut |m| {
+                sent_windows += 1;
+                link.enqueue(m)
+            });
+        }
+        let mut frames = Vec::new();
+        link.poll(now, &mut |b: &[u8]| frames.push(b.to_vec()));
+        let wire = lossy(&mut rng, frames, perfect);
+        let mut acks = Vec::new();
+        for b in wire {
+            if let Some(Ok(Message::Summary(f))) = rx.push(b) {
+                let key = (f.boot, f.seq);
+                let mut buf = [0u8; 64];
+                let n = encode(
+                    &Message::Ack(Ack {
+                        boot: f.boot,
+                        seq: f.seq,
+                    }),
+                    &mut buf,
+                )
+                .unwrap();
+                acks.push(buf[..n].to_vec());
+                if got.insert(key, f).is_some() {
+                    duplicates += 1;
+                }
+            }
+        }
+        let back = lossy(&mut rng, acks, perfect);
+        link.receive(&back, |_| {});
+    }
+    assert_eq!(link.pending(), 0, "all frames acked");
+    assert!(duplicates > 0, "the channel did duplicate");
+    assert!(link.stats().resent > 0);
+    assert!(link.stats().corrupt_frames > 0);
+    assert_eq!(link.stats().dropped_readings, 0);
+    let mut merged = Summary::new(Quantum::new(-3).unwrap());
+    for f in got.values() {
+        merged
+            .merge(&Summary::from_fixed(&f.summary, f.start_tick as i64))
+            .unwrap();
+    }
+    let scale = merged.sketch().scale();
+    assert_eq!(merged, truth.with_sketch_scale(scale));
+    // Coarsening may merge frames, so at most as many arrive as were made.
+    assert!(got.len() as u32 <= sent_windows && !got.is_empty());
+}
+
+#[test]
+fn full_ring_coarsens_before_dropping_and_counts_drops() {
+    let mut agg = Aggregator::<1>::new(&SPECS, 1, 1_000, Mode::Aggregate).unwrap();
+    let mut link = Link::<4, 64>::new(500);
+    let mut total = 0u32;
+    for t in 0..40u64 {
+        agg.record(t * 1_000 + 10, &[20_000 + t as i32], &mut |m| {
+            link.enqueue(m)
+        });
+        total += 1;
+    }
+    agg.flush(&mut |m| link.enqueue(m));
+    assert!(link.stats().coarsened > 0);
+    assert_eq!(link.stats().dropped_readings, 0);
+    let mut frames = Vec::new();
+    link.poll(0, &mut |b: &[u8]| frames.push(b.to_vec()));
+    let mut rx = FrameDecoder::<MAX_FRAME>::new();
+    let mut count = 0;
+    let mut widths = 0u64;
+    for b in frames.concat() {
+        if let Some(Ok(Message::Summary(f))) = rx.push(b) {
+            count += f.summary.count();
+            widths += u64::from(f.width_ms);
+        }
+    }
+    assert_eq!(count, total);
+    assert_eq!(widths, 40_000);
+
+    // Once everything in the ring has been sent, nothing can merge: drops.
+    let mut link = Link::<2, 64>::new(500);
+    agg.record(100_000, &[1], &mut |m| link.enqueue(m));
+    agg.record(101_000, &[1], &mut |m| link.enqueue(m));
+    agg.record(102_000, &[1], &mut |m| link.enqueue(m));
+    link.poll(102_000, &mut |_: &[u8]| {});
+    agg.record(103_000, &[1], &mut |m| link.enqueue(m));
+    agg.record(104_000, &[1], &mut |m| link.enqueue(m));
+    assert_eq!(link.stats().dropped_readings, 2);
+    let mut stats = agg.stats();
+    link.fill_stats(&mut stats);
+    assert_eq!(stats.dropped_readings, 2);
+}
+
+#[test]
+fn clock_extends_a_wrapping_counter() {
+    let mut c = Clock::new();
+    assert_eq!(c.now(10), 10);
+    assert_eq!(c.now(u32::MAX - 5), u64::from(u32::MAX) - 5);
+    assert_eq!(c.now(3), (1u64 << 32) + 3);
+    assert_eq!(c.now(3), (1u64 << 32) + 3);
+    assert_eq!(c.now(2), (2u64 << 32) + 2);
+}
+
+#[test]
+fn time_sync_aligns_windows_to_wall_clock_multiples() {
+    let mut c = Clock::new();
+    let tick = c.now(123_456);
+    c.sync(tick, 1_700_000_003_210);
+    let mut agg = Aggregator::<1>::new(&SPECS, 1, 10_000, Mode::Aggregate).unwrap();
+    agg.set_phase(c.phase(10_000).unwrap());
+    let mut starts = Vec::new();
+    agg.record(tick, &[1], &mut |_| {});
+    for t in [tick + 20_000, tick + 40_000] {
+        agg.record(t, &[1], &mut |m| {
+            if let Message::Summary(f) = m {
+                starts.push(f.start_tick)
+            }
+        });
+    }
+    assert_eq!(starts.len(), 2);
+    for s in starts {
+        assert_eq!(c.to_unix(s).unwrap() % 10_000, 0, "start {s}");
+    }
+}

@@ -1,0 +1,15 @@
+//! # tributary-collector
+//!
+//! The central service: it de-duplicates the partial aggregates of many
+//! agents, merges them into exact global results per series and window, and
+//! keeps coarser roll-ups exact by merging (DESIGN §3–§6).
+//!
+//! ## Layout
+//! - [`store`] — the `Store` trait (what every backend guarantees: batches
+//!   applied once, merges commutative, de-duplication keys in the store) and
+//!   [`store::sqlite`], the embedded default.
+//!
+//! Ingest over MQTT, the query API, the dashboard, sinks and the demo are
+//! built on this store (see the Collector issue).
+
+pub mod store;

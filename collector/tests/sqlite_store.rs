@@ -1,0 +1,228 @@
+//! The SQLite store's guarantees: batches apply exactly once (also after a
+//! reopen), stored results do not depend on arrival order or grouping, each
+//! stored window equals the summary of its readings, and roll-ups equal the
+//! merge of the windows inside them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use tributary_collector::store::sqlite::SqliteStore;
+use tributary_collector::store::{Applied, Store};
+use tributary_core::batch::{Batch, Partial};
+use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
+const T0: i64 = 1_700_000_000_000 / HOUR * HOUR;
+
+fn key(device: &str) -> SeriesKey {
+    let mut tags = BTreeMap::new();
+    tags.insert("site".to_string(), "north".to_string());
+    SeriesKey::new("temperature", device, tags).unwrap()
+}
+
+/// A deterministic workload: `agents` agents, each sending `batches` batches
+/// of partials for 3 devices over 90 one-minute windows; also returns every
+/// reading per (device, minute window).
+/// Every reading (time, ticks) per (device, minute window).
+type Truth = BTreeMap<(String, i64), Vec<(i64, i64)>>;
+
+fn workload(agents: u64, batches: u64) -> (Vec<Batch>, Truth) {
+    let q = Quantum::new(-3).unwrap();
+    let mut out = Vec::new();
+    let mut truth = Truth::new();
+    let mut x = 12345u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for a in 0..agents {
+        for s in 0..batches {
+            let mut partials = Vec::new();
+            for _ in 0..4 {
+                let device = format!("dev-{}", next() % 3);
+                let start = T0 + (next() % 90) as i64 * MIN;
+                let mut sum = Summary::new(q);
+                for _ in 0..(1 + next() % 20) {
+                    let t = start + (next() % MIN as u64) as i64;
+                    let v = 20_000 + (next() % 5_000) as i64 - 2_500;
+                    sum.insert(t, v).unwrap();
+                    truth
+                        .entry((device.clone(), start))
+                        .or_default()
+                        .push((t, v));
+                }
+                partials.push(Partial {
+                    series: key(&device),
+                    window: Window::new(start, Width::new(MIN).unwrap()).unwrap(),
+                    summary: sum,
+                });
+            }
+            out.push(Batch::new(
+                format!("agent-{a}"),
+                s,
+                T0 + s as i64 * MIN,
+                partials,
+            ));
+        }
+    }
+    (out, truth)
+}
+
+fn open(dir: &tempfile::TempDir, name: &str) -> SqliteStore {
+    SqliteStore::open(&dir.path().join(name), &[HOUR, 24 * HOUR]).unwrap()
+}
+
+fn all_windows(store: &SqliteStore, width: i64) -> BTreeMap<(String, i64), Summary> {
+    let mut out = BTreeMap::new();
+    for s in store.series().unwrap() {
+        for w in store
+            .windows(&s, Width::new(width).unwrap(), i64::MIN, i64::MAX)
+            .unwrap()
+        {
+            out.insert((s.device().to_string(), w.window.start()), w.summary);
+        }
+    }
+    out
+}
+
+#[test]
+fn each_window_equals_the_summary_of_its_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir, "a.db");
+    let (batches, truth) = workload(3, 20);
+    let applied = store.apply(&batches).unwrap();
+    assert!(applied.iter().all(|a| *a == Applied::New));
+    let stored = all_windows(&store, MIN);
+    assert_eq!(stored.len(), truth.len());
+    for ((device, start), readings) in &truth {
+        let mut expected = Summary::new(Quantum::new(-3).unwrap());
+        for &(t, v) in readings {
+            expected.insert(t, v).unwrap();
+        }
+        assert_eq!(
+            stored[&(device.clone(), *start)],
+            expected,
+            "{device} {start}"
+        );
+    }
+}
+
+#[test]
+fn redelivered_batches_change_nothing_even_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (batches, _) = workload(2, 10);
+    let before = {
+        let mut store = open(&dir, "a.db");
+        store.apply(&batches[..12]).unwrap();
+        // The same batch twice in one group: applied once.
+        let again = store
+            .apply(&[batches[12].clone(), batches[12].clone()])
+            .unwrap();
+        assert_eq!(again, vec![Applied::New, Applied::Duplicate]);
+        all_windows(&store, MIN)
+    };
+    let mut store = open(&dir, "a.db");
+    let replay = store.apply(&batches[..13]).unwrap();
+    assert!(replay.iter().all(|a| *a == Applied::Duplicate));
+    assert_eq!(all_windows(&store, MIN), before);
+    assert_eq!(all_windows(&store, HOUR), {
+        let fresh_dir = tempfile::tempdir().unwrap();
+        let mut fresh = open(&fresh_dir, "b.db");
+        fresh.apply(&batches[..13]).unwrap();
+        all_windows(&fresh, HOUR)
+    });
+}
+
+#[test]
+fn results_do_not_depend_on_order_or_grouping() {
+    let dir = tempfile::tempdir().unwrap();
+    let (batches, _) = workload(3, 15);
+    let mut one = open(&dir, "one.db");
+    one.apply(&batches).unwrap();
+    let mut other = open(&dir, "other.db");
+    let mut reversed = batches.clone();
+    reversed.reverse();
+    for chunk in reversed.chunks(7) {
+        other.apply(chunk).unwrap();
+    }
+    for width in [MIN, HOUR, 24 * HOUR] {
+        assert_eq!(
+            all_windows(&one, width),
+            all_windows(&other, width),
+            "width {width}"
+        );
+    }
+    assert_eq!(one.watermarks().unwrap(), other.watermarks().unwrap());
+    assert_eq!(
+        one.watermarks().unwrap()[0],
+        ("agent-0".to_string(), T0 + 14 * MIN)
+    );
+}
+
+#[test]
+fn rollups_equal_the_merge_of_their_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir, "a.db");
+    let (batches, _) = workload(2, 20);
+    store.apply(&batches).unwrap();
+    let minutes = all_windows(&store, MIN);
+    for width in [HOUR, 24 * HOUR] {
+        let mut expected: BTreeMap<(String, i64), Summary> = BTreeMap::new();
+        for ((device, start), s) in &minutes {
+            let coarse = Window::containing(*start, Width::new(width).unwrap()).start();
+            expected
+                .entry((device.clone(), coarse))
+                .or_insert_with(|| Summary::new(s.quantum()))
+                .merge(s)
+                .unwrap();
+        }
+        assert_eq!(all_windows(&store, width), expected, "width {width}");
+    }
+}
+
+#[test]
+fn later_merges_bump_the_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir, "a.db");
+    let (batches, _) = workload(1, 1);
+    let p = &batches[0].partials[0];
+    let mk = |seq| Batch::new("agent-x", seq, T0, vec![p.clone()]);
+    store.apply(&[mk(1)]).unwrap();
+    store.apply(&[mk(2)]).unwrap();
+    store.apply(&[mk(2)]).unwrap(); // duplicate: no bump
+    let w = store
+        .windows(
+            &p.series,
+            p.window.width(),
+            p.window.start(),
+            p.window.end(),
+        )
+        .unwrap();
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0].revision, 1);
+    assert_eq!(w[0].summary.count(), 2 * p.summary.count());
+}
+
+#[test]
+fn a_quantum_mismatch_fails_the_whole_group_and_applies_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir, "a.db");
+    let (batches, _) = workload(1, 2);
+    let mut bad = batches[1].clone();
+    let mut other = Summary::new(Quantum::new(-1).unwrap());
+    other.insert(bad.partials[0].window.start(), 5).unwrap();
+    bad.partials.push(Partial {
+        summary: other,
+        ..bad.partials[0].clone()
+    });
+    assert!(store.apply(&[batches[0].clone(), bad]).is_err());
+    assert!(store.series().unwrap().is_empty());
+    // Nothing was recorded as applied either: the good batch still applies.
+    assert_eq!(
+        store.apply(&[batches[0].clone()]).unwrap(),
+        vec![Applied::New]
+    );
+}

@@ -9,6 +9,8 @@ pub mod aggregator;
 pub mod clock;
 pub mod link;
 pub mod sensor;
+#[cfg(feature = "std")]
+pub mod sim;
 
 pub use aggregator::{Aggregator, AggregatorError, Mode};
 pub use clock::Clock;

@@ -1,0 +1,101 @@
+//! Virtual device tests: what a deduplicating, acking gateway receives over
+//! a lossy channel equals the device's ground truth per (channel, window).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tributary_core::frame::{encode, Ack, FrameDecoder, Message, TimeSync, MAX_FRAME};
+use tributary_core::summary::Summary;
+use tributary_firmware::sim::{SimConfig, VirtualDevice};
+
+#[allow(clippy::unwrap_used)] // test helper: a failure is a test failure
+fn run(seed: u64, loss_every: usize) -> (VirtualDevice, BTreeMap<(u8, u64), Summary>, u32) {
+    let mut dev = VirtualDevice::new(SimConfig::default(), seed).unwrap();
+    let mut rx = FrameDecoder::<MAX_FRAME>::new();
+    let mut seen = BTreeSet::new();
+    let mut got: BTreeMap<(u8, u64), Summary> = BTreeMap::new();
+    let mut hellos = 0;
+    let mut n = 0usize;
+    for step in 0..700u64 {
+        let now = step * 500;
+        if step == 600 {
+            dev.flush();
+        }
+        let bytes = dev.step(now);
+        let mut reply = Vec::new();
+        if step == 30 {
+            let mut buf = [0u8; 64];
+            let k = encode(
+                &Message::TimeSync(TimeSync {
+                    unix_ms: 1_700_000_004_321,
+                }),
+                &mut buf,
+            )
+            .unwrap();
+            reply.extend_from_slice(&buf[..k]);
+        }
+        for b in bytes {
+            match rx.push(b) {
+                Some(Ok(Message::Summary(f))) => {
+                    n += 1;
+                    if step < 600 && n % loss_every == 0 {
+                        continue; // lost before the gateway applied it
+                    }
+                    if seen.insert((f.boot, f.seq)) {
+                        got.entry((f.channel, f.start_tick))
+                            .or_insert_with(|| Summary::new(f.summary.quantum()))
+                            .merge(&Summary::from_fixed(&f.summary, f.start_tick as i64))
+                            .unwrap();
+                    }
+                    let mut buf = [0u8; 64];
+                    let k = encode(
+                        &Message::Ack(Ack {
+                            boot: f.boot,
+                            seq: f.seq,
+                        }),
+                        &mut buf,
+                    )
+                    .unwrap();
+                    reply.extend_from_slice(&buf[..k]);
+                }
+                Some(Ok(Message::Hello(_))) => hellos += 1,
+                _ => {}
+            }
+        }
+        dev.receive(&reply);
+    }
+    (dev, got, hellos)
+}
+
+#[test]
+fn gateway_receives_exactly_the_ground_truth() {
+    let (dev, got, hellos) = run(11, 7);
+    assert!(hellos >= 5);
+    assert_eq!(dev.pending(), 0);
+    assert!(dev.stats().resent > 0);
+    assert!(dev.stats().sensor_errors > 0, "dropouts happen");
+    let truth = dev.truth();
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        truth.keys().collect::<Vec<_>>()
+    );
+    for (k, s) in &got {
+        assert_eq!(*s, truth[k].with_sketch_scale(s.sketch().scale()), "{k:?}");
+    }
+    // After the TimeSync, window starts fall on wall-clock multiples.
+    let offset = 1_700_000_004_321i64 - 15_000;
+    let late: Vec<_> = got.keys().filter(|(_, s)| *s > 40_000).collect();
+    assert!(!late.is_empty());
+    for (_, s) in late {
+        assert_eq!((*s as i64 + offset) % 10_000, 0, "start {s}");
+    }
+}
+
+#[test]
+fn same_seed_same_bytes() {
+    let mut a = VirtualDevice::new(SimConfig::default(), 5).unwrap();
+    let mut b = VirtualDevice::new(SimConfig::default(), 5).unwrap();
+    for t in 0..50 {
+        assert_eq!(a.step(t * 1_000), b.step(t * 1_000));
+    }
+    assert!(a.readings() > 0);
+}

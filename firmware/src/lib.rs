@@ -7,6 +7,7 @@
 
 pub mod aggregator;
 pub mod clock;
+pub mod drivers;
 pub mod link;
 pub mod sensor;
 #[cfg(feature = "std")]

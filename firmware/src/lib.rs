@@ -4,6 +4,7 @@
 //! `embedded-hal` 1.0, fixed-size windowed pre-aggregation and a reliable
 //! framed link to the gateway. `#![no_std]` and allocation-free.
 #![no_std]
+#![forbid(unsafe_code)]
 
 pub mod aggregator;
 pub mod clock;

@@ -4,7 +4,9 @@
 //! the ring is full. Incoming bytes are decoded incrementally.
 
 use heapless::Vec;
-use tributary_core::frame::{encode, DeviceStats, FrameDecoder, Message, MAX_FRAME};
+use tributary_core::frame::{
+    encode, DeviceStats, FrameDecoder, Message, ReadingFrame, SummaryFrame, MAX_FRAME,
+};
 
 /// Where encoded frame bytes go (a UART, a radio, a test buffer).
 pub trait ByteSink {
@@ -18,9 +20,26 @@ impl<F: FnMut(&[u8])> ByteSink for F {
     }
 }
 
+/// A frame awaiting its ack: only the two reliable kinds, so a slot is not
+/// as large as a Hello.
+#[derive(Debug, Clone)]
+enum Pending {
+    Summary(SummaryFrame),
+    Reading(ReadingFrame),
+}
+
+impl Pending {
+    fn to_message(&self) -> Message {
+        match self {
+            Pending::Summary(f) => Message::Summary(f.clone()),
+            Pending::Reading(r) => Message::Reading(*r),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Slot {
-    msg: Message,
+    msg: Pending,
     sent_at: Option<u64>,
 }
 
@@ -48,19 +67,17 @@ pub struct Link<const R: usize, const RX: usize> {
     stats: LinkStats,
 }
 
-fn readings(msg: &Message) -> u32 {
+fn readings(msg: &Pending) -> u32 {
     match msg {
-        Message::Summary(f) => f.summary.count(),
-        Message::Reading(_) => 1,
-        _ => 0,
+        Pending::Summary(f) => f.summary.count(),
+        Pending::Reading(_) => 1,
     }
 }
 
-fn id(msg: &Message) -> Option<(u32, u32)> {
+fn id(msg: &Pending) -> (u32, u32) {
     match msg {
-        Message::Summary(f) => Some((f.boot, f.seq)),
-        Message::Reading(r) => Some((r.boot, r.seq)),
-        _ => None,
+        Pending::Summary(f) => (f.boot, f.seq),
+        Pending::Reading(r) => (r.boot, r.seq),
     }
 }
 
@@ -103,9 +120,11 @@ impl<const R: usize, const RX: usize> Link<R, RX> {
     /// readings counted). Other message kinds are ignored (send them with
     /// [`Link::send_now`]).
     pub fn enqueue(&mut self, msg: Message) {
-        if id(&msg).is_none() {
-            return;
-        }
+        let msg = match msg {
+            Message::Summary(f) => Pending::Summary(f),
+            Message::Reading(r) => Pending::Reading(r),
+            _ => return,
+        };
         if self.ring.is_full() && !self.coarsen() && !self.ring.is_empty() {
             let old = self.ring.remove(0);
             self.stats.dropped_readings = self
@@ -145,7 +164,7 @@ impl<const R: usize, const RX: usize> Link<R, RX> {
         if a.sent_at.is_some() || b.sent_at.is_some() {
             return false;
         }
-        let (Message::Summary(a), Message::Summary(b)) = (&mut a.msg, &b.msg) else {
+        let (Pending::Summary(a), Pending::Summary(b)) = (&mut a.msg, &b.msg) else {
             return false;
         };
         if a.boot != b.boot || a.channel != b.channel {
@@ -195,7 +214,7 @@ impl<const R: usize, const RX: usize> Link<R, RX> {
             if !due {
                 continue;
             }
-            match encode(&slot.msg, &mut buf) {
+            match encode(&slot.msg.to_message(), &mut buf) {
                 Ok(n) => sink.write_frame(buf.get(..n).unwrap_or(&[])),
                 Err(_) => {
                     self.stats.encode_errors = self.stats.encode_errors.saturating_add(1);
@@ -217,8 +236,7 @@ impl<const R: usize, const RX: usize> Link<R, RX> {
             match self.decoder.push(b) {
                 None => {}
                 Some(Ok(Message::Ack(ack))) => {
-                    self.ring
-                        .retain(|s| id(&s.msg) != Some((ack.boot, ack.seq)));
+                    self.ring.retain(|s| id(&s.msg) != (ack.boot, ack.seq));
                 }
                 Some(Ok(m)) => on_message(m),
                 Some(Err(_)) => {

@@ -1,0 +1,237 @@
+//! The collector's configuration: TOML (every key documented in
+//! `config/collector.toml`), unknown keys refused, and validation that
+//! reports every problem at once, each naming its key.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tributary_core::Width;
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A key has the wrong type or is unknown, or the TOML is invalid.
+    #[error("config key `{key}`: {reason}")]
+    Key {
+        /// The dotted key path.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// One or more values are invalid (all reported at once).
+    #[error("invalid config:\n{}", .0.iter().map(|(k, r)| format!("  `{k}`: {r}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<(String, String)>),
+}
+
+/// The whole collector configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory of the SQLite database `collector.db` (default `./data`).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Roll-up widths in ms kept exact by merging (default 1 h and 1 d).
+    #[serde(default = "default_rollups")]
+    pub rollups_ms: Vec<i64>,
+    /// The MQTT broker the agents publish to.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    /// Limits on incoming batches.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The HTTP API.
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// The MQTT broker connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Broker host (default `127.0.0.1`).
+    pub host: String,
+    /// Broker port (default 1883).
+    pub port: u16,
+    /// MQTT client id (default `tributary-collector`).
+    pub client_id: String,
+    /// Keep-alive in seconds (default 30, at least 5).
+    pub keep_alive_s: u64,
+    /// Batches applied per store transaction at most (default 256).
+    pub max_group: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: "tributary-collector".into(),
+            keep_alive_s: 30,
+            max_group: 256,
+        }
+    }
+}
+
+/// Limits on incoming batches; a batch over a limit is rejected and counted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest accepted payload in bytes (default 4 MiB).
+    pub max_payload_bytes: usize,
+    /// Most partials in one batch (default 10,000).
+    pub max_partials: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_payload_bytes: 4 * 1024 * 1024,
+            max_partials: 10_000,
+        }
+    }
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address (default `127.0.0.1:8080`).
+    pub listen: String,
+    /// Bearer token required by `/api/*` when set (default none).
+    pub token: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".into(),
+            token: None,
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+
+fn default_rollups() -> Vec<i64> {
+    vec![3_600_000, 86_400_000]
+}
+
+impl Config {
+    /// Loads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Key {
+            key: "(syntax)".into(),
+            reason: e.to_string(),
+        })?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Key {
+                key: if key == "." { "(root)".into() } else { key },
+                reason: e.into_inner().to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value; reports all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs: Vec<(String, String)> = Vec::new();
+        for (i, &w) in self.rollups_ms.iter().enumerate() {
+            if let Err(e) = Width::new(w) {
+                errs.push((format!("rollups_ms[{i}]"), e.to_string()));
+            }
+        }
+        if self.mqtt.host.is_empty() {
+            errs.push(("mqtt.host".into(), "must not be empty".into()));
+        }
+        if self.mqtt.client_id.is_empty() {
+            errs.push(("mqtt.client_id".into(), "must not be empty".into()));
+        }
+        if self.mqtt.max_group == 0 {
+            errs.push(("mqtt.max_group".into(), "must be > 0".into()));
+        }
+        if self.limits.max_payload_bytes == 0 {
+            errs.push(("limits.max_payload_bytes".into(), "must be > 0".into()));
+        }
+        if self.limits.max_partials == 0 {
+            errs.push(("limits.max_partials".into(), "must be > 0".into()));
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            errs.push((
+                "http.listen".into(),
+                format!(
+                    "`{}` is not a socket address like 127.0.0.1:8080",
+                    self.http.listen
+                ),
+            ));
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errs))
+        }
+    }
+
+    /// The SQLite database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("collector.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_documented_file_parses_with_its_defaults() {
+        let text = include_str!("../../config/collector.toml");
+        let c = Config::from_toml(text).unwrap();
+        assert_eq!(c.rollups_ms, vec![3_600_000, 86_400_000]);
+        assert_eq!(c.mqtt.port, 1883);
+        assert_eq!(c.limits.max_partials, 10_000);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::from_toml("[mqtt]\nhots = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("mqtt"), "{e}");
+        assert!(e.to_string().contains("hots"), "{e}");
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_with_its_key() {
+        let e = Config::from_toml("rollups_ms = [0]\n[limits]\nmax_partials = 0\n").unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.contains("rollups_ms[0]") && s.contains("limits.max_partials"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let e = Config::from_toml("[mqtt]\nport = \"high\"\n").unwrap_err();
+        assert!(e.to_string().contains("mqtt.port"), "{e}");
+    }
+}

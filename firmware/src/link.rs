@@ -22,6 +22,8 @@ impl<F: FnMut(&[u8])> ByteSink for F {
 
 /// A frame awaiting its ack: only the two reliable kinds, so a slot is not
 /// as large as a Hello.
+// Slots hold frames inline: no allocator to box them on the device.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 enum Pending {
     Summary(SummaryFrame),

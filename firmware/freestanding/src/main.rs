@@ -1,0 +1,157 @@
+//! A freestanding firmware image for the host: `#![no_std]`, `#![no_main]`,
+//! its own `_start`, no libc. A scripted in-memory I²C bus answers like an
+//! SHT3x; the real aggregator and link run on it; frames go to a counting
+//! sink. On a board, `_start` becomes the HAL's entry (e.g. `cortex-m-rt`'s
+//! `#[entry]`), the bus comes from the board-support crate and the sink is a
+//! UART. The only `unsafe` is the entry/exit glue and the memory routines a
+//! libc would otherwise provide; the library itself forbids unsafe code.
+#![no_std]
+#![no_main]
+
+use core::convert::Infallible;
+
+use embedded_hal::delay::DelayNs;
+use embedded_hal::i2c::{ErrorType, I2c, Operation};
+use tributary_firmware::drivers::sht3x::{self, Sht3x};
+use tributary_firmware::{Aggregator, Link, Mode, Sensor};
+
+/// Answers every read with a fixed SHT3x measurement (25 °C, 50 %RH).
+struct MockBus;
+
+impl ErrorType for MockBus {
+    type Error = Infallible;
+}
+
+impl I2c for MockBus {
+    fn transaction(&mut self, _addr: u8, ops: &mut [Operation<'_>]) -> Result<(), Infallible> {
+        for op in ops {
+            if let Operation::Read(buf) = op {
+                let t = [0x66, 0x66];
+                let h = [0x80, 0x00];
+                let frame = [t[0], t[1], sht3x::crc8(&t), h[0], h[1], sht3x::crc8(&h)];
+                for (b, f) in buf.iter_mut().zip(frame) {
+                    *b = f;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct NoDelay;
+
+impl DelayNs for NoDelay {
+    fn delay_ns(&mut self, _ns: u32) {}
+}
+
+fn run() -> u32 {
+    let mut sensor = Sht3x::new(MockBus, NoDelay, sht3x::DEFAULT_ADDRESS);
+    let Ok(mut agg) = Aggregator::<2>::new(sensor.channels(), 1, 10_000, Mode::Aggregate) else {
+        return 1;
+    };
+    let mut link = Link::<16, 128>::new(2_000);
+    let mut bytes = 0usize;
+    for t in 0..100u64 {
+        agg.poll(t * 1_000, &mut sensor, &mut |m| link.enqueue(m));
+        link.poll(t * 1_000, &mut |b: &[u8]| bytes += b.len());
+    }
+    // 9 closed windows × 2 channels were sent and never acked: the 16-slot
+    // ring dropped the two oldest (10 readings each), and counted them.
+    let ok = agg.next_seq() == 18
+        && link.pending() == 16
+        && link.stats().dropped_readings == 20
+        && bytes > 0;
+    if ok { 0 } else { 2 }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn exit(code: u32) -> ! {
+    // SAFETY: the Linux exit_group syscall takes one integer and never returns.
+    unsafe {
+        core::arch::asm!("syscall", in("rax") 231u64, in("rdi") u64::from(code), options(noreturn));
+    }
+}
+
+// The process entry point (no C runtime): align the stack as the C ABI
+// expects at a call, then enter Rust.
+#[cfg(target_arch = "x86_64")]
+core::arch::global_asm!(
+    ".globl _start",
+    "_start:",
+    "xor rbp, rbp",
+    "and rsp, -16",
+    "call {entry}",
+    entry = sym rust_start,
+);
+
+extern "C" fn rust_start() -> ! {
+    exit(run())
+}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    exit(101)
+}
+
+// The memory routines libc would provide; simple byte loops.
+#[unsafe(no_mangle)]
+unsafe extern "C" fn memcpy(d: *mut u8, s: *const u8, n: usize) -> *mut u8 {
+    let mut i = 0;
+    while i < n {
+        // SAFETY: the caller guarantees both ranges are valid for n bytes.
+        unsafe { *d.add(i) = *s.add(i) };
+        i += 1;
+    }
+    d
+}
+
+#[unsafe(no_mangle)]
+unsafe extern "C" fn memmove(d: *mut u8, s: *const u8, n: usize) -> *mut u8 {
+    if (d as usize) < (s as usize) {
+        let mut i = 0;
+        while i < n {
+            // SAFETY: as for memcpy; forward copy is safe when d < s.
+            unsafe { *d.add(i) = *s.add(i) };
+            i += 1;
+        }
+    } else {
+        let mut i = n;
+        while i > 0 {
+            i -= 1;
+            // SAFETY: as for memcpy; backward copy is safe when d ≥ s.
+            unsafe { *d.add(i) = *s.add(i) };
+        }
+    }
+    d
+}
+
+#[unsafe(no_mangle)]
+unsafe extern "C" fn memset(d: *mut u8, c: i32, n: usize) -> *mut u8 {
+    let mut i = 0;
+    while i < n {
+        // SAFETY: the caller guarantees the range is valid for n bytes.
+        unsafe { *d.add(i) = c as u8 };
+        i += 1;
+    }
+    d
+}
+
+#[unsafe(no_mangle)]
+unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    let mut i = 0;
+    while i < n {
+        // SAFETY: the caller guarantees both ranges are valid for n bytes.
+        let (x, y) = unsafe { (*a.add(i), *b.add(i)) };
+        if x != y {
+            return i32::from(x) - i32::from(y);
+        }
+        i += 1;
+    }
+    0
+}
+
+#[unsafe(no_mangle)]
+unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    // SAFETY: same contract as memcmp.
+    unsafe { memcmp(a, b, n) }
+}

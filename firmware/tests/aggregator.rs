@@ -157,3 +157,33 @@ fn bad_config_is_rejected() {
     assert!(Aggregator::<3>::new(&SPECS, 1, 10_000, Mode::Aggregate).is_err());
     assert!(Aggregator::<2>::new(&SPECS, 1, 0, Mode::Aggregate).is_err());
 }
+
+#[test]
+fn summary_overflow_emits_early_for_the_same_window() {
+    const BIG: [ChannelSpec; 1] = [ChannelSpec {
+        metric: "counter",
+        unit: "1",
+        quantum_exp: 0,
+        reference: 0,
+    }];
+    let mut agg = Aggregator::<1>::new(&BIG, 2, 10_000, Mode::Aggregate).unwrap();
+    let mut frames = Vec::new();
+    let mut truth = Summary::new(Quantum::new(0).unwrap());
+    for t in 0..10u64 {
+        // (2³¹ − 1)² ≈ 2⁶²: Σd² overflows u64 after four readings.
+        truth.insert(t as i64, i64::from(i32::MAX)).unwrap();
+        agg.record(t, &[i32::MAX], &mut |m| frames.push(m));
+    }
+    agg.flush(&mut |m| frames.push(m));
+    assert!(frames.len() >= 3, "split into {} frames", frames.len());
+    let mut merged = Summary::new(Quantum::new(0).unwrap());
+    for (i, m) in frames.iter().enumerate() {
+        let Message::Summary(f) = m else { panic!() };
+        assert_eq!((f.seq, f.start_tick, f.width_ms), (i as u32, 0, 10_000));
+        merged
+            .merge(&Summary::from_fixed(&f.summary, f.start_tick as i64))
+            .unwrap();
+    }
+    assert_eq!(agg.stats().dropped_readings, 0);
+    assert_eq!(merged, truth.with_sketch_scale(merged.sketch().scale()));
+}

@@ -5,6 +5,7 @@
 //! keeps coarser roll-ups exact by merging (DESIGN §3–§6).
 //!
 //! ## Layout
+//! - [`api`] — the HTTP JSON query API.
 //! - [`config`] — the TOML configuration (`config/collector.toml`).
 //! - [`store`] — the `Store` trait (what every backend guarantees: batches
 //!   applied once, merges commutative, de-duplication keys in the store) and
@@ -13,5 +14,6 @@
 //! Ingest over MQTT, the query API, the dashboard, sinks and the demo are
 //! built on this store (see the Collector issue).
 
+pub mod api;
 pub mod config;
 pub mod store;

@@ -1,0 +1,298 @@
+//! The HTTP JSON query API (axum): `/api/v1/series`, `/api/v1/query` and
+//! `/health`, with an optional bearer token on `/api/*`.
+//!
+//! `/api/v1/series?tag.K=V&metric=M` lists series keys, filtered by tags.
+//!
+//! `/api/v1/query` parameters:
+//! - a selector: `metric=M` and any of `device=D`, `tag.K=V` (all must match);
+//! - `from`, `to` (ms, `[from, to)`), `width` (a stored width in ms: the
+//!   agents' window or a roll-up), `step` (ms, a multiple of `width`,
+//!   default `width`; coarser steps are merged on the fly);
+//! - `stats`: comma list of `count,sum,min,max,mean,stddev,first,last,pNN`
+//!   (default `count,mean,min,max`);
+//! - `group_by=K`: merge the selected series per value of tag `K`.
+//!
+//! Every point carries `revision` (the highest stored revision merged into
+//! it) and `final` (every agent's watermark is past the point's end).
+//! A bad query gets `400` with `{"error": "..."}` naming the parameter.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+use tributary_core::{SeriesKey, Summary, Width};
+
+use crate::store::Store;
+
+/// The most points one query may return.
+pub const MAX_POINTS: i64 = 100_000;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct ApiState<S> {
+    /// The store.
+    pub store: Arc<Mutex<S>>,
+    /// The bearer token required on `/api/*`, if any.
+    pub token: Option<String>,
+}
+
+impl<S> Clone for ApiState<S> {
+    fn clone(&self) -> Self {
+        ApiState {
+            store: self.store.clone(),
+            token: self.token.clone(),
+        }
+    }
+}
+
+/// A JSON error response.
+#[derive(Debug)]
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "query failed");
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("store: {e}"))
+}
+
+/// The router (tests drive it with `tower::ServiceExt::oneshot`).
+pub fn router<S: Store + Send + 'static>(state: ApiState<S>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/series", get(series::<S>))
+        .route("/api/v1/query", get(query::<S>))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::<S>));
+    api.route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
+        .with_state(state)
+}
+
+async fn auth<S>(State(st): State<ApiState<S>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &st.token {
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| t == token);
+        if !ok {
+            return ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token (Authorization: Bearer <token>)".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// The series selector of a request.
+fn matches(key: &SeriesKey, q: &HashMap<String, String>) -> bool {
+    q.iter().all(|(k, v)| match k.as_str() {
+        "metric" => key.metric() == v,
+        "device" => key.device() == v,
+        _ => match k.strip_prefix("tag.") {
+            Some(t) => key.tag(t) == Some(v.as_str()),
+            None => true,
+        },
+    })
+}
+
+fn lock<S>(st: &ApiState<S>) -> Result<std::sync::MutexGuard<'_, S>, ApiError> {
+    st.store.lock().map_err(|_| internal("store lock poisoned"))
+}
+
+async fn series<S: Store + Send + 'static>(
+    State(st): State<ApiState<S>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let all = lock(&st)?.series().map_err(internal)?;
+    let list: Vec<&SeriesKey> = all.iter().filter(|k| matches(k, &q)).collect();
+    Ok(Json(json!({ "series": list })))
+}
+
+fn int(q: &HashMap<String, String>, name: &str, default: Option<i64>) -> Result<i64, ApiError> {
+    match q.get(name) {
+        Some(v) => v
+            .parse()
+            .map_err(|_| bad(format!("`{name}` must be an integer (ms), got {v:?}"))),
+        None => default.ok_or_else(|| bad(format!("`{name}` is required"))),
+    }
+}
+
+/// One requested statistic.
+#[derive(Debug, Clone)]
+enum Stat {
+    Named(&'static str),
+    Quantile(String, f64),
+}
+
+fn parse_stats(text: &str) -> Result<Vec<Stat>, ApiError> {
+    const NAMES: [&str; 8] = [
+        "count", "sum", "min", "max", "mean", "stddev", "first", "last",
+    ];
+    text.split(',')
+        .map(|s| {
+            let s = s.trim();
+            if let Some(n) = NAMES.iter().find(|n| **n == s) {
+                return Ok(Stat::Named(n));
+            }
+            let q = s
+                .strip_prefix('p')
+                .and_then(|d| d.parse::<f64>().ok())
+                .filter(|q| (0.0..=100.0).contains(q));
+            match q {
+                Some(q) => Ok(Stat::Quantile(s.to_string(), q / 100.0)),
+                None => Err(bad(format!(
+                    "`stats`: unknown statistic {s:?}; use count,sum,min,max,mean,stddev,first,last or pNN (0..=100)"
+                ))),
+            }
+        })
+        .collect()
+}
+
+fn render(sum: &Summary, stats: &[Stat]) -> Map<String, Value> {
+    let mut out = Map::new();
+    for s in stats {
+        let (name, v) = match s {
+            Stat::Named(n) => (
+                n.to_string(),
+                match *n {
+                    "count" => json!(sum.count()),
+                    "sum" => json!(sum.sum()),
+                    "min" => json!(sum.min()),
+                    "max" => json!(sum.max()),
+                    "mean" => json!(sum.mean()),
+                    "stddev" => json!(sum.stddev()),
+                    "first" => json!(sum.first().map(|f| f.1)),
+                    _ => json!(sum.last().map(|f| f.1)),
+                },
+            ),
+            Stat::Quantile(name, q) => (name.clone(), json!(sum.quantile(*q).map(|x| x.value))),
+        };
+        out.insert(name, v);
+    }
+    out
+}
+
+/// One merged point under construction.
+struct Point {
+    summary: Summary,
+    revision: u32,
+}
+
+async fn query<S: Store + Send + 'static>(
+    State(st): State<ApiState<S>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    if !q.contains_key("metric") {
+        return Err(bad("`metric` is required (with optional device=, tag.K=)"));
+    }
+    let from = int(&q, "from", None)?;
+    let to = int(&q, "to", None)?;
+    if to <= from {
+        return Err(bad("`to` must be greater than `from`"));
+    }
+    let width_ms = int(&q, "width", None)?;
+    let width = Width::new(width_ms).map_err(|e| bad(format!("`width`: {e}")))?;
+    let step = int(&q, "step", Some(width_ms))?;
+    if step <= 0 || step % width_ms != 0 {
+        return Err(bad(format!(
+            "`step` ({step}) must be a positive multiple of `width` ({width_ms})"
+        )));
+    }
+    if (to - from) / step > MAX_POINTS {
+        return Err(bad(format!(
+            "the range holds more than {MAX_POINTS} steps; use a larger `step`"
+        )));
+    }
+    let stats = parse_stats(q.get("stats").map_or("count,mean,min,max", |s| s.as_str()))?;
+    let group_by = q.get("group_by").cloned();
+
+    let store = lock(&st)?;
+    let keys: Vec<SeriesKey> = store
+        .series()
+        .map_err(internal)?
+        .into_iter()
+        .filter(|k| matches(k, &q))
+        .collect();
+    let min_watermark = store
+        .watermarks()
+        .map_err(internal)?
+        .iter()
+        .map(|(_, w)| *w)
+        .min();
+    // group label -> step start -> point
+    let mut groups: BTreeMap<String, (Value, BTreeMap<i64, Point>)> = BTreeMap::new();
+    for key in &keys {
+        let (label, ident) = match &group_by {
+            Some(tag) => {
+                let v = key.tag(tag).unwrap_or("").to_string();
+                (v.clone(), json!({ tag.as_str(): v }))
+            }
+            None => (key.to_string(), json!(key)),
+        };
+        let entry = groups
+            .entry(label)
+            .or_insert_with(|| (ident, BTreeMap::new()));
+        for w in store.windows(key, width, from, to).map_err(internal)? {
+            let bucket = from + (w.window.start() - from).div_euclid(step) * step;
+            match entry.1.get_mut(&bucket) {
+                Some(p) => {
+                    p.summary.merge(&w.summary).map_err(|e| {
+                        bad(format!("cannot merge series of different quanta: {e}"))
+                    })?;
+                    p.revision = p.revision.max(w.revision);
+                }
+                None => {
+                    entry.1.insert(
+                        bucket,
+                        Point {
+                            summary: w.summary,
+                            revision: w.revision,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    drop(store);
+    let key_name = if group_by.is_some() {
+        "group"
+    } else {
+        "series"
+    };
+    let out: Vec<Value> = groups
+        .into_values()
+        .map(|(ident, points)| {
+            let points: Vec<Value> = points
+                .into_iter()
+                .map(|(t, p)| {
+                    let mut m = render(&p.summary, &stats);
+                    m.insert("t".into(), json!(t));
+                    m.insert("revision".into(), json!(p.revision));
+                    m.insert(
+                        "final".into(),
+                        json!(min_watermark.is_some_and(|w| w >= t + step)),
+                    );
+                    Value::Object(m)
+                })
+                .collect();
+            json!({ key_name: ident, "points": points })
+        })
+        .collect();
+    Ok(Json(json!({ "step": step, "results": out })))
+}

@@ -1,0 +1,225 @@
+//! The query API over a real SQLite store, driven with
+//! `tower::ServiceExt::oneshot`: series listing with tag filters, exact
+//! statistics per window, steps merged on the fly, group-by, revisions,
+//! finality, bad queries answered with a JSON 400, and the bearer token.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::Value;
+use tower::ServiceExt;
+use tributary_collector::api::{router, ApiState};
+use tributary_collector::store::sqlite::SqliteStore;
+use tributary_collector::store::Store;
+use tributary_core::batch::{Batch, Partial};
+use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+
+const MIN: i64 = 60_000;
+const T0: i64 = 1_700_000_000_000 / 3_600_000 * 3_600_000;
+
+fn key(device: &str, site: &str) -> SeriesKey {
+    let tags = BTreeMap::from([("site".to_string(), site.to_string())]);
+    SeriesKey::new("temperature", device, tags).unwrap()
+}
+
+fn partial(device: &str, site: &str, minute: i64, values: &[i64]) -> Partial {
+    let start = T0 + minute * MIN;
+    let mut s = Summary::new(Quantum::new(-3).unwrap());
+    for (i, v) in values.iter().enumerate() {
+        s.insert(start + i as i64, *v).unwrap();
+    }
+    Partial {
+        series: key(device, site),
+        window: Window::new(start, Width::new(MIN).unwrap()).unwrap(),
+        summary: s,
+    }
+}
+
+/// d1 (north): minute 0 = [1,2,3], minute 1 = [4]; d2 (north): minute 0 = [10];
+/// d3 (south): minute 0 = [100]; a late revision adds [5] to d1 minute 0.
+fn app(dir: &tempfile::TempDir, token: Option<&str>) -> axum::Router {
+    let mut store = SqliteStore::open(&dir.path().join("c.db"), &[3_600_000]).unwrap();
+    let b1 = Batch::new(
+        "gw-1",
+        1,
+        T0 + MIN,
+        vec![
+            partial("d1", "north", 0, &[1000, 2000, 3000]),
+            partial("d1", "north", 1, &[4000]),
+            partial("d2", "north", 0, &[10_000]),
+        ],
+    );
+    let b2 = Batch::new(
+        "gw-2",
+        1,
+        T0 + 2 * MIN,
+        vec![partial("d3", "south", 0, &[100_000])],
+    );
+    let late = Batch::new(
+        "gw-1",
+        2,
+        T0 + MIN,
+        vec![partial("d1", "north", 0, &[5000])],
+    );
+    store.apply(&[b1, b2]).unwrap();
+    store.apply(&[late]).unwrap();
+    router(ApiState {
+        store: Arc::new(Mutex::new(store)),
+        token: token.map(str::to_string),
+    })
+}
+
+async fn get(app: &axum::Router, uri: &str, token: Option<&str>) -> (StatusCode, Value) {
+    let mut req = Request::get(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn lists_series_filtered_by_tag() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&dir, None);
+    let (s, v) = get(&app, "/api/v1/series", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["series"].as_array().unwrap().len(), 3);
+    let (_, v) = get(&app, "/api/v1/series?tag.site=south", None).await;
+    let list = v["series"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["device"], "d3");
+}
+
+#[tokio::test]
+async fn per_window_statistics_are_exact_with_revisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&dir, None);
+    let uri = format!(
+        "/api/v1/query?metric=temperature&device=d1&from={T0}&to={}&width={MIN}&stats=count,sum,min,max,mean,first,last",
+        T0 + 2 * MIN
+    );
+    let (s, v) = get(&app, &uri, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let pts = v["results"][0]["points"].as_array().unwrap();
+    assert_eq!(pts.len(), 2);
+    assert_eq!(pts[0]["t"], T0);
+    assert_eq!(pts[0]["count"], 4);
+    assert_eq!(pts[0]["sum"], 11.0);
+    assert_eq!(pts[0]["min"], 1.0);
+    assert_eq!(pts[0]["max"], 5.0);
+    assert_eq!(pts[0]["mean"], 2.75);
+    assert_eq!(pts[0]["first"], 1.0);
+    assert_eq!(pts[0]["revision"], 1, "the late batch bumped the revision");
+    assert_eq!(pts[1]["count"], 1);
+    assert_eq!(pts[1]["revision"], 0);
+    // gw-1's watermark is T0+MIN: minute 0 is final, minute 1 is not.
+    assert_eq!(pts[0]["final"], true);
+    assert_eq!(pts[1]["final"], false);
+}
+
+#[tokio::test]
+async fn coarser_steps_merge_and_match_the_rollup() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&dir, None);
+    let to = T0 + 3_600_000;
+    let merged = format!(
+        "/api/v1/query?metric=temperature&device=d1&from={T0}&to={to}&width={MIN}&step=3600000&stats=count,sum,stddev,p50"
+    );
+    let rollup = format!(
+        "/api/v1/query?metric=temperature&device=d1&from={T0}&to={to}&width=3600000&stats=count,sum,stddev,p50"
+    );
+    let (_, a) = get(&app, &merged, None).await;
+    let (_, b) = get(&app, &rollup, None).await;
+    assert_eq!(a["results"][0]["points"][0]["count"], 5);
+    assert_eq!(a["results"][0]["points"][0]["sum"], 15.0);
+    assert_eq!(a["results"], b["results"]);
+}
+
+#[tokio::test]
+async fn group_by_merges_series_per_tag_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&dir, None);
+    let uri = format!(
+        "/api/v1/query?metric=temperature&from={T0}&to={}&width={MIN}&group_by=site&stats=count,sum",
+        T0 + MIN
+    );
+    let (s, v) = get(&app, &uri, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let res = v["results"].as_array().unwrap();
+    assert_eq!(res.len(), 2);
+    assert_eq!(res[0]["group"]["site"], "north");
+    assert_eq!(res[0]["points"][0]["count"], 5);
+    assert_eq!(res[0]["points"][0]["sum"], 21.0);
+    assert_eq!(res[1]["group"]["site"], "south");
+    assert_eq!(res[1]["points"][0]["sum"], 100.0);
+}
+
+#[tokio::test]
+async fn bad_queries_get_a_json_400_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&dir, None);
+    let cases = [
+        (
+            "/api/v1/query?from=0&to=10&width=60000".to_string(),
+            "metric",
+        ),
+        (
+            "/api/v1/query?metric=t&from=x&to=10&width=60000".to_string(),
+            "from",
+        ),
+        (
+            "/api/v1/query?metric=t&from=10&to=0&width=60000".to_string(),
+            "to",
+        ),
+        (
+            "/api/v1/query?metric=t&from=0&to=10&width=60000&step=90000".to_string(),
+            "step",
+        ),
+        (
+            "/api/v1/query?metric=t&from=0&to=10&width=0".to_string(),
+            "width",
+        ),
+        (
+            "/api/v1/query?metric=t&from=0&to=10&width=60000&stats=median".to_string(),
+            "stats",
+        ),
+        (
+            "/api/v1/query?metric=t&from=0&to=100000000000&width=1&step=1".to_string(),
+            "step",
+        ),
+    ];
+    for (uri, what) in cases {
+        let (s, v) = get(&app, &uri, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(msg.contains(what), "{uri}: {msg}");
+    }
+}
+
+#[tokio::test]
+async fn the_bearer_token_guards_the_api_but_not_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&dir, Some("s3cret"));
+    let (s, v) = get(&app, "/api/v1/series", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(v["error"].as_str().unwrap().contains("bearer"));
+    let (s, _) = get(&app, "/api/v1/series", Some("wrong")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = get(&app, "/api/v1/series", Some("s3cret")).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = get(&app, "/health", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"], "ok");
+}

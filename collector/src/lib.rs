@@ -10,10 +10,13 @@
 //! - [`store`] — the `Store` trait (what every backend guarantees: batches
 //!   applied once, merges commutative, de-duplication keys in the store) and
 //!   [`store::sqlite`], the embedded default.
+//! - [`ingest`] — batches from MQTT into the store, acknowledged and
+//!   confirmed to their agents only after the commit.
 //!
-//! Ingest over MQTT, the query API, the dashboard, sinks and the demo are
+//! The query API, the dashboard, sinks and the demo are
 //! built on this store (see the Collector issue).
 
 pub mod api;
 pub mod config;
+pub mod ingest;
 pub mod store;

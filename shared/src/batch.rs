@@ -225,3 +225,24 @@ impl Confirm {
         Ok(c)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Quantum, Width};
+
+    #[test]
+    fn untagged_series_round_trip_in_both_encodings() {
+        let mut s = Summary::new(Quantum::new(-3).unwrap_or_default());
+        s.insert(1_000, 42).unwrap();
+        let partial = Partial {
+            series: SeriesKey::new("t", "d", Default::default()).unwrap(),
+            window: Window::containing(1_000, Width::new(60_000).unwrap()),
+            summary: s,
+        };
+        let b = Batch::new("a", 1, 0, alloc::vec![partial]);
+        for enc in [Encoding::Json, Encoding::Binary] {
+            assert_eq!(Batch::decode(&b.encode(enc)).unwrap(), b, "{enc}");
+        }
+    }
+}

@@ -120,7 +120,8 @@ fn validate_tag(k: &str, v: &str) -> Result<(), KeyError> {
 pub struct SeriesKey {
     metric: String,
     device: String,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    // Always serialised, even when empty: postcard (the binary batch form)
+    // is not self-describing, so a skipped field would break decoding.
     tags: BTreeMap<String, String>,
 }
 

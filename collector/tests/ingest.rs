@@ -131,21 +131,22 @@ async fn batches_apply_once_and_are_confirmed_after_commit() {
     assert_eq!(counters.refused(Refused::AgentMismatch), 1);
     assert_eq!(counters.refused(Refused::Oversized), 1);
 
-    let st = store.lock().unwrap();
-    let series = st.series().unwrap();
-    assert_eq!(series.len(), 1);
-    let w = st
-        .windows(&series[0], Width::new(60_000).unwrap(), i64::MIN, i64::MAX)
-        .unwrap();
-    assert_eq!(w.len(), 1);
-    let mut expected = Summary::new(Quantum::new(-3).unwrap());
-    for seq in 0..5u64 {
-        expected
-            .insert(1_700_000_000_000 + seq as i64, 1000 + seq as i64)
+    {
+        let st = store.lock().unwrap();
+        let series = st.series().unwrap();
+        assert_eq!(series.len(), 1);
+        let w = st
+            .windows(&series[0], Width::new(60_000).unwrap(), i64::MIN, i64::MAX)
             .unwrap();
+        assert_eq!(w.len(), 1);
+        let mut expected = Summary::new(Quantum::new(-3).unwrap());
+        for seq in 0..5u64 {
+            expected
+                .insert(1_700_000_000_000 + seq as i64, 1000 + seq as i64)
+                .unwrap();
+        }
+        assert_eq!(w[0].summary, expected);
     }
-    assert_eq!(w[0].summary, expected);
-    drop(st);
     stop.send(true).unwrap();
     task.await.unwrap();
     let _ = client.disconnect();

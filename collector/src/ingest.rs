@@ -69,14 +69,17 @@ pub enum Refused {
     TooManyPartials,
     /// A topic outside the agents' partials tree.
     BadTopic,
+    /// A partial cannot merge into its stored window (quantum mismatch, overflow).
+    Unmergeable,
 }
 
-const REFUSED: [(Refused, &str); 5] = [
+const REFUSED: [(Refused, &str); 6] = [
     (Refused::Oversized, "oversized"),
     (Refused::Malformed, "malformed"),
     (Refused::AgentMismatch, "agent_mismatch"),
     (Refused::TooManyPartials, "too_many_partials"),
     (Refused::BadTopic, "bad_topic"),
+    (Refused::Unmergeable, "unmergeable"),
 ];
 
 /// Ingest counters.
@@ -90,7 +93,7 @@ pub struct IngestCounters {
     pub partials: AtomicU64,
     /// Store transactions that failed.
     pub store_errors: AtomicU64,
-    refused: [AtomicU64; 5],
+    refused: [AtomicU64; 6],
 }
 
 impl IngestCounters {
@@ -236,10 +239,20 @@ async fn commit<S: Store + Send + 'static>(
     let st = store.clone();
     let applied = tokio::task::spawn_blocking(move || {
         let mut guard = st.lock().map_err(|_| "store lock poisoned".to_string())?;
-        guard
-            .apply(&batches)
-            .map(|a| (a, batches))
-            .map_err(|e| e.to_string())
+        match guard.apply(&batches) {
+            Ok(a) => Ok((a.into_iter().map(Ok).collect::<Vec<_>>(), batches)),
+            // One batch that cannot merge (e.g. a quantum that differs from the
+            // stored window's) must not hold back the others: apply each on
+            // its own and refuse only the ones that fail.
+            Err(crate::store::StoreError::Merge { .. }) => {
+                let each = batches
+                    .iter()
+                    .map(|b| guard.apply(std::slice::from_ref(b)).map(|a| a[0]))
+                    .collect();
+                Ok((each, batches))
+            }
+            Err(e) => Err(e.to_string()),
+        }
     })
     .await;
     let (outcome, batches) = match applied {
@@ -258,13 +271,30 @@ async fn commit<S: Store + Send + 'static>(
     let mut confirms: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
     for (b, a) in batches.iter().zip(&outcome) {
         match a {
-            Applied::New => {
+            Err(crate::store::StoreError::Merge {
+                series,
+                window,
+                source,
+            }) => {
+                // Confirmed so the agent stops resending what can never apply;
+                // logged and counted, never silent.
+                tracing::warn!(agent = b.agent, seq = b.seq, %series, %window, error = %source,
+                    "batch refused: cannot merge into the stored window");
+                counters.refused[Refused::Unmergeable as usize].fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                counters.store_errors.fetch_add(1, Relaxed);
+                tracing::error!(agent = b.agent, seq = b.seq, error = %e,
+                    "store transaction failed; batch left for resend");
+                continue;
+            }
+            Ok(Applied::New) => {
                 counters.batches_new.fetch_add(1, Relaxed);
                 counters
                     .partials
                     .fetch_add(b.partials.len() as u64, Relaxed);
             }
-            Applied::Duplicate => {
+            Ok(Applied::Duplicate) => {
                 counters.batches_duplicate.fetch_add(1, Relaxed);
             }
         }

@@ -147,6 +147,48 @@ async fn batches_apply_once_and_are_confirmed_after_commit() {
         }
         assert_eq!(w[0].summary, expected);
     }
+
+    // A batch that cannot merge into the stored window (another quantum) is
+    // refused and counted; the valid batch next to it still applies.
+    let mut poison = batch("agent-a", 10, 7);
+    let mut other = Summary::new(Quantum::new(-1).unwrap());
+    other.insert(1_700_000_000_000, 7).unwrap();
+    poison.partials[0].summary = other;
+    client
+        .publish(
+            &partials,
+            QoS::AtLeastOnce,
+            false,
+            poison.encode(Encoding::Json),
+        )
+        .unwrap();
+    client
+        .publish(
+            &partials,
+            QoS::AtLeastOnce,
+            false,
+            batch("agent-a", 11, 1011).encode(Encoding::Json),
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while confirmed.lock().unwrap().len() < 8 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        counters.refused(Refused::Unmergeable),
+        1,
+        "{}",
+        counters.render()
+    );
+    assert_eq!(counters.batches_new.load(Relaxed), 6);
+    {
+        let st = store.lock().unwrap();
+        let series = st.series().unwrap();
+        let w = st
+            .windows(&series[0], Width::new(60_000).unwrap(), i64::MIN, i64::MAX)
+            .unwrap();
+        assert_eq!(w[0].summary.count(), 6);
+    }
     stop.send(true).unwrap();
     task.await.unwrap();
     let _ = client.disconnect();

@@ -13,7 +13,8 @@
 //! - `group_by=K`: merge the selected series per value of tag `K`.
 //!
 //! Every point carries `revision` (the highest stored revision merged into
-//! it) and `final` (every agent's watermark is past the point's end).
+//! it) and `final` (see [`crate::finality`]: every agent that reported each
+//! merged series is past the point's end plus the lateness, or idle).
 //! A bad query gets `400` with `{"error": "..."}` naming the parameter.
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,6 +29,7 @@ use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 use tributary_core::{SeriesKey, Summary, Width};
 
+use crate::finality::Finality;
 use crate::store::Store;
 
 /// The most points one query may return.
@@ -40,6 +42,8 @@ pub struct ApiState<S> {
     pub store: Arc<Mutex<S>>,
     /// The bearer token required on `/api/*`, if any.
     pub token: Option<String>,
+    /// When a point is final.
+    pub finality: Finality,
 }
 
 impl<S> Clone for ApiState<S> {
@@ -47,6 +51,7 @@ impl<S> Clone for ApiState<S> {
         ApiState {
             store: self.store.clone(),
             token: self.token.clone(),
+            finality: self.finality,
         }
     }
 }
@@ -192,6 +197,7 @@ fn render(sum: &Summary, stats: &[Stat]) -> Map<String, Value> {
 struct Point {
     summary: Summary,
     revision: u32,
+    is_final: bool,
 }
 
 async fn query<S: Store + Send + 'static>(
@@ -229,15 +235,13 @@ async fn query<S: Store + Send + 'static>(
         .into_iter()
         .filter(|k| matches(k, &q))
         .collect();
-    let min_watermark = store
-        .watermarks()
-        .map_err(internal)?
-        .iter()
-        .map(|(_, w)| *w)
-        .min();
+    let now = crate::store::sqlite::now_ms();
     // group label -> step start -> point
     let mut groups: BTreeMap<String, (Value, BTreeMap<i64, Point>)> = BTreeMap::new();
     for key in &keys {
+        let final_through = st
+            .finality
+            .final_through(&store.progress(key).map_err(internal)?, now);
         let (label, ident) = match &group_by {
             Some(tag) => {
                 let v = key.tag(tag).unwrap_or("").to_string();
@@ -250,12 +254,14 @@ async fn query<S: Store + Send + 'static>(
             .or_insert_with(|| (ident, BTreeMap::new()));
         for w in store.windows(key, width, from, to).map_err(internal)? {
             let bucket = from + (w.window.start() - from).div_euclid(step) * step;
+            let is_final = final_through.is_some_and(|f| bucket.saturating_add(step) <= f);
             match entry.1.get_mut(&bucket) {
                 Some(p) => {
                     p.summary.merge(&w.summary).map_err(|e| {
                         bad(format!("cannot merge series of different quanta: {e}"))
                     })?;
                     p.revision = p.revision.max(w.revision);
+                    p.is_final &= is_final;
                 }
                 None => {
                     entry.1.insert(
@@ -263,6 +269,7 @@ async fn query<S: Store + Send + 'static>(
                         Point {
                             summary: w.summary,
                             revision: w.revision,
+                            is_final,
                         },
                     );
                 }
@@ -284,10 +291,7 @@ async fn query<S: Store + Send + 'static>(
                     let mut m = render(&p.summary, &stats);
                     m.insert("t".into(), json!(t));
                     m.insert("revision".into(), json!(p.revision));
-                    m.insert(
-                        "final".into(),
-                        json!(min_watermark.is_some_and(|w| w >= t + step)),
-                    );
+                    m.insert("final".into(), json!(p.is_final));
                     Value::Object(m)
                 })
                 .collect();

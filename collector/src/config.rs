@@ -50,6 +50,41 @@ pub struct Config {
     /// The HTTP API.
     #[serde(default)]
     pub http: HttpConfig,
+    /// When windows become final.
+    #[serde(default)]
+    pub finality: FinalityConfig,
+}
+
+/// When windows become final (see [`crate::finality`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinalityConfig {
+    /// How far past a window's end every reporting agent's watermark must be
+    /// (ms, default 5,000).
+    pub lateness_ms: i64,
+    /// After this long without a batch an agent no longer holds windows open
+    /// (ms, default 300,000).
+    pub idle_timeout_ms: i64,
+}
+
+impl Default for FinalityConfig {
+    fn default() -> Self {
+        let d = crate::finality::Finality::default();
+        FinalityConfig {
+            lateness_ms: d.lateness_ms,
+            idle_timeout_ms: d.idle_timeout_ms,
+        }
+    }
+}
+
+impl FinalityConfig {
+    /// The rule.
+    pub fn rule(&self) -> crate::finality::Finality {
+        crate::finality::Finality {
+            lateness_ms: self.lateness_ms,
+            idle_timeout_ms: self.idle_timeout_ms,
+        }
+    }
 }
 
 /// The MQTT broker connection.
@@ -184,6 +219,12 @@ impl Config {
                     self.http.listen
                 ),
             ));
+        }
+        if self.finality.lateness_ms < 0 {
+            errs.push(("finality.lateness_ms".into(), "must be ≥ 0".into()));
+        }
+        if self.finality.idle_timeout_ms <= 0 {
+            errs.push(("finality.idle_timeout_ms".into(), "must be > 0".into()));
         }
         if errs.is_empty() {
             Ok(())

@@ -10,13 +10,18 @@
 //! - [`store`] — the `Store` trait (what every backend guarantees: batches
 //!   applied once, merges commutative, de-duplication keys in the store) and
 //!   [`store::sqlite`], the embedded default.
+//! - [`finality`] — when a window is final (watermarks, lateness, idle
+//!   timeout), decided from the store.
 //! - [`ingest`] — batches from MQTT into the store, acknowledged and
 //!   confirmed to their agents only after the commit.
+//! - [`service`] — starts and stops ingest and the HTTP server as one unit.
 //!
 //! The query API, the dashboard, sinks and the demo are
 //! built on this store (see the Collector issue).
 
 pub mod api;
 pub mod config;
+pub mod finality;
 pub mod ingest;
+pub mod service;
 pub mod store;

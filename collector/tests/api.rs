@@ -12,6 +12,7 @@ use axum::http::{Request, StatusCode};
 use serde_json::Value;
 use tower::ServiceExt;
 use tributary_collector::api::{router, ApiState};
+use tributary_collector::finality::Finality;
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_collector::store::Store;
 use tributary_core::batch::{Batch, Partial};
@@ -69,6 +70,10 @@ fn app(dir: &tempfile::TempDir, token: Option<&str>) -> axum::Router {
     router(ApiState {
         store: Arc::new(Mutex::new(store)),
         token: token.map(str::to_string),
+        finality: Finality {
+            lateness_ms: 0,
+            idle_timeout_ms: i64::MAX,
+        },
     })
 }
 
@@ -127,6 +132,35 @@ async fn per_window_statistics_are_exact_with_revisions() {
     // gw-1's watermark is T0+MIN: minute 0 is final, minute 1 is not.
     assert_eq!(pts[0]["final"], true);
     assert_eq!(pts[1]["final"], false);
+
+    // Finality is per series: d3 is reported by gw-2 alone (watermark
+    // T0 + 2 min), so its two-minute point is final although gw-1 is behind.
+    let uri = format!(
+        "/api/v1/query?metric=temperature&device=d3&from={T0}&to={}&width={MIN}&step={}",
+        T0 + 2 * MIN,
+        2 * MIN
+    );
+    let (s, v) = get(&app, &uri, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["results"][0]["points"][0]["final"], true, "{v}");
+    // Merged with d1 (gw-1, behind), the group's point is not final.
+    let uri = format!(
+        "/api/v1/query?metric=temperature&from={T0}&to={}&width={MIN}&step={}&group_by=site",
+        T0 + 2 * MIN,
+        2 * MIN
+    );
+    let (_, v) = get(&app, &uri, None).await;
+    let groups = v["results"].as_array().unwrap();
+    let north = groups
+        .iter()
+        .find(|g| g["group"]["site"] == "north")
+        .unwrap();
+    let south = groups
+        .iter()
+        .find(|g| g["group"]["site"] == "south")
+        .unwrap();
+    assert_eq!(north["points"][0]["final"], false, "{v}");
+    assert_eq!(south["points"][0]["final"], true, "{v}");
 }
 
 #[tokio::test]

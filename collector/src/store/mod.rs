@@ -14,6 +14,14 @@
 //!   configured coarser width containing it, in the same transaction.
 //! - **Revisions.** The first merge into a (series, width, window) stores
 //!   revision 0; each later merge into it (late data, another agent) bumps it.
+//! - **Progress for finality.** Each applied batch records its agent's
+//!   watermark and the collector's clock (`seen_ms`), and which agents have
+//!   reported each series, so [`crate::finality`] can decide from the store
+//!   alone — not from one instance's memory — when a window is final.
+//! - **A change feed.** Every result row written gets a new, strictly
+//!   increasing change number, assigned so that a reader that has seen change
+//!   `n` committed never later finds a committed change `≤ n` it missed.
+//!   Sinks follow this feed from a durable cursor kept in the store.
 
 pub mod sqlite;
 
@@ -23,9 +31,17 @@ use tributary_core::{SeriesKey, Summary, Width, Window};
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database failed.
+    /// The database failed (the backend's own message).
     #[error("database: {0}")]
-    Db(#[from] rusqlite::Error),
+    Backend(String),
+    /// The database was written by a newer collector.
+    #[error("the database schema is version {found}, newer than the {known} this collector knows; upgrade the collector")]
+    SchemaTooNew {
+        /// The version found in the database.
+        found: i64,
+        /// The newest version this build knows.
+        known: i64,
+    },
     /// Stored data could not be decoded (corruption or a newer schema).
     #[error("stored {what} is corrupt: {detail}")]
     Corrupt {
@@ -69,6 +85,29 @@ pub struct StoredWindow {
     pub revision: u32,
 }
 
+/// How far one agent that reported a series has got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentProgress {
+    /// The agent id.
+    pub agent: String,
+    /// The highest watermark (event time, ms) it has sent.
+    pub watermark: i64,
+    /// When the collector last applied a batch of it (wall clock, ms since
+    /// the Unix epoch).
+    pub seen_ms: i64,
+}
+
+/// One entry of the change feed: a result row as it is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    /// The change number of the row's last write.
+    pub change: u64,
+    /// The series.
+    pub series: SeriesKey,
+    /// The stored window as it is now.
+    pub stored: StoredWindow,
+}
+
 /// A collector store.
 pub trait Store {
     /// Applies `batches` in one transaction; the answer lists, per batch in
@@ -90,4 +129,22 @@ pub trait Store {
 
     /// The latest watermark each agent has reported.
     fn watermarks(&self) -> Result<Vec<(String, i64)>, StoreError>;
+
+    /// The progress of every agent that has reported `series`.
+    fn progress(&self, series: &SeriesKey) -> Result<Vec<AgentProgress>, StoreError>;
+
+    /// Result rows at `width` whose last change number is greater than
+    /// `after`, in change order, at most `limit`.
+    fn changed_since(
+        &self,
+        width: Width,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Changed>, StoreError>;
+
+    /// The durable cursor called `name` (0 when never set).
+    fn cursor(&self, name: &str) -> Result<u64, StoreError>;
+
+    /// Stores the durable cursor called `name`.
+    fn set_cursor(&mut self, name: &str, value: u64) -> Result<(), StoreError>;
 }

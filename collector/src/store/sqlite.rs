@@ -1,11 +1,16 @@
 //! The embedded SQLite store (WAL), the collector's default backend.
 //!
-//! # Schema (version 1)
+//! # Schema (version 2, in `PRAGMA user_version`; migrations run at open)
 //! - `applied(agent, seq)` — the de-duplication keys, primary key;
 //! - `series(id, key)` — series keys as canonical JSON, unique;
-//! - `results(series, width, start, revision, summary)` — one row per
-//!   (series, width, window) with the merged summary as postcard bytes;
-//! - `watermarks(agent, watermark)` — the highest watermark each agent sent.
+//! - `results(series, width, start, revision, summary, changed)` — one row
+//!   per (series, width, window) with the merged summary as postcard bytes
+//!   and the change number of its last write (indexed for the change feed);
+//! - `watermarks(agent, watermark, seen_ms)` — the highest watermark each
+//!   agent sent and when it was last seen;
+//! - `series_agents(series, agent)` — which agents reported each series;
+//! - `cursors(name, value)` — durable cursors (sinks); `meta` — the change
+//!   counter. SQLite serialises writers, so change numbers commit in order.
 //!
 //! [`SqliteStore::apply`] first inserts every batch's key (`INSERT OR
 //! IGNORE`: a key that exists marks the batch a duplicate), merges the new
@@ -19,9 +24,21 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Summary, Width, Window};
 
-use super::{Applied, Store, StoreError, StoredWindow};
+use super::{AgentProgress, Applied, Changed, Store, StoreError, StoredWindow};
 
-const SCHEMA: &str = "
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: [&str; 2] = [V1, V2];
+
+const V1: &str = "
 CREATE TABLE IF NOT EXISTS applied (agent TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (agent, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS series (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS results (
@@ -34,6 +51,23 @@ CREATE TABLE IF NOT EXISTS results (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS watermarks (agent TEXT PRIMARY KEY, watermark INTEGER NOT NULL);
 ";
+
+const V2: &str = "
+ALTER TABLE watermarks ADD COLUMN seen_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE results ADD COLUMN changed INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX results_changed ON results (width, changed);
+CREATE TABLE series_agents (series INTEGER NOT NULL, agent TEXT NOT NULL, PRIMARY KEY (series, agent)) WITHOUT ROWID;
+CREATE TABLE cursors (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO meta (key, value) VALUES ('change', 0);
+";
+
+/// Milliseconds since the Unix epoch by the collector's clock.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 /// The SQLite store.
 #[derive(Debug)]
@@ -56,12 +90,29 @@ impl SqliteStore {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(SCHEMA)?;
+        Self::migrate(&conn)?;
         let rollups = rollups
             .iter()
             .map(|&w| Width::new(w).map_err(|_| StoreError::BadRollup(w)))
             .collect::<Result<_, _>>()?;
         Ok(SqliteStore { conn, rollups })
+    }
+
+    fn migrate(conn: &Connection) -> Result<(), StoreError> {
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        for (from, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+            conn.execute_batch(&format!(
+                "BEGIN; {sql} PRAGMA user_version = {}; COMMIT;",
+                from + 1
+            ))?;
+        }
+        Ok(())
     }
 
     fn series_id(tx: &rusqlite::Transaction<'_>, key: &SeriesKey) -> Result<i64, StoreError> {
@@ -94,6 +145,7 @@ impl Store for SqliteStore {
         let mut outcome = Vec::with_capacity(batches.len());
         let mut merged: HashMap<(SeriesKey, Window), Summary> = HashMap::new();
         let mut watermarks: HashMap<&str, i64> = HashMap::new();
+        let mut reporters: HashMap<&SeriesKey, Vec<&str>> = HashMap::new();
         {
             let mut insert =
                 tx.prepare_cached("INSERT OR IGNORE INTO applied (agent, seq) VALUES (?1, ?2)")?;
@@ -107,6 +159,10 @@ impl Store for SqliteStore {
                 let w = watermarks.entry(b.agent.as_str()).or_insert(i64::MIN);
                 *w = (*w).max(b.watermark);
                 for p in &b.partials {
+                    let agents = reporters.entry(&p.series).or_default();
+                    if !agents.contains(&b.agent.as_str()) {
+                        agents.push(b.agent.as_str());
+                    }
                     for target in targets(p.window, &self.rollups) {
                         let slot = merged
                             .entry((p.series.clone(), target))
@@ -121,7 +177,12 @@ impl Store for SqliteStore {
             }
         }
         let mut ids: HashMap<SeriesKey, i64> = HashMap::new();
+        let mut change: i64 =
+            tx.query_row("SELECT value FROM meta WHERE key = 'change'", [], |r| {
+                r.get(0)
+            })?;
         for ((key, window), summary) in merged {
+            change += 1;
             let id = match ids.get(&key) {
                 Some(&id) => id,
                 None => {
@@ -149,17 +210,34 @@ impl Store for SqliteStore {
             };
             let bytes = postcard::to_allocvec(&result).map_err(|e| corrupt("summary", e))?;
             tx.prepare_cached(
-                "INSERT INTO results (series, width, start, revision, summary) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (series, width, start) DO UPDATE SET revision = excluded.revision, summary = excluded.summary",
+                "INSERT INTO results (series, width, start, revision, summary, changed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (series, width, start) DO UPDATE SET revision = excluded.revision, summary = excluded.summary, changed = excluded.changed",
             )?
-            .execute(params![id, window.width().ms(), window.start(), revision, bytes])?;
+            .execute(params![id, window.width().ms(), window.start(), revision, bytes, change])?;
         }
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'change'",
+            params![change],
+        )?;
+        for (key, agents) in reporters {
+            let id = match ids.get(key) {
+                Some(&id) => id,
+                None => Self::series_id(&tx, key)?,
+            };
+            for agent in agents {
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO series_agents (series, agent) VALUES (?1, ?2)",
+                )?
+                .execute(params![id, agent])?;
+            }
+        }
+        let seen = now_ms();
         for (agent, w) in watermarks {
             tx.prepare_cached(
-                "INSERT INTO watermarks (agent, watermark) VALUES (?1, ?2)
-                 ON CONFLICT (agent) DO UPDATE SET watermark = max(watermark, excluded.watermark)",
+                "INSERT INTO watermarks (agent, watermark, seen_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (agent) DO UPDATE SET watermark = max(watermark, excluded.watermark), seen_ms = excluded.seen_ms",
             )?
-            .execute(params![agent, w])?;
+            .execute(params![agent, w, seen])?;
         }
         tx.commit()?;
         Ok(outcome)
@@ -214,5 +292,81 @@ impl Store for SqliteStore {
             .prepare_cached("SELECT agent, watermark FROM watermarks ORDER BY agent")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn progress(&self, series: &SeriesKey) -> Result<Vec<AgentProgress>, StoreError> {
+        let text = serde_json::to_string(series).map_err(|e| corrupt("series key", e))?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT w.agent, w.watermark, w.seen_ms FROM series s
+             JOIN series_agents a ON a.series = s.id
+             JOIN watermarks w ON w.agent = a.agent
+             WHERE s.key = ?1 ORDER BY w.agent",
+        )?;
+        let rows = stmt.query_map(params![text], |r| {
+            Ok(AgentProgress {
+                agent: r.get(0)?,
+                watermark: r.get(1)?,
+                seen_ms: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn changed_since(
+        &self,
+        width: Width,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Changed>, StoreError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT r.changed, s.key, r.start, r.revision, r.summary FROM results r
+             JOIN series s ON s.id = r.series
+             WHERE r.width = ?1 AND r.changed > ?2 ORDER BY r.changed LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![width.ms(), after, limit], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, u32>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (change, key, start, revision, bytes) = row?;
+            out.push(Changed {
+                change: u64::try_from(change).map_err(|e| corrupt("change number", e))?,
+                series: serde_json::from_str(&key).map_err(|e| corrupt("series key", e))?,
+                stored: StoredWindow {
+                    window: Window::new(start, width).map_err(|e| corrupt("window", e))?,
+                    summary: postcard::from_bytes(&bytes).map_err(|e| corrupt("summary", e))?,
+                    revision,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    fn cursor(&self, name: &str) -> Result<u64, StoreError> {
+        let v: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT value FROM cursors WHERE name = ?1")?
+            .query_row(params![name], |r| r.get(0))
+            .optional()?;
+        u64::try_from(v.unwrap_or(0)).map_err(|e| corrupt("cursor", e))
+    }
+
+    fn set_cursor(&mut self, name: &str, value: u64) -> Result<(), StoreError> {
+        let value = i64::try_from(value).map_err(|e| corrupt("cursor", e))?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO cursors (name, value) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![name, value])?;
+        Ok(())
     }
 }

@@ -1,0 +1,133 @@
+//! The running collector: one store shared by MQTT ingest and the HTTP
+//! server (query API, `/metrics`, `/health`), started and stopped as one
+//! unit. `tributary-collector run`, the demo and the tests all start the
+//! collector through [`start`].
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::header;
+use axum::routing::get;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::ingest::{self, IngestConfig, IngestCounters};
+use crate::store::Store;
+
+/// Why the collector could not start or stop.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The HTTP listen address could not be bound.
+    #[error("cannot listen on http.listen {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("serving HTTP: {0}")]
+    Http(std::io::Error),
+    /// A task panicked.
+    #[error("a collector task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// A started collector.
+#[derive(Debug)]
+pub struct Running {
+    http_addr: SocketAddr,
+    counters: Arc<IngestCounters>,
+    stop: watch::Sender<bool>,
+    ingest: JoinHandle<()>,
+    http: JoinHandle<Result<(), ServiceError>>,
+}
+
+impl Running {
+    /// The address the HTTP server listens on.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The ingest counters.
+    pub fn counters(&self) -> &Arc<IngestCounters> {
+        &self.counters
+    }
+
+    /// Stops serving, commits what ingest holds and waits for both.
+    pub async fn stop(self) -> Result<(), ServiceError> {
+        let _ = self.stop.send(true);
+        self.ingest.await?;
+        self.http.await?
+    }
+}
+
+/// Starts ingest and the HTTP server over `store`.
+pub async fn start<S: Store + Send + 'static>(
+    cfg: &Config,
+    store: S,
+) -> Result<Running, ServiceError> {
+    let store = Arc::new(Mutex::new(store));
+    let counters = Arc::new(IngestCounters::default());
+    let (stop, stop_rx) = watch::channel(false);
+    let ingest_cfg = IngestConfig {
+        host: cfg.mqtt.host.clone(),
+        port: cfg.mqtt.port,
+        client_id: cfg.mqtt.client_id.clone(),
+        max_payload_bytes: cfg.limits.max_payload_bytes,
+        max_partials: cfg.limits.max_partials,
+        group_batches: cfg.mqtt.max_group,
+        group_wait: Duration::from_millis(5),
+    };
+    let ingest = tokio::spawn(ingest::run(
+        ingest_cfg,
+        store.clone(),
+        counters.clone(),
+        stop_rx.clone(),
+    ));
+    let metrics = counters.clone();
+    let app = api::router(ApiState {
+        store,
+        token: cfg.http.token.clone(),
+        finality: cfg.finality.rule(),
+    })
+    .route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    m.render(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
+        .await
+        .map_err(|source| ServiceError::Bind {
+            addr: cfg.http.listen.clone(),
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(ServiceError::Http)?;
+    let mut http_stop = stop_rx;
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.changed().await;
+            })
+            .await
+            .map_err(ServiceError::Http)
+    });
+    tracing::info!(listen = %http_addr, "collector running");
+    Ok(Running {
+        http_addr,
+        counters,
+        stop,
+        ingest,
+        http,
+    })
+}

@@ -49,7 +49,6 @@ pub struct Aggregator<const C: usize> {
     /// Window boundaries fall at `k · width − phase` on the device clock.
     phase: u64,
     mode: Mode,
-    quanta: [(Quantum, i32); C],
     start: Option<u64>,
     current: [FixedSummary; C],
     stats: DeviceStats,
@@ -72,22 +71,20 @@ impl<const C: usize> Aggregator<C> {
         if width_ms == 0 {
             return Err(AggregatorError::ZeroWidth);
         }
-        let mut quanta = [(Quantum::DEFAULT, 0); C];
-        for (i, (slot, spec)) in quanta.iter_mut().zip(specs).enumerate() {
+        let mut current = core::array::from_fn(|_| FixedSummary::new(Quantum::DEFAULT, 0));
+        for (i, (slot, spec)) in current.iter_mut().zip(specs).enumerate() {
             let q = Quantum::new(spec.quantum_exp).map_err(|_| AggregatorError::Quantum {
                 channel: i,
                 exponent: spec.quantum_exp,
             })?;
-            *slot = (q, spec.reference);
+            *slot = FixedSummary::new(q, spec.reference);
         }
-        let current = core::array::from_fn(|i| FixedSummary::new(quanta[i].0, quanta[i].1));
         Ok(Aggregator {
             boot,
             seq: 0,
             width_ms,
             phase: 0,
             mode,
-            quanta,
             start: None,
             current,
             stats: DeviceStats::default(),
@@ -162,8 +159,12 @@ impl<const C: usize> Aggregator<C> {
     }
 
     fn emit_channel(&mut self, ch: usize, start: u64, emit: &mut impl FnMut(Message)) {
-        let (q, r) = self.quanta[ch];
-        let summary = core::mem::replace(&mut self.current[ch], FixedSummary::new(q, r));
+        // Each channel's quantum and reference live in its summary.
+        let Some(current) = self.current.get_mut(ch) else {
+            return;
+        };
+        let fresh = FixedSummary::new(current.quantum(), current.reference());
+        let summary = core::mem::replace(current, fresh);
         if summary.is_empty() {
             return;
         }
@@ -194,6 +195,15 @@ impl<const C: usize> Aggregator<C> {
             }
             return;
         }
+        // Fast path: `now` inside the open window (one wrapping subtraction
+        // also rejects `now` before the start).
+        if let Some(start) = self.start {
+            let offset = now.wrapping_sub(start);
+            if offset < u64::from(self.width_ms) {
+                self.insert_all(start, offset as u32, values, emit);
+                return;
+            }
+        }
         self.close_due(now, emit);
         let start = match self.start {
             Some(s) if now >= s => s,
@@ -207,15 +217,40 @@ impl<const C: usize> Aggregator<C> {
         self.start = Some(start);
         // now − start < width ≤ u32::MAX by construction of window_of.
         let offset = u32::try_from(now - start).unwrap_or(u32::MAX);
+        self.insert_all(start, offset, values, emit);
+    }
+
+    /// Folds `values` taken `offset` ms into the open window at `start`.
+    #[inline]
+    fn insert_all(
+        &mut self,
+        start: u64,
+        offset: u32,
+        values: &[i32; C],
+        emit: &mut impl FnMut(Message),
+    ) {
         for (ch, &v) in values.iter().enumerate() {
             if self.current[ch].insert(offset, v).is_err() {
-                // Overflow: send what we have and start afresh for the same window.
-                self.emit_channel(ch, start, emit);
-                if self.current[ch].insert(offset, v).is_err() {
-                    // A single reading that does not fit even an empty summary.
-                    self.stats.dropped_readings = self.stats.dropped_readings.saturating_add(1);
-                }
+                self.overflowed(ch, start, offset, v, emit);
             }
+        }
+    }
+
+    /// A channel's summary is full: send what it has and start afresh for
+    /// the same window.
+    #[cold]
+    fn overflowed(
+        &mut self,
+        ch: usize,
+        start: u64,
+        offset: u32,
+        v: i32,
+        emit: &mut impl FnMut(Message),
+    ) {
+        self.emit_channel(ch, start, emit);
+        if self.current[ch].insert(offset, v).is_err() {
+            // A single reading that does not fit even an empty summary.
+            self.stats.dropped_readings = self.stats.dropped_readings.saturating_add(1);
         }
     }
 

@@ -17,7 +17,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::SummaryError;
-use crate::extent::Extent;
+use crate::extent::{Extent, Point};
 use crate::quantum::Quantum;
 use crate::sketch::FixedSketch;
 
@@ -69,11 +69,28 @@ impl FixedSummary {
         self.count = count;
         self.sum = sum;
         self.sum_sq = sum_sq;
-        let one = Extent::of(time, v);
-        self.extent = Some(match self.extent {
-            Some(e) => e.merge(&one),
-            None => one,
-        });
+        match &mut self.extent {
+            // The same result as `e.merge(&Extent::of(time, v))`, updating in
+            // place: min ≤ max and first ≤ last hold for every extent (built
+            // by `Extent::of` and `merge`, or validated on decode), so a
+            // value below min cannot be above max, nor a point before first
+            // after last.
+            Some(e) => {
+                if v < e.min {
+                    e.min = v;
+                } else if v > e.max {
+                    e.max = v;
+                }
+                // Readings usually arrive in time order: test `last` first.
+                let p = Point { time, value: v };
+                if p > e.last {
+                    e.last = p;
+                } else if p < e.first {
+                    e.first = p;
+                }
+            }
+            None => self.extent = Some(Extent::of(time, v)),
+        }
         Ok(())
     }
 
@@ -263,6 +280,29 @@ mod tests {
         }
         let widened = Summary::from_fixed(&f, 1_000_000);
         assert_eq!(widened, full.with_sketch_scale(f.sketch().scale()));
+    }
+
+    #[test]
+    fn in_place_extent_equals_merged_single_readings() {
+        // Times out of order, ties on time broken by value, repeats.
+        let readings = [
+            (50, 3),
+            (10, 7),
+            (90, -2),
+            (10, 5),
+            (90, 4),
+            (0, 3),
+            (70, 9),
+            (0, 3),
+            (95, -8),
+        ];
+        let mut f = FixedSummary::new(Quantum::DEFAULT, 0);
+        let mut expected: Option<Extent<u32, i32>> = None;
+        for (t, v) in readings {
+            f.insert(t, v).unwrap();
+            expected = Extent::merge_opt(expected, Some(Extent::of(t, v)));
+            assert_eq!(f.extent(), expected.as_ref());
+        }
     }
 
     #[test]

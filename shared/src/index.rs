@@ -86,6 +86,37 @@ const BOUNDS: [u64; 64] = [
     0xFD3E0C0CF486C174,
 ];
 
+/// `BOUNDS` followed by a sentinel above every normalized magnitude.
+const BOUNDS_EXT: [u64; 65] = {
+    let mut t = [u64::MAX; 65];
+    let mut k = 0;
+    while k < 64 {
+        t[k] = BOUNDS[k];
+        k += 1;
+    }
+    t
+};
+
+/// For each of the 128 segments [2⁶³ + s·2⁵⁶, 2⁶³ + (s+1)·2⁵⁶) of a
+/// normalized magnitude: the number of `BOUNDS` strictly below the segment
+/// start. Adjacent bounds are at least 2⁶³·(2^(1/64) − 1) ≈ 1.09 % of 2⁶³
+/// apart, wider than a segment (0.78 %), so a segment holds at most one bound
+/// and a single comparison completes the search.
+const SEGMENT_BASE: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let mut s = 0;
+    while s < 128 {
+        let start = (1u64 << 63) + ((s as u64) << 56);
+        let mut c = 0;
+        while c < 64 && BOUNDS[c] < start {
+            c += 1;
+        }
+        t[s] = c as u8;
+        s += 1;
+    }
+    t
+};
+
 /// The bucket index of a non-zero magnitude at [`MAX_SCALE`].
 ///
 /// Returns a value in `-1 ..= 64·63 + 63`.
@@ -95,14 +126,12 @@ pub fn index_max_scale(magnitude: u64) -> i32 {
     let lz = magnitude.leading_zeros();
     let exponent = 63 - lz as i32;
     let normalized = magnitude << lz;
-    if normalized == BOUNDS[0] {
-        // An exact power of two belongs to the bucket below (upper-inclusive).
-        return (exponent << MAX_SCALE) - 1;
-    }
-    // The number of bounds strictly below `normalized`, minus one: the k with
-    // 2^(k/64) < m ≤ 2^((k+1)/64).
-    let k = BOUNDS.partition_point(|&b| b < normalized) as i32 - 1;
-    (exponent << MAX_SCALE) + k
+    // k = (the number of bounds strictly below `normalized`) − 1: the k with
+    // 2^(k/64) < m ≤ 2^((k+1)/64). An exact power of two (normalized ==
+    // BOUNDS[0]) gets k = −1, the bucket below (upper-inclusive).
+    let below = SEGMENT_BASE[((normalized >> 56) & 0x7f) as usize] as usize;
+    let next_below = BOUNDS_EXT.get(below).is_some_and(|&b| b < normalized);
+    (exponent << MAX_SCALE) + below as i32 + i32::from(next_below) - 1
 }
 
 /// The bucket index of a non-zero magnitude at `scale` (≤ [`MAX_SCALE`]).
@@ -176,6 +205,49 @@ mod tests {
                 assert!(lower < x as f64 * (1.0 + 1e-12) && x as f64 <= upper * (1.0 + 1e-12));
             }
             x += x / 2 + 1;
+        }
+    }
+
+    /// The search by binary partition the segment table replaces.
+    fn index_by_search(magnitude: u64) -> i32 {
+        let lz = magnitude.leading_zeros();
+        let normalized = magnitude << lz;
+        let k = BOUNDS.partition_point(|&b| b < normalized) as i32 - 1;
+        ((63 - lz as i32) << MAX_SCALE) + k
+    }
+
+    #[test]
+    fn segment_table_agrees_with_binary_search_at_every_bound() {
+        for shift in 0..64 {
+            for (k, &b) in BOUNDS.iter().enumerate() {
+                // Every bound and its neighbours, at every exponent where the
+                // shifted bound is still distinguishable.
+                let at = b >> shift;
+                for m in [at.wrapping_sub(1), at, at.wrapping_add(1)] {
+                    if m != 0 {
+                        assert_eq!(index_max_scale(m), index_by_search(m), "k={k} m={m:#x}");
+                    }
+                }
+            }
+            for s in 0..128u64 {
+                let start = ((1u64 << 63) + (s << 56)) >> shift;
+                for m in [start.wrapping_sub(1), start, start + 1] {
+                    if m != 0 {
+                        assert_eq!(index_max_scale(m), index_by_search(m), "m={m:#x}");
+                    }
+                }
+            }
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..200_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            for m in [x, x >> (x % 64), (x >> 40) | 1, u64::MAX] {
+                if m != 0 {
+                    assert_eq!(index_max_scale(m), index_by_search(m), "m={m:#x}");
+                }
+            }
         }
     }
 

@@ -16,5 +16,5 @@ pub mod sim;
 
 pub use aggregator::{Aggregator, AggregatorError, Mode};
 pub use clock::Clock;
-pub use link::{ByteSink, Link, LinkStats};
+pub use link::{ByteSink, Link, LinkStats, DEFAULT_POOL};
 pub use sensor::{ChannelSpec, Sensor};

@@ -2,11 +2,33 @@
 //! kept in a fixed resend ring until the gateway acks them, and coarsened
 //! (adjacent windows of one channel merged) before anything is dropped when
 //! the ring is full. Incoming bytes are decoded incrementally.
+//!
+//! # Memory
+//! The ring keeps frames *encoded*, exactly the bytes written to the sink
+//! (COBS, delimiter included), packed oldest first in one byte pool of `P`
+//! bytes, plus a small record per frame (ids, window, length, send time).
+//! A decoded [`SummaryFrame`] takes ~360 bytes whatever it holds; encoded, a
+//! typical summary is 40–110 bytes (the simulated devices' frames: median
+//! 50, largest seen 110) and the largest possible one fits [`MAX_FRAME`].
+//! The default pool, [`DEFAULT_POOL`] = 4096 bytes, is 16 frames of 256
+//! bytes: 2–5 times a typical frame, and still 6 worst-case frames. The ring
+//! is full when it holds `R` frames *or* the next frame does not fit the
+//! pool; either way it coarsens first and drops only when nothing can merge.
+//! `Link<16, 128>` takes 4.9 KiB; with `Aggregator<8>` 7.6 KiB.
+//!
+//! Resending writes the stored bytes as they are; only coarsening decodes
+//! (two frames), merges and re-encodes, on the stack.
+
+use core::fmt;
 
 use heapless::Vec;
 use tributary_core::frame::{
-    encode, DeviceStats, FrameDecoder, Message, ReadingFrame, SummaryFrame, MAX_FRAME,
+    decode_in_place, encode, DeviceStats, FrameDecoder, Message, SummaryFrame, MAX_FRAME,
 };
+
+/// The default byte pool of a [`Link`]: 16 frames of 256 bytes (see the
+/// module documentation for the sizing).
+pub const DEFAULT_POOL: usize = 4096;
 
 /// Where encoded frame bytes go (a UART, a radio, a test buffer).
 pub trait ByteSink {
@@ -20,29 +42,45 @@ impl<F: FnMut(&[u8])> ByteSink for F {
     }
 }
 
-/// A frame awaiting its ack: only the two reliable kinds, so a slot is not
-/// as large as a Hello.
-// Slots hold frames inline: no allocator to box them on the device.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
-enum Pending {
-    Summary(SummaryFrame),
-    Reading(ReadingFrame),
-}
+/// `sent_at` of a frame never written.
+const NEVER: u64 = u64::MAX;
 
-impl Pending {
-    fn to_message(&self) -> Message {
-        match self {
-            Pending::Summary(f) => Message::Summary(f.clone()),
-            Pending::Reading(r) => Message::Reading(*r),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
+/// What the ring knows about a stored frame without decoding it.
+#[derive(Debug, Clone, Copy)]
 struct Slot {
-    msg: Pending,
-    sent_at: Option<u64>,
+    /// When the frame was last written, or [`NEVER`].
+    sent_at: u64,
+    /// Window start (Summary) or reading tick (Reading).
+    start_tick: u64,
+    boot: u32,
+    seq: u32,
+    /// Window width (0 for a Reading).
+    width_ms: u32,
+    /// Readings the frame carries (counted if it is dropped).
+    readings: u32,
+    /// Encoded length in the pool.
+    len: u16,
+    channel: u8,
+    summary: bool,
+}
+
+impl Slot {
+    fn unsent(&self) -> bool {
+        self.sent_at == NEVER
+    }
+
+    /// Whether `later` is an unsent summary of the same boot and channel
+    /// whose window follows or coincides with this unsent summary's.
+    fn can_absorb(&self, later: &Slot) -> bool {
+        self.summary
+            && later.summary
+            && self.unsent()
+            && later.unsent()
+            && self.boot == later.boot
+            && self.channel == later.channel
+            && (Some(later.start_tick) == self.start_tick.checked_add(u64::from(self.width_ms))
+                || (later.start_tick == self.start_tick && later.width_ms == self.width_ms))
+    }
 }
 
 /// The link's counters (a subset of [`DeviceStats`]).
@@ -60,34 +98,66 @@ pub struct LinkStats {
     pub encode_errors: u32,
 }
 
-/// A resend ring of `R` frames and a receive buffer of `RX` bytes.
-#[derive(Debug)]
-pub struct Link<const R: usize, const RX: usize> {
-    ring: Vec<Slot, R>,
+/// A resend ring of at most `R` frames in a pool of `P` bytes, and a receive
+/// buffer of `RX` bytes.
+pub struct Link<const R: usize, const RX: usize, const P: usize = DEFAULT_POOL> {
+    slots: Vec<Slot, R>,
+    /// The frames of `slots`, in order, packed from the start.
+    pool: [u8; P],
+    used: usize,
     timeout_ms: u64,
     decoder: FrameDecoder<RX>,
     stats: LinkStats,
 }
 
-fn readings(msg: &Pending) -> u32 {
-    match msg {
-        Pending::Summary(f) => f.summary.count(),
-        Pending::Reading(_) => 1,
+impl<const R: usize, const RX: usize, const P: usize> fmt::Debug for Link<R, RX, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link")
+            .field("pending", &self.slots.len())
+            .field("pool_used", &self.used)
+            .field("pool", &P)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
     }
 }
 
-fn id(msg: &Pending) -> (u32, u32) {
-    match msg {
-        Pending::Summary(f) => (f.boot, f.seq),
-        Pending::Reading(r) => (r.boot, r.seq),
+/// Decodes the stored frame `bytes` (delimiter included) into `scratch`.
+fn decode_stored(bytes: &[u8], scratch: &mut [u8; MAX_FRAME]) -> Option<SummaryFrame> {
+    let body = bytes.strip_suffix(&[0])?;
+    let buf = scratch.get_mut(..body.len())?;
+    buf.copy_from_slice(body);
+    match decode_in_place(buf) {
+        Ok(Message::Summary(f)) => Some(f),
+        _ => None,
     }
 }
 
-impl<const R: usize, const RX: usize> Link<R, RX> {
+/// `b`'s summary merged into `a`'s (the window following or coinciding
+/// with `a`'s), or `None` if the times or the summaries cannot merge.
+fn merged(mut a: SummaryFrame, b: &SummaryFrame) -> Option<SummaryFrame> {
+    let a_end = a.start_tick.checked_add(u64::from(a.width_ms))?;
+    let (delta, width) = if b.start_tick == a_end {
+        (a.width_ms, a.width_ms.checked_add(b.width_ms)?)
+    } else if b.start_tick == a.start_tick && b.width_ms == a.width_ms {
+        (0, a.width_ms)
+    } else {
+        return None;
+    };
+    let mut later = b.summary.clone();
+    later.delay_times(delta).ok()?;
+    a.summary.merge(&later).ok()?;
+    a.width_ms = width;
+    Some(a)
+}
+
+impl<const R: usize, const RX: usize, const P: usize> Link<R, RX, P> {
     /// A link that resends unacked frames every `timeout_ms`.
     pub fn new(timeout_ms: u64) -> Self {
         Link {
-            ring: Vec::new(),
+            slots: Vec::new(),
+            pool: [0; P],
+            used: 0,
             timeout_ms,
             decoder: FrameDecoder::new(),
             stats: LinkStats::default(),
@@ -113,43 +183,157 @@ impl<const R: usize, const RX: usize> Link<R, RX> {
 
     /// Frames waiting for an ack.
     pub fn pending(&self) -> usize {
-        self.ring.len()
+        self.slots.len()
+    }
+
+    /// Bytes of the pool the waiting frames take.
+    pub fn pool_used(&self) -> usize {
+        self.used
+    }
+
+    fn count_dropped(&mut self, readings: u32) {
+        self.stats.dropped_readings = self.stats.dropped_readings.saturating_add(readings);
     }
 
     /// Queues a Summary or Reading frame for reliable delivery. When the ring
-    /// is full, the oldest unsent adjacent summaries of one channel are merged;
-    /// only if none can be merged is the oldest frame dropped (and its
-    /// readings counted). Other message kinds are ignored (send them with
-    /// [`Link::send_now`]).
+    /// is full (`R` frames, or the frame does not fit the pool), the oldest
+    /// unsent adjacent summaries of one channel are merged; only if none can
+    /// be merged is the oldest frame dropped (and its readings counted).
+    /// Other message kinds are ignored (send them with [`Link::send_now`]).
     pub fn enqueue(&mut self, msg: Message) {
-        let msg = match msg {
-            Message::Summary(f) => Pending::Summary(f),
-            Message::Reading(r) => Pending::Reading(r),
+        let slot = match &msg {
+            Message::Summary(f) => Slot {
+                sent_at: NEVER,
+                start_tick: f.start_tick,
+                boot: f.boot,
+                seq: f.seq,
+                width_ms: f.width_ms,
+                readings: f.summary.count(),
+                len: 0,
+                channel: f.channel,
+                summary: true,
+            },
+            Message::Reading(r) => Slot {
+                sent_at: NEVER,
+                start_tick: r.tick,
+                boot: r.boot,
+                seq: r.seq,
+                width_ms: 0,
+                readings: 1,
+                len: 0,
+                channel: r.channel,
+                summary: false,
+            },
             _ => return,
         };
-        if self.ring.is_full() && !self.coarsen() && !self.ring.is_empty() {
-            let old = self.ring.remove(0);
-            self.stats.dropped_readings = self
-                .stats
-                .dropped_readings
-                .saturating_add(readings(&old.msg));
+        let mut buf = [0u8; MAX_FRAME];
+        let Ok(n) = encode(&msg, &mut buf) else {
+            self.stats.encode_errors = self.stats.encode_errors.saturating_add(1);
+            self.count_dropped(slot.readings);
+            return;
+        };
+        drop(msg);
+        let (Some(bytes), Ok(len)) = (buf.get(..n), u16::try_from(n)) else {
+            self.count_dropped(slot.readings);
+            return;
+        };
+        // Make room: every round frees a slot (by a merge or a drop) or stops.
+        while self.slots.is_full() || P.saturating_sub(self.used) < n {
+            if !self.coarsen() && !self.drop_oldest() {
+                break;
+            }
         }
-        if let Err(slot) = self.ring.push(Slot { msg, sent_at: None }) {
-            // Only reachable with R == 0.
-            self.stats.dropped_readings = self
-                .stats
-                .dropped_readings
-                .saturating_add(readings(&slot.msg));
+        if self.slots.is_full() || P.saturating_sub(self.used) < n {
+            // Only when the frame exceeds the whole pool, or R == 0.
+            self.count_dropped(slot.readings);
+            return;
         }
+        let Some(dest) = self.pool.get_mut(self.used..self.used + n) else {
+            self.count_dropped(slot.readings);
+            return;
+        };
+        dest.copy_from_slice(bytes);
+        self.used += n;
+        // Cannot fail: checked not full above.
+        let _ = self.slots.push(Slot { len, ..slot });
+    }
+
+    /// Drops the oldest frame, counting its readings. Returns whether one
+    /// was there.
+    fn drop_oldest(&mut self) -> bool {
+        let Some(readings) = self.slots.first().map(|s| s.readings) else {
+            return false;
+        };
+        self.count_dropped(readings);
+        self.remove(0);
+        true
+    }
+
+    /// Where slot `k`'s bytes start in the pool.
+    fn offset(&self, k: usize) -> usize {
+        self.slots.iter().take(k).map(|s| usize::from(s.len)).sum()
+    }
+
+    /// The stored bytes of slot `k`.
+    fn bytes(&self, k: usize) -> &[u8] {
+        let Some(slot) = self.slots.get(k) else {
+            return &[];
+        };
+        let off = self.offset(k);
+        self.pool
+            .get(off..off + usize::from(slot.len))
+            .unwrap_or(&[])
+    }
+
+    /// Removes slot `k` and closes the gap in the pool.
+    fn remove(&mut self, k: usize) {
+        let Some(len) = self.slots.get(k).map(|s| usize::from(s.len)) else {
+            return;
+        };
+        let off = self.offset(k);
+        if off + len <= self.used && self.used <= P {
+            self.pool.copy_within(off + len..self.used, off);
+        }
+        self.used = self.used.saturating_sub(len);
+        self.slots.remove(k);
+    }
+
+    /// Replaces slot `k`'s bytes with `new` (the caller checked it fits).
+    fn replace(&mut self, k: usize, new: &[u8]) -> bool {
+        let Some(old) = self.slots.get(k).map(|s| usize::from(s.len)) else {
+            return false;
+        };
+        let Ok(new_len) = u16::try_from(new.len()) else {
+            return false;
+        };
+        let off = self.offset(k);
+        if off + old > self.used {
+            return false;
+        }
+        let end = self.used - old + new.len();
+        if end > P {
+            return false;
+        }
+        self.pool.copy_within(off + old..self.used, off + new.len());
+        if let Some(dest) = self.pool.get_mut(off..off + new.len()) {
+            dest.copy_from_slice(new);
+        }
+        self.used = end;
+        if let Some(s) = self.slots.get_mut(k) {
+            s.len = new_len;
+        }
+        true
     }
 
     /// Merges the oldest unsent pair of summaries of one channel whose
     /// windows touch (or coincide). Returns whether a slot was freed.
     fn coarsen(&mut self) -> bool {
-        for i in 0..self.ring.len() {
-            for j in i + 1..self.ring.len() {
-                if self.try_merge(i, j) {
-                    self.ring.remove(j);
+        for i in 0..self.slots.len() {
+            for j in i + 1..self.slots.len() {
+                let (Some(a), Some(b)) = (self.slots.get(i), self.slots.get(j)) else {
+                    continue;
+                };
+                if a.can_absorb(b) && self.try_merge(i, j) {
                     self.stats.coarsened = self.stats.coarsened.saturating_add(1);
                     return true;
                 }
@@ -158,41 +342,41 @@ impl<const R: usize, const RX: usize> Link<R, RX> {
         false
     }
 
+    /// Decodes slots `i` < `j`, merges `j` into `i`, re-encodes `i` and
+    /// removes `j`. Nothing changes unless all of it succeeds.
     fn try_merge(&mut self, i: usize, j: usize) -> bool {
-        let (head, tail) = self.ring.split_at_mut(j);
-        let (Some(a), Some(b)) = (head.get_mut(i), tail.first()) else {
+        let mut scratch = [0u8; MAX_FRAME];
+        let Some(a) = decode_stored(self.bytes(i), &mut scratch) else {
             return false;
         };
-        if a.sent_at.is_some() || b.sent_at.is_some() {
-            return false;
-        }
-        let (Pending::Summary(a), Pending::Summary(b)) = (&mut a.msg, &b.msg) else {
+        let Some(b) = decode_stored(self.bytes(j), &mut scratch) else {
             return false;
         };
-        if a.boot != b.boot || a.channel != b.channel {
-            return false;
-        }
-        let a_end = a.start_tick + u64::from(a.width_ms);
-        let (delta, width) = if b.start_tick == a_end {
-            match a.width_ms.checked_add(b.width_ms) {
-                Some(w) => (a.width_ms, w),
-                None => return false,
-            }
-        } else if b.start_tick == a.start_tick && b.width_ms == a.width_ms {
-            (0, a.width_ms)
-        } else {
+        let Some(m) = merged(a, &b) else {
             return false;
         };
-        let mut later = b.summary.clone();
-        if later.delay_times(delta).is_err() {
+        let (width_ms, readings) = (m.width_ms, m.summary.count());
+        let Ok(n) = encode(&Message::Summary(m), &mut scratch) else {
+            return false;
+        };
+        let (old_i, old_j) = match (self.slots.get(i), self.slots.get(j)) {
+            (Some(a), Some(b)) => (usize::from(a.len), usize::from(b.len)),
+            _ => return false,
+        };
+        if self.used.saturating_sub(old_i + old_j) + n > P {
             return false;
         }
-        let mut merged = a.summary.clone();
-        if merged.merge(&later).is_err() {
+        let Some(new) = scratch.get(..n) else {
             return false;
+        };
+        self.remove(j);
+        if !self.replace(i, new) {
+            return false; // unreachable: the size was checked above
         }
-        a.summary = merged;
-        a.width_ms = width;
+        if let Some(s) = self.slots.get_mut(i) {
+            s.width_ms = width_ms;
+            s.readings = readings;
+        }
         true
     }
 
@@ -207,26 +391,21 @@ impl<const R: usize, const RX: usize> Link<R, RX> {
 
     /// Sends every frame never sent or unacked for the timeout.
     pub fn poll(&mut self, now: u64, sink: &mut impl ByteSink) {
-        let mut buf = [0u8; MAX_FRAME];
-        for slot in self.ring.iter_mut() {
-            let due = match slot.sent_at {
-                None => true,
-                Some(t) => now.saturating_sub(t) >= self.timeout_ms,
-            };
+        let mut off = 0;
+        for slot in self.slots.iter_mut() {
+            let len = usize::from(slot.len);
+            let bytes = self.pool.get(off..off + len).unwrap_or(&[]);
+            off += len;
+            let due = slot.unsent() || now.saturating_sub(slot.sent_at) >= self.timeout_ms;
             if !due {
                 continue;
             }
-            match encode(&slot.msg.to_message(), &mut buf) {
-                Ok(n) => sink.write_frame(buf.get(..n).unwrap_or(&[])),
-                Err(_) => {
-                    self.stats.encode_errors = self.stats.encode_errors.saturating_add(1);
-                    continue;
-                }
-            }
-            if slot.sent_at.is_some() {
+            sink.write_frame(bytes);
+            if !slot.unsent() {
                 self.stats.resent = self.stats.resent.saturating_add(1);
             }
-            slot.sent_at = Some(now);
+            // `now` = u64::MAX (half a billion years of ms) would read as unsent.
+            slot.sent_at = now.min(NEVER - 1);
         }
     }
 
@@ -238,7 +417,13 @@ impl<const R: usize, const RX: usize> Link<R, RX> {
             match self.decoder.push(b) {
                 None => {}
                 Some(Ok(Message::Ack(ack))) => {
-                    self.ring.retain(|s| id(&s.msg) != (ack.boot, ack.seq));
+                    while let Some(k) = self
+                        .slots
+                        .iter()
+                        .position(|s| (s.boot, s.seq) == (ack.boot, ack.seq))
+                    {
+                        self.remove(k);
+                    }
                 }
                 Some(Ok(m)) => on_message(m),
                 Some(Err(_)) => {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use tributary_core::fixed::FixedSummary;
 use tributary_core::frame::{encode, Ack, FrameDecoder, Message, SummaryFrame, MAX_FRAME};
 use tributary_core::quantum::Quantum;
 use tributary_core::summary::Summary;
@@ -192,4 +193,165 @@ fn time_sync_aligns_windows_to_wall_clock_multiples() {
     for s in starts {
         assert_eq!(c.to_unix(s).unwrap() % 10_000, 0, "start {s}");
     }
+}
+
+fn milli() -> Quantum {
+    match Quantum::new(-3) {
+        Ok(q) => q,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A Summary frame of channel 0 over `[start, start + width)` holding `values`
+/// (taken at offsets 0, 1, 2, … ms).
+fn summary_frame(seq: u32, start: u64, width: u32, values: &[i32]) -> SummaryFrame {
+    let mut s = FixedSummary::new(milli(), 20_000);
+    for (i, &v) in values.iter().enumerate() {
+        assert!(s.insert(i as u32, v).is_ok());
+    }
+    SummaryFrame {
+        boot: 1,
+        seq,
+        channel: 0,
+        start_tick: start,
+        width_ms: width,
+        summary: s,
+    }
+}
+
+/// Values of both signs over many octaves: a summary with ~100 buckets.
+fn wide_values(rng: &mut u64, n: usize) -> Vec<i32> {
+    (0..n)
+        .map(|_| {
+            let x = lcg(rng);
+            let v = ((x >> 8) & 0xfffff) as i32 >> (x % 20);
+            if x & 1 == 0 {
+                v
+            } else {
+                -v
+            }
+        })
+        .collect()
+}
+
+fn decode_all(bytes: &[u8]) -> Vec<SummaryFrame> {
+    let mut rx = FrameDecoder::<MAX_FRAME>::new();
+    bytes
+        .iter()
+        .filter_map(|&b| match rx.push(b) {
+            Some(Ok(Message::Summary(f))) => Some(f),
+            Some(other) => panic!("unexpected {other:?}"),
+            None => None,
+        })
+        .collect()
+}
+
+#[test]
+fn frames_are_stored_encoded_and_resent_byte_for_byte() {
+    let mut rng = 11u64;
+    let mut link = Link::<16, 64>::new(500);
+    let frames: Vec<SummaryFrame> = (0..16)
+        .map(|k| summary_frame(k, u64::from(k) * 1_000, 1_000, &wide_values(&mut rng, 300)))
+        .collect();
+    let mut encoded = 0;
+    for f in &frames {
+        let mut buf = [0u8; MAX_FRAME];
+        encoded += encode(&Message::Summary(f.clone()), &mut buf).unwrap();
+        link.enqueue(Message::Summary(f.clone()));
+    }
+    assert!(encoded > 16 * 100, "frames are large: {encoded} B");
+    assert_eq!(link.pending(), 16);
+    assert_eq!(
+        link.pool_used(),
+        encoded,
+        "the pool holds exactly the wire bytes"
+    );
+    let mut first = Vec::new();
+    link.poll(0, &mut |b: &[u8]| first.extend_from_slice(b));
+    assert_eq!(decode_all(&first), frames);
+    let mut nothing = Vec::new();
+    link.poll(499, &mut |b: &[u8]| nothing.extend_from_slice(b));
+    assert!(nothing.is_empty(), "not due before the timeout");
+    let mut again = Vec::new();
+    link.poll(500, &mut |b: &[u8]| again.extend_from_slice(b));
+    assert_eq!(again, first);
+    assert_eq!(link.stats().resent, 16);
+
+    // Acks in any order release exactly their frames and their bytes.
+    let mut acks = Vec::new();
+    for seq in [5u32, 0, 15, 7] {
+        let mut buf = [0u8; 64];
+        let n = encode(&Message::Ack(Ack { boot: 1, seq }), &mut buf).unwrap();
+        acks.extend_from_slice(&buf[..n]);
+    }
+    link.receive(&acks, |m| panic!("unexpected {m:?}"));
+    assert_eq!(link.pending(), 12);
+    let mut rest = Vec::new();
+    link.poll(10_000, &mut |b: &[u8]| rest.extend_from_slice(b));
+    let left: Vec<u32> = decode_all(&rest).iter().map(|f| f.seq).collect();
+    assert_eq!(left, [1, 2, 3, 4, 6, 8, 9, 10, 11, 12, 13, 14]);
+    assert_eq!(link.pool_used(), rest.len());
+}
+
+#[test]
+fn a_full_pool_coarsens_unsent_summaries_and_loses_no_reading() {
+    let mut rng = 5u64;
+    // A pool far too small for 40 large frames: bytes, not slots, run out.
+    let mut link = Link::<16, 64, 1_024>::new(500);
+    let mut truth = FixedSummary::new(Quantum::new(-3).unwrap(), 20_000);
+    for k in 0..40u32 {
+        let values = wide_values(&mut rng, 120);
+        let f = summary_frame(k, u64::from(k) * 1_000, 1_000, &values);
+        let mut shifted = f.summary.clone();
+        shifted.delay_times(k * 1_000).unwrap();
+        truth.merge(&shifted).unwrap();
+        link.enqueue(Message::Summary(f));
+        assert!(link.pool_used() <= 1_024);
+    }
+    assert!(link.stats().coarsened > 0);
+    assert_eq!(link.stats().dropped_readings, 0);
+    assert!(
+        link.pending() < 16,
+        "the pool, not the slot count, was the limit"
+    );
+    let mut wire = Vec::new();
+    link.poll(0, &mut |b: &[u8]| wire.extend_from_slice(b));
+    let got = decode_all(&wire);
+    // Coarsened frames cover consecutive windows; merged back on one time
+    // base they equal the summary of every reading.
+    let mut merged = FixedSummary::new(Quantum::new(-3).unwrap(), 20_000);
+    let mut next_start = 0;
+    for f in &got {
+        assert_eq!(f.start_tick, next_start);
+        next_start += u64::from(f.width_ms);
+        let mut s = f.summary.clone();
+        s.delay_times(f.start_tick as u32).unwrap();
+        merged.merge(&s).unwrap();
+    }
+    assert_eq!(next_start, 40_000);
+    assert_eq!(merged, truth);
+}
+
+#[test]
+fn a_full_pool_of_sent_frames_drops_the_oldest_and_counts_its_readings() {
+    let mut rng = 9u64;
+    let mut link = Link::<16, 64, 1_024>::new(500);
+    let mut sent = 0u32;
+    let mut received = 0u32;
+    let mut wire = Vec::new();
+    for k in 0..30u32 {
+        let f = summary_frame(k, u64::from(k) * 1_000, 1_000, &wide_values(&mut rng, 50));
+        sent += f.summary.count();
+        link.enqueue(Message::Summary(f));
+        // Sent at once (and never acked): nothing may be merged any more.
+        link.poll(u64::from(k), &mut |_: &[u8]| {});
+        assert!(link.pool_used() <= 1_024);
+    }
+    link.poll(1_000_000, &mut |b: &[u8]| wire.extend_from_slice(b));
+    for f in decode_all(&wire) {
+        received += f.summary.count();
+    }
+    assert_eq!(link.stats().coarsened, 0);
+    assert!(link.stats().dropped_readings > 0);
+    assert_eq!(received + link.stats().dropped_readings, sent);
 }

@@ -23,6 +23,14 @@ service mosquitto stop >/dev/null 2>&1 || true
 # The firmware and the core must build without std.
 cargo build -q -p tributary-core --no-default-features
 cargo build -q -p tributary-firmware --no-default-features
+# The freestanding firmware image (no_std, no_main, own _start, no libc; see
+# firmware/README.md) must link, and its built-in checks must pass (exit 0).
+freestanding_target="${CARGO_TARGET_DIR:-$PWD/target}/freestanding"
+(cd firmware/freestanding &&
+  cargo rustc -q --release --target-dir "$freestanding_target" -- \
+    -C link-arg=-nostartfiles -C link-arg=-nostdlib -C link-arg=-static \
+    -C relocation-model=static)
+"$freestanding_target/release/tributary-firmware-freestanding"
 
 # Decoders get a short burst of extra fuzzing in CI.
 export PROPTEST_CASES="${PROPTEST_CASES:-256}"

@@ -14,6 +14,14 @@
 //! - [`free_port`] — an unused TCP port on 127.0.0.1.
 //! - [`MosquittoOptions`] — per-client queue limits (to make a lossy broker).
 //! - [`Mosquitto`] — `start`, `port`, `stop`, `restart` (same port), killed on `Drop`.
+//! - [`postgres::Postgres`] — a real PostgreSQL cluster in a temp dir on a
+//!   free port (`start`, `url`, `create_database`, `psql`), stopped on `Drop`.
+//! - [`workspace_bin`] — another workspace package's binary, built next to
+//!   the running test (e.g. the collector's tests run real agent processes).
+
+pub mod postgres;
+
+pub use postgres::{Postgres, PostgresOptions};
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
@@ -27,6 +35,27 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(0)
+}
+
+/// The path of workspace binary `name` in the target directory the running
+/// test was built into (`cargo test --workspace` builds every binary). An
+/// error names the missing file and how to build it.
+pub fn workspace_bin(name: &str) -> io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .ok_or_else(|| io::Error::other("the test executable has no target directory"))?;
+    let bin = profile_dir.join(name);
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(io::Error::other(format!(
+            "{} is missing: build it first (`cargo build -p {name}`, or run the whole workspace's tests)",
+            bin.display()
+        )))
+    }
 }
 
 /// How to configure the test broker.

@@ -13,6 +13,7 @@ pub mod link;
 pub mod sensor;
 #[cfg(feature = "std")]
 pub mod sim;
+mod wire;
 
 pub use aggregator::{Aggregator, AggregatorError, Mode};
 pub use clock::Clock;

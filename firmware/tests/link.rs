@@ -355,3 +355,39 @@ fn a_full_pool_of_sent_frames_drops_the_oldest_and_counts_its_readings() {
     assert!(link.stats().dropped_readings > 0);
     assert_eq!(received + link.stats().dropped_readings, sent);
 }
+
+#[test]
+fn the_device_accepts_acks_and_time_syncs_and_counts_every_other_kind() {
+    let mut link = Link::<4, 64>::new(500);
+    link.enqueue(Message::Summary(summary_frame(7, 0, 1_000, &[1, 2, 3])));
+    let hello = tributary_firmware::sim::VirtualDevice::new(Default::default(), 1)
+        .unwrap()
+        .hello(0);
+    let sent = [
+        Message::Hello(hello),
+        Message::Summary(summary_frame(8, 0, 1_000, &[4])),
+        Message::Reading(tributary_core::frame::ReadingFrame {
+            boot: 1,
+            seq: 9,
+            channel: 0,
+            tick: 5,
+            value: 6,
+        }),
+        Message::TimeSync(tributary_core::frame::TimeSync {
+            unix_ms: 1_700_000_000_123,
+        }),
+        Message::Ack(Ack { boot: 1, seq: 7 }),
+    ];
+    let mut wire = Vec::new();
+    for m in &sent {
+        let mut buf = [0u8; MAX_FRAME];
+        let n = encode(m, &mut buf).unwrap();
+        wire.extend_from_slice(&buf[..n]);
+    }
+    let mut passed = Vec::new();
+    link.receive(&wire, |m| passed.push(m));
+    assert_eq!(passed, [sent[3].clone()], "only the TimeSync is handed on");
+    assert_eq!(link.pending(), 0, "the Ack released its frame");
+    assert_eq!(link.pool_used(), 0);
+    assert_eq!(link.stats().corrupt_frames, 3, "Hello, Summary, Reading");
+}

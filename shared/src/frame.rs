@@ -220,6 +220,24 @@ pub fn encode(msg: &Message, out: &mut [u8]) -> Result<usize, FrameError> {
 
 /// Decodes one COBS-encoded frame (without its delimiter) in place.
 pub fn decode_in_place(frame: &mut [u8]) -> Result<Message, FrameError> {
+    payload_in_place(frame).and_then(message_from_payload)
+}
+
+/// The message in the postcard bytes `payload`, which it must fill exactly.
+fn message_from_payload(payload: &[u8]) -> Result<Message, FrameError> {
+    match postcard::take_from_bytes::<Message>(payload) {
+        Ok((msg, [])) => Ok(msg),
+        _ => Err(FrameError::Malformed),
+    }
+}
+
+/// Checks one COBS-encoded frame (without its delimiter) in place — COBS,
+/// length, CRC, version — and returns the postcard bytes of its [`Message`].
+///
+/// For receivers that accept only some message kinds and parse the payload
+/// themselves (a device needs only Ack and TimeSync, and need not link the
+/// deserializer of every kind); [`decode_in_place`] is this plus parsing.
+pub fn payload_in_place(frame: &mut [u8]) -> Result<&[u8], FrameError> {
     if frame.len() > MAX_FRAME {
         return Err(FrameError::Oversized);
     }
@@ -237,10 +255,7 @@ pub fn decode_in_place(frame: &mut [u8]) -> Result<Message, FrameError> {
     if data[0] != FRAME_VERSION {
         return Err(FrameError::UnknownVersion(data[0]));
     }
-    match postcard::take_from_bytes::<Message>(&data[1..]) {
-        Ok((msg, [])) => Ok(msg),
-        _ => Err(FrameError::Malformed),
-    }
+    Ok(&data[1..])
 }
 
 /// Splits a byte stream into frames with a fixed `N`-byte buffer.
@@ -274,6 +289,15 @@ impl<const N: usize> FrameDecoder<N> {
     /// Feeds one byte; returns a result when it completes a frame.
     #[inline]
     pub fn push(&mut self, byte: u8) -> Option<Result<Message, FrameError>> {
+        self.push_payload(byte)
+            .map(|r| r.and_then(message_from_payload))
+    }
+
+    /// As [`FrameDecoder::push`], but a complete, valid frame yields its
+    /// checked postcard payload (see [`payload_in_place`]) instead of the
+    /// parsed message.
+    #[inline]
+    pub fn push_payload(&mut self, byte: u8) -> Option<Result<&[u8], FrameError>> {
         if byte != 0 {
             match self.buf.get_mut(self.len) {
                 Some(slot) if !self.overflowed => {
@@ -293,7 +317,7 @@ impl<const N: usize> FrameDecoder<N> {
         if len == 0 {
             return None; // back-to-back delimiters: idle line
         }
-        Some(decode_in_place(&mut self.buf[..len]))
+        Some(payload_in_place(&mut self.buf[..len]))
     }
 
     /// Bytes of an unfinished frame currently buffered.

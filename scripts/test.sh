@@ -29,7 +29,8 @@ freestanding_target="${CARGO_TARGET_DIR:-$PWD/target}/freestanding"
 (cd firmware/freestanding &&
   cargo rustc -q --release --target-dir "$freestanding_target" -- \
     -C link-arg=-nostartfiles -C link-arg=-nostdlib -C link-arg=-static \
-    -C relocation-model=static)
+    -C relocation-model=static -C link-arg=-Wl,--no-eh-frame-hdr \
+    -C link-arg=unwind.ld)
 "$freestanding_target/release/tributary-firmware-freestanding"
 
 # Decoders get a short burst of extra fuzzing in CI.

@@ -6,7 +6,7 @@ use std::mem::size_of;
 
 use tributary_core::fixed::FixedSummary;
 use tributary_core::frame::Message;
-use tributary_firmware::{Aggregator, ChannelSpec, Link, Mode};
+use tributary_firmware::{Aggregator, ChannelSpec, Link, Mode, DEFAULT_POOL};
 
 const SPEC: ChannelSpec = ChannelSpec {
     metric: "temperature",
@@ -24,7 +24,10 @@ fn main() {
         println!("FixedSummary            {} B", size_of::<FixedSummary>());
         println!("Message                 {} B", size_of::<Message>());
         println!("Aggregator<8>           {} B", size_of::<Aggregator<8>>());
-        println!("Link<16, 128>           {} B", size_of::<Link<16, 128>>());
+        println!(
+            "Link<16, 128>           {} B (pool {DEFAULT_POOL} B)",
+            size_of::<Link<16, 128>>()
+        );
         println!(
             "Aggregator<8> + Link<16, 128>  {} B",
             size_of::<Aggregator<8>>() + size_of::<Link<16, 128>>()

@@ -1,7 +1,7 @@
 //! A freestanding firmware image for the host: `#![no_std]`, `#![no_main]`,
 //! its own `_start`, no libc. A scripted in-memory I²C bus answers like an
 //! SHT3x; the real aggregator and link run on it; frames go to a counting
-//! sink. On a board, `_start` becomes the HAL's entry (e.g. `cortex-m-rt`'s
+//! sink and an Ack comes back through the link's receive path. On a board, `_start` becomes the HAL's entry (e.g. `cortex-m-rt`'s
 //! `#[entry]`), the bus comes from the board-support crate and the sink is a
 //! UART. The only `unsafe` is the entry/exit glue and the memory routines a
 //! libc would otherwise provide; the library itself forbids unsafe code.

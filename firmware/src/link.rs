@@ -109,6 +109,8 @@ pub struct Link<const R: usize, const RX: usize, const P: usize = DEFAULT_POOL> 
     pool: [u8; P],
     used: usize,
     timeout_ms: u64,
+    /// The most frames sent and not yet acked at once.
+    window: usize,
     decoder: FrameDecoder<RX>,
     stats: LinkStats,
 }
@@ -120,6 +122,7 @@ impl<const R: usize, const RX: usize, const P: usize> fmt::Debug for Link<R, RX,
             .field("pool_used", &self.used)
             .field("pool", &P)
             .field("timeout_ms", &self.timeout_ms)
+            .field("window", &self.window)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -159,9 +162,21 @@ impl<const R: usize, const RX: usize, const P: usize> Link<R, RX, P> {
             pool: [0; P],
             used: 0,
             timeout_ms,
+            window: R,
             decoder: FrameDecoder::new(),
             stats: LinkStats::default(),
         }
+    }
+
+    /// Limits the frames in flight (sent, not yet acked) to `frames` (at
+    /// least 1); the default is `R`, so every frame is sent as soon as it is
+    /// polled. With a window, frames beyond it wait unsent while the gateway
+    /// does not ack — during an outage, say — and so can still be coarsened
+    /// when the ring fills, instead of the oldest being dropped. A window
+    /// should cover the frames one window close emits (one per channel).
+    pub fn with_window(mut self, frames: usize) -> Self {
+        self.window = frames.max(1);
+        self
     }
 
     /// Counters since boot.
@@ -389,16 +404,25 @@ impl<const R: usize, const RX: usize, const P: usize> Link<R, RX, P> {
         }
     }
 
-    /// Sends every frame never sent or unacked for the timeout.
+    /// Resends every frame unacked for the timeout, and sends never-sent
+    /// frames, oldest first, while fewer than the window are in flight.
     pub fn poll(&mut self, now: u64, sink: &mut impl ByteSink) {
+        let mut in_flight = self.slots.iter().filter(|s| !s.unsent()).count();
         let mut off = 0;
         for slot in self.slots.iter_mut() {
             let len = usize::from(slot.len);
             let bytes = self.pool.get(off..off + len).unwrap_or(&[]);
             off += len;
-            let due = slot.unsent() || now.saturating_sub(slot.sent_at) >= self.timeout_ms;
+            let due = if slot.unsent() {
+                in_flight < self.window
+            } else {
+                now.saturating_sub(slot.sent_at) >= self.timeout_ms
+            };
             if !due {
                 continue;
+            }
+            if slot.unsent() {
+                in_flight += 1;
             }
             sink.write_frame(bytes);
             if !slot.unsent() {

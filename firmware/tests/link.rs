@@ -391,3 +391,84 @@ fn the_device_accepts_acks_and_time_syncs_and_counts_every_other_kind() {
     assert_eq!(link.pool_used(), 0);
     assert_eq!(link.stats().corrupt_frames, 3, "Hello, Summary, Reading");
 }
+
+/// Runs two channels through an outage of the gateway (nothing comes back
+/// for `outage` ms) and then a perfect link; returns the link's stats and
+/// whether every reading arrived exactly once.
+fn outage(window: Option<usize>, outage: u64) -> (tributary_firmware::LinkStats, bool) {
+    let specs = [SPECS[0], SPECS[0]];
+    let mut agg = Aggregator::<2>::new(&specs, 3, 1_000, Mode::Aggregate).unwrap();
+    let mut link = Link::<16, 64>::new(500);
+    if let Some(w) = window {
+        link = link.with_window(w);
+    }
+    let mut truth = [Summary::new(milli()), Summary::new(milli())];
+    let mut got: BTreeMap<(u32, u32), SummaryFrame> = BTreeMap::new();
+    let mut rx = FrameDecoder::<MAX_FRAME>::new();
+    let mut rng = 3u64;
+    let end = outage + 20_000;
+    let mut now = 0u64;
+    while now < end {
+        now += 100;
+        if now < outage + 5_000 {
+            let v = [
+                20_000 + (lcg(&mut rng) % 500) as i32,
+                19_000 + (lcg(&mut rng) % 3_000) as i32,
+            ];
+            for (t, &x) in truth.iter_mut().zip(&v) {
+                t.insert(now as i64, i64::from(x)).unwrap();
+            }
+            agg.record(now, &v, &mut |m| link.enqueue(m));
+        } else if now == outage + 5_000 {
+            agg.flush(&mut |m| link.enqueue(m));
+        }
+        let mut wire = Vec::new();
+        link.poll(now, &mut |b: &[u8]| wire.extend_from_slice(b));
+        if now < outage {
+            continue; // the gateway is unreachable: nothing arrives
+        }
+        let mut acks = Vec::new();
+        for b in wire {
+            if let Some(Ok(Message::Summary(f))) = rx.push(b) {
+                let mut buf = [0u8; 64];
+                let ack = Ack {
+                    boot: f.boot,
+                    seq: f.seq,
+                };
+                let n = encode(&Message::Ack(ack), &mut buf).unwrap();
+                acks.extend_from_slice(&buf[..n]);
+                got.insert((f.boot, f.seq), f);
+            }
+        }
+        link.receive(&acks, |_| {});
+    }
+    let mut exact = link.pending() == 0;
+    for (ch, t) in truth.iter().enumerate() {
+        let mut merged = Summary::new(milli());
+        for f in got.values().filter(|f| usize::from(f.channel) == ch) {
+            merged
+                .merge(&Summary::from_fixed(&f.summary, f.start_tick as i64))
+                .unwrap();
+        }
+        let scale = merged.sketch().scale();
+        exact &= merged == t.with_sketch_scale(scale);
+    }
+    (link.stats(), exact)
+}
+
+#[test]
+fn with_a_send_window_an_outage_is_coarsened_not_dropped() {
+    // 120 s without the gateway: 240 summary frames for a 16-frame ring.
+    let (stats, exact) = outage(Some(2), 120_000);
+    assert_eq!(stats.dropped_readings, 0);
+    assert!(stats.coarsened > 200, "{stats:?}");
+    assert!(exact, "every reading arrived exactly once");
+    // Without a window every frame is sent at once, nothing can merge, and
+    // the outage costs readings (counted).
+    let (stats, exact) = outage(None, 120_000);
+    assert!(
+        stats.dropped_readings > 0 && stats.coarsened == 0,
+        "{stats:?}"
+    );
+    assert!(!exact);
+}

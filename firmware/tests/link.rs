@@ -395,6 +395,7 @@ fn the_device_accepts_acks_and_time_syncs_and_counts_every_other_kind() {
 /// Runs two channels through an outage of the gateway (nothing comes back
 /// for `outage` ms) and then a perfect link; returns the link's stats and
 /// whether every reading arrived exactly once.
+#[allow(clippy::unwrap_used)] // a test helper: a failure is a test failure
 fn outage(window: Option<usize>, outage: u64) -> (tributary_firmware::LinkStats, bool) {
     let specs = [SPECS[0], SPECS[0]];
     let mut agg = Aggregator::<2>::new(&specs, 3, 1_000, Mode::Aggregate).unwrap();

@@ -473,3 +473,23 @@ fn with_a_send_window_an_outage_is_coarsened_not_dropped() {
     );
     assert!(!exact);
 }
+
+#[test]
+fn a_frame_larger_than_the_whole_pool_is_dropped_and_counted() {
+    let mut link = Link::<4, 64, 32>::new(500);
+    let f = summary_frame(1, 0, 1_000, &[1, 2, 3, 4, 5]);
+    link.enqueue(Message::Summary(f));
+    assert_eq!(link.pending(), 0);
+    assert_eq!(link.pool_used(), 0);
+    assert_eq!(link.stats().dropped_readings, 5);
+    // A raw reading (about 20 bytes) still fits.
+    link.enqueue(Message::Reading(tributary_core::frame::ReadingFrame {
+        boot: 1,
+        seq: 2,
+        channel: 0,
+        tick: 5,
+        value: 6,
+    }));
+    assert_eq!(link.pending(), 1);
+    assert_eq!(link.stats().dropped_readings, 5);
+}

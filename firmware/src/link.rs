@@ -14,7 +14,7 @@
 //! bytes: 2–5 times a typical frame, and still 6 worst-case frames. The ring
 //! is full when it holds `R` frames *or* the next frame does not fit the
 //! pool; either way it coarsens first and drops only when nothing can merge.
-//! `Link<16, 128>` takes 4,928 bytes; with `Aggregator<8>` 7,744 (figures
+//! `Link<16, 128>` takes 4,936 bytes; with `Aggregator<8>` 7,752 (figures
 //! example).
 //!
 //! Resending writes the stored bytes as they are; only coarsening decodes

@@ -23,6 +23,7 @@
 //!   `n` committed never later finds a committed change `≤ n` it missed.
 //!   Sinks follow this feed from a durable cursor kept in the store.
 
+pub mod postgres;
 pub mod sqlite;
 
 use tributary_core::batch::Batch;

@@ -1,0 +1,427 @@
+//! The PostgreSQL store: many collector instances merging into one database
+//! (DESIGN §6).
+//!
+//! # Design
+//! - **Driver.** `tokio-postgres` with a `deadpool-postgres` pool, driven by
+//!   a small private tokio runtime owned by the store. The [`Store`] trait is
+//!   synchronous; each call hands its future to that runtime and waits on a
+//!   plain channel, so it works from any thread — a blocking thread, a plain
+//!   thread or (like the SQLite store) inside an async handler — without the
+//!   "runtime inside a runtime" panic the sync `postgres` crate would give.
+//!   Clones share the pool and the runtime: `pool_size` connections serve
+//!   all clones of one store.
+//! - **Migrations** ([`schema`]) are versioned in `schema_version` and run at
+//!   [`PostgresStore::open`]; a newer schema is refused.
+//! - **apply** ([`apply`](self::apply)) runs one transaction: keys first,
+//!   merges only of new batches, row locks in a global order, change numbers
+//!   taken last under the counter's row lock so they commit in order.
+
+mod apply;
+pub mod schema;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tributary_core::batch::Batch;
+use tributary_core::{SeriesKey, Width, Window};
+
+use super::{AgentProgress, Applied, Changed, Store, StoreError, StoredWindow};
+
+pub use schema::SCHEMA_VERSION;
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // `Display` of a server error is only its severity; keep the detail.
+        match e.as_db_error() {
+            Some(db) => StoreError::Backend(format!(
+                "{}: {} ({})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            )),
+            None => StoreError::Backend(e.to_string()),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch by the collector's clock.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+/// TLS to the database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Tls {
+    /// Plain TCP (`sslmode=disable`): for a database on the same host or a
+    /// private network.
+    #[default]
+    Disable,
+    /// TLS required and the server certificate verified against `ca_file`
+    /// (PEM) or, when `None`, the system's root certificates.
+    Require {
+        /// PEM file of the CA(s) to trust.
+        ca_file: Option<PathBuf>,
+    },
+}
+
+/// How to reach the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresOptions {
+    /// A libpq-style URL or key=value string,
+    /// e.g. `postgres://tributary@db:5432/tributary`.
+    pub url: String,
+    /// Connections in the pool (at least 1).
+    pub pool_size: usize,
+    /// TLS.
+    pub tls: Tls,
+}
+
+impl PostgresOptions {
+    /// Options for `url` with 4 connections and no TLS.
+    pub fn new(url: impl Into<String>) -> Self {
+        PostgresOptions {
+            url: url.into(),
+            pool_size: 4,
+            tls: Tls::Disable,
+        }
+    }
+}
+
+/// Owns the private runtime; shut down without blocking when the last clone
+/// of the store goes (which may happen inside another runtime).
+#[derive(Debug)]
+struct Engine(Option<tokio::runtime::Runtime>);
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The PostgreSQL store (cheap to clone: clones share pool and runtime).
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    handle: tokio::runtime::Handle,
+    rollups: Arc<[Width]>,
+    _engine: Arc<Engine>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("pool", &self.pool.status())
+            .field("rollups", &self.rollups)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tls_connector(tls: &Tls) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    let ca_file = match tls {
+        Tls::Disable => None,
+        Tls::Require { ca_file } => ca_file.clone(),
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            use rustls::pki_types::pem::PemObject;
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(&path).map_err(|e| {
+                StoreError::Backend(format!("store.ca_file {}: {e}", path.display()))
+            })?;
+            for cert in certs {
+                let cert = cert.map_err(|e| {
+                    StoreError::Backend(format!("store.ca_file {}: {e}", path.display()))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    StoreError::Backend(format!("store.ca_file {}: {e}", path.display()))
+                })?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Backend(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+impl PostgresStore {
+    /// Connects, runs the migrations and keeps roll-ups at `rollups` (ms).
+    pub fn open(options: &PostgresOptions, rollups: &[i64]) -> Result<Self, StoreError> {
+        let rollups: Arc<[Width]> = rollups
+            .iter()
+            .map(|&w| Width::new(w).map_err(|_| StoreError::BadRollup(w)))
+            .collect::<Result<Vec<_>, _>>()?
+            .into();
+        let mut pg = tokio_postgres::Config::from_str(&options.url)
+            .map_err(|e| StoreError::Backend(format!("store.url: {e}")))?;
+        pg.connect_timeout(Duration::from_secs(10));
+        pg.application_name("tributary-collector");
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tributary-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Backend(format!("starting the store runtime: {e}")))?;
+        let manager = match &options.tls {
+            Tls::Disable => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                Manager::from_config(pg, tokio_postgres::NoTls, manager_config)
+            }
+            Tls::Require { .. } => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Manager::from_config(pg, tls_connector(&options.tls)?, manager_config)
+            }
+        };
+        let pool = {
+            let _guard = runtime.enter();
+            Pool::builder(manager)
+                .max_size(options.pool_size.max(1))
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .create_timeout(Some(Duration::from_secs(15)))
+                .wait_timeout(Some(Duration::from_secs(60)))
+                .build()
+                .map_err(|e| StoreError::Backend(format!("connection pool: {e}")))?
+        };
+        let store = PostgresStore {
+            pool,
+            handle: runtime.handle().clone(),
+            rollups,
+            _engine: Arc::new(Engine(Some(runtime))),
+        };
+        let found = store.run(|pool| async move {
+            let mut client = pool.get().await.map_err(pool_error)?;
+            schema::migrate(&mut client).await
+        })?;
+        tracing::info!(found, version = SCHEMA_VERSION, "PostgreSQL store open");
+        Ok(store)
+    }
+
+    /// The schema version in the database.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            schema::version(&client).await
+        })
+    }
+
+    /// Runs `f(pool)` on the store's runtime and waits for its answer.
+    fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Pool) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let fut = f(self.pool.clone());
+        self.handle.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().map_err(|_| {
+            StoreError::Backend("the store's runtime stopped before answering".into())
+        })?
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => e.into(),
+        e => StoreError::Backend(format!("connection pool: {e}")),
+    }
+}
+
+fn key_text(key: &SeriesKey) -> Result<String, StoreError> {
+    serde_json::to_string(key).map_err(|e| corrupt("series key", e))
+}
+
+fn stored(
+    start: i64,
+    width: Width,
+    revision: i64,
+    bytes: &[u8],
+) -> Result<StoredWindow, StoreError> {
+    Ok(StoredWindow {
+        window: Window::new(start, width).map_err(|e| corrupt("window", e))?,
+        summary: postcard::from_bytes(bytes).map_err(|e| corrupt("summary", e))?,
+        revision: u32::try_from(revision).map_err(|e| corrupt("revision", e))?,
+    })
+}
+
+impl Store for PostgresStore {
+    fn apply(&mut self, batches: &[Batch]) -> Result<Vec<Applied>, StoreError> {
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batches = batches.to_vec();
+        let rollups = self.rollups.clone();
+        self.run(|pool| async move {
+            let mut client = pool.get().await.map_err(pool_error)?;
+            apply::apply(&mut client, &batches, &rollups).await
+        })
+    }
+
+    fn series(&self) -> Result<Vec<SeriesKey>, StoreError> {
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let stmt = client
+                .prepare_cached("SELECT key FROM series ORDER BY key")
+                .await?;
+            let mut out = Vec::new();
+            for row in client.query(&stmt, &[]).await? {
+                let text: &str = row.get(0);
+                out.push(serde_json::from_str(text).map_err(|e| corrupt("series key", e))?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn windows(
+        &self,
+        series: &SeriesKey,
+        width: Width,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<StoredWindow>, StoreError> {
+        let text = key_text(series)?;
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let stmt = client
+                .prepare_cached(
+                    "SELECT r.start, r.revision, r.summary FROM results r JOIN series s ON s.id = r.series
+                     WHERE s.key = $1 AND r.width = $2 AND r.start >= $3 AND r.start < $4 ORDER BY r.start",
+                )
+                .await?;
+            client
+                .query(&stmt, &[&text, &width.ms(), &from, &to])
+                .await?
+                .iter()
+                .map(|row| stored(row.get(0), width, row.get(1), row.get(2)))
+                .collect()
+        })
+    }
+
+    fn watermarks(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let stmt = client
+                .prepare_cached("SELECT agent, watermark FROM watermarks ORDER BY agent")
+                .await?;
+            Ok(client
+                .query(&stmt, &[])
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect())
+        })
+    }
+
+    fn progress(&self, series: &SeriesKey) -> Result<Vec<AgentProgress>, StoreError> {
+        let text = key_text(series)?;
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let stmt = client
+                .prepare_cached(
+                    "SELECT w.agent, w.watermark, w.seen_ms FROM series s
+                     JOIN series_agents a ON a.series = s.id
+                     JOIN watermarks w ON w.agent = a.agent
+                     WHERE s.key = $1 ORDER BY w.agent",
+                )
+                .await?;
+            Ok(client
+                .query(&stmt, &[&text])
+                .await?
+                .iter()
+                .map(|r| AgentProgress {
+                    agent: r.get(0),
+                    watermark: r.get(1),
+                    seen_ms: r.get(2),
+                })
+                .collect())
+        })
+    }
+
+    fn changed_since(
+        &self,
+        width: Width,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Changed>, StoreError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let stmt = client
+                .prepare_cached(
+                    "SELECT r.changed, s.key, r.start, r.revision, r.summary FROM results r
+                     JOIN series s ON s.id = r.series
+                     WHERE r.width = $1 AND r.changed > $2 ORDER BY r.changed LIMIT $3",
+                )
+                .await?;
+            let mut out = Vec::new();
+            for row in client.query(&stmt, &[&width.ms(), &after, &limit]).await? {
+                let change: i64 = row.get(0);
+                let key: &str = row.get(1);
+                out.push(Changed {
+                    change: u64::try_from(change).map_err(|e| corrupt("change number", e))?,
+                    series: serde_json::from_str(key).map_err(|e| corrupt("series key", e))?,
+                    stored: stored(row.get(2), width, row.get(3), row.get(4))?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn cursor(&self, name: &str) -> Result<u64, StoreError> {
+        let name = name.to_string();
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let stmt = client
+                .prepare_cached("SELECT value FROM cursors WHERE name = $1")
+                .await?;
+            let v: Option<i64> = client.query_opt(&stmt, &[&name]).await?.map(|r| r.get(0));
+            u64::try_from(v.unwrap_or(0)).map_err(|e| corrupt("cursor", e))
+        })
+    }
+
+    fn set_cursor(&mut self, name: &str, value: u64) -> Result<(), StoreError> {
+        let name = name.to_string();
+        let value = i64::try_from(value).map_err(|e| corrupt("cursor", e))?;
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let stmt = client
+                .prepare_cached(
+                    "INSERT INTO cursors (name, value) VALUES ($1, $2)
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                )
+                .await?;
+            client.execute(&stmt, &[&name, &value]).await?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,100 @@
+//! The PostgreSQL schema and its versioned migrations.
+//!
+//! `schema_version(version, applied_at)` records every migration applied;
+//! the schema's version is the highest row. Migrations run at start-up in
+//! one transaction holding an advisory lock, so instances starting together
+//! migrate once; an instance that finds a version newer than it knows refuses
+//! to run ([`StoreError::SchemaTooNew`]).
+//!
+//! # Schema (version 1)
+//! - `applied(agent, seq)` — the de-duplication keys, primary key;
+//! - `series(id, key)` — series keys as canonical JSON (`COLLATE "C"`, so
+//!   they sort bytewise as in SQLite), unique;
+//! - `results(series, width, start, revision, summary, changed)` — one row
+//!   per (series, width, window): the merged summary as postcard bytes and
+//!   the change number of its last write (indexed per width for the feed);
+//! - `watermarks(agent, watermark, seen_ms)`, `series_agents(series, agent)`
+//!   — progress for finality;
+//! - `cursors(name, value)` — durable cursors; `meta('change')` — the change
+//!   counter, whose row lock orders the commits of change numbers.
+
+use deadpool_postgres::Client;
+
+use crate::store::StoreError;
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: [&str; 1] = [V1];
+
+const V1: &str = r#"
+CREATE TABLE applied (agent TEXT COLLATE "C" NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (agent, seq));
+CREATE TABLE series (id BIGSERIAL PRIMARY KEY, key TEXT COLLATE "C" NOT NULL UNIQUE);
+CREATE TABLE results (
+    series BIGINT NOT NULL REFERENCES series(id),
+    width BIGINT NOT NULL,
+    start BIGINT NOT NULL,
+    revision BIGINT NOT NULL,
+    summary BYTEA NOT NULL,
+    changed BIGINT NOT NULL,
+    PRIMARY KEY (series, width, start)
+);
+CREATE INDEX results_changed ON results (width, changed);
+CREATE TABLE watermarks (agent TEXT COLLATE "C" PRIMARY KEY, watermark BIGINT NOT NULL, seen_ms BIGINT NOT NULL);
+CREATE TABLE series_agents (series BIGINT NOT NULL REFERENCES series(id), agent TEXT COLLATE "C" NOT NULL, PRIMARY KEY (series, agent));
+CREATE TABLE cursors (name TEXT COLLATE "C" PRIMARY KEY, value BIGINT NOT NULL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
+INSERT INTO meta (key, value) VALUES ('change', 0);
+"#;
+
+/// Any fixed number: the advisory lock key that serialises migrations.
+const MIGRATION_LOCK: i64 = 0x7472_6962_7574_6172; // "tributar"
+
+/// The schema version found in the database (0 for an empty database).
+pub(super) async fn version(client: &Client) -> Result<i64, StoreError> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    let v: Option<i64> = client
+        .query_one("SELECT max(version) FROM schema_version", &[])
+        .await?
+        .get(0);
+    Ok(v.unwrap_or(0))
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`]; refuses a newer one.
+pub(super) async fn migrate(client: &mut Client) -> Result<i64, StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+            version BIGINT PRIMARY KEY,
+            applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await?;
+    let found: i64 = tx
+        .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+        .await?
+        .get(0);
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+        tx.batch_execute(sql).await?;
+        let to = from as i64 + 1;
+        tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&to])
+            .await?;
+        tracing::info!(from, to, "PostgreSQL schema migrated");
+    }
+    tx.commit().await?;
+    Ok(found)
+}

@@ -1,0 +1,108 @@
+//! Helpers shared by the PostgreSQL tests: seeded workloads and whole-store
+//! snapshots to compare backends with.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use tributary_collector::store::{Store, StoredWindow};
+use tributary_core::batch::{Batch, Partial};
+use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+
+pub(crate) const MIN: i64 = 60_000;
+pub(crate) const HOUR: i64 = 3_600_000;
+pub(crate) const DAY: i64 = 24 * HOUR;
+pub(crate) const T0: i64 = 1_700_000_000_000 / HOUR * HOUR;
+
+pub(crate) fn key(device: &str) -> SeriesKey {
+    let mut tags = BTreeMap::new();
+    tags.insert("site".to_string(), "north".to_string());
+    SeriesKey::new("temperature", device, tags).unwrap()
+}
+
+/// Every reading (time, ticks) per (device, minute window).
+pub(crate) type Truth = BTreeMap<(String, i64), Vec<(i64, i64)>>;
+
+/// A seeded workload: `agents` agents each sending `batches` batches of
+/// `per_batch` partials for `devices` devices over `minutes` one-minute
+/// windows (so many agents report the same windows); also every reading.
+pub(crate) fn workload(
+    seed: u64,
+    agents: u64,
+    batches: u64,
+    per_batch: usize,
+    devices: u64,
+    minutes: u64,
+) -> (Vec<Batch>, Truth) {
+    let q = Quantum::new(-3).unwrap();
+    let mut out = Vec::new();
+    let mut truth = Truth::new();
+    let mut x = seed | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for a in 0..agents {
+        for s in 0..batches {
+            let mut partials = Vec::new();
+            for _ in 0..per_batch {
+                let device = format!("dev-{:04}", next() % devices);
+                let start = T0 + (next() % minutes) as i64 * MIN;
+                let mut sum = Summary::new(q);
+                for _ in 0..(1 + next() % 20) {
+                    let t = start + (next() % MIN as u64) as i64;
+                    let v = 20_000 + (next() % 5_000) as i64 - 2_500;
+                    sum.insert(t, v).unwrap();
+                    truth
+                        .entry((device.clone(), start))
+                        .or_default()
+                        .push((t, v));
+                }
+                partials.push(Partial {
+                    series: key(&device),
+                    window: Window::new(start, Width::new(MIN).unwrap()).unwrap(),
+                    summary: sum,
+                });
+            }
+            out.push(Batch::new(
+                format!("agent-{a}"),
+                s,
+                T0 + s as i64 * MIN,
+                partials,
+            ));
+        }
+    }
+    (out, truth)
+}
+
+/// The summary of a list of readings.
+pub(crate) fn summary_of(readings: &[(i64, i64)]) -> Summary {
+    let mut s = Summary::new(Quantum::new(-3).unwrap());
+    for &(t, v) in readings {
+        s.insert(t, v).unwrap();
+    }
+    s
+}
+
+/// Every stored summary at `width`, by (series, start).
+pub(crate) fn all_windows<S: Store>(store: &S, width: i64) -> BTreeMap<(String, i64), Summary> {
+    all_stored(store, width)
+        .into_iter()
+        .map(|(k, w)| (k, w.summary))
+        .collect()
+}
+
+/// Every stored window at `width` (with its revision), by (series, start).
+pub(crate) fn all_stored<S: Store>(store: &S, width: i64) -> BTreeMap<(String, i64), StoredWindow> {
+    let mut out = BTreeMap::new();
+    for s in store.series().unwrap() {
+        for w in store
+            .windows(&s, Width::new(width).unwrap(), i64::MIN, i64::MAX)
+            .unwrap()
+        {
+            out.insert((s.to_string(), w.window.start()), w);
+        }
+    }
+    out
+}

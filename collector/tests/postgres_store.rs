@@ -1,0 +1,383 @@
+//! The store contract against a real PostgreSQL (started by the test on
+//! 127.0.0.1): the same guarantees the SQLite store's tests prove — exactly
+//! once, order independence, exact windows and roll-ups, revisions,
+//! progress, the change feed, cursors, refusing a newer schema — plus
+//! results identical to SQLite's, and two instances racing on the same
+//! windows without losing an update or a change-feed entry.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod postgres_common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use postgres_common::*;
+use tributary_collector::store::postgres::{PostgresOptions, PostgresStore, SCHEMA_VERSION};
+use tributary_collector::store::sqlite::SqliteStore;
+use tributary_collector::store::{Applied, Store, StoreError};
+use tributary_core::batch::{Batch, Partial};
+use tributary_core::{Quantum, Summary, Width, Window};
+use tributary_testkit::{Postgres, PostgresOptions as ServerOptions};
+
+fn open(url: &str) -> PostgresStore {
+    PostgresStore::open(&PostgresOptions::new(url), &[HOUR, DAY]).unwrap()
+}
+
+/// A fresh database on `pg` and a store on it.
+fn fresh(pg: &Postgres, name: &str) -> (String, PostgresStore) {
+    let url = pg.create_database(name).unwrap();
+    let store = open(&url);
+    (url, store)
+}
+
+fn sqlite(dir: &tempfile::TempDir, name: &str) -> SqliteStore {
+    SqliteStore::open(&dir.path().join(name), &[HOUR, DAY]).unwrap()
+}
+
+fn workload_small(agents: u64, batches: u64) -> (Vec<Batch>, Truth) {
+    workload(12345, agents, batches, 4, 3, 90)
+}
+
+#[test]
+fn the_store_contract_holds_on_postgresql() {
+    let pg = Postgres::start(ServerOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Each window equals the summary of its readings, and every stored
+    // window (revision included) equals SQLite's for the same groups.
+    {
+        let (_, mut store) = fresh(&pg, "exact");
+        let mut lite = sqlite(&dir, "exact.db");
+        let (batches, truth) = workload_small(3, 20);
+        for chunk in batches.chunks(9) {
+            let a = store.apply(chunk).unwrap();
+            assert!(a.iter().all(|a| *a == Applied::New));
+            lite.apply(chunk).unwrap();
+        }
+        let stored = all_windows(&store, MIN);
+        assert_eq!(stored.len(), truth.len());
+        for ((device, start), readings) in &truth {
+            let k = (key(device).to_string(), *start);
+            assert_eq!(stored[&k], summary_of(readings), "{device} {start}");
+        }
+        for width in [MIN, HOUR, DAY] {
+            assert_eq!(
+                all_stored(&store, width),
+                all_stored(&lite, width),
+                "width {width}"
+            );
+        }
+        assert_eq!(store.series().unwrap(), lite.series().unwrap());
+        assert_eq!(store.watermarks().unwrap(), lite.watermarks().unwrap());
+    }
+
+    // Redelivered batches change nothing, also within one group and after
+    // a reopen (a second instance on the same database).
+    {
+        let (url, mut store) = fresh(&pg, "dedupe");
+        let (batches, _) = workload_small(2, 10);
+        store.apply(&batches[..12]).unwrap();
+        let again = store
+            .apply(&[batches[12].clone(), batches[12].clone()])
+            .unwrap();
+        assert_eq!(again, vec![Applied::New, Applied::Duplicate]);
+        let before = all_stored(&store, MIN);
+        drop(store);
+        let mut store = open(&url);
+        let replay = store.apply(&batches[..13]).unwrap();
+        assert!(replay.iter().all(|a| *a == Applied::Duplicate));
+        assert_eq!(all_stored(&store, MIN), before);
+    }
+
+    // Results do not depend on order or grouping; roll-ups are the merge of
+    // their windows.
+    {
+        let (_, mut one) = fresh(&pg, "order_a");
+        let (_, mut other) = fresh(&pg, "order_b");
+        let (batches, _) = workload_small(3, 15);
+        one.apply(&batches).unwrap();
+        let mut reversed = batches.clone();
+        reversed.reverse();
+        for chunk in reversed.chunks(7) {
+            other.apply(chunk).unwrap();
+        }
+        for width in [MIN, HOUR, DAY] {
+            assert_eq!(
+                all_windows(&one, width),
+                all_windows(&other, width),
+                "width {width}"
+            );
+        }
+        assert_eq!(one.watermarks().unwrap(), other.watermarks().unwrap());
+        assert_eq!(
+            one.watermarks().unwrap()[0],
+            ("agent-0".to_string(), T0 + 14 * MIN)
+        );
+        let minutes = all_windows(&one, MIN);
+        for width in [HOUR, DAY] {
+            let mut expected: BTreeMap<(String, i64), Summary> = BTreeMap::new();
+            for ((series, start), s) in &minutes {
+                let coarse = Window::containing(*start, Width::new(width).unwrap()).start();
+                expected
+                    .entry((series.clone(), coarse))
+                    .or_insert_with(|| Summary::new(s.quantum()))
+                    .merge(s)
+                    .unwrap();
+            }
+            assert_eq!(all_windows(&one, width), expected, "width {width}");
+        }
+    }
+
+    // Later merges bump the revision; duplicates do not.
+    {
+        let (_, mut store) = fresh(&pg, "revision");
+        let (batches, _) = workload_small(1, 1);
+        let p = &batches[0].partials[0];
+        let mk = |seq| Batch::new("agent-x", seq, T0, vec![p.clone()]);
+        store.apply(&[mk(1)]).unwrap();
+        store.apply(&[mk(2)]).unwrap();
+        store.apply(&[mk(2)]).unwrap();
+        let w = store
+            .windows(
+                &p.series,
+                p.window.width(),
+                p.window.start(),
+                p.window.end(),
+            )
+            .unwrap();
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].revision, 1);
+        assert_eq!(w[0].summary.count(), 2 * p.summary.count());
+    }
+
+    // A quantum mismatch fails the whole group and applies nothing.
+    {
+        let (_, mut store) = fresh(&pg, "mismatch");
+        let (batches, _) = workload_small(1, 2);
+        let mut bad = batches[1].clone();
+        let mut other = Summary::new(Quantum::new(-1).unwrap());
+        other.insert(bad.partials[0].window.start(), 5).unwrap();
+        bad.partials.push(Partial {
+            summary: other,
+            ..bad.partials[0].clone()
+        });
+        let err = store.apply(&[batches[0].clone(), bad]).unwrap_err();
+        assert!(matches!(err, StoreError::Merge { .. }), "{err}");
+        assert!(store.series().unwrap().is_empty());
+        assert_eq!(
+            store.apply(&[batches[0].clone()]).unwrap(),
+            vec![Applied::New]
+        );
+    }
+
+    // Progress lists the agents of each series.
+    {
+        let (_, mut store) = fresh(&pg, "progress");
+        let (batches, _) = workload_small(1, 1);
+        let p = batches[0].partials[0].clone();
+        let mut q = p.clone();
+        q.series = key("dev-other");
+        store
+            .apply(&[
+                Batch::new("agent-a", 1, T0 + MIN, vec![p.clone()]),
+                Batch::new("agent-b", 1, T0 + 5 * MIN, vec![p.clone(), q.clone()]),
+                Batch::new("agent-a", 2, T0 + 2 * MIN, vec![]),
+            ])
+            .unwrap();
+        let progress = store.progress(&p.series).unwrap();
+        let agents: Vec<(&str, i64)> = progress
+            .iter()
+            .map(|a| (a.agent.as_str(), a.watermark))
+            .collect();
+        assert_eq!(
+            agents,
+            [("agent-a", T0 + 2 * MIN), ("agent-b", T0 + 5 * MIN)]
+        );
+        assert!(progress.iter().all(|a| a.seen_ms > 1_700_000_000_000));
+        let only_b: Vec<String> = store
+            .progress(&q.series)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.agent)
+            .collect();
+        assert_eq!(only_b, ["agent-b"]);
+        assert!(store.progress(&key("never")).unwrap().is_empty());
+    }
+
+    // The change feed returns each row at its latest write, in order.
+    {
+        let (_, mut store) = fresh(&pg, "feed");
+        let (batches, _) = workload_small(2, 10);
+        let minute = Width::new(MIN).unwrap();
+        store.apply(&batches[..5]).unwrap();
+        let first = store.changed_since(minute, 0, usize::MAX).unwrap();
+        assert!(!first.is_empty());
+        assert!(first.windows(2).all(|w| w[0].change < w[1].change));
+        let mark = first.last().unwrap().change;
+        assert!(store.changed_since(minute, mark, 10).unwrap().is_empty());
+        store.apply(&batches[5..]).unwrap();
+        let later = store.changed_since(minute, mark, usize::MAX).unwrap();
+        let mut touched: Vec<(String, i64)> = batches[5..]
+            .iter()
+            .flat_map(|b| b.partials.iter())
+            .map(|p| (p.series.to_string(), p.window.start()))
+            .collect();
+        touched.sort();
+        touched.dedup();
+        let mut seen: Vec<(String, i64)> = later
+            .iter()
+            .map(|c| (c.series.to_string(), c.stored.window.start()))
+            .collect();
+        seen.sort();
+        assert_eq!(seen, touched);
+        for c in &later {
+            let now = store
+                .windows(
+                    &c.series,
+                    minute,
+                    c.stored.window.start(),
+                    c.stored.window.end(),
+                )
+                .unwrap();
+            assert_eq!(now[0], c.stored);
+        }
+        let page = store.changed_since(minute, mark, 3).unwrap();
+        assert_eq!(page[..], later[..3]);
+        assert!(!store
+            .changed_since(Width::new(HOUR).unwrap(), 0, 1)
+            .unwrap()
+            .is_empty());
+    }
+
+    // Cursors survive a reopen.
+    {
+        let (url, mut store) = fresh(&pg, "cursors");
+        assert_eq!(store.cursor("sink-a").unwrap(), 0);
+        store.set_cursor("sink-a", 42).unwrap();
+        store.set_cursor("sink-b", 7).unwrap();
+        store.set_cursor("sink-a", 43).unwrap();
+        drop(store);
+        let store = open(&url);
+        assert_eq!(store.cursor("sink-a").unwrap(), 43);
+        assert_eq!(store.cursor("sink-b").unwrap(), 7);
+    }
+
+    // Migrations are versioned and run once; a newer schema is refused.
+    {
+        let (url, store) = fresh(&pg, "schema");
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        drop(store);
+        let store = open(&url);
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        drop(store);
+        assert_eq!(
+            pg.psql("schema", "SELECT count(*) FROM schema_version")
+                .unwrap(),
+            SCHEMA_VERSION.to_string()
+        );
+        pg.psql("schema", "INSERT INTO schema_version (version) VALUES (99)")
+            .unwrap();
+        let err = PostgresStore::open(&PostgresOptions::new(&url), &[HOUR]).unwrap_err();
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { found: 99, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("version 99"), "{err}");
+    }
+
+    // A database that cannot be reached is an error, not a panic.
+    {
+        let url = format!(
+            "postgres://tributary@127.0.0.1:{}/nowhere?connect_timeout=2",
+            tributary_testkit::free_port()
+        );
+        let err = PostgresStore::open(&PostgresOptions::new(url), &[HOUR]).unwrap_err();
+        assert!(matches!(err, StoreError::Backend(_)), "{err}");
+    }
+}
+
+/// Two instances (own connections, own threads) apply interleaved batches
+/// that all hit the same few windows, and some batches reach both (a
+/// redelivery to another instance). A third follows the change feed while
+/// they run.
+#[test]
+fn instances_racing_on_the_same_windows_lose_no_update() {
+    let pg = Postgres::start(ServerOptions::default()).unwrap();
+    let url = pg.create_database("race").unwrap();
+    // 4 agents × 60 batches × 6 partials over 2 devices × 5 minutes: every
+    // batch collides with the others on its windows and their roll-ups.
+    let (batches, truth) = workload(777, 4, 60, 6, 2, 5);
+    let stores = [open(&url), open(&url)];
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let store = open(&url);
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let minute = Width::new(MIN).unwrap();
+            let mut cursor = 0;
+            let mut seen: HashMap<(String, i64), Summary> = HashMap::new();
+            let mut finishing = false;
+            loop {
+                let page = store.changed_since(minute, cursor, 1000).unwrap();
+                for c in &page {
+                    assert!(c.change > cursor, "the feed went backwards");
+                    cursor = c.change;
+                    seen.insert(
+                        (c.series.to_string(), c.stored.window.start()),
+                        c.stored.summary.clone(),
+                    );
+                }
+                if page.is_empty() {
+                    if finishing {
+                        return seen;
+                    }
+                    finishing = done.load(Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            }
+        })
+    };
+    let writers: Vec<_> = stores
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut store)| {
+            // Instance i gets every batch with index % 2 == i, plus every
+            // fifth batch of the other's (delivered twice).
+            let mine: Vec<Batch> = batches
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| j % 2 == i || j % 5 == 0)
+                .map(|(_, b)| b.clone())
+                .collect();
+            std::thread::spawn(move || {
+                let mut new = 0;
+                for chunk in mine.chunks(3) {
+                    let a = store.apply(chunk).unwrap();
+                    new += a.iter().filter(|a| **a == Applied::New).count();
+                }
+                new
+            })
+        })
+        .collect();
+    let applied: usize = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    done.store(true, Ordering::SeqCst);
+    let followed = reader.join().unwrap();
+
+    assert_eq!(applied, batches.len(), "each batch applied exactly once");
+    let check = open(&url);
+    let stored = all_windows(&check, MIN);
+    assert_eq!(stored.len(), truth.len());
+    let mut total = 0;
+    for ((device, start), readings) in &truth {
+        let k = (key(device).to_string(), *start);
+        assert_eq!(stored[&k], summary_of(readings), "{device} {start}");
+        total += readings.len() as u64;
+    }
+    let hours: u64 = all_windows(&check, HOUR).values().map(|s| s.count()).sum();
+    assert_eq!(hours, total, "roll-ups hold every reading once");
+    // The follower, which never re-read anything, ends at every row's final
+    // state: no change was committed behind its cursor.
+    let followed: BTreeMap<(String, i64), Summary> = followed.into_iter().collect();
+    assert_eq!(followed, stored);
+}

@@ -6,6 +6,8 @@
 //!
 //! ## Layout
 //! - [`api`] — the HTTP JSON query API.
+//! - [`dashboard`] — the dashboard page (embedded HTML/JS/CSS) and
+//!   `/api/v1/meta`.
 //! - [`config`] — the TOML configuration (`config/collector.toml`).
 //! - [`store`] — the `Store` trait (what every backend guarantees: batches
 //!   applied once, merges commutative, de-duplication keys in the store) and
@@ -21,6 +23,7 @@
 
 pub mod api;
 pub mod config;
+pub mod dashboard;
 pub mod finality;
 pub mod ingest;
 pub mod service;

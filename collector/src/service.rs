@@ -89,6 +89,7 @@ pub async fn start<S: Store + Send + 'static>(
         stop_rx.clone(),
     ));
     let metrics = counters.clone();
+    let dashboard = crate::dashboard::from_config(cfg, &store);
     let app = api::router(ApiState {
         store,
         token: cfg.http.token.clone(),
@@ -105,7 +106,8 @@ pub async fn start<S: Store + Send + 'static>(
                 )
             }
         }),
-    );
+    )
+    .merge(dashboard);
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
         .await
         .map_err(|source| ServiceError::Bind {

@@ -1,0 +1,160 @@
+//! The dashboard: a single page served by the collector at `/` and
+//! `/dashboard` that charts query results (mean with a min–max band and a
+//! chosen quantile, final and provisional points marked) and refreshes them
+//! live. The page is plain HTML, CSS and JavaScript from `collector/assets/`,
+//! compiled into the binary, so it needs no CDN and no network beyond the
+//! collector itself; it reads the data through the JSON API of [`crate::api`]
+//! (with the bearer token the user enters, when one is configured).
+//!
+//! Routes:
+//! - `GET /`, `GET /dashboard` — the page;
+//! - `GET /dashboard/app.js`, `GET /dashboard/style.css` — its script and
+//!   style;
+//! - `GET /api/v1/meta` — what the page needs to build its queries:
+//!   `{"widths_ms": [...], "token_required": bool}`. The widths are the
+//!   configured roll-ups plus every common width (1 s … 1 d) that holds
+//!   stored results. It carries no measurement data, so it is not behind the
+//!   token (the page must learn that a token is needed before it has one).
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tributary_core::Width;
+
+use crate::api::ApiState;
+use crate::config::Config;
+use crate::store::Store;
+
+const INDEX_HTML: &str = include_str!("../assets/index.html");
+const APP_JS: &str = include_str!("../assets/app.js");
+const STYLE_CSS: &str = include_str!("../assets/style.css");
+
+/// Widths (ms) the meta endpoint looks for in the store besides the
+/// configured roll-ups: the usual agent windows and roll-ups.
+pub const COMMON_WIDTHS_MS: [i64; 18] = [
+    1_000, 2_000, 5_000, 10_000, 15_000, 20_000, 30_000, 60_000, 120_000, 300_000, 600_000,
+    900_000, 1_800_000, 3_600_000, 7_200_000, 21_600_000, 43_200_000, 86_400_000,
+];
+
+/// What the dashboard is told about the collector.
+#[derive(Debug, Clone)]
+pub struct DashboardOptions {
+    /// Widths (ms) always offered, found in the store or not (the configured
+    /// roll-ups, which every stored partial is merged into).
+    pub widths_ms: Vec<i64>,
+}
+
+struct Dash<S> {
+    api: ApiState<S>,
+    opts: DashboardOptions,
+}
+
+impl<S> Clone for Dash<S> {
+    fn clone(&self) -> Self {
+        Dash {
+            api: self.api.clone(),
+            opts: self.opts.clone(),
+        }
+    }
+}
+
+/// The dashboard's routes, to be merged into the API router. `api` is the
+/// state the query API was built with (the same store and token).
+pub fn router<S: Store + Send + 'static>(api: ApiState<S>, opts: DashboardOptions) -> Router {
+    Router::new()
+        .route("/", get(|| async { page() }))
+        .route("/dashboard", get(|| async { page() }))
+        .route(
+            "/dashboard/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/dashboard/style.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
+        )
+        .route("/api/v1/meta", get(meta::<S>))
+        .with_state(Dash { api, opts })
+}
+
+/// The dashboard of a collector configured by `cfg`, over the store the
+/// query API uses (same token and finality rule).
+pub fn from_config<S: Store + Send + 'static>(cfg: &Config, store: &Arc<Mutex<S>>) -> Router {
+    let api = ApiState {
+        store: store.clone(),
+        token: cfg.http.token.clone(),
+        finality: cfg.finality.rule(),
+    };
+    router(
+        api,
+        DashboardOptions {
+            widths_ms: cfg.rollups_ms.clone(),
+        },
+    )
+}
+
+/// A static text asset; revalidated on each load so an upgraded collector
+/// serves its new page at once.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The page, with a policy that forbids loading anything from elsewhere.
+fn page() -> Response {
+    let mut resp = asset("text/html; charset=utf-8", INDEX_HTML);
+    resp.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'",
+        ),
+    );
+    resp
+}
+
+async fn meta<S: Store + Send + 'static>(State(d): State<Dash<S>>) -> Response {
+    let mut widths: Vec<i64> = d
+        .opts
+        .widths_ms
+        .iter()
+        .copied()
+        .filter(|w| Width::new(*w).is_ok())
+        .collect();
+    {
+        let Ok(store) = d.api.store.lock() else {
+            tracing::error!("store lock poisoned");
+            let body = Json(json!({ "error": "store: lock poisoned" }));
+            return (StatusCode::INTERNAL_SERVER_ERROR, body).into_response();
+        };
+        for w in COMMON_WIDTHS_MS {
+            let Ok(width) = Width::new(w) else { continue };
+            // One indexed row at most: does this width hold any result?
+            match store.changed_since(width, 0, 1) {
+                Ok(rows) if !rows.is_empty() => widths.push(w),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "meta: reading widths failed");
+                    let body = Json(json!({ "error": format!("store: {e}") }));
+                    return (StatusCode::INTERNAL_SERVER_ERROR, body).into_response();
+                }
+            }
+        }
+    }
+    widths.sort_unstable();
+    widths.dedup();
+    Json(json!({
+        "widths_ms": widths,
+        "token_required": d.api.token.is_some(),
+    }))
+    .into_response()
+}

@@ -1,0 +1,349 @@
+//! The dashboard in a real headless browser: a collector HTTP server (query
+//! API + dashboard over a SQLite store filled with known batches) on
+//! 127.0.0.1, loaded by Debian's `chromium`. The dumped DOM must hold one
+//! chart per series (or group) whose points carry exactly the stored means,
+//! final and provisional points as the watermark says; API errors and a
+//! missing token must be shown to the user; a screenshot is saved and checked
+//! to be a real PNG.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tributary_collector::api::{self, ApiState};
+use tributary_collector::dashboard::{self, DashboardOptions};
+use tributary_collector::finality::Finality;
+use tributary_collector::store::sqlite::SqliteStore;
+use tributary_collector::store::Store;
+use tributary_core::batch::{Batch, Partial};
+use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
+/// A whole hour, long past (the page is driven to it with from/to).
+const T0: i64 = 1_700_000_000_000 / HOUR * HOUR;
+/// The agents' watermark: windows ending at or before it are final.
+const WATERMARK_MIN: i64 = 48;
+const DEVICES: [(&str, &str); 3] = [("d1", "north"), ("d2", "north"), ("d3", "south")];
+const READINGS_PER_MINUTE: i64 = 6;
+
+fn chromium() -> PathBuf {
+    let path =
+        PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
+    assert!(
+        path.exists(),
+        "headless browser not found at {} (install Debian's `chromium`: scripts/test.sh does, \
+         or set CHROMIUM=/path/to/chromium)",
+        path.display()
+    );
+    path
+}
+
+fn key(device: &str, site: &str) -> SeriesKey {
+    let tags = BTreeMap::from([
+        ("site".to_string(), site.to_string()),
+        ("unit".to_string(), "°C".to_string()),
+    ]);
+    SeriesKey::new("temperature", device, tags).unwrap()
+}
+
+/// The readings (in quanta of 0.01) of device `d` in minute `m`: a slow wave
+/// per device plus a spread inside the minute.
+fn readings(d: usize, m: i64) -> Vec<i64> {
+    let base = 2000 + 300 * d as i64 + ((m as f64 / 7.0).sin() * 250.0) as i64;
+    (0..READINGS_PER_MINUTE)
+        .map(|i| base + (i * 37 + m * 11 + d as i64 * 5) % 160 - 80)
+        .collect()
+}
+
+fn summary(values: &[i64], start: i64) -> Summary {
+    let mut s = Summary::new(Quantum::new(-2).unwrap());
+    for (i, v) in values.iter().enumerate() {
+        s.insert(start + i as i64 * 1000, *v).unwrap();
+    }
+    s
+}
+
+/// One hour of minutes for every device, from two agents; the watermark
+/// makes the first `WATERMARK_MIN` minutes final.
+fn store(dir: &Path) -> SqliteStore {
+    let mut store = SqliteStore::open(&dir.join("c.db"), &[HOUR]).unwrap();
+    for (agent, devices) in [("gw-1", &DEVICES[..2]), ("gw-2", &DEVICES[2..])] {
+        let mut partials = Vec::new();
+        for (name, site) in devices {
+            let d = DEVICES.iter().position(|(n, _)| n == name).unwrap();
+            for m in 0..60 {
+                let start = T0 + m * MIN;
+                partials.push(Partial {
+                    series: key(name, site),
+                    window: Window::new(start, Width::new(MIN).unwrap()).unwrap(),
+                    summary: summary(&readings(d, m), start),
+                });
+            }
+        }
+        let batch = Batch::new(agent, 1, T0 + WATERMARK_MIN * MIN, partials);
+        store.apply(&[batch]).unwrap();
+    }
+    store
+}
+
+/// A collector HTTP server (query API + dashboard) on a free port; stops
+/// when dropped.
+struct Server {
+    addr: SocketAddr,
+    _rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(token: Option<&str>) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let state = ApiState {
+            store: Arc::new(Mutex::new(store(dir.path()))),
+            token: token.map(str::to_string),
+            finality: Finality {
+                lateness_ms: 0,
+                idle_timeout_ms: i64::MAX,
+            },
+        };
+        let app = api::router(state.clone()).merge(dashboard::router(
+            state,
+            DashboardOptions {
+                widths_ms: vec![HOUR],
+            },
+        ));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        rt.spawn(async move { axum::serve(listener, app).await });
+        Server {
+            addr,
+            _rt: rt,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, query: &str) -> String {
+        format!("http://{}/?{query}", self.addr)
+    }
+}
+
+/// Runs headless chromium on `url` with `mode` (`--dump-dom` or
+/// `--screenshot=…`); returns its stdout. Bounded: killed after 60 s.
+fn browse(url: &str, mode: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--window-size=1366,800",
+            "--virtual-time-budget=4000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(mode)
+        .arg(url)
+        .stdout(out.reopen().unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("chromium did not finish within 60 s on {url}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "chromium failed ({status}) on {url}");
+    std::fs::read_to_string(out.path()).unwrap()
+}
+
+/// The attributes of every `<circle class="pt …">` in the DOM.
+fn points(dom: &str) -> Vec<BTreeMap<String, String>> {
+    dom.split("<circle ")
+        .skip(1)
+        .map(|el| {
+            let el = &el[..el.find('>').unwrap()];
+            let mut attrs = BTreeMap::new();
+            let mut rest = el;
+            while let Some(eq) = rest.find("=\"") {
+                let name = rest[..eq].trim().to_string();
+                let after = &rest[eq + 2..];
+                let end = after.find('"').unwrap();
+                attrs.insert(name, after[..end].to_string());
+                rest = &after[end + 1..];
+            }
+            attrs
+        })
+        .filter(|a| a.get("class").is_some_and(|c| c.starts_with("pt ")))
+        .collect()
+}
+
+/// The `data-state` of the page's body.
+fn state(dom: &str) -> &str {
+    let i = dom.find("data-state=\"").expect("body has data-state") + 12;
+    &dom[i..i + dom[i..].find('"').unwrap()]
+}
+
+fn range(from: i64, to: i64) -> String {
+    format!("metric=temperature&from={from}&to={to}&width={MIN}&step={MIN}&q=p90")
+}
+
+#[test]
+fn charts_show_the_stored_means_with_finality_and_a_screenshot() {
+    let server = Server::start(None);
+    let url = server.url(&range(T0, T0 + HOUR));
+    let dom = browse(&url, "--dump-dom");
+    assert_eq!(state(&dom), "ok", "{dom}");
+    assert_eq!(
+        dom.matches("class=\"card\"").count(),
+        3,
+        "one chart per series"
+    );
+    let pts = points(&dom);
+    assert_eq!(
+        pts.len(),
+        3 * 60,
+        "every stored minute of every series is drawn"
+    );
+
+    // Each point's values are the stored summary's, exactly.
+    for (d, (name, _)) in DEVICES.iter().enumerate() {
+        let card = dom.find(&format!("data-label=\"{name}\"")).unwrap();
+        let next = dom[card + 1..]
+            .find("class=\"card\"")
+            .map_or(dom.len(), |i| card + 1 + i);
+        let mine = points(&dom[card..next]);
+        assert_eq!(mine.len(), 60, "{name}");
+        for p in &mine {
+            let t: i64 = p["data-t"].parse().unwrap();
+            let m = (t - T0) / MIN;
+            let s = summary(&readings(d, m), t);
+            let mean: f64 = p["data-mean"].parse().unwrap();
+            assert_eq!(mean, s.mean().unwrap(), "{name} minute {m}");
+            assert_eq!(p["data-min"].parse::<f64>().unwrap(), s.min().unwrap());
+            assert_eq!(p["data-max"].parse::<f64>().unwrap(), s.max().unwrap());
+            assert_eq!(p["data-count"], READINGS_PER_MINUTE.to_string());
+            let q: f64 = p["data-q"].parse().unwrap();
+            assert!(s.min().unwrap() <= q && q <= s.max().unwrap(), "p90 {q}");
+            // Minute m ends at m + 1: final when that is within the watermark.
+            let is_final = m < WATERMARK_MIN;
+            assert_eq!(p["data-final"], is_final.to_string(), "{name} minute {m}");
+            assert!(p["class"].ends_with(if is_final { "final" } else { "provisional" }));
+        }
+    }
+
+    let png = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let _ = std::fs::remove_file(&png);
+    browse(&url, &format!("--screenshot={}", png.display()));
+    let bytes = std::fs::read(&png).expect("the screenshot was written");
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let (w, h) = (
+        u32::from_be_bytes(bytes[16..20].try_into().unwrap()),
+        u32::from_be_bytes(bytes[20..24].try_into().unwrap()),
+    );
+    assert_eq!((w, h), (1366, 800));
+    assert!(
+        bytes.len() > 30_000,
+        "a blank page compresses far smaller: {} bytes",
+        bytes.len()
+    );
+}
+
+#[test]
+fn group_by_draws_one_chart_per_tag_value_with_merged_means() {
+    let server = Server::start(None);
+    let dom = browse(
+        &server.url(&format!("{}&group_by=site", range(T0, T0 + 10 * MIN))),
+        "--dump-dom",
+    );
+    assert_eq!(state(&dom), "ok", "{dom}");
+    assert_eq!(dom.matches("class=\"card\"").count(), 2, "north and south");
+    let north = dom.find("data-label=\"site = north\"").unwrap();
+    let south = dom.find("data-label=\"site = south\"").unwrap();
+    assert!(north < south);
+    let pts = points(&dom[north..south]);
+    assert_eq!(pts.len(), 10);
+    for p in pts {
+        let t: i64 = p["data-t"].parse().unwrap();
+        let m = (t - T0) / MIN;
+        let mut s = summary(&readings(0, m), t);
+        s.merge(&summary(&readings(1, m), t)).unwrap();
+        assert_eq!(p["data-mean"].parse::<f64>().unwrap(), s.mean().unwrap());
+        assert_eq!(p["data-count"], (2 * READINGS_PER_MINUTE).to_string());
+    }
+}
+
+#[test]
+fn an_api_error_and_an_empty_range_are_shown_to_the_user() {
+    let server = Server::start(None);
+    // 90 s is not a multiple of the 60 s width: the API answers 400.
+    let bad = format!(
+        "metric=temperature&from={T0}&to={}&width={MIN}&step=90000",
+        T0 + HOUR
+    );
+    let dom = browse(&server.url(&bad), "--dump-dom");
+    assert_eq!(state(&dom), "error", "{dom}");
+    let err = &dom[dom.find("id=\"error\"").unwrap()..];
+    let err = &err[..err.find("</div>").unwrap()];
+    assert!(!err.contains("hidden"), "{err}");
+    assert!(err.contains("HTTP 400"), "{err}");
+    assert!(err.contains("must be a positive multiple of"), "{err}");
+    assert!(points(&dom).is_empty());
+
+    // A range with no data: an explanation instead of an empty chart.
+    let dom = browse(&server.url(&range(T0 - 2 * HOUR, T0 - HOUR)), "--dump-dom");
+    assert_eq!(state(&dom), "empty", "{dom}");
+    assert!(dom.contains("No data for <b>temperature</b>"), "{dom}");
+    assert!(points(&dom).is_empty());
+}
+
+#[test]
+fn a_collector_with_a_token_asks_for_it_and_shows_no_data() {
+    let server = Server::start(Some("s3cret"));
+    let dom = browse(&server.url(&range(T0, T0 + HOUR)), "--dump-dom");
+    assert_eq!(state(&dom), "auth", "{dom}");
+    let panel = &dom[dom.find("id=\"token-panel\"").unwrap()..];
+    let panel_tag = &panel[..panel.find('>').unwrap()];
+    assert!(
+        !panel_tag.contains("hidden"),
+        "token entry shown: {panel_tag}"
+    );
+    assert!(dom.contains("bearer token"), "{dom}");
+    assert!(points(&dom).is_empty());
+}
+
+#[test]
+fn meta_lists_configured_and_stored_widths() {
+    let server = Server::start(Some("s3cret"));
+    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    s.write_all(b"GET /api/v1/meta HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let json: serde_json::Value =
+        serde_json::from_str(&body[body.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    // 60 s holds the agents' windows, 1 h is the configured roll-up.
+    assert_eq!(json["widths_ms"], serde_json::json!([MIN, HOUR]));
+    assert_eq!(json["token_required"], true);
+}

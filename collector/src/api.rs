@@ -30,6 +30,7 @@ use serde_json::{json, Map, Value};
 use tributary_core::{SeriesKey, Summary, Width};
 
 use crate::finality::Finality;
+use crate::stats::{Stat, StatValue};
 use crate::store::Store;
 
 /// The most points one query may return.
@@ -138,59 +139,28 @@ fn int(q: &HashMap<String, String>, name: &str, default: Option<i64>) -> Result<
     }
 }
 
-/// One requested statistic.
-#[derive(Debug, Clone)]
-enum Stat {
-    Named(&'static str),
-    Quantile(String, f64),
-}
-
 fn parse_stats(text: &str) -> Result<Vec<Stat>, ApiError> {
-    const NAMES: [&str; 8] = [
-        "count", "sum", "min", "max", "mean", "stddev", "first", "last",
-    ];
     text.split(',')
         .map(|s| {
             let s = s.trim();
-            if let Some(n) = NAMES.iter().find(|n| **n == s) {
-                return Ok(Stat::Named(n));
-            }
-            let q = s
-                .strip_prefix('p')
-                .and_then(|d| d.parse::<f64>().ok())
-                .filter(|q| (0.0..=100.0).contains(q));
-            match q {
-                Some(q) => Ok(Stat::Quantile(s.to_string(), q / 100.0)),
-                None => Err(bad(format!(
-                    "`stats`: unknown statistic {s:?}; use count,sum,min,max,mean,stddev,first,last or pNN (0..=100)"
-                ))),
-            }
+            Stat::parse(s).ok_or_else(|| {
+                bad(format!(
+                    "`stats`: unknown statistic {s:?}; use {} or pNN (0..=100)",
+                    crate::stats::NAMES.join(",")
+                ))
+            })
         })
         .collect()
 }
 
 fn render(sum: &Summary, stats: &[Stat]) -> Map<String, Value> {
-    let mut out = Map::new();
-    for s in stats {
-        let (name, v) = match s {
-            Stat::Named(n) => (
-                n.to_string(),
-                match *n {
-                    "count" => json!(sum.count()),
-                    "sum" => json!(sum.sum()),
-                    "min" => json!(sum.min()),
-                    "max" => json!(sum.max()),
-                    "mean" => json!(sum.mean()),
-                    "stddev" => json!(sum.stddev()),
-                    "first" => json!(sum.first().map(|f| f.1)),
-                    _ => json!(sum.last().map(|f| f.1)),
-                },
-            ),
-            Stat::Quantile(name, q) => (name.clone(), json!(sum.quantile(*q).map(|x| x.value))),
-        };
-        out.insert(name, v);
-    }
-    out
+    stats
+        .iter()
+        .map(|s| {
+            let v = s.value(sum).map_or(Value::Null, StatValue::to_json);
+            (s.name().to_string(), v)
+        })
+        .collect()
 }
 
 /// One merged point under construction.

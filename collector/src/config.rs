@@ -53,6 +53,10 @@ pub struct Config {
     /// When windows become final.
     #[serde(default)]
     pub finality: FinalityConfig,
+    /// Where final windows and their revisions are pushed (`[[sinks]]`,
+    /// default none); see [`crate::sinks::SinkConfig`].
+    #[serde(default)]
+    pub sinks: Vec<crate::sinks::SinkConfig>,
 }
 
 /// When windows become final (see [`crate::finality`]).
@@ -226,6 +230,7 @@ impl Config {
         if self.finality.idle_timeout_ms <= 0 {
             errs.push(("finality.idle_timeout_ms".into(), "must be > 0".into()));
         }
+        crate::sinks::validate_all(&self.sinks, &mut errs);
         if errs.is_empty() {
             Ok(())
         } else {
@@ -268,6 +273,19 @@ mod tests {
             s.contains("rollups_ms[0]") && s.contains("limits.max_partials"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn sinks_are_validated_with_their_index() {
+        let text = "[[sinks]]\nname = \"db\"\nkind = \"influx\"\nurl = \"http://127.0.0.1:8086\"\n";
+        let s = Config::from_toml(text).unwrap_err().to_string();
+        assert!(
+            s.contains("sinks[0].org") && s.contains("sinks[0].bucket"),
+            "{s}"
+        );
+        let e =
+            Config::from_toml("[[sinks]]\nname = \"x\"\nkind = \"kafka\"\nurl = \"http://h\"\n");
+        assert!(e.unwrap_err().to_string().contains("sinks[0].kind"));
     }
 
     #[test]

@@ -17,6 +17,9 @@
 //! - [`ingest`] — batches from MQTT into the store, acknowledged and
 //!   confirmed to their agents only after the commit.
 //! - [`service`] — starts and stops ingest and the HTTP server as one unit.
+//! - [`sinks`] — push final windows and their revisions to InfluxDB or a
+//!   JSON webhook, following the store's change feed from a durable cursor.
+//! - [`stats`] — the statistics a summary is rendered as (API and sinks).
 //!
 //! The query API, the dashboard, sinks and the demo are
 //! built on this store (see the Collector issue).
@@ -27,4 +30,6 @@ pub mod dashboard;
 pub mod finality;
 pub mod ingest;
 pub mod service;
+pub mod sinks;
+pub mod stats;
 pub mod store;

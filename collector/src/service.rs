@@ -31,6 +31,9 @@ pub enum ServiceError {
     /// The HTTP server failed.
     #[error("serving HTTP: {0}")]
     Http(std::io::Error),
+    /// A sink could not start.
+    #[error("starting sinks: {0}")]
+    Sinks(#[from] crate::sinks::SinkError),
     /// A task panicked.
     #[error("a collector task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -44,6 +47,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     ingest: JoinHandle<()>,
     http: JoinHandle<Result<(), ServiceError>>,
+    sinks: crate::sinks::Sinks,
 }
 
 impl Running {
@@ -57,10 +61,17 @@ impl Running {
         &self.counters
     }
 
-    /// Stops serving, commits what ingest holds and waits for both.
+    /// The sinks' counters.
+    pub fn sinks(&self) -> &Arc<crate::sinks::SinkMetrics> {
+        self.sinks.metrics()
+    }
+
+    /// Stops serving, commits what ingest holds and waits for it, the
+    /// sinks and the HTTP server.
     pub async fn stop(self) -> Result<(), ServiceError> {
         let _ = self.stop.send(true);
         self.ingest.await?;
+        self.sinks.join().await?;
         self.http.await?
     }
 }
@@ -88,8 +99,15 @@ pub async fn start<S: Store + Send + 'static>(
         counters.clone(),
         stop_rx.clone(),
     ));
+    let sinks = crate::sinks::start(
+        &cfg.sinks,
+        store.clone(),
+        cfg.finality.rule(),
+        stop_rx.clone(),
+    )?;
     let metrics = counters.clone();
     let dashboard = crate::dashboard::from_config(cfg, &store);
+    let sink_metrics = sinks.metrics().clone();
     let app = api::router(ApiState {
         store,
         token: cfg.http.token.clone(),
@@ -98,11 +116,11 @@ pub async fn start<S: Store + Send + 'static>(
     .route(
         "/metrics",
         get(move || {
-            let m = metrics.clone();
+            let (m, s) = (metrics.clone(), sink_metrics.clone());
             async move {
                 (
                     [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    m.render(),
+                    m.render() + &s.render(),
                 )
             }
         }),
@@ -131,5 +149,6 @@ pub async fn start<S: Store + Send + 'static>(
         stop,
         ingest,
         http,
+        sinks,
     })
 }

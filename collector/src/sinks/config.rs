@@ -1,0 +1,284 @@
+//! The configuration of one sink (a `[[sinks]]` table of
+//! `config/collector.toml`) and its validation, each problem naming its key.
+
+use std::collections::BTreeMap;
+
+use reqwest::header::{HeaderName, HeaderValue};
+use serde::Deserialize;
+use tributary_core::Width;
+
+use crate::stats::Stat;
+
+/// Where a sink pushes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// InfluxDB v2 write API (line protocol).
+    Influx,
+    /// A generic JSON webhook.
+    Webhook,
+}
+
+/// One sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Its name: unique, `[A-Za-z0-9_.-]`; its durable cursor is
+    /// `sink:<name>`, so renaming a sink starts it from the beginning.
+    pub name: String,
+    /// `influx` or `webhook`.
+    pub kind: SinkKind,
+    /// `http://` or `https://` URL. Influx: the server's base URL (the sink
+    /// appends `/api/v2/write`); webhook: the URL POSTed to.
+    pub url: String,
+    /// The stored width (ms) it pushes: the agents' window or a roll-up
+    /// (default 60,000).
+    #[serde(default = "default_width_ms")]
+    pub width_ms: i64,
+    /// Points per request at most (default 500).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Timeout of one request, connect to response body (ms, default 10,000).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// First retry delay (ms, default 500); doubled per failed attempt,
+    /// with jitter.
+    #[serde(default = "default_backoff_min_ms")]
+    pub backoff_min_ms: u64,
+    /// Longest retry delay (ms, default 60,000).
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// How often it looks for new final windows (ms, default 1,000).
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+    /// Quantiles pushed as `pNN` fields (default `[0.5, 0.9, 0.99]`).
+    #[serde(default = "default_quantiles")]
+    pub quantiles: Vec<f64>,
+    /// Influx: the organisation (required for `influx`).
+    #[serde(default)]
+    pub org: Option<String>,
+    /// Influx: the bucket (required for `influx`).
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// Sent as `Authorization: Token <token>` (influx) or
+    /// `Authorization: Bearer <token>` (webhook); default none.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Webhook: extra request headers (default none).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_width_ms() -> i64 {
+    60_000
+}
+fn default_batch_size() -> usize {
+    500
+}
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+fn default_backoff_min_ms() -> u64 {
+    500
+}
+fn default_backoff_max_ms() -> u64 {
+    60_000
+}
+fn default_poll_ms() -> u64 {
+    1_000
+}
+fn default_quantiles() -> Vec<f64> {
+    vec![0.5, 0.9, 0.99]
+}
+
+/// The most points a sink may send in one request.
+pub const MAX_BATCH_SIZE: usize = 100_000;
+
+impl SinkConfig {
+    /// A sink with every optional key at its default.
+    pub fn new(name: impl Into<String>, kind: SinkKind, url: impl Into<String>) -> SinkConfig {
+        SinkConfig {
+            name: name.into(),
+            kind,
+            url: url.into(),
+            width_ms: default_width_ms(),
+            batch_size: default_batch_size(),
+            timeout_ms: default_timeout_ms(),
+            backoff_min_ms: default_backoff_min_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+            poll_ms: default_poll_ms(),
+            quantiles: default_quantiles(),
+            org: None,
+            bucket: None,
+            token: None,
+            headers: BTreeMap::new(),
+        }
+    }
+
+    /// The name of its durable cursor in the store.
+    pub fn cursor_name(&self) -> String {
+        format!("sink:{}", self.name)
+    }
+
+    /// The width it pushes (valid once [`SinkConfig::validate`] passed).
+    pub fn width(&self) -> Option<Width> {
+        Width::new(self.width_ms).ok()
+    }
+
+    /// The statistics of a pushed point: the named ones, then the quantiles.
+    pub fn stats(&self) -> Vec<Stat> {
+        let mut stats = Stat::named();
+        stats.extend(self.quantiles.iter().filter_map(|q| Stat::quantile(*q)));
+        stats
+    }
+
+    /// Checks every value; appends `(key, problem)` to `errs`, keys prefixed
+    /// with `prefix` (e.g. `sinks[0]`).
+    pub fn validate(&self, prefix: &str, errs: &mut Vec<(String, String)>) {
+        let mut err = |key: &str, why: String| errs.push((format!("{prefix}.{key}"), why));
+        let name_ok = |c: char| c.is_ascii_alphanumeric() || "_.-".contains(c);
+        if self.name.is_empty() || !self.name.chars().all(name_ok) {
+            err(
+                "name",
+                format!("{:?} must be non-empty and of A-Z a-z 0-9 _ . -", self.name),
+            );
+        }
+        match reqwest::Url::parse(&self.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+            Ok(_) => err(
+                "url",
+                format!("{:?} must be an http:// or https:// URL", self.url),
+            ),
+            Err(e) => err("url", format!("{:?} is not a URL: {e}", self.url)),
+        }
+        if let Err(e) = Width::new(self.width_ms) {
+            err("width_ms", e.to_string());
+        }
+        if self.batch_size == 0 || self.batch_size > MAX_BATCH_SIZE {
+            err("batch_size", format!("must be in 1..={MAX_BATCH_SIZE}"));
+        }
+        if self.timeout_ms == 0 {
+            err("timeout_ms", "must be > 0".into());
+        }
+        if self.poll_ms == 0 {
+            err("poll_ms", "must be > 0".into());
+        }
+        if self.backoff_min_ms == 0 {
+            err("backoff_min_ms", "must be > 0".into());
+        }
+        if self.backoff_max_ms < self.backoff_min_ms {
+            err("backoff_max_ms", "must be ≥ backoff_min_ms".into());
+        }
+        for (i, q) in self.quantiles.iter().enumerate() {
+            if !(0.0..=1.0).contains(q) {
+                err(&format!("quantiles[{i}]"), format!("{q} is not in [0, 1]"));
+            }
+        }
+        if let Some(t) = &self.token {
+            if HeaderValue::from_str(t).is_err() || t.is_empty() {
+                err("token", "must be non-empty visible ASCII".into());
+            }
+        }
+        match self.kind {
+            SinkKind::Influx => {
+                for (key, v) in [("org", &self.org), ("bucket", &self.bucket)] {
+                    if v.as_deref().is_none_or(str::is_empty) {
+                        err(key, "is required for kind = \"influx\"".into());
+                    }
+                }
+                if !self.headers.is_empty() {
+                    err("headers", "is only for kind = \"webhook\"".into());
+                }
+            }
+            SinkKind::Webhook => {
+                for (key, v) in [("org", &self.org), ("bucket", &self.bucket)] {
+                    if v.is_some() {
+                        err(key, "is only for kind = \"influx\"".into());
+                    }
+                }
+                for (k, v) in &self.headers {
+                    if HeaderName::from_bytes(k.as_bytes()).is_err() {
+                        err(&format!("headers.{k}"), "is not a valid header name".into());
+                    } else if HeaderValue::from_str(v).is_err() {
+                        err(
+                            &format!("headers.{k}"),
+                            "is not a valid header value".into(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Validates a list of sinks: each one, and that names are unique.
+pub fn validate_all(sinks: &[SinkConfig], errs: &mut Vec<(String, String)>) {
+    for (i, s) in sinks.iter().enumerate() {
+        s.validate(&format!("sinks[{i}]"), errs);
+        if sinks[..i].iter().any(|o| o.name == s.name) {
+            errs.push((
+                format!("sinks[{i}].name"),
+                format!("{:?} is already the name of another sink", s.name),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn problems(s: &SinkConfig) -> Vec<String> {
+        let mut errs = Vec::new();
+        validate_all(std::slice::from_ref(s), &mut errs);
+        errs.into_iter().map(|(k, _)| k).collect()
+    }
+
+    #[test]
+    fn a_webhook_with_defaults_is_valid() {
+        let s = SinkConfig::new("hook", SinkKind::Webhook, "http://127.0.0.1:9/x");
+        assert!(problems(&s).is_empty());
+        let names: Vec<String> = s.stats().iter().map(|s| s.name().to_string()).collect();
+        assert_eq!(names[8..], ["p50", "p90", "p99"]);
+    }
+
+    #[test]
+    fn influx_needs_org_and_bucket() {
+        let s = SinkConfig::new("db", SinkKind::Influx, "http://127.0.0.1:8086");
+        assert_eq!(problems(&s), ["sinks[0].org", "sinks[0].bucket"]);
+    }
+
+    #[test]
+    fn every_bad_value_is_named() {
+        let mut s = SinkConfig::new("a b", SinkKind::Webhook, "ftp://x");
+        s.width_ms = 0;
+        s.batch_size = 0;
+        s.backoff_max_ms = 1;
+        s.quantiles = vec![0.5, 2.0];
+        s.org = Some("o".into());
+        s.headers.insert("bad header".into(), "v".into());
+        assert_eq!(
+            problems(&s),
+            [
+                "sinks[0].name",
+                "sinks[0].url",
+                "sinks[0].width_ms",
+                "sinks[0].batch_size",
+                "sinks[0].backoff_max_ms",
+                "sinks[0].quantiles[1]",
+                "sinks[0].org",
+                "sinks[0].headers.bad header",
+            ]
+        );
+    }
+
+    #[test]
+    fn names_must_be_unique() {
+        let s = SinkConfig::new("x", SinkKind::Webhook, "http://h/");
+        let mut errs = Vec::new();
+        validate_all(&[s.clone(), s], &mut errs);
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].0, "sinks[1].name");
+    }
+}

@@ -1,0 +1,310 @@
+//! One sink's loop: follow the store's change feed from the durable cursor,
+//! push the final prefix, advance the cursor after each answered request.
+//!
+//! The store is locked only inside `spawn_blocking` (a blocking database
+//! client may sit behind it) and never across an `.await`. Stopping is
+//! checked at every wait: a request in flight is abandoned without
+//! advancing the cursor, so its points are pushed again on the next start
+//! (at-least-once; receivers upsert by point identity).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tributary_core::{SeriesKey, Width};
+
+use super::config::SinkConfig;
+use super::http::{backoff, Attempt, Endpoint};
+use super::{SinkCounters, SinkError};
+use crate::finality::Finality;
+use crate::stats::Stat;
+use crate::store::{Changed, Store};
+
+/// At most this many rows are counted for the lag gauge.
+pub(crate) const LAG_CAP: usize = 10_000;
+/// How often a full backlog is re-counted for the lag gauge.
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// What one look at the feed found.
+struct Look {
+    /// The rows after the cursor that are final, up to the first that is not.
+    ready: Vec<Changed>,
+    /// Rows after the cursor (up to [`LAG_CAP`]), when counted this time.
+    waiting: Option<u64>,
+}
+
+/// Whether to go on.
+enum Flow {
+    Go,
+    Stop,
+}
+
+/// How pushing one chunk ended.
+enum Outcome {
+    Delivered,
+    Rejected { status: u16, body: String },
+    Stopped,
+}
+
+/// One sink's state.
+pub(crate) struct Runner<S> {
+    cfg: SinkConfig,
+    width: Width,
+    stats: Vec<Stat>,
+    endpoint: Endpoint,
+    store: Arc<Mutex<S>>,
+    finality: Finality,
+    counters: Arc<SinkCounters>,
+    stop: watch::Receiver<bool>,
+    lag_counted: Option<Instant>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl<S: Store + Send + 'static> Runner<S> {
+    /// A runner of a validated sink.
+    pub(crate) fn new(
+        cfg: SinkConfig,
+        store: Arc<Mutex<S>>,
+        finality: Finality,
+        counters: Arc<SinkCounters>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Self, SinkError> {
+        let width = cfg.width().ok_or_else(|| SinkError::Config {
+            key: "width_ms".into(),
+            reason: format!("{} is not a valid width", cfg.width_ms),
+        })?;
+        Ok(Runner {
+            width,
+            stats: cfg.stats(),
+            endpoint: Endpoint::new(&cfg)?,
+            cfg,
+            store,
+            finality,
+            counters,
+            stop,
+            lag_counted: None,
+        })
+    }
+
+    /// Runs until stopped.
+    pub(crate) async fn run(mut self) {
+        tracing::info!(sink = %self.cfg.name, url = %self.endpoint.url(), width_ms = self.cfg.width_ms, "sink running");
+        let poll = Duration::from_millis(self.cfg.poll_ms);
+        let mut cursor = loop {
+            match self.load_cursor().await {
+                Ok(c) => break c,
+                Err(e) => {
+                    self.counters.store_errors.fetch_add(1, Relaxed);
+                    tracing::warn!(sink = %self.cfg.name, error = %e, "cannot read the sink's cursor; retrying");
+                    if self.pause(poll).await {
+                        return;
+                    }
+                }
+            }
+        };
+        self.counters.cursor.store(cursor, Relaxed);
+        loop {
+            if *self.stop.borrow() {
+                break;
+            }
+            match self.look(cursor).await {
+                Ok(look) => {
+                    if let Some(w) = look.waiting {
+                        self.counters.lag.store(w, Relaxed);
+                    }
+                    if !look.ready.is_empty() {
+                        match self.push(&mut cursor, look.ready).await {
+                            // Look again at once: more may be ready.
+                            Flow::Go => continue,
+                            Flow::Stop => break,
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.counters.store_errors.fetch_add(1, Relaxed);
+                    tracing::warn!(sink = %self.cfg.name, error = %e, "reading the change feed failed");
+                }
+            }
+            if self.pause(poll).await {
+                break;
+            }
+        }
+        tracing::info!(sink = %self.cfg.name, cursor, "sink stopped");
+    }
+
+    /// Waits `d`; true when asked to stop meanwhile.
+    async fn pause(&mut self, d: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(d) => false,
+            _ = self.stop.wait_for(|s| *s) => true,
+        }
+    }
+
+    async fn load_cursor(&self) -> Result<u64, SinkError> {
+        let store = self.store.clone();
+        let name = self.cfg.cursor_name();
+        tokio::task::spawn_blocking(move || {
+            let st = store.lock().map_err(|_| SinkError::Poisoned)?;
+            Ok(st.cursor(&name)?)
+        })
+        .await?
+    }
+
+    async fn save_cursor(&self, value: u64) {
+        self.counters.cursor.store(value, Relaxed);
+        let store = self.store.clone();
+        let name = self.cfg.cursor_name();
+        let res = tokio::task::spawn_blocking(move || {
+            let mut st = store.lock().map_err(|_| SinkError::Poisoned)?;
+            Ok::<_, SinkError>(st.set_cursor(&name, value)?)
+        })
+        .await
+        .map_err(SinkError::from)
+        .and_then(|r| r);
+        if let Err(e) = res {
+            // The points are delivered; the next save writes a later value.
+            // Until then a restart pushes them again (receivers upsert).
+            self.counters.store_errors.fetch_add(1, Relaxed);
+            tracing::warn!(sink = %self.cfg.name, error = %e, "cannot save the sink's cursor");
+        }
+    }
+
+    /// Reads the rows after `cursor` and keeps the final prefix.
+    async fn look(&mut self, cursor: u64) -> Result<Look, SinkError> {
+        let store = self.store.clone();
+        let (width, limit, finality) = (self.width, self.cfg.batch_size, self.finality);
+        let count_lag = self.lag_counted.is_none_or(|t| t.elapsed() >= LAG_EVERY);
+        let look = tokio::task::spawn_blocking(move || {
+            let st = store.lock().map_err(|_| SinkError::Poisoned)?;
+            let rows = st.changed_since(width, cursor, limit)?;
+            let waiting = if rows.len() < limit {
+                Some(rows.len() as u64)
+            } else if count_lag {
+                Some(st.changed_since(width, cursor, LAG_CAP)?.len() as u64)
+            } else {
+                None
+            };
+            let now = now_ms();
+            let mut through: HashMap<SeriesKey, Option<i64>> = HashMap::new();
+            let mut ready = Vec::new();
+            for row in rows {
+                let t = match through.get(&row.series) {
+                    Some(t) => *t,
+                    None => {
+                        let t = finality.final_through(&st.progress(&row.series)?, now);
+                        through.insert(row.series.clone(), t);
+                        t
+                    }
+                };
+                let is_final = t.is_some_and(|t| row.stored.window.end() <= t);
+                if !is_final {
+                    break;
+                }
+                ready.push(row);
+            }
+            Ok::<_, SinkError>(Look { ready, waiting })
+        })
+        .await??;
+        if look.waiting.is_some_and(|w| w as usize >= limit) {
+            self.lag_counted = Some(Instant::now());
+        }
+        Ok(look)
+    }
+
+    /// Pushes `rows` (final, in change order) in requests of at most
+    /// `batch_size`, advancing the cursor after each answered one. A
+    /// refused request is split in halves until the refused point is alone;
+    /// that point is logged, counted and skipped.
+    async fn push(&mut self, cursor: &mut u64, rows: Vec<Changed>) -> Flow {
+        let mut rest: &[Changed] = &rows;
+        let mut take = rest.len();
+        while let Some(last_possible) = rest.len().checked_sub(1) {
+            let n = take.clamp(1, last_possible + 1);
+            let chunk = &rest[..n];
+            match self.deliver(chunk).await {
+                Outcome::Stopped => return Flow::Stop,
+                Outcome::Delivered => {
+                    let c = &self.counters;
+                    c.pushed.fetch_add(n as u64, Relaxed);
+                    c.batches.fetch_add(1, Relaxed);
+                    c.last_success_ms.store(now_ms(), Relaxed);
+                }
+                Outcome::Rejected { status, body } if n > 1 => {
+                    tracing::debug!(sink = %self.cfg.name, status, points = n, body, "batch refused; splitting it to find the refused point");
+                    take = n / 2;
+                    continue;
+                }
+                Outcome::Rejected { status, body } => {
+                    let row = &chunk[0];
+                    tracing::error!(
+                        sink = %self.cfg.name,
+                        status,
+                        series = %row.series,
+                        start = row.stored.window.start(),
+                        revision = row.stored.revision,
+                        body,
+                        "point refused by the sink; skipped"
+                    );
+                    self.counters.rejected.fetch_add(1, Relaxed);
+                }
+            }
+            *cursor = chunk[n - 1].change;
+            rest = &rest[n..];
+            take = rest.len();
+            let _ = self
+                .counters
+                .lag
+                .fetch_update(Relaxed, Relaxed, |l| Some(l.saturating_sub(n as u64)));
+            self.save_cursor(*cursor).await;
+        }
+        Flow::Go
+    }
+
+    /// Sends one chunk until it is answered for good or the sink stops.
+    async fn deliver(&mut self, chunk: &[Changed]) -> Outcome {
+        let body = self.endpoint.encode(chunk, &self.stats);
+        let (min, max) = (
+            Duration::from_millis(self.cfg.backoff_min_ms),
+            Duration::from_millis(self.cfg.backoff_max_ms),
+        );
+        let mut attempt: u32 = 0;
+        loop {
+            let res = tokio::select! {
+                a = self.endpoint.send(body.clone()) => a,
+                _ = self.stop.wait_for(|s| *s) => return Outcome::Stopped,
+            };
+            match res {
+                Attempt::Delivered => return Outcome::Delivered,
+                Attempt::Rejected { status, body } => {
+                    return Outcome::Rejected {
+                        status: status.as_u16(),
+                        body,
+                    }
+                }
+                Attempt::Retry { reason, after } => {
+                    self.counters.retries.fetch_add(1, Relaxed);
+                    let delay = after.map_or_else(|| backoff(attempt, min, max), |a| a.min(max));
+                    tracing::warn!(
+                        sink = %self.cfg.name,
+                        attempt = attempt + 1,
+                        retry_in_ms = delay.as_millis() as u64,
+                        points = chunk.len(),
+                        reason,
+                        "push failed; retrying"
+                    );
+                    if self.pause(delay).await {
+                        return Outcome::Stopped;
+                    }
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,671 @@
+//! Sinks against a real HTTP server started by the test on 127.0.0.1 (a tiny
+//! axum app recording what it accepted, able to answer 503 for a while,
+//! refuse points with 400, or be absent at first), over a real SQLite store:
+//! final windows arrive exactly once per revision with the stored values,
+//! non-final windows wait, outages lose nothing, a refused point is skipped
+//! and counted, a restart resumes from the durable cursor, the influx body
+//! is line protocol with the expected fields, and `/metrics` shows the sink.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tributary_collector::config::Config;
+use tributary_collector::finality::Finality;
+use tributary_collector::sinks::{self, SinkConfig, SinkCounters, SinkKind, Sinks};
+use tributary_collector::store::sqlite::SqliteStore;
+use tributary_collector::store::{Store, StoredWindow};
+use tributary_core::batch::{Batch, Partial};
+use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+
+const MIN: i64 = 60_000;
+const T0: i64 = 1_700_000_000_000 / 3_600_000 * 3_600_000;
+
+// ---------------------------------------------------------------- server
+
+/// One request the server accepted.
+#[derive(Debug, Clone)]
+struct Received {
+    uri: String,
+    auth: Option<String>,
+    content_type: Option<String>,
+    body: String,
+}
+
+#[derive(Debug, Default)]
+struct Behaviour {
+    accepted: Vec<Received>,
+    /// Requests seen, answered or not.
+    attempts: usize,
+    /// Answer 503 to this many requests first.
+    fail: usize,
+    /// Answer 400 to bodies containing this.
+    refuse: Option<String>,
+}
+
+type Shared = Arc<Mutex<Behaviour>>;
+
+async fn handle(
+    State(st): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: String,
+) -> (StatusCode, String) {
+    let mut b = st.lock().unwrap();
+    b.attempts += 1;
+    if b.fail > 0 {
+        b.fail -= 1;
+        return (StatusCode::SERVICE_UNAVAILABLE, "busy".into());
+    }
+    if b.refuse.as_deref().is_some_and(|r| body.contains(r)) {
+        return (StatusCode::BAD_REQUEST, "bad point".into());
+    }
+    let h = |n: &str| headers.get(n).map(|v| v.to_str().unwrap().to_string());
+    b.accepted.push(Received {
+        uri: uri.to_string(),
+        auth: h("authorization"),
+        content_type: h("content-type"),
+        body,
+    });
+    (StatusCode::NO_CONTENT, String::new())
+}
+
+/// Serves on `port` (0 = any) until dropped.
+struct Server {
+    port: u16,
+    state: Shared,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Server {
+    async fn start(port: u16, state: Shared) -> Server {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(state.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Server {
+            port,
+            state,
+            stop: Some(tx),
+        }
+    }
+
+    fn accepted(&self) -> Vec<Received> {
+        self.state.lock().unwrap().accepted.clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+// ---------------------------------------------------------------- data
+
+fn key(device: &str) -> SeriesKey {
+    let tags = BTreeMap::from([("site".to_string(), "north pole".to_string())]);
+    SeriesKey::new("temperature", device, tags).unwrap()
+}
+
+fn partial(device: &str, minute: i64, values: &[i64]) -> Partial {
+    let start = T0 + minute * MIN;
+    let mut s = Summary::new(Quantum::new(-3).unwrap());
+    for (i, v) in values.iter().enumerate() {
+        s.insert(start + 100 * i as i64, *v).unwrap();
+    }
+    Partial {
+        series: key(device),
+        window: Window::new(start, Width::new(MIN).unwrap()).unwrap(),
+        summary: s,
+    }
+}
+
+/// Batch `seq` of agent `gw` with watermark at the end of minute `through`.
+fn batch(seq: u64, through: i64, partials: Vec<Partial>) -> Batch {
+    Batch::new("gw", seq, T0 + through * MIN, partials)
+}
+
+fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&dir.path().join("c.db"), &[3_600_000]).unwrap()
+}
+
+/// Lateness 0, no idle timeout: a window is final once the watermark
+/// reaches its end.
+const FINALITY: Finality = Finality {
+    lateness_ms: 0,
+    idle_timeout_ms: i64::MAX,
+};
+
+fn sink(kind: SinkKind, port: u16) -> SinkConfig {
+    let mut s = SinkConfig::new("test", kind, format!("http://127.0.0.1:{port}/hook"));
+    s.poll_ms = 20;
+    s.backoff_min_ms = 10;
+    s.backoff_max_ms = 100;
+    s.timeout_ms = 2_000;
+    if kind == SinkKind::Influx {
+        s.url = format!("http://127.0.0.1:{port}");
+        s.org = Some("org one".into());
+        s.bucket = Some("b".into());
+        s.token = Some("t0k".into());
+    }
+    s
+}
+
+struct Running {
+    sinks: Sinks,
+    stop: watch::Sender<bool>,
+}
+
+impl Running {
+    fn start(cfg: &SinkConfig, store: &Arc<Mutex<SqliteStore>>) -> Running {
+        let (stop, rx) = watch::channel(false);
+        let sinks = sinks::start(std::slice::from_ref(cfg), store.clone(), FINALITY, rx).unwrap();
+        Running { sinks, stop }
+    }
+
+    fn counters(&self) -> Arc<SinkCounters> {
+        self.sinks.metrics().get("test").unwrap().clone()
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.sinks.join())
+            .await
+            .expect("sinks stop")
+            .unwrap();
+    }
+}
+
+/// Polls `cond` until true; panics after 10 s (a hang guard, not a timing
+/// assertion).
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn stored(store: &Arc<Mutex<SqliteStore>>, device: &str, minute: i64) -> StoredWindow {
+    let start = T0 + minute * MIN;
+    let w = store
+        .lock()
+        .unwrap()
+        .windows(&key(device), Width::new(MIN).unwrap(), start, start + 1)
+        .unwrap();
+    assert_eq!(w.len(), 1);
+    w.into_iter().next().unwrap()
+}
+
+// ---------------------------------------------------------------- webhook
+
+/// The webhook points received, keyed by (device, minute, revision); panics
+/// on a duplicate.
+fn points(server: &Server) -> BTreeMap<(String, i64, u64), Value> {
+    let mut out = BTreeMap::new();
+    for r in server.accepted() {
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        assert!(v["sink"].is_string());
+        for p in v["points"].as_array().unwrap() {
+            let device = p["series"]["device"].as_str().unwrap().to_string();
+            let minute = (p["start"].as_i64().unwrap() - T0) / MIN;
+            let revision = p["revision"].as_u64().unwrap();
+            let k = (device, minute, revision);
+            assert!(!out.contains_key(&k), "{k:?} pushed twice");
+            out.insert(k, p.clone());
+        }
+    }
+    out
+}
+
+/// The point a webhook must carry for a stored window, from the summary's
+/// own accessors.
+fn expected(device: &str, w: &StoredWindow) -> Value {
+    let s = &w.summary;
+    let mut v = json!({
+        "series": {"metric": "temperature", "device": device, "tags": {"site": "north pole"}},
+        "start": w.window.start(), "width": MIN, "revision": w.revision, "final": true,
+        "count": s.count(), "sum": s.sum(), "min": s.min(), "max": s.max(), "mean": s.mean(),
+        "first": s.first().unwrap().1, "last": s.last().unwrap().1,
+        "p50": s.quantile(0.5).unwrap().value, "p90": s.quantile(0.9).unwrap().value,
+        "p99": s.quantile(0.99).unwrap().value,
+    });
+    if let Some(sd) = s.stddev() {
+        v["stddev"] = json!(sd);
+    }
+    v
+}
+
+#[tokio::test]
+async fn final_windows_arrive_once_per_revision_with_the_stored_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Mutex::new(open(&dir)));
+    // Minutes 0 and 1 are final (watermark at the end of minute 1), minute 2
+    // is not.
+    store
+        .lock()
+        .unwrap()
+        .apply(&[batch(
+            1,
+            2,
+            vec![
+                partial("d1", 0, &[1000, 2500, 4000]),
+                partial("d1", 1, &[7000]),
+                partial("d2", 0, &[-1250, 3000]),
+                partial("d2", 1, &[100, 200, 300, 400]),
+            ],
+        )])
+        .unwrap();
+    // Applied after them, so later in the change feed (a sink stops at the
+    // first row that is not final).
+    store
+        .lock()
+        .unwrap()
+        .apply(&[batch(2, 2, vec![partial("d1", 2, &[9000, 9500])])])
+        .unwrap();
+    let server = Server::start(0, Arc::default()).await;
+    let mut cfg = sink(SinkKind::Webhook, server.port);
+    cfg.token = Some("s3cret".into());
+    cfg.headers.insert("X-Source".into(), "tributary".into());
+    let run = Running::start(&cfg, &store);
+    let c = run.counters();
+    wait_until("4 final windows", || c.pushed.load(Relaxed) == 4).await;
+    // The runner has looked at minute 2 and keeps it waiting.
+    wait_until("the lag to show minute 2", || c.lag.load(Relaxed) == 1).await;
+    let got = points(&server);
+    let keys: Vec<_> = got.keys().cloned().collect();
+    assert_eq!(
+        keys,
+        [
+            ("d1".into(), 0, 0),
+            ("d1".into(), 1, 0),
+            ("d2".into(), 0, 0),
+            ("d2".into(), 1, 0)
+        ]
+    );
+    for ((device, minute, _), p) in &got {
+        assert_eq!(p, &expected(device, &stored(&store, device, *minute)));
+    }
+    let r = &server.accepted()[0];
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["sink"], "test");
+    assert_eq!(r.auth.as_deref(), Some("Bearer s3cret"));
+    assert_eq!(r.content_type.as_deref(), Some("application/json"));
+    assert_eq!(r.uri, "/hook");
+
+    // Minute 2 becomes final and a late reading revises d1's minute 0.
+    store
+        .lock()
+        .unwrap()
+        .apply(&[batch(3, 3, vec![partial("d1", 0, &[3000])])])
+        .unwrap();
+    wait_until("minute 2 and the revision", || c.pushed.load(Relaxed) == 6).await;
+    let got = points(&server);
+    assert_eq!(got.len(), 6);
+    let rev = &got[&("d1".to_string(), 0, 1)];
+    let now = stored(&store, "d1", 0);
+    assert_eq!(now.revision, 1);
+    assert_eq!(now.summary.count(), 4);
+    assert_eq!(rev, &expected("d1", &now));
+    assert_eq!(
+        got[&("d1".to_string(), 2, 0)],
+        expected("d1", &stored(&store, "d1", 2))
+    );
+    assert_eq!(c.rejected.load(Relaxed), 0);
+    assert!(c.last_success_ms.load(Relaxed) > 0);
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn an_outage_loses_nothing_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Mutex::new(open(&dir)));
+    let parts: Vec<Partial> = (0..5)
+        .flat_map(|m| (0..4).map(move |d| partial(&format!("d{d}"), m, &[m * 1000 + d])))
+        .collect();
+    store.lock().unwrap().apply(&[batch(1, 5, parts)]).unwrap();
+    // Nobody listens yet.
+    let port = tributary_testkit::free_port();
+    let mut cfg = sink(SinkKind::Webhook, port);
+    cfg.batch_size = 3;
+    let run = Running::start(&cfg, &store);
+    let c = run.counters();
+    wait_until("connection failures retried", || {
+        c.retries.load(Relaxed) >= 3
+    })
+    .await;
+    assert_eq!(c.pushed.load(Relaxed), 0);
+    // The server appears, then answers 503 five times while data grows.
+    let state: Shared = Arc::default();
+    let server = Server::start(port, state.clone()).await;
+    wait_until("the first 20 windows", || c.pushed.load(Relaxed) == 20).await;
+    let retries = c.retries.load(Relaxed);
+    state.lock().unwrap().fail = 5;
+    let parts: Vec<Partial> = (5..8)
+        .flat_map(|m| (0..4).map(move |d| partial(&format!("d{d}"), m, &[m * 1000 + d])))
+        .collect();
+    store.lock().unwrap().apply(&[batch(2, 8, parts)]).unwrap();
+    wait_until("all 32 windows", || c.pushed.load(Relaxed) == 32).await;
+    assert_eq!(c.retries.load(Relaxed), retries + 5, "each 503 retried");
+    let got = points(&server); // panics on a duplicate
+    assert_eq!(got.len(), 32);
+    for m in 0..8 {
+        for d in 0..4 {
+            let p = &got[&(format!("d{d}"), m, 0)];
+            assert_eq!(p["count"], 1);
+            assert_eq!(p["sum"].as_f64(), Some((m * 1000 + d) as f64 / 1000.0));
+        }
+    }
+    assert!(state.lock().unwrap().accepted.iter().all(|r| {
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        v["points"].as_array().unwrap().len() <= 3
+    }));
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_point_is_skipped_counted_and_the_rest_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Mutex::new(open(&dir)));
+    let parts: Vec<Partial> = ["a", "b", "bad", "c", "d", "e", "f"]
+        .iter()
+        .map(|d| partial(d, 0, &[1000]))
+        .collect();
+    store.lock().unwrap().apply(&[batch(1, 1, parts)]).unwrap();
+    let state: Shared = Arc::default();
+    state.lock().unwrap().refuse = Some("\"bad\"".into());
+    let server = Server::start(0, state.clone()).await;
+    let run = Running::start(&sink(SinkKind::Webhook, server.port), &store);
+    let c = run.counters();
+    wait_until("the refused point skipped", || {
+        c.rejected.load(Relaxed) == 1
+    })
+    .await;
+    wait_until("the rest delivered", || c.pushed.load(Relaxed) == 6).await;
+    let got = points(&server);
+    let devices: Vec<&str> = got.keys().map(|k| k.0.as_str()).collect();
+    assert_eq!(devices, ["a", "b", "c", "d", "e", "f"]);
+    assert_eq!(c.retries.load(Relaxed), 0, "a 400 is not retried");
+    // The sink is not wedged: later windows still arrive.
+    store
+        .lock()
+        .unwrap()
+        .apply(&[batch(2, 2, vec![partial("a", 1, &[2000])])])
+        .unwrap();
+    wait_until("a later window", || c.pushed.load(Relaxed) == 7).await;
+    assert_eq!(c.rejected.load(Relaxed), 1);
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_resumes_from_the_durable_cursor_without_repushing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(0, Arc::default()).await;
+    let cfg = sink(SinkKind::Webhook, server.port);
+    {
+        let store = Arc::new(Mutex::new(open(&dir)));
+        let parts = vec![partial("d1", 0, &[1000]), partial("d2", 0, &[2000])];
+        store.lock().unwrap().apply(&[batch(1, 1, parts)]).unwrap();
+        let run = Running::start(&cfg, &store);
+        let c = run.counters();
+        wait_until("the first two windows", || c.pushed.load(Relaxed) == 2).await;
+        run.stop().await;
+    }
+    // A new store handle on the same file: only the cursor remembers.
+    let store = Arc::new(Mutex::new(open(&dir)));
+    assert!(store.lock().unwrap().cursor("sink:test").unwrap() > 0);
+    store
+        .lock()
+        .unwrap()
+        .apply(&[batch(2, 2, vec![partial("d1", 1, &[3000])])])
+        .unwrap();
+    let run = Running::start(&cfg, &store);
+    let c = run.counters();
+    wait_until("the new window", || c.pushed.load(Relaxed) == 1).await;
+    let got = points(&server); // panics on a duplicate
+    assert_eq!(got.len(), 3);
+    assert!(got.contains_key(&("d1".to_string(), 1, 0)));
+    run.stop().await;
+}
+
+// ---------------------------------------------------------------- influx
+
+#[derive(Debug, PartialEq)]
+enum Field {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+/// Splits `s` at unescaped `sep`.
+fn split(s: &str, sep: char) -> Vec<String> {
+    let (mut out, mut cur, mut esc) = (Vec::new(), String::new(), false);
+    for c in s.chars() {
+        if esc {
+            cur.push(c);
+            esc = false;
+        } else if c == '\\' {
+            esc = true;
+        } else if c == sep {
+            out.push(std::mem::take(&mut cur));
+        } else {
+            cur.push(c);
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// A line-protocol parser for the test: (measurement, tags, fields, time).
+type Line = (
+    String,
+    BTreeMap<String, String>,
+    HashMap<String, Field>,
+    i64,
+);
+
+fn parse_line(line: &str) -> Line {
+    // Split at unescaped spaces, keeping escapes for the inner splits.
+    let (mut parts, mut cur, mut esc) = (Vec::new(), String::new(), false);
+    for c in line.chars() {
+        if !esc && c == ' ' {
+            parts.push(std::mem::take(&mut cur));
+            continue;
+        }
+        esc = !esc && c == '\\';
+        cur.push(c);
+    }
+    parts.push(cur);
+    assert_eq!(parts.len(), 3, "{line}");
+    let head = split(&parts[0], ',');
+    let measurement = head[0].clone();
+    let tags = head[1..]
+        .iter()
+        .map(|t| {
+            let kv = split(t, '=');
+            assert_eq!(kv.len(), 2, "{t}");
+            (kv[0].clone(), kv[1].clone())
+        })
+        .collect();
+    let fields = split(&parts[1], ',')
+        .iter()
+        .map(|f| {
+            let kv = split(f, '=');
+            assert_eq!(kv.len(), 2, "{f}");
+            let v = &kv[1];
+            let v = if let Some(n) = v.strip_suffix('i') {
+                Field::Int(n.parse().unwrap())
+            } else if v == "true" || v == "false" {
+                Field::Bool(v == "true")
+            } else {
+                Field::Float(v.parse().unwrap())
+            };
+            (kv[0].clone(), v)
+        })
+        .collect();
+    (measurement, tags, fields, parts[2].parse().unwrap())
+}
+
+#[tokio::test]
+async fn the_influx_body_is_line_protocol_with_the_expected_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Mutex::new(open(&dir)));
+    store
+        .lock()
+        .unwrap()
+        .apply(&[batch(
+            1,
+            1,
+            vec![
+                partial("d1", 0, &[1000, 2500, 4001]),
+                partial("d2", 0, &[1500]),
+            ],
+        )])
+        .unwrap();
+    let server = Server::start(0, Arc::default()).await;
+    let run = Running::start(&sink(SinkKind::Influx, server.port), &store);
+    let c = run.counters();
+    wait_until("two points", || c.pushed.load(Relaxed) == 2).await;
+    let reqs = server.accepted();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(
+        reqs[0].uri,
+        "/api/v2/write?org=org+one&bucket=b&precision=ms"
+    );
+    assert_eq!(reqs[0].auth.as_deref(), Some("Token t0k"));
+    assert_eq!(
+        reqs[0].content_type.as_deref(),
+        Some("text/plain; charset=utf-8")
+    );
+    assert!(
+        reqs[0].body.contains("site=north\\ pole"),
+        "{}",
+        reqs[0].body
+    );
+    let mut lines: Vec<Line> = reqs[0].body.lines().map(parse_line).collect();
+    lines.sort_by(|a, b| a.1["device"].cmp(&b.1["device"]));
+    assert_eq!(lines.len(), 2);
+    for (device, (m, tags, fields, t)) in ["d1", "d2"].iter().zip(lines) {
+        let w = stored(&store, device, 0);
+        let s = &w.summary;
+        assert_eq!(m, "temperature");
+        assert_eq!(
+            tags,
+            BTreeMap::from([
+                ("device".to_string(), device.to_string()),
+                ("site".to_string(), "north pole".to_string())
+            ])
+        );
+        assert_eq!(t, T0);
+        let mut want = HashMap::from([
+            ("count".to_string(), Field::Int(s.count() as i64)),
+            ("sum".to_string(), Field::Float(s.sum().unwrap())),
+            ("min".to_string(), Field::Float(s.min().unwrap())),
+            ("max".to_string(), Field::Float(s.max().unwrap())),
+            ("mean".to_string(), Field::Float(s.mean().unwrap())),
+            ("first".to_string(), Field::Float(s.first().unwrap().1)),
+            ("last".to_string(), Field::Float(s.last().unwrap().1)),
+            (
+                "p50".to_string(),
+                Field::Float(s.quantile(0.5).unwrap().value),
+            ),
+            (
+                "p90".to_string(),
+                Field::Float(s.quantile(0.9).unwrap().value),
+            ),
+            (
+                "p99".to_string(),
+                Field::Float(s.quantile(0.99).unwrap().value),
+            ),
+            ("revision".to_string(), Field::Int(0)),
+            ("final".to_string(), Field::Bool(true)),
+        ]);
+        // One reading has no stddev: the field is absent, never NaN.
+        if let Some(sd) = s.stddev() {
+            want.insert("stddev".to_string(), Field::Float(sd));
+        }
+        assert_eq!(fields, want, "{device}");
+    }
+    run.stop().await;
+}
+
+// ---------------------------------------------------------------- config, service
+
+#[test]
+fn the_documented_sink_examples_parse() {
+    let text = include_str!("../../config/collector.toml");
+    let at = text.find("# [[sinks]]").expect("sink examples");
+    // Uncomment the examples (lines "# key = …"; "# # …" stay comments).
+    let examples: String = text[at..]
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cfg = Config::from_toml(&format!("{}{examples}", &text[..at])).unwrap();
+    assert_eq!(cfg.sinks.len(), 2);
+    assert_eq!(cfg.sinks[0].kind, SinkKind::Influx);
+    assert_eq!(cfg.sinks[1].width_ms, 3_600_000);
+}
+
+#[tokio::test]
+async fn the_collector_runs_its_sinks_and_shows_them_on_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    store
+        .apply(&[batch(1, 1, vec![partial("d1", 0, &[1000])])])
+        .unwrap();
+    let server = Server::start(0, Arc::default()).await;
+    // No broker listens on the MQTT port: ingest keeps retrying meanwhile.
+    let toml = format!(
+        "[mqtt]\nport = {}\n[http]\nlisten = \"127.0.0.1:0\"\n[finality]\nlateness_ms = 0\n\
+         [[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{}/\"\npoll_ms = 20\n",
+        tributary_testkit::free_port(),
+        server.port
+    );
+    let cfg = Config::from_toml(&toml).unwrap();
+    let running = tributary_collector::service::start(&cfg, store)
+        .await
+        .unwrap();
+    let c = running.sinks().get("hook").unwrap().clone();
+    wait_until("the window pushed", || c.pushed.load(Relaxed) == 1).await;
+    let url = format!("http://{}/metrics", running.http_addr());
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    for line in [
+        "tributary_sink_pushed_points_total{sink=\"hook\"} 1",
+        "tributary_sink_batches_total{sink=\"hook\"} 1",
+        "tributary_sink_rejected_points_total{sink=\"hook\"} 0",
+        "tributary_sink_lag_rows{sink=\"hook\"} 0",
+        "# TYPE tributary_sink_last_success_timestamp_seconds gauge",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    tokio::time::timeout(Duration::from_secs(10), running.stop())
+        .await
+        .expect("collector stops")
+        .unwrap();
+    assert_eq!(points(&server).len(), 1);
+}

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::engine::{Cmd, Engine};
 use crate::metrics::{Counters, Metrics};
-use crate::sources::simulated::{self, SimPlan};
+use crate::sources::simulated::{self, SimDevice};
 use crate::store::StoreError;
 use crate::uplink::{Uplink, UplinkError};
 
@@ -124,9 +124,9 @@ impl Agent {
             )));
         }
         let mut sims = Vec::new();
-        for plan in SimPlan::all(&config.simulated) {
+        for dev in SimDevice::all(&config.simulated) {
             sims.push(tokio::spawn(simulated::run_device(
-                plan,
+                dev,
                 config.simulated.frame_rate,
                 config.simulated.max_unacked,
                 tx.clone(),

@@ -325,7 +325,9 @@ pub struct SimulatedConfig {
     pub prefix: String,
     /// `summaries` or `readings`.
     pub mode: SimMode,
-    /// Channels per device (1..=8).
+    /// Ignored, kept so older configs still load: the firmware's virtual
+    /// device always measures its three channels (temperature, humidity,
+    /// pressure).
     pub channels: u8,
     /// Device window width (ms); divides `window.width_ms`.
     pub device_window_ms: u32,
@@ -337,8 +339,15 @@ pub struct SimulatedConfig {
     pub start_ms: i64,
     /// Frames per second per device (0 = as fast as acks allow).
     pub frame_rate: u32,
-    /// Unacknowledged frames a device keeps in flight.
+    /// Unacknowledged frames a device keeps in flight (at most 12: the
+    /// firmware's ring holds 16).
     pub max_unacked: usize,
+    /// Seed of the simulated sensors (device `i` uses a seed derived from it).
+    pub seed: u64,
+    /// Failed sensor reads per thousand (0..=1000).
+    pub dropout_per_mille: u32,
+    /// The firmware link's resend timeout, in device ms.
+    pub resend_ms: u64,
 }
 
 impl Default for SimulatedConfig {
@@ -353,7 +362,10 @@ impl Default for SimulatedConfig {
             windows: 0,
             start_ms: 0,
             frame_rate: 10,
-            max_unacked: 64,
+            max_unacked: 12,
+            seed: 1,
+            dropout_per_mille: 20,
+            resend_ms: 2000,
         }
     }
 }
@@ -523,9 +535,11 @@ impl Config {
         }
         let sim = &self.simulated;
         if sim.devices > 0 {
-            if sim.channels == 0 || usize::from(sim.channels) > tributary_core::frame::MAX_CHANNELS
-            {
-                bad("simulated.channels", "must lie in 1..=8".into());
+            if sim.dropout_per_mille > 1000 {
+                bad("simulated.dropout_per_mille", "must lie in 0..=1000".into());
+            }
+            if sim.resend_ms == 0 {
+                bad("simulated.resend_ms", "must be > 0".into());
             }
             if sim.device_window_ms == 0
                 || self.window.width_ms % i64::from(sim.device_window_ms) != 0

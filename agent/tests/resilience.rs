@@ -107,7 +107,7 @@ async fn a_full_outbox_coarsens_and_counts_stay_exact() {
     let cfg = Config::from_toml_with_env(
         &agent_toml(dir.path(), port, &sim, ""),
         env(&[
-            ("TRIBUTARY_OUTBOX_MAX_BYTES", "12000"),
+            ("TRIBUTARY_OUTBOX_MAX_BYTES", "6000"),
             (
                 "TRIBUTARY_OUTBOX_COARSEN_WIDTHS_MS",
                 "[10000, 20000, 100000]",

@@ -1,8 +1,9 @@
-//! Serial devices over a pty pair: the test is the device (frames from a
-//! simulated device plan, written into the pty master with corrupt bytes in
-//! between), the agent reads the slave side. Every frame is acknowledged only
-//! after commit, a corrupt frame is counted and costs nothing else, and the
-//! partials upstream add up exactly to the device's readings.
+//! Serial devices over a pty pair: the test drives the firmware's own
+//! virtual device (real aggregator and link code) on the pty master, with
+//! corrupt bytes in between; the agent reads the slave side. The device's
+//! frames are acknowledged only after commit (its resend ring empties), the
+//! agent's TimeSync reaches it, a corrupt frame is counted and costs nothing
+//! else, and the partials upstream add up exactly to the device's readings.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -14,9 +15,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use tributary_agent::config::Config;
 use tributary_agent::metrics::Reject;
-use tributary_agent::sources::simulated::SimPlan;
+use tributary_agent::sources::simulated::SimDevice;
 use tributary_agent::Agent;
-use tributary_core::frame::{self, FrameDecoder, Message, MAX_FRAME};
+use tributary_core::frame::{FrameDecoder, Message, MAX_FRAME};
 use tributary_testkit::{Mosquitto, MosquittoOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,11 +33,10 @@ async fn pty_device_frames_are_acked_after_commit_and_add_up() {
     nix::sys::termios::cfmakeraw(&mut t);
     nix::sys::termios::tcsetattr(&pty.master, nix::sys::termios::SetArg::TCSANOW, &t).unwrap();
 
-    // The device: a plan of 2 channels × 6 windows, no simulated devices in the agent.
+    // The device: the firmware's virtual device, 6 windows of 5 samples.
     let sim = sim_config(1, 6, 0, 0);
-    let plan = SimPlan::all(&sim).remove(0);
-    let frames = plan.frames().unwrap() as u32;
-    let expected = plan.readings().len() as u64;
+    let spec = SimDevice::all(&sim).remove(0);
+    let expected: u64 = truth(&sim, 5000).values().map(|v| v.0).sum();
 
     let no_sim = sim_config(0, 0, 0, 0);
     let extra = format!(
@@ -47,44 +47,59 @@ async fn pty_device_frames_are_acked_after_commit_and_add_up() {
     let agent = Agent::start(cfg).await.unwrap();
     let metrics = agent.metrics();
 
+    nix::fcntl::fcntl(
+        &pty.master,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .unwrap();
     let mut master = std::fs::File::from(pty.master);
     let device = tokio::task::spawn_blocking(move || {
-        let mut buf = [0u8; MAX_FRAME];
-        let mut write = |m: &Message, master: &mut std::fs::File| {
-            let n = frame::encode(m, &mut buf).unwrap();
-            master.write_all(&buf[..n]).unwrap();
-        };
-        write(&Message::Hello(plan.hello()), &mut master);
-        for seq in 0..frames {
-            write(&plan.frame(seq), &mut master);
-            if seq == 3 {
-                // A corrupt frame: garbage up to a delimiter.
-                master.write_all(&[0x05, 0xFF, 0x13, 0x37, 0x00]).unwrap();
-            }
-        }
-        // Read replies until every frame is acked.
+        let mut dev = spec.device().unwrap();
+        let last = spec.last_tick().unwrap();
+        let (mut t, mut stopped, mut corrupted) = (0u64, false, false);
         let mut dec = FrameDecoder::<MAX_FRAME>::new();
-        let mut acked = std::collections::HashSet::new();
-        let mut time_syncs = 0;
+        let (mut acks, mut time_syncs) = (0u32, 0u32);
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut rbuf = [0u8; 1024];
-        while acked.len() < frames as usize && Instant::now() < deadline {
-            let n = master.read(&mut rbuf).unwrap();
-            for &b in &rbuf[..n] {
-                match dec.push(b) {
-                    Some(Ok(Message::Ack(a))) => {
-                        assert_eq!(a.boot, plan.boot);
-                        acked.insert(a.seq);
-                    }
-                    Some(Ok(Message::TimeSync(_))) => time_syncs += 1,
-                    _ => {}
+        while !(stopped && dev.pending() == 0) && Instant::now() < deadline {
+            if stopped || dev.pending() < 12 {
+                let mut bytes = dev.step(t);
+                if !stopped && t >= last {
+                    dev.flush();
+                    stopped = true;
+                    bytes.extend(dev.step(t));
+                }
+                t += spec.period_ms();
+                master.write_all(&bytes).unwrap();
+                if !corrupted && t > 2000 {
+                    // A corrupt frame: garbage up to a delimiter.
+                    master.write_all(&[0x05, 0xFF, 0x13, 0x37, 0x00]).unwrap();
+                    corrupted = true;
                 }
             }
+            match master.read(&mut rbuf) {
+                Ok(n) => {
+                    for &b in &rbuf[..n] {
+                        match dec.push(b) {
+                            Some(Ok(Message::Ack(_))) => acks += 1,
+                            Some(Ok(Message::TimeSync(_))) => time_syncs += 1,
+                            _ => {}
+                        }
+                    }
+                    dev.receive(&rbuf[..n]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Err(e) => panic!("{e}"),
+            }
         }
-        (acked.len() as u32, time_syncs, master)
+        (dev.pending(), dev.stats(), acks, time_syncs, master)
     });
-    let (acked, time_syncs, _master) = device.await.unwrap();
-    assert_eq!(acked, frames, "every frame acknowledged");
+    let (pending, stats, acks, time_syncs, _master) = device.await.unwrap();
+    assert_eq!(pending, 0, "every frame acknowledged");
+    assert_eq!(stats.dropped_readings, 0);
+    assert!(acks >= 3 * 6, "at least one ack per summary frame: {acks}");
     assert!(time_syncs >= 1, "the agent answers Hello with TimeSync");
     assert_eq!(metrics.rejected(Reject::CorruptFrame), 1);
 

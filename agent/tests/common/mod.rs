@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use tributary_agent::config::SimulatedConfig;
-use tributary_agent::sources::simulated::SimPlan;
+use tributary_agent::sources::simulated;
 use tributary_core::batch::{Batch, Confirm};
 use tributary_core::topic;
 
@@ -118,18 +118,20 @@ impl Drop for TestCollector {
     }
 }
 
-/// The exact totals the simulated devices produce, per agent window.
+/// The exact totals the simulated devices produce, per agent window: the
+/// firmware virtual devices' own ground truth.
 pub fn truth(sim: &SimulatedConfig, width: i64) -> Totals {
     let mut out = Totals::new();
-    for plan in SimPlan::all(sim) {
-        for (metric, t, v) in plan.readings() {
-            let key = format!("{metric}{{device=\"{}\"}}", plan.name);
-            let e = out
-                .entry((key, t.div_euclid(width) * width, width))
-                .or_default();
-            e.0 += 1;
-            e.1 += i128::from(v);
-        }
+    for t in simulated::truth(sim).unwrap() {
+        let e = out
+            .entry((
+                t.series.to_string(),
+                t.start_ms.div_euclid(width) * width,
+                width,
+            ))
+            .or_default();
+        e.0 += t.summary.count();
+        e.1 += t.summary.sum_ticks();
     }
     out
 }
@@ -159,13 +161,13 @@ pub fn sim_config(devices: usize, windows: u64, start: i64, frame_rate: u32) -> 
         devices,
         prefix: "sim-".into(),
         mode: tributary_agent::config::SimMode::Summaries,
-        channels: 2,
         device_window_ms: 1000,
         readings_per_window: 5,
         windows,
         start_ms: start,
         frame_rate,
-        max_unacked: 32,
+        max_unacked: 12,
+        ..SimulatedConfig::default()
     }
 }
 
@@ -175,8 +177,8 @@ pub fn agent_toml(dir: &std::path::Path, port: u16, sim: &SimulatedConfig, extra
         "agent_id = \"gw-test\"\ndata_dir = {dir:?}\n[window]\nwidth_ms = 5000\nallowed_lateness_ms = 1000\nidle_close_ms = 1500\n\
 [store]\ncommit_interval_ms = 20\n[uplink]\nport = {port}\nconfirm_timeout_ms = 1500\nreconnect_min_ms = 50\nreconnect_max_ms = 500\nmax_in_flight = 8\n\
 [http]\nlisten = \"\"\n[outbox]\nbatch_max_partials = 20\n\
-[simulated]\ndevices = {}\nmode = \"summaries\"\nchannels = {}\ndevice_window_ms = {}\nreadings_per_window = {}\nwindows = {}\nstart_ms = {}\nframe_rate = {}\nmax_unacked = {}\n{extra}",
-        sim.devices, sim.channels, sim.device_window_ms, sim.readings_per_window, sim.windows, sim.start_ms, sim.frame_rate, sim.max_unacked,
+[simulated]\ndevices = {}\nmode = \"summaries\"\ndevice_window_ms = {}\nreadings_per_window = {}\nwindows = {}\nstart_ms = {}\nframe_rate = {}\nmax_unacked = {}\n{extra}",
+        sim.devices, sim.device_window_ms, sim.readings_per_window, sim.windows, sim.start_ms, sim.frame_rate, sim.max_unacked,
         dir = dir.display().to_string(),
     )
 }

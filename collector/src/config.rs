@@ -53,6 +53,9 @@ pub struct Config {
     /// When windows become final.
     #[serde(default)]
     pub finality: FinalityConfig,
+    /// Where results are stored: SQLite (default) or a shared PostgreSQL.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// Where final windows and their revisions are pushed (`[[sinks]]`,
     /// default none); see [`crate::sinks::SinkConfig`].
     #[serde(default)]
@@ -91,6 +94,105 @@ impl FinalityConfig {
     }
 }
 
+/// Which store backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded SQLite database `data_dir/collector.db` (one instance).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database shared by any number of instances.
+    Postgres,
+}
+
+/// TLS to PostgreSQL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreTls {
+    /// Plain TCP.
+    #[default]
+    Disable,
+    /// TLS required, the server certificate verified.
+    Require,
+}
+
+/// The `[store]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `"sqlite"` (default) or `"postgres"`.
+    pub kind: StoreKind,
+    /// PostgreSQL connection URL (required for `postgres`), e.g.
+    /// `postgres://tributary@db:5432/tributary`. The environment variable
+    /// `TRIBUTARY_STORE_URL` overrides it (keeps passwords out of files).
+    pub url: Option<String>,
+    /// PostgreSQL connections per instance (default 4).
+    pub pool_size: usize,
+    /// `"disable"` (default) or `"require"`.
+    pub tls: StoreTls,
+    /// PEM file of the CA to trust with `tls = "require"` (default: the
+    /// system's roots).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Sqlite,
+            url: None,
+            pool_size: 4,
+            tls: StoreTls::Disable,
+            ca_file: None,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The PostgreSQL options (`None` for SQLite).
+    pub fn postgres(&self) -> Option<crate::store::postgres::PostgresOptions> {
+        use crate::store::postgres::{PostgresOptions, Tls};
+        (self.kind == StoreKind::Postgres).then(|| PostgresOptions {
+            url: self.url.clone().unwrap_or_default(),
+            pool_size: self.pool_size,
+            tls: match self.tls {
+                StoreTls::Disable => Tls::Disable,
+                StoreTls::Require => Tls::Require {
+                    ca_file: self.ca_file.clone(),
+                },
+            },
+        })
+    }
+
+    fn check(&self, errs: &mut Vec<(String, String)>) {
+        let url = self.url.as_deref().unwrap_or("");
+        match self.kind {
+            StoreKind::Postgres if url.is_empty() => errs.push((
+                "store.url".into(),
+                "required with kind = \"postgres\" (or set TRIBUTARY_STORE_URL)".into(),
+            )),
+            StoreKind::Postgres => {
+                if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                    errs.push(("store.url".into(), format!("not a PostgreSQL URL: {e}")));
+                }
+            }
+            StoreKind::Sqlite if !url.is_empty() => errs.push((
+                "store.url".into(),
+                "only used with kind = \"postgres\"".into(),
+            )),
+            StoreKind::Sqlite => {}
+        }
+        if self.pool_size == 0 || self.pool_size > 1000 {
+            errs.push(("store.pool_size".into(), "must be 1..=1000".into()));
+        }
+        if self.ca_file.is_some() && self.tls != StoreTls::Require {
+            errs.push((
+                "store.ca_file".into(),
+                "only used with tls = \"require\"".into(),
+            ));
+        }
+    }
+}
+
 /// The MQTT broker connection.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -105,6 +207,11 @@ pub struct MqttConfig {
     pub keep_alive_s: u64,
     /// Batches applied per store transaction at most (default 256).
     pub max_group: usize,
+    /// Shared-subscription group (default none). When set, the collector
+    /// subscribes to `$share/<group>/tributary/v1/agents/+/partials` and the
+    /// broker spreads batches over every instance in the group; each
+    /// instance needs its own `client_id`.
+    pub share_group: Option<String>,
 }
 
 impl Default for MqttConfig {
@@ -115,6 +222,7 @@ impl Default for MqttConfig {
             client_id: "tributary-collector".into(),
             keep_alive_s: 30,
             max_group: 256,
+            share_group: None,
         }
     }
 }
@@ -231,6 +339,21 @@ impl Config {
             errs.push(("finality.idle_timeout_ms".into(), "must be > 0".into()));
         }
         crate::sinks::validate_all(&self.sinks, &mut errs);
+        if let Some(g) = &self.mqtt.share_group {
+            if g.is_empty() || g.contains(['/', '+', '#']) {
+                errs.push((
+                    "mqtt.share_group".into(),
+                    format!("`{g}` must be non-empty without `/`, `+` or `#`"),
+                ));
+            }
+        }
+        if let Ok(url) = std::env::var("TRIBUTARY_STORE_URL") {
+            let mut store = self.store.clone();
+            store.url = Some(url);
+            store.check(&mut errs);
+        } else {
+            self.store.check(&mut errs);
+        }
         if errs.is_empty() {
             Ok(())
         } else {
@@ -286,6 +409,35 @@ mod tests {
         let e =
             Config::from_toml("[[sinks]]\nname = \"x\"\nkind = \"kafka\"\nurl = \"http://h\"\n");
         assert!(e.unwrap_err().to_string().contains("sinks[0].kind"));
+    }
+
+    #[test]
+    fn the_store_section_names_its_keys() {
+        let c = Config::from_toml(
+            "[store]\nkind = \"postgres\"\nurl = \"postgres://u@db:5432/t\"\npool_size = 8\n[mqtt]\nshare_group = \"collectors\"\n",
+        )
+        .unwrap();
+        let pg = c.store.postgres().unwrap();
+        assert_eq!(
+            (pg.url.as_str(), pg.pool_size),
+            ("postgres://u@db:5432/t", 8)
+        );
+        assert_eq!(c.mqtt.share_group.as_deref(), Some("collectors"));
+        assert!(Config::from_toml("").unwrap().store.postgres().is_none());
+        if std::env::var("TRIBUTARY_STORE_URL").is_err() {
+            let e = Config::from_toml("[store]\nkind = \"postgres\"\n").unwrap_err();
+            assert!(e.to_string().contains("store.url"), "{e}");
+        }
+        let e = Config::from_toml(
+            "[store]\nkind = \"postgres\"\nurl = \"postgres://u@db/t\"\npool_size = 0\nca_file = \"/x.pem\"\n[mqtt]\nshare_group = \"a/b\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in ["store.pool_size", "store.ca_file", "mqtt.share_group"] {
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        let e = Config::from_toml("[store]\nkind = \"mysql\"\n").unwrap_err();
+        assert!(e.to_string().contains("store.kind"), "{e}");
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct IngestConfig {
     pub group_batches: usize,
     /// Longest wait before a group is committed.
     pub group_wait: Duration,
+    /// Shared-subscription group: subscribe to `$share/<group>/…` so the
+    /// broker balances batches over the instances of the group.
+    pub share_group: Option<String>,
 }
 
 impl Default for IngestConfig {
@@ -52,6 +55,7 @@ impl Default for IngestConfig {
             max_partials: 100_000,
             group_batches: 256,
             group_wait: Duration::from_millis(10),
+            share_group: None,
         }
     }
 }
@@ -122,6 +126,15 @@ impl IngestCounters {
             ));
         }
         out
+    }
+}
+
+/// The subscription filter: every agent's partials, through the shared
+/// group `share_group` when set.
+pub fn subscription(share_group: Option<&str>) -> String {
+    match share_group {
+        Some(g) => format!("$share/{g}/{}", topic::ALL_PARTIALS),
+        None => topic::ALL_PARTIALS.to_string(),
     }
 }
 
@@ -197,7 +210,7 @@ pub async fn run<S: Store + Send + 'static>(
             ev = events.poll() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     tracing::info!(host = cfg.host, port = cfg.port, "broker connected");
-                    let _ = client.try_subscribe(topic::ALL_PARTIALS, QoS::AtLeastOnce);
+                    let _ = client.try_subscribe(subscription(cfg.share_group.as_deref()), QoS::AtLeastOnce);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => match check(&cfg, &p.topic, &p.payload) {
                     Ok(batch) => {

@@ -92,6 +92,7 @@ pub async fn start<S: Store + Send + 'static>(
         max_partials: cfg.limits.max_partials,
         group_batches: cfg.mqtt.max_group,
         group_wait: Duration::from_millis(5),
+        share_group: cfg.mqtt.share_group.clone(),
     };
     let ingest = tokio::spawn(ingest::run(
         ingest_cfg,

@@ -418,7 +418,6 @@ impl Engine {
                     return;
                 }
                 let key = (device.clone(), h.boot);
-                let offset = fixed_offset.unwrap_or(arrival - h.tick as i64);
                 let mut series = Vec::new();
                 for ch in &h.channels {
                     let sk =
@@ -437,8 +436,11 @@ impl Engine {
                 let st = self
                     .devices
                     .entry(key.clone())
-                    .or_insert_with(|| DeviceState::new(h.clone(), offset));
-                st.hello(h, offset, fixed_offset.is_some(), series);
+                    .or_insert_with(|| DeviceState::new(h.clone()));
+                st.hello(h, arrival, fixed_offset, series);
+                if let Some(fit) = st.clock_fit() {
+                    self.metrics.set_clock(&device, fit);
+                }
                 self.dirty_devices.insert(key.clone());
                 if self.links.get(link) != Some(&key) {
                     self.links.insert(link.to_string(), key.clone());
@@ -477,7 +479,10 @@ impl Engine {
                 };
                 self.metrics.frames_received.fetch_add(1, Relaxed);
                 let width = self.win.width();
-                let out = st.frame(&msg, width, &mut self.win, now);
+                let out = st.frame(&msg, arrival, width, &mut self.win, now);
+                if let Some(fit) = st.clock_fit() {
+                    self.metrics.set_clock(&key.0, fit);
+                }
                 let seq = match &msg {
                     Message::Summary(f) => f.seq,
                     Message::Reading(f) => f.seq,

@@ -3,8 +3,12 @@
 //! Plain atomics shared by every task: cheap to bump on hot paths, read by
 //! the `/metrics` handler and by [`crate::AgentHandle::metrics`].
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use crate::link::clock::ClockFit;
 
 /// Why input was refused; each is a label of `tributary_agent_rejected_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +55,9 @@ const REJECT_NAMES: [&str; 12] = [
     "bad_topic",
 ];
 
+/// Reads one figure of a clock estimate.
+type ClockField = fn(&ClockFit) -> f64;
+
 /// All counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -93,6 +100,8 @@ pub struct Metrics {
     pub series: AtomicU64,
     /// Gauge: store healthy (1) or failed (0).
     pub store_ok: AtomicU64,
+    /// Per-device clock estimates (devices whose offset is not known exactly).
+    clocks: Mutex<BTreeMap<String, ClockFit>>,
 }
 
 /// A snapshot of the main counters.
@@ -116,6 +125,23 @@ impl Metrics {
     /// Counts one refused input.
     pub fn reject(&self, r: Reject) {
         self.rejected[r as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Records a device's current clock estimate.
+    pub fn set_clock(&self, device: &str, fit: ClockFit) {
+        if let Ok(mut m) = self.clocks.lock() {
+            match m.get_mut(device) {
+                Some(f) => *f = fit,
+                None => {
+                    m.insert(device.to_string(), fit);
+                }
+            }
+        }
+    }
+
+    /// A device's current clock estimate.
+    pub fn clock(&self, device: &str) -> Option<ClockFit> {
+        self.clocks.lock().ok()?.get(device).copied()
     }
 
     /// Refusals for one reason.
@@ -254,6 +280,38 @@ impl Metrics {
                 g.load(Relaxed)
             );
         }
+        if let Ok(clocks) = self.clocks.lock() {
+            let per_device: [(&str, &str, ClockField); 3] = [
+                (
+                    "device_clock_offset_ms",
+                    "Estimated wall-clock ms at the device's tick 0 (current boot).",
+                    |f| f.offset_ms,
+                ),
+                (
+                    "device_clock_drift_ppm",
+                    "Estimated device clock rate error (ppm, positive = fast).",
+                    |f| f.drift_ppm,
+                ),
+                (
+                    "device_clock_error_ms",
+                    "Stated error of event times mapped from device ticks (ms, excluding the link's constant latency).",
+                    |f| f.error_ms,
+                ),
+            ];
+            for (name, help, get) in per_device {
+                let _ = writeln!(
+                    out,
+                    "# HELP tributary_agent_{name} {help}\n# TYPE tributary_agent_{name} gauge"
+                );
+                for (device, fit) in clocks.iter() {
+                    let _ = writeln!(
+                        out,
+                        "tributary_agent_{name}{{device=\"{device}\"}} {:.3}",
+                        get(fit)
+                    );
+                }
+            }
+        }
         out
     }
 }
@@ -272,5 +330,17 @@ mod tests {
         assert!(text.contains("tributary_agent_rejected_total{reason=\"bad_value\"} 2"));
         assert!(text.contains("tributary_agent_readings_accepted_total 5"));
         assert_eq!(m.counters().rejected, 2);
+    }
+
+    #[test]
+    fn renders_per_device_clock_estimates() {
+        let m = Metrics::default();
+        let mut est = crate::link::clock::ClockEstimator::default();
+        est.observe(1, 1_000, 5_004);
+        m.set_clock("dev-a", est.fit().unwrap());
+        let text = m.render();
+        assert!(text.contains("tributary_agent_device_clock_offset_ms{device=\"dev-a\"} 4004.000"));
+        assert!(text.contains("tributary_agent_device_clock_drift_ppm{device=\"dev-a\"} 0.000"));
+        assert!(text.contains("tributary_agent_device_clock_error_ms{device=\"dev-a\"} 1.000"));
     }
 }

@@ -102,6 +102,14 @@ async fn pty_device_frames_are_acked_after_commit_and_add_up() {
     assert!(acks >= 3 * 6, "at least one ack per summary frame: {acks}");
     assert!(time_syncs >= 1, "the agent answers Hello with TimeSync");
     assert_eq!(metrics.rejected(Reject::CorruptFrame), 1);
+    // The device's clock is estimated from arrivals and exposed per device.
+    let fit = metrics
+        .clock("sim-0")
+        .expect("a clock estimate for the serial device");
+    assert!(fit.error_ms.is_finite() && fit.error_ms >= 1.0, "{fit:?}");
+    assert!(metrics
+        .render()
+        .contains("tributary_agent_device_clock_error_ms{device=\"sim-0\"}"));
 
     let got = tokio::task::spawn_blocking(move || {
         (

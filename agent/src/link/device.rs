@@ -3,20 +3,23 @@
 //!
 //! # Clock mapping
 //! A device counts ms since boot. The agent maps a tick to event time with
-//! `offset_ms` = arrival time − tick of the device's Hello, keeping the
-//! smallest value seen (the one with the least transmission delay), so the
-//! stated clock error is the link latency of the best Hello. A summary's
-//! window start is snapped to the nearest multiple of the device window: the
-//! device aligns its windows to wall-clock multiples after a TimeSync, so
-//! snapping removes the latency error entirely for summaries. Simulated
-//! devices run on a virtual clock whose offset the agent is told exactly.
-//! Drift is not estimated: periodic Hellos re-learn the offset.
+//! the boot's [`ClockEstimator`]: offset and drift fitted to the minimum
+//! lags of Hello and data-frame arrivals (see [`super::clock`]), with a
+//! stated error exposed per device in `/metrics`. A Reading is observed at
+//! its tick, a Summary at its window's end (when the device emits it). A
+//! summary's window start is then snapped to the nearest multiple of the
+//! device window: the device aligns its windows to wall-clock multiples after
+//! a TimeSync, so snapping removes the remaining error for summaries.
+//! Simulated devices run on a virtual clock whose offset the agent is told
+//! exactly. Only the offset is stored: after an agent restart the drift is
+//! learnt again from new arrivals.
 
 use std::collections::HashMap;
 
 use tributary_core::frame::{Hello, Message};
 use tributary_core::{SeriesKey, Summary, Width, Window};
 
+use super::clock::{ClockEstimator, ClockFit};
 use super::dedupe::Dedupe;
 use crate::metrics::Reject;
 use crate::store::DeviceRow;
@@ -37,7 +40,9 @@ pub enum FrameOutcome {
 #[derive(Debug, Clone)]
 pub struct DeviceState {
     hello: Hello,
-    offset_ms: i64,
+    clock: ClockEstimator,
+    /// A clock offset known exactly (simulated devices).
+    exact: Option<i64>,
     /// Frames applied.
     pub dedupe: Dedupe,
     channels: Vec<(u8, SeriesId)>,
@@ -45,10 +50,11 @@ pub struct DeviceState {
 
 impl DeviceState {
     /// A boot first seen with `hello`.
-    pub fn new(hello: Hello, offset_ms: i64) -> Self {
+    pub fn new(hello: Hello) -> Self {
         DeviceState {
+            clock: ClockEstimator::default(),
+            exact: None,
             hello,
-            offset_ms,
             dedupe: Dedupe::default(),
             channels: Vec::new(),
         }
@@ -65,7 +71,9 @@ impl DeviceState {
             channels: heapless::Vec::new(),
             stats: Default::default(),
         };
-        DeviceState::new(hello, 0)
+        let mut st = DeviceState::new(hello);
+        st.exact = Some(0);
+        st
     }
 
     /// Restores a stored boot, resolving its channels' series.
@@ -83,19 +91,26 @@ impl DeviceState {
             .collect();
         DeviceState {
             hello: row.hello.clone(),
-            offset_ms: row.offset_ms,
+            clock: ClockEstimator::with_offset(row.boot, row.offset_ms),
+            exact: None,
             dedupe: Dedupe::from_parts(row.hwm, row.above.iter().copied()),
             channels,
         }
     }
 
-    /// Applies a (repeated) Hello.
-    pub fn hello(&mut self, h: Hello, offset_ms: i64, exact: bool, channels: Vec<(u8, SeriesId)>) {
-        self.offset_ms = if exact {
-            offset_ms
-        } else {
-            self.offset_ms.min(offset_ms)
-        };
+    /// Applies a (repeated) Hello that arrived at `arrival_ms`; `exact` is
+    /// a clock offset known exactly (simulated devices).
+    pub fn hello(
+        &mut self,
+        h: Hello,
+        arrival_ms: i64,
+        exact: Option<i64>,
+        channels: Vec<(u8, SeriesId)>,
+    ) {
+        self.exact = exact;
+        if exact.is_none() {
+            self.clock.observe(h.boot, h.tick, arrival_ms);
+        }
         self.hello = h;
         self.channels = channels;
     }
@@ -106,25 +121,55 @@ impl DeviceState {
             device: device.to_string(),
             boot,
             hello: self.hello.clone(),
-            offset_ms: self.offset_ms,
+            offset_ms: self.offset_ms(),
             hwm: self.dedupe.hwm(),
             above: self.dedupe.above().collect(),
         }
     }
 
-    /// Event time of device tick `tick`.
-    pub fn event_time(&self, tick: u64) -> i64 {
-        (tick as i64).saturating_add(self.offset_ms)
+    /// Wall-clock ms at device tick 0 (rounded).
+    pub fn offset_ms(&self) -> i64 {
+        match (self.exact, self.clock.fit()) {
+            (Some(o), _) => o,
+            (None, Some(f)) => f.offset_ms.round() as i64,
+            (None, None) => 0,
+        }
     }
 
-    /// Applies a Summary or Reading frame (after de-duplication).
+    /// The estimated clock, unless the offset is known exactly.
+    pub fn clock_fit(&self) -> Option<ClockFit> {
+        self.exact.is_none().then(|| self.clock.fit()).flatten()
+    }
+
+    /// Event time of device tick `tick`.
+    pub fn event_time(&self, tick: u64) -> i64 {
+        match (self.exact, self.clock.wall_ms(tick)) {
+            (None, Some(t)) => t,
+            _ => (tick as i64).saturating_add(self.offset_ms()),
+        }
+    }
+
+    /// Applies a Summary or Reading frame that arrived at `arrival_ms`
+    /// (after de-duplication; every arrival informs the clock estimate).
     pub fn frame(
         &mut self,
         msg: &Message,
+        arrival_ms: i64,
         agent_width: Width,
         win: &mut Windower,
         now_ms: i64,
     ) -> FrameOutcome {
+        if self.exact.is_none() {
+            match msg {
+                Message::Summary(f) => self.clock.observe(
+                    f.boot,
+                    f.start_tick.saturating_add(u64::from(f.width_ms)),
+                    arrival_ms,
+                ),
+                Message::Reading(f) => self.clock.observe(f.boot, f.tick, arrival_ms),
+                _ => {}
+            }
+        }
         let seq = match msg {
             Message::Summary(f) => f.seq,
             Message::Reading(f) => f.seq,

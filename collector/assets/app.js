@@ -24,7 +24,7 @@ const sel = {
   metric: '', device: '', tags: '', group_by: '', range: '1h',
   from: null, to: null, width: 'auto', step: 'auto', q: 'p50', live: true,
 };
-const app = { meta: null, series: [], token: '', busy: false, results: null, plan: null };
+const app = { meta: null, series: [], token: '', busy: false, again: false, results: null, plan: null };
 
 // ---------- small helpers ----------
 
@@ -140,8 +140,11 @@ async function api(path) {
 // ---------- controls ----------
 
 function setOptions(select, options, value) {
-  // options: [[value, label], ...]; the current value is kept even if absent.
-  if (value && !options.some(([v]) => v === value)) options.push([value, value]);
+  // options: [[value, label], ...]; the current value is kept even if absent
+  // (a duration in ms, as a width or step from the URL, is shown as one).
+  if (value && !options.some(([v]) => v === value)) {
+    options.push([value, ['width', 'step'].includes(select.id) && /^\d+$/.test(value) ? fmtDuration(Number(value)) : value]);
+  }
   const html = options.map(([v, l]) => `<option value="${escapeHtml(v)}">${escapeHtml(l)}</option>`).join('');
   if (select.dataset.html !== html) { select.innerHTML = html; select.dataset.html = html; }
   select.value = value;
@@ -257,8 +260,10 @@ function setStatus(text, cls) {
 }
 
 async function refresh() {
-  if (app.busy) return;
+  // One request chain at a time; a change made meanwhile runs right after.
+  if (app.busy) { app.again = true; return; }
   app.busy = true;
+  app.again = false;
   try {
     if (!app.meta) app.meta = await api('/api/v1/meta');
     if (app.meta.token_required && !app.token) {
@@ -291,9 +296,10 @@ async function refresh() {
     }
     showError(err);
     $('charts').classList.add('stale');
-    setStatus('error', 'paused');
+    setStatus(err.status === 401 ? 'token needed' : 'error', 'paused');
   } finally {
     app.busy = false;
+    if (app.again) refresh();
   }
 }
 
@@ -314,9 +320,18 @@ function resultLabel(r) {
   return { title: s.device, tags };
 }
 
+// The y-axis title: the metric and its `unit` tag — for a group, the unit
+// its series share (none shown when they differ).
 function unitOf(r) {
-  const tags = r.series ? r.series.tags || {} : {};
-  return tags.unit ? `${sel.metric} (${tags.unit})` : sel.metric;
+  let units;
+  if (r.series) units = [(r.series.tags || {}).unit];
+  else {
+    const [k, v] = Object.entries(r.group)[0] || ['', ''];
+    units = app.series.filter((s) => s.metric === sel.metric && ((k === 'device' ? s.device : (s.tags || {})[k]) || '') === v)
+      .map((s) => (s.tags || {}).unit);
+  }
+  const unit = new Set(units).size === 1 ? units[0] : undefined;
+  return unit ? `${sel.metric} (${unit})` : sel.metric;
 }
 
 function draw() {

@@ -4,7 +4,8 @@
 //! chart per series (or group) whose points carry exactly the stored means,
 //! final and provisional points as the watermark says; API errors and a
 //! missing token must be shown to the user; a screenshot is saved and checked
-//! to be a real PNG.
+//! to be a real PNG. The collector started by `service::start` serves the
+//! page.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -12,16 +13,22 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::extract::Request;
+use axum::middleware::{self, Next};
 use tributary_collector::api::{self, ApiState};
+use tributary_collector::config::Config;
 use tributary_collector::dashboard::{self, DashboardOptions};
 use tributary_collector::finality::Finality;
+use tributary_collector::service;
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_collector::store::Store;
 use tributary_core::batch::{Batch, Partial};
 use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+use tributary_testkit::{Mosquitto, MosquittoOptions};
 
 const MIN: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
@@ -69,16 +76,16 @@ fn summary(values: &[i64], start: i64) -> Summary {
     s
 }
 
-/// One hour of minutes for every device, from two agents; the watermark
-/// makes the first `WATERMARK_MIN` minutes final.
-fn store(dir: &Path) -> SqliteStore {
+/// One hour of minutes from `t0` for every device, from two agents; the
+/// watermark makes the first `WATERMARK_MIN` minutes final.
+fn store(dir: &Path, t0: i64) -> SqliteStore {
     let mut store = SqliteStore::open(&dir.join("c.db"), &[HOUR]).unwrap();
     for (agent, devices) in [("gw-1", &DEVICES[..2]), ("gw-2", &DEVICES[2..])] {
         let mut partials = Vec::new();
         for (name, site) in devices {
             let d = DEVICES.iter().position(|(n, _)| n == name).unwrap();
             for m in 0..60 {
-                let start = T0 + m * MIN;
+                let start = t0 + m * MIN;
                 partials.push(Partial {
                     series: key(name, site),
                     window: Window::new(start, Width::new(MIN).unwrap()).unwrap(),
@@ -86,7 +93,7 @@ fn store(dir: &Path) -> SqliteStore {
                 });
             }
         }
-        let batch = Batch::new(agent, 1, T0 + WATERMARK_MIN * MIN, partials);
+        let batch = Batch::new(agent, 1, t0 + WATERMARK_MIN * MIN, partials);
         store.apply(&[batch]).unwrap();
     }
     store
@@ -96,27 +103,43 @@ fn store(dir: &Path) -> SqliteStore {
 /// when dropped.
 struct Server {
     addr: SocketAddr,
+    /// `/api/v1/query` requests served so far.
+    queries: Arc<AtomicUsize>,
     _rt: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
+    /// A server whose data starts at `T0`.
     fn start(token: Option<&str>) -> Server {
+        Server::with_data_from(token, T0)
+    }
+
+    fn with_data_from(token: Option<&str>, t0: i64) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let state = ApiState {
-            store: Arc::new(Mutex::new(store(dir.path()))),
+            store: Arc::new(Mutex::new(store(dir.path(), t0))),
             token: token.map(str::to_string),
             finality: Finality {
                 lateness_ms: 0,
                 idle_timeout_ms: i64::MAX,
             },
         };
-        let app = api::router(state.clone()).merge(dashboard::router(
-            state,
-            DashboardOptions {
-                widths_ms: vec![HOUR],
-            },
-        ));
+        let queries = Arc::new(AtomicUsize::new(0));
+        let counter = queries.clone();
+        let app = api::router(state.clone())
+            .merge(dashboard::router(
+                state,
+                DashboardOptions {
+                    widths_ms: vec![HOUR],
+                },
+            ))
+            .layer(middleware::from_fn(move |req: Request, next: Next| {
+                if req.uri().path() == "/api/v1/query" {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                next.run(req)
+            }));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -129,6 +152,7 @@ impl Server {
         rt.spawn(async move { axum::serve(listener, app).await });
         Server {
             addr,
+            queries,
             _rt: rt,
             _dir: dir,
         }
@@ -142,6 +166,12 @@ impl Server {
 /// Runs headless chromium on `url` with `mode` (`--dump-dom` or
 /// `--screenshot=…`); returns its stdout. Bounded: killed after 60 s.
 fn browse(url: &str, mode: &str) -> String {
+    browse_for(url, mode, 4000)
+}
+
+/// [`browse`] letting the page run `virtual_ms` of virtual time (timers
+/// fire, network fetches complete) before the DOM or screenshot is taken.
+fn browse_for(url: &str, mode: &str, virtual_ms: u32) -> String {
     let profile = tempfile::tempdir().unwrap();
     let out = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(chromium())
@@ -153,8 +183,8 @@ fn browse(url: &str, mode: &str) -> String {
             "--no-first-run",
             "--hide-scrollbars",
             "--window-size=1366,800",
-            "--virtual-time-budget=4000",
         ])
+        .arg(format!("--virtual-time-budget={virtual_ms}"))
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(mode)
         .arg(url)
@@ -175,6 +205,28 @@ fn browse(url: &str, mode: &str) -> String {
     };
     assert!(status.success(), "chromium failed ({status}) on {url}");
     std::fs::read_to_string(out.path()).unwrap()
+}
+
+/// Saves a 1366×800 screenshot of `url` as `name` in the test's target
+/// directory and checks it is a PNG of that size holding at least
+/// `min_bytes` (a blank page compresses far smaller).
+fn screenshot(url: &str, name: &str, min_bytes: usize) -> PathBuf {
+    let png = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_file(&png);
+    browse(url, &format!("--screenshot={}", png.display()));
+    let bytes = std::fs::read(&png).expect("the screenshot was written");
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let (w, h) = (
+        u32::from_be_bytes(bytes[16..20].try_into().unwrap()),
+        u32::from_be_bytes(bytes[20..24].try_into().unwrap()),
+    );
+    assert_eq!((w, h), (1366, 800));
+    assert!(
+        bytes.len() > min_bytes,
+        "{name}: only {} bytes",
+        bytes.len()
+    );
+    png
 }
 
 /// The attributes of every `<circle class="pt …">` in the DOM.
@@ -252,21 +304,7 @@ fn charts_show_the_stored_means_with_finality_and_a_screenshot() {
         }
     }
 
-    let png = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
-    let _ = std::fs::remove_file(&png);
-    browse(&url, &format!("--screenshot={}", png.display()));
-    let bytes = std::fs::read(&png).expect("the screenshot was written");
-    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
-    let (w, h) = (
-        u32::from_be_bytes(bytes[16..20].try_into().unwrap()),
-        u32::from_be_bytes(bytes[20..24].try_into().unwrap()),
-    );
-    assert_eq!((w, h), (1366, 800));
-    assert!(
-        bytes.len() > 30_000,
-        "a blank page compresses far smaller: {} bytes",
-        bytes.len()
-    );
+    screenshot(&url, "dashboard.png", 30_000);
 }
 
 #[test]
@@ -275,6 +313,11 @@ fn group_by_draws_one_chart_per_tag_value_with_merged_means() {
     let dom = browse(
         &server.url(&format!("{}&group_by=site", range(T0, T0 + 10 * MIN))),
         "--dump-dom",
+    );
+    screenshot(
+        &server.url(&format!("{}&group_by=site", range(T0, T0 + HOUR))),
+        "dashboard-group.png",
+        20_000,
     );
     assert_eq!(state(&dom), "ok", "{dom}");
     assert_eq!(dom.matches("class=\"card\"").count(), 2, "north and south");
@@ -309,12 +352,18 @@ fn an_api_error_and_an_empty_range_are_shown_to_the_user() {
     assert!(err.contains("HTTP 400"), "{err}");
     assert!(err.contains("must be a positive multiple of"), "{err}");
     assert!(points(&dom).is_empty());
+    screenshot(&server.url(&bad), "dashboard-error.png", 5_000);
 
     // A range with no data: an explanation instead of an empty chart.
     let dom = browse(&server.url(&range(T0 - 2 * HOUR, T0 - HOUR)), "--dump-dom");
     assert_eq!(state(&dom), "empty", "{dom}");
     assert!(dom.contains("No data for <b>temperature</b>"), "{dom}");
     assert!(points(&dom).is_empty());
+    screenshot(
+        &server.url(&range(T0 - 2 * HOUR, T0 - HOUR)),
+        "dashboard-empty.png",
+        5_000,
+    );
 }
 
 #[test]
@@ -330,20 +379,118 @@ fn a_collector_with_a_token_asks_for_it_and_shows_no_data() {
     );
     assert!(dom.contains("bearer token"), "{dom}");
     assert!(points(&dom).is_empty());
+    screenshot(
+        &server.url(&range(T0, T0 + HOUR)),
+        "dashboard-token.png",
+        5_000,
+    );
 }
 
 #[test]
 fn meta_lists_configured_and_stored_widths() {
     let server = Server::start(Some("s3cret"));
-    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
-    s.write_all(b"GET /api/v1/meta HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
+    let body = http_get(server.addr, "/api/v1/meta");
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     let json: serde_json::Value =
         serde_json::from_str(&body[body.find("\r\n\r\n").unwrap() + 4..]).unwrap();
     // 60 s holds the agents' windows, 1 h is the configured roll-up.
     assert_eq!(json["widths_ms"], serde_json::json!([MIN, HOUR]));
     assert_eq!(json["token_required"], true);
+}
+
+#[test]
+fn a_relative_range_picks_width_and_step_and_shows_recent_data() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // Data from 30 minutes ago (and on into the future, which a range
+    // ending now must not show).
+    let t0 = now / MIN * MIN - 30 * MIN;
+    let server = Server::with_data_from(None, t0);
+    // No width or step: the page takes the finest stored width (60 s, from
+    // /api/v1/meta) and a step giving at most 120 points (60 s for 1 h).
+    let dom = browse(&server.url("metric=temperature&range=1h"), "--dump-dom");
+    assert_eq!(state(&dom), "ok", "{dom}");
+    assert!(dom.contains("width 1 min · step 1 min"), "{dom}");
+    let card = dom.find("data-label=\"d1\"").unwrap();
+    let next = dom[card..].find("data-label=\"d2\"").unwrap();
+    let pts = points(&dom[card..card + next]);
+    // Minutes t0 .. the current one (31; 32 if a minute began meanwhile).
+    assert!((31..=32).contains(&pts.len()), "{} points", pts.len());
+    for (m, p) in pts.iter().enumerate() {
+        let t: i64 = p["data-t"].parse().unwrap();
+        assert_eq!(t, t0 + m as i64 * MIN);
+        let s = summary(&readings(0, m as i64), t);
+        assert_eq!(p["data-mean"].parse::<f64>().unwrap(), s.mean().unwrap());
+    }
+}
+
+#[test]
+fn live_mode_polls_the_api_and_paused_mode_does_not() {
+    let live = Server::start(None);
+    // 16 s of virtual time: the first load plus polls at 5, 10 and 15 s.
+    let dom = browse_for(&live.url(&range(T0, T0 + HOUR)), "--dump-dom", 16_000);
+    assert_eq!(state(&dom), "ok");
+    assert!(dom.contains("live · updated"), "{dom}");
+    let n = live.queries.load(Ordering::SeqCst);
+    assert!(n >= 3, "only {n} queries in 16 s of live mode");
+
+    let paused = Server::start(None);
+    let url = format!("{}&live=0", range(T0, T0 + HOUR));
+    let dom = browse_for(&paused.url(&url), "--dump-dom", 16_000);
+    assert_eq!(state(&dom), "ok");
+    assert!(dom.contains("paused · updated"), "{dom}");
+    assert_eq!(paused.queries.load(Ordering::SeqCst), 1);
+    assert_eq!(points(&dom).len(), 3 * 60);
+}
+
+/// `GET path` on `addr`; the whole HTTP/1.1 response as text.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn the_running_collector_serves_the_dashboard() {
+    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::from_toml(&format!(
+        "[mqtt]\nport = {}\n[http]\nlisten = \"127.0.0.1:0\"\n",
+        broker.port()
+    ))
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = SqliteStore::open(&dir.path().join("c.db"), &cfg.rollups_ms).unwrap();
+    let running = rt.block_on(service::start(&cfg, store)).unwrap();
+    let addr = running.http_addr();
+    for path in ["/", "/dashboard"] {
+        let page = http_get(addr, path);
+        assert!(page.starts_with("HTTP/1.1 200"), "{path}: {page}");
+        assert!(page.contains("<title>Tributary"), "{path}: {page}");
+        assert!(page.contains("default-src 'self'"), "CSP: {page}");
+    }
+    let js = http_get(addr, "/dashboard/app.js");
+    assert!(js.contains("text/javascript"), "{js}");
+    assert!(js.contains("/api/v1/query"), "{js}");
+    assert!(http_get(addr, "/dashboard/style.css").contains("text/css"));
+    // An empty store: only the configured roll-ups (1 h, 1 d).
+    let meta = http_get(addr, "/api/v1/meta");
+    assert!(
+        meta.contains(r#"{"token_required":false,"widths_ms":[3600000,86400000]}"#),
+        "{meta}"
+    );
+    // The page on an empty collector says so.
+    let dom = browse(&format!("http://{addr}/"), "--dump-dom");
+    assert_eq!(state(&dom), "empty", "{dom}");
+    assert!(dom.contains("No series are stored yet"), "{dom}");
+    rt.block_on(running.stop()).unwrap();
 }

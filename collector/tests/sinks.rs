@@ -4,7 +4,8 @@
 //! final windows arrive exactly once per revision with the stored values,
 //! non-final windows wait, outages lose nothing, a refused point is skipped
 //! and counted, a restart resumes from the durable cursor, the influx body
-//! is line protocol with the expected fields, and `/metrics` shows the sink.
+//! parses (with InfluxData's parser) to the expected fields, and `/metrics`
+//! shows the sink.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -359,10 +360,12 @@ async fn an_outage_loses_nothing_and_recovers() {
     })
     .await;
     assert_eq!(c.pushed.load(Relaxed), 0);
+    assert!(c.failing.load(Relaxed) >= 3);
     // The server appears, then answers 503 five times while data grows.
     let state: Shared = Arc::default();
     let server = Server::start(port, state.clone()).await;
     wait_until("the first 20 windows", || c.pushed.load(Relaxed) == 20).await;
+    assert_eq!(c.failing.load(Relaxed), 0, "healthy again");
     let retries = c.retries.load(Relaxed);
     state.lock().unwrap().fail = 5;
     let parts: Vec<Partial> = (5..8)
@@ -461,26 +464,8 @@ enum Field {
     Bool(bool),
 }
 
-/// Splits `s` at unescaped `sep`.
-fn split(s: &str, sep: char) -> Vec<String> {
-    let (mut out, mut cur, mut esc) = (Vec::new(), String::new(), false);
-    for c in s.chars() {
-        if esc {
-            cur.push(c);
-            esc = false;
-        } else if c == '\\' {
-            esc = true;
-        } else if c == sep {
-            out.push(std::mem::take(&mut cur));
-        } else {
-            cur.push(c);
-        }
-    }
-    out.push(cur);
-    out
-}
-
-/// A line-protocol parser for the test: (measurement, tags, fields, time).
+/// (measurement, tags, fields, time) of a line, parsed by InfluxData's own
+/// line-protocol parser.
 type Line = (
     String,
     BTreeMap<String, String>,
@@ -488,46 +473,38 @@ type Line = (
     i64,
 );
 
-fn parse_line(line: &str) -> Line {
-    // Split at unescaped spaces, keeping escapes for the inner splits.
-    let (mut parts, mut cur, mut esc) = (Vec::new(), String::new(), false);
-    for c in line.chars() {
-        if !esc && c == ' ' {
-            parts.push(std::mem::take(&mut cur));
-            continue;
-        }
-        esc = !esc && c == '\\';
-        cur.push(c);
-    }
-    parts.push(cur);
-    assert_eq!(parts.len(), 3, "{line}");
-    let head = split(&parts[0], ',');
-    let measurement = head[0].clone();
-    let tags = head[1..]
-        .iter()
-        .map(|t| {
-            let kv = split(t, '=');
-            assert_eq!(kv.len(), 2, "{t}");
-            (kv[0].clone(), kv[1].clone())
+fn parse_lines(body: &str) -> Vec<Line> {
+    influxdb_line_protocol::parse_lines(body)
+        .map(|l| {
+            let l = l.unwrap_or_else(|e| panic!("not line protocol: {e}\n{body}"));
+            let tags = l
+                .series
+                .tag_set
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let fields = l
+                .field_set
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        influxdb_line_protocol::FieldValue::I64(n) => Field::Int(*n),
+                        influxdb_line_protocol::FieldValue::F64(x) => Field::Float(*x),
+                        influxdb_line_protocol::FieldValue::Boolean(b) => Field::Bool(*b),
+                        other => panic!("unexpected field type {other:?}"),
+                    };
+                    (k.to_string(), v)
+                })
+                .collect();
+            (
+                l.series.measurement.to_string(),
+                tags,
+                fields,
+                l.timestamp.expect("a timestamp"),
+            )
         })
-        .collect();
-    let fields = split(&parts[1], ',')
-        .iter()
-        .map(|f| {
-            let kv = split(f, '=');
-            assert_eq!(kv.len(), 2, "{f}");
-            let v = &kv[1];
-            let v = if let Some(n) = v.strip_suffix('i') {
-                Field::Int(n.parse().unwrap())
-            } else if v == "true" || v == "false" {
-                Field::Bool(v == "true")
-            } else {
-                Field::Float(v.parse().unwrap())
-            };
-            (kv[0].clone(), v)
-        })
-        .collect();
-    (measurement, tags, fields, parts[2].parse().unwrap())
+        .collect()
 }
 
 #[tokio::test]
@@ -566,7 +543,7 @@ async fn the_influx_body_is_line_protocol_with_the_expected_fields() {
         "{}",
         reqs[0].body
     );
-    let mut lines: Vec<Line> = reqs[0].body.lines().map(parse_line).collect();
+    let mut lines = parse_lines(&reqs[0].body);
     lines.sort_by(|a, b| a.1["device"].cmp(&b.1["device"]));
     assert_eq!(lines.len(), 2);
     for (device, (m, tags, fields, t)) in ["d1", "d2"].iter().zip(lines) {
@@ -659,6 +636,7 @@ async fn the_collector_runs_its_sinks_and_shows_them_on_metrics() {
         "tributary_sink_batches_total{sink=\"hook\"} 1",
         "tributary_sink_rejected_points_total{sink=\"hook\"} 0",
         "tributary_sink_lag_rows{sink=\"hook\"} 0",
+        "tributary_sink_consecutive_failures{sink=\"hook\"} 0",
         "# TYPE tributary_sink_last_success_timestamp_seconds gauge",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");

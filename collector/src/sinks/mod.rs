@@ -92,6 +92,8 @@ pub struct SinkCounters {
     pub cursor: AtomicU64,
     /// Store reads or cursor writes that failed (retried).
     pub store_errors: AtomicU64,
+    /// Failed attempts in a row at the current batch (0 when healthy).
+    pub failing: AtomicU64,
 }
 
 /// The counters of every sink, rendered for `/metrics`.
@@ -113,7 +115,7 @@ impl SinkMetrics {
             return out;
         }
         type Get = fn(&SinkCounters) -> String;
-        let families: [(&str, &str, &str, Get); 8] = [
+        let families: [(&str, &str, &str, Get); 9] = [
             (
                 "pushed_points_total",
                 "counter",
@@ -155,6 +157,12 @@ impl SinkMetrics {
                 "gauge",
                 "Rows changed after the cursor, waiting (counted up to 10000).",
                 |c| c.lag.load(Relaxed).to_string(),
+            ),
+            (
+                "consecutive_failures",
+                "gauge",
+                "Failed attempts in a row at the current batch (0 = healthy).",
+                |c| c.failing.load(Relaxed).to_string(),
             ),
             (
                 "cursor",

@@ -280,6 +280,9 @@ impl<S: Store + Send + 'static> Runner<S> {
                 a = self.endpoint.send(body.clone()) => a,
                 _ = self.stop.wait_for(|s| *s) => return Outcome::Stopped,
             };
+            if !matches!(res, Attempt::Retry { .. }) {
+                self.counters.failing.store(0, Relaxed);
+            }
             match res {
                 Attempt::Delivered => return Outcome::Delivered,
                 Attempt::Rejected { status, body } => {
@@ -289,6 +292,7 @@ impl<S: Store + Send + 'static> Runner<S> {
                     }
                 }
                 Attempt::Retry { reason, after } => {
+                    self.counters.failing.fetch_add(1, Relaxed);
                     self.counters.retries.fetch_add(1, Relaxed);
                     let delay = after.map_or_else(|| backoff(attempt, min, max), |a| a.min(max));
                     tracing::warn!(

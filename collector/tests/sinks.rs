@@ -602,8 +602,21 @@ fn the_documented_sink_examples_parse() {
         .map(|l| l.strip_prefix("# ").unwrap_or(l))
         .map(|l| format!("{l}\n"))
         .collect();
-    let cfg = Config::from_toml(&format!("{}{examples}", &text[..at])).unwrap();
+    // The influx example reads its token from the environment.
+    let with_examples = format!("{}{examples}", &text[..at]);
+    std::env::remove_var("INFLUX_TOKEN");
+    let e = Config::from_toml(&with_examples).unwrap_err().to_string();
+    assert!(
+        e.contains("sinks[0].token_env") && e.contains("INFLUX_TOKEN"),
+        "{e}"
+    );
+    std::env::set_var("INFLUX_TOKEN", "t0k");
+    let cfg = Config::from_toml(&with_examples).unwrap();
     assert_eq!(cfg.sinks.len(), 2);
+    assert_eq!(
+        cfg.sinks[0].resolved_token().unwrap().as_deref(),
+        Some("t0k")
+    );
     assert_eq!(cfg.sinks[0].kind, SinkKind::Influx);
     assert_eq!(cfg.sinks[1].width_ms, 3_600_000);
 }

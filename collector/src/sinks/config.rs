@@ -19,8 +19,8 @@ pub enum SinkKind {
     Webhook,
 }
 
-/// One sink.
-#[derive(Debug, Clone, Deserialize)]
+/// One sink (its `Debug` hides the token).
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
     /// Its name: unique, `[A-Za-z0-9_.-]`; its durable cursor is
@@ -64,6 +64,10 @@ pub struct SinkConfig {
     /// `Authorization: Bearer <token>` (webhook); default none.
     #[serde(default)]
     pub token: Option<String>,
+    /// The name of an environment variable holding the token instead, read
+    /// at start (keeps secrets out of files); default none.
+    #[serde(default)]
+    pub token_env: Option<String>,
     /// Webhook: extra request headers (default none).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -111,7 +115,18 @@ impl SinkConfig {
             org: None,
             bucket: None,
             token: None,
+            token_env: None,
             headers: BTreeMap::new(),
+        }
+    }
+
+    /// The token to send: the value of `token_env` when set, else `token`.
+    pub fn resolved_token(&self) -> Result<Option<String>, String> {
+        match &self.token_env {
+            Some(var) => std::env::var(var)
+                .map(Some)
+                .map_err(|_| format!("the environment variable {var} is not set (or not UTF-8)")),
+            None => Ok(self.token.clone()),
         }
     }
 
@@ -174,9 +189,26 @@ impl SinkConfig {
                 err(&format!("quantiles[{i}]"), format!("{q} is not in [0, 1]"));
             }
         }
-        if let Some(t) = &self.token {
-            if HeaderValue::from_str(t).is_err() || t.is_empty() {
-                err("token", "must be non-empty visible ASCII".into());
+        let token_key = if self.token_env.is_some() {
+            "token_env"
+        } else {
+            "token"
+        };
+        if self.token.is_some() && self.token_env.is_some() {
+            err(
+                "token_env",
+                "set either token or token_env, not both".into(),
+            );
+        } else {
+            match self.resolved_token() {
+                Err(e) => err(token_key, e),
+                Ok(Some(t)) if t.is_empty() || HeaderValue::from_str(&t).is_err() => {
+                    err(
+                        token_key,
+                        "the token must be non-empty visible ASCII".into(),
+                    );
+                }
+                Ok(_) => {}
             }
         }
         match self.kind {
@@ -208,6 +240,28 @@ impl SinkConfig {
                 }
             }
         }
+    }
+}
+
+impl std::fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("url", &self.url)
+            .field("width_ms", &self.width_ms)
+            .field("batch_size", &self.batch_size)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("backoff_min_ms", &self.backoff_min_ms)
+            .field("backoff_max_ms", &self.backoff_max_ms)
+            .field("poll_ms", &self.poll_ms)
+            .field("quantiles", &self.quantiles)
+            .field("org", &self.org)
+            .field("bucket", &self.bucket)
+            .field("token", &self.token.as_ref().map(|_| "(hidden)"))
+            .field("token_env", &self.token_env)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -271,6 +325,21 @@ mod tests {
                 "sinks[0].headers.bad header",
             ]
         );
+    }
+
+    #[test]
+    fn the_token_can_come_from_the_environment_and_is_never_printed() {
+        let mut s = SinkConfig::new("x", SinkKind::Webhook, "http://h/");
+        s.token_env = Some("TRIBUTARY_TEST_SINK_TOKEN_UNSET".into());
+        assert_eq!(problems(&s), ["sinks[0].token_env"]);
+        // A variable no other test touches.
+        std::env::set_var("TRIBUTARY_TEST_SINK_TOKEN_SET", "from-env");
+        s.token_env = Some("TRIBUTARY_TEST_SINK_TOKEN_SET".into());
+        assert!(problems(&s).is_empty());
+        assert_eq!(s.resolved_token().unwrap().as_deref(), Some("from-env"));
+        s.token = Some("s3cret".into());
+        assert_eq!(problems(&s), ["sinks[0].token_env"], "not both");
+        assert!(!format!("{s:?}").contains("s3cret"));
     }
 
     #[test]

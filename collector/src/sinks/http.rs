@@ -92,7 +92,8 @@ impl Endpoint {
                 "Bearer"
             }
         };
-        if let Some(token) = &cfg.token {
+        let token = cfg.resolved_token().map_err(|e| bad("token_env", e))?;
+        if let Some(token) = &token {
             let mut v = HeaderValue::from_str(&format!("{auth} {token}"))
                 .map_err(|e| bad("token", e.to_string()))?;
             v.set_sensitive(true);

@@ -44,8 +44,8 @@ struct Behaviour {
     accepted: Vec<Received>,
     /// Requests seen, answered or not.
     attempts: usize,
-    /// Answer 503 to this many requests first.
-    fail: usize,
+    /// Answer these statuses, in order, to the next requests.
+    fail: Vec<u16>,
     /// Answer 400 to bodies containing this.
     refuse: Option<String>,
 }
@@ -57,15 +57,16 @@ async fn handle(
     uri: Uri,
     headers: HeaderMap,
     body: String,
-) -> (StatusCode, String) {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let mut b = st.lock().unwrap();
     b.attempts += 1;
-    if b.fail > 0 {
-        b.fail -= 1;
-        return (StatusCode::SERVICE_UNAVAILABLE, "busy".into());
+    if !b.fail.is_empty() {
+        let status = StatusCode::from_u16(b.fail.remove(0)).unwrap();
+        return (status, [("retry-after", "0")], "not now").into_response();
     }
     if b.refuse.as_deref().is_some_and(|r| body.contains(r)) {
-        return (StatusCode::BAD_REQUEST, "bad point".into());
+        return (StatusCode::BAD_REQUEST, "bad point").into_response();
     }
     let h = |n: &str| headers.get(n).map(|v| v.to_str().unwrap().to_string());
     b.accepted.push(Received {
@@ -74,7 +75,7 @@ async fn handle(
         content_type: h("content-type"),
         body,
     });
-    (StatusCode::NO_CONTENT, String::new())
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// Serves on `port` (0 = any) until dropped.
@@ -361,19 +362,26 @@ async fn an_outage_loses_nothing_and_recovers() {
     .await;
     assert_eq!(c.pushed.load(Relaxed), 0);
     assert!(c.failing.load(Relaxed) >= 3);
-    // The server appears, then answers 503 five times while data grows.
+    // The server appears; later it fails a while (overload, then a
+    // misconfigured endpoint) while data grows.
     let state: Shared = Arc::default();
     let server = Server::start(port, state.clone()).await;
     wait_until("the first 20 windows", || c.pushed.load(Relaxed) == 20).await;
     assert_eq!(c.failing.load(Relaxed), 0, "healthy again");
     let retries = c.retries.load(Relaxed);
-    state.lock().unwrap().fail = 5;
+    let failures = vec![503, 429, 500, 502, 504, 408, 401, 403, 404];
+    state.lock().unwrap().fail.clone_from(&failures);
     let parts: Vec<Partial> = (5..8)
         .flat_map(|m| (0..4).map(move |d| partial(&format!("d{d}"), m, &[m * 1000 + d])))
         .collect();
     store.lock().unwrap().apply(&[batch(2, 8, parts)]).unwrap();
     wait_until("all 32 windows", || c.pushed.load(Relaxed) == 32).await;
-    assert_eq!(c.retries.load(Relaxed), retries + 5, "each 503 retried");
+    assert_eq!(
+        c.retries.load(Relaxed),
+        retries + failures.len() as u64,
+        "each failure retried"
+    );
+    assert_eq!(c.rejected.load(Relaxed), 0, "none of them skips data");
     let got = points(&server); // panics on a duplicate
     assert_eq!(got.len(), 32);
     for m in 0..8 {
@@ -421,6 +429,30 @@ async fn a_refused_point_is_skipped_counted_and_the_rest_delivered() {
         .unwrap();
     wait_until("a later window", || c.pushed.load(Relaxed) == 7).await;
     assert_eq!(c.rejected.load(Relaxed), 1);
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn a_sink_stopped_during_an_outage_stops_and_later_delivers_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Mutex::new(open(&dir)));
+    let parts = vec![partial("d1", 0, &[1000]), partial("d2", 0, &[2000])];
+    store.lock().unwrap().apply(&[batch(1, 1, parts)]).unwrap();
+    let port = tributary_testkit::free_port();
+    let mut cfg = sink(SinkKind::Webhook, port);
+    // Long retry delays: stopping must not wait for them.
+    cfg.backoff_min_ms = 60_000;
+    cfg.backoff_max_ms = 60_000;
+    let run = Running::start(&cfg, &store);
+    let c = run.counters();
+    wait_until("a failed attempt", || c.retries.load(Relaxed) >= 1).await;
+    run.stop().await; // panics after 10 s
+    assert_eq!(store.lock().unwrap().cursor("sink:test").unwrap(), 0);
+    let server = Server::start(port, Arc::default()).await;
+    let run = Running::start(&sink(SinkKind::Webhook, port), &store);
+    let c = run.counters();
+    wait_until("both windows", || c.pushed.load(Relaxed) == 2).await;
+    assert_eq!(points(&server).len(), 2);
     run.stop().await;
 }
 

@@ -6,7 +6,7 @@
 //!   `401`/`403`/`404`, which mean a wrong token, URL, org or bucket (a
 //!   misconfigured endpoint is an outage, not bad data: skipping would drop
 //!   every point until someone noticed). A `Retry-After` in seconds is
-//!   honoured, capped at the longest backoff.
+//!   honoured, kept between the shortest and the longest backoff.
 //! - **rejected** — any other `4xx`: the batch itself is refused (bad line
 //!   protocol, payload too large); the runner isolates the refused point.
 

@@ -294,7 +294,8 @@ impl<S: Store + Send + 'static> Runner<S> {
                 Attempt::Retry { reason, after } => {
                     self.counters.failing.fetch_add(1, Relaxed);
                     self.counters.retries.fetch_add(1, Relaxed);
-                    let delay = after.map_or_else(|| backoff(attempt, min, max), |a| a.min(max));
+                    let delay =
+                        after.map_or_else(|| backoff(attempt, min, max), |a| a.clamp(min, max));
                     tracing::warn!(
                         sink = %self.cfg.name,
                         attempt = attempt + 1,

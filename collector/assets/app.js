@@ -485,6 +485,13 @@ function cardWidth() {
 // ---------- start ----------
 
 function start() {
+  // A link may hand over the token in its fragment (never sent to a server):
+  // /#token=… — kept like a typed one and removed from the address bar.
+  const handed = new URLSearchParams(location.hash.slice(1)).get('token');
+  if (handed) {
+    localStorage.setItem(TOKEN_KEY, handed);
+    history.replaceState(null, '', location.pathname + location.search);
+  }
   app.token = localStorage.getItem(TOKEN_KEY) || '';
   readUrl();
   $('controls').addEventListener('change', onControlChange);

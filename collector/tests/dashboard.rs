@@ -387,6 +387,20 @@ fn a_collector_with_a_token_asks_for_it_and_shows_no_data() {
 }
 
 #[test]
+fn with_the_right_token_the_charts_show_and_a_wrong_one_is_refused() {
+    let server = Server::start(Some("s3cret"));
+    let url = server.url(&range(T0, T0 + HOUR));
+    let dom = browse(&format!("{url}#token=s3cret"), "--dump-dom");
+    assert_eq!(state(&dom), "ok", "{dom}");
+    assert_eq!(points(&dom).len(), 3 * 60);
+    let dom = browse(&format!("{url}#token=wrong"), "--dump-dom");
+    assert_eq!(state(&dom), "auth", "{dom}");
+    assert!(dom.contains("HTTP 401"), "{dom}");
+    assert!(dom.contains("missing or wrong bearer token"), "{dom}");
+    assert!(points(&dom).is_empty());
+}
+
+#[test]
 fn meta_lists_configured_and_stored_widths() {
     let server = Server::start(Some("s3cret"));
     let body = http_get(server.addr, "/api/v1/meta");

@@ -1,14 +1,29 @@
 //! The `bench` subcommand: readings per second sustained through windowing
-//! with durable group commits, and peak RSS.
+//! with durable group commits (`synchronous = FULL`), peak RSS, and RSS
+//! sampled while it runs so flatness over a long run is visible.
 //!
-//! Simulated devices hand raw readings to the engine in-process, batched per
-//! series (the hot path: one series lookup per run of readings, one SQLite
-//! transaction per group commit, `synchronous = FULL`). Event time advances
-//! 1 ms per reading per series, so windows close and partials flow into the
-//! outbox as in production. The uplink is off: the figure is the agent's
-//! ingest capacity.
+//! Paths (`--paths`, comma-separated; each runs `--seconds`):
+//! - `bulk` — raw readings handed to the engine in-process, batched per
+//!   series (one series lookup per run of readings, one SQLite transaction
+//!   per group commit). Event time advances 1 ms per reading per series, so
+//!   windows close and partials flow into the outbox as in production.
+//! - `frames` — the firmware's virtual devices in raw-reading mode: every
+//!   reading is a Reading frame through the real firmware Link, decoded by
+//!   the agent and acked after the commit.
+//! - `summaries` — the same devices aggregating (1 ms sampling, 1 s device
+//!   windows): the readings arrive folded in firmware summaries.
+//! - `mqtt` — JSON batches published to a real mosquitto (started by the
+//!   bench with the documented settings of `config/mosquitto.conf`, or mosquitto's
+//!   defaults with `--broker default`, or an already running one with
+//!   `--mqtt-port`), read by the agent's local MQTT source, PUBACKed after
+//!   commit. Reports readings published vs committed and the broker's
+//!   "messages are being dropped" log lines.
+//!
+//! The uplink is off: the figure is the agent's ingest capacity.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -20,45 +35,172 @@ use crate::config::Config;
 use crate::engine::Cmd;
 use crate::Agent;
 
+/// A benchmark path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchPath {
+    /// Raw readings in-process, batched per series.
+    Bulk,
+    /// Virtual devices, one Reading frame per reading through the firmware Link.
+    Frames,
+    /// Virtual devices aggregating in firmware summaries.
+    Summaries,
+    /// JSON batches through a real mosquitto.
+    Mqtt,
+}
+
+/// Broker settings for the `mqtt` path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BrokerSettings {
+    /// `config/mosquitto.conf`'s queue and in-flight limits.
+    Documented,
+    /// mosquitto's defaults (20 in flight, 1000 queued per client).
+    Default,
+}
+
 /// Arguments of `tributary-agent bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Series (simulated devices × channels).
     #[arg(long, default_value_t = 1000)]
     pub series: usize,
-    /// How long to run (s).
+    /// How long to run each path (s).
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
-    /// Readings per series per engine message.
+    /// Which paths to run.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "bulk,frames,summaries,mqtt"
+    )]
+    pub paths: Vec<BenchPath>,
+    /// Readings per series per engine message (bulk path).
     #[arg(long, default_value_t = 4096)]
     pub chunk: usize,
     /// Group commit interval (ms).
     #[arg(long, default_value_t = 100)]
     pub commit_ms: u64,
-    /// Also measure JSON readings through a real MQTT broker listening on
-    /// 127.0.0.1 at this port (e.g. `mosquitto -p 18830`).
+    /// Print RSS every this many seconds (0 = only at the end).
+    #[arg(long, default_value_t = 10)]
+    pub rss_every: u64,
+    /// Use a broker already listening on 127.0.0.1 at this port instead of
+    /// starting mosquitto.
     #[arg(long)]
     pub mqtt_port: Option<u16>,
-    /// Readings per JSON message in the MQTT phase.
+    /// Settings of the mosquitto the bench starts.
+    #[arg(long, value_enum, default_value = "documented")]
+    pub broker: BrokerSettings,
+    /// The mosquitto binary.
+    #[arg(long, default_value = "/usr/sbin/mosquitto")]
+    pub mosquitto: PathBuf,
+    /// Readings per JSON message in the MQTT path.
     #[arg(long, default_value_t = 500)]
     pub per_message: usize,
+    /// Open loop: publish at this many readings/s whatever the agent does,
+    /// as independent devices would (0 = closed loop: at most 200 messages
+    /// outstanding, the agent's capacity).
+    #[arg(long, default_value_t = 0)]
+    pub mqtt_rate: u64,
 }
 
-fn peak_rss_kib() -> Option<u64> {
+/// RSS samples of one path.
+struct RssLog {
+    start: Instant,
+    every: Duration,
+    next: Instant,
+    samples: Vec<(f64, u64)>,
+}
+
+fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+impl RssLog {
+    fn new(every_s: u64) -> Self {
+        let now = Instant::now();
+        let mut log = RssLog {
+            start: now,
+            every: Duration::from_secs(every_s),
+            next: now,
+            samples: Vec::new(),
+        };
+        log.sample();
+        log
+    }
+
+    fn sample(&mut self) {
+        if let Some(kib) = status_kib("VmRSS:") {
+            let t = self.start.elapsed().as_secs_f64();
+            self.samples.push((t, kib));
+            if !self.every.is_zero() {
+                println!("  [rss] t={t:>6.1} s  RSS {:.1} MiB", mib(kib));
+            }
+        }
+        self.next = Instant::now() + self.every.max(Duration::from_millis(100));
+    }
+
+    fn poll(&mut self) {
+        if !self.every.is_zero() && Instant::now() >= self.next {
+            self.sample();
+        }
+    }
+
+    fn report(&mut self) {
+        self.sample();
+        let s = &self.samples;
+        if let (Some(first), Some(last)) = (s.first(), s.last()) {
+            let mid = s[s.len() / 2];
+            println!(
+                "  RSS start/middle/end {:.1} / {:.1} / {:.1} MiB (t = {:.0} / {:.0} / {:.0} s)",
+                mib(first.1),
+                mib(mid.1),
+                mib(last.1),
+                first.0,
+                mid.0,
+                last.0
+            );
+        }
+        if let Some(kib) = status_kib("VmHWM:") {
+            println!("  peak RSS           {:.1} MiB", mib(kib));
+        }
+    }
 }
 
 /// Runs the benchmark and prints the figures.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let dir = tempfile_dir()?;
-    let text = format!(
-        "agent_id = \"bench\"\ndata_dir = {:?}\n[uplink]\nenabled = false\n[http]\nlisten = \"\"\n[store]\ncommit_interval_ms = {}\n[window]\nwidth_ms = 60000\nallowed_lateness_ms = 1000\n",
+    let dir = std::env::temp_dir().join(format!("tributary-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    for path in args.paths.clone() {
+        let sub = dir.join(format!("{path:?}").to_lowercase());
+        std::fs::create_dir_all(&sub)?;
+        match path {
+            BenchPath::Bulk => bulk(&args, &sub).await?,
+            BenchPath::Frames => devices(&args, &sub, false).await?,
+            BenchPath::Summaries => devices(&args, &sub, true).await?,
+            BenchPath::Mqtt => mqtt_json(&args, &sub).await?,
+        }
+        let _ = std::fs::remove_dir_all(&sub);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn base_config(name: &str, dir: &std::path::Path, args: &BenchArgs, extra: &str) -> String {
+    format!(
+        "agent_id = \"{name}\"\ndata_dir = {:?}\n[uplink]\nenabled = false\n[http]\nlisten = \"\"\n[store]\ncommit_interval_ms = {}\n[window]\nwidth_ms = 60000\nallowed_lateness_ms = 1000\n{extra}",
         dir.display().to_string(),
         args.commit_ms
-    );
-    let config = Config::from_toml(&text).context("bench config")?;
+    )
+}
+
+async fn bulk(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::from_toml(&base_config("bench", dir, args, "")).context("bench config")?;
     let agent = Agent::start(config).await?;
     let engine = agent.engine();
     let mut ids = Vec::new();
@@ -83,6 +225,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .map_err(|r| anyhow::anyhow!("series refused: {r:?}"))?,
         );
     }
+    println!(
+        "bulk: raw readings in-process, {} series, durable group commits every {} ms (synchronous=FULL)",
+        args.series, args.commit_ms
+    );
+    let mut rss = RssLog::new(args.rss_every);
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.seconds);
     let base = 1_700_000_000_000i64;
@@ -106,15 +253,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .context("engine gone")?;
         }
         t += args.chunk as i64;
+        rss.poll();
     }
     agent.sync().await;
     let elapsed = start.elapsed().as_secs_f64();
     let m = agent.metrics().clone();
     let accepted = m.readings_accepted.load(Relaxed);
-    println!(
-        "simulated raw readings, {} series, durable group commits every {} ms (synchronous=FULL)",
-        args.series, args.commit_ms
-    );
     println!("  readings sent      {sent}");
     println!("  readings committed {accepted}");
     println!("  elapsed            {elapsed:.2} s");
@@ -124,32 +268,150 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     println!("  commits            {}", m.commits.load(Relaxed));
     println!("  partials emitted   {}", m.partials_emitted.load(Relaxed));
-    if let Some(kib) = peak_rss_kib() {
-        println!("  peak RSS           {:.1} MiB", kib as f64 / 1024.0);
-    }
+    rss.report();
     drop(engine);
     agent.shutdown().await?;
-    let _ = std::fs::remove_dir_all(&dir);
-    if let Some(port) = args.mqtt_port {
-        mqtt_json(&args, port).await?;
-    }
     Ok(())
+}
+
+/// The firmware's virtual devices (3 channels each) in-process.
+async fn devices(args: &BenchArgs, dir: &std::path::Path, summaries: bool) -> anyhow::Result<()> {
+    let n = args.series.div_ceil(3).max(1);
+    let mode = if summaries { "summaries" } else { "readings" };
+    let rpw = 1000;
+    // Device time runs far faster than real time here; a resend timeout of
+    // 30 device-seconds keeps the firmware from resending frames that are
+    // merely waiting for the next commit.
+    let resend = 30_000;
+    let extra = format!(
+        "[simulated]\ndevices = {n}\nprefix = \"bench-\"\nmode = \"{mode}\"\ndevice_window_ms = 1000\nreadings_per_window = {rpw}\nwindows = 0\nstart_ms = 0\nframe_rate = 0\nmax_unacked = 12\ndropout_per_mille = 0\nresend_ms = {resend}\n"
+    );
+    let config = Config::from_toml(&base_config("bench-sim", dir, args, &extra))
+        .context("bench config (devices)")?;
+    println!(
+        "{}: {n} firmware virtual devices × 3 channels ({} series), {}, durable group commits every {} ms (synchronous=FULL)",
+        if summaries { "summaries" } else { "frames" },
+        n * 3,
+        if summaries {
+            "1 ms sampling folded into 1 s firmware summaries (3 frames per device window)"
+        } else {
+            "raw-reading mode: one Reading frame per reading through the firmware Link, acked after commit"
+        },
+        args.commit_ms
+    );
+    let agent = Agent::start(config).await?;
+    let m = agent.metrics().clone();
+    let mut rss = RssLog::new(args.rss_every);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(args.seconds);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        rss.poll();
+    }
+    let accepted = m.readings_accepted.load(Relaxed);
+    let frames = m.frames_received.load(Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    agent.sync().await;
+    println!("  readings committed {accepted}");
+    println!(
+        "  frames received    {frames} ({} duplicates: firmware resends)",
+        m.frames_duplicate.load(Relaxed)
+    );
+    println!("  elapsed            {elapsed:.2} s");
+    println!(
+        "  throughput         {:.0} readings/s ({:.0} frames/s)",
+        accepted as f64 / elapsed,
+        frames as f64 / elapsed
+    );
+    println!("  commits            {}", m.commits.load(Relaxed));
+    println!("  partials emitted   {}", m.partials_emitted.load(Relaxed));
+    rss.report();
+    agent.shutdown().await?;
+    Ok(())
+}
+
+/// A mosquitto started for the bench, killed on drop.
+struct Broker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Broker {
+    fn dropped_lines(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .map(|s| {
+                s.lines()
+                    .filter(|l| l.contains("messages are being dropped"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+fn start_broker(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<(Broker, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let limits = match args.broker {
+        // As config/mosquitto.conf documents for a gateway's local broker.
+        BrokerSettings::Documented => "max_inflight_messages 1000\nmax_queued_messages 100000\n",
+        BrokerSettings::Default => "",
+    };
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\n{limits}log_dest stderr\nlog_type warning\nlog_type error\nlog_type notice\n"),
+    )?;
+    let log = dir.join("mosquitto.log");
+    let child = Command::new(&args.mosquitto)
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .with_context(|| format!("starting {}", args.mosquitto.display()))?;
+    let broker = Broker { child, log };
+    let until = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(Instant::now() < until, "mosquitto did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((broker, port))
 }
 
 /// JSON batches published to a real broker, read by the agent's local MQTT
 /// source with PUBACKs after commit.
-async fn mqtt_json(args: &BenchArgs, port: u16) -> anyhow::Result<()> {
+async fn mqtt_json(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     use rumqttc::{AsyncClient, MqttOptions, QoS};
-    let dir = tempfile_dir()?.join("mqtt");
-    std::fs::create_dir_all(&dir)?;
-    let text = format!(
-        "agent_id = \"bench-mqtt\"\ndata_dir = {:?}\n[uplink]\nenabled = false\n[http]\nlisten = \"\"\n[store]\ncommit_interval_ms = {}\n[window]\nwidth_ms = 60000\nallowed_lateness_ms = 1000\n[local_mqtt]\nenabled = true\nport = {port}\n[limits]\nmax_payload_bytes = 1048576\n",
-        dir.display().to_string(),
-        args.commit_ms
+    let (broker, port) = match args.mqtt_port {
+        Some(p) => (None, p),
+        None => {
+            let (b, p) = start_broker(args, dir)?;
+            (Some(b), p)
+        }
+    };
+    let extra = format!(
+        "[local_mqtt]\nenabled = true\nport = {port}\nclient_id = \"bench-agent-{}\"\n[limits]\nmax_payload_bytes = 1048576\n",
+        std::process::id(),
     );
-    let config = Config::from_toml(&text).context("bench config (mqtt)")?;
+    let config = Config::from_toml(&base_config("bench-mqtt", dir, args, &extra))
+        .context("bench config (mqtt)")?;
     let agent = Agent::start(config).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await; // let it connect and subscribe
+    let m = agent.metrics().clone();
+    // Let it connect and subscribe.
+    let until = Instant::now() + Duration::from_secs(5);
+    while m.local_connects.load(Relaxed) == 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut o = MqttOptions::new(
         format!("bench-publisher-{}", std::process::id()),
         "127.0.0.1",
@@ -160,22 +422,44 @@ async fn mqtt_json(args: &BenchArgs, port: u16) -> anyhow::Result<()> {
     let (client, mut events) = AsyncClient::new(o, 1000);
     let poller = tokio::spawn(async move { while events.poll().await.is_ok() {} });
     let devices = (args.series / 4).max(1);
+    println!(
+        "mqtt: JSON readings through mosquitto at 127.0.0.1:{port} ({}), {} readings per message, {devices} devices × 4 metrics, {}",
+        match (args.mqtt_port, args.broker) {
+            (Some(_), _) => "already running",
+            (None, BrokerSettings::Documented) => "documented settings: max_inflight_messages 1000, max_queued_messages 100000",
+            (None, BrokerSettings::Default) => "mosquitto defaults: max_inflight_messages 20, max_queued_messages 1000",
+        },
+        args.per_message,
+        if args.mqtt_rate == 0 {
+            "closed loop (≤ 200 messages outstanding)".to_string()
+        } else {
+            format!("open loop at {} readings/s", args.mqtt_rate)
+        }
+    );
     let base = 1_700_000_000_000i64;
+    let mut rss = RssLog::new(args.rss_every);
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.seconds);
     let (mut sent, mut seq, mut t) = (0u64, 0u64, 0i64);
     let mut rng = fastrand::Rng::with_seed(11);
-    let m = agent.metrics().clone();
-    // Closed loop: at most `window` readings outstanding, so the broker's
-    // per-client queue never overflows and the figure is the agent's rate.
     let window = 200 * args.per_message as u64;
     'publish: while Instant::now() < deadline {
         for d in 0..devices {
-            while sent.saturating_sub(m.readings_accepted.load(Relaxed)) > window {
+            if args.mqtt_rate == 0 {
+                while sent.saturating_sub(m.readings_accepted.load(Relaxed)) > window {
+                    if Instant::now() >= deadline {
+                        break 'publish;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            } else {
+                let due = start + Duration::from_secs_f64(sent as f64 / args.mqtt_rate as f64);
+                if due > Instant::now() {
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 if Instant::now() >= deadline {
                     break 'publish;
                 }
-                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let mut body = String::with_capacity(args.per_message * 64);
             body.push_str(&format!(
@@ -203,10 +487,12 @@ async fn mqtt_json(args: &BenchArgs, port: u16) -> anyhow::Result<()> {
                 .await
                 .context("publish")?;
             sent += args.per_message as u64;
+            rss.poll();
         }
         seq += 1;
         t += (args.per_message / 4) as i64;
     }
+    let published_for = start.elapsed().as_secs_f64();
     // Wait until the agent has committed everything, or made no progress for 3 s.
     let (mut last, mut last_progress) = (0u64, Instant::now());
     loop {
@@ -219,33 +505,32 @@ async fn mqtt_json(args: &BenchArgs, port: u16) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    agent.sync().await;
     let elapsed = last_progress.duration_since(start).as_secs_f64();
     let accepted = m.readings_accepted.load(Relaxed);
+    println!("  readings published {sent} (in {published_for:.2} s)");
     println!(
-        "MQTT JSON readings through the broker at 127.0.0.1:{port}, {} readings per message, {devices} devices × 4 metrics",
-        args.per_message
+        "  readings committed {accepted} ({:.2} % lost)",
+        100.0 * sent.saturating_sub(accepted) as f64 / sent.max(1) as f64
     );
-    println!("  readings published {sent}");
-    println!("  readings committed {accepted}");
+    if let Some(b) = &broker {
+        println!(
+            "  broker log lines \"messages are being dropped\": {}",
+            b.dropped_lines()
+        );
+    }
     println!("  duplicates         {}", m.frames_duplicate.load(Relaxed));
     println!("  rejected           {}", m.counters().rejected);
+    println!("  commits            {}", m.commits.load(Relaxed));
     println!("  elapsed            {elapsed:.2} s");
     println!(
         "  throughput         {:.0} readings/s",
         accepted as f64 / elapsed
     );
-    if let Some(kib) = peak_rss_kib() {
-        println!("  peak RSS           {:.1} MiB", kib as f64 / 1024.0);
-    }
+    rss.report();
     let _ = client.disconnect().await;
     poller.abort();
     agent.shutdown().await?;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(broker);
     Ok(())
-}
-
-fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("tributary-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }

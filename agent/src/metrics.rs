@@ -92,6 +92,9 @@ pub struct Metrics {
     pub readings_confirmed: AtomicU64,
     /// Uplink connections established.
     pub uplink_connects: AtomicU64,
+    /// Local broker connections established.
+    pub local_connects: AtomicU64,
+
     /// Gauge: uplink connected (0/1).
     pub uplink_up: AtomicU64,
     /// Gauge: outbox bytes.
@@ -175,7 +178,7 @@ impl Metrics {
                 c.load(Relaxed)
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 15] = [
+        let counters: [(&str, &str, &AtomicU64); 16] = [
             (
                 "readings_accepted_total",
                 "Readings folded into windows.",
@@ -246,6 +249,11 @@ impl Metrics {
                 "uplink_connects_total",
                 "Uplink connections established.",
                 &self.uplink_connects,
+            ),
+            (
+                "local_mqtt_connects_total",
+                "Local broker connections established.",
+                &self.local_connects,
             ),
         ];
         for (name, help, c) in counters {

@@ -83,6 +83,7 @@ function svgEl(tag, attrs, parent) {
 
 function readUrl() {
   const p = new URLSearchParams(location.search);
+  app.fresh = [...p.keys()].length === 0;
   for (const k of ['metric', 'device', 'tags', 'group_by', 'width', 'step', 'q']) {
     if (p.has(k)) sel[k] = p.get(k);
   }
@@ -152,6 +153,22 @@ function setOptions(select, options, value) {
 
 function escapeHtml(s) {
   return String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+// On a bare first visit with many series, one chart per series would be a
+// wall of charts: group by the tag that splits them into fewest groups.
+function defaultGrouping() {
+  const metrics = [...new Set(app.series.map((s) => s.metric))].sort();
+  const metric = sel.metric || metrics[0];
+  const ofMetric = app.series.filter((s) => s.metric === metric);
+  if (ofMetric.length <= 8) return;
+  const values = {};
+  for (const s of ofMetric) {
+    for (const [k, v] of Object.entries(s.tags || {})) (values[k] = values[k] || new Set()).add(v);
+  }
+  const best = Object.entries(values).filter(([, v]) => v.size > 1 && v.size <= MAX_CHARTS)
+    .sort((a, b) => a[1].size - b[1].size)[0];
+  if (best) { sel.group_by = best[0]; writeUrl(); }
 }
 
 // Fills the selects from the series list and the selection.
@@ -270,6 +287,7 @@ async function refresh() {
       throw new ApiError(401, 'this collector needs a bearer token; enter it above');
     }
     app.series = (await api('/api/v1/series')).series;
+    if (app.fresh && app.series.length) { app.fresh = false; defaultGrouping(); }
     app.plan = makePlan(Date.now());
     renderControls();
     app.plan = makePlan(Date.now()); // the width select may have been filled just now
@@ -339,7 +357,9 @@ function draw() {
   const charts = $('charts');
   charts.classList.remove('stale');
   charts.innerHTML = '';
-  const results = (app.results || []).filter((r) => r.points.length > 0);
+  // Natural order of labels: d2 before d10.
+  const results = (app.results || []).filter((r) => r.points.length > 0)
+    .sort((a, b) => resultLabel(a).title.localeCompare(resultLabel(b).title, undefined, { numeric: true }));
   $('legend').hidden = results.length === 0;
   $('legend-q').textContent = sel.q || '';
   $('legend-q').parentElement.hidden = !sel.q;
@@ -380,7 +400,7 @@ function chart(r, plan) {
   const nFinal = pts.filter((p) => p.final).length;
   card.innerHTML = `<h2>${escapeHtml(label.title)}<span class="tags">${escapeHtml(label.tags)}</span></h2>`
     + `<div class="meta">${pts.length} points · ${nFinal} final · ${pts.length - nFinal} provisional`
-    + ` · ${pts.reduce((a, p) => a + (p.count || 0), 0)} readings</div>`;
+    + ` · ${pts.reduce((a, p) => a + (p.count || 0), 0).toLocaleString('en-US')} readings</div>`;
 
   const W = Math.max(320, Math.round($('charts').clientWidth > 0 ? cardWidth() : 640));
   const H = 240;
@@ -432,8 +452,9 @@ function chart(r, plan) {
     const lower = run.slice().reverse().map((p) => `${mid(p).toFixed(1)},${y(p.min).toFixed(1)}`);
     if (run.length > 1) svgEl('polygon', { class: 'band', points: [...upper, ...lower].join(' ') }, svg);
     else svgEl('line', { class: 'mean', x1: mid(run[0]), x2: mid(run[0]), y1: y(run[0].max), y2: y(run[0].min), 'stroke-opacity': 0.3, 'stroke-width': 6 }, svg);
-    if (q) svgEl('path', { class: 'quant', d: line(run, (p) => p[q]) }, svg);
     svgEl('path', { class: 'mean', d: line(run, (p) => p.mean) }, svg);
+    // Dashed, over the mean, so it shows even where the two coincide.
+    if (q) svgEl('path', { class: 'quant', d: line(run, (p) => p[q]) }, svg);
   }
 
   // The points themselves, carrying their values for tooltips and tests.

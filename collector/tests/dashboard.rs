@@ -117,8 +117,13 @@ impl Server {
 
     fn with_data_from(token: Option<&str>, t0: i64) -> Server {
         let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), t0);
+        Server::over(store, dir, token)
+    }
+
+    fn over(store: SqliteStore, dir: tempfile::TempDir, token: Option<&str>) -> Server {
         let state = ApiState {
-            store: Arc::new(Mutex::new(store(dir.path(), t0))),
+            store: Arc::new(Mutex::new(store)),
             token: token.map(str::to_string),
             finality: Finality {
                 lateness_ms: 0,
@@ -438,6 +443,50 @@ fn a_relative_range_picks_width_and_step_and_shows_recent_data() {
         let s = summary(&readings(0, m as i64), t);
         assert_eq!(p["data-mean"].parse::<f64>().unwrap(), s.mean().unwrap());
     }
+}
+
+#[test]
+fn a_bare_first_visit_with_many_series_groups_them_by_a_tag() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let t0 = now / MIN * MIN - 10 * MIN;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(&dir.path().join("c.db"), &[HOUR]).unwrap();
+    // 12 devices over 3 sites (4 each).
+    let partials = (0..12)
+        .flat_map(|d| {
+            let site = ["a", "b", "c"][d % 3];
+            (0..5).map(move |m| {
+                let start = t0 + m * MIN;
+                Partial {
+                    series: key(&format!("dev{d}"), site),
+                    window: Window::new(start, Width::new(MIN).unwrap()).unwrap(),
+                    summary: summary(&readings(d, m), start),
+                }
+            })
+        })
+        .collect();
+    store
+        .apply(&[Batch::new("gw", 1, t0 + 5 * MIN, partials)])
+        .unwrap();
+    let server = Server::over(store, dir, None);
+    let dom = browse(&format!("http://{}/", server.addr), "--dump-dom");
+    assert_eq!(state(&dom), "ok", "{dom}");
+    assert_eq!(dom.matches("class=\"card\"").count(), 3, "{dom}");
+    for site in ["a", "b", "c"] {
+        assert!(dom.contains(&format!("data-label=\"site = {site}\"")));
+    }
+    let pts = points(&dom);
+    assert_eq!(pts.len(), 3 * 5);
+    assert!(pts.iter().all(|p| p["data-count"] == "24"), "4 devices × 6");
+    // Asked for explicitly, one chart per series (at most 24) it is.
+    let dom = browse(
+        &format!("http://{}/?metric=temperature&range=1h", server.addr),
+        "--dump-dom",
+    );
+    assert_eq!(dom.matches("class=\"card\"").count(), 12);
 }
 
 #[test]

@@ -410,7 +410,7 @@ function chart(r, plan) {
 
   // y domain from every value drawn.
   const vals = pts.flatMap((p) => [p.min, p.max, p.mean, q ? p[q] : null]).filter(Number.isFinite);
-  let lo = Math.min(...vals), hi = Math.max(...vals);
+  let lo = vals.length ? Math.min(...vals) : 0, hi = vals.length ? Math.max(...vals) : 1;
   if (lo === hi) { lo -= Math.abs(lo) * 0.05 || 1; hi += Math.abs(hi) * 0.05 || 1; }
   const padY = (hi - lo) * 0.08; lo -= padY; hi += padY;
   const x = (t) => m.l + ((t - plan.from) / (plan.to - plan.from)) * pw;

@@ -95,7 +95,9 @@ impl<S: Store + Send + 'static> Runner<S> {
 
     /// Runs until stopped.
     pub(crate) async fn run(mut self) {
-        tracing::info!(sink = %self.cfg.name, url = %self.endpoint.url(), width_ms = self.cfg.width_ms, "sink running");
+        let mut url = self.endpoint.url().clone();
+        let _ = url.set_password(None); // never log credentials
+        tracing::info!(sink = %self.cfg.name, %url, width_ms = self.cfg.width_ms, "sink running");
         let poll = Duration::from_millis(self.cfg.poll_ms);
         let mut cursor = loop {
             match self.load_cursor().await {
@@ -225,8 +227,8 @@ impl<S: Store + Send + 'static> Runner<S> {
     async fn push(&mut self, cursor: &mut u64, rows: Vec<Changed>) -> Flow {
         let mut rest: &[Changed] = &rows;
         let mut take = rest.len();
-        while let Some(last_possible) = rest.len().checked_sub(1) {
-            let n = take.clamp(1, last_possible + 1);
+        while !rest.is_empty() {
+            let n = take.clamp(1, rest.len());
             let chunk = &rest[..n];
             match self.deliver(chunk).await {
                 Outcome::Stopped => return Flow::Stop,

@@ -4,8 +4,8 @@
 //! final windows arrive exactly once per revision with the stored values,
 //! non-final windows wait, outages lose nothing, a refused point is skipped
 //! and counted, a restart resumes from the durable cursor, the influx body
-//! parses (with InfluxData's parser) to the expected fields, and `/metrics`
-//! shows the sink.
+//! parses (with InfluxData's parser) to the expected fields, `/metrics`
+//! shows the sink, and the same holds over a real PostgreSQL store.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tributary_collector::config::Config;
 use tributary_collector::finality::Finality;
 use tributary_collector::sinks::{self, SinkConfig, SinkCounters, SinkKind, Sinks};
+use tributary_collector::store::postgres::{PostgresOptions, PostgresStore};
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_collector::store::{Store, StoredWindow};
 use tributary_core::batch::{Batch, Partial};
@@ -180,7 +181,7 @@ struct Running {
 }
 
 impl Running {
-    fn start(cfg: &SinkConfig, store: &Arc<Mutex<SqliteStore>>) -> Running {
+    fn start<S: Store + Send + 'static>(cfg: &SinkConfig, store: &Arc<Mutex<S>>) -> Running {
         let (stop, rx) = watch::channel(false);
         let sinks = sinks::start(std::slice::from_ref(cfg), store.clone(), FINALITY, rx).unwrap();
         Running { sinks, stop }
@@ -212,7 +213,7 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn stored(store: &Arc<Mutex<SqliteStore>>, device: &str, minute: i64) -> StoredWindow {
+fn stored<S: Store>(store: &Arc<Mutex<S>>, device: &str, minute: i64) -> StoredWindow {
     let start = T0 + minute * MIN;
     let w = store
         .lock()
@@ -454,6 +455,78 @@ async fn a_sink_stopped_during_an_outage_stops_and_later_delivers_everything() {
     wait_until("both windows", || c.pushed.load(Relaxed) == 2).await;
     assert_eq!(points(&server).len(), 2);
     run.stop().await;
+}
+
+/// The PostgreSQL store runs its own runtime and blocks: the sink reaches
+/// it only through `spawn_blocking`, and this test does the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_follows_a_postgresql_store_too() {
+    let pg = tributary_testkit::Postgres::start(Default::default()).unwrap();
+    let url = pg.create_database("sinks").unwrap();
+    let blocking = |f: Box<dyn FnOnce() + Send>| tokio::task::spawn_blocking(f);
+    let store = tokio::task::spawn_blocking(move || {
+        PostgresStore::open(&PostgresOptions::new(&url), &[3_600_000]).unwrap()
+    })
+    .await
+    .unwrap();
+    let store = Arc::new(Mutex::new(store));
+    let apply = |store: &Arc<Mutex<PostgresStore>>, b: Batch| {
+        let store = store.clone();
+        blocking(Box::new(move || {
+            store.lock().unwrap().apply(&[b]).unwrap();
+        }))
+    };
+    let parts = vec![partial("d1", 0, &[1000, 2000]), partial("d2", 0, &[3000])];
+    apply(&store, batch(1, 1, parts)).await.unwrap();
+    apply(&store, batch(2, 1, vec![partial("d1", 1, &[4000])]))
+        .await
+        .unwrap();
+    let server = Server::start(0, Arc::default()).await;
+    let run = Running::start(&sink(SinkKind::Webhook, server.port), &store);
+    let c = run.counters();
+    wait_until("the two final windows", || c.pushed.load(Relaxed) == 2).await;
+    wait_until("minute 1 waiting", || c.lag.load(Relaxed) == 1).await;
+    // A revision and minute 1's finality in one batch.
+    apply(&store, batch(3, 2, vec![partial("d2", 0, &[5000])]))
+        .await
+        .unwrap();
+    wait_until("minute 1 and the revision", || c.pushed.load(Relaxed) == 4).await;
+    run.stop().await;
+    let (got, want) = {
+        let st = store.clone();
+        tokio::task::spawn_blocking(move || {
+            let got = points(&server);
+            let want: Vec<_> = got
+                .keys()
+                .map(|(d, m, _)| expected(d, &stored(&st, d, *m)))
+                .collect();
+            let cursor = st.lock().unwrap().cursor("sink:test").unwrap();
+            (got, (want, cursor))
+        })
+        .await
+        .unwrap()
+    };
+    let keys: Vec<_> = got.keys().cloned().collect();
+    assert_eq!(
+        keys,
+        [
+            ("d1".into(), 0, 0),
+            ("d1".into(), 1, 0),
+            ("d2".into(), 0, 0),
+            ("d2".into(), 0, 1)
+        ]
+    );
+    // The latest revision of each window equals what is stored now.
+    for (i, ((d, m, rev), p)) in got.iter().enumerate() {
+        if !(d == "d2" && *m == 0 && *rev == 0) {
+            assert_eq!(p, &want.0[i], "{d} {m} {rev}");
+        }
+    }
+    assert!(want.1 > 0, "the cursor is durable in PostgreSQL");
+    // The store's runtime must not be dropped inside this one.
+    tokio::task::spawn_blocking(move || drop(store))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! Sinks: push final windows, and their later revisions, to HTTP endpoints —
-//! InfluxDB's v2 write API ([`influx`] line protocol) or a generic JSON
-//! webhook ([`webhook`]).
+//! InfluxDB's v2 write API (line protocol, `sinks/influx.rs`) or a generic
+//! JSON webhook (`sinks/webhook.rs`).
 //!
 //! # Design
 //! The pending queue of a sink is the store itself: every result row written
@@ -27,8 +27,9 @@
 //!   at-least-once, made idempotent by the receivers' upsert on (series,
 //!   window start, width).
 //!
-//! Several collector instances sharing one database each run their sinks
-//! (one cursor per sink name): configure a sink on one instance only.
+//! Several collector instances sharing one database each run the sinks in
+//! their own config, and one sink name means one cursor: configure a sink on
+//! one instance only (otherwise points are pushed more than once).
 
 mod config;
 mod http;

@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! cargo run --release -p tributary-collector --example store_bench -- \
-//!     [--batches 600] [--partials 50] [--group 16] [--devices 2000] [--writers 1,2,3]
+//!     [--batches 600] [--partials 50] [--group 16] [--devices 2000] [--agents 10] \
+//!     [--rollups 3600000,86400000|none] [--writers 1,2,3]
 //! ```
 //!
 //! Every run applies the same seeded workload (agents' batches of one-minute
@@ -28,8 +29,7 @@ use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
 use tributary_testkit::{Postgres, PostgresOptions as Server};
 
 const MIN: i64 = 60_000;
-const HOUR: i64 = 3_600_000;
-const DAY: i64 = 24 * HOUR;
+const DAY: i64 = 24 * 3_600_000;
 const T0: i64 = 1_700_000_000_000 / DAY * DAY;
 
 #[derive(Debug, Parser)]
@@ -49,6 +49,10 @@ struct Args {
     /// Agents.
     #[arg(long, default_value_t = 10)]
     agents: u64,
+    /// Roll-up widths (ms) kept exact by merging; `--rollups none` for none
+    /// (then concurrent writers rarely touch the same rows).
+    #[arg(long, default_value = "3600000,86400000")]
+    rollups: String,
     /// PostgreSQL writer counts to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
     writers: Vec<usize>,
@@ -95,7 +99,7 @@ fn workload(a: &Args) -> Vec<Batch> {
 }
 
 fn readings<S: Store>(store: &S) -> u64 {
-    let day = Width::new(DAY).unwrap();
+    let day = Width::new(MIN).unwrap();
     store
         .series()
         .unwrap()
@@ -152,6 +156,12 @@ fn busy(c0: u64, t0: u64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let rollups: Vec<i64> = args
+        .rollups
+        .split(',')
+        .filter(|r| !r.is_empty() && *r != "none")
+        .map(|r| r.parse().context("--rollups: a comma list of ms"))
+        .collect::<Result<_, _>>()?;
     let batches = workload(&args);
     let partials: usize = batches.iter().map(|b| b.partials.len()).sum();
     let total: u64 = batches
@@ -160,16 +170,17 @@ fn main() -> anyhow::Result<()> {
         .map(|p| p.summary.count())
         .sum();
     println!(
-        "workload: {} batches × {} partials over {} devices, {} batches per transaction, roll-ups 1 h + 1 d",
+        "workload: {} batches × {} partials over {} devices, {} batches per transaction, roll-ups {:?} ms",
         batches.len(),
         args.partials,
         args.devices,
-        args.group
+        args.group,
+        rollups
     );
     let mut figures = Vec::new();
 
     let dir = tempfile::tempdir()?;
-    let mut lite = SqliteStore::open(&dir.path().join("bench.db"), &[HOUR, DAY])?;
+    let mut lite = SqliteStore::open(&dir.path().join("bench.db"), &rollups)?;
     let (c0, t0) = cpu();
     let t = Instant::now();
     for g in batches.chunks(args.group) {
@@ -194,7 +205,7 @@ fn main() -> anyhow::Result<()> {
             ..PostgresOptions::new(url)
         };
         let stores: Vec<PostgresStore> = (0..n)
-            .map(|_| PostgresStore::open(&options, &[HOUR, DAY]))
+            .map(|_| PostgresStore::open(&options, &rollups))
             .collect::<Result<_, _>>()?;
         // Writer i takes every n-th group, as a shared subscription spreads them.
         let groups: Vec<&[Batch]> = batches.chunks(args.group).collect();

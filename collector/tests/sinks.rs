@@ -299,6 +299,7 @@ async fn final_windows_arrive_once_per_revision_with_the_stored_values() {
     wait_until("4 final windows", || c.pushed.load(Relaxed) == 4).await;
     // The runner has looked at minute 2 and keeps it waiting.
     wait_until("the lag to show minute 2", || c.lag.load(Relaxed) == 1).await;
+    wait_until("minute 2 to hold the sink", || c.held_ms.load(Relaxed) > 0).await;
     let got = points(&server);
     let keys: Vec<_> = got.keys().cloned().collect();
     assert_eq!(
@@ -340,6 +341,7 @@ async fn final_windows_arrive_once_per_revision_with_the_stored_values() {
     );
     assert_eq!(c.rejected.load(Relaxed), 0);
     assert!(c.last_success_ms.load(Relaxed) > 0);
+    wait_until("nothing held", || c.held_ms.load(Relaxed) == 0).await;
     run.stop().await;
 }
 
@@ -755,6 +757,7 @@ async fn the_collector_runs_its_sinks_and_shows_them_on_metrics() {
         "tributary_sink_rejected_points_total{sink=\"hook\"} 0",
         "tributary_sink_lag_rows{sink=\"hook\"} 0",
         "tributary_sink_consecutive_failures{sink=\"hook\"} 0",
+        "tributary_sink_held_seconds{sink=\"hook\"} 0.000",
         "# TYPE tributary_sink_last_success_timestamp_seconds gauge",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");

@@ -12,6 +12,11 @@
 //!   everything after it wait for the next look (every `poll_ms`);
 //! - advances the cursor past a request only after its `2xx`.
 //!
+//! So a window that stays non-final (its agents far behind, or data stamped
+//! in the future) holds back every row after it until it is final or its
+//! agents go idle: `tributary_sink_held_seconds` shows for how long, and a
+//! warning names the window every 5 minutes.
+//!
 //! What follows:
 //! - **Nothing is lost in an outage.** Timeouts, connection errors, `5xx`
 //!   and `429` are retried from the same cursor, forever, with exponential
@@ -95,6 +100,8 @@ pub struct SinkCounters {
     pub store_errors: AtomicU64,
     /// Failed attempts in a row at the current batch (0 when healthy).
     pub failing: AtomicU64,
+    /// How long (ms) the first non-final row has held the rest back.
+    pub held_ms: AtomicU64,
 }
 
 /// The counters of every sink, rendered for `/metrics`.
@@ -116,7 +123,7 @@ impl SinkMetrics {
             return out;
         }
         type Get = fn(&SinkCounters) -> String;
-        let families: [(&str, &str, &str, Get); 9] = [
+        let families: [(&str, &str, &str, Get); 10] = [
             (
                 "pushed_points_total",
                 "counter",
@@ -164,6 +171,15 @@ impl SinkMetrics {
                 "gauge",
                 "Failed attempts in a row at the current batch (0 = healthy).",
                 |c| c.failing.load(Relaxed).to_string(),
+            ),
+            (
+                "held_seconds",
+                "gauge",
+                "How long the first window not final yet has held back the rows after it.",
+                |c| {
+                    let ms = c.held_ms.load(Relaxed);
+                    format!("{}.{:03}", ms / 1000, ms % 1000)
+                },
             ),
             (
                 "cursor",

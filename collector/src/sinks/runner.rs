@@ -33,7 +33,19 @@ struct Look {
     ready: Vec<Changed>,
     /// Rows after the cursor (up to [`LAG_CAP`]), when counted this time.
     waiting: Option<u64>,
+    /// The first row that is not final yet, which holds back the rest.
+    head: Option<Changed>,
 }
+
+/// The row holding a sink back, and since when.
+struct Held {
+    change: u64,
+    since: Instant,
+    warned: Option<Instant>,
+}
+
+/// How long a row may hold a sink back before it is logged (again).
+const HELD_WARN_EVERY: Duration = Duration::from_secs(300);
 
 /// Whether to go on.
 enum Flow {
@@ -59,6 +71,7 @@ pub(crate) struct Runner<S> {
     counters: Arc<SinkCounters>,
     stop: watch::Receiver<bool>,
     lag_counted: Option<Instant>,
+    held: Option<Held>,
 }
 
 fn now_ms() -> i64 {
@@ -90,6 +103,7 @@ impl<S: Store + Send + 'static> Runner<S> {
             counters,
             stop,
             lag_counted: None,
+            held: None,
         })
     }
 
@@ -121,6 +135,7 @@ impl<S: Store + Send + 'static> Runner<S> {
                     if let Some(w) = look.waiting {
                         self.counters.lag.store(w, Relaxed);
                     }
+                    self.note_head(look.head.as_ref());
                     if !look.ready.is_empty() {
                         match self.push(&mut cursor, look.ready).await {
                             // Look again at once: more may be ready.
@@ -196,6 +211,7 @@ impl<S: Store + Send + 'static> Runner<S> {
             let now = now_ms();
             let mut through: HashMap<SeriesKey, Option<i64>> = HashMap::new();
             let mut ready = Vec::new();
+            let mut head = None;
             for row in rows {
                 let t = match through.get(&row.series) {
                     Some(t) => *t,
@@ -207,17 +223,60 @@ impl<S: Store + Send + 'static> Runner<S> {
                 };
                 let is_final = t.is_some_and(|t| row.stored.window.end() <= t);
                 if !is_final {
+                    head = Some(row);
                     break;
                 }
                 ready.push(row);
             }
-            Ok::<_, SinkError>(Look { ready, waiting })
+            Ok::<_, SinkError>(Look {
+                ready,
+                waiting,
+                head,
+            })
         })
         .await??;
         if look.waiting.is_some_and(|w| w as usize >= limit) {
             self.lag_counted = Some(Instant::now());
         }
         Ok(look)
+    }
+
+    /// Tracks the row that holds the sink back (`tributary_sink_held_seconds`)
+    /// and logs it when it has held it for long: a window that stays
+    /// non-final (an agent far behind, or data stamped in the future) stops
+    /// every row after it, by design, until it is final.
+    fn note_head(&mut self, head: Option<&Changed>) {
+        let Some(row) = head else {
+            self.held = None;
+            self.counters.held_ms.store(0, Relaxed);
+            return;
+        };
+        let held = match &mut self.held {
+            Some(h) if h.change == row.change => h,
+            slot => slot.insert(Held {
+                change: row.change,
+                since: Instant::now(),
+                warned: None,
+            }),
+        };
+        let waited = held.since.elapsed();
+        self.counters.held_ms.store(
+            u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
+        let due = held.warned.map_or(waited >= HELD_WARN_EVERY, |t| {
+            t.elapsed() >= HELD_WARN_EVERY
+        });
+        if due {
+            held.warned = Some(Instant::now());
+            tracing::warn!(
+                sink = %self.cfg.name,
+                series = %row.series,
+                start = row.stored.window.start(),
+                held_s = waited.as_secs(),
+                "a window that is not final yet holds this sink back (its agents' watermarks have not passed its end plus the lateness)"
+            );
+        }
     }
 
     /// Pushes `rows` (final, in change order) in requests of at most

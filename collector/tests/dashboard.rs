@@ -168,15 +168,16 @@ impl Server {
     }
 }
 
-/// Runs headless chromium on `url` with `mode` (`--dump-dom` or
-/// `--screenshot=…`); returns its stdout. Bounded: killed after 60 s.
-fn browse(url: &str, mode: &str) -> String {
-    browse_for(url, mode, 4000)
+/// Loads `url` in headless chromium; returns the DOM after 4 s of virtual
+/// time (enough for the first load; no poll fires).
+fn browse(url: &str) -> String {
+    browse_for(url, 4000, None)
 }
 
-/// [`browse`] letting the page run `virtual_ms` of virtual time (timers
-/// fire, network fetches complete) before the DOM or screenshot is taken.
-fn browse_for(url: &str, mode: &str, virtual_ms: u32) -> String {
+/// Loads `url` in headless chromium, lets the page run `virtual_ms` of
+/// virtual time (timers fire, fetches complete) and returns the DOM, saving a
+/// screenshot to `shot` in the same run if given. Bounded: killed after 60 s.
+fn browse_for(url: &str, virtual_ms: u32, shot: Option<&Path>) -> String {
     let profile = tempfile::tempdir().unwrap();
     let out = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(chromium())
@@ -191,7 +192,8 @@ fn browse_for(url: &str, mode: &str, virtual_ms: u32) -> String {
         ])
         .arg(format!("--virtual-time-budget={virtual_ms}"))
         .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(mode)
+        .arg("--dump-dom")
+        .args(shot.map(|p| format!("--screenshot={}", p.display())))
         .arg(url)
         .stdout(out.reopen().unwrap())
         .stderr(Stdio::null())
@@ -212,13 +214,13 @@ fn browse_for(url: &str, mode: &str, virtual_ms: u32) -> String {
     std::fs::read_to_string(out.path()).unwrap()
 }
 
-/// Saves a 1366×800 screenshot of `url` as `name` in the test's target
-/// directory and checks it is a PNG of that size holding at least
+/// [`browse`], also saving a 1366×800 screenshot as `name` in the test's
+/// target directory, checked to be a PNG of that size holding at least
 /// `min_bytes` (a blank page compresses far smaller).
-fn screenshot(url: &str, name: &str, min_bytes: usize) -> PathBuf {
+fn browse_and_shoot(url: &str, name: &str, min_bytes: usize) -> String {
     let png = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_file(&png);
-    browse(url, &format!("--screenshot={}", png.display()));
+    let dom = browse_for(url, 4000, Some(&png));
     let bytes = std::fs::read(&png).expect("the screenshot was written");
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
     let (w, h) = (
@@ -231,7 +233,7 @@ fn screenshot(url: &str, name: &str, min_bytes: usize) -> PathBuf {
         "{name}: only {} bytes",
         bytes.len()
     );
-    png
+    dom
 }
 
 /// The attributes of every `<circle class="pt …">` in the DOM.
@@ -269,7 +271,7 @@ fn range(from: i64, to: i64) -> String {
 fn charts_show_the_stored_means_with_finality_and_a_screenshot() {
     let server = Server::start(None);
     let url = server.url(&range(T0, T0 + HOUR));
-    let dom = browse(&url, "--dump-dom");
+    let dom = browse_and_shoot(&url, "dashboard.png", 30_000);
     assert_eq!(state(&dom), "ok", "{dom}");
     assert_eq!(
         dom.matches("class=\"card\"").count(),
@@ -308,18 +310,12 @@ fn charts_show_the_stored_means_with_finality_and_a_screenshot() {
             assert!(p["class"].ends_with(if is_final { "final" } else { "provisional" }));
         }
     }
-
-    screenshot(&url, "dashboard.png", 30_000);
 }
 
 #[test]
 fn group_by_draws_one_chart_per_tag_value_with_merged_means() {
     let server = Server::start(None);
-    let dom = browse(
-        &server.url(&format!("{}&group_by=site", range(T0, T0 + 10 * MIN))),
-        "--dump-dom",
-    );
-    screenshot(
+    let dom = browse_and_shoot(
         &server.url(&format!("{}&group_by=site", range(T0, T0 + HOUR))),
         "dashboard-group.png",
         20_000,
@@ -330,7 +326,7 @@ fn group_by_draws_one_chart_per_tag_value_with_merged_means() {
     let south = dom.find("data-label=\"site = south\"").unwrap();
     assert!(north < south);
     let pts = points(&dom[north..south]);
-    assert_eq!(pts.len(), 10);
+    assert_eq!(pts.len(), 60);
     for p in pts {
         let t: i64 = p["data-t"].parse().unwrap();
         let m = (t - T0) / MIN;
@@ -349,7 +345,7 @@ fn an_api_error_and_an_empty_range_are_shown_to_the_user() {
         "metric=temperature&from={T0}&to={}&width={MIN}&step=90000",
         T0 + HOUR
     );
-    let dom = browse(&server.url(&bad), "--dump-dom");
+    let dom = browse_and_shoot(&server.url(&bad), "dashboard-error.png", 5_000);
     assert_eq!(state(&dom), "error", "{dom}");
     let err = &dom[dom.find("id=\"error\"").unwrap()..];
     let err = &err[..err.find("</div>").unwrap()];
@@ -357,24 +353,26 @@ fn an_api_error_and_an_empty_range_are_shown_to_the_user() {
     assert!(err.contains("HTTP 400"), "{err}");
     assert!(err.contains("must be a positive multiple of"), "{err}");
     assert!(points(&dom).is_empty());
-    screenshot(&server.url(&bad), "dashboard-error.png", 5_000);
 
     // A range with no data: an explanation instead of an empty chart.
-    let dom = browse(&server.url(&range(T0 - 2 * HOUR, T0 - HOUR)), "--dump-dom");
-    assert_eq!(state(&dom), "empty", "{dom}");
-    assert!(dom.contains("No data for <b>temperature</b>"), "{dom}");
-    assert!(points(&dom).is_empty());
-    screenshot(
+    let dom = browse_and_shoot(
         &server.url(&range(T0 - 2 * HOUR, T0 - HOUR)),
         "dashboard-empty.png",
         5_000,
     );
+    assert_eq!(state(&dom), "empty", "{dom}");
+    assert!(dom.contains("No data for <b>temperature</b>"), "{dom}");
+    assert!(points(&dom).is_empty());
 }
 
 #[test]
 fn a_collector_with_a_token_asks_for_it_and_shows_no_data() {
     let server = Server::start(Some("s3cret"));
-    let dom = browse(&server.url(&range(T0, T0 + HOUR)), "--dump-dom");
+    let dom = browse_and_shoot(
+        &server.url(&range(T0, T0 + HOUR)),
+        "dashboard-token.png",
+        5_000,
+    );
     assert_eq!(state(&dom), "auth", "{dom}");
     let panel = &dom[dom.find("id=\"token-panel\"").unwrap()..];
     let panel_tag = &panel[..panel.find('>').unwrap()];
@@ -384,21 +382,16 @@ fn a_collector_with_a_token_asks_for_it_and_shows_no_data() {
     );
     assert!(dom.contains("bearer token"), "{dom}");
     assert!(points(&dom).is_empty());
-    screenshot(
-        &server.url(&range(T0, T0 + HOUR)),
-        "dashboard-token.png",
-        5_000,
-    );
 }
 
 #[test]
 fn with_the_right_token_the_charts_show_and_a_wrong_one_is_refused() {
     let server = Server::start(Some("s3cret"));
     let url = server.url(&range(T0, T0 + HOUR));
-    let dom = browse(&format!("{url}#token=s3cret"), "--dump-dom");
+    let dom = browse(&format!("{url}#token=s3cret"));
     assert_eq!(state(&dom), "ok", "{dom}");
     assert_eq!(points(&dom).len(), 3 * 60);
-    let dom = browse(&format!("{url}#token=wrong"), "--dump-dom");
+    let dom = browse(&format!("{url}#token=wrong"));
     assert_eq!(state(&dom), "auth", "{dom}");
     assert!(dom.contains("HTTP 401"), "{dom}");
     assert!(dom.contains("missing or wrong bearer token"), "{dom}");
@@ -429,7 +422,7 @@ fn a_relative_range_picks_width_and_step_and_shows_recent_data() {
     let server = Server::with_data_from(None, t0);
     // No width or step: the page takes the finest stored width (60 s, from
     // /api/v1/meta) and a step giving at most 120 points (60 s for 1 h).
-    let dom = browse(&server.url("metric=temperature&range=1h"), "--dump-dom");
+    let dom = browse(&server.url("metric=temperature&range=1h"));
     assert_eq!(state(&dom), "ok", "{dom}");
     assert!(dom.contains("width 1 min · step 1 min"), "{dom}");
     let card = dom.find("data-label=\"d1\"").unwrap();
@@ -472,7 +465,7 @@ fn a_bare_first_visit_with_many_series_groups_them_by_a_tag() {
         .apply(&[Batch::new("gw", 1, t0 + 5 * MIN, partials)])
         .unwrap();
     let server = Server::over(store, dir, None);
-    let dom = browse(&format!("http://{}/", server.addr), "--dump-dom");
+    let dom = browse(&format!("http://{}/", server.addr));
     assert_eq!(state(&dom), "ok", "{dom}");
     assert_eq!(dom.matches("class=\"card\"").count(), 3, "{dom}");
     for site in ["a", "b", "c"] {
@@ -482,26 +475,29 @@ fn a_bare_first_visit_with_many_series_groups_them_by_a_tag() {
     assert_eq!(pts.len(), 3 * 5);
     assert!(pts.iter().all(|p| p["data-count"] == "24"), "4 devices × 6");
     // Asked for explicitly, one chart per series (at most 24) it is.
-    let dom = browse(
-        &format!("http://{}/?metric=temperature&range=1h", server.addr),
-        "--dump-dom",
-    );
+    let dom = browse(&format!(
+        "http://{}/?metric=temperature&range=1h",
+        server.addr
+    ));
     assert_eq!(dom.matches("class=\"card\"").count(), 12);
 }
 
 #[test]
-fn live_mode_polls_the_api_and_paused_mode_does_not() {
+fn live_mode_polls_the_api() {
     let live = Server::start(None);
     // 16 s of virtual time: the first load plus polls at 5, 10 and 15 s.
-    let dom = browse_for(&live.url(&range(T0, T0 + HOUR)), "--dump-dom", 16_000);
+    let dom = browse_for(&live.url(&range(T0, T0 + HOUR)), 16_000, None);
     assert_eq!(state(&dom), "ok");
     assert!(dom.contains("live · updated"), "{dom}");
     let n = live.queries.load(Ordering::SeqCst);
     assert!(n >= 3, "only {n} queries in 16 s of live mode");
+}
 
+#[test]
+fn paused_mode_queries_once() {
     let paused = Server::start(None);
     let url = format!("{}&live=0", range(T0, T0 + HOUR));
-    let dom = browse_for(&paused.url(&url), "--dump-dom", 16_000);
+    let dom = browse_for(&paused.url(&url), 16_000, None);
     assert_eq!(state(&dom), "ok");
     assert!(dom.contains("paused · updated"), "{dom}");
     assert_eq!(paused.queries.load(Ordering::SeqCst), 1);
@@ -552,7 +548,7 @@ fn the_running_collector_serves_the_dashboard() {
         "{meta}"
     );
     // The page on an empty collector says so.
-    let dom = browse(&format!("http://{addr}/"), "--dump-dom");
+    let dom = browse(&format!("http://{addr}/"));
     assert_eq!(state(&dom), "empty", "{dom}");
     assert!(dom.contains("No series are stored yet"), "{dom}");
     rt.block_on(running.stop()).unwrap();

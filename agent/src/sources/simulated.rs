@@ -386,13 +386,14 @@ pub(crate) async fn run_device(
             }
         }
         let gated = st.dev.pending() >= cap;
-        if !gated || st.stopped {
+        if steps > 0 || !gated || st.stopped {
             gated_since = None;
         } else if gated_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(2)
-            && st.dev.pending() < 15
+            && st.dev.pending() + 3 < 16
         {
             // Nothing acked for a long while: let one period pass so the
-            // firmware's resend timer can fire.
+            // firmware's resend timer can fire (one step adds at most three
+            // frames; the ring holds 16).
             frames.extend(decode(&mut dec, &st.step()));
             gated_since = None;
         }

@@ -244,7 +244,10 @@ impl PostgresStore {
             let _ = tx.send(fut.await);
         });
         rx.recv().map_err(|_| {
-            StoreError::Backend("the store's runtime stopped before answering".into())
+            StoreError::Backend(
+                "the store task failed before answering (it panicked, or the store's runtime stopped)"
+                    .into(),
+            )
         })?
     }
 }

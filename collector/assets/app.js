@@ -148,7 +148,13 @@ function setOptions(select, options, value) {
   }
   const html = options.map(([v, l]) => `<option value="${escapeHtml(v)}">${escapeHtml(l)}</option>`).join('');
   if (select.dataset.html !== html) { select.innerHTML = html; select.dataset.html = html; }
-  select.value = value;
+  setValue(select, value);
+}
+
+// Sets a control's value unless the user is using it (a poll must not
+// overwrite what is being typed or picked).
+function setValue(el, value) {
+  if (el !== document.activeElement) el.value = value;
 }
 
 function escapeHtml(s) {
@@ -193,14 +199,14 @@ function renderControls() {
   const steps = NICE.filter((s) => s >= plan.width && s % plan.width === 0).map((s) => [String(s), fmtDuration(s)]);
   setOptions($('step'), [['auto', 'auto'], ...steps], sel.step);
 
-  $('tags').value = sel.tags;
-  $('range').value = sel.range;
-  $('q').value = sel.q;
+  setValue($('tags'), sel.tags);
+  setValue($('range'), sel.range);
+  setValue($('q'), sel.q);
   $('live').checked = sel.live;
   $('custom-range').hidden = sel.range !== 'custom';
   if (sel.range === 'custom') {
-    $('from').value = toLocalInput(sel.from);
-    $('to').value = toLocalInput(sel.to);
+    setValue($('from'), toLocalInput(sel.from));
+    setValue($('to'), toLocalInput(sel.to));
   }
 }
 

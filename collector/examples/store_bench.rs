@@ -229,6 +229,15 @@ fn main() -> anyhow::Result<()> {
             cpu: busy(c0, t0),
         };
         f.print();
+        let db = format!("bench_{n}");
+        println!(
+            "{:<22} deadlocks retried: {}",
+            "",
+            pg.psql(
+                &db,
+                "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+            )?
+        );
         anyhow::ensure!(readings(&stores[0]) == total, "postgres lost readings");
         figures.push(f);
     }

@@ -94,6 +94,8 @@ pub struct Metrics {
     pub uplink_connects: AtomicU64,
     /// Local broker connections established.
     pub local_connects: AtomicU64,
+    /// Gauge: local broker messages received and not yet PUBACKed.
+    pub local_unacked: AtomicU64,
 
     /// Gauge: uplink connected (0/1).
     pub uplink_up: AtomicU64,
@@ -263,7 +265,12 @@ impl Metrics {
                 c.load(Relaxed)
             );
         }
-        let gauges: [(&str, &str, &AtomicU64); 4] = [
+        let gauges: [(&str, &str, &AtomicU64); 5] = [
+            (
+                "local_mqtt_unacked",
+                "Local broker messages received and not yet acknowledged.",
+                &self.local_unacked,
+            ),
             (
                 "uplink_up",
                 "Whether the uplink is connected.",

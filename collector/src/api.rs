@@ -205,7 +205,7 @@ async fn query<S: Store + Send + 'static>(
         .into_iter()
         .filter(|k| matches(k, &q))
         .collect();
-    let now = crate::store::sqlite::now_ms();
+    let now = crate::finality::now_ms();
     // group label -> step start -> point
     let mut groups: BTreeMap<String, (Value, BTreeMap<i64, Point>)> = BTreeMap::new();
     for key in &keys {

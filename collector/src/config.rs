@@ -338,7 +338,6 @@ impl Config {
         if self.finality.idle_timeout_ms <= 0 {
             errs.push(("finality.idle_timeout_ms".into(), "must be > 0".into()));
         }
-        crate::sinks::validate_all(&self.sinks, &mut errs);
         if let Some(g) = &self.mqtt.share_group {
             if g.is_empty() || g.contains(['/', '+', '#']) {
                 errs.push((
@@ -354,6 +353,7 @@ impl Config {
         } else {
             self.store.check(&mut errs);
         }
+        crate::sinks::validate_all(&self.sinks, &mut errs);
         if errs.is_empty() {
             Ok(())
         } else {
@@ -399,19 +399,6 @@ mod tests {
     }
 
     #[test]
-    fn sinks_are_validated_with_their_index() {
-        let text = "[[sinks]]\nname = \"db\"\nkind = \"influx\"\nurl = \"http://127.0.0.1:8086\"\n";
-        let s = Config::from_toml(text).unwrap_err().to_string();
-        assert!(
-            s.contains("sinks[0].org") && s.contains("sinks[0].bucket"),
-            "{s}"
-        );
-        let e =
-            Config::from_toml("[[sinks]]\nname = \"x\"\nkind = \"kafka\"\nurl = \"http://h\"\n");
-        assert!(e.unwrap_err().to_string().contains("sinks[0].kind"));
-    }
-
-    #[test]
     fn the_store_section_names_its_keys() {
         let c = Config::from_toml(
             "[store]\nkind = \"postgres\"\nurl = \"postgres://u@db:5432/t\"\npool_size = 8\n[mqtt]\nshare_group = \"collectors\"\n",
@@ -438,6 +425,19 @@ mod tests {
         }
         let e = Config::from_toml("[store]\nkind = \"mysql\"\n").unwrap_err();
         assert!(e.to_string().contains("store.kind"), "{e}");
+    }
+
+    #[test]
+    fn sinks_are_validated_with_their_index() {
+        let text = "[[sinks]]\nname = \"db\"\nkind = \"influx\"\nurl = \"http://127.0.0.1:8086\"\n";
+        let s = Config::from_toml(text).unwrap_err().to_string();
+        assert!(
+            s.contains("sinks[0].org") && s.contains("sinks[0].bucket"),
+            "{s}"
+        );
+        let e =
+            Config::from_toml("[[sinks]]\nname = \"x\"\nkind = \"kafka\"\nurl = \"http://h\"\n");
+        assert!(e.unwrap_err().to_string().contains("sinks[0].kind"));
     }
 
     #[test]

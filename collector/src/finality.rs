@@ -6,6 +6,13 @@
 
 use crate::store::AgentProgress;
 
+/// Milliseconds since the Unix epoch by the collector's clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// The finality rule's two knobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Finality {

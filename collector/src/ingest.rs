@@ -95,6 +95,10 @@ pub struct IngestCounters {
     pub batches_duplicate: AtomicU64,
     /// Partials merged.
     pub partials: AtomicU64,
+    /// Readings in the partials merged (each counted once).
+    pub readings: AtomicU64,
+    /// Payload bytes of the batches applied for the first time.
+    pub bytes: AtomicU64,
     /// Store transactions that failed.
     pub store_errors: AtomicU64,
     refused: [AtomicU64; 6],
@@ -118,6 +122,29 @@ impl IngestCounters {
             "tributary_collector_batches_total{{result=\"duplicate\"}} {}\n",
             self.batches_duplicate.load(Relaxed)
         ));
+        for (name, help, v) in [
+            ("partials", "Partials merged.", &self.partials),
+            (
+                "readings",
+                "Readings in the partials merged.",
+                &self.readings,
+            ),
+            (
+                "batch_bytes",
+                "Payload bytes of batches applied.",
+                &self.bytes,
+            ),
+            (
+                "store_errors",
+                "Store transactions that failed.",
+                &self.store_errors,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP tributary_collector_{name}_total {help}\n# TYPE tributary_collector_{name}_total counter\ntributary_collector_{name}_total {}\n",
+                v.load(Relaxed)
+            ));
+        }
         out.push_str("# TYPE tributary_collector_refused_total counter\n");
         for (r, name) in REFUSED {
             out.push_str(&format!(
@@ -248,6 +275,7 @@ async fn commit<S: Store + Send + 'static>(
     counters: &IngestCounters,
     group: Vec<(Publish, Batch)>,
 ) {
+    let sizes: Vec<usize> = group.iter().map(|(p, _)| p.payload.len()).collect();
     let (publishes, batches): (Vec<Publish>, Vec<Batch>) = group.into_iter().unzip();
     let st = store.clone();
     let applied = tokio::task::spawn_blocking(move || {
@@ -282,7 +310,7 @@ async fn commit<S: Store + Send + 'static>(
         }
     };
     let mut confirms: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
-    for (b, a) in batches.iter().zip(&outcome) {
+    for ((b, a), size) in batches.iter().zip(&outcome).zip(&sizes) {
         match a {
             Err(crate::store::StoreError::Merge {
                 series,
@@ -306,6 +334,10 @@ async fn commit<S: Store + Send + 'static>(
                 counters
                     .partials
                     .fetch_add(b.partials.len() as u64, Relaxed);
+                counters
+                    .readings
+                    .fetch_add(b.partials.iter().map(|p| p.summary.count()).sum(), Relaxed);
+                counters.bytes.fetch_add(*size as u64, Relaxed);
             }
             Ok(Applied::Duplicate) => {
                 counters.batches_duplicate.fetch_add(1, Relaxed);

@@ -3,6 +3,8 @@
 //! `[store]`; `migrate` creates or upgrades its schema and exits), ingests batches from MQTT and serves the query API,
 //! `/metrics` and `/health` until Ctrl-C or SIGTERM.
 
+mod demo;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -35,6 +37,9 @@ enum Command {
         #[arg(long, short, default_value = "/etc/tributary/collector.toml")]
         config: PathBuf,
     },
+    /// The self-contained demo: embedded broker, collector on SQLite, agents
+    /// with simulated devices; prints a summary and serves the dashboard.
+    Demo(demo::DemoArgs),
 }
 
 async fn shutdown_signal() {
@@ -127,7 +132,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -143,6 +148,10 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("loading config {}", config.display()))?;
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             rt.block_on(run(cfg))
+        }
+        Command::Demo(args) => {
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            rt.block_on(demo::run(args, shutdown_signal()))
         }
     }
 }

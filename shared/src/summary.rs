@@ -158,6 +158,17 @@ impl Summary {
         }
     }
 
+    /// This summary with every event time moved by `by` ms (e.g. from device
+    /// ticks since boot to wall-clock time). Only first/last carry times.
+    pub fn shifted(&self, by: i64) -> Summary {
+        let mut out = self.clone();
+        if let Some(e) = out.extent.as_mut() {
+            e.first.time = e.first.time.saturating_add(by);
+            e.last.time = e.last.time.saturating_add(by);
+        }
+        out
+    }
+
     /// The series' quantum.
     pub fn quantum(&self) -> Quantum {
         self.quantum

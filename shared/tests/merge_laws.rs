@@ -484,3 +484,18 @@ fn merge_trees_that_must_coarsen_equal_the_whole() {
     // Small parts of the wide data do keep finer scales than the whole.
     assert!(full(&full_r[..3]).sketch().scale() > whole.sketch().scale());
 }
+
+#[test]
+fn shifted_moves_only_event_times() {
+    let q = tributary_core::Quantum::new(-2).unwrap();
+    let mut a = tributary_core::Summary::new(q);
+    let mut b = tributary_core::Summary::new(q);
+    for (t, v) in [(5, 10), (9, -3), (2, 7)] {
+        a.insert(t, v).unwrap();
+        b.insert(t + 1_000, v).unwrap();
+    }
+    assert_eq!(a.shifted(1_000), b);
+    assert_ne!(a, b);
+    let empty = tributary_core::Summary::new(q);
+    assert_eq!(empty.shifted(7), empty);
+}

@@ -153,7 +153,8 @@ impl SimDevice {
                         series,
                         start_ms: self.start_ms + start as i64,
                         width_ms: width,
-                        summary: s.clone(),
+                        // The device records ticks since boot; boot is start_ms.
+                        summary: s.shifted(self.start_ms),
                     });
                 }
             }

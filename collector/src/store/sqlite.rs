@@ -62,13 +62,6 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT INTO meta (key, value) VALUES ('change', 0);
 ";
 
-/// Milliseconds since the Unix epoch by the collector's clock.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// The SQLite store.
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -231,7 +224,7 @@ impl Store for SqliteStore {
                 .execute(params![id, agent])?;
             }
         }
-        let seen = now_ms();
+        let seen = crate::finality::now_ms();
         for (agent, w) in watermarks {
             tx.prepare_cached(
                 "INSERT INTO watermarks (agent, watermark, seen_ms) VALUES (?1, ?2, ?3)

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tributary_agent::config::Config;
+use tributary_agent::signal::shutdown_signal;
 
 /// The Tributary edge agent.
 #[derive(Debug, Parser)]
@@ -24,27 +25,6 @@ struct Cli {
 enum Command {
     /// Measure readings/s through windowing with durable group commits.
     Bench(tributary_agent::bench::BenchArgs),
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 fn main() -> anyhow::Result<()> {

@@ -19,8 +19,8 @@ use tributary_agent::{Agent, AgentHandle};
 use tributary_collector::broker::{Embedded, EmbeddedOptions};
 use tributary_collector::config::Config;
 use tributary_collector::service;
+use tributary_collector::store;
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_collector::store::Store;
 use tributary_core::{SeriesKey, Summary, Width};
 
 use tributary_collector::truth;
@@ -121,13 +121,10 @@ fn agent_config(
 fn stored(db: &Path) -> anyhow::Result<BTreeMap<(SeriesKey, i64), Summary>> {
     let store = SqliteStore::open(db, &[]).context("opening the store to read results")?;
     let width = Width::new(WIDTH_MS).context("width")?;
-    let mut out = BTreeMap::new();
-    for key in store.series()? {
-        for w in store.windows(&key, width, i64::MIN, i64::MAX)? {
-            out.insert((key.clone(), w.window.start()), w.summary);
-        }
-    }
-    Ok(out)
+    Ok(store::all_windows(&store, width)?
+        .into_iter()
+        .map(|(k, w)| (k, w.summary))
+        .collect())
 }
 
 fn progress(line: &str) {

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tributary_agent::signal::shutdown_signal;
 use tributary_collector::config::Config;
 use tributary_collector::service;
 use tributary_collector::store::postgres::{PostgresOptions, PostgresStore};
@@ -40,27 +41,6 @@ enum Command {
     /// The self-contained demo: embedded broker, collector on SQLite, agents
     /// with simulated devices; prints a summary and serves the dashboard.
     Demo(demo::DemoArgs),
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// The configured PostgreSQL options (the URL from `TRIBUTARY_STORE_URL`

@@ -14,27 +14,24 @@ use common::{agent_toml, sim_config, start_ms, truth, Totals};
 use tributary_agent::config::Config as AgentConfig;
 use tributary_agent::Agent;
 use tributary_collector::ingest::{self, IngestConfig, IngestCounters};
+use tributary_collector::store::all_windows;
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_collector::store::Store;
 use tributary_core::Width;
 use tributary_testkit::{Mosquitto, MosquittoOptions};
 
 const WIDTH: i64 = 5000;
 
 fn stored(store: &SqliteStore) -> Totals {
-    let mut out = Totals::new();
-    for key in store.series().unwrap() {
-        for w in store
-            .windows(&key, Width::new(WIDTH).unwrap(), i64::MIN, i64::MAX)
-            .unwrap()
-        {
-            out.insert(
-                (key.to_string(), w.window.start(), WIDTH),
+    all_windows(store, Width::new(WIDTH).unwrap())
+        .unwrap()
+        .into_iter()
+        .map(|((key, start), w)| {
+            (
+                (key.to_string(), start, WIDTH),
                 (w.summary.count(), w.summary.sum_ticks()),
-            );
-        }
-    }
-    out
+            )
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

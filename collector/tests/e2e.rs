@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use tributary_agent::config::{SimMode, SimulatedConfig};
+use tributary_collector::store::all_windows;
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_collector::store::Store;
 use tributary_collector::truth;
 use tributary_core::{SeriesKey, Summary, Width};
 use tributary_testkit::{free_port, workspace_bin, Mosquitto, MosquittoOptions};
@@ -62,16 +62,11 @@ fn stored(db: &Path) -> Results {
     let Ok(store) = SqliteStore::open(db, &[]) else {
         return Results::new();
     };
-    let mut out = Results::new();
-    for key in store.series().unwrap_or_default() {
-        for w in store
-            .windows(&key, Width::new(WIDTH).unwrap(), i64::MIN, i64::MAX)
-            .unwrap()
-        {
-            out.insert((key.clone(), w.window.start()), w.summary);
-        }
-    }
-    out
+    all_windows(&store, Width::new(WIDTH).unwrap())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, w)| (k, w.summary))
+        .collect()
 }
 
 fn count(r: &Results) -> u64 {

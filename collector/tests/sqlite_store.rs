@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_collector::store::{Applied, Store};
+use tributary_collector::store::{self, Applied, Store};
 use tributary_core::batch::{Batch, Partial};
 use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
 
@@ -76,16 +76,11 @@ fn open(dir: &tempfile::TempDir, name: &str) -> SqliteStore {
 }
 
 fn all_windows(store: &SqliteStore, width: i64) -> BTreeMap<(String, i64), Summary> {
-    let mut out = BTreeMap::new();
-    for s in store.series().unwrap() {
-        for w in store
-            .windows(&s, Width::new(width).unwrap(), i64::MIN, i64::MAX)
-            .unwrap()
-        {
-            out.insert((s.device().to_string(), w.window.start()), w.summary);
-        }
-    }
-    out
+    store::all_windows(store, Width::new(width).unwrap())
+        .unwrap()
+        .into_iter()
+        .map(|((k, start), w)| ((k.device().to_string(), start), w.summary))
+        .collect()
 }
 
 #[test]

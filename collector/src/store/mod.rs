@@ -26,6 +26,8 @@
 pub mod postgres;
 pub mod sqlite;
 
+use std::collections::BTreeMap;
+
 use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Summary, Width, Window};
 
@@ -148,4 +150,19 @@ pub trait Store {
 
     /// Stores the durable cursor called `name`.
     fn set_cursor(&mut self, name: &str, value: u64) -> Result<(), StoreError>;
+}
+
+/// Every stored window of every series at `width`, by (series, window start)
+/// — the whole result set, for checks, exports and tests.
+pub fn all_windows<S: Store + ?Sized>(
+    store: &S,
+    width: Width,
+) -> Result<BTreeMap<(SeriesKey, i64), StoredWindow>, StoreError> {
+    let mut out = BTreeMap::new();
+    for key in store.series()? {
+        for w in store.windows(&key, width, i64::MIN, i64::MAX)? {
+            out.insert((key.clone(), w.window.start()), w);
+        }
+    }
+    Ok(out)
 }

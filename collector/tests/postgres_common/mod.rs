@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use tributary_collector::store::{Store, StoredWindow};
+use tributary_collector::store::{self, Store, StoredWindow};
 use tributary_core::batch::{Batch, Partial};
 use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
 
@@ -95,14 +95,9 @@ pub(crate) fn all_windows<S: Store>(store: &S, width: i64) -> BTreeMap<(String, 
 
 /// Every stored window at `width` (with its revision), by (series, start).
 pub(crate) fn all_stored<S: Store>(store: &S, width: i64) -> BTreeMap<(String, i64), StoredWindow> {
-    let mut out = BTreeMap::new();
-    for s in store.series().unwrap() {
-        for w in store
-            .windows(&s, Width::new(width).unwrap(), i64::MIN, i64::MAX)
-            .unwrap()
-        {
-            out.insert((s.to_string(), w.window.start()), w);
-        }
-    }
-    out
+    store::all_windows(store, Width::new(width).unwrap())
+        .unwrap()
+        .into_iter()
+        .map(|((k, start), w)| ((k.to_string(), start), w))
+        .collect()
 }

@@ -9,7 +9,7 @@
 //! ground truth.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod postgres_common;
+mod store_common;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{Read, Write};
@@ -19,9 +19,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use postgres_common::*;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
+use store_common::*;
 use tributary_collector::config::Config;
 use tributary_collector::service;
 use tributary_collector::store::postgres::{PostgresOptions, PostgresStore};

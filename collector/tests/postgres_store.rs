@@ -6,13 +6,13 @@
 //! windows without losing an update or a change-feed entry.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod postgres_common;
+mod store_common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use postgres_common::*;
+use store_common::*;
 use tributary_collector::store::postgres::{PostgresOptions, PostgresStore, SCHEMA_VERSION};
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_collector::store::{Applied, Store, StoreError};

@@ -9,66 +9,16 @@ use std::collections::BTreeMap;
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_collector::store::{self, Applied, Store};
 use tributary_core::batch::{Batch, Partial};
-use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+use tributary_core::{Quantum, Summary, Width, Window};
 
-const MIN: i64 = 60_000;
-const HOUR: i64 = 3_600_000;
-const T0: i64 = 1_700_000_000_000 / HOUR * HOUR;
+mod store_common;
 
-fn key(device: &str) -> SeriesKey {
-    let mut tags = BTreeMap::new();
-    tags.insert("site".to_string(), "north".to_string());
-    SeriesKey::new("temperature", device, tags).unwrap()
-}
+use store_common::{key, summary_of, Truth, HOUR, MIN, T0};
 
-/// A deterministic workload: `agents` agents, each sending `batches` batches
-/// of partials for 3 devices over 90 one-minute windows; also returns every
-/// reading per (device, minute window).
-/// Every reading (time, ticks) per (device, minute window).
-type Truth = BTreeMap<(String, i64), Vec<(i64, i64)>>;
-
+/// The SQLite tests' workload: `agents` agents sending `batches` batches of 4
+/// partials for 3 devices over 90 one-minute windows.
 fn workload(agents: u64, batches: u64) -> (Vec<Batch>, Truth) {
-    let q = Quantum::new(-3).unwrap();
-    let mut out = Vec::new();
-    let mut truth = Truth::new();
-    let mut x = 12345u64;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    for a in 0..agents {
-        for s in 0..batches {
-            let mut partials = Vec::new();
-            for _ in 0..4 {
-                let device = format!("dev-{}", next() % 3);
-                let start = T0 + (next() % 90) as i64 * MIN;
-                let mut sum = Summary::new(q);
-                for _ in 0..(1 + next() % 20) {
-                    let t = start + (next() % MIN as u64) as i64;
-                    let v = 20_000 + (next() % 5_000) as i64 - 2_500;
-                    sum.insert(t, v).unwrap();
-                    truth
-                        .entry((device.clone(), start))
-                        .or_default()
-                        .push((t, v));
-                }
-                partials.push(Partial {
-                    series: key(&device),
-                    window: Window::new(start, Width::new(MIN).unwrap()).unwrap(),
-                    summary: sum,
-                });
-            }
-            out.push(Batch::new(
-                format!("agent-{a}"),
-                s,
-                T0 + s as i64 * MIN,
-                partials,
-            ));
-        }
-    }
-    (out, truth)
+    store_common::workload(12345, agents, batches, 4, 3, 90)
 }
 
 fn open(dir: &tempfile::TempDir, name: &str) -> SqliteStore {
@@ -93,13 +43,9 @@ fn each_window_equals_the_summary_of_its_readings() {
     let stored = all_windows(&store, MIN);
     assert_eq!(stored.len(), truth.len());
     for ((device, start), readings) in &truth {
-        let mut expected = Summary::new(Quantum::new(-3).unwrap());
-        for &(t, v) in readings {
-            expected.insert(t, v).unwrap();
-        }
         assert_eq!(
             stored[&(device.clone(), *start)],
-            expected,
+            summary_of(readings),
             "{device} {start}"
         );
     }

@@ -1,4 +1,4 @@
-//! Helpers shared by the PostgreSQL tests: seeded workloads and whole-store
+//! Helpers shared by the store tests (SQLite and PostgreSQL): seeded workloads and whole-store
 //! snapshots to compare backends with.
 #![allow(dead_code, clippy::unwrap_used)]
 

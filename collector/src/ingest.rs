@@ -1,7 +1,10 @@
 //! Ingest: agents' partial batches from MQTT into the store, confirmed end
 //! to end (DESIGN §4).
 //!
-//! Subscribes to `tributary/v1/agents/+/partials` at QoS 1 with manual acks.
+//! Subscribes to `tributary/v1/agents/+/partials` at QoS 1 with manual acks,
+//! over MQTT 3.1.1 or MQTT 5 ([`Protocol`]; the [`transport`] hides which),
+//! optionally as a member of a shared-subscription group (`$share/<group>/…`)
+//! so a broker balances batches over several collector instances.
 //! Each payload is checked — size, topic, decoding (JSON or binary, version),
 //! the batch's agent id against the topic, the number of partials — and a
 //! refused one is logged, counted by reason and acknowledged so the broker
@@ -11,17 +14,32 @@
 //! agent listing the sequences applied (new or duplicate). If the commit
 //! fails nothing is acknowledged: the agent resends, and the store's
 //! de-duplication makes that harmless.
+//!
+//! The topic carries the publisher's identity only as far as the broker
+//! enforces it: with authentication on, each agent logs in with its agent id
+//! as user name and an ACL lets it publish only on its own topic (see
+//! `config/multi-instance/`), so "batch agent == topic agent" also proves
+//! the publishing client's identity. MQTT does not tell a subscriber who
+//! published a message, so the collector cannot check more than that.
+//!
+//! A refused login (wrong user name or password) or a lost connection is
+//! logged, counted (`tributary_collector_mqtt_connects_total`) and retried
+//! with a backoff of 0.5 s doubling up to 10 s; ingest never gives up.
+
+mod transport;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::watch;
 use tributary_core::batch::{Batch, Confirm};
 use tributary_core::topic;
 
+pub use transport::{Password, Protocol, TlsOptions};
+
 use crate::store::{Applied, Store};
+use transport::{AckToken, Event, Failure};
 
 /// Where and how to ingest.
 #[derive(Debug, Clone)]
@@ -30,8 +48,22 @@ pub struct IngestConfig {
     pub host: String,
     /// Broker port.
     pub port: u16,
+    /// MQTT protocol version (default 3.1.1).
+    pub protocol: Protocol,
     /// Client id (a persistent session keeps unacked batches across restarts).
     pub client_id: String,
+    /// User name to log in with (default none: anonymous).
+    pub username: Option<String>,
+    /// Password for `username` (default none: an empty password).
+    pub password: Option<Password>,
+    /// TLS to the broker (default none: plain TCP).
+    pub tls: Option<TlsOptions>,
+    /// MQTT keep-alive (default 30 s, at least 5 s).
+    pub keep_alive: Duration,
+    /// MQTT 5 session expiry interval in seconds: how long the broker keeps
+    /// the session (and queues batches for it) while the collector is away
+    /// (default 86,400 = 1 day).
+    pub session_expiry_s: u32,
     /// Largest accepted payload (bytes).
     pub max_payload_bytes: usize,
     /// Most partials in one batch.
@@ -50,7 +82,13 @@ impl Default for IngestConfig {
         IngestConfig {
             host: "127.0.0.1".into(),
             port: 1883,
+            protocol: Protocol::V311,
             client_id: "tributary-collector".into(),
+            username: None,
+            password: None,
+            tls: None,
+            keep_alive: Duration::from_secs(30),
+            session_expiry_s: 86_400,
             max_payload_bytes: 4 << 20,
             max_partials: 100_000,
             group_batches: 256,
@@ -101,6 +139,16 @@ pub struct IngestCounters {
     pub bytes: AtomicU64,
     /// Store transactions that failed.
     pub store_errors: AtomicU64,
+    /// Connections the broker accepted.
+    pub connects_ok: AtomicU64,
+    /// Connection attempts the broker refused (e.g. a wrong password).
+    pub connects_refused: AtomicU64,
+    /// Connections that failed or were lost (network, TLS, protocol).
+    pub connects_failed: AtomicU64,
+    /// 1 while connected to the broker, else 0.
+    pub connected: AtomicU64,
+    /// The protocol in use: 0 until ingest starts, 4 for 3.1.1, 5 for 5.
+    pub protocol_level: AtomicU64,
     refused: [AtomicU64; 6],
 }
 
@@ -150,6 +198,26 @@ impl IngestCounters {
             out.push_str(&format!(
                 "tributary_collector_refused_total{{reason=\"{name}\"}} {}\n",
                 self.refused(r)
+            ));
+        }
+        let protocol = match self.protocol_level.load(Relaxed) {
+            4 => Protocol::V311.as_str(),
+            5 => Protocol::V5.as_str(),
+            _ => "none",
+        };
+        out.push_str(&format!(
+            "# HELP tributary_collector_mqtt_connected 1 while connected to the broker.\n# TYPE tributary_collector_mqtt_connected gauge\ntributary_collector_mqtt_connected{{protocol=\"{protocol}\"}} {}\n",
+            self.connected.load(Relaxed)
+        ));
+        out.push_str("# HELP tributary_collector_mqtt_connects_total Connection attempts by outcome (refused: the broker said no, e.g. a wrong password; failed: network, TLS or protocol).\n# TYPE tributary_collector_mqtt_connects_total counter\n");
+        for (result, v) in [
+            ("ok", &self.connects_ok),
+            ("refused", &self.connects_refused),
+            ("failed", &self.connects_failed),
+        ] {
+            out.push_str(&format!(
+                "tributary_collector_mqtt_connects_total{{result=\"{result}\"}} {}\n",
+                v.load(Relaxed)
             ));
         }
         out
@@ -210,54 +278,115 @@ pub fn check(
     Ok(batch)
 }
 
-/// Runs ingest until `shutdown` turns true.
+/// First and longest wait before reconnecting after a failure.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
+
+/// Runs ingest until `shutdown` turns true. Never returns early: a broker
+/// that refuses the login or cannot be reached is retried with backoff.
 pub async fn run<S: Store + Send + 'static>(
     cfg: IngestConfig,
     store: Arc<Mutex<S>>,
     counters: Arc<IngestCounters>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-    o.set_clean_session(false);
-    o.set_manual_acks(true);
-    o.set_keep_alive(Duration::from_secs(30));
-    o.set_max_packet_size(cfg.max_payload_bytes * 2 + 1024, 64 * 1024);
-    let (client, mut events) = AsyncClient::new(o, 1024);
-    let mut group: Vec<(Publish, Batch)> = Vec::new();
+    counters.protocol_level.store(
+        match cfg.protocol {
+            Protocol::V311 => 4,
+            Protocol::V5 => 5,
+        },
+        Relaxed,
+    );
+    let mut backoff = BACKOFF.0;
+    let (client, mut conn) = loop {
+        match transport::client(&cfg) {
+            Ok(c) => break c,
+            Err(e) => {
+                counters.connects_failed.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "cannot set up the MQTT connection; retrying");
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF.1);
+            }
+        }
+    };
+    let filter = subscription(cfg.share_group.as_deref());
+    let mut group: Vec<(AckToken, usize, Batch)> = Vec::new();
     let mut flush_at: Option<tokio::time::Instant> = None;
+    let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
-        let deadline =
-            flush_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
         tokio::select! {
             _ = shutdown.changed() => break,
-            _ = tokio::time::sleep_until(deadline), if flush_at.is_some() => {
+            _ = tokio::time::sleep_until(flush_at.unwrap_or(far)), if flush_at.is_some() => {
                 commit(&client, &store, &counters, std::mem::take(&mut group)).await;
                 flush_at = None;
             }
-            ev = events.poll() => match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    tracing::info!(host = cfg.host, port = cfg.port, "broker connected");
-                    let _ = client.try_subscribe(subscription(cfg.share_group.as_deref()), QoS::AtLeastOnce);
+            _ = tokio::time::sleep_until(retry_at.unwrap_or(far)), if retry_at.is_some() => {
+                retry_at = None;
+                if let Err(e) = conn.refresh_credentials(&cfg) {
+                    tracing::error!(error = %e, "keeping the previous MQTT password");
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => match check(&cfg, &p.topic, &p.payload) {
-                    Ok(batch) => {
-                        group.push((p, batch));
-                        flush_at.get_or_insert_with(|| tokio::time::Instant::now() + cfg.group_wait);
-                        if group.len() >= cfg.group_batches {
-                            commit(&client, &store, &counters, std::mem::take(&mut group)).await;
-                            flush_at = None;
+            }
+            ev = conn.poll(), if retry_at.is_none() => match ev {
+                Ok(Event::Connected { session_present }) => {
+                    backoff = BACKOFF.0;
+                    counters.connects_ok.fetch_add(1, Relaxed);
+                    counters.connected.store(1, Relaxed);
+                    tracing::info!(host = cfg.host, port = cfg.port, protocol = %cfg.protocol,
+                        client_id = cfg.client_id, session_present, "broker connected");
+                    if let Err(e) = client.subscribe(filter.clone()) {
+                        tracing::error!(filter, error = %e, "cannot queue the subscription");
+                    }
+                }
+                Ok(Event::Subscribed { refused }) if !refused.is_empty() => {
+                    tracing::error!(filter, ?refused,
+                        "the broker refused the subscription: check its ACL for this collector");
+                }
+                Ok(Event::Subscribed { .. }) => tracing::debug!(filter, "subscribed"),
+                Ok(Event::Disconnected(reason)) => {
+                    tracing::warn!(reason, "the broker disconnected the collector");
+                }
+                Ok(Event::Message(m)) => {
+                    let size = m.payload.len();
+                    let checked = match m.topic.as_deref() {
+                        Some(t) => check(&cfg, t, &m.payload),
+                        None => Err((Refused::BadTopic, "the topic is not UTF-8".to_string())),
+                    };
+                    match checked {
+                        Ok(batch) => {
+                            group.push((m.ack, size, batch));
+                            flush_at.get_or_insert_with(|| tokio::time::Instant::now() + cfg.group_wait);
+                            if group.len() >= cfg.group_batches {
+                                commit(&client, &store, &counters, std::mem::take(&mut group)).await;
+                                flush_at = None;
+                            }
+                        }
+                        Err((reason, why)) => {
+                            tracing::warn!(topic = m.topic, ?reason, "batch refused: {why}");
+                            counters.refused[reason as usize].fetch_add(1, Relaxed);
+                            let _ = client.ack(m.ack).await;
                         }
                     }
-                    Err((reason, why)) => {
-                        tracing::warn!(topic = p.topic, ?reason, "batch refused: {why}");
-                        counters.refused[reason as usize].fetch_add(1, Relaxed);
-                        let _ = client.ack(&p).await;
+                }
+                Ok(Event::Other) => {}
+                Err(failure) => {
+                    counters.connected.store(0, Relaxed);
+                    match &failure {
+                        Failure::Refused { .. } => {
+                            counters.connects_refused.fetch_add(1, Relaxed);
+                            tracing::error!(host = cfg.host, port = cfg.port, client_id = cfg.client_id,
+                                user = cfg.username, retry_in = ?backoff, "{failure}");
+                        }
+                        Failure::Failed(_) => {
+                            counters.connects_failed.fetch_add(1, Relaxed);
+                            tracing::warn!(host = cfg.host, port = cfg.port, retry_in = ?backoff,
+                                error = %failure, "broker connection failed; retrying");
+                        }
                     }
-                },
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "broker connection failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    retry_at = Some(tokio::time::Instant::now() + backoff);
+                    backoff = (backoff * 2).min(BACKOFF.1);
                 }
             }
         }
@@ -265,18 +394,31 @@ pub async fn run<S: Store + Send + 'static>(
     if !group.is_empty() {
         commit(&client, &store, &counters, group).await;
     }
-    let _ = client.disconnect().await;
+    counters.connected.store(0, Relaxed);
+    client.disconnect().await;
+    // Let the event loop send the acks, confirmations and DISCONNECT queued
+    // above (bounded: a dead broker must not hold up the shutdown).
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while conn.poll().await.is_ok() {}
+    })
+    .await;
 }
 
 /// Applies a group in one transaction, then acks and confirms it.
 async fn commit<S: Store + Send + 'static>(
-    client: &AsyncClient,
+    client: &transport::Client,
     store: &Arc<Mutex<S>>,
     counters: &IngestCounters,
-    group: Vec<(Publish, Batch)>,
+    group: Vec<(AckToken, usize, Batch)>,
 ) {
-    let sizes: Vec<usize> = group.iter().map(|(p, _)| p.payload.len()).collect();
-    let (publishes, batches): (Vec<Publish>, Vec<Batch>) = group.into_iter().unzip();
+    let mut acks = Vec::with_capacity(group.len());
+    let mut sizes = Vec::with_capacity(group.len());
+    let mut batches = Vec::with_capacity(group.len());
+    for (a, size, b) in group {
+        acks.push(a);
+        sizes.push(size);
+        batches.push(b);
+    }
     let st = store.clone();
     let applied = tokio::task::spawn_blocking(move || {
         let mut guard = st.lock().map_err(|_| "store lock poisoned".to_string())?;
@@ -345,15 +487,12 @@ async fn commit<S: Store + Send + 'static>(
         }
         confirms.entry(b.agent.as_str()).or_default().push(b.seq);
     }
-    for p in &publishes {
-        let _ = client.ack(p).await;
+    for a in acks {
+        let _ = client.ack(a).await;
     }
     for (agent, seqs) in confirms {
         let c = Confirm::new(agent, seqs);
-        if let Err(e) = client
-            .publish(topic::acks(agent), QoS::AtLeastOnce, false, c.encode())
-            .await
-        {
+        if let Err(e) = client.publish(topic::acks(agent), c.encode()).await {
             tracing::warn!(agent, error = %e, "confirmation not sent; the agent will resend");
         }
     }

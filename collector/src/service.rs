@@ -85,14 +85,8 @@ pub async fn start<S: Store + Send + 'static>(
     let counters = Arc::new(IngestCounters::default());
     let (stop, stop_rx) = watch::channel(false);
     let ingest_cfg = IngestConfig {
-        host: cfg.mqtt.host.clone(),
-        port: cfg.mqtt.port,
-        client_id: cfg.mqtt.client_id.clone(),
-        max_payload_bytes: cfg.limits.max_payload_bytes,
-        max_partials: cfg.limits.max_partials,
-        group_batches: cfg.mqtt.max_group,
         group_wait: Duration::from_millis(5),
-        share_group: cfg.mqtt.share_group.clone(),
+        ..cfg.mqtt.ingest(&cfg.limits)
     };
     let ingest = tokio::spawn(ingest::run(
         ingest_cfg,

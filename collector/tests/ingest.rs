@@ -1,22 +1,32 @@
-//! Ingest against a real mosquitto: valid batches (JSON and binary) are
-//! applied once and confirmed to their agent after the commit; a redelivered
-//! batch is confirmed again but changes nothing; garbage, a batch on another
-//! agent's topic and an oversized payload are refused and counted while the
-//! valid traffic goes on.
+//! Ingest against a real mosquitto, over MQTT 3.1.1 and MQTT 5: valid
+//! batches (JSON and binary) are applied once and confirmed to their agent
+//! after the commit; a redelivered batch is confirmed again but changes
+//! nothing; garbage, a batch on another agent's topic and an oversized
+//! payload are refused and counted while the valid traffic goes on. Two
+//! instances in one MQTT 5 shared-subscription group each get a share and
+//! every batch is applied exactly once. With a password file and ACL on the
+//! broker the collector logs in with its credentials; a wrong password is
+//! refused, counted and retried without ingest giving up.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
-use tributary_collector::ingest::{self, IngestConfig, IngestCounters, Refused};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tributary_collector::ingest::{
+    self, IngestConfig, IngestCounters, Password, Protocol, Refused,
+};
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_collector::store::Store;
 use tributary_core::batch::{Batch, Confirm, Encoding, Partial};
 use tributary_core::{topic, Quantum, SeriesKey, Summary, Width, Window};
-use tributary_testkit::{Mosquitto, MosquittoOptions};
+use tributary_testkit::{free_port, Mosquitto, MosquittoOptions};
 
 fn batch(agent: &str, seq: u64, value: i64) -> Batch {
     let mut s = Summary::new(Quantum::new(-3).unwrap());
@@ -29,92 +39,163 @@ fn batch(agent: &str, seq: u64, value: i64) -> Batch {
     Batch::new(agent, seq, 1_700_000_000_000, vec![partial])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_apply_once_and_are_confirmed_after_commit() {
+/// The summary of `batch(_, seq, 1000 + seq)` for every `seq` in `seqs`.
+fn expected(seqs: impl IntoIterator<Item = u64>) -> Summary {
+    let mut s = Summary::new(Quantum::new(-3).unwrap());
+    for seq in seqs {
+        s.insert(1_700_000_000_000 + seq as i64, 1000 + seq as i64)
+            .unwrap();
+    }
+    s
+}
+
+/// One ingest task on its own SQLite store.
+struct Collector {
+    store: Arc<Mutex<SqliteStore>>,
+    counters: Arc<IngestCounters>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Collector {
+    fn start(cfg: IngestConfig) -> Collector {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Mutex::new(
+            SqliteStore::open(&dir.path().join("c.db"), &[3_600_000]).unwrap(),
+        ));
+        let counters = Arc::new(IngestCounters::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(ingest::run(cfg, store.clone(), counters.clone(), stop_rx));
+        Collector {
+            store,
+            counters,
+            stop,
+            task,
+            _dir: dir,
+        }
+    }
+
+    /// The stored 60 s windows of the one test series (empty if none).
+    fn windows(&self) -> Vec<Summary> {
+        let st = self.store.lock().unwrap();
+        let series = st.series().unwrap();
+        assert!(series.len() <= 1);
+        series
+            .iter()
+            .flat_map(|s| {
+                st.windows(s, Width::new(60_000).unwrap(), i64::MIN, i64::MAX)
+                    .unwrap()
+            })
+            .map(|w| w.summary)
+            .collect()
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("ingest stops promptly")
+            .unwrap();
+    }
+}
+
+/// A test client playing agent `agent`: publishes on its partials topic and
+/// collects the sequences confirmed to it.
+struct Agent {
+    client: Client,
+    partials: String,
+    confirmed: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Agent {
+    fn connect(agent: &str, port: u16, login: Option<(&str, &str)>) -> Agent {
+        let confirmed = Arc::new(Mutex::new(Vec::<u64>::new()));
+        let mut o = MqttOptions::new(format!("{agent}-test"), "127.0.0.1", port);
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        if let Some((u, p)) = login {
+            o.set_credentials(u, p);
+        }
+        let (client, mut conn) = Client::new(o, 1000);
+        client
+            .subscribe(topic::acks(agent), QoS::AtLeastOnce)
+            .unwrap();
+        let got = confirmed.clone();
+        let name = agent.to_string();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                match ev {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let c = Confirm::decode(&p.payload).unwrap();
+                        assert_eq!(c.agent, name);
+                        got.lock().unwrap().extend(c.seqs);
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        Agent {
+            client,
+            partials: topic::partials(agent),
+            confirmed,
+        }
+    }
+
+    fn publish(&self, payload: Vec<u8>) {
+        self.client
+            .publish(&self.partials, QoS::AtLeastOnce, false, payload)
+            .unwrap();
+    }
+
+    /// Waits (up to 20 s) until `n` confirmations arrived; returns them.
+    async fn confirmed(&self, n: usize) -> Vec<u64> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.confirmed.lock().unwrap().len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.confirmed.lock().unwrap().clone()
+    }
+}
+
+/// Waits (up to 10 s) until the collector is connected.
+async fn connected(c: &IngestCounters) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.connected.load(Relaxed) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(c.connected.load(Relaxed), 1, "{}", c.render());
+}
+
+async fn batches_apply_once_and_are_confirmed_after_commit(protocol: Protocol) {
     let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Mutex::new(
-        SqliteStore::open(&dir.path().join("c.db"), &[3_600_000]).unwrap(),
-    ));
-    let counters = Arc::new(IngestCounters::default());
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let cfg = IngestConfig {
+    let collector = Collector::start(IngestConfig {
         port: broker.port(),
+        protocol,
         client_id: "collector-test".into(),
         max_payload_bytes: 64 * 1024,
         ..IngestConfig::default()
-    };
-    let task = tokio::spawn(ingest::run(cfg, store.clone(), counters.clone(), stop_rx));
-
-    // The test plays agent-a: it listens for confirmations and publishes.
-    let confirmed = Arc::new(Mutex::new(Vec::<u64>::new()));
-    let mut o = MqttOptions::new("agent-a-test", "127.0.0.1", broker.port());
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut conn) = Client::new(o, 100);
-    client
-        .subscribe(topic::acks("agent-a"), QoS::AtLeastOnce)
-        .unwrap();
-    let got = confirmed.clone();
-    std::thread::spawn(move || {
-        for ev in conn.iter() {
-            match ev {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let c = Confirm::decode(&p.payload).unwrap();
-                    assert_eq!(c.agent, "agent-a");
-                    got.lock().unwrap().extend(c.seqs);
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await; // both subscribed
+    let agent = Agent::connect("agent-a", broker.port(), None);
+    connected(&collector.counters).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // both subscribed
 
-    let partials = topic::partials("agent-a");
     for seq in 0..5 {
         let enc = if seq % 2 == 0 {
             Encoding::Json
         } else {
             Encoding::Binary
         };
-        client
-            .publish(
-                &partials,
-                QoS::AtLeastOnce,
-                false,
-                batch("agent-a", seq, 1000 + seq as i64).encode(enc),
-            )
-            .unwrap();
+        agent.publish(batch("agent-a", seq, 1000 + seq as i64).encode(enc));
     }
-    client
-        .publish(&partials, QoS::AtLeastOnce, false, b"{not json".to_vec())
-        .unwrap();
-    client
-        .publish(
-            &partials,
-            QoS::AtLeastOnce,
-            false,
-            batch("agent-b", 9, 1).encode(Encoding::Json),
-        )
-        .unwrap();
-    client
-        .publish(&partials, QoS::AtLeastOnce, false, vec![b' '; 70 * 1024])
-        .unwrap();
+    agent.publish(b"{not json".to_vec());
+    agent.publish(batch("agent-b", 9, 1).encode(Encoding::Json));
+    agent.publish(vec![b' '; 70 * 1024]);
     // A redelivery of seq 2.
-    client
-        .publish(
-            &partials,
-            QoS::AtLeastOnce,
-            false,
-            batch("agent-a", 2, 1002).encode(Encoding::Json),
-        )
-        .unwrap();
+    agent.publish(batch("agent-a", 2, 1002).encode(Encoding::Json));
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while confirmed.lock().unwrap().len() < 6 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let seqs: Vec<u64> = confirmed.lock().unwrap().clone();
+    let counters = &collector.counters;
+    let seqs = agent.confirmed(6).await;
     assert_eq!(
         seqs.len(),
         6,
@@ -130,23 +211,8 @@ async fn batches_apply_once_and_are_confirmed_after_commit() {
     assert_eq!(counters.refused(Refused::Malformed), 1);
     assert_eq!(counters.refused(Refused::AgentMismatch), 1);
     assert_eq!(counters.refused(Refused::Oversized), 1);
-
-    {
-        let st = store.lock().unwrap();
-        let series = st.series().unwrap();
-        assert_eq!(series.len(), 1);
-        let w = st
-            .windows(&series[0], Width::new(60_000).unwrap(), i64::MIN, i64::MAX)
-            .unwrap();
-        assert_eq!(w.len(), 1);
-        let mut expected = Summary::new(Quantum::new(-3).unwrap());
-        for seq in 0..5u64 {
-            expected
-                .insert(1_700_000_000_000 + seq as i64, 1000 + seq as i64)
-                .unwrap();
-        }
-        assert_eq!(w[0].summary, expected);
-    }
+    // Confirmed means committed: the store holds exactly the five batches.
+    assert_eq!(collector.windows(), [expected(0..5)]);
 
     // A batch that cannot merge into the stored window (another quantum) is
     // refused and counted; the valid batch next to it still applies.
@@ -154,26 +220,9 @@ async fn batches_apply_once_and_are_confirmed_after_commit() {
     let mut other = Summary::new(Quantum::new(-1).unwrap());
     other.insert(1_700_000_000_000, 7).unwrap();
     poison.partials[0].summary = other;
-    client
-        .publish(
-            &partials,
-            QoS::AtLeastOnce,
-            false,
-            poison.encode(Encoding::Json),
-        )
-        .unwrap();
-    client
-        .publish(
-            &partials,
-            QoS::AtLeastOnce,
-            false,
-            batch("agent-a", 11, 1011).encode(Encoding::Json),
-        )
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while confirmed.lock().unwrap().len() < 8 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    agent.publish(poison.encode(Encoding::Json));
+    agent.publish(batch("agent-a", 11, 1011).encode(Encoding::Json));
+    agent.confirmed(8).await;
     assert_eq!(
         counters.refused(Refused::Unmergeable),
         1,
@@ -181,15 +230,259 @@ async fn batches_apply_once_and_are_confirmed_after_commit() {
         counters.render()
     );
     assert_eq!(counters.batches_new.load(Relaxed), 6);
-    {
-        let st = store.lock().unwrap();
-        let series = st.series().unwrap();
-        let w = st
-            .windows(&series[0], Width::new(60_000).unwrap(), i64::MIN, i64::MAX)
-            .unwrap();
-        assert_eq!(w[0].summary.count(), 6);
+    assert_eq!(collector.windows()[0].count(), 6);
+    let metrics = counters.render();
+    assert!(
+        metrics.contains(&format!(
+            "tributary_collector_mqtt_connected{{protocol=\"{protocol}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tributary_collector_mqtt_connects_total{result=\"ok\"} 1"));
+    collector.stop().await;
+    let _ = agent.client.disconnect();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_3_1_1_batches_apply_once_and_are_confirmed_after_commit() {
+    batches_apply_once_and_are_confirmed_after_commit(Protocol::V311).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_5_batches_apply_once_and_are_confirmed_after_commit() {
+    batches_apply_once_and_are_confirmed_after_commit(Protocol::V5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_5_shared_subscription_splits_batches_and_applies_each_once() {
+    const N: u64 = 200;
+    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
+    let instance = |i: u32| {
+        Collector::start(IngestConfig {
+            port: broker.port(),
+            protocol: Protocol::V5,
+            client_id: format!("collector-{i}"),
+            share_group: Some("collectors".into()),
+            ..IngestConfig::default()
+        })
+    };
+    let (one, two) = (instance(1), instance(2));
+    let agent = Agent::connect("agent-a", broker.port(), None);
+    connected(&one.counters).await;
+    connected(&two.counters).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for seq in 0..N {
+        agent.publish(batch("agent-a", seq, 1000 + seq as i64).encode(Encoding::Binary));
     }
-    stop.send(true).unwrap();
-    task.await.unwrap();
-    let _ = client.disconnect();
+    let seqs = agent.confirmed(N as usize).await;
+    let news = [&one, &two].map(|c| c.counters.batches_new.load(Relaxed));
+    assert_eq!(
+        seqs.iter().copied().collect::<BTreeSet<_>>(),
+        (0..N).collect(),
+        "every batch confirmed; applied per instance {news:?}"
+    );
+    assert_eq!(seqs.len(), N as usize, "each confirmed once");
+    assert_eq!(news[0] + news[1], N, "each batch applied by one instance");
+    assert!(
+        news[0] > 0 && news[1] > 0,
+        "both instances got a share: {news:?}"
+    );
+    for c in [&one, &two] {
+        assert_eq!(c.counters.batches_duplicate.load(Relaxed), 0);
+    }
+    // The two stores together hold every reading exactly once.
+    let mut merged = Summary::new(Quantum::new(-3).unwrap());
+    for c in [&one, &two] {
+        for w in c.windows() {
+            merged.merge(&w).unwrap();
+        }
+    }
+    assert_eq!(merged, expected(0..N));
+    one.stop().await;
+    two.stop().await;
+}
+
+/// A mosquitto requiring a login: users `collector` (password
+/// `collector-pw`, reads every agent's batches, writes confirmations) and
+/// `agent-a` (password `agent-pw`, its own topics only).
+struct SecureBroker {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for SecureBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl SecureBroker {
+    fn start() -> SecureBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let port = free_port();
+        let passwd = d.join("passwd");
+        for (i, (user, pw)) in [("collector", "collector-pw"), ("agent-a", "agent-pw")]
+            .iter()
+            .enumerate()
+        {
+            let mut c = Command::new("mosquitto_passwd");
+            c.arg("-b");
+            if i == 0 {
+                c.arg("-c");
+            }
+            assert!(c.arg(&passwd).args([user, pw]).status().unwrap().success());
+        }
+        std::fs::write(
+            d.join("acl"),
+            "user collector\ntopic read tributary/v1/agents/+/partials\ntopic write tributary/v1/agents/+/acks\n\
+             user agent-a\ntopic write tributary/v1/agents/agent-a/partials\ntopic read tributary/v1/agents/agent-a/acks\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("mosquitto.conf"),
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\npersistence false\nuser root\n",
+                passwd.display(),
+                d.join("acl").display()
+            ),
+        )
+        .unwrap();
+        let bin = if Path::new("/usr/sbin/mosquitto").exists() {
+            "/usr/sbin/mosquitto"
+        } else {
+            "mosquitto"
+        };
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(d.join("mosquitto.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "broker not up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        SecureBroker {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+async fn logs_in_and_a_wrong_password_is_retried(protocol: Protocol) {
+    let broker = SecureBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pw_file = dir.path().join("mqtt-password");
+    std::fs::write(&pw_file, "collector-pw\n").unwrap();
+    let cfg = IngestConfig {
+        port: broker.port,
+        protocol,
+        client_id: "collector-secure".into(),
+        username: Some("collector".into()),
+        password: Some(Password::File(pw_file)),
+        ..IngestConfig::default()
+    };
+
+    // A wrong password: refused, counted, retried; ingest keeps running.
+    let wrong = Collector::start(IngestConfig {
+        client_id: "collector-wrong".into(),
+        password: Some(Password::Value("not-it".into())),
+        ..cfg.clone()
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while wrong.counters.connects_refused.load(Relaxed) < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = wrong.counters.render();
+    assert!(
+        wrong.counters.connects_refused.load(Relaxed) >= 2,
+        "refused and retried: {metrics}"
+    );
+    assert_eq!(wrong.counters.connects_ok.load(Relaxed), 0);
+    assert!(metrics.contains("tributary_collector_mqtt_connected{protocol="));
+    assert!(!wrong.task.is_finished(), "ingest keeps retrying");
+
+    // The right password (from a file): batches flow both ways.
+    let good = Collector::start(cfg);
+    let agent = Agent::connect("agent-a", broker.port, Some(("agent-a", "agent-pw")));
+    connected(&good.counters).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for seq in 0..3 {
+        agent.publish(batch("agent-a", seq, 1000 + seq as i64).encode(Encoding::Json));
+    }
+    let seqs = agent.confirmed(3).await;
+    assert_eq!(
+        seqs.iter().copied().collect::<BTreeSet<_>>(),
+        (0..3).collect(),
+        "{}",
+        good.counters.render()
+    );
+    assert_eq!(good.windows(), [expected(0..3)]);
+    assert_eq!(wrong.counters.batches_new.load(Relaxed), 0);
+    wrong.stop().await;
+    good.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_3_1_1_logs_in_and_a_wrong_password_is_retried() {
+    logs_in_and_a_wrong_password_is_retried(Protocol::V311).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_5_logs_in_and_a_wrong_password_is_retried() {
+    logs_in_and_a_wrong_password_is_retried(Protocol::V5).await;
+}
+
+/// Batches published while the collector is away wait in its persistent
+/// session (3.1.1: clean session off; 5: clean start off and a session
+/// expiry interval) and are applied when it is back.
+async fn the_session_outlives_a_restart(protocol: Protocol) {
+    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
+    let cfg = IngestConfig {
+        port: broker.port(),
+        protocol,
+        client_id: "collector-persistent".into(),
+        share_group: Some("collectors".into()),
+        session_expiry_s: 600,
+        ..IngestConfig::default()
+    };
+    let first = Collector::start(cfg.clone());
+    connected(&first.counters).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // subscribed
+    first.stop().await;
+
+    let agent = Agent::connect("agent-a", broker.port(), None);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for seq in 0..4 {
+        agent.publish(batch("agent-a", seq, 1000 + seq as i64).encode(Encoding::Json));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // queued at the broker
+    let back = Collector::start(cfg);
+    let seqs = agent.confirmed(4).await;
+    assert_eq!(
+        seqs.iter().copied().collect::<BTreeSet<_>>(),
+        (0..4).collect(),
+        "queued batches delivered after the restart: {}",
+        back.counters.render()
+    );
+    assert_eq!(back.counters.batches_new.load(Relaxed), 4);
+    back.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_3_1_1_session_outlives_a_restart() {
+    the_session_outlives_a_restart(Protocol::V311).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_5_session_outlives_a_restart() {
+    the_session_outlives_a_restart(Protocol::V5).await;
 }

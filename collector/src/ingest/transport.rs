@@ -1,0 +1,454 @@
+//! The MQTT transport of ingest: one small interface over rumqttc's MQTT
+//! 3.1.1 client and its MQTT 5 client, so the ingest pipeline (check, group,
+//! commit, ack, confirm) exists once whatever the protocol.
+//!
+//! Both flavours connect with a persistent session (3.1.1: clean session
+//! off; 5: clean start off and a session expiry interval) and manual acks.
+//! A received message keeps only its packet id and QoS for its PUBACK, not
+//! the whole packet, so a group waiting for its commit pins no read buffers.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5;
+use rumqttc::{TlsConfiguration, Transport};
+
+use super::IngestConfig;
+
+/// Which MQTT protocol version the collector speaks to the broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+pub enum Protocol {
+    /// MQTT 3.1.1 (the default; what the agents and the embedded broker of
+    /// the demo speak).
+    #[default]
+    #[serde(rename = "3.1.1")]
+    V311,
+    /// MQTT 5 (shared subscriptions as the standard defines them, session
+    /// expiry, reason codes).
+    #[serde(rename = "5")]
+    V5,
+}
+
+impl Protocol {
+    /// The version as written in the config (`"3.1.1"` or `"5"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::V311 => "3.1.1",
+            Protocol::V5 => "5",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the broker password comes from; its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Password {
+    /// The password itself (from the config file or `TRIBUTARY_MQTT_PASSWORD`).
+    Value(String),
+    /// A file holding it (one line; a trailing newline is ignored), read at
+    /// every connection attempt so a changed password needs no restart.
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Password::Value(_) => f.write_str("Value(<redacted>)"),
+            Password::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
+}
+
+impl Password {
+    /// The password text.
+    pub(crate) fn resolve(&self) -> Result<String, String> {
+        match self {
+            Password::Value(v) => Ok(v.clone()),
+            Password::File(path) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+                .map_err(|e| format!("mqtt.password_file {}: {e}", path.display())),
+        }
+    }
+}
+
+/// TLS to the broker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM file of the CA certificates to trust; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Why the transport could not be set up (before any connection attempt).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SetupError {
+    /// The CA file could not be read or parsed.
+    #[error("mqtt.ca_file {path}: {reason}")]
+    Ca {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// rustls refused the configuration.
+    #[error("MQTT TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The password could not be read.
+    #[error("{0}")]
+    Password(String),
+}
+
+/// How a connection attempt or a connection failed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The broker answered CONNECT with a refusal (its reason code).
+    Refused {
+        /// The reason, as the protocol names it.
+        code: String,
+        /// Whether the reason is about credentials or authorization.
+        auth: bool,
+    },
+    /// Network, TLS or protocol trouble.
+    Failed(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Refused { code, auth: true } => write!(
+                f,
+                "the broker refused the login ({code}): check [mqtt] username and password (or password_file, TRIBUTARY_MQTT_PASSWORD) and the broker's ACL"
+            ),
+            Failure::Refused { code, auth: false } => {
+                write!(f, "the broker refused the connection ({code})")
+            }
+            Failure::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// What a received PUBLISH needs for its PUBACK.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AckToken {
+    pkid: u16,
+    qos: u8,
+}
+
+/// A received PUBLISH.
+#[derive(Debug)]
+pub(crate) struct Message {
+    /// The topic (`None` when it is not UTF-8).
+    pub(crate) topic: Option<String>,
+    /// The payload.
+    pub(crate) payload: Bytes,
+    /// For the PUBACK.
+    pub(crate) ack: AckToken,
+}
+
+/// What the connection produced.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// CONNACK accepted.
+    Connected {
+        /// Whether the broker resumed the persistent session.
+        session_present: bool,
+    },
+    /// SUBACK: the filters refused (empty when all were granted).
+    Subscribed {
+        /// Reason codes of refused filters.
+        refused: Vec<String>,
+    },
+    /// A message.
+    Message(Message),
+    /// The broker sent DISCONNECT (MQTT 5) with this reason.
+    Disconnected(String),
+    /// Anything else (pings, acks of our publishes, outgoing packets).
+    Other,
+}
+
+/// The sending half.
+#[derive(Debug, Clone)]
+pub(crate) enum Client {
+    V311(rumqttc::AsyncClient),
+    V5(v5::AsyncClient),
+}
+
+/// The receiving half (drives the connection; poll it continually).
+pub(crate) enum Connection {
+    V311(Box<rumqttc::EventLoop>),
+    V5(Box<v5::EventLoop>),
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Connection::V311(_) => f.write_str("Connection::V311"),
+            Connection::V5(_) => f.write_str("Connection::V5"),
+        }
+    }
+}
+
+fn tls_config(tls: &TlsOptions) -> Result<rustls::ClientConfig, SetupError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca_file {
+        Some(path) => {
+            let ca = |reason: String| SetupError::Ca {
+                path: path.clone(),
+                reason,
+            };
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| ca(e.to_string()))? {
+                let cert = cert.map_err(|e| ca(e.to_string()))?;
+                roots.add(cert).map_err(|e| ca(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(ca("no certificate in the file".into()));
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The user name and password to log in with, the password read now.
+fn credentials(cfg: &IngestConfig) -> Result<Option<(String, String)>, SetupError> {
+    let Some(user) = &cfg.username else {
+        return Ok(None);
+    };
+    let password = match &cfg.password {
+        Some(p) => p.resolve().map_err(SetupError::Password)?,
+        None => String::new(),
+    };
+    Ok(Some((user.clone(), password)))
+}
+
+/// Builds the client for `cfg.protocol`; nothing connects until the
+/// connection is polled.
+pub(crate) fn client(cfg: &IngestConfig) -> Result<(Client, Connection), SetupError> {
+    let transport = match &cfg.tls {
+        Some(tls) => Some(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls_config(tls)?),
+        ))),
+        None => None,
+    };
+    let login = credentials(cfg)?;
+    // Payloads up to twice the limit are received and refused (counted);
+    // the limit itself is checked by the pipeline.
+    let max_packet = cfg.max_payload_bytes.saturating_mul(2).saturating_add(1024);
+    let keep_alive = cfg.keep_alive.max(Duration::from_secs(5));
+    Ok(match cfg.protocol {
+        Protocol::V311 => {
+            let mut o =
+                rumqttc::MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+            o.set_clean_session(false);
+            o.set_manual_acks(true);
+            o.set_keep_alive(keep_alive);
+            o.set_max_packet_size(max_packet, 64 * 1024);
+            if let Some((u, p)) = login {
+                o.set_credentials(u, p);
+            }
+            if let Some(t) = transport {
+                o.set_transport(t);
+            }
+            let (c, e) = rumqttc::AsyncClient::new(o, 1024);
+            (Client::V311(c), Connection::V311(Box::new(e)))
+        }
+        Protocol::V5 => {
+            let mut o = v5::MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+            o.set_clean_start(false);
+            o.set_session_expiry_interval(Some(cfg.session_expiry_s));
+            o.set_manual_acks(true);
+            o.set_keep_alive(keep_alive);
+            // Announced to the broker: it must not send larger packets (MQTT 5
+            // §3.1.2.11.4), so an oversized batch is dropped by the broker.
+            o.set_max_packet_size(Some(u32::try_from(max_packet).unwrap_or(u32::MAX)));
+            if let Some((u, p)) = login {
+                o.set_credentials(u, p);
+            }
+            if let Some(t) = transport {
+                o.set_transport(t);
+            }
+            let (c, e) = v5::AsyncClient::new(o, 1024);
+            (Client::V5(c), Connection::V5(Box::new(e)))
+        }
+    })
+}
+
+impl Connection {
+    /// Re-reads the password (a `password_file` may have changed) before the
+    /// next connection attempt.
+    pub(crate) fn refresh_credentials(&mut self, cfg: &IngestConfig) -> Result<(), SetupError> {
+        if let Some((u, p)) = credentials(cfg)? {
+            match self {
+                Connection::V311(e) => {
+                    e.mqtt_options.set_credentials(u, p);
+                }
+                Connection::V5(e) => {
+                    e.options.set_credentials(u, p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The next event; an error means the connection is down (polling again
+    /// reconnects).
+    pub(crate) async fn poll(&mut self) -> Result<Event, Failure> {
+        match self {
+            Connection::V311(e) => {
+                use rumqttc::{ConnectReturnCode as Code, ConnectionError, Event as E, Packet};
+                match e.poll().await {
+                    Ok(E::Incoming(Packet::ConnAck(c))) => Ok(Event::Connected {
+                        session_present: c.session_present,
+                    }),
+                    Ok(E::Incoming(Packet::SubAck(s))) => Ok(Event::Subscribed {
+                        refused: s
+                            .return_codes
+                            .iter()
+                            .filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                            .map(|c| format!("{c:?}"))
+                            .collect(),
+                    }),
+                    Ok(E::Incoming(Packet::Publish(p))) => Ok(Event::Message(Message {
+                        topic: Some(p.topic),
+                        payload: p.payload,
+                        ack: AckToken {
+                            pkid: p.pkid,
+                            qos: p.qos as u8,
+                        },
+                    })),
+                    Ok(_) => Ok(Event::Other),
+                    Err(ConnectionError::ConnectionRefused(code)) => Err(Failure::Refused {
+                        auth: matches!(code, Code::BadUserNamePassword | Code::NotAuthorized),
+                        code: format!("{code:?}"),
+                    }),
+                    Err(e) => Err(Failure::Failed(e.to_string())),
+                }
+            }
+            Connection::V5(e) => {
+                use v5::mqttbytes::v5::{ConnectReturnCode as Code, Packet, SubscribeReasonCode};
+                use v5::{ConnectionError, Event as E};
+                match e.poll().await {
+                    Ok(E::Incoming(Packet::ConnAck(c))) => Ok(Event::Connected {
+                        session_present: c.session_present,
+                    }),
+                    Ok(E::Incoming(Packet::SubAck(s))) => Ok(Event::Subscribed {
+                        refused: s
+                            .return_codes
+                            .iter()
+                            .filter(|c| !matches!(c, SubscribeReasonCode::Success(_)))
+                            .map(|c| format!("{c:?}"))
+                            .collect(),
+                    }),
+                    Ok(E::Incoming(Packet::Publish(p))) => Ok(Event::Message(Message {
+                        topic: String::from_utf8(p.topic.to_vec()).ok(),
+                        payload: p.payload,
+                        ack: AckToken {
+                            pkid: p.pkid,
+                            qos: p.qos as u8,
+                        },
+                    })),
+                    Ok(E::Incoming(Packet::Disconnect(d))) => {
+                        Ok(Event::Disconnected(format!("{:?}", d.reason_code)))
+                    }
+                    Ok(_) => Ok(Event::Other),
+                    Err(ConnectionError::ConnectionRefused(code)) => Err(Failure::Refused {
+                        auth: matches!(
+                            code,
+                            Code::BadUserNamePassword
+                                | Code::NotAuthorized
+                                | Code::BadAuthenticationMethod
+                                | Code::Banned
+                        ),
+                        code: format!("{code:?}"),
+                    }),
+                    Err(e) => Err(Failure::Failed(e.to_string())),
+                }
+            }
+        }
+    }
+}
+
+fn qos_v311(q: u8) -> rumqttc::QoS {
+    match q {
+        0 => rumqttc::QoS::AtMostOnce,
+        2 => rumqttc::QoS::ExactlyOnce,
+        _ => rumqttc::QoS::AtLeastOnce,
+    }
+}
+
+fn qos_v5(q: u8) -> v5::mqttbytes::QoS {
+    match q {
+        0 => v5::mqttbytes::QoS::AtMostOnce,
+        2 => v5::mqttbytes::QoS::ExactlyOnce,
+        _ => v5::mqttbytes::QoS::AtLeastOnce,
+    }
+}
+
+impl Client {
+    /// Subscribes to `filter` at QoS 1 (queued; the SUBACK arrives as an
+    /// event).
+    pub(crate) fn subscribe(&self, filter: String) -> Result<(), String> {
+        match self {
+            Client::V311(c) => c
+                .try_subscribe(filter, rumqttc::QoS::AtLeastOnce)
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .try_subscribe(filter, v5::mqttbytes::QoS::AtLeastOnce)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Sends the PUBACK of a received message.
+    pub(crate) async fn ack(&self, t: AckToken) -> Result<(), String> {
+        match self {
+            Client::V311(c) => {
+                let mut p = rumqttc::Publish::new("", qos_v311(t.qos), Vec::new());
+                p.pkid = t.pkid;
+                c.ack(&p).await.map_err(|e| e.to_string())
+            }
+            Client::V5(c) => {
+                let mut p = v5::mqttbytes::v5::Publish::new("", qos_v5(t.qos), Bytes::new(), None);
+                p.pkid = t.pkid;
+                c.ack(&p).await.map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Publishes at QoS 1, not retained.
+    pub(crate) async fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), String> {
+        match self {
+            Client::V311(c) => c
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+                .await
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .publish(topic, v5::mqttbytes::QoS::AtLeastOnce, false, payload)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Sends DISCONNECT (queued).
+    pub(crate) async fn disconnect(&self) {
+        let _ = match self {
+            Client::V311(c) => c.disconnect().await.map_err(|e| e.to_string()),
+            Client::V5(c) => c.disconnect().await.map_err(|e| e.to_string()),
+        };
+    }
+}

@@ -1,9 +1,12 @@
 //! The documented multi-instance example (`config/multi-instance/`) works:
 //! the three collector configs load and differ only where they must, and a
-//! real mosquitto run with the example's broker config and ACLs (addresses
-//! moved to 127.0.0.1, TLS left out) lets an agent publish only its own
-//! batches and read only its own confirmations, while the collectors' shared
-//! subscription receives every legitimate batch.
+//! real mosquitto run with the example's broker config, passwords and ACLs
+//! (addresses moved to 127.0.0.1, TLS left out) refuses anonymous and wrong
+//! logins on both listeners and lets an agent publish only its own batches
+//! and read only its own confirmations, while two real collector ingest
+//! instances, configured by `collector-1.toml` and `collector-2.toml` (MQTT
+//! 5, login, shared group), apply every legitimate batch exactly once and
+//! confirm it to its agent.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -11,8 +14,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use tokio::sync::watch;
 use tributary_collector::config::{Config, StoreKind};
+use tributary_collector::ingest::{self, IngestCounters, Protocol, Refused};
+use tributary_collector::store::sqlite::SqliteStore;
+use tributary_core::batch::{Batch, Confirm, Encoding, Partial};
+use tributary_core::{topic, Quantum, SeriesKey, Summary, Width, Window};
 use tributary_testkit::free_port;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/multi-instance");
@@ -25,6 +37,9 @@ fn the_three_collector_configs_share_store_and_group() {
     for c in &configs {
         assert_eq!(c.store.kind, StoreKind::Postgres);
         assert_eq!(c.mqtt.share_group.as_deref(), Some("collectors"));
+        assert_eq!(c.mqtt.protocol, Protocol::V5);
+        assert_eq!(c.mqtt.username.as_deref(), Some("tributary-collector"));
+        assert!(c.mqtt.password_file.is_some());
         assert_eq!(c.store.url, configs[0].store.url);
     }
     let ids: std::collections::BTreeSet<&str> =
@@ -92,8 +107,61 @@ fn drain(rx: &Inbox, wait: Duration) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-#[test]
-fn the_example_broker_enforces_per_agent_acls_and_shares_batches() {
+/// One collector ingest instance built from an example config, pointed at
+/// the test broker, on its own SQLite store.
+struct Instance {
+    counters: Arc<IngestCounters>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+fn instance(n: u32, port: u16, password_file: &Path) -> Instance {
+    let mut cfg = Config::load(&Path::new(DIR).join(format!("collector-{n}.toml"))).unwrap();
+    cfg.mqtt.host = "127.0.0.1".into();
+    cfg.mqtt.port = port;
+    cfg.mqtt.password_file = Some(password_file.to_owned());
+    let ingest = cfg.mqtt.ingest(&cfg.limits);
+    assert_eq!(ingest.protocol, Protocol::V5);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Mutex::new(
+        SqliteStore::open(&dir.path().join("c.db"), &cfg.rollups_ms).unwrap(),
+    ));
+    let counters = Arc::new(IngestCounters::default());
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(ingest::run(ingest, store, counters.clone(), rx));
+    Instance {
+        counters,
+        stop,
+        task,
+        _dir: dir,
+    }
+}
+
+fn batch(agent: &str, seq: u64) -> Vec<u8> {
+    let mut s = Summary::new(Quantum::new(-2).unwrap());
+    s.insert(1_700_000_000_000, 2150).unwrap();
+    let partial = Partial {
+        series: SeriesKey::new("temperature", "dev-1", Default::default()).unwrap(),
+        window: Window::containing(1_700_000_000_000, Width::new(60_000).unwrap()),
+        summary: s,
+    };
+    Batch::new(agent, seq, 1_700_000_000_000, vec![partial]).encode(Encoding::Json)
+}
+
+/// The sequences confirmed in the messages `rx` received within `wait`.
+fn confirmations(rx: &Inbox, wait: Duration) -> Vec<(String, Vec<u64>)> {
+    drain(rx, wait)
+        .into_iter()
+        .map(|(t, p)| match Confirm::decode(&p) {
+            Ok(c) => (c.agent, c.seqs),
+            Err(_) => (t, Vec::new()),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_broker_enforces_logins_and_acls_and_shares_batches() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (agents_port, collectors_port) = (free_port(), free_port());
@@ -123,15 +191,28 @@ fn the_example_broker_enforces_per_agent_acls_and_shares_batches() {
     for acl in ["agents.acl", "collectors.acl"] {
         std::fs::copy(Path::new(DIR).join(acl), d.join(acl)).unwrap();
     }
-    let passwd = d.join("agents.passwd");
-    for (i, (user, pw)) in [("gw-1", "pw-1"), ("gw-2", "pw-2")].iter().enumerate() {
-        let mut c = Command::new("mosquitto_passwd");
-        c.arg("-b");
-        if i == 0 {
-            c.arg("-c");
+    let passwd = |file: &str, users: &[(&str, &str)]| {
+        for (i, (user, pw)) in users.iter().enumerate() {
+            let mut c = Command::new("mosquitto_passwd");
+            c.arg("-b");
+            if i == 0 {
+                c.arg("-c");
+            }
+            assert!(c
+                .arg(d.join(file))
+                .args([user, pw])
+                .status()
+                .unwrap()
+                .success());
         }
-        assert!(c.arg(&passwd).args([user, pw]).status().unwrap().success());
-    }
+    };
+    passwd("agents.passwd", &[("gw-1", "pw-1"), ("gw-2", "pw-2")]);
+    passwd(
+        "collectors.passwd",
+        &[("tributary-collector", "collector-pw")],
+    );
+    let collector_pw = d.join("mqtt-password");
+    std::fs::write(&collector_pw, "collector-pw\n").unwrap();
     let mosquitto = if Path::new("/usr/sbin/mosquitto").exists() {
         "/usr/sbin/mosquitto"
     } else {
@@ -163,71 +244,120 @@ fn the_example_broker_enforces_per_agent_acls_and_shares_batches() {
         connect("anon", agents_port, None).is_none(),
         "agents must log in"
     );
-    let (collector, from_agents) = connect("collector-1", collectors_port, None).unwrap();
-    collector
-        .subscribe(
-            "$share/collectors/tributary/v1/agents/+/partials",
-            QoS::AtLeastOnce,
-        )
-        .unwrap();
-    let (gw1, gw1_rx) = connect("gw-1", agents_port, Some(("gw-1", "pw-1"))).unwrap();
-    let (gw2, gw2_rx) = connect("gw-2", agents_port, Some(("gw-2", "pw-2"))).unwrap();
-    gw1.subscribe("tributary/v1/agents/gw-2/acks", QoS::AtLeastOnce)
-        .unwrap();
-    gw2.subscribe("tributary/v1/agents/gw-2/acks", QoS::AtLeastOnce)
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-
-    gw1.publish(
-        "tributary/v1/agents/gw-1/partials",
-        QoS::AtLeastOnce,
-        false,
-        "own",
-    )
-    .unwrap();
-    gw1.publish(
-        "tributary/v1/agents/gw-2/partials",
-        QoS::AtLeastOnce,
-        false,
-        "forged",
-    )
-    .unwrap();
-    gw1.publish(
-        "tributary/v1/agents/gw-2/acks",
-        QoS::AtLeastOnce,
-        false,
-        "fake ack",
-    )
-    .unwrap();
-    collector
-        .publish(
-            "tributary/v1/agents/gw-2/acks",
-            QoS::AtLeastOnce,
-            false,
-            "ack",
-        )
-        .unwrap();
-
-    let got = drain(&from_agents, Duration::from_secs(2));
-    assert_eq!(
-        got,
-        [(
-            "tributary/v1/agents/gw-1/partials".to_string(),
-            b"own".to_vec()
-        )],
-        "the collectors get gw-1's own batch and not the forged one"
-    );
-    let acks: Vec<Vec<u8>> = drain(&gw2_rx, Duration::from_millis(500))
-        .into_iter()
-        .map(|m| m.1)
-        .collect();
-    assert_eq!(
-        acks,
-        [b"ack".to_vec()],
-        "only the collector confirms to gw-2"
+    assert!(
+        connect("anon-collector", collectors_port, None).is_none(),
+        "collectors must log in"
     );
     assert!(
-        drain(&gw1_rx, Duration::from_millis(200)).is_empty(),
-        "gw-1 cannot read gw-2's confirmations"
+        connect(
+            "agent-as-collector",
+            collectors_port,
+            Some(("gw-1", "pw-1"))
+        )
+        .is_none(),
+        "agents' passwords are not valid on the collectors' listener"
     );
+
+    let instances = [
+        instance(1, collectors_port, &collector_pw),
+        instance(2, collectors_port, &collector_pw),
+    ];
+    let start = Instant::now();
+    while instances
+        .iter()
+        .any(|i| i.counters.connected.load(Relaxed) == 0)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "instances connect: {}",
+            instances[0].counters.render()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (gw1, gw1_rx) = connect("gw-1", agents_port, Some(("gw-1", "pw-1"))).unwrap();
+    let (gw2, gw2_rx) = connect("gw-2", agents_port, Some(("gw-2", "pw-2"))).unwrap();
+    for (gw, own) in [(&gw1, "gw-1"), (&gw2, "gw-2")] {
+        gw.subscribe(topic::acks(own), QoS::AtLeastOnce).unwrap();
+    }
+    gw1.subscribe(topic::acks("gw-2"), QoS::AtLeastOnce)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    const N: u64 = 20;
+    for seq in 0..N {
+        gw1.publish(
+            topic::partials("gw-1"),
+            QoS::AtLeastOnce,
+            false,
+            batch("gw-1", seq),
+        )
+        .unwrap();
+        gw2.publish(
+            topic::partials("gw-2"),
+            QoS::AtLeastOnce,
+            false,
+            batch("gw-2", seq),
+        )
+        .unwrap();
+    }
+    // Forgeries: gw-1 publishing as gw-2 and confirming for gw-2.
+    gw1.publish(
+        topic::partials("gw-2"),
+        QoS::AtLeastOnce,
+        false,
+        batch("gw-2", 99),
+    )
+    .unwrap();
+    gw1.publish(
+        topic::acks("gw-2"),
+        QoS::AtLeastOnce,
+        false,
+        Confirm::new("gw-2", vec![98]).encode(),
+    )
+    .unwrap();
+
+    let mut got: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.values().map(BTreeSet::len).sum::<usize>() < 2 * N as usize
+        && Instant::now() < deadline
+    {
+        for (rx, own) in [(&gw1_rx, "gw-1"), (&gw2_rx, "gw-2")] {
+            for (agent, seqs) in confirmations(rx, Duration::from_millis(100)) {
+                assert_eq!(agent, own, "{own} reads only its own confirmations");
+                got.entry(own).or_default().extend(seqs);
+            }
+        }
+    }
+    let all: BTreeSet<u64> = (0..N).collect();
+    assert_eq!(got.get("gw-1"), Some(&all));
+    assert_eq!(
+        got.get("gw-2"),
+        Some(&all),
+        "gw-2 gets the collectors' confirmations, not the forged one (98) nor one for the forged batch (99)"
+    );
+    let news: Vec<u64> = instances
+        .iter()
+        .map(|i| i.counters.batches_new.load(Relaxed))
+        .collect();
+    assert_eq!(
+        news.iter().sum::<u64>(),
+        2 * N,
+        "each batch applied once: {news:?}"
+    );
+    assert!(
+        news.iter().all(|&n| n > 0),
+        "both instances get a share: {news:?}"
+    );
+    for i in &instances {
+        assert_eq!(
+            i.counters.refused(Refused::AgentMismatch),
+            0,
+            "the forgery never arrives"
+        );
+        assert_eq!(i.counters.batches_duplicate.load(Relaxed), 0);
+    }
+    for i in instances {
+        i.stop.send(true).unwrap();
+        i.task.await.unwrap();
+    }
 }

@@ -1,6 +1,7 @@
 //! Scale-out end to end, with real programs: three `tributary-collector run`
-//! processes on one PostgreSQL behind a mosquitto shared subscription, and
-//! one SQLite collector on a second mosquitto, receive the same seeded
+//! processes on one PostgreSQL behind a mosquitto shared subscription (MQTT
+//! 5, `$share/collectors/…`), and one SQLite collector (MQTT 3.1.1) on a
+//! second mosquitto, receive the same seeded
 //! workload (6 agents, 1,200 series) published as the agents publish it —
 //! each batch on its agent's topic, resent until that side confirms it.
 //! One PostgreSQL instance is killed with SIGKILL mid-run and restarted.
@@ -84,7 +85,7 @@ impl Instance {
         std::fs::write(
             &config,
             format!(
-                "data_dir = {:?}\n[mqtt]\nport = {broker}\nclient_id = \"collector-{i}\"\nshare_group = \"collectors\"\nmax_group = 64\n[http]\nlisten = \"127.0.0.1:{http}\"\n[store]\nkind = \"postgres\"\nurl = \"{url}\"\npool_size = 2\n",
+                "data_dir = {:?}\n[mqtt]\nprotocol = \"5\"\nport = {broker}\nclient_id = \"collector-{i}\"\nshare_group = \"collectors\"\nmax_group = 64\n[http]\nlisten = \"127.0.0.1:{http}\"\n[store]\nkind = \"postgres\"\nurl = \"{url}\"\npool_size = 2\n",
                 dir.join(format!("data-{i}"))
             ),
         )

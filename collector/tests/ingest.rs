@@ -6,7 +6,10 @@
 //! instances in one MQTT 5 shared-subscription group each get a share and
 //! every batch is applied exactly once. With a password file and ACL on the
 //! broker the collector logs in with its credentials; a wrong password is
-//! refused, counted and retried without ingest giving up.
+//! refused, logged clearly, counted and retried without ingest giving up.
+//! Batches published while the collector is away wait in its persistent
+//! session. Over TLS the broker's certificate is verified against the
+//! configured CA (certificates made by `openssl` for the test).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -20,7 +23,7 @@ use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tributary_collector::ingest::{
-    self, IngestConfig, IngestCounters, Password, Protocol, Refused,
+    self, IngestConfig, IngestCounters, Password, Protocol, Refused, TlsOptions,
 };
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_collector::store::Store;
@@ -303,54 +306,26 @@ async fn mqtt_5_shared_subscription_splits_batches_and_applies_each_once() {
     two.stop().await;
 }
 
-/// A mosquitto requiring a login: users `collector` (password
-/// `collector-pw`, reads every agent's batches, writes confirmations) and
-/// `agent-a` (password `agent-pw`, its own topics only).
-struct SecureBroker {
-    port: u16,
+/// A mosquitto run with a config of the test's own (killed on drop).
+struct OwnBroker {
     child: Child,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for SecureBroker {
+impl Drop for OwnBroker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-impl SecureBroker {
-    fn start() -> SecureBroker {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let port = free_port();
-        let passwd = d.join("passwd");
-        for (i, (user, pw)) in [("collector", "collector-pw"), ("agent-a", "agent-pw")]
-            .iter()
-            .enumerate()
-        {
-            let mut c = Command::new("mosquitto_passwd");
-            c.arg("-b");
-            if i == 0 {
-                c.arg("-c");
-            }
-            assert!(c.arg(&passwd).args([user, pw]).status().unwrap().success());
-        }
-        std::fs::write(
-            d.join("acl"),
-            "user collector\ntopic read tributary/v1/agents/+/partials\ntopic write tributary/v1/agents/+/acks\n\
-             user agent-a\ntopic write tributary/v1/agents/agent-a/partials\ntopic read tributary/v1/agents/agent-a/acks\n",
-        )
-        .unwrap();
-        std::fs::write(
-            d.join("mosquitto.conf"),
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\npersistence false\nuser root\n",
-                passwd.display(),
-                d.join("acl").display()
-            ),
-        )
-        .unwrap();
+impl OwnBroker {
+    /// Writes `conf` (plus `user root`, so mosquitto started as root can
+    /// read the files in `dir`) and starts mosquitto; waits until every
+    /// port in `ports` accepts connections.
+    fn start(dir: tempfile::TempDir, conf: &str, ports: &[u16]) -> OwnBroker {
+        let path = dir.path().join("mosquitto.conf");
+        std::fs::write(&path, format!("{conf}persistence false\nuser root\n")).unwrap();
         let bin = if Path::new("/usr/sbin/mosquitto").exists() {
             "/usr/sbin/mosquitto"
         } else {
@@ -358,32 +333,98 @@ impl SecureBroker {
         };
         let child = Command::new(bin)
             .arg("-c")
-            .arg(d.join("mosquitto.conf"))
+            .arg(&path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while ports
+            .iter()
+            .any(|&p| std::net::TcpStream::connect(("127.0.0.1", p)).is_err())
+        {
             assert!(start.elapsed() < Duration::from_secs(10), "broker not up");
             std::thread::sleep(Duration::from_millis(20));
         }
-        SecureBroker {
-            port,
-            child,
-            _dir: dir,
+        OwnBroker { child, _dir: dir }
+    }
+}
+
+/// A mosquitto requiring a login: users `collector` (password
+/// `collector-pw`, reads every agent's batches, writes confirmations) and
+/// `agent-a` (password `agent-pw`, its own topics only). Returns it and its
+/// port.
+fn secure_broker() -> (OwnBroker, u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let passwd = d.join("passwd");
+    for (i, (user, pw)) in [("collector", "collector-pw"), ("agent-a", "agent-pw")]
+        .iter()
+        .enumerate()
+    {
+        let mut c = Command::new("mosquitto_passwd");
+        c.arg("-b");
+        if i == 0 {
+            c.arg("-c");
         }
+        assert!(c.arg(&passwd).args([user, pw]).status().unwrap().success());
+    }
+    std::fs::write(
+        d.join("acl"),
+        "user collector\ntopic read tributary/v1/agents/+/partials\ntopic write tributary/v1/agents/+/acks\n\
+         user agent-a\ntopic write tributary/v1/agents/agent-a/partials\ntopic read tributary/v1/agents/agent-a/acks\n",
+    )
+    .unwrap();
+    let conf = format!(
+        "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\n",
+        passwd.display(),
+        d.join("acl").display()
+    );
+    (OwnBroker::start(dir, &conf, &[port]), port)
+}
+
+/// Log lines, captured.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    /// Captures this thread's log lines (the test runs on a current-thread
+    /// runtime, so the ingest tasks log here too) until the guard drops.
+    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let w = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
 
 async fn logs_in_and_a_wrong_password_is_retried(protocol: Protocol) {
-    let broker = SecureBroker::start();
+    let (logs, _guard) = Logs::capture();
+    let (_broker, port) = secure_broker();
     let dir = tempfile::tempdir().unwrap();
     let pw_file = dir.path().join("mqtt-password");
     std::fs::write(&pw_file, "collector-pw\n").unwrap();
     let cfg = IngestConfig {
-        port: broker.port,
+        port,
         protocol,
         client_id: "collector-secure".into(),
         username: Some("collector".into()),
@@ -409,10 +450,19 @@ async fn logs_in_and_a_wrong_password_is_retried(protocol: Protocol) {
     assert_eq!(wrong.counters.connects_ok.load(Relaxed), 0);
     assert!(metrics.contains("tributary_collector_mqtt_connected{protocol="));
     assert!(!wrong.task.is_finished(), "ingest keeps retrying");
+    let text = logs.text();
+    assert!(
+        text.contains("ERROR")
+            && text.contains("the broker refused the login")
+            && text.contains("check [mqtt] username and password")
+            && text.contains("collector-wrong"),
+        "a clear error names the cause and the client: {text}"
+    );
+    assert!(!text.contains("not-it"), "the log never shows the password");
 
     // The right password (from a file): batches flow both ways.
     let good = Collector::start(cfg);
-    let agent = Agent::connect("agent-a", broker.port, Some(("agent-a", "agent-pw")));
+    let agent = Agent::connect("agent-a", port, Some(("agent-a", "agent-pw")));
     connected(&good.counters).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     for seq in 0..3 {
@@ -431,12 +481,12 @@ async fn logs_in_and_a_wrong_password_is_retried(protocol: Protocol) {
     good.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn mqtt_3_1_1_logs_in_and_a_wrong_password_is_retried() {
     logs_in_and_a_wrong_password_is_retried(Protocol::V311).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn mqtt_5_logs_in_and_a_wrong_password_is_retried() {
     logs_in_and_a_wrong_password_is_retried(Protocol::V5).await;
 }
@@ -485,4 +535,136 @@ async fn mqtt_3_1_1_session_outlives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_5_session_outlives_a_restart() {
     the_session_outlives_a_restart(Protocol::V5).await;
+}
+
+/// Runs `openssl` with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A mosquitto with a plain listener (for the test agent) and a TLS one
+/// (for the collector), its certificate issued for 127.0.0.1 by a CA made
+/// here; returns the broker, the plain and the TLS port, and the CA file.
+fn tls_broker() -> (OwnBroker, u16, u16, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ],
+    );
+    let (plain, tls) = (free_port(), free_port());
+    let conf = format!(
+        "per_listener_settings false\nallow_anonymous true\n\
+         listener {plain} 127.0.0.1\n\
+         listener {tls} 127.0.0.1\ncertfile {}\nkeyfile {}\n",
+        d.join("server.crt").display(),
+        d.join("server.key").display()
+    );
+    let ca = d.join("ca.crt");
+    (OwnBroker::start(dir, &conf, &[plain, tls]), plain, tls, ca)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_over_tls_verifies_the_broker_certificate() {
+    let (_broker, plain_port, tls_port, ca) = tls_broker();
+    for (protocol, name) in [(Protocol::V311, "agent-v311"), (Protocol::V5, "agent-v5")] {
+        // Trusting only the system's roots, the test CA's certificate is
+        // refused: TLS verifies, it does not merely encrypt.
+        let untrusting = Collector::start(IngestConfig {
+            port: tls_port,
+            protocol,
+            client_id: format!("collector-untrusting-{protocol}"),
+            tls: Some(TlsOptions { ca_file: None }),
+            ..IngestConfig::default()
+        });
+        let collector = Collector::start(IngestConfig {
+            port: tls_port,
+            protocol,
+            client_id: format!("collector-tls-{protocol}"),
+            tls: Some(TlsOptions {
+                ca_file: Some(ca.clone()),
+            }),
+            ..IngestConfig::default()
+        });
+        let agent = Agent::connect(name, plain_port, None);
+        connected(&collector.counters).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for seq in 0..3 {
+            agent.publish(batch(name, seq, 1000 + seq as i64).encode(Encoding::Json));
+        }
+        let seqs = agent.confirmed(3).await;
+        assert_eq!(
+            seqs.iter().copied().collect::<BTreeSet<_>>(),
+            (0..3).collect(),
+            "{protocol}: {}",
+            collector.counters.render()
+        );
+        assert_eq!(collector.windows(), [expected(0..3)]);
+        let u = &untrusting.counters;
+        assert!(u.connects_failed.load(Relaxed) >= 1, "{}", u.render());
+        assert_eq!(u.connects_ok.load(Relaxed), 0);
+        assert_eq!(u.batches_new.load(Relaxed), 0);
+        untrusting.stop().await;
+        collector.stop().await;
+        let _ = agent.client.disconnect();
+    }
 }

@@ -277,3 +277,81 @@ fn a_database_from_a_newer_collector_is_refused() {
     let err = SqliteStore::open(&dir.path().join("a.db"), &[HOUR]).unwrap_err();
     assert!(err.to_string().contains("version 99"), "{err}");
 }
+
+/// The store keeps committed rows in memory to merge into; the database
+/// stays the truth. Two stores writing the same file in turn (each one's
+/// memory made stale by the other) must still end with every window and
+/// roll-up exact.
+#[test]
+fn two_writers_on_one_file_stay_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let (batches, truth) = workload(3, 30);
+    let mut a = open(&dir, "shared.db");
+    let mut b = open(&dir, "shared.db");
+    let mut single = open(&dir, "single.db");
+    for (i, chunk) in batches.chunks(4).enumerate() {
+        if i % 2 == 0 {
+            a.apply(chunk)
+        } else {
+            b.apply(chunk)
+        }
+        .unwrap();
+        single.apply(chunk).unwrap();
+    }
+    let stored = all_windows(&a, MIN);
+    assert_eq!(stored.len(), truth.len());
+    for ((device, start), readings) in &truth {
+        assert_eq!(stored[&(device.clone(), *start)], summary_of(readings));
+    }
+    for width in [MIN, HOUR, 24 * HOUR] {
+        assert_eq!(all_windows(&a, width), all_windows(&single, width));
+        assert_eq!(all_windows(&b, width), all_windows(&single, width));
+    }
+}
+
+/// A transaction that fails after it has merged into rows the store holds
+/// in memory leaves neither the database nor that memory changed: later
+/// merges build on the committed state only.
+#[test]
+fn a_failed_transaction_leaves_no_stale_merge_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    // No roll-ups, so the failure happens when merging into stored rows.
+    let mut store = SqliteStore::open(&dir.path().join("a.db"), &[]).unwrap();
+    let (batches, _) = workload(1, 1);
+    let first = &batches[0];
+    store.apply(std::slice::from_ref(first)).unwrap();
+    // A group that merges the same partials again (into the rows the store
+    // now holds in memory) plus one whose quantum differs from its stored
+    // window's: the group fails as a whole.
+    let again = Batch::new("agent-y", 1, T0, first.partials.clone());
+    let mut clash = first.partials[1].clone();
+    clash.summary = Summary::new(Quantum::new(-1).unwrap());
+    clash.summary.insert(clash.window.start(), 5).unwrap();
+    let bad = Batch::new("agent-z", 1, T0, vec![clash]);
+    assert!(store.apply(&[again.clone(), bad]).is_err());
+    // Applying the good batch alone merges it exactly once.
+    assert_eq!(store.apply(&[again]).unwrap(), vec![Applied::New]);
+    let mut single = SqliteStore::open(&dir.path().join("b.db"), &[]).unwrap();
+    for p in &first.partials {
+        let stored = store
+            .windows(
+                &p.series,
+                p.window.width(),
+                p.window.start(),
+                p.window.end(),
+            )
+            .unwrap();
+        let mut expected = p.summary.clone();
+        expected.merge(&p.summary).unwrap();
+        assert_eq!(stored[0].summary, expected, "{}", p.series);
+        assert_eq!(stored[0].revision, 1);
+    }
+    // And what a fresh store computes from the same committed batches agrees.
+    single
+        .apply(&[
+            first.clone(),
+            Batch::new("agent-y", 1, T0, first.partials.clone()),
+        ])
+        .unwrap();
+    assert_eq!(all_windows(&store, MIN), all_windows(&single, MIN));
+}

@@ -14,15 +14,25 @@
 //!
 //! [`SqliteStore::apply`] first inserts every batch's key (`INSERT OR
 //! IGNORE`: a key that exists marks the batch a duplicate), merges the new
-//! batches' partials — and their roll-ups — in memory, then reads, merges and
-//! writes each touched row once, all in one transaction.
+//! batches' partials — and their roll-ups — in memory, then merges into and
+//! writes each touched row once, all in one transaction. A row's committed
+//! state usually comes from the store's [`cache`] rather than the database,
+//! and a row seen for the first time is a plain insert; so a partial costs
+//! about one row write, and a roll-up touched by many partials of a group
+//! is written once.
 
-use std::collections::HashMap;
+mod cache;
+
+use std::collections::hash_map::Entry;
+
+use foldhash::{HashMap, HashMapExt};
 use std::path::Path;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Summary, Width, Window};
+
+use cache::{Cache, Committed, RowKey};
 
 use super::{AgentProgress, Applied, Changed, Store, StoreError, StoredWindow};
 
@@ -67,6 +77,19 @@ INSERT INTO meta (key, value) VALUES ('change', 0);
 pub struct SqliteStore {
     conn: Connection,
     rollups: Vec<Width>,
+    cache: Cache,
+}
+
+/// Result rows the store keeps in memory at most (see [`cache`]): enough
+/// for the roll-ups and open windows of some 30,000 active series.
+const CACHED_ROWS: usize = 100_000;
+
+fn encode(summary: &Summary) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(summary).map_err(|e| corrupt("summary", e))
+}
+
+fn decode(bytes: &[u8]) -> Result<Summary, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| corrupt("summary", e))
 }
 
 fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
@@ -83,12 +106,19 @@ impl SqliteStore {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // 64 MiB of page cache (the default is 2 MiB): the result index and
+        // the rows being merged stay in memory instead of being re-read.
+        conn.pragma_update(None, "cache_size", -65_536)?;
         Self::migrate(&conn)?;
         let rollups = rollups
             .iter()
             .map(|&w| Width::new(w).map_err(|_| StoreError::BadRollup(w)))
             .collect::<Result<_, _>>()?;
-        Ok(SqliteStore { conn, rollups })
+        Ok(SqliteStore {
+            conn,
+            rollups,
+            cache: Cache::new(CACHED_ROWS),
+        })
     }
 
     fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -132,16 +162,54 @@ fn targets(window: Window, rollups: &[Width]) -> impl Iterator<Item = Window> + 
     }))
 }
 
+/// Merges `summary` into the pending row `key` of `rows`.
+fn merge_into<'a>(
+    rows: &mut HashMap<RowKey, (Summary, &'a SeriesKey, Window)>,
+    key: RowKey,
+    summary: &Summary,
+    series: &'a SeriesKey,
+    window: Window,
+) -> Result<(), StoreError> {
+    match rows.entry(key) {
+        Entry::Occupied(mut e) => {
+            e.get_mut()
+                .0
+                .merge(summary)
+                .map_err(|source| StoreError::Merge {
+                    series: series.to_string(),
+                    window,
+                    source,
+                })
+        }
+        Entry::Vacant(e) => {
+            e.insert((summary.clone(), series, window));
+            Ok(())
+        }
+    }
+}
+
 impl Store for SqliteStore {
     fn apply(&mut self, batches: &[Batch]) -> Result<Vec<Applied>, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Inside the write lock: has anyone else written since our commit?
+        let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        self.cache.check_version(version);
+        let cache = &mut self.cache;
+        let mut done = Committed::default();
         let mut outcome = Vec::with_capacity(batches.len());
-        let mut merged: HashMap<(SeriesKey, Window), Summary> = HashMap::new();
+        // The batches' partials merged per target row, with the series they
+        // belong to (for error messages).
+        let mut merged: HashMap<RowKey, (Summary, &SeriesKey, Window)> = HashMap::new();
         let mut watermarks: HashMap<&str, i64> = HashMap::new();
-        let mut reporters: HashMap<&SeriesKey, Vec<&str>> = HashMap::new();
+        let mut new_ids: HashMap<&SeriesKey, i64> = HashMap::new();
         {
             let mut insert =
                 tx.prepare_cached("INSERT OR IGNORE INTO applied (agent, seq) VALUES (?1, ?2)")?;
+            let mut report = tx.prepare_cached(
+                "INSERT OR IGNORE INTO series_agents (series, agent) VALUES (?1, ?2)",
+            )?;
             for b in batches {
                 let seq = i64::try_from(b.seq).map_err(|e| corrupt("batch sequence", e))?;
                 if insert.execute(params![b.agent, seq])? == 0 {
@@ -152,78 +220,100 @@ impl Store for SqliteStore {
                 let w = watermarks.entry(b.agent.as_str()).or_insert(i64::MIN);
                 *w = (*w).max(b.watermark);
                 for p in &b.partials {
-                    let agents = reporters.entry(&p.series).or_default();
-                    if !agents.contains(&b.agent.as_str()) {
-                        agents.push(b.agent.as_str());
+                    let id = match cache
+                        .id(&p.series)
+                        .or_else(|| new_ids.get(&p.series).copied())
+                    {
+                        Some(id) => id,
+                        None => {
+                            let id = Self::series_id(&tx, &p.series)?;
+                            new_ids.insert(&p.series, id);
+                            id
+                        }
+                    };
+                    if !cache.reported(id, &b.agent) && done.reporters.insert((id, b.agent.clone()))
+                    {
+                        report.execute(params![id, b.agent])?;
                     }
-                    for target in targets(p.window, &self.rollups) {
-                        let slot = merged
-                            .entry((p.series.clone(), target))
-                            .or_insert_with(|| Summary::new(p.summary.quantum()));
-                        slot.merge(&p.summary).map_err(|source| StoreError::Merge {
-                            series: p.series.to_string(),
-                            window: target,
-                            source,
-                        })?;
-                    }
+                    let key = (id, p.window.width().ms(), p.window.start());
+                    merge_into(&mut merged, key, &p.summary, &p.series, p.window)?;
                 }
             }
         }
-        let mut ids: HashMap<SeriesKey, i64> = HashMap::new();
+        // Roll-ups from the merged partials: one merge per row and width
+        // rather than one per partial.
+        let mut rolled: HashMap<RowKey, (Summary, &SeriesKey, Window)> = HashMap::new();
+        for (&(id, _, _), (delta, series, window)) in &merged {
+            for target in targets(*window, &self.rollups).skip(1) {
+                let key = (id, target.width().ms(), target.start());
+                merge_into(&mut rolled, key, delta, series, target)?;
+            }
+        }
+        for (key, (delta, series, window)) in rolled {
+            merge_into(&mut merged, key, &delta, series, window)?;
+        }
         let mut change: i64 =
             tx.query_row("SELECT value FROM meta WHERE key = 'change'", [], |r| {
                 r.get(0)
             })?;
-        for ((key, window), summary) in merged {
-            change += 1;
-            let id = match ids.get(&key) {
-                Some(&id) => id,
-                None => {
-                    let id = Self::series_id(&tx, &key)?;
-                    ids.insert(key.clone(), id);
-                    id
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO results (series, width, start, revision, summary, changed) VALUES (?1, ?2, ?3, 0, ?4, ?5)",
+            )?;
+            let mut select = tx.prepare_cached(
+                "SELECT revision, summary FROM results WHERE series = ?1 AND width = ?2 AND start = ?3",
+            )?;
+            let mut update = tx.prepare_cached(
+                "UPDATE results SET revision = ?4, summary = ?5, changed = ?6 WHERE series = ?1 AND width = ?2 AND start = ?3",
+            )?;
+            done.rows.reserve(merged.len());
+            for (key, (delta, series, window)) in merged {
+                change += 1;
+                let (id, width, start) = key;
+                let stored = match cache.take(&key) {
+                    Some(row) => Some((row.revision, row.summary)),
+                    None => {
+                        let bytes = encode(&delta)?;
+                        if insert.execute(params![id, width, start, bytes, change])? == 1 {
+                            done.rows.push((key, (0, delta)));
+                            continue;
+                        }
+                        let (revision, bytes): (u32, Vec<u8>) = select
+                            .query_row(params![id, width, start], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                        Some((revision, decode(&bytes)?))
+                    }
+                };
+                let Some((revision, mut summary)) = stored else {
+                    continue;
+                };
+                summary.merge(&delta).map_err(|source| StoreError::Merge {
+                    series: series.to_string(),
+                    window,
+                    source,
+                })?;
+                let revision = revision.saturating_add(1);
+                if update.execute(params![
+                    id,
+                    width,
+                    start,
+                    revision,
+                    encode(&summary)?,
+                    change
+                ])? != 1
+                {
+                    // Only possible if the file changed behind SQLite's back.
+                    cache.check_version(i64::MIN);
+                    return Err(StoreError::Backend(
+                        "a cached result row is missing from the database; cache cleared".into(),
+                    ));
                 }
-            };
-            let existing: Option<(u32, Vec<u8>)> = tx
-                .prepare_cached("SELECT revision, summary FROM results WHERE series = ?1 AND width = ?2 AND start = ?3")?
-                .query_row(params![id, window.width().ms(), window.start()], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            let (revision, result) = match existing {
-                Some((rev, bytes)) => {
-                    let mut stored: Summary =
-                        postcard::from_bytes(&bytes).map_err(|e| corrupt("summary", e))?;
-                    stored.merge(&summary).map_err(|source| StoreError::Merge {
-                        series: key.to_string(),
-                        window,
-                        source,
-                    })?;
-                    (rev.saturating_add(1), stored)
-                }
-                None => (0, summary),
-            };
-            let bytes = postcard::to_allocvec(&result).map_err(|e| corrupt("summary", e))?;
-            tx.prepare_cached(
-                "INSERT INTO results (series, width, start, revision, summary, changed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (series, width, start) DO UPDATE SET revision = excluded.revision, summary = excluded.summary, changed = excluded.changed",
-            )?
-            .execute(params![id, window.width().ms(), window.start(), revision, bytes, change])?;
+                done.rows.push((key, (revision, summary)));
+            }
         }
         tx.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'change'",
             params![change],
         )?;
-        for (key, agents) in reporters {
-            let id = match ids.get(key) {
-                Some(&id) => id,
-                None => Self::series_id(&tx, key)?,
-            };
-            for agent in agents {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO series_agents (series, agent) VALUES (?1, ?2)",
-                )?
-                .execute(params![id, agent])?;
-            }
-        }
         let seen = crate::finality::now_ms();
         for (agent, w) in watermarks {
             tx.prepare_cached(
@@ -233,6 +323,8 @@ impl Store for SqliteStore {
             .execute(params![agent, w, seen])?;
         }
         tx.commit()?;
+        done.ids = new_ids.into_iter().map(|(k, id)| (k.clone(), id)).collect();
+        self.cache.committed(done);
         Ok(outcome)
     }
 
@@ -272,7 +364,7 @@ impl Store for SqliteStore {
             let (start, revision, bytes) = row?;
             out.push(StoredWindow {
                 window: Window::new(start, width).map_err(|e| corrupt("window", e))?,
-                summary: postcard::from_bytes(&bytes).map_err(|e| corrupt("summary", e))?,
+                summary: decode(&bytes)?,
                 revision,
             });
         }
@@ -335,7 +427,7 @@ impl Store for SqliteStore {
                 series: serde_json::from_str(&key).map_err(|e| corrupt("series key", e))?,
                 stored: StoredWindow {
                     window: Window::new(start, width).map_err(|e| corrupt("window", e))?,
-                    summary: postcard::from_bytes(&bytes).map_err(|e| corrupt("summary", e))?,
+                    summary: decode(&bytes)?,
                     revision,
                 },
             });

@@ -2,6 +2,8 @@
 //! publishes through a real mosquitto to the collector's ingest, and every
 //! stored (series, window) total equals the devices' ground truth exactly;
 //! nothing is counted twice although the agent resends unconfirmed batches.
+//! And the agent's local-broker source acknowledges devices' messages in
+//! the order they arrived, which the embedded broker (rumqttd) enforces.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../../agent/tests/common/mod.rs"]
@@ -11,8 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{agent_toml, sim_config, start_ms, truth, Totals};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
 use tributary_agent::config::Config as AgentConfig;
 use tributary_agent::Agent;
+use tributary_collector::broker::{Embedded, EmbeddedOptions};
 use tributary_collector::ingest::{self, IngestConfig, IngestCounters};
 use tributary_collector::store::all_windows;
 use tributary_collector::store::sqlite::SqliteStore;
@@ -81,4 +85,95 @@ async fn agent_partials_merge_exactly_into_the_store() {
         truth,
         "nothing changed after the agent stopped"
     );
+}
+
+/// MQTT 3.1.1 §4.6: PUBACKs go in the order the PUBLISHes arrived. The
+/// agent acks a good message after its commit and a refused one at once;
+/// rumqttd drops a client whose acks come out of order, so with good and
+/// refused messages interleaved the agent must stay connected throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_messages_are_acked_in_arrival_order() {
+    let port = tributary_testkit::free_port();
+    let broker = Embedded::start(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        None,
+        EmbeddedOptions::default(),
+    )
+    .unwrap();
+    let adir = tempfile::tempdir().unwrap();
+    let cfg = AgentConfig::from_toml(&format!(
+        "agent_id = \"gw-order\"\ndata_dir = {:?}\n[uplink]\nenabled = false\n\
+         [http]\nlisten = \"\"\n[local_mqtt]\nenabled = true\nport = {}\n",
+        adir.path().display().to_string(),
+        broker.addr().port()
+    ))
+    .unwrap();
+    let agent = Agent::start(cfg).await.unwrap();
+    let (client, mut events) = AsyncClient::new(
+        MqttOptions::new("device-order", "127.0.0.1", broker.addr().port()),
+        1000,
+    );
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    // The broker drops what nobody has subscribed to yet: publish a warm-up
+    // reading until the agent has taken one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent.counters().readings_accepted == 0 && Instant::now() < deadline {
+        let warm = r#"{"v":1,"metric":"temperature","time":1700000000000,"value":1}"#;
+        client
+            .publish(
+                "tributary/v1/devices/warm-up/readings",
+                QoS::AtLeastOnce,
+                false,
+                warm,
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = agent.counters().readings_accepted;
+    assert!(before > 0, "the agent never received a reading");
+    let good = 100u64;
+    for i in 0..good {
+        let t = 1_700_000_000_000 + i as i64 * 1000;
+        let reading = format!(r#"{{"v":1,"metric":"temperature","time":{t},"value":21.5}}"#);
+        // A refused message (no value) right after each good one.
+        let refused = format!(r#"{{"v":1,"metric":"temperature","time":{t}}}"#);
+        for payload in [reading, refused] {
+            client
+                .publish(
+                    "tributary/v1/devices/dev-1/readings",
+                    QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
+                .await
+                .unwrap();
+        }
+        if i % 10 == 0 {
+            // Let commits interleave with arrivals.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent.counters().readings_accepted < before + good && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Wait for the last acks, then check the connection never dropped.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(agent.counters().readings_accepted, before + good);
+    assert_eq!(
+        agent.counters().rejected,
+        good,
+        "every refused message counted"
+    );
+    assert_eq!(
+        agent
+            .metrics()
+            .local_connects
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the broker dropped the agent's connection (acks out of order)"
+    );
+    agent.shutdown().await.unwrap();
 }

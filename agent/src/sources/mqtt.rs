@@ -22,6 +22,11 @@
 //! early whenever the in-flight window fills was tried and made matters
 //! worse (an fsync per few messages lowers the agent's capacity).
 //!
+//! PUBACKs go out in the order the messages arrived, as MQTT 3.1.1 §4.6
+//! requires (brokers such as rumqttd drop a client that acks out of order):
+//! one task awaits each message's commit in arrival order and acks it, so
+//! a refused message is acked only after the good ones before it.
+//!
 //! A message waiting for its commit keeps only what its PUBACK needs (packet
 //! id and QoS), not the payload: holding the `Publish` kept rumqttc's read
 //! buffers alive and, with thousands of messages awaiting their ack under
@@ -65,6 +70,24 @@ pub(crate) async fn run(
         o.set_credentials(u.clone(), p.clone());
     }
     let (client, mut events) = AsyncClient::new(o, 256);
+    // The acks, in arrival order: (what to await, the PUBACK's packet id and QoS).
+    let (acks, mut in_order) =
+        mpsc::unbounded_channel::<(Option<oneshot::Receiver<()>>, rumqttc::Publish)>();
+    let acker = {
+        let (c, m) = (client.clone(), metrics.clone());
+        tokio::spawn(async move {
+            while let Some((done, ack)) = in_order.recv().await {
+                if let Some(rx) = done {
+                    if rx.await.is_err() {
+                        return; // engine gone: no more acks, the broker redelivers
+                    }
+                }
+                let _ = c.ack(&ack).await;
+                m.local_unacked
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -76,22 +99,14 @@ pub(crate) async fn run(
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let done = handle(&p.topic, &p.payload, max, &engine, &metrics).await;
-                    let c = client.clone();
-                    let m = metrics.clone();
-                    m.local_unacked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    metrics.local_unacked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     // Keep only what the PUBACK needs, not the payload.
                     let mut ack = rumqttc::Publish::new("", p.qos, Vec::<u8>::new());
                     ack.pkid = p.pkid;
                     drop(p);
-                    tokio::spawn(async move {
-                        if let Some(rx) = done {
-                            if rx.await.is_err() {
-                                return; // engine gone: no ack, the broker redelivers
-                            }
-                        }
-                        let _ = c.ack(&ack).await;
-                        m.local_unacked.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                    });
+                    if acks.send((done, ack)).is_err() {
+                        break; // the acker ended: the engine is gone
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -101,6 +116,9 @@ pub(crate) async fn run(
             }
         }
     }
+    // The event loop is no longer polled, so no further ack could reach the
+    // broker; what stays unacked is redelivered after a restart.
+    acker.abort();
 }
 
 /// Sends one message's content to the engine; returns what to await before acking.

@@ -1,0 +1,213 @@
+//! Close-to-queryable latency: how long after an agent closes a window its
+//! result can be queried at the collector, on loopback.
+//!
+//! ```text
+//! cargo run --release -p tributary-collector --example latency_bench -- \
+//!     [--devices 100] [--seconds 30] [--agent-commit-ms 50]
+//! ```
+//!
+//! One process runs the whole path with its real parts: the embedded MQTT
+//! broker, a `tributary-agent` (durable SQLite state and outbox, group
+//! commits, uplink waiting for the collector's confirmation) reading JSON
+//! readings from that broker, and the collector on SQLite. The bench
+//! publishes one reading per device every 100 ms with event time = now;
+//! agent windows are 1 s with no allowed lateness, so the reading stamped
+//! with a whole second closes the previous window of its device. The
+//! latency of a window is from the moment that reading is published (an
+//! upper bound of the agent's close: it includes the local broker hop)
+//! until the window's row is committed in the collector's store, which is
+//! what the HTTP API reads; the store is polled every millisecond through
+//! its change feed. Prints p50, p90, p99 and max over all windows after a
+//! warm-up second.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::Parser;
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use tributary_agent::config::Config as AgentConfig;
+use tributary_agent::Agent;
+use tributary_collector::broker::{Embedded, EmbeddedOptions};
+use tributary_collector::config::Config;
+use tributary_collector::service;
+use tributary_collector::store::sqlite::SqliteStore;
+use tributary_collector::store::Store;
+use tributary_core::Width;
+
+const WINDOW_MS: i64 = 1_000;
+const TICK_MS: i64 = 100;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Devices (series), each publishing a reading every 100 ms.
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// How long to publish.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// The agent's group commit interval (`store.commit_interval_ms`).
+    #[arg(long, default_value_t = 50)]
+    agent_commit_ms: u64,
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn agent_config(dir: &Path, port: u16, commit_ms: u64) -> anyhow::Result<AgentConfig> {
+    let text = format!(
+        "agent_id = \"gw-latency\"\ndata_dir = {dir:?}\n\
+         [window]\nwidth_ms = {WINDOW_MS}\nallowed_lateness_ms = 0\nidle_close_ms = 60000\n\
+         [store]\ncommit_interval_ms = {commit_ms}\n\
+         [uplink]\nport = {port}\nconfirm_timeout_ms = 5000\n\
+         [http]\nlisten = \"\"\n\
+         [local_mqtt]\nenabled = true\nport = {port}\n",
+        dir = dir.display().to_string(),
+    );
+    AgentConfig::from_toml(&text).context("agent config")
+}
+
+/// Percentile `p` (0..=100) of sorted `v`.
+fn pct(v: &[i64], p: f64) -> f64 {
+    let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v[i.min(v.len() - 1)] as f64 / 1000.0
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let broker = Embedded::start(
+        format!("127.0.0.1:{port}").parse()?,
+        None,
+        EmbeddedOptions::default(),
+    )
+    .context("starting the embedded broker")?;
+    let mut cfg = Config::from_toml("")?;
+    cfg.data_dir = dir.path().join("collector");
+    cfg.mqtt.port = broker.addr().port();
+    cfg.http.listen = "127.0.0.1:0".into();
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let db = cfg.db_path();
+    let collector = service::start(&cfg, SqliteStore::open(&db, &cfg.rollups_ms)?).await?;
+    let agent = Agent::start(agent_config(
+        &dir.path().join("agent"),
+        port,
+        args.agent_commit_ms,
+    )?)
+    .await?;
+
+    // When each (device, window start) was closed, in µs since the epoch.
+    let closed: Arc<Mutex<HashMap<(String, i64), i64>>> = Arc::default();
+    // When each first became queryable.
+    let seen: Arc<Mutex<HashMap<(String, i64), i64>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (seen, stop, db) = (seen.clone(), stop.clone(), db.clone());
+        std::thread::spawn(move || {
+            let store = SqliteStore::open(&db, &[]).unwrap();
+            let width = Width::new(WINDOW_MS).unwrap();
+            let mut cursor = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for c in store.changed_since(width, cursor, 100_000).unwrap() {
+                    cursor = cursor.max(c.change);
+                    let key = (c.series.device().to_string(), c.stored.window.start());
+                    seen.lock().unwrap().entry(key).or_insert_with(now_us);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+
+    let mut o = MqttOptions::new("latency-bench", "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(o, 100_000);
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let devices: Vec<String> = (0..args.devices).map(|d| format!("dev-{d:04}")).collect();
+    let end = now_us() / 1000 + args.seconds as i64 * 1000;
+    let first_close = (now_us() / 1000 / WINDOW_MS + 2) * WINDOW_MS;
+    eprintln!(
+        "latency bench: {} devices × 10 readings/s through agent (1 s windows, commit every {} ms) → embedded broker → collector (SQLite) for {} s",
+        args.devices, args.agent_commit_ms, args.seconds
+    );
+    loop {
+        let now = now_us() / 1000;
+        let tick = (now / TICK_MS + 1) * TICK_MS;
+        if tick > end {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis((tick - now) as u64)).await;
+        for d in &devices {
+            if tick % WINDOW_MS == 0 && tick > first_close {
+                closed
+                    .lock()
+                    .unwrap()
+                    .insert((d.clone(), tick - WINDOW_MS), now_us());
+            }
+            let payload = format!(r#"{{"v":1,"metric":"temperature","time":{tick},"value":21.5}}"#);
+            client
+                .publish(
+                    format!("tributary/v1/devices/{d}/readings"),
+                    QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
+                .await?;
+        }
+    }
+    // Let the last windows through.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    poller
+        .join()
+        .map_err(|_| anyhow::anyhow!("poller panicked"))?;
+    let closed = closed.lock().unwrap().clone();
+    let seen = seen.lock().unwrap().clone();
+    let mut lat: Vec<i64> = closed
+        .iter()
+        .filter_map(|(k, c)| seen.get(k).map(|s| s - c))
+        .collect();
+    lat.sort_unstable();
+    let missing = closed.len() - lat.len();
+    let c = collector.counters();
+    anyhow::ensure!(
+        !lat.is_empty(),
+        "no window became queryable: agent {:?}; collector batches {}, readings {}; {} windows closed, {} seen",
+        agent.counters(),
+        c.batches_new.load(std::sync::atomic::Ordering::Relaxed),
+        c.readings.load(std::sync::atomic::Ordering::Relaxed),
+        closed.len(),
+        seen.len()
+    );
+    println!(
+        "close → queryable over {} windows ({} not queryable at the end): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        lat.len(),
+        missing,
+        pct(&lat, 50.0),
+        pct(&lat, 90.0),
+        pct(&lat, 99.0),
+        pct(&lat, 100.0)
+    );
+    agent.shutdown().await?;
+    collector.stop().await?;
+    Ok(())
+}

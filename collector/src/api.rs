@@ -121,13 +121,24 @@ fn lock<S>(st: &ApiState<S>) -> Result<std::sync::MutexGuard<'_, S>, ApiError> {
     st.store.lock().map_err(|_| internal("store lock poisoned"))
 }
 
+/// Runs `f` (store reads) on the blocking pool, off the async workers that
+/// also drive ingest.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(internal)?
+}
+
 async fn series<S: Store + Send + 'static>(
     State(st): State<ApiState<S>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let all = lock(&st)?.series().map_err(internal)?;
-    let list: Vec<&SeriesKey> = all.iter().filter(|k| matches(k, &q)).collect();
-    Ok(Json(json!({ "series": list })))
+    blocking(move || {
+        let all = lock(&st)?.series().map_err(internal)?;
+        let list: Vec<&SeriesKey> = all.iter().filter(|k| matches(k, &q)).collect();
+        Ok(Json(json!({ "series": list })))
+    })
+    .await
 }
 
 fn int(q: &HashMap<String, String>, name: &str, default: Option<i64>) -> Result<i64, ApiError> {
@@ -174,17 +185,25 @@ async fn query<S: Store + Send + 'static>(
     State(st): State<ApiState<S>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
+    blocking(move || answer(&st, &q)).await
+}
+
+/// Parses and answers one query.
+fn answer<S: Store>(
+    st: &ApiState<S>,
+    q: &HashMap<String, String>,
+) -> Result<Json<Value>, ApiError> {
     if !q.contains_key("metric") {
         return Err(bad("`metric` is required (with optional device=, tag.K=)"));
     }
-    let from = int(&q, "from", None)?;
-    let to = int(&q, "to", None)?;
+    let from = int(q, "from", None)?;
+    let to = int(q, "to", None)?;
     if to <= from {
         return Err(bad("`to` must be greater than `from`"));
     }
-    let width_ms = int(&q, "width", None)?;
+    let width_ms = int(q, "width", None)?;
     let width = Width::new(width_ms).map_err(|e| bad(format!("`width`: {e}")))?;
-    let step = int(&q, "step", Some(width_ms))?;
+    let step = int(q, "step", Some(width_ms))?;
     if step <= 0 || step % width_ms != 0 {
         return Err(bad(format!(
             "`step` ({step}) must be a positive multiple of `width` ({width_ms})"
@@ -198,12 +217,12 @@ async fn query<S: Store + Send + 'static>(
     let stats = parse_stats(q.get("stats").map_or("count,mean,min,max", |s| s.as_str()))?;
     let group_by = q.get("group_by").cloned();
 
-    let store = lock(&st)?;
+    let store = lock(st)?;
     let keys: Vec<SeriesKey> = store
         .series()
         .map_err(internal)?
         .into_iter()
-        .filter(|k| matches(k, &q))
+        .filter(|k| matches(k, q))
         .collect();
     let now = crate::finality::now_ms();
     // group label -> step start -> point

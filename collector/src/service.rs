@@ -34,6 +34,9 @@ pub enum ServiceError {
     /// A sink could not start.
     #[error("starting sinks: {0}")]
     Sinks(#[from] crate::sinks::SinkError),
+    /// The store could not open a handle for queries.
+    #[error("opening the store for queries: {0}")]
+    Store(#[from] crate::store::StoreError),
     /// A task panicked.
     #[error("a collector task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -81,6 +84,10 @@ pub async fn start<S: Store + Send + 'static>(
     cfg: &Config,
     store: S,
 ) -> Result<Running, ServiceError> {
+    // Queries read through their own handle, so they never wait for (or
+    // hold up) ingest's transactions; sinks keep the writer's, as they
+    // store their cursors.
+    let reader = Arc::new(Mutex::new(store.reader()?));
     let store = Arc::new(Mutex::new(store));
     let counters = Arc::new(IngestCounters::default());
     let (stop, stop_rx) = watch::channel(false);
@@ -101,10 +108,10 @@ pub async fn start<S: Store + Send + 'static>(
         stop_rx.clone(),
     )?;
     let metrics = counters.clone();
-    let dashboard = crate::dashboard::from_config(cfg, &store);
+    let dashboard = crate::dashboard::from_config(cfg, &reader);
     let sink_metrics = sinks.metrics().clone();
     let app = api::router(ApiState {
-        store,
+        store: reader,
         token: cfg.http.token.clone(),
         finality: cfg.finality.rule(),
     })

@@ -355,3 +355,24 @@ fn a_failed_transaction_leaves_no_stale_merge_behind() {
         .unwrap();
     assert_eq!(all_windows(&store, MIN), all_windows(&single, MIN));
 }
+
+/// The query handle sees every commit of the writer, and cannot write.
+#[test]
+fn the_reader_sees_commits_and_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (batches, _) = workload(2, 10);
+    let mut writer = open(&dir, "a.db");
+    writer.apply(&batches[..5]).unwrap();
+    let mut reader = writer.reader().unwrap();
+    assert_eq!(all_windows(&reader, MIN), all_windows(&writer, MIN));
+    writer.apply(&batches[5..]).unwrap();
+    assert_eq!(all_windows(&reader, HOUR), all_windows(&writer, HOUR));
+    assert!(reader.apply(&batches[..1]).is_err(), "the reader wrote");
+    assert!(reader.set_cursor("sink", 3).is_err(), "the reader wrote");
+    // Nothing the reader tried changed the data.
+    assert_eq!(
+        writer.apply(&batches[..1]).unwrap(),
+        vec![Applied::Duplicate]
+    );
+    assert_eq!(writer.cursor("sink").unwrap(), 0);
+}

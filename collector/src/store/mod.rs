@@ -150,6 +150,13 @@ pub trait Store {
 
     /// Stores the durable cursor called `name`.
     fn set_cursor(&mut self, name: &str, value: u64) -> Result<(), StoreError>;
+
+    /// Another handle on the same data, for queries: the HTTP API reads
+    /// through it, so a long query neither waits for nor holds up ingest's
+    /// transactions. Use it only to read.
+    fn reader(&self) -> Result<Self, StoreError>
+    where
+        Self: Sized;
 }
 
 /// Every stored window of every series at `width`, by (series, window start)

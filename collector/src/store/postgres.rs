@@ -427,4 +427,9 @@ impl Store for PostgresStore {
             Ok(())
         })
     }
+
+    fn reader(&self) -> Result<Self, StoreError> {
+        // The pool hands each query its own connection already.
+        Ok(self.clone())
+    }
 }

@@ -76,6 +76,7 @@ INSERT INTO meta (key, value) VALUES ('change', 0);
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Connection,
+    path: std::path::PathBuf,
     rollups: Vec<Width>,
     cache: Cache,
 }
@@ -116,6 +117,7 @@ impl SqliteStore {
             .collect::<Result<_, _>>()?;
         Ok(SqliteStore {
             conn,
+            path: path.to_owned(),
             rollups,
             cache: Cache::new(CACHED_ROWS),
         })
@@ -442,6 +444,20 @@ impl Store for SqliteStore {
             .query_row(params![name], |r| r.get(0))
             .optional()?;
         u64::try_from(v.unwrap_or(0)).map_err(|e| corrupt("cursor", e))
+    }
+
+    fn reader(&self) -> Result<Self, StoreError> {
+        // WAL: this connection reads the last committed state while the
+        // writer's connection commits; `query_only` makes a stray write fail.
+        let conn = Connection::open(&self.path)?;
+        conn.pragma_update(None, "query_only", true)?;
+        conn.pragma_update(None, "cache_size", -65_536)?;
+        Ok(SqliteStore {
+            conn,
+            path: self.path.clone(),
+            rollups: self.rollups.clone(),
+            cache: Cache::new(0),
+        })
     }
 
     fn set_cursor(&mut self, name: &str, value: u64) -> Result<(), StoreError> {

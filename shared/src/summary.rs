@@ -239,9 +239,30 @@ impl Summary {
                         return Err("summary: sum of squares larger than count·max²");
                     }
                 }
+                if !moments_consistent(self.count, self.sum, self.sum_sq) {
+                    return Err(
+                        "summary: sum of squares smaller than sum²/count (negative variance)",
+                    );
+                }
                 Ok(())
             }
         }
+    }
+}
+
+/// Cauchy–Schwarz: `count·Σv² ≥ (Σv)²`, which every real set of readings
+/// meets (the variance is never negative). Exact in wide integers.
+fn moments_consistent(count: u64, sum: i128, sum_sq: u128) -> bool {
+    let n = u128::from(count);
+    let s = sum.unsigned_abs();
+    match (n.checked_mul(sum_sq), s.checked_mul(s)) {
+        (Some(lhs), Some(rhs)) => lhs >= rhs,
+        // count·Σv² is past u128, (Σv)² is not.
+        (None, Some(_)) => true,
+        // (Σv)² is past u128: Σv² must still reach ⌊|Σv|/n⌋·|Σv| ≤ (Σv)²/n.
+        (_, None) => (s / n.max(1))
+            .checked_mul(s)
+            .is_some_and(|floor| sum_sq >= floor),
     }
 }
 

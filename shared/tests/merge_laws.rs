@@ -499,3 +499,24 @@ fn shifted_moves_only_event_times() {
     let empty = tributary_core::Summary::new(q);
     assert_eq!(empty.shifted(7), empty);
 }
+
+/// A decoded summary whose moments no set of readings could have (Σv² below
+/// (Σv)²/n: a negative variance) is refused, not stored.
+#[test]
+fn moments_that_imply_a_negative_variance_are_refused() {
+    let s = full(&[(1, 10), (2, 20)]);
+    let mut json = serde_json::to_value(&s).unwrap();
+    let obj = json.as_object_mut().unwrap();
+    let key = obj
+        .keys()
+        .find(|k| k.contains("sq"))
+        .cloned()
+        .expect("a sum-of-squares field");
+    // Σv² = 500 for {10, 20}; n·Σv² must reach (Σv)² = 900.
+    assert_eq!(obj[&key], serde_json::json!(500));
+    obj.insert(key.clone(), serde_json::json!(449));
+    let err = serde_json::from_value::<Summary>(json.clone()).unwrap_err();
+    assert!(err.to_string().contains("negative variance"), "{err}");
+    json[&key] = serde_json::json!(500);
+    assert_eq!(serde_json::from_value::<Summary>(json).unwrap(), s);
+}

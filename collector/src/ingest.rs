@@ -24,7 +24,13 @@
 //!
 //! A refused login (wrong user name or password) or a lost connection is
 //! logged, counted (`tributary_collector_mqtt_connects_total`) and retried
-//! with a backoff of 0.5 s doubling up to 10 s; ingest never gives up.
+//! with a backoff of 0.5 s doubling up to 10 s (reset once a connection has
+//! lasted 30 s); ingest never gives up.
+//!
+//! The client accepts every packet size MQTT allows, so a payload over
+//! `max_payload_bytes` is refused and counted like any bad input rather
+//! than breaking the connection (with MQTT 3.1.1 that would redeliver it
+//! forever); bound sizes at the broker so huge payloads never travel.
 
 mod transport;
 
@@ -281,6 +287,11 @@ pub fn check(
 /// First and longest wait before reconnecting after a failure.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
 
+/// A connection that lasted this long resets the backoff; one lost sooner
+/// keeps doubling it (a broker that accepts and then drops the collector
+/// is not hammered every 0.5 s).
+const STABLE: Duration = Duration::from_secs(30);
+
 /// Runs ingest until `shutdown` turns true. Never returns early: a broker
 /// that refuses the login or cannot be reached is retried with backoff.
 pub async fn run<S: Store + Send + 'static>(
@@ -315,6 +326,7 @@ pub async fn run<S: Store + Send + 'static>(
     let mut group: Vec<(AckToken, usize, Batch)> = Vec::new();
     let mut flush_at: Option<tokio::time::Instant> = None;
     let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut connected_at: Option<tokio::time::Instant> = None;
     loop {
         let far = tokio::time::Instant::now() + Duration::from_secs(3600);
         tokio::select! {
@@ -331,7 +343,7 @@ pub async fn run<S: Store + Send + 'static>(
             }
             ev = conn.poll(), if retry_at.is_none() => match ev {
                 Ok(Event::Connected { session_present }) => {
-                    backoff = BACKOFF.0;
+                    connected_at = Some(tokio::time::Instant::now());
                     counters.connects_ok.fetch_add(1, Relaxed);
                     counters.connected.store(1, Relaxed);
                     tracing::info!(host = cfg.host, port = cfg.port, protocol = %cfg.protocol,
@@ -373,6 +385,9 @@ pub async fn run<S: Store + Send + 'static>(
                 Ok(Event::Other) => {}
                 Err(failure) => {
                     counters.connected.store(0, Relaxed);
+                    if connected_at.take().is_some_and(|t| t.elapsed() >= STABLE) {
+                        backoff = BACKOFF.0;
+                    }
                     match &failure {
                         Failure::Refused { .. } => {
                             counters.connects_refused.fetch_add(1, Relaxed);

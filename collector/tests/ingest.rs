@@ -194,6 +194,8 @@ async fn batches_apply_once_and_are_confirmed_after_commit(protocol: Protocol) {
     agent.publish(b"{not json".to_vec());
     agent.publish(batch("agent-b", 9, 1).encode(Encoding::Json));
     agent.publish(vec![b' '; 70 * 1024]);
+    // Far over the limit too: refused the same way, never a reconnect loop.
+    agent.publish(vec![b' '; 600 * 1024]);
     // A redelivery of seq 2.
     agent.publish(batch("agent-a", 2, 1002).encode(Encoding::Json));
 
@@ -213,7 +215,7 @@ async fn batches_apply_once_and_are_confirmed_after_commit(protocol: Protocol) {
     assert_eq!(counters.batches_duplicate.load(Relaxed), 1);
     assert_eq!(counters.refused(Refused::Malformed), 1);
     assert_eq!(counters.refused(Refused::AgentMismatch), 1);
-    assert_eq!(counters.refused(Refused::Oversized), 1);
+    assert_eq!(counters.refused(Refused::Oversized), 2);
     // Confirmed means committed: the store holds exactly the five batches.
     assert_eq!(collector.windows(), [expected(0..5)]);
 

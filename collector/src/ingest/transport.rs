@@ -225,6 +225,10 @@ fn tls_config(tls: &TlsOptions) -> Result<rustls::ClientConfig, SetupError> {
         .with_no_client_auth())
 }
 
+/// The largest MQTT packet: the largest remaining length (268,435,455)
+/// plus the fixed header (at most 5 bytes).
+const MQTT_MAX_PACKET: usize = 268_435_455 + 5;
+
 /// The user name and password to log in with, the password read now.
 fn credentials(cfg: &IngestConfig) -> Result<Option<(String, String)>, SetupError> {
     let Some(user) = &cfg.username else {
@@ -247,9 +251,13 @@ pub(crate) fn client(cfg: &IngestConfig) -> Result<(Client, Connection), SetupEr
         None => None,
     };
     let login = credentials(cfg)?;
-    // Payloads up to twice the limit are received and refused (counted);
-    // the limit itself is checked by the pipeline.
-    let max_packet = cfg.max_payload_bytes.saturating_mul(2).saturating_add(1024);
+    // Accept every packet MQTT allows: the pipeline refuses (and counts) a
+    // payload over `max_payload_bytes`. A smaller client limit would be a
+    // poison message: MQTT 3.1.1 has no way to skip a packet, so rumqttc
+    // drops the connection and the broker redelivers it forever; an MQTT 5
+    // broker would drop it silently. Bound the size at the broker instead
+    // (mosquitto: `max_packet_size`), so huge payloads never travel.
+    let max_packet = MQTT_MAX_PACKET;
     let keep_alive = cfg.keep_alive.max(Duration::from_secs(5));
     Ok(match cfg.protocol {
         Protocol::V311 => {
@@ -274,8 +282,6 @@ pub(crate) fn client(cfg: &IngestConfig) -> Result<(Client, Connection), SetupEr
             o.set_session_expiry_interval(Some(cfg.session_expiry_s));
             o.set_manual_acks(true);
             o.set_keep_alive(keep_alive);
-            // Announced to the broker: it must not send larger packets (MQTT 5
-            // §3.1.2.11.4), so an oversized batch is dropped by the broker.
             o.set_max_packet_size(Some(u32::try_from(max_packet).unwrap_or(u32::MAX)));
             if let Some((u, p)) = login {
                 o.set_credentials(u, p);

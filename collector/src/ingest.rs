@@ -8,7 +8,8 @@
 //! Each payload is checked — size, topic, decoding (JSON or binary, version),
 //! the batch's agent id against the topic, the number of partials — and a
 //! refused one is logged, counted by reason and acknowledged so the broker
-//! does not redeliver it forever. Valid batches are gathered into a group
+//! does not redeliver it forever — in arrival order, behind the valid
+//! batches still awaiting their commit (MQTT 3.1.1 §4.6). Valid batches are gathered into a group
 //! (bounded in count and time), applied in one store transaction, and only
 //! after the commit are their PUBACKs sent and a [`Confirm`] published to each
 //! agent listing the sequences applied (new or duplicate). If the commit
@@ -323,7 +324,9 @@ pub async fn run<S: Store + Send + 'static>(
         }
     };
     let filter = subscription(cfg.share_group.as_deref());
-    let mut group: Vec<(AckToken, usize, Batch)> = Vec::new();
+    // Messages awaiting the group's commit, in arrival order: (ack, payload
+    // size, the batch — none for a refused message queued behind valid ones).
+    let mut group: Vec<(AckToken, usize, Option<Batch>)> = Vec::new();
     let mut flush_at: Option<tokio::time::Instant> = None;
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut connected_at: Option<tokio::time::Instant> = None;
@@ -368,7 +371,7 @@ pub async fn run<S: Store + Send + 'static>(
                     };
                     match checked {
                         Ok(batch) => {
-                            group.push((m.ack, size, batch));
+                            group.push((m.ack, size, Some(batch)));
                             flush_at.get_or_insert_with(|| tokio::time::Instant::now() + cfg.group_wait);
                             if group.len() >= cfg.group_batches {
                                 commit(&client, &store, &counters, std::mem::take(&mut group)).await;
@@ -378,7 +381,14 @@ pub async fn run<S: Store + Send + 'static>(
                         Err((reason, why)) => {
                             tracing::warn!(topic = m.topic, ?reason, "batch refused: {why}");
                             counters.refused[reason as usize].fetch_add(1, Relaxed);
-                            let _ = client.ack(m.ack).await;
+                            // PUBACKs go in arrival order (MQTT 3.1.1 §4.6, and
+                            // rumqttd drops a client that breaks it): behind the
+                            // valid batches awaiting their commit, if any.
+                            if group.is_empty() {
+                                let _ = client.ack(m.ack).await;
+                            } else {
+                                group.push((m.ack, size, None));
+                            }
                         }
                     }
                 }
@@ -419,20 +429,24 @@ pub async fn run<S: Store + Send + 'static>(
     .await;
 }
 
-/// Applies a group in one transaction, then acks and confirms it.
+/// Applies a group in one transaction, then acks every message of it in
+/// arrival order (refused ones queued behind valid ones included) and
+/// confirms the batches to their agents.
 async fn commit<S: Store + Send + 'static>(
     client: &transport::Client,
     store: &Arc<Mutex<S>>,
     counters: &IngestCounters,
-    group: Vec<(AckToken, usize, Batch)>,
+    group: Vec<(AckToken, usize, Option<Batch>)>,
 ) {
     let mut acks = Vec::with_capacity(group.len());
     let mut sizes = Vec::with_capacity(group.len());
     let mut batches = Vec::with_capacity(group.len());
     for (a, size, b) in group {
         acks.push(a);
-        sizes.push(size);
-        batches.push(b);
+        if let Some(b) = b {
+            sizes.push(size);
+            batches.push(b);
+        }
     }
     let st = store.clone();
     let applied = tokio::task::spawn_blocking(move || {

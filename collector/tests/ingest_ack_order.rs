@@ -32,7 +32,7 @@ fn batch(seq: u64) -> Batch {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_payloads_between_valid_batches_keep_the_acks_in_order() {
     let port = tributary_testkit::free_port();
-    let broker = Embedded::start(
+    let _broker = Embedded::start(
         format!("127.0.0.1:{port}").parse().unwrap(),
         None,
         EmbeddedOptions::default(),

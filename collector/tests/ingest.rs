@@ -12,9 +12,9 @@
 //! configured CA (certificates made by `openssl` for the test).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod mqtt_common;
+
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,7 +29,9 @@ use tributary_collector::store::sqlite::SqliteStore;
 use tributary_collector::store::Store;
 use tributary_core::batch::{Batch, Confirm, Encoding, Partial};
 use tributary_core::{topic, Quantum, SeriesKey, Summary, Width, Window};
-use tributary_testkit::{free_port, Mosquitto, MosquittoOptions};
+use tributary_testkit::{Mosquitto, MosquittoOptions};
+
+use mqtt_common::{secure_broker, tls_broker, Logs};
 
 fn batch(agent: &str, seq: u64, value: i64) -> Batch {
     let mut s = Summary::new(Quantum::new(-3).unwrap());
@@ -308,117 +310,6 @@ async fn mqtt_5_shared_subscription_splits_batches_and_applies_each_once() {
     two.stop().await;
 }
 
-/// A mosquitto run with a config of the test's own (killed on drop).
-struct OwnBroker {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl OwnBroker {
-    /// Writes `conf` (plus `user root`, so mosquitto started as root can
-    /// read the files in `dir`) and starts mosquitto; waits until every
-    /// port in `ports` accepts connections.
-    fn start(dir: tempfile::TempDir, conf: &str, ports: &[u16]) -> OwnBroker {
-        let path = dir.path().join("mosquitto.conf");
-        std::fs::write(&path, format!("{conf}persistence false\nuser root\n")).unwrap();
-        let bin = if Path::new("/usr/sbin/mosquitto").exists() {
-            "/usr/sbin/mosquitto"
-        } else {
-            "mosquitto"
-        };
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while ports
-            .iter()
-            .any(|&p| std::net::TcpStream::connect(("127.0.0.1", p)).is_err())
-        {
-            assert!(start.elapsed() < Duration::from_secs(10), "broker not up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        OwnBroker { child, _dir: dir }
-    }
-}
-
-/// A mosquitto requiring a login: users `collector` (password
-/// `collector-pw`, reads every agent's batches, writes confirmations) and
-/// `agent-a` (password `agent-pw`, its own topics only). Returns it and its
-/// port.
-fn secure_broker() -> (OwnBroker, u16) {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let port = free_port();
-    let passwd = d.join("passwd");
-    for (i, (user, pw)) in [("collector", "collector-pw"), ("agent-a", "agent-pw")]
-        .iter()
-        .enumerate()
-    {
-        let mut c = Command::new("mosquitto_passwd");
-        c.arg("-b");
-        if i == 0 {
-            c.arg("-c");
-        }
-        assert!(c.arg(&passwd).args([user, pw]).status().unwrap().success());
-    }
-    std::fs::write(
-        d.join("acl"),
-        "user collector\ntopic read tributary/v1/agents/+/partials\ntopic write tributary/v1/agents/+/acks\n\
-         user agent-a\ntopic write tributary/v1/agents/agent-a/partials\ntopic read tributary/v1/agents/agent-a/acks\n",
-    )
-    .unwrap();
-    let conf = format!(
-        "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\n",
-        passwd.display(),
-        d.join("acl").display()
-    );
-    (OwnBroker::start(dir, &conf, &[port]), port)
-}
-
-/// Log lines, captured.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    /// Captures this thread's log lines (the test runs on a current-thread
-    /// runtime, so the ingest tasks log here too) until the guard drops.
-    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
-        let logs = Logs::default();
-        let w = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || w.clone())
-            .with_ansi(false)
-            .finish();
-        (logs, tracing::subscriber::set_default(subscriber))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 async fn logs_in_and_a_wrong_password_is_retried(protocol: Protocol) {
     let (logs, _guard) = Logs::capture();
     let (_broker, port) = secure_broker();
@@ -537,92 +428,6 @@ async fn mqtt_3_1_1_session_outlives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_5_session_outlives_a_restart() {
     the_session_outlives_a_restart(Protocol::V5).await;
-}
-
-/// Runs `openssl` with `args` in `dir`.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A mosquitto with a plain listener (for the test agent) and a TLS one
-/// (for the collector), its certificate issued for 127.0.0.1 by a CA made
-/// here; returns the broker, the plain and the TLS port, and the CA file.
-fn tls_broker() -> (OwnBroker, u16, u16, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    openssl(
-        d,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=Test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ],
-    );
-    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "server.crt",
-        ],
-    );
-    let (plain, tls) = (free_port(), free_port());
-    let conf = format!(
-        "per_listener_settings false\nallow_anonymous true\n\
-         listener {plain} 127.0.0.1\n\
-         listener {tls} 127.0.0.1\ncertfile {}\nkeyfile {}\n",
-        d.join("server.crt").display(),
-        d.join("server.key").display()
-    );
-    let ca = d.join("ca.crt");
-    (OwnBroker::start(dir, &conf, &[plain, tls]), plain, tls, ca)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,220 @@
+//! The `[mqtt]` section: the broker the agents publish to, and how the
+//! collector connects to it (protocol, login, TLS, session, shared group).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::LimitsConfig;
+
+/// A secret from the config file; its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The environment variable that overrides `mqtt.password` and
+/// `mqtt.password_file`.
+pub const MQTT_PASSWORD_ENV: &str = "TRIBUTARY_MQTT_PASSWORD";
+
+/// The MQTT broker connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Broker host (default `127.0.0.1`).
+    pub host: String,
+    /// Broker port (default 1883).
+    pub port: u16,
+    /// Protocol version, `"3.1.1"` (default) or `"5"`.
+    pub protocol: crate::ingest::Protocol,
+    /// MQTT client id (default `tributary-collector`).
+    pub client_id: String,
+    /// User name to log in with (default none: anonymous).
+    pub username: Option<String>,
+    /// Password for `username` (default none). Prefer `password_file` or the
+    /// environment variable `TRIBUTARY_MQTT_PASSWORD`, which overrides both.
+    pub password: Option<Secret>,
+    /// File holding the password (default none). Read at every connection
+    /// attempt, so a rotated password needs no restart; a missing file is
+    /// logged (naming this key) and retried, like a refused login.
+    pub password_file: Option<PathBuf>,
+    /// TLS to the broker (rustls; default false).
+    pub tls: bool,
+    /// PEM file of the CA to trust with `tls = true` (default: the
+    /// system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// Keep-alive in seconds (default 30, at least 5).
+    pub keep_alive_s: u64,
+    /// MQTT 5 only: how long the broker keeps this collector's session, and
+    /// queues batches for it, while it is disconnected (seconds, default
+    /// 86,400 = 1 day; at least 1).
+    pub session_expiry_s: u32,
+    /// Batches applied per store transaction at most (default 256).
+    pub max_group: usize,
+    /// Shared-subscription group (default none). When set, the collector
+    /// subscribes to `$share/<group>/tributary/v1/agents/+/partials` and the
+    /// broker spreads batches over every instance in the group; each
+    /// instance needs its own `client_id`.
+    pub share_group: Option<String>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            protocol: crate::ingest::Protocol::V311,
+            client_id: "tributary-collector".into(),
+            username: None,
+            password: None,
+            password_file: None,
+            tls: false,
+            ca_file: None,
+            keep_alive_s: 30,
+            session_expiry_s: 86_400,
+            max_group: 256,
+            share_group: None,
+        }
+    }
+}
+
+impl MqttConfig {
+    /// Where the password comes from: `TRIBUTARY_MQTT_PASSWORD` when set,
+    /// else `password_file`, else `password`.
+    pub fn password_source(&self) -> Option<crate::ingest::Password> {
+        use crate::ingest::Password;
+        if let Ok(p) = std::env::var(MQTT_PASSWORD_ENV) {
+            return Some(Password::Value(p));
+        }
+        match (&self.password_file, &self.password) {
+            (Some(f), _) => Some(Password::File(f.clone())),
+            (None, Some(p)) => Some(Password::Value(p.0.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// The ingest settings of this section and `limits`.
+    pub fn ingest(&self, limits: &LimitsConfig) -> crate::ingest::IngestConfig {
+        crate::ingest::IngestConfig {
+            host: self.host.clone(),
+            port: self.port,
+            protocol: self.protocol,
+            client_id: self.client_id.clone(),
+            username: self.username.clone(),
+            password: self.password_source(),
+            tls: self.tls.then(|| crate::ingest::TlsOptions {
+                ca_file: self.ca_file.clone(),
+            }),
+            keep_alive: std::time::Duration::from_secs(self.keep_alive_s.max(5)),
+            session_expiry_s: self.session_expiry_s,
+            max_payload_bytes: limits.max_payload_bytes,
+            max_partials: limits.max_partials,
+            group_batches: self.max_group,
+            share_group: self.share_group.clone(),
+            ..crate::ingest::IngestConfig::default()
+        }
+    }
+
+    pub(super) fn check(&self, errs: &mut Vec<(String, String)>) {
+        if self.host.is_empty() {
+            errs.push(("mqtt.host".into(), "must not be empty".into()));
+        }
+        if self.client_id.is_empty() {
+            errs.push(("mqtt.client_id".into(), "must not be empty".into()));
+        }
+        if self.max_group == 0 {
+            errs.push(("mqtt.max_group".into(), "must be > 0".into()));
+        }
+        if self.session_expiry_s == 0 {
+            errs.push((
+                "mqtt.session_expiry_s".into(),
+                "must be > 0 (0 ends the session, and its queued batches, at every disconnect)"
+                    .into(),
+            ));
+        }
+        if let Some(g) = &self.share_group {
+            if g.is_empty() || g.contains(['/', '+', '#']) {
+                errs.push((
+                    "mqtt.share_group".into(),
+                    format!("`{g}` must be non-empty without `/`, `+` or `#`"),
+                ));
+            }
+        }
+        if matches!(&self.username, Some(u) if u.is_empty()) {
+            errs.push(("mqtt.username".into(), "must not be empty when set".into()));
+        }
+        if self.password.is_some() && self.password_file.is_some() {
+            errs.push((
+                "mqtt.password_file".into(),
+                "set either password or password_file, not both".into(),
+            ));
+        }
+        if self.username.is_none() && (self.password.is_some() || self.password_file.is_some()) {
+            errs.push((
+                "mqtt.username".into(),
+                "required with password or password_file".into(),
+            ));
+        }
+        if let Some(f) = &self.ca_file {
+            if !self.tls {
+                errs.push(("mqtt.ca_file".into(), "only used with tls = true".into()));
+            } else if let Err(e) = std::fs::read(f) {
+                errs.push((
+                    "mqtt.ca_file".into(),
+                    format!("cannot read {}: {e}", f.display()),
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn the_mqtt_section_names_its_keys() {
+        use crate::ingest::{Password, Protocol};
+        let c = Config::from_toml(
+            "[mqtt]\nprotocol = \"5\"\nusername = \"collector\"\npassword = \"s3cret\"\nsession_expiry_s = 60\n",
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.protocol, Protocol::V5);
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "Debug shows no password"
+        );
+        let i = c.mqtt.ingest(&c.limits);
+        assert_eq!(
+            (i.protocol, i.username.as_deref(), i.session_expiry_s),
+            (Protocol::V5, Some("collector"), 60)
+        );
+        if std::env::var(MQTT_PASSWORD_ENV).is_err() {
+            assert_eq!(i.password, Some(Password::Value("s3cret".into())));
+            assert!(!format!("{i:?}").contains("s3cret"));
+        }
+        assert_eq!(Config::from_toml("").unwrap().mqtt.protocol, Protocol::V311);
+        let e = Config::from_toml("[mqtt]\nprotocol = \"4\"\n").unwrap_err();
+        assert!(e.to_string().contains("mqtt.protocol"), "{e}");
+        let e = Config::from_toml(
+            "[mqtt]\npassword = \"x\"\npassword_file = \"/p\"\nsession_expiry_s = 0\nca_file = \"/ca.pem\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "mqtt.username",
+            "mqtt.password_file",
+            "mqtt.session_expiry_s",
+            "mqtt.ca_file",
+        ] {
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+}

@@ -361,7 +361,10 @@ pub async fn run<S: Store + Send + 'static>(
                 }
                 Ok(Event::Subscribed { .. }) => tracing::debug!(filter, "subscribed"),
                 Ok(Event::Disconnected(reason)) => {
-                    tracing::warn!(reason, "the broker disconnected the collector");
+                    // SessionTakenOver: another client connected with this
+                    // client id (each instance needs its own).
+                    tracing::warn!(reason, client_id = cfg.client_id,
+                        "the broker disconnected the collector");
                 }
                 Ok(Event::Message(m)) => {
                     let size = m.payload.len();

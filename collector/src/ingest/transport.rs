@@ -259,6 +259,10 @@ pub(crate) fn client(cfg: &IngestConfig) -> Result<(Client, Connection), SetupEr
     // (mosquitto: `max_packet_size`), so huge payloads never travel.
     let max_packet = MQTT_MAX_PACKET;
     let keep_alive = cfg.keep_alive.max(Duration::from_secs(5));
+    // A commit queues up to two requests per batch (its PUBACK and at most
+    // one confirmation) while the connection is not being polled: room for
+    // a few groups so queueing them never waits on the connection.
+    let cap = cfg.group_batches.saturating_mul(8).max(1024);
     Ok(match cfg.protocol {
         Protocol::V311 => {
             let mut o =
@@ -273,7 +277,7 @@ pub(crate) fn client(cfg: &IngestConfig) -> Result<(Client, Connection), SetupEr
             if let Some(t) = transport {
                 o.set_transport(t);
             }
-            let (c, e) = rumqttc::AsyncClient::new(o, 1024);
+            let (c, e) = rumqttc::AsyncClient::new(o, cap);
             (Client::V311(c), Connection::V311(Box::new(e)))
         }
         Protocol::V5 => {
@@ -289,7 +293,7 @@ pub(crate) fn client(cfg: &IngestConfig) -> Result<(Client, Connection), SetupEr
             if let Some(t) = transport {
                 o.set_transport(t);
             }
-            let (c, e) = v5::AsyncClient::new(o, 1024);
+            let (c, e) = v5::AsyncClient::new(o, cap);
             (Client::V5(c), Connection::V5(Box::new(e)))
         }
     })

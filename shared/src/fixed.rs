@@ -182,6 +182,31 @@ impl FixedSummary {
         &self.sketch
     }
 
+    /// A summary from its wire fields, checked as a decoded one is
+    /// ([`Self::validate`]). For decoders that parse the wire form by hand
+    /// (the firmware's own, smaller than serde's).
+    pub fn from_parts(
+        quantum: Quantum,
+        reference: i32,
+        count: u32,
+        sum: i64,
+        sum_sq: u64,
+        extent: Option<Extent<u32, i32>>,
+        sketch: FixedSketch,
+    ) -> Result<Self, &'static str> {
+        let s = FixedSummary {
+            quantum,
+            reference,
+            count,
+            sum,
+            sum_sq,
+            extent,
+            sketch,
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
     /// Checks the invariants a decoded summary must satisfy.
     pub fn validate(&self) -> Result<(), &'static str> {
         self.sketch.validate()?;
@@ -237,17 +262,16 @@ struct RawFixed {
 impl<'de> Deserialize<'de> for FixedSummary {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let r = RawFixed::deserialize(d)?;
-        let s = FixedSummary {
-            quantum: r.quantum,
-            reference: r.reference,
-            count: r.count,
-            sum: r.sum,
-            sum_sq: r.sum_sq,
-            extent: r.extent,
-            sketch: r.sketch,
-        };
-        s.validate().map_err(serde::de::Error::custom)?;
-        Ok(s)
+        Self::from_parts(
+            r.quantum,
+            r.reference,
+            r.count,
+            r.sum,
+            r.sum_sq,
+            r.extent,
+            r.sketch,
+        )
+        .map_err(serde::de::Error::custom)
     }
 }
 

@@ -29,7 +29,13 @@ pub const MAX_FRAME: usize = MAX_PAYLOAD + MAX_PAYLOAD / 254 + 2;
 /// The most channels a device announces.
 pub const MAX_CHANNELS: usize = 8;
 
+/// The frame CRC: a 1 KiB lookup table by default; with the `small-crc`
+/// feature (for devices short of flash) bit by bit, without a table. Both
+/// compute the same CRC-32/ISO-HDLC.
+#[cfg(not(feature = "small-crc"))]
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+#[cfg(feature = "small-crc")]
+const CRC: crc::Crc<u32, crc::NoTable> = crc::Crc::<u32, crc::NoTable>::new(&crc::CRC_32_ISO_HDLC);
 
 /// A device id on the link (a valid series device id of at most 32 chars).
 pub type DeviceName = heapless::String<32>;

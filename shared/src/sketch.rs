@@ -493,6 +493,25 @@ impl<S: CountStore> ExpHistogram<S> {
         })
     }
 
+    /// A sketch from its wire fields, checked as a decoded one is
+    /// ([`Self::validate`]). For decoders that parse the wire form by hand
+    /// (the firmware's own, smaller than serde's).
+    pub fn from_parts(
+        scale: i8,
+        zero: u64,
+        positive: Buckets<S>,
+        negative: Buckets<S>,
+    ) -> Result<Self, &'static str> {
+        let h = ExpHistogram {
+            scale,
+            zero,
+            positive,
+            negative,
+        };
+        h.validate()?;
+        Ok(h)
+    }
+
     /// Checks the invariants listed in the module documentation.
     pub fn validate(&self) -> Result<(), &'static str> {
         if !(MIN_SCALE..=MAX_SCALE).contains(&self.scale) {
@@ -568,14 +587,8 @@ struct RawHistogram<S> {
 impl<'de, S: CountStore + Deserialize<'de>> Deserialize<'de> for ExpHistogram<S> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = RawHistogram::<S>::deserialize(d)?;
-        let h = ExpHistogram {
-            scale: raw.scale,
-            zero: raw.zero,
-            positive: raw.positive,
-            negative: raw.negative,
-        };
-        h.validate().map_err(serde::de::Error::custom)?;
-        Ok(h)
+        Self::from_parts(raw.scale, raw.zero, raw.positive, raw.negative)
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -216,33 +216,39 @@ impl<const R: usize, const RX: usize, const P: usize> Link<R, RX, P> {
     /// be merged is the oldest frame dropped (and its readings counted).
     /// Other message kinds are ignored (send them with [`Link::send_now`]).
     pub fn enqueue(&mut self, msg: Message) {
-        let slot = match &msg {
-            Message::Summary(f) => Slot {
-                sent_at: NEVER,
-                start_tick: f.start_tick,
-                boot: f.boot,
-                seq: f.seq,
-                width_ms: f.width_ms,
-                readings: f.summary.count(),
-                len: 0,
-                channel: f.channel,
-                summary: true,
-            },
-            Message::Reading(r) => Slot {
-                sent_at: NEVER,
-                start_tick: r.tick,
-                boot: r.boot,
-                seq: r.seq,
-                width_ms: 0,
-                readings: 1,
-                len: 0,
-                channel: r.channel,
-                summary: false,
-            },
+        let mut buf = [0u8; MAX_FRAME];
+        let (slot, encoded) = match &msg {
+            Message::Summary(f) => (
+                Slot {
+                    sent_at: NEVER,
+                    start_tick: f.start_tick,
+                    boot: f.boot,
+                    seq: f.seq,
+                    width_ms: f.width_ms,
+                    readings: f.summary.count(),
+                    len: 0,
+                    channel: f.channel,
+                    summary: true,
+                },
+                wire::encode_summary(f, &mut buf),
+            ),
+            Message::Reading(r) => (
+                Slot {
+                    sent_at: NEVER,
+                    start_tick: r.tick,
+                    boot: r.boot,
+                    seq: r.seq,
+                    width_ms: 0,
+                    readings: 1,
+                    len: 0,
+                    channel: r.channel,
+                    summary: false,
+                },
+                wire::encode_reading(r, &mut buf),
+            ),
             _ => return,
         };
-        let mut buf = [0u8; MAX_FRAME];
-        let Ok(n) = encode(&msg, &mut buf) else {
+        let Ok(n) = encoded else {
             self.stats.encode_errors = self.stats.encode_errors.saturating_add(1);
             self.count_dropped(slot.readings);
             return;
@@ -371,7 +377,7 @@ impl<const R: usize, const RX: usize, const P: usize> Link<R, RX, P> {
             return false;
         };
         let (width_ms, readings) = (m.width_ms, m.summary.count());
-        let Ok(n) = encode(&Message::Summary(m), &mut scratch) else {
+        let Ok(n) = wire::encode_summary(&m, &mut scratch) else {
             return false;
         };
         let (old_i, old_j) = match (self.slots.get(i), self.slots.get(j)) {

@@ -209,16 +209,30 @@ pub enum Message {
 
 /// Encodes `msg` as one delimited frame into `out`; returns the bytes written.
 pub fn encode(msg: &Message, out: &mut [u8]) -> Result<usize, FrameError> {
-    let mut raw = [0u8; MAX_PAYLOAD];
-    raw[0] = FRAME_VERSION;
-    let body = postcard::to_slice(msg, &mut raw[1..MAX_PAYLOAD - 4])
-        .map_err(|_| FrameError::Oversized)?
-        .len();
-    let crc = CRC.checksum(&raw[..1 + body]);
-    raw[1 + body..1 + body + 4].copy_from_slice(&crc.to_le_bytes());
-    let raw = &raw[..1 + body + 4];
+    let mut raw = [0u8; MAX_PAYLOAD - 5];
+    let payload = postcard::to_slice(msg, &mut raw).map_err(|_| FrameError::Oversized)?;
+    encode_payload(payload, out)
+}
+
+/// Frames `payload`, the postcard bytes of a [`Message`], as one delimited
+/// frame into `out` (version, CRC, COBS, delimiter); returns the bytes
+/// written. [`encode`] is serialization plus this.
+///
+/// For senders that serialize the few kinds they send themselves (a device
+/// sends Summary and Reading frames, and need not link the serializer of
+/// every kind); the inverse of [`payload_in_place`].
+pub fn encode_payload(payload: &[u8], out: &mut [u8]) -> Result<usize, FrameError> {
+    if payload.len() > MAX_PAYLOAD - 5 {
+        return Err(FrameError::Oversized);
+    }
+    let mut digest = CRC.digest();
+    digest.update(&[FRAME_VERSION]);
+    digest.update(payload);
+    let crc = digest.finalize().to_le_bytes();
     let mut enc = cobs::CobsEncoder::new(out);
-    enc.push(raw).map_err(|_| FrameError::BufferTooSmall)?;
+    for part in [&[FRAME_VERSION][..], payload, &crc] {
+        enc.push(part).map_err(|_| FrameError::BufferTooSmall)?;
+    }
     let n = enc.finalize();
     *out.get_mut(n).ok_or(FrameError::BufferTooSmall)? = 0;
     Ok(n + 1)

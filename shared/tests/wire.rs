@@ -650,3 +650,34 @@ fn fixed_summary_with_inconsistent_moments_is_rejected() {
         assert!(err.to_string().contains("sum of squares"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn encode_payload_frames_any_payload_like_a_one_shot_cobs_encoding() {
+    // Runs of 254 non-zero bytes make COBS emit an extra code byte; the
+    // framing pushes version, payload and CRC separately, so runs ending at
+    // and crossing those part boundaries must encode as one buffer would.
+    for len in [0, 1, 252, 253, 254, 255, 256, 300, 507, 508, 509, 595] {
+        for fill in [0x55u8, 0x00] {
+            let mut payload = vec![fill; len];
+            if let Some(last) = payload.last_mut() {
+                *last = 0x01;
+            }
+            let mut out = [0u8; MAX_FRAME];
+            let n = frame::encode_payload(&payload, &mut out).unwrap();
+            let mut raw = vec![FRAME_VERSION];
+            raw.extend_from_slice(&payload);
+            raw.extend_from_slice(&CRC.checksum(&raw).to_le_bytes());
+            let mut one_shot = vec![0u8; cobs::max_encoding_length(raw.len())];
+            let m = cobs::encode(&raw, &mut one_shot);
+            assert_eq!(&out[..n - 1], &one_shot[..m], "len {len} fill {fill:#x}");
+            assert_eq!(out[n - 1], 0);
+            let checked = frame::payload_in_place(&mut out[..n - 1]).unwrap();
+            assert_eq!(checked, &payload[..]);
+        }
+    }
+    let mut out = [0u8; MAX_FRAME];
+    assert_eq!(
+        frame::encode_payload(&[1; MAX_PAYLOAD - 4], &mut out),
+        Err(FrameError::Oversized)
+    );
+}

@@ -1,18 +1,16 @@
-//! The device's own payload parsers: only the message kinds it accepts, read
-//! by hand from the postcard bytes.
-//!
-//! [`Message`]'s serde deserializer — and even serde's for just the kinds a
-//! device accepts — is several KiB of code; a device parses only a checked
+//! Reading the postcard bytes of the kinds a device accepts: a checked
 //! gateway payload (`frame::payload_in_place`) as an Ack or a TimeSync, and
-//! its own stored Summary frames when coarsening. This module reads exactly
-//! the postcard encoding of those (varints as postcard bounds them, zigzag
-//! signed integers, raw `u8`/`i8`, option tags 0/1, length-prefixed
-//! sequences, the variant index of [`Message`] first) and builds the values
-//! through the same validating constructors serde's path uses, so it accepts
-//! and rejects exactly what `postcard::take_from_bytes::<Message>` does for
-//! these kinds (the unit tests check this on valid and on mutated payloads).
-//! Every other kind is refused without being read: postcard payloads cannot
-//! be skipped, and a device has no use for them.
+//! its own stored Summary frames when coarsening.
+//!
+//! The reader takes exactly postcard's encoding of those (varints as
+//! postcard bounds them, zigzag signed integers, raw `u8`/`i8`, option tags
+//! 0/1, length-prefixed sequences, the variant index of [`Message`] first)
+//! and builds the values through the validating constructors serde's path
+//! uses, so it accepts and rejects exactly what
+//! `postcard::take_from_bytes::<Message>` does for these kinds (the tests
+//! check this on valid and on mutated payloads). Every other kind is refused
+//! without being read: postcard payloads cannot be skipped, and a device has
+//! no use for them.
 
 use tributary_core::extent::{Extent, Point};
 use tributary_core::fixed::FixedSummary;
@@ -20,12 +18,7 @@ use tributary_core::frame::{Ack, Message, SummaryFrame, TimeSync};
 use tributary_core::quantum::Quantum;
 use tributary_core::sketch::{Buckets, FixedCounts, FixedSketch};
 
-/// [`Message`]'s variant index of a Summary frame.
-const SUMMARY: u64 = 1;
-/// [`Message`]'s variant index of an Ack.
-const ACK: u64 = 3;
-/// [`Message`]'s variant index of a TimeSync.
-const TIME_SYNC: u64 = 4;
+use super::{ACK, SUMMARY, TIME_SYNC};
 
 /// A cursor over postcard bytes; every read is `None` past the end or on
 /// an encoding postcard rejects.

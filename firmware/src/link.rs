@@ -138,6 +138,9 @@ fn decode_stored(bytes: &[u8], scratch: &mut [u8; MAX_FRAME]) -> Option<SummaryF
 
 /// `b`'s summary merged into `a`'s (the window following or coinciding
 /// with `a`'s), or `None` if the times or the summaries cannot merge.
+// Not inlined, nor is `try_merge`: inlined, the merge and its moves of whole
+// frames took ~650 bytes more code (freestanding image).
+#[inline(never)]
 fn merged(mut a: SummaryFrame, b: &SummaryFrame) -> Option<SummaryFrame> {
     let a_end = a.start_tick.checked_add(u64::from(a.width_ms))?;
     let (delta, width) = if b.start_tick == a_end {
@@ -365,6 +368,7 @@ impl<const R: usize, const RX: usize, const P: usize> Link<R, RX, P> {
 
     /// Decodes slots `i` < `j`, merges `j` into `i`, re-encodes `i` and
     /// removes `j`. Nothing changes unless all of it succeeds.
+    #[inline(never)]
     fn try_merge(&mut self, i: usize, j: usize) -> bool {
         let mut scratch = [0u8; MAX_FRAME];
         let Some(a) = decode_stored(self.bytes(i), &mut scratch) else {

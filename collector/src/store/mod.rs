@@ -26,7 +26,9 @@
 pub mod postgres;
 pub mod sqlite;
 
+use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
+use std::hash::Hash;
 
 use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Summary, Width, Window};
@@ -172,4 +174,57 @@ pub fn all_windows<S: Store + ?Sized>(
         }
     }
     Ok(out)
+}
+
+/// Partials merged per result row before a store writes them: by row key,
+/// the merged summary with the series and window it belongs to.
+pub(crate) type Pending<'a, K> =
+    std::collections::HashMap<K, (Summary, &'a SeriesKey, Window), foldhash::fast::RandomState>;
+
+/// Merges `summary` (of `series` in `window`) into row `key` of `rows`.
+pub(crate) fn merge_into<'a, K: Hash + Eq>(
+    rows: &mut Pending<'a, K>,
+    key: K,
+    summary: &Summary,
+    series: &'a SeriesKey,
+    window: Window,
+) -> Result<(), StoreError> {
+    match rows.entry(key) {
+        Entry::Occupied(mut e) => {
+            e.get_mut()
+                .0
+                .merge(summary)
+                .map_err(|source| StoreError::Merge {
+                    series: series.to_string(),
+                    window,
+                    source,
+                })
+        }
+        Entry::Vacant(e) => {
+            e.insert((summary.clone(), series, window));
+            Ok(())
+        }
+    }
+}
+
+/// Adds to `rows` their roll-ups: every row merged into the window of each
+/// width in `rollups` coarser than its own — one merge per row and width,
+/// not per partial. `key_of` gives the key of a series' row in a window.
+pub(crate) fn add_rollups<'a, K: Hash + Eq>(
+    rows: &mut Pending<'a, K>,
+    rollups: &[Width],
+    key_of: impl Fn(&K, Window) -> K,
+) -> Result<(), StoreError> {
+    let mut rolled: Pending<'a, K> = Pending::default();
+    for (key, (summary, series, window)) in rows.iter() {
+        for &width in rollups.iter().filter(|w| w.ms() > window.width().ms()) {
+            if let Ok(coarse) = window.coarsen(width) {
+                merge_into(&mut rolled, key_of(key, coarse), summary, series, coarse)?;
+            }
+        }
+    }
+    for (key, (summary, series, window)) in rolled {
+        merge_into(rows, key, &summary, series, window)?;
+    }
+    Ok(())
 }

@@ -33,6 +33,7 @@ use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Summary, Width, Window};
 
 use super::corrupt;
+use crate::store::{add_rollups, merge_into, Pending};
 use crate::store::{Applied, StoreError};
 
 /// How often a transaction that deadlocked is retried.
@@ -82,16 +83,6 @@ impl From<StoreError> for Failed {
     fn from(e: StoreError) -> Self {
         Failed::Store(e)
     }
-}
-
-/// The windows a partial of `window` lands in: its own and each roll-up that
-/// is a multiple of its width.
-fn targets(window: Window, rollups: &[Width]) -> impl Iterator<Item = Window> + '_ {
-    std::iter::once(window).chain(rollups.iter().filter_map(move |&w| {
-        (w.ms() > window.width().ms())
-            .then(|| window.coarsen(w).ok())
-            .flatten()
-    }))
 }
 
 fn key_text(key: &SeriesKey) -> Result<String, StoreError> {
@@ -145,7 +136,7 @@ async fn try_apply(
     }
 
     // 2. Merge in memory.
-    let mut merged: HashMap<(&SeriesKey, Window), Summary> = HashMap::new();
+    let mut merged: Pending<'_, (&SeriesKey, Window)> = Pending::default();
     let mut watermarks: HashMap<&str, i64> = HashMap::new();
     let mut reporters: HashSet<(&SeriesKey, &str)> = HashSet::new();
     for b in &fresh {
@@ -153,18 +144,16 @@ async fn try_apply(
         *w = (*w).max(b.watermark);
         for p in &b.partials {
             reporters.insert((&p.series, b.agent.as_str()));
-            for target in targets(p.window, rollups) {
-                let slot = merged
-                    .entry((&p.series, target))
-                    .or_insert_with(|| Summary::new(p.summary.quantum()));
-                slot.merge(&p.summary).map_err(|source| StoreError::Merge {
-                    series: p.series.to_string(),
-                    window: target,
-                    source,
-                })?;
-            }
+            merge_into(
+                &mut merged,
+                (&p.series, p.window),
+                &p.summary,
+                &p.series,
+                p.window,
+            )?;
         }
     }
+    add_rollups(&mut merged, rollups, |&(key, _), w| (key, w))?;
 
     // 3. Series ids.
     let mut texts: HashMap<&SeriesKey, String> = HashMap::new();
@@ -184,7 +173,7 @@ async fn try_apply(
 
     // 4. Result rows, in (series, width, start) order.
     let mut rows: Vec<(i64, i64, i64, &SeriesKey, Window, Summary)> = Vec::new();
-    for ((key, window), summary) in merged {
+    for ((key, window), (summary, _, _)) in merged {
         rows.push((
             id_of(key)?,
             window.width().ms(),

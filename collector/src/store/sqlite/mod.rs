@@ -23,8 +23,6 @@
 
 mod cache;
 
-use std::collections::hash_map::Entry;
-
 use foldhash::{HashMap, HashMapExt};
 use std::path::Path;
 
@@ -34,6 +32,7 @@ use tributary_core::{SeriesKey, Summary, Width, Window};
 
 use cache::{Cache, Committed, RowKey};
 
+use super::{add_rollups, merge_into, Pending};
 use super::{AgentProgress, Applied, Changed, Store, StoreError, StoredWindow};
 
 impl From<rusqlite::Error> for StoreError {
@@ -154,42 +153,6 @@ impl SqliteStore {
     }
 }
 
-/// The windows a partial of `window` lands in: its own and each roll-up that
-/// is a multiple of its width.
-fn targets(window: Window, rollups: &[Width]) -> impl Iterator<Item = Window> + '_ {
-    std::iter::once(window).chain(rollups.iter().filter_map(move |&w| {
-        (w.ms() > window.width().ms())
-            .then(|| window.coarsen(w).ok())
-            .flatten()
-    }))
-}
-
-/// Merges `summary` into the pending row `key` of `rows`.
-fn merge_into<'a>(
-    rows: &mut HashMap<RowKey, (Summary, &'a SeriesKey, Window)>,
-    key: RowKey,
-    summary: &Summary,
-    series: &'a SeriesKey,
-    window: Window,
-) -> Result<(), StoreError> {
-    match rows.entry(key) {
-        Entry::Occupied(mut e) => {
-            e.get_mut()
-                .0
-                .merge(summary)
-                .map_err(|source| StoreError::Merge {
-                    series: series.to_string(),
-                    window,
-                    source,
-                })
-        }
-        Entry::Vacant(e) => {
-            e.insert((summary.clone(), series, window));
-            Ok(())
-        }
-    }
-}
-
 impl Store for SqliteStore {
     fn apply(&mut self, batches: &[Batch]) -> Result<Vec<Applied>, StoreError> {
         let tx = self
@@ -203,7 +166,7 @@ impl Store for SqliteStore {
         let mut outcome = Vec::with_capacity(batches.len());
         // The batches' partials merged per target row, with the series they
         // belong to (for error messages).
-        let mut merged: HashMap<RowKey, (Summary, &SeriesKey, Window)> = HashMap::new();
+        let mut merged: Pending<'_, RowKey> = Pending::default();
         let mut watermarks: HashMap<&str, i64> = HashMap::new();
         let mut new_ids: HashMap<&SeriesKey, i64> = HashMap::new();
         {
@@ -242,18 +205,9 @@ impl Store for SqliteStore {
                 }
             }
         }
-        // Roll-ups from the merged partials: one merge per row and width
-        // rather than one per partial.
-        let mut rolled: HashMap<RowKey, (Summary, &SeriesKey, Window)> = HashMap::new();
-        for (&(id, _, _), (delta, series, window)) in &merged {
-            for target in targets(*window, &self.rollups).skip(1) {
-                let key = (id, target.width().ms(), target.start());
-                merge_into(&mut rolled, key, delta, series, target)?;
-            }
-        }
-        for (key, (delta, series, window)) in rolled {
-            merge_into(&mut merged, key, &delta, series, window)?;
-        }
+        add_rollups(&mut merged, &self.rollups, |&(id, _, _), w| {
+            (id, w.width().ms(), w.start())
+        })?;
         let mut change: i64 =
             tx.query_row("SELECT value FROM meta WHERE key = 'change'", [], |r| {
                 r.get(0)

@@ -5,13 +5,18 @@
 //! Environment overrides: `TRIBUTARY_<KEY>` for a top-level key and
 //! `TRIBUTARY_<SECTION>_<KEY>` for a key in a section, e.g.
 //! `TRIBUTARY_AGENT_ID=gw-2`, `TRIBUTARY_UPLINK_PORT=1884`. The value is read
-//! as a TOML value (`8`, `true`, `"text"`), or as a string if it is not one.
+//! as a TOML value (`8`, `true`, `"text"`), or as a string if it is not one;
+//! a global tag, `TRIBUTARY_TAGS_<NAME>` (the name in lower case), is
+//! always a string, e.g. `TRIBUTARY_TAGS_SITE=berlin`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use tributary_core::series::validate_id;
 use tributary_core::{Quantum, Width};
+
+use crate::tags::GlobalTags;
 
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +81,10 @@ pub struct Config {
     /// Simulated devices.
     #[serde(default)]
     pub simulated: SimulatedConfig,
+    /// `[tags]`: global tags added to every series key this agent forwards
+    /// (a tag the source sets itself wins); see [`crate::tags`]. Default none.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -375,7 +384,7 @@ const DEFAULT_WIDTH: Width = match Width::new(60_000) {
     Err(_) => panic!("60 s is a valid width"),
 };
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "window",
     "store",
     "outbox",
@@ -384,6 +393,7 @@ const SECTIONS: [&str; 8] = [
     "http",
     "local_mqtt",
     "simulated",
+    "tags",
 ];
 
 impl Config {
@@ -414,10 +424,15 @@ impl Config {
                 continue;
             };
             let rest = rest.to_ascii_lowercase();
-            let value = parse_env_value(&value);
             let section = SECTIONS
                 .iter()
                 .find(|s| rest.starts_with(&format!("{s}_")) && rest.len() > s.len() + 1);
+            // Tag values are text even when they look like numbers.
+            let value = if section == Some(&"tags") {
+                toml::Value::String(value)
+            } else {
+                parse_env_value(&value)
+            };
             match section {
                 Some(s) => {
                     let key = rest[s.len() + 1..].to_string();
@@ -512,6 +527,19 @@ impl Config {
                 format!("at most {}", tributary_core::series::MAX_TAGS),
             );
         }
+        for (k, e) in GlobalTags::check(&self.tags) {
+            bad(&format!("tags.{k}"), e.to_string());
+        }
+        if self.tags.len() > self.limits.max_tags {
+            bad(
+                "tags",
+                format!(
+                    "{} tags; limits.max_tags is {}",
+                    self.tags.len(),
+                    self.limits.max_tags
+                ),
+            );
+        }
         if self.limits.max_series == 0 {
             bad("limits.max_series", "must be > 0".into());
         }
@@ -586,6 +614,11 @@ impl Config {
         Width::new(self.window.width_ms).unwrap_or(DEFAULT_WIDTH)
     }
 
+    /// The global tags (`[tags]`).
+    pub fn global_tags(&self) -> GlobalTags {
+        GlobalTags::new(self.tags.clone())
+    }
+
     /// The path of the SQLite database.
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("agent.db")
@@ -609,6 +642,14 @@ mod tests {
         let text = include_str!("../../config/agent.toml");
         let c = Config::from_toml(text).unwrap();
         assert_eq!(c.window.width_ms, 60_000);
+        // The commented `[tags]` examples are valid when uncommented.
+        let c = Config::from_toml(
+            &text
+                .replace("# site = ", "site = ")
+                .replace("# gateway = ", "gateway = "),
+        )
+        .unwrap();
+        assert_eq!(c.tags.len(), 2);
     }
 
     #[test]
@@ -634,6 +675,56 @@ mod tests {
         assert!(msg.contains("agent_id"), "{msg}");
         assert!(msg.contains("window.allowed_lateness_ms"), "{msg}");
         assert!(msg.contains("simulated.device_window_ms"), "{msg}");
+    }
+
+    #[test]
+    fn global_tags_load_and_env_adds_them_as_text() {
+        let c = Config::from_toml("agent_id = \"a\"\n[tags]\nsite = \"berlin\"\n").unwrap();
+        assert_eq!(c.tags.get("site").map(String::as_str), Some("berlin"));
+        let env = vec![
+            ("TRIBUTARY_TAGS_FLOOR".to_string(), "2".to_string()),
+            ("TRIBUTARY_TAGS_SITE".to_string(), "paris".to_string()),
+        ];
+        let c = Config::from_toml_with_env("agent_id = \"a\"\n[tags]\nsite = \"berlin\"\n", env)
+            .unwrap();
+        let tags: Vec<(&str, &str)> = c
+            .tags
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(tags, [("floor", "2"), ("site", "paris")]);
+        assert_eq!(c.global_tags().tags(), &c.tags);
+        assert!(Config::from_toml("agent_id = \"a\"\n")
+            .unwrap()
+            .tags
+            .is_empty());
+    }
+
+    #[test]
+    fn bad_global_tags_name_the_key() {
+        let err = Config::from_toml(
+            "agent_id = \"a\"\n[tags]\nsite = \"a,b\"\ndevice = \"x\"\n\"9lives\" = \"y\"\nok = \"fine\"\n",
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("`tags.site`") && msg.contains("','"), "{msg}");
+        assert!(
+            msg.contains("`tags.device`") && msg.contains("reserved"),
+            "{msg}"
+        );
+        assert!(msg.contains("`tags.9lives`"), "{msg}");
+        assert!(!msg.contains("tags.ok"), "{msg}");
+        let err = Config::from_toml("agent_id = \"a\"\n[tags]\nsite = 3\n").unwrap_err();
+        assert!(err.to_string().contains("tags.site"), "{err}");
+        let err = Config::from_toml(
+            "agent_id = \"a\"\n[limits]\nmax_tags = 1\n[tags]\na = \"1\"\nb = \"2\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`tags`: 2 tags; limits.max_tags is 1"),
+            "{err}"
+        );
     }
 
     #[test]

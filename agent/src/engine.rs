@@ -28,6 +28,7 @@ use crate::metrics::{Metrics, Reject};
 use crate::sources::json::JsonMessage;
 use crate::store::outbox::Limits;
 use crate::store::{Commit, FormedBatch, SeriesRow, Store, StoreError};
+use crate::tags::GlobalTags;
 use crate::window::{SeriesId, SourceId, Windower};
 
 /// Wall-clock now in ms since the epoch.
@@ -121,6 +122,9 @@ pub(crate) struct Engine {
     metrics: Arc<Metrics>,
     uplink_wake: Arc<Notify>,
     limits: Limits,
+    /// Added to every series key, in [`Engine::series`] only.
+    tags: GlobalTags,
+    /// By the key with the global tags applied.
     series_ids: HashMap<SeriesKey, SeriesId>,
     source_ids: HashMap<String, SourceId>,
     stored_wm: Vec<Option<i64>>,
@@ -167,9 +171,13 @@ impl Engine {
         for (s, start, sum) in loaded.windows {
             win.restore_window(s, start, sum);
         }
+        let tags = cfg.global_tags();
         let mut devices = HashMap::new();
         for d in loaded.devices {
-            let st = DeviceState::restore(&d, &series_ids);
+            let st = DeviceState::restore(&d, |key| {
+                let key = tags.apply(key).ok()?;
+                series_ids.get(key.as_ref()).copied()
+            });
             devices.insert((d.device.clone(), d.boot), st);
         }
         let links = loaded
@@ -203,6 +211,7 @@ impl Engine {
             metrics,
             uplink_wake,
             limits,
+            tags,
             series_ids,
             source_ids,
             stored_wm,
@@ -258,8 +267,17 @@ impl Engine {
         id
     }
 
-    /// Finds or registers a series, enforcing the limits.
+    /// Finds or registers the series of a source's `key`, with the global
+    /// tags added (the one place they are), enforcing the limits.
     pub(crate) fn series(&mut self, key: &SeriesKey, quantum: Quantum) -> Result<SeriesId, Reject> {
+        let key = match self.tags.apply(key) {
+            Ok(k) => k,
+            Err(tributary_core::series::KeyError::TooManyTags(_)) => {
+                return Err(Reject::TooManyTags)
+            }
+            Err(_) => return Err(Reject::BadKey),
+        };
+        let key = key.as_ref();
         if let Some(&id) = self.series_ids.get(key) {
             return Ok(id);
         }
@@ -634,3 +652,6 @@ impl Engine {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -28,7 +28,8 @@
 //!   [`store::outbox`] coarsens and drops at the byte limit.
 //! - [`uplink`] — batches to the upstream broker, deleted on the collector's
 //!   confirmation, resent after a timeout.
-//! - [`config`] — TOML + `TRIBUTARY_*` overrides, validated.
+//! - [`config`] — TOML + `TRIBUTARY_*` overrides, validated; [`tags`] — the
+//!   global tags added to every series key.
 //! - [`metrics`] and [`http`] — Prometheus `/metrics` and `/health`.
 //! - [`agent`] — start, run and stop it all ([`Agent::start`], [`run`]).
 //! - [`bench`] — the `bench` subcommand.
@@ -44,6 +45,7 @@ pub mod metrics;
 pub mod signal;
 pub mod sources;
 pub mod store;
+pub mod tags;
 pub mod uplink;
 pub mod window;
 

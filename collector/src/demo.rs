@@ -29,6 +29,15 @@ use tributary_collector::truth;
 const WIDTH_MS: i64 = 60_000;
 /// The devices' window (ms).
 const DEVICE_WINDOW_MS: i64 = 10_000;
+/// The sites agents are in (agent `i` is in `SITES[i / 2 % len]`), the
+/// `site` tag of every series an agent forwards: the dashboard's group
+/// view then shows a few sites of several gateways each.
+const SITES: [&str; 4] = ["berlin", "lisbon", "oslo", "rome"];
+
+/// The `site` tag of agent `index`.
+fn site(index: usize) -> &'static str {
+    SITES[index / 2 % SITES.len()]
+}
 
 /// What the demo runs.
 #[derive(Debug, Clone, clap::Args)]
@@ -108,11 +117,13 @@ fn agent_config(
          [store]\ncommit_interval_ms = 50\n\
          [uplink]\nport = {port}\nconfirm_timeout_ms = 5000\nreconnect_min_ms = 100\nreconnect_max_ms = 2000\n\
          [http]\nlisten = \"\"\n\
+         [tags]\nsite = \"{site}\"\ngateway = \"gw-{index}\"\n\
          [simulated]\ndevices = {}\nprefix = \"gw{index}-dev\"\nmode = \"summaries\"\nchannels = 3\n\
          device_window_ms = {DEVICE_WINDOW_MS}\nreadings_per_window = 10\nwindows = {}\nstart_ms = {start_ms}\nframe_rate = 20\n",
         args.devices,
         args.windows,
         dir = dir.join(format!("agent-{index}")).display().to_string(),
+        site = site(index),
     );
     AgentConfig::from_toml(&text).with_context(|| format!("agent {index} config"))
 }
@@ -178,10 +189,10 @@ pub(crate) async fn run(
     let now = tributary_collector::finality::now_ms();
     let start_ms = (now - span).div_euclid(WIDTH_MS) * WIDTH_MS;
     let mut agents: Vec<AgentHandle> = Vec::new();
-    let mut sims = Vec::new();
+    let mut configs = Vec::new();
     for a in 0..args.agents {
         let acfg = agent_config(&dir, a, broker.addr().port(), &args, start_ms)?;
-        sims.push(acfg.simulated.clone());
+        configs.push(acfg.clone());
         agents.push(
             Agent::start(acfg)
                 .await
@@ -189,7 +200,7 @@ pub(crate) async fn run(
         );
     }
     // The devices' own record of what they measure (they are deterministic).
-    let want = truth::windows(&sims, WIDTH_MS).context("computing the ground truth")?;
+    let want = truth::windows(&configs, WIDTH_MS).context("computing the ground truth")?;
     let produced: u64 = want.values().map(Summary::count).sum();
     let counters = collector.counters().clone();
     eprintln!(

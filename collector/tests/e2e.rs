@@ -4,7 +4,10 @@
 //! equal — every field — the summary computed directly from the devices'
 //! readings: with the collector killed (`kill -9`) at random moments, with a
 //! broker whose tiny per-client queue drops QoS 1 messages, and with batches
-//! replayed afterwards.
+//! replayed afterwards. The agents are in two sites (their global `site`
+//! tag), and the collector's HTTP API grouped by site must return, per
+//! group and step, the statistics of the merged ground truth of the
+//! group's series.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -14,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
-use tributary_agent::config::{SimMode, SimulatedConfig};
+use serde_json::Value;
+use tributary_agent::config::{Config as AgentConfig, SimMode, SimulatedConfig};
+use tributary_collector::stats::Stat;
 use tributary_collector::store::all_windows;
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_collector::truth;
@@ -53,9 +58,19 @@ fn start_ms() -> i64 {
     (now - 3_600_000).div_euclid(WIDTH) * WIDTH
 }
 
-/// The ground truth folded per (series, window).
-fn expected(sims: &[SimulatedConfig]) -> Results {
-    truth::windows(sims, WIDTH).unwrap()
+/// The site of agent `index`: agents 0 and 1 are in `north`, 2 in `south`.
+fn site(index: usize) -> &'static str {
+    if index < 2 {
+        "north"
+    } else {
+        "south"
+    }
+}
+
+/// The ground truth folded per (series, window), keys with the agents'
+/// global tags.
+fn expected(agents: &[AgentConfig]) -> Results {
+    truth::windows(agents, WIDTH).unwrap()
 }
 
 fn stored(db: &Path) -> Results {
@@ -120,17 +135,24 @@ impl Collector {
         }
     }
 
-    fn metric(&self, name: &str) -> Option<f64> {
+    /// The status line and body of `GET path` on the collector's HTTP server.
+    fn get(&self, path: &str) -> Option<(String, String)> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
         write!(
             s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
         .ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).ok()?;
+        let mut response = String::new();
+        s.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        Some((head.lines().next()?.to_string(), body.to_string()))
+    }
+
+    fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics")?;
         body.lines()
             .find(|l| l.starts_with(name))
             .and_then(|l| l.rsplit(' ').next())
@@ -144,18 +166,19 @@ impl Drop for Collector {
     }
 }
 
-fn agent_process(dir: &Path, index: usize, broker: u16, sim: &SimulatedConfig) -> Child {
-    let config = dir.join(format!("agent-{index}.toml"));
-    std::fs::write(
-        &config,
-        format!(
+/// The config of agent `index` (in [`site`]`(index)`), as the agent
+/// process loads it.
+fn agent_config(dir: &Path, index: usize, broker: u16, sim: &SimulatedConfig) -> AgentConfig {
+    let text = format!(
             "agent_id = \"gw-{index}\"\ndata_dir = {:?}\n\
+             [tags]\nsite = {:?}\ngateway = \"gw-{index}\"\n\
              [window]\nwidth_ms = {WIDTH}\nallowed_lateness_ms = 1000\nidle_close_ms = 1500\n\
              [store]\ncommit_interval_ms = 20\n\
              [uplink]\nport = {broker}\nconfirm_timeout_ms = 1500\nreconnect_min_ms = 50\nreconnect_max_ms = 500\nmax_in_flight = 8\n\
              [http]\nlisten = \"\"\n[outbox]\nbatch_max_partials = 20\n\
              [simulated]\ndevices = {}\nprefix = {:?}\nmode = \"summaries\"\nchannels = {}\ndevice_window_ms = {}\nreadings_per_window = {}\nwindows = {}\nstart_ms = {}\nframe_rate = {}\nmax_unacked = {}\n",
             dir.join(format!("agent-{index}")),
+            site(index),
             sim.devices,
             sim.prefix,
             sim.channels,
@@ -165,9 +188,14 @@ fn agent_process(dir: &Path, index: usize, broker: u16, sim: &SimulatedConfig) -
             sim.start_ms,
             sim.frame_rate,
             sim.max_unacked,
-        ),
-    )
-    .unwrap();
+    );
+    let config = AgentConfig::from_toml(&text).unwrap();
+    std::fs::write(dir.join(format!("agent-{index}.toml")), text).unwrap();
+    config
+}
+
+fn agent_process(dir: &Path, index: usize) -> Child {
+    let config = dir.join(format!("agent-{index}.toml"));
     Command::new(workspace_bin("tributary-agent").unwrap())
         .arg("--config")
         .arg(&config)
@@ -221,6 +249,62 @@ fn spy(broker: u16) -> (Client, Seen) {
     (client, seen)
 }
 
+/// The statistics the grouped queries ask for (`first`/`last` depend only
+/// on the merged summary too, so they are compared as well).
+const STATS: &str = "count,sum,min,max,mean,stddev,first,last,p1,p50,p90,p99";
+
+/// Queries every metric grouped by `site` at `step` and asserts each
+/// group's points equal, statistic by statistic (`==` on the parsed JSON),
+/// those of the merge of the group's members' ground-truth windows.
+fn assert_groups_match_truth(collector: &Collector, want: &Results, step: i64) {
+    let from = want.keys().map(|(_, t)| *t).min().unwrap();
+    let to = want.keys().map(|(_, t)| *t).max().unwrap() + WIDTH;
+    let stats: Vec<Stat> = STATS.split(',').map(|s| Stat::parse(s).unwrap()).collect();
+    let metrics: std::collections::BTreeSet<&str> = want.keys().map(|(k, _)| k.metric()).collect();
+    assert_eq!(metrics.len(), 3, "{metrics:?}");
+    for metric in metrics {
+        let truth = truth::grouped(want, metric, "site", (from, to, step)).unwrap();
+        let sites: std::collections::BTreeSet<&str> =
+            truth.keys().map(|(site, _)| site.as_str()).collect();
+        assert_eq!(
+            sites,
+            ["north", "south"].into(),
+            "{metric}: the truth has both sites"
+        );
+        let path = format!(
+            "/api/v1/query?metric={metric}&from={from}&to={to}&width={WIDTH}&step={step}&group_by=site&stats={STATS}"
+        );
+        let (status, body) = collector.get(&path).unwrap();
+        assert!(status.contains(" 200 "), "{path}: {status} {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["step"], step);
+        let mut got: BTreeMap<(String, i64), &Value> = BTreeMap::new();
+        for group in v["results"].as_array().unwrap() {
+            let site = group["group"]["site"].as_str().unwrap().to_string();
+            for p in group["points"].as_array().unwrap() {
+                got.insert((site.clone(), p["t"].as_i64().unwrap()), p);
+            }
+        }
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            truth.keys().collect::<Vec<_>>(),
+            "{metric} at step {step}: one point per (site, step) of the truth"
+        );
+        for ((site, t), merged) in &truth {
+            let point = got[&(site.clone(), *t)];
+            for stat in &stats {
+                let expect = stat.value(merged).map_or(Value::Null, |x| x.to_json());
+                assert_eq!(
+                    point[stat.name()],
+                    expect,
+                    "{metric} site={site} t={t} step={step}: {}",
+                    stat.name()
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn agents_through_mosquitto_merge_exactly_and_replays_change_nothing() {
     let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
@@ -229,13 +313,13 @@ fn agents_through_mosquitto_merge_exactly_and_replays_change_nothing() {
     collector.spawn();
     let (spy_client, seen) = spy(broker.port());
     let start = start_ms();
-    let sims: Vec<_> = (0..3).map(|a| sim(a, 4, 30, start, 0)).collect();
-    let want = expected(&sims);
+    let configs: Vec<_> = (0..3)
+        .map(|a| agent_config(dir.path(), a, broker.port(), &sim(a, 4, 30, start, 0)))
+        .collect();
+    let want = expected(&configs);
     let n = count(&want);
-    let mut agents: Vec<Child> = sims
-        .iter()
-        .enumerate()
-        .map(|(i, s)| agent_process(dir.path(), i, broker.port(), s))
+    let mut agents: Vec<Child> = (0..configs.len())
+        .map(|i| agent_process(dir.path(), i))
         .collect();
     let got = wait_for(&collector.db, n, Duration::from_secs(90));
     assert_eq!(count(&got), n, "every reading arrived");
@@ -247,6 +331,10 @@ fn agents_through_mosquitto_merge_exactly_and_replays_change_nothing() {
         a.kill().unwrap();
         a.wait().unwrap();
     }
+    // Grouped by site through the HTTP API: per window, and at a coarser
+    // step merged on the fly.
+    assert_groups_match_truth(&collector, &want, WIDTH);
+    assert_groups_match_truth(&collector, &want, 6 * WIDTH);
 
     // Replay every batch the agents published: nothing may change.
     let replay = seen.lock().unwrap().clone();
@@ -294,13 +382,13 @@ fn collector_killed_ten_times_on_a_lossy_broker_stays_exact() {
     let dir = tempfile::tempdir().unwrap();
     let mut collector = Collector::new(dir.path(), broker.port());
     let start = start_ms();
-    let sims: Vec<_> = (0..3).map(|a| sim(a, 6, 200, start, 40)).collect();
-    let want = expected(&sims);
+    let configs: Vec<_> = (0..3)
+        .map(|a| agent_config(dir.path(), a, broker.port(), &sim(a, 6, 200, start, 40)))
+        .collect();
+    let want = expected(&configs);
     let n = count(&want);
-    let mut agents: Vec<Child> = sims
-        .iter()
-        .enumerate()
-        .map(|(i, s)| agent_process(dir.path(), i, broker.port(), s))
+    let mut agents: Vec<Child> = (0..configs.len())
+        .map(|i| agent_process(dir.path(), i))
         .collect();
     let mut rng = fastrand::Rng::with_seed(0xc011);
     for _ in 0..10 {

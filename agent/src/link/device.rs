@@ -14,8 +14,6 @@
 //! exactly. Only the offset is stored: after an agent restart the drift is
 //! learnt again from new arrivals.
 
-use std::collections::HashMap;
-
 use tributary_core::frame::{Hello, Message};
 use tributary_core::{SeriesKey, Summary, Width, Window};
 
@@ -76,8 +74,9 @@ impl DeviceState {
         st
     }
 
-    /// Restores a stored boot, resolving its channels' series.
-    pub fn restore(row: &DeviceRow, series: &HashMap<SeriesKey, SeriesId>) -> Self {
+    /// Restores a stored boot, resolving its channels' series with
+    /// `series` (given the source's key, without the global tags).
+    pub fn restore(row: &DeviceRow, series: impl Fn(&SeriesKey) -> Option<SeriesId>) -> Self {
         let channels = row
             .hello
             .channels
@@ -86,7 +85,7 @@ impl DeviceState {
                 let key =
                     SeriesKey::new(c.metric.as_str(), row.device.as_str(), Default::default())
                         .ok()?;
-                series.get(&key).map(|&id| (c.channel, id))
+                series(&key).map(|id| (c.channel, id))
             })
             .collect();
         DeviceState {
@@ -113,6 +112,11 @@ impl DeviceState {
         }
         self.hello = h;
         self.channels = channels;
+    }
+
+    /// The channels announced in Hello, with their series.
+    pub fn channels(&self) -> &[(u8, SeriesId)] {
+        &self.channels
     }
 
     /// The row to store.

@@ -30,7 +30,9 @@
 //! # Ground truth
 //! [`SimDevice::truth`] runs the same device offline: in summaries mode the
 //! firmware's own record of every reading it took (per channel and device
-//! window); in readings mode every Reading frame the device sends.
+//! window); in readings mode every Reading frame the device sends. Its keys
+//! are the devices' own; [`agent_truth`] gives them the agent's global tags,
+//! as the engine does, so they are the keys the agent forwards.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -41,7 +43,7 @@ use tributary_core::{Quantum, SeriesKey, Summary};
 use tributary_firmware::sim::{SimConfig, VirtualDevice, SIM_CHANNELS};
 use tributary_firmware::AggregatorError;
 
-use crate::config::{SimMode, SimulatedConfig};
+use crate::config::{Config, SimMode, SimulatedConfig};
 use crate::engine::{now_ms, Cmd};
 
 /// The most unacked frames a virtual device is allowed before its time
@@ -198,13 +200,32 @@ impl SimDevice {
     }
 }
 
-/// The ground truth of every bounded device of `cfg`.
+/// The ground truth of every bounded device of `cfg`, keyed by the
+/// devices' own series keys (without an agent's global tags).
 pub fn truth(cfg: &SimulatedConfig) -> Result<Vec<TruthWindow>, AggregatorError> {
     let mut out = Vec::new();
     for d in SimDevice::all(cfg) {
         out.extend(d.truth()?);
     }
     Ok(out)
+}
+
+/// The ground truth of the simulated devices of an agent: [`truth`] with
+/// the series keys the agent forwards, i.e. with its global tags applied
+/// exactly as the engine applies them. A series the engine would refuse
+/// (too many tags in all) has no truth, as it has no results.
+pub fn agent_truth(cfg: &Config) -> Result<Vec<TruthWindow>, AggregatorError> {
+    let tags = cfg.global_tags();
+    Ok(truth(&cfg.simulated)?
+        .into_iter()
+        .filter_map(|mut w| {
+            let key = tags.apply(&w.series).ok()?.into_owned();
+            (key.tags().len() <= cfg.limits.max_tags).then(|| {
+                w.series = key;
+                w
+            })
+        })
+        .collect())
 }
 
 fn decode(dec: &mut FrameDecoder<MAX_FRAME>, bytes: &[u8]) -> Vec<Message> {

@@ -46,7 +46,7 @@ use tributary_core::topic;
 pub use transport::{Password, Protocol, TlsOptions};
 
 use crate::store::{Applied, Store};
-use transport::{AckToken, Event, Failure};
+use transport::{AckToken, Event, Failure, Out, Outbox};
 
 /// Where and how to ingest.
 #[derive(Debug, Clone)]
@@ -156,6 +156,9 @@ pub struct IngestCounters {
     pub connected: AtomicU64,
     /// The protocol in use: 0 until ingest starts, 4 for 3.1.1, 5 for 5.
     pub protocol_level: AtomicU64,
+    /// PUBACKs and confirmations waiting for room in the MQTT client's
+    /// request queue.
+    pub outbox: AtomicU64,
     refused: [AtomicU64; 6],
 }
 
@@ -215,6 +218,10 @@ impl IngestCounters {
         out.push_str(&format!(
             "# HELP tributary_collector_mqtt_connected 1 while connected to the broker.\n# TYPE tributary_collector_mqtt_connected gauge\ntributary_collector_mqtt_connected{{protocol=\"{protocol}\"}} {}\n",
             self.connected.load(Relaxed)
+        ));
+        out.push_str(&format!(
+            "# HELP tributary_collector_mqtt_outbox PUBACKs and confirmations waiting to be handed to the MQTT client.\n# TYPE tributary_collector_mqtt_outbox gauge\ntributary_collector_mqtt_outbox {}\n",
+            self.outbox.load(Relaxed)
         ));
         out.push_str("# HELP tributary_collector_mqtt_connects_total Connection attempts by outcome (refused: the broker said no, e.g. a wrong password; failed: network, TLS or protocol).\n# TYPE tributary_collector_mqtt_connects_total counter\n");
         for (result, v) in [
@@ -330,12 +337,15 @@ pub async fn run<S: Store + Send + 'static>(
     let mut flush_at: Option<tokio::time::Instant> = None;
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut connected_at: Option<tokio::time::Instant> = None;
+    let mut outbox = Outbox::default();
     loop {
+        outbox.flush(&client);
+        counters.outbox.store(outbox.len() as u64, Relaxed);
         let far = tokio::time::Instant::now() + Duration::from_secs(3600);
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = tokio::time::sleep_until(flush_at.unwrap_or(far)), if flush_at.is_some() => {
-                commit(&client, &store, &counters, std::mem::take(&mut group)).await;
+                commit(&store, &counters, std::mem::take(&mut group), &mut outbox).await;
                 flush_at = None;
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or(far)), if retry_at.is_some() => {
@@ -377,7 +387,7 @@ pub async fn run<S: Store + Send + 'static>(
                             group.push((m.ack, size, Some(batch)));
                             flush_at.get_or_insert_with(|| tokio::time::Instant::now() + cfg.group_wait);
                             if group.len() >= cfg.group_batches {
-                                commit(&client, &store, &counters, std::mem::take(&mut group)).await;
+                                commit(&store, &counters, std::mem::take(&mut group), &mut outbox).await;
                                 flush_at = None;
                             }
                         }
@@ -388,7 +398,7 @@ pub async fn run<S: Store + Send + 'static>(
                             // rumqttd drops a client that breaks it): behind the
                             // valid batches awaiting their commit, if any.
                             if group.is_empty() {
-                                let _ = client.ack(m.ack).await;
+                                outbox.push(Out::Ack(m.ack));
                             } else {
                                 group.push((m.ack, size, None));
                             }
@@ -420,13 +430,27 @@ pub async fn run<S: Store + Send + 'static>(
         }
     }
     if !group.is_empty() {
-        commit(&client, &store, &counters, group).await;
+        commit(&store, &counters, group, &mut outbox).await;
     }
     counters.connected.store(0, Relaxed);
-    client.disconnect().await;
-    // Let the event loop send the acks, confirmations and DISCONNECT queued
-    // above (bounded: a dead broker must not hold up the shutdown).
+    // Send the PUBACKs and confirmations still waiting, then DISCONNECT
+    // (bounded: a dead broker must not hold up the shutdown; what is not
+    // sent is redelivered or resent, and de-duplicated).
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            outbox.flush(&client);
+            if outbox.is_empty() {
+                break;
+            }
+            if conn.poll().await.is_err() {
+                return;
+            }
+        }
+        while !client.try_disconnect() {
+            if conn.poll().await.is_err() {
+                return;
+            }
+        }
         while conn.poll().await.is_ok() {}
     })
     .await;
@@ -436,10 +460,10 @@ pub async fn run<S: Store + Send + 'static>(
 /// arrival order (refused ones queued behind valid ones included) and
 /// confirms the batches to their agents.
 async fn commit<S: Store + Send + 'static>(
-    client: &transport::Client,
     store: &Arc<Mutex<S>>,
     counters: &IngestCounters,
     group: Vec<(AckToken, usize, Option<Batch>)>,
+    outbox: &mut Outbox,
 ) {
     let mut acks = Vec::with_capacity(group.len());
     let mut sizes = Vec::with_capacity(group.len());
@@ -520,12 +544,12 @@ async fn commit<S: Store + Send + 'static>(
         confirms.entry(b.agent.as_str()).or_default().push(b.seq);
     }
     for a in acks {
-        let _ = client.ack(a).await;
+        outbox.push(Out::Ack(a));
     }
     for (agent, seqs) in confirms {
-        let c = Confirm::new(agent, seqs);
-        if let Err(e) = client.publish(topic::acks(agent), c.encode()).await {
-            tracing::warn!(agent, error = %e, "confirmation not sent; the agent will resend");
-        }
+        outbox.push(Out::Publish {
+            topic: topic::acks(agent),
+            payload: Confirm::new(agent, seqs).encode(),
+        });
     }
 }

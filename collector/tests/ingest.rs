@@ -475,3 +475,65 @@ async fn ingest_over_tls_verifies_the_broker_certificate() {
         let _ = agent.client.disconnect();
     }
 }
+
+/// A burst far larger than the MQTT client's request queue: every batch is
+/// applied, confirmed and acknowledged (a restarted collector with the same
+/// session gets nothing redelivered). Before PUBACKs waited in an outbox,
+/// ingest could block on the full queue it alone drains and stop for good.
+async fn a_burst_is_applied_and_acknowledged_completely(protocol: Protocol) {
+    const N: u64 = 4000;
+    let broker = Mosquitto::start(MosquittoOptions {
+        max_inflight_messages: Some(0), // no limit: the broker floods
+        max_queued_messages: Some(100_000),
+        ..MosquittoOptions::default()
+    })
+    .unwrap();
+    let cfg = IngestConfig {
+        port: broker.port(),
+        protocol,
+        client_id: "collector-burst".into(),
+        group_batches: 64,
+        ..IngestConfig::default()
+    };
+    let collector = Collector::start(cfg.clone());
+    let agent = Agent::connect("agent-a", broker.port(), None);
+    connected(&collector.counters).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for seq in 0..N {
+        agent.publish(batch("agent-a", seq, 1000 + seq as i64).encode(Encoding::Binary));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while collector.counters.batches_new.load(Relaxed) < N && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        collector.counters.batches_new.load(Relaxed),
+        N,
+        "{}",
+        collector.counters.render()
+    );
+    let confirmed: BTreeSet<u64> = agent.confirmed(N as usize).await.into_iter().collect();
+    assert_eq!(confirmed, (0..N).collect());
+    assert_eq!(collector.windows(), [expected(0..N)]);
+    collector.stop().await;
+
+    let again = Collector::start(cfg);
+    connected(&again.counters).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        again.counters.batches_duplicate.load(Relaxed),
+        0,
+        "every message was acknowledged before the first collector stopped"
+    );
+    again.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_3_1_1_a_burst_is_applied_and_acknowledged_completely() {
+    a_burst_is_applied_and_acknowledged_completely(Protocol::V311).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_5_a_burst_is_applied_and_acknowledged_completely() {
+    a_burst_is_applied_and_acknowledged_completely(Protocol::V5).await;
+}

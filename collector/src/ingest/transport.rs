@@ -229,6 +229,11 @@ fn tls_config(tls: &TlsOptions) -> Result<rustls::ClientConfig, SetupError> {
 /// plus the fixed header (at most 5 bytes).
 const MQTT_MAX_PACKET: usize = 268_435_455 + 5;
 
+/// MQTT 5 receive maximum for groups of `group` batches.
+fn receive_maximum(group: usize) -> u16 {
+    u16::try_from(group.saturating_mul(2).clamp(16, 65_535)).unwrap_or(u16::MAX)
+}
+
 /// The user name and password to log in with, the password read now.
 fn credentials(cfg: &IngestConfig) -> Result<Option<(String, String)>, SetupError> {
     let Some(user) = &cfg.username else {
@@ -259,10 +264,9 @@ pub(crate) fn client(cfg: &IngestConfig) -> Result<(Client, Connection), SetupEr
     // (mosquitto: `max_packet_size`), so huge payloads never travel.
     let max_packet = MQTT_MAX_PACKET;
     let keep_alive = cfg.keep_alive.max(Duration::from_secs(5));
-    // A commit queues up to two requests per batch (its PUBACK and at most
-    // one confirmation) while the connection is not being polled: room for
-    // a few groups so queueing them never waits on the connection.
-    let cap = cfg.group_batches.saturating_mul(8).max(1024);
+    // Room for a few groups of requests (a PUBACK per batch and a
+    // confirmation per agent); more waits in the ingest task's `Outbox`.
+    let cap = cfg.group_batches.saturating_mul(4).max(1024);
     Ok(match cfg.protocol {
         Protocol::V311 => {
             let mut o =
@@ -287,6 +291,9 @@ pub(crate) fn client(cfg: &IngestConfig) -> Result<(Client, Connection), SetupEr
             o.set_manual_acks(true);
             o.set_keep_alive(keep_alive);
             o.set_max_packet_size(Some(u32::try_from(max_packet).unwrap_or(u32::MAX)));
+            // Flow control: the broker sends at most this many batches ahead
+            // of their PUBACKs (two groups, so one fills while one commits).
+            o.set_receive_maximum(Some(receive_maximum(cfg.group_batches)));
             if let Some((u, p)) = login {
                 o.set_credentials(u, p);
             }
@@ -410,6 +417,60 @@ fn qos_v5(q: u8) -> v5::mqttbytes::QoS {
     }
 }
 
+/// A request for the broker that waits in the [`Outbox`].
+#[derive(Debug)]
+pub(crate) enum Out {
+    /// The PUBACK of a received message.
+    Ack(AckToken),
+    /// A QoS 1 publication (a confirmation to an agent).
+    Publish {
+        /// Its topic.
+        topic: String,
+        /// Its payload.
+        payload: Vec<u8>,
+    },
+}
+
+/// Requests waiting for room in the client's request queue.
+///
+/// The ingest task is the only one that polls the connection, so it must
+/// never wait for room in the request queue: the queue drains only while
+/// the connection is polled, and rumqttc reads a whole burst of incoming
+/// messages for every request it sends, so under load PUBACKs pile up
+/// faster than they leave and an awaiting sender would deadlock (measured:
+/// ingest stopped for good after ~2,300 of 5,000 batches). Requests wait
+/// here instead — a PUBACK is four bytes — and [`Outbox::flush`] moves them
+/// on, in order, before each poll.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox(std::collections::VecDeque<Out>);
+
+impl Outbox {
+    /// Queues `out` behind what waits already.
+    pub(crate) fn push(&mut self, out: Out) {
+        self.0.push_back(out);
+    }
+
+    /// Requests waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether nothing waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Moves waiting requests into the client's queue while it has room.
+    pub(crate) fn flush(&mut self, client: &Client) {
+        while let Some(out) = self.0.front() {
+            if client.try_send(out).is_err() {
+                return;
+            }
+            self.0.pop_front();
+        }
+    }
+}
+
 impl Client {
     /// Subscribes to `filter` at QoS 1 (queued; the SUBACK arrives as an
     /// event).
@@ -424,41 +485,44 @@ impl Client {
         }
     }
 
-    /// Sends the PUBACK of a received message.
-    pub(crate) async fn ack(&self, t: AckToken) -> Result<(), String> {
-        match self {
-            Client::V311(c) => {
+    /// Queues `out` without waiting; an error means no room (or no
+    /// connection task), and `out` is left to the caller.
+    fn try_send(&self, out: &Out) -> Result<(), String> {
+        match (self, out) {
+            (Client::V311(c), Out::Ack(t)) => {
                 let mut p = rumqttc::Publish::new("", qos_v311(t.qos), Vec::new());
                 p.pkid = t.pkid;
-                c.ack(&p).await.map_err(|e| e.to_string())
+                c.try_ack(&p).map_err(|e| e.to_string())
             }
-            Client::V5(c) => {
+            (Client::V5(c), Out::Ack(t)) => {
                 let mut p = v5::mqttbytes::v5::Publish::new("", qos_v5(t.qos), Bytes::new(), None);
                 p.pkid = t.pkid;
-                c.ack(&p).await.map_err(|e| e.to_string())
+                c.try_ack(&p).map_err(|e| e.to_string())
             }
+            (Client::V311(c), Out::Publish { topic, payload }) => c
+                .try_publish(
+                    topic.as_str(),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    payload.clone(),
+                )
+                .map_err(|e| e.to_string()),
+            (Client::V5(c), Out::Publish { topic, payload }) => c
+                .try_publish(
+                    topic.as_str(),
+                    v5::mqttbytes::QoS::AtLeastOnce,
+                    false,
+                    payload.clone(),
+                )
+                .map_err(|e| e.to_string()),
         }
     }
 
-    /// Publishes at QoS 1, not retained.
-    pub(crate) async fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), String> {
+    /// Queues DISCONNECT; false when the request queue has no room.
+    pub(crate) fn try_disconnect(&self) -> bool {
         match self {
-            Client::V311(c) => c
-                .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
-                .await
-                .map_err(|e| e.to_string()),
-            Client::V5(c) => c
-                .publish(topic, v5::mqttbytes::QoS::AtLeastOnce, false, payload)
-                .await
-                .map_err(|e| e.to_string()),
+            Client::V311(c) => c.try_disconnect().is_ok(),
+            Client::V5(c) => c.try_disconnect().is_ok(),
         }
-    }
-
-    /// Sends DISCONNECT (queued).
-    pub(crate) async fn disconnect(&self) {
-        let _ = match self {
-            Client::V311(c) => c.disconnect().await.map_err(|e| e.to_string()),
-            Client::V5(c) => c.disconnect().await.map_err(|e| e.to_string()),
-        };
     }
 }

@@ -2,10 +2,11 @@
 //! embedded MQTT broker, the collector on SQLite and several agents, each
 //! with simulated devices running the firmware's aggregation and link code;
 //! shows progress; checks every merged (series, window) against the devices'
-//! ground truth; prints a summary (text or `--json`); then serves the
-//! dashboard until Ctrl-C or `--duration`.
+//! ground truth, and the API's results grouped by the agents' `site` tag
+//! against the merged truth of each site; prints a summary (text or
+//! `--json`); then serves the dashboard until Ctrl-C or `--duration`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -14,11 +15,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
+use serde_json::Value;
 use tributary_agent::config::Config as AgentConfig;
 use tributary_agent::{Agent, AgentHandle};
 use tributary_collector::broker::{Embedded, EmbeddedOptions};
 use tributary_collector::config::Config;
 use tributary_collector::service;
+use tributary_collector::stats::Stat;
 use tributary_collector::store;
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_core::{SeriesKey, Summary, Width};
@@ -89,6 +92,12 @@ pub(crate) struct DemoSummary {
     pub(crate) windows_checked: usize,
     /// Of those, results not equal (every field) to the ground truth (must be 0).
     pub(crate) windows_mismatched: usize,
+    /// (metric, site, window) points of the API grouped by `site` checked
+    /// against the merged ground truth of the site's series.
+    pub(crate) site_points_checked: usize,
+    /// Of those, points whose statistics (count, sum, min, max, mean,
+    /// stddev, first, last, p50, p99) differ from the truth's (must be 0).
+    pub(crate) site_points_mismatched: usize,
     /// Uplink batch bytes per reading.
     pub(crate) uplink_bytes_per_reading: f64,
     /// Bytes per reading when forwarding raw readings as JSON.
@@ -136,6 +145,83 @@ fn stored(db: &Path) -> anyhow::Result<BTreeMap<(SeriesKey, i64), Summary>> {
         .into_iter()
         .map(|(k, w)| (k, w.summary))
         .collect())
+}
+
+/// The statistics the group check compares.
+const GROUP_STATS: &str = "count,sum,min,max,mean,stddev,first,last,p50,p99";
+
+/// Queries the API (as the dashboard's group view does) for every metric
+/// grouped by `site`, one point per window, and compares each point's
+/// statistics with those of the merged ground truth of the site's series.
+/// Returns (points checked, points differing or missing on either side).
+async fn check_sites(
+    http: SocketAddr,
+    want: &BTreeMap<(SeriesKey, i64), Summary>,
+) -> anyhow::Result<(usize, usize)> {
+    let (Some(from), Some(last)) = (
+        want.keys().map(|(_, t)| *t).min(),
+        want.keys().map(|(_, t)| *t).max(),
+    ) else {
+        return Ok((0, 0));
+    };
+    let to = last + WIDTH_MS;
+    let stats: Vec<Stat> = GROUP_STATS.split(',').filter_map(Stat::parse).collect();
+    // As the sinks do: reqwest has no bundled crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("building the HTTP client")?;
+    let metrics: BTreeSet<&str> = want.keys().map(|(k, _)| k.metric()).collect();
+    let (mut checked, mut mismatched) = (0, 0);
+    for metric in metrics {
+        let truth = truth::grouped(want, metric, "site", (from, to, WIDTH_MS))
+            .context("merging the ground truth per site")?;
+        let url = format!(
+            "http://{http}/api/v1/query?metric={metric}&from={from}&to={to}&width={WIDTH_MS}&group_by=site&stats={GROUP_STATS}"
+        );
+        let body = client
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("querying {url}"))?
+            .text()
+            .await
+            .with_context(|| format!("reading {url}"))?;
+        let v: Value = serde_json::from_str(&body).with_context(|| format!("parsing {url}"))?;
+        let mut got: BTreeMap<(String, i64), Value> = BTreeMap::new();
+        for group in v["results"].as_array().into_iter().flatten() {
+            let site = group["group"]["site"].as_str().unwrap_or("").to_string();
+            for p in group["points"].as_array().into_iter().flatten() {
+                got.insert(
+                    (site.clone(), p["t"].as_i64().unwrap_or(i64::MIN)),
+                    p.clone(),
+                );
+            }
+        }
+        for (key, merged) in &truth {
+            checked += 1;
+            let Some(point) = got.remove(key) else {
+                mismatched += 1;
+                continue;
+            };
+            // Compared as JSON text round trips: the same f64 renders as the
+            // same shortest text, so equal values parse to equal values.
+            let differs = stats.iter().any(|stat| {
+                let expect = stat.value(merged).map_or(Value::Null, |x| x.to_json());
+                let expect: Value =
+                    serde_json::from_str(&expect.to_string()).unwrap_or(Value::Null);
+                point[stat.name()] != expect
+            });
+            if differs {
+                tracing::warn!(metric, site = key.0, t = key.1, got = %point, "site point differs from the merged ground truth");
+                mismatched += 1;
+            }
+        }
+        mismatched += got.len();
+    }
+    Ok((checked, mismatched))
 }
 
 fn progress(line: &str) {
@@ -248,6 +334,8 @@ pub(crate) async fn run(
     let mismatched = want.iter().filter(|(k, s)| got.get(k) != Some(s)).count()
         + got.keys().filter(|k| !want.contains_key(k)).count();
     let merged: u64 = got.values().map(Summary::count).sum();
+    let (site_points_checked, site_points_mismatched) =
+        check_sites(collector.http_addr(), &want).await?;
     // Forwarding raw readings instead: one JSON object per reading, like
     // {"metric":"temperature","device":"gw0-dev3","t":1764052800123,"v":21.37}.
     let raw_json: u64 = want
@@ -276,6 +364,8 @@ pub(crate) async fn run(
         partials_merged: counters.partials.load(Relaxed),
         windows_checked: want.len(),
         windows_mismatched: mismatched,
+        site_points_checked,
+        site_points_mismatched,
         uplink_bytes_per_reading: counters.bytes.load(Relaxed) as f64 / merged.max(1) as f64,
         raw_json_bytes_per_reading: raw_json as f64 / produced.max(1) as f64,
         seconds_to_complete: completed.map_or(f64::NAN, |d| d.as_secs_f64()),
@@ -306,11 +396,15 @@ pub(crate) async fn run(
         a.shutdown().await.context("stopping an agent")?;
     }
     collector.stop().await.context("stopping the collector")?;
-    if summary.readings_lost != 0 || summary.windows_mismatched != 0 {
+    if summary.readings_lost != 0
+        || summary.windows_mismatched != 0
+        || summary.site_points_mismatched != 0
+    {
         bail!(
-            "the demo lost {} readings and {} windows differ from the ground truth",
+            "the demo lost {} readings, {} windows and {} site points differ from the ground truth",
             summary.readings_lost,
-            summary.windows_mismatched
+            summary.windows_mismatched,
+            summary.site_points_mismatched
         );
     }
     Ok(())
@@ -330,6 +424,11 @@ fn print_text(s: &DemoSummary) {
         "  windows exact             {}/{} equal to the devices' ground truth (every field)",
         s.windows_checked - s.windows_mismatched.min(s.windows_checked),
         s.windows_checked
+    );
+    println!(
+        "  site groups exact         {}/{} (metric, site, window) points of the API grouped by site equal the merged ground truth",
+        s.site_points_checked - s.site_points_mismatched.min(s.site_points_checked),
+        s.site_points_checked
     );
     println!(
         "  batches applied           {} ({} partials); duplicates dropped {}",

@@ -32,7 +32,7 @@
 //!   global tags added to every series key.
 //! - [`metrics`] and [`http`] — Prometheus `/metrics` and `/health`.
 //! - [`agent`] — start, run and stop it all ([`Agent::start`], [`run`]).
-//! - [`bench`] — the `bench` subcommand.
+//! - [`bench`](mod@bench) — the `bench` subcommand.
 //! - [`signal`] — Ctrl-C / SIGTERM, shared with the collector's binary.
 
 pub mod agent;

@@ -118,7 +118,9 @@ impl Default for WindowConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// Longest time input waits for its group commit (ms).
+    /// Longest time input waits for its group commit (ms). Input that makes
+    /// a window due is committed (the window closed and sent) after a fifth
+    /// of this at most.
     pub commit_interval_ms: u64,
     /// Commit early once this many readings are pending.
     pub commit_max_readings: u64,

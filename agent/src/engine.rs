@@ -230,20 +230,30 @@ impl Engine {
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) -> Result<(), StoreError> {
         let interval = Duration::from_millis(self.cfg.store.commit_interval_ms);
         let tick = interval.max(Duration::from_millis(100));
+        // A window that input made due is committed (closed and sent) early,
+        // at most once per fifth of the interval, rather than at the end of
+        // the group commit: it reaches the collector up to an interval sooner.
+        let early = (interval / 5).max(Duration::from_millis(2));
+        let mut last_commit = Instant::now();
         loop {
-            let wait = match self.first_pending {
+            let mut wait = match self.first_pending {
                 Some(t) => interval.saturating_sub(t.elapsed()),
                 None => tick,
             };
+            if self.win.has_due() {
+                wait = wait.min(early.saturating_sub(last_commit.elapsed()));
+            }
             match tokio::time::timeout(wait, rx.recv()).await {
                 Ok(Some(cmd)) => self.handle(cmd)?,
                 Ok(None) => break,
                 Err(_) => {}
             }
             let due = self.first_pending.is_some_and(|t| t.elapsed() >= interval)
-                || self.pending_readings >= self.cfg.store.commit_max_readings;
+                || self.pending_readings >= self.cfg.store.commit_max_readings
+                || self.win.has_due() && last_commit.elapsed() >= early;
             if due || self.first_pending.is_none() && wait == tick {
                 self.commit()?;
+                last_commit = Instant::now();
             }
         }
         self.commit()

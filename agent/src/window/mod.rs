@@ -99,6 +99,8 @@ pub struct Windower {
     series: Vec<SeriesState>,
     sources: Vec<SourceState>,
     dirty: Vec<SeriesId>,
+    /// An input since the last flush made a window of its series due.
+    due: bool,
 }
 
 impl Windower {
@@ -109,6 +111,7 @@ impl Windower {
             lateness_ms,
             idle_close_ms,
             series: Vec::new(),
+            due: false,
             sources: Vec::new(),
             dirty: Vec::new(),
         }
@@ -282,7 +285,32 @@ impl Windower {
             self.touch(id);
         }
         self.note_source(source, (accepted > 0).then_some(max_t), now_ms);
+        self.note_due(id);
         (accepted, first_err)
+    }
+
+    /// Notes whether series `id`'s oldest open window is now due (its
+    /// source's watermark passed the window's end plus the lateness).
+    fn note_due(&mut self, id: SeriesId) {
+        let w = self.width.ms();
+        let Some(s) = self.series.get(id as usize) else {
+            return;
+        };
+        let watermark = self
+            .sources
+            .get(s.source as usize)
+            .and_then(|src| src.max_event)
+            .map_or(i64::MIN, |m| m.saturating_sub(self.lateness_ms));
+        if s.open.first().is_some_and(|o| o.start + w <= watermark) {
+            self.due = true;
+        }
+    }
+
+    /// Whether an input since the last [`Windower::flush`] made a window
+    /// due, so a flush now would close it (windows that fall due only by
+    /// the clock — idle sources — are not counted).
+    pub fn has_due(&self) -> bool {
+        self.due
     }
 
     fn note_source(&mut self, source: SourceId, max_event: Option<i64>, now_ms: i64) {
@@ -343,12 +371,14 @@ impl Windower {
             .map_or(window.end() - 1, |e| e.last.time.max(window.start()));
         self.touch(id);
         self.note_source(source, Some(last), now_ms);
+        self.note_due(id);
         Ok(())
     }
 
     /// Closes the windows that are due and collects every change since the
     /// last flush. `now_ms` is the wall clock (for idle sources).
     pub fn flush(&mut self, now_ms: i64) -> Flush {
+        self.due = false;
         let mut out = Flush::default();
         let w = self.width.ms();
         // Due windows can appear in series that saw no input (their source

@@ -15,6 +15,31 @@ fn w(ms: i64) -> Width {
     Width::new(ms).unwrap()
 }
 
+/// `has_due` tells the engine a flush would close a window now (so it can
+/// commit early), exactly when the watermark has passed end + lateness.
+#[test]
+fn an_input_that_makes_a_window_due_is_flagged_until_the_flush() {
+    let mut win = Windower::new(w(1000), 200, 1_000_000);
+    let src = win.add_source(0);
+    let s = win.add_series(key("t"), Quantum::DEFAULT, src, i64::MIN);
+    win.insert(s, 100, 1, 0).unwrap();
+    win.insert(s, 1100, 2, 0).unwrap();
+    assert!(!win.has_due(), "watermark 1100 < 1000 + 200");
+    win.insert(s, 1200, 3, 0).unwrap();
+    assert!(win.has_due());
+    let f = win.flush(0);
+    assert_eq!(f.emitted.len(), 1);
+    assert!(!win.has_due(), "the flush closed it");
+    // A device summary past the next window's end flags it too.
+    let mut sum = Summary::new(Quantum::DEFAULT);
+    sum.insert(2500, 4).unwrap();
+    let window = Window::new(2000, w(1000)).unwrap();
+    win.merge(s, window, &sum, 0).unwrap();
+    assert!(win.has_due(), "window 1000 ends at 2000 + 200 <= 2500");
+    assert_eq!(win.flush(0).emitted.len(), 1);
+    assert!(!win.has_due());
+}
+
 #[test]
 fn closes_by_watermark_plus_lateness() {
     let mut win = Windower::new(w(1000), 200, 1_000_000);

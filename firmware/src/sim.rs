@@ -87,6 +87,7 @@ pub struct VirtualDevice {
     next_sample: u64,
     next_hello: u64,
     truth: BTreeMap<(u8, u64), Summary>,
+    record_truth: bool,
     readings: u64,
     stopped: bool,
 }
@@ -110,6 +111,7 @@ impl VirtualDevice {
             next_sample: 0,
             next_hello: 0,
             truth: BTreeMap::new(),
+            record_truth: true,
             readings: 0,
             stopped: false,
         })
@@ -157,7 +159,7 @@ impl VirtualDevice {
             let link = &mut self.link;
             self.agg.record(t, &values, &mut |m| link.enqueue(m));
             self.readings += 3;
-            if let Some(start) = self.agg.window_start() {
+            if let Some(start) = self.agg.window_start().filter(|_| self.record_truth) {
                 for (ch, &v) in values.iter().enumerate() {
                     let q = Quantum::new(SIM_CHANNELS[ch].quantum_exp).unwrap_or(Quantum::DEFAULT);
                     let s = self
@@ -239,6 +241,15 @@ impl VirtualDevice {
         let mut s = self.agg.stats();
         self.link.fill_stats(&mut s);
         s
+    }
+
+    /// The same device without its ground-truth record ([`Self::truth`]
+    /// stays empty), for devices that run indefinitely: the record grows by
+    /// a summary per channel and window for as long as the device runs.
+    pub fn without_truth(mut self) -> Self {
+        self.record_truth = false;
+        self.truth.clear();
+        self
     }
 
     /// Ground truth: a summary of every reading taken, per (channel, window

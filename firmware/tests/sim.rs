@@ -99,3 +99,23 @@ fn same_seed_same_bytes() {
     }
     assert!(a.readings() > 0);
 }
+
+/// A device made `without_truth` behaves byte for byte like one that keeps
+/// its record; it only keeps no record.
+#[test]
+#[allow(clippy::unwrap_used)]
+fn a_device_without_its_record_sends_the_same_bytes() {
+    let mut with = VirtualDevice::new(SimConfig::default(), 5).unwrap();
+    let mut without = VirtualDevice::new(SimConfig::default(), 5)
+        .unwrap()
+        .without_truth();
+    for step in 0..200u64 {
+        assert_eq!(
+            with.step(step * 500),
+            without.step(step * 500),
+            "step {step}"
+        );
+    }
+    assert!(!with.truth().is_empty());
+    assert!(without.truth().is_empty());
+}

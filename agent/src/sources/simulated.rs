@@ -299,8 +299,10 @@ pub(crate) async fn run_device(
     engine: mpsc::Sender<Cmd>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // The running device keeps no ground truth: [`SimDevice::truth`] replays
+    // a fresh one, and the record would grow for as long as this one runs.
     let dev = match sim.device() {
-        Ok(d) => d,
+        Ok(d) => d.without_truth(),
         Err(e) => {
             tracing::error!(device = sim.name, error = ?e, "cannot build the virtual device");
             return;

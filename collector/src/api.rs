@@ -227,10 +227,9 @@ fn answer<S: Store>(
     let now = crate::finality::now_ms();
     // group label -> step start -> point
     let mut groups: BTreeMap<String, (Value, BTreeMap<i64, Point>)> = BTreeMap::new();
-    for key in &keys {
-        let final_through = st
-            .finality
-            .final_through(&store.progress(key).map_err(internal)?, now);
+    let progress = store.progress_of(&keys).map_err(internal)?;
+    for (key, progress) in keys.iter().zip(&progress) {
+        let final_through = st.finality.final_through(progress, now);
         let (label, ident) = match &group_by {
             Some(tag) => {
                 let v = key.tag(tag).unwrap_or("").to_string();

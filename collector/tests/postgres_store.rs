@@ -203,6 +203,11 @@ fn the_store_contract_holds_on_postgresql() {
             .collect();
         assert_eq!(only_b, ["agent-b"]);
         assert!(store.progress(&key("never")).unwrap().is_empty());
+        // One query for many series answers as one query per series does.
+        let keys = [q.series.clone(), key("never"), p.series.clone()];
+        let each: Vec<_> = keys.iter().map(|k| store.progress(k).unwrap()).collect();
+        assert_eq!(store.progress_of(&keys).unwrap(), each);
+        assert_eq!(each[2].len(), 2);
     }
 
     // The change feed returns each row at its latest write, in order.

@@ -201,6 +201,11 @@ fn progress_lists_the_agents_of_each_series() {
         .collect();
     assert_eq!(only_b, ["agent-b"]);
     assert!(store.progress(&key("never")).unwrap().is_empty());
+    // One query for many series answers as one query per series does.
+    let keys = [q.series.clone(), key("never"), p.series.clone()];
+    let each: Vec<_> = keys.iter().map(|k| store.progress(k).unwrap()).collect();
+    assert_eq!(store.progress_of(&keys).unwrap(), each);
+    assert_eq!(each[2].len(), 2);
 }
 
 #[test]

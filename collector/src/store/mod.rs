@@ -138,6 +138,12 @@ pub trait Store {
     /// The progress of every agent that has reported `series`.
     fn progress(&self, series: &SeriesKey) -> Result<Vec<AgentProgress>, StoreError>;
 
+    /// [`Store::progress`] of each of `series`, in order, in one query (the
+    /// query API asks it for a whole selector).
+    fn progress_of(&self, series: &[SeriesKey]) -> Result<Vec<Vec<AgentProgress>>, StoreError> {
+        series.iter().map(|s| self.progress(s)).collect()
+    }
+
     /// Result rows at `width` whose last change number is greater than
     /// `after`, in change order, at most `limit`.
     fn changed_since(

@@ -369,6 +369,37 @@ impl Store for PostgresStore {
         })
     }
 
+    fn progress_of(&self, series: &[SeriesKey]) -> Result<Vec<Vec<AgentProgress>>, StoreError> {
+        let texts: Vec<String> = series.iter().map(key_text).collect::<Result<_, _>>()?;
+        let wanted = texts.clone();
+        let by_key: std::collections::HashMap<String, Vec<AgentProgress>> =
+            self.run(|pool| async move {
+                let client = pool.get().await.map_err(pool_error)?;
+                let stmt = client
+                    .prepare_cached(
+                        "SELECT s.key, w.agent, w.watermark, w.seen_ms FROM series s
+                     JOIN series_agents a ON a.series = s.id
+                     JOIN watermarks w ON w.agent = a.agent
+                     WHERE s.key = ANY($1) ORDER BY s.key, w.agent",
+                    )
+                    .await?;
+                let mut out: std::collections::HashMap<String, Vec<AgentProgress>> =
+                    Default::default();
+                for r in client.query(&stmt, &[&wanted]).await? {
+                    out.entry(r.get(0)).or_default().push(AgentProgress {
+                        agent: r.get(1),
+                        watermark: r.get(2),
+                        seen_ms: r.get(3),
+                    });
+                }
+                Ok(out)
+            })?;
+        Ok(texts
+            .iter()
+            .map(|t| by_key.get(t).cloned().unwrap_or_default())
+            .collect())
+    }
+
     fn changed_since(
         &self,
         width: Width,

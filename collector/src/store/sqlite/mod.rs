@@ -353,6 +353,39 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn progress_of(&self, series: &[SeriesKey]) -> Result<Vec<Vec<AgentProgress>>, StoreError> {
+        let texts: Vec<String> = series
+            .iter()
+            .map(|k| serde_json::to_string(k).map_err(|e| corrupt("series key", e)))
+            .collect::<Result<_, _>>()?;
+        let wanted = serde_json::to_string(&texts).map_err(|e| corrupt("series keys", e))?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT s.key, w.agent, w.watermark, w.seen_ms FROM series s
+             JOIN series_agents a ON a.series = s.id
+             JOIN watermarks w ON w.agent = a.agent
+             WHERE s.key IN (SELECT value FROM json_each(?1)) ORDER BY s.key, w.agent",
+        )?;
+        let mut by_key: HashMap<String, Vec<AgentProgress>> = HashMap::new();
+        let rows = stmt.query_map(params![wanted], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                AgentProgress {
+                    agent: r.get(1)?,
+                    watermark: r.get(2)?,
+                    seen_ms: r.get(3)?,
+                },
+            ))
+        })?;
+        for row in rows {
+            let (key, p) = row?;
+            by_key.entry(key).or_default().push(p);
+        }
+        Ok(texts
+            .iter()
+            .map(|t| by_key.get(t).cloned().unwrap_or_default())
+            .collect())
+    }
+
     fn changed_since(
         &self,
         width: Width,

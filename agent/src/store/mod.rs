@@ -21,8 +21,10 @@
 //! is fixed when it is formed ([`Store::form_batches`], committed before
 //! anything is published) and it is deleted only on the collector's
 //! confirmation. Only partials not yet in a batch are coarsened or dropped
-//! ([`outbox`]).
+//! ([`outbox`]). WAL checkpoints run on a thread of their own
+//! ([`checkpoint`]), so no commit stalls on one.
 
+pub mod checkpoint;
 pub mod outbox;
 
 use std::path::Path;
@@ -34,6 +36,7 @@ use tributary_core::{SeriesKey, Summary, Width, Window};
 
 use crate::config::Synchronous;
 use crate::window::{Flush, SeriesId, SourceId};
+use checkpoint::{CheckpointError, Checkpointer};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,9 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// The WAL checkpoint thread could not start.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
     /// The data directory could not be created.
     #[error("cannot create data directory: {0}")]
     Dir(#[from] std::io::Error),
@@ -152,6 +158,8 @@ pub struct Store {
     conn: Connection,
     partial_bytes: u64,
     batch_bytes: u64,
+    /// Checkpoints the WAL off the commit path (see [`checkpoint`]).
+    _checkpointer: Checkpointer,
 }
 
 impl std::fmt::Debug for Store {
@@ -206,6 +214,7 @@ impl Store {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        let checkpointer = Checkpointer::start(&conn, path, checkpoint::INTERVAL)?;
         let partial_bytes: i64 =
             conn.query_row("SELECT COALESCE(SUM(bytes), 0) FROM outbox", [], |r| {
                 r.get(0)
@@ -219,6 +228,7 @@ impl Store {
             conn,
             partial_bytes: partial_bytes as u64,
             batch_bytes: batch_bytes as u64,
+            _checkpointer: checkpointer,
         })
     }
 

@@ -19,7 +19,8 @@
 //! state usually comes from the store's [`cache`] rather than the database,
 //! and a row seen for the first time is a plain insert; so a partial costs
 //! about one row write, and a roll-up touched by many partials of a group
-//! is written once.
+//! is written once. WAL checkpoints run on a thread of their own
+//! ([`checkpoint`]), so no commit stalls on one.
 
 mod cache;
 
@@ -27,6 +28,7 @@ use foldhash::{HashMap, HashMapExt};
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tributary_agent::store::checkpoint::{self, Checkpointer};
 use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Summary, Width, Window};
 
@@ -78,6 +80,8 @@ pub struct SqliteStore {
     path: std::path::PathBuf,
     rollups: Vec<Width>,
     cache: Cache,
+    /// Checkpoints the WAL off the commit path (writers only).
+    _checkpointer: Option<Checkpointer>,
 }
 
 /// Result rows the store keeps in memory at most (see [`cache`]): enough
@@ -110,6 +114,8 @@ impl SqliteStore {
         // the rows being merged stay in memory instead of being re-read.
         conn.pragma_update(None, "cache_size", -65_536)?;
         Self::migrate(&conn)?;
+        let checkpointer = Checkpointer::start(&conn, path, checkpoint::INTERVAL)
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
         let rollups = rollups
             .iter()
             .map(|&w| Width::new(w).map_err(|_| StoreError::BadRollup(w)))
@@ -119,6 +125,7 @@ impl SqliteStore {
             path: path.to_owned(),
             rollups,
             cache: Cache::new(CACHED_ROWS),
+            _checkpointer: Some(checkpointer),
         })
     }
 
@@ -444,6 +451,7 @@ impl Store for SqliteStore {
             path: self.path.clone(),
             rollups: self.rollups.clone(),
             cache: Cache::new(0),
+            _checkpointer: None,
         })
     }
 

@@ -230,6 +230,10 @@ impl Store for SqliteStore {
                 "UPDATE results SET revision = ?4, summary = ?5, changed = ?6 WHERE series = ?1 AND width = ?2 AND start = ?3",
             )?;
             done.rows.reserve(merged.len());
+            // In key order: each insert lands next to the one before it in
+            // the result B-tree, instead of at a random page.
+            let mut merged: Vec<_> = merged.into_iter().collect();
+            merged.sort_unstable_by_key(|(key, _)| *key);
             for (key, (delta, series, window)) in merged {
                 change += 1;
                 let (id, width, start) = key;

@@ -77,7 +77,11 @@ pub struct IngestConfig {
     pub max_partials: usize,
     /// Most batches per store transaction.
     pub group_batches: usize,
-    /// Longest wait before a group is committed.
+    /// Longest wait for more batches before a group is committed (it is
+    /// committed earlier when full). Zero, the default: commit as soon as
+    /// no further message is ready — under load the batches that arrive
+    /// while one group commits form the next, so groups grow with the load
+    /// and an idle collector adds no wait.
     pub group_wait: Duration,
     /// Shared-subscription group: subscribe to `$share/<group>/…` so the
     /// broker balances batches over the instances of the group.
@@ -99,7 +103,7 @@ impl Default for IngestConfig {
             max_payload_bytes: 4 << 20,
             max_partials: 100_000,
             group_batches: 256,
-            group_wait: Duration::from_millis(10),
+            group_wait: Duration::ZERO,
             share_group: None,
         }
     }
@@ -342,18 +346,12 @@ pub async fn run<S: Store + Send + 'static>(
         outbox.flush(&client);
         counters.outbox.store(outbox.len() as u64, Relaxed);
         let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        // Biased, the connection first: a group is committed when its wait
+        // is over *and* no further message is ready, so with no wait a
+        // group is whatever arrived while the last commit ran.
         tokio::select! {
+            biased;
             _ = shutdown.changed() => break,
-            _ = tokio::time::sleep_until(flush_at.unwrap_or(far)), if flush_at.is_some() => {
-                commit(&store, &counters, std::mem::take(&mut group), &mut outbox).await;
-                flush_at = None;
-            }
-            _ = tokio::time::sleep_until(retry_at.unwrap_or(far)), if retry_at.is_some() => {
-                retry_at = None;
-                if let Err(e) = conn.refresh_credentials(&cfg) {
-                    tracing::error!(error = %e, "keeping the previous MQTT password");
-                }
-            }
             ev = conn.poll(), if retry_at.is_none() => match ev {
                 Ok(Event::Connected { session_present }) => {
                     connected_at = Some(tokio::time::Instant::now());
@@ -425,6 +423,16 @@ pub async fn run<S: Store + Send + 'static>(
                     }
                     retry_at = Some(tokio::time::Instant::now() + backoff);
                     backoff = (backoff * 2).min(BACKOFF.1);
+                }
+            },
+            _ = tokio::time::sleep_until(flush_at.unwrap_or(far)), if flush_at.is_some() => {
+                commit(&store, &counters, std::mem::take(&mut group), &mut outbox).await;
+                flush_at = None;
+            }
+            _ = tokio::time::sleep_until(retry_at.unwrap_or(far)), if retry_at.is_some() => {
+                retry_at = None;
+                if let Err(e) = conn.refresh_credentials(&cfg) {
+                    tracing::error!(error = %e, "keeping the previous MQTT password");
                 }
             }
         }

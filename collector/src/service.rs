@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::http::header;
 use axum::routing::get;
@@ -14,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
-use crate::ingest::{self, IngestConfig, IngestCounters};
+use crate::ingest::{self, IngestCounters};
 use crate::store::Store;
 
 /// Why the collector could not start or stop.
@@ -91,10 +90,7 @@ pub async fn start<S: Store + Send + 'static>(
     let store = Arc::new(Mutex::new(store));
     let counters = Arc::new(IngestCounters::default());
     let (stop, stop_rx) = watch::channel(false);
-    let ingest_cfg = IngestConfig {
-        group_wait: Duration::from_millis(5),
-        ..cfg.mqtt.ingest(&cfg.limits)
-    };
+    let ingest_cfg = cfg.mqtt.ingest(&cfg.limits);
     let ingest = tokio::spawn(ingest::run(
         ingest_cfg,
         store.clone(),

@@ -54,7 +54,9 @@ pub struct MqttConfig {
     /// queues batches for it, while it is disconnected (seconds, default
     /// 86,400 = 1 day; at least 1).
     pub session_expiry_s: u32,
-    /// Batches applied per store transaction at most (default 256).
+    /// Batches applied per store transaction at most (default 256). A group
+    /// is committed as soon as no further batch is ready, so under load the
+    /// batches that arrive while one group commits form the next.
     pub max_group: usize,
     /// Shared-subscription group (default none). When set, the collector
     /// subscribes to `$share/<group>/tributary/v1/agents/+/partials` and the

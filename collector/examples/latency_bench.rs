@@ -93,7 +93,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                format!("warn,{}", tributary_collector::broker::LOG_DIRECTIVES).into()
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

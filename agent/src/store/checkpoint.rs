@@ -180,6 +180,16 @@ mod tests {
         c
     }
 
+    /// Wakes the checkpointer until `done` holds of its stats (30 s at most).
+    fn wake_until(cp: &Checkpointer, done: impl Fn(CheckpointStats) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done(cp.stats()) {
+            assert!(Instant::now() < deadline, "not reached: {:?}", cp.stats());
+            cp.wake();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn wal_pages(c: &Connection) -> i64 {
         c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
             .unwrap()
@@ -200,12 +210,7 @@ mod tests {
         // 1,500 one-page commits and no checkpoint at 1,000: every frame is
         // still in the WAL, for the thread to copy.
         assert_eq!(cp.stats(), CheckpointStats::default());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while cp.stats().frames < 1_500 {
-            assert!(Instant::now() < deadline, "no checkpoint: {:?}", cp.stats());
-            cp.wake();
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wake_until(&cp, |s| s.frames >= 1_500);
         assert_eq!(cp.stats().failures, 0);
         // The writer goes on, and what it wrote is all there.
         c.execute("INSERT INTO t VALUES (zeroblob(10))", [])
@@ -228,19 +233,10 @@ mod tests {
             "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; INSERT INTO t VALUES (1);",
         )
         .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while cp.stats().failures == 0 {
-            assert!(Instant::now() < deadline, "no failure: {:?}", cp.stats());
-            cp.wake();
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wake_until(&cp, |s| s.failures > 0);
         // The thread goes on: once the lock is gone, checkpoints succeed.
         c.execute_batch("COMMIT; PRAGMA locking_mode = NORMAL; SELECT count(*) FROM t;")
             .unwrap();
-        while cp.stats().runs == 0 {
-            assert!(Instant::now() < deadline, "no recovery: {:?}", cp.stats());
-            cp.wake();
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wake_until(&cp, |s| s.runs > 0);
     }
 }

@@ -228,7 +228,8 @@ fn answer<S: Store>(
     // group label -> step start -> point
     let mut groups: BTreeMap<String, (Value, BTreeMap<i64, Point>)> = BTreeMap::new();
     let progress = store.progress_of(&keys).map_err(internal)?;
-    for (key, progress) in keys.iter().zip(&progress) {
+    let windows = store.windows_of(&keys, width, from, to).map_err(internal)?;
+    for ((key, progress), windows) in keys.iter().zip(&progress).zip(windows) {
         let final_through = st.finality.final_through(progress, now);
         let (label, ident) = match &group_by {
             Some(tag) => {
@@ -240,7 +241,7 @@ fn answer<S: Store>(
         let entry = groups
             .entry(label)
             .or_insert_with(|| (ident, BTreeMap::new()));
-        for w in store.windows(key, width, from, to).map_err(internal)? {
+        for w in windows {
             let bucket = from + (w.window.start() - from).div_euclid(step) * step;
             let is_final = final_through.is_some_and(|f| bucket.saturating_add(step) <= f);
             match entry.1.get_mut(&bucket) {

@@ -61,6 +61,7 @@ fn the_store_contract_holds_on_postgresql() {
             let k = (key(device).to_string(), *start);
             assert_eq!(stored[&k], summary_of(readings), "{device} {start}");
         }
+        check_windows_of(&store);
         for width in [MIN, HOUR, DAY] {
             assert_eq!(
                 all_stored(&store, width),

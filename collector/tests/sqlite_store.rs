@@ -13,7 +13,7 @@ use tributary_core::{Quantum, Summary, Width, Window};
 
 mod store_common;
 
-use store_common::{key, summary_of, Truth, HOUR, MIN, T0};
+use store_common::{check_windows_of, key, summary_of, Truth, HOUR, MIN, T0};
 
 /// The SQLite tests' workload: `agents` agents sending `batches` batches of 4
 /// partials for 3 devices over 90 one-minute windows.
@@ -49,6 +49,7 @@ fn each_window_equals_the_summary_of_its_readings() {
             "{device} {start}"
         );
     }
+    check_windows_of(&store);
 }
 
 #[test]

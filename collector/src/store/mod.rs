@@ -27,7 +27,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use std::collections::hash_map::Entry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 
 use tributary_core::batch::Batch;
@@ -132,6 +132,21 @@ pub trait Store {
         to: i64,
     ) -> Result<Vec<StoredWindow>, StoreError>;
 
+    /// [`Store::windows`] of each of `series`, in order, in one query (the
+    /// query API reads a whole selector).
+    fn windows_of(
+        &self,
+        series: &[SeriesKey],
+        width: Width,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<Vec<StoredWindow>>, StoreError> {
+        series
+            .iter()
+            .map(|s| self.windows(s, width, from, to))
+            .collect()
+    }
+
     /// The latest watermark each agent has reported.
     fn watermarks(&self) -> Result<Vec<(String, i64)>, StoreError>;
 
@@ -186,6 +201,31 @@ pub fn all_windows<S: Store + ?Sized>(
 /// the merged summary with the series and window it belongs to.
 pub(crate) type Pending<'a, K> =
     std::collections::HashMap<K, (Summary, &'a SeriesKey, Window), foldhash::fast::RandomState>;
+
+/// Lays out rows found by series-key text (`by_key`) in the order of
+/// `keys`, the answer of a one-query `…_of` read; a key given more than
+/// once gets its rows each time, one absent gets none.
+pub(crate) fn in_order<T: Clone, H: std::hash::BuildHasher>(
+    keys: &[String],
+    mut by_key: HashMap<String, Vec<T>, H>,
+) -> Vec<Vec<T>> {
+    let mut left: HashMap<&str, usize> = HashMap::new();
+    for k in keys {
+        *left.entry(k.as_str()).or_default() += 1;
+    }
+    keys.iter()
+        .map(|k| {
+            let n = left.entry(k.as_str()).or_default();
+            *n = n.saturating_sub(1);
+            let rows = if *n == 0 {
+                by_key.remove(k)
+            } else {
+                by_key.get(k).cloned()
+            };
+            rows.unwrap_or_default()
+        })
+        .collect()
+}
 
 /// Merges `summary` (of `series` in `window`) into row `key` of `rows`.
 pub(crate) fn merge_into<'a, K: Hash + Eq>(

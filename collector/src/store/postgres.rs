@@ -394,10 +394,45 @@ impl Store for PostgresStore {
                 }
                 Ok(out)
             })?;
-        Ok(texts
-            .iter()
-            .map(|t| by_key.get(t).cloned().unwrap_or_default())
-            .collect())
+        Ok(super::in_order(&texts, by_key))
+    }
+
+    fn windows_of(
+        &self,
+        series: &[SeriesKey],
+        width: Width,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<Vec<StoredWindow>>, StoreError> {
+        let texts: Vec<String> = series.iter().map(key_text).collect::<Result<_, _>>()?;
+        let wanted = texts.clone();
+        let by_key: std::collections::HashMap<String, Vec<StoredWindow>> =
+            self.run(|pool| async move {
+                let client = pool.get().await.map_err(pool_error)?;
+                let stmt = client
+                    .prepare_cached(
+                        "SELECT s.key, r.start, r.revision, r.summary FROM series s
+                     JOIN results r ON r.series = s.id
+                     WHERE s.key = ANY($1) AND r.width = $2 AND r.start >= $3 AND r.start < $4
+                     ORDER BY s.key, r.start",
+                    )
+                    .await?;
+                let mut out: std::collections::HashMap<String, Vec<StoredWindow>> =
+                    Default::default();
+                for r in client
+                    .query(&stmt, &[&wanted, &width.ms(), &from, &to])
+                    .await?
+                {
+                    out.entry(r.get(0)).or_default().push(stored(
+                        r.get(1),
+                        width,
+                        r.get(2),
+                        r.get(3),
+                    )?);
+                }
+                Ok(out)
+            })?;
+        Ok(super::in_order(&texts, by_key))
     }
 
     fn changed_since(

@@ -101,3 +101,31 @@ pub(crate) fn all_stored<S: Store>(store: &S, width: i64) -> BTreeMap<(String, i
         .map(|((k, start), w)| ((k.to_string(), start), w))
         .collect()
 }
+
+/// `windows_of` answers as one `windows` per series does: for every stored
+/// series, a key never seen and a key given twice; at each width; over the
+/// whole range and over a part of it.
+pub(crate) fn check_windows_of<S: Store>(store: &S) {
+    let mut keys = store.series().unwrap();
+    assert!(keys.len() >= 2, "needs a workload");
+    keys.push(key("never"));
+    keys.push(keys[0].clone());
+    let count = |ws: &[Vec<StoredWindow>]| ws.iter().map(Vec::len).sum::<usize>();
+    for width in [MIN, HOUR, DAY] {
+        let w = Width::new(width).unwrap();
+        let mut sizes = Vec::new();
+        for (from, to) in [(i64::MIN, i64::MAX), (T0 + 3 * MIN, T0 + 9 * MIN)] {
+            let each: Vec<_> = keys
+                .iter()
+                .map(|k| store.windows(k, w, from, to).unwrap())
+                .collect();
+            let one = store.windows_of(&keys, w, from, to).unwrap();
+            assert_eq!(one, each, "width {width}, [{from}, {to})");
+            sizes.push(count(&one));
+        }
+        assert!(sizes[0] > 0, "width {width}: nothing stored");
+        if width == MIN {
+            assert!(0 < sizes[1] && sizes[1] < sizes[0], "{sizes:?}");
+        }
+    }
+}

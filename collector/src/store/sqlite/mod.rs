@@ -34,7 +34,7 @@ use tributary_core::{SeriesKey, Summary, Width, Window};
 
 use cache::{Cache, Committed, RowKey};
 
-use super::{add_rollups, merge_into, Pending};
+use super::{add_rollups, in_order, merge_into, Pending};
 use super::{AgentProgress, Applied, Changed, Store, StoreError, StoredWindow};
 
 impl From<rusqlite::Error> for StoreError {
@@ -391,10 +391,46 @@ impl Store for SqliteStore {
             let (key, p) = row?;
             by_key.entry(key).or_default().push(p);
         }
-        Ok(texts
+        Ok(in_order(&texts, by_key))
+    }
+
+    fn windows_of(
+        &self,
+        series: &[SeriesKey],
+        width: Width,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<Vec<StoredWindow>>, StoreError> {
+        let texts: Vec<String> = series
             .iter()
-            .map(|t| by_key.get(t).cloned().unwrap_or_default())
-            .collect())
+            .map(|k| serde_json::to_string(k).map_err(|e| corrupt("series key", e)))
+            .collect::<Result<_, _>>()?;
+        let wanted = serde_json::to_string(&texts).map_err(|e| corrupt("series keys", e))?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT s.key, r.start, r.revision, r.summary FROM series s
+             JOIN results r ON r.series = s.id
+             WHERE s.key IN (SELECT value FROM json_each(?1))
+               AND r.width = ?2 AND r.start >= ?3 AND r.start < ?4
+             ORDER BY s.key, r.start",
+        )?;
+        let rows = stmt.query_map(params![wanted, width.ms(), from, to], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, u32>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        })?;
+        let mut by_key: HashMap<String, Vec<StoredWindow>> = HashMap::new();
+        for row in rows {
+            let (key, start, revision, bytes) = row?;
+            by_key.entry(key).or_default().push(StoredWindow {
+                window: Window::new(start, width).map_err(|e| corrupt("window", e))?,
+                summary: decode(&bytes)?,
+                revision,
+            });
+        }
+        Ok(in_order(&texts, by_key))
     }
 
     fn changed_since(

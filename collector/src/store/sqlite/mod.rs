@@ -103,6 +103,17 @@ fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// The canonical texts of `series` (as stored in `series.key`), and the
+/// same as one JSON array for `json_each` in a one-query read.
+fn key_list(series: &[SeriesKey]) -> Result<(Vec<String>, String), StoreError> {
+    let texts: Vec<String> = series
+        .iter()
+        .map(|k| serde_json::to_string(k).map_err(|e| corrupt("series key", e)))
+        .collect::<Result<_, _>>()?;
+    let list = serde_json::to_string(&texts).map_err(|e| corrupt("series keys", e))?;
+    Ok((texts, list))
+}
+
 impl SqliteStore {
     /// Opens (or creates) the database at `path`, keeping roll-ups at
     /// `rollups` (e.g. 1 h and 1 d).
@@ -365,11 +376,7 @@ impl Store for SqliteStore {
     }
 
     fn progress_of(&self, series: &[SeriesKey]) -> Result<Vec<Vec<AgentProgress>>, StoreError> {
-        let texts: Vec<String> = series
-            .iter()
-            .map(|k| serde_json::to_string(k).map_err(|e| corrupt("series key", e)))
-            .collect::<Result<_, _>>()?;
-        let wanted = serde_json::to_string(&texts).map_err(|e| corrupt("series keys", e))?;
+        let (texts, wanted) = key_list(series)?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT s.key, w.agent, w.watermark, w.seen_ms FROM series s
              JOIN series_agents a ON a.series = s.id
@@ -401,11 +408,7 @@ impl Store for SqliteStore {
         from: i64,
         to: i64,
     ) -> Result<Vec<Vec<StoredWindow>>, StoreError> {
-        let texts: Vec<String> = series
-            .iter()
-            .map(|k| serde_json::to_string(k).map_err(|e| corrupt("series key", e)))
-            .collect::<Result<_, _>>()?;
-        let wanted = serde_json::to_string(&texts).map_err(|e| corrupt("series keys", e))?;
+        let (texts, wanted) = key_list(series)?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT s.key, r.start, r.revision, r.summary FROM series s
              JOIN results r ON r.series = s.id

@@ -202,6 +202,29 @@ pub fn all_windows<S: Store + ?Sized>(
 pub(crate) type Pending<'a, K> =
     std::collections::HashMap<K, (Summary, &'a SeriesKey, Window), foldhash::fast::RandomState>;
 
+/// The error for a stored value that does not read back.
+pub(crate) fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+/// A result row read back: its window start, revision and summary bytes
+/// (postcard), at `width`. Both backends store rows this way.
+pub(crate) fn stored(
+    start: i64,
+    width: Width,
+    revision: i64,
+    bytes: &[u8],
+) -> Result<StoredWindow, StoreError> {
+    Ok(StoredWindow {
+        window: Window::new(start, width).map_err(|e| corrupt("window", e))?,
+        summary: postcard::from_bytes(bytes).map_err(|e| corrupt("summary", e))?,
+        revision: u32::try_from(revision).map_err(|e| corrupt("revision", e))?,
+    })
+}
+
 /// Lays out rows found by series-key text (`by_key`) in the order of
 /// `keys`, the answer of a one-query `…_of` read; a key given more than
 /// once gets its rows each time, one absent gets none.

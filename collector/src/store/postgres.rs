@@ -26,10 +26,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::types::ToSql;
 use tributary_core::batch::Batch;
-use tributary_core::{SeriesKey, Width, Window};
+use tributary_core::{SeriesKey, Width};
 
-use super::{AgentProgress, Applied, Changed, Store, StoreError, StoredWindow};
+use super::{corrupt, stored, AgentProgress, Applied, Changed, Store, StoreError, StoredWindow};
 
 pub use schema::SCHEMA_VERSION;
 
@@ -53,13 +54,6 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        what,
-        detail: e.to_string(),
-    }
 }
 
 /// TLS to the database.
@@ -231,6 +225,37 @@ impl PostgresStore {
         })
     }
 
+    /// A one-query `…_of` read: the rows of `sql`, whose `$1` is the list
+    /// of `series`' key texts (`params` are `$2…`) and whose first column
+    /// is a key text, converted by `row` and laid out in the order of
+    /// `series`.
+    fn by_series<T, R>(
+        &self,
+        series: &[SeriesKey],
+        sql: &'static str,
+        params: Vec<Box<dyn ToSql + Send + Sync>>,
+        row: R,
+    ) -> Result<Vec<Vec<T>>, StoreError>
+    where
+        T: Clone + Send + 'static,
+        R: Fn(&tokio_postgres::Row) -> Result<T, StoreError> + Send + 'static,
+    {
+        let texts: Vec<String> = series.iter().map(key_text).collect::<Result<_, _>>()?;
+        let wanted = texts.clone();
+        let by_key = self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let stmt = client.prepare_cached(sql).await?;
+            let mut args: Vec<&(dyn ToSql + Sync)> = vec![&wanted];
+            args.extend(params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)));
+            let mut out: std::collections::HashMap<String, Vec<T>> = Default::default();
+            for r in client.query(&stmt, &args).await? {
+                out.entry(r.get(0)).or_default().push(row(&r)?);
+            }
+            Ok(out)
+        })?;
+        Ok(super::in_order(&texts, by_key))
+    }
+
     /// Runs `f(pool)` on the store's runtime and waits for its answer.
     fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
@@ -261,19 +286,6 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
 
 fn key_text(key: &SeriesKey) -> Result<String, StoreError> {
     serde_json::to_string(key).map_err(|e| corrupt("series key", e))
-}
-
-fn stored(
-    start: i64,
-    width: Width,
-    revision: i64,
-    bytes: &[u8],
-) -> Result<StoredWindow, StoreError> {
-    Ok(StoredWindow {
-        window: Window::new(start, width).map_err(|e| corrupt("window", e))?,
-        summary: postcard::from_bytes(bytes).map_err(|e| corrupt("summary", e))?,
-        revision: u32::try_from(revision).map_err(|e| corrupt("revision", e))?,
-    })
 }
 
 impl Store for PostgresStore {
@@ -370,31 +382,21 @@ impl Store for PostgresStore {
     }
 
     fn progress_of(&self, series: &[SeriesKey]) -> Result<Vec<Vec<AgentProgress>>, StoreError> {
-        let texts: Vec<String> = series.iter().map(key_text).collect::<Result<_, _>>()?;
-        let wanted = texts.clone();
-        let by_key: std::collections::HashMap<String, Vec<AgentProgress>> =
-            self.run(|pool| async move {
-                let client = pool.get().await.map_err(pool_error)?;
-                let stmt = client
-                    .prepare_cached(
-                        "SELECT s.key, w.agent, w.watermark, w.seen_ms FROM series s
-                     JOIN series_agents a ON a.series = s.id
-                     JOIN watermarks w ON w.agent = a.agent
-                     WHERE s.key = ANY($1) ORDER BY s.key, w.agent",
-                    )
-                    .await?;
-                let mut out: std::collections::HashMap<String, Vec<AgentProgress>> =
-                    Default::default();
-                for r in client.query(&stmt, &[&wanted]).await? {
-                    out.entry(r.get(0)).or_default().push(AgentProgress {
-                        agent: r.get(1),
-                        watermark: r.get(2),
-                        seen_ms: r.get(3),
-                    });
-                }
-                Ok(out)
-            })?;
-        Ok(super::in_order(&texts, by_key))
+        self.by_series(
+            series,
+            "SELECT s.key, w.agent, w.watermark, w.seen_ms FROM series s
+             JOIN series_agents a ON a.series = s.id
+             JOIN watermarks w ON w.agent = a.agent
+             WHERE s.key = ANY($1) ORDER BY s.key, w.agent",
+            Vec::new(),
+            |r| {
+                Ok(AgentProgress {
+                    agent: r.get(1),
+                    watermark: r.get(2),
+                    seen_ms: r.get(3),
+                })
+            },
+        )
     }
 
     fn windows_of(
@@ -404,35 +406,15 @@ impl Store for PostgresStore {
         from: i64,
         to: i64,
     ) -> Result<Vec<Vec<StoredWindow>>, StoreError> {
-        let texts: Vec<String> = series.iter().map(key_text).collect::<Result<_, _>>()?;
-        let wanted = texts.clone();
-        let by_key: std::collections::HashMap<String, Vec<StoredWindow>> =
-            self.run(|pool| async move {
-                let client = pool.get().await.map_err(pool_error)?;
-                let stmt = client
-                    .prepare_cached(
-                        "SELECT s.key, r.start, r.revision, r.summary FROM series s
-                     JOIN results r ON r.series = s.id
-                     WHERE s.key = ANY($1) AND r.width = $2 AND r.start >= $3 AND r.start < $4
-                     ORDER BY s.key, r.start",
-                    )
-                    .await?;
-                let mut out: std::collections::HashMap<String, Vec<StoredWindow>> =
-                    Default::default();
-                for r in client
-                    .query(&stmt, &[&wanted, &width.ms(), &from, &to])
-                    .await?
-                {
-                    out.entry(r.get(0)).or_default().push(stored(
-                        r.get(1),
-                        width,
-                        r.get(2),
-                        r.get(3),
-                    )?);
-                }
-                Ok(out)
-            })?;
-        Ok(super::in_order(&texts, by_key))
+        self.by_series(
+            series,
+            "SELECT s.key, r.start, r.revision, r.summary FROM series s
+             JOIN results r ON r.series = s.id
+             WHERE s.key = ANY($1) AND r.width = $2 AND r.start >= $3 AND r.start < $4
+             ORDER BY s.key, r.start",
+            vec![Box::new(width.ms()), Box::new(from), Box::new(to)],
+            move |r| stored(r.get(1), width, r.get(2), r.get(3)),
+        )
     }
 
     fn changed_since(

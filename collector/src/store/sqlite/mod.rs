@@ -30,12 +30,12 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tributary_agent::store::checkpoint::{self, Checkpointer};
 use tributary_core::batch::Batch;
-use tributary_core::{SeriesKey, Summary, Width, Window};
+use tributary_core::{SeriesKey, Summary, Width};
 
 use cache::{Cache, Committed, RowKey};
 
 use super::{add_rollups, in_order, merge_into, Pending};
-use super::{AgentProgress, Applied, Changed, Store, StoreError, StoredWindow};
+use super::{corrupt, stored, AgentProgress, Applied, Changed, Store, StoreError, StoredWindow};
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -96,24 +96,6 @@ fn decode(bytes: &[u8]) -> Result<Summary, StoreError> {
     postcard::from_bytes(bytes).map_err(|e| corrupt("summary", e))
 }
 
-fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        what,
-        detail: e.to_string(),
-    }
-}
-
-/// The canonical texts of `series` (as stored in `series.key`), and the
-/// same as one JSON array for `json_each` in a one-query read.
-fn key_list(series: &[SeriesKey]) -> Result<(Vec<String>, String), StoreError> {
-    let texts: Vec<String> = series
-        .iter()
-        .map(|k| serde_json::to_string(k).map_err(|e| corrupt("series key", e)))
-        .collect::<Result<_, _>>()?;
-    let list = serde_json::to_string(&texts).map_err(|e| corrupt("series keys", e))?;
-    Ok((texts, list))
-}
-
 impl SqliteStore {
     /// Opens (or creates) the database at `path`, keeping roll-ups at
     /// `rollups` (e.g. 1 h and 1 d).
@@ -155,6 +137,33 @@ impl SqliteStore {
             ))?;
         }
         Ok(())
+    }
+
+    /// A one-query `…_of` read: the rows of `sql`, whose `?1` is the list
+    /// of `series`' key texts as JSON (for `json_each`; `params` are
+    /// `?2…`) and whose first column is a key text, converted by `row` and
+    /// laid out in the order of `series`.
+    fn by_series<T: Clone>(
+        &self,
+        series: &[SeriesKey],
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+        row: impl Fn(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+    ) -> Result<Vec<Vec<T>>, StoreError> {
+        let texts: Vec<String> = series
+            .iter()
+            .map(|k| serde_json::to_string(k).map_err(|e| corrupt("series key", e)))
+            .collect::<Result<_, _>>()?;
+        let list = serde_json::to_string(&texts).map_err(|e| corrupt("series keys", e))?;
+        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&list];
+        args.extend_from_slice(params);
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut rows = stmt.query(args.as_slice())?;
+        let mut by_key: HashMap<String, Vec<T>> = HashMap::new();
+        while let Some(r) = rows.next()? {
+            by_key.entry(r.get(0)?).or_default().push(row(r)?);
+        }
+        Ok(in_order(&texts, by_key))
     }
 
     fn series_id(tx: &rusqlite::Transaction<'_>, key: &SeriesKey) -> Result<i64, StoreError> {
@@ -330,21 +339,15 @@ impl Store for SqliteStore {
             "SELECT r.start, r.revision, r.summary FROM results r JOIN series s ON s.id = r.series
              WHERE s.key = ?1 AND r.width = ?2 AND r.start >= ?3 AND r.start < ?4 ORDER BY r.start",
         )?;
-        let rows = stmt.query_map(params![text, width.ms(), from, to], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, u32>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-            ))
-        })?;
+        let mut rows = stmt.query(params![text, width.ms(), from, to])?;
         let mut out = Vec::new();
-        for row in rows {
-            let (start, revision, bytes) = row?;
-            out.push(StoredWindow {
-                window: Window::new(start, width).map_err(|e| corrupt("window", e))?,
-                summary: decode(&bytes)?,
-                revision,
-            });
+        while let Some(r) = rows.next()? {
+            out.push(stored(
+                r.get(0)?,
+                width,
+                r.get(1)?,
+                &r.get::<_, Vec<u8>>(2)?,
+            )?);
         }
         Ok(out)
     }
@@ -376,29 +379,21 @@ impl Store for SqliteStore {
     }
 
     fn progress_of(&self, series: &[SeriesKey]) -> Result<Vec<Vec<AgentProgress>>, StoreError> {
-        let (texts, wanted) = key_list(series)?;
-        let mut stmt = self.conn.prepare_cached(
+        self.by_series(
+            series,
             "SELECT s.key, w.agent, w.watermark, w.seen_ms FROM series s
              JOIN series_agents a ON a.series = s.id
              JOIN watermarks w ON w.agent = a.agent
              WHERE s.key IN (SELECT value FROM json_each(?1)) ORDER BY s.key, w.agent",
-        )?;
-        let mut by_key: HashMap<String, Vec<AgentProgress>> = HashMap::new();
-        let rows = stmt.query_map(params![wanted], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                AgentProgress {
+            &[],
+            |r| {
+                Ok(AgentProgress {
                     agent: r.get(1)?,
                     watermark: r.get(2)?,
                     seen_ms: r.get(3)?,
-                },
-            ))
-        })?;
-        for row in rows {
-            let (key, p) = row?;
-            by_key.entry(key).or_default().push(p);
-        }
-        Ok(in_order(&texts, by_key))
+                })
+            },
+        )
     }
 
     fn windows_of(
@@ -408,32 +403,16 @@ impl Store for SqliteStore {
         from: i64,
         to: i64,
     ) -> Result<Vec<Vec<StoredWindow>>, StoreError> {
-        let (texts, wanted) = key_list(series)?;
-        let mut stmt = self.conn.prepare_cached(
+        self.by_series(
+            series,
             "SELECT s.key, r.start, r.revision, r.summary FROM series s
              JOIN results r ON r.series = s.id
              WHERE s.key IN (SELECT value FROM json_each(?1))
                AND r.width = ?2 AND r.start >= ?3 AND r.start < ?4
              ORDER BY s.key, r.start",
-        )?;
-        let rows = stmt.query_map(params![wanted, width.ms(), from, to], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, u32>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-            ))
-        })?;
-        let mut by_key: HashMap<String, Vec<StoredWindow>> = HashMap::new();
-        for row in rows {
-            let (key, start, revision, bytes) = row?;
-            by_key.entry(key).or_default().push(StoredWindow {
-                window: Window::new(start, width).map_err(|e| corrupt("window", e))?,
-                summary: decode(&bytes)?,
-                revision,
-            });
-        }
-        Ok(in_order(&texts, by_key))
+            &[&width.ms(), &from, &to],
+            |r| stored(r.get(1)?, width, r.get(2)?, &r.get::<_, Vec<u8>>(3)?),
+        )
     }
 
     fn changed_since(
@@ -454,7 +433,7 @@ impl Store for SqliteStore {
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, i64>(2)?,
-                r.get::<_, u32>(3)?,
+                r.get::<_, i64>(3)?,
                 r.get::<_, Vec<u8>>(4)?,
             ))
         })?;
@@ -464,11 +443,7 @@ impl Store for SqliteStore {
             out.push(Changed {
                 change: u64::try_from(change).map_err(|e| corrupt("change number", e))?,
                 series: serde_json::from_str(&key).map_err(|e| corrupt("series key", e))?,
-                stored: StoredWindow {
-                    window: Window::new(start, width).map_err(|e| corrupt("window", e))?,
-                    summary: decode(&bytes)?,
-                    revision,
-                },
+                stored: stored(start, width, revision, &bytes)?,
             });
         }
         Ok(out)

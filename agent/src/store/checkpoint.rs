@@ -44,8 +44,10 @@ pub enum CheckpointError {
 pub struct CheckpointStats {
     /// Checkpoints run.
     pub runs: u64,
-    /// WAL frames copied into the database file.
-    pub frames: u64,
+    /// Frames of the WAL that are in the database file, as the last
+    /// successful checkpoint reported (SQLite counts them for the whole
+    /// current WAL, not per checkpoint, so this is a level, not a sum).
+    pub checkpointed: u64,
     /// Checkpoints that failed (each logged).
     pub failures: u64,
 }
@@ -55,7 +57,7 @@ struct Shared {
     stop: Mutex<bool>,
     wake: Condvar,
     runs: AtomicU64,
-    frames: AtomicU64,
+    checkpointed: AtomicU64,
     failures: AtomicU64,
 }
 
@@ -108,7 +110,7 @@ impl Checkpointer {
     pub fn stats(&self) -> CheckpointStats {
         CheckpointStats {
             runs: self.shared.runs.load(Relaxed),
-            frames: self.shared.frames.load(Relaxed),
+            checkpointed: self.shared.checkpointed.load(Relaxed),
             failures: self.shared.failures.load(Relaxed),
         }
     }
@@ -151,8 +153,8 @@ fn run(conn: &Connection, shared: &Shared, every: Duration) {
             Ok((log, copied)) => {
                 shared.runs.fetch_add(1, Relaxed);
                 shared
-                    .frames
-                    .fetch_add(u64::try_from(copied).unwrap_or(0), Relaxed);
+                    .checkpointed
+                    .store(u64::try_from(copied).unwrap_or(0), Relaxed);
                 tracing::trace!(log, copied, took = ?started.elapsed(), "WAL checkpoint");
                 if std::mem::take(&mut failing) {
                     tracing::info!("WAL checkpoints succeed again");
@@ -210,7 +212,7 @@ mod tests {
         // 1,500 one-page commits and no checkpoint at 1,000: every frame is
         // still in the WAL, for the thread to copy.
         assert_eq!(cp.stats(), CheckpointStats::default());
-        wake_until(&cp, |s| s.frames >= 1_500);
+        wake_until(&cp, |s| s.checkpointed >= 1_500);
         assert_eq!(cp.stats().failures, 0);
         // The writer goes on, and what it wrote is all there.
         c.execute("INSERT INTO t VALUES (zeroblob(10))", [])

@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
 /// Why the embedded broker did not come up.
@@ -121,19 +122,31 @@ impl Embedded {
 /// CONNECT, its CONNACK, then DISCONNECT — a bare TCP probe that hangs up
 /// mid-handshake is logged by the broker as an error.
 fn answers_connect(addr: SocketAddr) -> bool {
-    // CONNECT: protocol "MQTT" level 4, clean session, keep-alive 10 s,
-    // client id "tributary-probe".
-    const CONNECT: &[u8] = b"\x10\x1b\x00\x04MQTT\x04\x02\x00\x0a\x00\x0ftributary-probe";
-    const DISCONNECT: &[u8] = b"\xe0\x00";
+    use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Disconnect, Packet};
+    const MAX: usize = 1024;
     let timeout = Duration::from_millis(200);
     let Ok(mut s) = TcpStream::connect_timeout(&addr, timeout) else {
         return false;
     };
+    let mut out = BytesMut::new();
+    if Connect::new("tributary-probe").write(&mut out).is_err() {
+        return false;
+    }
+    // A CONNACK is 4 bytes.
     let mut connack = [0u8; 4];
     let accepted = s.set_read_timeout(Some(timeout)).is_ok()
-        && s.write_all(CONNECT).is_ok()
+        && s.write_all(&out).is_ok()
         && s.read_exact(&mut connack).is_ok()
-        && connack == [0x20, 0x02, 0x00, 0x00];
-    let _ = s.write_all(DISCONNECT);
+        && matches!(
+            Packet::read(&mut BytesMut::from(&connack[..]), MAX),
+            Ok(Packet::ConnAck(ConnAck {
+                code: ConnectReturnCode::Success,
+                ..
+            }))
+        );
+    out.clear();
+    if Disconnect.write(&mut out).is_ok() {
+        let _ = s.write_all(&out);
+    }
     accepted
 }

@@ -136,7 +136,10 @@ impl Agent {
                         got.lock().unwrap().extend(c.seqs);
                     }
                     Ok(_) => {}
-                    Err(_) => break,
+                    Err(e) => {
+                        eprintln!("test agent {name}: connection ended: {e:?}");
+                        break;
+                    }
                 }
             }
         });

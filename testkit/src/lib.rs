@@ -11,7 +11,8 @@
 //! ```
 //!
 //! ## API
-//! - [`free_port`] — an unused TCP port on 127.0.0.1.
+//! - [`free_port`] — an unused TCP port on 127.0.0.1 (outside the ephemeral
+//!   range, never the same twice in a process).
 //! - [`MosquittoOptions`] — per-client queue limits (to make a lossy broker).
 //! - [`Mosquitto`] — `start`, `port`, `stop`, `restart` (same port), killed on `Drop`.
 //! - [`postgres::Postgres`] — a real PostgreSQL cluster in a temp dir on a
@@ -23,18 +24,56 @@ pub mod postgres;
 
 pub use postgres::{Postgres, PostgresOptions};
 
+use std::collections::hash_map::RandomState;
+use std::collections::BTreeSet;
+use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// An unused TCP port on 127.0.0.1 (bound, then released).
+/// An unused TCP port on 127.0.0.1 for a server a test starts (bound, then
+/// released, so the server can bind it).
+///
+/// Two things keep a port from being taken between this call and the
+/// server's `bind`, which would leave the test talking to another test's
+/// server (seen once in CI: two brokers on one port, and a second client
+/// with the same client id took over the first one's session):
+/// - the port comes from below the kernel's ephemeral range, which is where
+///   `bind(0)` and every outgoing connection take their local ports;
+/// - this process never hands out the same port twice (tests of one binary
+///   run in parallel threads).
 pub fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    let (low, high) = (PORTS_FROM, ephemeral_start().max(PORTS_FROM + 1));
+    let span = u64::from(high - low);
+    let start = RandomState::new().build_hasher().finish() % span;
+    for i in 0..span {
+        let port = low + ((start + i) % span) as u16;
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(0)
+}
+
+/// The lowest port [`free_port`] hands out.
+const PORTS_FROM: u16 = 20_000;
+
+/// The first port of the kernel's ephemeral range (Linux's default when
+/// `/proc` does not tell).
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// The path of workspace binary `name` in the target directory the running
@@ -129,16 +168,19 @@ impl Mosquitto {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
+            let accepting = TcpStream::connect(("127.0.0.1", self.port)).is_ok();
             if let Some(child) = self.child.as_mut() {
+                // Checked even when the port accepts: a broker that could not
+                // bind exits, and whatever accepted is not ours.
                 if let Some(status) = child.try_wait()? {
                     return Err(io::Error::other(format!(
                         "mosquitto exited early with {status} (port {} taken?)",
                         self.port
                     )));
                 }
+            }
+            if accepting {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(io::Error::other(
@@ -200,5 +242,21 @@ mod tests {
         m.restart().unwrap();
         assert_eq!(m.port(), port);
         assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
+    }
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..500).map(|_| free_port()).collect();
+        let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        for &port in &ports {
+            assert!(
+                (PORTS_FROM..ephemeral_start()).contains(&port),
+                "{port} is outside {PORTS_FROM}..{}",
+                ephemeral_start()
+            );
+        }
+        // Free means a server can bind it now.
+        assert!(TcpListener::bind(("127.0.0.1", ports[0])).is_ok());
     }
 }

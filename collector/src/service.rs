@@ -99,6 +99,7 @@ pub async fn start<S: Store + Send + 'static>(
     ));
     let sinks = crate::sinks::start(
         &cfg.sinks,
+        &cfg.mqtt.client_id,
         store.clone(),
         cfg.finality.rule(),
         stop_rx.clone(),

@@ -256,17 +256,26 @@ fn the_store_contract_holds_on_postgresql() {
             .is_empty());
     }
 
-    // Cursors survive a reopen.
+    // Cursors survive a reopen; leases have one holder at a time, also
+    // across two stores (instances) on one database.
     {
         let (url, mut store) = fresh(&pg, "cursors");
-        assert_eq!(store.cursor("sink-a").unwrap(), 0);
-        store.set_cursor("sink-a", 42).unwrap();
-        store.set_cursor("sink-b", 7).unwrap();
-        store.set_cursor("sink-a", 43).unwrap();
+        check_cursors(&mut store);
+        check_leases(&mut store);
         drop(store);
-        let store = open(&url);
-        assert_eq!(store.cursor("sink-a").unwrap(), 43);
-        assert_eq!(store.cursor("sink-b").unwrap(), 7);
+        let mut store = open(&url);
+        assert_eq!(store.cursor("check-a").unwrap(), 43);
+        assert_eq!(store.cursor("check-b").unwrap(), 7);
+        let mut other = open(&url);
+        let long = std::time::Duration::from_secs(60);
+        assert_eq!(
+            other.lease("job", "b", long).unwrap(),
+            tributary_collector::store::Lease::Theirs("a".into())
+        );
+        assert_eq!(
+            store.lease("job", "a", long).unwrap(),
+            tributary_collector::store::Lease::Ours
+        );
     }
 
     // Migrations are versioned and run once; a newer schema is refused.

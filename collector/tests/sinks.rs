@@ -35,6 +35,8 @@ const T0: i64 = 1_700_000_000_000 / 3_600_000 * 3_600_000;
 #[derive(Debug, Clone)]
 struct Received {
     uri: String,
+    /// The `x-instance` header (which collector instance pushed).
+    instance: Option<String>,
     auth: Option<String>,
     content_type: Option<String>,
     body: String,
@@ -72,6 +74,7 @@ async fn handle(
     let h = |n: &str| headers.get(n).map(|v| v.to_str().unwrap().to_string());
     b.accepted.push(Received {
         uri: uri.to_string(),
+        instance: h("x-instance"),
         auth: h("authorization"),
         content_type: h("content-type"),
         body,
@@ -182,8 +185,24 @@ struct Running {
 
 impl Running {
     fn start<S: Store + Send + 'static>(cfg: &SinkConfig, store: &Arc<Mutex<S>>) -> Running {
+        Running::start_as("test-instance", cfg, store)
+    }
+
+    /// Runs `cfg` as the collector instance called `instance`.
+    fn start_as<S: Store + Send + 'static>(
+        instance: &str,
+        cfg: &SinkConfig,
+        store: &Arc<Mutex<S>>,
+    ) -> Running {
         let (stop, rx) = watch::channel(false);
-        let sinks = sinks::start(std::slice::from_ref(cfg), store.clone(), FINALITY, rx).unwrap();
+        let sinks = sinks::start(
+            std::slice::from_ref(cfg),
+            instance,
+            store.clone(),
+            FINALITY,
+            rx,
+        )
+        .unwrap();
         Running { sinks, stop }
     }
 
@@ -527,6 +546,118 @@ async fn a_sink_follows_a_postgresql_store_too() {
     assert!(want.1 > 0, "the cursor is durable in PostgreSQL");
     // The store's runtime must not be dropped inside this one.
     tokio::task::spawn_blocking(move || drop(store))
+        .await
+        .unwrap();
+}
+
+/// Two collector instances on one PostgreSQL database configure the same
+/// sink: one pushes while the other stands by; an instance that loses the
+/// lease stops pushing; when the pusher stops, the other takes over from the
+/// shared cursor. Every point arrives once, and only from the lease holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_on_one_database_push_a_sink_from_one_at_a_time() {
+    let pg = tributary_testkit::Postgres::start(Default::default()).unwrap();
+    let url = pg.create_database("lease").unwrap();
+    let open = |url: String| {
+        tokio::task::spawn_blocking(move || {
+            Arc::new(Mutex::new(
+                PostgresStore::open(&PostgresOptions::new(&url), &[3_600_000]).unwrap(),
+            ))
+        })
+    };
+    let (a_store, b_store) = (open(url.clone()).await.unwrap(), open(url).await.unwrap());
+    let apply = |b: Batch| {
+        let store = a_store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.lock().unwrap().apply(&[b]).unwrap();
+        })
+    };
+    let server = Server::start(0, Arc::default()).await;
+    let cfg = |instance: &str| {
+        let mut s = sink(SinkKind::Webhook, server.port);
+        s.headers.insert("x-instance".into(), instance.into());
+        s.lease_ms = 4_000; // the least timeout_ms (2 s) allows
+        s
+    };
+    apply(batch(
+        1,
+        1,
+        vec![partial("d1", 0, &[1000]), partial("d2", 0, &[2000])],
+    ))
+    .await
+    .unwrap();
+
+    let a = Running::start_as("a", &cfg("a"), &a_store);
+    let ca = a.counters();
+    wait_until("a leads", || ca.leader.load(Relaxed) == 1).await;
+    let b = Running::start_as("b", &cfg("b"), &b_store);
+    let cb = b.counters();
+    wait_until("a pushes minute 0", || ca.pushed.load(Relaxed) == 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // b polls 15 times
+    assert_eq!(cb.leader.load(Relaxed), 0, "b stands by");
+    assert_eq!(cb.pushed.load(Relaxed), 0);
+
+    // Another holder takes the lease (as if a's had expired): a notices at
+    // its next renewal and pushes nothing more; nobody pushes meanwhile.
+    pg.psql(
+        "lease",
+        "UPDATE leases SET holder = 'intruder', expires = clock_timestamp() + interval '1 hour'",
+    )
+    .unwrap();
+    wait_until("a stands down", || ca.leader.load(Relaxed) == 0).await;
+    apply(batch(2, 2, vec![partial("d1", 1, &[3000])]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ca.pushed.load(Relaxed) + cb.pushed.load(Relaxed), 2);
+    // The intruder's lease ends; one of a and b takes over.
+    pg.psql("lease", "DELETE FROM leases").unwrap();
+    wait_until("minute 1 pushed", || {
+        ca.pushed.load(Relaxed) + cb.pushed.load(Relaxed) == 3
+    })
+    .await;
+
+    // The pusher stops and gives the lease up; the other takes over.
+    let ((pusher, p), (standby, s), cs) = if ca.leader.load(Relaxed) == 1 {
+        ((a, "a"), (b, "b"), cb.clone())
+    } else {
+        ((b, "b"), (a, "a"), ca.clone())
+    };
+    let before = cs.pushed.load(Relaxed);
+    pusher.stop().await;
+    apply(batch(
+        3,
+        3,
+        vec![partial("d2", 2, &[4000]), partial("d1", 0, &[5000])],
+    ))
+    .await
+    .unwrap();
+    wait_until("the other instance takes over", || {
+        cs.leader.load(Relaxed) == 1 && cs.pushed.load(Relaxed) == before + 2
+    })
+    .await;
+    standby.stop().await;
+
+    // Every point once (`points` panics on a duplicate), each request from
+    // the instance that held the lease then.
+    let keys: Vec<_> = points(&server).into_keys().collect();
+    assert_eq!(
+        keys,
+        [
+            ("d1".into(), 0, 0),
+            ("d1".into(), 0, 1),
+            ("d1".into(), 1, 0),
+            ("d2".into(), 0, 0),
+            ("d2".into(), 2, 0),
+        ]
+    );
+    let who: Vec<String> = server
+        .accepted()
+        .into_iter()
+        .map(|r| r.instance.unwrap())
+        .collect();
+    assert_eq!(who, ["a", p, s]);
+    tokio::task::spawn_blocking(move || drop((a_store, b_store)))
         .await
         .unwrap();
 }

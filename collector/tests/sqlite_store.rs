@@ -7,13 +7,15 @@
 use std::collections::BTreeMap;
 
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_collector::store::{self, Applied, Store};
+use tributary_collector::store::{self, Applied, Lease, Store};
 use tributary_core::batch::{Batch, Partial};
 use tributary_core::{Quantum, Summary, Width, Window};
 
 mod store_common;
 
-use store_common::{check_windows_of, key, summary_of, Truth, HOUR, MIN, T0};
+use store_common::{
+    check_cursors, check_leases, check_windows_of, key, summary_of, Truth, HOUR, MIN, T0,
+};
 
 /// The SQLite tests' workload: `agents` agents sending `batches` batches of 4
 /// partials for 3 devices over 90 one-minute windows.
@@ -263,14 +265,25 @@ fn the_change_feed_returns_each_row_at_its_latest_write_in_order() {
 fn cursors_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(&dir, "a.db");
-    assert_eq!(store.cursor("sink-a").unwrap(), 0);
-    store.set_cursor("sink-a", 42).unwrap();
-    store.set_cursor("sink-b", 7).unwrap();
-    store.set_cursor("sink-a", 43).unwrap();
+    check_cursors(&mut store);
     drop(store);
     let store = open(&dir, "a.db");
-    assert_eq!(store.cursor("sink-a").unwrap(), 43);
-    assert_eq!(store.cursor("sink-b").unwrap(), 7);
+    assert_eq!(store.cursor("check-a").unwrap(), 43);
+    assert_eq!(store.cursor("check-b").unwrap(), 7);
+}
+
+#[test]
+fn leases_have_one_holder_until_released_or_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    check_leases(&mut open(&dir, "a.db"));
+    // Two handles on one file (two processes) see the same leases.
+    let (mut one, mut two) = (open(&dir, "b.db"), open(&dir, "b.db"));
+    let long = std::time::Duration::from_secs(60);
+    assert_eq!(one.lease("sink:x", "one", long).unwrap(), Lease::Ours);
+    assert_eq!(
+        two.lease("sink:x", "two", long).unwrap(),
+        Lease::Theirs("one".into())
+    );
 }
 
 #[test]

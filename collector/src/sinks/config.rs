@@ -51,6 +51,12 @@ pub struct SinkConfig {
     /// How often it looks for new final windows (ms, default 1,000).
     #[serde(default = "default_poll_ms")]
     pub poll_ms: u64,
+    /// How long the instance pushing it holds its lease without renewing
+    /// (ms, default 30,000): with several instances on one database, how
+    /// soon another takes over from one that died. At least twice
+    /// `timeout_ms` and `poll_ms`.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
     /// Quantiles pushed as `pNN` fields (default `[0.5, 0.9, 0.99]`).
     #[serde(default = "default_quantiles")]
     pub quantiles: Vec<f64>,
@@ -91,6 +97,9 @@ fn default_backoff_max_ms() -> u64 {
 fn default_poll_ms() -> u64 {
     1_000
 }
+fn default_lease_ms() -> u64 {
+    30_000
+}
 fn default_quantiles() -> Vec<f64> {
     vec![0.5, 0.9, 0.99]
 }
@@ -111,6 +120,7 @@ impl SinkConfig {
             backoff_min_ms: default_backoff_min_ms(),
             backoff_max_ms: default_backoff_max_ms(),
             poll_ms: default_poll_ms(),
+            lease_ms: default_lease_ms(),
             quantiles: default_quantiles(),
             org: None,
             bucket: None,
@@ -177,6 +187,16 @@ impl SinkConfig {
         }
         if self.poll_ms == 0 {
             err("poll_ms", "must be > 0".into());
+        }
+        let floor = self.timeout_ms.max(self.poll_ms).saturating_mul(2);
+        if self.lease_ms < floor {
+            err(
+                "lease_ms",
+                format!(
+                    "{} is too short: at least twice timeout_ms and poll_ms ({floor}), so a request or a poll never outlasts the lease",
+                    self.lease_ms
+                ),
+            );
         }
         if self.backoff_min_ms == 0 {
             err("backoff_min_ms", "must be > 0".into());
@@ -255,6 +275,7 @@ impl std::fmt::Debug for SinkConfig {
             .field("backoff_min_ms", &self.backoff_min_ms)
             .field("backoff_max_ms", &self.backoff_max_ms)
             .field("poll_ms", &self.poll_ms)
+            .field("lease_ms", &self.lease_ms)
             .field("quantiles", &self.quantiles)
             .field("org", &self.org)
             .field("bucket", &self.bucket)
@@ -308,6 +329,7 @@ mod tests {
         let mut s = SinkConfig::new("a b", SinkKind::Webhook, "ftp://x");
         s.width_ms = 0;
         s.batch_size = 0;
+        s.lease_ms = 2 * s.timeout_ms - 1;
         s.backoff_max_ms = 1;
         s.quantiles = vec![0.5, 2.0];
         s.org = Some("o".into());
@@ -319,6 +341,7 @@ mod tests {
                 "sinks[0].url",
                 "sinks[0].width_ms",
                 "sinks[0].batch_size",
+                "sinks[0].lease_ms",
                 "sinks[0].backoff_max_ms",
                 "sinks[0].quantiles[1]",
                 "sinks[0].org",

@@ -32,9 +32,12 @@
 //!   at-least-once, made idempotent by the receivers' upsert on (series,
 //!   window start, width).
 //!
-//! Several collector instances sharing one database each run the sinks in
-//! their own config, and one sink name means one cursor: configure a sink on
-//! one instance only (otherwise points are pushed more than once).
+//! - **Several instances, one pusher.** Instances sharing a database may all
+//!   configure the same sinks. A sink pushes only from the instance holding
+//!   its lease in the store (`sink:<name>`, named by the instance's
+//!   `mqtt.client_id`); the others stand by and take over when it stops
+//!   (at once) or dies (after `lease_ms`), from the shared cursor.
+//!   `tributary_sink_leader` shows which instance pushes.
 
 mod config;
 mod http;
@@ -102,6 +105,8 @@ pub struct SinkCounters {
     pub failing: AtomicU64,
     /// How long (ms) the first non-final row has held the rest back.
     pub held_ms: AtomicU64,
+    /// 1 while this instance holds the sink's lease (and pushes), else 0.
+    pub leader: AtomicU64,
 }
 
 /// The counters of every sink, rendered for `/metrics`.
@@ -123,7 +128,7 @@ impl SinkMetrics {
             return out;
         }
         type Get = fn(&SinkCounters) -> String;
-        let families: [(&str, &str, &str, Get); 10] = [
+        let families: [(&str, &str, &str, Get); 11] = [
             (
                 "pushed_points_total",
                 "counter",
@@ -187,6 +192,12 @@ impl SinkMetrics {
                 "Change number of the last row pushed or skipped.",
                 |c| c.cursor.load(Relaxed).to_string(),
             ),
+            (
+                "leader",
+                "gauge",
+                "1 while this instance holds the sink's lease and pushes; 0 while another instance does.",
+                |c| c.leader.load(Relaxed).to_string(),
+            ),
         ];
         for (name, kind, help, get) in families {
             let _ = writeln!(out, "# HELP tributary_sink_{name} {help}");
@@ -223,9 +234,11 @@ impl Sinks {
 
 /// Starts one task per sink in `configs` (validated, see
 /// [`validate_all`]); each runs until `stop` turns true (or its sender is
-/// dropped).
+/// dropped), pushing while `holder` (this instance's unique name) holds the
+/// sink's lease.
 pub fn start<S: Store + Send + 'static>(
     configs: &[SinkConfig],
+    holder: &str,
     store: Arc<Mutex<S>>,
     finality: Finality,
     stop: watch::Receiver<bool>,
@@ -237,6 +250,7 @@ pub fn start<S: Store + Send + 'static>(
         metrics.sinks.push((cfg.name.clone(), counters.clone()));
         runners.push(runner::Runner::new(
             cfg.clone(),
+            holder,
             store.clone(),
             finality,
             counters,

@@ -1,11 +1,21 @@
 //! One sink's loop: follow the store's change feed from the durable cursor,
 //! push the final prefix, advance the cursor after each answered request.
 //!
-//! The store is locked only inside `spawn_blocking` (a blocking database
-//! client may sit behind it) and never across an `.await`. Stopping is
-//! checked at every wait: a request in flight is abandoned without
-//! advancing the cursor, so its points are pushed again on the next start
-//! (at-least-once; receivers upsert by point identity).
+//! A sink pushes only while this instance holds its lease in the store
+//! (`sink:<name>`, [`Store::lease`]): every instance sharing a database may
+//! configure the same sink, one of them pushes, and another takes over when
+//! it stops (at once, as a stopping instance gives the lease up) or dies
+//! (when its lease expires, `lease_ms`). The lease is renewed once a third
+//! of it has passed — before a request, between retries and at each poll —
+//! and `lease_ms` is at least twice a request's timeout and the poll
+//! interval, so a request never outlasts the lease it started under. On
+//! taking the lease the cursor is read again: the previous holder moved it.
+//!
+//! The store is locked only inside `spawn_blocking` (`with_store`: a
+//! blocking database client may sit behind it) and never across an
+//! `.await`. Stopping is checked at every wait: a request in flight is
+//! abandoned without advancing the cursor, so its points are pushed again
+//! on the next start (at-least-once; receivers upsert by point identity).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -18,9 +28,9 @@ use tributary_core::{SeriesKey, Width};
 use super::config::SinkConfig;
 use super::http::{backoff, Attempt, Endpoint};
 use super::{SinkCounters, SinkError};
-use crate::finality::Finality;
+use crate::finality::{now_ms, Finality};
 use crate::stats::Stat;
-use crate::store::{Changed, Store};
+use crate::store::{Changed, Lease, Store};
 
 /// At most this many rows are counted for the lag gauge.
 pub(crate) const LAG_CAP: usize = 10_000;
@@ -51,6 +61,8 @@ const HELD_WARN_EVERY: Duration = Duration::from_secs(300);
 enum Flow {
     Go,
     Stop,
+    /// The lease was lost (or lost and taken again): re-read the cursor.
+    Lost,
 }
 
 /// How pushing one chunk ended.
@@ -58,6 +70,17 @@ enum Outcome {
     Delivered,
     Rejected { status: u16, body: String },
     Stopped,
+    Lost,
+}
+
+/// Whether this instance may push now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// It holds the sink's lease; `taken` when it did not at the previous
+    /// check (so another instance may have moved the cursor meanwhile).
+    Leader { taken: bool },
+    /// Another instance holds it, or the store could not say.
+    Standby,
 }
 
 /// One sink's state.
@@ -72,18 +95,19 @@ pub(crate) struct Runner<S> {
     stop: watch::Receiver<bool>,
     lag_counted: Option<Instant>,
     held: Option<Held>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    /// This instance's name in the sink's lease.
+    holder: String,
+    /// When the lease was last taken or renewed (asked), while it is ours.
+    renewed: Option<Instant>,
+    /// The other holder last logged while standing by.
+    standby: Option<String>,
 }
 
 impl<S: Store + Send + 'static> Runner<S> {
     /// A runner of a validated sink.
     pub(crate) fn new(
         cfg: SinkConfig,
+        holder: &str,
         store: Arc<Mutex<S>>,
         finality: Finality,
         counters: Arc<SinkCounters>,
@@ -104,6 +128,9 @@ impl<S: Store + Send + 'static> Runner<S> {
             stop,
             lag_counted: None,
             held: None,
+            holder: holder.to_string(),
+            renewed: None,
+            standby: None,
         })
     }
 
@@ -111,36 +138,60 @@ impl<S: Store + Send + 'static> Runner<S> {
     pub(crate) async fn run(mut self) {
         let mut url = self.endpoint.url().clone();
         let _ = url.set_password(None); // never log credentials
-        tracing::info!(sink = %self.cfg.name, %url, width_ms = self.cfg.width_ms, "sink running");
+        tracing::info!(sink = %self.cfg.name, %url, width_ms = self.cfg.width_ms, holder = %self.holder, "sink running");
         let poll = Duration::from_millis(self.cfg.poll_ms);
-        let mut cursor = loop {
-            match self.load_cursor().await {
-                Ok(c) => break c,
-                Err(e) => {
-                    self.counters.store_errors.fetch_add(1, Relaxed);
-                    tracing::warn!(sink = %self.cfg.name, error = %e, "cannot read the sink's cursor; retrying");
-                    if self.pause(poll).await {
-                        return;
-                    }
-                }
-            }
-        };
-        self.counters.cursor.store(cursor, Relaxed);
+        // `None` until read, and again whenever the lease changed hands.
+        let mut cursor: Option<u64> = None;
         loop {
             if *self.stop.borrow() {
                 break;
             }
-            match self.look(cursor).await {
+            match self.role().await {
+                Role::Standby => {
+                    cursor = None;
+                    if self.pause(poll).await {
+                        break;
+                    }
+                    continue;
+                }
+                Role::Leader { taken: true } => cursor = None,
+                Role::Leader { taken: false } => {}
+            }
+            let mut at = match cursor {
+                Some(c) => c,
+                None => match self.load_cursor().await {
+                    Ok(c) => {
+                        self.counters.cursor.store(c, Relaxed);
+                        c
+                    }
+                    Err(e) => {
+                        self.counters.store_errors.fetch_add(1, Relaxed);
+                        tracing::warn!(sink = %self.cfg.name, error = %e, "cannot read the sink's cursor; retrying");
+                        if self.pause(poll).await {
+                            break;
+                        }
+                        continue;
+                    }
+                },
+            };
+            cursor = Some(at);
+            match self.look(at).await {
                 Ok(look) => {
                     if let Some(w) = look.waiting {
                         self.counters.lag.store(w, Relaxed);
                     }
                     self.note_head(look.head.as_ref());
                     if !look.ready.is_empty() {
-                        match self.push(&mut cursor, look.ready).await {
+                        let flow = self.push(&mut at, look.ready).await;
+                        cursor = Some(at);
+                        match flow {
                             // Look again at once: more may be ready.
                             Flow::Go => continue,
                             Flow::Stop => break,
+                            Flow::Lost => {
+                                cursor = None;
+                                continue;
+                            }
                         }
                     }
                 }
@@ -153,7 +204,90 @@ impl<S: Store + Send + 'static> Runner<S> {
                 break;
             }
         }
+        self.give_up_lease().await;
         tracing::info!(sink = %self.cfg.name, cursor, "sink stopped");
+    }
+
+    /// Runs `f` on the locked store on a blocking thread.
+    async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut S) -> Result<T, SinkError> + Send + 'static,
+    ) -> Result<T, SinkError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut st = store.lock().map_err(|_| SinkError::Poisoned)?;
+            f(&mut st)
+        })
+        .await?
+    }
+
+    /// The lease's time to live.
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(self.cfg.lease_ms)
+    }
+
+    /// Whether this instance may push: takes the sink's lease, or renews it
+    /// once a third of it has passed since the last renewal.
+    async fn role(&mut self) -> Role {
+        let ttl = self.ttl();
+        if self.renewed.is_some_and(|t| t.elapsed() < ttl / 3) {
+            return Role::Leader { taken: false };
+        }
+        let asked = Instant::now();
+        let (name, holder) = (self.cfg.cursor_name(), self.holder.clone());
+        let res = self
+            .with_store(move |st| Ok(st.lease(&name, &holder, ttl)?))
+            .await;
+        let was_ours = self.renewed.is_some();
+        match res {
+            Ok(Lease::Ours) => {
+                // Counted from before the request, so never longer than the
+                // store's own expiry.
+                self.renewed = Some(asked);
+                self.counters.leader.store(1, Relaxed);
+                if !was_ours {
+                    self.standby = None;
+                    tracing::info!(sink = %self.cfg.name, holder = %self.holder, "this instance holds the sink's lease; pushing");
+                }
+                Role::Leader { taken: !was_ours }
+            }
+            Ok(Lease::Theirs(other)) => {
+                self.renewed = None;
+                self.counters.leader.store(0, Relaxed);
+                if was_ours {
+                    tracing::warn!(sink = %self.cfg.name, holder = %other, "the sink's lease passed to another instance; standing by");
+                } else if self.standby.as_ref() != Some(&other) {
+                    tracing::info!(sink = %self.cfg.name, holder = %other, "another instance runs this sink; standing by");
+                }
+                self.standby = Some(other);
+                Role::Standby
+            }
+            Err(e) => {
+                self.renewed = None;
+                self.standby = None;
+                self.counters.leader.store(0, Relaxed);
+                self.counters.store_errors.fetch_add(1, Relaxed);
+                tracing::warn!(sink = %self.cfg.name, error = %e, "cannot take or renew the sink's lease; not pushing until it can");
+                Role::Standby
+            }
+        }
+    }
+
+    /// Gives the lease up when stopping, so another instance takes over at
+    /// once rather than when it expires.
+    async fn give_up_lease(&mut self) {
+        if self.renewed.take().is_none() {
+            return;
+        }
+        self.counters.leader.store(0, Relaxed);
+        let (name, holder) = (self.cfg.cursor_name(), self.holder.clone());
+        let res = self
+            .with_store(move |st| Ok(st.release(&name, &holder)?))
+            .await;
+        if let Err(e) = res {
+            self.counters.store_errors.fetch_add(1, Relaxed);
+            tracing::warn!(sink = %self.cfg.name, error = %e, "cannot give up the sink's lease; another instance takes over when it expires");
+        }
     }
 
     /// Waits `d`; true when asked to stop meanwhile.
@@ -164,27 +298,35 @@ impl<S: Store + Send + 'static> Runner<S> {
         }
     }
 
+    /// Waits `d` (a retry's backoff, possibly longer than the lease) while
+    /// keeping the lease; how it ended early, if it did.
+    async fn pause_leading(&mut self, d: Duration) -> Option<Outcome> {
+        let until = Instant::now() + d;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            if self.pause(left.min(self.ttl() / 3)).await {
+                return Some(Outcome::Stopped);
+            }
+            if self.role().await != (Role::Leader { taken: false }) {
+                return Some(Outcome::Lost);
+            }
+        }
+    }
+
     async fn load_cursor(&self) -> Result<u64, SinkError> {
-        let store = self.store.clone();
         let name = self.cfg.cursor_name();
-        tokio::task::spawn_blocking(move || {
-            let st = store.lock().map_err(|_| SinkError::Poisoned)?;
-            Ok(st.cursor(&name)?)
-        })
-        .await?
+        self.with_store(move |st| Ok(st.cursor(&name)?)).await
     }
 
     async fn save_cursor(&self, value: u64) {
         self.counters.cursor.store(value, Relaxed);
-        let store = self.store.clone();
         let name = self.cfg.cursor_name();
-        let res = tokio::task::spawn_blocking(move || {
-            let mut st = store.lock().map_err(|_| SinkError::Poisoned)?;
-            Ok::<_, SinkError>(st.set_cursor(&name, value)?)
-        })
-        .await
-        .map_err(SinkError::from)
-        .and_then(|r| r);
+        let res = self
+            .with_store(move |st| Ok(st.set_cursor(&name, value)?))
+            .await;
         if let Err(e) = res {
             // The points are delivered; the next save writes a later value.
             // Until then a restart pushes them again (receivers upsert).
@@ -195,46 +337,45 @@ impl<S: Store + Send + 'static> Runner<S> {
 
     /// Reads the rows after `cursor` and keeps the final prefix.
     async fn look(&mut self, cursor: u64) -> Result<Look, SinkError> {
-        let store = self.store.clone();
         let (width, limit, finality) = (self.width, self.cfg.batch_size, self.finality);
         let count_lag = self.lag_counted.is_none_or(|t| t.elapsed() >= LAG_EVERY);
-        let look = tokio::task::spawn_blocking(move || {
-            let st = store.lock().map_err(|_| SinkError::Poisoned)?;
-            let rows = st.changed_since(width, cursor, limit)?;
-            let waiting = if rows.len() < limit {
-                Some(rows.len() as u64)
-            } else if count_lag {
-                Some(st.changed_since(width, cursor, LAG_CAP)?.len() as u64)
-            } else {
-                None
-            };
-            let now = now_ms();
-            let mut through: HashMap<SeriesKey, Option<i64>> = HashMap::new();
-            let mut ready = Vec::new();
-            let mut head = None;
-            for row in rows {
-                let t = match through.get(&row.series) {
-                    Some(t) => *t,
-                    None => {
-                        let t = finality.final_through(&st.progress(&row.series)?, now);
-                        through.insert(row.series.clone(), t);
-                        t
-                    }
+        let look = self
+            .with_store(move |st| {
+                let rows = st.changed_since(width, cursor, limit)?;
+                let waiting = if rows.len() < limit {
+                    Some(rows.len() as u64)
+                } else if count_lag {
+                    Some(st.changed_since(width, cursor, LAG_CAP)?.len() as u64)
+                } else {
+                    None
                 };
-                let is_final = t.is_some_and(|t| row.stored.window.end() <= t);
-                if !is_final {
-                    head = Some(row);
-                    break;
+                let now = now_ms();
+                let mut through: HashMap<SeriesKey, Option<i64>> = HashMap::new();
+                let mut ready = Vec::new();
+                let mut head = None;
+                for row in rows {
+                    let t = match through.get(&row.series) {
+                        Some(t) => *t,
+                        None => {
+                            let t = finality.final_through(&st.progress(&row.series)?, now);
+                            through.insert(row.series.clone(), t);
+                            t
+                        }
+                    };
+                    let is_final = t.is_some_and(|t| row.stored.window.end() <= t);
+                    if !is_final {
+                        head = Some(row);
+                        break;
+                    }
+                    ready.push(row);
                 }
-                ready.push(row);
-            }
-            Ok::<_, SinkError>(Look {
-                ready,
-                waiting,
-                head,
+                Ok(Look {
+                    ready,
+                    waiting,
+                    head,
+                })
             })
-        })
-        .await??;
+            .await?;
         if look.waiting.is_some_and(|w| w as usize >= limit) {
             self.lag_counted = Some(Instant::now());
         }
@@ -291,6 +432,7 @@ impl<S: Store + Send + 'static> Runner<S> {
             let chunk = &rest[..n];
             match self.deliver(chunk).await {
                 Outcome::Stopped => return Flow::Stop,
+                Outcome::Lost => return Flow::Lost,
                 Outcome::Delivered => {
                     let c = &self.counters;
                     c.pushed.fetch_add(n as u64, Relaxed);
@@ -337,6 +479,9 @@ impl<S: Store + Send + 'static> Runner<S> {
         );
         let mut attempt: u32 = 0;
         loop {
+            if self.role().await != (Role::Leader { taken: false }) {
+                return Outcome::Lost;
+            }
             let res = tokio::select! {
                 a = self.endpoint.send(body.clone()) => a,
                 _ = self.stop.wait_for(|s| *s) => return Outcome::Stopped,
@@ -365,8 +510,8 @@ impl<S: Store + Send + 'static> Runner<S> {
                         reason,
                         "push failed; retrying"
                     );
-                    if self.pause(delay).await {
-                        return Outcome::Stopped;
+                    if let Some(end) = self.pause_leading(delay).await {
+                        return end;
                     }
                     attempt = attempt.saturating_add(1);
                 }

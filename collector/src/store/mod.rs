@@ -22,6 +22,9 @@
 //!   increasing change number, assigned so that a reader that has seen change
 //!   `n` committed never later finds a committed change `≤ n` it missed.
 //!   Sinks follow this feed from a durable cursor kept in the store.
+//! - **Leases.** A named lease has one holder at a time until it expires
+//!   ([`Store::lease`]), so instances sharing a database can agree which of
+//!   them runs a sink.
 
 pub mod postgres;
 pub mod sqlite;
@@ -29,6 +32,7 @@ pub mod sqlite;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
+use std::time::Duration;
 
 use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Summary, Width, Window};
@@ -113,6 +117,15 @@ pub struct Changed {
     pub stored: StoredWindow,
 }
 
+/// Who holds a lease after [`Store::lease`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lease {
+    /// The asking holder: it was taken or renewed.
+    Ours,
+    /// Another holder, whose lease has not expired.
+    Theirs(String),
+}
+
 /// A collector store.
 pub trait Store {
     /// Applies `batches` in one transaction; the answer lists, per batch in
@@ -171,8 +184,22 @@ pub trait Store {
     /// The durable cursor called `name` (0 when never set).
     fn cursor(&self, name: &str) -> Result<u64, StoreError>;
 
-    /// Stores the durable cursor called `name`.
+    /// Stores the durable cursor called `name`. A cursor never moves back:
+    /// a lower value than the stored one is ignored (an instance that lost
+    /// a sink's lease while saving cannot undo its successor's progress).
     fn set_cursor(&mut self, name: &str, value: u64) -> Result<(), StoreError>;
+
+    /// Takes the lease called `name` for `holder`, or renews it, until
+    /// `ttl` from now by the store's clock (the database server's, so the
+    /// instances' clocks need not agree). A lease another holder holds and
+    /// that has not expired is left alone and its holder named. Several
+    /// instances on one database use it to run a job on one of them at a
+    /// time (a sink pushes only while it holds the lease of its name).
+    fn lease(&mut self, name: &str, holder: &str, ttl: Duration) -> Result<Lease, StoreError>;
+
+    /// Gives up the lease called `name` if `holder` holds it, so another
+    /// instance can take it at once instead of after its expiry.
+    fn release(&mut self, name: &str, holder: &str) -> Result<(), StoreError>;
 
     /// Another handle on the same data, for queries: the HTTP API reads
     /// through it, so a long query neither waits for nor holds up ingest's

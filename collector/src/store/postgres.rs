@@ -30,7 +30,9 @@ use tokio_postgres::types::ToSql;
 use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Width};
 
-use super::{corrupt, stored, AgentProgress, Applied, Changed, Store, StoreError, StoredWindow};
+use super::{
+    corrupt, stored, AgentProgress, Applied, Changed, Lease, Store, StoreError, StoredWindow,
+};
 
 pub use schema::SCHEMA_VERSION;
 
@@ -47,13 +49,6 @@ impl From<tokio_postgres::Error> for StoreError {
             None => StoreError::Backend(e.to_string()),
         }
     }
-}
-
-/// Milliseconds since the Unix epoch by the collector's clock.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// TLS to the database.
@@ -468,10 +463,53 @@ impl Store for PostgresStore {
             let stmt = client
                 .prepare_cached(
                     "INSERT INTO cursors (name, value) VALUES ($1, $2)
-                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                     ON CONFLICT (name) DO UPDATE SET value = GREATEST(cursors.value, excluded.value)",
                 )
                 .await?;
             client.execute(&stmt, &[&name, &value]).await?;
+            Ok(())
+        })
+    }
+
+    fn lease(&mut self, name: &str, holder: &str, ttl: Duration) -> Result<Lease, StoreError> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let take = client
+                .prepare_cached(
+                    "INSERT INTO leases (name, holder, expires)
+                     VALUES ($1, $2, clock_timestamp() + $3::bigint * interval '1 millisecond')
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
+                     WHERE leases.holder = excluded.holder OR leases.expires <= clock_timestamp()",
+                )
+                .await?;
+            let held_by = client
+                .prepare_cached("SELECT holder FROM leases WHERE name = $1")
+                .await?;
+            // Refused, then released before the holder is read: try again.
+            for _ in 0..3 {
+                if client.execute(&take, &[&name, &holder, &ttl_ms]).await? == 1 {
+                    return Ok(Lease::Ours);
+                }
+                if let Some(row) = client.query_opt(&held_by, &[&name]).await? {
+                    return Ok(Lease::Theirs(row.get(0)));
+                }
+            }
+            Err(StoreError::Backend(format!(
+                "lease {name:?} changed hands three times while being taken"
+            )))
+        })
+    }
+
+    fn release(&mut self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let stmt = client
+                .prepare_cached("DELETE FROM leases WHERE name = $1 AND holder = $2")
+                .await?;
+            client.execute(&stmt, &[&name, &holder]).await?;
             Ok(())
         })
     }

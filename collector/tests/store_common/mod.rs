@@ -129,3 +129,45 @@ pub(crate) fn check_windows_of<S: Store>(store: &S) {
         }
     }
 }
+
+/// Cursors: unset reads 0, each name is its own, and a cursor never moves
+/// back (a lower value is ignored).
+pub(crate) fn check_cursors<S: Store>(store: &mut S) {
+    assert_eq!(store.cursor("check-a").unwrap(), 0);
+    store.set_cursor("check-a", 42).unwrap();
+    store.set_cursor("check-b", 7).unwrap();
+    store.set_cursor("check-a", 43).unwrap();
+    assert_eq!(store.cursor("check-a").unwrap(), 43);
+    assert_eq!(store.cursor("check-b").unwrap(), 7);
+    store.set_cursor("check-a", 40).unwrap();
+    assert_eq!(store.cursor("check-a").unwrap(), 43, "a cursor moved back");
+}
+
+/// Leases: one holder at a time until it releases or its lease expires; a
+/// release by anyone else changes nothing; names are independent.
+pub(crate) fn check_leases<S: Store>(store: &mut S) {
+    use std::time::Duration;
+    use store::Lease::{Ours, Theirs};
+    let long = Duration::from_secs(60);
+    let theirs = |h: &str| Theirs(h.to_string());
+    assert_eq!(store.lease("job", "a", long).unwrap(), Ours);
+    assert_eq!(store.lease("job", "b", long).unwrap(), theirs("a"));
+    assert_eq!(store.lease("job", "a", long).unwrap(), Ours, "renewed");
+    assert_eq!(store.lease("other", "b", long).unwrap(), Ours);
+
+    store.release("job", "b").unwrap(); // not b's to give up
+    assert_eq!(store.lease("job", "b", long).unwrap(), theirs("a"));
+    store.release("job", "a").unwrap();
+    assert_eq!(store.lease("job", "b", long).unwrap(), Ours, "released");
+    assert_eq!(store.lease("job", "a", long).unwrap(), theirs("b"));
+
+    // Renewed with a short life, then left to expire: taken over.
+    assert_eq!(
+        store.lease("job", "b", Duration::from_millis(200)).unwrap(),
+        Ours
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(store.lease("job", "a", long).unwrap(), Ours, "expired");
+    assert_eq!(store.lease("job", "b", long).unwrap(), theirs("a"));
+    assert_eq!(store.lease("other", "a", long).unwrap(), theirs("b"));
+}

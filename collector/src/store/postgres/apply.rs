@@ -268,7 +268,7 @@ async fn try_apply(
     marks.sort_unstable();
     let ma: Vec<&str> = marks.iter().map(|m| m.0).collect();
     let mw: Vec<i64> = marks.iter().map(|m| m.1).collect();
-    let seen = super::now_ms();
+    let seen = crate::finality::now_ms();
     let upsert = tx
         .prepare_cached(
             "INSERT INTO watermarks (agent, watermark, seen_ms)

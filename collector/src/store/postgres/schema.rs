@@ -6,7 +6,7 @@
 //! migrate once; an instance that finds a version newer than it knows refuses
 //! to run ([`StoreError::SchemaTooNew`]).
 //!
-//! # Schema (version 1)
+//! # Schema (version 2)
 //! - `applied(agent, seq)` — the de-duplication keys, primary key;
 //! - `series(id, key)` — series keys as canonical JSON (`COLLATE "C"`, so
 //!   they sort bytewise as in SQLite), unique;
@@ -16,17 +16,19 @@
 //! - `watermarks(agent, watermark, seen_ms)`, `series_agents(series, agent)`
 //!   — progress for finality;
 //! - `cursors(name, value)` — durable cursors; `meta('change')` — the change
-//!   counter, whose row lock orders the commits of change numbers.
+//!   counter, whose row lock orders the commits of change numbers;
+//! - `leases(name, holder, expires)` — which instance runs each sink, until
+//!   when by the database's clock (version 2).
 
 use deadpool_postgres::Client;
 
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 1] = [V1];
+const MIGRATIONS: [&str; 2] = [V1, V2];
 
 const V1: &str = r#"
 CREATE TABLE applied (agent TEXT COLLATE "C" NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (agent, seq));
@@ -46,6 +48,10 @@ CREATE TABLE series_agents (series BIGINT NOT NULL REFERENCES series(id), agent 
 CREATE TABLE cursors (name TEXT COLLATE "C" PRIMARY KEY, value BIGINT NOT NULL);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
 INSERT INTO meta (key, value) VALUES ('change', 0);
+"#;
+
+const V2: &str = r#"
+CREATE TABLE leases (name TEXT COLLATE "C" PRIMARY KEY, holder TEXT NOT NULL, expires TIMESTAMPTZ NOT NULL);
 "#;
 
 /// Any fixed number: the advisory lock key that serialises migrations.

@@ -1,6 +1,6 @@
 //! The embedded SQLite store (WAL), the collector's default backend.
 //!
-//! # Schema (version 2, in `PRAGMA user_version`; migrations run at open)
+//! # Schema (version 3, in `PRAGMA user_version`; migrations run at open)
 //! - `applied(agent, seq)` — the de-duplication keys, primary key;
 //! - `series(id, key)` — series keys as canonical JSON, unique;
 //! - `results(series, width, start, revision, summary, changed)` — one row
@@ -10,7 +10,9 @@
 //!   agent sent and when it was last seen;
 //! - `series_agents(series, agent)` — which agents reported each series;
 //! - `cursors(name, value)` — durable cursors (sinks); `meta` — the change
-//!   counter. SQLite serialises writers, so change numbers commit in order.
+//!   counter. SQLite serialises writers, so change numbers commit in order;
+//! - `leases(name, holder, expires_ms)` — who runs each sink, until when
+//!   (several processes may open one database file).
 //!
 //! [`SqliteStore::apply`] first inserts every batch's key (`INSERT OR
 //! IGNORE`: a key that exists marks the batch a duplicate), merges the new
@@ -26,6 +28,7 @@ mod cache;
 
 use foldhash::{HashMap, HashMapExt};
 use std::path::Path;
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tributary_agent::store::checkpoint::{self, Checkpointer};
@@ -35,7 +38,9 @@ use tributary_core::{SeriesKey, Summary, Width};
 use cache::{Cache, Committed, RowKey};
 
 use super::{add_rollups, in_order, merge_into, Pending};
-use super::{corrupt, stored, AgentProgress, Applied, Changed, Store, StoreError, StoredWindow};
+use super::{
+    corrupt, stored, AgentProgress, Applied, Changed, Lease, Store, StoreError, StoredWindow,
+};
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -44,10 +49,10 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 2] = [V1, V2];
+const MIGRATIONS: [&str; 3] = [V1, V2, V3];
 
 const V1: &str = "
 CREATE TABLE IF NOT EXISTS applied (agent TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (agent, seq)) WITHOUT ROWID;
@@ -71,6 +76,10 @@ CREATE TABLE series_agents (series INTEGER NOT NULL, agent TEXT NOT NULL, PRIMAR
 CREATE TABLE cursors (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT INTO meta (key, value) VALUES ('change', 0);
+";
+
+const V3: &str = "
+CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL);
 ";
 
 /// The SQLite store.
@@ -458,6 +467,39 @@ impl Store for SqliteStore {
         u64::try_from(v.unwrap_or(0)).map_err(|e| corrupt("cursor", e))
     }
 
+    fn lease(&mut self, name: &str, holder: &str, ttl: Duration) -> Result<Lease, StoreError> {
+        let now = crate::finality::now_ms();
+        let expires = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        // One transaction: the holder read back is the one that refused us.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let taken = tx
+            .prepare_cached(
+                "INSERT INTO leases (name, holder, expires_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms
+                 WHERE leases.holder = excluded.holder OR leases.expires_ms <= ?4",
+            )?
+            .execute(params![name, holder, expires, now])?;
+        let lease = if taken == 1 {
+            Lease::Ours
+        } else {
+            Lease::Theirs(
+                tx.prepare_cached("SELECT holder FROM leases WHERE name = ?1")?
+                    .query_row(params![name], |r| r.get(0))?,
+            )
+        };
+        tx.commit()?;
+        Ok(lease)
+    }
+
+    fn release(&mut self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM leases WHERE name = ?1 AND holder = ?2")?
+            .execute(params![name, holder])?;
+        Ok(())
+    }
+
     fn reader(&self) -> Result<Self, StoreError> {
         // WAL: this connection reads the last committed state while the
         // writer's connection commits; `query_only` makes a stray write fail.
@@ -478,7 +520,7 @@ impl Store for SqliteStore {
         self.conn
             .prepare_cached(
                 "INSERT INTO cursors (name, value) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                 ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
             )?
             .execute(params![name, value])?;
         Ok(())

@@ -426,10 +426,13 @@ async fn mqtt_json(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()
     let m = agent.metrics().clone();
     // Let it connect and subscribe.
     let until = Instant::now() + Duration::from_secs(5);
-    while m.local_connects.load(Relaxed) == 0 && Instant::now() < until {
+    while m.local_subscribed.load(Relaxed) == 0 && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    anyhow::ensure!(
+        m.local_subscribed.load(Relaxed) == 1,
+        "the agent did not subscribe to the local broker within 5 s"
+    );
     let mut o = MqttOptions::new(
         format!("bench-publisher-{}", std::process::id()),
         "127.0.0.1",

@@ -96,6 +96,9 @@ pub struct Metrics {
     pub local_connects: AtomicU64,
     /// Gauge: local broker messages received and not yet PUBACKed.
     pub local_unacked: AtomicU64,
+    /// Gauge: the local broker granted the device-topic subscription on the
+    /// current connection (0/1; 0 when refused, e.g. by its ACL).
+    pub local_subscribed: AtomicU64,
 
     /// Gauge: uplink connected (0/1).
     pub uplink_up: AtomicU64,
@@ -265,11 +268,16 @@ impl Metrics {
                 c.load(Relaxed)
             );
         }
-        let gauges: [(&str, &str, &AtomicU64); 5] = [
+        let gauges: [(&str, &str, &AtomicU64); 6] = [
             (
                 "local_mqtt_unacked",
                 "Local broker messages received and not yet acknowledged.",
                 &self.local_unacked,
+            ),
+            (
+                "local_mqtt_subscribed",
+                "Whether the local broker granted the device-topic subscription.",
+                &self.local_subscribed,
             ),
             (
                 "uplink_up",

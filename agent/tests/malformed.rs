@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -38,9 +39,14 @@ async fn bad_input_is_refused_and_counted_while_valid_traffic_flows() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
+    let subscribed = agent.metrics().clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while subscribed.local_subscribed.load(Relaxed) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(subscribed.local_subscribed.load(Relaxed), 1);
     let bp = broker.port();
     tokio::task::spawn_blocking(move || {
-        std::thread::sleep(Duration::from_millis(500)); // agent subscribed
         let (client, mut conn) = Client::new(MqttOptions::new("test-device", "127.0.0.1", bp), 100);
         std::thread::spawn(move || for _ in conn.iter() {});
         let t = topic::readings("d1");

@@ -158,6 +158,9 @@ pub struct IngestCounters {
     pub connects_failed: AtomicU64,
     /// 1 while connected to the broker, else 0.
     pub connected: AtomicU64,
+    /// 1 once the broker has granted the partials subscription on the
+    /// current connection, else 0 (refused by an ACL, or not yet answered).
+    pub subscribed: AtomicU64,
     /// The protocol in use: 0 until ingest starts, 4 for 3.1.1, 5 for 5.
     pub protocol_level: AtomicU64,
     /// PUBACKs and confirmations waiting for room in the MQTT client's
@@ -222,6 +225,10 @@ impl IngestCounters {
         out.push_str(&format!(
             "# HELP tributary_collector_mqtt_connected 1 while connected to the broker.\n# TYPE tributary_collector_mqtt_connected gauge\ntributary_collector_mqtt_connected{{protocol=\"{protocol}\"}} {}\n",
             self.connected.load(Relaxed)
+        ));
+        out.push_str(&format!(
+            "# HELP tributary_collector_mqtt_subscribed 1 once the broker granted the partials subscription (0: refused by its ACL, or not answered yet).\n# TYPE tributary_collector_mqtt_subscribed gauge\ntributary_collector_mqtt_subscribed {}\n",
+            self.subscribed.load(Relaxed)
         ));
         out.push_str(&format!(
             "# HELP tributary_collector_mqtt_outbox PUBACKs and confirmations waiting to be handed to the MQTT client.\n# TYPE tributary_collector_mqtt_outbox gauge\ntributary_collector_mqtt_outbox {}\n",
@@ -357,6 +364,7 @@ pub async fn run<S: Store + Send + 'static>(
                     connected_at = Some(tokio::time::Instant::now());
                     counters.connects_ok.fetch_add(1, Relaxed);
                     counters.connected.store(1, Relaxed);
+                    counters.subscribed.store(0, Relaxed);
                     tracing::info!(host = cfg.host, port = cfg.port, protocol = %cfg.protocol,
                         client_id = cfg.client_id, session_present, "broker connected");
                     if let Err(e) = client.subscribe(filter.clone()) {
@@ -364,10 +372,14 @@ pub async fn run<S: Store + Send + 'static>(
                     }
                 }
                 Ok(Event::Subscribed { refused }) if !refused.is_empty() => {
+                    counters.subscribed.store(0, Relaxed);
                     tracing::error!(filter, ?refused,
                         "the broker refused the subscription: check its ACL for this collector");
                 }
-                Ok(Event::Subscribed { .. }) => tracing::debug!(filter, "subscribed"),
+                Ok(Event::Subscribed { .. }) => {
+                    counters.subscribed.store(1, Relaxed);
+                    tracing::debug!(filter, "subscribed");
+                }
                 Ok(Event::Disconnected(reason)) => {
                     // SessionTakenOver: another client connected with this
                     // client id (each instance needs its own).
@@ -406,6 +418,7 @@ pub async fn run<S: Store + Send + 'static>(
                 Ok(Event::Other) => {}
                 Err(failure) => {
                     counters.connected.store(0, Relaxed);
+                    counters.subscribed.store(0, Relaxed);
                     if connected_at.take().is_some_and(|t| t.elapsed() >= STABLE) {
                         backoff = BACKOFF.0;
                     }
@@ -441,6 +454,7 @@ pub async fn run<S: Store + Send + 'static>(
         commit(&store, &counters, group, &mut outbox).await;
     }
     counters.connected.store(0, Relaxed);
+    counters.subscribed.store(0, Relaxed);
     // Send the PUBACKs and confirmations still waiting, then DISCONNECT
     // (bounded: a dead broker must not hold up the shutdown; what is not
     // sent is redelivered or resent, and de-duplicated).

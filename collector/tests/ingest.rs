@@ -15,7 +15,7 @@
 mod mqtt_common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -111,6 +111,8 @@ struct Agent {
     client: Client,
     partials: String,
     confirmed: Arc<Mutex<Vec<u64>>>,
+    /// PUBACKs the broker sent for this client's batches.
+    pubacks: Arc<AtomicU64>,
 }
 
 impl Agent {
@@ -127,9 +129,18 @@ impl Agent {
             .unwrap();
         let got = confirmed.clone();
         let name = agent.to_string();
+        let (suback, subscribed) = std::sync::mpsc::channel();
+        let pubacks = Arc::new(AtomicU64::new(0));
+        let acked = pubacks.clone();
         std::thread::spawn(move || {
             for ev in conn.iter() {
                 match ev {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = suback.send(());
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        acked.fetch_add(1, Relaxed);
+                    }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let c = Confirm::decode(&p.payload).unwrap();
                         assert_eq!(c.agent, name);
@@ -143,10 +154,14 @@ impl Agent {
                 }
             }
         });
+        subscribed
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the test agent subscribes to its confirmations");
         Agent {
             client,
             partials: topic::partials(agent),
             confirmed,
+            pubacks,
         }
     }
 
@@ -166,13 +181,14 @@ impl Agent {
     }
 }
 
-/// Waits (up to 10 s) until the collector is connected.
-async fn connected(c: &IngestCounters) {
+/// Waits (up to 10 s) until the collector is connected and subscribed.
+async fn subscribed(c: &IngestCounters) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while c.connected.load(Relaxed) == 0 && Instant::now() < deadline {
+    while c.subscribed.load(Relaxed) == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(c.connected.load(Relaxed), 1, "{}", c.render());
+    assert_eq!(c.subscribed.load(Relaxed), 1, "{}", c.render());
 }
 
 async fn batches_apply_once_and_are_confirmed_after_commit(protocol: Protocol) {
@@ -185,8 +201,7 @@ async fn batches_apply_once_and_are_confirmed_after_commit(protocol: Protocol) {
         ..IngestConfig::default()
     });
     let agent = Agent::connect("agent-a", broker.port(), None);
-    connected(&collector.counters).await;
-    tokio::time::sleep(Duration::from_millis(300)).await; // both subscribed
+    subscribed(&collector.counters).await;
 
     for seq in 0..5 {
         let enc = if seq % 2 == 0 {
@@ -278,9 +293,8 @@ async fn mqtt_5_shared_subscription_splits_batches_and_applies_each_once() {
     };
     let (one, two) = (instance(1), instance(2));
     let agent = Agent::connect("agent-a", broker.port(), None);
-    connected(&one.counters).await;
-    connected(&two.counters).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    subscribed(&one.counters).await;
+    subscribed(&two.counters).await;
 
     for seq in 0..N {
         agent.publish(batch("agent-a", seq, 1000 + seq as i64).encode(Encoding::Binary));
@@ -359,8 +373,7 @@ async fn logs_in_and_a_wrong_password_is_retried(protocol: Protocol) {
     // The right password (from a file): batches flow both ways.
     let good = Collector::start(cfg);
     let agent = Agent::connect("agent-a", port, Some(("agent-a", "agent-pw")));
-    connected(&good.counters).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    subscribed(&good.counters).await;
     for seq in 0..3 {
         agent.publish(batch("agent-a", seq, 1000 + seq as i64).encode(Encoding::Json));
     }
@@ -401,16 +414,19 @@ async fn the_session_outlives_a_restart(protocol: Protocol) {
         ..IngestConfig::default()
     };
     let first = Collector::start(cfg.clone());
-    connected(&first.counters).await;
-    tokio::time::sleep(Duration::from_millis(300)).await; // subscribed
+    subscribed(&first.counters).await;
     first.stop().await;
 
     let agent = Agent::connect("agent-a", broker.port(), None);
-    tokio::time::sleep(Duration::from_millis(300)).await;
     for seq in 0..4 {
         agent.publish(batch("agent-a", seq, 1000 + seq as i64).encode(Encoding::Json));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await; // queued at the broker
+    // Queued at the broker (PUBACKed) before the collector is back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.pubacks.load(Relaxed) < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(agent.pubacks.load(Relaxed), 4);
     let back = Collector::start(cfg);
     let seqs = agent.confirmed(4).await;
     assert_eq!(
@@ -456,8 +472,7 @@ async fn ingest_over_tls_verifies_the_broker_certificate() {
             ..IngestConfig::default()
         });
         let agent = Agent::connect(name, plain_port, None);
-        connected(&collector.counters).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        subscribed(&collector.counters).await;
         for seq in 0..3 {
             agent.publish(batch(name, seq, 1000 + seq as i64).encode(Encoding::Json));
         }
@@ -500,8 +515,7 @@ async fn a_burst_is_applied_and_acknowledged_completely(protocol: Protocol) {
     };
     let collector = Collector::start(cfg.clone());
     let agent = Agent::connect("agent-a", broker.port(), None);
-    connected(&collector.counters).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    subscribed(&collector.counters).await;
     for seq in 0..N {
         agent.publish(batch("agent-a", seq, 1000 + seq as i64).encode(Encoding::Binary));
     }
@@ -521,7 +535,7 @@ async fn a_burst_is_applied_and_acknowledged_completely(protocol: Protocol) {
     collector.stop().await;
 
     let again = Collector::start(cfg);
-    connected(&again.counters).await;
+    subscribed(&again.counters).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         again.counters.batches_duplicate.load(Relaxed),

@@ -58,11 +58,15 @@ async fn refused_payloads_between_valid_batches_keep_the_acks_in_order() {
         stop_rx,
     ));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while counters.connects_ok.load(Relaxed) == 0 && Instant::now() < deadline {
+    while counters.subscribed.load(Relaxed) == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Let the subscription settle before publishing.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        counters.subscribed.load(Relaxed),
+        1,
+        "{}",
+        counters.render()
+    );
 
     let (client, mut events) =
         AsyncClient::new(MqttOptions::new("agent-gw-1", "127.0.0.1", port), 1000);

@@ -17,6 +17,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -113,8 +114,12 @@ impl Instance {
                 .spawn()
                 .unwrap(),
         );
+        // Up, and in the shared subscription (else the broker would hand
+        // its share to the others, or drop what nobody subscribed to yet).
         let start = Instant::now();
-        while http_get(self.http, "/health").is_none() {
+        while !http_get(self.http, "/metrics")
+            .is_some_and(|m| m.contains("\ntributary_collector_mqtt_subscribed 1\n"))
+        {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
                     "{} exited: {status}\n{}",
@@ -122,7 +127,11 @@ impl Instance {
                     self.logs()
                 );
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "never came up");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "never came up and subscribed\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -165,9 +174,16 @@ impl Agents {
             .unwrap();
         let confirmed = Arc::new(Mutex::new(HashSet::new()));
         let got = confirmed.clone();
+        let (suback, subscribed) = tokio::sync::oneshot::channel();
+        let mut suback = Some(suback);
         tokio::spawn(async move {
             loop {
                 match events.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = suback.take() {
+                            let _ = tx.send(());
+                        }
+                    }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let c = Confirm::decode(&p.payload).unwrap();
                         let mut g = got.lock().unwrap();
@@ -180,6 +196,10 @@ impl Agents {
                 }
             }
         });
+        tokio::time::timeout(Duration::from_secs(10), subscribed)
+            .await
+            .expect("the test agents subscribe to their confirmations")
+            .unwrap();
         Agents { client, confirmed }
     }
 
@@ -279,7 +299,14 @@ async fn three_postgres_instances_equal_one_sqlite_collector_through_a_kill() {
     }
     let to_pg = Agents::connect("agents-pg", broker_pg.port()).await;
     let to_lite = Agents::connect("agents-lite", broker_lite.port()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // all subscribed
+    let start = Instant::now();
+    while lite.counters().subscribed.load(Relaxed) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "lite never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Publish round-robin over agents; kill instance 2 after a third,
     // restart it after two thirds.

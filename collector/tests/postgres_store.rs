@@ -176,84 +176,14 @@ fn the_store_contract_holds_on_postgresql() {
     {
         let (_, mut store) = fresh(&pg, "progress");
         let (batches, _) = workload_small(1, 1);
-        let p = batches[0].partials[0].clone();
-        let mut q = p.clone();
-        q.series = key("dev-other");
-        store
-            .apply(&[
-                Batch::new("agent-a", 1, T0 + MIN, vec![p.clone()]),
-                Batch::new("agent-b", 1, T0 + 5 * MIN, vec![p.clone(), q.clone()]),
-                Batch::new("agent-a", 2, T0 + 2 * MIN, vec![]),
-            ])
-            .unwrap();
-        let progress = store.progress(&p.series).unwrap();
-        let agents: Vec<(&str, i64)> = progress
-            .iter()
-            .map(|a| (a.agent.as_str(), a.watermark))
-            .collect();
-        assert_eq!(
-            agents,
-            [("agent-a", T0 + 2 * MIN), ("agent-b", T0 + 5 * MIN)]
-        );
-        assert!(progress.iter().all(|a| a.seen_ms > 1_700_000_000_000));
-        let only_b: Vec<String> = store
-            .progress(&q.series)
-            .unwrap()
-            .into_iter()
-            .map(|a| a.agent)
-            .collect();
-        assert_eq!(only_b, ["agent-b"]);
-        assert!(store.progress(&key("never")).unwrap().is_empty());
-        // One query for many series answers as one query per series does.
-        let keys = [q.series.clone(), key("never"), p.series.clone()];
-        let each: Vec<_> = keys.iter().map(|k| store.progress(k).unwrap()).collect();
-        assert_eq!(store.progress_of(&keys).unwrap(), each);
-        assert_eq!(each[2].len(), 2);
+        check_progress(&mut store, &batches[0]);
     }
 
     // The change feed returns each row at its latest write, in order.
     {
         let (_, mut store) = fresh(&pg, "feed");
         let (batches, _) = workload_small(2, 10);
-        let minute = Width::new(MIN).unwrap();
-        store.apply(&batches[..5]).unwrap();
-        let first = store.changed_since(minute, 0, usize::MAX).unwrap();
-        assert!(!first.is_empty());
-        assert!(first.windows(2).all(|w| w[0].change < w[1].change));
-        let mark = first.last().unwrap().change;
-        assert!(store.changed_since(minute, mark, 10).unwrap().is_empty());
-        store.apply(&batches[5..]).unwrap();
-        let later = store.changed_since(minute, mark, usize::MAX).unwrap();
-        let mut touched: Vec<(String, i64)> = batches[5..]
-            .iter()
-            .flat_map(|b| b.partials.iter())
-            .map(|p| (p.series.to_string(), p.window.start()))
-            .collect();
-        touched.sort();
-        touched.dedup();
-        let mut seen: Vec<(String, i64)> = later
-            .iter()
-            .map(|c| (c.series.to_string(), c.stored.window.start()))
-            .collect();
-        seen.sort();
-        assert_eq!(seen, touched);
-        for c in &later {
-            let now = store
-                .windows(
-                    &c.series,
-                    minute,
-                    c.stored.window.start(),
-                    c.stored.window.end(),
-                )
-                .unwrap();
-            assert_eq!(now[0], c.stored);
-        }
-        let page = store.changed_since(minute, mark, 3).unwrap();
-        assert_eq!(page[..], later[..3]);
-        assert!(!store
-            .changed_since(Width::new(HOUR).unwrap(), 0, 1)
-            .unwrap()
-            .is_empty());
+        check_change_feed(&mut store, &batches);
     }
 
     // Cursors survive a reopen; leases have one holder at a time, also

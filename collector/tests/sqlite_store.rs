@@ -14,7 +14,8 @@ use tributary_core::{Quantum, Summary, Width, Window};
 mod store_common;
 
 use store_common::{
-    check_cursors, check_leases, check_windows_of, key, summary_of, Truth, HOUR, MIN, T0,
+    check_change_feed, check_cursors, check_leases, check_progress, check_windows_of, summary_of,
+    Truth, HOUR, MIN, T0,
 };
 
 /// The SQLite tests' workload: `agents` agents sending `batches` batches of 4
@@ -176,39 +177,7 @@ fn progress_lists_the_agents_of_each_series() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(&dir, "a.db");
     let (batches, _) = workload(1, 1);
-    let p = batches[0].partials[0].clone();
-    let mut q = p.clone();
-    q.series = key("dev-other");
-    store
-        .apply(&[
-            Batch::new("agent-a", 1, T0 + MIN, vec![p.clone()]),
-            Batch::new("agent-b", 1, T0 + 5 * MIN, vec![p.clone(), q.clone()]),
-            Batch::new("agent-a", 2, T0 + 2 * MIN, vec![]),
-        ])
-        .unwrap();
-    let progress = store.progress(&p.series).unwrap();
-    let agents: Vec<(&str, i64)> = progress
-        .iter()
-        .map(|a| (a.agent.as_str(), a.watermark))
-        .collect();
-    assert_eq!(
-        agents,
-        [("agent-a", T0 + 2 * MIN), ("agent-b", T0 + 5 * MIN)]
-    );
-    assert!(progress.iter().all(|a| a.seen_ms > 1_700_000_000_000));
-    let only_b: Vec<String> = store
-        .progress(&q.series)
-        .unwrap()
-        .into_iter()
-        .map(|a| a.agent)
-        .collect();
-    assert_eq!(only_b, ["agent-b"]);
-    assert!(store.progress(&key("never")).unwrap().is_empty());
-    // One query for many series answers as one query per series does.
-    let keys = [q.series.clone(), key("never"), p.series.clone()];
-    let each: Vec<_> = keys.iter().map(|k| store.progress(k).unwrap()).collect();
-    assert_eq!(store.progress_of(&keys).unwrap(), each);
-    assert_eq!(each[2].len(), 2);
+    check_progress(&mut store, &batches[0]);
 }
 
 #[test]
@@ -216,49 +185,7 @@ fn the_change_feed_returns_each_row_at_its_latest_write_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(&dir, "a.db");
     let (batches, _) = workload(2, 10);
-    let minute = Width::new(MIN).unwrap();
-    store.apply(&batches[..5]).unwrap();
-    let first = store.changed_since(minute, 0, usize::MAX).unwrap();
-    assert!(!first.is_empty());
-    assert!(first.windows(2).all(|w| w[0].change < w[1].change));
-    let mark = first.last().unwrap().change;
-    assert!(store.changed_since(minute, mark, 10).unwrap().is_empty());
-    store.apply(&batches[5..]).unwrap();
-    let later = store.changed_since(minute, mark, usize::MAX).unwrap();
-    // Every row the later batches wrote, and only those, follows the mark;
-    // each comes with its stored state as it is now.
-    let mut touched: Vec<(String, i64)> = batches[5..]
-        .iter()
-        .flat_map(|b| b.partials.iter())
-        .map(|p| (p.series.to_string(), p.window.start()))
-        .collect();
-    touched.sort();
-    touched.dedup();
-    let mut seen: Vec<(String, i64)> = later
-        .iter()
-        .map(|c| (c.series.to_string(), c.stored.window.start()))
-        .collect();
-    seen.sort();
-    assert_eq!(seen, touched);
-    for c in &later {
-        let now = store
-            .windows(
-                &c.series,
-                minute,
-                c.stored.window.start(),
-                c.stored.window.end(),
-            )
-            .unwrap();
-        assert_eq!(now[0], c.stored);
-    }
-    // `limit` pages through the feed.
-    let page = store.changed_since(minute, mark, 3).unwrap();
-    assert_eq!(page[..], later[..3]);
-    // Roll-up rows are a separate feed.
-    assert!(!store
-        .changed_since(Width::new(HOUR).unwrap(), 0, 1)
-        .unwrap()
-        .is_empty());
+    check_change_feed(&mut store, &batches);
 }
 
 #[test]

@@ -171,3 +171,92 @@ pub(crate) fn check_leases<S: Store>(store: &mut S) {
     assert_eq!(store.lease("job", "b", long).unwrap(), theirs("a"));
     assert_eq!(store.lease("other", "a", long).unwrap(), theirs("b"));
 }
+
+/// The change feed returns each row at its latest write, in change order:
+/// after applying the first half of `batches` and then the rest, the rows
+/// past the mark are exactly those the rest wrote, each as stored now.
+pub(crate) fn check_change_feed<S: Store>(store: &mut S, batches: &[Batch]) {
+    let minute = Width::new(MIN).unwrap();
+    let half = batches.len() / 2;
+    store.apply(&batches[..half]).unwrap();
+    let first = store.changed_since(minute, 0, usize::MAX).unwrap();
+    assert!(!first.is_empty());
+    assert!(first.windows(2).all(|w| w[0].change < w[1].change));
+    let mark = first.last().unwrap().change;
+    assert!(store.changed_since(minute, mark, 10).unwrap().is_empty());
+    store.apply(&batches[half..]).unwrap();
+    let later = store.changed_since(minute, mark, usize::MAX).unwrap();
+    // Every row the later batches wrote, and only those, follows the mark;
+    // each comes with its stored state as it is now.
+    let mut touched: Vec<(String, i64)> = batches[half..]
+        .iter()
+        .flat_map(|b| b.partials.iter())
+        .map(|p| (p.series.to_string(), p.window.start()))
+        .collect();
+    touched.sort();
+    touched.dedup();
+    let mut seen: Vec<(String, i64)> = later
+        .iter()
+        .map(|c| (c.series.to_string(), c.stored.window.start()))
+        .collect();
+    seen.sort();
+    assert_eq!(seen, touched);
+    for c in &later {
+        let now = store
+            .windows(
+                &c.series,
+                minute,
+                c.stored.window.start(),
+                c.stored.window.end(),
+            )
+            .unwrap();
+        assert_eq!(now[0], c.stored);
+    }
+    // `limit` pages through the feed.
+    let page = store.changed_since(minute, mark, 3).unwrap();
+    assert_eq!(page[..], later[..3]);
+    // Roll-up rows are a separate feed.
+    assert!(!store
+        .changed_since(Width::new(HOUR).unwrap(), 0, 1)
+        .unwrap()
+        .is_empty());
+}
+
+/// Progress lists the agents of each series with their latest watermarks,
+/// and `progress_of` answers as one `progress` per series does. `first` is
+/// any batch with a partial.
+pub(crate) fn check_progress<S: Store>(store: &mut S, first: &Batch) {
+    let p = first.partials[0].clone();
+    let mut q = p.clone();
+    q.series = key("dev-other");
+    store
+        .apply(&[
+            Batch::new("agent-a", 1, T0 + MIN, vec![p.clone()]),
+            Batch::new("agent-b", 1, T0 + 5 * MIN, vec![p.clone(), q.clone()]),
+            Batch::new("agent-a", 2, T0 + 2 * MIN, vec![]),
+        ])
+        .unwrap();
+    let progress = store.progress(&p.series).unwrap();
+    let agents: Vec<(&str, i64)> = progress
+        .iter()
+        .map(|a| (a.agent.as_str(), a.watermark))
+        .collect();
+    assert_eq!(
+        agents,
+        [("agent-a", T0 + 2 * MIN), ("agent-b", T0 + 5 * MIN)]
+    );
+    assert!(progress.iter().all(|a| a.seen_ms > 1_700_000_000_000));
+    let only_b: Vec<String> = store
+        .progress(&q.series)
+        .unwrap()
+        .into_iter()
+        .map(|a| a.agent)
+        .collect();
+    assert_eq!(only_b, ["agent-b"]);
+    assert!(store.progress(&key("never")).unwrap().is_empty());
+    // One query for many series answers as one query per series does.
+    let keys = [q.series.clone(), key("never"), p.series.clone()];
+    let each: Vec<_> = keys.iter().map(|k| store.progress(k).unwrap()).collect();
+    assert_eq!(store.progress_of(&keys).unwrap(), each);
+    assert_eq!(each[2].len(), 2);
+}

@@ -186,6 +186,13 @@ fn the_store_contract_holds_on_postgresql() {
         check_change_feed(&mut store, &batches);
     }
 
+    // Parked rows come back as stored until unparked.
+    {
+        let (_, mut store) = fresh(&pg, "parking");
+        let (batches, _) = workload_small(2, 10);
+        check_parking(&mut store, &batches);
+    }
+
     // Cursors survive a reopen; leases have one holder at a time, also
     // across two stores (instances) on one database.
     {

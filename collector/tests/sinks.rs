@@ -302,8 +302,7 @@ async fn final_windows_arrive_once_per_revision_with_the_stored_values() {
             ],
         )])
         .unwrap();
-    // Applied after them, so later in the change feed (a sink stops at the
-    // first row that is not final).
+    // Applied after them, so later in the change feed.
     store
         .lock()
         .unwrap()
@@ -316,9 +315,9 @@ async fn final_windows_arrive_once_per_revision_with_the_stored_values() {
     let run = Running::start(&cfg, &store);
     let c = run.counters();
     wait_until("4 final windows", || c.pushed.load(Relaxed) == 4).await;
-    // The runner has looked at minute 2 and keeps it waiting.
-    wait_until("the lag to show minute 2", || c.lag.load(Relaxed) == 1).await;
-    wait_until("minute 2 to hold the sink", || c.held_ms.load(Relaxed) > 0).await;
+    // The runner has looked at minute 2 and parked it.
+    wait_until("minute 2 parked", || c.parked.load(Relaxed) == 1).await;
+    wait_until("minute 2 waiting", || c.held_ms.load(Relaxed) > 0).await;
     let got = points(&server);
     let keys: Vec<_> = got.keys().cloned().collect();
     assert_eq!(
@@ -360,8 +359,85 @@ async fn final_windows_arrive_once_per_revision_with_the_stored_values() {
     );
     assert_eq!(c.rejected.load(Relaxed), 0);
     assert!(c.last_success_ms.load(Relaxed) > 0);
-    wait_until("nothing held", || c.held_ms.load(Relaxed) == 0).await;
+    wait_until("nothing parked", || {
+        c.held_ms.load(Relaxed) == 0 && c.parked.load(Relaxed) == 0
+    })
+    .await;
     run.stop().await;
+}
+
+/// A window that is not final (its agent is behind) does not hold back the
+/// windows after it: it is parked, durably across a restart, and pushed
+/// once its agent catches up.
+#[tokio::test]
+async fn a_window_not_final_waits_alone_and_is_pushed_once_final() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Mutex::new(open(&dir)));
+    let apply = |b: Batch| store.lock().unwrap().apply(&[b]).unwrap();
+    apply(batch(1, 1, vec![partial("d1", 0, &[1000])]));
+    // Agent "slow" sends d2's minute 0 with its watermark still at T0.
+    apply(Batch::new("slow", 1, T0, vec![partial("d2", 0, &[2000])]));
+    apply(batch(2, 2, vec![partial("d1", 1, &[3000])]));
+    let server = Server::start(0, Arc::default()).await;
+    let cfg = sink(SinkKind::Webhook, server.port);
+    let run = Running::start(&cfg, &store);
+    let c = run.counters();
+    wait_until("d1's two minutes, past d2's", || {
+        c.pushed.load(Relaxed) == 2
+    })
+    .await;
+    wait_until("d2's minute parked", || c.parked.load(Relaxed) == 1).await;
+    run.stop().await;
+
+    // Parked durably: a new runner knows it, and d1 goes on meanwhile.
+    let run = Running::start(&cfg, &store);
+    let c = run.counters();
+    wait_until("the parked window known again", || {
+        c.parked.load(Relaxed) == 1
+    })
+    .await;
+    apply(batch(3, 3, vec![partial("d1", 2, &[4000])]));
+    wait_until("d1's minute 2", || c.pushed.load(Relaxed) == 1).await;
+    assert_eq!(c.parked.load(Relaxed), 1);
+    // The slow agent catches up: d2's minute 0 is final, pushed, un-parked.
+    apply(Batch::new("slow", 2, T0 + 2 * MIN, vec![]));
+    wait_until("d2's minute 0", || c.pushed.load(Relaxed) == 2).await;
+    wait_until("nothing parked", || c.parked.load(Relaxed) == 0).await;
+    run.stop().await;
+
+    let keys: Vec<_> = points(&server).into_keys().collect();
+    assert_eq!(
+        keys,
+        [
+            ("d1".into(), 0, 0),
+            ("d1".into(), 1, 0),
+            ("d1".into(), 2, 0),
+            ("d2".into(), 0, 0)
+        ]
+    );
+    let order: Vec<String> = server
+        .accepted()
+        .iter()
+        .flat_map(|r| {
+            let v: Value = serde_json::from_str(&r.body).unwrap();
+            v["points"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}@{}",
+                        p["series"]["device"].as_str().unwrap(),
+                        (p["start"].as_i64().unwrap() - T0) / MIN
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(order, ["d1@0", "d1@1", "d1@2", "d2@0"]);
+    let minute = Width::new(MIN).unwrap();
+    let st = store.lock().unwrap();
+    assert!(st.parked("sink:test", minute, 0, 10).unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -506,7 +582,7 @@ async fn a_sink_follows_a_postgresql_store_too() {
     let run = Running::start(&sink(SinkKind::Webhook, server.port), &store);
     let c = run.counters();
     wait_until("the two final windows", || c.pushed.load(Relaxed) == 2).await;
-    wait_until("minute 1 waiting", || c.lag.load(Relaxed) == 1).await;
+    wait_until("minute 1 parked", || c.parked.load(Relaxed) == 1).await;
     // A revision and minute 1's finality in one batch.
     apply(&store, batch(3, 2, vec![partial("d2", 0, &[5000])]))
         .await

@@ -14,8 +14,8 @@ use tributary_core::{Quantum, Summary, Width, Window};
 mod store_common;
 
 use store_common::{
-    check_change_feed, check_cursors, check_leases, check_progress, check_windows_of, summary_of,
-    Truth, HOUR, MIN, T0,
+    check_change_feed, check_cursors, check_leases, check_parking, check_progress,
+    check_windows_of, summary_of, Truth, HOUR, MIN, T0,
 };
 
 /// The SQLite tests' workload: `agents` agents sending `batches` batches of 4
@@ -197,6 +197,13 @@ fn cursors_survive_a_reopen() {
     let store = open(&dir, "a.db");
     assert_eq!(store.cursor("check-a").unwrap(), 43);
     assert_eq!(store.cursor("check-b").unwrap(), 7);
+}
+
+#[test]
+fn parked_rows_come_back_as_stored_until_unparked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (batches, _) = workload(2, 10);
+    check_parking(&mut open(&dir, "a.db"), &batches);
 }
 
 #[test]

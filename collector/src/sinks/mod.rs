@@ -8,14 +8,17 @@
 //! each sink keeps a durable cursor `sink:<name>` in the store. A sink
 //! - reads the rows of its width changed after its cursor, in change order;
 //! - pushes those whose window is final ([`crate::finality`], decided from
-//!   the store's progress) and stops at the first that is not: that one and
-//!   everything after it wait for the next look (every `poll_ms`);
+//!   the store's progress), and *parks* those that are not
+//!   ([`Store::park`], durable, before the cursor passes them);
+//! - looks at a page of its parked rows at every poll and pushes those that
+//!   have become final, then un-parks them;
 //! - advances the cursor past a request only after its `2xx`.
 //!
 //! So a window that stays non-final (its agents far behind, or data stamped
-//! in the future) holds back every row after it until it is final or its
-//! agents go idle: `tributary_sink_held_seconds` shows for how long, and a
-//! warning names the window every 5 minutes.
+//! in the future) waits alone, until it is final or its agents go idle,
+//! while every row after it goes out: `tributary_sink_parked_windows`
+//! counts the parked windows, `tributary_sink_held_seconds` shows how long
+//! the oldest has waited, and a warning names it every 5 minutes.
 //!
 //! What follows:
 //! - **Nothing is lost in an outage.** Timeouts, connection errors, `5xx`
@@ -103,8 +106,11 @@ pub struct SinkCounters {
     pub store_errors: AtomicU64,
     /// Failed attempts in a row at the current batch (0 when healthy).
     pub failing: AtomicU64,
-    /// How long (ms) the first non-final row has held the rest back.
+    /// How long (ms) the oldest parked window has waited to be final.
     pub held_ms: AtomicU64,
+    /// Windows parked because they were not final when the feed reached
+    /// them.
+    pub parked: AtomicU64,
     /// 1 while this instance holds the sink's lease (and pushes), else 0.
     pub leader: AtomicU64,
 }
@@ -128,7 +134,7 @@ impl SinkMetrics {
             return out;
         }
         type Get = fn(&SinkCounters) -> String;
-        let families: [(&str, &str, &str, Get); 11] = [
+        let families: [(&str, &str, &str, Get); 12] = [
             (
                 "pushed_points_total",
                 "counter",
@@ -180,11 +186,17 @@ impl SinkMetrics {
             (
                 "held_seconds",
                 "gauge",
-                "How long the first window not final yet has held back the rows after it.",
+                "How long the oldest parked window (not final yet) has waited.",
                 |c| {
                     let ms = c.held_ms.load(Relaxed);
                     format!("{}.{:03}", ms / 1000, ms % 1000)
                 },
+            ),
+            (
+                "parked_windows",
+                "gauge",
+                "Windows passed over because they were not final yet, pushed once they are.",
+                |c| c.parked.load(Relaxed).to_string(),
             ),
             (
                 "cursor",

@@ -1,5 +1,13 @@
 //! One sink's loop: follow the store's change feed from the durable cursor,
-//! push the final prefix, advance the cursor after each answered request.
+//! push the rows that are final, advance the cursor after each answered
+//! request.
+//!
+//! A row that is not final yet (an agent behind, or data stamped in the
+//! future) does not hold back the rows after it: it is *parked* in the store
+//! ([`Store::park`]) before the cursor passes it, looked at again at every
+//! poll (a page of `batch_size` parked rows per look, round-robin), pushed
+//! once it is final and then un-parked. Parking is durable, so a restart or
+//! another instance taking over goes on from the same cursor and parked set.
 //!
 //! A sink pushes only while this instance holds its lease in the store
 //! (`sink:<name>`, [`Store::lease`]): every instance sharing a database may
@@ -37,31 +45,50 @@ pub(crate) const LAG_CAP: usize = 10_000;
 /// How often a full backlog is re-counted for the lag gauge.
 const LAG_EVERY: Duration = Duration::from_secs(5);
 
-/// What one look at the feed found.
+/// A row's place: (series, window start) at the sink's width.
+type RowKey = (SeriesKey, i64);
+
+/// Where a sink is, as read from the store when its lease was taken.
+struct Position {
+    /// The change number of the last feed row pushed, skipped or parked.
+    cursor: u64,
+    /// The parked rows, and since when this process knows them parked.
+    parked: HashMap<RowKey, Instant>,
+    /// The change number after which the next look reads parked rows.
+    scan: u64,
+}
+
+/// What one look found.
 struct Look {
-    /// The rows after the cursor that are final, up to the first that is not.
+    /// Parked rows that are final now, in change order.
+    parked_ready: Vec<Changed>,
+    /// Rows after the cursor that are final, in change order.
     ready: Vec<Changed>,
+    /// Rows after the cursor that are not final: parked before the cursor
+    /// passes them.
+    park: Vec<RowKey>,
+    /// The change number of the last row after the cursor looked at.
+    through: Option<u64>,
+    /// Where the next look reads parked rows from.
+    scan: u64,
     /// Rows after the cursor (up to [`LAG_CAP`]), when counted this time.
     waiting: Option<u64>,
-    /// The first row that is not final yet, which holds back the rest.
-    head: Option<Changed>,
 }
 
-/// The row holding a sink back, and since when.
-struct Held {
-    change: u64,
-    since: Instant,
-    warned: Option<Instant>,
-}
+/// How often windows parked for that long are logged (again).
+const PARKED_WARN_EVERY: Duration = Duration::from_secs(300);
 
-/// How long a row may hold a sink back before it is logged (again).
-const HELD_WARN_EVERY: Duration = Duration::from_secs(300);
+/// Parked rows read per store query when loading a sink's position.
+const LOAD_PAGE: usize = 10_000;
 
 /// Whether to go on.
 enum Flow {
+    /// Look again at once.
     Go,
+    /// Look again after the poll interval.
+    Wait,
     Stop,
-    /// The lease was lost (or lost and taken again): re-read the cursor.
+    /// The lease was lost (or lost and taken again): re-read the position.
     Lost,
 }
 
@@ -94,7 +121,8 @@ pub(crate) struct Runner<S> {
     counters: Arc<SinkCounters>,
     stop: watch::Receiver<bool>,
     lag_counted: Option<Instant>,
-    held: Option<Held>,
+    /// When long-parked windows were last logged.
+    parked_warned: Option<Instant>,
     /// This instance's name in the sink's lease.
     holder: String,
     /// When the lease was last taken or renewed (asked), while it is ours.
@@ -127,7 +155,7 @@ impl<S: Store + Send + 'static> Runner<S> {
             counters,
             stop,
             lag_counted: None,
-            held: None,
+            parked_warned: None,
             holder: holder.to_string(),
             renewed: None,
             standby: None,
@@ -141,32 +169,29 @@ impl<S: Store + Send + 'static> Runner<S> {
         tracing::info!(sink = %self.cfg.name, %url, width_ms = self.cfg.width_ms, holder = %self.holder, "sink running");
         let poll = Duration::from_millis(self.cfg.poll_ms);
         // `None` until read, and again whenever the lease changed hands.
-        let mut cursor: Option<u64> = None;
+        let mut position: Option<Position> = None;
         loop {
             if *self.stop.borrow() {
                 break;
             }
             match self.role().await {
                 Role::Standby => {
-                    cursor = None;
+                    position = None;
                     if self.pause(poll).await {
                         break;
                     }
                     continue;
                 }
-                Role::Leader { taken: true } => cursor = None,
+                Role::Leader { taken: true } => position = None,
                 Role::Leader { taken: false } => {}
             }
-            let mut at = match cursor {
-                Some(c) => c,
-                None => match self.load_cursor().await {
-                    Ok(c) => {
-                        self.counters.cursor.store(c, Relaxed);
-                        c
-                    }
+            let pos = match &mut position {
+                Some(p) => p,
+                None => match self.load_position().await {
+                    Ok(p) => position.insert(p),
                     Err(e) => {
                         self.counters.store_errors.fetch_add(1, Relaxed);
-                        tracing::warn!(sink = %self.cfg.name, error = %e, "cannot read the sink's cursor; retrying");
+                        tracing::warn!(sink = %self.cfg.name, error = %e, "cannot read the sink's cursor and parked windows; retrying");
                         if self.pause(poll).await {
                             break;
                         }
@@ -174,36 +199,30 @@ impl<S: Store + Send + 'static> Runner<S> {
                     }
                 },
             };
-            cursor = Some(at);
-            match self.look(at).await {
-                Ok(look) => {
-                    if let Some(w) = look.waiting {
-                        self.counters.lag.store(w, Relaxed);
-                    }
-                    self.note_head(look.head.as_ref());
-                    if !look.ready.is_empty() {
-                        let flow = self.push(&mut at, look.ready).await;
-                        cursor = Some(at);
-                        match flow {
-                            // Look again at once: more may be ready.
-                            Flow::Go => continue,
-                            Flow::Stop => break,
-                            Flow::Lost => {
-                                cursor = None;
-                                continue;
-                            }
-                        }
-                    }
-                }
+            let flow = match self.look(pos).await {
+                Ok(look) => self.act(pos, look).await,
                 Err(e) => {
                     self.counters.store_errors.fetch_add(1, Relaxed);
                     tracing::warn!(sink = %self.cfg.name, error = %e, "reading the change feed failed");
+                    Flow::Wait
                 }
+            };
+            self.note_parked(pos);
+            match flow {
+                // Look again at once: more may be ready.
+                Flow::Go => continue,
+                Flow::Stop => break,
+                Flow::Lost => {
+                    position = None;
+                    continue;
+                }
+                Flow::Wait => {}
             }
             if self.pause(poll).await {
                 break;
             }
         }
+        let cursor = position.map(|p| p.cursor);
         self.give_up_lease().await;
         tracing::info!(sink = %self.cfg.name, cursor, "sink stopped");
     }
@@ -316,12 +335,80 @@ impl<S: Store + Send + 'static> Runner<S> {
         }
     }
 
-    async fn load_cursor(&self) -> Result<u64, SinkError> {
-        let name = self.cfg.cursor_name();
-        self.with_store(move |st| Ok(st.cursor(&name)?)).await
+    /// Reads the cursor and the parked rows (as another instance may have
+    /// left them).
+    async fn load_position(&self) -> Result<Position, SinkError> {
+        let (name, width) = (self.cfg.cursor_name(), self.width);
+        let (cursor, keys) = self
+            .with_store(move |st| {
+                let cursor = st.cursor(&name)?;
+                let mut keys = Vec::new();
+                let mut after = 0;
+                loop {
+                    let page = st.parked(&name, width, after, LOAD_PAGE)?;
+                    keys.extend(
+                        page.iter()
+                            .map(|r| (r.series.clone(), r.stored.window.start())),
+                    );
+                    match page.last() {
+                        Some(last) if page.len() == LOAD_PAGE => after = last.change,
+                        _ => break,
+                    }
+                }
+                Ok((cursor, keys))
+            })
+            .await?;
+        self.counters.cursor.store(cursor, Relaxed);
+        let now = Instant::now();
+        Ok(Position {
+            cursor,
+            parked: keys.into_iter().map(|k| (k, now)).collect(),
+            scan: 0,
+        })
     }
 
-    async fn save_cursor(&self, value: u64) {
+    /// Parks `keys` (before the cursor passes them).
+    async fn park(&self, pos: &mut Position, keys: Vec<RowKey>) -> Result<(), SinkError> {
+        let (name, width) = (self.cfg.cursor_name(), self.width);
+        let parked = keys.clone();
+        self.with_store(move |st| Ok(st.park(&name, width, &parked)?))
+            .await?;
+        let now = Instant::now();
+        for k in keys {
+            pos.parked.entry(k).or_insert(now);
+        }
+        Ok(())
+    }
+
+    /// Un-parks those of `rows` that are parked (pushed or skipped now);
+    /// false when the store failed, which only means they are pushed once
+    /// more later.
+    async fn unpark(&self, pos: &mut Position, rows: &[Changed]) -> bool {
+        let keys: Vec<RowKey> = rows
+            .iter()
+            .map(|r| (r.series.clone(), r.stored.window.start()))
+            .filter(|k| pos.parked.contains_key(k))
+            .collect();
+        if keys.is_empty() {
+            return true;
+        }
+        for k in &keys {
+            pos.parked.remove(k);
+        }
+        let (name, width) = (self.cfg.cursor_name(), self.width);
+        let res = self
+            .with_store(move |st| Ok(st.unpark(&name, width, &keys)?))
+            .await;
+        if let Err(e) = res {
+            self.counters.store_errors.fetch_add(1, Relaxed);
+            tracing::warn!(sink = %self.cfg.name, error = %e, "cannot un-park pushed windows (they will be pushed again)");
+            return false;
+        }
+        true
+    }
+
+    /// Saves the cursor; false when the store failed.
+    async fn save_cursor(&self, value: u64) -> bool {
         self.counters.cursor.store(value, Relaxed);
         let name = self.cfg.cursor_name();
         let res = self
@@ -332,12 +419,16 @@ impl<S: Store + Send + 'static> Runner<S> {
             // Until then a restart pushes them again (receivers upsert).
             self.counters.store_errors.fetch_add(1, Relaxed);
             tracing::warn!(sink = %self.cfg.name, error = %e, "cannot save the sink's cursor");
+            return false;
         }
+        true
     }
 
-    /// Reads the rows after `cursor` and keeps the final prefix.
-    async fn look(&mut self, cursor: u64) -> Result<Look, SinkError> {
+    /// Reads the rows after the cursor and a page of the parked rows, and
+    /// sorts them by whether they are final.
+    async fn look(&mut self, pos: &Position) -> Result<Look, SinkError> {
         let (width, limit, finality) = (self.width, self.cfg.batch_size, self.finality);
+        let (name, cursor, scan) = (self.cfg.cursor_name(), pos.cursor, pos.scan);
         let count_lag = self.lag_counted.is_none_or(|t| t.elapsed() >= LAG_EVERY);
         let look = self
             .with_store(move |st| {
@@ -349,11 +440,15 @@ impl<S: Store + Send + 'static> Runner<S> {
                 } else {
                     None
                 };
+                let parked = st.parked(&name, width, scan, limit)?;
+                // A short page ends the round: the next starts over.
+                let scan = match parked.last() {
+                    Some(last) if parked.len() == limit => last.change,
+                    _ => 0,
+                };
                 let now = now_ms();
                 let mut through: HashMap<SeriesKey, Option<i64>> = HashMap::new();
-                let mut ready = Vec::new();
-                let mut head = None;
-                for row in rows {
+                let mut is_final = |row: &Changed| -> Result<bool, SinkError> {
                     let t = match through.get(&row.series) {
                         Some(t) => *t,
                         None => {
@@ -362,17 +457,41 @@ impl<S: Store + Send + 'static> Runner<S> {
                             t
                         }
                     };
-                    let is_final = t.is_some_and(|t| row.stored.window.end() <= t);
-                    if !is_final {
-                        head = Some(row);
-                        break;
+                    Ok(t.is_some_and(|t| row.stored.window.end() <= t))
+                };
+                // A parked row also in the feed (written again) is handled
+                // there.
+                let in_feed: std::collections::HashSet<(&SeriesKey, i64)> = rows
+                    .iter()
+                    .map(|r| (&r.series, r.stored.window.start()))
+                    .collect();
+                let parked: Vec<Changed> = parked
+                    .into_iter()
+                    .filter(|r| !in_feed.contains(&(&r.series, r.stored.window.start())))
+                    .collect();
+                drop(in_feed);
+                let mut parked_ready = Vec::new();
+                for row in parked {
+                    if is_final(&row)? {
+                        parked_ready.push(row);
                     }
-                    ready.push(row);
+                }
+                let through_change = rows.last().map(|r| r.change);
+                let (mut ready, mut park) = (Vec::new(), Vec::new());
+                for row in rows {
+                    if is_final(&row)? {
+                        ready.push(row);
+                    } else {
+                        park.push((row.series, row.stored.window.start()));
+                    }
                 }
                 Ok(Look {
+                    parked_ready,
                     ready,
+                    park,
+                    through: through_change,
+                    scan,
                     waiting,
-                    head,
                 })
             })
             .await?;
@@ -382,51 +501,78 @@ impl<S: Store + Send + 'static> Runner<S> {
         Ok(look)
     }
 
-    /// Tracks the row that holds the sink back (`tributary_sink_held_seconds`)
-    /// and logs it when it has held it for long: a window that stays
-    /// non-final (an agent far behind, or data stamped in the future) stops
-    /// every row after it, by design, until it is final.
-    fn note_head(&mut self, head: Option<&Changed>) {
-        let Some(row) = head else {
-            self.held = None;
-            self.counters.held_ms.store(0, Relaxed);
-            return;
-        };
-        let held = match &mut self.held {
-            Some(h) if h.change == row.change => h,
-            slot => slot.insert(Held {
-                change: row.change,
-                since: Instant::now(),
-                warned: None,
-            }),
-        };
-        let waited = held.since.elapsed();
-        self.counters.held_ms.store(
+    /// Parks what is not final, pushes what is (parked rows first), then
+    /// moves the cursor past everything looked at.
+    async fn act(&mut self, pos: &mut Position, look: Look) -> Flow {
+        if let Some(w) = look.waiting {
+            self.counters.lag.store(w, Relaxed);
+        }
+        pos.scan = look.scan;
+        if !look.park.is_empty() {
+            if let Err(e) = self.park(pos, look.park).await {
+                self.counters.store_errors.fetch_add(1, Relaxed);
+                tracing::warn!(sink = %self.cfg.name, error = %e, "cannot park windows that are not final yet; retrying");
+                return Flow::Wait;
+            }
+        }
+        let busy = !look.parked_ready.is_empty() || look.through.is_some();
+        let mut flow = if busy { Flow::Go } else { Flow::Wait };
+        for (rows, from_feed) in [(look.parked_ready, false), (look.ready, true)] {
+            match self.push(pos, rows, from_feed).await {
+                Flow::Go => {}
+                // A store write failed: do not spin on it.
+                Flow::Wait => flow = Flow::Wait,
+                other => return other,
+            }
+        }
+        if let Some(through) = look.through.filter(|t| *t > pos.cursor) {
+            pos.cursor = through;
+            if !self.save_cursor(through).await {
+                flow = Flow::Wait;
+            }
+        }
+        flow
+    }
+
+    /// Shows the parked windows (`tributary_sink_parked_windows`, and for
+    /// how long the oldest has waited: `tributary_sink_held_seconds`) and
+    /// logs them when some have waited long: a window stays parked while
+    /// its agents' watermarks have not passed its end plus the lateness.
+    fn note_parked(&mut self, pos: &Position) {
+        let c = &self.counters;
+        c.parked.store(pos.parked.len() as u64, Relaxed);
+        let oldest = pos.parked.iter().min_by_key(|(_, since)| **since);
+        let waited = oldest.map_or(Duration::ZERO, |(_, since)| since.elapsed());
+        c.held_ms.store(
             u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
             Relaxed,
         );
-        let due = held.warned.map_or(waited >= HELD_WARN_EVERY, |t| {
-            t.elapsed() >= HELD_WARN_EVERY
-        });
-        if due {
-            held.warned = Some(Instant::now());
+        let due = waited >= PARKED_WARN_EVERY
+            && self
+                .parked_warned
+                .is_none_or(|t| t.elapsed() >= PARKED_WARN_EVERY);
+        if let (true, Some(((series, start), _))) = (due, oldest) {
+            self.parked_warned = Some(Instant::now());
             tracing::warn!(
                 sink = %self.cfg.name,
-                series = %row.series,
-                start = row.stored.window.start(),
-                held_s = waited.as_secs(),
-                "a window that is not final yet holds this sink back (its agents' watermarks have not passed its end plus the lateness)"
+                parked = pos.parked.len(),
+                oldest_series = %series,
+                oldest_start = start,
+                waited_s = waited.as_secs(),
+                "windows not final yet wait parked (their agents' watermarks have not passed their end plus the lateness); the rest of the feed goes on"
             );
         }
     }
 
     /// Pushes `rows` (final, in change order) in requests of at most
-    /// `batch_size`, advancing the cursor after each answered one. A
-    /// refused request is split in halves until the refused point is alone;
-    /// that point is logged, counted and skipped.
-    async fn push(&mut self, cursor: &mut u64, rows: Vec<Changed>) -> Flow {
+    /// `batch_size`; after each answered one, un-parks its rows and, for
+    /// rows of the feed (`from_feed`), advances the cursor. A refused
+    /// request is split in halves until the refused point is alone; that
+    /// point is logged, counted and skipped.
+    async fn push(&mut self, pos: &mut Position, rows: Vec<Changed>, from_feed: bool) -> Flow {
         let mut rest: &[Changed] = &rows;
         let mut take = rest.len();
+        let mut store_failed = false;
         while !rest.is_empty() {
             let n = take.clamp(1, rest.len());
             let chunk = &rest[..n];
@@ -458,16 +604,24 @@ impl<S: Store + Send + 'static> Runner<S> {
                     self.counters.rejected.fetch_add(1, Relaxed);
                 }
             }
-            *cursor = chunk[n - 1].change;
+            let mut stored = self.unpark(pos, chunk).await;
+            if from_feed {
+                pos.cursor = chunk[n - 1].change;
+                let _ = self
+                    .counters
+                    .lag
+                    .fetch_update(Relaxed, Relaxed, |l| Some(l.saturating_sub(n as u64)));
+                stored &= self.save_cursor(pos.cursor).await;
+            }
+            store_failed |= !stored;
             rest = &rest[n..];
             take = rest.len();
-            let _ = self
-                .counters
-                .lag
-                .fetch_update(Relaxed, Relaxed, |l| Some(l.saturating_sub(n as u64)));
-            self.save_cursor(*cursor).await;
         }
-        Flow::Go
+        if store_failed {
+            Flow::Wait
+        } else {
+            Flow::Go
+        }
     }
 
     /// Sends one chunk until it is answered for good or the sink stops.

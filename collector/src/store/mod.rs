@@ -181,6 +181,36 @@ pub trait Store {
         limit: usize,
     ) -> Result<Vec<Changed>, StoreError>;
 
+    /// Parks rows for the feed reader `name` (a sink): remembers the rows
+    /// of `keys` (series, window start) at `width` until [`Store::unpark`],
+    /// so the reader's cursor can pass rows it cannot use yet (not final)
+    /// without losing them. Parking a parked row changes nothing.
+    fn park(
+        &mut self,
+        name: &str,
+        width: Width,
+        keys: &[(SeriesKey, i64)],
+    ) -> Result<(), StoreError>;
+
+    /// The rows `name` has parked at `width`, as stored now, whose change
+    /// number is greater than `after`, in change order, at most `limit`.
+    fn parked(
+        &self,
+        name: &str,
+        width: Width,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Changed>, StoreError>;
+
+    /// Forgets parked rows of `name` (used or skipped); keys that are not
+    /// parked are ignored.
+    fn unpark(
+        &mut self,
+        name: &str,
+        width: Width,
+        keys: &[(SeriesKey, i64)],
+    ) -> Result<(), StoreError>;
+
     /// The durable cursor called `name` (0 when never set).
     fn cursor(&self, name: &str) -> Result<u64, StoreError>;
 

@@ -270,6 +270,31 @@ impl PostgresStore {
             )
         })?
     }
+
+    /// Runs `sql` once with (`name`, width, series key texts, window starts)
+    /// as `$1`–`$4`, the keys of `keys` as two parallel arrays (`unnest`).
+    fn keyed_write(
+        &self,
+        sql: &'static str,
+        name: &str,
+        width: Width,
+        keys: &[(SeriesKey, i64)],
+    ) -> Result<(), StoreError> {
+        let name = name.to_string();
+        let texts: Vec<String> = keys
+            .iter()
+            .map(|(k, _)| key_text(k))
+            .collect::<Result<_, _>>()?;
+        let starts: Vec<i64> = keys.iter().map(|(_, start)| *start).collect();
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let stmt = client.prepare_cached(sql).await?;
+            client
+                .execute(&stmt, &[&name, &width.ms(), &texts, &starts])
+                .await?;
+            Ok(())
+        })
+    }
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
@@ -281,6 +306,22 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
 
 fn key_text(key: &SeriesKey) -> Result<String, StoreError> {
     serde_json::to_string(key).map_err(|e| corrupt("series key", e))
+}
+
+/// The rows of a change-feed query: (change, series key, start, revision,
+/// summary) of windows at `width`.
+fn changed_rows(rows: Vec<tokio_postgres::Row>, width: Width) -> Result<Vec<Changed>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            let change: i64 = row.get(0);
+            let key: &str = row.get(1);
+            Ok(Changed {
+                change: u64::try_from(change).map_err(|e| corrupt("change number", e))?,
+                series: serde_json::from_str(key).map_err(|e| corrupt("series key", e))?,
+                stored: stored(row.get(2), width, row.get(3), row.get(4))?,
+            })
+        })
+        .collect()
 }
 
 impl Store for PostgresStore {
@@ -429,18 +470,72 @@ impl Store for PostgresStore {
                      WHERE r.width = $1 AND r.changed > $2 ORDER BY r.changed LIMIT $3",
                 )
                 .await?;
-            let mut out = Vec::new();
-            for row in client.query(&stmt, &[&width.ms(), &after, &limit]).await? {
-                let change: i64 = row.get(0);
-                let key: &str = row.get(1);
-                out.push(Changed {
-                    change: u64::try_from(change).map_err(|e| corrupt("change number", e))?,
-                    series: serde_json::from_str(key).map_err(|e| corrupt("series key", e))?,
-                    stored: stored(row.get(2), width, row.get(3), row.get(4))?,
-                });
-            }
-            Ok(out)
+            changed_rows(
+                client.query(&stmt, &[&width.ms(), &after, &limit]).await?,
+                width,
+            )
         })
+    }
+
+    fn park(
+        &mut self,
+        name: &str,
+        width: Width,
+        keys: &[(SeriesKey, i64)],
+    ) -> Result<(), StoreError> {
+        self.keyed_write(
+            "INSERT INTO parked (name, series, width, start)
+             SELECT $1, s.id, $2, u.start FROM unnest($3::text[], $4::bigint[]) AS u(k, start)
+             JOIN series s ON s.key = u.k
+             ON CONFLICT DO NOTHING",
+            name,
+            width,
+            keys,
+        )
+    }
+
+    fn parked(
+        &self,
+        name: &str,
+        width: Width,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Changed>, StoreError> {
+        let name = name.to_string();
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let stmt = client
+                .prepare_cached(
+                    "SELECT r.changed, s.key, r.start, r.revision, r.summary FROM parked p
+                     JOIN results r ON r.series = p.series AND r.width = p.width AND r.start = p.start
+                     JOIN series s ON s.id = r.series
+                     WHERE p.name = $4 AND p.width = $1 AND r.changed > $2 ORDER BY r.changed LIMIT $3",
+                )
+                .await?;
+            changed_rows(
+                client
+                    .query(&stmt, &[&width.ms(), &after, &limit, &name])
+                    .await?,
+                width,
+            )
+        })
+    }
+
+    fn unpark(
+        &mut self,
+        name: &str,
+        width: Width,
+        keys: &[(SeriesKey, i64)],
+    ) -> Result<(), StoreError> {
+        self.keyed_write(
+            "DELETE FROM parked p USING unnest($3::text[], $4::bigint[]) AS u(k, start), series s
+             WHERE p.name = $1 AND p.width = $2 AND s.key = u.k AND p.series = s.id AND p.start = u.start",
+            name,
+            width,
+            keys,
+        )
     }
 
     fn cursor(&self, name: &str) -> Result<u64, StoreError> {

@@ -260,3 +260,65 @@ pub(crate) fn check_progress<S: Store>(store: &mut S, first: &Batch) {
     assert_eq!(store.progress_of(&keys).unwrap(), each);
     assert_eq!(each[2].len(), 2);
 }
+
+/// Parking: parked rows come back as stored now, in change order, paged
+/// by `after`; parking twice changes nothing; `unpark` forgets; other names
+/// and widths are separate; keys never stored are ignored. `batches` write
+/// at least four minute windows.
+pub(crate) fn check_parking<S: Store>(store: &mut S, batches: &[Batch]) {
+    let (minute, hour) = (Width::new(MIN).unwrap(), Width::new(HOUR).unwrap());
+    store.apply(batches).unwrap();
+    let all = store.changed_since(minute, 0, usize::MAX).unwrap();
+    assert!(all.len() >= 4);
+    let at = |c: &store::Changed| (c.series.clone(), c.stored.window.start());
+    let never = (key("never-stored"), T0);
+    store
+        .park(
+            "s1",
+            minute,
+            &[at(&all[3]), at(&all[0]), at(&all[2]), never.clone()],
+        )
+        .unwrap();
+    store.park("s1", minute, &[at(&all[0])]).unwrap();
+    let parked = |store: &S| store.parked("s1", minute, 0, usize::MAX).unwrap();
+    assert_eq!(
+        parked(store),
+        [all[0].clone(), all[2].clone(), all[3].clone()]
+    );
+    assert_eq!(
+        store.parked("s1", minute, all[0].change, 1).unwrap(),
+        [all[2].clone()]
+    );
+    assert!(store
+        .parked("s2", minute, 0, usize::MAX)
+        .unwrap()
+        .is_empty());
+    assert!(store.parked("s1", hour, 0, usize::MAX).unwrap().is_empty());
+
+    store.unpark("s1", minute, &[at(&all[2]), never]).unwrap();
+    assert_eq!(parked(store), [all[0].clone(), all[3].clone()]);
+
+    // A parked row written again comes back as stored now.
+    let again = batches
+        .iter()
+        .flat_map(|b| &b.partials)
+        .find(|p| p.series == all[0].series && p.window == all[0].stored.window)
+        .unwrap()
+        .clone();
+    store
+        .apply(&[Batch::new("agent-late", 1, T0, vec![again])])
+        .unwrap();
+    let now = store
+        .windows(
+            &all[0].series,
+            minute,
+            all[0].stored.window.start(),
+            all[0].stored.window.end(),
+        )
+        .unwrap();
+    let got = parked(store);
+    assert_eq!(got[0], all[3]);
+    assert_eq!(got[1].stored, now[0]);
+    assert_eq!(got[1].stored.revision, all[0].stored.revision + 1);
+    assert!(got[1].change > all[3].change);
+}

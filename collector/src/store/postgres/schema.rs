@@ -18,7 +18,9 @@
 //! - `cursors(name, value)` — durable cursors; `meta('change')` — the change
 //!   counter, whose row lock orders the commits of change numbers;
 //! - `leases(name, holder, expires)` — which instance runs each sink, until
-//!   when by the database's clock (version 2).
+//!   when by the database's clock (version 2);
+//! - `parked(name, series, width, start)` — rows each sink passed over
+//!   because they were not final yet (version 2).
 
 use deadpool_postgres::Client;
 
@@ -52,6 +54,7 @@ INSERT INTO meta (key, value) VALUES ('change', 0);
 
 const V2: &str = r#"
 CREATE TABLE leases (name TEXT COLLATE "C" PRIMARY KEY, holder TEXT NOT NULL, expires TIMESTAMPTZ NOT NULL);
+CREATE TABLE parked (name TEXT COLLATE "C" NOT NULL, series BIGINT NOT NULL REFERENCES series(id), width BIGINT NOT NULL, start BIGINT NOT NULL, PRIMARY KEY (name, series, width, start));
 "#;
 
 /// Any fixed number: the advisory lock key that serialises migrations.

@@ -12,7 +12,9 @@
 //! - `cursors(name, value)` — durable cursors (sinks); `meta` — the change
 //!   counter. SQLite serialises writers, so change numbers commit in order;
 //! - `leases(name, holder, expires_ms)` — who runs each sink, until when
-//!   (several processes may open one database file).
+//!   (several processes may open one database file);
+//! - `parked(name, series, width, start)` — rows each sink passed over
+//!   because they were not final yet.
 //!
 //! [`SqliteStore::apply`] first inserts every batch's key (`INSERT OR
 //! IGNORE`: a key that exists marks the batch a duplicate), merges the new
@@ -80,6 +82,7 @@ INSERT INTO meta (key, value) VALUES ('change', 0);
 
 const V3: &str = "
 CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL);
+CREATE TABLE parked (name TEXT NOT NULL, series INTEGER NOT NULL, width INTEGER NOT NULL, start INTEGER NOT NULL, PRIMARY KEY (name, series, width, start)) WITHOUT ROWID;
 ";
 
 /// The SQLite store.
@@ -173,6 +176,57 @@ impl SqliteStore {
             by_key.entry(r.get(0)?).or_default().push(row(r)?);
         }
         Ok(in_order(&texts, by_key))
+    }
+
+    /// Runs `sql` once per (series key, window start) of `keys`, with
+    /// (`name`, width, key text, start) as `?1`–`?4`, in one transaction.
+    fn per_key(
+        &mut self,
+        sql: &str,
+        name: &str,
+        width: Width,
+        keys: &[(SeriesKey, i64)],
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(sql)?;
+            for (series, start) in keys {
+                let text = serde_json::to_string(series).map_err(|e| corrupt("series key", e))?;
+                stmt.execute(params![name, width.ms(), text, start])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Runs a change-feed query whose rows are (change, series key, start,
+    /// revision, summary) of windows at `width`.
+    fn changed_rows(
+        &self,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+        width: Width,
+    ) -> Result<Vec<Changed>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params, |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (change, key, start, revision, bytes) = row?;
+            out.push(Changed {
+                change: u64::try_from(change).map_err(|e| corrupt("change number", e))?,
+                series: serde_json::from_str(&key).map_err(|e| corrupt("series key", e))?,
+                stored: stored(start, width, revision, &bytes)?,
+            });
+        }
+        Ok(out)
     }
 
     fn series_id(tx: &rusqlite::Transaction<'_>, key: &SeriesKey) -> Result<i64, StoreError> {
@@ -432,30 +486,62 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Changed>, StoreError> {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut stmt = self.conn.prepare_cached(
+        self.changed_rows(
             "SELECT r.changed, s.key, r.start, r.revision, r.summary FROM results r
              JOIN series s ON s.id = r.series
              WHERE r.width = ?1 AND r.changed > ?2 ORDER BY r.changed LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![width.ms(), after, limit], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, Vec<u8>>(4)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (change, key, start, revision, bytes) = row?;
-            out.push(Changed {
-                change: u64::try_from(change).map_err(|e| corrupt("change number", e))?,
-                series: serde_json::from_str(&key).map_err(|e| corrupt("series key", e))?,
-                stored: stored(start, width, revision, &bytes)?,
-            });
-        }
-        Ok(out)
+            params![width.ms(), after, limit],
+            width,
+        )
+    }
+
+    fn park(
+        &mut self,
+        name: &str,
+        width: Width,
+        keys: &[(SeriesKey, i64)],
+    ) -> Result<(), StoreError> {
+        self.per_key(
+            "INSERT OR IGNORE INTO parked (name, series, width, start)
+             SELECT ?1, id, ?2, ?4 FROM series WHERE key = ?3",
+            name,
+            width,
+            keys,
+        )
+    }
+
+    fn parked(
+        &self,
+        name: &str,
+        width: Width,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Changed>, StoreError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.changed_rows(
+            "SELECT r.changed, s.key, r.start, r.revision, r.summary FROM parked p
+             JOIN results r ON r.series = p.series AND r.width = p.width AND r.start = p.start
+             JOIN series s ON s.id = r.series
+             WHERE p.name = ?4 AND p.width = ?1 AND r.changed > ?2 ORDER BY r.changed LIMIT ?3",
+            params![width.ms(), after, limit, name],
+            width,
+        )
+    }
+
+    fn unpark(
+        &mut self,
+        name: &str,
+        width: Width,
+        keys: &[(SeriesKey, i64)],
+    ) -> Result<(), StoreError> {
+        self.per_key(
+            "DELETE FROM parked WHERE name = ?1 AND width = ?2 AND start = ?4
+             AND series = (SELECT id FROM series WHERE key = ?3)",
+            name,
+            width,
+            keys,
+        )
     }
 
     fn cursor(&self, name: &str) -> Result<u64, StoreError> {

@@ -140,8 +140,9 @@ impl SinkConfig {
         }
     }
 
-    /// The name of its durable cursor in the store.
-    pub fn cursor_name(&self) -> String {
+    /// Its name in the store: of its durable cursor, its parked rows and
+    /// its lease (`sink:<name>`).
+    pub fn store_name(&self) -> String {
         format!("sink:{}", self.name)
     }
 

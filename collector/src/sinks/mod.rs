@@ -45,6 +45,7 @@
 mod config;
 mod http;
 mod influx;
+mod lease;
 mod runner;
 mod webhook;
 

@@ -9,15 +9,9 @@
 //! once it is final and then un-parked. Parking is durable, so a restart or
 //! another instance taking over goes on from the same cursor and parked set.
 //!
-//! A sink pushes only while this instance holds its lease in the store
-//! (`sink:<name>`, [`Store::lease`]): every instance sharing a database may
-//! configure the same sink, one of them pushes, and another takes over when
-//! it stops (at once, as a stopping instance gives the lease up) or dies
-//! (when its lease expires, `lease_ms`). The lease is renewed once a third
-//! of it has passed — before a request, between retries and at each poll —
-//! and `lease_ms` is at least twice a request's timeout and the poll
-//! interval, so a request never outlasts the lease it started under. On
-//! taking the lease the cursor is read again: the previous holder moved it.
+//! A sink pushes only while this instance holds its lease
+//! ([`super::lease`]). On taking the lease the cursor and the parked rows
+//! are read again: the previous holder moved them.
 //!
 //! The store is locked only inside `spawn_blocking` (`with_store`: a
 //! blocking database client may sit behind it) and never across an
@@ -35,10 +29,11 @@ use tributary_core::{SeriesKey, Width};
 
 use super::config::SinkConfig;
 use super::http::{backoff, Attempt, Endpoint};
+use super::lease::{Role, SinkLease};
 use super::{SinkCounters, SinkError};
 use crate::finality::{now_ms, Finality};
 use crate::stats::Stat;
-use crate::store::{Changed, Lease, Store};
+use crate::store::{Changed, Store};
 
 /// At most this many rows are counted for the lag gauge.
 pub(crate) const LAG_CAP: usize = 10_000;
@@ -100,16 +95,6 @@ enum Outcome {
     Lost,
 }
 
-/// Whether this instance may push now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    /// It holds the sink's lease; `taken` when it did not at the previous
-    /// check (so another instance may have moved the cursor meanwhile).
-    Leader { taken: bool },
-    /// Another instance holds it, or the store could not say.
-    Standby,
-}
-
 /// One sink's state.
 pub(crate) struct Runner<S> {
     cfg: SinkConfig,
@@ -123,12 +108,8 @@ pub(crate) struct Runner<S> {
     lag_counted: Option<Instant>,
     /// When long-parked windows were last logged.
     parked_warned: Option<Instant>,
-    /// This instance's name in the sink's lease.
-    holder: String,
-    /// When the lease was last taken or renewed (asked), while it is ours.
-    renewed: Option<Instant>,
-    /// The other holder last logged while standing by.
-    standby: Option<String>,
+    /// The sink's lease, held while this instance pushes.
+    lease: SinkLease,
 }
 
 impl<S: Store + Send + 'static> Runner<S> {
@@ -146,6 +127,12 @@ impl<S: Store + Send + 'static> Runner<S> {
             reason: format!("{} is not a valid width", cfg.width_ms),
         })?;
         Ok(Runner {
+            lease: SinkLease::new(
+                &cfg.name,
+                &cfg.store_name(),
+                holder,
+                Duration::from_millis(cfg.lease_ms),
+            ),
             width,
             stats: cfg.stats(),
             endpoint: Endpoint::new(&cfg)?,
@@ -156,9 +143,6 @@ impl<S: Store + Send + 'static> Runner<S> {
             stop,
             lag_counted: None,
             parked_warned: None,
-            holder: holder.to_string(),
-            renewed: None,
-            standby: None,
         })
     }
 
@@ -166,7 +150,7 @@ impl<S: Store + Send + 'static> Runner<S> {
     pub(crate) async fn run(mut self) {
         let mut url = self.endpoint.url().clone();
         let _ = url.set_password(None); // never log credentials
-        tracing::info!(sink = %self.cfg.name, %url, width_ms = self.cfg.width_ms, holder = %self.holder, "sink running");
+        tracing::info!(sink = %self.cfg.name, %url, width_ms = self.cfg.width_ms, holder = %self.lease.holder(), "sink running");
         let poll = Duration::from_millis(self.cfg.poll_ms);
         // `None` until read, and again whenever the lease changed hands.
         let mut position: Option<Position> = None;
@@ -223,7 +207,7 @@ impl<S: Store + Send + 'static> Runner<S> {
             }
         }
         let cursor = position.map(|p| p.cursor);
-        self.give_up_lease().await;
+        self.lease.give_up(&self.store, &self.counters).await;
         tracing::info!(sink = %self.cfg.name, cursor, "sink stopped");
     }
 
@@ -232,81 +216,12 @@ impl<S: Store + Send + 'static> Runner<S> {
         &self,
         f: impl FnOnce(&mut S) -> Result<T, SinkError> + Send + 'static,
     ) -> Result<T, SinkError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut st = store.lock().map_err(|_| SinkError::Poisoned)?;
-            f(&mut st)
-        })
-        .await?
+        with_store(&self.store, f).await
     }
 
-    /// The lease's time to live.
-    fn ttl(&self) -> Duration {
-        Duration::from_millis(self.cfg.lease_ms)
-    }
-
-    /// Whether this instance may push: takes the sink's lease, or renews it
-    /// once a third of it has passed since the last renewal.
+    /// Whether this instance may push now (takes or renews the lease).
     async fn role(&mut self) -> Role {
-        let ttl = self.ttl();
-        if self.renewed.is_some_and(|t| t.elapsed() < ttl / 3) {
-            return Role::Leader { taken: false };
-        }
-        let asked = Instant::now();
-        let (name, holder) = (self.cfg.cursor_name(), self.holder.clone());
-        let res = self
-            .with_store(move |st| Ok(st.lease(&name, &holder, ttl)?))
-            .await;
-        let was_ours = self.renewed.is_some();
-        match res {
-            Ok(Lease::Ours) => {
-                // Counted from before the request, so never longer than the
-                // store's own expiry.
-                self.renewed = Some(asked);
-                self.counters.leader.store(1, Relaxed);
-                if !was_ours {
-                    self.standby = None;
-                    tracing::info!(sink = %self.cfg.name, holder = %self.holder, "this instance holds the sink's lease; pushing");
-                }
-                Role::Leader { taken: !was_ours }
-            }
-            Ok(Lease::Theirs(other)) => {
-                self.renewed = None;
-                self.counters.leader.store(0, Relaxed);
-                if was_ours {
-                    tracing::warn!(sink = %self.cfg.name, holder = %other, "the sink's lease passed to another instance; standing by");
-                } else if self.standby.as_ref() != Some(&other) {
-                    tracing::info!(sink = %self.cfg.name, holder = %other, "another instance runs this sink; standing by");
-                }
-                self.standby = Some(other);
-                Role::Standby
-            }
-            Err(e) => {
-                self.renewed = None;
-                self.standby = None;
-                self.counters.leader.store(0, Relaxed);
-                self.counters.store_errors.fetch_add(1, Relaxed);
-                tracing::warn!(sink = %self.cfg.name, error = %e, "cannot take or renew the sink's lease; not pushing until it can");
-                Role::Standby
-            }
-        }
-    }
-
-    /// Gives the lease up when stopping, so another instance takes over at
-    /// once rather than when it expires.
-    async fn give_up_lease(&mut self) {
-        if self.renewed.take().is_none() {
-            return;
-        }
-        self.counters.leader.store(0, Relaxed);
-        let (name, holder) = (self.cfg.cursor_name(), self.holder.clone());
-        let res = self
-            .with_store(move |st| Ok(st.release(&name, &holder)?))
-            .await;
-        if let Err(e) = res {
-            self.counters.store_errors.fetch_add(1, Relaxed);
-            tracing::warn!(sink = %self.cfg.name, error = %e, "cannot give up the sink's lease; another instance takes over when it expires");
-        }
+        self.lease.role(&self.store, &self.counters).await
     }
 
     /// Waits `d`; true when asked to stop meanwhile.
@@ -326,7 +241,7 @@ impl<S: Store + Send + 'static> Runner<S> {
             if left.is_zero() {
                 return None;
             }
-            if self.pause(left.min(self.ttl() / 3)).await {
+            if self.pause(left.min(self.lease.renew_every())).await {
                 return Some(Outcome::Stopped);
             }
             if self.role().await != (Role::Leader { taken: false }) {
@@ -338,7 +253,7 @@ impl<S: Store + Send + 'static> Runner<S> {
     /// Reads the cursor and the parked rows (as another instance may have
     /// left them).
     async fn load_position(&self) -> Result<Position, SinkError> {
-        let (name, width) = (self.cfg.cursor_name(), self.width);
+        let (name, width) = (self.cfg.store_name(), self.width);
         let (cursor, keys) = self
             .with_store(move |st| {
                 let cursor = st.cursor(&name)?;
@@ -369,7 +284,7 @@ impl<S: Store + Send + 'static> Runner<S> {
 
     /// Parks `keys` (before the cursor passes them).
     async fn park(&self, pos: &mut Position, keys: Vec<RowKey>) -> Result<(), SinkError> {
-        let (name, width) = (self.cfg.cursor_name(), self.width);
+        let (name, width) = (self.cfg.store_name(), self.width);
         let parked = keys.clone();
         self.with_store(move |st| Ok(st.park(&name, width, &parked)?))
             .await?;
@@ -395,7 +310,7 @@ impl<S: Store + Send + 'static> Runner<S> {
         for k in &keys {
             pos.parked.remove(k);
         }
-        let (name, width) = (self.cfg.cursor_name(), self.width);
+        let (name, width) = (self.cfg.store_name(), self.width);
         let res = self
             .with_store(move |st| Ok(st.unpark(&name, width, &keys)?))
             .await;
@@ -410,7 +325,7 @@ impl<S: Store + Send + 'static> Runner<S> {
     /// Saves the cursor; false when the store failed.
     async fn save_cursor(&self, value: u64) -> bool {
         self.counters.cursor.store(value, Relaxed);
-        let name = self.cfg.cursor_name();
+        let name = self.cfg.store_name();
         let res = self
             .with_store(move |st| Ok(st.set_cursor(&name, value)?))
             .await;
@@ -428,7 +343,7 @@ impl<S: Store + Send + 'static> Runner<S> {
     /// sorts them by whether they are final.
     async fn look(&mut self, pos: &Position) -> Result<Look, SinkError> {
         let (width, limit, finality) = (self.width, self.cfg.batch_size, self.finality);
-        let (name, cursor, scan) = (self.cfg.cursor_name(), pos.cursor, pos.scan);
+        let (name, cursor, scan) = (self.cfg.store_name(), pos.cursor, pos.scan);
         let count_lag = self.lag_counted.is_none_or(|t| t.elapsed() >= LAG_EVERY);
         let look = self
             .with_store(move |st| {
@@ -672,4 +587,18 @@ impl<S: Store + Send + 'static> Runner<S> {
             }
         }
     }
+}
+
+/// Runs `f` on the locked store on a blocking thread (a blocking database
+/// client may sit behind the store, so never on the async threads).
+pub(super) async fn with_store<S: Store + Send + 'static, T: Send + 'static>(
+    store: &Arc<Mutex<S>>,
+    f: impl FnOnce(&mut S) -> Result<T, SinkError> + Send + 'static,
+) -> Result<T, SinkError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut st = store.lock().map_err(|_| SinkError::Poisoned)?;
+        f(&mut st)
+    })
+    .await?
 }

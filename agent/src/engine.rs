@@ -631,10 +631,7 @@ impl Engine {
         let r = self.store.commit(&c, &self.limits);
         let out = self.store_result(r)?;
         self.metrics.store_ok.store(1, Relaxed);
-        self.metrics.commits.fetch_add(1, Relaxed);
-        self.metrics
-            .commit_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        self.metrics.record_commit(started.elapsed());
         self.metrics
             .partials_emitted
             .fetch_add(emitted - revisions, Relaxed);

@@ -40,6 +40,10 @@ pub enum Reject {
     BadTopic,
 }
 
+/// Upper bounds (ms) of the commit-duration histogram's buckets: a commit
+/// flushes to disk, so a slow disk shows here first.
+pub const COMMIT_BOUNDS_MS: [u64; 9] = [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500];
+
 const REJECT_NAMES: [&str; 12] = [
     "malformed_json",
     "unknown_version",
@@ -72,6 +76,9 @@ pub struct Metrics {
     pub commits: AtomicU64,
     /// Time spent committing (µs).
     pub commit_micros: AtomicU64,
+    /// Group commits by duration: one count per bound of
+    /// [`COMMIT_BOUNDS_MS`], then the longer ones.
+    commit_buckets: [AtomicU64; COMMIT_BOUNDS_MS.len() + 1],
     /// Closed partials put in the outbox.
     pub partials_emitted: AtomicU64,
     /// Revision partials (late data) put in the outbox.
@@ -152,6 +159,18 @@ impl Metrics {
         self.clocks.lock().ok()?.get(device).copied()
     }
 
+    /// Records one group commit that took `d`.
+    pub fn record_commit(&self, d: std::time::Duration) {
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.commits.fetch_add(1, Relaxed);
+        self.commit_micros.fetch_add(micros, Relaxed);
+        let bucket = COMMIT_BOUNDS_MS
+            .iter()
+            .position(|&ms| micros <= ms * 1_000)
+            .unwrap_or(COMMIT_BOUNDS_MS.len());
+        self.commit_buckets[bucket].fetch_add(1, Relaxed);
+    }
+
     /// Refusals for one reason.
     pub fn rejected(&self, r: Reject) -> u64 {
         self.rejected[r as usize].load(Relaxed)
@@ -169,6 +188,33 @@ impl Metrics {
         }
     }
 
+    /// `tributary_agent_commit_duration_seconds`, a Prometheus histogram.
+    fn render_commit_histogram(&self, out: &mut String) {
+        let name = "tributary_agent_commit_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Group commits of the agent's store by duration (each ends in a disk flush).\n# TYPE {name} histogram"
+        );
+        let mut below = 0;
+        for (ms, n) in COMMIT_BOUNDS_MS.iter().zip(&self.commit_buckets) {
+            below += n.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {below}",
+                *ms as f64 / 1_000.0
+            );
+        }
+        let count = self.commits.load(Relaxed);
+        let micros = self.commit_micros.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}.{:06}\n{name}_count {count}",
+            micros / 1_000_000,
+            micros % 1_000_000
+        );
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -183,7 +229,7 @@ impl Metrics {
                 c.load(Relaxed)
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 16] = [
+        let counters: [(&str, &str, &AtomicU64); 14] = [
             (
                 "readings_accepted_total",
                 "Readings folded into windows.",
@@ -198,12 +244,6 @@ impl Metrics {
                 "frames_duplicate_total",
                 "Link frames already applied.",
                 &self.frames_duplicate,
-            ),
-            ("commits_total", "Group commits.", &self.commits),
-            (
-                "commit_microseconds_total",
-                "Time spent in group commits.",
-                &self.commit_micros,
             ),
             (
                 "partials_emitted_total",
@@ -268,6 +308,7 @@ impl Metrics {
                 c.load(Relaxed)
             );
         }
+        self.render_commit_histogram(&mut out);
         let gauges: [(&str, &str, &AtomicU64); 6] = [
             (
                 "local_mqtt_unacked",
@@ -353,6 +394,32 @@ mod tests {
         assert!(text.contains("tributary_agent_rejected_total{reason=\"bad_value\"} 2"));
         assert!(text.contains("tributary_agent_readings_accepted_total 5"));
         assert_eq!(m.counters().rejected, 2);
+    }
+
+    #[test]
+    fn commit_durations_form_a_cumulative_histogram() {
+        use std::time::Duration;
+        let m = Metrics::default();
+        for ms in [1, 5, 30, 300, 3_000] {
+            m.record_commit(Duration::from_millis(ms));
+        }
+        let text = m.render();
+        let name = "tributary_agent_commit_duration_seconds";
+        for (le, n) in [
+            ("0.005", 2),
+            ("0.01", 2),
+            ("0.05", 3),
+            ("0.1", 3),
+            ("0.5", 4),
+            ("2.5", 4),
+            ("+Inf", 5),
+        ] {
+            let line = format!("{name}_bucket{{le=\"{le}\"}} {n}\n");
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        assert!(text.contains(&format!("{name}_sum 3.336000\n")), "{text}");
+        assert!(text.contains(&format!("{name}_count 5\n")), "{text}");
+        assert!(text.contains(&format!("# TYPE {name} histogram\n")));
     }
 
     #[test]

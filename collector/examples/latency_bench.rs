@@ -91,14 +91,7 @@ fn pct(v: &[i64], p: f64) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                format!("warn,{}", tributary_collector::broker::LOG_DIRECTIVES).into()
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    tributary_collector::broker::init_logging("warn");
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
     let broker = Embedded::start(

@@ -50,6 +50,19 @@ impl Default for EmbeddedOptions {
 pub const LOG_DIRECTIVES: &str =
     "rumqttd=warn,rumqttd::server::broker=off,rumqttd::router::routing=off";
 
+/// Logs of a program that may run the embedded broker go to stderr,
+/// filtered by `RUST_LOG` or else by `level` plus [`LOG_DIRECTIVES`].
+pub fn init_logging(level: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(format!("{level},{LOG_DIRECTIVES}"))
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// A running embedded broker. It lives until the process exits (`rumqttd`
 /// has no stop); start it once per process.
 #[derive(Debug)]

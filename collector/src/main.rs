@@ -109,17 +109,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(format!(
-                    "info,{}",
-                    tributary_collector::broker::LOG_DIRECTIVES
-                ))
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    tributary_collector::broker::init_logging("info");
     let cli = Cli::parse();
     match cli.command {
         Command::Migrate { config } => {

@@ -31,7 +31,7 @@ use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// An unused TCP port on 127.0.0.1 for a server a test starts (bound, then
@@ -68,12 +68,15 @@ pub fn free_port() -> u16 {
 const PORTS_FROM: u16 = 20_000;
 
 /// The first port of the kernel's ephemeral range (Linux's default when
-/// `/proc` does not tell).
+/// `/proc` does not tell), read once per process.
 fn ephemeral_start() -> u16 {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32_768)
+    static START: OnceLock<u16> = OnceLock::new();
+    *START.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32_768)
+    })
 }
 
 /// The path of workspace binary `name` in the target directory the running

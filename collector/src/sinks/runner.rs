@@ -19,7 +19,7 @@
 //! abandoned without advancing the cursor, so its points are pushed again
 //! on the next start (at-least-once; receivers upsert by point identity).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,6 +42,11 @@ const LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// A row's place: (series, window start) at the sink's width.
 type RowKey = (SeriesKey, i64);
+
+/// The place of `row`.
+fn row_key(row: &Changed) -> RowKey {
+    (row.series.clone(), row.stored.window.start())
+}
 
 /// Where a sink is, as read from the store when its lease was taken.
 struct Position {
@@ -261,10 +266,7 @@ impl<S: Store + Send + 'static> Runner<S> {
                 let mut after = 0;
                 loop {
                     let page = st.parked(&name, width, after, LOAD_PAGE)?;
-                    keys.extend(
-                        page.iter()
-                            .map(|r| (r.series.clone(), r.stored.window.start())),
-                    );
+                    keys.extend(page.iter().map(row_key));
                     match page.last() {
                         Some(last) if page.len() == LOAD_PAGE => after = last.change,
                         _ => break,
@@ -301,7 +303,7 @@ impl<S: Store + Send + 'static> Runner<S> {
     async fn unpark(&self, pos: &mut Position, rows: &[Changed]) -> bool {
         let keys: Vec<RowKey> = rows
             .iter()
-            .map(|r| (r.series.clone(), r.stored.window.start()))
+            .map(row_key)
             .filter(|k| pos.parked.contains_key(k))
             .collect();
         if keys.is_empty() {
@@ -355,7 +357,7 @@ impl<S: Store + Send + 'static> Runner<S> {
                 } else {
                     None
                 };
-                let parked = st.parked(&name, width, scan, limit)?;
+                let mut parked = st.parked(&name, width, scan, limit)?;
                 // A short page ends the round: the next starts over.
                 let scan = match parked.last() {
                     Some(last) if parked.len() == limit => last.change,
@@ -376,15 +378,8 @@ impl<S: Store + Send + 'static> Runner<S> {
                 };
                 // A parked row also in the feed (written again) is handled
                 // there.
-                let in_feed: std::collections::HashSet<(&SeriesKey, i64)> = rows
-                    .iter()
-                    .map(|r| (&r.series, r.stored.window.start()))
-                    .collect();
-                let parked: Vec<Changed> = parked
-                    .into_iter()
-                    .filter(|r| !in_feed.contains(&(&r.series, r.stored.window.start())))
-                    .collect();
-                drop(in_feed);
+                let in_feed: HashSet<RowKey> = rows.iter().map(row_key).collect();
+                parked.retain(|r| !in_feed.contains(&row_key(r)));
                 let mut parked_ready = Vec::new();
                 for row in parked {
                     if is_final(&row)? {
@@ -397,7 +392,7 @@ impl<S: Store + Send + 'static> Runner<S> {
                     if is_final(&row)? {
                         ready.push(row);
                     } else {
-                        park.push((row.series, row.stored.window.start()));
+                        park.push(row_key(&row));
                     }
                 }
                 Ok(Look {

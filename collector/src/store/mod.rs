@@ -267,6 +267,30 @@ pub(crate) fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreErr
     }
 }
 
+/// A series key as both backends store it: canonical JSON text.
+pub(crate) fn key_text(key: &SeriesKey) -> Result<String, StoreError> {
+    serde_json::to_string(key).map_err(|e| corrupt("series key", e))
+}
+
+/// A summary as both backends store it: postcard bytes.
+pub(crate) fn encode_summary(summary: &Summary) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(summary).map_err(|e| corrupt("summary", e))
+}
+
+/// A stored summary (postcard bytes) read back.
+pub(crate) fn decode_summary(bytes: &[u8]) -> Result<Summary, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| corrupt("summary", e))
+}
+
+/// A change-feed read's `after` and `limit` as SQL integers (beyond
+/// `i64::MAX` means "no bound").
+pub(crate) fn feed_bounds(after: u64, limit: usize) -> (i64, i64) {
+    (
+        i64::try_from(after).unwrap_or(i64::MAX),
+        i64::try_from(limit).unwrap_or(i64::MAX),
+    )
+}
+
 /// A result row read back: its window start, revision and summary bytes
 /// (postcard), at `width`. Both backends store rows this way.
 pub(crate) fn stored(
@@ -277,7 +301,7 @@ pub(crate) fn stored(
 ) -> Result<StoredWindow, StoreError> {
     Ok(StoredWindow {
         window: Window::new(start, width).map_err(|e| corrupt("window", e))?,
-        summary: postcard::from_bytes(bytes).map_err(|e| corrupt("summary", e))?,
+        summary: decode_summary(bytes)?,
         revision: u32::try_from(revision).map_err(|e| corrupt("revision", e))?,
     })
 }

@@ -31,7 +31,8 @@ use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Width};
 
 use super::{
-    corrupt, stored, AgentProgress, Applied, Changed, Lease, Store, StoreError, StoredWindow,
+    corrupt, feed_bounds, key_text, stored, AgentProgress, Applied, Changed, Lease, Store,
+    StoreError, StoredWindow,
 };
 
 pub use schema::SCHEMA_VERSION;
@@ -271,6 +272,38 @@ impl PostgresStore {
         })?
     }
 
+    /// A change-feed query: `sql` with `params`, whose rows are (change,
+    /// series key, start, revision, summary) of windows at `width`.
+    fn changed(
+        &self,
+        sql: &'static str,
+        width: Width,
+        params: Vec<Box<dyn ToSql + Send + Sync>>,
+    ) -> Result<Vec<Changed>, StoreError> {
+        self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let stmt = client.prepare_cached(sql).await?;
+            let args: Vec<&(dyn ToSql + Sync)> = params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            client
+                .query(&stmt, &args)
+                .await?
+                .iter()
+                .map(|row| {
+                    let change: i64 = row.get(0);
+                    let key: &str = row.get(1);
+                    Ok(Changed {
+                        change: u64::try_from(change).map_err(|e| corrupt("change number", e))?,
+                        series: serde_json::from_str(key).map_err(|e| corrupt("series key", e))?,
+                        stored: stored(row.get(2), width, row.get(3), row.get(4))?,
+                    })
+                })
+                .collect()
+        })
+    }
+
     /// Runs `sql` once with (`name`, width, series key texts, window starts)
     /// as `$1`–`$4`, the keys of `keys` as two parallel arrays (`unnest`).
     fn keyed_write(
@@ -302,26 +335,6 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
         deadpool_postgres::PoolError::Backend(e) => e.into(),
         e => StoreError::Backend(format!("connection pool: {e}")),
     }
-}
-
-fn key_text(key: &SeriesKey) -> Result<String, StoreError> {
-    serde_json::to_string(key).map_err(|e| corrupt("series key", e))
-}
-
-/// The rows of a change-feed query: (change, series key, start, revision,
-/// summary) of windows at `width`.
-fn changed_rows(rows: Vec<tokio_postgres::Row>, width: Width) -> Result<Vec<Changed>, StoreError> {
-    rows.iter()
-        .map(|row| {
-            let change: i64 = row.get(0);
-            let key: &str = row.get(1);
-            Ok(Changed {
-                change: u64::try_from(change).map_err(|e| corrupt("change number", e))?,
-                series: serde_json::from_str(key).map_err(|e| corrupt("series key", e))?,
-                stored: stored(row.get(2), width, row.get(3), row.get(4))?,
-            })
-        })
-        .collect()
 }
 
 impl Store for PostgresStore {
@@ -459,22 +472,14 @@ impl Store for PostgresStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Changed>, StoreError> {
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.run(|pool| async move {
-            let client = pool.get().await.map_err(pool_error)?;
-            let stmt = client
-                .prepare_cached(
-                    "SELECT r.changed, s.key, r.start, r.revision, r.summary FROM results r
-                     JOIN series s ON s.id = r.series
-                     WHERE r.width = $1 AND r.changed > $2 ORDER BY r.changed LIMIT $3",
-                )
-                .await?;
-            changed_rows(
-                client.query(&stmt, &[&width.ms(), &after, &limit]).await?,
-                width,
-            )
-        })
+        let (after, limit) = feed_bounds(after, limit);
+        self.changed(
+            "SELECT r.changed, s.key, r.start, r.revision, r.summary FROM results r
+             JOIN series s ON s.id = r.series
+             WHERE r.width = $1 AND r.changed > $2 ORDER BY r.changed LIMIT $3",
+            width,
+            vec![Box::new(width.ms()), Box::new(after), Box::new(limit)],
+        )
     }
 
     fn park(
@@ -501,26 +506,20 @@ impl Store for PostgresStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Changed>, StoreError> {
-        let name = name.to_string();
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.run(|pool| async move {
-            let client = pool.get().await.map_err(pool_error)?;
-            let stmt = client
-                .prepare_cached(
-                    "SELECT r.changed, s.key, r.start, r.revision, r.summary FROM parked p
-                     JOIN results r ON r.series = p.series AND r.width = p.width AND r.start = p.start
-                     JOIN series s ON s.id = r.series
-                     WHERE p.name = $4 AND p.width = $1 AND r.changed > $2 ORDER BY r.changed LIMIT $3",
-                )
-                .await?;
-            changed_rows(
-                client
-                    .query(&stmt, &[&width.ms(), &after, &limit, &name])
-                    .await?,
-                width,
-            )
-        })
+        let (after, limit) = feed_bounds(after, limit);
+        self.changed(
+            "SELECT r.changed, s.key, r.start, r.revision, r.summary FROM parked p
+             JOIN results r ON r.series = p.series AND r.width = p.width AND r.start = p.start
+             JOIN series s ON s.id = r.series
+             WHERE p.name = $4 AND p.width = $1 AND r.changed > $2 ORDER BY r.changed LIMIT $3",
+            width,
+            vec![
+                Box::new(width.ms()),
+                Box::new(after),
+                Box::new(limit),
+                Box::new(name.to_string()),
+            ],
+        )
     }
 
     fn unpark(

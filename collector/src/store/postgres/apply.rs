@@ -32,8 +32,9 @@ use tokio_postgres::error::SqlState;
 use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Summary, Width, Window};
 
-use super::corrupt;
-use crate::store::{add_rollups, merge_into, Pending};
+use crate::store::{
+    add_rollups, corrupt, decode_summary, encode_summary, key_text, merge_into, Pending,
+};
 use crate::store::{Applied, StoreError};
 
 /// How often a transaction that deadlocked is retried.
@@ -83,10 +84,6 @@ impl From<StoreError> for Failed {
     fn from(e: StoreError) -> Self {
         Failed::Store(e)
     }
-}
-
-fn key_text(key: &SeriesKey) -> Result<String, StoreError> {
-    serde_json::to_string(key).map_err(|e| corrupt("series key", e))
 }
 
 async fn try_apply(
@@ -227,8 +224,7 @@ async fn try_apply(
     for (id, width, start, key, window, summary) in rows {
         let (revision, result) = match stored.remove(&(id, width, start)) {
             Some((rev, old)) => {
-                let mut old: Summary =
-                    postcard::from_bytes(&old).map_err(|e| corrupt("summary", e))?;
+                let mut old = decode_summary(&old)?;
                 old.merge(&summary).map_err(|source| StoreError::Merge {
                     series: key.to_string(),
                     window,
@@ -245,7 +241,7 @@ async fn try_apply(
             }
         };
         revisions.push(revision);
-        bytes.push(postcard::to_allocvec(&result).map_err(|e| corrupt("summary", e))?);
+        bytes.push(encode_summary(&result)?);
     }
 
     // 5. Progress.

@@ -35,13 +35,14 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tributary_agent::store::checkpoint::{self, Checkpointer};
 use tributary_core::batch::Batch;
-use tributary_core::{SeriesKey, Summary, Width};
+use tributary_core::{SeriesKey, Width};
 
 use cache::{Cache, Committed, RowKey};
 
 use super::{add_rollups, in_order, merge_into, Pending};
 use super::{
-    corrupt, stored, AgentProgress, Applied, Changed, Lease, Store, StoreError, StoredWindow,
+    corrupt, decode_summary, encode_summary, feed_bounds, key_text, stored, AgentProgress, Applied,
+    Changed, Lease, Store, StoreError, StoredWindow,
 };
 
 impl From<rusqlite::Error> for StoreError {
@@ -100,14 +101,6 @@ pub struct SqliteStore {
 /// for the roll-ups and open windows of some 30,000 active series.
 const CACHED_ROWS: usize = 100_000;
 
-fn encode(summary: &Summary) -> Result<Vec<u8>, StoreError> {
-    postcard::to_allocvec(summary).map_err(|e| corrupt("summary", e))
-}
-
-fn decode(bytes: &[u8]) -> Result<Summary, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| corrupt("summary", e))
-}
-
 impl SqliteStore {
     /// Opens (or creates) the database at `path`, keeping roll-ups at
     /// `rollups` (e.g. 1 h and 1 d).
@@ -162,10 +155,7 @@ impl SqliteStore {
         params: &[&dyn rusqlite::ToSql],
         row: impl Fn(&rusqlite::Row<'_>) -> Result<T, StoreError>,
     ) -> Result<Vec<Vec<T>>, StoreError> {
-        let texts: Vec<String> = series
-            .iter()
-            .map(|k| serde_json::to_string(k).map_err(|e| corrupt("series key", e)))
-            .collect::<Result<_, _>>()?;
+        let texts: Vec<String> = series.iter().map(key_text).collect::<Result<_, _>>()?;
         let list = serde_json::to_string(&texts).map_err(|e| corrupt("series keys", e))?;
         let mut args: Vec<&dyn rusqlite::ToSql> = vec![&list];
         args.extend_from_slice(params);
@@ -191,7 +181,7 @@ impl SqliteStore {
         {
             let mut stmt = tx.prepare_cached(sql)?;
             for (series, start) in keys {
-                let text = serde_json::to_string(series).map_err(|e| corrupt("series key", e))?;
+                let text = key_text(series)?;
                 stmt.execute(params![name, width.ms(), text, start])?;
             }
         }
@@ -230,7 +220,7 @@ impl SqliteStore {
     }
 
     fn series_id(tx: &rusqlite::Transaction<'_>, key: &SeriesKey) -> Result<i64, StoreError> {
-        let text = serde_json::to_string(key).map_err(|e| corrupt("series key", e))?;
+        let text = key_text(key)?;
         tx.execute(
             "INSERT OR IGNORE INTO series (key) VALUES (?1)",
             params![text],
@@ -323,14 +313,14 @@ impl Store for SqliteStore {
                 let stored = match cache.take(&key) {
                     Some(row) => Some((row.revision, row.summary)),
                     None => {
-                        let bytes = encode(&delta)?;
+                        let bytes = encode_summary(&delta)?;
                         if insert.execute(params![id, width, start, bytes, change])? == 1 {
                             done.rows.push((key, (0, delta)));
                             continue;
                         }
                         let (revision, bytes): (u32, Vec<u8>) = select
                             .query_row(params![id, width, start], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                        Some((revision, decode(&bytes)?))
+                        Some((revision, decode_summary(&bytes)?))
                     }
                 };
                 let Some((revision, mut summary)) = stored else {
@@ -347,7 +337,7 @@ impl Store for SqliteStore {
                     width,
                     start,
                     revision,
-                    encode(&summary)?,
+                    encode_summary(&summary)?,
                     change
                 ])? != 1
                 {
@@ -397,7 +387,7 @@ impl Store for SqliteStore {
         from: i64,
         to: i64,
     ) -> Result<Vec<StoredWindow>, StoreError> {
-        let text = serde_json::to_string(series).map_err(|e| corrupt("series key", e))?;
+        let text = key_text(series)?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT r.start, r.revision, r.summary FROM results r JOIN series s ON s.id = r.series
              WHERE s.key = ?1 AND r.width = ?2 AND r.start >= ?3 AND r.start < ?4 ORDER BY r.start",
@@ -424,7 +414,7 @@ impl Store for SqliteStore {
     }
 
     fn progress(&self, series: &SeriesKey) -> Result<Vec<AgentProgress>, StoreError> {
-        let text = serde_json::to_string(series).map_err(|e| corrupt("series key", e))?;
+        let text = key_text(series)?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT w.agent, w.watermark, w.seen_ms FROM series s
              JOIN series_agents a ON a.series = s.id
@@ -484,8 +474,7 @@ impl Store for SqliteStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Changed>, StoreError> {
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (after, limit) = feed_bounds(after, limit);
         self.changed_rows(
             "SELECT r.changed, s.key, r.start, r.revision, r.summary FROM results r
              JOIN series s ON s.id = r.series
@@ -517,8 +506,7 @@ impl Store for SqliteStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Changed>, StoreError> {
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (after, limit) = feed_bounds(after, limit);
         self.changed_rows(
             "SELECT r.changed, s.key, r.start, r.revision, r.summary FROM parked p
              JOIN results r ON r.series = p.series AND r.width = p.width AND r.start = p.start

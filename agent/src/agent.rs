@@ -12,9 +12,10 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::engine::{Cmd, Engine};
 use crate::metrics::{Counters, Metrics};
-use crate::sources::simulated::{self, SimDevice};
+use crate::sources::simulated;
 use crate::store::StoreError;
 use crate::uplink::{Uplink, UplinkError};
+use tributary_sim::SimDevice;
 
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]

@@ -33,7 +33,6 @@
 //! - [`metrics`] and [`http`] — Prometheus `/metrics` and `/health`.
 //! - [`agent`] — start, run and stop it all ([`Agent::start`], [`run`]).
 //! - [`bench`](mod@bench) — the `bench` subcommand.
-//! - [`signal`] — Ctrl-C / SIGTERM, shared with the collector's binary.
 
 pub mod agent;
 pub mod bench;
@@ -42,7 +41,6 @@ pub mod engine;
 pub mod http;
 pub mod link;
 pub mod metrics;
-pub mod signal;
 pub mod sources;
 pub mod store;
 pub mod tags;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tributary_agent::config::Config;
-use tributary_agent::signal::shutdown_signal;
+use tributary_runtime::shutdown_signal;
 
 /// The Tributary edge agent.
 #[derive(Debug, Parser)]

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use tributary_agent::config::Config;
 use tributary_agent::metrics::Reject;
-use tributary_agent::sources::simulated::SimDevice;
 use tributary_agent::Agent;
 use tributary_core::frame::{FrameDecoder, Message, MAX_FRAME};
+use tributary_sim::SimDevice;
 use tributary_testkit::{Mosquitto, MosquittoOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

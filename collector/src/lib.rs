@@ -6,7 +6,6 @@
 //!
 //! ## Layout
 //! - [`api`] — the HTTP JSON query API.
-//! - [`broker`] — the embedded MQTT broker of the self-contained mode.
 //! - [`dashboard`] — the dashboard page (embedded HTML/JS/CSS) and
 //!   `/api/v1/meta`.
 //! - [`config`] — the TOML configuration (`config/collector.toml`).
@@ -17,7 +16,6 @@
 //!   timeout), decided from the store.
 //! - [`ingest`] — batches from MQTT into the store, acknowledged and
 //!   confirmed to their agents only after the commit.
-//! - [`truth`] — the ground truth of simulated devices (demo and tests).
 //! - [`service`] — starts and stops ingest and the HTTP server as one unit.
 //! - [`sinks`] — push final windows and their revisions to InfluxDB or a
 //!   JSON webhook, following the store's change feed from a durable cursor.
@@ -27,7 +25,6 @@
 //! built on this store (see the Collector issue).
 
 pub mod api;
-pub mod broker;
 pub mod config;
 pub mod dashboard;
 pub mod finality;
@@ -36,4 +33,3 @@ pub mod service;
 pub mod sinks;
 pub mod stats;
 pub mod store;
-pub mod truth;

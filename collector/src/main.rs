@@ -3,17 +3,15 @@
 //! `[store]`; `migrate` creates or upgrades its schema and exits), ingests batches from MQTT and serves the query API,
 //! `/metrics` and `/health` until Ctrl-C or SIGTERM.
 
-mod demo;
-
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tributary_agent::signal::shutdown_signal;
 use tributary_collector::config::Config;
 use tributary_collector::service;
 use tributary_collector::store::postgres::{PostgresOptions, PostgresStore};
 use tributary_collector::store::sqlite::SqliteStore;
+use tributary_runtime::shutdown_signal;
 
 /// The Tributary central collector.
 #[derive(Debug, Parser)]
@@ -38,9 +36,6 @@ enum Command {
         #[arg(long, short, default_value = "/etc/tributary/collector.toml")]
         config: PathBuf,
     },
-    /// The self-contained demo: embedded broker, collector on SQLite, agents
-    /// with simulated devices; prints a summary and serves the dashboard.
-    Demo(demo::DemoArgs),
 }
 
 /// The configured PostgreSQL options (the URL from `TRIBUTARY_STORE_URL`
@@ -109,7 +104,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tributary_collector::broker::init_logging("info");
+    tributary_runtime::logging::init("info");
     let cli = Cli::parse();
     match cli.command {
         Command::Migrate { config } => {
@@ -122,10 +117,6 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("loading config {}", config.display()))?;
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             rt.block_on(run(cfg))
-        }
-        Command::Demo(args) => {
-            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            rt.block_on(demo::run(args, shutdown_signal()))
         }
     }
 }

@@ -11,8 +11,6 @@ pub mod clock;
 pub mod drivers;
 pub mod link;
 pub mod sensor;
-#[cfg(feature = "std")]
-pub mod sim;
 mod wire;
 
 pub use aggregator::{Aggregator, AggregatorError, Mode};

@@ -360,9 +360,15 @@ fn a_full_pool_of_sent_frames_drops_the_oldest_and_counts_its_readings() {
 fn the_device_accepts_acks_and_time_syncs_and_counts_every_other_kind() {
     let mut link = Link::<4, 64>::new(500);
     link.enqueue(Message::Summary(summary_frame(7, 0, 1_000, &[1, 2, 3])));
-    let hello = tributary_firmware::sim::VirtualDevice::new(Default::default(), 1)
-        .unwrap()
-        .hello(0);
+    let hello = tributary_core::frame::Hello {
+        device: "dev-1".try_into().unwrap(),
+        boot: 1,
+        firmware: "test".try_into().unwrap(),
+        window_ms: 1_000,
+        tick: 0,
+        channels: heapless::Vec::new(),
+        stats: Default::default(),
+    };
     let sent = [
         Message::Hello(hello),
         Message::Summary(summary_frame(8, 0, 1_000, &[4])),

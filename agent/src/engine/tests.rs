@@ -7,7 +7,8 @@ use std::path::Path;
 
 use super::*;
 use crate::sources::json::JsonReading;
-use crate::sources::simulated::{self, SimDevice};
+use crate::sources::simulated;
+use tributary_sim::SimDevice;
 
 fn config(dir: &Path, extra: &str) -> Config {
     Config::from_toml(&format!(

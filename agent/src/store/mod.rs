@@ -22,9 +22,8 @@
 //! anything is published) and it is deleted only on the collector's
 //! confirmation. Only partials not yet in a batch are coarsened or dropped
 //! ([`outbox`]). WAL checkpoints run on a thread of their own
-//! ([`checkpoint`]), so no commit stalls on one.
+//! ([`tributary_runtime::checkpoint`]), so no commit stalls on one.
 
-pub mod checkpoint;
 pub mod outbox;
 
 use std::path::Path;
@@ -36,7 +35,7 @@ use tributary_core::{SeriesKey, Summary, Width, Window};
 
 use crate::config::Synchronous;
 use crate::window::{Flush, SeriesId, SourceId};
-use checkpoint::{CheckpointError, Checkpointer};
+use tributary_runtime::checkpoint::{self, CheckpointError, Checkpointer};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use tributary_agent::config::SimulatedConfig;
-use tributary_agent::sources::simulated;
 use tributary_core::batch::{Batch, Confirm};
 use tributary_core::topic;
+use tributary_sim::fleet as simulated;
 
 /// (series text, window start, width) → (count, Σticks).
 pub type Totals = HashMap<(String, i64, i64), (u64, i128)>;

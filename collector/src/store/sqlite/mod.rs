@@ -24,7 +24,7 @@
 //! and a row seen for the first time is a plain insert; so a partial costs
 //! about one row write, and a roll-up touched by many partials of a group
 //! is written once. WAL checkpoints run on a thread of their own
-//! ([`checkpoint`]), so no commit stalls on one.
+//! ([`tributary_runtime::checkpoint`]), so no commit stalls on one.
 
 mod cache;
 
@@ -33,9 +33,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use tributary_agent::store::checkpoint::{self, Checkpointer};
 use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Width};
+use tributary_runtime::checkpoint::{self, Checkpointer};
 
 use cache::{Cache, Committed, RowKey};
 

@@ -53,14 +53,7 @@ pub const LOG_DIRECTIVES: &str =
 /// Logs of a program that may run the embedded broker go to stderr,
 /// filtered by `RUST_LOG` or else by `level` plus [`LOG_DIRECTIVES`].
 pub fn init_logging(level: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(format!("{level},{LOG_DIRECTIVES}"))
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    tributary_runtime::logging::init(&format!("{level},{LOG_DIRECTIVES}"));
 }
 
 /// A running embedded broker. It lives until the process exits (`rumqttd`

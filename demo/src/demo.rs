@@ -1,4 +1,4 @@
-//! `tributary-collector demo`: the self-contained main job. It starts the
+//! `tributary-demo`: the self-contained main job. It starts the
 //! embedded MQTT broker, the collector on SQLite and several agents, each
 //! with simulated devices running the firmware's aggregation and link code;
 //! shows progress; checks every merged (series, window) against the devices'
@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use crate::broker::{Embedded, EmbeddedOptions};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use serde_json::Value;
 use tributary_agent::config::Config as AgentConfig;
 use tributary_agent::{Agent, AgentHandle};
-use tributary_collector::broker::{Embedded, EmbeddedOptions};
 use tributary_collector::config::Config;
 use tributary_collector::service;
 use tributary_collector::stats::Stat;
@@ -26,7 +26,7 @@ use tributary_collector::store;
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_core::{SeriesKey, Summary, Width};
 
-use tributary_collector::truth;
+use crate::truth;
 
 /// The agents' window (ms).
 const WIDTH_MS: i64 = 60_000;
@@ -43,69 +43,74 @@ fn site(index: usize) -> &'static str {
 }
 
 /// What the demo runs.
-#[derive(Debug, Clone, clap::Args)]
-pub(crate) struct DemoArgs {
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "tributary-demo",
+    version,
+    about = "The self-contained Tributary demo: embedded broker, collector on SQLite and agents with simulated devices; every window checked against the ground truth."
+)]
+pub struct DemoArgs {
     /// Agents (gateways), each an in-process agent with its own SQLite state.
     #[arg(long, default_value_t = 3)]
-    pub(crate) agents: usize,
+    pub agents: usize,
     /// Simulated devices per agent.
     #[arg(long, default_value_t = 20)]
-    pub(crate) devices: usize,
+    pub devices: usize,
     /// Device windows (10 s of event time each) every device produces.
     #[arg(long, default_value_t = 60)]
-    pub(crate) windows: u64,
+    pub windows: u64,
     /// After the summary, keep serving the dashboard until this many seconds
     /// after start, then stop by itself (default: until Ctrl-C).
     #[arg(long)]
-    pub(crate) duration: Option<u64>,
+    pub duration: Option<u64>,
     /// Print the summary as JSON on stdout (progress goes to stderr).
     #[arg(long)]
-    pub(crate) json: bool,
+    pub json: bool,
     /// HTTP listen address of the collector (API and dashboard).
     #[arg(long, default_value = "127.0.0.1:8080")]
-    pub(crate) listen: String,
+    pub listen: String,
     /// Where state goes (default: a temporary directory, removed at exit).
     #[arg(long)]
-    pub(crate) data_dir: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
 }
 
 /// The summary the demo prints.
 #[derive(Debug, Serialize)]
-pub(crate) struct DemoSummary {
+pub struct DemoSummary {
     /// Agents run.
-    pub(crate) agents: usize,
+    pub agents: usize,
     /// Simulated devices in all.
-    pub(crate) devices: usize,
+    pub devices: usize,
     /// Readings the devices produced (ground truth).
-    pub(crate) readings_produced: u64,
+    pub readings_produced: u64,
     /// Readings counted in the merged results at the collector.
-    pub(crate) readings_merged: u64,
+    pub readings_merged: u64,
     /// Produced but not in the results (must be 0).
-    pub(crate) readings_lost: i64,
+    pub readings_lost: i64,
     /// Batches the collector applied.
-    pub(crate) batches_applied: u64,
+    pub batches_applied: u64,
     /// Redelivered or resent batches the collector recognised and dropped.
-    pub(crate) duplicates_dropped: u64,
+    pub duplicates_dropped: u64,
     /// Partials merged.
-    pub(crate) partials_merged: u64,
+    pub partials_merged: u64,
     /// (series, window) results checked against the ground truth.
-    pub(crate) windows_checked: usize,
+    pub windows_checked: usize,
     /// Of those, results not equal (every field) to the ground truth (must be 0).
-    pub(crate) windows_mismatched: usize,
+    pub windows_mismatched: usize,
     /// (metric, site, window) points of the API grouped by `site` checked
     /// against the merged ground truth of the site's series.
-    pub(crate) site_points_checked: usize,
+    pub site_points_checked: usize,
     /// Of those, points whose statistics (count, sum, min, max, mean,
     /// stddev, first, last, p50, p99) differ from the truth's (must be 0).
-    pub(crate) site_points_mismatched: usize,
+    pub site_points_mismatched: usize,
     /// Uplink batch bytes per reading.
-    pub(crate) uplink_bytes_per_reading: f64,
+    pub uplink_bytes_per_reading: f64,
     /// Bytes per reading when forwarding raw readings as JSON.
-    pub(crate) raw_json_bytes_per_reading: f64,
+    pub raw_json_bytes_per_reading: f64,
     /// Seconds from start until every reading was merged.
-    pub(crate) seconds_to_complete: f64,
+    pub seconds_to_complete: f64,
     /// The dashboard.
-    pub(crate) dashboard: String,
+    pub dashboard: String,
 }
 
 fn free_local_addr() -> anyhow::Result<SocketAddr> {
@@ -231,7 +236,7 @@ fn progress(line: &str) {
 }
 
 /// Runs the demo.
-pub(crate) async fn run(
+pub async fn run(
     args: DemoArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {

@@ -1,9 +1,7 @@
-//! A host-side virtual device (feature `std`): exactly this crate's
+//! A host-side virtual device: exactly the firmware's
 //! [`Aggregator`] and [`Link`] driven by deterministic, seeded simulated
 //! sensors (sine + noise, steps, spikes, dropouts) over in-memory bytes, with
 //! the ground truth of every reading taken so tests can compare exactly.
-
-extern crate std;
 
 use std::collections::BTreeMap;
 use std::vec::Vec;
@@ -12,10 +10,7 @@ use tributary_core::frame::{ChannelInfo, DeviceStats, Hello, Message, MAX_CHANNE
 use tributary_core::quantum::Quantum;
 use tributary_core::summary::Summary;
 
-use crate::aggregator::{Aggregator, AggregatorError, Mode};
-use crate::clock::Clock;
-use crate::link::Link;
-use crate::sensor::ChannelSpec;
+use tributary_firmware::{Aggregator, AggregatorError, ChannelSpec, Clock, Link, Mode};
 
 /// The simulated channels: temperature (sine + noise, spikes), humidity
 /// (steps) and pressure (slow drift + noise).
@@ -271,7 +266,7 @@ impl VirtualDevice {
 
 struct FailingSensor;
 
-impl crate::sensor::Sensor for FailingSensor {
+impl tributary_firmware::Sensor for FailingSensor {
     type Error = ();
     fn channels(&self) -> &'static [ChannelSpec] {
         &SIM_CHANNELS

@@ -2,7 +2,7 @@
 //! result can be queried at the collector, on loopback.
 //!
 //! ```text
-//! cargo run --release -p tributary-collector --example latency_bench -- \
+//! cargo run --release -p tributary-demo --example latency_bench -- \
 //!     [--devices 100] [--seconds 30] [--agent-commit-ms 50]
 //! ```
 //!
@@ -35,12 +35,12 @@ use clap::Parser;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use tributary_agent::config::Config as AgentConfig;
 use tributary_agent::Agent;
-use tributary_collector::broker::{Embedded, EmbeddedOptions};
 use tributary_collector::config::Config;
 use tributary_collector::service;
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_collector::store::Store;
 use tributary_core::Width;
+use tributary_demo::broker::{Embedded, EmbeddedOptions};
 
 const WINDOW_MS: i64 = 1_000;
 const TICK_MS: i64 = 100;
@@ -91,7 +91,7 @@ fn pct(v: &[i64], p: f64) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tributary_collector::broker::init_logging("warn");
+    tributary_demo::broker::init_logging("warn");
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
     let broker = Embedded::start(

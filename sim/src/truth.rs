@@ -1,22 +1,23 @@
 //! The ground truth of simulated devices, for the demo's and the system
-//! tests' exactness checks: the firmware virtual devices' own record of what
-//! they measured, folded into the collector's windows by merging (exact, so
-//! the result must equal — every field — what the pipeline stored). Keys
-//! carry each agent's global tags, as the agents forward them, so results
-//! grouped by a tag can be checked against the truth too.
+//! tests' exactness checks: the virtual devices' own record of what they
+//! measured ([`TruthWindow`]s), folded into the collector's windows by
+//! merging (exact, so the result must equal — every field — what the
+//! pipeline stored). The caller gives the truth the series keys the agents
+//! forward (their global tags), so results grouped by a tag can be checked
+//! against the truth too.
 
 use std::collections::BTreeMap;
 
-use tributary_agent::config::Config as AgentConfig;
-use tributary_agent::sources::simulated;
 use tributary_core::{SeriesKey, Summary, SummaryError};
+
+use crate::fleet::TruthWindow;
 
 /// Why the ground truth could not be computed.
 #[derive(Debug, thiserror::Error)]
 pub enum TruthError {
     /// The virtual devices could not be replayed.
-    #[error("replaying the simulated devices: {0}")]
-    Devices(String),
+    #[error("replaying the simulated devices: {0:?}")]
+    Devices(tributary_firmware::AggregatorError),
     /// Device windows did not merge.
     #[error("merging device windows: {0}")]
     Merge(#[from] SummaryError),
@@ -26,25 +27,21 @@ pub enum TruthError {
 }
 
 /// Every (series, window start) at `width_ms` with the summary of all the
-/// readings the simulated devices of `agents` produce in it.
+/// readings of `truth` (device windows) in it.
 pub fn windows(
-    agents: &[AgentConfig],
+    truth: impl IntoIterator<Item = TruthWindow>,
     width_ms: i64,
 ) -> Result<BTreeMap<(SeriesKey, i64), Summary>, TruthError> {
     if width_ms <= 0 {
         return Err(TruthError::Width(width_ms));
     }
     let mut out: BTreeMap<(SeriesKey, i64), Summary> = BTreeMap::new();
-    for agent in agents {
-        let truth =
-            simulated::agent_truth(agent).map_err(|e| TruthError::Devices(format!("{e:?}")))?;
-        for w in truth {
-            let start = w.start_ms.div_euclid(width_ms) * width_ms;
-            match out.get_mut(&(w.series.clone(), start)) {
-                Some(s) => s.merge(&w.summary)?,
-                None => {
-                    out.insert((w.series, start), w.summary);
-                }
+    for w in truth {
+        let start = w.start_ms.div_euclid(width_ms) * width_ms;
+        match out.get_mut(&(w.series.clone(), start)) {
+            Some(s) => s.merge(&w.summary)?,
+            None => {
+                out.insert((w.series, start), w.summary);
             }
         }
     }

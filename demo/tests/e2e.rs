@@ -22,8 +22,8 @@ use tributary_agent::config::{Config as AgentConfig, SimMode, SimulatedConfig};
 use tributary_collector::stats::Stat;
 use tributary_collector::store::all_windows;
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_collector::truth;
 use tributary_core::{SeriesKey, Summary, Width};
+use tributary_demo::truth;
 use tributary_testkit::{free_port, workspace_bin, Mosquitto, MosquittoOptions};
 
 const WIDTH: i64 = 5_000;
@@ -116,7 +116,7 @@ impl Collector {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_tributary-collector"))
+        let child = Command::new(workspace_bin("tributary-collector").unwrap())
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "error")

@@ -1,5 +1,5 @@
 //! The shutdown signal the daemons wait for: Ctrl-C, or SIGTERM on Unix
-//! (what systemd sends). Shared by `tributary-agent` and `tributary-collector`.
+//! (what systemd sends).
 
 /// Resolves on Ctrl-C or SIGTERM (Ctrl-C only where SIGTERM cannot be
 /// watched).

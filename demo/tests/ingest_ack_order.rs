@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, MqttOptions, QoS};
-use tributary_collector::broker::{Embedded, EmbeddedOptions};
 use tributary_collector::ingest::{self, IngestConfig, IngestCounters};
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_core::batch::{Batch, Encoding, Partial};
 use tributary_core::{topic, Quantum, SeriesKey, Summary, Width, Window};
+use tributary_demo::broker::{Embedded, EmbeddedOptions};
 
 const T0: i64 = 1_700_000_000_000;
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tributary_core::frame::{encode, Ack, FrameDecoder, Message, TimeSync, MAX_FRAME};
 use tributary_core::summary::Summary;
-use tributary_firmware::sim::{SimConfig, VirtualDevice};
+use tributary_sim::{SimConfig, VirtualDevice};
 
 #[allow(clippy::unwrap_used)] // test helper: a failure is a test failure
 fn run(seed: u64, loss_every: usize) -> (VirtualDevice, BTreeMap<(u8, u64), Summary>, u32) {

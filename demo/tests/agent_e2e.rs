@@ -16,11 +16,11 @@ use common::{agent_toml, sim_config, start_ms, truth, Totals};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use tributary_agent::config::Config as AgentConfig;
 use tributary_agent::Agent;
-use tributary_collector::broker::{Embedded, EmbeddedOptions};
 use tributary_collector::ingest::{self, IngestConfig, IngestCounters};
 use tributary_collector::store::all_windows;
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_core::Width;
+use tributary_demo::broker::{Embedded, EmbeddedOptions};
 use tributary_testkit::{Mosquitto, MosquittoOptions};
 
 const WIDTH: i64 = 5000;

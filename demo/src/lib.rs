@@ -1,0 +1,21 @@
+//! # tributary-demo
+//!
+//! The whole system in one process, for a first look and for the system
+//! tests and benches: an embedded MQTT broker, agents with simulated
+//! devices, and the collector on SQLite. Production runs the two daemons
+//! (`tributary-agent`, `tributary-collector`) and a real broker instead;
+//! neither daemon links anything of this crate.
+//!
+//! # Layout
+//! - [`broker`] — the embedded MQTT broker (`rumqttd`).
+//! - [`demo`] — the main job: run, check every window against the ground
+//!   truth, print a summary, serve the dashboard.
+//! - [`truth`] — the ground truth of agents' simulated devices.
+//!
+//! The `latency_bench` example measures window close → queryable on this
+//! same set-up; `tests/` run agent and collector together (in-process and
+//! as real processes).
+
+pub mod broker;
+pub mod demo;
+pub mod truth;

@@ -1,0 +1,345 @@
+//! A fleet of virtual devices as a config section describes it
+//! ([`SimulatedConfig`]): each device's settings and seed, a [`Stepper`]
+//! that walks a device through its sampling ticks, the link helpers that
+//! feed frames to and from its bytes, and the ground truth of a bounded run
+//! ([`SimDevice::truth`]).
+//!
+//! # Ground truth
+//! [`SimDevice::truth`] runs the same device offline: in summaries mode the
+//! firmware's own record of every reading it took (per channel and device
+//! window); in readings mode every Reading frame the device sends. Its keys
+//! are the devices' own (without an agent's global tags).
+
+use std::collections::BTreeMap;
+
+use tributary_core::frame::{self, Ack, FrameDecoder, Message, MAX_FRAME};
+use tributary_core::{Quantum, SeriesKey, Summary};
+use tributary_firmware::AggregatorError;
+
+use tributary_runtime::now_ms;
+
+use crate::config::{SimMode, SimulatedConfig};
+use crate::device::{SimConfig, VirtualDevice, SIM_CHANNELS};
+
+/// The most unacked frames a virtual device is allowed before its time
+/// stops advancing: its link ring holds 16, one step adds at most 3.
+pub const RING_HEADROOM: usize = 12;
+
+/// One configured virtual device.
+#[derive(Debug, Clone)]
+pub struct SimDevice {
+    /// Device id.
+    pub name: String,
+    /// Event time of tick 0 (a multiple of the device window).
+    pub start_ms: i64,
+    /// The virtual device's settings.
+    pub config: SimConfig,
+    seed: u64,
+    last_tick: Option<u64>,
+}
+
+/// The exact totals of one (series, device window) a virtual device produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TruthWindow {
+    /// The series (`{metric}{device="…"}`).
+    pub series: SeriesKey,
+    /// Event time of the device window's start.
+    pub start_ms: i64,
+    /// Device window width (ms).
+    pub width_ms: i64,
+    /// The readings, in the channel's quantum.
+    pub summary: Summary,
+}
+
+impl SimDevice {
+    /// The devices of `cfg`.
+    pub fn all(cfg: &SimulatedConfig) -> Vec<SimDevice> {
+        let w = i64::from(cfg.device_window_ms.max(1));
+        let start = if cfg.start_ms != 0 {
+            cfg.start_ms
+        } else {
+            now_ms().div_euclid(w) * w
+        };
+        let period = u64::from((cfg.device_window_ms / cfg.readings_per_window.max(1)).max(1));
+        let last_tick = (cfg.windows > 0).then(|| {
+            let end = cfg.windows * u64::from(cfg.device_window_ms.max(1));
+            (end - 1) / period * period
+        });
+        (0..cfg.devices)
+            .map(|i| {
+                let name = format!("{}{i}", cfg.prefix);
+                SimDevice {
+                    config: SimConfig {
+                        device: name.clone(),
+                        boot: 1,
+                        width_ms: cfg.device_window_ms,
+                        period_ms: period,
+                        resend_ms: cfg.resend_ms,
+                        dropout_per_mille: cfg.dropout_per_mille,
+                        raw: cfg.mode == SimMode::Readings,
+                        ..SimConfig::default()
+                    },
+                    name,
+                    start_ms: start,
+                    seed: cfg.seed.wrapping_mul(0x100_0000_01b3) ^ i as u64,
+                    last_tick,
+                }
+            })
+            .collect()
+    }
+
+    /// A fresh instance of the device (boot 1, tick 0).
+    pub fn device(&self) -> Result<VirtualDevice, AggregatorError> {
+        VirtualDevice::new(self.config.clone(), self.seed)
+    }
+
+    /// The boot id.
+    pub fn boot(&self) -> u32 {
+        self.config.boot
+    }
+
+    /// Sampling period (ms).
+    pub fn period_ms(&self) -> u64 {
+        self.config.period_ms
+    }
+
+    /// The tick of the last sample (`None` = runs forever).
+    pub fn last_tick(&self) -> Option<u64> {
+        self.last_tick
+    }
+
+    /// The series of channel `ch`.
+    pub fn series(&self, ch: u8) -> Option<SeriesKey> {
+        let spec = SIM_CHANNELS.get(usize::from(ch))?;
+        SeriesKey::new(spec.metric, self.name.as_str(), Default::default()).ok()
+    }
+
+    /// Every reading the device produces in a bounded run, per series and
+    /// device window (empty for an unbounded run).
+    pub fn truth(&self) -> Result<Vec<TruthWindow>, AggregatorError> {
+        let Some(last) = self.last_tick else {
+            return Ok(Vec::new());
+        };
+        let mut dev = self.device()?;
+        let width = i64::from(self.config.width_ms);
+        let mut out = Vec::new();
+        if !self.config.raw {
+            let _ = dev.step(last);
+            for (&(ch, start), s) in dev.truth() {
+                if let Some(series) = self.series(ch) {
+                    out.push(TruthWindow {
+                        series,
+                        start_ms: self.start_ms + start as i64,
+                        width_ms: width,
+                        // The device records ticks since boot; boot is start_ms.
+                        summary: s.shifted(self.start_ms),
+                    });
+                }
+            }
+            return Ok(out);
+        }
+        // Readings mode: the firmware keeps no per-window record, so the
+        // truth is every Reading frame it sends (each acked at once).
+        let mut windows: BTreeMap<(u8, i64), Summary> = BTreeMap::new();
+        let mut dec = FrameDecoder::<MAX_FRAME>::new();
+        let mut t = 0;
+        while t <= last {
+            let bytes = dev.step(t);
+            for m in decode(&mut dec, &bytes) {
+                if let Message::Reading(r) = m {
+                    let tick = r.tick as i64;
+                    let start = tick - tick % width;
+                    let q = SIM_CHANNELS
+                        .get(usize::from(r.channel))
+                        .and_then(|c| Quantum::new(c.quantum_exp).ok())
+                        .unwrap_or_default();
+                    let s = windows
+                        .entry((r.channel, start))
+                        .or_insert_with(|| Summary::new(q));
+                    let _ = s.insert(self.start_ms + tick, i64::from(r.value));
+                    ack(&mut dev, r.boot, r.seq);
+                }
+            }
+            t += self.config.period_ms;
+        }
+        for ((ch, start), summary) in windows {
+            if let Some(series) = self.series(ch) {
+                out.push(TruthWindow {
+                    series,
+                    start_ms: self.start_ms + start,
+                    width_ms: width,
+                    summary,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The ground truth of every bounded device of `cfg`, keyed by the
+/// devices' own series keys (without an agent's global tags).
+pub fn truth(cfg: &SimulatedConfig) -> Result<Vec<TruthWindow>, AggregatorError> {
+    let mut out = Vec::new();
+    for d in SimDevice::all(cfg) {
+        out.extend(d.truth()?);
+    }
+    Ok(out)
+}
+
+/// The frames in `bytes` (a corrupt one is skipped).
+pub fn decode(dec: &mut FrameDecoder<MAX_FRAME>, bytes: &[u8]) -> Vec<Message> {
+    let mut out = Vec::new();
+    for &b in bytes {
+        if let Some(Ok(m)) = dec.push(b) {
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// Encodes `msg` and feeds it to the device's link, as the wire would.
+pub fn deliver(dev: &mut VirtualDevice, msg: &Message) {
+    let mut buf = [0u8; MAX_FRAME];
+    if let Ok(n) = frame::encode(msg, &mut buf) {
+        dev.receive(&buf[..n]);
+    }
+}
+
+/// Acknowledges frame `seq` of `boot` to the device.
+pub fn ack(dev: &mut VirtualDevice, boot: u32, seq: u32) {
+    deliver(dev, &Message::Ack(Ack { boot, seq }));
+}
+
+/// The sequence of a data frame (Summary, Reading).
+pub fn data_seq(m: &Message) -> Option<u32> {
+    match m {
+        Message::Summary(f) => Some(f.seq),
+        Message::Reading(f) => Some(f.seq),
+        _ => None,
+    }
+}
+
+/// A virtual device being stepped through time.
+pub struct Stepper {
+    /// The device.
+    pub dev: VirtualDevice,
+    /// The next tick to step to.
+    pub next: u64,
+    /// The last tick stepped to.
+    pub last_stepped: u64,
+    /// Sampling period (device ms).
+    pub period: u64,
+    /// The last sampling tick (`None`: runs forever).
+    pub last: Option<u64>,
+    /// Whether the run is over (the open window flushed).
+    pub stopped: bool,
+}
+
+impl Stepper {
+    /// A fresh device of `sim` at tick 0.
+    pub fn new(sim: &SimDevice, dev: VirtualDevice) -> Self {
+        Stepper {
+            dev,
+            next: 0,
+            last_stepped: 0,
+            period: sim.period_ms(),
+            last: sim.last_tick(),
+            stopped: false,
+        }
+    }
+
+    /// One sampling period; after the last sample, closes the open window
+    /// and from then on only lets time pass (resends).
+    pub fn step(&mut self) -> Vec<u8> {
+        let t = self.next;
+        let mut out = self.dev.step(t);
+        if !self.stopped && self.last.is_some_and(|l| t >= l) {
+            self.dev.flush();
+            self.stopped = true;
+            out.extend(self.dev.step(t));
+        }
+        self.last_stepped = t;
+        self.next += self.period;
+        out
+    }
+
+    /// Whether the run is over and every frame acknowledged.
+    pub fn finished(&self) -> bool {
+        self.stopped && self.dev.pending() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(mode: SimMode) -> SimulatedConfig {
+        SimulatedConfig {
+            devices: 2,
+            mode,
+            windows: 3,
+            start_ms: 1_000_000,
+            device_window_ms: 1000,
+            readings_per_window: 4,
+            ..SimulatedConfig::default()
+        }
+    }
+
+    /// Runs a device to the end with every frame acked at once and sums
+    /// what reached the "gateway" per series.
+    fn delivered(d: &SimDevice) -> BTreeMap<String, (u64, i128)> {
+        let mut st = Stepper::new(d, d.device().unwrap());
+        let mut dec = FrameDecoder::<MAX_FRAME>::new();
+        let mut out: BTreeMap<String, (u64, i128)> = BTreeMap::new();
+        let mut guard = 0;
+        while !st.finished() && guard < 100_000 {
+            guard += 1;
+            for m in decode(&mut dec, &st.step()) {
+                let (ch, n, sum, seq) = match &m {
+                    Message::Summary(f) => {
+                        let s = Summary::from_fixed(&f.summary, 0);
+                        (f.channel, s.count(), s.sum_ticks(), f.seq)
+                    }
+                    Message::Reading(r) => (r.channel, 1, i128::from(r.value), r.seq),
+                    _ => continue,
+                };
+                let e = out.entry(d.series(ch).unwrap().to_string()).or_default();
+                e.0 += n;
+                e.1 += sum;
+                ack(&mut st.dev, d.boot(), seq);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn frames_carry_exactly_the_ground_truth() {
+        for mode in [SimMode::Summaries, SimMode::Readings] {
+            let c = cfg(mode);
+            let d = &SimDevice::all(&c)[1];
+            let mut want: BTreeMap<String, (u64, i128)> = BTreeMap::new();
+            for t in d.truth().unwrap() {
+                assert_eq!(t.start_ms % 1000, 0, "device windows align to start_ms");
+                let e = want.entry(t.series.to_string()).or_default();
+                e.0 += t.summary.count();
+                e.1 += t.summary.sum_ticks();
+            }
+            assert_eq!(want.len(), 3, "{mode:?}: three channels");
+            let n: u64 = want.values().map(|v| v.0).sum();
+            // 3 windows × 4 samples × 3 channels, less the dropouts.
+            assert!(n > 0 && n <= 36, "{mode:?}: {n}");
+            assert_eq!(delivered(d), want, "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn devices_differ_and_are_deterministic() {
+        let c = cfg(SimMode::Summaries);
+        let all = SimDevice::all(&c);
+        let a = all[0].truth().unwrap();
+        let b = all[1].truth().unwrap();
+        assert_eq!(a, SimDevice::all(&c)[0].truth().unwrap());
+        let sums = |v: &[TruthWindow]| v.iter().map(|t| t.summary.sum_ticks()).collect::<Vec<_>>();
+        assert_ne!(sums(&a), sums(&b));
+    }
+}

@@ -7,7 +7,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use tributary_core::Width;
 
-use crate::stats::Stat;
+use crate::query::stats::Stat;
 
 /// Where a sink pushes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -12,11 +12,11 @@ use tributary_runtime::config::{self as rc, EnvRules, Problems};
 
 pub use tributary_runtime::config::{ConfigError, Secret};
 
-use crate::finality::FinalityConfig;
-use crate::ingest::{LimitsConfig, MqttConfig, MQTT_PASSWORD_ENV};
-use crate::query::HttpConfig;
-use crate::sinks::SinkConfig;
-use crate::store::StoreConfig;
+pub use crate::finality::FinalityConfig;
+pub use crate::ingest::{LimitsConfig, MqttConfig, MQTT_PASSWORD_ENV};
+pub use crate::query::HttpConfig;
+pub use crate::sinks::SinkConfig;
+pub use crate::store::{StoreConfig, StoreKind, StoreTls};
 
 /// The sections `TRIBUTARY_<SECTION>_<KEY>` may address (e.g.
 /// `TRIBUTARY_STORE_URL`, `TRIBUTARY_MQTT_PORT`, `TRIBUTARY_HTTP_LISTEN`).

@@ -279,6 +279,12 @@ pub trait Leases: Send + Sync {
     fn release(&self, name: &str, holder: &str) -> impl Future<Output = Answer<()>> + Send;
 }
 
+/// The role traits, to bring their methods into scope at once
+/// (`use tributary_collector::store::prelude::*`).
+pub mod prelude {
+    pub use super::{Feed, Ingest, Leases, Query, Store};
+}
+
 /// A whole store: every role, as one cheap-to-clone handle the service
 /// hands to ingest, the HTTP server and the sinks.
 pub trait Store: Ingest + Query + Feed + Leases + Clone + 'static {}

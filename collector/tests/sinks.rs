@@ -889,7 +889,7 @@ fn the_documented_sink_examples_parse() {
 #[tokio::test]
 async fn the_collector_runs_its_sinks_and_shows_them_on_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = open(&dir);
+    let store = open(&dir);
     store
         .apply(&[batch(1, 1, vec![partial("d1", 0, &[1000])])])
         .await

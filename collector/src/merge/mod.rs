@@ -80,10 +80,10 @@ fn seq(b: &Batch) -> Result<i64, StoreError> {
 
 /// Per batch in order, whether it is new — the first copy of a key the
 /// store accepted as new (`new`) — and the new batches.
-pub(crate) fn dedupe<'a>(
-    batches: &'a [Batch],
+pub(crate) fn dedupe(
+    batches: &[Batch],
     mut new: HashSet<(String, i64)>,
-) -> Result<(Vec<Applied>, Vec<&'a Batch>), StoreError> {
+) -> Result<(Vec<Applied>, Vec<&Batch>), StoreError> {
     let mut outcome = Vec::with_capacity(batches.len());
     let mut fresh = Vec::new();
     for b in batches {

@@ -290,18 +290,24 @@ async fn answer<S: Store>(
             }
         }
     }
-    let key_name = if group_by.is_some() {
-        "group"
-    } else {
-        "series"
-    };
-    let out: Vec<Value> = groups
+    let out = results(groups, group_by.is_some(), &stats);
+    Ok(Json(json!({ "step": step, "results": out })))
+}
+
+/// The answer's `results`: per group (or series), its points in time order.
+fn results(
+    groups: BTreeMap<String, (Value, BTreeMap<i64, Point>)>,
+    grouped: bool,
+    stats: &[Stat],
+) -> Vec<Value> {
+    let key_name = if grouped { "group" } else { "series" };
+    groups
         .into_values()
         .map(|(ident, points)| {
             let points: Vec<Value> = points
                 .into_iter()
                 .map(|(t, p)| {
-                    let mut m = render(&p.summary, &stats);
+                    let mut m = render(&p.summary, stats);
                     m.insert("t".into(), json!(t));
                     m.insert("revision".into(), json!(p.revision));
                     m.insert("final".into(), json!(p.is_final));
@@ -310,6 +316,5 @@ async fn answer<S: Store>(
                 .collect();
             json!({ key_name: ident, "points": points })
         })
-        .collect();
-    Ok(Json(json!({ "step": step, "results": out })))
+        .collect()
 }

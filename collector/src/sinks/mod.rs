@@ -43,6 +43,7 @@
 //!   `tributary_sink_leader` shows which instance pushes.
 
 mod config;
+mod deliver;
 mod http;
 mod influx;
 mod lease;

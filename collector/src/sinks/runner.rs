@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tributary_core::{SeriesKey, Width};
 
 use super::config::SinkConfig;
-use super::http::{backoff, Attempt, Endpoint};
+use super::http::Endpoint;
 use super::lease::{Role, SinkLease};
 use super::{SinkCounters, SinkError};
 use crate::finality::Finality;
@@ -48,9 +48,9 @@ fn row_key(row: &Changed) -> RowKey {
 }
 
 /// Where a sink is, as read from the store when its lease was taken.
-struct Position {
+pub(super) struct Position {
     /// The change number of the last feed row pushed, skipped or parked.
-    cursor: u64,
+    pub(super) cursor: u64,
     /// The parked rows, and since when this process knows them parked.
     parked: HashMap<RowKey, Instant>,
     /// The change number after which the next look reads parked rows.
@@ -81,7 +81,7 @@ const PARKED_WARN_EVERY: Duration = Duration::from_secs(300);
 const LOAD_PAGE: usize = 10_000;
 
 /// Whether to go on.
-enum Flow {
+pub(super) enum Flow {
     /// Look again at once.
     Go,
     /// Look again after the poll interval.
@@ -91,29 +91,21 @@ enum Flow {
     Lost,
 }
 
-/// How pushing one chunk ended.
-enum Outcome {
-    Delivered,
-    Rejected { status: u16, body: String },
-    Stopped,
-    Lost,
-}
-
 /// One sink's state.
 pub(crate) struct Runner<S> {
-    cfg: SinkConfig,
+    pub(super) cfg: SinkConfig,
     width: Width,
-    stats: Vec<Stat>,
-    endpoint: Endpoint,
+    pub(super) stats: Vec<Stat>,
+    pub(super) endpoint: Endpoint,
     store: S,
     finality: Finality,
-    counters: Arc<SinkCounters>,
-    stop: watch::Receiver<bool>,
+    pub(super) counters: Arc<SinkCounters>,
+    pub(super) stop: watch::Receiver<bool>,
     lag_counted: Option<Instant>,
     /// When long-parked windows were last logged.
     parked_warned: Option<Instant>,
     /// The sink's lease, held while this instance pushes.
-    lease: SinkLease,
+    pub(super) lease: SinkLease,
 }
 
 impl<S: Feed + Leases + Query + Clone + 'static> Runner<S> {
@@ -216,33 +208,15 @@ impl<S: Feed + Leases + Query + Clone + 'static> Runner<S> {
     }
 
     /// Whether this instance may push now (takes or renews the lease).
-    async fn role(&mut self) -> Role {
+    pub(super) async fn role(&mut self) -> Role {
         self.lease.role(&self.store, &self.counters).await
     }
 
     /// Waits `d`; true when asked to stop meanwhile.
-    async fn pause(&mut self, d: Duration) -> bool {
+    pub(super) async fn pause(&mut self, d: Duration) -> bool {
         tokio::select! {
             () = tokio::time::sleep(d) => false,
             _ = self.stop.wait_for(|s| *s) => true,
-        }
-    }
-
-    /// Waits `d` (a retry's backoff, possibly longer than the lease) while
-    /// keeping the lease; how it ended early, if it did.
-    async fn pause_leading(&mut self, d: Duration) -> Option<Outcome> {
-        let until = Instant::now() + d;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            if self.pause(left.min(self.lease.renew_every())).await {
-                return Some(Outcome::Stopped);
-            }
-            if self.role().await != (Role::Leader { taken: false }) {
-                return Some(Outcome::Lost);
-            }
         }
     }
 
@@ -288,7 +262,7 @@ impl<S: Feed + Leases + Query + Clone + 'static> Runner<S> {
     /// Un-parks those of `rows` that are parked (pushed or skipped now);
     /// false when the store failed, which only means they are pushed once
     /// more later.
-    async fn unpark(&self, pos: &mut Position, rows: &[Changed]) -> bool {
+    pub(super) async fn unpark(&self, pos: &mut Position, rows: &[Changed]) -> bool {
         let keys: Vec<RowKey> = rows
             .iter()
             .map(row_key)
@@ -313,7 +287,7 @@ impl<S: Feed + Leases + Query + Clone + 'static> Runner<S> {
     }
 
     /// Saves the cursor; false when the store failed.
-    async fn save_cursor(&self, value: u64) -> bool {
+    pub(super) async fn save_cursor(&self, value: u64) -> bool {
         self.counters.cursor.set(gauge(value));
         if let Err(e) = self.store.set_cursor(&self.cfg.store_name(), value).await {
             // The points are delivered; the next save writes a later value.
@@ -458,116 +432,9 @@ impl<S: Feed + Leases + Query + Clone + 'static> Runner<S> {
             );
         }
     }
-
-    /// Pushes `rows` (final, in change order) in requests of at most
-    /// `batch_size`; after each answered one, un-parks its rows and, for
-    /// rows of the feed (`from_feed`), advances the cursor. A refused
-    /// request is split in halves until the refused point is alone; that
-    /// point is logged, counted and skipped.
-    async fn push(&mut self, pos: &mut Position, rows: Vec<Changed>, from_feed: bool) -> Flow {
-        let mut rest: &[Changed] = &rows;
-        let mut take = rest.len();
-        let mut store_failed = false;
-        while !rest.is_empty() {
-            let n = take.clamp(1, rest.len());
-            let chunk = &rest[..n];
-            match self.deliver(chunk).await {
-                Outcome::Stopped => return Flow::Stop,
-                Outcome::Lost => return Flow::Lost,
-                Outcome::Delivered => {
-                    let c = &self.counters;
-                    c.pushed.inc_by(n as u64);
-                    c.batches.inc();
-                    c.last_success.set(now_ms() as f64 / 1000.0);
-                }
-                Outcome::Rejected { status, body } if n > 1 => {
-                    tracing::debug!(sink = %self.cfg.name, status, points = n, body, "batch refused; splitting it to find the refused point");
-                    take = n / 2;
-                    continue;
-                }
-                Outcome::Rejected { status, body } => {
-                    let row = &chunk[0];
-                    tracing::error!(
-                        sink = %self.cfg.name,
-                        status,
-                        series = %row.series,
-                        start = row.stored.window.start(),
-                        revision = row.stored.revision,
-                        body,
-                        "point refused by the sink; skipped"
-                    );
-                    self.counters.rejected.inc();
-                }
-            }
-            let mut stored = self.unpark(pos, chunk).await;
-            if from_feed {
-                pos.cursor = chunk[n - 1].change;
-                let lag = &self.counters.lag;
-                lag.set(lag.get().saturating_sub(gauge(n)).max(0));
-                stored &= self.save_cursor(pos.cursor).await;
-            }
-            store_failed |= !stored;
-            rest = &rest[n..];
-            take = rest.len();
-        }
-        if store_failed {
-            Flow::Wait
-        } else {
-            Flow::Go
-        }
-    }
-
-    /// Sends one chunk until it is answered for good or the sink stops.
-    async fn deliver(&mut self, chunk: &[Changed]) -> Outcome {
-        let body = self.endpoint.encode(chunk, &self.stats);
-        let (min, max) = (
-            Duration::from_millis(self.cfg.backoff_min_ms),
-            Duration::from_millis(self.cfg.backoff_max_ms),
-        );
-        let mut attempt: u32 = 0;
-        loop {
-            if self.role().await != (Role::Leader { taken: false }) {
-                return Outcome::Lost;
-            }
-            let res = tokio::select! {
-                a = self.endpoint.send(body.clone()) => a,
-                _ = self.stop.wait_for(|s| *s) => return Outcome::Stopped,
-            };
-            if !matches!(res, Attempt::Retry { .. }) {
-                self.counters.failing.set(0);
-            }
-            match res {
-                Attempt::Delivered => return Outcome::Delivered,
-                Attempt::Rejected { status, body } => {
-                    return Outcome::Rejected {
-                        status: status.as_u16(),
-                        body,
-                    }
-                }
-                Attempt::Retry { reason, after } => {
-                    self.counters.failing.inc();
-                    self.counters.retries.inc();
-                    let delay =
-                        after.map_or_else(|| backoff(attempt, min, max), |a| a.clamp(min, max));
-                    tracing::warn!(
-                        sink = %self.cfg.name,
-                        attempt = attempt + 1,
-                        retry_in_ms = delay.as_millis() as u64,
-                        points = chunk.len(),
-                        reason,
-                        "push failed; retrying"
-                    );
-                    if let Some(end) = self.pause_leading(delay).await {
-                        return end;
-                    }
-                    attempt = attempt.saturating_add(1);
-                }
-            }
-        }
-    }
 }
 
 /// A count as a gauge value.
-fn gauge(n: impl TryInto<i64>) -> i64 {
+pub(super) fn gauge(n: impl TryInto<i64>) -> i64 {
     n.try_into().unwrap_or(i64::MAX)
 }

@@ -97,6 +97,9 @@ fn columns(keys: impl Iterator<Item = RowKey>) -> [Vec<i64>; 3] {
     cols
 }
 
+/// One attempt of the transaction. One function on purpose: it is the
+/// numbered steps of the module note in order, each a statement on the same
+/// transaction; splitting it would only pass the transaction around.
 async fn try_apply(
     client: &mut Client,
     batches: &[Batch],

@@ -57,7 +57,9 @@ impl Writer {
         })
     }
 
-    /// Applies `batches` in one transaction (see [`crate::merge`]).
+    /// Applies `batches` in one transaction (see [`crate::merge`]). One
+    /// function on purpose: it is the transaction's steps in order, numbered
+    /// as in the design note, and every step borrows the transaction.
     pub(super) fn apply(&mut self, batches: &[Batch]) -> Result<Vec<Applied>, StoreError> {
         let tx = self
             .conn

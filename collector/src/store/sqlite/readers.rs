@@ -74,7 +74,9 @@ impl Readers {
         let conn = Connection::open(&self.path)?;
         // A stray write through a reader fails instead of taking the lock.
         conn.pragma_update(None, "query_only", true)?;
-        conn.pragma_update(None, "cache_size", -65_536)?;
+        // 16 MiB of page cache each: the pool's readers together keep what
+        // the one query connection used to (the writer keeps its 64 MiB).
+        conn.pragma_update(None, "cache_size", -16_384)?;
         Ok(conn)
     }
 }

@@ -1,6 +1,6 @@
 //! Store throughput: partials merged per second by SQLite (one writer) and
 //! by PostgreSQL with 1, 2 and 3 concurrent writers — each writer a separate
-//! `PostgresStore` (own connection pool and runtime), as separate collector
+//! `PostgresStore` (own connection pool), as separate collector
 //! instances would be. Both databases run durably (SQLite `synchronous =
 //! FULL`; PostgreSQL with `fsync` and `synchronous_commit` on), started
 //! fresh in temp dirs; the PostgreSQL server is a real one on 127.0.0.1.
@@ -23,8 +23,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use tributary_collector::store::postgres::{PostgresOptions, PostgresStore};
+use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_collector::store::Store;
 use tributary_core::batch::{Batch, Partial};
 use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
 use tributary_testkit::{Postgres, PostgresOptions as Server};
@@ -115,15 +115,14 @@ fn workload(a: &Args) -> Vec<Batch> {
     out
 }
 
-fn readings<S: Store>(store: &S) -> u64 {
-    let day = Width::new(MIN).unwrap();
-    store
-        .series()
-        .unwrap()
-        .iter()
-        .flat_map(|s| store.windows(s, day, i64::MIN, i64::MAX).unwrap())
-        .map(|w| w.summary.count())
-        .sum()
+async fn readings<S: Store>(store: &S) -> u64 {
+    let minute = Width::new(MIN).unwrap();
+    let series = store.series().await.unwrap();
+    let rows = store
+        .windows_of(&series, minute, i64::MIN, i64::MAX)
+        .await
+        .unwrap();
+    rows.iter().flatten().map(|w| w.summary.count()).sum()
 }
 
 /// (busy, total) jiffies of the whole machine from `/proc/stat`, to tell
@@ -183,7 +182,8 @@ fn busy(c0: u64, t0: u64) -> f64 {
     100.0 * (c1 - c0) as f64 / (t1 - t0).max(1) as f64
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let rollups: Vec<i64> = args
         .rollups
@@ -212,12 +212,12 @@ fn main() -> anyhow::Result<()> {
     let mut figures = Vec::new();
 
     let dir = tempfile::tempdir()?;
-    let mut lite = SqliteStore::open(&dir.path().join("bench.db"), &rollups)?;
+    let lite = SqliteStore::open(&dir.path().join("bench.db"), &rollups)?;
     let (c0, t0) = cpu();
     let own0 = own_cpu();
     let t = Instant::now();
     for g in batches.chunks(args.group) {
-        lite.apply(g)?;
+        lite.apply(g).await?;
     }
     let own = own_cpu() - own0;
     figures.push(Figure {
@@ -234,7 +234,7 @@ fn main() -> anyhow::Result<()> {
         partials as f64 / own.max(0.01),
         own
     );
-    anyhow::ensure!(readings(&lite) == total, "sqlite lost readings");
+    anyhow::ensure!(readings(&lite).await == total, "sqlite lost readings");
 
     if args.writers.iter().all(|&n| n == 0) {
         return Ok(());
@@ -246,23 +246,31 @@ fn main() -> anyhow::Result<()> {
             pool_size: 1,
             ..PostgresOptions::new(url)
         };
-        let stores: Vec<PostgresStore> = (0..n)
-            .map(|_| PostgresStore::open(&options, &rollups))
-            .collect::<Result<_, _>>()?;
+        let mut stores: Vec<PostgresStore> = Vec::new();
+        for _ in 0..n {
+            stores.push(PostgresStore::open(&options, &rollups).await?);
+        }
         // Writer i takes every n-th group, as a shared subscription spreads them.
         let groups: Vec<&[Batch]> = batches.chunks(args.group).collect();
         let (c0, t0) = cpu();
         let t = Instant::now();
-        std::thread::scope(|s| {
-            for (i, mut store) in stores.iter().cloned().enumerate() {
-                let mine: Vec<&[Batch]> = groups.iter().skip(i).step_by(n).copied().collect();
-                s.spawn(move || {
-                    for g in mine {
-                        store.apply(g).unwrap();
-                    }
-                });
-            }
-        });
+        let mut writers = tokio::task::JoinSet::new();
+        for (i, store) in stores.iter().cloned().enumerate() {
+            let mine: Vec<Vec<Batch>> = groups
+                .iter()
+                .skip(i)
+                .step_by(n)
+                .map(|g| g.to_vec())
+                .collect();
+            writers.spawn(async move {
+                for g in mine {
+                    store.apply(&g).await.unwrap();
+                }
+            });
+        }
+        while let Some(done) = writers.join_next().await {
+            done?;
+        }
         let f = Figure {
             label: format!("postgres, {n} writer{}", if n > 1 { "s" } else { "" }),
             secs: t.elapsed().as_secs_f64(),
@@ -280,7 +288,10 @@ fn main() -> anyhow::Result<()> {
                 "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
             )?
         );
-        anyhow::ensure!(readings(&stores[0]) == total, "postgres lost readings");
+        anyhow::ensure!(
+            readings(&stores[0]).await == total,
+            "postgres lost readings"
+        );
         figures.push(f);
     }
     Ok(())

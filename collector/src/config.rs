@@ -1,39 +1,29 @@
 //! The collector's configuration: TOML (every key documented in
-//! `config/collector.toml`), unknown keys refused, and validation that
-//! reports every problem at once, each naming its key.
+//! `config/collector.toml`), unknown keys refused, `TRIBUTARY_<SECTION>_<KEY>`
+//! environment overrides, and validation that reports every problem at once,
+//! each naming its key. Each section is defined beside the component it
+//! configures, and each component is handed only its own section.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use tributary_core::Width;
+use tributary_runtime::config::{self as rc, EnvRules, Problems};
 
-mod mqtt;
+pub use tributary_runtime::config::{ConfigError, Secret};
 
-pub use mqtt::{MqttConfig, Secret, MQTT_PASSWORD_ENV};
+pub use crate::finality::FinalityConfig;
+pub use crate::ingest::{LimitsConfig, MqttConfig, MQTT_PASSWORD_ENV};
+pub use crate::query::HttpConfig;
+pub use crate::sinks::SinkConfig;
+pub use crate::store::{StoreConfig, StoreKind, StoreTls};
 
-/// A configuration that could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A key has the wrong type or is unknown, or the TOML is invalid.
-    #[error("config key `{key}`: {reason}")]
-    Key {
-        /// The dotted key path.
-        key: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// One or more values are invalid (all reported at once).
-    #[error("invalid config:\n{}", .0.iter().map(|(k, r)| format!("  `{k}`: {r}")).collect::<Vec<_>>().join("\n"))]
-    Invalid(Vec<(String, String)>),
-}
+/// The sections `TRIBUTARY_<SECTION>_<KEY>` may address (e.g.
+/// `TRIBUTARY_STORE_URL`, `TRIBUTARY_MQTT_PORT`, `TRIBUTARY_HTTP_LISTEN`).
+const ENV: EnvRules<'static> = EnvRules {
+    sections: &["mqtt", "limits", "http", "finality", "store"],
+    text_sections: &[],
+};
 
 /// The whole collector configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -45,13 +35,13 @@ pub struct Config {
     /// Roll-up widths in ms kept exact by merging (default 1 h and 1 d).
     #[serde(default = "default_rollups")]
     pub rollups_ms: Vec<i64>,
-    /// The MQTT broker the agents publish to.
+    /// The MQTT broker the agents publish to (ingest).
     #[serde(default)]
     pub mqtt: MqttConfig,
-    /// Limits on incoming batches.
+    /// Limits on incoming batches (ingest).
     #[serde(default)]
     pub limits: LimitsConfig,
-    /// The HTTP API.
+    /// The HTTP API (query).
     #[serde(default)]
     pub http: HttpConfig,
     /// When windows become final.
@@ -61,178 +51,9 @@ pub struct Config {
     #[serde(default)]
     pub store: StoreConfig,
     /// Where final windows and their revisions are pushed (`[[sinks]]`,
-    /// default none); see [`crate::sinks::SinkConfig`].
+    /// default none); see [`SinkConfig`].
     #[serde(default)]
-    pub sinks: Vec<crate::sinks::SinkConfig>,
-}
-
-/// When windows become final (see [`crate::finality`]).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FinalityConfig {
-    /// How far past a window's end every reporting agent's watermark must be
-    /// (ms, default 5,000).
-    pub lateness_ms: i64,
-    /// After this long without a batch an agent no longer holds windows open
-    /// (ms, default 300,000).
-    pub idle_timeout_ms: i64,
-}
-
-impl Default for FinalityConfig {
-    fn default() -> Self {
-        let d = crate::finality::Finality::default();
-        FinalityConfig {
-            lateness_ms: d.lateness_ms,
-            idle_timeout_ms: d.idle_timeout_ms,
-        }
-    }
-}
-
-impl FinalityConfig {
-    /// The rule.
-    pub fn rule(&self) -> crate::finality::Finality {
-        crate::finality::Finality {
-            lateness_ms: self.lateness_ms,
-            idle_timeout_ms: self.idle_timeout_ms,
-        }
-    }
-}
-
-/// Which store backend.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreKind {
-    /// The embedded SQLite database `data_dir/collector.db` (one instance).
-    #[default]
-    Sqlite,
-    /// A PostgreSQL database shared by any number of instances.
-    Postgres,
-}
-
-/// TLS to PostgreSQL.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreTls {
-    /// Plain TCP.
-    #[default]
-    Disable,
-    /// TLS required, the server certificate verified.
-    Require,
-}
-
-/// The `[store]` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// `"sqlite"` (default) or `"postgres"`.
-    pub kind: StoreKind,
-    /// PostgreSQL connection URL (required for `postgres`), e.g.
-    /// `postgres://tributary@db:5432/tributary`. The environment variable
-    /// `TRIBUTARY_STORE_URL` overrides it (keeps passwords out of files).
-    pub url: Option<String>,
-    /// PostgreSQL connections per instance (default 4).
-    pub pool_size: usize,
-    /// `"disable"` (default) or `"require"`.
-    pub tls: StoreTls,
-    /// PEM file of the CA to trust with `tls = "require"` (default: the
-    /// system's roots).
-    pub ca_file: Option<PathBuf>,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig {
-            kind: StoreKind::Sqlite,
-            url: None,
-            pool_size: 4,
-            tls: StoreTls::Disable,
-            ca_file: None,
-        }
-    }
-}
-
-impl StoreConfig {
-    /// The PostgreSQL options (`None` for SQLite).
-    pub fn postgres(&self) -> Option<crate::store::postgres::PostgresOptions> {
-        use crate::store::postgres::{PostgresOptions, Tls};
-        (self.kind == StoreKind::Postgres).then(|| PostgresOptions {
-            url: self.url.clone().unwrap_or_default(),
-            pool_size: self.pool_size,
-            tls: match self.tls {
-                StoreTls::Disable => Tls::Disable,
-                StoreTls::Require => Tls::Require {
-                    ca_file: self.ca_file.clone(),
-                },
-            },
-        })
-    }
-
-    fn check(&self, errs: &mut Vec<(String, String)>) {
-        let url = self.url.as_deref().unwrap_or("");
-        match self.kind {
-            StoreKind::Postgres if url.is_empty() => errs.push((
-                "store.url".into(),
-                "required with kind = \"postgres\" (or set TRIBUTARY_STORE_URL)".into(),
-            )),
-            StoreKind::Postgres => {
-                if let Err(e) = url.parse::<tokio_postgres::Config>() {
-                    errs.push(("store.url".into(), format!("not a PostgreSQL URL: {e}")));
-                }
-            }
-            StoreKind::Sqlite if !url.is_empty() => errs.push((
-                "store.url".into(),
-                "only used with kind = \"postgres\"".into(),
-            )),
-            StoreKind::Sqlite => {}
-        }
-        if self.pool_size == 0 || self.pool_size > 1000 {
-            errs.push(("store.pool_size".into(), "must be 1..=1000".into()));
-        }
-        if self.ca_file.is_some() && self.tls != StoreTls::Require {
-            errs.push((
-                "store.ca_file".into(),
-                "only used with tls = \"require\"".into(),
-            ));
-        }
-    }
-}
-
-/// Limits on incoming batches; a batch over a limit is rejected and counted.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// Largest accepted payload in bytes (default 4 MiB).
-    pub max_payload_bytes: usize,
-    /// Most partials in one batch (default 10,000).
-    pub max_partials: usize,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            max_payload_bytes: 4 * 1024 * 1024,
-            max_partials: 10_000,
-        }
-    }
-}
-
-/// The HTTP API.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    /// Listen address (default `127.0.0.1:8080`).
-    pub listen: String,
-    /// Bearer token required by `/api/*` when set (default none).
-    pub token: Option<String>,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: "127.0.0.1:8080".into(),
-            token: None,
-        }
-    }
+    pub sinks: Vec<SinkConfig>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -244,75 +65,48 @@ fn default_rollups() -> Vec<i64> {
 }
 
 impl Config {
-    /// Loads and validates a file.
+    /// Loads a file with the process's `TRIBUTARY_*` overrides and
+    /// validates it. `TRIBUTARY_MQTT_PASSWORD` is not an override: it
+    /// takes precedence over `mqtt.password` and `mqtt.password_file` when
+    /// ingest connects ([`MqttConfig::password_source`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Config::from_toml(&text)
+        Config::from_toml_with_env(&rc::read(path)?, std::env::vars())
     }
 
-    /// Parses and validates TOML text.
+    /// Parses and validates TOML text (no environment overrides).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Key {
-            key: "(syntax)".into(),
-            reason: e.to_string(),
-        })?;
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            ConfigError::Key {
-                key: if key == "." { "(root)".into() } else { key },
-                reason: e.into_inner().to_string(),
-            }
-        })?;
+        Config::from_toml_with_env(text, std::iter::empty())
+    }
+
+    /// Parses TOML text, applies the given `TRIBUTARY_*` variables,
+    /// validates.
+    pub fn from_toml_with_env(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let env = env.into_iter().filter(|(k, _)| k != MQTT_PASSWORD_ENV);
+        let config: Config = rc::parse(text, env, ENV)?;
         config.validate()?;
         Ok(config)
     }
 
     /// Checks every value; reports all problems at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut errs: Vec<(String, String)> = Vec::new();
+        let mut p = Problems::default();
         for (i, &w) in self.rollups_ms.iter().enumerate() {
-            if let Err(e) = Width::new(w) {
-                errs.push((format!("rollups_ms[{i}]"), e.to_string()));
-            }
+            p.check(format!("rollups_ms[{i}]"), Width::new(w).map(|_| ()));
         }
-        self.mqtt.check(&mut errs);
-        if self.limits.max_payload_bytes == 0 {
-            errs.push(("limits.max_payload_bytes".into(), "must be > 0".into()));
+        self.mqtt.check(&mut p);
+        self.limits.check(&mut p);
+        self.http.check(&mut p);
+        self.finality.check(&mut p);
+        self.store.check(&mut p);
+        let mut sinks = Vec::new();
+        crate::sinks::validate_all(&self.sinks, &mut sinks);
+        for (key, reason) in sinks {
+            p.bad(key, reason);
         }
-        if self.limits.max_partials == 0 {
-            errs.push(("limits.max_partials".into(), "must be > 0".into()));
-        }
-        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
-            errs.push((
-                "http.listen".into(),
-                format!(
-                    "`{}` is not a socket address like 127.0.0.1:8080",
-                    self.http.listen
-                ),
-            ));
-        }
-        if self.finality.lateness_ms < 0 {
-            errs.push(("finality.lateness_ms".into(), "must be ≥ 0".into()));
-        }
-        if self.finality.idle_timeout_ms <= 0 {
-            errs.push(("finality.idle_timeout_ms".into(), "must be > 0".into()));
-        }
-        if let Ok(url) = std::env::var("TRIBUTARY_STORE_URL") {
-            let mut store = self.store.clone();
-            store.url = Some(url);
-            store.check(&mut errs);
-        } else {
-            self.store.check(&mut errs);
-        }
-        crate::sinks::validate_all(&self.sinks, &mut errs);
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(errs))
-        }
+        p.finish()
     }
 
     /// The SQLite database file.
@@ -392,6 +186,35 @@ mod tests {
         let e =
             Config::from_toml("[[sinks]]\nname = \"x\"\nkind = \"kafka\"\nurl = \"http://h\"\n");
         assert!(e.unwrap_err().to_string().contains("sinks[0].kind"));
+    }
+
+    #[test]
+    fn the_environment_overrides_keys_of_sections() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let c = Config::from_toml_with_env(
+            "[store]\nkind = \"postgres\"\n",
+            env(&[
+                ("TRIBUTARY_STORE_URL", "postgres://u@db:5432/t"),
+                ("TRIBUTARY_MQTT_PORT", "1884"),
+                ("TRIBUTARY_HTTP_MAX_POINTS", "10"),
+                ("TRIBUTARY_MQTT_PASSWORD", "not-a-key"),
+            ]),
+        )
+        .unwrap();
+        let pg = c.store.postgres().unwrap();
+        assert_eq!(pg.url, "postgres://u@db:5432/t");
+        assert_eq!(c.mqtt.port, 1884);
+        assert_eq!(c.http.max_points, 10);
+        // The password variable is read when connecting, not as a key.
+        assert!(c.mqtt.password.is_none());
+        let e = Config::from_toml_with_env("", env(&[("TRIBUTARY_HTTP_LISTEN", "nowhere")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("http.listen"), "{e}");
     }
 
     #[test]

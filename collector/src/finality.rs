@@ -4,13 +4,51 @@
 //! open forever). Decided from the progress kept in the store, so every
 //! collector instance sharing a database gives the same answer.
 
+use serde::Deserialize;
+use tributary_runtime::config::Problems;
+
 use crate::store::AgentProgress;
 
-/// Milliseconds since the Unix epoch by the collector's clock.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+/// The `[finality]` section: when windows become final.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinalityConfig {
+    /// How far past a window's end every reporting agent's watermark must be
+    /// (ms, default 5,000).
+    pub lateness_ms: i64,
+    /// After this long without a batch an agent no longer holds windows open
+    /// (ms, default 300,000).
+    pub idle_timeout_ms: i64,
+}
+
+impl Default for FinalityConfig {
+    fn default() -> Self {
+        let d = Finality::default();
+        FinalityConfig {
+            lateness_ms: d.lateness_ms,
+            idle_timeout_ms: d.idle_timeout_ms,
+        }
+    }
+}
+
+impl FinalityConfig {
+    /// The rule.
+    pub fn rule(&self) -> Finality {
+        Finality {
+            lateness_ms: self.lateness_ms,
+            idle_timeout_ms: self.idle_timeout_ms,
+        }
+    }
+
+    /// Checks every value of the section.
+    pub fn check(&self, p: &mut Problems) {
+        if self.lateness_ms < 0 {
+            p.bad("finality.lateness_ms", "must be ≥ 0");
+        }
+        if self.idle_timeout_ms <= 0 {
+            p.bad("finality.idle_timeout_ms", "must be > 0");
+        }
+    }
 }
 
 /// The finality rule's two knobs.

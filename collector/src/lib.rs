@@ -4,32 +4,42 @@
 //! agents, merges them into exact global results per series and window, and
 //! keeps coarser roll-ups exact by merging (DESIGN §3–§6).
 //!
-//! ## Layout
-//! - [`api`] — the HTTP JSON query API.
-//! - [`dashboard`] — the dashboard page (embedded HTML/JS/CSS) and
-//!   `/api/v1/meta`.
-//! - [`config`] — the TOML configuration (`config/collector.toml`).
-//! - [`store`] — the `Store` trait (what every backend guarantees: batches
-//!   applied once, merges commutative, de-duplication keys in the store) and
-//!   [`store::sqlite`], the embedded default.
-//! - [`finality`] — when a window is final (watermarks, lateness, idle
-//!   timeout), decided from the store.
-//! - [`ingest`] — batches from MQTT into the store, acknowledged and
-//!   confirmed to their agents only after the commit.
-//! - [`service`] — starts and stops ingest and the HTTP server as one unit.
+//! # Layout
+//! The folders follow the data: batches come in through `ingest/`, are
+//! merged by `merge/` into `store/`, and go out through `query/` (HTTP) and
+//! `sinks/` (push).
+//! - [`ingest`] — batches from MQTT into the store: `transport` (MQTT 3.1.1
+//!   and 5 behind one interface), `check` (payload checks), `group` (the
+//!   ack group, a sync struct: what to acknowledge and confirm after a
+//!   commit), `config` (`[mqtt]`, `[limits]`), `metrics`; `mod.rs` is the
+//!   thin async loop.
+//! - [`merge`] — de-duplication outcomes, merging a group's partials per
+//!   row, roll-ups, folding a delta into a stored row: written once, used by
+//!   both backends.
+//! - [`store`] — the role traits ([`store::Ingest`], [`store::Query`],
+//!   [`store::Feed`], [`store::Leases`]; [`store::Store`] is all of them),
+//!   `config` (`[store]`), and the backends [`store::sqlite`] (the embedded
+//!   default: one writer, a pool of readers) and [`store::postgres`] (shared
+//!   by many instances), which hold only their SQL.
+//! - [`query`] — the HTTP JSON API (`api`), the statistics a summary is
+//!   rendered as (`stats`), the dashboard page (`dashboard`, assets in
+//!   `collector/assets/`), `config` (`[http]`).
 //! - [`sinks`] — push final windows and their revisions to InfluxDB or a
 //!   JSON webhook, following the store's change feed from a durable cursor.
-//! - [`stats`] — the statistics a summary is rendered as (API and sinks).
-//!
-//! The query API, the dashboard, sinks and the demo are
-//! built on this store (see the Collector issue).
+//! - [`finality`] — when a window is final (`[finality]`), decided from the
+//!   store's progress.
+//! - [`metrics`] — the one `prometheus-client` registry of `/metrics`.
+//! - [`config`] — the whole file: loading, environment overrides and
+//!   validation; each section lives beside its component.
+//! - [`service`] — starts and stops ingest, sinks and the HTTP server as one
+//!   unit over one store handle.
 
-pub mod api;
 pub mod config;
-pub mod dashboard;
 pub mod finality;
 pub mod ingest;
+pub mod merge;
+pub mod metrics;
+pub mod query;
 pub mod service;
 pub mod sinks;
-pub mod stats;
 pub mod store;

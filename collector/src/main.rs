@@ -1,7 +1,8 @@
 //! `tributary-collector`: the command line. `run --config FILE` opens the
 //! configured store (SQLite, or PostgreSQL shared by many instances: see
-//! `[store]`; `migrate` creates or upgrades its schema and exits), ingests batches from MQTT and serves the query API,
-//! `/metrics` and `/health` until Ctrl-C or SIGTERM.
+//! `[store]`), ingests batches from MQTT and serves the query API,
+//! `/metrics` and `/health` until Ctrl-C or SIGTERM; `migrate` creates or
+//! upgrades the store's schema and exits.
 
 use std::path::PathBuf;
 
@@ -9,8 +10,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tributary_collector::config::Config;
 use tributary_collector::service;
-use tributary_collector::store::postgres::{PostgresOptions, PostgresStore};
-use tributary_collector::store::sqlite::SqliteStore;
+use tributary_collector::store::postgres::PostgresStore;
+use tributary_collector::store::sqlite::{self, SqliteStore};
+use tributary_collector::store::Store;
 use tributary_runtime::shutdown_signal;
 
 /// The Tributary central collector.
@@ -38,85 +40,59 @@ enum Command {
     },
 }
 
-/// The configured PostgreSQL options (the URL from `TRIBUTARY_STORE_URL`
-/// when set), or `None` for SQLite.
-fn postgres_options(cfg: &Config) -> Option<PostgresOptions> {
-    let mut o = cfg.store.postgres()?;
-    if let Ok(url) = std::env::var("TRIBUTARY_STORE_URL") {
-        o.url = url;
-    }
-    Some(o)
-}
-
-/// Runs the collector on the shared PostgreSQL store.
-async fn run_postgres(cfg: Config, options: PostgresOptions) -> anyhow::Result<()> {
-    let rollups = cfg.rollups_ms.clone();
-    let store = tokio::task::spawn_blocking(move || PostgresStore::open(&options, &rollups))
-        .await
-        .context("opening the PostgreSQL store")?
-        .context("opening the PostgreSQL store (store.url)")?;
-    let running = service::start(&cfg, store).await?;
-    tracing::info!(share_group = ?cfg.mqtt.share_group, "PostgreSQL store open");
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    running.stop().await.context("stopping the collector")?;
-    Ok(())
-}
-
-/// Opens the configured store (which migrates it) and prints its version.
-fn migrate(cfg: &Config) -> anyhow::Result<()> {
-    match postgres_options(cfg) {
-        Some(o) => {
-            let store = PostgresStore::open(&o, &cfg.rollups_ms)
-                .context("migrating the PostgreSQL store (store.url)")?;
-            println!("PostgreSQL schema version {}", store.schema_version()?);
-        }
-        None => {
-            std::fs::create_dir_all(&cfg.data_dir)
-                .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
-            SqliteStore::open(&cfg.db_path(), &cfg.rollups_ms)
-                .with_context(|| format!("migrating the store {}", cfg.db_path().display()))?;
-            println!(
-                "SQLite schema version {} at {}",
-                tributary_collector::store::sqlite::SCHEMA_VERSION,
-                cfg.db_path().display()
-            );
-        }
-    }
-    Ok(())
-}
-
-async fn run(cfg: Config) -> anyhow::Result<()> {
-    if let Some(options) = postgres_options(&cfg) {
-        return run_postgres(cfg, options).await;
-    }
+/// Opens the SQLite store of `cfg` (creating `data_dir`).
+fn open_sqlite(cfg: &Config) -> anyhow::Result<SqliteStore> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
-    let db = cfg.db_path();
-    let store = SqliteStore::open(&db, &cfg.rollups_ms)
-        .with_context(|| format!("opening the store {}", db.display()))?;
-    let running = service::start(&cfg, store).await?;
-    tracing::info!(db = %db.display(), "store open");
+    SqliteStore::open(&cfg.db_path(), &cfg.rollups_ms)
+        .with_context(|| format!("opening the store {}", cfg.db_path().display()))
+}
+
+/// Serves over `store` until Ctrl-C or SIGTERM.
+async fn serve<S: Store>(cfg: &Config, store: S) -> anyhow::Result<()> {
+    let running = service::start(cfg, store).await?;
     shutdown_signal().await;
     tracing::info!("shutting down");
-    running.stop().await.context("stopping the collector")?;
-    Ok(())
+    running.stop().await.context("stopping the collector")
+}
+
+async fn run(cfg: Config, migrate_only: bool) -> anyhow::Result<()> {
+    match cfg.store.postgres() {
+        Some(options) => {
+            let store = PostgresStore::open(&options, &cfg.rollups_ms)
+                .await
+                .context("opening the PostgreSQL store (store.url)")?;
+            if migrate_only {
+                println!(
+                    "PostgreSQL schema version {}",
+                    store.schema_version().await?
+                );
+                return Ok(());
+            }
+            tracing::info!(share_group = ?cfg.mqtt.share_group, "PostgreSQL store open");
+            serve(&cfg, store).await
+        }
+        None => {
+            let store = open_sqlite(&cfg)?;
+            if migrate_only {
+                let (v, db) = (sqlite::SCHEMA_VERSION, cfg.db_path());
+                println!("SQLite schema version {v} at {}", db.display());
+                return Ok(());
+            }
+            tracing::info!(db = %cfg.db_path().display(), "store open");
+            serve(&cfg, store).await
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     tributary_runtime::logging::init("info");
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Migrate { config } => {
-            let cfg = Config::load(&config)
-                .with_context(|| format!("loading config {}", config.display()))?;
-            migrate(&cfg)
-        }
-        Command::Run { config } => {
-            let cfg = Config::load(&config)
-                .with_context(|| format!("loading config {}", config.display()))?;
-            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            rt.block_on(run(cfg))
-        }
-    }
+    let (config, migrate_only) = match Cli::parse().command {
+        Command::Run { config } => (config, false),
+        Command::Migrate { config } => (config, true),
+    };
+    let cfg =
+        Config::load(&config).with_context(|| format!("loading config {}", config.display()))?;
+    let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    rt.block_on(run(cfg, migrate_only))
 }

@@ -1,19 +1,22 @@
-//! The running collector: one store shared by MQTT ingest and the HTTP
-//! server (query API, `/metrics`, `/health`), started and stopped as one
-//! unit. `tributary-collector run`, the demo and the tests all start the
+//! The running collector: one store handle shared by MQTT ingest, the HTTP
+//! server (query API, dashboard, `/metrics`, `/health`) and the sinks, each
+//! through its own role, started and stopped as one unit.
+//! `tributary-collector run`, the demo and the tests all start the
 //! collector through [`start`].
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::http::header;
 use axum::routing::get;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::ingest::{self, IngestCounters};
+use crate::query::api::{self, ApiState};
+use crate::query::dashboard::{self, DashboardOptions};
+use crate::sinks::{SinkMetrics, Sinks};
 use crate::store::Store;
 
 /// Why the collector could not start or stop.
@@ -33,9 +36,6 @@ pub enum ServiceError {
     /// A sink could not start.
     #[error("starting sinks: {0}")]
     Sinks(#[from] crate::sinks::SinkError),
-    /// The store could not open a handle for queries.
-    #[error("opening the store for queries: {0}")]
-    Store(#[from] crate::store::StoreError),
     /// A task panicked.
     #[error("a collector task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -49,7 +49,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     ingest: JoinHandle<()>,
     http: JoinHandle<Result<(), ServiceError>>,
-    sinks: crate::sinks::Sinks,
+    sinks: Sinks,
 }
 
 impl Running {
@@ -64,7 +64,7 @@ impl Running {
     }
 
     /// The sinks' counters.
-    pub fn sinks(&self) -> &Arc<crate::sinks::SinkMetrics> {
+    pub fn sinks(&self) -> &Arc<SinkMetrics> {
         self.sinks.metrics()
     }
 
@@ -78,21 +78,12 @@ impl Running {
     }
 }
 
-/// Starts ingest and the HTTP server over `store`.
-pub async fn start<S: Store + Send + 'static>(
-    cfg: &Config,
-    store: S,
-) -> Result<Running, ServiceError> {
-    // Queries read through their own handle, so they never wait for (or
-    // hold up) ingest's transactions; sinks keep the writer's, as they
-    // store their cursors.
-    let reader = Arc::new(Mutex::new(store.reader()?));
-    let store = Arc::new(Mutex::new(store));
+/// Starts ingest, the sinks and the HTTP server over `store`.
+pub async fn start<S: Store>(cfg: &Config, store: S) -> Result<Running, ServiceError> {
     let counters = Arc::new(IngestCounters::default());
     let (stop, stop_rx) = watch::channel(false);
-    let ingest_cfg = cfg.mqtt.ingest(&cfg.limits);
     let ingest = tokio::spawn(ingest::run(
-        ingest_cfg,
+        cfg.mqtt.ingest(&cfg.limits),
         store.clone(),
         counters.clone(),
         stop_rx.clone(),
@@ -104,27 +95,36 @@ pub async fn start<S: Store + Send + 'static>(
         cfg.finality.rule(),
         stop_rx.clone(),
     )?;
-    let metrics = counters.clone();
-    let dashboard = crate::dashboard::from_config(cfg, &reader);
-    let sink_metrics = sinks.metrics().clone();
-    let app = api::router(ApiState {
-        store: reader,
+    let registry = Arc::new(crate::metrics::registry(&counters, sinks.metrics()));
+    let state = ApiState {
+        store,
         token: cfg.http.token.clone(),
         finality: cfg.finality.rule(),
-    })
-    .route(
-        "/metrics",
-        get(move || {
-            let (m, s) = (metrics.clone(), sink_metrics.clone());
-            async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    m.render() + &s.render(),
-                )
-            }
-        }),
-    )
-    .merge(dashboard);
+        max_points: cfg.http.max_points,
+    };
+    let dashboard = dashboard::router(
+        state.clone(),
+        DashboardOptions {
+            widths_ms: cfg.rollups_ms.clone(),
+        },
+    );
+    let app = api::router(state)
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            tributary_runtime::metrics::CONTENT_TYPE,
+                        )],
+                        tributary_runtime::metrics::render(&registry),
+                    )
+                }
+            }),
+        )
+        .merge(dashboard);
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
         .await
         .map_err(|source| ServiceError::Bind {

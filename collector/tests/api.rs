@@ -5,16 +5,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::Value;
 use tower::ServiceExt;
-use tributary_collector::api::{router, ApiState};
 use tributary_collector::finality::Finality;
+use tributary_collector::query::{router, ApiState, DEFAULT_MAX_POINTS};
+use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_collector::store::Store;
 use tributary_core::batch::{Batch, Partial};
 use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
 
@@ -41,8 +40,13 @@ fn partial(device: &str, site: &str, minute: i64, values: &[i64]) -> Partial {
 
 /// d1 (north): minute 0 = [1,2,3], minute 1 = [4]; d2 (north): minute 0 = [10];
 /// d3 (south): minute 0 = [100]; a late revision adds [5] to d1 minute 0.
-fn app(dir: &tempfile::TempDir, token: Option<&str>) -> axum::Router {
-    let mut store = SqliteStore::open(&dir.path().join("c.db"), &[3_600_000]).unwrap();
+async fn app(dir: &tempfile::TempDir, token: Option<&str>) -> axum::Router {
+    app_with(dir, token, DEFAULT_MAX_POINTS).await
+}
+
+/// [`app`] allowing `max_points` points per query.
+async fn app_with(dir: &tempfile::TempDir, token: Option<&str>, max_points: u64) -> axum::Router {
+    let store = SqliteStore::open(&dir.path().join("c.db"), &[3_600_000]).unwrap();
     let b1 = Batch::new(
         "gw-1",
         1,
@@ -65,15 +69,16 @@ fn app(dir: &tempfile::TempDir, token: Option<&str>) -> axum::Router {
         T0 + MIN,
         vec![partial("d1", "north", 0, &[5000])],
     );
-    store.apply(&[b1, b2]).unwrap();
-    store.apply(&[late]).unwrap();
+    store.apply(&[b1, b2]).await.unwrap();
+    store.apply(&[late]).await.unwrap();
     router(ApiState {
-        store: Arc::new(Mutex::new(store)),
+        store,
         token: token.map(str::to_string),
         finality: Finality {
             lateness_ms: 0,
             idle_timeout_ms: i64::MAX,
         },
+        max_points,
     })
 }
 
@@ -97,7 +102,7 @@ async fn get(app: &axum::Router, uri: &str, token: Option<&str>) -> (StatusCode,
 #[tokio::test]
 async fn lists_series_filtered_by_tag() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app(&dir, None);
+    let app = app(&dir, None).await;
     let (s, v) = get(&app, "/api/v1/series", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["series"].as_array().unwrap().len(), 3);
@@ -110,7 +115,7 @@ async fn lists_series_filtered_by_tag() {
 #[tokio::test]
 async fn per_window_statistics_are_exact_with_revisions() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app(&dir, None);
+    let app = app(&dir, None).await;
     let uri = format!(
         "/api/v1/query?metric=temperature&device=d1&from={T0}&to={}&width={MIN}&stats=count,sum,min,max,mean,first,last",
         T0 + 2 * MIN
@@ -166,7 +171,7 @@ async fn per_window_statistics_are_exact_with_revisions() {
 #[tokio::test]
 async fn coarser_steps_merge_and_match_the_rollup() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app(&dir, None);
+    let app = app(&dir, None).await;
     let to = T0 + 3_600_000;
     let merged = format!(
         "/api/v1/query?metric=temperature&device=d1&from={T0}&to={to}&width={MIN}&step=3600000&stats=count,sum,stddev,p50"
@@ -184,7 +189,7 @@ async fn coarser_steps_merge_and_match_the_rollup() {
 #[tokio::test]
 async fn group_by_merges_series_per_tag_value() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app(&dir, None);
+    let app = app(&dir, None).await;
     let uri = format!(
         "/api/v1/query?metric=temperature&from={T0}&to={}&width={MIN}&group_by=site&stats=count,sum",
         T0 + MIN
@@ -203,7 +208,7 @@ async fn group_by_merges_series_per_tag_value() {
 #[tokio::test]
 async fn bad_queries_get_a_json_400_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app(&dir, None);
+    let app = app(&dir, None).await;
     let cases = [
         (
             "/api/v1/query?from=0&to=10&width=60000".to_string(),
@@ -242,10 +247,47 @@ async fn bad_queries_get_a_json_400_naming_the_problem() {
     }
 }
 
+/// One query's work is bounded: selected series × steps may not exceed
+/// `max_points`; over it, a 400 names the parameters and the limit.
+#[tokio::test]
+async fn a_query_over_max_points_gets_a_400_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three series (d1, d2, d3); 9 points allowed.
+    let app = app_with(&dir, None, 9).await;
+    let uri = |steps: i64| {
+        format!(
+            "/api/v1/query?metric=temperature&from={T0}&to={}&width={MIN}",
+            T0 + steps * MIN
+        )
+    };
+    let (s, v) = get(&app, &uri(3), None).await;
+    assert_eq!(s, StatusCode::OK, "3 series × 3 steps = 9: {v}");
+    assert_eq!(v["results"].as_array().unwrap().len(), 3);
+    let (s, v) = get(&app, &uri(4), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "3 × 4 = 12 > 9: {v}");
+    let msg = v["error"].as_str().unwrap();
+    for what in [
+        "3 series",
+        "4 steps",
+        "max_points = 9",
+        "`step`",
+        "`from`",
+        "`to`",
+    ] {
+        assert!(msg.contains(what), "{what}: {msg}");
+    }
+    // A narrower selector fits: d1 alone over 9 steps.
+    let (s, v) = get(&app, &format!("{}&device=d1", uri(9)), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // So does a larger step over the same range.
+    let (s, v) = get(&app, &format!("{}&step={}", uri(4), 2 * MIN), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
 #[tokio::test]
 async fn the_bearer_token_guards_the_api_but_not_health() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app(&dir, Some("s3cret"));
+    let app = app(&dir, Some("s3cret")).await;
     let (s, v) = get(&app, "/api/v1/series", None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert!(v["error"].as_str().unwrap().contains("bearer"));

@@ -14,18 +14,19 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
 use axum::middleware::{self, Next};
-use tributary_collector::api::{self, ApiState};
 use tributary_collector::config::Config;
-use tributary_collector::dashboard::{self, DashboardOptions};
 use tributary_collector::finality::Finality;
+use tributary_collector::query::api::{self, ApiState};
+use tributary_collector::query::dashboard::{self, DashboardOptions};
+use tributary_collector::query::DEFAULT_MAX_POINTS;
 use tributary_collector::service;
+use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_collector::store::Store;
 use tributary_core::batch::{Batch, Partial};
 use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
 use tributary_testkit::{Mosquitto, MosquittoOptions};
@@ -76,10 +77,20 @@ fn summary(values: &[i64], start: i64) -> Summary {
     s
 }
 
+/// Runs `f` to completion on a runtime of its own (these tests are
+/// synchronous: the browser is a blocking child process).
+fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 /// One hour of minutes from `t0` for every device, from two agents; the
 /// watermark makes the first `WATERMARK_MIN` minutes final.
 fn store(dir: &Path, t0: i64) -> SqliteStore {
-    let mut store = SqliteStore::open(&dir.join("c.db"), &[HOUR]).unwrap();
+    let store = SqliteStore::open(&dir.join("c.db"), &[HOUR]).unwrap();
     for (agent, devices) in [("gw-1", &DEVICES[..2]), ("gw-2", &DEVICES[2..])] {
         let mut partials = Vec::new();
         for (name, site) in devices {
@@ -94,7 +105,7 @@ fn store(dir: &Path, t0: i64) -> SqliteStore {
             }
         }
         let batch = Batch::new(agent, 1, t0 + WATERMARK_MIN * MIN, partials);
-        store.apply(&[batch]).unwrap();
+        block(store.apply(&[batch])).unwrap();
     }
     store
 }
@@ -123,12 +134,13 @@ impl Server {
 
     fn over(store: SqliteStore, dir: tempfile::TempDir, token: Option<&str>) -> Server {
         let state = ApiState {
-            store: Arc::new(Mutex::new(store)),
+            store,
             token: token.map(str::to_string),
             finality: Finality {
                 lateness_ms: 0,
                 idle_timeout_ms: i64::MAX,
             },
+            max_points: DEFAULT_MAX_POINTS,
         };
         let queries = Arc::new(AtomicUsize::new(0));
         let counter = queries.clone();
@@ -446,7 +458,7 @@ fn a_bare_first_visit_with_many_series_groups_them_by_a_tag() {
         .as_millis() as i64;
     let t0 = now / MIN * MIN - 10 * MIN;
     let dir = tempfile::tempdir().unwrap();
-    let mut store = SqliteStore::open(&dir.path().join("c.db"), &[HOUR]).unwrap();
+    let store = SqliteStore::open(&dir.path().join("c.db"), &[HOUR]).unwrap();
     // 12 devices over 3 sites (4 each).
     let partials = (0..12)
         .flat_map(|d| {
@@ -461,9 +473,7 @@ fn a_bare_first_visit_with_many_series_groups_them_by_a_tag() {
             })
         })
         .collect();
-    store
-        .apply(&[Batch::new("gw", 1, t0 + 5 * MIN, partials)])
-        .unwrap();
+    block(store.apply(&[Batch::new("gw", 1, t0 + 5 * MIN, partials)])).unwrap();
     let server = Server::over(store, dir, None);
     let dom = browse(&format!("http://{}/", server.addr));
     assert_eq!(state(&dom), "ok", "{dom}");

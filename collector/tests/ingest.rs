@@ -25,8 +25,8 @@ use tokio::task::JoinHandle;
 use tributary_collector::ingest::{
     self, IngestConfig, IngestCounters, Password, Protocol, Refused, TlsOptions,
 };
+use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_collector::store::Store;
 use tributary_core::batch::{Batch, Confirm, Encoding, Partial};
 use tributary_core::{topic, Quantum, SeriesKey, Summary, Width, Window};
 use tributary_testkit::{Mosquitto, MosquittoOptions};
@@ -56,7 +56,7 @@ fn expected(seqs: impl IntoIterator<Item = u64>) -> Summary {
 
 /// One ingest task on its own SQLite store.
 struct Collector {
-    store: Arc<Mutex<SqliteStore>>,
+    store: SqliteStore,
     counters: Arc<IngestCounters>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -66,9 +66,7 @@ struct Collector {
 impl Collector {
     fn start(cfg: IngestConfig) -> Collector {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Mutex::new(
-            SqliteStore::open(&dir.path().join("c.db"), &[3_600_000]).unwrap(),
-        ));
+        let store = SqliteStore::open(&dir.path().join("c.db"), &[3_600_000]).unwrap();
         let counters = Arc::new(IngestCounters::default());
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(ingest::run(cfg, store.clone(), counters.clone(), stop_rx));
@@ -82,18 +80,16 @@ impl Collector {
     }
 
     /// The stored 60 s windows of the one test series (empty if none).
-    fn windows(&self) -> Vec<Summary> {
-        let st = self.store.lock().unwrap();
-        let series = st.series().unwrap();
+    async fn windows(&self) -> Vec<Summary> {
+        let series = self.store.series().await.unwrap();
         assert!(series.len() <= 1);
-        series
-            .iter()
-            .flat_map(|s| {
-                st.windows(s, Width::new(60_000).unwrap(), i64::MIN, i64::MAX)
-                    .unwrap()
-            })
-            .map(|w| w.summary)
-            .collect()
+        let minute = Width::new(60_000).unwrap();
+        let rows = self
+            .store
+            .windows_of(&series, minute, i64::MIN, i64::MAX)
+            .await
+            .unwrap();
+        rows.into_iter().flatten().map(|w| w.summary).collect()
     }
 
     async fn stop(self) {
@@ -184,11 +180,11 @@ impl Agent {
 /// Waits (up to 10 s) until the collector is connected and subscribed.
 async fn subscribed(c: &IngestCounters) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while c.subscribed.load(Relaxed) == 0 && Instant::now() < deadline {
+    while c.subscribed.get() == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(c.connected.load(Relaxed), 1, "{}", c.render());
-    assert_eq!(c.subscribed.load(Relaxed), 1, "{}", c.render());
+    assert_eq!(c.connected(), 1, "{}", c.render());
+    assert_eq!(c.subscribed.get(), 1, "{}", c.render());
 }
 
 async fn batches_apply_once_and_are_confirmed_after_commit(protocol: Protocol) {
@@ -231,13 +227,13 @@ async fn batches_apply_once_and_are_confirmed_after_commit(protocol: Protocol) {
         seqs.iter().copied().collect::<BTreeSet<_>>(),
         (0..5).collect()
     );
-    assert_eq!(counters.batches_new.load(Relaxed), 5);
-    assert_eq!(counters.batches_duplicate.load(Relaxed), 1);
+    assert_eq!(counters.batches_new.get(), 5);
+    assert_eq!(counters.batches_duplicate.get(), 1);
     assert_eq!(counters.refused(Refused::Malformed), 1);
     assert_eq!(counters.refused(Refused::AgentMismatch), 1);
     assert_eq!(counters.refused(Refused::Oversized), 2);
     // Confirmed means committed: the store holds exactly the five batches.
-    assert_eq!(collector.windows(), [expected(0..5)]);
+    assert_eq!(collector.windows().await, [expected(0..5)]);
 
     // A batch that cannot merge into the stored window (another quantum) is
     // refused and counted; the valid batch next to it still applies.
@@ -254,8 +250,8 @@ async fn batches_apply_once_and_are_confirmed_after_commit(protocol: Protocol) {
         "{}",
         counters.render()
     );
-    assert_eq!(counters.batches_new.load(Relaxed), 6);
-    assert_eq!(collector.windows()[0].count(), 6);
+    assert_eq!(counters.batches_new.get(), 6);
+    assert_eq!(collector.windows().await[0].count(), 6);
     let metrics = counters.render();
     assert!(
         metrics.contains(&format!(
@@ -300,7 +296,7 @@ async fn mqtt_5_shared_subscription_splits_batches_and_applies_each_once() {
         agent.publish(batch("agent-a", seq, 1000 + seq as i64).encode(Encoding::Binary));
     }
     let seqs = agent.confirmed(N as usize).await;
-    let news = [&one, &two].map(|c| c.counters.batches_new.load(Relaxed));
+    let news = [&one, &two].map(|c| c.counters.batches_new.get());
     assert_eq!(
         seqs.iter().copied().collect::<BTreeSet<_>>(),
         (0..N).collect(),
@@ -313,12 +309,12 @@ async fn mqtt_5_shared_subscription_splits_batches_and_applies_each_once() {
         "both instances got a share: {news:?}"
     );
     for c in [&one, &two] {
-        assert_eq!(c.counters.batches_duplicate.load(Relaxed), 0);
+        assert_eq!(c.counters.batches_duplicate.get(), 0);
     }
     // The two stores together hold every reading exactly once.
     let mut merged = Summary::new(Quantum::new(-3).unwrap());
     for c in [&one, &two] {
-        for w in c.windows() {
+        for w in c.windows().await {
             merged.merge(&w).unwrap();
         }
     }
@@ -349,15 +345,15 @@ async fn logs_in_and_a_wrong_password_is_retried(protocol: Protocol) {
         ..cfg.clone()
     });
     let deadline = Instant::now() + Duration::from_secs(10);
-    while wrong.counters.connects_refused.load(Relaxed) < 2 && Instant::now() < deadline {
+    while wrong.counters.connects_refused.get() < 2 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let metrics = wrong.counters.render();
     assert!(
-        wrong.counters.connects_refused.load(Relaxed) >= 2,
+        wrong.counters.connects_refused.get() >= 2,
         "refused and retried: {metrics}"
     );
-    assert_eq!(wrong.counters.connects_ok.load(Relaxed), 0);
+    assert_eq!(wrong.counters.connects_ok.get(), 0);
     assert!(metrics.contains("tributary_collector_mqtt_connected{protocol="));
     assert!(!wrong.task.is_finished(), "ingest keeps retrying");
     let text = logs.text();
@@ -384,8 +380,8 @@ async fn logs_in_and_a_wrong_password_is_retried(protocol: Protocol) {
         "{}",
         good.counters.render()
     );
-    assert_eq!(good.windows(), [expected(0..3)]);
-    assert_eq!(wrong.counters.batches_new.load(Relaxed), 0);
+    assert_eq!(good.windows().await, [expected(0..3)]);
+    assert_eq!(wrong.counters.batches_new.get(), 0);
     wrong.stop().await;
     good.stop().await;
 }
@@ -435,7 +431,7 @@ async fn the_session_outlives_a_restart(protocol: Protocol) {
         "queued batches delivered after the restart: {}",
         back.counters.render()
     );
-    assert_eq!(back.counters.batches_new.load(Relaxed), 4);
+    assert_eq!(back.counters.batches_new.get(), 4);
     back.stop().await;
 }
 
@@ -483,11 +479,11 @@ async fn ingest_over_tls_verifies_the_broker_certificate() {
             "{protocol}: {}",
             collector.counters.render()
         );
-        assert_eq!(collector.windows(), [expected(0..3)]);
+        assert_eq!(collector.windows().await, [expected(0..3)]);
         let u = &untrusting.counters;
-        assert!(u.connects_failed.load(Relaxed) >= 1, "{}", u.render());
-        assert_eq!(u.connects_ok.load(Relaxed), 0);
-        assert_eq!(u.batches_new.load(Relaxed), 0);
+        assert!(u.connects_failed.get() >= 1, "{}", u.render());
+        assert_eq!(u.connects_ok.get(), 0);
+        assert_eq!(u.batches_new.get(), 0);
         untrusting.stop().await;
         collector.stop().await;
         let _ = agent.client.disconnect();
@@ -520,25 +516,25 @@ async fn a_burst_is_applied_and_acknowledged_completely(protocol: Protocol) {
         agent.publish(batch("agent-a", seq, 1000 + seq as i64).encode(Encoding::Binary));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while collector.counters.batches_new.load(Relaxed) < N && Instant::now() < deadline {
+    while collector.counters.batches_new.get() < N && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        collector.counters.batches_new.load(Relaxed),
+        collector.counters.batches_new.get(),
         N,
         "{}",
         collector.counters.render()
     );
     let confirmed: BTreeSet<u64> = agent.confirmed(N as usize).await.into_iter().collect();
     assert_eq!(confirmed, (0..N).collect());
-    assert_eq!(collector.windows(), [expected(0..N)]);
+    assert_eq!(collector.windows().await, [expected(0..N)]);
     collector.stop().await;
 
     let again = Collector::start(cfg);
     subscribed(&again.counters).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        again.counters.batches_duplicate.load(Relaxed),
+        again.counters.batches_duplicate.get(),
         0,
         "every message was acknowledged before the first collector stopped"
     );

@@ -15,8 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
@@ -124,9 +123,7 @@ fn instance(n: u32, port: u16, password_file: &Path) -> Instance {
     let ingest = cfg.mqtt.ingest(&cfg.limits);
     assert_eq!(ingest.protocol, Protocol::V5);
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Mutex::new(
-        SqliteStore::open(&dir.path().join("c.db"), &cfg.rollups_ms).unwrap(),
-    ));
+    let store = SqliteStore::open(&dir.path().join("c.db"), &cfg.rollups_ms).unwrap();
     let counters = Arc::new(IngestCounters::default());
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(ingest::run(ingest, store, counters.clone(), rx));
@@ -263,10 +260,7 @@ async fn the_example_broker_enforces_logins_and_acls_and_shares_batches() {
         instance(2, collectors_port, &collector_pw),
     ];
     let start = Instant::now();
-    while instances
-        .iter()
-        .any(|i| i.counters.connected.load(Relaxed) == 0)
-    {
+    while instances.iter().any(|i| i.counters.connected() == 0) {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "instances connect: {}",
@@ -337,7 +331,7 @@ async fn the_example_broker_enforces_logins_and_acls_and_shares_batches() {
     );
     let news: Vec<u64> = instances
         .iter()
-        .map(|i| i.counters.batches_new.load(Relaxed))
+        .map(|i| i.counters.batches_new.get())
         .collect();
     assert_eq!(
         news.iter().sum::<u64>(),
@@ -354,7 +348,7 @@ async fn the_example_broker_enforces_logins_and_acls_and_shares_batches() {
             0,
             "the forgery never arrives"
         );
-        assert_eq!(i.counters.batches_duplicate.load(Relaxed), 0);
+        assert_eq!(i.counters.batches_duplicate.get(), 0);
     }
     for i in instances {
         i.stop.send(true).unwrap();

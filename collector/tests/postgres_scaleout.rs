@@ -17,7 +17,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,8 +26,8 @@ use store_common::*;
 use tributary_collector::config::Config;
 use tributary_collector::service;
 use tributary_collector::store::postgres::{PostgresOptions, PostgresStore};
+use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_collector::store::Store;
 use tributary_core::batch::{Batch, Confirm, Encoding};
 use tributary_core::topic;
 use tributary_testkit::{
@@ -251,11 +250,12 @@ impl Agents {
     }
 }
 
-fn snapshot<S: Store>(store: &S) -> Vec<BTreeMap<(String, i64), tributary_core::Summary>> {
-    [MIN, HOUR, DAY]
-        .into_iter()
-        .map(|w| all_windows(store, w))
-        .collect()
+async fn snapshot<S: Store>(store: &S) -> Vec<BTreeMap<(String, i64), tributary_core::Summary>> {
+    let mut out = Vec::new();
+    for w in [MIN, HOUR, DAY] {
+        out.push(all_windows(store, w).await);
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,7 +300,7 @@ async fn three_postgres_instances_equal_one_sqlite_collector_through_a_kill() {
     let to_pg = Agents::connect("agents-pg", broker_pg.port()).await;
     let to_lite = Agents::connect("agents-lite", broker_lite.port()).await;
     let start = Instant::now();
-    while lite.counters().subscribed.load(Relaxed) == 0 {
+    while lite.counters().subscribed.get() == 0 {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "lite never subscribed"
@@ -392,8 +392,10 @@ async fn three_postgres_instances_equal_one_sqlite_collector_through_a_kill() {
 
     // The stores hold the same results, and they are the ground truth.
     let lite = SqliteStore::open(&lite_cfg.db_path(), &lite_cfg.rollups_ms).unwrap();
-    let shared = PostgresStore::open(&PostgresOptions::new(&url), &[HOUR, DAY]).unwrap();
-    let (lite_windows, pg_windows) = (snapshot(&lite), snapshot(&shared));
+    let shared = PostgresStore::open(&PostgresOptions::new(&url), &[HOUR, DAY])
+        .await
+        .unwrap();
+    let (lite_windows, pg_windows) = (snapshot(&lite).await, snapshot(&shared).await);
     assert_eq!(lite_windows[0].len(), truth.len());
     for ((device, start), readings) in &truth {
         let k = (key(device).to_string(), *start);
@@ -403,8 +405,11 @@ async fn three_postgres_instances_equal_one_sqlite_collector_through_a_kill() {
         lite_windows == pg_windows,
         "PostgreSQL results differ from SQLite's"
     );
-    assert_eq!(lite.series().unwrap(), shared.series().unwrap());
-    assert_eq!(lite.watermarks().unwrap(), shared.watermarks().unwrap());
+    assert_eq!(lite.series().await.unwrap(), shared.series().await.unwrap());
+    assert_eq!(
+        lite.watermarks().await.unwrap(),
+        shared.watermarks().await.unwrap()
+    );
     let applied = pg.psql("scaleout", "SELECT count(*) FROM applied").unwrap();
     assert_eq!(applied, n.to_string());
 }

@@ -14,20 +14,23 @@ use std::sync::Arc;
 
 use store_common::*;
 use tributary_collector::store::postgres::{PostgresOptions, PostgresStore, SCHEMA_VERSION};
+use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_collector::store::{Applied, Store, StoreError};
+use tributary_collector::store::{Applied, StoreError};
 use tributary_core::batch::{Batch, Partial};
 use tributary_core::{Quantum, Summary, Width, Window};
 use tributary_testkit::{Postgres, PostgresOptions as ServerOptions};
 
-fn open(url: &str) -> PostgresStore {
-    PostgresStore::open(&PostgresOptions::new(url), &[HOUR, DAY]).unwrap()
+async fn open(url: &str) -> PostgresStore {
+    PostgresStore::open(&PostgresOptions::new(url), &[HOUR, DAY])
+        .await
+        .unwrap()
 }
 
 /// A fresh database on `pg` and a store on it.
-fn fresh(pg: &Postgres, name: &str) -> (String, PostgresStore) {
+async fn fresh(pg: &Postgres, name: &str) -> (String, PostgresStore) {
     let url = pg.create_database(name).unwrap();
-    let store = open(&url);
+    let store = open(&url).await;
     (url, store)
 }
 
@@ -39,83 +42,90 @@ fn workload_small(agents: u64, batches: u64) -> (Vec<Batch>, Truth) {
     workload(12345, agents, batches, 4, 3, 90)
 }
 
-#[test]
-fn the_store_contract_holds_on_postgresql() {
+#[tokio::test]
+async fn the_store_contract_holds_on_postgresql() {
     let pg = Postgres::start(ServerOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
 
     // Each window equals the summary of its readings, and every stored
     // window (revision included) equals SQLite's for the same groups.
     {
-        let (_, mut store) = fresh(&pg, "exact");
-        let mut lite = sqlite(&dir, "exact.db");
+        let (_, store) = fresh(&pg, "exact").await;
+        let lite = sqlite(&dir, "exact.db");
         let (batches, truth) = workload_small(3, 20);
         for chunk in batches.chunks(9) {
-            let a = store.apply(chunk).unwrap();
+            let a = store.apply(chunk).await.unwrap();
             assert!(a.iter().all(|a| *a == Applied::New));
-            lite.apply(chunk).unwrap();
+            lite.apply(chunk).await.unwrap();
         }
-        let stored = all_windows(&store, MIN);
+        let stored = all_windows(&store, MIN).await;
         assert_eq!(stored.len(), truth.len());
         for ((device, start), readings) in &truth {
             let k = (key(device).to_string(), *start);
             assert_eq!(stored[&k], summary_of(readings), "{device} {start}");
         }
-        check_windows_of(&store);
+        check_windows_of(&store).await;
         for width in [MIN, HOUR, DAY] {
             assert_eq!(
-                all_stored(&store, width),
-                all_stored(&lite, width),
+                all_stored(&store, width).await,
+                all_stored(&lite, width).await,
                 "width {width}"
             );
         }
-        assert_eq!(store.series().unwrap(), lite.series().unwrap());
-        assert_eq!(store.watermarks().unwrap(), lite.watermarks().unwrap());
+        assert_eq!(store.series().await.unwrap(), lite.series().await.unwrap());
+        assert_eq!(
+            store.watermarks().await.unwrap(),
+            lite.watermarks().await.unwrap()
+        );
     }
 
     // Redelivered batches change nothing, also within one group and after
     // a reopen (a second instance on the same database).
     {
-        let (url, mut store) = fresh(&pg, "dedupe");
+        let (url, store) = fresh(&pg, "dedupe").await;
         let (batches, _) = workload_small(2, 10);
-        store.apply(&batches[..12]).unwrap();
+        store.apply(&batches[..12]).await.unwrap();
         let again = store
             .apply(&[batches[12].clone(), batches[12].clone()])
+            .await
             .unwrap();
         assert_eq!(again, vec![Applied::New, Applied::Duplicate]);
-        let before = all_stored(&store, MIN);
+        let before = all_stored(&store, MIN).await;
         drop(store);
-        let mut store = open(&url);
-        let replay = store.apply(&batches[..13]).unwrap();
+        let store = open(&url).await;
+        let replay = store.apply(&batches[..13]).await.unwrap();
         assert!(replay.iter().all(|a| *a == Applied::Duplicate));
-        assert_eq!(all_stored(&store, MIN), before);
+        assert_eq!(all_stored(&store, MIN).await, before);
     }
 
     // Results do not depend on order or grouping; roll-ups are the merge of
     // their windows.
     {
-        let (_, mut one) = fresh(&pg, "order_a");
-        let (_, mut other) = fresh(&pg, "order_b");
+        let (_, one) = fresh(&pg, "order_a").await;
+        let (_, other) = fresh(&pg, "order_b").await;
         let (batches, _) = workload_small(3, 15);
-        one.apply(&batches).unwrap();
+        one.apply(&batches).await.unwrap();
         let mut reversed = batches.clone();
         reversed.reverse();
         for chunk in reversed.chunks(7) {
-            other.apply(chunk).unwrap();
+            other.apply(chunk).await.unwrap();
         }
         for width in [MIN, HOUR, DAY] {
             assert_eq!(
-                all_windows(&one, width),
-                all_windows(&other, width),
+                all_windows(&one, width).await,
+                all_windows(&other, width).await,
                 "width {width}"
             );
         }
-        assert_eq!(one.watermarks().unwrap(), other.watermarks().unwrap());
         assert_eq!(
-            one.watermarks().unwrap()[0],
+            one.watermarks().await.unwrap(),
+            other.watermarks().await.unwrap()
+        );
+        assert_eq!(
+            one.watermarks().await.unwrap()[0],
             ("agent-0".to_string(), T0 + 14 * MIN)
         );
-        let minutes = all_windows(&one, MIN);
+        let minutes = all_windows(&one, MIN).await;
         for width in [HOUR, DAY] {
             let mut expected: BTreeMap<(String, i64), Summary> = BTreeMap::new();
             for ((series, start), s) in &minutes {
@@ -126,19 +136,19 @@ fn the_store_contract_holds_on_postgresql() {
                     .merge(s)
                     .unwrap();
             }
-            assert_eq!(all_windows(&one, width), expected, "width {width}");
+            assert_eq!(all_windows(&one, width).await, expected, "width {width}");
         }
     }
 
     // Later merges bump the revision; duplicates do not.
     {
-        let (_, mut store) = fresh(&pg, "revision");
+        let (_, store) = fresh(&pg, "revision").await;
         let (batches, _) = workload_small(1, 1);
         let p = &batches[0].partials[0];
         let mk = |seq| Batch::new("agent-x", seq, T0, vec![p.clone()]);
-        store.apply(&[mk(1)]).unwrap();
-        store.apply(&[mk(2)]).unwrap();
-        store.apply(&[mk(2)]).unwrap();
+        store.apply(&[mk(1)]).await.unwrap();
+        store.apply(&[mk(2)]).await.unwrap();
+        store.apply(&[mk(2)]).await.unwrap();
         let w = store
             .windows(
                 &p.series,
@@ -146,6 +156,7 @@ fn the_store_contract_holds_on_postgresql() {
                 p.window.start(),
                 p.window.end(),
             )
+            .await
             .unwrap();
         assert_eq!(w.len(), 1);
         assert_eq!(w[0].revision, 1);
@@ -154,7 +165,7 @@ fn the_store_contract_holds_on_postgresql() {
 
     // A quantum mismatch fails the whole group and applies nothing.
     {
-        let (_, mut store) = fresh(&pg, "mismatch");
+        let (_, store) = fresh(&pg, "mismatch").await;
         let (batches, _) = workload_small(1, 2);
         let mut bad = batches[1].clone();
         let mut other = Summary::new(Quantum::new(-1).unwrap());
@@ -163,65 +174,65 @@ fn the_store_contract_holds_on_postgresql() {
             summary: other,
             ..bad.partials[0].clone()
         });
-        let err = store.apply(&[batches[0].clone(), bad]).unwrap_err();
+        let err = store.apply(&[batches[0].clone(), bad]).await.unwrap_err();
         assert!(matches!(err, StoreError::Merge { .. }), "{err}");
-        assert!(store.series().unwrap().is_empty());
+        assert!(store.series().await.unwrap().is_empty());
         assert_eq!(
-            store.apply(&[batches[0].clone()]).unwrap(),
+            store.apply(&[batches[0].clone()]).await.unwrap(),
             vec![Applied::New]
         );
     }
 
     // Progress lists the agents of each series.
     {
-        let (_, mut store) = fresh(&pg, "progress");
+        let (_, mut store) = fresh(&pg, "progress").await;
         let (batches, _) = workload_small(1, 1);
-        check_progress(&mut store, &batches[0]);
+        check_progress(&mut store, &batches[0]).await;
     }
 
     // The change feed returns each row at its latest write, in order.
     {
-        let (_, mut store) = fresh(&pg, "feed");
+        let (_, mut store) = fresh(&pg, "feed").await;
         let (batches, _) = workload_small(2, 10);
-        check_change_feed(&mut store, &batches);
+        check_change_feed(&mut store, &batches).await;
     }
 
     // Parked rows come back as stored until unparked.
     {
-        let (_, mut store) = fresh(&pg, "parking");
+        let (_, mut store) = fresh(&pg, "parking").await;
         let (batches, _) = workload_small(2, 10);
-        check_parking(&mut store, &batches);
+        check_parking(&mut store, &batches).await;
     }
 
     // Cursors survive a reopen; leases have one holder at a time, also
     // across two stores (instances) on one database.
     {
-        let (url, mut store) = fresh(&pg, "cursors");
-        check_cursors(&mut store);
-        check_leases(&mut store);
+        let (url, mut store) = fresh(&pg, "cursors").await;
+        check_cursors(&mut store).await;
+        check_leases(&mut store).await;
         drop(store);
-        let mut store = open(&url);
-        assert_eq!(store.cursor("check-a").unwrap(), 43);
-        assert_eq!(store.cursor("check-b").unwrap(), 7);
-        let mut other = open(&url);
+        let store = open(&url).await;
+        assert_eq!(store.cursor("check-a").await.unwrap(), 43);
+        assert_eq!(store.cursor("check-b").await.unwrap(), 7);
+        let other = open(&url).await;
         let long = std::time::Duration::from_secs(60);
         assert_eq!(
-            other.lease("job", "b", long).unwrap(),
+            other.lease("job", "b", long).await.unwrap(),
             tributary_collector::store::Lease::Theirs("a".into())
         );
         assert_eq!(
-            store.lease("job", "a", long).unwrap(),
+            store.lease("job", "a", long).await.unwrap(),
             tributary_collector::store::Lease::Ours
         );
     }
 
     // Migrations are versioned and run once; a newer schema is refused.
     {
-        let (url, store) = fresh(&pg, "schema");
-        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        let (url, store) = fresh(&pg, "schema").await;
+        assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
         drop(store);
-        let store = open(&url);
-        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        let store = open(&url).await;
+        assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
         drop(store);
         assert_eq!(
             pg.psql("schema", "SELECT count(*) FROM schema_version")
@@ -230,7 +241,9 @@ fn the_store_contract_holds_on_postgresql() {
         );
         pg.psql("schema", "INSERT INTO schema_version (version) VALUES (99)")
             .unwrap();
-        let err = PostgresStore::open(&PostgresOptions::new(&url), &[HOUR]).unwrap_err();
+        let err = PostgresStore::open(&PostgresOptions::new(&url), &[HOUR])
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, StoreError::SchemaTooNew { found: 99, .. }),
             "{err}"
@@ -244,7 +257,9 @@ fn the_store_contract_holds_on_postgresql() {
             "postgres://tributary@127.0.0.1:{}/nowhere?connect_timeout=2",
             tributary_testkit::free_port()
         );
-        let err = PostgresStore::open(&PostgresOptions::new(url), &[HOUR]).unwrap_err();
+        let err = PostgresStore::open(&PostgresOptions::new(url), &[HOUR])
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Backend(_)), "{err}");
     }
 }
@@ -253,25 +268,25 @@ fn the_store_contract_holds_on_postgresql() {
 /// that all hit the same few windows, and some batches reach both (a
 /// redelivery to another instance). A third follows the change feed while
 /// they run.
-#[test]
-fn instances_racing_on_the_same_windows_lose_no_update() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_racing_on_the_same_windows_lose_no_update() {
     let pg = Postgres::start(ServerOptions::default()).unwrap();
     let url = pg.create_database("race").unwrap();
     // 4 agents × 60 batches × 6 partials over 2 devices × 5 minutes: every
     // batch collides with the others on its windows and their roll-ups.
     let (batches, truth) = workload(777, 4, 60, 6, 2, 5);
-    let stores = [open(&url), open(&url)];
+    let stores = [open(&url).await, open(&url).await];
     let done = Arc::new(AtomicBool::new(false));
     let reader = {
-        let store = open(&url);
+        let store = open(&url).await;
         let done = done.clone();
-        std::thread::spawn(move || {
+        tokio::spawn(async move {
             let minute = Width::new(MIN).unwrap();
             let mut cursor = 0;
             let mut seen: HashMap<(String, i64), Summary> = HashMap::new();
             let mut finishing = false;
             loop {
-                let page = store.changed_since(minute, cursor, 1000).unwrap();
+                let page = store.changed_since(minute, cursor, 1000).await.unwrap();
                 for c in &page {
                     assert!(c.change > cursor, "the feed went backwards");
                     cursor = c.change;
@@ -285,7 +300,7 @@ fn instances_racing_on_the_same_windows_lose_no_update() {
                         return seen;
                     }
                     finishing = done.load(Ordering::SeqCst);
-                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
                 }
             }
         })
@@ -293,7 +308,7 @@ fn instances_racing_on_the_same_windows_lose_no_update() {
     let writers: Vec<_> = stores
         .into_iter()
         .enumerate()
-        .map(|(i, mut store)| {
+        .map(|(i, store)| {
             // Instance i gets every batch with index % 2 == i, plus every
             // fifth batch of the other's (delivered twice).
             let mine: Vec<Batch> = batches
@@ -302,23 +317,26 @@ fn instances_racing_on_the_same_windows_lose_no_update() {
                 .filter(|(j, _)| j % 2 == i || j % 5 == 0)
                 .map(|(_, b)| b.clone())
                 .collect();
-            std::thread::spawn(move || {
+            tokio::spawn(async move {
                 let mut new = 0;
                 for chunk in mine.chunks(3) {
-                    let a = store.apply(chunk).unwrap();
+                    let a = store.apply(chunk).await.unwrap();
                     new += a.iter().filter(|a| **a == Applied::New).count();
                 }
                 new
             })
         })
         .collect();
-    let applied: usize = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    let mut applied = 0;
+    for w in writers {
+        applied += w.await.unwrap();
+    }
     done.store(true, Ordering::SeqCst);
-    let followed = reader.join().unwrap();
+    let followed = reader.await.unwrap();
 
     assert_eq!(applied, batches.len(), "each batch applied exactly once");
-    let check = open(&url);
-    let stored = all_windows(&check, MIN);
+    let check = open(&url).await;
+    let stored = all_windows(&check, MIN).await;
     assert_eq!(stored.len(), truth.len());
     let mut total = 0;
     for ((device, start), readings) in &truth {
@@ -326,7 +344,11 @@ fn instances_racing_on_the_same_windows_lose_no_update() {
         assert_eq!(stored[&k], summary_of(readings), "{device} {start}");
         total += readings.len() as u64;
     }
-    let hours: u64 = all_windows(&check, HOUR).values().map(|s| s.count()).sum();
+    let hours: u64 = all_windows(&check, HOUR)
+        .await
+        .values()
+        .map(|s| s.count())
+        .sum();
     assert_eq!(hours, total, "roll-ups hold every reading once");
     // The follower, which never re-read anything, ends at every row's final
     // state: no change was committed behind its cursor.

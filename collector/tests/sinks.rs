@@ -9,7 +9,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,8 +20,9 @@ use tributary_collector::config::Config;
 use tributary_collector::finality::Finality;
 use tributary_collector::sinks::{self, SinkConfig, SinkCounters, SinkKind, Sinks};
 use tributary_collector::store::postgres::{PostgresOptions, PostgresStore};
+use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_collector::store::{Store, StoredWindow};
+use tributary_collector::store::StoredWindow;
 use tributary_core::batch::{Batch, Partial};
 use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
 
@@ -184,16 +184,12 @@ struct Running {
 }
 
 impl Running {
-    fn start<S: Store + Send + 'static>(cfg: &SinkConfig, store: &Arc<Mutex<S>>) -> Running {
+    fn start<S: Store>(cfg: &SinkConfig, store: &S) -> Running {
         Running::start_as("test-instance", cfg, store)
     }
 
     /// Runs `cfg` as the collector instance called `instance`.
-    fn start_as<S: Store + Send + 'static>(
-        instance: &str,
-        cfg: &SinkConfig,
-        store: &Arc<Mutex<S>>,
-    ) -> Running {
+    fn start_as<S: Store>(instance: &str, cfg: &SinkConfig, store: &S) -> Running {
         let (stop, rx) = watch::channel(false);
         let sinks = sinks::start(
             std::slice::from_ref(cfg),
@@ -232,12 +228,11 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn stored<S: Store>(store: &Arc<Mutex<S>>, device: &str, minute: i64) -> StoredWindow {
+async fn stored<S: Store>(store: &S, device: &str, minute: i64) -> StoredWindow {
     let start = T0 + minute * MIN;
     let w = store
-        .lock()
-        .unwrap()
         .windows(&key(device), Width::new(MIN).unwrap(), start, start + 1)
+        .await
         .unwrap();
     assert_eq!(w.len(), 1);
     w.into_iter().next().unwrap()
@@ -285,12 +280,10 @@ fn expected(device: &str, w: &StoredWindow) -> Value {
 #[tokio::test]
 async fn final_windows_arrive_once_per_revision_with_the_stored_values() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Mutex::new(open(&dir)));
+    let store = open(&dir);
     // Minutes 0 and 1 are final (watermark at the end of minute 1), minute 2
     // is not.
     store
-        .lock()
-        .unwrap()
         .apply(&[batch(
             1,
             2,
@@ -301,12 +294,12 @@ async fn final_windows_arrive_once_per_revision_with_the_stored_values() {
                 partial("d2", 1, &[100, 200, 300, 400]),
             ],
         )])
+        .await
         .unwrap();
     // Applied after them, so later in the change feed.
     store
-        .lock()
-        .unwrap()
         .apply(&[batch(2, 2, vec![partial("d1", 2, &[9000, 9500])])])
+        .await
         .unwrap();
     let server = Server::start(0, Arc::default()).await;
     let mut cfg = sink(SinkKind::Webhook, server.port);
@@ -314,10 +307,10 @@ async fn final_windows_arrive_once_per_revision_with_the_stored_values() {
     cfg.headers.insert("X-Source".into(), "tributary".into());
     let run = Running::start(&cfg, &store);
     let c = run.counters();
-    wait_until("4 final windows", || c.pushed.load(Relaxed) == 4).await;
+    wait_until("4 final windows", || c.pushed.get() == 4).await;
     // The runner has looked at minute 2 and parked it.
-    wait_until("minute 2 parked", || c.parked.load(Relaxed) == 1).await;
-    wait_until("minute 2 waiting", || c.held_ms.load(Relaxed) > 0).await;
+    wait_until("minute 2 parked", || c.parked.get() == 1).await;
+    wait_until("minute 2 waiting", || c.held.get() > 0.0).await;
     let got = points(&server);
     let keys: Vec<_> = got.keys().cloned().collect();
     assert_eq!(
@@ -330,7 +323,7 @@ async fn final_windows_arrive_once_per_revision_with_the_stored_values() {
         ]
     );
     for ((device, minute, _), p) in &got {
-        assert_eq!(p, &expected(device, &stored(&store, device, *minute)));
+        assert_eq!(p, &expected(device, &stored(&store, device, *minute).await));
     }
     let r = &server.accepted()[0];
     let v: Value = serde_json::from_str(&r.body).unwrap();
@@ -341,26 +334,25 @@ async fn final_windows_arrive_once_per_revision_with_the_stored_values() {
 
     // Minute 2 becomes final and a late reading revises d1's minute 0.
     store
-        .lock()
-        .unwrap()
         .apply(&[batch(3, 3, vec![partial("d1", 0, &[3000])])])
+        .await
         .unwrap();
-    wait_until("minute 2 and the revision", || c.pushed.load(Relaxed) == 6).await;
+    wait_until("minute 2 and the revision", || c.pushed.get() == 6).await;
     let got = points(&server);
     assert_eq!(got.len(), 6);
     let rev = &got[&("d1".to_string(), 0, 1)];
-    let now = stored(&store, "d1", 0);
+    let now = stored(&store, "d1", 0).await;
     assert_eq!(now.revision, 1);
     assert_eq!(now.summary.count(), 4);
     assert_eq!(rev, &expected("d1", &now));
     assert_eq!(
         got[&("d1".to_string(), 2, 0)],
-        expected("d1", &stored(&store, "d1", 2))
+        expected("d1", &stored(&store, "d1", 2).await)
     );
-    assert_eq!(c.rejected.load(Relaxed), 0);
-    assert!(c.last_success_ms.load(Relaxed) > 0);
+    assert_eq!(c.rejected.get(), 0);
+    assert!(c.last_success.get() > 0.0);
     wait_until("nothing parked", || {
-        c.held_ms.load(Relaxed) == 0 && c.parked.load(Relaxed) == 0
+        c.held.get() == 0.0 && c.parked.get() == 0
     })
     .await;
     run.stop().await;
@@ -372,37 +364,34 @@ async fn final_windows_arrive_once_per_revision_with_the_stored_values() {
 #[tokio::test]
 async fn a_window_not_final_waits_alone_and_is_pushed_once_final() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Mutex::new(open(&dir)));
-    let apply = |b: Batch| store.lock().unwrap().apply(&[b]).unwrap();
-    apply(batch(1, 1, vec![partial("d1", 0, &[1000])]));
+    let store = open(&dir);
+    let apply = |b: Batch| {
+        let store = store.clone();
+        async move { store.apply(&[b]).await.unwrap() }
+    };
+    apply(batch(1, 1, vec![partial("d1", 0, &[1000])])).await;
     // Agent "slow" sends d2's minute 0 with its watermark still at T0.
-    apply(Batch::new("slow", 1, T0, vec![partial("d2", 0, &[2000])]));
-    apply(batch(2, 2, vec![partial("d1", 1, &[3000])]));
+    apply(Batch::new("slow", 1, T0, vec![partial("d2", 0, &[2000])])).await;
+    apply(batch(2, 2, vec![partial("d1", 1, &[3000])])).await;
     let server = Server::start(0, Arc::default()).await;
     let cfg = sink(SinkKind::Webhook, server.port);
     let run = Running::start(&cfg, &store);
     let c = run.counters();
-    wait_until("d1's two minutes, past d2's", || {
-        c.pushed.load(Relaxed) == 2
-    })
-    .await;
-    wait_until("d2's minute parked", || c.parked.load(Relaxed) == 1).await;
+    wait_until("d1's two minutes, past d2's", || c.pushed.get() == 2).await;
+    wait_until("d2's minute parked", || c.parked.get() == 1).await;
     run.stop().await;
 
     // Parked durably: a new runner knows it, and d1 goes on meanwhile.
     let run = Running::start(&cfg, &store);
     let c = run.counters();
-    wait_until("the parked window known again", || {
-        c.parked.load(Relaxed) == 1
-    })
-    .await;
-    apply(batch(3, 3, vec![partial("d1", 2, &[4000])]));
-    wait_until("d1's minute 2", || c.pushed.load(Relaxed) == 1).await;
-    assert_eq!(c.parked.load(Relaxed), 1);
+    wait_until("the parked window known again", || c.parked.get() == 1).await;
+    apply(batch(3, 3, vec![partial("d1", 2, &[4000])])).await;
+    wait_until("d1's minute 2", || c.pushed.get() == 1).await;
+    assert_eq!(c.parked.get(), 1);
     // The slow agent catches up: d2's minute 0 is final, pushed, un-parked.
-    apply(Batch::new("slow", 2, T0 + 2 * MIN, vec![]));
-    wait_until("d2's minute 0", || c.pushed.load(Relaxed) == 2).await;
-    wait_until("nothing parked", || c.parked.load(Relaxed) == 0).await;
+    apply(Batch::new("slow", 2, T0 + 2 * MIN, vec![])).await;
+    wait_until("d2's minute 0", || c.pushed.get() == 2).await;
+    wait_until("nothing parked", || c.parked.get() == 0).await;
     run.stop().await;
 
     let keys: Vec<_> = points(&server).into_keys().collect();
@@ -436,50 +425,47 @@ async fn a_window_not_final_waits_alone_and_is_pushed_once_final() {
         .collect();
     assert_eq!(order, ["d1@0", "d1@1", "d1@2", "d2@0"]);
     let minute = Width::new(MIN).unwrap();
-    let st = store.lock().unwrap();
-    assert!(st.parked("sink:test", minute, 0, 10).unwrap().is_empty());
+    let parked = store.parked("sink:test", minute, 0, 10).await.unwrap();
+    assert!(parked.is_empty());
 }
 
 #[tokio::test]
 async fn an_outage_loses_nothing_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Mutex::new(open(&dir)));
+    let store = open(&dir);
     let parts: Vec<Partial> = (0..5)
         .flat_map(|m| (0..4).map(move |d| partial(&format!("d{d}"), m, &[m * 1000 + d])))
         .collect();
-    store.lock().unwrap().apply(&[batch(1, 5, parts)]).unwrap();
+    store.apply(&[batch(1, 5, parts)]).await.unwrap();
     // Nobody listens yet.
     let port = tributary_testkit::free_port();
     let mut cfg = sink(SinkKind::Webhook, port);
     cfg.batch_size = 3;
     let run = Running::start(&cfg, &store);
     let c = run.counters();
-    wait_until("connection failures retried", || {
-        c.retries.load(Relaxed) >= 3
-    })
-    .await;
-    assert_eq!(c.pushed.load(Relaxed), 0);
-    assert!(c.failing.load(Relaxed) >= 3);
+    wait_until("connection failures retried", || c.retries.get() >= 3).await;
+    assert_eq!(c.pushed.get(), 0);
+    assert!(c.failing.get() >= 3);
     // The server appears; later it fails a while (overload, then a
     // misconfigured endpoint) while data grows.
     let state: Shared = Arc::default();
     let server = Server::start(port, state.clone()).await;
-    wait_until("the first 20 windows", || c.pushed.load(Relaxed) == 20).await;
-    assert_eq!(c.failing.load(Relaxed), 0, "healthy again");
-    let retries = c.retries.load(Relaxed);
+    wait_until("the first 20 windows", || c.pushed.get() == 20).await;
+    assert_eq!(c.failing.get(), 0, "healthy again");
+    let retries = c.retries.get();
     let failures = vec![503, 429, 500, 502, 504, 408, 401, 403, 404];
     state.lock().unwrap().fail.clone_from(&failures);
     let parts: Vec<Partial> = (5..8)
         .flat_map(|m| (0..4).map(move |d| partial(&format!("d{d}"), m, &[m * 1000 + d])))
         .collect();
-    store.lock().unwrap().apply(&[batch(2, 8, parts)]).unwrap();
-    wait_until("all 32 windows", || c.pushed.load(Relaxed) == 32).await;
+    store.apply(&[batch(2, 8, parts)]).await.unwrap();
+    wait_until("all 32 windows", || c.pushed.get() == 32).await;
     assert_eq!(
-        c.retries.load(Relaxed),
+        c.retries.get(),
         retries + failures.len() as u64,
         "each failure retried"
     );
-    assert_eq!(c.rejected.load(Relaxed), 0, "none of them skips data");
+    assert_eq!(c.rejected.get(), 0, "none of them skips data");
     let got = points(&server); // panics on a duplicate
     assert_eq!(got.len(), 32);
     for m in 0..8 {
@@ -499,43 +485,39 @@ async fn an_outage_loses_nothing_and_recovers() {
 #[tokio::test]
 async fn a_refused_point_is_skipped_counted_and_the_rest_delivered() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Mutex::new(open(&dir)));
+    let store = open(&dir);
     let parts: Vec<Partial> = ["a", "b", "bad", "c", "d", "e", "f"]
         .iter()
         .map(|d| partial(d, 0, &[1000]))
         .collect();
-    store.lock().unwrap().apply(&[batch(1, 1, parts)]).unwrap();
+    store.apply(&[batch(1, 1, parts)]).await.unwrap();
     let state: Shared = Arc::default();
     state.lock().unwrap().refuse = Some("\"bad\"".into());
     let server = Server::start(0, state.clone()).await;
     let run = Running::start(&sink(SinkKind::Webhook, server.port), &store);
     let c = run.counters();
-    wait_until("the refused point skipped", || {
-        c.rejected.load(Relaxed) == 1
-    })
-    .await;
-    wait_until("the rest delivered", || c.pushed.load(Relaxed) == 6).await;
+    wait_until("the refused point skipped", || c.rejected.get() == 1).await;
+    wait_until("the rest delivered", || c.pushed.get() == 6).await;
     let got = points(&server);
     let devices: Vec<&str> = got.keys().map(|k| k.0.as_str()).collect();
     assert_eq!(devices, ["a", "b", "c", "d", "e", "f"]);
-    assert_eq!(c.retries.load(Relaxed), 0, "a 400 is not retried");
+    assert_eq!(c.retries.get(), 0, "a 400 is not retried");
     // The sink is not wedged: later windows still arrive.
     store
-        .lock()
-        .unwrap()
         .apply(&[batch(2, 2, vec![partial("a", 1, &[2000])])])
+        .await
         .unwrap();
-    wait_until("a later window", || c.pushed.load(Relaxed) == 7).await;
-    assert_eq!(c.rejected.load(Relaxed), 1);
+    wait_until("a later window", || c.pushed.get() == 7).await;
+    assert_eq!(c.rejected.get(), 1);
     run.stop().await;
 }
 
 #[tokio::test]
 async fn a_sink_stopped_during_an_outage_stops_and_later_delivers_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Mutex::new(open(&dir)));
+    let store = open(&dir);
     let parts = vec![partial("d1", 0, &[1000]), partial("d2", 0, &[2000])];
-    store.lock().unwrap().apply(&[batch(1, 1, parts)]).unwrap();
+    store.apply(&[batch(1, 1, parts)]).await.unwrap();
     let port = tributary_testkit::free_port();
     let mut cfg = sink(SinkKind::Webhook, port);
     // Long retry delays: stopping must not wait for them.
@@ -543,35 +525,28 @@ async fn a_sink_stopped_during_an_outage_stops_and_later_delivers_everything() {
     cfg.backoff_max_ms = 60_000;
     let run = Running::start(&cfg, &store);
     let c = run.counters();
-    wait_until("a failed attempt", || c.retries.load(Relaxed) >= 1).await;
+    wait_until("a failed attempt", || c.retries.get() >= 1).await;
     run.stop().await; // panics after 10 s
-    assert_eq!(store.lock().unwrap().cursor("sink:test").unwrap(), 0);
+    assert_eq!(store.cursor("sink:test").await.unwrap(), 0);
     let server = Server::start(port, Arc::default()).await;
     let run = Running::start(&sink(SinkKind::Webhook, port), &store);
     let c = run.counters();
-    wait_until("both windows", || c.pushed.load(Relaxed) == 2).await;
+    wait_until("both windows", || c.pushed.get() == 2).await;
     assert_eq!(points(&server).len(), 2);
     run.stop().await;
 }
 
-/// The PostgreSQL store runs its own runtime and blocks: the sink reaches
-/// it only through `spawn_blocking`, and this test does the same.
+/// The same over a PostgreSQL store (natively async).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_follows_a_postgresql_store_too() {
     let pg = tributary_testkit::Postgres::start(Default::default()).unwrap();
     let url = pg.create_database("sinks").unwrap();
-    let blocking = |f: Box<dyn FnOnce() + Send>| tokio::task::spawn_blocking(f);
-    let store = tokio::task::spawn_blocking(move || {
-        PostgresStore::open(&PostgresOptions::new(&url), &[3_600_000]).unwrap()
-    })
-    .await
-    .unwrap();
-    let store = Arc::new(Mutex::new(store));
-    let apply = |store: &Arc<Mutex<PostgresStore>>, b: Batch| {
+    let store = PostgresStore::open(&PostgresOptions::new(&url), &[3_600_000])
+        .await
+        .unwrap();
+    let apply = |store: &PostgresStore, b: Batch| {
         let store = store.clone();
-        blocking(Box::new(move || {
-            store.lock().unwrap().apply(&[b]).unwrap();
-        }))
+        async move { store.apply(&[b]).await }
     };
     let parts = vec![partial("d1", 0, &[1000, 2000]), partial("d2", 0, &[3000])];
     apply(&store, batch(1, 1, parts)).await.unwrap();
@@ -581,28 +556,19 @@ async fn a_sink_follows_a_postgresql_store_too() {
     let server = Server::start(0, Arc::default()).await;
     let run = Running::start(&sink(SinkKind::Webhook, server.port), &store);
     let c = run.counters();
-    wait_until("the two final windows", || c.pushed.load(Relaxed) == 2).await;
-    wait_until("minute 1 parked", || c.parked.load(Relaxed) == 1).await;
+    wait_until("the two final windows", || c.pushed.get() == 2).await;
+    wait_until("minute 1 parked", || c.parked.get() == 1).await;
     // A revision and minute 1's finality in one batch.
     apply(&store, batch(3, 2, vec![partial("d2", 0, &[5000])]))
         .await
         .unwrap();
-    wait_until("minute 1 and the revision", || c.pushed.load(Relaxed) == 4).await;
+    wait_until("minute 1 and the revision", || c.pushed.get() == 4).await;
     run.stop().await;
-    let (got, want) = {
-        let st = store.clone();
-        tokio::task::spawn_blocking(move || {
-            let got = points(&server);
-            let want: Vec<_> = got
-                .keys()
-                .map(|(d, m, _)| expected(d, &stored(&st, d, *m)))
-                .collect();
-            let cursor = st.lock().unwrap().cursor("sink:test").unwrap();
-            (got, (want, cursor))
-        })
-        .await
-        .unwrap()
-    };
+    let got = points(&server);
+    let mut want = (Vec::new(), store.cursor("sink:test").await.unwrap());
+    for (d, m, _) in got.keys() {
+        want.0.push(expected(d, &stored(&store, d, *m).await));
+    }
     let keys: Vec<_> = got.keys().cloned().collect();
     assert_eq!(
         keys,
@@ -620,10 +586,6 @@ async fn a_sink_follows_a_postgresql_store_too() {
         }
     }
     assert!(want.1 > 0, "the cursor is durable in PostgreSQL");
-    // The store's runtime must not be dropped inside this one.
-    tokio::task::spawn_blocking(move || drop(store))
-        .await
-        .unwrap();
 }
 
 /// Two collector instances on one PostgreSQL database configure the same
@@ -634,19 +596,15 @@ async fn a_sink_follows_a_postgresql_store_too() {
 async fn instances_on_one_database_push_a_sink_from_one_at_a_time() {
     let pg = tributary_testkit::Postgres::start(Default::default()).unwrap();
     let url = pg.create_database("lease").unwrap();
-    let open = |url: String| {
-        tokio::task::spawn_blocking(move || {
-            Arc::new(Mutex::new(
-                PostgresStore::open(&PostgresOptions::new(&url), &[3_600_000]).unwrap(),
-            ))
-        })
+    let open = |url: String| async move {
+        PostgresStore::open(&PostgresOptions::new(&url), &[3_600_000])
+            .await
+            .unwrap()
     };
-    let (a_store, b_store) = (open(url.clone()).await.unwrap(), open(url).await.unwrap());
+    let (a_store, b_store) = (open(url.clone()).await, open(url).await);
     let apply = |b: Batch| {
         let store = a_store.clone();
-        tokio::task::spawn_blocking(move || {
-            store.lock().unwrap().apply(&[b]).unwrap();
-        })
+        async move { store.apply(&[b]).await }
     };
     let server = Server::start(0, Arc::default()).await;
     let cfg = |instance: &str| {
@@ -665,13 +623,13 @@ async fn instances_on_one_database_push_a_sink_from_one_at_a_time() {
 
     let a = Running::start_as("a", &cfg("a"), &a_store);
     let ca = a.counters();
-    wait_until("a leads", || ca.leader.load(Relaxed) == 1).await;
+    wait_until("a leads", || ca.leader.get() == 1).await;
     let b = Running::start_as("b", &cfg("b"), &b_store);
     let cb = b.counters();
-    wait_until("a pushes minute 0", || ca.pushed.load(Relaxed) == 2).await;
+    wait_until("a pushes minute 0", || ca.pushed.get() == 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await; // b polls 15 times
-    assert_eq!(cb.leader.load(Relaxed), 0, "b stands by");
-    assert_eq!(cb.pushed.load(Relaxed), 0);
+    assert_eq!(cb.leader.get(), 0, "b stands by");
+    assert_eq!(cb.pushed.get(), 0);
 
     // Another holder takes the lease (as if a's had expired): a notices at
     // its next renewal and pushes nothing more; nobody pushes meanwhile.
@@ -680,26 +638,23 @@ async fn instances_on_one_database_push_a_sink_from_one_at_a_time() {
         "UPDATE leases SET holder = 'intruder', expires = clock_timestamp() + interval '1 hour'",
     )
     .unwrap();
-    wait_until("a stands down", || ca.leader.load(Relaxed) == 0).await;
+    wait_until("a stands down", || ca.leader.get() == 0).await;
     apply(batch(2, 2, vec![partial("d1", 1, &[3000])]))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(ca.pushed.load(Relaxed) + cb.pushed.load(Relaxed), 2);
+    assert_eq!(ca.pushed.get() + cb.pushed.get(), 2);
     // The intruder's lease ends; one of a and b takes over.
     pg.psql("lease", "DELETE FROM leases").unwrap();
-    wait_until("minute 1 pushed", || {
-        ca.pushed.load(Relaxed) + cb.pushed.load(Relaxed) == 3
-    })
-    .await;
+    wait_until("minute 1 pushed", || ca.pushed.get() + cb.pushed.get() == 3).await;
 
     // The pusher stops and gives the lease up; the other takes over.
-    let ((pusher, p), (standby, s), cs) = if ca.leader.load(Relaxed) == 1 {
+    let ((pusher, p), (standby, s), cs) = if ca.leader.get() == 1 {
         ((a, "a"), (b, "b"), cb.clone())
     } else {
         ((b, "b"), (a, "a"), ca.clone())
     };
-    let before = cs.pushed.load(Relaxed);
+    let before = cs.pushed.get();
     pusher.stop().await;
     apply(batch(
         3,
@@ -709,7 +664,7 @@ async fn instances_on_one_database_push_a_sink_from_one_at_a_time() {
     .await
     .unwrap();
     wait_until("the other instance takes over", || {
-        cs.leader.load(Relaxed) == 1 && cs.pushed.load(Relaxed) == before + 2
+        cs.leader.get() == 1 && cs.pushed.get() == before + 2
     })
     .await;
     standby.stop().await;
@@ -733,9 +688,7 @@ async fn instances_on_one_database_push_a_sink_from_one_at_a_time() {
         .map(|r| r.instance.unwrap())
         .collect();
     assert_eq!(who, ["a", p, s]);
-    tokio::task::spawn_blocking(move || drop((a_store, b_store)))
-        .await
-        .unwrap();
+    drop((a_store, b_store));
 }
 
 #[tokio::test]
@@ -744,25 +697,24 @@ async fn a_restart_resumes_from_the_durable_cursor_without_repushing() {
     let server = Server::start(0, Arc::default()).await;
     let cfg = sink(SinkKind::Webhook, server.port);
     {
-        let store = Arc::new(Mutex::new(open(&dir)));
+        let store = open(&dir);
         let parts = vec![partial("d1", 0, &[1000]), partial("d2", 0, &[2000])];
-        store.lock().unwrap().apply(&[batch(1, 1, parts)]).unwrap();
+        store.apply(&[batch(1, 1, parts)]).await.unwrap();
         let run = Running::start(&cfg, &store);
         let c = run.counters();
-        wait_until("the first two windows", || c.pushed.load(Relaxed) == 2).await;
+        wait_until("the first two windows", || c.pushed.get() == 2).await;
         run.stop().await;
     }
     // A new store handle on the same file: only the cursor remembers.
-    let store = Arc::new(Mutex::new(open(&dir)));
-    assert!(store.lock().unwrap().cursor("sink:test").unwrap() > 0);
+    let store = open(&dir);
+    assert!(store.cursor("sink:test").await.unwrap() > 0);
     store
-        .lock()
-        .unwrap()
         .apply(&[batch(2, 2, vec![partial("d1", 1, &[3000])])])
+        .await
         .unwrap();
     let run = Running::start(&cfg, &store);
     let c = run.counters();
-    wait_until("the new window", || c.pushed.load(Relaxed) == 1).await;
+    wait_until("the new window", || c.pushed.get() == 1).await;
     let got = points(&server); // panics on a duplicate
     assert_eq!(got.len(), 3);
     assert!(got.contains_key(&("d1".to_string(), 1, 0)));
@@ -824,10 +776,8 @@ fn parse_lines(body: &str) -> Vec<Line> {
 #[tokio::test]
 async fn the_influx_body_is_line_protocol_with_the_expected_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Mutex::new(open(&dir)));
+    let store = open(&dir);
     store
-        .lock()
-        .unwrap()
         .apply(&[batch(
             1,
             1,
@@ -836,11 +786,12 @@ async fn the_influx_body_is_line_protocol_with_the_expected_fields() {
                 partial("d2", 0, &[1500]),
             ],
         )])
+        .await
         .unwrap();
     let server = Server::start(0, Arc::default()).await;
     let run = Running::start(&sink(SinkKind::Influx, server.port), &store);
     let c = run.counters();
-    wait_until("two points", || c.pushed.load(Relaxed) == 2).await;
+    wait_until("two points", || c.pushed.get() == 2).await;
     let reqs = server.accepted();
     assert_eq!(reqs.len(), 1);
     assert_eq!(
@@ -861,7 +812,7 @@ async fn the_influx_body_is_line_protocol_with_the_expected_fields() {
     lines.sort_by(|a, b| a.1["device"].cmp(&b.1["device"]));
     assert_eq!(lines.len(), 2);
     for (device, (m, tags, fields, t)) in ["d1", "d2"].iter().zip(lines) {
-        let w = stored(&store, device, 0);
+        let w = stored(&store, device, 0).await;
         let s = &w.summary;
         assert_eq!(m, "temperature");
         assert_eq!(
@@ -938,9 +889,10 @@ fn the_documented_sink_examples_parse() {
 #[tokio::test]
 async fn the_collector_runs_its_sinks_and_shows_them_on_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = open(&dir);
+    let store = open(&dir);
     store
         .apply(&[batch(1, 1, vec![partial("d1", 0, &[1000])])])
+        .await
         .unwrap();
     let server = Server::start(0, Arc::default()).await;
     // No broker listens on the MQTT port: ingest keeps retrying meanwhile.
@@ -955,7 +907,7 @@ async fn the_collector_runs_its_sinks_and_shows_them_on_metrics() {
         .await
         .unwrap();
     let c = running.sinks().get("hook").unwrap().clone();
-    wait_until("the window pushed", || c.pushed.load(Relaxed) == 1).await;
+    wait_until("the window pushed", || c.pushed.get() == 1).await;
     let url = format!("http://{}/metrics", running.http_addr());
     let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
     for line in [
@@ -964,7 +916,7 @@ async fn the_collector_runs_its_sinks_and_shows_them_on_metrics() {
         "tributary_sink_rejected_points_total{sink=\"hook\"} 0",
         "tributary_sink_lag_rows{sink=\"hook\"} 0",
         "tributary_sink_consecutive_failures{sink=\"hook\"} 0",
-        "tributary_sink_held_seconds{sink=\"hook\"} 0.000",
+        "tributary_sink_held_seconds{sink=\"hook\"} 0.0",
         "# TYPE tributary_sink_last_success_timestamp_seconds gauge",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");

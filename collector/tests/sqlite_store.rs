@@ -6,8 +6,9 @@
 
 use std::collections::BTreeMap;
 
+use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_collector::store::{self, Applied, Lease, Store};
+use tributary_collector::store::{self, Applied, Lease};
 use tributary_core::batch::{Batch, Partial};
 use tributary_core::{Quantum, Summary, Width, Window};
 
@@ -28,22 +29,23 @@ fn open(dir: &tempfile::TempDir, name: &str) -> SqliteStore {
     SqliteStore::open(&dir.path().join(name), &[HOUR, 24 * HOUR]).unwrap()
 }
 
-fn all_windows(store: &SqliteStore, width: i64) -> BTreeMap<(String, i64), Summary> {
+async fn all_windows(store: &SqliteStore, width: i64) -> BTreeMap<(String, i64), Summary> {
     store::all_windows(store, Width::new(width).unwrap())
+        .await
         .unwrap()
         .into_iter()
         .map(|((k, start), w)| ((k.device().to_string(), start), w.summary))
         .collect()
 }
 
-#[test]
-fn each_window_equals_the_summary_of_its_readings() {
+#[tokio::test]
+async fn each_window_equals_the_summary_of_its_readings() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = open(&dir, "a.db");
+    let store = open(&dir, "a.db");
     let (batches, truth) = workload(3, 20);
-    let applied = store.apply(&batches).unwrap();
+    let applied = store.apply(&batches).await.unwrap();
     assert!(applied.iter().all(|a| *a == Applied::New));
-    let stored = all_windows(&store, MIN);
+    let stored = all_windows(&store, MIN).await;
     assert_eq!(stored.len(), truth.len());
     for ((device, start), readings) in &truth {
         assert_eq!(
@@ -52,68 +54,72 @@ fn each_window_equals_the_summary_of_its_readings() {
             "{device} {start}"
         );
     }
-    check_windows_of(&store);
+    check_windows_of(&store).await;
 }
 
-#[test]
-fn redelivered_batches_change_nothing_even_after_reopen() {
+#[tokio::test]
+async fn redelivered_batches_change_nothing_even_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let (batches, _) = workload(2, 10);
     let before = {
-        let mut store = open(&dir, "a.db");
-        store.apply(&batches[..12]).unwrap();
+        let store = open(&dir, "a.db");
+        store.apply(&batches[..12]).await.unwrap();
         // The same batch twice in one group: applied once.
         let again = store
             .apply(&[batches[12].clone(), batches[12].clone()])
+            .await
             .unwrap();
         assert_eq!(again, vec![Applied::New, Applied::Duplicate]);
-        all_windows(&store, MIN)
+        all_windows(&store, MIN).await
     };
-    let mut store = open(&dir, "a.db");
-    let replay = store.apply(&batches[..13]).unwrap();
+    let store = open(&dir, "a.db");
+    let replay = store.apply(&batches[..13]).await.unwrap();
     assert!(replay.iter().all(|a| *a == Applied::Duplicate));
-    assert_eq!(all_windows(&store, MIN), before);
-    assert_eq!(all_windows(&store, HOUR), {
+    assert_eq!(all_windows(&store, MIN).await, before);
+    assert_eq!(all_windows(&store, HOUR).await, {
         let fresh_dir = tempfile::tempdir().unwrap();
-        let mut fresh = open(&fresh_dir, "b.db");
-        fresh.apply(&batches[..13]).unwrap();
-        all_windows(&fresh, HOUR)
+        let fresh = open(&fresh_dir, "b.db");
+        fresh.apply(&batches[..13]).await.unwrap();
+        all_windows(&fresh, HOUR).await
     });
 }
 
-#[test]
-fn results_do_not_depend_on_order_or_grouping() {
+#[tokio::test]
+async fn results_do_not_depend_on_order_or_grouping() {
     let dir = tempfile::tempdir().unwrap();
     let (batches, _) = workload(3, 15);
-    let mut one = open(&dir, "one.db");
-    one.apply(&batches).unwrap();
-    let mut other = open(&dir, "other.db");
+    let one = open(&dir, "one.db");
+    one.apply(&batches).await.unwrap();
+    let other = open(&dir, "other.db");
     let mut reversed = batches.clone();
     reversed.reverse();
     for chunk in reversed.chunks(7) {
-        other.apply(chunk).unwrap();
+        other.apply(chunk).await.unwrap();
     }
     for width in [MIN, HOUR, 24 * HOUR] {
         assert_eq!(
-            all_windows(&one, width),
-            all_windows(&other, width),
+            all_windows(&one, width).await,
+            all_windows(&other, width).await,
             "width {width}"
         );
     }
-    assert_eq!(one.watermarks().unwrap(), other.watermarks().unwrap());
     assert_eq!(
-        one.watermarks().unwrap()[0],
+        one.watermarks().await.unwrap(),
+        other.watermarks().await.unwrap()
+    );
+    assert_eq!(
+        one.watermarks().await.unwrap()[0],
         ("agent-0".to_string(), T0 + 14 * MIN)
     );
 }
 
-#[test]
-fn rollups_equal_the_merge_of_their_windows() {
+#[tokio::test]
+async fn rollups_equal_the_merge_of_their_windows() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = open(&dir, "a.db");
+    let store = open(&dir, "a.db");
     let (batches, _) = workload(2, 20);
-    store.apply(&batches).unwrap();
-    let minutes = all_windows(&store, MIN);
+    store.apply(&batches).await.unwrap();
+    let minutes = all_windows(&store, MIN).await;
     for width in [HOUR, 24 * HOUR] {
         let mut expected: BTreeMap<(String, i64), Summary> = BTreeMap::new();
         for ((device, start), s) in &minutes {
@@ -124,20 +130,20 @@ fn rollups_equal_the_merge_of_their_windows() {
                 .merge(s)
                 .unwrap();
         }
-        assert_eq!(all_windows(&store, width), expected, "width {width}");
+        assert_eq!(all_windows(&store, width).await, expected, "width {width}");
     }
 }
 
-#[test]
-fn later_merges_bump_the_revision() {
+#[tokio::test]
+async fn later_merges_bump_the_revision() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = open(&dir, "a.db");
+    let store = open(&dir, "a.db");
     let (batches, _) = workload(1, 1);
     let p = &batches[0].partials[0];
     let mk = |seq| Batch::new("agent-x", seq, T0, vec![p.clone()]);
-    store.apply(&[mk(1)]).unwrap();
-    store.apply(&[mk(2)]).unwrap();
-    store.apply(&[mk(2)]).unwrap(); // duplicate: no bump
+    store.apply(&[mk(1)]).await.unwrap();
+    store.apply(&[mk(2)]).await.unwrap();
+    store.apply(&[mk(2)]).await.unwrap(); // duplicate: no bump
     let w = store
         .windows(
             &p.series,
@@ -145,16 +151,17 @@ fn later_merges_bump_the_revision() {
             p.window.start(),
             p.window.end(),
         )
+        .await
         .unwrap();
     assert_eq!(w.len(), 1);
     assert_eq!(w[0].revision, 1);
     assert_eq!(w[0].summary.count(), 2 * p.summary.count());
 }
 
-#[test]
-fn a_quantum_mismatch_fails_the_whole_group_and_applies_nothing() {
+#[tokio::test]
+async fn a_quantum_mismatch_fails_the_whole_group_and_applies_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = open(&dir, "a.db");
+    let store = open(&dir, "a.db");
     let (batches, _) = workload(1, 2);
     let mut bad = batches[1].clone();
     let mut other = Summary::new(Quantum::new(-1).unwrap());
@@ -163,65 +170,65 @@ fn a_quantum_mismatch_fails_the_whole_group_and_applies_nothing() {
         summary: other,
         ..bad.partials[0].clone()
     });
-    assert!(store.apply(&[batches[0].clone(), bad]).is_err());
-    assert!(store.series().unwrap().is_empty());
+    assert!(store.apply(&[batches[0].clone(), bad]).await.is_err());
+    assert!(store.series().await.unwrap().is_empty());
     // Nothing was recorded as applied either: the good batch still applies.
     assert_eq!(
-        store.apply(&[batches[0].clone()]).unwrap(),
+        store.apply(&[batches[0].clone()]).await.unwrap(),
         vec![Applied::New]
     );
 }
 
-#[test]
-fn progress_lists_the_agents_of_each_series() {
+#[tokio::test]
+async fn progress_lists_the_agents_of_each_series() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(&dir, "a.db");
     let (batches, _) = workload(1, 1);
-    check_progress(&mut store, &batches[0]);
+    check_progress(&mut store, &batches[0]).await;
 }
 
-#[test]
-fn the_change_feed_returns_each_row_at_its_latest_write_in_order() {
+#[tokio::test]
+async fn the_change_feed_returns_each_row_at_its_latest_write_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(&dir, "a.db");
     let (batches, _) = workload(2, 10);
-    check_change_feed(&mut store, &batches);
+    check_change_feed(&mut store, &batches).await;
 }
 
-#[test]
-fn cursors_survive_a_reopen() {
+#[tokio::test]
+async fn cursors_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(&dir, "a.db");
-    check_cursors(&mut store);
+    check_cursors(&mut store).await;
     drop(store);
     let store = open(&dir, "a.db");
-    assert_eq!(store.cursor("check-a").unwrap(), 43);
-    assert_eq!(store.cursor("check-b").unwrap(), 7);
+    assert_eq!(store.cursor("check-a").await.unwrap(), 43);
+    assert_eq!(store.cursor("check-b").await.unwrap(), 7);
 }
 
-#[test]
-fn parked_rows_come_back_as_stored_until_unparked() {
+#[tokio::test]
+async fn parked_rows_come_back_as_stored_until_unparked() {
     let dir = tempfile::tempdir().unwrap();
     let (batches, _) = workload(2, 10);
-    check_parking(&mut open(&dir, "a.db"), &batches);
+    check_parking(&mut open(&dir, "a.db"), &batches).await;
 }
 
-#[test]
-fn leases_have_one_holder_until_released_or_expired() {
+#[tokio::test]
+async fn leases_have_one_holder_until_released_or_expired() {
     let dir = tempfile::tempdir().unwrap();
-    check_leases(&mut open(&dir, "a.db"));
+    check_leases(&mut open(&dir, "a.db")).await;
     // Two handles on one file (two processes) see the same leases.
-    let (mut one, mut two) = (open(&dir, "b.db"), open(&dir, "b.db"));
+    let (one, two) = (open(&dir, "b.db"), open(&dir, "b.db"));
     let long = std::time::Duration::from_secs(60);
-    assert_eq!(one.lease("sink:x", "one", long).unwrap(), Lease::Ours);
+    assert_eq!(one.lease("sink:x", "one", long).await.unwrap(), Lease::Ours);
     assert_eq!(
-        two.lease("sink:x", "two", long).unwrap(),
+        two.lease("sink:x", "two", long).await.unwrap(),
         Lease::Theirs("one".into())
     );
 }
 
-#[test]
-fn a_database_from_a_newer_collector_is_refused() {
+#[tokio::test]
+async fn a_database_from_a_newer_collector_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(&dir, "a.db"));
     let conn = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
@@ -235,44 +242,50 @@ fn a_database_from_a_newer_collector_is_refused() {
 /// stays the truth. Two stores writing the same file in turn (each one's
 /// memory made stale by the other) must still end with every window and
 /// roll-up exact.
-#[test]
-fn two_writers_on_one_file_stay_exact() {
+#[tokio::test]
+async fn two_writers_on_one_file_stay_exact() {
     let dir = tempfile::tempdir().unwrap();
     let (batches, truth) = workload(3, 30);
-    let mut a = open(&dir, "shared.db");
-    let mut b = open(&dir, "shared.db");
-    let mut single = open(&dir, "single.db");
+    let a = open(&dir, "shared.db");
+    let b = open(&dir, "shared.db");
+    let single = open(&dir, "single.db");
     for (i, chunk) in batches.chunks(4).enumerate() {
         if i % 2 == 0 {
-            a.apply(chunk)
+            a.apply(chunk).await
         } else {
-            b.apply(chunk)
+            b.apply(chunk).await
         }
         .unwrap();
-        single.apply(chunk).unwrap();
+        single.apply(chunk).await.unwrap();
     }
-    let stored = all_windows(&a, MIN);
+    let stored = all_windows(&a, MIN).await;
     assert_eq!(stored.len(), truth.len());
     for ((device, start), readings) in &truth {
         assert_eq!(stored[&(device.clone(), *start)], summary_of(readings));
     }
     for width in [MIN, HOUR, 24 * HOUR] {
-        assert_eq!(all_windows(&a, width), all_windows(&single, width));
-        assert_eq!(all_windows(&b, width), all_windows(&single, width));
+        assert_eq!(
+            all_windows(&a, width).await,
+            all_windows(&single, width).await
+        );
+        assert_eq!(
+            all_windows(&b, width).await,
+            all_windows(&single, width).await
+        );
     }
 }
 
 /// A transaction that fails after it has merged into rows the store holds
 /// in memory leaves neither the database nor that memory changed: later
 /// merges build on the committed state only.
-#[test]
-fn a_failed_transaction_leaves_no_stale_merge_behind() {
+#[tokio::test]
+async fn a_failed_transaction_leaves_no_stale_merge_behind() {
     let dir = tempfile::tempdir().unwrap();
     // No roll-ups, so the failure happens when merging into stored rows.
-    let mut store = SqliteStore::open(&dir.path().join("a.db"), &[]).unwrap();
+    let store = SqliteStore::open(&dir.path().join("a.db"), &[]).unwrap();
     let (batches, _) = workload(1, 1);
     let first = &batches[0];
-    store.apply(std::slice::from_ref(first)).unwrap();
+    store.apply(std::slice::from_ref(first)).await.unwrap();
     // A group that merges the same partials again (into the rows the store
     // now holds in memory) plus one whose quantum differs from its stored
     // window's: the group fails as a whole.
@@ -281,10 +294,10 @@ fn a_failed_transaction_leaves_no_stale_merge_behind() {
     clash.summary = Summary::new(Quantum::new(-1).unwrap());
     clash.summary.insert(clash.window.start(), 5).unwrap();
     let bad = Batch::new("agent-z", 1, T0, vec![clash]);
-    assert!(store.apply(&[again.clone(), bad]).is_err());
+    assert!(store.apply(&[again.clone(), bad]).await.is_err());
     // Applying the good batch alone merges it exactly once.
-    assert_eq!(store.apply(&[again]).unwrap(), vec![Applied::New]);
-    let mut single = SqliteStore::open(&dir.path().join("b.db"), &[]).unwrap();
+    assert_eq!(store.apply(&[again]).await.unwrap(), vec![Applied::New]);
+    let single = SqliteStore::open(&dir.path().join("b.db"), &[]).unwrap();
     for p in &first.partials {
         let stored = store
             .windows(
@@ -293,6 +306,7 @@ fn a_failed_transaction_leaves_no_stale_merge_behind() {
                 p.window.start(),
                 p.window.end(),
             )
+            .await
             .unwrap();
         let mut expected = p.summary.clone();
         expected.merge(&p.summary).unwrap();
@@ -305,27 +319,89 @@ fn a_failed_transaction_leaves_no_stale_merge_behind() {
             first.clone(),
             Batch::new("agent-y", 1, T0, first.partials.clone()),
         ])
+        .await
         .unwrap();
-    assert_eq!(all_windows(&store, MIN), all_windows(&single, MIN));
+    assert_eq!(
+        all_windows(&store, MIN).await,
+        all_windows(&single, MIN).await
+    );
 }
 
-/// The query handle sees every commit of the writer, and cannot write.
-#[test]
-fn the_reader_sees_commits_and_refuses_writes() {
+/// Queries run on the store's own reader connections: they see each
+/// commit as soon as `apply` returns, and cannot write.
+#[tokio::test]
+async fn readers_see_each_commit_and_cannot_write() {
     let dir = tempfile::tempdir().unwrap();
     let (batches, _) = workload(2, 10);
-    let mut writer = open(&dir, "a.db");
-    writer.apply(&batches[..5]).unwrap();
-    let mut reader = writer.reader().unwrap();
-    assert_eq!(all_windows(&reader, MIN), all_windows(&writer, MIN));
-    writer.apply(&batches[5..]).unwrap();
-    assert_eq!(all_windows(&reader, HOUR), all_windows(&writer, HOUR));
-    assert!(reader.apply(&batches[..1]).is_err(), "the reader wrote");
-    assert!(reader.set_cursor("sink", 3).is_err(), "the reader wrote");
-    // Nothing the reader tried changed the data.
+    let store = open(&dir, "a.db");
+    store.apply(&batches[..5]).await.unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let single = open(&fresh, "b.db");
+    single.apply(&batches[..5]).await.unwrap();
     assert_eq!(
-        writer.apply(&batches[..1]).unwrap(),
-        vec![Applied::Duplicate]
+        all_windows(&store, MIN).await,
+        all_windows(&single, MIN).await
     );
-    assert_eq!(writer.cursor("sink").unwrap(), 0);
+    store.apply(&batches[5..]).await.unwrap();
+    single.apply(&batches[5..]).await.unwrap();
+    assert_eq!(
+        all_windows(&store, HOUR).await,
+        all_windows(&single, HOUR).await
+    );
+    let wrote = store
+        .read(|c| Ok(c.execute("INSERT INTO cursors (name, value) VALUES ('x', 1)", [])?))
+        .await;
+    assert!(wrote.is_err(), "a reader wrote");
+    assert_eq!(store.cursor("x").await.unwrap(), 0);
+}
+
+/// A query held open on a reader (a long read transaction) neither waits
+/// for nor holds up an ingest commit, nor other queries: the commit goes
+/// through while the query still holds its snapshot, which does not see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_held_open_does_not_delay_an_ingest_commit() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let (batches, _) = workload(2, 10);
+    let store = open(&dir, "a.db");
+    store.apply(&batches[..5]).await.unwrap();
+    let (held_tx, held_rx) = mpsc::channel::<i64>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let count = "SELECT count(*) FROM applied";
+    let held = tokio::spawn(store.read(move |c| {
+        c.execute_batch("BEGIN")?;
+        let before: i64 = c.query_row(count, [], |r| r.get(0))?;
+        let _ = held_tx.send(before);
+        // Held until the test has committed (or gives up after 30 s).
+        let _ = release_rx.recv_timeout(Duration::from_secs(30));
+        let still: i64 = c.query_row(count, [], |r| r.get(0))?;
+        c.execute_batch("COMMIT")?;
+        Ok(still)
+    }));
+    let before = tokio::task::spawn_blocking(move || held_rx.recv().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(before, 5);
+    // The hang guard: with the query holding the store, this would wait
+    // for the release below, which comes only after it.
+    let guard = Duration::from_secs(10);
+    let applied = tokio::time::timeout(guard, store.apply(&batches[5..]))
+        .await
+        .expect("ingest commits while a query is held open")
+        .unwrap();
+    assert!(applied.iter().all(|a| *a == Applied::New));
+    let series = tokio::time::timeout(guard, store.series())
+        .await
+        .expect("other queries are served meanwhile")
+        .unwrap();
+    assert_eq!(series.len(), 3);
+    let now = store
+        .read(move |c| Ok(c.query_row(count, [], |r| r.get::<_, i64>(0))?))
+        .await
+        .unwrap();
+    assert_eq!(now, batches.len() as i64, "a new query sees the commit");
+    release_tx.send(()).unwrap();
+    let still = held.await.unwrap().unwrap();
+    assert_eq!(still, before, "the held query kept its snapshot");
 }

@@ -37,8 +37,8 @@ use tributary_agent::config::Config as AgentConfig;
 use tributary_agent::Agent;
 use tributary_collector::config::Config;
 use tributary_collector::service;
+use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_collector::store::Store;
 use tributary_core::Width;
 use tributary_demo::broker::{Embedded, EmbeddedOptions};
 
@@ -125,10 +125,15 @@ async fn main() -> anyhow::Result<()> {
         let (seen, stop, db) = (seen.clone(), stop.clone(), db.clone());
         std::thread::spawn(move || {
             let store = SqliteStore::open(&db, &[]).unwrap();
+            // A runtime of its own: this poller is a plain thread.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
             let width = Width::new(WINDOW_MS).unwrap();
             let mut cursor = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                for c in store.changed_since(width, cursor, 100_000).unwrap() {
+                let changed = rt.block_on(store.changed_since(width, cursor, 100_000));
+                for c in changed.unwrap() {
                     cursor = cursor.max(c.change);
                     let key = (c.series.device().to_string(), c.stored.window.start());
                     seen.lock().unwrap().entry(key).or_insert_with(now_us);
@@ -230,8 +235,8 @@ async fn main() -> anyhow::Result<()> {
         !lat.is_empty(),
         "no window became queryable: agent {:?}; collector batches {}, readings {}; {} windows closed, {} seen",
         agent.counters(),
-        c.batches_new.load(std::sync::atomic::Ordering::Relaxed),
-        c.readings.load(std::sync::atomic::Ordering::Relaxed),
+        c.batches_new.get(),
+        c.readings.get(),
         closed.len(),
         seen.len()
     );

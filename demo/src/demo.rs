@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crate::broker::{Embedded, EmbeddedOptions};
@@ -20,8 +19,8 @@ use serde_json::Value;
 use tributary_agent::config::Config as AgentConfig;
 use tributary_agent::{Agent, AgentHandle};
 use tributary_collector::config::Config;
+use tributary_collector::query::stats::Stat;
 use tributary_collector::service;
-use tributary_collector::stats::Stat;
 use tributary_collector::store;
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_core::{SeriesKey, Summary, Width};
@@ -143,10 +142,11 @@ fn agent_config(
 }
 
 /// Every stored window at the agents' width, per (series, start).
-fn stored(db: &Path) -> anyhow::Result<BTreeMap<(SeriesKey, i64), Summary>> {
+async fn stored(db: &Path) -> anyhow::Result<BTreeMap<(SeriesKey, i64), Summary>> {
     let store = SqliteStore::open(db, &[]).context("opening the store to read results")?;
     let width = Width::new(WIDTH_MS).context("width")?;
-    Ok(store::all_windows(&store, width)?
+    Ok(store::all_windows(&store, width)
+        .await?
         .into_iter()
         .map(|(k, w)| (k, w.summary))
         .collect())
@@ -277,7 +277,7 @@ pub async fn run(
     let span = i64::try_from(args.windows)
         .context("--windows")?
         .saturating_mul(DEVICE_WINDOW_MS);
-    let now = tributary_collector::finality::now_ms();
+    let now = tributary_runtime::now_ms();
     let start_ms = (now - span).div_euclid(WIDTH_MS) * WIDTH_MS;
     let mut agents: Vec<AgentHandle> = Vec::new();
     let mut configs = Vec::new();
@@ -308,14 +308,14 @@ pub async fn run(
     let mut last_change = Instant::now();
     let mut last_merged = 0;
     let completed = loop {
-        let merged = counters.readings.load(Relaxed);
+        let merged = counters.readings.get();
         let accepted: u64 = agents.iter().map(|a| a.counters().readings_accepted).sum();
         if !args.json || std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             progress(&format!(
                 "[{:5.1}s] devices → agents {accepted}/{produced} readings · merged at collector {merged} · batches {} (+{} duplicates)",
                 started.elapsed().as_secs_f64(),
-                counters.batches_new.load(Relaxed),
-                counters.batches_duplicate.load(Relaxed),
+                counters.batches_new.get(),
+                counters.batches_duplicate.get(),
             ));
         }
         if merged >= produced {
@@ -331,7 +331,7 @@ pub async fn run(
     };
     eprintln!();
 
-    let got = stored(&db)?;
+    let got = stored(&db).await?;
     if let Some(((key, start), w)) = want.iter().find(|(k, s)| got.get(k) != Some(s)) {
         tracing::warn!(series = %key, start, want = ?w, got = ?got.get(&(key.clone(), *start)),
             "first window that differs from the ground truth");
@@ -364,14 +364,14 @@ pub async fn run(
         readings_merged: merged,
         readings_lost: i64::try_from(produced).unwrap_or(i64::MAX)
             - i64::try_from(merged).unwrap_or(i64::MAX),
-        batches_applied: counters.batches_new.load(Relaxed),
-        duplicates_dropped: counters.batches_duplicate.load(Relaxed),
-        partials_merged: counters.partials.load(Relaxed),
+        batches_applied: counters.batches_new.get(),
+        duplicates_dropped: counters.batches_duplicate.get(),
+        partials_merged: counters.partials.get(),
         windows_checked: want.len(),
         windows_mismatched: mismatched,
         site_points_checked,
         site_points_mismatched,
-        uplink_bytes_per_reading: counters.bytes.load(Relaxed) as f64 / merged.max(1) as f64,
+        uplink_bytes_per_reading: counters.bytes.get() as f64 / merged.max(1) as f64,
         raw_json_bytes_per_reading: raw_json as f64 / produced.max(1) as f64,
         seconds_to_complete: completed.map_or(f64::NAN, |d| d.as_secs_f64()),
         dashboard: dashboard.clone(),

@@ -9,7 +9,7 @@
 #[path = "../../agent/tests/common/mod.rs"]
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{agent_toml, sim_config, start_ms, truth, Totals};
@@ -25,8 +25,9 @@ use tributary_testkit::{Mosquitto, MosquittoOptions};
 
 const WIDTH: i64 = 5000;
 
-fn stored(store: &SqliteStore) -> Totals {
+async fn stored(store: &SqliteStore) -> Totals {
     all_windows(store, Width::new(WIDTH).unwrap())
+        .await
         .unwrap()
         .into_iter()
         .map(|((key, start), w)| {
@@ -42,9 +43,7 @@ fn stored(store: &SqliteStore) -> Totals {
 async fn agent_partials_merge_exactly_into_the_store() {
     let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
     let cdir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Mutex::new(
-        SqliteStore::open(&cdir.path().join("c.db"), &[3_600_000]).unwrap(),
-    ));
+    let store = SqliteStore::open(&cdir.path().join("c.db"), &[3_600_000]).unwrap();
     let counters = Arc::new(IngestCounters::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ingest = tokio::spawn(ingest::run(
@@ -68,7 +67,7 @@ async fn agent_partials_merge_exactly_into_the_store() {
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let got = loop {
-        let got = stored(&store.lock().unwrap());
+        let got = stored(&store).await;
         let n: u64 = got.values().map(|v| v.0).sum();
         if n >= expected || Instant::now() > deadline {
             break got;
@@ -81,7 +80,7 @@ async fn agent_partials_merge_exactly_into_the_store() {
     stop_tx.send(true).unwrap();
     ingest.await.unwrap();
     assert_eq!(
-        stored(&store.lock().unwrap()),
+        stored(&store).await,
         truth,
         "nothing changed after the agent stopped"
     );

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tributary_agent::config::{Config as AgentConfig, SimMode, SimulatedConfig};
-use tributary_collector::stats::Stat;
+use tributary_collector::query::stats::Stat;
 use tributary_collector::store::all_windows;
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_core::{SeriesKey, Summary, Width};
@@ -54,7 +54,7 @@ fn sim(
 }
 
 fn start_ms() -> i64 {
-    let now = tributary_collector::finality::now_ms();
+    let now = tributary_runtime::now_ms();
     (now - 3_600_000).div_euclid(WIDTH) * WIDTH
 }
 
@@ -77,7 +77,12 @@ fn stored(db: &Path) -> Results {
     let Ok(store) = SqliteStore::open(db, &[]) else {
         return Results::new();
     };
-    all_windows(&store, Width::new(WIDTH).unwrap())
+    // These tests are synchronous (they drive processes): a runtime of
+    // its own for the read.
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+        return Results::new();
+    };
+    rt.block_on(all_windows(&store, Width::new(WIDTH).unwrap()))
         .unwrap_or_default()
         .into_iter()
         .map(|(k, w)| (k, w.summary))

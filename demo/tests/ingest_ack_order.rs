@@ -5,8 +5,7 @@
 //! and apply every valid batch once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, MqttOptions, QoS};
@@ -39,9 +38,7 @@ async fn refused_payloads_between_valid_batches_keep_the_acks_in_order() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Mutex::new(
-        SqliteStore::open(&dir.path().join("c.db"), &[]).unwrap(),
-    ));
+    let store = SqliteStore::open(&dir.path().join("c.db"), &[]).unwrap();
     let counters = Arc::new(IngestCounters::default());
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let ingest = tokio::spawn(ingest::run(
@@ -58,15 +55,10 @@ async fn refused_payloads_between_valid_batches_keep_the_acks_in_order() {
         stop_rx,
     ));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while counters.subscribed.load(Relaxed) == 0 && Instant::now() < deadline {
+    while counters.subscribed.get() == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        counters.subscribed.load(Relaxed),
-        1,
-        "{}",
-        counters.render()
-    );
+    assert_eq!(counters.subscribed.get(), 1, "{}", counters.render());
 
     let (client, mut events) =
         AsyncClient::new(MqttOptions::new("agent-gw-1", "127.0.0.1", port), 1000);
@@ -85,19 +77,19 @@ async fn refused_payloads_between_valid_batches_keep_the_acks_in_order() {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while counters.batches_new.load(Relaxed) < good && Instant::now() < deadline {
+    while counters.batches_new.get() < good && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(counters.batches_new.load(Relaxed), good);
-    assert_eq!(counters.batches_duplicate.load(Relaxed), 0);
+    assert_eq!(counters.batches_new.get(), good);
+    assert_eq!(counters.batches_duplicate.get(), 0);
     assert_eq!(
         counters.refused(ingest::Refused::Malformed),
         good,
         "every refused payload counted once"
     );
     assert_eq!(
-        counters.connects_ok.load(Relaxed),
+        counters.connects_ok.get(),
         1,
         "the broker dropped the collector (acks out of order)"
     );

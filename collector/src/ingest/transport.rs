@@ -15,7 +15,7 @@ use bytes::Bytes;
 use rumqttc::v5;
 use rumqttc::{TlsConfiguration, Transport};
 
-use super::IngestConfig;
+use super::config::IngestConfig;
 
 /// Which MQTT protocol version the collector speaks to the broker.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -47,37 +47,6 @@ impl std::fmt::Display for Protocol {
     }
 }
 
-/// Where the broker password comes from; its `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Password {
-    /// The password itself (from the config file or `TRIBUTARY_MQTT_PASSWORD`).
-    Value(String),
-    /// A file holding it (one line; a trailing newline is ignored), read at
-    /// every connection attempt so a changed password needs no restart.
-    File(PathBuf),
-}
-
-impl std::fmt::Debug for Password {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Password::Value(_) => f.write_str("Value(<redacted>)"),
-            Password::File(p) => f.debug_tuple("File").field(p).finish(),
-        }
-    }
-}
-
-impl Password {
-    /// The password text.
-    pub(crate) fn resolve(&self) -> Result<String, String> {
-        match self {
-            Password::Value(v) => Ok(v.clone()),
-            Password::File(path) => std::fs::read_to_string(path)
-                .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
-                .map_err(|e| format!("mqtt.password_file {}: {e}", path.display())),
-        }
-    }
-}
-
 /// TLS to the broker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsOptions {
@@ -88,17 +57,9 @@ pub struct TlsOptions {
 /// Why the transport could not be set up (before any connection attempt).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SetupError {
-    /// The CA file could not be read or parsed.
-    #[error("mqtt.ca_file {path}: {reason}")]
-    Ca {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// rustls refused the configuration.
-    #[error("MQTT TLS: {0}")]
-    Tls(#[from] rustls::Error),
+    /// The CA file is unusable, or rustls refused the configuration.
+    #[error(transparent)]
+    Tls(#[from] tributary_runtime::tls::TlsError),
     /// The password could not be read.
     #[error("{0}")]
     Password(String),
@@ -195,34 +156,10 @@ impl std::fmt::Debug for Connection {
 }
 
 fn tls_config(tls: &TlsOptions) -> Result<rustls::ClientConfig, SetupError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.ca_file {
-        Some(path) => {
-            let ca = |reason: String| SetupError::Ca {
-                path: path.clone(),
-                reason,
-            };
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| ca(e.to_string()))? {
-                let cert = cert.map_err(|e| ca(e.to_string()))?;
-                roots.add(cert).map_err(|e| ca(e.to_string()))?;
-            }
-            if roots.is_empty() {
-                return Err(ca("no certificate in the file".into()));
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    Ok(tributary_runtime::tls::client_config(
+        tls.ca_file.as_deref(),
+        "mqtt.ca_file",
+    )?)
 }
 
 /// The largest MQTT packet: the largest remaining length (268,435,455)
@@ -240,7 +177,9 @@ fn credentials(cfg: &IngestConfig) -> Result<Option<(String, String)>, SetupErro
         return Ok(None);
     };
     let password = match &cfg.password {
-        Some(p) => p.resolve().map_err(SetupError::Password)?,
+        Some(p) => p
+            .resolve("mqtt.password_file")
+            .map_err(SetupError::Password)?,
         None => String::new(),
     };
     Ok(Some((user.clone(), password)))

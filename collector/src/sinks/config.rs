@@ -7,7 +7,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use tributary_core::Width;
 
-use crate::stats::Stat;
+use crate::query::stats::Stat;
 
 /// Where a sink pushes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -159,7 +159,8 @@ impl SinkConfig {
     }
 
     /// Checks every value; appends `(key, problem)` to `errs`, keys prefixed
-    /// with `prefix` (e.g. `sinks[0]`).
+    /// with `prefix` (e.g. `sinks[0]`). Long, as a list of independent checks
+    /// (one per key) reads best in the order of the keys.
     pub fn validate(&self, prefix: &str, errs: &mut Vec<(String, String)>) {
         let mut err = |key: &str, why: String| errs.push((format!("{prefix}.{key}"), why));
         let name_ok = |c: char| c.is_ascii_alphanumeric() || "_.-".contains(c);

@@ -17,7 +17,7 @@ use reqwest::{Client, StatusCode, Url};
 
 use super::config::{SinkConfig, SinkKind};
 use super::{influx, webhook, SinkError};
-use crate::stats::Stat;
+use crate::query::stats::Stat;
 use crate::store::Changed;
 
 /// The most bytes of a refusal's body kept for the log.

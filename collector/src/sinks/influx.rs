@@ -25,7 +25,7 @@
 
 use std::fmt::Write as _;
 
-use crate::stats::{Stat, StatValue};
+use crate::query::stats::{Stat, StatValue};
 use crate::store::Changed;
 
 /// The line-protocol body of `rows`, one line each (newline-terminated).

@@ -2,7 +2,7 @@
 //!
 //! Every instance sharing a database may configure the same sink; it pushes
 //! only from the instance holding the lease `sink:<name>` in the store
-//! ([`Store::lease`]). The holder renews it once a third of `lease_ms` has
+//! ([`Leases::lease`]). The holder renews it once a third of `lease_ms` has
 //! passed — checked before every request, between retries and at each poll
 //! — and gives it up when it stops, so another instance takes over at once;
 //! if the holder dies, another takes over when the lease expires. The
@@ -10,13 +10,10 @@
 //! the poll interval, so a request never outlasts the lease it started
 //! under.
 
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::runner::with_store;
 use super::SinkCounters;
-use crate::store::{Lease, Store};
+use crate::store::{Lease, Leases};
 
 /// Whether this instance may push now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,11 +66,7 @@ impl SinkLease {
 
     /// Whether this instance may push: takes the lease, or renews it once a
     /// third of it has passed since the last renewal.
-    pub(super) async fn role<S: Store + Send + 'static>(
-        &mut self,
-        store: &Arc<Mutex<S>>,
-        counters: &SinkCounters,
-    ) -> Role {
+    pub(super) async fn role<S: Leases>(&mut self, store: &S, counters: &SinkCounters) -> Role {
         if self
             .renewed
             .is_some_and(|t| t.elapsed() < self.renew_every())
@@ -81,15 +74,14 @@ impl SinkLease {
             return Role::Leader { taken: false };
         }
         let asked = Instant::now();
-        let (name, holder, ttl) = (self.name.clone(), self.holder.clone(), self.ttl);
-        let res = with_store(store, move |st| Ok(st.lease(&name, &holder, ttl)?)).await;
+        let res = store.lease(&self.name, &self.holder, self.ttl).await;
         let was_ours = self.renewed.is_some();
         match res {
             Ok(Lease::Ours) => {
                 // Counted from before the request, so never longer than the
                 // store's own expiry.
                 self.renewed = Some(asked);
-                counters.leader.store(1, Relaxed);
+                counters.leader.set(1);
                 if !was_ours {
                     self.standby = None;
                     tracing::info!(sink = %self.sink, holder = %self.holder, "this instance holds the sink's lease; pushing");
@@ -98,7 +90,7 @@ impl SinkLease {
             }
             Ok(Lease::Theirs(other)) => {
                 self.renewed = None;
-                counters.leader.store(0, Relaxed);
+                counters.leader.set(0);
                 if was_ours {
                     tracing::warn!(sink = %self.sink, holder = %other, "the sink's lease passed to another instance; standing by");
                 } else if self.standby.as_ref() != Some(&other) {
@@ -110,8 +102,8 @@ impl SinkLease {
             Err(e) => {
                 self.renewed = None;
                 self.standby = None;
-                counters.leader.store(0, Relaxed);
-                counters.store_errors.fetch_add(1, Relaxed);
+                counters.leader.set(0);
+                counters.store_errors.inc();
                 tracing::warn!(sink = %self.sink, error = %e, "cannot take or renew the sink's lease; not pushing until it can");
                 Role::Standby
             }
@@ -120,18 +112,13 @@ impl SinkLease {
 
     /// Gives the lease up (when stopping), so another instance takes over
     /// at once rather than when it expires.
-    pub(super) async fn give_up<S: Store + Send + 'static>(
-        &mut self,
-        store: &Arc<Mutex<S>>,
-        counters: &SinkCounters,
-    ) {
+    pub(super) async fn give_up<S: Leases>(&mut self, store: &S, counters: &SinkCounters) {
         if self.renewed.take().is_none() {
             return;
         }
-        counters.leader.store(0, Relaxed);
-        let (name, holder) = (self.name.clone(), self.holder.clone());
-        if let Err(e) = with_store(store, move |st| Ok(st.release(&name, &holder)?)).await {
-            counters.store_errors.fetch_add(1, Relaxed);
+        counters.leader.set(0);
+        if let Err(e) = store.release(&self.name, &self.holder).await {
+            counters.store_errors.inc();
             tracing::warn!(sink = %self.sink, error = %e, "cannot give up the sink's lease; another instance takes over when it expires");
         }
     }

@@ -9,7 +9,7 @@
 //! - reads the rows of its width changed after its cursor, in change order;
 //! - pushes those whose window is final ([`crate::finality`], decided from
 //!   the store's progress), and *parks* those that are not
-//!   ([`Store::park`], durable, before the cursor passes them);
+//!   ([`Feed::park`], durable, before the cursor passes them);
 //! - looks at a page of its parked rows at every poll and pushes those that
 //!   have become final, then un-parks them;
 //! - advances the cursor past a request only after its `2xx`.
@@ -43,23 +43,27 @@
 //!   `tributary_sink_leader` shows which instance pushes.
 
 mod config;
+mod deliver;
 mod http;
 mod influx;
 mod lease;
 mod runner;
 mod webhook;
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tributary_runtime::metrics::prometheus_client::metrics::counter::Counter;
+use tributary_runtime::metrics::prometheus_client::metrics::family::Family;
+use tributary_runtime::metrics::prometheus_client::metrics::gauge::Gauge;
+use tributary_runtime::metrics::prometheus_client::registry::Registry;
 
 pub use config::{validate_all, SinkConfig, SinkKind, MAX_BATCH_SIZE};
 
 use crate::finality::Finality;
-use crate::store::{Store, StoreError};
+use crate::metrics::{label, Label};
+use crate::store::{Feed, Leases, Query, StoreError};
 
 /// Why a sink could not start or one of its steps failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,148 +82,139 @@ pub enum SinkError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
-    /// Another thread panicked while holding the store.
-    #[error("the store lock is poisoned")]
-    Poisoned,
-    /// A blocking store task failed.
-    #[error("store task: {0}")]
-    Join(#[from] tokio::task::JoinError),
 }
 
-/// The counters of one sink.
-#[derive(Debug, Default)]
+/// A gauge holding seconds (`f64`).
+pub type Seconds = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// The metrics of one sink: handles on its series of the
+/// `tributary_sink_*` families (label `sink`).
+#[derive(Debug, Clone)]
 pub struct SinkCounters {
     /// Points delivered (answered 2xx).
-    pub pushed: AtomicU64,
+    pub pushed: Counter,
     /// Requests answered 2xx.
-    pub batches: AtomicU64,
+    pub batches: Counter,
     /// Failed attempts that were retried.
-    pub retries: AtomicU64,
+    pub retries: Counter,
     /// Points refused with a 4xx and skipped.
-    pub rejected: AtomicU64,
-    /// When a request last got a 2xx (ms since the Unix epoch, 0 = never).
-    pub last_success_ms: AtomicI64,
-    /// Rows after the cursor at the last look (counted up to 10,000).
-    pub lag: AtomicU64,
-    /// The cursor: the change number of the last row pushed or skipped.
-    pub cursor: AtomicU64,
+    pub rejected: Counter,
     /// Store reads or cursor writes that failed (retried).
-    pub store_errors: AtomicU64,
+    pub store_errors: Counter,
+    /// When a request last got a 2xx (seconds since the Unix epoch, 0 =
+    /// never).
+    pub last_success: Seconds,
+    /// Rows after the cursor at the last look (counted up to 10,000).
+    pub lag: Gauge,
     /// Failed attempts in a row at the current batch (0 when healthy).
-    pub failing: AtomicU64,
-    /// How long (ms) the oldest parked window has waited to be final.
-    pub held_ms: AtomicU64,
+    pub failing: Gauge,
+    /// How long the oldest parked window has waited to be final.
+    pub held: Seconds,
     /// Windows parked because they were not final when the feed reached
     /// them.
-    pub parked: AtomicU64,
+    pub parked: Gauge,
+    /// The cursor: the change number of the last row pushed or skipped.
+    pub cursor: Gauge,
     /// 1 while this instance holds the sink's lease (and pushes), else 0.
-    pub leader: AtomicU64,
+    pub leader: Gauge,
 }
 
-/// The counters of every sink, rendered for `/metrics`.
+/// The `tributary_sink_*` families: (name without the prefix, help).
+const FAMILIES: [(&str, &str); 12] = [
+    ("pushed_points", "Points delivered (2xx)."),
+    ("batches", "Requests answered 2xx."),
+    (
+        "retries",
+        "Failed attempts retried (timeouts, connection errors, 5xx, 429).",
+    ),
+    ("rejected_points", "Points refused with a 4xx and skipped."),
+    (
+        "store_errors",
+        "Change-feed reads or cursor writes that failed.",
+    ),
+    (
+        "last_success_timestamp_seconds",
+        "When a request last got a 2xx (0 = never).",
+    ),
+    (
+        "lag_rows",
+        "Rows changed after the cursor, waiting (counted up to 10000).",
+    ),
+    (
+        "consecutive_failures",
+        "Failed attempts in a row at the current batch (0 = healthy).",
+    ),
+    (
+        "held_seconds",
+        "How long the oldest parked window (not final yet) has waited.",
+    ),
+    (
+        "parked_windows",
+        "Windows passed over because they were not final yet, pushed once they are.",
+    ),
+    ("cursor", "Change number of the last row pushed or skipped."),
+    (
+        "leader",
+        "1 while this instance holds the sink's lease and pushes; 0 while another instance does.",
+    ),
+];
+
+/// The metrics of every sink.
 #[derive(Debug, Default)]
 pub struct SinkMetrics {
+    counters: [Family<Label, Counter>; 5],
+    seconds: [Family<Label, Seconds>; 2],
+    gauges: [Family<Label, Gauge>; 5],
     sinks: Vec<(String, Arc<SinkCounters>)>,
 }
 
 impl SinkMetrics {
-    /// The counters of sink `name`.
+    /// The metrics of sink `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<SinkCounters>> {
         self.sinks.iter().find(|(n, _)| n == name).map(|(_, c)| c)
     }
 
-    /// Prometheus text lines (nothing when no sink is configured).
-    pub fn render(&self) -> String {
-        let mut out = String::new();
+    /// Adds sink `name`'s series.
+    fn add(&mut self, name: &str) -> Arc<SinkCounters> {
+        let l = label("sink", name);
+        let [pushed, batches, retries, rejected, store_errors] =
+            self.counters.each_ref().map(|f| f.get_or_create_owned(&l));
+        let [last_success, held] = self.seconds.each_ref().map(|f| f.get_or_create_owned(&l));
+        let [lag, failing, parked, cursor, leader] =
+            self.gauges.each_ref().map(|f| f.get_or_create_owned(&l));
+        let c = Arc::new(SinkCounters {
+            pushed,
+            batches,
+            retries,
+            rejected,
+            store_errors,
+            last_success,
+            lag,
+            failing,
+            held,
+            parked,
+            cursor,
+            leader,
+        });
+        self.sinks.push((name.to_string(), c.clone()));
+        c
+    }
+
+    /// Registers the families in `r` (none when no sink is configured).
+    pub fn register(&self, r: &mut Registry) {
         if self.sinks.is_empty() {
-            return out;
+            return;
         }
-        type Get = fn(&SinkCounters) -> String;
-        let families: [(&str, &str, &str, Get); 12] = [
-            (
-                "pushed_points_total",
-                "counter",
-                "Points delivered (2xx).",
-                |c| c.pushed.load(Relaxed).to_string(),
-            ),
-            ("batches_total", "counter", "Requests answered 2xx.", |c| {
-                c.batches.load(Relaxed).to_string()
-            }),
-            (
-                "retries_total",
-                "counter",
-                "Failed attempts retried (timeouts, connection errors, 5xx, 429).",
-                |c| c.retries.load(Relaxed).to_string(),
-            ),
-            (
-                "rejected_points_total",
-                "counter",
-                "Points refused with a 4xx and skipped.",
-                |c| c.rejected.load(Relaxed).to_string(),
-            ),
-            (
-                "store_errors_total",
-                "counter",
-                "Change-feed reads or cursor writes that failed.",
-                |c| c.store_errors.load(Relaxed).to_string(),
-            ),
-            (
-                "last_success_timestamp_seconds",
-                "gauge",
-                "When a request last got a 2xx (0 = never).",
-                |c| {
-                    let ms = c.last_success_ms.load(Relaxed);
-                    format!("{}.{:03}", ms / 1000, ms % 1000)
-                },
-            ),
-            (
-                "lag_rows",
-                "gauge",
-                "Rows changed after the cursor, waiting (counted up to 10000).",
-                |c| c.lag.load(Relaxed).to_string(),
-            ),
-            (
-                "consecutive_failures",
-                "gauge",
-                "Failed attempts in a row at the current batch (0 = healthy).",
-                |c| c.failing.load(Relaxed).to_string(),
-            ),
-            (
-                "held_seconds",
-                "gauge",
-                "How long the oldest parked window (not final yet) has waited.",
-                |c| {
-                    let ms = c.held_ms.load(Relaxed);
-                    format!("{}.{:03}", ms / 1000, ms % 1000)
-                },
-            ),
-            (
-                "parked_windows",
-                "gauge",
-                "Windows passed over because they were not final yet, pushed once they are.",
-                |c| c.parked.load(Relaxed).to_string(),
-            ),
-            (
-                "cursor",
-                "gauge",
-                "Change number of the last row pushed or skipped.",
-                |c| c.cursor.load(Relaxed).to_string(),
-            ),
-            (
-                "leader",
-                "gauge",
-                "1 while this instance holds the sink's lease and pushes; 0 while another instance does.",
-                |c| c.leader.load(Relaxed).to_string(),
-            ),
-        ];
-        for (name, kind, help, get) in families {
-            let _ = writeln!(out, "# HELP tributary_sink_{name} {help}");
-            let _ = writeln!(out, "# TYPE tributary_sink_{name} {kind}");
-            for (sink, c) in &self.sinks {
-                let _ = writeln!(out, "tributary_sink_{name}{{sink=\"{sink}\"}} {}", get(c));
-            }
+        let name = |i: usize| format!("tributary_sink_{}", FAMILIES[i].0);
+        for (i, f) in self.counters.iter().enumerate() {
+            r.register(name(i), FAMILIES[i].1, f.clone());
         }
-        out
+        for (i, f) in self.seconds.iter().enumerate() {
+            r.register(name(5 + i * 3), FAMILIES[5 + i * 3].1, f.clone());
+        }
+        for (i, f) in [6, 7, 9, 10, 11].into_iter().zip(&self.gauges) {
+            r.register(name(i), FAMILIES[i].1, f.clone());
+        }
     }
 }
 
@@ -249,18 +244,17 @@ impl Sinks {
 /// [`validate_all`]); each runs until `stop` turns true (or its sender is
 /// dropped), pushing while `holder` (this instance's unique name) holds the
 /// sink's lease.
-pub fn start<S: Store + Send + 'static>(
+pub fn start<S: Feed + Leases + Query + Clone + 'static>(
     configs: &[SinkConfig],
     holder: &str,
-    store: Arc<Mutex<S>>,
+    store: S,
     finality: Finality,
     stop: watch::Receiver<bool>,
 ) -> Result<Sinks, SinkError> {
     let mut metrics = SinkMetrics::default();
     let mut runners = Vec::new();
     for cfg in configs {
-        let counters = Arc::new(SinkCounters::default());
-        metrics.sinks.push((cfg.name.clone(), counters.clone()));
+        let counters = metrics.add(&cfg.name);
         runners.push(runner::Runner::new(
             cfg.clone(),
             holder,

@@ -4,7 +4,7 @@
 //!
 //! A row that is not final yet (an agent behind, or data stamped in the
 //! future) does not hold back the rows after it: it is *parked* in the store
-//! ([`Store::park`]) before the cursor passes it, looked at again at every
+//! ([`Feed::park`]) before the cursor passes it, looked at again at every
 //! poll (a page of `batch_size` parked rows per look, round-robin), pushed
 //! once it is final and then un-parked. Parking is durable, so a restart or
 //! another instance taking over goes on from the same cursor and parked set.
@@ -13,27 +13,26 @@
 //! ([`super::lease`]). On taking the lease the cursor and the parked rows
 //! are read again: the previous holder moved them.
 //!
-//! The store is locked only inside `spawn_blocking` (`with_store`: a
-//! blocking database client may sit behind it) and never across an
-//! `.await`. Stopping is checked at every wait: a request in flight is
+//! The store is reached through its async roles (feed, leases, query):
+//! nothing here blocks a thread. Stopping is checked at every wait: a request in flight is
 //! abandoned without advancing the cursor, so its points are pushed again
 //! on the next start (at-least-once; receivers upsert by point identity).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tributary_core::{SeriesKey, Width};
 
 use super::config::SinkConfig;
-use super::http::{backoff, Attempt, Endpoint};
+use super::http::Endpoint;
 use super::lease::{Role, SinkLease};
 use super::{SinkCounters, SinkError};
-use crate::finality::{now_ms, Finality};
-use crate::stats::Stat;
-use crate::store::{Changed, Store};
+use crate::finality::Finality;
+use crate::query::stats::Stat;
+use crate::store::{Changed, Feed, Leases, Query};
+use tributary_runtime::now_ms;
 
 /// At most this many rows are counted for the lag gauge.
 pub(crate) const LAG_CAP: usize = 10_000;
@@ -49,9 +48,9 @@ fn row_key(row: &Changed) -> RowKey {
 }
 
 /// Where a sink is, as read from the store when its lease was taken.
-struct Position {
+pub(super) struct Position {
     /// The change number of the last feed row pushed, skipped or parked.
-    cursor: u64,
+    pub(super) cursor: u64,
     /// The parked rows, and since when this process knows them parked.
     parked: HashMap<RowKey, Instant>,
     /// The change number after which the next look reads parked rows.
@@ -82,7 +81,7 @@ const PARKED_WARN_EVERY: Duration = Duration::from_secs(300);
 const LOAD_PAGE: usize = 10_000;
 
 /// Whether to go on.
-enum Flow {
+pub(super) enum Flow {
     /// Look again at once.
     Go,
     /// Look again after the poll interval.
@@ -92,37 +91,29 @@ enum Flow {
     Lost,
 }
 
-/// How pushing one chunk ended.
-enum Outcome {
-    Delivered,
-    Rejected { status: u16, body: String },
-    Stopped,
-    Lost,
-}
-
 /// One sink's state.
 pub(crate) struct Runner<S> {
-    cfg: SinkConfig,
+    pub(super) cfg: SinkConfig,
     width: Width,
-    stats: Vec<Stat>,
-    endpoint: Endpoint,
-    store: Arc<Mutex<S>>,
+    pub(super) stats: Vec<Stat>,
+    pub(super) endpoint: Endpoint,
+    store: S,
     finality: Finality,
-    counters: Arc<SinkCounters>,
-    stop: watch::Receiver<bool>,
+    pub(super) counters: Arc<SinkCounters>,
+    pub(super) stop: watch::Receiver<bool>,
     lag_counted: Option<Instant>,
     /// When long-parked windows were last logged.
     parked_warned: Option<Instant>,
     /// The sink's lease, held while this instance pushes.
-    lease: SinkLease,
+    pub(super) lease: SinkLease,
 }
 
-impl<S: Store + Send + 'static> Runner<S> {
+impl<S: Feed + Leases + Query + Clone + 'static> Runner<S> {
     /// A runner of a validated sink.
     pub(crate) fn new(
         cfg: SinkConfig,
         holder: &str,
-        store: Arc<Mutex<S>>,
+        store: S,
         finality: Finality,
         counters: Arc<SinkCounters>,
         stop: watch::Receiver<bool>,
@@ -179,7 +170,7 @@ impl<S: Store + Send + 'static> Runner<S> {
                 None => match self.load_position().await {
                     Ok(p) => position.insert(p),
                     Err(e) => {
-                        self.counters.store_errors.fetch_add(1, Relaxed);
+                        self.counters.store_errors.inc();
                         tracing::warn!(sink = %self.cfg.name, error = %e, "cannot read the sink's cursor and parked windows; retrying");
                         if self.pause(poll).await {
                             break;
@@ -191,7 +182,7 @@ impl<S: Store + Send + 'static> Runner<S> {
             let flow = match self.look(pos).await {
                 Ok(look) => self.act(pos, look).await,
                 Err(e) => {
-                    self.counters.store_errors.fetch_add(1, Relaxed);
+                    self.counters.store_errors.inc();
                     tracing::warn!(sink = %self.cfg.name, error = %e, "reading the change feed failed");
                     Flow::Wait
                 }
@@ -216,66 +207,38 @@ impl<S: Store + Send + 'static> Runner<S> {
         tracing::info!(sink = %self.cfg.name, cursor, "sink stopped");
     }
 
-    /// Runs `f` on the locked store on a blocking thread.
-    async fn with_store<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut S) -> Result<T, SinkError> + Send + 'static,
-    ) -> Result<T, SinkError> {
-        with_store(&self.store, f).await
-    }
-
     /// Whether this instance may push now (takes or renews the lease).
-    async fn role(&mut self) -> Role {
+    pub(super) async fn role(&mut self) -> Role {
         self.lease.role(&self.store, &self.counters).await
     }
 
     /// Waits `d`; true when asked to stop meanwhile.
-    async fn pause(&mut self, d: Duration) -> bool {
+    pub(super) async fn pause(&mut self, d: Duration) -> bool {
         tokio::select! {
             () = tokio::time::sleep(d) => false,
             _ = self.stop.wait_for(|s| *s) => true,
         }
     }
 
-    /// Waits `d` (a retry's backoff, possibly longer than the lease) while
-    /// keeping the lease; how it ended early, if it did.
-    async fn pause_leading(&mut self, d: Duration) -> Option<Outcome> {
-        let until = Instant::now() + d;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            if self.pause(left.min(self.lease.renew_every())).await {
-                return Some(Outcome::Stopped);
-            }
-            if self.role().await != (Role::Leader { taken: false }) {
-                return Some(Outcome::Lost);
-            }
-        }
-    }
-
     /// Reads the cursor and the parked rows (as another instance may have
     /// left them).
     async fn load_position(&self) -> Result<Position, SinkError> {
-        let (name, width) = (self.cfg.store_name(), self.width);
-        let (cursor, keys) = self
-            .with_store(move |st| {
-                let cursor = st.cursor(&name)?;
-                let mut keys = Vec::new();
-                let mut after = 0;
-                loop {
-                    let page = st.parked(&name, width, after, LOAD_PAGE)?;
-                    keys.extend(page.iter().map(row_key));
-                    match page.last() {
-                        Some(last) if page.len() == LOAD_PAGE => after = last.change,
-                        _ => break,
-                    }
-                }
-                Ok((cursor, keys))
-            })
-            .await?;
-        self.counters.cursor.store(cursor, Relaxed);
+        let name = self.cfg.store_name();
+        let cursor = self.store.cursor(&name).await?;
+        let mut keys = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self
+                .store
+                .parked(&name, self.width, after, LOAD_PAGE)
+                .await?;
+            keys.extend(page.iter().map(row_key));
+            match page.last() {
+                Some(last) if page.len() == LOAD_PAGE => after = last.change,
+                _ => break,
+            }
+        }
+        self.counters.cursor.set(gauge(cursor));
         let now = Instant::now();
         Ok(Position {
             cursor,
@@ -286,9 +249,8 @@ impl<S: Store + Send + 'static> Runner<S> {
 
     /// Parks `keys` (before the cursor passes them).
     async fn park(&self, pos: &mut Position, keys: Vec<RowKey>) -> Result<(), SinkError> {
-        let (name, width) = (self.cfg.store_name(), self.width);
-        let parked = keys.clone();
-        self.with_store(move |st| Ok(st.park(&name, width, &parked)?))
+        self.store
+            .park(&self.cfg.store_name(), self.width, &keys)
             .await?;
         let now = Instant::now();
         for k in keys {
@@ -300,7 +262,7 @@ impl<S: Store + Send + 'static> Runner<S> {
     /// Un-parks those of `rows` that are parked (pushed or skipped now);
     /// false when the store failed, which only means they are pushed once
     /// more later.
-    async fn unpark(&self, pos: &mut Position, rows: &[Changed]) -> bool {
+    pub(super) async fn unpark(&self, pos: &mut Position, rows: &[Changed]) -> bool {
         let keys: Vec<RowKey> = rows
             .iter()
             .map(row_key)
@@ -312,12 +274,12 @@ impl<S: Store + Send + 'static> Runner<S> {
         for k in &keys {
             pos.parked.remove(k);
         }
-        let (name, width) = (self.cfg.store_name(), self.width);
         let res = self
-            .with_store(move |st| Ok(st.unpark(&name, width, &keys)?))
+            .store
+            .unpark(&self.cfg.store_name(), self.width, &keys)
             .await;
         if let Err(e) = res {
-            self.counters.store_errors.fetch_add(1, Relaxed);
+            self.counters.store_errors.inc();
             tracing::warn!(sink = %self.cfg.name, error = %e, "cannot un-park pushed windows (they will be pushed again)");
             return false;
         }
@@ -325,102 +287,102 @@ impl<S: Store + Send + 'static> Runner<S> {
     }
 
     /// Saves the cursor; false when the store failed.
-    async fn save_cursor(&self, value: u64) -> bool {
-        self.counters.cursor.store(value, Relaxed);
-        let name = self.cfg.store_name();
-        let res = self
-            .with_store(move |st| Ok(st.set_cursor(&name, value)?))
-            .await;
-        if let Err(e) = res {
+    pub(super) async fn save_cursor(&self, value: u64) -> bool {
+        self.counters.cursor.set(gauge(value));
+        if let Err(e) = self.store.set_cursor(&self.cfg.store_name(), value).await {
             // The points are delivered; the next save writes a later value.
             // Until then a restart pushes them again (receivers upsert).
-            self.counters.store_errors.fetch_add(1, Relaxed);
+            self.counters.store_errors.inc();
             tracing::warn!(sink = %self.cfg.name, error = %e, "cannot save the sink's cursor");
             return false;
         }
         true
     }
 
+    /// Up to which window end each series of `rows` is final, now.
+    async fn final_through<'r>(
+        &self,
+        rows: impl Iterator<Item = &'r Changed>,
+    ) -> Result<HashMap<SeriesKey, Option<i64>>, SinkError> {
+        let keys: Vec<SeriesKey> = rows
+            .map(|r| r.series.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let progress = self.store.progress_of(&keys).await?;
+        let now = now_ms();
+        Ok(keys
+            .into_iter()
+            .zip(progress)
+            .map(|(k, p)| (k, self.finality.final_through(&p, now)))
+            .collect())
+    }
+
     /// Reads the rows after the cursor and a page of the parked rows, and
     /// sorts them by whether they are final.
     async fn look(&mut self, pos: &Position) -> Result<Look, SinkError> {
-        let (width, limit, finality) = (self.width, self.cfg.batch_size, self.finality);
-        let (name, cursor, scan) = (self.cfg.store_name(), pos.cursor, pos.scan);
+        let (width, limit) = (self.width, self.cfg.batch_size);
+        let name = self.cfg.store_name();
         let count_lag = self.lag_counted.is_none_or(|t| t.elapsed() >= LAG_EVERY);
-        let look = self
-            .with_store(move |st| {
-                let rows = st.changed_since(width, cursor, limit)?;
-                let waiting = if rows.len() < limit {
-                    Some(rows.len() as u64)
-                } else if count_lag {
-                    Some(st.changed_since(width, cursor, LAG_CAP)?.len() as u64)
-                } else {
-                    None
-                };
-                let mut parked = st.parked(&name, width, scan, limit)?;
-                // A short page ends the round: the next starts over.
-                let scan = match parked.last() {
-                    Some(last) if parked.len() == limit => last.change,
-                    _ => 0,
-                };
-                let now = now_ms();
-                let mut through: HashMap<SeriesKey, Option<i64>> = HashMap::new();
-                let mut is_final = |row: &Changed| -> Result<bool, SinkError> {
-                    let t = match through.get(&row.series) {
-                        Some(t) => *t,
-                        None => {
-                            let t = finality.final_through(&st.progress(&row.series)?, now);
-                            through.insert(row.series.clone(), t);
-                            t
-                        }
-                    };
-                    Ok(t.is_some_and(|t| row.stored.window.end() <= t))
-                };
-                // A parked row also in the feed (written again) is handled
-                // there.
-                let in_feed: HashSet<RowKey> = rows.iter().map(row_key).collect();
-                parked.retain(|r| !in_feed.contains(&row_key(r)));
-                let mut parked_ready = Vec::new();
-                for row in parked {
-                    if is_final(&row)? {
-                        parked_ready.push(row);
-                    }
-                }
-                let through_change = rows.last().map(|r| r.change);
-                let (mut ready, mut park) = (Vec::new(), Vec::new());
-                for row in rows {
-                    if is_final(&row)? {
-                        ready.push(row);
-                    } else {
-                        park.push(row_key(&row));
-                    }
-                }
-                Ok(Look {
-                    parked_ready,
-                    ready,
-                    park,
-                    through: through_change,
-                    scan,
-                    waiting,
-                })
-            })
-            .await?;
-        if look.waiting.is_some_and(|w| w as usize >= limit) {
+        let rows = self.store.changed_since(width, pos.cursor, limit).await?;
+        let waiting = if rows.len() < limit {
+            Some(rows.len() as u64)
+        } else if count_lag {
+            let all = self.store.changed_since(width, pos.cursor, LAG_CAP).await?;
+            Some(all.len() as u64)
+        } else {
+            None
+        };
+        let mut parked = self.store.parked(&name, width, pos.scan, limit).await?;
+        // A short page ends the round: the next starts over.
+        let scan = match parked.last() {
+            Some(last) if parked.len() == limit => last.change,
+            _ => 0,
+        };
+        // A parked row also in the feed (written again) is handled there.
+        let in_feed: HashSet<RowKey> = rows.iter().map(row_key).collect();
+        parked.retain(|r| !in_feed.contains(&row_key(r)));
+        let through = self.final_through(rows.iter().chain(&parked)).await?;
+        let is_final = |row: &Changed| {
+            through
+                .get(&row.series)
+                .copied()
+                .flatten()
+                .is_some_and(|t| row.stored.window.end() <= t)
+        };
+        let parked_ready: Vec<Changed> = parked.into_iter().filter(|r| is_final(r)).collect();
+        let through_change = rows.last().map(|r| r.change);
+        let (mut ready, mut park) = (Vec::new(), Vec::new());
+        for row in rows {
+            if is_final(&row) {
+                ready.push(row);
+            } else {
+                park.push(row_key(&row));
+            }
+        }
+        if waiting.is_some_and(|w| w as usize >= limit) {
             self.lag_counted = Some(Instant::now());
         }
-        Ok(look)
+        Ok(Look {
+            parked_ready,
+            ready,
+            park,
+            through: through_change,
+            scan,
+            waiting,
+        })
     }
 
     /// Parks what is not final, pushes what is (parked rows first), then
     /// moves the cursor past everything looked at.
     async fn act(&mut self, pos: &mut Position, look: Look) -> Flow {
         if let Some(w) = look.waiting {
-            self.counters.lag.store(w, Relaxed);
+            self.counters.lag.set(gauge(w));
         }
         pos.scan = look.scan;
         if !look.park.is_empty() {
             if let Err(e) = self.park(pos, look.park).await {
-                self.counters.store_errors.fetch_add(1, Relaxed);
+                self.counters.store_errors.inc();
                 tracing::warn!(sink = %self.cfg.name, error = %e, "cannot park windows that are not final yet; retrying");
                 return Flow::Wait;
             }
@@ -450,13 +412,10 @@ impl<S: Store + Send + 'static> Runner<S> {
     /// its agents' watermarks have not passed its end plus the lateness.
     fn note_parked(&mut self, pos: &Position) {
         let c = &self.counters;
-        c.parked.store(pos.parked.len() as u64, Relaxed);
+        c.parked.set(gauge(pos.parked.len()));
         let oldest = pos.parked.iter().min_by_key(|(_, since)| **since);
         let waited = oldest.map_or(Duration::ZERO, |(_, since)| since.elapsed());
-        c.held_ms.store(
-            u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
-            Relaxed,
-        );
+        c.held.set(waited.as_secs_f64());
         let due = waited >= PARKED_WARN_EVERY
             && self
                 .parked_warned
@@ -473,127 +432,9 @@ impl<S: Store + Send + 'static> Runner<S> {
             );
         }
     }
-
-    /// Pushes `rows` (final, in change order) in requests of at most
-    /// `batch_size`; after each answered one, un-parks its rows and, for
-    /// rows of the feed (`from_feed`), advances the cursor. A refused
-    /// request is split in halves until the refused point is alone; that
-    /// point is logged, counted and skipped.
-    async fn push(&mut self, pos: &mut Position, rows: Vec<Changed>, from_feed: bool) -> Flow {
-        let mut rest: &[Changed] = &rows;
-        let mut take = rest.len();
-        let mut store_failed = false;
-        while !rest.is_empty() {
-            let n = take.clamp(1, rest.len());
-            let chunk = &rest[..n];
-            match self.deliver(chunk).await {
-                Outcome::Stopped => return Flow::Stop,
-                Outcome::Lost => return Flow::Lost,
-                Outcome::Delivered => {
-                    let c = &self.counters;
-                    c.pushed.fetch_add(n as u64, Relaxed);
-                    c.batches.fetch_add(1, Relaxed);
-                    c.last_success_ms.store(now_ms(), Relaxed);
-                }
-                Outcome::Rejected { status, body } if n > 1 => {
-                    tracing::debug!(sink = %self.cfg.name, status, points = n, body, "batch refused; splitting it to find the refused point");
-                    take = n / 2;
-                    continue;
-                }
-                Outcome::Rejected { status, body } => {
-                    let row = &chunk[0];
-                    tracing::error!(
-                        sink = %self.cfg.name,
-                        status,
-                        series = %row.series,
-                        start = row.stored.window.start(),
-                        revision = row.stored.revision,
-                        body,
-                        "point refused by the sink; skipped"
-                    );
-                    self.counters.rejected.fetch_add(1, Relaxed);
-                }
-            }
-            let mut stored = self.unpark(pos, chunk).await;
-            if from_feed {
-                pos.cursor = chunk[n - 1].change;
-                let _ = self
-                    .counters
-                    .lag
-                    .fetch_update(Relaxed, Relaxed, |l| Some(l.saturating_sub(n as u64)));
-                stored &= self.save_cursor(pos.cursor).await;
-            }
-            store_failed |= !stored;
-            rest = &rest[n..];
-            take = rest.len();
-        }
-        if store_failed {
-            Flow::Wait
-        } else {
-            Flow::Go
-        }
-    }
-
-    /// Sends one chunk until it is answered for good or the sink stops.
-    async fn deliver(&mut self, chunk: &[Changed]) -> Outcome {
-        let body = self.endpoint.encode(chunk, &self.stats);
-        let (min, max) = (
-            Duration::from_millis(self.cfg.backoff_min_ms),
-            Duration::from_millis(self.cfg.backoff_max_ms),
-        );
-        let mut attempt: u32 = 0;
-        loop {
-            if self.role().await != (Role::Leader { taken: false }) {
-                return Outcome::Lost;
-            }
-            let res = tokio::select! {
-                a = self.endpoint.send(body.clone()) => a,
-                _ = self.stop.wait_for(|s| *s) => return Outcome::Stopped,
-            };
-            if !matches!(res, Attempt::Retry { .. }) {
-                self.counters.failing.store(0, Relaxed);
-            }
-            match res {
-                Attempt::Delivered => return Outcome::Delivered,
-                Attempt::Rejected { status, body } => {
-                    return Outcome::Rejected {
-                        status: status.as_u16(),
-                        body,
-                    }
-                }
-                Attempt::Retry { reason, after } => {
-                    self.counters.failing.fetch_add(1, Relaxed);
-                    self.counters.retries.fetch_add(1, Relaxed);
-                    let delay =
-                        after.map_or_else(|| backoff(attempt, min, max), |a| a.clamp(min, max));
-                    tracing::warn!(
-                        sink = %self.cfg.name,
-                        attempt = attempt + 1,
-                        retry_in_ms = delay.as_millis() as u64,
-                        points = chunk.len(),
-                        reason,
-                        "push failed; retrying"
-                    );
-                    if let Some(end) = self.pause_leading(delay).await {
-                        return end;
-                    }
-                    attempt = attempt.saturating_add(1);
-                }
-            }
-        }
-    }
 }
 
-/// Runs `f` on the locked store on a blocking thread (a blocking database
-/// client may sit behind the store, so never on the async threads).
-pub(super) async fn with_store<S: Store + Send + 'static, T: Send + 'static>(
-    store: &Arc<Mutex<S>>,
-    f: impl FnOnce(&mut S) -> Result<T, SinkError> + Send + 'static,
-) -> Result<T, SinkError> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut st = store.lock().map_err(|_| SinkError::Poisoned)?;
-        f(&mut st)
-    })
-    .await?
+/// A count as a gauge value.
+pub(super) fn gauge(n: impl TryInto<i64>) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
 }

@@ -16,7 +16,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::stats::Stat;
+use crate::query::stats::Stat;
 use crate::store::Changed;
 
 /// The JSON body of `rows` pushed by sink `sink`.

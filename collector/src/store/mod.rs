@@ -1,11 +1,28 @@
-//! The collector's storage contract.
+//! The collector's storage contract, split by role, and its two backends.
+//!
+//! # Design
+//! A store is one cheap-to-clone async handle ([`Store`]) that the service
+//! hands out by role: ingest applies groups through [`Ingest`], the query
+//! API and the dashboard read through [`Query`], and sinks follow the
+//! change feed through [`Feed`] and agree who pushes through [`Leases`].
+//! Every method returns a `Send` future, so any task may call it; the
+//! backends keep their blocking or pooled details inside:
+//! [`sqlite`] runs its one writer connection on the blocking pool and reads
+//! through a pool of its own reader connections (WAL), so no query waits
+//! for, or holds up, a commit; [`postgres`] is natively async on the
+//! caller's runtime, with a connection per call from its pool.
+//!
+//! What a group of batches does to the results — which batches are new,
+//! their partials merged per row with their roll-ups, a delta folded into a
+//! stored row — is written once in [`crate::merge`]; the backends only
+//! sequence their SQL around it.
 //!
 //! # Guarantees every backend gives
 //! - **Exactly-once application.** A batch is identified by (agent, batch
-//!   sequence). [`Store::apply`] records that key in the same transaction as
-//!   the batch's merges and merges only when the key is new, so a redelivered
-//!   or resent batch changes nothing — also across restarts and, for a shared
-//!   database, across collector instances.
+//!   sequence). [`Ingest::apply`] records that key in the same transaction
+//!   as the batch's merges and merges only when the key is new, so a
+//!   redelivered or resent batch changes nothing — also across restarts and,
+//!   for a shared database, across collector instances.
 //! - **Order independence.** Results are merged with [`Summary::merge`],
 //!   which is commutative and associative with exact integer moments, so the
 //!   stored result of a (series, window) does not depend on the order batches
@@ -23,19 +40,22 @@
 //!   `n` committed never later finds a committed change `≤ n` it missed.
 //!   Sinks follow this feed from a durable cursor kept in the store.
 //! - **Leases.** A named lease has one holder at a time until it expires
-//!   ([`Store::lease`]), so instances sharing a database can agree which of
+//!   ([`Leases::lease`]), so instances sharing a database can agree which of
 //!   them runs a sink.
 
+pub(crate) mod codec;
+pub mod config;
 pub mod postgres;
 pub mod sqlite;
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
-use std::hash::Hash;
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Summary, Width, Window};
+
+pub use config::{StoreConfig, StoreKind, StoreTls};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -72,9 +92,18 @@ pub enum StoreError {
     /// The configured roll-up widths are not usable.
     #[error("roll-up width {0} ms is invalid")]
     BadRollup(i64),
+    /// A blocking store task failed (it panicked, or the runtime stopped).
+    #[error("a store task failed: {0}")]
+    Task(String),
 }
 
-/// What happened to one batch in [`Store::apply`].
+impl From<tokio::task::JoinError> for StoreError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        StoreError::Task(e.to_string())
+    }
+}
+
+/// What happened to one batch in [`Ingest::apply`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     /// First time seen: its partials were merged.
@@ -117,7 +146,7 @@ pub struct Changed {
     pub stored: StoredWindow,
 }
 
-/// Who holds a lease after [`Store::lease`].
+/// Who holds a lease after [`Leases::lease`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lease {
     /// The asking holder: it was taken or renewed.
@@ -126,14 +155,20 @@ pub enum Lease {
     Theirs(String),
 }
 
-/// A collector store.
-pub trait Store {
+/// The answer of a store call.
+pub type Answer<T> = Result<T, StoreError>;
+
+/// Applying agents' batches (ingest's role).
+pub trait Ingest: Send + Sync {
     /// Applies `batches` in one transaction; the answer lists, per batch in
     /// order, whether it was new. On error nothing is applied.
-    fn apply(&mut self, batches: &[Batch]) -> Result<Vec<Applied>, StoreError>;
+    fn apply(&self, batches: &[Batch]) -> impl Future<Output = Answer<Vec<Applied>>> + Send;
+}
 
-    /// Every series with at least one stored window.
-    fn series(&self) -> Result<Vec<SeriesKey>, StoreError>;
+/// Reading results and progress (the query API's and dashboard's role).
+pub trait Query: Send + Sync {
+    /// Every series with at least one stored window, ordered by key text.
+    fn series(&self) -> impl Future<Output = Answer<Vec<SeriesKey>>> + Send;
 
     /// The stored windows of `series` at `width` starting in `[from, to)`,
     /// ordered by start.
@@ -143,9 +178,9 @@ pub trait Store {
         width: Width,
         from: i64,
         to: i64,
-    ) -> Result<Vec<StoredWindow>, StoreError>;
+    ) -> impl Future<Output = Answer<Vec<StoredWindow>>> + Send;
 
-    /// [`Store::windows`] of each of `series`, in order, in one query (the
+    /// [`Query::windows`] of each of `series`, in order, in one query (the
     /// query API reads a whole selector).
     fn windows_of(
         &self,
@@ -153,25 +188,30 @@ pub trait Store {
         width: Width,
         from: i64,
         to: i64,
-    ) -> Result<Vec<Vec<StoredWindow>>, StoreError> {
-        series
-            .iter()
-            .map(|s| self.windows(s, width, from, to))
-            .collect()
-    }
+    ) -> impl Future<Output = Answer<Vec<Vec<StoredWindow>>>> + Send;
 
-    /// The latest watermark each agent has reported.
-    fn watermarks(&self) -> Result<Vec<(String, i64)>, StoreError>;
+    /// The latest watermark each agent has reported, by agent.
+    fn watermarks(&self) -> impl Future<Output = Answer<Vec<(String, i64)>>> + Send;
 
-    /// The progress of every agent that has reported `series`.
-    fn progress(&self, series: &SeriesKey) -> Result<Vec<AgentProgress>, StoreError>;
+    /// The progress of every agent that has reported `series`, by agent.
+    fn progress(
+        &self,
+        series: &SeriesKey,
+    ) -> impl Future<Output = Answer<Vec<AgentProgress>>> + Send;
 
-    /// [`Store::progress`] of each of `series`, in order, in one query (the
-    /// query API asks it for a whole selector).
-    fn progress_of(&self, series: &[SeriesKey]) -> Result<Vec<Vec<AgentProgress>>, StoreError> {
-        series.iter().map(|s| self.progress(s)).collect()
-    }
+    /// [`Query::progress`] of each of `series`, in order, in one query.
+    fn progress_of(
+        &self,
+        series: &[SeriesKey],
+    ) -> impl Future<Output = Answer<Vec<Vec<AgentProgress>>>> + Send;
 
+    /// Those of `widths` at which at least one result is stored, in order
+    /// (one indexed row looked at per width).
+    fn stored_widths(&self, widths: &[Width]) -> impl Future<Output = Answer<Vec<Width>>> + Send;
+}
+
+/// Following the change feed (the sinks' role).
+pub trait Feed: Send + Sync {
     /// Result rows at `width` whose last change number is greater than
     /// `after`, in change order, at most `limit`.
     fn changed_since(
@@ -179,18 +219,19 @@ pub trait Store {
         width: Width,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<Changed>, StoreError>;
+    ) -> impl Future<Output = Answer<Vec<Changed>>> + Send;
 
     /// Parks rows for the feed reader `name` (a sink): remembers the rows
-    /// of `keys` (series, window start) at `width` until [`Store::unpark`],
+    /// of `keys` (series, window start) at `width` until [`Feed::unpark`],
     /// so the reader's cursor can pass rows it cannot use yet (not final)
-    /// without losing them. Parking a parked row changes nothing.
+    /// without losing them. Parking a parked row changes nothing; keys of
+    /// series never stored are ignored.
     fn park(
-        &mut self,
+        &self,
         name: &str,
         width: Width,
         keys: &[(SeriesKey, i64)],
-    ) -> Result<(), StoreError>;
+    ) -> impl Future<Output = Answer<()>> + Send;
 
     /// The rows `name` has parked at `width`, as stored now, whose change
     /// number is greater than `after`, in change order, at most `limit`.
@@ -200,181 +241,77 @@ pub trait Store {
         width: Width,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<Changed>, StoreError>;
+    ) -> impl Future<Output = Answer<Vec<Changed>>> + Send;
 
     /// Forgets parked rows of `name` (used or skipped); keys that are not
     /// parked are ignored.
     fn unpark(
-        &mut self,
+        &self,
         name: &str,
         width: Width,
         keys: &[(SeriesKey, i64)],
-    ) -> Result<(), StoreError>;
+    ) -> impl Future<Output = Answer<()>> + Send;
 
     /// The durable cursor called `name` (0 when never set).
-    fn cursor(&self, name: &str) -> Result<u64, StoreError>;
+    fn cursor(&self, name: &str) -> impl Future<Output = Answer<u64>> + Send;
 
     /// Stores the durable cursor called `name`. A cursor never moves back:
     /// a lower value than the stored one is ignored (an instance that lost
     /// a sink's lease while saving cannot undo its successor's progress).
-    fn set_cursor(&mut self, name: &str, value: u64) -> Result<(), StoreError>;
+    fn set_cursor(&self, name: &str, value: u64) -> impl Future<Output = Answer<()>> + Send;
+}
 
+/// Named leases (which instance runs a sink).
+pub trait Leases: Send + Sync {
     /// Takes the lease called `name` for `holder`, or renews it, until
     /// `ttl` from now by the store's clock (the database server's, so the
     /// instances' clocks need not agree). A lease another holder holds and
-    /// that has not expired is left alone and its holder named. Several
-    /// instances on one database use it to run a job on one of them at a
-    /// time (a sink pushes only while it holds the lease of its name).
-    fn lease(&mut self, name: &str, holder: &str, ttl: Duration) -> Result<Lease, StoreError>;
+    /// that has not expired is left alone and its holder named.
+    fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Answer<Lease>> + Send;
 
     /// Gives up the lease called `name` if `holder` holds it, so another
     /// instance can take it at once instead of after its expiry.
-    fn release(&mut self, name: &str, holder: &str) -> Result<(), StoreError>;
-
-    /// Another handle on the same data, for queries: the HTTP API reads
-    /// through it, so a long query neither waits for nor holds up ingest's
-    /// transactions. Use it only to read.
-    fn reader(&self) -> Result<Self, StoreError>
-    where
-        Self: Sized;
+    fn release(&self, name: &str, holder: &str) -> impl Future<Output = Answer<()>> + Send;
 }
+
+/// The role traits, to bring their methods into scope at once
+/// (`use tributary_collector::store::prelude::*`).
+pub mod prelude {
+    pub use super::{Feed, Ingest, Leases, Query, Store};
+}
+
+/// A whole store: every role, as one cheap-to-clone handle the service
+/// hands to ingest, the HTTP server and the sinks.
+pub trait Store: Ingest + Query + Feed + Leases + Clone + 'static {}
+
+impl<T: Ingest + Query + Feed + Leases + Clone + 'static> Store for T {}
 
 /// Every stored window of every series at `width`, by (series, window start)
 /// — the whole result set, for checks, exports and tests.
-pub fn all_windows<S: Store + ?Sized>(
+pub async fn all_windows<S: Query + ?Sized>(
     store: &S,
     width: Width,
-) -> Result<BTreeMap<(SeriesKey, i64), StoredWindow>, StoreError> {
+) -> Answer<BTreeMap<(SeriesKey, i64), StoredWindow>> {
+    let keys = store.series().await?;
+    let rows = store.windows_of(&keys, width, i64::MIN, i64::MAX).await?;
     let mut out = BTreeMap::new();
-    for key in store.series()? {
-        for w in store.windows(&key, width, i64::MIN, i64::MAX)? {
+    for (key, windows) in keys.into_iter().zip(rows) {
+        for w in windows {
             out.insert((key.clone(), w.window.start()), w);
         }
     }
     Ok(out)
 }
 
-/// Partials merged per result row before a store writes them: by row key,
-/// the merged summary with the series and window it belongs to.
-pub(crate) type Pending<'a, K> =
-    std::collections::HashMap<K, (Summary, &'a SeriesKey, Window), foldhash::fast::RandomState>;
-
-/// The error for a stored value that does not read back.
-pub(crate) fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        what,
-        detail: e.to_string(),
-    }
-}
-
-/// A series key as both backends store it: canonical JSON text.
-pub(crate) fn key_text(key: &SeriesKey) -> Result<String, StoreError> {
-    serde_json::to_string(key).map_err(|e| corrupt("series key", e))
-}
-
-/// A summary as both backends store it: postcard bytes.
-pub(crate) fn encode_summary(summary: &Summary) -> Result<Vec<u8>, StoreError> {
-    postcard::to_allocvec(summary).map_err(|e| corrupt("summary", e))
-}
-
-/// A stored summary (postcard bytes) read back.
-pub(crate) fn decode_summary(bytes: &[u8]) -> Result<Summary, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| corrupt("summary", e))
-}
-
-/// A change-feed read's `after` and `limit` as SQL integers (beyond
-/// `i64::MAX` means "no bound").
-pub(crate) fn feed_bounds(after: u64, limit: usize) -> (i64, i64) {
-    (
-        i64::try_from(after).unwrap_or(i64::MAX),
-        i64::try_from(limit).unwrap_or(i64::MAX),
-    )
-}
-
-/// A result row read back: its window start, revision and summary bytes
-/// (postcard), at `width`. Both backends store rows this way.
-pub(crate) fn stored(
-    start: i64,
-    width: Width,
-    revision: i64,
-    bytes: &[u8],
-) -> Result<StoredWindow, StoreError> {
-    Ok(StoredWindow {
-        window: Window::new(start, width).map_err(|e| corrupt("window", e))?,
-        summary: decode_summary(bytes)?,
-        revision: u32::try_from(revision).map_err(|e| corrupt("revision", e))?,
-    })
-}
-
-/// Lays out rows found by series-key text (`by_key`) in the order of
-/// `keys`, the answer of a one-query `…_of` read; a key given more than
-/// once gets its rows each time, one absent gets none.
-pub(crate) fn in_order<T: Clone, H: std::hash::BuildHasher>(
-    keys: &[String],
-    mut by_key: HashMap<String, Vec<T>, H>,
-) -> Vec<Vec<T>> {
-    let mut left: HashMap<&str, usize> = HashMap::new();
-    for k in keys {
-        *left.entry(k.as_str()).or_default() += 1;
-    }
-    keys.iter()
-        .map(|k| {
-            let n = left.entry(k.as_str()).or_default();
-            *n = n.saturating_sub(1);
-            let rows = if *n == 0 {
-                by_key.remove(k)
-            } else {
-                by_key.get(k).cloned()
-            };
-            rows.unwrap_or_default()
-        })
+/// The roll-up widths of `rollups_ms`, checked.
+pub(crate) fn rollup_widths(rollups_ms: &[i64]) -> Answer<Vec<Width>> {
+    rollups_ms
+        .iter()
+        .map(|&w| Width::new(w).map_err(|_| StoreError::BadRollup(w)))
         .collect()
-}
-
-/// Merges `summary` (of `series` in `window`) into row `key` of `rows`.
-pub(crate) fn merge_into<'a, K: Hash + Eq>(
-    rows: &mut Pending<'a, K>,
-    key: K,
-    summary: &Summary,
-    series: &'a SeriesKey,
-    window: Window,
-) -> Result<(), StoreError> {
-    match rows.entry(key) {
-        Entry::Occupied(mut e) => {
-            e.get_mut()
-                .0
-                .merge(summary)
-                .map_err(|source| StoreError::Merge {
-                    series: series.to_string(),
-                    window,
-                    source,
-                })
-        }
-        Entry::Vacant(e) => {
-            e.insert((summary.clone(), series, window));
-            Ok(())
-        }
-    }
-}
-
-/// Adds to `rows` their roll-ups: every row merged into the window of each
-/// width in `rollups` coarser than its own — one merge per row and width,
-/// not per partial. `key_of` gives the key of a series' row in a window.
-pub(crate) fn add_rollups<'a, K: Hash + Eq>(
-    rows: &mut Pending<'a, K>,
-    rollups: &[Width],
-    key_of: impl Fn(&K, Window) -> K,
-) -> Result<(), StoreError> {
-    let mut rolled: Pending<'a, K> = Pending::default();
-    for (key, (summary, series, window)) in rows.iter() {
-        for &width in rollups.iter().filter(|w| w.ms() > window.width().ms()) {
-            if let Ok(coarse) = window.coarsen(width) {
-                merge_into(&mut rolled, key_of(key, coarse), summary, series, coarse)?;
-            }
-        }
-    }
-    for (key, (summary, series, window)) in rolled {
-        merge_into(rows, key, &summary, series, window)?;
-    }
-    Ok(())
 }

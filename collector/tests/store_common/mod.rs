@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use tributary_collector::store::{self, Store, StoredWindow};
+use tributary_collector::store::prelude::*;
+use tributary_collector::store::{self, StoredWindow};
 use tributary_core::batch::{Batch, Partial};
 use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
 
@@ -86,16 +87,24 @@ pub(crate) fn summary_of(readings: &[(i64, i64)]) -> Summary {
 }
 
 /// Every stored summary at `width`, by (series, start).
-pub(crate) fn all_windows<S: Store>(store: &S, width: i64) -> BTreeMap<(String, i64), Summary> {
+pub(crate) async fn all_windows<S: Store>(
+    store: &S,
+    width: i64,
+) -> BTreeMap<(String, i64), Summary> {
     all_stored(store, width)
+        .await
         .into_iter()
         .map(|(k, w)| (k, w.summary))
         .collect()
 }
 
 /// Every stored window at `width` (with its revision), by (series, start).
-pub(crate) fn all_stored<S: Store>(store: &S, width: i64) -> BTreeMap<(String, i64), StoredWindow> {
+pub(crate) async fn all_stored<S: Store>(
+    store: &S,
+    width: i64,
+) -> BTreeMap<(String, i64), StoredWindow> {
     store::all_windows(store, Width::new(width).unwrap())
+        .await
         .unwrap()
         .into_iter()
         .map(|((k, start), w)| ((k.to_string(), start), w))
@@ -105,8 +114,8 @@ pub(crate) fn all_stored<S: Store>(store: &S, width: i64) -> BTreeMap<(String, i
 /// `windows_of` answers as one `windows` per series does: for every stored
 /// series, a key never seen and a key given twice; at each width; over the
 /// whole range and over a part of it.
-pub(crate) fn check_windows_of<S: Store>(store: &S) {
-    let mut keys = store.series().unwrap();
+pub(crate) async fn check_windows_of<S: Store>(store: &S) {
+    let mut keys = store.series().await.unwrap();
     assert!(keys.len() >= 2, "needs a workload");
     keys.push(key("never"));
     keys.push(keys[0].clone());
@@ -115,11 +124,11 @@ pub(crate) fn check_windows_of<S: Store>(store: &S) {
         let w = Width::new(width).unwrap();
         let mut sizes = Vec::new();
         for (from, to) in [(i64::MIN, i64::MAX), (T0 + 3 * MIN, T0 + 9 * MIN)] {
-            let each: Vec<_> = keys
-                .iter()
-                .map(|k| store.windows(k, w, from, to).unwrap())
-                .collect();
-            let one = store.windows_of(&keys, w, from, to).unwrap();
+            let mut each = Vec::new();
+            for k in &keys {
+                each.push(store.windows(k, w, from, to).await.unwrap());
+            }
+            let one = store.windows_of(&keys, w, from, to).await.unwrap();
             assert_eq!(one, each, "width {width}, [{from}, {to})");
             sizes.push(count(&one));
         }
@@ -132,60 +141,83 @@ pub(crate) fn check_windows_of<S: Store>(store: &S) {
 
 /// Cursors: unset reads 0, each name is its own, and a cursor never moves
 /// back (a lower value is ignored).
-pub(crate) fn check_cursors<S: Store>(store: &mut S) {
-    assert_eq!(store.cursor("check-a").unwrap(), 0);
-    store.set_cursor("check-a", 42).unwrap();
-    store.set_cursor("check-b", 7).unwrap();
-    store.set_cursor("check-a", 43).unwrap();
-    assert_eq!(store.cursor("check-a").unwrap(), 43);
-    assert_eq!(store.cursor("check-b").unwrap(), 7);
-    store.set_cursor("check-a", 40).unwrap();
-    assert_eq!(store.cursor("check-a").unwrap(), 43, "a cursor moved back");
+pub(crate) async fn check_cursors<S: Store>(store: &mut S) {
+    assert_eq!(store.cursor("check-a").await.unwrap(), 0);
+    store.set_cursor("check-a", 42).await.unwrap();
+    store.set_cursor("check-b", 7).await.unwrap();
+    store.set_cursor("check-a", 43).await.unwrap();
+    assert_eq!(store.cursor("check-a").await.unwrap(), 43);
+    assert_eq!(store.cursor("check-b").await.unwrap(), 7);
+    store.set_cursor("check-a", 40).await.unwrap();
+    assert_eq!(
+        store.cursor("check-a").await.unwrap(),
+        43,
+        "a cursor moved back"
+    );
 }
 
 /// Leases: one holder at a time until it releases or its lease expires; a
 /// release by anyone else changes nothing; names are independent.
-pub(crate) fn check_leases<S: Store>(store: &mut S) {
+pub(crate) async fn check_leases<S: Store>(store: &mut S) {
     use std::time::Duration;
     use store::Lease::{Ours, Theirs};
     let long = Duration::from_secs(60);
     let theirs = |h: &str| Theirs(h.to_string());
-    assert_eq!(store.lease("job", "a", long).unwrap(), Ours);
-    assert_eq!(store.lease("job", "b", long).unwrap(), theirs("a"));
-    assert_eq!(store.lease("job", "a", long).unwrap(), Ours, "renewed");
-    assert_eq!(store.lease("other", "b", long).unwrap(), Ours);
+    assert_eq!(store.lease("job", "a", long).await.unwrap(), Ours);
+    assert_eq!(store.lease("job", "b", long).await.unwrap(), theirs("a"));
+    assert_eq!(
+        store.lease("job", "a", long).await.unwrap(),
+        Ours,
+        "renewed"
+    );
+    assert_eq!(store.lease("other", "b", long).await.unwrap(), Ours);
 
-    store.release("job", "b").unwrap(); // not b's to give up
-    assert_eq!(store.lease("job", "b", long).unwrap(), theirs("a"));
-    store.release("job", "a").unwrap();
-    assert_eq!(store.lease("job", "b", long).unwrap(), Ours, "released");
-    assert_eq!(store.lease("job", "a", long).unwrap(), theirs("b"));
+    store.release("job", "b").await.unwrap(); // not b's to give up
+    assert_eq!(store.lease("job", "b", long).await.unwrap(), theirs("a"));
+    store.release("job", "a").await.unwrap();
+    assert_eq!(
+        store.lease("job", "b", long).await.unwrap(),
+        Ours,
+        "released"
+    );
+    assert_eq!(store.lease("job", "a", long).await.unwrap(), theirs("b"));
 
     // Renewed with a short life, then left to expire: taken over.
     assert_eq!(
-        store.lease("job", "b", Duration::from_millis(200)).unwrap(),
+        store
+            .lease("job", "b", Duration::from_millis(200))
+            .await
+            .unwrap(),
         Ours
     );
-    std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(store.lease("job", "a", long).unwrap(), Ours, "expired");
-    assert_eq!(store.lease("job", "b", long).unwrap(), theirs("a"));
-    assert_eq!(store.lease("other", "a", long).unwrap(), theirs("b"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        store.lease("job", "a", long).await.unwrap(),
+        Ours,
+        "expired"
+    );
+    assert_eq!(store.lease("job", "b", long).await.unwrap(), theirs("a"));
+    assert_eq!(store.lease("other", "a", long).await.unwrap(), theirs("b"));
 }
 
 /// The change feed returns each row at its latest write, in change order:
 /// after applying the first half of `batches` and then the rest, the rows
 /// past the mark are exactly those the rest wrote, each as stored now.
-pub(crate) fn check_change_feed<S: Store>(store: &mut S, batches: &[Batch]) {
+pub(crate) async fn check_change_feed<S: Store>(store: &mut S, batches: &[Batch]) {
     let minute = Width::new(MIN).unwrap();
     let half = batches.len() / 2;
-    store.apply(&batches[..half]).unwrap();
-    let first = store.changed_since(minute, 0, usize::MAX).unwrap();
+    store.apply(&batches[..half]).await.unwrap();
+    let first = store.changed_since(minute, 0, usize::MAX).await.unwrap();
     assert!(!first.is_empty());
     assert!(first.windows(2).all(|w| w[0].change < w[1].change));
     let mark = first.last().unwrap().change;
-    assert!(store.changed_since(minute, mark, 10).unwrap().is_empty());
-    store.apply(&batches[half..]).unwrap();
-    let later = store.changed_since(minute, mark, usize::MAX).unwrap();
+    assert!(store
+        .changed_since(minute, mark, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    store.apply(&batches[half..]).await.unwrap();
+    let later = store.changed_since(minute, mark, usize::MAX).await.unwrap();
     // Every row the later batches wrote, and only those, follows the mark;
     // each comes with its stored state as it is now.
     let mut touched: Vec<(String, i64)> = batches[half..]
@@ -209,15 +241,17 @@ pub(crate) fn check_change_feed<S: Store>(store: &mut S, batches: &[Batch]) {
                 c.stored.window.start(),
                 c.stored.window.end(),
             )
+            .await
             .unwrap();
         assert_eq!(now[0], c.stored);
     }
     // `limit` pages through the feed.
-    let page = store.changed_since(minute, mark, 3).unwrap();
+    let page = store.changed_since(minute, mark, 3).await.unwrap();
     assert_eq!(page[..], later[..3]);
     // Roll-up rows are a separate feed.
     assert!(!store
         .changed_since(Width::new(HOUR).unwrap(), 0, 1)
+        .await
         .unwrap()
         .is_empty());
 }
@@ -225,7 +259,7 @@ pub(crate) fn check_change_feed<S: Store>(store: &mut S, batches: &[Batch]) {
 /// Progress lists the agents of each series with their latest watermarks,
 /// and `progress_of` answers as one `progress` per series does. `first` is
 /// any batch with a partial.
-pub(crate) fn check_progress<S: Store>(store: &mut S, first: &Batch) {
+pub(crate) async fn check_progress<S: Store>(store: &mut S, first: &Batch) {
     let p = first.partials[0].clone();
     let mut q = p.clone();
     q.series = key("dev-other");
@@ -235,8 +269,9 @@ pub(crate) fn check_progress<S: Store>(store: &mut S, first: &Batch) {
             Batch::new("agent-b", 1, T0 + 5 * MIN, vec![p.clone(), q.clone()]),
             Batch::new("agent-a", 2, T0 + 2 * MIN, vec![]),
         ])
+        .await
         .unwrap();
-    let progress = store.progress(&p.series).unwrap();
+    let progress = store.progress(&p.series).await.unwrap();
     let agents: Vec<(&str, i64)> = progress
         .iter()
         .map(|a| (a.agent.as_str(), a.watermark))
@@ -248,16 +283,20 @@ pub(crate) fn check_progress<S: Store>(store: &mut S, first: &Batch) {
     assert!(progress.iter().all(|a| a.seen_ms > 1_700_000_000_000));
     let only_b: Vec<String> = store
         .progress(&q.series)
+        .await
         .unwrap()
         .into_iter()
         .map(|a| a.agent)
         .collect();
     assert_eq!(only_b, ["agent-b"]);
-    assert!(store.progress(&key("never")).unwrap().is_empty());
+    assert!(store.progress(&key("never")).await.unwrap().is_empty());
     // One query for many series answers as one query per series does.
     let keys = [q.series.clone(), key("never"), p.series.clone()];
-    let each: Vec<_> = keys.iter().map(|k| store.progress(k).unwrap()).collect();
-    assert_eq!(store.progress_of(&keys).unwrap(), each);
+    let mut each = Vec::new();
+    for k in &keys {
+        each.push(store.progress(k).await.unwrap());
+    }
+    assert_eq!(store.progress_of(&keys).await.unwrap(), each);
     assert_eq!(each[2].len(), 2);
 }
 
@@ -265,10 +304,10 @@ pub(crate) fn check_progress<S: Store>(store: &mut S, first: &Batch) {
 /// by `after`; parking twice changes nothing; `unpark` forgets; other names
 /// and widths are separate; keys never stored are ignored. `batches` write
 /// at least four minute windows.
-pub(crate) fn check_parking<S: Store>(store: &mut S, batches: &[Batch]) {
+pub(crate) async fn check_parking<S: Store>(store: &mut S, batches: &[Batch]) {
     let (minute, hour) = (Width::new(MIN).unwrap(), Width::new(HOUR).unwrap());
-    store.apply(batches).unwrap();
-    let all = store.changed_since(minute, 0, usize::MAX).unwrap();
+    store.apply(batches).await.unwrap();
+    let all = store.changed_since(minute, 0, usize::MAX).await.unwrap();
     assert!(all.len() >= 4);
     let at = |c: &store::Changed| (c.series.clone(), c.stored.window.start());
     let never = (key("never-stored"), T0);
@@ -278,25 +317,37 @@ pub(crate) fn check_parking<S: Store>(store: &mut S, batches: &[Batch]) {
             minute,
             &[at(&all[3]), at(&all[0]), at(&all[2]), never.clone()],
         )
+        .await
         .unwrap();
-    store.park("s1", minute, &[at(&all[0])]).unwrap();
-    let parked = |store: &S| store.parked("s1", minute, 0, usize::MAX).unwrap();
+    store.park("s1", minute, &[at(&all[0])]).await.unwrap();
+    let parked = |store: &S| {
+        let store = store.clone();
+        async move { store.parked("s1", minute, 0, usize::MAX).await.unwrap() }
+    };
     assert_eq!(
-        parked(store),
+        parked(store).await,
         [all[0].clone(), all[2].clone(), all[3].clone()]
     );
     assert_eq!(
-        store.parked("s1", minute, all[0].change, 1).unwrap(),
+        store.parked("s1", minute, all[0].change, 1).await.unwrap(),
         [all[2].clone()]
     );
     assert!(store
         .parked("s2", minute, 0, usize::MAX)
+        .await
         .unwrap()
         .is_empty());
-    assert!(store.parked("s1", hour, 0, usize::MAX).unwrap().is_empty());
+    assert!(store
+        .parked("s1", hour, 0, usize::MAX)
+        .await
+        .unwrap()
+        .is_empty());
 
-    store.unpark("s1", minute, &[at(&all[2]), never]).unwrap();
-    assert_eq!(parked(store), [all[0].clone(), all[3].clone()]);
+    store
+        .unpark("s1", minute, &[at(&all[2]), never])
+        .await
+        .unwrap();
+    assert_eq!(parked(store).await, [all[0].clone(), all[3].clone()]);
 
     // A parked row written again comes back as stored now.
     let again = batches
@@ -307,6 +358,7 @@ pub(crate) fn check_parking<S: Store>(store: &mut S, batches: &[Batch]) {
         .clone();
     store
         .apply(&[Batch::new("agent-late", 1, T0, vec![again])])
+        .await
         .unwrap();
     let now = store
         .windows(
@@ -315,8 +367,9 @@ pub(crate) fn check_parking<S: Store>(store: &mut S, batches: &[Batch]) {
             all[0].stored.window.start(),
             all[0].stored.window.end(),
         )
+        .await
         .unwrap();
-    let got = parked(store);
+    let got = parked(store).await;
     assert_eq!(got[0], all[3]);
     assert_eq!(got[1].stored, now[0]);
     assert_eq!(got[1].stored.revision, all[0].stored.revision + 1);

@@ -1,5 +1,6 @@
-//! [`super::PostgresStore::apply`]: one transaction per group of batches,
-//! safe against any number of collector instances writing at once.
+//! [`super::PostgresStore`]'s apply: one transaction per group of batches,
+//! safe against any number of collector instances writing at once, with
+//! the SQL sequenced around [`crate::merge`].
 //!
 //! Steps, each a single statement over arrays (`unnest`), each taking its
 //! row locks in one global order (sorted keys) so concurrent instances
@@ -7,12 +8,12 @@
 //! 1. insert every batch's (agent, seq) key, `ON CONFLICT DO NOTHING
 //!    RETURNING` — the keys returned are the new batches (a key another
 //!    instance is inserting right now waits for that instance's commit);
-//! 2. merge the new batches' partials and their roll-ups in memory;
-//! 3. series ids (inserted when missing);
+//! 2. series ids of the new batches' series (inserted when missing);
+//! 3. the merge plan (in memory): rows, roll-ups, watermarks, reporters;
 //! 4. result rows: insert placeholders for missing rows (`ON CONFLICT DO
 //!    NOTHING RETURNING`), then lock the existing ones with `SELECT … ORDER
-//!    BY … FOR UPDATE` and merge into them — no other instance can change a
-//!    locked row until this one commits, so no update is lost;
+//!    BY … FOR UPDATE` and fold the deltas into them — no other instance can
+//!    change a locked row until this one commits, so no update is lost;
 //! 5. `series_agents` and `watermarks` (`GREATEST`, so order does not matter);
 //! 6. last, `UPDATE meta SET value = value + n RETURNING value` locks the
 //!    change counter until commit: change numbers are handed out in commit
@@ -24,17 +25,16 @@
 //! A deadlock or serialisation failure (which the lock order should rule
 //! out) is retried with the whole transaction.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use deadpool_postgres::Client;
+use deadpool_postgres::{Client, Transaction};
 use tokio_postgres::error::SqlState;
 use tributary_core::batch::Batch;
-use tributary_core::{SeriesKey, Summary, Width, Window};
+use tributary_core::{SeriesKey, Width};
 
-use crate::store::{
-    add_rollups, corrupt, decode_summary, encode_summary, key_text, merge_into, Pending,
-};
+use crate::merge::{self, RowKey};
+use crate::store::codec::{corrupt, decode_summary, encode_summary, key_text};
 use crate::store::{Applied, StoreError};
 
 /// How often a transaction that deadlocked is retried.
@@ -86,6 +86,20 @@ impl From<StoreError> for Failed {
     }
 }
 
+/// Three parallel arrays of row keys, for `unnest`.
+fn columns(keys: impl Iterator<Item = RowKey>) -> [Vec<i64>; 3] {
+    let mut cols: [Vec<i64>; 3] = Default::default();
+    for (s, w, t) in keys {
+        cols[0].push(s);
+        cols[1].push(w);
+        cols[2].push(t);
+    }
+    cols
+}
+
+/// One attempt of the transaction. One function on purpose: it is the
+/// numbered steps of the module note in order, each a statement on the same
+/// transaction; splitting it would only pass the transaction around.
 async fn try_apply(
     client: &mut Client,
     batches: &[Batch],
@@ -93,18 +107,10 @@ async fn try_apply(
 ) -> Result<Vec<Applied>, Failed> {
     let tx = client.transaction().await?;
 
-    // 1. De-duplication keys (first occurrence in the group is the candidate).
-    let mut first: HashSet<(&str, i64)> = HashSet::new();
-    let mut seqs = Vec::with_capacity(batches.len());
-    for b in batches {
-        let seq = i64::try_from(b.seq).map_err(|e| corrupt("batch sequence", e))?;
-        seqs.push(seq);
-        first.insert((b.agent.as_str(), seq));
-    }
-    let mut keys: Vec<(&str, i64)> = first.into_iter().collect();
-    keys.sort_unstable();
+    // 1. De-duplication keys.
+    let keys = merge::claim_keys(batches)?;
     let agents: Vec<&str> = keys.iter().map(|k| k.0).collect();
-    let key_seqs: Vec<i64> = keys.iter().map(|k| k.1).collect();
+    let seqs: Vec<i64> = keys.iter().map(|k| k.1).collect();
     let insert = tx
         .prepare_cached(
             "INSERT INTO applied (agent, seq)
@@ -113,77 +119,29 @@ async fn try_apply(
         )
         .await?;
     let mut new: HashSet<(String, i64)> = HashSet::new();
-    for row in tx.query(&insert, &[&agents, &key_seqs]).await? {
+    for row in tx.query(&insert, &[&agents, &seqs]).await? {
         new.insert((row.get(0), row.get(1)));
     }
-    let mut outcome = Vec::with_capacity(batches.len());
-    let mut fresh: Vec<&Batch> = Vec::new();
-    for (b, &seq) in batches.iter().zip(&seqs) {
-        // `remove`: a second copy in the same group is a duplicate.
-        if new.remove(&(b.agent.clone(), seq)) {
-            outcome.push(Applied::New);
-            fresh.push(b);
-        } else {
-            outcome.push(Applied::Duplicate);
-        }
-    }
+    let (outcome, fresh) = merge::dedupe(batches, new)?;
     if fresh.is_empty() {
         tx.commit().await?;
         return Ok(outcome);
     }
 
-    // 2. Merge in memory.
-    let mut merged: Pending<'_, (&SeriesKey, Window)> = Pending::default();
-    let mut watermarks: HashMap<&str, i64> = HashMap::new();
-    let mut reporters: HashSet<(&SeriesKey, &str)> = HashSet::new();
-    for b in &fresh {
-        let w = watermarks.entry(b.agent.as_str()).or_insert(i64::MIN);
-        *w = (*w).max(b.watermark);
-        for p in &b.partials {
-            reporters.insert((&p.series, b.agent.as_str()));
-            merge_into(
-                &mut merged,
-                (&p.series, p.window),
-                &p.summary,
-                &p.series,
-                p.window,
-            )?;
-        }
-    }
-    add_rollups(&mut merged, rollups, |&(key, _), w| (key, w))?;
-
-    // 3. Series ids.
-    let mut texts: HashMap<&SeriesKey, String> = HashMap::new();
-    for (key, _) in merged.keys() {
-        if !texts.contains_key(key) {
-            texts.insert(key, key_text(key)?);
-        }
-    }
-    let ids = series_ids(&tx, texts.values().cloned().collect()).await?;
-    let id_of = |key: &SeriesKey| -> Result<i64, StoreError> {
-        texts
-            .get(key)
-            .and_then(|t| ids.get(t))
+    // 2–3. Series ids, then the merge plan.
+    let series: BTreeSet<&SeriesKey> = fresh
+        .iter()
+        .flat_map(|b| b.partials.iter().map(|p| &p.series))
+        .collect();
+    let ids = series_ids(&tx, &series).await?;
+    let plan = merge::plan(&fresh, rollups, |key| {
+        ids.get(key)
             .copied()
             .ok_or_else(|| StoreError::Backend(format!("no id stored for series {key}")))
-    };
+    })?;
 
-    // 4. Result rows, in (series, width, start) order.
-    let mut rows: Vec<(i64, i64, i64, &SeriesKey, Window, Summary)> = Vec::new();
-    for ((key, window), (summary, _, _)) in merged {
-        rows.push((
-            id_of(key)?,
-            window.width().ms(),
-            window.start(),
-            key,
-            window,
-            summary,
-        ));
-    }
-    rows.sort_unstable_by_key(|r| (r.0, r.1, r.2));
-    let s: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    let w: Vec<i64> = rows.iter().map(|r| r.1).collect();
-    let t: Vec<i64> = rows.iter().map(|r| r.2).collect();
+    // 4. Result rows, in key order: placeholders, then lock and fold.
+    let [s, w, t] = columns(plan.rows.iter().map(|d| d.key));
     let placeholder = tx
         .prepare_cached(
             "INSERT INTO results (series, width, start, revision, summary, changed)
@@ -192,66 +150,43 @@ async fn try_apply(
              ON CONFLICT DO NOTHING RETURNING series, width, start",
         )
         .await?;
-    let mut inserted: HashSet<(i64, i64, i64)> = HashSet::new();
+    let mut inserted: HashSet<RowKey> = HashSet::new();
     for row in tx.query(&placeholder, &[&s, &w, &t]).await? {
         inserted.insert((row.get(0), row.get(1), row.get(2)));
     }
-    let existing: Vec<usize> = (0..rows.len())
-        .filter(|&i| !inserted.contains(&(s[i], w[i], t[i])))
-        .collect();
-    let mut stored: HashMap<(i64, i64, i64), (i64, Vec<u8>)> = HashMap::new();
-    if !existing.is_empty() {
-        let es: Vec<i64> = existing.iter().map(|&i| s[i]).collect();
-        let ew: Vec<i64> = existing.iter().map(|&i| w[i]).collect();
-        let et: Vec<i64> = existing.iter().map(|&i| t[i]).collect();
-        let lock = tx
-            .prepare_cached(
-                "SELECT r.series, r.width, r.start, r.revision, r.summary FROM results r
-                 JOIN unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(s, w, t)
-                   ON r.series = u.s AND r.width = u.w AND r.start = u.t
-                 ORDER BY r.series, r.width, r.start FOR UPDATE OF r",
-            )
-            .await?;
-        for row in tx.query(&lock, &[&es, &ew, &et]).await? {
-            stored.insert(
-                (row.get(0), row.get(1), row.get(2)),
-                (row.get(3), row.get(4)),
-            );
-        }
-    }
-    let mut revisions: Vec<i64> = Vec::with_capacity(rows.len());
-    let mut bytes: Vec<Vec<u8>> = Vec::with_capacity(rows.len());
-    for (id, width, start, key, window, summary) in rows {
-        let (revision, result) = match stored.remove(&(id, width, start)) {
+    let mut stored = lock_rows(
+        &tx,
+        plan.rows
+            .iter()
+            .map(|d| d.key)
+            .filter(|k| !inserted.contains(k)),
+    )
+    .await?;
+    let mut revisions: Vec<i64> = Vec::with_capacity(plan.rows.len());
+    let mut bytes: Vec<Vec<u8>> = Vec::with_capacity(plan.rows.len());
+    for delta in plan.rows {
+        let before = match stored.remove(&delta.key) {
             Some((rev, old)) => {
-                let mut old = decode_summary(&old)?;
-                old.merge(&summary).map_err(|source| StoreError::Merge {
-                    series: key.to_string(),
-                    window,
-                    source,
-                })?;
-                (rev.saturating_add(1).min(i64::from(u32::MAX)), old)
+                let rev = u32::try_from(rev).map_err(|e| corrupt("revision", e))?;
+                Some((rev, decode_summary(&old)?))
             }
-            None if inserted.contains(&(id, width, start)) => (0, summary),
+            None if inserted.contains(&delta.key) => None,
             None => {
                 return Err(StoreError::Backend(format!(
-                    "result row of {key} at {window} vanished during the transaction"
+                    "result row of {} at {} vanished during the transaction",
+                    delta.series, delta.window
                 ))
                 .into())
             }
         };
-        revisions.push(revision);
-        bytes.push(encode_summary(&result)?);
+        let (revision, summary) = merge::fold(before, delta)?;
+        revisions.push(i64::from(revision));
+        bytes.push(encode_summary(&summary)?);
     }
 
     // 5. Progress.
-    let mut pairs: Vec<(i64, &str)> = Vec::with_capacity(reporters.len());
-    for (key, agent) in reporters {
-        pairs.push((id_of(key)?, agent));
-    }
-    pairs.sort_unstable();
-    let ps: Vec<i64> = pairs.iter().map(|p| p.0).collect();
-    let pa: Vec<&str> = pairs.iter().map(|p| p.1).collect();
+    let ps: Vec<i64> = plan.reporters.iter().map(|p| p.0).collect();
+    let pa: Vec<&str> = plan.reporters.iter().map(|p| p.1).collect();
     let reporters = tx
         .prepare_cached(
             "INSERT INTO series_agents (series, agent)
@@ -260,11 +195,9 @@ async fn try_apply(
         )
         .await?;
     tx.execute(&reporters, &[&ps, &pa]).await?;
-    let mut marks: Vec<(&str, i64)> = watermarks.into_iter().collect();
-    marks.sort_unstable();
-    let ma: Vec<&str> = marks.iter().map(|m| m.0).collect();
-    let mw: Vec<i64> = marks.iter().map(|m| m.1).collect();
-    let seen = crate::finality::now_ms();
+    let ma: Vec<&str> = plan.watermarks.iter().map(|m| m.0).collect();
+    let mw: Vec<i64> = plan.watermarks.iter().map(|m| m.1).collect();
+    let seen = tributary_runtime::now_ms();
     let upsert = tx
         .prepare_cached(
             "INSERT INTO watermarks (agent, watermark, seen_ms)
@@ -299,21 +232,58 @@ async fn try_apply(
     Ok(outcome)
 }
 
-/// The ids of series `texts`, inserting the missing ones (sorted, so
-/// concurrent inserts of the same keys cannot deadlock).
-async fn series_ids(
-    tx: &deadpool_postgres::Transaction<'_>,
-    mut texts: Vec<String>,
-) -> Result<HashMap<String, i64>, tokio_postgres::Error> {
-    texts.sort_unstable();
+/// Locks the existing rows `keys` (in key order) and reads their revision
+/// and summary bytes.
+async fn lock_rows(
+    tx: &Transaction<'_>,
+    keys: impl Iterator<Item = RowKey>,
+) -> Result<HashMap<RowKey, (i64, Vec<u8>)>, tokio_postgres::Error> {
+    let [s, w, t] = columns(keys);
+    let mut stored = HashMap::new();
+    if s.is_empty() {
+        return Ok(stored);
+    }
+    let lock = tx
+        .prepare_cached(
+            "SELECT r.series, r.width, r.start, r.revision, r.summary FROM results r
+             JOIN unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(s, w, t)
+               ON r.series = u.s AND r.width = u.w AND r.start = u.t
+             ORDER BY r.series, r.width, r.start FOR UPDATE OF r",
+        )
+        .await?;
+    for row in tx.query(&lock, &[&s, &w, &t]).await? {
+        stored.insert(
+            (row.get(0), row.get(1), row.get(2)),
+            (row.get(3), row.get(4)),
+        );
+    }
+    Ok(stored)
+}
+
+/// The ids of `series`, inserting the missing ones (sorted, so concurrent
+/// inserts of the same keys cannot deadlock).
+async fn series_ids<'a>(
+    tx: &Transaction<'_>,
+    series: &BTreeSet<&'a SeriesKey>,
+) -> Result<HashMap<&'a SeriesKey, i64>, Failed> {
+    let mut by_text: Vec<(String, &'a SeriesKey)> = Vec::with_capacity(series.len());
+    for &k in series {
+        by_text.push((key_text(k)?, k));
+    }
+    by_text.sort_unstable();
+    let texts: Vec<&str> = by_text.iter().map(|(t, _)| t.as_str()).collect();
     let select = tx
         .prepare_cached("SELECT key, id FROM series WHERE key = ANY($1::text[])")
         .await?;
-    let mut ids: HashMap<String, i64> = HashMap::new();
+    let mut found: HashMap<String, i64> = HashMap::new();
     for row in tx.query(&select, &[&texts]).await? {
-        ids.insert(row.get(0), row.get(1));
+        found.insert(row.get(0), row.get(1));
     }
-    let missing: Vec<&String> = texts.iter().filter(|t| !ids.contains_key(*t)).collect();
+    let missing: Vec<&str> = texts
+        .iter()
+        .copied()
+        .filter(|t| !found.contains_key(*t))
+        .collect();
     if !missing.is_empty() {
         let insert = tx
             .prepare_cached(
@@ -323,8 +293,11 @@ async fn series_ids(
             .await?;
         tx.execute(&insert, &[&missing]).await?;
         for row in tx.query(&select, &[&missing]).await? {
-            ids.insert(row.get(0), row.get(1));
+            found.insert(row.get(0), row.get(1));
         }
     }
-    Ok(ids)
+    Ok(by_text
+        .into_iter()
+        .filter_map(|(text, key)| found.get(&text).map(|&id| (key, id)))
+        .collect())
 }

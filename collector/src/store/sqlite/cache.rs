@@ -4,8 +4,8 @@
 //! written result rows (the roll-ups and open windows that the next batches
 //! merge into again).
 //!
-//! The cache is only ever a copy of committed rows. [`SqliteStore`]
-//! (super::SqliteStore) takes rows out of it while a transaction runs and
+//! The cache is only ever a copy of committed rows. The writer
+//! ([`super::apply`]) takes rows out of it while a transaction runs and
 //! puts the new states back only after the commit, so a rolled-back
 //! transaction leaves nothing stale behind; and it is cleared whenever
 //! another connection has written the database (`PRAGMA data_version`).
@@ -17,7 +17,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use tributary_core::{SeriesKey, Summary};
 
 /// A result row's key: (series id, width ms, window start ms).
-pub(super) type RowKey = (i64, i64, i64);
+pub(super) type RowKey = crate::merge::RowKey;
 
 /// A cached row: its revision and merged summary as committed.
 #[derive(Debug, Clone)]

@@ -1,26 +1,122 @@
-//! The `[mqtt]` section: the broker the agents publish to, and how the
-//! collector connects to it (protocol, login, TLS, session, shared group).
+//! Ingest's configuration: the `[mqtt]` section (the broker the agents
+//! publish to, and how the collector connects to it: protocol, login, TLS,
+//! session, shared group) and the `[limits]` section (what a batch may
+//! be), turned into the [`IngestConfig`] ingest runs with.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
+use tributary_runtime::config::{Password, Problems, Secret};
 
-use super::LimitsConfig;
-
-/// A secret from the config file; its `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+use super::check::Limits;
+use super::transport::{Protocol, TlsOptions};
 
 /// The environment variable that overrides `mqtt.password` and
 /// `mqtt.password_file`.
 pub const MQTT_PASSWORD_ENV: &str = "TRIBUTARY_MQTT_PASSWORD";
+
+/// Where and how to ingest.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// MQTT protocol version (default 3.1.1).
+    pub protocol: Protocol,
+    /// Client id (a persistent session keeps unacked batches across restarts).
+    pub client_id: String,
+    /// User name to log in with (default none: anonymous).
+    pub username: Option<String>,
+    /// Password for `username` (default none: an empty password).
+    pub password: Option<Password>,
+    /// TLS to the broker (default none: plain TCP).
+    pub tls: Option<TlsOptions>,
+    /// MQTT keep-alive (default 30 s, at least 5 s).
+    pub keep_alive: Duration,
+    /// MQTT 5 session expiry interval in seconds: how long the broker keeps
+    /// the session (and queues batches for it) while the collector is away
+    /// (default 86,400 = 1 day).
+    pub session_expiry_s: u32,
+    /// Largest accepted payload (bytes).
+    pub max_payload_bytes: usize,
+    /// Most partials in one batch.
+    pub max_partials: usize,
+    /// Most batches per store transaction.
+    pub group_batches: usize,
+    /// Longest wait for more batches before a group is committed (it is
+    /// committed earlier when full). Zero, the default: commit as soon as
+    /// no further message is ready — under load the batches that arrive
+    /// while one group commits form the next, so groups grow with the load
+    /// and an idle collector adds no wait.
+    pub group_wait: Duration,
+    /// Shared-subscription group: subscribe to `$share/<group>/…` so the
+    /// broker balances batches over the instances of the group.
+    pub share_group: Option<String>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            protocol: Protocol::V311,
+            client_id: "tributary-collector".into(),
+            username: None,
+            password: None,
+            tls: None,
+            keep_alive: Duration::from_secs(30),
+            session_expiry_s: 86_400,
+            max_payload_bytes: 4 << 20,
+            max_partials: 100_000,
+            group_batches: 256,
+            group_wait: Duration::ZERO,
+            share_group: None,
+        }
+    }
+}
+
+impl IngestConfig {
+    /// The limits payloads are checked against.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_payload_bytes: self.max_payload_bytes,
+            max_partials: self.max_partials,
+        }
+    }
+}
+
+/// The `[limits]` section: a batch over a limit is refused and counted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest accepted payload in bytes (default 4 MiB).
+    pub max_payload_bytes: usize,
+    /// Most partials in one batch (default 10,000).
+    pub max_partials: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_payload_bytes: 4 * 1024 * 1024,
+            max_partials: 10_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Checks every value of the section.
+    pub fn check(&self, p: &mut Problems) {
+        if self.max_payload_bytes == 0 {
+            p.bad("limits.max_payload_bytes", "must be > 0");
+        }
+        if self.max_partials == 0 {
+            p.bad("limits.max_partials", "must be > 0");
+        }
+    }
+}
 
 /// The MQTT broker connection.
 #[derive(Debug, Clone, Deserialize)]
@@ -31,7 +127,7 @@ pub struct MqttConfig {
     /// Broker port (default 1883).
     pub port: u16,
     /// Protocol version, `"3.1.1"` (default) or `"5"`.
-    pub protocol: crate::ingest::Protocol,
+    pub protocol: Protocol,
     /// MQTT client id (default `tributary-collector`).
     pub client_id: String,
     /// User name to log in with (default none: anonymous).
@@ -70,7 +166,7 @@ impl Default for MqttConfig {
         MqttConfig {
             host: "127.0.0.1".into(),
             port: 1883,
-            protocol: crate::ingest::Protocol::V311,
+            protocol: Protocol::V311,
             client_id: "tributary-collector".into(),
             username: None,
             password: None,
@@ -88,8 +184,7 @@ impl Default for MqttConfig {
 impl MqttConfig {
     /// Where the password comes from: `TRIBUTARY_MQTT_PASSWORD` when set,
     /// else `password_file`, else `password`.
-    pub fn password_source(&self) -> Option<crate::ingest::Password> {
-        use crate::ingest::Password;
+    pub fn password_source(&self) -> Option<Password> {
         if let Ok(p) = std::env::var(MQTT_PASSWORD_ENV) {
             return Some(Password::Value(p));
         }
@@ -101,75 +196,69 @@ impl MqttConfig {
     }
 
     /// The ingest settings of this section and `limits`.
-    pub fn ingest(&self, limits: &LimitsConfig) -> crate::ingest::IngestConfig {
-        crate::ingest::IngestConfig {
+    pub fn ingest(&self, limits: &LimitsConfig) -> IngestConfig {
+        IngestConfig {
             host: self.host.clone(),
             port: self.port,
             protocol: self.protocol,
             client_id: self.client_id.clone(),
             username: self.username.clone(),
             password: self.password_source(),
-            tls: self.tls.then(|| crate::ingest::TlsOptions {
+            tls: self.tls.then(|| TlsOptions {
                 ca_file: self.ca_file.clone(),
             }),
-            keep_alive: std::time::Duration::from_secs(self.keep_alive_s.max(5)),
+            keep_alive: Duration::from_secs(self.keep_alive_s.max(5)),
             session_expiry_s: self.session_expiry_s,
             max_payload_bytes: limits.max_payload_bytes,
             max_partials: limits.max_partials,
             group_batches: self.max_group,
             share_group: self.share_group.clone(),
-            ..crate::ingest::IngestConfig::default()
+            ..IngestConfig::default()
         }
     }
 
-    pub(super) fn check(&self, errs: &mut Vec<(String, String)>) {
+    /// Checks every value of the section.
+    pub fn check(&self, p: &mut Problems) {
         if self.host.is_empty() {
-            errs.push(("mqtt.host".into(), "must not be empty".into()));
+            p.bad("mqtt.host", "must not be empty");
         }
         if self.client_id.is_empty() {
-            errs.push(("mqtt.client_id".into(), "must not be empty".into()));
+            p.bad("mqtt.client_id", "must not be empty");
         }
         if self.max_group == 0 {
-            errs.push(("mqtt.max_group".into(), "must be > 0".into()));
+            p.bad("mqtt.max_group", "must be > 0");
         }
         if self.session_expiry_s == 0 {
-            errs.push((
-                "mqtt.session_expiry_s".into(),
-                "must be > 0 (0 ends the session, and its queued batches, at every disconnect)"
-                    .into(),
-            ));
+            p.bad(
+                "mqtt.session_expiry_s",
+                "must be > 0 (0 ends the session, and its queued batches, at every disconnect)",
+            );
         }
         if let Some(g) = &self.share_group {
             if g.is_empty() || g.contains(['/', '+', '#']) {
-                errs.push((
-                    "mqtt.share_group".into(),
+                p.bad(
+                    "mqtt.share_group",
                     format!("`{g}` must be non-empty without `/`, `+` or `#`"),
-                ));
+                );
             }
         }
         if matches!(&self.username, Some(u) if u.is_empty()) {
-            errs.push(("mqtt.username".into(), "must not be empty when set".into()));
+            p.bad("mqtt.username", "must not be empty when set");
         }
         if self.password.is_some() && self.password_file.is_some() {
-            errs.push((
-                "mqtt.password_file".into(),
-                "set either password or password_file, not both".into(),
-            ));
+            p.bad(
+                "mqtt.password_file",
+                "set either password or password_file, not both",
+            );
         }
         if self.username.is_none() && (self.password.is_some() || self.password_file.is_some()) {
-            errs.push((
-                "mqtt.username".into(),
-                "required with password or password_file".into(),
-            ));
+            p.bad("mqtt.username", "required with password or password_file");
         }
         if let Some(f) = &self.ca_file {
             if !self.tls {
-                errs.push(("mqtt.ca_file".into(), "only used with tls = true".into()));
+                p.bad("mqtt.ca_file", "only used with tls = true");
             } else if let Err(e) = std::fs::read(f) {
-                errs.push((
-                    "mqtt.ca_file".into(),
-                    format!("cannot read {}: {e}", f.display()),
-                ));
+                p.bad("mqtt.ca_file", format!("cannot read {}: {e}", f.display()));
             }
         }
     }

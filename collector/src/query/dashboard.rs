@@ -3,7 +3,7 @@
 //! chosen quantile, final and provisional points marked) and refreshes them
 //! live. The page is plain HTML, CSS and JavaScript from `collector/assets/`,
 //! compiled into the binary, so it needs no CDN and no network beyond the
-//! collector itself; it reads the data through the JSON API of [`crate::api`]
+//! collector itself; it reads the data through the JSON API of [`super::api`]
 //! (with the bearer token the user enters, when one is configured).
 //!
 //! Routes:
@@ -16,8 +16,6 @@
 //!   stored results. It carries no measurement data, so it is not behind the
 //!   token (the page must learn that a token is needed before it has one).
 
-use std::sync::{Arc, Mutex};
-
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -26,13 +24,12 @@ use axum::{Json, Router};
 use serde_json::json;
 use tributary_core::Width;
 
-use crate::api::ApiState;
-use crate::config::Config;
-use crate::store::Store;
+use super::api::ApiState;
+use crate::store::Query as Store;
 
-const INDEX_HTML: &str = include_str!("../assets/index.html");
-const APP_JS: &str = include_str!("../assets/app.js");
-const STYLE_CSS: &str = include_str!("../assets/style.css");
+const INDEX_HTML: &str = include_str!("../../assets/index.html");
+const APP_JS: &str = include_str!("../../assets/app.js");
+const STYLE_CSS: &str = include_str!("../../assets/style.css");
 
 /// Widths (ms) the meta endpoint looks for in the store besides the
 /// configured roll-ups: the usual agent windows and roll-ups.
@@ -49,23 +46,15 @@ pub struct DashboardOptions {
     pub widths_ms: Vec<i64>,
 }
 
+#[derive(Clone)]
 struct Dash<S> {
     api: ApiState<S>,
     opts: DashboardOptions,
 }
 
-impl<S> Clone for Dash<S> {
-    fn clone(&self) -> Self {
-        Dash {
-            api: self.api.clone(),
-            opts: self.opts.clone(),
-        }
-    }
-}
-
 /// The dashboard's routes, to be merged into the API router. `api` is the
 /// state the query API was built with (the same store and token).
-pub fn router<S: Store + Send + 'static>(api: ApiState<S>, opts: DashboardOptions) -> Router {
+pub fn router<S: Store + Clone + 'static>(api: ApiState<S>, opts: DashboardOptions) -> Router {
     Router::new()
         .route("/", get(|| async { page() }))
         .route("/dashboard", get(|| async { page() }))
@@ -79,22 +68,6 @@ pub fn router<S: Store + Send + 'static>(api: ApiState<S>, opts: DashboardOption
         )
         .route("/api/v1/meta", get(meta::<S>))
         .with_state(Dash { api, opts })
-}
-
-/// The dashboard of a collector configured by `cfg`, over the store the
-/// query API uses (same token and finality rule).
-pub fn from_config<S: Store + Send + 'static>(cfg: &Config, store: &Arc<Mutex<S>>) -> Router {
-    let api = ApiState {
-        store: store.clone(),
-        token: cfg.http.token.clone(),
-        finality: cfg.finality.rule(),
-    };
-    router(
-        api,
-        DashboardOptions {
-            widths_ms: cfg.rollups_ms.clone(),
-        },
-    )
 }
 
 /// A static text asset; revalidated on each load so an upgraded collector
@@ -122,7 +95,7 @@ fn page() -> Response {
     resp
 }
 
-async fn meta<S: Store + Send + 'static>(State(d): State<Dash<S>>) -> Response {
+async fn meta<S: Store + Clone + 'static>(State(d): State<Dash<S>>) -> Response {
     let mut widths: Vec<i64> = d
         .opts
         .widths_ms
@@ -130,24 +103,16 @@ async fn meta<S: Store + Send + 'static>(State(d): State<Dash<S>>) -> Response {
         .copied()
         .filter(|w| Width::new(*w).is_ok())
         .collect();
-    {
-        let Ok(store) = d.api.store.lock() else {
-            tracing::error!("store lock poisoned");
-            let body = Json(json!({ "error": "store: lock poisoned" }));
+    let common: Vec<Width> = COMMON_WIDTHS_MS
+        .iter()
+        .filter_map(|&w| Width::new(w).ok())
+        .collect();
+    match d.api.store.stored_widths(&common).await {
+        Ok(stored) => widths.extend(stored.iter().map(|w| w.ms())),
+        Err(e) => {
+            tracing::error!(error = %e, "meta: reading widths failed");
+            let body = Json(json!({ "error": format!("store: {e}") }));
             return (StatusCode::INTERNAL_SERVER_ERROR, body).into_response();
-        };
-        for w in COMMON_WIDTHS_MS {
-            let Ok(width) = Width::new(w) else { continue };
-            // One indexed row at most: does this width hold any result?
-            match store.changed_since(width, 0, 1) {
-                Ok(rows) if !rows.is_empty() => widths.push(w),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "meta: reading widths failed");
-                    let body = Json(json!({ "error": format!("store: {e}") }));
-                    return (StatusCode::INTERNAL_SERVER_ERROR, body).into_response();
-                }
-            }
         }
     }
     widths.sort_unstable();

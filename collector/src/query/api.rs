@@ -12,13 +12,14 @@
 //!   (default `count,mean,min,max`);
 //! - `group_by=K`: merge the selected series per value of tag `K`.
 //!
+//! One query's work is bounded: the selected series × the steps in
+//! `[from, to)` may not exceed `[http] max_points`; a query over it gets a
+//! `400` naming the parameters and the limit.
+//!
 //! Every point carries `revision` (the highest stored revision merged into
 //! it) and `final` (see [`crate::finality`]: every agent that reported each
 //! merged series is past the point's end plus the lateness, or idle).
 //! A bad query gets `400` with `{"error": "..."}` naming the parameter.
-
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
 
 use axum::extract::{Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -27,34 +28,24 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap};
 use tributary_core::{SeriesKey, Summary, Width};
 
+use super::stats::{self, Stat, StatValue};
 use crate::finality::Finality;
-use crate::stats::{Stat, StatValue};
-use crate::store::Store;
-
-/// The most points one query may return.
-pub const MAX_POINTS: i64 = 100_000;
+use crate::store::Query as Store;
 
 /// What the handlers share.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiState<S> {
-    /// The store.
-    pub store: Arc<Mutex<S>>,
+    /// The store (its query role).
+    pub store: S,
     /// The bearer token required on `/api/*`, if any.
     pub token: Option<String>,
     /// When a point is final.
     pub finality: Finality,
-}
-
-impl<S> Clone for ApiState<S> {
-    fn clone(&self) -> Self {
-        ApiState {
-            store: self.store.clone(),
-            token: self.token.clone(),
-            finality: self.finality,
-        }
-    }
+    /// The most points (series × steps) one query may ask for.
+    pub max_points: u64,
 }
 
 /// A JSON error response.
@@ -77,7 +68,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// The router (tests drive it with `tower::ServiceExt::oneshot`).
-pub fn router<S: Store + Send + 'static>(state: ApiState<S>) -> Router {
+pub fn router<S: Store + Clone + 'static>(state: ApiState<S>) -> Router {
     let api = Router::new()
         .route("/api/v1/series", get(series::<S>))
         .route("/api/v1/query", get(query::<S>))
@@ -86,7 +77,7 @@ pub fn router<S: Store + Send + 'static>(state: ApiState<S>) -> Router {
         .with_state(state)
 }
 
-async fn auth<S>(State(st): State<ApiState<S>>, req: Request, next: Next) -> Response {
+async fn auth<S: Clone>(State(st): State<ApiState<S>>, req: Request, next: Next) -> Response {
     if let Some(token) = &st.token {
         let ok = req
             .headers()
@@ -117,28 +108,13 @@ fn matches(key: &SeriesKey, q: &HashMap<String, String>) -> bool {
     })
 }
 
-fn lock<S>(st: &ApiState<S>) -> Result<std::sync::MutexGuard<'_, S>, ApiError> {
-    st.store.lock().map_err(|_| internal("store lock poisoned"))
-}
-
-/// Runs `f` (store reads) on the blocking pool, off the async workers that
-/// also drive ingest.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(internal)?
-}
-
-async fn series<S: Store + Send + 'static>(
+async fn series<S: Store + Clone + 'static>(
     State(st): State<ApiState<S>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    blocking(move || {
-        let all = lock(&st)?.series().map_err(internal)?;
-        let list: Vec<&SeriesKey> = all.iter().filter(|k| matches(k, &q)).collect();
-        Ok(Json(json!({ "series": list })))
-    })
-    .await
+    let all = st.store.series().await.map_err(internal)?;
+    let list: Vec<&SeriesKey> = all.iter().filter(|k| matches(k, &q)).collect();
+    Ok(Json(json!({ "series": list })))
 }
 
 fn int(q: &HashMap<String, String>, name: &str, default: Option<i64>) -> Result<i64, ApiError> {
@@ -157,7 +133,7 @@ fn parse_stats(text: &str) -> Result<Vec<Stat>, ApiError> {
             Stat::parse(s).ok_or_else(|| {
                 bad(format!(
                     "`stats`: unknown statistic {s:?}; use {} or pNN (0..=100)",
-                    crate::stats::NAMES.join(",")
+                    stats::NAMES.join(",")
                 ))
             })
         })
@@ -181,18 +157,27 @@ struct Point {
     is_final: bool,
 }
 
-async fn query<S: Store + Send + 'static>(
+async fn query<S: Store + Clone + 'static>(
     State(st): State<ApiState<S>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    blocking(move || answer(&st, &q)).await
+    answer(&st, &q).await
 }
 
-/// Parses and answers one query.
-fn answer<S: Store>(
-    st: &ApiState<S>,
-    q: &HashMap<String, String>,
-) -> Result<Json<Value>, ApiError> {
+/// A parsed query.
+struct Ask {
+    from: i64,
+    to: i64,
+    width: Width,
+    step: i64,
+    /// Steps in `[from, to)`.
+    steps: u64,
+    stats: Vec<Stat>,
+    group_by: Option<String>,
+}
+
+/// Parses a query's parameters.
+fn parse(q: &HashMap<String, String>) -> Result<Ask, ApiError> {
     if !q.contains_key("metric") {
         return Err(bad("`metric` is required (with optional device=, tag.K=)"));
     }
@@ -209,26 +194,66 @@ fn answer<S: Store>(
             "`step` ({step}) must be a positive multiple of `width` ({width_ms})"
         )));
     }
-    if (to - from) / step > MAX_POINTS {
-        return Err(bad(format!(
-            "the range holds more than {MAX_POINTS} steps; use a larger `step`"
-        )));
-    }
-    let stats = parse_stats(q.get("stats").map_or("count,mean,min,max", |s| s.as_str()))?;
-    let group_by = q.get("group_by").cloned();
+    // `to > from`, so the span is positive; it overflows only past i64.
+    let span = u64::try_from(i128::from(to) - i128::from(from)).unwrap_or(u64::MAX);
+    let steps = span.div_ceil(step.unsigned_abs());
+    Ok(Ask {
+        from,
+        to,
+        width,
+        step,
+        steps,
+        stats: parse_stats(q.get("stats").map_or("count,mean,min,max", |s| s.as_str()))?,
+        group_by: q.get("group_by").cloned(),
+    })
+}
 
-    let store = lock(st)?;
-    let keys: Vec<SeriesKey> = store
+/// The 400 of a query asking for more than `max` points.
+fn too_many(series: usize, steps: u64, max: u64) -> ApiError {
+    bad(format!(
+        "the query asks for {series} series × {steps} steps of `step` in [`from`, `to`), more than [http] max_points = {max}; select fewer series (device=, tag.K=) or use a shorter range or a larger `step` (a roll-up `width`)"
+    ))
+}
+
+/// Parses and answers one query.
+async fn answer<S: Store>(
+    st: &ApiState<S>,
+    q: &HashMap<String, String>,
+) -> Result<Json<Value>, ApiError> {
+    let ask = parse(q)?;
+    if ask.steps > st.max_points {
+        return Err(too_many(1, ask.steps, st.max_points));
+    }
+    let keys: Vec<SeriesKey> = st
+        .store
         .series()
+        .await
         .map_err(internal)?
         .into_iter()
         .filter(|k| matches(k, q))
         .collect();
-    let now = crate::finality::now_ms();
+    let n = u64::try_from(keys.len()).unwrap_or(u64::MAX);
+    if n.saturating_mul(ask.steps) > st.max_points {
+        return Err(too_many(keys.len(), ask.steps, st.max_points));
+    }
+    let Ask {
+        from,
+        to,
+        width,
+        step,
+        stats,
+        group_by,
+        ..
+    } = ask;
+    let now = tributary_runtime::now_ms();
     // group label -> step start -> point
     let mut groups: BTreeMap<String, (Value, BTreeMap<i64, Point>)> = BTreeMap::new();
-    let progress = store.progress_of(&keys).map_err(internal)?;
-    let windows = store.windows_of(&keys, width, from, to).map_err(internal)?;
+    let progress = st.store.progress_of(&keys).await.map_err(internal)?;
+    let windows = st
+        .store
+        .windows_of(&keys, width, from, to)
+        .await
+        .map_err(internal)?;
     for ((key, progress), windows) in keys.iter().zip(&progress).zip(windows) {
         let final_through = st.finality.final_through(progress, now);
         let (label, ident) = match &group_by {
@@ -265,19 +290,24 @@ fn answer<S: Store>(
             }
         }
     }
-    drop(store);
-    let key_name = if group_by.is_some() {
-        "group"
-    } else {
-        "series"
-    };
-    let out: Vec<Value> = groups
+    let out = results(groups, group_by.is_some(), &stats);
+    Ok(Json(json!({ "step": step, "results": out })))
+}
+
+/// The answer's `results`: per group (or series), its points in time order.
+fn results(
+    groups: BTreeMap<String, (Value, BTreeMap<i64, Point>)>,
+    grouped: bool,
+    stats: &[Stat],
+) -> Vec<Value> {
+    let key_name = if grouped { "group" } else { "series" };
+    groups
         .into_values()
         .map(|(ident, points)| {
             let points: Vec<Value> = points
                 .into_iter()
                 .map(|(t, p)| {
-                    let mut m = render(&p.summary, &stats);
+                    let mut m = render(&p.summary, stats);
                     m.insert("t".into(), json!(t));
                     m.insert("revision".into(), json!(p.revision));
                     m.insert("final".into(), json!(p.is_final));
@@ -286,6 +316,5 @@ fn answer<S: Store>(
                 .collect();
             json!({ key_name: ident, "points": points })
         })
-        .collect();
-    Ok(Json(json!({ "step": step, "results": out })))
+        .collect()
 }

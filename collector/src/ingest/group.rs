@@ -1,0 +1,237 @@
+//! The ack group: the messages received since the last commit, in arrival
+//! order, and what to acknowledge and confirm once the commit's outcome is
+//! known. A plain synchronous struct, so the rules are tested without a
+//! broker; [`super::run`] is the async shell around it.
+//!
+//! # Design
+//! - PUBACKs go in arrival order (MQTT 3.1.1 §4.6, and rumqttd drops a
+//!   client that breaks it). A refused message is acknowledged at once when
+//!   nothing waits, else queued behind the valid batches awaiting their
+//!   commit.
+//! - Nothing is acknowledged before the group's commit. When the commit
+//!   fails as a whole, nothing is: the agents resend, and the store's
+//!   de-duplication makes that harmless.
+//! - After a commit every message of the group is acknowledged, and each
+//!   agent is confirmed the sequences applied — new, duplicate, or refused
+//!   as unmergeable (it can never apply, so the agent must stop resending).
+//!   A batch whose own transaction failed is acknowledged but not
+//!   confirmed: its agent resends it.
+
+use std::collections::BTreeMap;
+
+use tributary_core::batch::Batch;
+
+/// What became of one batch of a committed group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Applied for the first time.
+    New,
+    /// Applied before.
+    Duplicate,
+    /// Cannot merge into its stored window: refused for good.
+    Unmergeable,
+    /// Its transaction failed: left for the agent to resend.
+    Failed,
+}
+
+/// What a group's batches add to the counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Tally {
+    pub(crate) new: u64,
+    pub(crate) duplicate: u64,
+    pub(crate) partials: u64,
+    pub(crate) readings: u64,
+    pub(crate) bytes: u64,
+    pub(crate) unmergeable: u64,
+    pub(crate) failed: u64,
+}
+
+/// What to send after a commit: every PUBACK in arrival order, then the
+/// confirmations per agent.
+#[derive(Debug)]
+pub(crate) struct Settled<A> {
+    pub(crate) acks: Vec<A>,
+    pub(crate) confirms: BTreeMap<String, Vec<u64>>,
+    pub(crate) tally: Tally,
+}
+
+/// The messages awaiting the next commit; `A` is what a PUBACK needs.
+#[derive(Debug)]
+pub(crate) struct Group<A> {
+    /// Every message in arrival order: its ack, and for a valid batch the
+    /// batch and its payload size.
+    messages: Vec<(A, Option<(Batch, usize)>)>,
+    valid: usize,
+}
+
+impl<A> Default for Group<A> {
+    fn default() -> Self {
+        Group {
+            messages: Vec::new(),
+            valid: 0,
+        }
+    }
+}
+
+impl<A> Group<A> {
+    /// Adds a valid batch of `size` payload bytes.
+    pub(crate) fn push_valid(&mut self, ack: A, batch: Batch, size: usize) {
+        self.messages.push((ack, Some((batch, size))));
+        self.valid += 1;
+    }
+
+    /// Adds a refused message; returns its ack when it may go at once
+    /// (nothing waits before it).
+    pub(crate) fn push_refused(&mut self, ack: A) -> Option<A> {
+        if self.messages.is_empty() {
+            return Some(ack);
+        }
+        self.messages.push((ack, None));
+        None
+    }
+
+    /// Valid batches waiting.
+    pub(crate) fn valid(&self) -> usize {
+        self.valid
+    }
+
+    /// Whether nothing waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Takes the group for its commit, leaving an empty one.
+    pub(crate) fn take(&mut self) -> Taken<A> {
+        let messages = std::mem::take(&mut self.messages);
+        self.valid = 0;
+        let mut taken = Taken {
+            acks: Vec::with_capacity(messages.len()),
+            batches: Vec::new(),
+            sizes: Vec::new(),
+        };
+        for (ack, batch) in messages {
+            taken.acks.push(ack);
+            if let Some((b, size)) = batch {
+                taken.batches.push(b);
+                taken.sizes.push(size);
+            }
+        }
+        taken
+    }
+}
+
+/// A group being committed.
+#[derive(Debug)]
+pub(crate) struct Taken<A> {
+    acks: Vec<A>,
+    batches: Vec<Batch>,
+    sizes: Vec<usize>,
+}
+
+impl<A> Taken<A> {
+    /// The batches to apply, in arrival order.
+    pub(crate) fn batches(&self) -> &[Batch] {
+        &self.batches
+    }
+
+    /// What to send once the commit gave `outcomes` (one per batch, in
+    /// order).
+    pub(crate) fn settle(self, outcomes: &[Outcome]) -> Settled<A> {
+        let mut tally = Tally::default();
+        let mut confirms: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for ((b, size), outcome) in self.batches.iter().zip(&self.sizes).zip(outcomes) {
+            match outcome {
+                Outcome::New => {
+                    tally.new += 1;
+                    tally.partials += b.partials.len() as u64;
+                    tally.readings += b.partials.iter().map(|p| p.summary.count()).sum::<u64>();
+                    tally.bytes += *size as u64;
+                }
+                Outcome::Duplicate => tally.duplicate += 1,
+                Outcome::Unmergeable => tally.unmergeable += 1,
+                Outcome::Failed => {
+                    tally.failed += 1;
+                    continue;
+                }
+            }
+            confirms.entry(b.agent.clone()).or_default().push(b.seq);
+        }
+        Settled {
+            acks: self.acks,
+            confirms,
+            tally,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tributary_core::batch::Partial;
+    use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+
+    fn batch(agent: &str, seq: u64, readings: i64) -> Batch {
+        let mut s = Summary::new(Quantum::new(0).unwrap());
+        for v in 0..readings {
+            s.insert(v, v).unwrap();
+        }
+        let partial = Partial {
+            series: SeriesKey::new("m", "d", Default::default()).unwrap(),
+            window: Window::containing(0, Width::new(60_000).unwrap()),
+            summary: s,
+        };
+        Batch::new(agent, seq, 0, vec![partial])
+    }
+
+    #[test]
+    fn a_refused_message_goes_at_once_only_when_nothing_waits() {
+        let mut g: Group<u16> = Group::default();
+        assert_eq!(g.push_refused(1), Some(1));
+        assert!(g.is_empty());
+        g.push_valid(2, batch("a", 1, 1), 10);
+        assert_eq!(g.push_refused(3), None, "queued behind the valid batch");
+        g.push_valid(4, batch("a", 2, 1), 10);
+        assert_eq!(g.valid(), 2);
+        let taken = g.take();
+        assert!(g.is_empty() && g.valid() == 0);
+        assert_eq!(taken.batches().len(), 2);
+        let settled = taken.settle(&[Outcome::New, Outcome::New]);
+        assert_eq!(settled.acks, [2, 3, 4], "every ack, in arrival order");
+    }
+
+    #[test]
+    fn outcomes_decide_confirmations_and_counts() {
+        let mut g: Group<u16> = Group::default();
+        g.push_valid(1, batch("a", 1, 3), 100);
+        g.push_valid(2, batch("b", 7, 2), 50);
+        g.push_valid(3, batch("a", 2, 5), 70);
+        g.push_valid(4, batch("a", 3, 1), 20);
+        let settled = g.take().settle(&[
+            Outcome::New,
+            Outcome::Duplicate,
+            Outcome::Unmergeable,
+            Outcome::Failed,
+        ]);
+        assert_eq!(settled.acks, [1, 2, 3, 4]);
+        let confirms: Vec<(&str, &[u64])> = settled
+            .confirms
+            .iter()
+            .map(|(a, s)| (a.as_str(), s.as_slice()))
+            .collect();
+        // The failed batch is acknowledged but not confirmed: resent.
+        assert_eq!(confirms, [("a", &[1, 2][..]), ("b", &[7][..])]);
+        assert_eq!(
+            settled.tally,
+            Tally {
+                new: 1,
+                duplicate: 1,
+                partials: 1,
+                readings: 3,
+                bytes: 100,
+                unmergeable: 1,
+                failed: 1,
+            }
+        );
+    }
+}

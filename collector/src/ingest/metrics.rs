@@ -1,0 +1,195 @@
+//! Ingest's metrics (`tributary_collector_*`), registered in the
+//! collector's registry ([`crate::metrics`]); the fields are handles on the
+//! registered series, so the tests and the demo read the same numbers
+//! `/metrics` shows.
+
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+
+use tributary_runtime::metrics::prometheus_client::metrics::counter::Counter;
+use tributary_runtime::metrics::prometheus_client::metrics::family::Family;
+use tributary_runtime::metrics::prometheus_client::metrics::gauge::Gauge;
+use tributary_runtime::metrics::prometheus_client::registry::Registry;
+
+use super::check::{Refused, REFUSED};
+use super::transport::Protocol;
+use crate::metrics::{label, Label};
+
+/// Ingest counters and gauges.
+#[derive(Debug)]
+pub struct IngestCounters {
+    /// Batches applied for the first time (`batches_total{result="new"}`).
+    pub batches_new: Counter,
+    /// Batches that had been applied before (`result="duplicate"`).
+    pub batches_duplicate: Counter,
+    /// Partials merged.
+    pub partials: Counter,
+    /// Readings in the partials merged (each counted once).
+    pub readings: Counter,
+    /// Payload bytes of the batches applied for the first time.
+    pub bytes: Counter,
+    /// Store transactions that failed.
+    pub store_errors: Counter,
+    /// Connections the broker accepted.
+    pub connects_ok: Counter,
+    /// Connection attempts the broker refused (e.g. a wrong password).
+    pub connects_refused: Counter,
+    /// Connections that failed or were lost (network, TLS, protocol).
+    pub connects_failed: Counter,
+    /// 1 once the broker has granted the partials subscription on the
+    /// current connection, else 0 (refused by an ACL, or not yet answered).
+    pub subscribed: Gauge,
+    /// PUBACKs and confirmations waiting for room in the MQTT client's
+    /// request queue.
+    pub outbox: Gauge,
+    batches: Family<Label, Counter>,
+    connects: Family<Label, Counter>,
+    refused: Family<Label, Counter>,
+    /// 1 while connected, labelled with the protocol (`none` before
+    /// ingest starts).
+    connected: Family<Label, Gauge>,
+    /// The protocol's level: 0 until ingest starts, 4 for 3.1.1, 5 for 5.
+    protocol: AtomicU8,
+}
+
+impl Default for IngestCounters {
+    fn default() -> Self {
+        let batches = Family::<Label, Counter>::default();
+        let connects = Family::<Label, Counter>::default();
+        let refused = Family::<Label, Counter>::default();
+        for (_, name) in REFUSED {
+            refused.get_or_create_owned(&label("reason", name));
+        }
+        let connected = Family::<Label, Gauge>::default();
+        connected.get_or_create_owned(&label("protocol", "none"));
+        IngestCounters {
+            batches_new: batches.get_or_create_owned(&label("result", "new")),
+            batches_duplicate: batches.get_or_create_owned(&label("result", "duplicate")),
+            partials: Counter::default(),
+            readings: Counter::default(),
+            bytes: Counter::default(),
+            store_errors: Counter::default(),
+            connects_ok: connects.get_or_create_owned(&label("result", "ok")),
+            connects_refused: connects.get_or_create_owned(&label("result", "refused")),
+            connects_failed: connects.get_or_create_owned(&label("result", "failed")),
+            subscribed: Gauge::default(),
+            outbox: Gauge::default(),
+            batches,
+            connects,
+            refused,
+            connected,
+            protocol: AtomicU8::new(0),
+        }
+    }
+}
+
+fn protocol_label(level: u8) -> Label {
+    label(
+        "protocol",
+        match level {
+            4 => Protocol::V311.as_str(),
+            5 => Protocol::V5.as_str(),
+            _ => "none",
+        },
+    )
+}
+
+impl IngestCounters {
+    /// Payloads refused for `r`.
+    pub fn refused(&self, r: Refused) -> u64 {
+        self.refused.get_or_create(&label("reason", r.name())).get()
+    }
+
+    /// Counts a payload refused for `r`.
+    pub(crate) fn refuse(&self, r: Refused) {
+        self.refused.get_or_create(&label("reason", r.name())).inc();
+    }
+
+    /// 1 while connected to the broker, else 0.
+    pub fn connected(&self) -> i64 {
+        self.connected
+            .get_or_create(&protocol_label(self.protocol.load(Relaxed)))
+            .get()
+    }
+
+    /// Labels `connected` with the protocol ingest speaks.
+    pub(crate) fn set_protocol(&self, p: Protocol) {
+        let level = match p {
+            Protocol::V311 => 4,
+            Protocol::V5 => 5,
+        };
+        self.connected.remove(&protocol_label(0));
+        self.protocol.store(level, Relaxed);
+        self.connected.get_or_create(&protocol_label(level)).set(0);
+    }
+
+    /// Whether ingest is connected (and so not subscribed when not).
+    pub(crate) fn set_connected(&self, up: bool) {
+        self.connected
+            .get_or_create(&protocol_label(self.protocol.load(Relaxed)))
+            .set(i64::from(up));
+        if !up {
+            self.subscribed.set(0);
+        }
+    }
+
+    /// Registers every metric in `r`.
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "tributary_collector_batches",
+            "Batches applied (new) or found applied before (duplicate).",
+            self.batches.clone(),
+        );
+        for (name, help, c) in [
+            ("partials", "Partials merged.", &self.partials),
+            (
+                "readings",
+                "Readings in the partials merged.",
+                &self.readings,
+            ),
+            (
+                "batch_bytes",
+                "Payload bytes of batches applied.",
+                &self.bytes,
+            ),
+            (
+                "store_errors",
+                "Store transactions that failed.",
+                &self.store_errors,
+            ),
+        ] {
+            r.register(format!("tributary_collector_{name}"), help, c.clone());
+        }
+        r.register(
+            "tributary_collector_refused",
+            "Payloads refused, by reason.",
+            self.refused.clone(),
+        );
+        r.register(
+            "tributary_collector_mqtt_connected",
+            "1 while connected to the broker.",
+            self.connected.clone(),
+        );
+        r.register(
+            "tributary_collector_mqtt_subscribed",
+            "1 once the broker granted the partials subscription (0: refused by its ACL, or not answered yet).",
+            self.subscribed.clone(),
+        );
+        r.register(
+            "tributary_collector_mqtt_outbox",
+            "PUBACKs and confirmations waiting to be handed to the MQTT client.",
+            self.outbox.clone(),
+        );
+        r.register(
+            "tributary_collector_mqtt_connects",
+            "Connection attempts by outcome (refused: the broker said no, e.g. a wrong password; failed: network, TLS or protocol).",
+            self.connects.clone(),
+        );
+    }
+
+    /// These metrics alone as text (for logs and test messages).
+    pub fn render(&self) -> String {
+        let mut r = Registry::default();
+        self.register(&mut r);
+        tributary_runtime::metrics::render(&r)
+    }
+}

@@ -1,0 +1,366 @@
+//! Ingest: agents' partial batches from MQTT into the store, confirmed end
+//! to end (DESIGN §4).
+//!
+//! Subscribes to `tributary/v1/agents/+/partials` at QoS 1 with manual acks,
+//! over MQTT 3.1.1 or MQTT 5 ([`Protocol`]; the [`transport`] hides which),
+//! optionally as a member of a shared-subscription group (`$share/<group>/…`)
+//! so a broker balances batches over several collector instances.
+//! Each payload is checked ([`check`]) and a refused one is logged, counted
+//! by reason and acknowledged so the broker does not redeliver it forever.
+//! Valid batches are gathered into a [`group`] (bounded in count and time),
+//! applied in one store transaction, and only after the commit are their
+//! PUBACKs sent (in arrival order) and a [`Confirm`] published to each agent
+//! listing the sequences applied. If the commit fails nothing is
+//! acknowledged: the agent resends, and the store's de-duplication makes
+//! that harmless. This module is the async shell: it polls the connection,
+//! feeds the group and sends what the group says.
+//!
+//! The topic carries the publisher's identity only as far as the broker
+//! enforces it: with authentication on, each agent logs in with its agent id
+//! as user name and an ACL lets it publish only on its own topic (see
+//! `config/multi-instance/`), so "batch agent == topic agent" also proves
+//! the publishing client's identity. MQTT does not tell a subscriber who
+//! published a message, so the collector cannot check more than that.
+//!
+//! A refused login (wrong user name or password) or a lost connection is
+//! logged, counted (`tributary_collector_mqtt_connects_total`) and retried
+//! with a backoff of 0.5 s doubling up to 10 s (reset once a connection has
+//! lasted 30 s); ingest never gives up.
+//!
+//! The client accepts every packet size MQTT allows, so a payload over
+//! `max_payload_bytes` is refused and counted like any bad input rather
+//! than breaking the connection (with MQTT 3.1.1 that would redeliver it
+//! forever); bound sizes at the broker so huge payloads never travel.
+
+mod check;
+mod config;
+mod group;
+mod metrics;
+mod transport;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tributary_core::batch::{Batch, Confirm};
+use tributary_core::topic;
+
+pub use check::{check, Limits, Refused};
+pub use config::{IngestConfig, LimitsConfig, MqttConfig, MQTT_PASSWORD_ENV};
+pub use metrics::IngestCounters;
+pub use transport::{Protocol, TlsOptions};
+pub use tributary_runtime::config::Password;
+
+use crate::store::{Applied, Ingest, StoreError};
+use group::{Group, Outcome};
+use transport::{AckToken, Client, Connection, Event, Failure, Message, Out, Outbox};
+
+/// The subscription filter: every agent's partials, through the shared
+/// group `share_group` when set.
+pub fn subscription(share_group: Option<&str>) -> String {
+    match share_group {
+        Some(g) => format!("$share/{g}/{}", topic::ALL_PARTIALS),
+        None => topic::ALL_PARTIALS.to_string(),
+    }
+}
+
+/// First and longest wait before reconnecting after a failure.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
+
+/// A connection that lasted this long resets the backoff; one lost sooner
+/// keeps doubling it (a broker that accepts and then drops the collector
+/// is not hammered every 0.5 s).
+const STABLE: Duration = Duration::from_secs(30);
+
+/// Runs ingest until `shutdown` turns true. Never returns early: a broker
+/// that refuses the login or cannot be reached is retried with backoff.
+pub async fn run<S: Ingest>(
+    cfg: IngestConfig,
+    store: S,
+    counters: Arc<IngestCounters>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    counters.set_protocol(cfg.protocol);
+    let mut backoff = BACKOFF.0;
+    let (client, mut conn) = loop {
+        match transport::client(&cfg) {
+            Ok(c) => break c,
+            Err(e) => {
+                counters.connects_failed.inc();
+                tracing::error!(error = %e, "cannot set up the MQTT connection; retrying");
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF.1);
+            }
+        }
+    };
+    let mut shell = Shell {
+        filter: subscription(cfg.share_group.as_deref()),
+        cfg,
+        store,
+        counters,
+        group: Group::default(),
+        outbox: Outbox::default(),
+        backoff,
+        connected_at: None,
+    };
+    let mut flush_at: Option<Instant> = None;
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        shell.outbox.flush(&client);
+        shell.counters.outbox.set(gauge(shell.outbox.len()));
+        let far = Instant::now() + Duration::from_secs(3600);
+        // Biased, the connection first: a group is committed when its wait
+        // is over *and* no further message is ready, so with no wait a
+        // group is whatever arrived while the last commit ran.
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            ev = conn.poll(), if retry_at.is_none() => match ev {
+                Ok(Event::Message(m)) => {
+                    if shell.on_message(m) {
+                        flush_at.get_or_insert_with(|| Instant::now() + shell.cfg.group_wait);
+                    }
+                    if shell.group.valid() >= shell.cfg.group_batches {
+                        shell.commit().await;
+                        flush_at = None;
+                    }
+                }
+                Ok(ev) => shell.on_event(ev, &client),
+                Err(failure) => retry_at = Some(shell.on_failure(&failure)),
+            },
+            _ = tokio::time::sleep_until(flush_at.unwrap_or(far)), if flush_at.is_some() => {
+                shell.commit().await;
+                flush_at = None;
+            }
+            _ = tokio::time::sleep_until(retry_at.unwrap_or(far)), if retry_at.is_some() => {
+                retry_at = None;
+                if let Err(e) = conn.refresh_credentials(&shell.cfg) {
+                    tracing::error!(error = %e, "keeping the previous MQTT password");
+                }
+            }
+        }
+    }
+    if !shell.group.is_empty() {
+        shell.commit().await;
+    }
+    shell.counters.set_connected(false);
+    drain(&client, &mut conn, &mut shell.outbox).await;
+}
+
+/// A count as a gauge value.
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Sends the PUBACKs and confirmations still waiting, then DISCONNECT
+/// (bounded: a dead broker must not hold up the shutdown; what is not sent
+/// is redelivered or resent, and de-duplicated).
+async fn drain(client: &Client, conn: &mut Connection, outbox: &mut Outbox) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            outbox.flush(client);
+            if outbox.is_empty() {
+                break;
+            }
+            if conn.poll().await.is_err() {
+                return;
+            }
+        }
+        while !client.try_disconnect() {
+            if conn.poll().await.is_err() {
+                return;
+            }
+        }
+        while conn.poll().await.is_ok() {}
+    })
+    .await;
+}
+
+/// Ingest's state between events.
+struct Shell<S> {
+    cfg: IngestConfig,
+    store: S,
+    counters: Arc<IngestCounters>,
+    filter: String,
+    group: Group<AckToken>,
+    outbox: Outbox,
+    backoff: Duration,
+    connected_at: Option<Instant>,
+}
+
+impl<S: Ingest> Shell<S> {
+    /// Checks a message and adds it to the group; true when a valid batch
+    /// joined it.
+    fn on_message(&mut self, m: Message) -> bool {
+        let size = m.payload.len();
+        let checked = match m.topic.as_deref() {
+            Some(t) => check(self.cfg.limits(), t, &m.payload),
+            None => Err((Refused::BadTopic, "the topic is not UTF-8".to_string())),
+        };
+        match checked {
+            Ok(batch) => {
+                self.group.push_valid(m.ack, batch, size);
+                true
+            }
+            Err((reason, why)) => {
+                tracing::warn!(topic = m.topic, ?reason, "batch refused: {why}");
+                self.counters.refuse(reason);
+                if let Some(ack) = self.group.push_refused(m.ack) {
+                    self.outbox.push(Out::Ack(ack));
+                }
+                false
+            }
+        }
+    }
+
+    /// Handles a connection event other than a message.
+    fn on_event(&mut self, ev: Event, client: &Client) {
+        let (cfg, counters) = (&self.cfg, &self.counters);
+        match ev {
+            Event::Connected { session_present } => {
+                self.connected_at = Some(Instant::now());
+                counters.connects_ok.inc();
+                counters.set_connected(true);
+                counters.subscribed.set(0);
+                tracing::info!(host = cfg.host, port = cfg.port, protocol = %cfg.protocol,
+                    client_id = cfg.client_id, session_present, "broker connected");
+                if let Err(e) = client.subscribe(self.filter.clone()) {
+                    tracing::error!(filter = self.filter, error = %e, "cannot queue the subscription");
+                }
+            }
+            Event::Subscribed { refused } if !refused.is_empty() => {
+                counters.subscribed.set(0);
+                tracing::error!(
+                    filter = self.filter,
+                    ?refused,
+                    "the broker refused the subscription: check its ACL for this collector"
+                );
+            }
+            Event::Subscribed { .. } => {
+                counters.subscribed.set(1);
+                tracing::debug!(filter = self.filter, "subscribed");
+            }
+            Event::Disconnected(reason) => {
+                // SessionTakenOver: another client connected with this
+                // client id (each instance needs its own).
+                tracing::warn!(
+                    reason,
+                    client_id = cfg.client_id,
+                    "the broker disconnected the collector"
+                );
+            }
+            Event::Message(_) | Event::Other => {}
+        }
+    }
+
+    /// Counts and logs a failed connection; returns when to try again.
+    fn on_failure(&mut self, failure: &Failure) -> Instant {
+        let (cfg, counters) = (&self.cfg, &self.counters);
+        counters.set_connected(false);
+        if self
+            .connected_at
+            .take()
+            .is_some_and(|t| t.elapsed() >= STABLE)
+        {
+            self.backoff = BACKOFF.0;
+        }
+        let retry_in = self.backoff;
+        match failure {
+            Failure::Refused { .. } => {
+                counters.connects_refused.inc();
+                tracing::error!(
+                    host = cfg.host,
+                    port = cfg.port,
+                    client_id = cfg.client_id,
+                    user = cfg.username,
+                    ?retry_in,
+                    "{failure}"
+                );
+            }
+            Failure::Failed(_) => {
+                counters.connects_failed.inc();
+                tracing::warn!(host = cfg.host, port = cfg.port, ?retry_in,
+                    error = %failure, "broker connection failed; retrying");
+            }
+        }
+        self.backoff = (self.backoff * 2).min(BACKOFF.1);
+        Instant::now() + retry_in
+    }
+
+    /// Applies the group in one transaction, then queues its PUBACKs (in
+    /// arrival order) and the confirmations to its agents.
+    async fn commit(&mut self) {
+        let taken = self.group.take();
+        let outcomes = match apply(&self.store, taken.batches()).await {
+            Ok(o) => o,
+            Err(e) => {
+                self.counters.store_errors.inc();
+                tracing::error!(error = %e, "store transaction failed; batches left unacknowledged for resend");
+                return;
+            }
+        };
+        let settled = taken.settle(&outcomes);
+        let (c, t) = (&self.counters, settled.tally);
+        c.batches_new.inc_by(t.new);
+        c.batches_duplicate.inc_by(t.duplicate);
+        c.partials.inc_by(t.partials);
+        c.readings.inc_by(t.readings);
+        c.bytes.inc_by(t.bytes);
+        c.store_errors.inc_by(t.failed);
+        for _ in 0..t.unmergeable {
+            c.refuse(Refused::Unmergeable);
+        }
+        for a in settled.acks {
+            self.outbox.push(Out::Ack(a));
+        }
+        for (agent, seqs) in settled.confirms {
+            self.outbox.push(Out::Publish {
+                topic: topic::acks(&agent),
+                payload: Confirm::new(agent.as_str(), seqs).encode(),
+            });
+        }
+    }
+}
+
+/// Applies `batches` in one transaction. One batch that cannot merge (e.g.
+/// a quantum that differs from the stored window's) must not hold back the
+/// others: the group is then applied batch by batch, refusing only those
+/// that fail.
+async fn apply<S: Ingest>(store: &S, batches: &[Batch]) -> Result<Vec<Outcome>, StoreError> {
+    let outcome = |a: Applied| match a {
+        Applied::New => Outcome::New,
+        Applied::Duplicate => Outcome::Duplicate,
+    };
+    match store.apply(batches).await {
+        Ok(applied) => return Ok(applied.into_iter().map(outcome).collect()),
+        Err(StoreError::Merge { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let mut each = Vec::with_capacity(batches.len());
+    for b in batches {
+        each.push(match store.apply(std::slice::from_ref(b)).await {
+            Ok(a) => a.first().copied().map_or(Outcome::Failed, outcome),
+            Err(StoreError::Merge {
+                series,
+                window,
+                source,
+            }) => {
+                // Confirmed so the agent stops resending what can never
+                // apply; logged and counted, never silent.
+                tracing::warn!(agent = b.agent, seq = b.seq, %series, %window, error = %source,
+                    "batch refused: cannot merge into the stored window");
+                Outcome::Unmergeable
+            }
+            Err(e) => {
+                tracing::error!(agent = b.agent, seq = b.seq, error = %e,
+                    "store transaction failed; batch left for resend");
+                Outcome::Failed
+            }
+        });
+    }
+    Ok(each)
+}

@@ -1,0 +1,293 @@
+//! What a group of batches does to the stored results, written once for
+//! both backends as plain synchronous code; the backends only sequence their
+//! SQL around it.
+//!
+//! # Design
+//! A backend's `apply` runs, in one transaction:
+//! 1. **claim** the group's (agent, seq) keys ([`claim_keys`]: each once,
+//!    sorted — the order PostgreSQL locks them in) and learn which were new;
+//! 2. **dedupe** ([`dedupe`]): per batch in order, new or duplicate; a
+//!    second copy of a key in the same group is a duplicate;
+//! 3. **plan** ([`plan`]): the new batches' partials merged per result row
+//!    (series id, width, start), plus every row's roll-ups — one merge per
+//!    row and coarser width, not per partial — and the agents' highest
+//!    watermarks and the (series, agent) pairs to record as reporters;
+//! 4. read (SQLite: from its cache or the row; PostgreSQL: locked `FOR
+//!    UPDATE`) each touched row's stored state and **fold** the delta into
+//!    it ([`fold`]: a new row is revision 0, each later merge bumps it);
+//! 5. write the rows with their change numbers, then progress; commit.
+//!
+//! Merging is commutative and associative with exact integer moments, so
+//! the result of a row does not depend on how batches were grouped or in
+//! which order groups commit; any merge error (a quantum that differs from
+//! the stored row's, an overflow) fails the whole group and nothing of it
+//! is applied.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashSet};
+
+use foldhash::{HashMap, HashMapExt};
+use tributary_core::batch::Batch;
+use tributary_core::{SeriesKey, Summary, Width, Window};
+
+use crate::store::codec::corrupt;
+use crate::store::{Applied, StoreError};
+
+/// The revision of a row's first write.
+pub(crate) const FIRST_REVISION: u32 = 0;
+
+/// A result row's key: (series id, width ms, window start ms); rows are
+/// written, and PostgreSQL locks them, in this order.
+pub(crate) type RowKey = (i64, i64, i64);
+
+/// The merged delta of one result row.
+#[derive(Debug)]
+pub(crate) struct Delta<'a> {
+    /// The row.
+    pub(crate) key: RowKey,
+    /// Its window.
+    pub(crate) window: Window,
+    /// Its series (for error messages).
+    pub(crate) series: &'a SeriesKey,
+    /// The partials (and roll-ups) merged into it by this group.
+    pub(crate) summary: Summary,
+}
+
+/// What a group's new batches write.
+#[derive(Debug, Default)]
+pub(crate) struct Plan<'a> {
+    /// Every touched row with its delta, in key order.
+    pub(crate) rows: Vec<Delta<'a>>,
+    /// Each agent's highest watermark in the group, by agent.
+    pub(crate) watermarks: Vec<(&'a str, i64)>,
+    /// (series id, agent) pairs that reported, sorted, each once.
+    pub(crate) reporters: Vec<(i64, &'a str)>,
+}
+
+/// The group's (agent, seq) keys, each once, sorted.
+pub(crate) fn claim_keys(batches: &[Batch]) -> Result<Vec<(&str, i64)>, StoreError> {
+    let mut keys = BTreeSet::new();
+    for b in batches {
+        keys.insert((b.agent.as_str(), seq(b)?));
+    }
+    Ok(keys.into_iter().collect())
+}
+
+/// A batch's sequence as a SQL integer.
+fn seq(b: &Batch) -> Result<i64, StoreError> {
+    i64::try_from(b.seq).map_err(|e| corrupt("batch sequence", e))
+}
+
+/// Per batch in order, whether it is new — the first copy of a key the
+/// store accepted as new (`new`) — and the new batches.
+pub(crate) fn dedupe(
+    batches: &[Batch],
+    mut new: HashSet<(String, i64)>,
+) -> Result<(Vec<Applied>, Vec<&Batch>), StoreError> {
+    let mut outcome = Vec::with_capacity(batches.len());
+    let mut fresh = Vec::new();
+    for b in batches {
+        // `remove`: a second copy in the same group is a duplicate.
+        if new.remove(&(b.agent.clone(), seq(b)?)) {
+            outcome.push(Applied::New);
+            fresh.push(b);
+        } else {
+            outcome.push(Applied::Duplicate);
+        }
+    }
+    Ok((outcome, fresh))
+}
+
+/// The error of a partial that cannot merge into `window` of `series`.
+pub(crate) fn merge_error(
+    series: &SeriesKey,
+    window: Window,
+) -> impl FnOnce(tributary_core::SummaryError) -> StoreError + '_ {
+    move |source| StoreError::Merge {
+        series: series.to_string(),
+        window,
+        source,
+    }
+}
+
+/// Rows being merged: by key, the delta with its window and series.
+type Pending<'a> = HashMap<RowKey, (Summary, Window, &'a SeriesKey)>;
+
+/// Merges `summary` (of `series` in `window`) into row `key` of `rows`.
+fn merge_into<'a>(
+    rows: &mut Pending<'a>,
+    key: RowKey,
+    summary: &Summary,
+    window: Window,
+    series: &'a SeriesKey,
+) -> Result<(), StoreError> {
+    match rows.entry(key) {
+        Entry::Occupied(mut e) => e
+            .get_mut()
+            .0
+            .merge(summary)
+            .map_err(merge_error(series, window)),
+        Entry::Vacant(e) => {
+            e.insert((summary.clone(), window, series));
+            Ok(())
+        }
+    }
+}
+
+/// The plan of the new batches `fresh`: their partials merged per row, with
+/// the roll-ups at each of `rollups` coarser than a row's width; `id_of`
+/// gives (or creates) a series' id.
+pub(crate) fn plan<'a>(
+    fresh: &[&'a Batch],
+    rollups: &[Width],
+    mut id_of: impl FnMut(&'a SeriesKey) -> Result<i64, StoreError>,
+) -> Result<Plan<'a>, StoreError> {
+    let mut rows: Pending<'a> = Pending::new();
+    let mut watermarks: std::collections::BTreeMap<&'a str, i64> = Default::default();
+    let mut reporters: HashSet<(i64, &'a str)> = HashSet::new();
+    for b in fresh {
+        let w = watermarks.entry(b.agent.as_str()).or_insert(i64::MIN);
+        *w = (*w).max(b.watermark);
+        for p in &b.partials {
+            let id = id_of(&p.series)?;
+            reporters.insert((id, b.agent.as_str()));
+            let key = (id, p.window.width().ms(), p.window.start());
+            merge_into(&mut rows, key, &p.summary, p.window, &p.series)?;
+        }
+    }
+    // Roll-ups: each row merged once into each coarser window containing it.
+    let mut rolled: Pending<'a> = Pending::new();
+    for (&(id, _, _), (summary, window, series)) in &rows {
+        for &width in rollups.iter().filter(|w| w.ms() > window.width().ms()) {
+            if let Ok(coarse) = window.coarsen(width) {
+                let key = (id, width.ms(), coarse.start());
+                merge_into(&mut rolled, key, summary, coarse, series)?;
+            }
+        }
+    }
+    for (key, (summary, window, series)) in rolled {
+        merge_into(&mut rows, key, &summary, window, series)?;
+    }
+    let mut rows: Vec<Delta<'a>> = rows
+        .into_iter()
+        .map(|(key, (summary, window, series))| Delta {
+            key,
+            window,
+            series,
+            summary,
+        })
+        .collect();
+    rows.sort_unstable_by_key(|d| d.key);
+    let mut reporters: Vec<(i64, &'a str)> = reporters.into_iter().collect();
+    reporters.sort_unstable();
+    Ok(Plan {
+        rows,
+        watermarks: watermarks.into_iter().collect(),
+        reporters,
+    })
+}
+
+/// A row's state after this group: the stored state (revision, summary),
+/// if any, with the delta merged into it — revision 0 for a new row, one
+/// more for each later merge.
+pub(crate) fn fold(
+    stored: Option<(u32, Summary)>,
+    delta: Delta<'_>,
+) -> Result<(u32, Summary), StoreError> {
+    match stored {
+        None => Ok((FIRST_REVISION, delta.summary)),
+        Some((revision, mut summary)) => {
+            summary
+                .merge(&delta.summary)
+                .map_err(merge_error(delta.series, delta.window))?;
+            Ok((revision.saturating_add(1), summary))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tributary_core::batch::Partial;
+    use tributary_core::Quantum;
+
+    const MIN: i64 = 60_000;
+    const HOUR: i64 = 3_600_000;
+
+    fn partial(device: &str, minute: i64, v: i64) -> Partial {
+        let start = 10 * HOUR + minute * MIN;
+        let mut s = Summary::new(Quantum::new(-3).unwrap());
+        s.insert(start, v).unwrap();
+        Partial {
+            series: SeriesKey::new("t", device, Default::default()).unwrap(),
+            window: Window::new(start, Width::new(MIN).unwrap()).unwrap(),
+            summary: s,
+        }
+    }
+
+    fn ids(key: &SeriesKey) -> Result<i64, StoreError> {
+        Ok(if key.device() == "a" { 1 } else { 2 })
+    }
+
+    #[test]
+    fn a_key_twice_in_a_group_is_new_once() {
+        let b = Batch::new("gw", 7, 0, vec![]);
+        let group = [b.clone(), Batch::new("gw", 8, 0, vec![]), b];
+        assert_eq!(claim_keys(&group).unwrap(), [("gw", 7), ("gw", 8)]);
+        let new = [("gw".to_string(), 7)].into_iter().collect();
+        let (outcome, fresh) = dedupe(&group, new).unwrap();
+        assert_eq!(
+            outcome,
+            [Applied::New, Applied::Duplicate, Applied::Duplicate]
+        );
+        assert_eq!(fresh.len(), 1);
+    }
+
+    #[test]
+    fn the_plan_merges_per_row_and_rolls_up_exactly() {
+        let group = [
+            Batch::new("gw-1", 1, 5, vec![partial("a", 0, 1), partial("a", 1, 2)]),
+            Batch::new("gw-2", 1, 9, vec![partial("a", 0, 3), partial("b", 0, 4)]),
+            Batch::new("gw-1", 2, 3, vec![partial("a", 0, 5)]),
+        ];
+        let fresh: Vec<&Batch> = group.iter().collect();
+        let hour = Width::new(HOUR).unwrap();
+        let p = plan(&fresh, &[hour], ids).unwrap();
+        let counts: Vec<(RowKey, u64)> =
+            p.rows.iter().map(|d| (d.key, d.summary.count())).collect();
+        let (m0, m1) = (10 * HOUR, 10 * HOUR + MIN);
+        assert_eq!(
+            counts,
+            [
+                ((1, MIN, m0), 3),
+                ((1, MIN, m1), 1),
+                ((1, HOUR, m0), 4),
+                ((2, MIN, m0), 1),
+                ((2, HOUR, m0), 1),
+            ]
+        );
+        // The roll-up is the merge of the rows inside it, from the readings.
+        let mut want = Summary::new(Quantum::new(-3).unwrap());
+        for (t, v) in [(m0, 1), (m1, 2), (m0, 3), (m0, 5)] {
+            want.insert(t, v).unwrap();
+        }
+        assert_eq!(p.rows[2].summary, want);
+        assert_eq!(p.watermarks, [("gw-1", 5), ("gw-2", 9)]);
+        assert_eq!(p.reporters, [(1, "gw-1"), (1, "gw-2"), (2, "gw-2")]);
+    }
+
+    #[test]
+    fn folding_bumps_the_revision_and_refuses_another_quantum() {
+        let fresh = [Batch::new("gw", 1, 0, vec![partial("a", 0, 1)])];
+        let refs: Vec<&Batch> = fresh.iter().collect();
+        let delta = || plan(&refs, &[], ids).unwrap().rows.remove(0);
+        let (rev, first) = fold(None, delta()).unwrap();
+        assert_eq!((rev, first.count()), (0, 1));
+        let (rev, second) = fold(Some((rev, first)), delta()).unwrap();
+        assert_eq!((rev, second.count()), (1, 2));
+        let other = Summary::new(Quantum::new(-1).unwrap());
+        let err = fold(Some((4, other)), delta()).unwrap_err();
+        assert!(matches!(err, StoreError::Merge { .. }), "{err}");
+    }
+}

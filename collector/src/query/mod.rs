@@ -1,0 +1,12 @@
+//! Reading the results over HTTP: the JSON query API ([`api`]), the
+//! statistics a summary is rendered as ([`stats`], shared with the sinks)
+//! and the dashboard page ([`dashboard`]). Both read the store through its
+//! [`Query`](crate::store::Query) role only.
+
+pub mod api;
+pub mod config;
+pub mod dashboard;
+pub mod stats;
+
+pub use api::{router, ApiState};
+pub use config::{HttpConfig, DEFAULT_MAX_POINTS};

@@ -1,0 +1,102 @@
+//! How both backends write values into SQL columns and read them back:
+//! series keys as canonical JSON text, summaries as postcard bytes, result
+//! rows as (start, revision, summary), and the order of a one-query `…_of`
+//! read.
+
+use std::collections::HashMap;
+
+use tributary_core::{SeriesKey, Summary, Width, Window};
+
+use super::{StoreError, StoredWindow};
+
+/// The error for a stored value that does not read back.
+pub(crate) fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+/// A series key as both backends store it: canonical JSON text.
+pub(crate) fn key_text(key: &SeriesKey) -> Result<String, StoreError> {
+    serde_json::to_string(key).map_err(|e| corrupt("series key", e))
+}
+
+/// The key texts of `keys`, in order.
+pub(crate) fn key_texts(keys: &[SeriesKey]) -> Result<Vec<String>, StoreError> {
+    keys.iter().map(key_text).collect()
+}
+
+/// A stored series key read back.
+pub(crate) fn parse_key(text: &str) -> Result<SeriesKey, StoreError> {
+    serde_json::from_str(text).map_err(|e| corrupt("series key", e))
+}
+
+/// A summary as both backends store it: postcard bytes.
+pub(crate) fn encode_summary(summary: &Summary) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(summary).map_err(|e| corrupt("summary", e))
+}
+
+/// A stored summary (postcard bytes) read back.
+pub(crate) fn decode_summary(bytes: &[u8]) -> Result<Summary, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| corrupt("summary", e))
+}
+
+/// A change number or cursor read back from a SQL integer.
+pub(crate) fn change_number(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|e| corrupt("change number", e))
+}
+
+/// A change-feed read's `after` and `limit` as SQL integers (beyond
+/// `i64::MAX` means "no bound").
+pub(crate) fn feed_bounds(after: u64, limit: usize) -> (i64, i64) {
+    (
+        i64::try_from(after).unwrap_or(i64::MAX),
+        i64::try_from(limit).unwrap_or(i64::MAX),
+    )
+}
+
+/// A result row read back: its window start, revision and summary bytes
+/// (postcard), at `width`. Both backends store rows this way.
+pub(crate) fn stored(
+    start: i64,
+    width: Width,
+    revision: i64,
+    bytes: &[u8],
+) -> Result<StoredWindow, StoreError> {
+    Ok(StoredWindow {
+        window: Window::new(start, width).map_err(|e| corrupt("window", e))?,
+        summary: decode_summary(bytes)?,
+        revision: u32::try_from(revision).map_err(|e| corrupt("revision", e))?,
+    })
+}
+
+/// Lays out rows found by series-key text (`by_key`) in the order of
+/// `keys`, the answer of a one-query `…_of` read; a key given more than
+/// once gets its rows each time, one absent gets none.
+pub(crate) fn in_order<T: Clone, H: std::hash::BuildHasher>(
+    keys: &[String],
+    mut by_key: HashMap<String, Vec<T>, H>,
+) -> Vec<Vec<T>> {
+    let mut left: HashMap<&str, usize> = HashMap::new();
+    for k in keys {
+        *left.entry(k.as_str()).or_default() += 1;
+    }
+    keys.iter()
+        .map(|k| {
+            let n = left.entry(k.as_str()).or_default();
+            *n = n.saturating_sub(1);
+            let rows = if *n == 0 {
+                by_key.remove(k)
+            } else {
+                by_key.get(k).cloned()
+            };
+            rows.unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The milliseconds of a lease's time to live as a SQL integer.
+pub(crate) fn ttl_ms(ttl: std::time::Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}

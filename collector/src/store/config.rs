@@ -1,0 +1,106 @@
+//! The `[store]` section: SQLite (the default) or a PostgreSQL database
+//! shared by any number of instances. `TRIBUTARY_STORE_URL` overrides
+//! `store.url` (keeps passwords out of files), like every
+//! `TRIBUTARY_STORE_<KEY>`.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use tributary_runtime::config::Problems;
+
+use super::postgres::{PostgresOptions, Tls};
+
+/// Which store backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded SQLite database `data_dir/collector.db` (one instance).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database shared by any number of instances.
+    Postgres,
+}
+
+/// TLS to PostgreSQL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreTls {
+    /// Plain TCP.
+    #[default]
+    Disable,
+    /// TLS required, the server certificate verified.
+    Require,
+}
+
+/// The `[store]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `"sqlite"` (default) or `"postgres"`.
+    pub kind: StoreKind,
+    /// PostgreSQL connection URL (required for `postgres`), e.g.
+    /// `postgres://tributary@db:5432/tributary`. The environment variable
+    /// `TRIBUTARY_STORE_URL` overrides it (keeps passwords out of files).
+    pub url: Option<String>,
+    /// PostgreSQL connections per instance (default 4).
+    pub pool_size: usize,
+    /// `"disable"` (default) or `"require"`.
+    pub tls: StoreTls,
+    /// PEM file of the CA to trust with `tls = "require"` (default: the
+    /// system's roots).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Sqlite,
+            url: None,
+            pool_size: 4,
+            tls: StoreTls::Disable,
+            ca_file: None,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The PostgreSQL options (`None` for SQLite).
+    pub fn postgres(&self) -> Option<PostgresOptions> {
+        (self.kind == StoreKind::Postgres).then(|| PostgresOptions {
+            url: self.url.clone().unwrap_or_default(),
+            pool_size: self.pool_size,
+            tls: match self.tls {
+                StoreTls::Disable => Tls::Disable,
+                StoreTls::Require => Tls::Require {
+                    ca_file: self.ca_file.clone(),
+                },
+            },
+        })
+    }
+
+    /// Checks every value of the section.
+    pub fn check(&self, p: &mut Problems) {
+        let url = self.url.as_deref().unwrap_or("");
+        match self.kind {
+            StoreKind::Postgres if url.is_empty() => p.bad(
+                "store.url",
+                "required with kind = \"postgres\" (or set TRIBUTARY_STORE_URL)",
+            ),
+            StoreKind::Postgres => {
+                if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                    p.bad("store.url", format!("not a PostgreSQL URL: {e}"));
+                }
+            }
+            StoreKind::Sqlite if !url.is_empty() => {
+                p.bad("store.url", "only used with kind = \"postgres\"");
+            }
+            StoreKind::Sqlite => {}
+        }
+        if self.pool_size == 0 || self.pool_size > 1000 {
+            p.bad("store.pool_size", "must be 1..=1000");
+        }
+        if self.ca_file.is_some() && self.tls != StoreTls::Require {
+            p.bad("store.ca_file", "only used with tls = \"require\"");
+        }
+    }
+}

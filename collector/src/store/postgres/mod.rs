@@ -1,0 +1,260 @@
+//! The PostgreSQL store: many collector instances merging into one database
+//! (DESIGN §6).
+//!
+//! # Design
+//! - **Driver.** `tokio-postgres` with a `deadpool-postgres` pool, natively
+//!   async on the caller's runtime: each call takes a connection from the
+//!   pool for its statements and gives it back. Clones share the pool:
+//!   `pool_size` connections serve every role of one instance. TLS (rustls)
+//!   verifies the server against [`tributary_runtime::tls`] roots.
+//! - **Migrations** ([`schema`]) are versioned in `schema_version` and run at
+//!   [`PostgresStore::open`]; a newer schema is refused.
+//! - **apply** ([`apply`](self::apply)) runs one transaction around
+//!   [`crate::merge`]: keys first, merges only of new batches, row locks in
+//!   a global order, change numbers taken last under the counter's row lock
+//!   so they commit in order.
+//!
+//! Files: [`schema`], [`apply`](self::apply), `query`, `feed` (change
+//! feed, parked rows, cursors), `leases`.
+
+mod apply;
+mod feed;
+mod leases;
+mod query;
+pub mod schema;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use tributary_core::batch::Batch;
+use tributary_core::{SeriesKey, Width};
+
+use super::{
+    rollup_widths, AgentProgress, Answer, Applied, Changed, Feed, Ingest, Lease, Leases, Query,
+    StoreError, StoredWindow,
+};
+
+pub use schema::SCHEMA_VERSION;
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // `Display` of a server error is only its severity; keep the detail.
+        match e.as_db_error() {
+            Some(db) => StoreError::Backend(format!(
+                "{}: {} ({})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            )),
+            None => StoreError::Backend(e.to_string()),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            e => StoreError::Backend(format!("connection pool: {e}")),
+        }
+    }
+}
+
+/// TLS to the database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Tls {
+    /// Plain TCP (`sslmode=disable`): for a database on the same host or a
+    /// private network.
+    #[default]
+    Disable,
+    /// TLS required and the server certificate verified against `ca_file`
+    /// (PEM) or, when `None`, the system's root certificates.
+    Require {
+        /// PEM file of the CA(s) to trust.
+        ca_file: Option<PathBuf>,
+    },
+}
+
+/// How to reach the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresOptions {
+    /// A libpq-style URL or key=value string,
+    /// e.g. `postgres://tributary@db:5432/tributary`.
+    pub url: String,
+    /// Connections in the pool (at least 1).
+    pub pool_size: usize,
+    /// TLS.
+    pub tls: Tls,
+}
+
+impl PostgresOptions {
+    /// Options for `url` with 4 connections and no TLS.
+    pub fn new(url: impl Into<String>) -> Self {
+        PostgresOptions {
+            url: url.into(),
+            pool_size: 4,
+            tls: Tls::Disable,
+        }
+    }
+}
+
+/// The PostgreSQL store (cheap to clone: clones share the pool).
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    rollups: Arc<[Width]>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("pool", &self.pool.status())
+            .field("rollups", &self.rollups)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects, runs the migrations and keeps roll-ups at `rollups` (ms).
+    pub async fn open(options: &PostgresOptions, rollups: &[i64]) -> Result<Self, StoreError> {
+        let rollups: Arc<[Width]> = rollup_widths(rollups)?.into();
+        let mut pg = tokio_postgres::Config::from_str(&options.url)
+            .map_err(|e| StoreError::Backend(format!("store.url: {e}")))?;
+        pg.connect_timeout(Duration::from_secs(10));
+        pg.application_name("tributary-collector");
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &options.tls {
+            Tls::Disable => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                Manager::from_config(pg, tokio_postgres::NoTls, manager_config)
+            }
+            Tls::Require { ca_file } => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let tls =
+                    tributary_runtime::tls::client_config(ca_file.as_deref(), "store.ca_file")
+                        .map_err(|e| StoreError::Backend(e.to_string()))?;
+                let connector = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+                Manager::from_config(pg, connector, manager_config)
+            }
+        };
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .create_timeout(Some(Duration::from_secs(15)))
+            .wait_timeout(Some(Duration::from_secs(60)))
+            .build()
+            .map_err(|e| StoreError::Backend(format!("connection pool: {e}")))?;
+        let store = PostgresStore { pool, rollups };
+        let found = schema::migrate(&mut store.client().await?).await?;
+        tracing::info!(found, version = SCHEMA_VERSION, "PostgreSQL store open");
+        Ok(store)
+    }
+
+    /// The schema version in the database.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        schema::version(&self.client().await?).await
+    }
+
+    /// A connection of the pool.
+    async fn client(&self) -> Result<Object, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+impl Ingest for PostgresStore {
+    async fn apply(&self, batches: &[Batch]) -> Answer<Vec<Applied>> {
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        apply::apply(&mut self.client().await?, batches, &self.rollups).await
+    }
+}
+
+impl Query for PostgresStore {
+    async fn series(&self) -> Answer<Vec<SeriesKey>> {
+        query::series(&self.client().await?).await
+    }
+
+    async fn windows(
+        &self,
+        series: &SeriesKey,
+        width: Width,
+        from: i64,
+        to: i64,
+    ) -> Answer<Vec<StoredWindow>> {
+        query::windows(&self.client().await?, series, width, from, to).await
+    }
+
+    async fn windows_of(
+        &self,
+        series: &[SeriesKey],
+        width: Width,
+        from: i64,
+        to: i64,
+    ) -> Answer<Vec<Vec<StoredWindow>>> {
+        query::windows_of(&self.client().await?, series, width, from, to).await
+    }
+
+    async fn watermarks(&self) -> Answer<Vec<(String, i64)>> {
+        query::watermarks(&self.client().await?).await
+    }
+
+    async fn progress(&self, series: &SeriesKey) -> Answer<Vec<AgentProgress>> {
+        query::progress(&self.client().await?, series).await
+    }
+
+    async fn progress_of(&self, series: &[SeriesKey]) -> Answer<Vec<Vec<AgentProgress>>> {
+        query::progress_of(&self.client().await?, series).await
+    }
+
+    async fn stored_widths(&self, widths: &[Width]) -> Answer<Vec<Width>> {
+        query::stored_widths(&self.client().await?, widths).await
+    }
+}
+
+impl Feed for PostgresStore {
+    async fn changed_since(&self, width: Width, after: u64, limit: usize) -> Answer<Vec<Changed>> {
+        feed::changed_since(&self.client().await?, width, after, limit).await
+    }
+
+    async fn park(&self, name: &str, width: Width, keys: &[(SeriesKey, i64)]) -> Answer<()> {
+        feed::park(&self.client().await?, true, name, width, keys).await
+    }
+
+    async fn parked(
+        &self,
+        name: &str,
+        width: Width,
+        after: u64,
+        limit: usize,
+    ) -> Answer<Vec<Changed>> {
+        feed::parked(&self.client().await?, name, width, after, limit).await
+    }
+
+    async fn unpark(&self, name: &str, width: Width, keys: &[(SeriesKey, i64)]) -> Answer<()> {
+        feed::park(&self.client().await?, false, name, width, keys).await
+    }
+
+    async fn cursor(&self, name: &str) -> Answer<u64> {
+        feed::cursor(&self.client().await?, name).await
+    }
+
+    async fn set_cursor(&self, name: &str, value: u64) -> Answer<()> {
+        feed::set_cursor(&self.client().await?, name, value).await
+    }
+}
+
+impl Leases for PostgresStore {
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Answer<Lease> {
+        leases::lease(&self.client().await?, name, holder, ttl).await
+    }
+
+    async fn release(&self, name: &str, holder: &str) -> Answer<()> {
+        leases::release(&self.client().await?, name, holder).await
+    }
+}

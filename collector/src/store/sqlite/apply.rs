@@ -1,0 +1,200 @@
+//! The writer's half of the SQLite store: its connection, the cache of
+//! committed state, and [`Writer::apply`] — the SQL sequenced around
+//! [`crate::merge`] in one `IMMEDIATE` transaction.
+//!
+//! A row's committed state usually comes from the [`Cache`] rather than the
+//! database, and a row seen for the first time is a plain insert; so a
+//! partial costs about one row write, and a roll-up touched by many partials
+//! of a group is written once. Change numbers come from the `meta` counter,
+//! incremented per row written; SQLite serialises writers, so they commit in
+//! order.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use foldhash::{HashMap, HashMapExt};
+use rusqlite::{params, Connection, TransactionBehavior};
+use tributary_core::batch::Batch;
+use tributary_core::{SeriesKey, Width};
+use tributary_runtime::checkpoint::{self, Checkpointer};
+
+use super::cache::{Cache, Committed};
+use crate::merge;
+use crate::store::codec::{decode_summary, encode_summary, key_text};
+use crate::store::{Applied, StoreError};
+
+/// Result rows the store keeps in memory at most (see [`Cache`]): enough
+/// for the roll-ups and open windows of some 30,000 active series.
+const CACHED_ROWS: usize = 100_000;
+
+/// The one connection that writes, and what it remembers.
+#[derive(Debug)]
+pub(super) struct Writer {
+    pub(super) conn: Connection,
+    rollups: Vec<Width>,
+    cache: Cache,
+    /// Checkpoints the WAL off the commit path.
+    _checkpointer: Checkpointer,
+}
+
+impl Writer {
+    /// Opens the writer of the database at `path` (WAL), migrating it.
+    pub(super) fn open(path: &Path, rollups: Vec<Width>) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        super::schema::migrate(&conn)?;
+        // 64 MiB of page cache (the default is 2 MiB): the result index and
+        // the rows being merged stay in memory instead of being re-read.
+        conn.pragma_update(None, "cache_size", -65_536)?;
+        let checkpointer = Checkpointer::start(&conn, path, checkpoint::INTERVAL)
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        Ok(Writer {
+            conn,
+            rollups,
+            cache: Cache::new(CACHED_ROWS),
+            _checkpointer: checkpointer,
+        })
+    }
+
+    /// Applies `batches` in one transaction (see [`crate::merge`]). One
+    /// function on purpose: it is the transaction's steps in order, numbered
+    /// as in the design note, and every step borrows the transaction.
+    pub(super) fn apply(&mut self, batches: &[Batch]) -> Result<Vec<Applied>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Inside the write lock: has anyone else written since our commit?
+        let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        self.cache.check_version(version);
+        let cache = &mut self.cache;
+
+        // 1–2. Claim the keys; the first copy of a new one is new.
+        let mut new = HashSet::new();
+        {
+            let mut claim =
+                tx.prepare_cached("INSERT OR IGNORE INTO applied (agent, seq) VALUES (?1, ?2)")?;
+            for (agent, seq) in merge::claim_keys(batches)? {
+                if claim.execute(params![agent, seq])? == 1 {
+                    new.insert((agent.to_string(), seq));
+                }
+            }
+        }
+        let (outcome, fresh) = merge::dedupe(batches, new)?;
+        if fresh.is_empty() {
+            tx.commit()?;
+            return Ok(outcome);
+        }
+
+        // 3. The plan, with series ids from the cache or the table.
+        let mut new_ids: HashMap<&SeriesKey, i64> = HashMap::new();
+        let plan = merge::plan(&fresh, &self.rollups, |key| {
+            if let Some(id) = cache.id(key).or_else(|| new_ids.get(key).copied()) {
+                return Ok(id);
+            }
+            let id = series_id(&tx, key)?;
+            new_ids.insert(key, id);
+            Ok(id)
+        })?;
+        let mut done = Committed::default();
+        {
+            let mut report = tx.prepare_cached(
+                "INSERT OR IGNORE INTO series_agents (series, agent) VALUES (?1, ?2)",
+            )?;
+            for &(id, agent) in &plan.reporters {
+                if !cache.reported(id, agent) {
+                    report.execute(params![id, agent])?;
+                    done.reporters.insert((id, agent.to_string()));
+                }
+            }
+        }
+
+        // 4–5. Fold each delta into its row's committed state and write it.
+        let mut change: i64 =
+            tx.query_row("SELECT value FROM meta WHERE key = 'change'", [], |r| {
+                r.get(0)
+            })?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO results (series, width, start, revision, summary, changed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            let mut select = tx.prepare_cached(
+                "SELECT revision, summary FROM results WHERE series = ?1 AND width = ?2 AND start = ?3",
+            )?;
+            let mut update = tx.prepare_cached(
+                "UPDATE results SET revision = ?4, summary = ?5, changed = ?6 WHERE series = ?1 AND width = ?2 AND start = ?3",
+            )?;
+            done.rows.reserve(plan.rows.len());
+            // In key order: each insert lands next to the one before it in
+            // the result B-tree, instead of at a random page.
+            for delta in plan.rows {
+                change += 1;
+                let key = delta.key;
+                let (id, width, start) = key;
+                let stored = match cache.take(&key) {
+                    Some(row) => Some((row.revision, row.summary)),
+                    None => {
+                        // A row seen for the first time: a plain insert of
+                        // the delta at the first revision.
+                        let bytes = encode_summary(&delta.summary)?;
+                        let first = params![id, width, start, merge::FIRST_REVISION, bytes, change];
+                        if insert.execute(first)? == 1 {
+                            done.rows.push((key, merge::fold(None, delta)?));
+                            continue;
+                        }
+                        let (revision, bytes): (u32, Vec<u8>) = select
+                            .query_row(params![id, width, start], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                        Some((revision, decode_summary(&bytes)?))
+                    }
+                };
+                let (revision, summary) = merge::fold(stored, delta)?;
+                let row = params![
+                    id,
+                    width,
+                    start,
+                    revision,
+                    encode_summary(&summary)?,
+                    change
+                ];
+                if update.execute(row)? != 1 {
+                    // Only possible if the file changed behind SQLite's back.
+                    cache.check_version(i64::MIN);
+                    return Err(StoreError::Backend(
+                        "a cached result row is missing from the database; cache cleared".into(),
+                    ));
+                }
+                done.rows.push((key, (revision, summary)));
+            }
+        }
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'change'",
+            params![change],
+        )?;
+
+        // Progress.
+        let seen = tributary_runtime::now_ms();
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO watermarks (agent, watermark, seen_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (agent) DO UPDATE SET watermark = max(watermark, excluded.watermark), seen_ms = excluded.seen_ms",
+            )?;
+            for (agent, w) in &plan.watermarks {
+                upsert.execute(params![agent, w, seen])?;
+            }
+        }
+        tx.commit()?;
+        done.ids = new_ids.into_iter().map(|(k, id)| (k.clone(), id)).collect();
+        self.cache.committed(done);
+        Ok(outcome)
+    }
+}
+
+/// The id of series `key`, inserted when missing.
+fn series_id(tx: &rusqlite::Transaction<'_>, key: &SeriesKey) -> Result<i64, StoreError> {
+    let text = key_text(key)?;
+    tx.prepare_cached("INSERT OR IGNORE INTO series (key) VALUES (?1)")?
+        .execute(params![text])?;
+    Ok(tx
+        .prepare_cached("SELECT id FROM series WHERE key = ?1")?
+        .query_row(params![text], |r| r.get(0))?)
+}

@@ -1,0 +1,74 @@
+//! The SQLite schema and its migrations.
+//!
+//! # Schema (version 3, in `PRAGMA user_version`; migrations run at open)
+//! - `applied(agent, seq)` — the de-duplication keys, primary key;
+//! - `series(id, key)` — series keys as canonical JSON, unique;
+//! - `results(series, width, start, revision, summary, changed)` — one row
+//!   per (series, width, window) with the merged summary as postcard bytes
+//!   and the change number of its last write (indexed for the change feed);
+//! - `watermarks(agent, watermark, seen_ms)` — the highest watermark each
+//!   agent sent and when it was last seen;
+//! - `series_agents(series, agent)` — which agents reported each series;
+//! - `cursors(name, value)` — durable cursors (sinks); `meta` — the change
+//!   counter. SQLite serialises writers, so change numbers commit in order;
+//! - `leases(name, holder, expires_ms)` — who runs each sink, until when
+//!   (several processes may open one database file);
+//! - `parked(name, series, width, start)` — rows each sink passed over
+//!   because they were not final yet.
+
+use rusqlite::Connection;
+
+use crate::store::StoreError;
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 3;
+
+/// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: [&str; 3] = [V1, V2, V3];
+
+const V1: &str = "
+CREATE TABLE IF NOT EXISTS applied (agent TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (agent, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS series (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS results (
+    series INTEGER NOT NULL REFERENCES series(id),
+    width INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    revision INTEGER NOT NULL,
+    summary BLOB NOT NULL,
+    PRIMARY KEY (series, width, start)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS watermarks (agent TEXT PRIMARY KEY, watermark INTEGER NOT NULL);
+";
+
+const V2: &str = "
+ALTER TABLE watermarks ADD COLUMN seen_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE results ADD COLUMN changed INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX results_changed ON results (width, changed);
+CREATE TABLE series_agents (series INTEGER NOT NULL, agent TEXT NOT NULL, PRIMARY KEY (series, agent)) WITHOUT ROWID;
+CREATE TABLE cursors (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO meta (key, value) VALUES ('change', 0);
+";
+
+const V3: &str = "
+CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL);
+CREATE TABLE parked (name TEXT NOT NULL, series INTEGER NOT NULL, width INTEGER NOT NULL, start INTEGER NOT NULL, PRIMARY KEY (name, series, width, start)) WITHOUT ROWID;
+";
+
+/// Brings the schema to [`SCHEMA_VERSION`]; refuses a newer one.
+pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+        conn.execute_batch(&format!(
+            "BEGIN; {sql} PRAGMA user_version = {}; COMMIT;",
+            from + 1
+        ))?;
+    }
+    Ok(())
+}

@@ -246,12 +246,17 @@ impl FixedSummary {
                 crate::index::lowest(self.quantum, scale),
                 crate::index::highest(self.quantum, 31, scale),
             );
-            for r in [self.sketch.positive().range(), self.sketch.negative().range()]
-                .into_iter()
-                .flatten()
+            for r in [
+                self.sketch.positive().range(),
+                self.sketch.negative().range(),
+            ]
+            .into_iter()
+            .flatten()
             {
                 if r.0 < lo || r.1 > hi {
-                    return Err("fixed summary: sketch bucket no reading of this quantum can reach");
+                    return Err(
+                        "fixed summary: sketch bucket no reading of this quantum can reach",
+                    );
                 }
             }
         }

@@ -220,9 +220,12 @@ impl Summary {
             index::lowest(self.quantum, scale),
             index::highest(self.quantum, 53, scale),
         );
-        for r in [self.sketch.positive().range(), self.sketch.negative().range()]
-            .into_iter()
-            .flatten()
+        for r in [
+            self.sketch.positive().range(),
+            self.sketch.negative().range(),
+        ]
+        .into_iter()
+        .flatten()
         {
             if r.0 < lo || r.1 > hi {
                 return Err("summary: sketch bucket no reading of this quantum can reach");

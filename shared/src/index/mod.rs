@@ -152,7 +152,8 @@ impl QuantumIndex {
         let n = m << lz;
         let below = self.segments[((n >> 54) & 0x1ff) as usize];
         let up = self.bounds.get(usize::from(below)).is_some_and(|&b| b < n);
-        let finest = ((63 - lz as i32) << MAX_SCALE) + self.offset + i32::from(below) + i32::from(up);
+        let finest =
+            ((63 - lz as i32) << MAX_SCALE) + self.offset + i32::from(below) + i32::from(up);
         finest >> (MAX_SCALE - scale.clamp(MIN_SCALE, MAX_SCALE))
     }
 

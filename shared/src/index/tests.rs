@@ -17,7 +17,10 @@ fn the_issue_example_lands_where_opentelemetry_puts_it() {
     // index of 1.5), not the tick count's 675.
     assert_eq!(QuantumIndex::of(q(-3)).index(nz(1500), 6), 37);
     assert_eq!(QuantumIndex::of(q(0)).index(nz(1500), 6), 675);
-    assert_eq!(DeviceIndex::new(q(-3)).index(NonZeroU32::new(1500).unwrap()), 37);
+    assert_eq!(
+        DeviceIndex::new(q(-3)).index(NonZeroU32::new(1500).unwrap()),
+        37
+    );
 }
 
 #[test]
@@ -108,14 +111,20 @@ fn device_index_equals_the_host_index_at_the_sketch_scale() {
         let host = QuantumIndex::of(q(e));
         let dev = DeviceIndex::new(q(e));
         for bits in 0..32 {
-            for v in [1u32 << bits, (1u32 << bits).wrapping_sub(1), (1u32 << bits) + 1] {
+            for v in [
+                1u32 << bits,
+                (1u32 << bits).wrapping_sub(1),
+                (1u32 << bits) + 1,
+            ] {
                 if let Some(m) = NonZeroU32::new(v) {
                     assert_eq!(dev.index(m), host.index(nz(u64::from(v)), 6), "e={e} v={v}");
                 }
             }
         }
         for _ in 0..5_000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let v = (x >> 32) as u32 >> (x % 32);
             if let Some(m) = NonZeroU32::new(v) {
                 assert_eq!(dev.index(m), host.index(nz(u64::from(v)), 6), "e={e} v={v}");
@@ -160,7 +169,10 @@ fn buckets_carry_the_sign() {
     assert_eq!(ix.bucket(150), Bucket::Positive(37));
     assert_eq!(ix.bucket(-150), Bucket::Negative(37));
     let d = DeviceIndex::new(q(-2));
-    assert_eq!(d.bucket(i32::MIN), Bucket::Negative(ix.index(nz(1 << 31), 6)));
+    assert_eq!(
+        d.bucket(i32::MIN),
+        Bucket::Negative(ix.index(nz(1 << 31), 6))
+    );
     assert_eq!(d.bucket(-150), Bucket::Negative(37));
 }
 

@@ -30,10 +30,10 @@
 mod store;
 mod wire;
 
-pub use store::{Range, SharedCounts, Side, Store};
-pub use wire::WireStore;
 #[cfg(feature = "alloc")]
 pub use store::WideCounts;
+pub use store::{Range, SharedCounts, Side, Store};
+pub use wire::WireStore;
 
 use crate::index::{highest_possible, lowest_possible, Bucket, MIN_SCALE, SKETCH_SCALE};
 use store::span;

@@ -382,34 +382,16 @@ impl<S: Store> ExpHistogram<S> {
         positive: (i32, &[S::Count]),
         negative: (i32, &[S::Count]),
     ) -> Result<Self, &'static str> {
-        let range = |(offset, counts): (i32, &[S::Count])| -> Result<Range, &'static str> {
-            if counts.is_empty() {
-                return if offset == 0 {
-                    Ok(None)
-                } else {
-                    Err("empty bucket array with a non-zero offset")
-                };
+        for (offset, counts) in [positive, negative] {
+            if counts.is_empty() && offset != 0 {
+                return Err("empty bucket array with a non-zero offset");
             }
-            let first: u64 = counts[0].into();
-            let last: u64 = counts[counts.len() - 1].into();
-            if first == 0 || last == 0 {
-                return Err("bucket array not trimmed (zero count at an end)");
-            }
-            let hi = i64::from(offset) + counts.len() as i64 - 1;
-            let hi = i32::try_from(hi).map_err(|_| "bucket index out of range")?;
-            Ok(Some((offset, hi)))
-        };
-        let (p, n) = (range(positive)?, range(negative)?);
-        let mut store = S::zeroed(p, n).ok_or("more buckets than the form allows")?;
-        for (s, (_, counts)) in [(Side::Positive, positive), (Side::Negative, negative)] {
-            for (k, &c) in counts.iter().enumerate() {
-                let c: u64 = c.into();
-                if c > S::MAX_COUNT {
-                    return Err("bucket count exceeds the form's limit");
-                }
-                store.set(s, k, c);
+            if i64::from(offset) + counts.len() as i64 > i64::from(i32::MAX) {
+                return Err("bucket index out of range");
             }
         }
+        let store =
+            S::from_counts(positive, negative).ok_or("more buckets than the form allows")?;
         let h = ExpHistogram { scale, zero, store };
         h.validate()?;
         Ok(h)
@@ -426,13 +408,18 @@ impl<S: Store> ExpHistogram<S> {
         let k = (self.scale - MIN_SCALE) as usize;
         let (lowest, highest) = POSSIBLE.get(k).copied().unwrap_or((0, -1));
         for s in SIDES {
-            let b = self.side(s);
-            if let Some((lo, hi)) = b.range() {
-                if b.counts().next() == Some(0) || b.counts().next_back() == Some(0) {
+            if let Some((lo, hi)) = self.store.range(s) {
+                let last = (hi - lo) as usize;
+                if self.store.get(s, 0) == 0 || self.store.get(s, last) == 0 {
                     return Err("bucket array not trimmed (zero count at an end)");
                 }
                 if lo < lowest || hi > highest {
                     return Err("bucket index outside the possible range at this scale");
+                }
+                for k in 0..=last {
+                    if self.store.get(s, k) > S::MAX_COUNT {
+                        return Err("bucket count exceeds the form's limit");
+                    }
                 }
             }
         }

@@ -10,10 +10,10 @@ use core::fmt;
 /// One sign of the sketch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
-    /// Positive readings.
-    Positive,
     /// Negative readings, indexed by magnitude.
-    Negative,
+    Negative = 0,
+    /// Positive readings.
+    Positive = 1,
 }
 
 /// An inclusive range of bucket indices, if any.
@@ -31,6 +31,11 @@ pub trait Store: Clone + PartialEq + Eq + Default + fmt::Debug {
     fn fits(positive: usize, negative: usize) -> bool;
     /// Zero counts over the given ranges; `None` if they do not fit.
     fn zeroed(positive: Range, negative: Range) -> Option<Self>;
+    /// The given offsets and counts; `None` if they do not fit.
+    fn from_counts(
+        positive: (i32, &[Self::Count]),
+        negative: (i32, &[Self::Count]),
+    ) -> Option<Self>;
     /// The inclusive index range held on `side`.
     fn range(&self, side: Side) -> Range;
     /// The count of bucket `offset + k` on `side` (0 when out of range).
@@ -101,6 +106,12 @@ impl Store for WideCounts {
             negative: side(negative),
         })
     }
+    fn from_counts(positive: (i32, &[u64]), negative: (i32, &[u64])) -> Option<Self> {
+        Self::fits(positive.1.len(), negative.1.len()).then(|| WideCounts {
+            positive: (positive.0, positive.1.to_vec()),
+            negative: (negative.0, negative.1.to_vec()),
+        })
+    }
     fn range(&self, side: Side) -> Range {
         let (offset, counts) = self.side(side);
         (!counts.is_empty()).then(|| (*offset, offset + counts.len() as i32 - 1))
@@ -124,28 +135,28 @@ impl Store for WideCounts {
 /// — so data of either sign, or of both, can use all of it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SharedCounts {
-    /// Negative buckets in `counts[..negative_len]`, positive ones after
-    /// them; every count past the two is zero (so `==` compares contents).
+    /// Negative buckets in `counts[..len[0]]`, positive ones after them;
+    /// every count past the two is zero (so `==` compares contents).
     counts: [u8; SharedCounts::LIMIT],
-    negative_offset: i32,
-    positive_offset: i32,
-    negative_len: u16,
-    positive_len: u16,
+    /// The first index of each sign, by [`Side`] as `usize`.
+    offset: [i32; 2],
+    /// The number of buckets of each sign, by [`Side`] as `usize`.
+    len: [u16; 2],
 }
 
 impl SharedCounts {
     /// The most buckets both signs together may hold.
     pub const LIMIT: usize = 312;
 
+    /// Where `side`'s buckets start in `counts`, how many and the first index.
+    #[inline]
     fn base(&self, side: Side) -> (usize, usize, i32) {
-        match side {
-            Side::Negative => (0, usize::from(self.negative_len), self.negative_offset),
-            Side::Positive => (
-                usize::from(self.negative_len),
-                usize::from(self.positive_len),
-                self.positive_offset,
-            ),
-        }
+        let s = side as usize;
+        (
+            usize::from(self.len[0]) * s,
+            usize::from(self.len[s]),
+            self.offset[s],
+        )
     }
 }
 
@@ -153,23 +164,20 @@ impl Default for SharedCounts {
     fn default() -> Self {
         SharedCounts {
             counts: [0; SharedCounts::LIMIT],
-            negative_offset: 0,
-            positive_offset: 0,
-            negative_len: 0,
-            positive_len: 0,
+            offset: [0; 2],
+            len: [0; 2],
         }
     }
 }
 
 impl fmt::Debug for SharedCounts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = usize::from(self.negative_len);
-        let p = usize::from(self.positive_len);
+        let (n, p) = (usize::from(self.len[0]), usize::from(self.len[1]));
         f.debug_struct("SharedCounts")
-            .field("negative_offset", &self.negative_offset)
-            .field("negative", &&self.counts[..n])
-            .field("positive_offset", &self.positive_offset)
-            .field("positive", &&self.counts[n..n + p])
+            .field("negative_offset", &self.offset[0])
+            .field("negative", &self.counts.get(..n))
+            .field("positive_offset", &self.offset[1])
+            .field("positive", &self.counts.get(n..n + p))
             .finish()
     }
 }
@@ -188,10 +196,22 @@ impl Store for SharedCounts {
         }
         Some(SharedCounts {
             counts: [0; SharedCounts::LIMIT],
-            negative_offset: negative.map_or(0, |r| r.0),
-            positive_offset: positive.map_or(0, |r| r.0),
-            negative_len: n as u16,
-            positive_len: p as u16,
+            offset: [negative.map_or(0, |r| r.0), positive.map_or(0, |r| r.0)],
+            len: [n as u16, p as u16],
+        })
+    }
+    fn from_counts(positive: (i32, &[u8]), negative: (i32, &[u8])) -> Option<Self> {
+        let (n, p) = (negative.1.len(), positive.1.len());
+        if !Self::fits(p, n) {
+            return None;
+        }
+        let mut counts = [0; SharedCounts::LIMIT];
+        counts.get_mut(..n)?.copy_from_slice(negative.1);
+        counts.get_mut(n..n + p)?.copy_from_slice(positive.1);
+        Some(SharedCounts {
+            counts,
+            offset: [negative.0, positive.0],
+            len: [n as u16, p as u16],
         })
     }
     #[inline]

@@ -143,6 +143,17 @@ impl QuantumIndex {
         self.quantum
     }
 
+    /// The boundaries ⌊2⁶³·2^((k + ⌈c⌉ − c)/256)⌋ of one octave of the
+    /// mantissa (module [`bounds`]), for verification.
+    pub fn bounds(&self) -> &[u64; 256] {
+        &self.bounds
+    }
+
+    /// ⌈c⌉ − 1 at scale 8: the index of one tick.
+    pub fn offset(&self) -> i32 {
+        self.offset
+    }
+
     /// The bucket at `scale` (clamped to [`MIN_SCALE`]..=[`MAX_SCALE`]) of
     /// the real value of `magnitude` ticks.
     #[inline]
@@ -236,6 +247,17 @@ impl DeviceIndex {
     /// The quantum of this table.
     pub fn quantum(&self) -> Quantum {
         self.quantum
+    }
+
+    /// The boundaries ⌊2³¹·2^((k + ⌈c⌉ − c)/64)⌋ of one octave of the
+    /// mantissa, for verification.
+    pub fn bounds(&self) -> &[u32; 64] {
+        &self.bounds
+    }
+
+    /// ⌈c⌉ − 1 at the sketch's scale: the index of one tick.
+    pub fn offset(&self) -> i32 {
+        self.offset
     }
 
     /// The bucket at [`SKETCH_SCALE`] of the real value of `magnitude` ticks.

@@ -178,3 +178,38 @@ fn every_boundary_at_every_scale_matches_the_exact_reference() {
     assert!(values >= 1_000_000, "{values} values");
     assert_eq!(mismatches, 0);
 }
+
+#[test]
+fn ordinary_values_match_the_opentelemetry_sdk() {
+    let mut mix = Mix(29);
+    let values: Vec<(i8, u64)> = (0..40_000)
+        .map(|_| {
+            let e = (mix.next() % 37) as i8 + Quantum::MIN_EXPONENT;
+            (e, mix.ticks())
+        })
+        .chain([(-3, 1500), (-2, 150), (0, 3), (1, 7), (-6, 21_500_000)])
+        .collect();
+    let input: String = values.iter().map(|(e, v)| format!("{e} {v}\n")).collect();
+    let out = python("otel_index.py", &input);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), values.len());
+    let (mut compared, mut near) = (0, 0);
+    for (&(e, v), line) in values.iter().zip(&lines) {
+        if *line == "near" {
+            near += 1;
+            continue;
+        }
+        let sdk: Vec<i32> = line.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        let ix = QuantumIndex::of(Quantum::new(e).unwrap());
+        let ours: Vec<i32> = (MIN_SCALE..=MAX_SCALE)
+            .rev()
+            .map(|s| ix.index(NonZeroU64::new(v).unwrap(), s))
+            .collect();
+        assert_eq!(ours, sdk, "e={e} v={v}");
+        compared += 1;
+    }
+    eprintln!("OpenTelemetry SDK: {compared} values equal at scales 8..-4, {near} near a boundary");
+    // 1.5 at 10⁻³ (the example) is OpenTelemetry's bucket 37 at 6.
+    assert_eq!(lines[values.len() - 5].split_whitespace().nth(2), Some("37"));
+    assert!(compared >= 39_900, "{compared} compared, {near} near a boundary");
+}

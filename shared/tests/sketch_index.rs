@@ -199,7 +199,10 @@ fn ordinary_values_match_the_opentelemetry_sdk() {
             near += 1;
             continue;
         }
-        let sdk: Vec<i32> = line.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        let sdk: Vec<i32> = line
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
         let ix = QuantumIndex::of(Quantum::new(e).unwrap());
         let ours: Vec<i32> = (MIN_SCALE..=MAX_SCALE)
             .rev()
@@ -210,6 +213,12 @@ fn ordinary_values_match_the_opentelemetry_sdk() {
     }
     eprintln!("OpenTelemetry SDK: {compared} values equal at scales 8..-4, {near} near a boundary");
     // 1.5 at 10⁻³ (the example) is OpenTelemetry's bucket 37 at 6.
-    assert_eq!(lines[values.len() - 5].split_whitespace().nth(2), Some("37"));
-    assert!(compared >= 39_900, "{compared} compared, {near} near a boundary");
+    assert_eq!(
+        lines[values.len() - 5].split_whitespace().nth(2),
+        Some("37")
+    );
+    assert!(
+        compared >= 39_900,
+        "{compared} compared, {near} near a boundary"
+    );
 }

@@ -405,10 +405,11 @@ impl Summary {
                 hi += 1;
             }
         }
-        let exact = |t: u64| of(t) == Some(index);
-        let lo_ok = exact(lo) && !of(lo - 1).is_some_and(|i| i >= index);
-        let hi_ok = exact(hi) && !(hi < MAX_TICKS as u64 && of(hi + 1).is_some_and(|i| i <= index));
-        if lo_ok && hi_ok {
+        // `lo` is the bucket's first tick, `hi` its last.
+        let first = of(lo) == Some(index) && of(lo - 1).is_none_or(|i| i < index);
+        let last = of(hi) == Some(index)
+            && (hi >= MAX_TICKS as u64 || of(hi + 1).is_none_or(|i| i > index));
+        if first && last {
             ticks.clamp(lo as f64, hi as f64)
         } else {
             ticks

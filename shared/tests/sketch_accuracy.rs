@@ -201,3 +201,24 @@ fn fixed_form_narrow_range_keeps_a_fine_scale() {
     let worst = check("narrow fixed", &widened, ticks);
     assert!(worst <= 0.0055);
 }
+
+#[test]
+fn a_bucket_that_holds_one_tick_gives_it_exactly() {
+    // At 10⁻² and scale 6 a bucket is ~1.1 % wide: below ~90 ticks each
+    // bucket holds at most one tick, so the estimate is the reading itself.
+    let q = Quantum::new(-2).unwrap();
+    let mut s = Summary::new(q);
+    for (t, v) in [3i64, 3, 3, -7, -7, 85, 4_000, 4_001].into_iter().enumerate() {
+        s.insert(t as i64, v).unwrap();
+    }
+    assert_eq!(s.sketch().scale(), 6);
+    assert_eq!(s.quantile(0.3).unwrap().value, 0.03);
+    assert_eq!(s.quantile(0.1).unwrap().value, -0.07);
+    assert_eq!(s.quantile(0.75).unwrap().value, 0.85);
+    // A wide bucket's estimate stays among its ticks (40.00 and 40.01 share
+    // bucket 340, (39.739…, 40.172…], of ticks 3 974..=4 017): within the
+    // bound, not exact.
+    let p = s.quantile(0.9).unwrap().value;
+    assert!((p - 40.0).abs() <= 40.0 * relative_error(6), "{p}");
+    assert!((39.74..=40.17).contains(&p), "{p}");
+}

@@ -1,4 +1,4 @@
 //! Helpers shared by the firmware's integration tests and examples.
 #![allow(dead_code)]
 
-pub mod resolution;
+pub(crate) mod resolution;

@@ -14,16 +14,16 @@ use tributary_core::{Quantum, Summary};
 use tributary_firmware::{Aggregator, ChannelSpec, Mode};
 
 /// The quantiles compared.
-pub const QS: [f64; 3] = [0.01, 0.5, 0.99];
+pub(crate) const QS: [f64; 3] = [0.01, 0.5, 0.99];
 
 /// SplitMix64 with Box–Muller normals: deterministic data, no extra crates.
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Rng(seed)
     }
-    pub fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -31,20 +31,20 @@ impl Rng {
         z ^ (z >> 31)
     }
     /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
+    pub(crate) fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
-    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+    pub(crate) fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
         lo + (hi - lo) * self.unit()
     }
-    pub fn normal(&mut self, mean: f64, sd: f64) -> f64 {
+    pub(crate) fn normal(&mut self, mean: f64, sd: f64) -> f64 {
         let u = self.unit().max(f64::MIN_POSITIVE);
         let v = self.unit();
         mean + sd * (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
     }
     /// As the core's accuracy tests mix data: ~25 % negated, ~5 % zero
     /// (30 % at or below zero).
-    pub fn mixed(&mut self, x: f64) -> f64 {
+    pub(crate) fn mixed(&mut self, x: f64) -> f64 {
         let u = self.unit();
         if u < 0.05 {
             0.0
@@ -57,16 +57,16 @@ impl Rng {
 }
 
 /// A distribution: its readings (in the unit), quantum and window length.
-pub struct Case {
-    pub name: &'static str,
-    pub quantum: i8,
-    pub values: Vec<f64>,
+pub(crate) struct Case {
+    pub(crate) name: &'static str,
+    pub(crate) quantum: i8,
+    pub(crate) values: Vec<f64>,
     /// Readings per window; every window's quantiles are checked.
-    pub window: usize,
+    pub(crate) window: usize,
 }
 
 /// The distributions of issue #15, 100,000 readings each.
-pub fn cases() -> Vec<Case> {
+pub(crate) fn cases() -> Vec<Case> {
     const N: usize = 100_000;
     let mut r = Rng::new(15);
     let gen = |r: &mut Rng, f: &mut dyn FnMut(&mut Rng) -> f64| -> Vec<f64> {
@@ -134,17 +134,17 @@ pub fn cases() -> Vec<Case> {
 }
 
 /// What the device made of a case.
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// The largest relative error at [`QS`] over every window.
-    pub worst: f64,
+    pub(crate) worst: f64,
     /// The lowest scale of any window's merged sketch.
-    pub scale: i8,
+    pub(crate) scale: i8,
     /// Summary frames sent.
-    pub frames: usize,
+    pub(crate) frames: usize,
 }
 
 /// Runs `case` through an aggregator with floor `floor`.
-pub fn run(case: &Case, floor: i8) -> Outcome {
+pub(crate) fn run(case: &Case, floor: i8) -> Outcome {
     let q = Quantum::new(case.quantum).unwrap();
     let index: &'static DeviceIndex = Box::leak(Box::new(DeviceIndex::new(q)));
     let spec = [ChannelSpec {

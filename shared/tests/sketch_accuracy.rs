@@ -208,7 +208,10 @@ fn a_bucket_that_holds_one_tick_gives_it_exactly() {
     // bucket holds at most one tick, so the estimate is the reading itself.
     let q = Quantum::new(-2).unwrap();
     let mut s = Summary::new(q);
-    for (t, v) in [3i64, 3, 3, -7, -7, 85, 4_000, 4_001].into_iter().enumerate() {
+    for (t, v) in [3i64, 3, 3, -7, -7, 85, 4_000, 4_001]
+        .into_iter()
+        .enumerate()
+    {
         s.insert(t as i64, v).unwrap();
     }
     assert_eq!(s.sketch().scale(), 6);

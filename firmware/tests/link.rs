@@ -220,7 +220,7 @@ fn summary_frame(seq: u32, start: u64, width: u32, values: &[i32]) -> SummaryFra
 }
 
 /// Values of both signs over many octaves: a summary with a few hundred
-/// buckets (up to the shared store's 312).
+/// buckets (up to the shared store's 304).
 fn wide_values(rng: &mut u64, n: usize) -> Vec<i32> {
     (0..n)
         .map(|_| {
@@ -250,7 +250,7 @@ fn decode_all(bytes: &[u8]) -> Vec<SummaryFrame> {
 #[test]
 fn frames_are_stored_encoded_and_resent_byte_for_byte() {
     let mut rng = 11u64;
-    // Wide summaries fill up to 312 buckets (~360 B a frame): a pool of
+    // Wide summaries fill up to 304 buckets (~360 B a frame): a pool of
     // 8 KiB holds all 16.
     let mut link = Link::<16, 64, 8192>::new(500);
     let frames: Vec<SummaryFrame> = (0..16)

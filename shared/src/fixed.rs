@@ -6,7 +6,7 @@
 //! from the start of the window the enclosing frame names, the moments are
 //! kept relative to a per-channel *reference* offset r — Σ(v−r) in `i64`,
 //! Σ(v−r)² in `u64` — which keeps them small when readings hover around a
-//! typical value, and the sketch holds 312 `u8` buckets shared by both
+//! typical value, and the sketch holds 304 `u8` buckets shared by both
 //! signs, indexed through the channel's [`DeviceIndex`] (a boundary table of
 //! its quantum in flash).
 //!

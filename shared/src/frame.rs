@@ -9,7 +9,7 @@
 //! a receiver resynchronises at the next delimiter after any corruption.
 //!
 //! Version 2 (issue #13): a Summary frame's sketch indexes the real reading
-//! v·q, in 312 `u8` buckets shared by both signs; version 1 indexed the tick
+//! v·q, in 304 `u8` buckets shared by both signs; version 1 indexed the tick
 //! count in 64 `u16` buckets per sign. A version-1 frame is refused
 //! ([`FrameError::UnknownVersion`]) — its sketch cannot be converted exactly —
 //! and a device keeps resending it until it is updated.

@@ -148,7 +148,7 @@ impl Summary {
                 value: i64::from(e.last.value),
             },
         });
-        // 312 buckets of u8 always fit the full form's 2048 per sign of u64.
+        // 304 buckets of u8 always fit the full form's 2048 per sign of u64.
         let sketch = fixed.sketch().convert().unwrap_or_default();
         Summary {
             quantum: fixed.quantum(),

@@ -165,7 +165,7 @@ fn device(q: Quantum, reference: i32, ticks: &[i64], floor: i8) -> (Summary, usi
 #[test]
 fn fixed_form_wide_range_bound_holds() {
     // The fixed form holds i32 ticks; magnitudes 1 ..= 2^22 of both signs
-    // (22 octaves) — 312 shared buckets force scale 2.
+    // (22 octaves) — 304 shared buckets force scale 2.
     let mut rng = StdRng::seed_from_u64(6);
     let e = Uniform::new(0.0, 22.0).unwrap();
     let ticks: Vec<i64> = (0..N)

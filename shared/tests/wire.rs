@@ -577,9 +577,9 @@ fn batch_with_unaligned_window_or_invalid_key_is_rejected() {
 
 #[test]
 fn worst_case_summary_frame_fits_max_payload() {
-    // All 312 shared u8 buckets full, every field at its widest varint.
-    let full = vec![u8::MAX; 156];
-    let n = 312 * u64::from(u8::MAX) + u64::from(u32::MAX >> 8);
+    // All 304 shared u8 buckets full, every field at its widest varint.
+    let full = vec![u8::MAX; 152];
+    let n = 304 * u64::from(u8::MAX) + u64::from(u32::MAX >> 8);
     let json = serde_json::json!({
         "quantum": -18,
         "reference": i32::MIN,

@@ -59,7 +59,7 @@ pub struct ExpHistogram<S> {
 #[cfg(feature = "alloc")]
 pub type Sketch = ExpHistogram<WideCounts>;
 
-/// The fixed-capacity sketch of the device form: 312 `u8` buckets shared by
+/// The fixed-capacity sketch of the device form: 304 `u8` buckets shared by
 /// both signs.
 pub type FixedSketch = ExpHistogram<SharedCounts>;
 

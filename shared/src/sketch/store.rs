@@ -146,7 +146,7 @@ pub struct SharedCounts {
 
 impl SharedCounts {
     /// The most buckets both signs together may hold.
-    pub const LIMIT: usize = 312;
+    pub const LIMIT: usize = 304;
 
     /// Where `side`'s buckets start in `counts`, how many and the first index.
     #[inline]

@@ -41,6 +41,13 @@ freestanding_target="${CARGO_TARGET_DIR:-$PWD/target}/freestanding"
     -C relocation-model=static -C link-arg=-Wl,--no-eh-frame-hdr \
     -C link-arg=unwind.ld)
 "$freestanding_target/release/tributary-firmware-freestanding"
+# Its code budget (firmware/README.md): .text + .rodata + build-id note ≤ 16 KiB.
+code_bytes=$(size -A "$freestanding_target/release/tributary-firmware-freestanding" |
+  awk '$1 == ".text" || $1 == ".rodata" || $1 == ".note.gnu.build-id" { s += $2 } END { print s }')
+if [ "$code_bytes" -gt 16384 ]; then
+  echo "freestanding firmware image: $code_bytes B of code, over the 16 KiB budget" >&2
+  exit 1
+fi
 
 # Decoders get a short burst of extra fuzzing in CI.
 export PROPTEST_CASES="${PROPTEST_CASES:-256}"

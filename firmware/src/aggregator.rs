@@ -10,7 +10,9 @@
 //! scale ([`Aggregator::with_floor`], default [`DEFAULT_FLOOR`]) to take the
 //! reading. The agent merges the partial summaries of a window exactly, so the
 //! floor trades a few more frames on widely spread data for resolution: the
-//! window's sketch stays at scale ≥ the floor.
+//! window's sketch stays at scale ≥ the floor (unless the link later merges
+//! adjacent windows to make room during an outage, which coarsens as needed
+//! rather than drop readings).
 
 use tributary_core::fixed::FixedSummary;
 use tributary_core::frame::{DeviceStats, Message, ReadingFrame, SummaryFrame};

@@ -10,7 +10,7 @@
 //! bucket and merge with sketches of any other quantum.
 //!
 //! No `log` and no floating point: per quantum, a table of the bucket
-//! boundaries inside one octave of the tick's mantissa (see [`bounds`] for the
+//! boundaries inside one octave of the tick's mantissa (see `index/bounds.rs` for the
 //! arithmetic and why the comparison is exact at every boundary), and the
 //! index is the octave times the buckets per octave plus the number of
 //! boundaries below the mantissa — one lookup in a segment table and one
@@ -86,7 +86,7 @@ pub const fn highest_possible(scale: i8) -> i32 {
 #[derive(Debug)]
 pub struct QuantumIndex {
     quantum: Quantum,
-    /// ⌈c⌉ − 1 at scale 8 (module documentation of [`bounds`]).
+    /// ⌈c⌉ − 1 at scale 8 (see `index/bounds.rs`).
     offset: i32,
     /// The boundaries inside an octave of the 64-bit mantissa, ascending.
     bounds: [u64; 256],
@@ -144,7 +144,7 @@ impl QuantumIndex {
     }
 
     /// The boundaries ⌊2⁶³·2^((k + ⌈c⌉ − c)/256)⌋ of one octave of the
-    /// mantissa (module [`bounds`]), for verification.
+    /// mantissa (see `index/bounds.rs`), for verification.
     pub fn bounds(&self) -> &[u64; 256] {
         &self.bounds
     }

@@ -10,11 +10,20 @@ need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+# The sketch-index tests compare bucket indices with the OpenTelemetry SDK's
+# mapping (shared/tests/sketch_index.rs). A Debian python3 refuses a plain
+# pip install (PEP 668), hence the second form.
+if ! python3 -c 'import opentelemetry.sdk' >/dev/null 2>&1; then
+  echo "installing: opentelemetry-sdk (PyPI)"
+  python3 -m pip install -q opentelemetry-sdk 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages opentelemetry-sdk
 fi
 # Debian starts services on install where it can; the tests run their own.
 service postgresql stop >/dev/null 2>&1 || true
@@ -32,6 +41,13 @@ freestanding_target="${CARGO_TARGET_DIR:-$PWD/target}/freestanding"
     -C relocation-model=static -C link-arg=-Wl,--no-eh-frame-hdr \
     -C link-arg=unwind.ld)
 "$freestanding_target/release/tributary-firmware-freestanding"
+# Its code budget (firmware/README.md): .text + .rodata + build-id note ≤ 16 KiB.
+code_bytes=$(size -A "$freestanding_target/release/tributary-firmware-freestanding" |
+  awk '$1 == ".text" || $1 == ".rodata" || $1 == ".note.gnu.build-id" { s += $2 } END { print s }')
+if [ "$code_bytes" -gt 16384 ]; then
+  echo "freestanding firmware image: $code_bytes B of code, over the 16 KiB budget" >&2
+  exit 1
+fi
 
 # Decoders get a short burst of extra fuzzing in CI.
 export PROPTEST_CASES="${PROPTEST_CASES:-256}"

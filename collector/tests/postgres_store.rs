@@ -251,6 +251,27 @@ async fn the_store_contract_holds_on_postgresql() {
         assert!(err.to_string().contains("version 99"), "{err}");
     }
 
+    // Version 2 held sketches of tick counts (issue #13): an old database is
+    // migrated when it holds no summary and refused when it does.
+    {
+        let (url, store) = fresh(&pg, "ticks").await;
+        let (batches, _) = workload_small(1, 1);
+        store.apply(&batches).await.unwrap();
+        drop(store);
+        pg.psql("ticks", "DELETE FROM schema_version WHERE version = 3")
+            .unwrap();
+        let err = PostgresStore::open(&PostgresOptions::new(&url), &[HOUR])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::TickIndexed { found: 2, .. }),
+            "{err}"
+        );
+        pg.psql("ticks", "DELETE FROM results").unwrap();
+        let store = open(&url).await;
+        assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    }
+
     // A database that cannot be reached is an error, not a panic.
     {
         let url = format!(

@@ -238,6 +238,38 @@ async fn a_database_from_a_newer_collector_is_refused() {
     assert!(err.to_string().contains("version 99"), "{err}");
 }
 
+/// Versions 1–3 held sketches of tick counts (issue #13): an old database is
+/// migrated when it holds no summary and refused, saying why, when it does.
+#[tokio::test]
+async fn a_database_of_tick_indexed_sketches_is_refused_unless_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let user_version = |v: Option<i64>| {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        if let Some(v) = v {
+            conn.pragma_update(None, "user_version", v).unwrap();
+        }
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    drop(open(&dir, "a.db"));
+    user_version(Some(3));
+    drop(open(&dir, "a.db"));
+    assert_eq!(
+        user_version(None),
+        tributary_collector::store::sqlite::SCHEMA_VERSION
+    );
+    let (batches, _) = workload(1, 1);
+    open(&dir, "a.db").apply(&batches).await.unwrap();
+    user_version(Some(3));
+    let err = SqliteStore::open(&path, &[HOUR]).unwrap_err();
+    assert!(
+        matches!(err, store::StoreError::TickIndexed { found: 3, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("tick counts"), "{err}");
+}
+
 /// The store keeps committed rows in memory to merge into; the database
 /// stays the truth. Two stores writing the same file in turn (each one's
 /// memory made stale by the other) must still end with every window and

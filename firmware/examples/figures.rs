@@ -6,12 +6,12 @@ use std::mem::size_of;
 
 use tributary_core::fixed::FixedSummary;
 use tributary_core::frame::Message;
-use tributary_firmware::{Aggregator, ChannelSpec, Link, Mode, DEFAULT_POOL};
+use tributary_firmware::{index, Aggregator, ChannelSpec, Link, Mode, DEFAULT_POOL};
 
 const SPEC: ChannelSpec = ChannelSpec {
     metric: "temperature",
     unit: "degC",
-    quantum_exp: -3,
+    index: &index(-3),
     reference: 20_000,
 };
 

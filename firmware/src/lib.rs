@@ -16,4 +16,4 @@ mod wire;
 pub use aggregator::{Aggregator, AggregatorError, Mode};
 pub use clock::Clock;
 pub use link::{ByteSink, Link, LinkStats, DEFAULT_POOL};
-pub use sensor::{ChannelSpec, Sensor};
+pub use sensor::{index, ChannelSpec, Sensor};

@@ -1,6 +1,9 @@
 //! The sensor abstraction: a sensor yields integer readings on one or more
 //! channels, each described by a [`ChannelSpec`].
 
+use tributary_core::index::DeviceIndex;
+use tributary_core::quantum::Quantum;
+
 /// What one sensor channel measures and how its integer ticks scale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelSpec {
@@ -8,8 +11,9 @@ pub struct ChannelSpec {
     pub metric: &'static str,
     /// The unit, e.g. `degC`.
     pub unit: &'static str,
-    /// A reading of `v` ticks means `v · 10^quantum_exp` units.
-    pub quantum_exp: i8,
+    /// The channel's quantum — a reading of `v` ticks means `v · q` units —
+    /// with the table that buckets its real values ([`index`]; in flash).
+    pub index: &'static DeviceIndex,
     /// The reference offset of the channel's fixed summaries (a typical value
     /// in ticks, keeping Σ(v − reference)² small).
     pub reference: i32,
@@ -24,4 +28,21 @@ pub trait Sensor {
     /// Takes one reading per channel into `out[..channels().len()]`.
     /// On error `out` must not be used.
     fn measure(&mut self, out: &mut [i32]) -> Result<(), Self::Error>;
+}
+
+/// The bucket table of the quantum 10^`exponent`, for a channel's constant:
+/// `index: &index(-3)`. Evaluated at compile time; an exponent outside
+/// −18..=18 does not compile.
+pub const fn index(exponent: i8) -> DeviceIndex {
+    match Quantum::new(exponent) {
+        Ok(q) => DeviceIndex::new(q),
+        Err(_) => panic!("quantum exponent outside -18..=18"),
+    }
+}
+
+impl ChannelSpec {
+    /// The channel's quantum.
+    pub fn quantum(&self) -> Quantum {
+        self.index.quantum()
+    }
 }

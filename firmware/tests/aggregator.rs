@@ -4,19 +4,19 @@
 use tributary_core::frame::Message;
 use tributary_core::quantum::Quantum;
 use tributary_core::summary::Summary;
-use tributary_firmware::{Aggregator, ChannelSpec, Mode, Sensor};
+use tributary_firmware::{index, Aggregator, ChannelSpec, Mode, Sensor};
 
 const SPECS: [ChannelSpec; 2] = [
     ChannelSpec {
         metric: "temperature",
         unit: "degC",
-        quantum_exp: -3,
+        index: &index(-3),
         reference: 20_000,
     },
     ChannelSpec {
         metric: "humidity",
         unit: "pct",
-        quantum_exp: -2,
+        index: &index(-2),
         reference: 5_000,
     },
 ];
@@ -163,7 +163,7 @@ fn summary_overflow_emits_early_for_the_same_window() {
     const BIG: [ChannelSpec; 1] = [ChannelSpec {
         metric: "counter",
         unit: "1",
-        quantum_exp: 0,
+        index: &index(0),
         reference: 0,
     }];
     let mut agg = Aggregator::<1>::new(&BIG, 2, 10_000, Mode::Aggregate).unwrap();

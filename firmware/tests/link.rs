@@ -7,12 +7,12 @@ use tributary_core::fixed::FixedSummary;
 use tributary_core::frame::{encode, Ack, FrameDecoder, Message, SummaryFrame, MAX_FRAME};
 use tributary_core::quantum::Quantum;
 use tributary_core::summary::Summary;
-use tributary_firmware::{Aggregator, ChannelSpec, Clock, Link, Mode};
+use tributary_firmware::{index, Aggregator, ChannelSpec, Clock, Link, Mode};
 
 const SPECS: [ChannelSpec; 1] = [ChannelSpec {
     metric: "temperature",
     unit: "degC",
-    quantum_exp: -3,
+    index: &index(-3),
     reference: 20_000,
 }];
 
@@ -207,7 +207,7 @@ fn milli() -> Quantum {
 fn summary_frame(seq: u32, start: u64, width: u32, values: &[i32]) -> SummaryFrame {
     let mut s = FixedSummary::new(milli(), 20_000);
     for (i, &v) in values.iter().enumerate() {
-        assert!(s.insert(i as u32, v).is_ok());
+        assert!(s.insert(i as u32, v, &index(-3)).is_ok());
     }
     SummaryFrame {
         boot: 1,
@@ -219,7 +219,8 @@ fn summary_frame(seq: u32, start: u64, width: u32, values: &[i32]) -> SummaryFra
     }
 }
 
-/// Values of both signs over many octaves: a summary with ~100 buckets.
+/// Values of both signs over many octaves: a summary with a few hundred
+/// buckets (up to the shared store's 304).
 fn wide_values(rng: &mut u64, n: usize) -> Vec<i32> {
     (0..n)
         .map(|_| {
@@ -249,7 +250,9 @@ fn decode_all(bytes: &[u8]) -> Vec<SummaryFrame> {
 #[test]
 fn frames_are_stored_encoded_and_resent_byte_for_byte() {
     let mut rng = 11u64;
-    let mut link = Link::<16, 64>::new(500);
+    // Wide summaries fill up to 304 buckets (~360 B a frame): a pool of
+    // 8 KiB holds all 16.
+    let mut link = Link::<16, 64, 8192>::new(500);
     let frames: Vec<SummaryFrame> = (0..16)
         .map(|k| summary_frame(k, u64::from(k) * 1_000, 1_000, &wide_values(&mut rng, 300)))
         .collect();

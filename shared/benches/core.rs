@@ -11,8 +11,14 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tributary_core::batch::{Batch, Encoding, Partial};
 use tributary_core::frame::{self, FrameDecoder, Message, SummaryFrame, MAX_FRAME};
+use tributary_core::index::{DeviceIndex, QuantumIndex};
 use tributary_core::sketch::Sketch;
 use tributary_core::{FixedSummary, Quantum, SeriesKey, Summary, Width, Window};
+
+const MILLI: DeviceIndex = DeviceIndex::new(match Quantum::new(-3) {
+    Ok(q) => q,
+    Err(_) => Quantum::DEFAULT,
+});
 
 /// SplitMix64: deterministic data without extra crates.
 struct Mix(u64);
@@ -55,7 +61,7 @@ fn summary_of(r: &[(i64, i64)]) -> Summary {
 fn fixed_of(r: &[(i64, i64)]) -> FixedSummary {
     let mut f = FixedSummary::new(Quantum::new(-3).unwrap(), 21_500);
     for (i, &(_, v)) in r.iter().enumerate() {
-        f.insert(i as u32 * 100, v as i32).unwrap();
+        f.insert(i as u32 * 100, v as i32, &MILLI).unwrap();
     }
     f
 }
@@ -92,18 +98,26 @@ fn insert(c: &mut Criterion) {
     });
     g.bench_function("fixed_summary", |b| {
         b.iter(|| {
+            // As a device: a full summary (a bucket past 255) is sent and
+            // replaced by a fresh one.
             let mut f = FixedSummary::new(Quantum::new(-3).unwrap(), 21_500);
+            let mut sent = 0;
             for (i, &(_, v)) in black_box(&r).iter().enumerate() {
-                f.insert(i as u32, v as i32).unwrap();
+                if f.insert(i as u32, v as i32, &MILLI).is_err() {
+                    f = FixedSummary::new(Quantum::new(-3).unwrap(), 21_500);
+                    sent += 1;
+                    f.insert(i as u32, v as i32, &MILLI).unwrap();
+                }
             }
-            f
+            (f, sent)
         })
     });
     g.bench_function("sketch", |b| {
+        let ix = QuantumIndex::of(Quantum::new(-3).unwrap());
         b.iter(|| {
             let mut s = Sketch::new();
             for &(_, v) in black_box(&r) {
-                s.insert(v).unwrap();
+                s.insert(ix.bucket(v)).unwrap();
             }
             s
         })

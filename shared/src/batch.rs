@@ -13,6 +13,12 @@
 //!
 //! [`Batch::decode`] tells them apart by the first byte, reads the version
 //! before anything else and rejects versions it does not know.
+//!
+//! Version 2 (issue #13): summaries' sketches index the real reading v·q
+//! (OpenTelemetry's buckets), where version 1 indexed the tick count v. The
+//! two layouts are offset by a fraction of a bucket, so no conversion is
+//! exact: a version-1 batch is refused with [`BatchError::TickIndexed`],
+//! never merged into version-2 results.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -24,8 +30,8 @@ use crate::series::{validate_id, KeyError, SeriesKey};
 use crate::summary::Summary;
 use crate::window::Window;
 
-/// The batch format version this crate speaks.
-pub const BATCH_VERSION: u16 = 1;
+/// The batch format version this crate speaks (see the module documentation).
+pub const BATCH_VERSION: u16 = 2;
 /// The first byte of the binary encoding (never the start of JSON text).
 pub const BINARY_MAGIC: u8 = 0xB7;
 
@@ -84,6 +90,9 @@ pub enum BatchError {
     /// A version this build does not know.
     #[error("unknown batch format version {0} (this build speaks {BATCH_VERSION})")]
     UnknownVersion(u16),
+    /// A version-1 batch: its sketches index tick counts, not real values.
+    #[error("batch format version 1 is refused: its sketches index tick counts, which cannot be converted exactly to version {BATCH_VERSION}'s real-value buckets; update the agent")]
+    TickIndexed,
     /// Invalid JSON or a JSON value that breaks an invariant.
     #[error("invalid JSON batch: {0}")]
     Json(#[from] serde_json::Error),
@@ -112,6 +121,15 @@ impl fmt::Display for Encoding {
             Encoding::Json => "json",
             Encoding::Binary => "binary",
         })
+    }
+}
+
+/// The error for a batch or confirmation of version `v` ≠ [`BATCH_VERSION`].
+fn wrong_version(v: u16) -> BatchError {
+    if v == 1 {
+        BatchError::TickIndexed
+    } else {
+        BatchError::UnknownVersion(v)
     }
 }
 
@@ -159,7 +177,7 @@ impl Batch {
                 let body = &bytes[1..];
                 let (v, _) = postcard::take_from_bytes::<u16>(body).map_err(BatchError::Binary)?;
                 if v != BATCH_VERSION {
-                    return Err(BatchError::UnknownVersion(v));
+                    return Err(wrong_version(v));
                 }
                 match postcard::take_from_bytes::<Batch>(body) {
                     Ok((b, [])) => b,
@@ -176,7 +194,7 @@ impl Batch {
                     // report a confusing field error.
                     if let Ok(VersionProbe { v: Some(v) }) = serde_json::from_slice(bytes) {
                         if v != BATCH_VERSION {
-                            return Err(BatchError::UnknownVersion(v));
+                            return Err(wrong_version(v));
                         }
                     }
                     return Err(BatchError::Json(e));
@@ -185,7 +203,7 @@ impl Batch {
             other => return Err(BatchError::UnknownFormat(other)),
         };
         if batch.v != BATCH_VERSION {
-            return Err(BatchError::UnknownVersion(batch.v));
+            return Err(wrong_version(batch.v));
         }
         validate_id("agent id", &batch.agent)?;
         Ok(batch)

@@ -6,9 +6,12 @@
 //! from the start of the window the enclosing frame names, the moments are
 //! kept relative to a per-channel *reference* offset r — Σ(v−r) in `i64`,
 //! Σ(v−r)² in `u64` — which keeps them small when readings hover around a
-//! typical value, and the sketch holds 64 `u16` buckets per sign.
+//! typical value, and the sketch holds 304 `u8` buckets shared by both
+//! signs, indexed through the channel's [`DeviceIndex`] (a boundary table of
+//! its quantum in flash).
 //!
-//! Every overflow (a bucket past 65 535, a moment past its integer) is
+//! Every overflow (a bucket past 255, a moment past its integer, and with
+//! [`FixedSummary::insert_above`] a scale that would drop below a floor) is
 //! reported as an error with the summary unchanged; the device then closes the
 //! window early and starts a fresh summary, which the agent merges back
 //! exactly. Two fixed summaries merge only if quantum and reference agree.
@@ -18,6 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::SummaryError;
 use crate::extent::{Extent, Point};
+use crate::index::{DeviceIndex, MIN_SCALE};
 use crate::quantum::Quantum;
 use crate::sketch::FixedSketch;
 
@@ -47,10 +51,30 @@ impl FixedSummary {
         }
     }
 
-    /// Folds in a reading of `v` ticks taken `time` ms after the window start.
+    /// Folds in a reading of `v` ticks taken `time` ms after the window start,
+    /// bucketed by `index` (the table of this summary's quantum).
     /// On error nothing changes.
     #[inline]
-    pub fn insert(&mut self, time: u32, v: i32) -> Result<(), SummaryError> {
+    pub fn insert(&mut self, time: u32, v: i32, index: &DeviceIndex) -> Result<(), SummaryError> {
+        self.insert_above(time, v, index, MIN_SCALE)
+    }
+
+    /// As [`Self::insert`], but refuses (an overflow error, nothing changed)
+    /// a reading that would lower the sketch's scale below `floor`.
+    #[inline]
+    pub fn insert_above(
+        &mut self,
+        time: u32,
+        v: i32,
+        index: &DeviceIndex,
+        floor: i8,
+    ) -> Result<(), SummaryError> {
+        if index.quantum() != self.quantum {
+            return Err(SummaryError::QuantumMismatch {
+                left: self.quantum,
+                right: index.quantum(),
+            });
+        }
         let count = self
             .count
             .checked_add(1)
@@ -65,7 +89,7 @@ impl FixedSummary {
             .sum_sq
             .checked_add(sq)
             .ok_or(SummaryError::Overflow("sum of squares"))?;
-        self.sketch.insert(i64::from(v))?;
+        self.sketch.insert_above(index.bucket(v), floor)?;
         self.count = count;
         self.sum = sum;
         self.sum_sq = sum_sq;
@@ -207,11 +231,34 @@ impl FixedSummary {
         Ok(s)
     }
 
-    /// Checks the invariants a decoded summary must satisfy.
+    /// Checks the invariants a decoded summary must satisfy. With `alloc`
+    /// (agent side) also that every bucket is one a reading of this quantum
+    /// can reach; a device reads back only frames it wrote itself.
     pub fn validate(&self) -> Result<(), &'static str> {
         self.sketch.validate()?;
         if self.sketch.count() != u64::from(self.count) {
             return Err("fixed summary: sketch count differs from count");
+        }
+        #[cfg(feature = "alloc")]
+        {
+            let scale = self.sketch.scale();
+            let (lo, hi) = (
+                crate::index::lowest(self.quantum, scale),
+                crate::index::highest(self.quantum, 31, scale),
+            );
+            for r in [
+                self.sketch.positive().range(),
+                self.sketch.negative().range(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if r.0 < lo || r.1 > hi {
+                    return Err(
+                        "fixed summary: sketch bucket no reading of this quantum can reach",
+                    );
+                }
+            }
         }
         match &self.extent {
             None if self.count == 0 => {
@@ -280,6 +327,12 @@ mod tests {
     use super::*;
     use crate::summary::Summary;
 
+    const MILLI: DeviceIndex = DeviceIndex::new(match Quantum::new(-3) {
+        Ok(q) => q,
+        Err(_) => Quantum::DEFAULT,
+    });
+    const MICRO: DeviceIndex = DeviceIndex::new(Quantum::DEFAULT);
+
     #[test]
     fn fits_the_device_budget() {
         assert!(
@@ -298,7 +351,7 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            f.insert(i as u32 * 100, v).unwrap();
+            f.insert(i as u32 * 100, v, &MILLI).unwrap();
             full.insert(1_000_000 + i as i64 * 100, i64::from(v))
                 .unwrap();
         }
@@ -323,7 +376,7 @@ mod tests {
         let mut f = FixedSummary::new(Quantum::DEFAULT, 0);
         let mut expected: Option<Extent<u32, i32>> = None;
         for (t, v) in readings {
-            f.insert(t, v).unwrap();
+            f.insert(t, v, &MICRO).unwrap();
             expected = Extent::merge_opt(expected, Some(Extent::of(t, v)));
             assert_eq!(f.extent(), expected.as_ref());
         }
@@ -333,7 +386,7 @@ mod tests {
     fn merge_refuses_other_reference_or_quantum() {
         let q = Quantum::new(-3).unwrap();
         let mut a = FixedSummary::new(q, 0);
-        a.insert(0, 5).unwrap();
+        a.insert(0, 5, &MILLI).unwrap();
         let b = FixedSummary::new(q, 1);
         assert!(matches!(
             a.merge(&b),
@@ -352,7 +405,7 @@ mod tests {
         let mut a = FixedSummary::new(Quantum::DEFAULT, i32::MIN);
         let mut n = 0;
         let err = loop {
-            match a.insert(0, i32::MAX) {
+            match a.insert(0, i32::MAX, &MICRO) {
                 Ok(()) => n += 1,
                 Err(e) => break e,
             }

@@ -1,12 +1,18 @@
 //! Device ↔ agent link frames: postcard + CRC-32 + COBS, no allocation.
 //!
-//! # Format (version 1)
+//! # Format (version 2)
 //! ```text
 //! COBS( version:u8 | postcard(Message) | crc32(version ‖ payload):u32 LE ) 0x00
 //! ```
 //! The CRC is CRC-32/ISO-HDLC over the version byte and the postcard bytes.
 //! COBS removes every zero byte from the frame, so `0x00` delimits frames and
 //! a receiver resynchronises at the next delimiter after any corruption.
+//!
+//! Version 2 (issue #13): a Summary frame's sketch indexes the real reading
+//! v·q, in 304 `u8` buckets shared by both signs; version 1 indexed the tick
+//! count in 64 `u16` buckets per sign. A version-1 frame is refused
+//! ([`FrameError::UnknownVersion`]) — its sketch cannot be converted exactly —
+//! and a device keeps resending it until it is updated.
 //!
 //! Encoding writes into a caller-provided buffer; [`FrameDecoder`] accumulates
 //! bytes into a fixed buffer and yields one result per delimiter, so a
@@ -20,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use crate::fixed::FixedSummary;
 use crate::quantum::Quantum;
 
-/// The frame format version this crate speaks.
-pub const FRAME_VERSION: u8 = 1;
+/// The frame format version this crate speaks (see the module documentation).
+pub const FRAME_VERSION: u8 = 2;
 /// The largest decoded frame: version + payload + CRC.
 pub const MAX_PAYLOAD: usize = 600;
 /// The largest encoded frame including the delimiter.

@@ -4,9 +4,14 @@
 //!
 //! ## Layout
 //! - [`quantum`] — readings become exact integer ticks of a series' quantum.
-//! - [`index`] — exponential-histogram bucket indices without `log`.
-//! - [`sketch`] — the mergeable quantile sketch, generic over its storage:
-//!   [`sketch::Sketch`] (full) and [`sketch::FixedSketch`] (device).
+//! - [`index`] — exponential-histogram bucket indices of the real reading
+//!   v·q, exact and without `log`: per-quantum boundary tables built by
+//!   `const fn` (`index/bounds.rs`), [`index::QuantumIndex`] for every
+//!   scale 8..−4 and [`index::DeviceIndex`] for a device channel.
+//! - [`sketch`] — the mergeable quantile sketch, one algorithm over a count
+//!   store (`sketch/store.rs`) with its wire form (`sketch/wire.rs`):
+//!   [`sketch::Sketch`] (full) and [`sketch::FixedSketch`] (device, 304
+//!   `u8` buckets shared by both signs).
 //! - [`error`] — why a reading or merge was refused.
 //! - [`extent`] — min, max, first and last.
 //! - [`summary`] — the full summary with exact integer moments (`alloc`).

@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub use crate::error::SummaryError;
 use crate::extent::Extent;
 use crate::fixed::FixedSummary;
+use crate::index::{self, QuantumIndex};
 use crate::quantum::{Quantum, MAX_TICKS};
 use crate::sketch::Sketch;
 
@@ -77,7 +78,8 @@ impl Summary {
             .sum_sq
             .checked_add(sq)
             .ok_or(SummaryError::Overflow("sum of squares"))?;
-        self.sketch.insert(v)?;
+        self.sketch
+            .insert(QuantumIndex::of(self.quantum).bucket(v))?;
         self.count = count;
         self.sum = sum;
         self.sum_sq = sum_sq;
@@ -146,7 +148,7 @@ impl Summary {
                 value: i64::from(e.last.value),
             },
         });
-        // 64 buckets always fit the full form's 2048.
+        // 304 buckets of u8 always fit the full form's 2048 per sign of u64.
         let sketch = fixed.sketch().convert().unwrap_or_default();
         Summary {
             quantum: fixed.quantum(),
@@ -212,6 +214,22 @@ impl Summary {
         self.sketch.validate()?;
         if self.sketch.count() != self.count {
             return Err("summary: sketch count differs from count");
+        }
+        let scale = self.sketch.scale();
+        let (lo, hi) = (
+            index::lowest(self.quantum, scale),
+            index::highest(self.quantum, 53, scale),
+        );
+        for r in [
+            self.sketch.positive().range(),
+            self.sketch.negative().range(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if r.0 < lo || r.1 > hi {
+                return Err("summary: sketch bucket no reading of this quantum can reach");
+            }
         }
         match &self.extent {
             None if self.count == 0 => {
@@ -336,21 +354,66 @@ impl Summary {
     }
 
     /// The quantile `q` ∈ [0, 1] with its error bound; q = 0 and q = 1 give
-    /// the exact min and max, and every estimate is clamped to [min, max].
+    /// the exact min and max. Every estimate is clamped to the ticks its
+    /// bucket can hold (so a bucket that holds one tick gives it exactly) and
+    /// to [min, max].
     pub fn quantile(&self, q: f64) -> Option<Quantile> {
         let e = self.extent?;
-        let relative_error = crate::index::relative_error(self.sketch.scale());
+        let relative_error = index::relative_error(self.sketch.scale());
         let ticks = if q == 0.0 {
             e.min as f64
         } else if q == 1.0 {
             e.max as f64
         } else {
-            self.sketch.quantile(q)?.clamp(e.min as f64, e.max as f64)
+            let (value, bucket) = self.sketch.quantile(q)?;
+            let ticks = value / self.quantum.scale(1.0);
+            let ticks = match bucket {
+                Some(index::Bucket::Positive(i)) => self.clamp_to_bucket(ticks, i),
+                Some(index::Bucket::Negative(i)) => -self.clamp_to_bucket(-ticks, i),
+                _ => ticks,
+            };
+            ticks.clamp(e.min as f64, e.max as f64)
         };
         Some(Quantile {
             value: self.quantum.scale(ticks),
             relative_error,
         })
+    }
+
+    /// `ticks` clamped to the tick magnitudes whose bucket at the sketch's
+    /// scale is `index` (exactly, by the index itself; unchanged if the
+    /// bucket holds none, which a non-empty bucket cannot).
+    fn clamp_to_bucket(&self, ticks: f64, index: i32) -> f64 {
+        let scale = self.sketch.scale();
+        let ix = QuantumIndex::of(self.quantum);
+        let of = |t: u64| core::num::NonZeroU64::new(t).map(|t| ix.index(t, scale));
+        let unit = self.quantum.scale(1.0);
+        // First guesses from the bucket's bounds, then exact steps (float
+        // rounding moves a guess by at most a tick or two).
+        let guess = |x: f64| (x / unit).clamp(1.0, MAX_TICKS as f64) as u64;
+        let mut lo = guess(index::lower_bound(index, scale));
+        let mut hi = guess(index::lower_bound(index + 1, scale));
+        for _ in 0..4 {
+            if of(lo).is_some_and(|i| i < index) {
+                lo += 1;
+            } else if of(lo - 1).is_some_and(|i| i >= index) {
+                lo -= 1;
+            }
+            if of(hi).is_some_and(|i| i > index) {
+                hi -= 1;
+            } else if hi < MAX_TICKS as u64 && of(hi + 1).is_some_and(|i| i <= index) {
+                hi += 1;
+            }
+        }
+        // `lo` is the bucket's first tick, `hi` its last.
+        let first = of(lo) == Some(index) && of(lo - 1).is_none_or(|i| i < index);
+        let last = of(hi) == Some(index)
+            && (hi >= MAX_TICKS as u64 || of(hi + 1).is_none_or(|i| i > index));
+        if first && last {
+            ticks.clamp(lo as f64, hi as f64)
+        } else {
+            ticks
+        }
     }
 }
 

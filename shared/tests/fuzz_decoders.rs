@@ -19,12 +19,14 @@ use tributary_core::series::validate_id;
 use tributary_core::{FixedSummary, Quantum, SeriesKey, Summary, Width, Window};
 
 fn fixed() -> FixedSummary {
-    let mut f = FixedSummary::new(Quantum::new(-2).unwrap(), 100);
+    let q = Quantum::new(-2).unwrap();
+    let ix = tributary_core::index::DeviceIndex::new(q);
+    let mut f = FixedSummary::new(q, 100);
     for (i, v) in [150, -7, 0, 0, 1 << 20, -(1 << 25), 99]
         .into_iter()
         .enumerate()
     {
-        f.insert(i as u32 * 10, v).unwrap();
+        f.insert(i as u32 * 10, v, &ix).unwrap();
     }
     f
 }

@@ -10,6 +10,7 @@ use tributary_core::frame::{
     self, Ack, ChannelInfo, DeviceStats, FrameDecoder, FrameError, Hello, Message, ReadingFrame,
     SummaryFrame, TimeSync, FRAME_VERSION, MAX_CHANNELS, MAX_FRAME, MAX_PAYLOAD,
 };
+use tributary_core::index::DeviceIndex;
 use tributary_core::{FixedSummary, Quantum, SeriesKey, Summary, Width, Window};
 
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
@@ -19,11 +20,13 @@ fn hs<const N: usize>(s: &str) -> heapless::String<N> {
 }
 
 fn small_fixed() -> FixedSummary {
-    let mut f = FixedSummary::new(Quantum::new(-2).unwrap(), 2000);
-    f.insert(0, 2150).unwrap();
-    f.insert(1000, 1990).unwrap();
-    f.insert(2000, 0).unwrap();
-    f.insert(3000, -15).unwrap();
+    let q = Quantum::new(-2).unwrap();
+    let ix = DeviceIndex::new(q);
+    let mut f = FixedSummary::new(q, 2000);
+    f.insert(0, 2150, &ix).unwrap();
+    f.insert(1000, 1990, &ix).unwrap();
+    f.insert(2000, 0, &ix).unwrap();
+    f.insert(3000, -15, &ix).unwrap();
     f
 }
 
@@ -226,7 +229,7 @@ fn batches_round_trip_in_both_encodings() {
         }
         // JSON is an object whose `v` is the version; binary starts with the magic.
         let json: serde_json::Value = serde_json::from_slice(&b.encode(Encoding::Json)).unwrap();
-        assert_eq!(json["v"], 1);
+        assert_eq!(json["v"], 2);
         assert_eq!(b.encode(Encoding::Binary)[0], BINARY_MAGIC);
         assert!(b.encode(Encoding::Binary).len() < b.encode(Encoding::Json).len());
     }
@@ -253,19 +256,19 @@ fn confirm_round_trips_and_rejects_unknown_version() {
         assert_eq!(Confirm::decode(&c.encode()).unwrap(), c);
     }
     assert!(matches!(
-        Confirm::decode(br#"{"v":2,"agent":"a","seqs":[1]}"#),
-        Err(BatchError::UnknownVersion(2))
+        Confirm::decode(br#"{"v":1,"agent":"a","seqs":[1]}"#),
+        Err(BatchError::UnknownVersion(1))
     ));
     assert!(matches!(
         Confirm::decode(br#"{"v":9,"future":true}"#),
         Err(BatchError::UnknownVersion(9))
     ));
     assert!(matches!(
-        Confirm::decode(br#"{"v":1,"agent":"bad agent","seqs":[1]}"#),
+        Confirm::decode(br#"{"v":2,"agent":"bad agent","seqs":[1]}"#),
         Err(BatchError::Agent(_))
     ));
     assert!(matches!(
-        Confirm::decode(b"{\"v\":1,"),
+        Confirm::decode(b"{\"v\":2,"),
         Err(BatchError::Json(_))
     ));
 }
@@ -364,12 +367,15 @@ fn oversized_frame_is_rejected_and_the_next_one_decodes() {
 
 #[test]
 fn unknown_version_with_valid_crc_is_rejected() {
-    let mut f = raw_frame(&with_crc(2, &[3, 9, 10]));
-    f.pop();
-    assert_eq!(
-        frame::decode_in_place(&mut f),
-        Err(FrameError::UnknownVersion(2))
-    );
+    // Version 1 (tick-indexed sketches) and a future version 3.
+    for v in [1u8, 3] {
+        let mut f = raw_frame(&with_crc(v, &[3, 9, 10]));
+        f.pop();
+        assert_eq!(
+            frame::decode_in_place(&mut f),
+            Err(FrameError::UnknownVersion(v))
+        );
+    }
 }
 
 #[test]
@@ -433,25 +439,36 @@ fn batch_rejections() {
         Err(BatchError::UnknownFormat(0))
     ));
 
-    // Unknown version, JSON: whether or not the rest parses.
+    // Unknown version, JSON: whether or not the rest parses. Version 1 —
+    // tick-indexed sketches — is refused with its own reason.
     let mut v = json_of(&small_batch());
-    v["v"] = 2.into();
+    v["v"] = 3.into();
     assert!(matches!(
         decode_json(&v),
-        Err(BatchError::UnknownVersion(2))
+        Err(BatchError::UnknownVersion(3))
     ));
+    v["v"] = 1.into();
+    let err = decode_json(&v).unwrap_err();
+    assert!(matches!(err, BatchError::TickIndexed), "{err}");
+    assert!(err.to_string().contains("tick counts"), "{err}");
     assert!(matches!(
         Batch::decode(br#"{"v":3,"everything":"different"}"#),
         Err(BatchError::UnknownVersion(3))
     ));
+    assert!(matches!(
+        Batch::decode(br#"{"v":1,"everything":"different"}"#),
+        Err(BatchError::TickIndexed)
+    ));
     // Unknown version, binary.
     let mut bin = small_batch().encode(Encoding::Binary);
-    assert_eq!(bin[1], 1, "the version is the first postcard field");
-    bin[1] = 2;
+    assert_eq!(bin[1], 2, "the version is the first postcard field");
+    bin[1] = 3;
     assert!(matches!(
         Batch::decode(&bin),
-        Err(BatchError::UnknownVersion(2))
+        Err(BatchError::UnknownVersion(3))
     ));
+    bin[1] = 1;
+    assert!(matches!(Batch::decode(&bin), Err(BatchError::TickIndexed)));
     assert!(matches!(
         Batch::decode(&[BINARY_MAGIC, 0x80, 0x02, 0xFF]),
         Err(BatchError::UnknownVersion(256))
@@ -469,7 +486,7 @@ fn batch_rejections() {
     ));
 
     // Malformed JSON says where.
-    let err = Batch::decode(b"{\"v\":1,\n\"agent\": }").unwrap_err();
+    let err = Batch::decode(b"{\"v\":2,\n\"agent\": }").unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, BatchError::Json(_)));
     assert!(
@@ -560,9 +577,9 @@ fn batch_with_unaligned_window_or_invalid_key_is_rejected() {
 
 #[test]
 fn worst_case_summary_frame_fits_max_payload() {
-    // 64 full u16 buckets per sign, every field at its widest varint.
-    let full = vec![u16::MAX; 64];
-    let n = 2 * 64 * u64::from(u16::MAX) + u64::from(u16::MAX);
+    // All 304 shared u8 buckets full, every field at its widest varint.
+    let full = vec![u8::MAX; 152];
+    let n = 304 * u64::from(u8::MAX) + u64::from(u32::MAX >> 8);
     let json = serde_json::json!({
         "quantum": -18,
         "reference": i32::MIN,
@@ -577,9 +594,9 @@ fn worst_case_summary_frame_fits_max_payload() {
         },
         "sketch": {
             "scale": 6,
-            "zero": u16::MAX,
-            "positive": {"offset": 4000, "counts": full},
-            "negative": {"offset": 4000, "counts": full},
+            "zero": u32::MAX >> 8,
+            "positive": {"offset": -3827, "counts": full},
+            "negative": {"offset": -3827, "counts": full},
         },
     });
     let summary: FixedSummary = serde_json::from_value(json).unwrap();
@@ -610,20 +627,27 @@ fn worst_case_hello_fits_max_payload() {
     assert_eq!(feed(&mut dec, &bytes), vec![Ok(m)]);
 }
 
-/// COBS(version 1 ‖ postcard(Summary frame) ‖ CRC-32 LE) 0x00, as of format v1.
+/// COBS(version 2 ‖ postcard(Summary frame) ‖ CRC-32 LE) 0x00, as of format v2.
+/// Reviewed: beside the version byte, only the sketch differs from v1 — at
+/// quantum 10⁻² the readings 21.50, 19.90 and −0.15 are the real values'
+/// buckets 283, 276 (positive offset zigzag `168, 4` = 276, eight counts
+/// `1 0 0 0 0 0 0 1`, COBS turns the zeros into code bytes) and −176
+/// (negative offset `223, 2`), where v1 had the tick counts' 701 and 250.
 const GOLDEN_SUMMARY: &[u8] = &[
-    26, 1, 1, 7, 42, 1, 192, 169, 7, 224, 212, 3, 254, 160, 31, 4, 197, 60, 137, 171, 237, 3, 1,
-    29, 204, 33, 12, 204, 33, 184, 23, 29, 6, 1, 250, 10, 8, 1, 1, 1, 1, 1, 1, 10, 1, 244, 3, 1, 1,
-    80, 71, 144, 246, 0,
+    26, 2, 1, 7, 42, 1, 192, 169, 7, 224, 212, 3, 254, 160, 31, 4, 197, 60, 137, 171, 237, 3, 1,
+    29, 204, 33, 12, 204, 33, 184, 23, 29, 6, 1, 168, 4, 8, 1, 1, 1, 1, 1, 1, 10, 1, 223, 2, 1, 1,
+    31, 48, 55, 43, 0,
 ];
-/// TimeSync { unix_ms: 1 764 000 000 000 } as of format v1.
-const GOLDEN_TIME_SYNC: &[u8] = &[13, 1, 4, 128, 160, 191, 233, 214, 102, 189, 99, 193, 163, 0];
-/// Magic 0xB7, then postcard(Batch) with version 1 first, as of batch v1.
+/// TimeSync { unix_ms: 1 764 000 000 000 } as of format v2 (version byte and CRC).
+const GOLDEN_TIME_SYNC: &[u8] = &[13, 2, 4, 128, 160, 191, 233, 214, 102, 94, 100, 78, 45, 0];
+/// Magic 0xB7, then postcard(Batch) with version 2 first, as of batch v2.
+/// Reviewed: at quantum 10⁻¹, 21.5 is bucket 283 (`182, 4`) and −0.3 bucket
+/// −112 (`223, 1`), OpenTelemetry's indices of those values at scale 6.
 const GOLDEN_BATCH: &[u8] = &[
-    183, 1, 7, 97, 103, 101, 110, 116, 45, 49, 5, 128, 211, 14, 0, 1, 4, 116, 101, 109, 112, 4,
+    183, 2, 7, 97, 103, 101, 110, 116, 45, 49, 5, 128, 211, 14, 0, 1, 4, 116, 101, 109, 112, 4,
     100, 101, 118, 49, 1, 4, 114, 111, 111, 109, 5, 108, 97, 98, 32, 49, 192, 169, 7, 192, 169, 7,
-    255, 2, 168, 3, 154, 233, 2, 1, 5, 174, 3, 168, 177, 7, 174, 3, 144, 185, 7, 5, 6, 0, 222, 7,
-    1, 1, 202, 1, 1, 1,
+    255, 2, 168, 3, 154, 233, 2, 1, 5, 174, 3, 168, 177, 7, 174, 3, 144, 185, 7, 5, 6, 0, 182, 4,
+    1, 1, 223, 1, 1, 1,
 ];
 
 #[test]
@@ -635,9 +659,10 @@ fn fixed_summary_with_inconsistent_moments_is_rejected() {
             "extent": {"min": 10, "max": 20,
                        "first": {"time": 0, "value": 10}, "last": {"time": 1, "value": 20}},
             "sketch": serde_json::to_value({
-                let mut f = FixedSummary::new(Quantum::new(-3).unwrap(), 0);
-                f.insert(0, 10).unwrap();
-                f.insert(1, 20).unwrap();
+                let q = Quantum::new(-3).unwrap();
+                let mut f = FixedSummary::new(q, 0);
+                f.insert(0, 10, &DeviceIndex::new(q)).unwrap();
+                f.insert(1, 20, &DeviceIndex::new(q)).unwrap();
                 f
             }).unwrap()["sketch"],
         })

@@ -7,10 +7,9 @@ use std::collections::BTreeMap;
 use std::vec::Vec;
 
 use tributary_core::frame::{ChannelInfo, DeviceStats, Hello, Message, MAX_CHANNELS};
-use tributary_core::quantum::Quantum;
 use tributary_core::summary::Summary;
 
-use tributary_firmware::{Aggregator, AggregatorError, ChannelSpec, Clock, Link, Mode};
+use tributary_firmware::{index, Aggregator, AggregatorError, ChannelSpec, Clock, Link, Mode};
 
 /// The simulated channels: temperature (sine + noise, spikes), humidity
 /// (steps) and pressure (slow drift + noise).
@@ -18,19 +17,19 @@ pub const SIM_CHANNELS: [ChannelSpec; 3] = [
     ChannelSpec {
         metric: "temperature",
         unit: "degC",
-        quantum_exp: -3,
+        index: &index(-3),
         reference: 20_000,
     },
     ChannelSpec {
         metric: "humidity",
         unit: "pct",
-        quantum_exp: -2,
+        index: &index(-2),
         reference: 5_000,
     },
     ChannelSpec {
         metric: "pressure",
         unit: "Pa",
-        quantum_exp: 0,
+        index: &index(0),
         reference: 101_325,
     },
 ];
@@ -156,7 +155,7 @@ impl VirtualDevice {
             self.readings += 3;
             if let Some(start) = self.agg.window_start().filter(|_| self.record_truth) {
                 for (ch, &v) in values.iter().enumerate() {
-                    let q = Quantum::new(SIM_CHANNELS[ch].quantum_exp).unwrap_or(Quantum::DEFAULT);
+                    let q = SIM_CHANNELS[ch].quantum();
                     let s = self
                         .truth
                         .entry((ch as u8, start))
@@ -206,7 +205,7 @@ impl VirtualDevice {
                 channel: i as u8,
                 metric: heapless::String::try_from(spec.metric).unwrap_or_default(),
                 unit: heapless::String::try_from(spec.unit).unwrap_or_default(),
-                quantum: Quantum::new(spec.quantum_exp).unwrap_or(Quantum::DEFAULT),
+                quantum: spec.quantum(),
                 reference: spec.reference,
             });
         }

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use tributary_core::frame::{self, Ack, FrameDecoder, Message, MAX_FRAME};
-use tributary_core::{Quantum, SeriesKey, Summary};
+use tributary_core::{SeriesKey, Summary};
 use tributary_firmware::AggregatorError;
 
 use tributary_runtime::now_ms;
@@ -151,7 +151,7 @@ impl SimDevice {
                     let start = tick - tick % width;
                     let q = SIM_CHANNELS
                         .get(usize::from(r.channel))
-                        .and_then(|c| Quantum::new(c.quantum_exp).ok())
+                        .map(|c| c.quantum())
                         .unwrap_or_default();
                     let s = windows
                         .entry((r.channel, start))

@@ -57,7 +57,18 @@ pub enum StoreError {
     /// The data directory could not be created.
     #[error("cannot create data directory: {0}")]
     Dir(#[from] std::io::Error),
+    /// The database holds summaries of schema 1, whose sketches index tick
+    /// counts: they cannot be converted exactly to real-value buckets.
+    #[error("the agent database holds summaries of schema {found}, whose sketches index tick counts; they cannot be converted exactly to this version's real-value buckets (schema {SCHEMA}): let the previous agent version drain its outbox, or move the database aside (its unsent data is then lost)")]
+    TickIndexed {
+        /// The schema found.
+        found: i64,
+    },
 }
+
+/// The schema version this build writes: 2 since sketches index the real
+/// reading (issue #13).
+pub const SCHEMA: i64 = 2;
 
 fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
@@ -170,7 +181,7 @@ impl std::fmt::Debug for Store {
     }
 }
 
-const SCHEMA: &str = "
+const SCHEMA_SQL: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sources(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, watermark INTEGER);
 CREATE TABLE IF NOT EXISTS series(id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, quantum INTEGER NOT NULL,
@@ -184,8 +195,37 @@ CREATE TABLE IF NOT EXISTS outbox(id INTEGER PRIMARY KEY AUTOINCREMENT, series I
     start INTEGER NOT NULL, width INTEGER NOT NULL, readings INTEGER NOT NULL, bytes INTEGER NOT NULL,
     summary BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS batches(seq INTEGER PRIMARY KEY, readings INTEGER NOT NULL, payload BLOB NOT NULL);
-INSERT OR IGNORE INTO meta(key, value) VALUES ('next_seq', 1), ('dropped', 0), ('schema', 1);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('next_seq', 1), ('dropped', 0), ('schema', 2);
 ";
+
+/// Brings a schema-1 database to [`SCHEMA`] if it holds no summary (open
+/// windows, unsent partials or batches): sketches of schema 1 index tick
+/// counts and cannot be converted exactly, so one that does is refused.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let found: i64 = conn.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+        r.get(0)
+    })?;
+    if found == SCHEMA {
+        return Ok(());
+    }
+    let held: i64 = conn.query_row(
+        "SELECT (SELECT count(*) FROM open_windows) + (SELECT count(*) FROM outbox)
+              + (SELECT count(*) FROM batches)",
+        [],
+        |r| r.get(0),
+    )?;
+    if found > SCHEMA {
+        return Err(corrupt(
+            "schema",
+            format!("version {found} is newer than this agent's {SCHEMA}"),
+        ));
+    }
+    if held > 0 {
+        return Err(StoreError::TickIndexed { found });
+    }
+    conn.execute("UPDATE meta SET value = ?1 WHERE key = 'schema'", [SCHEMA])?;
+    Ok(())
+}
 
 fn encode_summary(s: &Summary) -> Vec<u8> {
     postcard::to_allocvec(s).unwrap_or_default()
@@ -212,7 +252,8 @@ impl Store {
             },
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(SCHEMA_SQL)?;
+        migrate(&conn)?;
         let checkpointer = Checkpointer::start(&conn, path, checkpoint::INTERVAL)?;
         let partial_bytes: i64 =
             conn.query_row("SELECT COALESCE(SUM(bytes), 0) FROM outbox", [], |r| {

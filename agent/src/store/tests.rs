@@ -159,3 +159,38 @@ fn coarsening_is_exact_and_widens_windows_then_drops_at_the_floor() {
     }
     assert_eq!(kept + out.dropped_readings, 96);
 }
+
+/// A schema-1 database (tick-indexed sketches) is migrated when it holds no
+/// summary and refused with a clear reason when it does.
+#[test]
+fn schema_1_is_migrated_when_empty_and_refused_when_it_holds_summaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let set_schema = |v: i64| {
+        let c = Connection::open(&path).unwrap();
+        c.execute("UPDATE meta SET value = ?1 WHERE key = 'schema'", [v])
+            .unwrap();
+    };
+    drop(Store::open(&path, Synchronous::Normal).unwrap());
+    set_schema(1);
+    drop(Store::open(&path, Synchronous::Normal).unwrap());
+    let c = Connection::open(&path).unwrap();
+    let v: i64 = c
+        .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(v, SCHEMA);
+    c.execute(
+        "INSERT INTO outbox(series, start, width, readings, bytes, summary) VALUES (0, 0, 1000, 1, 1, x'00')",
+        [],
+    )
+    .unwrap();
+    drop(c);
+    set_schema(1);
+    let err = Store::open(&path, Synchronous::Normal).unwrap_err();
+    assert!(matches!(err, StoreError::TickIndexed { found: 1 }), "{err}");
+    assert!(err.to_string().contains("tick counts"), "{err}");
+    set_schema(3);
+    assert!(Store::open(&path, Synchronous::Normal).is_err());
+}

@@ -71,6 +71,15 @@ pub enum StoreError {
         /// The newest version this build knows.
         known: i64,
     },
+    /// The database holds summaries whose sketches index tick counts (a
+    /// schema older than the real-value sketches of issue #13).
+    #[error("the database (schema {found}) holds summaries whose sketches index tick counts; they cannot be converted exactly to this collector's real-value buckets (schema {known}): start it on a new database, or keep the previous collector version on this one")]
+    TickIndexed {
+        /// The version found in the database.
+        found: i64,
+        /// The version this build writes.
+        known: i64,
+    },
     /// Stored data could not be decoded (corruption or a newer schema).
     #[error("stored {what} is corrupt: {detail}")]
     Corrupt {

@@ -46,10 +46,11 @@ impl DelayNs for NoDelay {
 }
 
 /// The gateway's `Ack { boot: 1, seq: 5 }` as a std build (table CRC)
-/// encodes it: COBS(version 1, postcard [3, 1, 5], CRC-32 0xF2CFC3EE
-/// little-endian), delimiter. The link accepts it only if the table-free
-/// CRC of this build (`small-crc`) computes the same CRC-32.
-const ACK_1_5: [u8; 10] = [0x09, 0x01, 0x03, 0x01, 0x05, 0xEE, 0xC3, 0xCF, 0xF2, 0x00];
+/// encodes it: COBS(version 2, postcard [3, 1, 5], CRC-32 0xE07A6C00
+/// little-endian — its zero low byte becomes a COBS code), delimiter. The
+/// link accepts it only if the table-free CRC of this build (`small-crc`)
+/// computes the same CRC-32.
+const ACK_1_5: [u8; 10] = [0x05, 0x02, 0x03, 0x01, 0x05, 0x04, 0x6C, 0x7A, 0xE0, 0x00];
 
 fn run() -> u32 {
     let mut sensor = Sht3x::new(MockBus, NoDelay, sht3x::DEFAULT_ADDRESS);

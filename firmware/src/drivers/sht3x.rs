@@ -9,7 +9,9 @@
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 
-use crate::sensor::{ChannelSpec, Sensor};
+use tributary_core::index::DeviceIndex;
+
+use crate::sensor::{index, ChannelSpec, Sensor};
 
 /// The default I²C address (ADDR pin low); 0x45 with ADDR high.
 pub const DEFAULT_ADDRESS: u8 = 0x44;
@@ -18,18 +20,21 @@ const MEASURE_HIGH: [u8; 2] = [0x24, 0x00];
 /// Maximum measurement duration at high repeatability is 15.5 ms.
 const MEASURE_MS: u32 = 16;
 
+/// The bucket table of both channels' quantum, 10⁻³ (one copy in flash).
+static MILLI: DeviceIndex = index(-3);
+
 /// The channels: temperature (m°C) and relative humidity (m%).
 pub const CHANNELS: [ChannelSpec; 2] = [
     ChannelSpec {
         metric: "temperature",
         unit: "degC",
-        quantum_exp: -3,
+        index: &MILLI,
         reference: 20_000,
     },
     ChannelSpec {
         metric: "humidity",
         unit: "pct",
-        quantum_exp: -3,
+        index: &MILLI,
         reference: 50_000,
     },
 ];

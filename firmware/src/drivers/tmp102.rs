@@ -7,7 +7,7 @@
 
 use embedded_hal::i2c::I2c;
 
-use crate::sensor::{ChannelSpec, Sensor};
+use crate::sensor::{index, ChannelSpec, Sensor};
 
 /// The address with ADD0 tied to GND.
 pub const DEFAULT_ADDRESS: u8 = 0x48;
@@ -17,7 +17,7 @@ const TEMPERATURE_REGISTER: u8 = 0x00;
 pub const CHANNELS: [ChannelSpec; 1] = [ChannelSpec {
     metric: "temperature",
     unit: "degC",
-    quantum_exp: -4,
+    index: &index(-4),
     reference: 200_000,
 }];
 

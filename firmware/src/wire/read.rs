@@ -16,7 +16,7 @@ use tributary_core::extent::{Extent, Point};
 use tributary_core::fixed::FixedSummary;
 use tributary_core::frame::{Ack, Message, SummaryFrame, TimeSync};
 use tributary_core::quantum::Quantum;
-use tributary_core::sketch::{Buckets, FixedCounts, FixedSketch};
+use tributary_core::sketch::{FixedSketch, SharedCounts};
 
 use super::{ACK, SUMMARY, TIME_SYNC};
 
@@ -110,15 +110,27 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn buckets(&mut self) -> Option<Buckets<FixedCounts>> {
+    /// `n` raw bytes.
+    fn bytes(&mut self, n: u64) -> Option<&'a [u8]> {
+        let n = usize::try_from(n).ok()?;
+        if n > self.rest.len() {
+            return None;
+        }
+        let (head, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Some(head)
+    }
+
+    /// One sign's offset and `u8` counts (raw bytes in postcard).
+    fn buckets(&mut self) -> Option<(i32, &'a [u8])> {
         let offset = self.i32()?;
         let n = self.len()?;
-        let mut counts = FixedCounts::new();
-        for _ in 0..n {
-            // More than the capacity fails here, as heapless's visitor does.
-            counts.push(self.varint(16)? as u16).ok()?;
+        // More than one sign's share of the store fails here, as heapless's
+        // visitor does (its capacity is the whole store).
+        if n > SharedCounts::LIMIT as u64 {
+            return None;
         }
-        Some(Buckets { offset, counts })
+        Some((offset, self.bytes(n)?))
     }
 
     fn sketch(&mut self) -> Option<FixedSketch> {
@@ -215,10 +227,12 @@ mod tests {
     }
 
     fn summary_frame(values: &[(u32, i32)], reference: i32, seq: u32) -> SummaryFrame {
-        let mut s = FixedSummary::new(Quantum::new(-3).unwrap(), reference);
+        let q = Quantum::new(-3).unwrap();
+        let ix = tributary_core::index::DeviceIndex::new(q);
+        let mut s = FixedSummary::new(q, reference);
         for &(t, v) in values {
             // Overflowing readings are skipped, as the aggregator would.
-            let _ = s.insert(t, v);
+            let _ = s.insert(t, v, &ix);
         }
         SummaryFrame {
             boot: 0xDEAD_BEEF,

@@ -6,7 +6,7 @@
 
 use tributary_core::fixed::FixedSummary;
 use tributary_core::frame::{encode_payload, FrameError, ReadingFrame, SummaryFrame, MAX_PAYLOAD};
-use tributary_core::sketch::{Buckets, FixedCounts};
+use tributary_core::sketch::{Buckets, SharedCounts};
 
 use super::{READING, SUMMARY};
 
@@ -41,11 +41,12 @@ impl Writer<'_> {
         self.varint(((v << 1) ^ (v >> 63)) as u64)
     }
 
-    fn buckets(&mut self, b: &Buckets<FixedCounts>) -> Option<()> {
-        self.zigzag(i64::from(b.offset))?;
-        self.varint(b.counts.len() as u64)?;
-        for &c in b.counts.iter() {
-            self.varint(u64::from(c))?;
+    /// One sign's offset and counts; a `u8` count is one raw byte.
+    fn buckets(&mut self, b: Buckets<'_, SharedCounts>) -> Option<()> {
+        self.zigzag(i64::from(b.offset()))?;
+        self.varint(b.len() as u64)?;
+        for c in b.counts() {
+            self.byte(c as u8)?;
         }
         Some(())
     }
@@ -139,9 +140,11 @@ mod tests {
     }
 
     fn summary_frame(values: &[(u32, i32)], exp: i8, reference: i32, seq: u32) -> SummaryFrame {
-        let mut s = FixedSummary::new(Quantum::new(exp).unwrap(), reference);
+        let q = Quantum::new(exp).unwrap();
+        let ix = tributary_core::index::DeviceIndex::new(q);
+        let mut s = FixedSummary::new(q, reference);
         for &(t, v) in values {
-            let _ = s.insert(t, v);
+            let _ = s.insert(t, v, &ix);
         }
         SummaryFrame {
             boot: seq.rotate_left(7),

@@ -6,7 +6,7 @@
 //! migrate once; an instance that finds a version newer than it knows refuses
 //! to run ([`StoreError::SchemaTooNew`]).
 //!
-//! # Schema (version 2)
+//! # Schema (version 3)
 //! - `applied(agent, seq)` — the de-duplication keys, primary key;
 //! - `series(id, key)` — series keys as canonical JSON (`COLLATE "C"`, so
 //!   they sort bytewise as in SQLite), unique;
@@ -21,16 +21,24 @@
 //!   when by the database's clock (version 2);
 //! - `parked(name, series, width, start)` — rows each sink passed over
 //!   because they were not final yet (version 2).
+//!
+//! Version 3 changes no table: from it on, summaries' sketches index the
+//! real reading (issue #13). Those of versions 1–2 indexed tick counts and
+//! cannot be converted exactly, so an older database is migrated only if
+//! `results` is empty, and refused ([`StoreError::TickIndexed`]) otherwise.
 
 use deadpool_postgres::Client;
 
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
+
+/// The first version whose sketches index the real reading.
+const REAL_VALUE_SKETCHES: i64 = 3;
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 2] = [V1, V2];
+const MIGRATIONS: [&str; 3] = [V1, V2, V3];
 
 const V1: &str = r#"
 CREATE TABLE applied (agent TEXT COLLATE "C" NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (agent, seq));
@@ -56,6 +64,9 @@ const V2: &str = r#"
 CREATE TABLE leases (name TEXT COLLATE "C" PRIMARY KEY, holder TEXT NOT NULL, expires TIMESTAMPTZ NOT NULL);
 CREATE TABLE parked (name TEXT COLLATE "C" NOT NULL, series BIGINT NOT NULL REFERENCES series(id), width BIGINT NOT NULL, start BIGINT NOT NULL, PRIMARY KEY (name, series, width, start));
 "#;
+
+/// Sketches index the real reading from here on; no table changes.
+const V3: &str = "SELECT 1";
 
 /// Any fixed number: the advisory lock key that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7472_6962_7574_6172; // "tributar"
@@ -96,6 +107,18 @@ pub(super) async fn migrate(client: &mut Client) -> Result<i64, StoreError> {
             found,
             known: SCHEMA_VERSION,
         });
+    }
+    if (1..REAL_VALUE_SKETCHES).contains(&found) {
+        let held: bool = tx
+            .query_one("SELECT EXISTS (SELECT 1 FROM results)", &[])
+            .await?
+            .get(0);
+        if held {
+            return Err(StoreError::TickIndexed {
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
     }
     for (from, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
         tx.batch_execute(sql).await?;

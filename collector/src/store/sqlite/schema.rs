@@ -1,6 +1,6 @@
 //! The SQLite schema and its migrations.
 //!
-//! # Schema (version 3, in `PRAGMA user_version`; migrations run at open)
+//! # Schema (version 4, in `PRAGMA user_version`; migrations run at open)
 //! - `applied(agent, seq)` — the de-duplication keys, primary key;
 //! - `series(id, key)` — series keys as canonical JSON, unique;
 //! - `results(series, width, start, revision, summary, changed)` — one row
@@ -15,16 +15,25 @@
 //!   (several processes may open one database file);
 //! - `parked(name, series, width, start)` — rows each sink passed over
 //!   because they were not final yet.
+//!
+//! Version 4 changes no table: from it on, summaries' sketches index the
+//! real reading (issue #13). Those of versions 1–3 indexed tick counts and
+//! cannot be converted exactly, so a database of an older version is
+//! migrated only if `results` is empty, and refused
+//! ([`StoreError::TickIndexed`]) otherwise.
 
 use rusqlite::Connection;
 
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
+
+/// The first version whose sketches index the real reading.
+const REAL_VALUE_SKETCHES: i64 = 4;
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 3] = [V1, V2, V3];
+const MIGRATIONS: [&str; 4] = [V1, V2, V3, V4];
 
 const V1: &str = "
 CREATE TABLE IF NOT EXISTS applied (agent TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (agent, seq)) WITHOUT ROWID;
@@ -55,6 +64,9 @@ CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms INT
 CREATE TABLE parked (name TEXT NOT NULL, series INTEGER NOT NULL, width INTEGER NOT NULL, start INTEGER NOT NULL, PRIMARY KEY (name, series, width, start)) WITHOUT ROWID;
 ";
 
+/// Sketches index the real reading from here on; no table changes.
+const V4: &str = "";
+
 /// Brings the schema to [`SCHEMA_VERSION`]; refuses a newer one.
 pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -63,6 +75,16 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
             found,
             known: SCHEMA_VERSION,
         });
+    }
+    if (1..REAL_VALUE_SKETCHES).contains(&found) {
+        let held: bool =
+            conn.query_row("SELECT EXISTS (SELECT 1 FROM results)", [], |r| r.get(0))?;
+        if held {
+            return Err(StoreError::TickIndexed {
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
     }
     for (from, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
         conn.execute_batch(&format!(

@@ -1,0 +1,4 @@
+//! Helpers shared by the firmware's integration tests and examples.
+#![allow(dead_code)]
+
+pub(crate) mod resolution;

@@ -5,10 +5,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use super::*;
-use crate::sources::json::JsonReading;
-use crate::sources::simulated;
+use tokio::sync::{oneshot, watch};
+use tributary_core::frame::Message;
+use tributary_core::{Quantum, SeriesKey};
+use tributary_runtime::now_ms;
 use tributary_sim::SimDevice;
+
+use super::*;
+use crate::config::Config;
+use crate::link::json::{JsonMessage, JsonReading};
+use crate::sources::simulated;
 
 fn config(dir: &Path, extra: &str) -> Config {
     Config::from_toml(&format!(
@@ -20,14 +26,27 @@ fn config(dir: &Path, extra: &str) -> Config {
     .unwrap()
 }
 
+/// The engine of `cfg`, with no uplink.
 fn open(cfg: &Config) -> (Engine, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::default());
-    let e = Engine::open(cfg.clone(), metrics.clone(), Arc::new(Notify::new())).unwrap();
+    let store = Store::open(&cfg.db_path(), &cfg.store, &cfg.outbox).unwrap();
+    let (batches, _) = mpsc::unbounded_channel();
+    let (_, connected) = watch::channel(false);
+    let e = Engine::open(Parts {
+        store,
+        window: &cfg.window,
+        commit: &cfg.store,
+        limits: &cfg.limits,
+        tags: cfg.global_tags(),
+        outbound: Outbound::new(&cfg.agent_id, cfg.uplink.encoding, 1, batches, connected),
+        metrics: metrics.clone(),
+    })
+    .unwrap();
     (e, metrics)
 }
 
 fn keys(e: &Engine) -> BTreeSet<String> {
-    e.series_ids.keys().map(ToString::to_string).collect()
+    e.registry.keys().map(|(k, _)| k.to_string()).collect()
 }
 
 fn reading(metric: &str, tags: &[(&str, &str)]) -> JsonReading {
@@ -43,7 +62,7 @@ fn reading(metric: &str, tags: &[(&str, &str)]) -> JsonReading {
 }
 
 fn json(e: &mut Engine, device: &str, readings: Vec<JsonReading>) {
-    e.handle(Cmd::Json {
+    e.handle(Input::Json {
         device: device.into(),
         msg: JsonMessage { id: None, readings },
         done: None,
@@ -59,7 +78,7 @@ fn global_tags_reach_every_source_and_survive_a_restart() {
     // A device link (simulated: the firmware's own Hello).
     let sim = &SimDevice::all(&cfg.simulated)[0];
     let hello = sim.device().unwrap().hello(0);
-    e.handle(Cmd::Link {
+    e.handle(Input::Link {
         link: "sim:sim-0".into(),
         frames: vec![(Message::Hello(hello), now_ms())],
         reply: None,
@@ -73,15 +92,16 @@ fn global_tags_reach_every_source_and_survive_a_restart() {
         "j1",
         vec![reading("t", &[("site", "lab")]), reading("u", &[])],
     );
-    // Bulk input.
+    // In-process readings.
     let (tx, mut rx) = oneshot::channel();
-    e.handle(Cmd::Register {
+    e.handle(Input::Readings {
         key: SeriesKey::new("b", "bulk", BTreeMap::new()).unwrap(),
         quantum: Quantum::default(),
-        reply: tx,
+        points: vec![(1_000_500, 7)],
+        done: Some(tx),
     })
     .unwrap();
-    assert!(rx.try_recv().unwrap().is_ok());
+    assert!(rx.try_recv().is_err(), "acknowledged only after the commit");
 
     let g = ",gateway=\"gw-1\",site=\"berlin\"}";
     let want: BTreeSet<String> = [
@@ -94,7 +114,7 @@ fn global_tags_reach_every_source_and_survive_a_restart() {
     ]
     .into();
     assert_eq!(keys(&e), want);
-    for (key, &id) in &e.series_ids {
+    for (key, id) in e.registry.keys() {
         assert_eq!(
             e.win.series(id).unwrap().key(),
             key,
@@ -102,14 +122,16 @@ fn global_tags_reach_every_source_and_survive_a_restart() {
         );
     }
     // The ground truth of the simulated device names the same series.
-    let truth: BTreeSet<String> = simulated::agent_truth(&cfg)
-        .unwrap()
-        .iter()
-        .map(|w| w.series.to_string())
-        .collect();
+    let truth: BTreeSet<String> =
+        simulated::agent_truth(&cfg.simulated, &cfg.global_tags(), &cfg.limits)
+            .unwrap()
+            .iter()
+            .map(|w| w.series.to_string())
+            .collect();
     assert_eq!(truth.len(), 3);
     assert!(truth.is_subset(&want), "{truth:?}");
     e.commit().unwrap();
+    assert_eq!(rx.try_recv(), Ok(()), "acknowledged after the commit");
     drop(e);
 
     // After a restart the stored keys are found again: a repeated reading
@@ -117,8 +139,8 @@ fn global_tags_reach_every_source_and_survive_a_restart() {
     let (mut e, _) = open(&cfg);
     assert_eq!(keys(&e), want);
     json(&mut e, "j1", vec![reading("u", &[])]);
-    assert_eq!(e.series_ids.len(), want.len());
-    let dev = e.devices.get(&("sim-0".to_string(), sim.boot())).unwrap();
+    assert_eq!(e.registry.len(), want.len());
+    let dev = e.devices.get("sim-0", sim.boot()).unwrap();
     let restored: BTreeSet<String> = dev
         .channels()
         .iter()
@@ -146,6 +168,6 @@ fn too_many_tags_with_the_global_ones_are_refused_and_counted() {
             "ok{device=\"j1\",gateway=\"gw-1\",room=\"a\",site=\"berlin\"}".to_string()
         ])
     );
-    assert_eq!(metrics.readings_accepted.load(Relaxed), 1);
+    assert_eq!(metrics.readings_accepted.get(), 1);
     assert_eq!(metrics.rejected(crate::metrics::Reject::TooManyTags), 1);
 }

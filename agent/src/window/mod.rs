@@ -19,7 +19,11 @@
 //! The hot path ([`Windower::insert_many`]) folds a run of readings of one
 //! series with one lookup, usually hitting the newest open window.
 
+pub mod config;
+
 use tributary_core::{Quantum, SeriesKey, Summary, SummaryError, Width, Window};
+
+pub use config::WindowConfig;
 
 /// Index of a series in the windower.
 pub type SeriesId = u32;
@@ -55,6 +59,27 @@ impl SeriesState {
     /// The series' quantum.
     pub fn quantum(&self) -> Quantum {
         self.quantum
+    }
+
+    /// The open window starting at `start`, opened (empty) if need be. The
+    /// newest is the usual one, so it is tried first.
+    fn open_at(&mut self, start: i64) -> &mut Open {
+        if self.open.last().is_some_and(|o| o.start == start) {
+            let last = self.open.len() - 1;
+            return &mut self.open[last];
+        }
+        let pos = self.open.partition_point(|o| o.start < start);
+        if self.open.get(pos).is_none_or(|o| o.start != start) {
+            self.open.insert(
+                pos,
+                Open {
+                    start,
+                    summary: Summary::new(self.quantum),
+                    dirty: false,
+                },
+            );
+        }
+        &mut self.open[pos]
     }
 }
 
@@ -115,6 +140,11 @@ impl Windower {
             sources: Vec::new(),
             dirty: Vec::new(),
         }
+    }
+
+    /// An empty windower as `[window]` sets it.
+    pub fn from_config(cfg: &WindowConfig) -> Self {
+        Windower::new(cfg.width(), cfg.allowed_lateness_ms, cfg.idle_close_ms)
     }
 
     /// The window width.
@@ -248,23 +278,7 @@ impl Windower {
                     }
                 }
             } else {
-                let open = match s.open.last_mut() {
-                    Some(o) if o.start == start => o,
-                    _ => {
-                        let pos = s.open.partition_point(|o| o.start < start);
-                        if s.open.get(pos).is_none_or(|o| o.start != start) {
-                            s.open.insert(
-                                pos,
-                                Open {
-                                    start,
-                                    summary: Summary::new(s.quantum),
-                                    dirty: false,
-                                },
-                            );
-                        }
-                        &mut s.open[pos]
-                    }
-                };
+                let open = s.open_at(start);
                 open.dirty = true;
                 open.summary.insert(t, v)
             };
@@ -351,19 +365,9 @@ impl Windower {
                 }
             }
         } else {
-            let pos = s.open.partition_point(|o| o.start < start);
-            if s.open.get(pos).is_none_or(|o| o.start != start) {
-                s.open.insert(
-                    pos,
-                    Open {
-                        start,
-                        summary: Summary::new(s.quantum),
-                        dirty: false,
-                    },
-                );
-            }
-            s.open[pos].summary.merge(summary)?;
-            s.open[pos].dirty = true;
+            let open = s.open_at(start);
+            open.summary.merge(summary)?;
+            open.dirty = true;
         }
         let source = s.source;
         let last = summary

@@ -1,0 +1,205 @@
+//! The engine: the single owner of the windower and the store.
+//!
+//! # Design
+//! Sources send [`Input`]s over one bounded channel (backpressure) to the
+//! engine, which runs on its own thread. It applies input to the in-memory
+//! windower and de-dup state at once, and acknowledges nothing until the
+//! group commit that makes the input durable: a commit happens
+//! `store.commit_interval_ms` after the first uncommitted input, or earlier
+//! when `store.commit_max_readings` are pending or an input made a window
+//! due. After the commit it sends the link Acks, fires the MQTT
+//! acknowledgements and forms batches for the uplink ([`outbound`]).
+//!
+//! If a commit fails (full disk, corrupt database) the engine stops with an
+//! error and the agent exits non-zero: nothing uncommitted was acknowledged,
+//! so a restart resumes from the last commit without loss.
+//!
+//! # Layout
+//! - this file — the loop (when to commit) and the dispatch of inputs;
+//! - [`input`] — the [`Input`] enum;
+//! - [`registry`] — sources, series ids, global tags ([`tags`]), limits
+//!   ([`config`]);
+//! - [`devices`] — Hello and data frames, device boots and links;
+//! - [`readings`] — JSON and in-process readings;
+//! - [`commit`] — assembling and running a group commit, acknowledging after it;
+//! - [`outbound`] — forming batches for the uplink and deleting confirmed ones.
+
+mod commit;
+pub mod config;
+mod devices;
+pub mod input;
+mod outbound;
+mod readings;
+mod registry;
+pub mod tags;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreConfig, StoreError};
+use crate::window::{WindowConfig, Windower};
+use commit::Pending;
+use devices::Devices;
+use registry::Registry;
+
+pub use config::LimitsConfig;
+pub use input::{Done, Input, Reply};
+pub(crate) use outbound::Outbound;
+pub use tags::GlobalTags;
+
+/// What an engine is made of: its store, the sections it reads and where
+/// its batches go.
+#[derive(Debug)]
+pub(crate) struct Parts<'a> {
+    /// The opened store.
+    pub(crate) store: Store,
+    /// `[window]`.
+    pub(crate) window: &'a WindowConfig,
+    /// `[store]` (the group commit's timing).
+    pub(crate) commit: &'a StoreConfig,
+    /// `[limits]`.
+    pub(crate) limits: &'a LimitsConfig,
+    /// `[tags]`.
+    pub(crate) tags: GlobalTags,
+    /// The uplink's end.
+    pub(crate) outbound: Outbound,
+    /// The metrics it keeps.
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// The engine's state.
+pub(crate) struct Engine {
+    store: Store,
+    win: Windower,
+    registry: Registry,
+    devices: Devices,
+    pending: Pending,
+    outbound: Outbound,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    max_pending_readings: u64,
+}
+
+impl Engine {
+    /// Restores the state of the last commit from the store.
+    pub(crate) fn open(p: Parts<'_>) -> Result<Engine, StoreError> {
+        let loaded = p.store.load()?;
+        let mut win = Windower::from_config(p.window);
+        let registry = Registry::restore(p.limits, p.tags, loaded.sources, loaded.series, &mut win);
+        for (s, start, sum) in loaded.windows {
+            win.restore_window(s, start, sum);
+        }
+        let devices = Devices::restore(loaded.devices, loaded.links, &registry);
+        let m = &p.metrics;
+        m.series.set(registry.len() as u64);
+        m.outbox_bytes.set(p.store.outbox_bytes());
+        m.store_ok.set(1);
+        tracing::info!(
+            series = registry.len(),
+            open_readings = win.open_readings(),
+            outbox_bytes = p.store.outbox_bytes(),
+            "state restored"
+        );
+        Ok(Engine {
+            store: p.store,
+            win,
+            registry,
+            devices,
+            pending: Pending::default(),
+            outbound: p.outbound,
+            metrics: p.metrics,
+            interval: Duration::from_millis(p.commit.commit_interval_ms),
+            max_pending_readings: p.commit.commit_max_readings,
+        })
+    }
+
+    /// Runs until every sender is gone; commits what is pending on the way out.
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Input>) -> Result<(), StoreError> {
+        self.resume_batches()?;
+        let interval = self.interval;
+        // With nothing pending, a commit every tick still closes the windows
+        // of sources that went idle (by the wall clock).
+        let tick = interval.max(Duration::from_millis(100));
+        // A window that input made due is committed (closed and sent) early,
+        // at most once per fifth of the interval, rather than at the end of
+        // the group commit: it reaches the collector up to an interval sooner.
+        let early = (interval / 5).max(Duration::from_millis(2));
+        let mut last_commit = Instant::now();
+        loop {
+            let mut wait = match self.pending.since {
+                Some(t) => interval.saturating_sub(t.elapsed()),
+                None => tick,
+            };
+            if self.win.has_due() {
+                wait = wait.min(early.saturating_sub(last_commit.elapsed()));
+            }
+            tokio::select! {
+                input = rx.recv() => match input {
+                    Some(input) => self.handle(input)?,
+                    None => break,
+                },
+                () = self.outbound.changed() => self.form_batches()?,
+                () = tokio::time::sleep(wait) => {}
+            }
+            let due = self.pending.since.is_some_and(|t| t.elapsed() >= interval)
+                || self.pending.readings >= self.max_pending_readings
+                || self.win.has_due() && last_commit.elapsed() >= early;
+            if due || self.pending.since.is_none() && wait == tick {
+                self.commit()?;
+                last_commit = Instant::now();
+            }
+        }
+        self.commit()
+    }
+
+    fn handle(&mut self, input: Input) -> Result<(), StoreError> {
+        match input {
+            Input::Link {
+                link,
+                frames,
+                reply,
+                fixed_offset,
+                done,
+            } => {
+                self.link(&link, frames, reply.as_ref(), fixed_offset);
+                if done.is_some() {
+                    self.pending.done(done);
+                    self.pending.mark(0);
+                }
+            }
+            Input::Json { device, msg, done } => {
+                self.json(&device, msg);
+                self.pending.done(done);
+                self.pending.mark(0);
+            }
+            Input::Readings {
+                key,
+                quantum,
+                points,
+                done,
+            } => {
+                self.readings(&key, quantum, &points);
+                self.pending.done(done);
+            }
+            Input::DeviceHwm {
+                device,
+                boot,
+                reply,
+            } => {
+                let _ = reply.send(self.devices.hwm(device, boot));
+            }
+            Input::Confirmed(seqs) => self.confirmed(&seqs)?,
+            Input::Sync(reply) => {
+                self.commit()?;
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

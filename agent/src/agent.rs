@@ -115,27 +115,8 @@ impl Agent {
         if let Some(local) = local {
             tasks.push(tokio::spawn(local.run(shutdown_rx.clone())));
         }
-        for port in &config.serial {
-            tasks.push(tokio::spawn(crate::sources::serial::run(
-                port.clone(),
-                tx.clone(),
-                metrics.clone(),
-                shutdown_rx.clone(),
-            )));
-        }
-        let sim = &config.simulated;
-        let sims = SimDevice::all(sim)
-            .into_iter()
-            .map(|dev| {
-                tokio::spawn(simulated::run_device(
-                    dev,
-                    sim.frame_rate,
-                    sim.max_unacked,
-                    tx.clone(),
-                    shutdown_rx.clone(),
-                ))
-            })
-            .collect();
+        let (serial, sims) = spawn_devices(&config, &tx, &metrics, &shutdown_rx);
+        tasks.extend(serial);
         tracing::info!(agent = config.agent_id, "agent started");
         Ok(AgentHandle {
             metrics,
@@ -146,6 +127,42 @@ impl Agent {
             sims,
         })
     }
+}
+
+/// Starts a task per serial port and per simulated device; returns the
+/// ports' tasks and the devices'.
+fn spawn_devices(
+    config: &Config,
+    tx: &mpsc::Sender<Input>,
+    metrics: &Arc<Metrics>,
+    shutdown: &watch::Receiver<bool>,
+) -> (Vec<JoinHandle<()>>, Vec<JoinHandle<()>>) {
+    let serial = config
+        .serial
+        .iter()
+        .map(|port| {
+            tokio::spawn(crate::sources::serial::run(
+                port.clone(),
+                tx.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+    let sim = &config.simulated;
+    let sims = SimDevice::all(sim)
+        .into_iter()
+        .map(|dev| {
+            tokio::spawn(simulated::run_device(
+                dev,
+                sim.frame_rate,
+                sim.max_unacked,
+                tx.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+    (serial, sims)
 }
 
 /// Opens the store and runs the engine on a thread of its own.

@@ -48,3 +48,45 @@ pub(crate) fn options(e: &Endpoint<'_>) -> Result<MqttOptions, TlsError> {
     }
     Ok(o)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::sources::mqtt::LocalMqttConfig;
+    use crate::uplink::UplinkConfig;
+
+    use super::*;
+
+    #[test]
+    fn both_clients_build_tls_from_their_own_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let uplink = UplinkConfig {
+            tls: true,
+            ca_file: Some(missing.clone()),
+            ..UplinkConfig::default()
+        };
+        let e = options(&uplink.endpoint("gw-1")).unwrap_err();
+        assert!(e.to_string().starts_with("uplink.ca_file "), "{e}");
+        let local = LocalMqttConfig {
+            tls: true,
+            ca_file: Some(missing),
+            ..LocalMqttConfig::default()
+        };
+        let e = options(&local.endpoint("gw-1")).unwrap_err();
+        assert!(e.to_string().starts_with("local_mqtt.ca_file "), "{e}");
+        // With the system roots, TLS is set up.
+        let o = options(
+            &LocalMqttConfig {
+                ca_file: None,
+                ..local
+            }
+            .endpoint("gw-1"),
+        )
+        .unwrap();
+        assert!(matches!(o.transport(), Transport::Tls(_)));
+        assert_eq!(o.client_id(), "tributary-agent-gw-1-local");
+        let o = options(&UplinkConfig::default().endpoint("gw-1")).unwrap();
+        assert!(matches!(o.transport(), Transport::Tcp));
+        assert_eq!(o.client_id(), "tributary-agent-gw-1");
+    }
+}

@@ -28,20 +28,7 @@ fn config(dir: &Path, extra: &str) -> Config {
 
 /// The engine of `cfg`, with no uplink.
 fn open(cfg: &Config) -> (Engine, Arc<Metrics>) {
-    let metrics = Arc::new(Metrics::default());
-    let store = Store::open(&cfg.db_path(), &cfg.store, &cfg.outbox).unwrap();
-    let (batches, _) = mpsc::unbounded_channel();
-    let (_, connected) = watch::channel(false);
-    let e = Engine::open(Parts {
-        store,
-        window: &cfg.window,
-        commit: &cfg.store,
-        limits: &cfg.limits,
-        tags: cfg.global_tags(),
-        outbound: Outbound::new(&cfg.agent_id, cfg.uplink.encoding, 1, batches, connected),
-        metrics: metrics.clone(),
-    })
-    .unwrap();
+    let (e, metrics, _, _) = open_with_uplink(cfg, 1);
     (e, metrics)
 }
 
@@ -170,4 +157,136 @@ fn too_many_tags_with_the_global_ones_are_refused_and_counted() {
     );
     assert_eq!(metrics.readings_accepted.get(), 1);
     assert_eq!(metrics.rejected(crate::metrics::Reject::TooManyTags), 1);
+}
+
+/// The engine of `cfg` with its uplink ends: the batches it hands over and
+/// the connection state it is told.
+fn open_with_uplink(
+    cfg: &Config,
+    max_in_flight: usize,
+) -> (
+    Engine,
+    Arc<Metrics>,
+    mpsc::UnboundedReceiver<crate::store::FormedBatch>,
+    watch::Sender<bool>,
+) {
+    let metrics = Arc::new(Metrics::default());
+    let store = Store::open(&cfg.db_path(), &cfg.store, &cfg.outbox).unwrap();
+    let (batches_tx, batches) = mpsc::unbounded_channel();
+    let (connected, connected_rx) = watch::channel(false);
+    let outbound = Outbound::new(
+        &cfg.agent_id,
+        cfg.uplink.encoding,
+        max_in_flight,
+        batches_tx,
+        connected_rx,
+    );
+    let e = Engine::open(Parts {
+        store,
+        window: &cfg.window,
+        commit: &cfg.store,
+        limits: &cfg.limits,
+        tags: cfg.global_tags(),
+        outbound,
+        metrics: metrics.clone(),
+    })
+    .unwrap();
+    (e, metrics, batches, connected)
+}
+
+/// The window starts of the partials in the batches handed over so far.
+fn handed_over(rx: &mut mpsc::UnboundedReceiver<crate::store::FormedBatch>) -> Vec<(u64, i64)> {
+    let mut out = Vec::new();
+    while let Ok(b) = rx.try_recv() {
+        let batch = tributary_core::batch::Batch::decode(&b.payload).unwrap();
+        assert_eq!(batch.seq, b.seq);
+        for p in &batch.partials {
+            out.push((b.seq, p.window.start()));
+        }
+    }
+    out
+}
+
+#[test]
+fn batches_are_formed_only_while_connected_and_within_the_in_flight_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "[outbox]\nbatch_max_partials = 1\n");
+    let (mut e, metrics, mut rx, connected) = open_with_uplink(&cfg, 2);
+    // Five windows of one series; the last reading's watermark closes the
+    // first four (60 s windows, 5 s lateness).
+    let t0 = 6_000_000;
+    let points: Vec<(i64, i64)> = (0..5).map(|k| (t0 + k * 60_000 + 10_000, k)).collect();
+    let key = SeriesKey::new("b", "dev", BTreeMap::new()).unwrap();
+    e.handle(Input::Readings {
+        key,
+        quantum: Quantum::default(),
+        points,
+        done: None,
+    })
+    .unwrap();
+    e.commit().unwrap();
+    assert_eq!(metrics.partials_emitted.get(), 4);
+    assert_eq!(
+        metrics.batches_formed.get(),
+        0,
+        "no batch while disconnected"
+    );
+    assert!(handed_over(&mut rx).is_empty());
+
+    connected.send_replace(true);
+    e.form_batches().unwrap();
+    let w = |k: i64| t0 + k * 60_000;
+    assert_eq!(
+        handed_over(&mut rx),
+        [(1, w(0)), (2, w(1))],
+        "two in flight, oldest first"
+    );
+    e.handle(Input::Confirmed(vec![1])).unwrap();
+    assert_eq!(
+        handed_over(&mut rx),
+        [(3, w(2))],
+        "a confirmation makes room"
+    );
+    e.handle(Input::Confirmed(vec![1])).unwrap();
+    assert!(handed_over(&mut rx).is_empty(), "a repeated one does not");
+    assert_eq!(metrics.batches_confirmed.get(), 1);
+
+    connected.send_replace(false);
+    e.handle(Input::Confirmed(vec![2])).unwrap();
+    assert!(
+        handed_over(&mut rx).is_empty(),
+        "nothing new during an outage"
+    );
+    assert_eq!(
+        e.store.pending_partials().unwrap(),
+        1,
+        "it waits in the outbox"
+    );
+    drop((e, rx, connected));
+
+    // After a restart the unconfirmed batch is handed over again first.
+    let (mut e, _, mut rx, connected) = open_with_uplink(&cfg, 2);
+    e.resume_batches().unwrap();
+    assert_eq!(handed_over(&mut rx), [(3, w(2))]);
+    connected.send_replace(true);
+    e.form_batches().unwrap();
+    assert_eq!(handed_over(&mut rx), [(4, w(3))]);
+}
+
+#[test]
+fn refused_in_process_readings_are_counted_by_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "[limits]\nmax_series = 1\n");
+    let (mut e, metrics) = open(&cfg);
+    let readings = |metric: &str, n: i64| Input::Readings {
+        key: SeriesKey::new(metric, "dev", BTreeMap::new()).unwrap(),
+        quantum: Quantum::default(),
+        points: (0..n).map(|i| (1_000_000 + i, i)).collect(),
+        done: None,
+    };
+    e.handle(readings("a", 2)).unwrap();
+    e.handle(readings("b", 3)).unwrap();
+    assert_eq!(metrics.readings_accepted.get(), 2);
+    assert_eq!(metrics.rejected(crate::metrics::Reject::SeriesLimit), 3);
+    assert_eq!(metrics.series.get(), 1);
 }

@@ -264,23 +264,26 @@ impl Windower {
         let mut first_err = Ok(());
         let mut max_t = i64::MIN;
         for &(t, v) in points {
-            let start = t.div_euclid(w) * w;
-            let res = if start < s.closed_before {
-                match s.late.iter_mut().find(|(st, _)| *st == start) {
-                    Some((_, sum)) => sum.insert(t, v),
-                    None => {
-                        let mut sum = Summary::new(s.quantum);
-                        let r = sum.insert(t, v);
-                        if r.is_ok() {
-                            s.late.push((start, sum));
+            let res = match aligned(t, w) {
+                Err(e) => Err(e),
+                Ok(start) if start < s.closed_before => {
+                    match s.late.iter_mut().find(|(st, _)| *st == start) {
+                        Some((_, sum)) => sum.insert(t, v),
+                        None => {
+                            let mut sum = Summary::new(s.quantum);
+                            let r = sum.insert(t, v);
+                            if r.is_ok() {
+                                s.late.push((start, sum));
+                            }
+                            r
                         }
-                        r
                     }
                 }
-            } else {
-                let open = s.open_at(start);
-                open.dirty = true;
-                open.summary.insert(t, v)
+                Ok(start) => {
+                    let open = s.open_at(start);
+                    open.dirty = true;
+                    open.summary.insert(t, v)
+                }
             };
             match res {
                 Ok(()) => {
@@ -354,7 +357,7 @@ impl Windower {
             self.note_source(source, Some(window.end() - 1), now_ms);
             return Ok(());
         }
-        let start = window.start().div_euclid(w) * w;
+        let start = aligned(window.start(), w)?;
         if start < s.closed_before {
             match s.late.iter_mut().find(|(st, _)| *st == start) {
                 Some((_, sum)) => sum.merge(summary)?,
@@ -451,6 +454,16 @@ impl Windower {
             .map(|o| o.summary.count())
             .sum()
     }
+}
+
+/// The start of the agent window (width `w` ms) holding event time `t`;
+/// refused when that window's end is past the range of event time, so every
+/// window's end can be computed without overflow.
+fn aligned(t: i64, w: i64) -> Result<i64, SummaryError> {
+    t.div_euclid(w)
+        .checked_mul(w)
+        .filter(|start| start.checked_add(w).is_some())
+        .ok_or(SummaryError::Overflow("event time"))
 }
 
 #[cfg(test)]

@@ -94,7 +94,8 @@ pub type FGauge = Gauge<f64, AtomicU64>;
 /// The label set of per-device gauges.
 type DeviceLabel = [(&'static str, String); 1];
 
-/// A device's clock estimate as exported (`crate::link::clock` makes it).
+/// A device's clock estimate as exported (the device link makes it from
+/// its clock fit).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DeviceClock {
     /// Wall-clock ms at the device's tick 0 (current boot).

@@ -14,7 +14,7 @@ use super::rss::RssLog;
 use super::{base_config, BenchArgs, BrokerSettings};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::Agent;
+use crate::agent::Agent;
 
 /// The first event time published.
 const BASE_MS: i64 = 1_700_000_000_000;

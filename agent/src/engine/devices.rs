@@ -1,29 +1,17 @@
-//! Device input: Hello and data frames from device links, and the device
-//! boots' state (channels, clocks, de-duplication) they update.
-//!
-//! # Design
-//! A link (a serial port, a simulated device, a device's MQTT topic) carries
-//! one device at a time; a Hello says which boot, and registers its channels'
-//! series. A data frame is applied by the boot's [`DeviceState`] exactly once
-//! (its de-dup state is stored in the same commit as its effect) and, on a
-//! link that can carry replies, acknowledged only after that commit. A
-//! Hello is answered with TimeSync at once.
+//! The device boots the agent knows — channels, clock, de-duplication
+//! state, each a [`DeviceState`] — which boot last spoke on each link, and
+//! what changed since the last commit.
 
 use std::collections::{HashMap, HashSet};
 
-use tributary_core::frame::{Ack, Hello, Message, TimeSync};
-use tributary_core::SeriesKey;
-use tributary_runtime::now_ms;
+use tributary_core::frame::Hello;
 
-use super::input::Reply;
 use super::registry::Registry;
-use super::Engine;
-use crate::link::device::{DeviceState, FrameOutcome};
-use crate::metrics::Reject;
+use crate::link::device::DeviceState;
 use crate::store::{Commit, DeviceRow};
 
 /// A device boot: (device id, boot id).
-type Boot = (String, u32);
+pub(crate) type Boot = (String, u32);
 
 /// Every device boot the agent knows and which boot last spoke on each link.
 #[derive(Debug, Default)]
@@ -86,6 +74,33 @@ impl Devices {
         false
     }
 
+    /// The boot last seen on `link`.
+    pub(crate) fn on_link(&self, link: &str) -> Option<&Boot> {
+        self.links.get(link)
+    }
+
+    /// A known boot's state, marked changed (stored with the next commit).
+    pub(crate) fn boot_mut(&mut self, boot: &Boot) -> Option<&mut DeviceState> {
+        let st = self.boots.get_mut(boot)?;
+        self.dirty.insert(boot.clone());
+        Some(st)
+    }
+
+    /// A boot's state after `h`, its Hello on `link` (a new boot is added);
+    /// the boot is marked changed and becomes the link's.
+    pub(crate) fn hello(&mut self, link: &str, h: &Hello) -> &mut DeviceState {
+        let boot = (h.device.as_str().to_string(), h.boot);
+        if self.links.get(link) != Some(&boot) {
+            self.new_links
+                .push((link.to_string(), boot.0.clone(), boot.1));
+            self.links.insert(link.to_string(), boot.clone());
+        }
+        self.dirty.insert(boot.clone());
+        self.boots
+            .entry(boot)
+            .or_insert_with(|| DeviceState::new(h.clone()))
+    }
+
     /// Moves the changed boots and links into `c`.
     pub(crate) fn drain_into(&mut self, c: &mut Commit) {
         for key in self.dirty.drain() {
@@ -94,134 +109,5 @@ impl Devices {
             }
         }
         c.links.append(&mut self.new_links);
-    }
-}
-
-impl Engine {
-    /// Applies the frames of one link input.
-    pub(super) fn link(
-        &mut self,
-        link: &str,
-        frames: Vec<(Message, i64)>,
-        reply: Option<&Reply>,
-        fixed_offset: Option<i64>,
-    ) {
-        for (msg, arrival) in frames {
-            match msg {
-                Message::Hello(h) => self.hello(link, h, arrival, reply, fixed_offset),
-                Message::Summary(_) | Message::Reading(_) => {
-                    self.data_frame(link, &msg, arrival, reply)
-                }
-                Message::Ack(_) | Message::TimeSync(_) => {
-                    tracing::debug!(link, "ignoring gateway-bound frame type from a device");
-                }
-            }
-        }
-    }
-
-    /// A Hello: the boot's channels become series, the link is the boot's,
-    /// and the device gets the time.
-    fn hello(
-        &mut self,
-        link: &str,
-        h: Hello,
-        arrival: i64,
-        reply: Option<&Reply>,
-        fixed_offset: Option<i64>,
-    ) {
-        self.metrics.frames_received.inc();
-        let device = h.device.as_str().to_string();
-        if let Err(e) = tributary_core::series::validate_id("device id", &device) {
-            tracing::warn!(link, error = %e, "Hello with an invalid device id rejected");
-            self.metrics.reject(Reject::BadKey);
-            return;
-        }
-        let mut series = Vec::new();
-        for ch in &h.channels {
-            let key = SeriesKey::new(ch.metric.as_str(), device.as_str(), Default::default());
-            match key
-                .map_err(|_| Reject::BadKey)
-                .and_then(|k| self.series(&k, ch.quantum))
-            {
-                Ok(id) => series.push((ch.channel, id)),
-                Err(r) => {
-                    tracing::warn!(link, device, channel = ch.channel, metric = %ch.metric, reason = ?r, "device channel refused");
-                    self.metrics.reject(r);
-                }
-            }
-        }
-        let boot = (device, h.boot);
-        let devices = &mut self.devices;
-        let st = devices
-            .boots
-            .entry(boot.clone())
-            .or_insert_with(|| DeviceState::new(h.clone()));
-        st.hello(h, arrival, fixed_offset, series);
-        if let Some(fit) = st.clock_fit() {
-            self.metrics.set_clock(&boot.0, fit.into());
-        }
-        devices.dirty.insert(boot.clone());
-        if devices.links.get(link) != Some(&boot) {
-            devices
-                .new_links
-                .push((link.to_string(), boot.0.clone(), boot.1));
-            devices.links.insert(link.to_string(), boot);
-        }
-        if let Some(r) = reply {
-            let _ = r.send(Message::TimeSync(TimeSync { unix_ms: now_ms() }));
-        }
-        self.pending.mark(0);
-    }
-
-    /// A Summary or Reading frame of the boot last seen on `link`.
-    fn data_frame(&mut self, link: &str, msg: &Message, arrival: i64, reply: Option<&Reply>) {
-        let (boot, seq) = match msg {
-            Message::Summary(f) => (f.boot, f.seq),
-            Message::Reading(f) => (f.boot, f.seq),
-            _ => return,
-        };
-        let Some(device) = self.devices.links.get(link).map(|k| k.0.clone()) else {
-            tracing::warn!(
-                link,
-                "data frame before any Hello on this link; not acknowledged"
-            );
-            self.metrics.reject(Reject::UnknownDevice);
-            return;
-        };
-        let key = (device, boot);
-        let Some(st) = self.devices.boots.get_mut(&key) else {
-            tracing::warn!(
-                link,
-                device = key.0,
-                boot,
-                "data frame of a boot whose Hello was not seen; not acknowledged"
-            );
-            self.metrics.reject(Reject::UnknownDevice);
-            return;
-        };
-        self.metrics.frames_received.inc();
-        let width = self.win.width();
-        let out = st.frame(msg, arrival, width, &mut self.win, now_ms());
-        if let Some(fit) = st.clock_fit() {
-            self.metrics.set_clock(&key.0, fit.into());
-        }
-        match out {
-            FrameOutcome::Duplicate => {
-                self.metrics.frames_duplicate.inc();
-            }
-            FrameOutcome::Applied(n) => {
-                self.metrics.readings_accepted.inc_by(n);
-                self.pending.mark(n);
-            }
-            FrameOutcome::Refused(r, why) => {
-                tracing::warn!(link, device = key.0, boot, seq, reason = ?r, "frame refused: {why}");
-                self.metrics.reject(r);
-            }
-        }
-        self.devices.dirty.insert(key);
-        if let Some(r) = reply {
-            self.pending.ack(r, Ack { boot, seq });
-        }
-        self.pending.mark(0);
     }
 }

@@ -17,20 +17,28 @@
 //! # Layout
 //! - this file — the loop (when to commit) and the dispatch of inputs;
 //! - [`input`] — the [`Input`] enum;
-//! - [`registry`] — sources, series ids, global tags ([`tags`]), limits
-//!   ([`config`]);
-//! - [`devices`] — Hello and data frames, device boots and links;
-//! - [`readings`] — JSON and in-process readings;
-//! - [`commit`] — assembling and running a group commit, acknowledging after it;
-//! - [`outbound`] — forming batches for the uplink and deleting confirmed ones.
+//! - `state` — the in-memory state input is applied to: the windower, the
+//!   `registry` of sources and series (with the global [`tags`] and the
+//!   [`config`] limits), the `devices` boots and links, and the `pending`
+//!   acknowledgements;
+//! - `frames` — Hello and data frames; `readings` — JSON and in-process
+//!   readings;
+//! - `commit` — assembling and running a group commit, acknowledging after it;
+//! - `outbound` — forming batches for the uplink and deleting confirmed ones.
+//!
+//! The files depend one way: this one on the others, `frames`, `readings`
+//! and `commit` on `state`, `state` on the parts it holds.
 
 mod commit;
 pub mod config;
 mod devices;
+mod frames;
 pub mod input;
 mod outbound;
+mod pending;
 mod readings;
 mod registry;
+mod state;
 pub mod tags;
 
 use std::sync::Arc;
@@ -40,10 +48,8 @@ use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreConfig, StoreError};
-use crate::window::{WindowConfig, Windower};
-use commit::Pending;
-use devices::Devices;
-use registry::Registry;
+use crate::window::WindowConfig;
+use state::State;
 
 pub use config::LimitsConfig;
 pub use input::{Done, Input, Reply};
@@ -70,15 +76,12 @@ pub(crate) struct Parts<'a> {
     pub(crate) metrics: Arc<Metrics>,
 }
 
-/// The engine's state.
+/// The engine.
+#[derive(Debug)]
 pub(crate) struct Engine {
     store: Store,
-    win: Windower,
-    registry: Registry,
-    devices: Devices,
-    pending: Pending,
+    st: State,
     outbound: Outbound,
-    metrics: Arc<Metrics>,
     interval: Duration,
     max_pending_readings: u64,
 }
@@ -87,30 +90,19 @@ impl Engine {
     /// Restores the state of the last commit from the store.
     pub(crate) fn open(p: Parts<'_>) -> Result<Engine, StoreError> {
         let loaded = p.store.load()?;
-        let mut win = Windower::from_config(p.window);
-        let registry = Registry::restore(p.limits, p.tags, loaded.sources, loaded.series, &mut win);
-        for (s, start, sum) in loaded.windows {
-            win.restore_window(s, start, sum);
-        }
-        let devices = Devices::restore(loaded.devices, loaded.links, &registry);
-        let m = &p.metrics;
-        m.series.set(registry.len() as u64);
-        m.outbox_bytes.set(p.store.outbox_bytes());
-        m.store_ok.set(1);
+        let st = State::restore(loaded, p.window, p.limits, p.tags, p.metrics);
+        st.metrics.outbox_bytes.set(p.store.outbox_bytes());
+        st.metrics.store_ok.set(1);
         tracing::info!(
-            series = registry.len(),
-            open_readings = win.open_readings(),
+            series = st.registry.len(),
+            open_readings = st.win.open_readings(),
             outbox_bytes = p.store.outbox_bytes(),
             "state restored"
         );
         Ok(Engine {
             store: p.store,
-            win,
-            registry,
-            devices,
-            pending: Pending::default(),
+            st,
             outbound: p.outbound,
-            metrics: p.metrics,
             interval: Duration::from_millis(p.commit.commit_interval_ms),
             max_pending_readings: p.commit.commit_max_readings,
         })
@@ -118,7 +110,7 @@ impl Engine {
 
     /// Runs until every sender is gone; commits what is pending on the way out.
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Input>) -> Result<(), StoreError> {
-        self.resume_batches()?;
+        self.outbound.resume(&self.store, &self.st.metrics)?;
         let interval = self.interval;
         // With nothing pending, a commit every tick still closes the windows
         // of sources that went idle (by the wall clock).
@@ -129,11 +121,11 @@ impl Engine {
         let early = (interval / 5).max(Duration::from_millis(2));
         let mut last_commit = Instant::now();
         loop {
-            let mut wait = match self.pending.since {
+            let mut wait = match self.st.pending.since {
                 Some(t) => interval.saturating_sub(t.elapsed()),
                 None => tick,
             };
-            if self.win.has_due() {
+            if self.st.win.has_due() {
                 wait = wait.min(early.saturating_sub(last_commit.elapsed()));
             }
             tokio::select! {
@@ -144,10 +136,11 @@ impl Engine {
                 () = self.outbound.changed() => self.form_batches()?,
                 () = tokio::time::sleep(wait) => {}
             }
-            let due = self.pending.since.is_some_and(|t| t.elapsed() >= interval)
-                || self.pending.readings >= self.max_pending_readings
-                || self.win.has_due() && last_commit.elapsed() >= early;
-            if due || self.pending.since.is_none() && wait == tick {
+            let pending = &self.st.pending;
+            let due = pending.since.is_some_and(|t| t.elapsed() >= interval)
+                || pending.readings >= self.max_pending_readings
+                || self.st.win.has_due() && last_commit.elapsed() >= early;
+            if due || pending.since.is_none() && wait == tick {
                 self.commit()?;
                 last_commit = Instant::now();
             }
@@ -156,6 +149,7 @@ impl Engine {
     }
 
     fn handle(&mut self, input: Input) -> Result<(), StoreError> {
+        let st = &mut self.st;
         match input {
             Input::Link {
                 link,
@@ -164,16 +158,16 @@ impl Engine {
                 fixed_offset,
                 done,
             } => {
-                self.link(&link, frames, reply.as_ref(), fixed_offset);
+                frames::link(st, &link, frames, reply.as_ref(), fixed_offset);
                 if done.is_some() {
-                    self.pending.done(done);
-                    self.pending.mark(0);
+                    st.pending.done(done);
+                    st.pending.mark(0);
                 }
             }
             Input::Json { device, msg, done } => {
-                self.json(&device, msg);
-                self.pending.done(done);
-                self.pending.mark(0);
+                readings::json(st, &device, msg);
+                st.pending.done(done);
+                st.pending.mark(0);
             }
             Input::Readings {
                 key,
@@ -181,23 +175,41 @@ impl Engine {
                 points,
                 done,
             } => {
-                self.readings(&key, quantum, &points);
-                self.pending.done(done);
+                readings::in_process(st, &key, quantum, &points);
+                st.pending.done(done);
             }
             Input::DeviceHwm {
                 device,
                 boot,
                 reply,
             } => {
-                let _ = reply.send(self.devices.hwm(device, boot));
+                let _ = reply.send(st.devices.hwm(device, boot));
             }
-            Input::Confirmed(seqs) => self.confirmed(&seqs)?,
+            Input::Confirmed(seqs) => {
+                let wm = st.win.watermark();
+                self.outbound
+                    .confirmed(&mut self.store, &seqs, wm, &self.st.metrics)?;
+            }
             Input::Sync(reply) => {
                 self.commit()?;
                 let _ = reply.send(());
             }
         }
         Ok(())
+    }
+
+    /// A group commit, then batches of what it emitted.
+    fn commit(&mut self) -> Result<(), StoreError> {
+        if commit::commit(&mut self.st, &mut self.store)? > 0 {
+            self.form_batches()?;
+        }
+        Ok(())
+    }
+
+    /// Forms the batches there is room for.
+    fn form_batches(&mut self) -> Result<(), StoreError> {
+        let wm = self.st.win.watermark();
+        self.outbound.form(&mut self.store, wm, &self.st.metrics)
     }
 }
 

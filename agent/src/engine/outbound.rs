@@ -19,8 +19,9 @@
 use tokio::sync::{mpsc, watch};
 use tributary_core::batch::Encoding;
 
-use super::Engine;
-use crate::store::{FormedBatch, StoreError};
+use super::commit::checked;
+use crate::metrics::Metrics;
+use crate::store::{FormedBatch, Store, StoreError};
 
 /// Where formed batches go and what the engine knows of the uplink.
 #[derive(Debug)]
@@ -71,7 +72,7 @@ impl Outbound {
 
     /// Resolves when the uplink's connection state changes; never once the
     /// uplink is gone (the engine then forms no more batches).
-    pub(super) async fn changed(&mut self) {
+    pub(crate) async fn changed(&mut self) {
         if !self.watching {
             return std::future::pending().await;
         }
@@ -90,43 +91,49 @@ impl Outbound {
     }
 }
 
-impl Engine {
-    /// Hands every stored unconfirmed batch to the uplink (at start).
-    pub(super) fn resume_batches(&mut self) -> Result<(), StoreError> {
-        let r = self.store.unconfirmed();
-        let stored = self.store_result(r)?;
-        self.outbound.hand_over(stored);
+impl Outbound {
+    /// Hands every unconfirmed batch in `store` to the uplink (at start).
+    pub(crate) fn resume(&mut self, store: &Store, m: &Metrics) -> Result<(), StoreError> {
+        let stored = checked(m, store.unconfirmed())?;
+        self.hand_over(stored);
         Ok(())
     }
 
-    /// Forms as many batches as there is room for and hands them over.
-    pub(super) fn form_batches(&mut self) -> Result<(), StoreError> {
-        let room = self.outbound.room();
+    /// Forms as many batches as there is room for, at the agent's
+    /// `watermark`, and hands them over.
+    pub(crate) fn form(
+        &mut self,
+        store: &mut Store,
+        watermark: i64,
+        m: &Metrics,
+    ) -> Result<(), StoreError> {
+        let room = self.room();
         if room == 0 {
             return Ok(());
         }
-        let o = &self.outbound;
-        let r = self
-            .store
-            .form_batches(&o.agent, self.win.watermark(), room, o.encoding);
-        let formed = self.store_result(r)?;
-        self.metrics.batches_formed.inc_by(formed.len() as u64);
-        self.metrics.outbox_bytes.set(self.store.outbox_bytes());
-        self.outbound.hand_over(formed);
+        let r = store.form_batches(&self.agent, watermark, room, self.encoding);
+        let formed = checked(m, r)?;
+        m.batches_formed.inc_by(formed.len() as u64);
+        m.outbox_bytes.set(store.outbox_bytes());
+        self.hand_over(formed);
         Ok(())
     }
 
     /// The collector confirmed `seqs`: delete them and form more.
-    pub(super) fn confirmed(&mut self, seqs: &[u64]) -> Result<(), StoreError> {
-        let r = self.store.confirm(seqs);
-        let (n, readings) = self.store_result(r)?;
-        self.metrics.batches_confirmed.inc_by(n);
-        self.metrics.readings_confirmed.inc_by(readings);
-        self.metrics.outbox_bytes.set(self.store.outbox_bytes());
-        self.outbound.unconfirmed = self
-            .outbound
+    pub(crate) fn confirmed(
+        &mut self,
+        store: &mut Store,
+        seqs: &[u64],
+        watermark: i64,
+        m: &Metrics,
+    ) -> Result<(), StoreError> {
+        let (n, readings) = checked(m, store.confirm(seqs))?;
+        m.batches_confirmed.inc_by(n);
+        m.readings_confirmed.inc_by(readings);
+        m.outbox_bytes.set(store.outbox_bytes());
+        self.unconfirmed = self
             .unconfirmed
             .saturating_sub(usize::try_from(n).unwrap_or(usize::MAX));
-        self.form_batches()
+        self.form(store, watermark, m)
     }
 }

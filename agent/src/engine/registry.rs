@@ -18,7 +18,7 @@ use tributary_runtime::now_ms;
 
 use super::config::LimitsConfig;
 use super::tags::GlobalTags;
-use crate::metrics::Reject;
+use crate::metrics::{Reject, UGauge};
 use crate::store::{Commit, SeriesRow};
 use crate::window::{SeriesId, SourceId, Windower};
 
@@ -36,18 +36,21 @@ pub(crate) struct Registry {
     stored_wm: Vec<Option<i64>>,
     new_sources: Vec<(SourceId, String)>,
     new_series: Vec<SeriesRow>,
+    /// `tributary_agent_series`, kept current.
+    gauge: UGauge,
 }
 
 impl Registry {
     /// The registry of stored `sources` (in id order, with their stored
     /// watermarks) and `series`, registering them in `win` in the same order
-    /// so the ids agree.
+    /// so the ids agree; `gauge` shows how many series there are.
     pub(crate) fn restore(
         limits: &LimitsConfig,
         tags: GlobalTags,
         sources: Vec<(String, Option<i64>)>,
         series: Vec<SeriesRow>,
         win: &mut Windower,
+        gauge: UGauge,
     ) -> Self {
         let now = now_ms();
         let mut source_ids = HashMap::new();
@@ -75,7 +78,14 @@ impl Registry {
             stored_wm,
             new_sources: Vec::new(),
             new_series: Vec::new(),
+            gauge,
         }
+        .counted()
+    }
+
+    fn counted(self) -> Self {
+        self.gauge.set(self.series_ids.len() as u64);
+        self
     }
 
     /// Series tracked.
@@ -120,6 +130,7 @@ impl Registry {
         let source = self.source(win, key.device());
         let id = win.add_series(key.clone(), quantum, source, i64::MIN);
         self.series_ids.insert(key.clone(), id);
+        self.gauge.set(self.series_ids.len() as u64);
         self.new_series.push(SeriesRow {
             id,
             key: key.clone(),
@@ -161,15 +172,5 @@ impl Registry {
     #[cfg(test)]
     pub(crate) fn keys(&self) -> impl Iterator<Item = (&SeriesKey, SeriesId)> {
         self.series_ids.iter().map(|(k, &id)| (k, id))
-    }
-}
-
-impl super::Engine {
-    /// Finds or registers a series ([`Registry::series`]), keeping the
-    /// series gauge current.
-    pub(super) fn series(&mut self, key: &SeriesKey, quantum: Quantum) -> Result<SeriesId, Reject> {
-        let id = self.registry.series(&mut self.win, key, quantum)?;
-        self.metrics.series.set(self.registry.len() as u64);
-        Ok(id)
     }
 }

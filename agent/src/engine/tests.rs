@@ -33,7 +33,7 @@ fn open(cfg: &Config) -> (Engine, Arc<Metrics>) {
 }
 
 fn keys(e: &Engine) -> BTreeSet<String> {
-    e.registry.keys().map(|(k, _)| k.to_string()).collect()
+    e.st.registry.keys().map(|(k, _)| k.to_string()).collect()
 }
 
 fn reading(metric: &str, tags: &[(&str, &str)]) -> JsonReading {
@@ -101,9 +101,9 @@ fn global_tags_reach_every_source_and_survive_a_restart() {
     ]
     .into();
     assert_eq!(keys(&e), want);
-    for (key, id) in e.registry.keys() {
+    for (key, id) in e.st.registry.keys() {
         assert_eq!(
-            e.win.series(id).unwrap().key(),
+            e.st.win.series(id).unwrap().key(),
             key,
             "the windower holds the tagged key"
         );
@@ -126,12 +126,12 @@ fn global_tags_reach_every_source_and_survive_a_restart() {
     let (mut e, _) = open(&cfg);
     assert_eq!(keys(&e), want);
     json(&mut e, "j1", vec![reading("u", &[])]);
-    assert_eq!(e.registry.len(), want.len());
-    let dev = e.devices.get("sim-0", sim.boot()).unwrap();
+    assert_eq!(e.st.registry.len(), want.len());
+    let dev = e.st.devices.get("sim-0", sim.boot()).unwrap();
     let restored: BTreeSet<String> = dev
         .channels()
         .iter()
-        .map(|&(_, id)| e.win.series(id).unwrap().key().to_string())
+        .map(|&(_, id)| e.st.win.series(id).unwrap().key().to_string())
         .collect();
     assert_eq!(restored, truth);
 }
@@ -266,7 +266,7 @@ fn batches_are_formed_only_while_connected_and_within_the_in_flight_limit() {
 
     // After a restart the unconfirmed batch is handed over again first.
     let (mut e, _, mut rx, connected) = open_with_uplink(&cfg, 2);
-    e.resume_batches().unwrap();
+    e.outbound.resume(&e.store, &e.st.metrics).unwrap();
     assert_eq!(handed_over(&mut rx), [(3, w(2))]);
     connected.send_replace(true);
     e.form_batches().unwrap();

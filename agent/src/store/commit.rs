@@ -1,11 +1,14 @@
-//! One group commit: everything a group of input changed, in one
+//! One group commit: everything a group of input changed, written in one
 //! transaction — new sources and series, watermarks, window checkpoints and
-//! `closed_before` marks, emitted partials (into the [`outbox`](super::outbox),
-//! which is then held under its byte limit), device boots and links.
+//! `closed_before` marks, emitted partials (into the outbox, which the
+//! store then holds under its byte limit), device boots and links.
 
 use rusqlite::{params, Transaction};
 
-use super::{corrupt, encode_summary, outbox, DeviceRow, SeriesRow, Store, StoreError};
+use super::codec;
+use super::error::StoreError;
+use super::load::{DeviceRow, SeriesRow};
+use super::outbox;
 use crate::window::{Flush, SourceId};
 
 /// One group commit.
@@ -36,30 +39,13 @@ pub struct CommitOutcome {
     pub dropped_readings: u64,
 }
 
-impl Store {
-    /// Commits one group atomically, coarsening the outbox if it is then
-    /// over its byte limit.
-    pub fn commit(&mut self, c: &Commit) -> Result<CommitOutcome, StoreError> {
-        let tx = self.conn.transaction()?;
-        registry(&tx, c)?;
-        windows(&tx, c)?;
-        devices(&tx, c)?;
-        let added = outbox::insert(&tx, &c.flush.emitted)?;
-        let mut outcome = CommitOutcome {
-            partials: c.flush.emitted.len() as u64,
-            ..CommitOutcome::default()
-        };
-        let mut partial_bytes = self.partial_bytes + added;
-        if partial_bytes + self.batch_bytes > self.limits.max_bytes {
-            let r = outbox::shrink(&tx, &self.limits, self.batch_bytes)?;
-            outcome.coarsened = r.coarsened;
-            outcome.dropped_readings = r.dropped_readings;
-            partial_bytes = r.partial_bytes;
-        }
-        tx.commit()?;
-        self.partial_bytes = partial_bytes;
-        Ok(outcome)
-    }
+/// Writes `c` in `tx`; returns the bytes of the partials it added to the
+/// outbox.
+pub(crate) fn write(tx: &Transaction<'_>, c: &Commit) -> Result<u64, StoreError> {
+    registry(tx, c)?;
+    windows(tx, c)?;
+    devices(tx, c)?;
+    outbox::insert(tx, &c.flush.emitted)
 }
 
 /// New sources and series, and changed watermarks.
@@ -72,10 +58,9 @@ fn registry(tx: &Transaction<'_>, c: &Commit) -> Result<(), StoreError> {
         "INSERT INTO series(id, key, quantum, source, closed_before) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
     for s in &c.new_series {
-        let key = serde_json::to_string(&s.key).map_err(|e| corrupt("series key", e))?;
         st.execute(params![
             i64::from(s.id),
-            key,
+            codec::key(&s.key)?,
             i64::from(s.quantum.exponent()),
             i64::from(s.source),
             s.closed_before
@@ -98,7 +83,7 @@ fn windows(tx: &Transaction<'_>, c: &Commit) -> Result<(), StoreError> {
         "INSERT OR REPLACE INTO open_windows(series, start, summary) VALUES (?1, ?2, ?3)",
     )?;
     for (s, start, sum) in &c.flush.checkpoints {
-        st.execute(params![i64::from(*s), start, encode_summary(sum)])?;
+        st.execute(params![i64::from(*s), start, codec::summary(sum)])?;
     }
     let mut st = tx.prepare_cached("UPDATE series SET closed_before = ?2 WHERE id = ?1")?;
     for (s, cb) in &c.flush.closed_before {
@@ -116,10 +101,10 @@ fn devices(tx: &Transaction<'_>, c: &Commit) -> Result<(), StoreError> {
         st.execute(params![
             d.device,
             i64::from(d.boot),
-            postcard::to_allocvec(&d.hello).unwrap_or_default(),
+            codec::hello(&d.hello),
             d.offset_ms,
             d.hwm.map(i64::from),
-            postcard::to_allocvec(&d.above).unwrap_or_default()
+            codec::above(&d.above)
         ])?;
     }
     let mut st =

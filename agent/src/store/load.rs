@@ -6,7 +6,8 @@ use rusqlite::Connection;
 use tributary_core::frame::Hello;
 use tributary_core::{Quantum, SeriesKey, Summary};
 
-use super::{corrupt, decode_summary, Store, StoreError};
+use super::codec;
+use super::error::{corrupt, StoreError};
 use crate::window::{SeriesId, SourceId};
 
 /// A device boot's stored state.
@@ -56,17 +57,15 @@ pub struct Loaded {
     pub links: Vec<(String, String, u32)>,
 }
 
-impl Store {
-    /// Loads everything needed to resume.
-    pub fn load(&self) -> Result<Loaded, StoreError> {
-        Ok(Loaded {
-            sources: sources(&self.conn)?,
-            series: series(&self.conn)?,
-            windows: windows(&self.conn)?,
-            devices: devices(&self.conn)?,
-            links: links(&self.conn)?,
-        })
-    }
+/// Loads everything needed to resume.
+pub(crate) fn load(conn: &Connection) -> Result<Loaded, StoreError> {
+    Ok(Loaded {
+        sources: sources(conn)?,
+        series: series(conn)?,
+        windows: windows(conn)?,
+        devices: devices(conn)?,
+        links: links(conn)?,
+    })
 }
 
 /// Ids are dense: row `i` (in id order) must have id `i`.
@@ -108,7 +107,7 @@ fn series(conn: &Connection) -> Result<Vec<SeriesRow>, StoreError> {
     for (i, row) in rows.enumerate() {
         let (id, key, q, source, closed_before) = row?;
         dense("series", id, i)?;
-        let key: SeriesKey = serde_json::from_str(&key).map_err(|e| corrupt("series key", e))?;
+        let key = codec::to_key(&key)?;
         let quantum = i8::try_from(q)
             .map_err(|e| corrupt("series quantum", e))
             .and_then(|q| Quantum::new(q).map_err(|e| corrupt("series quantum", e)))?;
@@ -136,7 +135,7 @@ fn windows(conn: &Connection) -> Result<Vec<(SeriesId, i64, Summary)>, StoreErro
     for row in rows {
         let (s, start, blob) = row?;
         let s = u32::try_from(s).map_err(|e| corrupt("open window series", e))?;
-        out.push((s, start, decode_summary(&blob)?));
+        out.push((s, start, codec::to_summary(&blob)?));
     }
     Ok(out)
 }
@@ -159,13 +158,13 @@ fn devices(conn: &Connection) -> Result<Vec<DeviceRow>, StoreError> {
         out.push(DeviceRow {
             device,
             boot: u32::try_from(boot).map_err(|e| corrupt("device boot", e))?,
-            hello: postcard::from_bytes(&hello).map_err(|e| corrupt("device hello", e))?,
+            hello: codec::to_hello(&hello)?,
             offset_ms,
             hwm: hwm
                 .map(u32::try_from)
                 .transpose()
                 .map_err(|e| corrupt("device dedupe", e))?,
-            above: postcard::from_bytes(&above).map_err(|e| corrupt("device dedupe", e))?,
+            above: codec::to_above(&above)?,
         });
     }
     Ok(out)

@@ -25,67 +25,35 @@
 //! ([`tributary_runtime::checkpoint`]), so no commit stalls on one.
 //!
 //! # Layout
-//! - this file — the schema, opening the database, the error type;
+//! - this file — the schema, opening the database, the [`Store`] whose
+//!   methods run each operation in its transaction and keep the byte counts;
 //! - [`load`](mod@load) — everything read back at start ([`Loaded`]);
-//! - [`commit`](mod@commit) — one group commit ([`Commit`]);
+//! - [`commit`](mod@commit) — what one group commit writes ([`Commit`]);
 //! - [`outbox`] — the `outbox` table: partials in, partials out to
 //!   batches, and the coarsen/drop policy at the byte limit;
 //! - [`batches`] — the `batches` table: forming, resending, confirming;
-//! - [`config`] — `[store]` and `[outbox]`.
+//! - [`config`] — `[store]` and `[outbox]`; `codec` — how values are held
+//!   in their columns; [`error`] — [`StoreError`].
 
 pub mod batches;
+mod codec;
 pub mod commit;
 pub mod config;
+pub mod error;
 pub mod load;
 pub mod outbox;
 
 use std::path::Path;
 
 use rusqlite::Connection;
-use tributary_core::Summary;
-use tributary_runtime::checkpoint::{self, CheckpointError, Checkpointer};
+use tributary_core::batch::Encoding;
+use tributary_runtime::checkpoint::{self, Checkpointer};
 
 pub use batches::FormedBatch;
 pub use commit::{Commit, CommitOutcome};
 pub use config::{OutboxConfig, StoreConfig, Synchronous};
+pub use error::StoreError;
 pub use load::{DeviceRow, Loaded, SeriesRow};
-
-/// A store failure.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite failed (disk full, corrupt file, …).
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// A stored value does not decode.
-    #[error("corrupt stored {what}: {reason}")]
-    Corrupt {
-        /// Which value.
-        what: &'static str,
-        /// Why.
-        reason: String,
-    },
-    /// The WAL checkpoint thread could not start.
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    /// The data directory could not be created.
-    #[error("cannot create data directory: {0}")]
-    Dir(#[from] std::io::Error),
-}
-
-fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        what,
-        reason: e.to_string(),
-    }
-}
-
-fn encode_summary(s: &Summary) -> Vec<u8> {
-    postcard::to_allocvec(s).unwrap_or_default()
-}
-
-fn decode_summary(b: &[u8]) -> Result<Summary, StoreError> {
-    postcard::from_bytes(b).map_err(|e| corrupt("summary", e))
-}
 
 /// The agent's database.
 pub struct Store {
@@ -169,6 +137,70 @@ impl Store {
     /// Unbatched partials in the outbox.
     pub fn pending_partials(&self) -> Result<u64, StoreError> {
         outbox::count(&self.conn)
+    }
+
+    /// Loads everything needed to resume.
+    pub fn load(&self) -> Result<Loaded, StoreError> {
+        load::load(&self.conn)
+    }
+
+    /// Commits one group atomically, coarsening the outbox if it is then
+    /// over its byte limit.
+    pub fn commit(&mut self, c: &Commit) -> Result<CommitOutcome, StoreError> {
+        let tx = self.conn.transaction()?;
+        let added = commit::write(&tx, c)?;
+        let mut outcome = CommitOutcome {
+            partials: c.flush.emitted.len() as u64,
+            ..CommitOutcome::default()
+        };
+        let mut partial_bytes = self.partial_bytes + added;
+        if partial_bytes + self.batch_bytes > self.limits.max_bytes {
+            let r = outbox::shrink(&tx, &self.limits, self.batch_bytes)?;
+            outcome.coarsened = r.coarsened;
+            outcome.dropped_readings = r.dropped_readings;
+            partial_bytes = r.partial_bytes;
+        }
+        tx.commit()?;
+        self.partial_bytes = partial_bytes;
+        Ok(outcome)
+    }
+
+    /// Forms up to `max_batches` batches of agent `agent`, of at most
+    /// `outbox.batch_max_partials` partials each, from the unbatched outbox,
+    /// oldest first, committing them before returning.
+    pub fn form_batches(
+        &mut self,
+        agent: &str,
+        watermark: i64,
+        max_batches: usize,
+        encoding: Encoding,
+    ) -> Result<Vec<FormedBatch>, StoreError> {
+        let shape = batches::Shape {
+            agent,
+            encoding,
+            max_partials: self.batch_max_partials,
+        };
+        let tx = self.conn.transaction()?;
+        let formed = batches::form(&tx, shape, watermark, max_batches)?;
+        tx.commit()?;
+        self.partial_bytes = self.partial_bytes.saturating_sub(formed.freed);
+        self.batch_bytes += formed.added;
+        Ok(formed.batches)
+    }
+
+    /// Every formed, unconfirmed batch (oldest first).
+    pub fn unconfirmed(&self) -> Result<Vec<FormedBatch>, StoreError> {
+        batches::unconfirmed(&self.conn)
+    }
+
+    /// Deletes confirmed batches; returns (batches, readings) removed. A
+    /// sequence not (or no longer) stored is skipped.
+    pub fn confirm(&mut self, seqs: &[u64]) -> Result<(u64, u64), StoreError> {
+        let tx = self.conn.transaction()?;
+        let done = batches::confirm(&tx, seqs)?;
+        tx.commit()?;
+        self.batch_bytes = self.batch_bytes.saturating_sub(done.bytes);
+        Ok((done.batches, done.readings))
     }
 
     /// Replaces the outbox limits (tests shrink them between commits).

@@ -19,9 +19,11 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection, Transaction};
 use tributary_core::batch::Partial;
-use tributary_core::{SeriesKey, Summary, Width, Window};
+use tributary_core::{Summary, Width, Window};
 
-use super::{corrupt, decode_summary, encode_summary, OutboxConfig, StoreError};
+use super::codec;
+use super::config::OutboxConfig;
+use super::error::{corrupt, StoreError};
 use crate::window::Emitted;
 
 /// The outbox limits.
@@ -69,7 +71,7 @@ pub(crate) fn insert(tx: &Transaction<'_>, emitted: &[Emitted]) -> Result<u64, S
     )?;
     let mut added = 0u64;
     for e in emitted {
-        let blob = encode_summary(&e.summary);
+        let blob = codec::summary(&e.summary);
         added += blob.len() as u64;
         st.execute(params![
             i64::from(e.series),
@@ -105,13 +107,13 @@ pub(crate) fn oldest(
     let mut out = Vec::new();
     for row in rows {
         let (id, key, start, width, bytes, blob) = row?;
-        let series: SeriesKey = serde_json::from_str(&key).map_err(|e| corrupt("series key", e))?;
+        let series = codec::to_key(&key)?;
         let width = Width::new(width).map_err(|e| corrupt("outbox width", e))?;
         let window = Window::new(start, width).map_err(|e| corrupt("outbox window", e))?;
         let partial = Partial {
             series,
             window,
-            summary: decode_summary(&blob)?,
+            summary: codec::to_summary(&blob)?,
         };
         out.push((id, u64::try_from(bytes).unwrap_or(0), partial));
     }
@@ -234,7 +236,7 @@ fn coarsen(
         let mut merged: Option<Summary> = None;
         for id in &ids {
             let blob: Vec<u8> = get.query_row(params![id], |r| r.get(0))?;
-            let s = decode_summary(&blob)?;
+            let s = codec::to_summary(&blob)?;
             match merged.as_mut() {
                 None => merged = Some(s),
                 // A group that cannot merge (overflow) stays as it is.
@@ -247,7 +249,7 @@ fn coarsen(
         }
         let Some(m) = merged else { continue };
         remove(tx, &ids)?;
-        let blob = encode_summary(&m);
+        let blob = codec::summary(&m);
         ins.execute(params![
             series,
             start,

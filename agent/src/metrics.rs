@@ -345,6 +345,12 @@ mod tests {
         assert!(text.contains("tributary_agent_store_ok 0\n"));
         assert_eq!(m.counters().rejected, 5);
         assert_eq!(m.rejected(Reject::Oversized), 3);
+        // Each reason counts on its own label.
+        for (i, r) in Reject::ALL.into_iter().enumerate() {
+            assert_eq!(r as usize, i, "{r:?}");
+        }
+        let labels: std::collections::BTreeSet<_> = Reject::ALL.map(Reject::label).into();
+        assert_eq!(labels.len(), Reject::ALL.len());
     }
 
     #[test]

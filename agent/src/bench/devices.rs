@@ -7,8 +7,8 @@ use anyhow::Context;
 
 use super::rss::RssLog;
 use super::{base_config, BenchArgs};
-use crate::config::Config;
 use crate::agent::Agent;
+use crate::config::Config;
 
 /// Runs the `frames` (raw readings) or `summaries` path in `dir`.
 pub(super) async fn run(

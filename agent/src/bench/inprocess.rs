@@ -9,9 +9,9 @@ use tributary_core::{Quantum, SeriesKey};
 
 use super::rss::RssLog;
 use super::{base_config, BenchArgs};
+use crate::agent::Agent;
 use crate::config::Config;
 use crate::engine::Input;
-use crate::agent::Agent;
 
 /// The bench's series: `bench_value{device="dev-{i/4}",ch="{i%4}"}`.
 fn keys(n: usize) -> anyhow::Result<Vec<SeriesKey>> {

@@ -12,9 +12,9 @@ use rumqttc::{AsyncClient, MqttOptions, QoS};
 
 use super::rss::RssLog;
 use super::{base_config, BenchArgs, BrokerSettings};
+use crate::agent::Agent;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::agent::Agent;
 
 /// The first event time published.
 const BASE_MS: i64 = 1_700_000_000_000;

@@ -88,7 +88,7 @@ fn data_frame(st: &mut State, link: &str, msg: &Message, arrival: i64, reply: Op
         Message::Reading(f) => (f.boot, f.seq),
         _ => return,
     };
-    let Some(device) = st.devices.on_link(link).map(|b| b.0.clone()) else {
+    let Some(key) = st.devices.on_link(link).map(|b| (b.0.clone(), boot)) else {
         tracing::warn!(
             link,
             "data frame before any Hello on this link; not acknowledged"
@@ -96,7 +96,8 @@ fn data_frame(st: &mut State, link: &str, msg: &Message, arrival: i64, reply: Op
         st.metrics.reject(Reject::UnknownDevice);
         return;
     };
-    let Some(dev) = st.devices.boot_mut(&(device.clone(), boot)) else {
+    let device = key.0.as_str();
+    let Some(dev) = st.devices.boot_mut(&key) else {
         tracing::warn!(
             link,
             device,
@@ -110,7 +111,7 @@ fn data_frame(st: &mut State, link: &str, msg: &Message, arrival: i64, reply: Op
     let width = st.win.width();
     let out = dev.frame(msg, arrival, width, &mut st.win, now_ms());
     if let Some(fit) = dev.clock_fit() {
-        st.metrics.set_clock(&device, fit.into());
+        st.metrics.set_clock(device, fit.into());
     }
     match out {
         FrameOutcome::Duplicate => {

@@ -173,7 +173,6 @@ fn start_engine(
     rx: mpsc::Receiver<Input>,
 ) -> Result<oneshot::Receiver<Result<(), StoreError>>, AgentError> {
     let store = Store::open(&config.db_path(), &config.store, &config.outbox)?;
-    tracing::info!(db = %config.db_path().display(), "store open");
     let engine = Engine::open(Parts {
         store,
         window: &config.window,

@@ -97,7 +97,8 @@ impl Engine {
             series = st.registry.len(),
             open_readings = st.win.open_readings(),
             outbox_bytes = p.store.outbox_bytes(),
-            "state restored"
+            "state restored from {}",
+            p.store.path().display()
         );
         Ok(Engine {
             store: p.store,

@@ -43,7 +43,7 @@ pub mod error;
 pub mod load;
 pub mod outbox;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 use tributary_core::batch::Encoding;
@@ -58,6 +58,7 @@ pub use load::{DeviceRow, Loaded, SeriesRow};
 /// The agent's database.
 pub struct Store {
     conn: Connection,
+    path: PathBuf,
     limits: outbox::Limits,
     batch_max_partials: usize,
     partial_bytes: u64,
@@ -69,6 +70,7 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
+            .field("path", &self.path)
             .field("limits", &self.limits)
             .field("partial_bytes", &self.partial_bytes)
             .field("batch_bytes", &self.batch_bytes)
@@ -121,12 +123,18 @@ impl Store {
         let batch_bytes = batches::bytes(&conn)?;
         Ok(Store {
             conn,
+            path: path.to_owned(),
             limits: outbox::Limits::new(outbox),
             batch_max_partials: outbox.batch_max_partials,
             partial_bytes,
             batch_bytes,
             _checkpointer: checkpointer,
         })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Bytes of unconfirmed data (unbatched partials and formed batches).

@@ -64,8 +64,8 @@ pub(crate) struct Channels {
 /// The uplink task.
 pub(crate) struct Uplink {
     options: MqttOptions,
-    /// `host:port`, for logs.
-    broker: String,
+    /// Broker host and port, for logs.
+    broker: (String, u16),
     /// Capacity of rumqttc's request queue.
     queue: usize,
     agent: String,
@@ -92,7 +92,7 @@ impl Uplink {
         options.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
         Ok(Uplink {
             options,
-            broker: format!("{}:{}", cfg.host, cfg.port),
+            broker: (cfg.host.clone(), cfg.port),
             queue: cfg.max_in_flight * 2 + 16,
             agent: agent_id.to_string(),
             topic: topic::partials(agent_id),
@@ -158,7 +158,7 @@ impl Uplink {
 
     fn on_connect(&mut self, client: &AsyncClient) {
         self.metrics.uplink_connects.inc();
-        tracing::info!(broker = self.broker, "uplink connected");
+        tracing::info!(host = %self.broker.0, port = self.broker.1, "uplink connected");
         if let Err(e) = client.try_subscribe(self.acks.clone(), QoS::AtLeastOnce) {
             tracing::warn!(error = %e, "cannot subscribe to confirmations");
         }

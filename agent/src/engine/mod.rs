@@ -45,6 +45,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
 
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreConfig, StoreError};
@@ -74,6 +75,18 @@ pub(crate) struct Parts<'a> {
     pub(crate) outbound: Outbound,
     /// The metrics it keeps.
     pub(crate) metrics: Arc<Metrics>,
+}
+
+/// What woke the engine's loop.
+enum Next {
+    /// An input.
+    Input(Input),
+    /// The uplink's connection state changed.
+    Uplink,
+    /// Nothing, for `wait`.
+    Idle,
+    /// Every sender is gone.
+    Closed,
 }
 
 /// The engine.
@@ -129,13 +142,11 @@ impl Engine {
             if self.st.win.has_due() {
                 wait = wait.min(early.saturating_sub(last_commit.elapsed()));
             }
-            tokio::select! {
-                input = rx.recv() => match input {
-                    Some(input) => self.handle(input)?,
-                    None => break,
-                },
-                () = self.outbound.changed() => self.form_batches()?,
-                () = tokio::time::sleep(wait) => {}
+            match self.next(&mut rx, wait).await {
+                Next::Input(input) => self.handle(input)?,
+                Next::Uplink => self.form_batches()?,
+                Next::Idle => {}
+                Next::Closed => break,
             }
             let pending = &self.st.pending;
             let due = pending.since.is_some_and(|t| t.elapsed() >= interval)
@@ -147,6 +158,26 @@ impl Engine {
             }
         }
         self.commit()
+    }
+
+    /// What to do next: an input already waiting is taken at once, without
+    /// a timer (the hot path under load), after a look at the uplink's
+    /// connection state (so a change is seen however busy the input is);
+    /// else whichever comes first, waiting at most `wait`.
+    async fn next(&mut self, rx: &mut mpsc::Receiver<Input>, wait: Duration) -> Next {
+        if self.outbound.take_change() {
+            return Next::Uplink;
+        }
+        match rx.try_recv() {
+            Ok(input) => return Next::Input(input),
+            Err(TryRecvError::Disconnected) => return Next::Closed,
+            Err(TryRecvError::Empty) => {}
+        }
+        tokio::select! {
+            input = rx.recv() => input.map_or(Next::Closed, Next::Input),
+            () = self.outbound.changed() => Next::Uplink,
+            () = tokio::time::sleep(wait) => Next::Idle,
+        }
     }
 
     fn handle(&mut self, input: Input) -> Result<(), StoreError> {

@@ -70,6 +70,26 @@ impl Outbound {
         }
     }
 
+    /// Whether the uplink's connection state changed since last seen (and
+    /// marks it seen); no waiting.
+    pub(crate) fn take_change(&mut self) -> bool {
+        if !self.watching {
+            return false;
+        }
+        match self.connected.has_changed() {
+            Ok(changed) => {
+                if changed {
+                    self.connected.borrow_and_update();
+                }
+                changed
+            }
+            Err(_) => {
+                self.watching = false;
+                false
+            }
+        }
+    }
+
     /// Resolves when the uplink's connection state changes; never once the
     /// uplink is gone (the engine then forms no more batches).
     pub(crate) async fn changed(&mut self) {

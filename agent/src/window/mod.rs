@@ -62,12 +62,19 @@ impl SeriesState {
     }
 
     /// The open window starting at `start`, opened (empty) if need be. The
-    /// newest is the usual one, so it is tried first.
+    /// newest is the usual one (the hot path: one reading after another),
+    /// so it is tried first, inline.
+    #[inline]
     fn open_at(&mut self, start: i64) -> &mut Open {
-        if self.open.last().is_some_and(|o| o.start == start) {
-            let last = self.open.len() - 1;
-            return &mut self.open[last];
+        match self.open.len().checked_sub(1) {
+            Some(last) if self.open[last].start == start => &mut self.open[last],
+            _ => self.open_older(start),
         }
+    }
+
+    /// [`SeriesState::open_at`] for a window other than the newest.
+    #[inline(never)]
+    fn open_older(&mut self, start: i64) -> &mut Open {
         let pos = self.open.partition_point(|o| o.start < start);
         if self.open.get(pos).is_none_or(|o| o.start != start) {
             self.open.insert(

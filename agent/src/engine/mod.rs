@@ -8,7 +8,7 @@
 //! `store.commit_interval_ms` after the first uncommitted input, or earlier
 //! when `store.commit_max_readings` are pending or an input made a window
 //! due. After the commit it sends the link Acks, fires the MQTT
-//! acknowledgements and forms batches for the uplink ([`outbound`]).
+//! acknowledgements and forms batches for the uplink (`outbound`).
 //!
 //! If a commit fails (full disk, corrupt database) the engine stops with an
 //! error and the agent exits non-zero: nothing uncommitted was acknowledged,

@@ -42,9 +42,9 @@
 //!
 //! # Layout
 //! - this file — the arguments, the agent config every path shares;
-//! - [`inprocess`] — the `bulk` path; [`devices`] — `frames` and
-//!   `summaries`; [`mqtt`] — the `mqtt` path and the mosquitto it starts;
-//! - [`rss`] — memory sampling.
+//! - `inprocess` — the `bulk` path; `devices` — `frames` and
+//!   `summaries`; `mqtt` — the `mqtt` path and the mosquitto it starts;
+//! - `rss` — memory sampling.
 
 mod devices;
 mod inprocess;

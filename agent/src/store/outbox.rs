@@ -3,11 +3,11 @@
 //! Every statement on the `outbox` table is in this module.
 //!
 //! # Design
-//! Partials enter at a group commit ([`insert`]) and leave, oldest first,
-//! when a batch is formed ([`oldest`], [`remove`]). Only partials not yet in
+//! Partials enter at a group commit (`insert`) and leave, oldest first,
+//! when a batch is formed (`oldest`, `remove`). Only partials not yet in
 //! a batch are touched by the limit (a formed batch has a fixed identity and
 //! may already be at the collector). While partials plus formed batches are
-//! over `outbox.max_bytes` ([`shrink`]): take the finest width present below
+//! over `outbox.max_bytes` (`shrink`): take the finest width present below
 //! the floor, merge the oldest half of the partials at that width into the
 //! next coarser width of the ladder (aligned windows nest, so this is an
 //! exact merge per series: counts, sums and sketches stay exact, only time

@@ -1,20 +1,23 @@
 //! Starting and stopping an agent: the engine thread, the uplink, the HTTP
-//! server and the sources, with an orderly shutdown (stop the sources and
-//! the uplink, then let the engine commit what is pending and exit).
+//! server and the sources, each built from its own config section, with an
+//! orderly shutdown (stop the sources and the uplink, then let the engine
+//! commit what is pending and exit).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tributary_runtime::tls::TlsError;
 
 use crate::config::Config;
-use crate::engine::{Cmd, Engine};
+use crate::engine::{Engine, Input, Outbound, Parts};
 use crate::metrics::{Counters, Metrics};
+use crate::sources::mqtt::LocalMqtt;
 use crate::sources::simulated;
-use crate::store::StoreError;
-use crate::uplink::{Uplink, UplinkError};
+use crate::store::{Store, StoreError};
+use crate::uplink::{self, Uplink, UplinkError};
 use tributary_sim::SimDevice;
 
 /// Why the agent stopped with an error.
@@ -26,6 +29,9 @@ pub enum AgentError {
     /// The uplink could not be configured.
     #[error(transparent)]
     Uplink(#[from] UplinkError),
+    /// The local broker source could not be configured.
+    #[error("local_mqtt: {0}")]
+    LocalMqtt(TlsError),
     /// The HTTP listener could not bind.
     #[error("http.listen {addr}: {source}")]
     Http {
@@ -43,7 +49,7 @@ pub enum AgentError {
 #[derive(Debug)]
 pub struct AgentHandle {
     metrics: Arc<Metrics>,
-    engine: mpsc::Sender<Cmd>,
+    engine: mpsc::Sender<Input>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     engine_done: oneshot::Receiver<Result<(), StoreError>>,
@@ -57,83 +63,60 @@ pub struct Agent;
 impl Agent {
     /// Opens the store, restores state and starts every configured part.
     pub async fn start(config: Config) -> Result<AgentHandle, AgentError> {
-        let metrics = Arc::new(Metrics::default());
-        let wake = Arc::new(Notify::new());
-        let engine = Engine::open(config.clone(), metrics.clone(), wake.clone())?;
-        let (tx, rx) = mpsc::channel::<Cmd>(1024);
-        let (done_tx, engine_done) = oneshot::channel();
-        std::thread::Builder::new()
-            .name("tributary-engine".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build();
-                let r = match rt {
-                    Ok(rt) => rt.block_on(engine.run(rx)),
-                    Err(e) => Err(StoreError::Dir(e)),
-                };
-                if let Err(e) = &r {
-                    tracing::error!(error = %e, "engine stopped");
-                }
-                let _ = done_tx.send(r);
-            })
-            .map_err(|e| AgentError::Engine(e.to_string()))?;
+        let metrics = Arc::new(Metrics::new());
+        let (tx, rx) = mpsc::channel::<Input>(1024);
+        let (batches_tx, batches) = mpsc::unbounded_channel();
+        let (connected, connected_rx) = watch::channel(false);
+        // Set up before anything starts, so a bad CA file stops the start.
+        let uplink = if config.uplink.enabled {
+            let ch = uplink::Channels {
+                batches,
+                engine: tx.clone(),
+                connected,
+            };
+            Some(Uplink::new(
+                &config.agent_id,
+                &config.uplink,
+                ch,
+                metrics.clone(),
+            )?)
+        } else {
+            None // the engine then sees no connection and forms no batches
+        };
+        let local = if config.local_mqtt.enabled {
+            let l = LocalMqtt::new(
+                &config.agent_id,
+                &config.local_mqtt,
+                config.limits.max_payload_bytes,
+                tx.clone(),
+                metrics.clone(),
+            );
+            Some(l.map_err(AgentError::LocalMqtt)?)
+        } else {
+            None
+        };
+        let outbound = Outbound::new(
+            &config.agent_id,
+            config.uplink.encoding,
+            config.uplink.max_in_flight,
+            batches_tx,
+            connected_rx,
+        );
+        let engine_done = start_engine(&config, outbound, metrics.clone(), rx)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         if !config.http.listen.is_empty() {
-            let listener = tokio::net::TcpListener::bind(&config.http.listen)
-                .await
-                .map_err(|source| AgentError::Http {
-                    addr: config.http.listen.clone(),
-                    source,
-                })?;
-            let app = crate::http::router(metrics.clone());
-            let mut stop = shutdown_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                    let _ = stop.changed().await;
-                });
-                if let Err(e) = serve.await {
-                    tracing::warn!(error = %e, "http server stopped");
-                }
-            }));
+            tasks
+                .push(serve_http(&config.http.listen, metrics.clone(), shutdown_rx.clone()).await?);
         }
-        if config.uplink.enabled {
-            let up = Uplink::new(config.clone(), tx.clone(), wake.clone(), metrics.clone());
-            crate::uplink::options(&config)?; // report TLS/CA errors at start
-            let stop = shutdown_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = up.run(stop).await {
-                    tracing::error!(error = %e, "uplink stopped");
-                }
-            }));
+        if let Some(up) = uplink {
+            tasks.push(tokio::spawn(up.run(shutdown_rx.clone())));
         }
-        if config.local_mqtt.enabled {
-            tasks.push(tokio::spawn(crate::sources::mqtt::run(
-                config.clone(),
-                tx.clone(),
-                metrics.clone(),
-                shutdown_rx.clone(),
-            )));
+        if let Some(local) = local {
+            tasks.push(tokio::spawn(local.run(shutdown_rx.clone())));
         }
-        for port in &config.serial {
-            tasks.push(tokio::spawn(crate::sources::serial::run(
-                port.clone(),
-                tx.clone(),
-                metrics.clone(),
-                shutdown_rx.clone(),
-            )));
-        }
-        let mut sims = Vec::new();
-        for dev in SimDevice::all(&config.simulated) {
-            sims.push(tokio::spawn(simulated::run_device(
-                dev,
-                config.simulated.frame_rate,
-                config.simulated.max_unacked,
-                tx.clone(),
-                shutdown_rx.clone(),
-            )));
-        }
+        let (serial, sims) = spawn_devices(&config, &tx, &metrics, &shutdown_rx);
+        tasks.extend(serial);
         tracing::info!(agent = config.agent_id, "agent started");
         Ok(AgentHandle {
             metrics,
@@ -144,6 +127,102 @@ impl Agent {
             sims,
         })
     }
+}
+
+/// Starts a task per serial port and per simulated device; returns the
+/// ports' tasks and the devices'.
+fn spawn_devices(
+    config: &Config,
+    tx: &mpsc::Sender<Input>,
+    metrics: &Arc<Metrics>,
+    shutdown: &watch::Receiver<bool>,
+) -> (Vec<JoinHandle<()>>, Vec<JoinHandle<()>>) {
+    let serial = config
+        .serial
+        .iter()
+        .map(|port| {
+            tokio::spawn(crate::sources::serial::run(
+                port.clone(),
+                tx.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+    let sim = &config.simulated;
+    let sims = SimDevice::all(sim)
+        .into_iter()
+        .map(|dev| {
+            tokio::spawn(simulated::run_device(
+                dev,
+                sim.frame_rate,
+                sim.max_unacked,
+                tx.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+    (serial, sims)
+}
+
+/// Opens the store and runs the engine on a thread of its own.
+fn start_engine(
+    config: &Config,
+    outbound: Outbound,
+    metrics: Arc<Metrics>,
+    rx: mpsc::Receiver<Input>,
+) -> Result<oneshot::Receiver<Result<(), StoreError>>, AgentError> {
+    let store = Store::open(&config.db_path(), &config.store, &config.outbox)?;
+    let engine = Engine::open(Parts {
+        store,
+        window: &config.window,
+        commit: &config.store,
+        limits: &config.limits,
+        tags: config.global_tags(),
+        outbound,
+        metrics,
+    })?;
+    let (done_tx, done) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("tributary-engine".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build();
+            let r = match rt {
+                Ok(rt) => rt.block_on(engine.run(rx)),
+                Err(e) => Err(StoreError::Dir(e)),
+            };
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "engine stopped");
+            }
+            let _ = done_tx.send(r);
+        })
+        .map_err(|e| AgentError::Engine(e.to_string()))?;
+    Ok(done)
+}
+
+/// Binds `/metrics` and `/health` on `listen` and serves them until shutdown.
+async fn serve_http(
+    listen: &str,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, AgentError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| AgentError::Http {
+            addr: listen.to_string(),
+            source,
+        })?;
+    let app = crate::http::router(metrics);
+    Ok(tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stop.changed().await;
+        });
+        if let Err(e) = serve.await {
+            tracing::warn!(error = %e, "http server stopped");
+        }
+    }))
 }
 
 impl AgentHandle {
@@ -157,8 +236,9 @@ impl AgentHandle {
         self.metrics.counters()
     }
 
-    /// A sender for in-process input (benchmarks, embedding).
-    pub fn engine(&self) -> mpsc::Sender<Cmd> {
+    /// A sender for in-process input (benchmarks, embedding): usually
+    /// [`Input::Readings`].
+    pub fn engine(&self) -> mpsc::Sender<Input> {
         self.engine.clone()
     }
 
@@ -170,7 +250,7 @@ impl AgentHandle {
     /// Commits everything pending now.
     pub async fn sync(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.engine.send(Cmd::Sync(tx)).await.is_ok() {
+        if self.engine.send(Input::Sync(tx)).await.is_ok() {
             let _ = rx.await;
         }
     }

@@ -15,22 +15,31 @@
 //! ```
 //!
 //! # Layout
-//! The folders follow the flow of data:
-//! - [`sources`] — device inputs: [`sources::simulated`] virtual devices and
-//!   the [`sources::json`] readings format.
-//! - [`link`] — the device link: per-boot channels, clock mapping and
-//!   frame de-duplication ([`link::dedupe`]).
-//! - [`engine`] — the single owner of state: applies input, group-commits,
-//!   acknowledges after commit.
+//! The folders follow the flow of data, and each component's config section
+//! lives beside it:
+//! - [`sources`] — device inputs: [`sources::serial`] ports,
+//!   [`sources::mqtt`] (the local broker), [`sources::simulated`] virtual
+//!   devices.
+//! - [`link`] — what devices send and the per-device state to apply it once:
+//!   the [`link::json`] readings format, clock mapping ([`link::clock`]),
+//!   frame de-duplication ([`link::dedupe`]), device boots ([`link::device`]).
+//! - [`engine`] — the single owner of state: the loop that group-commits,
+//!   the registry of series with the global tags ([`engine::tags`]) and
+//!   `[limits]`, device and readings input, the commit, and forming batches
+//!   for the uplink; acknowledges only after the commit.
 //! - [`window`] — event-time windows, watermarks, lateness and revisions; a
-//!   plain synchronous state machine.
-//! - [`store`] — SQLite (WAL): checkpoints, outbox, batches, de-dup marks;
-//!   [`store::outbox`] coarsens and drops at the byte limit.
+//!   plain synchronous state machine (`[window]`).
+//! - [`store`] — SQLite (WAL): schema, load, commit, batches, and the
+//!   [`store::outbox`] that coarsens and drops at its byte limit (`[store]`,
+//!   `[outbox]`).
 //! - [`uplink`] — batches to the upstream broker, deleted on the collector's
-//!   confirmation, resent after a timeout.
-//! - [`config`] — TOML + `TRIBUTARY_*` overrides, validated; [`tags`] — the
-//!   global tags added to every series key.
-//! - [`metrics`] and [`http`] — Prometheus `/metrics` and `/health`.
+//!   confirmation: [`uplink::state`] is the protocol state, a sync struct,
+//!   the rest its async shell (`[uplink]`).
+//! - `mqtt_client` — the MQTT options the uplink and the local broker
+//!   source share (TLS from `tributary_runtime::tls`).
+//! - [`metrics`] and [`http`] — Prometheus `/metrics` and `/health` (`[http]`).
+//! - [`config`] — the root config: load, `TRIBUTARY_*` overrides, validation
+//!   delegated to each section.
 //! - [`agent`] — start, run and stop it all ([`Agent::start`], [`run`]).
 //! - [`bench`](mod@bench) — the `bench` subcommand.
 
@@ -41,9 +50,9 @@ pub mod engine;
 pub mod http;
 pub mod link;
 pub mod metrics;
+pub(crate) mod mqtt_client;
 pub mod sources;
 pub mod store;
-pub mod tags;
 pub mod uplink;
 pub mod window;
 

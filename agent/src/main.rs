@@ -28,13 +28,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    tributary_runtime::logging::init("info");
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     if let Some(Command::Bench(args)) = cli.command {

@@ -1,16 +1,23 @@
-//! The agent's counters and gauges, rendered in the Prometheus text format.
+//! The agent's metrics: `prometheus-client` counters, gauges and a
+//! histogram in one registry, served on `/metrics` as OpenMetrics text by
+//! [`tributary_runtime::metrics::render`].
 //!
-//! Plain atomics shared by every task: cheap to bump on hot paths, read by
-//! the `/metrics` handler and by [`crate::AgentHandle::metrics`].
+//! Every metric is a field, cheap to bump on hot paths (an atomic add) and
+//! readable in-process ([`Metrics::counters`], the fields' `get`). Names:
+//! `tributary_agent_*`; counters get their `_total` suffix from the
+//! encoder, so what Prometheus scrapes is, e.g.,
+//! `tributary_agent_readings_accepted_total`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 
-use crate::link::clock::ClockFit;
+use tributary_runtime::metrics::prometheus_client::metrics::counter::Counter;
+use tributary_runtime::metrics::prometheus_client::metrics::family::Family;
+use tributary_runtime::metrics::prometheus_client::metrics::gauge::Gauge;
+use tributary_runtime::metrics::prometheus_client::metrics::histogram::Histogram;
+use tributary_runtime::metrics::prometheus_client::registry::Registry;
 
-/// Why input was refused; each is a label of `tributary_agent_rejected_total`.
+/// Why input was refused; each is a `reason` label of
+/// `tributary_agent_rejected_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
 pub enum Reject {
@@ -40,83 +47,119 @@ pub enum Reject {
     BadTopic,
 }
 
-/// Upper bounds (ms) of the commit-duration histogram's buckets: a commit
+impl Reject {
+    /// Every reason, in label order.
+    pub const ALL: [Reject; 12] = [
+        Reject::MalformedJson,
+        Reject::UnknownVersion,
+        Reject::BadValue,
+        Reject::Oversized,
+        Reject::CorruptFrame,
+        Reject::UnknownDevice,
+        Reject::TooManyTags,
+        Reject::SeriesLimit,
+        Reject::BadKey,
+        Reject::DeviceWindow,
+        Reject::Merge,
+        Reject::BadTopic,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reject::MalformedJson => "malformed_json",
+            Reject::UnknownVersion => "unknown_version",
+            Reject::BadValue => "bad_value",
+            Reject::Oversized => "oversized",
+            Reject::CorruptFrame => "corrupt_frame",
+            Reject::UnknownDevice => "unknown_device",
+            Reject::TooManyTags => "too_many_tags",
+            Reject::SeriesLimit => "series_limit",
+            Reject::BadKey => "bad_key",
+            Reject::DeviceWindow => "device_window",
+            Reject::Merge => "merge",
+            Reject::BadTopic => "bad_topic",
+        }
+    }
+}
+
+/// Upper bounds (s) of the commit-duration histogram's buckets: a commit
 /// flushes to disk, so a slow disk shows here first.
-pub const COMMIT_BOUNDS_MS: [u64; 9] = [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500];
+pub const COMMIT_BOUNDS_S: [f64; 9] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
-const REJECT_NAMES: [&str; 12] = [
-    "malformed_json",
-    "unknown_version",
-    "bad_value",
-    "oversized",
-    "corrupt_frame",
-    "unknown_device",
-    "too_many_tags",
-    "series_limit",
-    "bad_key",
-    "device_window",
-    "merge",
-    "bad_topic",
-];
+/// A gauge holding a non-negative whole number.
+pub type UGauge = Gauge<u64, AtomicU64>;
+/// A gauge holding a float.
+pub type FGauge = Gauge<f64, AtomicU64>;
+/// The label set of per-device gauges.
+type DeviceLabel = [(&'static str, String); 1];
 
-/// Reads one figure of a clock estimate.
-type ClockField = fn(&ClockFit) -> f64;
+/// A device's clock estimate as exported (the device link makes it from
+/// its clock fit).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeviceClock {
+    /// Wall-clock ms at the device's tick 0 (current boot).
+    pub offset_ms: f64,
+    /// Clock rate error (ppm, positive = fast).
+    pub drift_ppm: f64,
+    /// Stated error of mapped event times (ms).
+    pub error_ms: f64,
+}
 
-/// All counters.
-#[derive(Debug, Default)]
+/// Every metric of the agent.
+#[derive(Debug)]
 pub struct Metrics {
-    rejected: [AtomicU64; 12],
+    registry: Registry,
+    rejected: [Counter; Reject::ALL.len()],
     /// Readings folded into windows.
-    pub readings_accepted: AtomicU64,
+    pub readings_accepted: Counter,
     /// Link frames received (valid).
-    pub frames_received: AtomicU64,
+    pub frames_received: Counter,
     /// Link frames already applied (re-acked, not re-applied).
-    pub frames_duplicate: AtomicU64,
-    /// Group commits.
-    pub commits: AtomicU64,
-    /// Time spent committing (µs).
-    pub commit_micros: AtomicU64,
-    /// Group commits by duration: one count per bound of
-    /// [`COMMIT_BOUNDS_MS`], then the longer ones.
-    commit_buckets: [AtomicU64; COMMIT_BOUNDS_MS.len() + 1],
+    pub frames_duplicate: Counter,
     /// Closed partials put in the outbox.
-    pub partials_emitted: AtomicU64,
+    pub partials_emitted: Counter,
     /// Revision partials (late data) put in the outbox.
-    pub revisions_emitted: AtomicU64,
+    pub revisions_emitted: Counter,
     /// Partials merged away by coarsening.
-    pub partials_coarsened: AtomicU64,
+    pub partials_coarsened: Counter,
     /// Readings dropped at the outbox floor.
-    pub readings_dropped: AtomicU64,
+    pub readings_dropped: Counter,
     /// Batches formed.
-    pub batches_formed: AtomicU64,
+    pub batches_formed: Counter,
     /// Batch publications (first sends).
-    pub batches_sent: AtomicU64,
+    pub batches_sent: Counter,
     /// Batch re-publications after a confirmation timeout or reconnect.
-    pub batches_resent: AtomicU64,
+    pub batches_resent: Counter,
     /// Batches confirmed by the collector.
-    pub batches_confirmed: AtomicU64,
+    pub batches_confirmed: Counter,
     /// Readings in confirmed batches.
-    pub readings_confirmed: AtomicU64,
+    pub readings_confirmed: Counter,
     /// Uplink connections established.
-    pub uplink_connects: AtomicU64,
+    pub uplink_connects: Counter,
     /// Local broker connections established.
-    pub local_connects: AtomicU64,
-    /// Gauge: local broker messages received and not yet PUBACKed.
-    pub local_unacked: AtomicU64,
-    /// Gauge: the local broker granted the device-topic subscription on the
+    pub local_connects: Counter,
+    /// Group commits by duration (s).
+    pub commit_duration: Histogram,
+    /// Group commits: the histogram's count, readable in-process (the
+    /// encoder shows it as `…_commit_duration_seconds_count`).
+    commits: Counter,
+    /// Local broker messages received and not yet PUBACKed.
+    pub local_unacked: Gauge,
+    /// The local broker granted the device-topic subscription on the
     /// current connection (0/1; 0 when refused, e.g. by its ACL).
-    pub local_subscribed: AtomicU64,
-
-    /// Gauge: uplink connected (0/1).
-    pub uplink_up: AtomicU64,
-    /// Gauge: outbox bytes.
-    pub outbox_bytes: AtomicU64,
-    /// Gauge: series tracked.
-    pub series: AtomicU64,
-    /// Gauge: store healthy (1) or failed (0).
-    pub store_ok: AtomicU64,
-    /// Per-device clock estimates (devices whose offset is not known exactly).
-    clocks: Mutex<BTreeMap<String, ClockFit>>,
+    pub local_subscribed: Gauge,
+    /// Uplink connected (0/1).
+    pub uplink_up: Gauge,
+    /// Bytes of unconfirmed partials and batches.
+    pub outbox_bytes: UGauge,
+    /// Series tracked.
+    pub series: UGauge,
+    /// Store healthy (1) or failed (0).
+    pub store_ok: Gauge,
+    clock_offset: Family<DeviceLabel, FGauge>,
+    clock_drift: Family<DeviceLabel, FGauge>,
+    clock_error: Family<DeviceLabel, FGauge>,
 }
 
 /// A snapshot of the main counters.
@@ -136,247 +179,140 @@ pub struct Counters {
     pub outbox_bytes: u64,
 }
 
-impl Metrics {
-    /// Counts one refused input.
-    pub fn reject(&self, r: Reject) {
-        self.rejected[r as usize].fetch_add(1, Relaxed);
-    }
+/// Registers a clone of `m` (metrics share their value between clones).
+fn reg<M: Clone + tributary_runtime::metrics::prometheus_client::registry::Metric>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    m: M,
+) -> M {
+    r.register(name, help, m.clone());
+    m
+}
 
-    /// Records a device's current clock estimate.
-    pub fn set_clock(&self, device: &str, fit: ClockFit) {
-        if let Ok(mut m) = self.clocks.lock() {
-            match m.get_mut(device) {
-                Some(f) => *f = fit,
-                None => {
-                    m.insert(device.to_string(), fit);
-                }
-            }
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Every metric at zero, registered.
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("tributary_agent");
+        let rejected_family = reg(
+            &mut r,
+            "rejected",
+            "Input refused, by reason.",
+            Family::<[(&'static str, &'static str); 1], Counter>::default(),
+        );
+        // Every reason is shown from the start, at 0.
+        let rejected = Reject::ALL.map(|x| {
+            rejected_family
+                .get_or_create(&[("reason", x.label())])
+                .clone()
+        });
+        let c = |r: &mut Registry, name: &str, help: &str| reg(r, name, help, Counter::default());
+        let g = |r: &mut Registry, name: &str, help: &str| reg(r, name, help, Gauge::default());
+        let u = |r: &mut Registry, name: &str, help: &str| reg(r, name, help, UGauge::default());
+        let f = |r: &mut Registry, name: &str, help: &str| {
+            reg(r, name, help, Family::<DeviceLabel, FGauge>::default())
+        };
+        Metrics {
+            rejected,
+            readings_accepted: c(&mut r, "readings_accepted", "Readings folded into windows."),
+            frames_received: c(&mut r, "frames_received", "Valid link frames received."),
+            frames_duplicate: c(&mut r, "frames_duplicate", "Link frames already applied."),
+            partials_emitted: c(&mut r, "partials_emitted", "Closed partials put in the outbox."),
+            revisions_emitted: c(&mut r, "revisions_emitted", "Revision partials (late data)."),
+            partials_coarsened: c(&mut r, "partials_coarsened", "Partials merged away by coarsening."),
+            readings_dropped: c(&mut r, "readings_dropped", "Readings dropped at the outbox floor."),
+            batches_formed: c(&mut r, "batches_formed", "Batches formed."),
+            batches_sent: c(&mut r, "batches_sent", "Batches published (first sends)."),
+            batches_resent: c(&mut r, "batches_resent", "Batches published again."),
+            batches_confirmed: c(&mut r, "batches_confirmed", "Batches confirmed by the collector."),
+            readings_confirmed: c(&mut r, "readings_confirmed", "Readings in confirmed batches."),
+            uplink_connects: c(&mut r, "uplink_connects", "Uplink connections established."),
+            local_connects: c(&mut r, "local_mqtt_connects", "Local broker connections established."),
+            commit_duration: reg(
+                &mut r,
+                "commit_duration_seconds",
+                "Group commits of the agent's store by duration (each ends in a disk flush).",
+                Histogram::new(COMMIT_BOUNDS_S),
+            ),
+            commits: Counter::default(),
+            local_unacked: g(&mut r, "local_mqtt_unacked", "Local broker messages received and not yet acknowledged."),
+            local_subscribed: g(&mut r, "local_mqtt_subscribed", "Whether the local broker granted the device-topic subscription."),
+            uplink_up: g(&mut r, "uplink_up", "Whether the uplink is connected."),
+            outbox_bytes: u(&mut r, "outbox_bytes", "Bytes of unconfirmed partials and batches."),
+            series: u(&mut r, "series", "Series tracked."),
+            store_ok: g(&mut r, "store_ok", "Whether the last store operation succeeded."),
+            clock_offset: f(&mut r, "device_clock_offset_ms", "Estimated wall-clock ms at the device's tick 0 (current boot)."),
+            clock_drift: f(&mut r, "device_clock_drift_ppm", "Estimated device clock rate error (ppm, positive = fast)."),
+            clock_error: f(&mut r, "device_clock_error_ms", "Stated error of event times mapped from device ticks (ms, excluding the link's constant latency)."),
+            registry: r,
         }
     }
 
-    /// A device's current clock estimate.
-    pub fn clock(&self, device: &str) -> Option<ClockFit> {
-        self.clocks.lock().ok()?.get(device).copied()
+    /// The OpenMetrics text of every metric.
+    pub fn render(&self) -> String {
+        tributary_runtime::metrics::render(&self.registry)
     }
 
-    /// Records one group commit that took `d`.
-    pub fn record_commit(&self, d: std::time::Duration) {
-        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.commits.fetch_add(1, Relaxed);
-        self.commit_micros.fetch_add(micros, Relaxed);
-        let bucket = COMMIT_BOUNDS_MS
-            .iter()
-            .position(|&ms| micros <= ms * 1_000)
-            .unwrap_or(COMMIT_BOUNDS_MS.len());
-        self.commit_buckets[bucket].fetch_add(1, Relaxed);
+    /// Counts one refused input.
+    pub fn reject(&self, r: Reject) {
+        self.rejected[r as usize].inc();
+    }
+
+    /// Counts `n` refused inputs of one reason.
+    pub fn reject_n(&self, r: Reject, n: u64) {
+        self.rejected[r as usize].inc_by(n);
     }
 
     /// Refusals for one reason.
     pub fn rejected(&self, r: Reject) -> u64 {
-        self.rejected[r as usize].load(Relaxed)
+        self.rejected[r as usize].get()
+    }
+
+    /// Records one group commit that took `d`.
+    pub fn record_commit(&self, d: std::time::Duration) {
+        self.commit_duration.observe(d.as_secs_f64());
+        self.commits.inc();
+    }
+
+    /// Group commits so far.
+    pub fn commits(&self) -> u64 {
+        self.commits.get()
+    }
+
+    /// Records a device's current clock estimate.
+    pub fn set_clock(&self, device: &str, clock: DeviceClock) {
+        let label = [("device", device.to_string())];
+        self.clock_offset.get_or_create(&label).set(clock.offset_ms);
+        self.clock_drift.get_or_create(&label).set(clock.drift_ppm);
+        self.clock_error.get_or_create(&label).set(clock.error_ms);
+    }
+
+    /// A device's current clock estimate, as exported.
+    pub fn clock(&self, device: &str) -> Option<DeviceClock> {
+        let label = [("device", device.to_string())];
+        Some(DeviceClock {
+            offset_ms: self.clock_offset.get(&label)?.get(),
+            drift_ppm: self.clock_drift.get(&label)?.get(),
+            error_ms: self.clock_error.get(&label)?.get(),
+        })
     }
 
     /// A snapshot of the main counters.
     pub fn counters(&self) -> Counters {
         Counters {
-            readings_accepted: self.readings_accepted.load(Relaxed),
-            rejected: self.rejected.iter().map(|a| a.load(Relaxed)).sum(),
-            batches_sent: self.batches_sent.load(Relaxed),
-            batches_confirmed: self.batches_confirmed.load(Relaxed),
-            readings_confirmed: self.readings_confirmed.load(Relaxed),
-            outbox_bytes: self.outbox_bytes.load(Relaxed),
+            readings_accepted: self.readings_accepted.get(),
+            rejected: self.rejected.iter().map(Counter::get).sum(),
+            batches_sent: self.batches_sent.get(),
+            batches_confirmed: self.batches_confirmed.get(),
+            readings_confirmed: self.readings_confirmed.get(),
+            outbox_bytes: self.outbox_bytes.get(),
         }
-    }
-
-    /// `tributary_agent_commit_duration_seconds`, a Prometheus histogram.
-    fn render_commit_histogram(&self, out: &mut String) {
-        let name = "tributary_agent_commit_duration_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Group commits of the agent's store by duration (each ends in a disk flush).\n# TYPE {name} histogram"
-        );
-        let mut below = 0;
-        for (ms, n) in COMMIT_BOUNDS_MS.iter().zip(&self.commit_buckets) {
-            below += n.load(Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{}\"}} {below}",
-                *ms as f64 / 1_000.0
-            );
-        }
-        let count = self.commits.load(Relaxed);
-        let micros = self.commit_micros.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}.{:06}\n{name}_count {count}",
-            micros / 1_000_000,
-            micros % 1_000_000
-        );
-    }
-
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP tributary_agent_rejected_total Input refused, by reason.\n# TYPE tributary_agent_rejected_total counter"
-        );
-        for (name, c) in REJECT_NAMES.iter().zip(&self.rejected) {
-            let _ = writeln!(
-                out,
-                "tributary_agent_rejected_total{{reason=\"{name}\"}} {}",
-                c.load(Relaxed)
-            );
-        }
-        let counters: [(&str, &str, &AtomicU64); 14] = [
-            (
-                "readings_accepted_total",
-                "Readings folded into windows.",
-                &self.readings_accepted,
-            ),
-            (
-                "frames_received_total",
-                "Valid link frames received.",
-                &self.frames_received,
-            ),
-            (
-                "frames_duplicate_total",
-                "Link frames already applied.",
-                &self.frames_duplicate,
-            ),
-            (
-                "partials_emitted_total",
-                "Closed partials put in the outbox.",
-                &self.partials_emitted,
-            ),
-            (
-                "revisions_emitted_total",
-                "Revision partials (late data).",
-                &self.revisions_emitted,
-            ),
-            (
-                "partials_coarsened_total",
-                "Partials merged away by coarsening.",
-                &self.partials_coarsened,
-            ),
-            (
-                "readings_dropped_total",
-                "Readings dropped at the outbox floor.",
-                &self.readings_dropped,
-            ),
-            (
-                "batches_formed_total",
-                "Batches formed.",
-                &self.batches_formed,
-            ),
-            (
-                "batches_sent_total",
-                "Batches published (first sends).",
-                &self.batches_sent,
-            ),
-            (
-                "batches_resent_total",
-                "Batches published again.",
-                &self.batches_resent,
-            ),
-            (
-                "batches_confirmed_total",
-                "Batches confirmed by the collector.",
-                &self.batches_confirmed,
-            ),
-            (
-                "readings_confirmed_total",
-                "Readings in confirmed batches.",
-                &self.readings_confirmed,
-            ),
-            (
-                "uplink_connects_total",
-                "Uplink connections established.",
-                &self.uplink_connects,
-            ),
-            (
-                "local_mqtt_connects_total",
-                "Local broker connections established.",
-                &self.local_connects,
-            ),
-        ];
-        for (name, help, c) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP tributary_agent_{name} {help}\n# TYPE tributary_agent_{name} counter\ntributary_agent_{name} {}",
-                c.load(Relaxed)
-            );
-        }
-        self.render_commit_histogram(&mut out);
-        let gauges: [(&str, &str, &AtomicU64); 6] = [
-            (
-                "local_mqtt_unacked",
-                "Local broker messages received and not yet acknowledged.",
-                &self.local_unacked,
-            ),
-            (
-                "local_mqtt_subscribed",
-                "Whether the local broker granted the device-topic subscription.",
-                &self.local_subscribed,
-            ),
-            (
-                "uplink_up",
-                "Whether the uplink is connected.",
-                &self.uplink_up,
-            ),
-            (
-                "outbox_bytes",
-                "Bytes of unconfirmed partials and batches.",
-                &self.outbox_bytes,
-            ),
-            ("series", "Series tracked.", &self.series),
-            (
-                "store_ok",
-                "Whether the last store operation succeeded.",
-                &self.store_ok,
-            ),
-        ];
-        for (name, help, g) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP tributary_agent_{name} {help}\n# TYPE tributary_agent_{name} gauge\ntributary_agent_{name} {}",
-                g.load(Relaxed)
-            );
-        }
-        if let Ok(clocks) = self.clocks.lock() {
-            let per_device: [(&str, &str, ClockField); 3] = [
-                (
-                    "device_clock_offset_ms",
-                    "Estimated wall-clock ms at the device's tick 0 (current boot).",
-                    |f| f.offset_ms,
-                ),
-                (
-                    "device_clock_drift_ppm",
-                    "Estimated device clock rate error (ppm, positive = fast).",
-                    |f| f.drift_ppm,
-                ),
-                (
-                    "device_clock_error_ms",
-                    "Stated error of event times mapped from device ticks (ms, excluding the link's constant latency).",
-                    |f| f.error_ms,
-                ),
-            ];
-            for (name, help, get) in per_device {
-                let _ = writeln!(
-                    out,
-                    "# HELP tributary_agent_{name} {help}\n# TYPE tributary_agent_{name} gauge"
-                );
-                for (device, fit) in clocks.iter() {
-                    let _ = writeln!(
-                        out,
-                        "tributary_agent_{name}{{device=\"{device}\"}} {:.3}",
-                        get(fit)
-                    );
-                }
-            }
-        }
-        out
     }
 }
 
@@ -389,11 +325,32 @@ mod tests {
         let m = Metrics::default();
         m.reject(Reject::BadValue);
         m.reject(Reject::BadValue);
-        m.readings_accepted.fetch_add(5, Relaxed);
+        m.reject_n(Reject::Oversized, 3);
+        m.readings_accepted.inc_by(5);
         let text = m.render();
-        assert!(text.contains("tributary_agent_rejected_total{reason=\"bad_value\"} 2"));
-        assert!(text.contains("tributary_agent_readings_accepted_total 5"));
-        assert_eq!(m.counters().rejected, 2);
+        assert!(text.contains("tributary_agent_rejected_total{reason=\"bad_value\"} 2\n"));
+        assert!(text.contains("tributary_agent_rejected_total{reason=\"oversized\"} 3\n"));
+        // Every reason is listed, also at zero.
+        for r in Reject::ALL {
+            assert!(
+                text.contains(&format!(
+                    "tributary_agent_rejected_total{{reason=\"{}\"}}",
+                    r.label()
+                )),
+                "{r:?} in\n{text}"
+            );
+        }
+        assert!(text.contains("tributary_agent_readings_accepted_total 5\n"));
+        assert!(text.contains("# TYPE tributary_agent_outbox_bytes gauge\n"));
+        assert!(text.contains("tributary_agent_store_ok 0\n"));
+        assert_eq!(m.counters().rejected, 5);
+        assert_eq!(m.rejected(Reject::Oversized), 3);
+        // Each reason counts on its own label.
+        for (i, r) in Reject::ALL.into_iter().enumerate() {
+            assert_eq!(r as usize, i, "{r:?}");
+        }
+        let labels: std::collections::BTreeSet<_> = Reject::ALL.map(Reject::label).into();
+        assert_eq!(labels.len(), Reject::ALL.len());
     }
 
     #[test]
@@ -417,9 +374,15 @@ mod tests {
             let line = format!("{name}_bucket{{le=\"{le}\"}} {n}\n");
             assert!(text.contains(&line), "{line} in\n{text}");
         }
-        assert!(text.contains(&format!("{name}_sum 3.336000\n")), "{text}");
+        let sum: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}_sum ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        assert!((sum - 3.336).abs() < 1e-9, "{sum}");
         assert!(text.contains(&format!("{name}_count 5\n")), "{text}");
         assert!(text.contains(&format!("# TYPE {name} histogram\n")));
+        assert_eq!(m.commits(), 5);
     }
 
     #[test]
@@ -427,10 +390,13 @@ mod tests {
         let m = Metrics::default();
         let mut est = crate::link::clock::ClockEstimator::default();
         est.observe(1, 1_000, 5_004);
-        m.set_clock("dev-a", est.fit().unwrap());
+        m.set_clock("dev-a", est.fit().unwrap().into());
         let text = m.render();
-        assert!(text.contains("tributary_agent_device_clock_offset_ms{device=\"dev-a\"} 4004.000"));
-        assert!(text.contains("tributary_agent_device_clock_drift_ppm{device=\"dev-a\"} 0.000"));
-        assert!(text.contains("tributary_agent_device_clock_error_ms{device=\"dev-a\"} 1.000"));
+        assert!(text.contains("tributary_agent_device_clock_offset_ms{device=\"dev-a\"} 4004.0\n"));
+        assert!(text.contains("tributary_agent_device_clock_drift_ppm{device=\"dev-a\"} 0.0\n"));
+        assert!(text.contains("tributary_agent_device_clock_error_ms{device=\"dev-a\"} 1.0\n"));
+        let c = m.clock("dev-a").unwrap();
+        assert_eq!((c.offset_ms, c.drift_ppm, c.error_ms), (4004.0, 0.0, 1.0));
+        assert_eq!(m.clock("dev-b"), None);
     }
 }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -41,10 +40,10 @@ async fn bad_input_is_refused_and_counted_while_valid_traffic_flows() {
         .as_millis() as i64;
     let subscribed = agent.metrics().clone();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while subscribed.local_subscribed.load(Relaxed) == 0 && Instant::now() < deadline {
+    while subscribed.local_subscribed.get() == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(subscribed.local_subscribed.load(Relaxed), 1);
+    assert_eq!(subscribed.local_subscribed.get(), 1);
     let bp = broker.port();
     tokio::task::spawn_blocking(move || {
         let (client, mut conn) = Client::new(MqttOptions::new("test-device", "127.0.0.1", bp), 100);

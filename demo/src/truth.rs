@@ -18,7 +18,8 @@ pub fn windows(
 ) -> Result<BTreeMap<(SeriesKey, i64), Summary>, TruthError> {
     let mut all = Vec::new();
     for agent in agents {
-        all.extend(agent_truth(agent).map_err(TruthError::Devices)?);
+        let truth = agent_truth(&agent.simulated, &agent.global_tags(), &agent.limits);
+        all.extend(truth.map_err(TruthError::Devices)?);
     }
     tributary_sim::truth::windows(all, width_ms)
 }

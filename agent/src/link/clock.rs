@@ -29,6 +29,8 @@
 
 use std::collections::VecDeque;
 
+use crate::metrics::DeviceClock;
+
 /// Width of a min-filter bucket, in device ms.
 pub const BUCKET_MS: u64 = 30_000;
 /// Bucket minima kept (with [`BUCKET_MS`], the last hour).
@@ -48,6 +50,16 @@ pub struct ClockFit {
     pub error_ms: f64,
     /// Slope of lag over ticks (`−drift / (1 + drift)`).
     slope: f64,
+}
+
+impl From<ClockFit> for DeviceClock {
+    fn from(f: ClockFit) -> Self {
+        DeviceClock {
+            offset_ms: f.offset_ms,
+            drift_ppm: f.drift_ppm,
+            error_ms: f.error_ms,
+        }
+    }
 }
 
 impl ClockFit {

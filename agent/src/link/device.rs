@@ -14,7 +14,7 @@
 //! exactly. Only the offset is stored: after an agent restart the drift is
 //! learnt again from new arrivals.
 
-use tributary_core::frame::{Hello, Message};
+use tributary_core::frame::{Hello, Message, SummaryFrame};
 use tributary_core::{SeriesKey, Summary, Width, Window};
 
 use super::clock::{ClockEstimator, ClockFit};
@@ -196,31 +196,11 @@ impl DeviceState {
         };
         match msg {
             Message::Summary(f) => {
-                let w = i64::from(f.width_ms);
-                let Ok(width) = Width::new(w) else {
-                    return FrameOutcome::Refused(
-                        Reject::DeviceWindow,
-                        format!("device window {w} ms"),
-                    );
+                let window = match self.summary_window(f, agent_width) {
+                    Ok(w) => w,
+                    Err(why) => return FrameOutcome::Refused(Reject::DeviceWindow, why),
                 };
-                if !width.divides(agent_width) {
-                    return FrameOutcome::Refused(
-                        Reject::DeviceWindow,
-                        format!(
-                            "device window {w} ms does not divide the agent window {} ms",
-                            agent_width.ms()
-                        ),
-                    );
-                }
-                let raw = self.event_time(f.start_tick);
-                let start = (raw + w / 2).div_euclid(w) * w;
-                let Ok(window) = Window::new(start, width) else {
-                    return FrameOutcome::Refused(
-                        Reject::DeviceWindow,
-                        "window out of range".into(),
-                    );
-                };
-                let summary = Summary::from_fixed(&f.summary, start);
+                let summary = Summary::from_fixed(&f.summary, window.start());
                 match win.merge(series, window, &summary, now_ms) {
                     Ok(()) => FrameOutcome::Applied(summary.count()),
                     Err(e) => FrameOutcome::Refused(Reject::Merge, e.to_string()),
@@ -235,5 +215,27 @@ impl DeviceState {
             }
             _ => FrameOutcome::Refused(Reject::CorruptFrame, "not a data frame".into()),
         }
+    }
+
+    /// The device window of a Summary frame in event time: its start mapped
+    /// from ticks and snapped to the nearest multiple of its width, which
+    /// must divide the agent's window; or why not.
+    fn summary_window(&self, f: &SummaryFrame, agent_width: Width) -> Result<Window, String> {
+        let w = i64::from(f.width_ms);
+        let width = Width::new(w).map_err(|_| format!("device window {w} ms"))?;
+        if !width.divides(agent_width) {
+            return Err(format!(
+                "device window {w} ms does not divide the agent window {} ms",
+                agent_width.ms()
+            ));
+        }
+        let raw = self.event_time(f.start_tick);
+        let out_of_range = || "window out of range".to_string();
+        let start = raw
+            .saturating_add(w / 2)
+            .div_euclid(w)
+            .checked_mul(w)
+            .ok_or_else(out_of_range)?;
+        Window::new(start, width).map_err(|_| out_of_range())
     }
 }

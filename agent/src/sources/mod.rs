@@ -1,10 +1,11 @@
-//! Device inputs, each a thin async shell that sends [`crate::engine::Cmd`]s:
+//! Device inputs, each a thin async shell that sends [`crate::engine::Input`]s:
 //!
 //! - [`simulated`] — N virtual devices in-process (demo, tests, benchmarks);
-//! - [`json`] — the JSON readings format of the local broker;
-//! - [`mqtt`] — devices on the local broker (JSON and binary frames);
-//! - [`serial`] — devices on serial ports (the firmware link protocol).
-pub mod json;
+//!   their config section, `[simulated]`, is [`tributary_sim::config`];
+//! - [`mqtt`] — devices on the local broker (JSON readings and binary
+//!   frames), `[local_mqtt]`;
+//! - [`serial`] — devices on serial ports (the firmware link protocol),
+//!   `[[serial]]`.
 pub mod mqtt;
 pub mod serial;
 pub mod simulated;

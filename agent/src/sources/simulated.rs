@@ -34,27 +34,33 @@
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Interval;
 use tributary_core::frame::{FrameDecoder, Message, TimeSync, MAX_FRAME};
+use tributary_runtime::now_ms;
+use tributary_sim::config::SimulatedConfig;
 use tributary_sim::device::SIM_CHANNELS;
 use tributary_sim::fleet::{
     ack, data_seq, decode, deliver, SimDevice, Stepper, TruthWindow, RING_HEADROOM,
 };
 use tributary_sim::AggregatorError;
 
-use crate::config::Config;
-use crate::engine::{now_ms, Cmd};
+use crate::engine::{GlobalTags, Input, LimitsConfig};
 
-/// The ground truth of the simulated devices of an agent: the fleet's with
-/// the series keys the agent forwards, i.e. with its global tags applied
-/// exactly as the engine applies them. A series the engine would refuse
-/// (too many tags in all) has no truth, as it has no results.
-pub fn agent_truth(cfg: &Config) -> Result<Vec<TruthWindow>, AggregatorError> {
-    let tags = cfg.global_tags();
-    Ok(tributary_sim::fleet::truth(&cfg.simulated)?
+/// The ground truth of the simulated devices `sim` of an agent: the fleet's
+/// with the series keys the agent forwards, i.e. with its global `tags`
+/// applied exactly as the engine applies them. A series the engine would
+/// refuse (more tags in all than `limits.max_tags`) has no truth, as it has
+/// no results.
+pub fn agent_truth(
+    sim: &SimulatedConfig,
+    tags: &GlobalTags,
+    limits: &LimitsConfig,
+) -> Result<Vec<TruthWindow>, AggregatorError> {
+    Ok(tributary_sim::fleet::truth(sim)?
         .into_iter()
         .filter_map(|mut w| {
             let key = tags.apply(&w.series).ok()?.into_owned();
-            (key.tags().len() <= cfg.limits.max_tags).then(|| {
+            (key.tags().len() <= limits.max_tags).then(|| {
                 w.series = key;
                 w
             })
@@ -67,8 +73,8 @@ pub(crate) async fn run_device(
     sim: SimDevice,
     frame_rate: u32,
     max_unacked: usize,
-    engine: mpsc::Sender<Cmd>,
-    mut shutdown: watch::Receiver<bool>,
+    engine: mpsc::Sender<Input>,
+    shutdown: watch::Receiver<bool>,
 ) {
     // The running device keeps no ground truth: [`SimDevice::truth`] replays
     // a fresh one, and the record would grow for as long as this one runs.
@@ -79,46 +85,126 @@ pub(crate) async fn run_device(
             return;
         }
     };
-    let link = format!("sim:{}", sim.name);
-    let (reply, mut replies) = mpsc::unbounded_channel();
-    let send = |frames: Vec<Message>| {
-        let arrival = now_ms();
-        Cmd::Link {
-            link: link.clone(),
-            frames: frames.into_iter().map(|m| (m, arrival)).collect(),
-            reply: Some(reply.clone()),
-            fixed_offset: Some(sim.start_ms),
-            done: None,
-        }
+    let (reply, replies) = mpsc::unbounded_channel();
+    let mut v = VirtualLink {
+        link: format!("sim:{}", sim.name),
+        st: Stepper::new(&sim, dev),
+        dec: FrameDecoder::new(),
+        sim,
+        reply,
+        engine,
     };
     let (tx, rx) = oneshot::channel();
-    let hwm = match engine
-        .send(Cmd::DeviceHwm {
-            device: sim.name.clone(),
-            boot: sim.boot(),
-            reply: tx,
-        })
-        .await
-    {
-        Ok(()) => rx.await.ok().flatten(),
-        Err(_) => return,
+    let ask = Input::DeviceHwm {
+        device: v.sim.name.clone(),
+        boot: v.sim.boot(),
+        reply: tx,
     };
-    let mut st = Stepper::new(&sim, dev);
-    let mut dec = FrameDecoder::<MAX_FRAME>::new();
-    let mut first: Vec<Message> = Vec::new();
-    if let Some(h) = hwm {
-        // Replay up to the engine's mark, acknowledging what it already has.
+    if v.engine.send(ask).await.is_err() {
+        return;
+    }
+    let first = match rx.await.ok().flatten() {
+        Some(hwm) => v.replay(hwm).await,
+        None => Vec::new(),
+    };
+    if v.send(first).await {
+        let pacing = Pacing::new(&v, frame_rate, max_unacked);
+        v.pump(pacing, replies, shutdown).await;
+    }
+}
+
+/// A virtual device and its in-process link to the engine.
+struct VirtualLink {
+    sim: SimDevice,
+    st: Stepper,
+    dec: FrameDecoder<MAX_FRAME>,
+    link: String,
+    /// Where the engine's replies to this link go.
+    reply: mpsc::UnboundedSender<Message>,
+    engine: mpsc::Sender<Input>,
+}
+
+/// How fast device time advances.
+struct Pacing {
+    /// Frames per second (0: as fast as acks allow).
+    frame_rate: u32,
+    /// Frames per sampling step.
+    per_step: f64,
+    /// Steps allowed but not yet taken (fractions carry over).
+    budget: f64,
+    /// Unacked frames at which device time stops.
+    cap: usize,
+    tick: Interval,
+    /// Since when the device has been waiting for acks with nothing to send.
+    gated_since: Option<Instant>,
+}
+
+/// How often a paced device is stepped.
+const STEP_EVERY: Duration = Duration::from_millis(20);
+
+impl Pacing {
+    fn new(v: &VirtualLink, frame_rate: u32, max_unacked: usize) -> Self {
+        let channels = SIM_CHANNELS.len() as f64;
+        let per_step = if v.sim.config.raw {
+            channels
+        } else {
+            channels * v.st.period as f64 / f64::from(v.sim.config.width_ms.max(1))
+        };
+        let mut tick = tokio::time::interval(STEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Pacing {
+            frame_rate,
+            per_step,
+            budget: 0.0,
+            cap: max_unacked.clamp(1, RING_HEADROOM),
+            tick,
+            gated_since: None,
+        }
+    }
+
+    /// Sampling steps allowed this round.
+    fn allowed(&mut self) -> usize {
+        if self.frame_rate == 0 {
+            return 4096;
+        }
+        self.budget += f64::from(self.frame_rate) / 50.0 / self.per_step.max(1e-9);
+        let n = self.budget.floor();
+        self.budget -= n;
+        n as usize
+    }
+}
+
+impl VirtualLink {
+    /// Sends frames to the engine (they arrive now); false if it is gone.
+    async fn send(&self, frames: Vec<Message>) -> bool {
+        let arrival = now_ms();
+        let input = Input::Link {
+            link: self.link.clone(),
+            frames: frames.into_iter().map(|m| (m, arrival)).collect(),
+            reply: Some(self.reply.clone()),
+            fixed_offset: Some(self.sim.start_ms),
+            done: None,
+        };
+        self.engine.send(input).await.is_ok()
+    }
+
+    /// Replays the device up to the engine's de-dup mark `hwm`,
+    /// acknowledging what the engine already has itself; returns a Hello
+    /// and the first frames past the mark.
+    async fn replay(&mut self, hwm: u32) -> Vec<Message> {
+        let boot = self.sim.boot();
+        let mut first = Vec::new();
         let mut steps = 0u64;
         loop {
-            let bytes = st.step();
-            for m in decode(&mut dec, &bytes) {
+            let bytes = self.st.step();
+            for m in decode(&mut self.dec, &bytes) {
                 match data_seq(&m) {
-                    Some(seq) if seq <= h => ack(&mut st.dev, sim.boot(), seq),
+                    Some(seq) if seq <= hwm => ack(&mut self.st.dev, boot, seq),
                     Some(_) => first.push(m),
                     None => {}
                 }
             }
-            if !first.is_empty() || st.finished() {
+            if !first.is_empty() || self.st.finished() {
                 break;
             }
             steps += 1;
@@ -126,112 +212,106 @@ pub(crate) async fn run_device(
                 tokio::task::yield_now().await;
             }
         }
-        first.insert(0, Message::Hello(st.dev.hello(st.last_stepped)));
+        first.insert(0, Message::Hello(self.st.dev.hello(self.st.last_stepped)));
         tracing::debug!(
-            device = sim.name,
-            hwm = h,
-            tick = st.last_stepped,
+            device = self.sim.name,
+            hwm,
+            tick = self.st.last_stepped,
             "virtual device replayed to the engine's mark"
         );
+        first
     }
-    if engine.send(send(first)).await.is_err() {
-        return;
-    }
-    let cap = max_unacked.clamp(1, RING_HEADROOM);
-    // Frames per sampling step, for pacing.
-    let per_step = if sim.config.raw {
-        SIM_CHANNELS.len() as f64
-    } else {
-        SIM_CHANNELS.len() as f64 * st.period as f64 / f64::from(sim.config.width_ms.max(1))
-    };
-    let step_every = Duration::from_millis(20);
-    let mut budget = 0f64;
-    let mut tick = tokio::time::interval(step_every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut gated_since: Option<Instant> = None;
-    let mut dropped = 0u32;
-    loop {
-        if st.finished() {
-            tracing::debug!(device = sim.name, "virtual device finished its run");
-            return;
-        }
-        let allowed = if frame_rate == 0 {
-            4096
-        } else {
-            budget += f64::from(frame_rate) / 50.0 / per_step.max(1e-9);
-            let n = budget.floor();
-            budget -= n;
-            n as usize
-        };
+
+    /// Steps device time by up to `allowed` sampling periods while fewer
+    /// than `cap` frames await an ack; returns the frames and the steps.
+    fn advance(&mut self, allowed: usize, cap: usize) -> (Vec<Message>, usize) {
         let mut frames = Vec::new();
         let mut steps = 0;
-        while steps < allowed && st.dev.pending() < cap {
-            let bytes = st.step();
-            frames.extend(decode(&mut dec, &bytes));
+        while steps < allowed && self.st.dev.pending() < cap {
+            let bytes = self.st.step();
+            frames.extend(decode(&mut self.dec, &bytes));
             steps += 1;
-            if st.stopped {
+            if self.st.stopped {
                 break;
             }
         }
-        let gated = st.dev.pending() >= cap;
-        if steps > 0 || !gated || st.stopped {
-            gated_since = None;
-        } else if gated_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(2)
-            && st.dev.pending() + 3 < 16
-        {
-            // Nothing acked for a long while: let one period pass so the
-            // firmware's resend timer can fire (one step adds at most three
-            // frames; the ring holds 16).
-            frames.extend(decode(&mut dec, &st.step()));
-            gated_since = None;
-        }
-        let s = st.dev.stats();
-        if s.dropped_readings > dropped {
-            tracing::warn!(
-                device = sim.name,
-                dropped = s.dropped_readings,
-                "virtual device dropped readings (its link ring overflowed)"
-            );
-            dropped = s.dropped_readings;
-        }
-        if !frames.is_empty() && engine.send(send(frames)).await.is_err() {
-            return;
-        }
-        let handle = |m: Message, st: &mut Stepper| {
-            let m = match m {
-                // The device's view of the gateway clock is virtual.
-                Message::TimeSync(_) if st.stopped => return,
-                Message::TimeSync(_) => Message::TimeSync(TimeSync {
-                    unix_ms: sim.start_ms + st.last_stepped as i64,
-                }),
-                m => m,
-            };
-            deliver(&mut st.dev, &m);
+        (frames, steps)
+    }
+
+    /// Delivers a reply of the engine; a TimeSync carries the device's
+    /// virtual view of the gateway clock.
+    fn deliver(&mut self, m: Message) {
+        let m = match m {
+            Message::TimeSync(_) if self.st.stopped => return,
+            Message::TimeSync(_) => Message::TimeSync(TimeSync {
+                unix_ms: self.sim.start_ms + self.st.last_stepped as i64,
+            }),
+            m => m,
         };
-        let busy = frame_rate == 0 && !gated && !st.stopped;
-        if busy {
-            while let Ok(m) = replies.try_recv() {
-                handle(m, &mut st);
+        deliver(&mut self.st.dev, &m);
+    }
+
+    /// Steps the device, paced, until its run is finished or shutdown.
+    async fn pump(
+        &mut self,
+        mut p: Pacing,
+        mut replies: mpsc::UnboundedReceiver<Message>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut dropped = 0u32;
+        while !self.st.finished() {
+            let (mut frames, steps) = self.advance(p.allowed(), p.cap);
+            let gated = self.st.dev.pending() >= p.cap;
+            if steps > 0 || !gated || self.st.stopped {
+                p.gated_since = None;
+            } else if p.gated_since.get_or_insert_with(Instant::now).elapsed()
+                > Duration::from_secs(2)
+                && self.st.dev.pending() + 3 < 16
+            {
+                // Nothing acked for a long while: let one period pass so the
+                // firmware's resend timer can fire (one step adds at most three
+                // frames; the ring holds 16).
+                frames.extend(decode(&mut self.dec, &self.st.step()));
+                p.gated_since = None;
             }
-            if shutdown.has_changed().unwrap_or(true) {
+            let s = self.st.dev.stats();
+            if s.dropped_readings > dropped {
+                tracing::warn!(
+                    device = self.sim.name,
+                    dropped = s.dropped_readings,
+                    "virtual device dropped readings (its link ring overflowed)"
+                );
+                dropped = s.dropped_readings;
+            }
+            if !frames.is_empty() && !self.send(frames).await {
                 return;
             }
-            tokio::task::yield_now().await;
-            continue;
-        }
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            m = replies.recv() => {
-                let Some(m) = m else { return };
-                handle(m, &mut st);
+            if p.frame_rate == 0 && !gated && !self.st.stopped {
+                // Busy: take the replies there are and go on.
                 while let Ok(m) = replies.try_recv() {
-                    handle(m, &mut st);
+                    self.deliver(m);
                 }
-                if frame_rate > 0 && !gated {
-                    tick.tick().await;
+                if shutdown.has_changed().unwrap_or(true) {
+                    return;
                 }
+                tokio::task::yield_now().await;
+                continue;
             }
-            _ = tick.tick() => {}
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                m = replies.recv() => {
+                    let Some(m) = m else { return };
+                    self.deliver(m);
+                    while let Ok(m) = replies.try_recv() {
+                        self.deliver(m);
+                    }
+                    if p.frame_rate > 0 && !gated {
+                        p.tick.tick().await;
+                    }
+                }
+                _ = p.tick.tick() => {}
+            }
         }
+        tracing::debug!(device = self.sim.name, "virtual device finished its run");
     }
 }

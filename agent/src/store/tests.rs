@@ -28,8 +28,29 @@ fn limits(max: u64) -> Limits {
     }
 }
 
-fn setup(dir: &tempfile::TempDir, series: usize) -> Store {
-    let mut st = Store::open(&dir.path().join("a.db"), Synchronous::Normal).unwrap();
+/// The store in `dir` with batches of at most `batch_max_partials`.
+fn open(dir: &tempfile::TempDir, batch_max_partials: usize) -> Store {
+    let cfg = StoreConfig {
+        synchronous: Synchronous::Normal,
+        ..StoreConfig::default()
+    };
+    let outbox = OutboxConfig {
+        batch_max_partials,
+        ..OutboxConfig::default()
+    };
+    let mut st = Store::open(&dir.path().join("a.db"), &cfg, &outbox).unwrap();
+    st.set_limits(limits(u64::MAX));
+    st
+}
+
+/// Commits `c` under an outbox limit of `max_bytes`.
+fn commit(st: &mut Store, c: &Commit, max_bytes: u64) -> CommitOutcome {
+    st.set_limits(limits(max_bytes));
+    st.commit(c).unwrap()
+}
+
+fn setup(dir: &tempfile::TempDir, series: usize, batch_max_partials: usize) -> Store {
+    let mut st = open(dir, batch_max_partials);
     let c = Commit {
         new_sources: vec![(0, "dev".into())],
         new_series: (0..series)
@@ -43,7 +64,7 @@ fn setup(dir: &tempfile::TempDir, series: usize) -> Store {
             .collect(),
         ..Commit::default()
     };
-    st.commit(&c, &limits(u64::MAX)).unwrap();
+    commit(&mut st, &c, u64::MAX);
     st
 }
 
@@ -60,14 +81,14 @@ fn emit(series: u32, start: i64, n: i64) -> Emitted {
 fn state_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut st = setup(&dir, 2);
+        let mut st = setup(&dir, 2, 200);
         let mut c = Commit::default();
         c.flush.checkpoints.push((1, 5000, summary(3)));
         c.flush.closed_before.push((1, 5000));
         c.watermarks.push((0, 5500));
-        st.commit(&c, &limits(u64::MAX)).unwrap();
+        commit(&mut st, &c, u64::MAX);
     }
-    let st = Store::open(&dir.path().join("a.db"), Synchronous::Normal).unwrap();
+    let st = open(&dir, 200);
     let l = st.load().unwrap();
     assert_eq!(l.sources, vec![("dev".to_string(), Some(5500))]);
     assert_eq!(l.series.len(), 2);
@@ -78,13 +99,13 @@ fn state_survives_reopen() {
 #[test]
 fn batches_keep_their_identity_until_confirmed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut st = setup(&dir, 1);
+    let mut st = setup(&dir, 1, 2);
     let mut c = Commit::default();
     for i in 0..5 {
         c.flush.emitted.push(emit(0, i * 1000, 2));
     }
-    st.commit(&c, &limits(u64::MAX)).unwrap();
-    let b = st.form_batches("gw", 99, 10, 2, Encoding::Json).unwrap();
+    commit(&mut st, &c, u64::MAX);
+    let b = st.form_batches("gw", 99, 10, Encoding::Json).unwrap();
     assert_eq!(b.iter().map(|b| b.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
     let decoded = Batch::decode(&b[0].payload).unwrap();
     assert_eq!(decoded.partials.len(), 2);
@@ -92,22 +113,22 @@ fn batches_keep_their_identity_until_confirmed() {
     assert_eq!(st.pending_partials().unwrap(), 0);
     assert_eq!(st.confirm(&[2]).unwrap(), (1, 4));
     drop(st);
-    let mut st = Store::open(&dir.path().join("a.db"), Synchronous::Normal).unwrap();
+    let mut st = open(&dir, 10);
     let left = st.unconfirmed().unwrap();
     assert_eq!(left.iter().map(|b| b.seq).collect::<Vec<_>>(), vec![1, 3]);
     assert_eq!(left[0].payload, b[0].payload, "same bytes on resend");
     // The sequence counter is persisted too.
     let mut c = Commit::default();
     c.flush.emitted.push(emit(0, 9000, 1));
-    st.commit(&c, &limits(u64::MAX)).unwrap();
-    let b = st.form_batches("gw", 0, 1, 10, Encoding::Binary).unwrap();
+    commit(&mut st, &c, u64::MAX);
+    let b = st.form_batches("gw", 0, 1, Encoding::Binary).unwrap();
     assert_eq!(b[0].seq, 4);
 }
 
 #[test]
 fn coarsening_is_exact_and_widens_windows_then_drops_at_the_floor() {
     let dir = tempfile::tempdir().unwrap();
-    let mut st = setup(&dir, 2);
+    let mut st = setup(&dir, 2, 1000);
     let mut c = Commit::default();
     let mut truth = [0u64; 2];
     for s in 0..2u32 {
@@ -116,16 +137,14 @@ fn coarsening_is_exact_and_widens_windows_then_drops_at_the_floor() {
             truth[s as usize] += 3;
         }
     }
-    st.commit(&c, &limits(u64::MAX)).unwrap();
+    commit(&mut st, &c, u64::MAX);
     let full = st.outbox_bytes();
     // Shrink to 40 %: coarsening alone must do it.
-    let out = st
-        .commit(&Commit::default(), &limits(full * 2 / 5))
-        .unwrap();
+    let out = commit(&mut st, &Commit::default(), full * 2 / 5);
     assert!(out.coarsened > 0);
     assert_eq!(out.dropped_readings, 0);
     assert!(st.outbox_bytes() <= full * 2 / 5);
-    let b = st.form_batches("gw", 0, 100, 1000, Encoding::Json).unwrap();
+    let b = st.form_batches("gw", 0, 100, Encoding::Json).unwrap();
     let mut got = [0u64; 2];
     let mut widths = std::collections::BTreeSet::new();
     for batch in &b {
@@ -145,9 +164,9 @@ fn coarsening_is_exact_and_widens_windows_then_drops_at_the_floor() {
     }
     st.confirm(&b.iter().map(|b| b.seq).collect::<Vec<_>>())
         .unwrap();
-    let out = st.commit(&c, &limits(200)).unwrap();
+    let out = commit(&mut st, &c, 200);
     assert!(out.dropped_readings > 0);
-    let b = st.form_batches("gw", 0, 100, 1000, Encoding::Json).unwrap();
+    let b = st.form_batches("gw", 0, 100, Encoding::Json).unwrap();
     let mut kept = 0;
     for batch in &b {
         let d = Batch::decode(&batch.payload).unwrap();
@@ -171,9 +190,11 @@ fn schema_1_is_migrated_when_empty_and_refused_when_it_holds_summaries() {
         c.execute("UPDATE meta SET value = ?1 WHERE key = 'schema'", [v])
             .unwrap();
     };
-    drop(Store::open(&path, Synchronous::Normal).unwrap());
+    let (cfg, outbox) = (StoreConfig::default(), OutboxConfig::default());
+    let open = || Store::open(&path, &cfg, &outbox);
+    drop(open().unwrap());
     set_schema(1);
-    drop(Store::open(&path, Synchronous::Normal).unwrap());
+    drop(open().unwrap());
     let c = Connection::open(&path).unwrap();
     let v: i64 = c
         .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
@@ -188,9 +209,9 @@ fn schema_1_is_migrated_when_empty_and_refused_when_it_holds_summaries() {
     .unwrap();
     drop(c);
     set_schema(1);
-    let err = Store::open(&path, Synchronous::Normal).unwrap_err();
+    let err = open().unwrap_err();
     assert!(matches!(err, StoreError::TickIndexed { found: 1 }), "{err}");
     assert!(err.to_string().contains("tick counts"), "{err}");
     set_schema(3);
-    assert!(Store::open(&path, Synchronous::Normal).is_err());
+    assert!(open().is_err());
 }

@@ -19,7 +19,11 @@
 //! The hot path ([`Windower::insert_many`]) folds a run of readings of one
 //! series with one lookup, usually hitting the newest open window.
 
+pub mod config;
+
 use tributary_core::{Quantum, SeriesKey, Summary, SummaryError, Width, Window};
+
+pub use config::WindowConfig;
 
 /// Index of a series in the windower.
 pub type SeriesId = u32;
@@ -55,6 +59,34 @@ impl SeriesState {
     /// The series' quantum.
     pub fn quantum(&self) -> Quantum {
         self.quantum
+    }
+
+    /// The open window starting at `start`, opened (empty) if need be. The
+    /// newest is the usual one (the hot path: one reading after another),
+    /// so it is tried first, inline.
+    #[inline]
+    fn open_at(&mut self, start: i64) -> &mut Open {
+        match self.open.len().checked_sub(1) {
+            Some(last) if self.open[last].start == start => &mut self.open[last],
+            _ => self.open_older(start),
+        }
+    }
+
+    /// [`SeriesState::open_at`] for a window other than the newest.
+    #[inline(never)]
+    fn open_older(&mut self, start: i64) -> &mut Open {
+        let pos = self.open.partition_point(|o| o.start < start);
+        if self.open.get(pos).is_none_or(|o| o.start != start) {
+            self.open.insert(
+                pos,
+                Open {
+                    start,
+                    summary: Summary::new(self.quantum),
+                    dirty: false,
+                },
+            );
+        }
+        &mut self.open[pos]
     }
 }
 
@@ -115,6 +147,11 @@ impl Windower {
             sources: Vec::new(),
             dirty: Vec::new(),
         }
+    }
+
+    /// An empty windower as `[window]` sets it.
+    pub fn from_config(cfg: &WindowConfig) -> Self {
+        Windower::new(cfg.width(), cfg.allowed_lateness_ms, cfg.idle_close_ms)
     }
 
     /// The window width.
@@ -234,39 +271,26 @@ impl Windower {
         let mut first_err = Ok(());
         let mut max_t = i64::MIN;
         for &(t, v) in points {
-            let start = t.div_euclid(w) * w;
-            let res = if start < s.closed_before {
-                match s.late.iter_mut().find(|(st, _)| *st == start) {
-                    Some((_, sum)) => sum.insert(t, v),
-                    None => {
-                        let mut sum = Summary::new(s.quantum);
-                        let r = sum.insert(t, v);
-                        if r.is_ok() {
-                            s.late.push((start, sum));
+            let res = match aligned(t, w) {
+                Err(e) => Err(e),
+                Ok(start) if start < s.closed_before => {
+                    match s.late.iter_mut().find(|(st, _)| *st == start) {
+                        Some((_, sum)) => sum.insert(t, v),
+                        None => {
+                            let mut sum = Summary::new(s.quantum);
+                            let r = sum.insert(t, v);
+                            if r.is_ok() {
+                                s.late.push((start, sum));
+                            }
+                            r
                         }
-                        r
                     }
                 }
-            } else {
-                let open = match s.open.last_mut() {
-                    Some(o) if o.start == start => o,
-                    _ => {
-                        let pos = s.open.partition_point(|o| o.start < start);
-                        if s.open.get(pos).is_none_or(|o| o.start != start) {
-                            s.open.insert(
-                                pos,
-                                Open {
-                                    start,
-                                    summary: Summary::new(s.quantum),
-                                    dirty: false,
-                                },
-                            );
-                        }
-                        &mut s.open[pos]
-                    }
-                };
-                open.dirty = true;
-                open.summary.insert(t, v)
+                Ok(start) => {
+                    let open = s.open_at(start);
+                    open.dirty = true;
+                    open.summary.insert(t, v)
+                }
             };
             match res {
                 Ok(()) => {
@@ -340,7 +364,7 @@ impl Windower {
             self.note_source(source, Some(window.end() - 1), now_ms);
             return Ok(());
         }
-        let start = window.start().div_euclid(w) * w;
+        let start = aligned(window.start(), w)?;
         if start < s.closed_before {
             match s.late.iter_mut().find(|(st, _)| *st == start) {
                 Some((_, sum)) => sum.merge(summary)?,
@@ -351,19 +375,9 @@ impl Windower {
                 }
             }
         } else {
-            let pos = s.open.partition_point(|o| o.start < start);
-            if s.open.get(pos).is_none_or(|o| o.start != start) {
-                s.open.insert(
-                    pos,
-                    Open {
-                        start,
-                        summary: Summary::new(s.quantum),
-                        dirty: false,
-                    },
-                );
-            }
-            s.open[pos].summary.merge(summary)?;
-            s.open[pos].dirty = true;
+            let open = s.open_at(start);
+            open.summary.merge(summary)?;
+            open.dirty = true;
         }
         let source = s.source;
         let last = summary
@@ -447,6 +461,16 @@ impl Windower {
             .map(|o| o.summary.count())
             .sum()
     }
+}
+
+/// The start of the agent window (width `w` ms) holding event time `t`;
+/// refused when that window's end is past the range of event time, so every
+/// window's end can be computed without overflow.
+fn aligned(t: i64, w: i64) -> Result<i64, SummaryError> {
+    t.div_euclid(w)
+        .checked_mul(w)
+        .filter(|start| start.checked_add(w).is_some())
+        .ok_or(SummaryError::Overflow("event time"))
 }
 
 #[cfg(test)]

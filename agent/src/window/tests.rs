@@ -119,6 +119,25 @@ fn merges_device_summaries_into_the_agent_window() {
     assert_eq!(e.summary.sum_ticks(), 12);
 }
 
+/// Event times at the ends of their range are refused, never overflow, and
+/// the readings beside them still count.
+#[test]
+fn extreme_event_times_are_refused() {
+    let mut win = Windower::new(w(1000), 0, 1_000_000);
+    let src = win.add_source(0);
+    let s = win.add_series(key("t"), Quantum::DEFAULT, src, i64::MIN);
+    let (n, err) = win.insert_many(s, &[(i64::MIN, 1), (5_500, 2), (i64::MAX, 3)], 0);
+    assert_eq!(n, 1);
+    assert!(err.is_err());
+    let mut sum = Summary::new(Quantum::DEFAULT);
+    sum.insert(i64::MAX - 1, 4).unwrap();
+    let last = Window::containing(i64::MAX - 1, w(1000));
+    assert!(win.merge(s, last, &sum, 0).is_err());
+    let f = win.flush(1_000_000);
+    assert_eq!(f.emitted.len(), 1, "the idle source's one window");
+    assert_eq!(f.emitted[0].summary.count(), 1);
+}
+
 #[test]
 fn restored_state_continues_where_it_left() {
     let mut win = Windower::new(w(1000), 0, 1_000_000);

@@ -11,6 +11,8 @@
 //! opened, or that fails, is reopened after a growing pause (a device
 //! unplugged and plugged back in).
 
+pub mod config;
+
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,9 +24,11 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 use tributary_core::frame::{self, FrameDecoder, Message, TimeSync, MAX_FRAME};
 
-use crate::config::SerialConfig;
-use crate::engine::{now_ms, Cmd};
+use tributary_runtime::now_ms;
+
+use crate::engine::Input;
 use crate::metrics::{Metrics, Reject};
+pub use config::SerialConfig;
 
 /// How often a TimeSync is sent besides the one answering each Hello.
 const TIME_SYNC_EVERY: Duration = Duration::from_secs(60);
@@ -32,7 +36,7 @@ const TIME_SYNC_EVERY: Duration = Duration::from_secs(60);
 /// Runs one serial port until shutdown, reopening it after failures.
 pub(crate) async fn run(
     cfg: SerialConfig,
-    engine: mpsc::Sender<Cmd>,
+    engine: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -120,7 +124,7 @@ async fn send(port: &AsyncFd<OwnedFd>, msg: &Message) -> std::io::Result<()> {
 async fn serve(
     link: &str,
     fd: OwnedFd,
-    engine: &mpsc::Sender<Cmd>,
+    engine: &mpsc::Sender<Input>,
     metrics: &Metrics,
     shutdown: &mut watch::Receiver<bool>,
 ) -> std::io::Result<Stop> {
@@ -164,14 +168,14 @@ async fn serve(
                     }
                 }
                 if !frames.is_empty() {
-                    let cmd = Cmd::Link {
+                    let input = Input::Link {
                         link: link.to_string(),
                         frames,
                         reply: Some(reply_tx.clone()),
                         fixed_offset: None,
                         done: None,
                     };
-                    if engine.send(cmd).await.is_err() {
+                    if engine.send(input).await.is_err() {
                         return Ok(Stop::Shutdown);
                     }
                 }

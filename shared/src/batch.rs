@@ -14,6 +14,12 @@
 //! [`Batch::decode`] tells them apart by the first byte, reads the version
 //! before anything else and rejects versions it does not know.
 //!
+//! A field a version does not define is refused, not ignored: serde_json
+//! skips an ignored value without its recursion limit, so a batch carrying
+//! an unknown field nested 10,000 deep used to decode as the batch around
+//! it (and was counted as a duplicate of that batch's sequence) instead of
+//! being refused as malformed (issue #12).
+//!
 //! Version 2 (issue #13): summaries' sketches index the real reading v·q
 //! (OpenTelemetry's buckets), where version 1 indexed the tick count v. The
 //! two layouts are offset by a fraction of a bucket, so no conversion is
@@ -37,6 +43,7 @@ pub const BINARY_MAGIC: u8 = 0xB7;
 
 /// One closed (or revised) window of one series, as merged at an agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Partial {
     /// The series.
     pub series: SeriesKey,
@@ -49,6 +56,7 @@ pub struct Partial {
 
 /// A batch of partials from one agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Batch {
     /// Format version; always [`BATCH_VERSION`] when built by this crate.
     pub v: u16,
@@ -69,6 +77,7 @@ pub struct Batch {
 
 /// The collector's confirmation of durably applied batches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Confirm {
     /// Format version.
     pub v: u16,

@@ -140,11 +140,11 @@ impl Summary {
             min: i64::from(e.min),
             max: i64::from(e.max),
             first: crate::extent::Point {
-                time: time_base + i64::from(e.first.time),
+                time: time_base.saturating_add(i64::from(e.first.time)),
                 value: i64::from(e.first.value),
             },
             last: crate::extent::Point {
-                time: time_base + i64::from(e.last.time),
+                time: time_base.saturating_add(i64::from(e.last.time)),
                 value: i64::from(e.last.value),
             },
         });

@@ -3,6 +3,15 @@
 //! Window *k* of width *w* is `[k·w, (k+1)·w)`. Because windows are aligned,
 //! a window of width k·w is exactly the union of the k windows of width w
 //! inside it, so coarsening is a merge and never a re-read of data.
+//!
+//! # Design
+//! Event times come from outside (devices, agents), so every `i64` must be
+//! handled: a [`Window`] exists only when both its start and its end fit an
+//! `i64` ([`Window::new`] and decoding refuse the rest), so
+//! [`Window::end`] is exact. [`Window::checked_containing`] and
+//! [`Window::coarsen`] use checked arithmetic and refuse a time no aligned
+//! window can hold (within one width of `i64::MIN` or `i64::MAX`) instead of
+//! overflowing.
 
 use core::fmt;
 
@@ -24,6 +33,15 @@ pub enum WindowError {
     Unaligned {
         /// The start given.
         start: i64,
+        /// The width given.
+        width: i64,
+    },
+    /// No aligned window of this width holding the time fits an `i64`
+    /// (the time is within one width of `i64::MIN` or `i64::MAX`).
+    #[error("no window of width {width} ms holding time {time} ms fits the range of event time")]
+    OutOfRange {
+        /// The time (or window start) given.
+        time: i64,
         /// The width given.
         width: i64,
     },
@@ -96,19 +114,47 @@ impl TryFrom<RawWindow> for Window {
 }
 
 impl Window {
-    /// The window of `width` containing event time `t`.
+    /// The window of `width` containing event time `t`, for a trusted `t`:
+    /// one that no window can hold (see [`Window::checked_containing`]) gets
+    /// the nearest window that fits, which does not contain it. Untrusted
+    /// times go through [`Window::checked_containing`].
     pub fn containing(t: i64, width: Width) -> Window {
-        Window {
-            start: t.div_euclid(width.0) * width.0,
-            width,
-        }
+        Window::checked_containing(t, width).unwrap_or_else(|_| {
+            let w = width.0;
+            // The first and the last aligned windows whose ends fit.
+            let start = if t < 0 {
+                i64::MIN.div_euclid(w).saturating_add(1).saturating_mul(w)
+            } else {
+                i64::MAX.div_euclid(w).saturating_sub(1).saturating_mul(w)
+            };
+            Window { start, width }
+        })
     }
 
-    /// The window starting at `start`, which must be aligned to `width`.
+    /// The window of `width` containing event time `t`, or
+    /// [`WindowError::OutOfRange`] when its start or end would not fit an
+    /// `i64`.
+    pub fn checked_containing(t: i64, width: Width) -> Result<Window, WindowError> {
+        let w = width.0;
+        t.div_euclid(w)
+            .checked_mul(w)
+            .filter(|start| start.checked_add(w).is_some())
+            .map(|start| Window { start, width })
+            .ok_or(WindowError::OutOfRange { time: t, width: w })
+    }
+
+    /// The window starting at `start`, which must be aligned to `width` and
+    /// end within the range of `i64`.
     pub fn new(start: i64, width: Width) -> Result<Window, WindowError> {
         if start.rem_euclid(width.0) != 0 {
             return Err(WindowError::Unaligned {
                 start,
+                width: width.0,
+            });
+        }
+        if start.checked_add(width.0).is_none() {
+            return Err(WindowError::OutOfRange {
+                time: start,
                 width: width.0,
             });
         }
@@ -119,7 +165,7 @@ impl Window {
     pub fn start(&self) -> i64 {
         self.start
     }
-    /// The exclusive end (ms).
+    /// The exclusive end (ms); exact, as every window's end fits an `i64`.
     pub fn end(&self) -> i64 {
         self.start.saturating_add(self.width.0)
     }
@@ -132,7 +178,9 @@ impl Window {
         self.start <= t && t < self.end()
     }
 
-    /// The window of width `coarse` (a multiple of this width) containing this one.
+    /// The window of width `coarse` (a multiple of this width) containing
+    /// this one; [`WindowError::OutOfRange`] when that window would not fit
+    /// an `i64`.
     pub fn coarsen(&self, coarse: Width) -> Result<Window, WindowError> {
         if !self.width.divides(coarse) {
             return Err(WindowError::NotMultiple {
@@ -140,7 +188,7 @@ impl Window {
                 fine: self.width.0,
             });
         }
-        Ok(Window::containing(self.start, coarse))
+        Window::checked_containing(self.start, coarse)
     }
 }
 

@@ -45,11 +45,24 @@ pub enum Reject {
     Merge,
     /// A topic outside the device tree.
     BadTopic,
+    /// An event time later than the clock plus `limits.max_future_ms`.
+    TimeFuture,
+    /// An event time older than the clock minus `limits.max_age_ms`.
+    TimePast,
+}
+
+impl From<crate::window::TimeRefused> for Reject {
+    fn from(t: crate::window::TimeRefused) -> Self {
+        match t {
+            crate::window::TimeRefused::Future { .. } => Reject::TimeFuture,
+            crate::window::TimeRefused::Past { .. } => Reject::TimePast,
+        }
+    }
 }
 
 impl Reject {
     /// Every reason, in label order.
-    pub const ALL: [Reject; 12] = [
+    pub const ALL: [Reject; 14] = [
         Reject::MalformedJson,
         Reject::UnknownVersion,
         Reject::BadValue,
@@ -62,6 +75,8 @@ impl Reject {
         Reject::DeviceWindow,
         Reject::Merge,
         Reject::BadTopic,
+        Reject::TimeFuture,
+        Reject::TimePast,
     ];
 
     /// The `reason` label.
@@ -79,6 +94,8 @@ impl Reject {
             Reject::DeviceWindow => "device_window",
             Reject::Merge => "merge",
             Reject::BadTopic => "bad_topic",
+            Reject::TimeFuture => "time_future",
+            Reject::TimePast => "time_past",
         }
     }
 }

@@ -10,6 +10,11 @@ use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use tributary_runtime::config::Secret;
 use tributary_runtime::tls::{self, TlsError};
 
+/// The largest MQTT packet: the largest remaining length (268,435,455)
+/// plus the fixed header (at most 5 bytes). A client that accepts less
+/// drops its connection on a larger packet, and the broker redelivers it.
+pub(crate) const MQTT_MAX_PACKET: usize = 268_435_455 + 5;
+
 /// One broker connection as a config section describes it.
 #[derive(Debug)]
 pub(crate) struct Endpoint<'a> {

@@ -42,11 +42,12 @@ async fn metrics_and_health_show_what_the_agent_did() {
     .unwrap();
     let agent = Agent::start(cfg).await.unwrap();
     let key = |m: &str| SeriesKey::new(m, "dev-1", BTreeMap::new()).unwrap();
+    let now = tributary_runtime::now_ms();
     for (metric, n) in [("t", 3), ("u", 2)] {
         let input = Input::Readings {
             key: key(metric),
             quantum: Quantum::default(),
-            points: (0..n).map(|i| (1_700_000_000_000 + i, i)).collect(),
+            points: (0..n).map(|i| (now - 60_000 + i, i)).collect(),
             done: None,
         };
         agent.engine().send(input).await.unwrap();

@@ -72,28 +72,38 @@ async fn bad_input_is_refused_and_counted_while_valid_traffic_flows() {
         pubq(&t, batch.clone().into_bytes());
         pubq(&t, batch.into_bytes()); // redelivery: applied once
         pubq(&t, b"{not json".to_vec());
+        // Each bad message is stamped now, so it is refused for its one fault.
         pubq(
             &t,
-            br#"{"v":2,"metric":"temp","time":1,"value":1}"#.to_vec(),
+            format!(r#"{{"v":2,"metric":"temp","time":{now},"value":1}}"#).into_bytes(),
         );
         pubq(
             &t,
-            br#"{"v":1,"metric":"temp","time":1,"value":"NaN"}"#.to_vec(),
+            format!(r#"{{"v":1,"metric":"temp","time":{now},"value":"NaN"}}"#).into_bytes(),
         );
         pubq(
             &t,
-            br#"{"v":1,"metric":"temp","time":1,"value":1e300}"#.to_vec(),
+            format!(r#"{{"v":1,"metric":"temp","time":{now},"value":1e300}}"#).into_bytes(),
         );
         pubq(&t, vec![b' '; 3000]);
         pubq(
             &t,
-            br#"{"v":1,"metric":"temp","time":1,"value":1,"tags":{"a":"1","b":"2","c":"3"}}"#
-                .to_vec(),
+            format!(
+                r#"{{"v":1,"metric":"temp","time":{now},"value":1,"tags":{{"a":"1","b":"2","c":"3"}}}}"#
+            )
+            .into_bytes(),
         );
         pubq(
             &t,
-            br#"{"v":1,"metric":"9bad","time":1,"value":1}"#.to_vec(),
+            format!(r#"{{"v":1,"metric":"9bad","time":{now},"value":1}}"#).into_bytes(),
         );
+        // Stamped a year ahead, and long ago: refused by their time.
+        for time in [now + 366 * 86_400_000, 1] {
+            pubq(
+                &t,
+                format!(r#"{{"v":1,"metric":"temp","time":{time},"value":1}}"#).into_bytes(),
+            );
+        }
         pubq(&topic::summaries("d1"), vec![1, 2, 3, 4, 5, 6, 7, 0]);
         pubq("tributary/v1/devices/d1/other", b"x".to_vec());
         std::thread::sleep(Duration::from_millis(300));
@@ -102,7 +112,7 @@ async fn bad_input_is_refused_and_counted_while_valid_traffic_flows() {
     .unwrap();
     let m = agent.metrics().clone();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while m.counters().rejected < 9 && Instant::now() < deadline {
+    while m.counters().rejected < 11 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for (r, n) in [
@@ -114,6 +124,8 @@ async fn bad_input_is_refused_and_counted_while_valid_traffic_flows() {
         (Reject::BadKey, 1),
         (Reject::CorruptFrame, 1),
         (Reject::BadTopic, 1),
+        (Reject::TimeFuture, 1),
+        (Reject::TimePast, 1),
     ] {
         assert_eq!(m.rejected(r), n, "{r:?}");
     }

@@ -117,13 +117,18 @@ async fn device_messages_are_acked_in_arrival_order() {
     // reading until the agent has taken one.
     let deadline = Instant::now() + Duration::from_secs(30);
     while agent.counters().readings_accepted == 0 && Instant::now() < deadline {
-        let warm = r#"{"v":1,"metric":"temperature","time":1700000000000,"value":1}"#;
+        // Event times near the clock: the agent refuses readings outside its
+        // `[limits]` time bounds.
+        let warm = format!(
+            r#"{{"v":1,"metric":"temperature","time":{},"value":1}}"#,
+            tributary_runtime::now_ms()
+        );
         client
             .publish(
                 "tributary/v1/devices/warm-up/readings",
                 QoS::AtLeastOnce,
                 false,
-                warm,
+                warm.clone(),
             )
             .await
             .unwrap();
@@ -133,8 +138,9 @@ async fn device_messages_are_acked_in_arrival_order() {
     let before = agent.counters().readings_accepted;
     assert!(before > 0, "the agent never received a reading");
     let good = 100u64;
+    let t0 = tributary_runtime::now_ms() - 200_000;
     for i in 0..good {
-        let t = 1_700_000_000_000 + i as i64 * 1000;
+        let t = t0 + i as i64 * 1000;
         let reading = format!(r#"{{"v":1,"metric":"temperature","time":{t},"value":21.5}}"#);
         // A refused message (no value) right after each good one.
         let refused = format!(r#"{{"v":1,"metric":"temperature","time":{t}}}"#);

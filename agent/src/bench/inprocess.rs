@@ -29,7 +29,13 @@ fn keys(n: usize) -> anyhow::Result<Vec<SeriesKey>> {
 
 /// Runs the `bulk` path in `dir`.
 pub(super) async fn bulk(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::from_toml(&base_config("bench", dir, args, "")).context("bench config")?;
+    let config = Config::from_toml(&base_config(
+        "bench",
+        dir,
+        args,
+        &format!("[limits]\n{}", super::UNBOUNDED_TIMES),
+    ))
+    .context("bench config")?;
     let agent = Agent::start(config).await?;
     let engine = agent.engine();
     let keys = keys(args.series)?;

@@ -142,6 +142,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 /// The agent config of every path: uplink and HTTP off, 60 s windows, the
 /// commit interval of `--commit-ms`, plus `extra` TOML.
+/// `[limits]` keys that accept every event time: the benches replay
+/// readings from a fixed base time (2023-11-14), so their numbers do not
+/// depend on the day they run.
+const UNBOUNDED_TIMES: &str =
+    "max_future_ms = 9223372036854775807\nmax_age_ms = 9223372036854775807\n";
+
 fn base_config(name: &str, dir: &std::path::Path, args: &BenchArgs, extra: &str) -> String {
     format!(
         "agent_id = \"{name}\"\ndata_dir = {:?}\n[uplink]\nenabled = false\n[http]\nlisten = \"\"\n[store]\ncommit_interval_ms = {}\n[window]\nwidth_ms = 60000\nallowed_lateness_ms = 1000\n{extra}",

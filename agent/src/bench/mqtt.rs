@@ -29,8 +29,9 @@ pub(super) async fn run(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Resu
         }
     };
     let extra = format!(
-        "[local_mqtt]\nenabled = true\nport = {port}\nclient_id = \"bench-agent-{}\"\n[limits]\nmax_payload_bytes = 1048576\n",
+        "[local_mqtt]\nenabled = true\nport = {port}\nclient_id = \"bench-agent-{}\"\n[limits]\nmax_payload_bytes = 1048576\n{}",
         std::process::id(),
+        super::UNBOUNDED_TIMES,
     );
     let config = Config::from_toml(&base_config("bench-mqtt", dir, args, &extra))
         .context("bench config (mqtt)")?;

@@ -2,7 +2,9 @@
 //! from the local broker (de-duplicated by their optional (boot, seq)) and
 //! in-process readings already in ticks (benchmarks, embedding).
 //!
-//! Each reading is checked on its own: a bad key, a refused series or a
+//! Each reading is checked on its own: a bad key, an event time outside
+//! `[limits] max_future_ms`/`max_age_ms` (checked before the series is
+//! registered or any window or watermark is touched), a refused series or a
 //! value its quantum cannot hold is counted by reason and skipped, and the
 //! readings after it are still applied.
 
@@ -13,6 +15,7 @@ use tributary_runtime::now_ms;
 use super::state::State;
 use crate::link::json::JsonMessage;
 use crate::metrics::Reject;
+use crate::window::Refused;
 
 /// JSON readings of `device`.
 pub(crate) fn json(st: &mut State, device: &str, msg: JsonMessage) {
@@ -38,6 +41,11 @@ pub(crate) fn json(st: &mut State, device: &str, msg: JsonMessage) {
                 continue;
             }
         };
+        if let Err(e) = st.win.bounds().check(r.time, now) {
+            tracing::warn!(device, series = %key, error = %e, "JSON reading refused");
+            st.metrics.reject(e.into());
+            continue;
+        }
         let id = match st.registry.series(&mut st.win, &key, quantum) {
             Ok(id) => id,
             Err(reason) => {
@@ -50,17 +58,18 @@ pub(crate) fn json(st: &mut State, device: &str, msg: JsonMessage) {
         let q = st.win.series(id).map_or(quantum, |s| s.quantum());
         let inserted = q
             .ticks(r.value)
-            .map_err(|e| e.to_string())
+            .map_err(|e| (Reject::BadValue, e.to_string()))
             .and_then(|ticks| {
-                st.win
-                    .insert(id, r.time, ticks, now)
-                    .map_err(|e| e.to_string())
+                st.win.insert(id, r.time, ticks, now).map_err(|e| match e {
+                    Refused::Time(t) => (t.into(), t.to_string()),
+                    Refused::Summary(e) => (Reject::BadValue, e.to_string()),
+                })
             });
         match inserted {
             Ok(()) => accepted += 1,
-            Err(e) => {
+            Err((reason, e)) => {
                 tracing::warn!(device, series = %key, error = %e, "JSON reading refused");
-                st.metrics.reject(Reject::BadValue);
+                st.metrics.reject(reason);
             }
         }
     }
@@ -79,12 +88,18 @@ pub(crate) fn in_process(st: &mut State, key: &SeriesKey, quantum: Quantum, poin
             return;
         }
     };
-    let (n, err) = st.win.insert_many(id, points, now_ms());
-    if let Err(e) = err {
-        tracing::warn!(series = %key, error = %e, "in-process readings refused");
-        st.metrics
-            .reject_n(Reject::BadValue, (points.len() - n) as u64);
+    let done = st.win.insert_many(id, points, now_ms());
+    for (reason, n) in [
+        (Reject::TimeFuture, done.future),
+        (Reject::TimePast, done.past),
+        (Reject::BadValue, done.invalid),
+    ] {
+        if n > 0 {
+            tracing::warn!(series = %key, ?reason, n, first_error = ?done.first_invalid,
+                "in-process readings refused");
+            st.metrics.reject_n(reason, n as u64);
+        }
     }
-    st.metrics.readings_accepted.inc_by(n as u64);
-    st.pending.mark(n as u64);
+    st.metrics.readings_accepted.inc_by(done.accepted as u64);
+    st.pending.mark(done.accepted as u64);
 }

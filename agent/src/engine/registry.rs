@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 
 use tributary_core::series::KeyError;
-use tributary_core::{Quantum, SeriesKey};
+use tributary_core::{Quantum, SeriesKey, Window};
 use tributary_runtime::now_ms;
 
 use super::config::LimitsConfig;
@@ -53,11 +53,30 @@ impl Registry {
         gauge: UGauge,
     ) -> Self {
         let now = now_ms();
+        // A store written before event times were bounded may hold a
+        // watermark (and closed windows) stamped far ahead by one bad
+        // reading, which would close every later window at once. A mark
+        // beyond what the bounds accept now cannot be genuine: it is brought
+        // back to the clock (the current window reopens; what it held was
+        // sent, and new readings form a further partial of it, merged by the
+        // collector like a revision).
+        let latest = win.bounds().range(now).1;
+        let closed_limit =
+            Window::checked_containing(latest, win.width()).map_or(latest, |w| w.end());
+        let reopen_from = Window::checked_containing(now, win.width()).map_or(now, |w| w.start());
         let mut source_ids = HashMap::new();
         let mut stored_wm = Vec::new();
         for (name, wm) in sources {
             let id = win.add_source(now);
             if let Some(wm) = wm {
+                let wm =
+                    if wm > latest {
+                        tracing::warn!(source = name, watermark = wm, latest,
+                        "stored watermark beyond limits.max_future_ms brought back to the clock");
+                        now
+                    } else {
+                        wm
+                    };
                 win.restore_watermark(id, wm);
             }
             source_ids.insert(name, id);
@@ -65,7 +84,14 @@ impl Registry {
         }
         let mut series_ids = HashMap::new();
         for s in series {
-            let id = win.add_series(s.key.clone(), s.quantum, s.source, s.closed_before);
+            let closed_before = if s.closed_before > closed_limit {
+                tracing::warn!(series = %s.key, closed_before = s.closed_before, closed_limit,
+                    "stored closed windows beyond limits.max_future_ms reopened");
+                reopen_from
+            } else {
+                s.closed_before
+            };
+            let id = win.add_series(s.key.clone(), s.quantum, s.source, closed_before);
             series_ids.insert(s.key, id);
         }
         Registry {

@@ -32,7 +32,7 @@ impl State {
         tags: GlobalTags,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let mut win = Windower::from_config(window);
+        let mut win = Windower::from_config(window).with_bounds(limits.time_bounds());
         let registry = Registry::restore(
             limits,
             tags,

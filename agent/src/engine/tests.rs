@@ -16,12 +16,20 @@ use crate::config::Config;
 use crate::link::json::{JsonMessage, JsonReading};
 use crate::sources::simulated;
 
+/// The start of the tests' event times: an hour boundary a day ago, within
+/// the default `[limits]` time bounds, fixed for the test run.
+fn t0() -> i64 {
+    static T0: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *T0.get_or_init(|| (now_ms() - 86_400_000) / 3_600_000 * 3_600_000)
+}
+
 fn config(dir: &Path, extra: &str) -> Config {
     Config::from_toml(&format!(
         "agent_id = \"gw-1\"\ndata_dir = {:?}\n[uplink]\nenabled = false\n[http]\nlisten = \"\"\n\
-         [simulated]\ndevices = 1\nwindows = 2\nstart_ms = 1000000\ndevice_window_ms = 1000\nreadings_per_window = 4\n\
+         [simulated]\ndevices = 1\nwindows = 2\nstart_ms = {}\ndevice_window_ms = 1000\nreadings_per_window = 4\n\
          [tags]\nsite = \"berlin\"\ngateway = \"gw-1\"\n{extra}",
-        dir.display().to_string()
+        dir.display().to_string(),
+        t0()
     ))
     .unwrap()
 }
@@ -39,7 +47,7 @@ fn keys(e: &Engine) -> BTreeSet<String> {
 fn reading(metric: &str, tags: &[(&str, &str)]) -> JsonReading {
     JsonReading {
         metric: metric.into(),
-        time: 1_000_500,
+        time: t0() + 500,
         value: 1.5,
         tags: tags
             .iter()
@@ -84,7 +92,7 @@ fn global_tags_reach_every_source_and_survive_a_restart() {
     e.handle(Input::Readings {
         key: SeriesKey::new("b", "bulk", BTreeMap::new()).unwrap(),
         quantum: Quantum::default(),
-        points: vec![(1_000_500, 7)],
+        points: vec![(t0() + 500, 7)],
         done: Some(tx),
     })
     .unwrap();
@@ -214,7 +222,7 @@ fn batches_are_formed_only_while_connected_and_within_the_in_flight_limit() {
     let (mut e, metrics, mut rx, connected) = open_with_uplink(&cfg, 2);
     // Five windows of one series; the last reading's watermark closes the
     // first four (60 s windows, 5 s lateness).
-    let t0 = 6_000_000;
+    let t0 = t0();
     let points: Vec<(i64, i64)> = (0..5).map(|k| (t0 + k * 60_000 + 10_000, k)).collect();
     let key = SeriesKey::new("b", "dev", BTreeMap::new()).unwrap();
     e.handle(Input::Readings {
@@ -281,7 +289,7 @@ fn refused_in_process_readings_are_counted_by_reason() {
     let readings = |metric: &str, n: i64| Input::Readings {
         key: SeriesKey::new(metric, "dev", BTreeMap::new()).unwrap(),
         quantum: Quantum::default(),
-        points: (0..n).map(|i| (1_000_000 + i, i)).collect(),
+        points: (0..n).map(|i| (t0() + i, i)).collect(),
         done: None,
     };
     e.handle(readings("a", 2)).unwrap();
@@ -289,4 +297,100 @@ fn refused_in_process_readings_are_counted_by_reason() {
     assert_eq!(metrics.readings_accepted.get(), 2);
     assert_eq!(metrics.rejected(crate::metrics::Reject::SeriesLimit), 3);
     assert_eq!(metrics.series.get(), 1);
+}
+
+/// Device frames whose ticks map outside the time bounds are refused by
+/// reason and move no watermark: a tick past `i64` used to wrap to a time
+/// near the device's boot and be accepted.
+#[test]
+fn device_frames_out_of_the_time_bounds_are_refused() {
+    use tributary_core::frame::ReadingFrame;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let (mut e, metrics) = open(&cfg);
+    let sim = &SimDevice::all(&cfg.simulated)[0];
+    let hello = sim.device().unwrap().hello(0);
+    let (boot, channel) = (hello.boot, hello.channels[0].channel);
+    let reading = |seq: u32, tick: u64| {
+        (
+            Message::Reading(ReadingFrame {
+                boot,
+                seq,
+                channel,
+                tick,
+                value: 5,
+            }),
+            now_ms(),
+        )
+    };
+    // A year after the device's start (its clock offset is t0, a day ago).
+    let year: u64 = 366 * 86_400_000;
+    e.handle(Input::Link {
+        link: "sim:sim-0".into(),
+        frames: vec![
+            (Message::Hello(hello), now_ms()),
+            reading(1, u64::MAX),
+            reading(2, i64::MAX as u64 + 1),
+            reading(3, year),
+            reading(4, 1_000),
+        ],
+        reply: None,
+        fixed_offset: Some(sim.start_ms),
+        done: None,
+    })
+    .unwrap();
+    assert_eq!(metrics.rejected(crate::metrics::Reject::TimeFuture), 3);
+    assert_eq!(metrics.readings_accepted.get(), 1);
+    let source = e.st.win.series(0).map(|s| s.key().device().to_string());
+    assert_eq!(source.as_deref(), Some("sim-0"));
+    // The device's watermark is the one accepted reading's time.
+    let wm = (0..4).filter_map(|s| e.st.win.source_watermark(s)).max();
+    assert_eq!(wm, Some(t0() + 1_000));
+}
+
+/// A store written before event times were bounded may hold a watermark
+/// and closed windows stamped a year ahead by one bad reading; at start
+/// they are brought back, so later readings land in open windows again
+/// instead of being re-sent as revisions for ever.
+#[test]
+fn a_watermark_stored_far_ahead_is_brought_back_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let unbounded = "[limits]\nmax_future_ms = 9223372036854775807\n";
+    let cfg = config(dir.path(), unbounded);
+    let (mut e, _) = open(&cfg);
+    let year = 366 * 86_400_000;
+    let readings = |points: Vec<(i64, i64)>| Input::Readings {
+        key: SeriesKey::new("b", "dev", BTreeMap::new()).unwrap(),
+        quantum: Quantum::default(),
+        points,
+        done: None,
+    };
+    let now = now_ms();
+    e.handle(readings(vec![(now - 120_000, 1), (now + year, 2)]))
+        .unwrap();
+    e.commit().unwrap();
+    let src = e.st.win.series(0).map(|_| 0).unwrap();
+    assert_eq!(e.st.win.source_watermark(src), Some(now + year));
+    drop(e);
+
+    // Restarted with the default bounds (5 min ahead at most).
+    let cfg = config(dir.path(), "");
+    let (mut e, metrics) = open(&cfg);
+    let latest = now_ms() + 300_000;
+    assert!(e.st.win.source_watermark(src).unwrap() <= latest);
+    // A reading now lands in an open window: no partial, no revision.
+    let before = (
+        metrics.partials_emitted.get(),
+        metrics.revisions_emitted.get(),
+    );
+    e.handle(readings(vec![(now_ms(), 3)])).unwrap();
+    e.commit().unwrap();
+    assert_eq!(
+        (
+            metrics.partials_emitted.get(),
+            metrics.revisions_emitted.get()
+        ),
+        before
+    );
+    assert!(e.st.win.open_readings() >= 1);
 }

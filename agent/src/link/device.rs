@@ -21,7 +21,7 @@ use super::clock::{ClockEstimator, ClockFit};
 use super::dedupe::Dedupe;
 use crate::metrics::Reject;
 use crate::store::DeviceRow;
-use crate::window::{SeriesId, Windower};
+use crate::window::{Refused, SeriesId, Windower};
 
 /// What became of a data frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,11 +145,14 @@ impl DeviceState {
         self.exact.is_none().then(|| self.clock.fit()).flatten()
     }
 
-    /// Event time of device tick `tick`.
+    /// Event time of device tick `tick` (saturating: a tick past `i64` maps
+    /// to a time the time bounds refuse, never to a wrapped one).
     pub fn event_time(&self, tick: u64) -> i64 {
         match (self.exact, self.clock.wall_ms(tick)) {
             (None, Some(t)) => t,
-            _ => (tick as i64).saturating_add(self.offset_ms()),
+            _ => i64::try_from(tick)
+                .unwrap_or(i64::MAX)
+                .saturating_add(self.offset_ms()),
         }
     }
 
@@ -203,6 +206,7 @@ impl DeviceState {
                 let summary = Summary::from_fixed(&f.summary, window.start());
                 match win.merge(series, window, &summary, now_ms) {
                     Ok(()) => FrameOutcome::Applied(summary.count()),
+                    Err(Refused::Time(t)) => FrameOutcome::Refused(t.into(), t.to_string()),
                     Err(e) => FrameOutcome::Refused(Reject::Merge, e.to_string()),
                 }
             }
@@ -210,6 +214,7 @@ impl DeviceState {
                 let t = self.event_time(f.tick);
                 match win.insert(series, t, i64::from(f.value), now_ms) {
                     Ok(()) => FrameOutcome::Applied(1),
+                    Err(Refused::Time(t)) => FrameOutcome::Refused(t.into(), t.to_string()),
                     Err(e) => FrameOutcome::Refused(Reject::BadValue, e.to_string()),
                 }
             }

@@ -16,14 +16,48 @@
 //!   deleted checkpoints and new `closed_before` marks. After a crash the
 //!   state is rebuilt from the last commit with the `restore_*` methods.
 //!
+//! - Every event time is checked against the [`TimeBounds`] first (see
+//!   [`bounds`]): a refused reading or summary touches no window, no
+//!   watermark and no source activity, so a device clock years ahead cannot
+//!   close every later window at once. Window arithmetic is checked.
+//!
 //! The hot path ([`Windower::insert_many`]) folds a run of readings of one
 //! series with one lookup, usually hitting the newest open window.
 
+pub mod bounds;
 pub mod config;
 
 use tributary_core::{Quantum, SeriesKey, Summary, SummaryError, Width, Window};
 
+pub use bounds::{TimeBounds, TimeRefused};
 pub use config::WindowConfig;
+
+/// Why the windower refused a reading or a summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// Its event time is outside the [`TimeBounds`].
+    #[error(transparent)]
+    Time(#[from] TimeRefused),
+    /// It cannot be folded in (a value out of range, an overflow, no window
+    /// holding its time).
+    #[error(transparent)]
+    Summary(#[from] SummaryError),
+}
+
+/// What [`Windower::insert_many`] did with a run of readings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Inserted {
+    /// Readings folded in.
+    pub accepted: usize,
+    /// Refused: later than the clock plus `max_future_ms`.
+    pub future: usize,
+    /// Refused: older than the clock minus `max_age_ms`.
+    pub past: usize,
+    /// Refused: could not be folded in.
+    pub invalid: usize,
+    /// The first of the `invalid` readings' errors.
+    pub first_invalid: Option<SummaryError>,
+}
 
 /// Index of a series in the windower.
 pub type SeriesId = u32;
@@ -133,10 +167,13 @@ pub struct Windower {
     dirty: Vec<SeriesId>,
     /// An input since the last flush made a window of its series due.
     due: bool,
+    /// The accepted event times.
+    bounds: TimeBounds,
 }
 
 impl Windower {
-    /// An empty windower.
+    /// An empty windower accepting every event time a window can hold
+    /// (see [`Windower::with_bounds`]).
     pub fn new(width: Width, lateness_ms: i64, idle_close_ms: i64) -> Self {
         Windower {
             width,
@@ -146,7 +183,20 @@ impl Windower {
             due: false,
             sources: Vec::new(),
             dirty: Vec::new(),
+            bounds: TimeBounds::NONE,
         }
+    }
+
+    /// This windower accepting only event times within `bounds` of the
+    /// wall clock passed with each input.
+    pub fn with_bounds(mut self, bounds: TimeBounds) -> Self {
+        self.bounds = bounds;
+        self
+    }
+
+    /// The accepted event times.
+    pub fn bounds(&self) -> TimeBounds {
+        self.bounds
     }
 
     /// An empty windower as `[window]` sets it.
@@ -244,33 +294,42 @@ impl Windower {
         }
     }
 
-    /// Folds in one reading (`ticks` of the series' quantum) at event time `time`.
+    /// Folds in one reading (`ticks` of the series' quantum) at event time
+    /// `time`; `now_ms` is the wall clock the time bounds are relative to.
     pub fn insert(
         &mut self,
         id: SeriesId,
         time: i64,
         ticks: i64,
         now_ms: i64,
-    ) -> Result<(), SummaryError> {
-        self.insert_many(id, &[(time, ticks)], now_ms).1
+    ) -> Result<(), Refused> {
+        self.bounds.check(time, now_ms)?;
+        let done = self.insert_many(id, &[(time, ticks)], now_ms);
+        match done.first_invalid {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 
-    /// Folds in readings `(time, ticks)` of one series. Returns how many were
-    /// accepted and the first error (readings in error are skipped).
-    pub fn insert_many(
-        &mut self,
-        id: SeriesId,
-        points: &[(i64, i64)],
-        now_ms: i64,
-    ) -> (usize, Result<(), SummaryError>) {
+    /// Folds in readings `(time, ticks)` of one series; readings refused
+    /// (out of the time bounds, or invalid) are skipped and counted.
+    pub fn insert_many(&mut self, id: SeriesId, points: &[(i64, i64)], now_ms: i64) -> Inserted {
         let w = self.width.ms();
+        let (earliest, latest) = self.bounds.range(now_ms);
         let Some(s) = self.series.get_mut(id as usize) else {
-            return (0, Ok(()));
+            return Inserted::default();
         };
-        let mut accepted = 0;
-        let mut first_err = Ok(());
+        let mut done = Inserted::default();
         let mut max_t = i64::MIN;
         for &(t, v) in points {
+            if t > latest {
+                done.future += 1;
+                continue;
+            }
+            if t < earliest {
+                done.past += 1;
+                continue;
+            }
             let res = match aligned(t, w) {
                 Err(e) => Err(e),
                 Ok(start) if start < s.closed_before => {
@@ -294,23 +353,22 @@ impl Windower {
             };
             match res {
                 Ok(()) => {
-                    accepted += 1;
+                    done.accepted += 1;
                     max_t = max_t.max(t);
                 }
                 Err(e) => {
-                    if first_err.is_ok() {
-                        first_err = Err(e);
-                    }
+                    done.invalid += 1;
+                    done.first_invalid.get_or_insert(e);
                 }
             }
         }
-        let source = s.source;
-        if accepted > 0 {
+        if done.accepted > 0 {
+            let source = s.source;
             self.touch(id);
+            self.note_source(source, Some(max_t), now_ms);
+            self.note_due(id);
         }
-        self.note_source(source, (accepted > 0).then_some(max_t), now_ms);
-        self.note_due(id);
-        (accepted, first_err)
+        done
     }
 
     /// Notes whether series `id`'s oldest open window is now due (its
@@ -325,6 +383,7 @@ impl Windower {
             .get(s.source as usize)
             .and_then(|src| src.max_event)
             .map_or(i64::MIN, |m| m.saturating_sub(self.lateness_ms));
+        // Every open window's end fits (`aligned`), so `start + w` is exact.
         if s.open.first().is_some_and(|o| o.start + w <= watermark) {
             self.due = true;
         }
@@ -347,21 +406,30 @@ impl Windower {
     }
 
     /// Merges a summary of readings in `window` (a device window, whose width
-    /// divides the agent's) into the series.
+    /// divides the agent's) into the series. The window's start and the
+    /// summary's last reading (clamped to the window; its end for an empty
+    /// summary) must lie within the time bounds.
     pub fn merge(
         &mut self,
         id: SeriesId,
         window: Window,
         summary: &Summary,
         now_ms: i64,
-    ) -> Result<(), SummaryError> {
+    ) -> Result<(), Refused> {
         let w = self.width.ms();
+        // Every window's end fits an i64, so `end() - 1` is exact.
+        let last_in_window = window.end() - 1;
+        let last = summary.extent().map_or(last_in_window, |e| {
+            e.last.time.clamp(window.start(), last_in_window)
+        });
+        self.bounds.check(window.start(), now_ms)?;
+        self.bounds.check(last, now_ms)?;
         let Some(s) = self.series.get_mut(id as usize) else {
             return Ok(());
         };
         if summary.is_empty() {
             let source = s.source;
-            self.note_source(source, Some(window.end() - 1), now_ms);
+            self.note_source(source, Some(last), now_ms);
             return Ok(());
         }
         let start = aligned(window.start(), w)?;
@@ -380,9 +448,6 @@ impl Windower {
             open.dirty = true;
         }
         let source = s.source;
-        let last = summary
-            .extent()
-            .map_or(window.end() - 1, |e| e.last.time.max(window.start()));
         self.touch(id);
         self.note_source(source, Some(last), now_ms);
         self.note_due(id);

@@ -126,13 +126,12 @@ fn extreme_event_times_are_refused() {
     let mut win = Windower::new(w(1000), 0, 1_000_000);
     let src = win.add_source(0);
     let s = win.add_series(key("t"), Quantum::DEFAULT, src, i64::MIN);
-    let (n, err) = win.insert_many(s, &[(i64::MIN, 1), (5_500, 2), (i64::MAX, 3)], 0);
-    assert_eq!(n, 1);
-    assert!(err.is_err());
-    let mut sum = Summary::new(Quantum::DEFAULT);
-    sum.insert(i64::MAX - 1, 4).unwrap();
-    let last = Window::containing(i64::MAX - 1, w(1000));
-    assert!(win.merge(s, last, &sum, 0).is_err());
+    let done = win.insert_many(s, &[(i64::MIN, 1), (5_500, 2), (i64::MAX, 3)], 0);
+    assert_eq!((done.accepted, done.invalid), (1, 2));
+    assert!(done.first_invalid.is_some());
+    // No window holds a time within a width of i64::MAX, so no device
+    // summary can name one.
+    assert!(Window::checked_containing(i64::MAX - 1, w(1000)).is_err());
     let f = win.flush(1_000_000);
     assert_eq!(f.emitted.len(), 1, "the idle source's one window");
     assert_eq!(f.emitted[0].summary.count(), 1);
@@ -202,5 +201,122 @@ proptest! {
         collect(f, &mut got);
         prop_assert_eq!(win.open_readings(), 0);
         prop_assert_eq!(truth, got);
+    }
+}
+
+/// Bounds: ±1 s future, 10 s age around a wall clock of 100 s.
+fn bounded() -> (Windower, SeriesId, SourceId) {
+    let mut win = Windower::new(w(1000), 200, 1_000_000).with_bounds(TimeBounds {
+        max_future_ms: 1_000,
+        max_age_ms: 10_000,
+    });
+    let src = win.add_source(0);
+    let s = win.add_series(key("t"), Quantum::DEFAULT, src, i64::MIN);
+    (win, s, src)
+}
+
+const NOW: i64 = 100_000;
+
+/// A reading or summary outside the time bounds is refused by reason and
+/// touches no window and no watermark (issue #12: one reading stamped far
+/// ahead closed every later window at once).
+#[test]
+fn out_of_bounds_input_moves_no_watermark() {
+    let (mut win, s, src) = bounded();
+    assert!(matches!(
+        win.insert(s, NOW + 1_001, 1, NOW),
+        Err(Refused::Time(TimeRefused::Future { .. }))
+    ));
+    assert!(matches!(
+        win.insert(s, NOW - 10_001, 1, NOW),
+        Err(Refused::Time(TimeRefused::Past { .. }))
+    ));
+    let done = win.insert_many(s, &[(i64::MAX, 1), (i64::MIN, 1), (NOW + 5_000, 1)], NOW);
+    assert_eq!(
+        (done.accepted, done.future, done.past, done.invalid),
+        (0, 2, 1, 0)
+    );
+    // A device summary ahead of the bounds, empty or not, and one whose
+    // window started too long ago.
+    let ahead = Window::new(NOW + 2_000, w(1000)).unwrap();
+    let mut sum = Summary::new(Quantum::DEFAULT);
+    sum.insert(NOW + 2_500, 1).unwrap();
+    assert!(win.merge(s, ahead, &sum, NOW).is_err());
+    assert!(win
+        .merge(s, ahead, &Summary::new(Quantum::DEFAULT), NOW)
+        .is_err());
+    let old = Window::new(NOW - 20_000, w(1000)).unwrap();
+    let mut sum = Summary::new(Quantum::DEFAULT);
+    sum.insert(NOW - 19_500, 1).unwrap();
+    assert!(matches!(
+        win.merge(s, old, &sum, NOW),
+        Err(Refused::Time(TimeRefused::Past { .. }))
+    ));
+    assert_eq!(win.source_watermark(src), None, "no watermark moved");
+    let f = win.flush(NOW);
+    assert!(f.emitted.is_empty() && f.checkpoints.is_empty(), "{f:?}");
+    // Within the bounds: accepted, and the watermark follows.
+    win.insert(s, NOW + 1_000, 1, NOW).unwrap();
+    win.insert(s, NOW - 10_000, 1, NOW).unwrap();
+    assert_eq!(win.source_watermark(src), Some(NOW + 1_000));
+}
+
+/// A summary's last reading beyond its window moves the watermark only to
+/// the window's end.
+#[test]
+fn a_summary_moves_the_watermark_at_most_to_its_window_end() {
+    let (mut win, s, src) = bounded();
+    let window = Window::new(NOW - 1_000, w(1000)).unwrap();
+    let mut sum = Summary::new(Quantum::DEFAULT);
+    sum.insert(NOW + 900, 1).unwrap(); // claims a time past the window
+    win.merge(s, window, &sum, NOW).unwrap();
+    assert_eq!(win.source_watermark(src), Some(NOW - 1));
+}
+
+proptest! {
+    /// Whatever the times (the ends of i64 included) and the clock: no
+    /// panic, a reading is accepted exactly when its time lies within the
+    /// bounds (judged by i128 arithmetic) and a window can hold it, and the
+    /// watermark is the largest accepted time.
+    #[test]
+    fn any_times_any_clock(
+        times in proptest::collection::vec(
+            prop_oneof![
+                any::<i64>(),
+                (0i64..5_000).prop_map(|d| i64::MIN + d),
+                (0i64..5_000).prop_map(|d| i64::MAX - d),
+                -20_000i64..20_000,
+            ],
+            1..40,
+        ),
+        now in prop_oneof![any::<i64>(), -5_000i64..5_000, Just(i64::MAX), Just(i64::MIN)],
+    ) {
+        let mut win = Windower::new(w(1000), 0, 1_000_000).with_bounds(TimeBounds {
+            max_future_ms: 1_000,
+            max_age_ms: 10_000,
+        });
+        let src = win.add_source(0);
+        let s = win.add_series(key("t"), Quantum::DEFAULT, src, i64::MIN);
+        let points: Vec<(i64, i64)> = times.iter().map(|&t| (t, 1)).collect();
+        let done = win.insert_many(s, &points, now);
+        let in_bounds = |t: i64| {
+            let (t, n) = (i128::from(t), i128::from(now));
+            t <= n + 1_000 && t >= n - 10_000
+        };
+        let holdable = |t: i64| {
+            let start = i128::from(t).div_euclid(1000) * 1000;
+            start >= i128::from(i64::MIN) && start + 1000 <= i128::from(i64::MAX)
+        };
+        let accepted: Vec<i64> = times.iter().copied().filter(|&t| in_bounds(t) && holdable(t)).collect();
+        prop_assert_eq!(done.accepted, accepted.len());
+        prop_assert_eq!(done.accepted + done.future + done.past + done.invalid, times.len());
+        prop_assert_eq!(win.source_watermark(src), accepted.iter().copied().max());
+        let f = win.flush(now);
+        let emitted: u64 = f.emitted.iter().map(|e| e.summary.count()).sum();
+        let open = win.open_readings();
+        prop_assert_eq!(emitted + open, accepted.len() as u64);
+        for e in &f.emitted {
+            prop_assert_eq!(e.window.start().rem_euclid(1000), 0);
+        }
     }
 }

@@ -22,6 +22,17 @@
 //! early whenever the in-flight window fills was tried and made matters
 //! worse (an fsync per few messages lowers the agent's capacity).
 //!
+//! # Oversized and malformed messages
+//! The client accepts every packet size MQTT allows (256 MiB), so a payload
+//! over `limits.max_payload_bytes` arrives, is refused, counted
+//! (`oversized`) and PUBACKed in order like any bad input, and the messages
+//! behind it flow. A client limit instead would be a poison message: MQTT
+//! 3.1.1 cannot skip a packet, so the client drops the connection and the
+//! broker redelivers the message at every reconnect, for ever. The real
+//! bound on the memory one message takes is therefore the broker's: set
+//! mosquitto's `max_packet_size` (`config/mosquitto.conf`) so huge
+//! payloads never reach the agent.
+//!
 //! PUBACKs go out in the order the messages arrived, as MQTT 3.1.1 §4.6
 //! requires (brokers such as rumqttd drop a client that acks out of order):
 //! one task awaits each message's commit in arrival order and acks it, so
@@ -78,7 +89,13 @@ impl LocalMqtt {
         let mut options = mqtt_client::options(&cfg.endpoint(agent_id))?;
         options.set_clean_session(false);
         options.set_manual_acks(true);
-        options.set_max_packet_size(max_payload_bytes * 2 + 1024, 64 * 1024);
+        // Accept every packet MQTT allows and refuse by size in `handle`:
+        // a smaller client limit made rumqttc drop the connection on an
+        // oversized message, which the broker then redelivered forever
+        // (66 reconnects and 30 s of stalled readings for one 1 MiB
+        // message), and no `oversized` was counted. The bound on memory is
+        // the broker's `max_packet_size` (see the module documentation).
+        options.set_max_packet_size(mqtt_client::MQTT_MAX_PACKET, 64 * 1024);
         Ok(LocalMqtt {
             options,
             max_payload: max_payload_bytes,

@@ -2,9 +2,20 @@
 //! size, decoding (JSON or binary, version), the batch's agent against the
 //! topic's, the number of partials. A refused payload is named by its
 //! reason (the label of `tributary_collector_refused_total`).
+//!
+//! # Time bounds
+//! Then the event times of an accepted batch, against the collector's clock
+//! (issue #12): a partial whose window starts later than `max_future_ms`
+//! ahead, or earlier than `max_age_ms` ago (when set), is taken out of the
+//! batch and counted by reason (`time_future`, `time_past`); the rest of the
+//! batch applies and the batch is confirmed, so the agent does not resend
+//! it for ever. Whatever the bounds, a window within [`Width::MAX_MS`] of
+//! either end of `i64` is refused, so every roll-up of an accepted window
+//! fits. A watermark ahead of the bound is clamped to it (counted), so one
+//! agent's bad clock cannot make every window final at once.
 
 use tributary_core::batch::Batch;
-use tributary_core::topic;
+use tributary_core::{topic, Width};
 
 /// Why a payload was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,10 +58,108 @@ pub struct Limits {
     pub max_payload_bytes: usize,
     /// Most partials in one batch.
     pub max_partials: usize,
+    /// How far ahead of the clock a partial's window may start and a
+    /// watermark may be (ms).
+    pub max_future_ms: i64,
+    /// How long ago a partial's window may start (ms); `None`: no bound.
+    pub max_age_ms: Option<i64>,
 }
 
-/// Checks one payload; returns the batch or why it was refused.
-pub fn check(limits: Limits, topic_name: &str, payload: &[u8]) -> Result<Batch, (Refused, String)> {
+/// Why a partial was taken out of an accepted batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartialRefused {
+    /// Its window starts later than the clock plus `max_future_ms`.
+    TimeFuture,
+    /// Its window starts earlier than the clock minus `max_age_ms`.
+    TimePast,
+}
+
+/// Every partial refusal with its metric label.
+pub(crate) const PARTIAL_REFUSED: [(PartialRefused, &str); 2] = [
+    (PartialRefused::TimeFuture, "time_future"),
+    (PartialRefused::TimePast, "time_past"),
+];
+
+impl PartialRefused {
+    /// The reason's metric label.
+    pub fn name(self) -> &'static str {
+        PARTIAL_REFUSED[self as usize].1
+    }
+}
+
+/// An accepted batch and what its time check took out of it.
+#[derive(Debug)]
+pub struct Checked {
+    /// The batch, holding only the partials within the time bounds.
+    pub batch: Batch,
+    /// Partials taken out: later than the bound.
+    pub future: usize,
+    /// Partials taken out: earlier than the bound.
+    pub past: usize,
+    /// The watermark the batch carried when it was clamped.
+    pub clamped_watermark: Option<i64>,
+}
+
+/// Checks one payload at wall clock `now_ms`; returns the batch (with the
+/// partials outside the time bounds taken out) or why it was refused.
+pub fn check(
+    limits: Limits,
+    topic_name: &str,
+    payload: &[u8],
+    now_ms: i64,
+) -> Result<Checked, (Refused, String)> {
+    let batch = check_payload(limits, topic_name, payload)?;
+    Ok(check_times(limits, batch, now_ms))
+}
+
+/// The accepted window starts at `now`: `[earliest, latest]`, never within
+/// the widest roll-up of either end of `i64`.
+fn time_range(limits: Limits, now: i64) -> (i64, i64) {
+    let floor = i64::MIN + Width::MAX_MS;
+    let ceiling = i64::MAX - Width::MAX_MS;
+    let earliest = limits
+        .max_age_ms
+        .map_or(floor, |age| now.saturating_sub(age).max(floor));
+    let latest = now.saturating_add(limits.max_future_ms).min(ceiling);
+    (earliest, latest)
+}
+
+/// Takes the partials outside the time bounds out of `batch` and clamps
+/// its watermark.
+fn check_times(limits: Limits, mut batch: Batch, now: i64) -> Checked {
+    let (earliest, latest) = time_range(limits, now);
+    let (mut future, mut past) = (0, 0);
+    batch.partials.retain(|p| {
+        let start = p.window.start();
+        if start > latest {
+            future += 1;
+            false
+        } else if start < earliest {
+            past += 1;
+            false
+        } else {
+            true
+        }
+    });
+    let clamped_watermark = (batch.watermark > latest).then(|| {
+        let was = batch.watermark;
+        batch.watermark = latest;
+        was
+    });
+    Checked {
+        batch,
+        future,
+        past,
+        clamped_watermark,
+    }
+}
+
+/// The checks of the payload itself.
+fn check_payload(
+    limits: Limits,
+    topic_name: &str,
+    payload: &[u8],
+) -> Result<Batch, (Refused, String)> {
     let Some(agent) = topic::agent_of_partials(topic_name) else {
         return Err((
             Refused::BadTopic,
@@ -94,11 +203,14 @@ pub fn check(limits: Limits, topic_name: &str, payload: &[u8]) -> Result<Batch, 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use tributary_core::batch::Encoding;
+    use tributary_core::batch::{Encoding, Partial};
+    use tributary_core::{Quantum, SeriesKey, Summary, Window};
 
     const LIMITS: Limits = Limits {
         max_payload_bytes: 1000,
         max_partials: 0,
+        max_future_ms: 600_000,
+        max_age_ms: None,
     };
 
     #[test]
@@ -106,7 +218,7 @@ mod tests {
         let ok = Batch::new("gw", 1, 0, vec![]).encode(Encoding::Json);
         let t = topic::partials("gw");
         let other = topic::partials("other");
-        assert_eq!(check(LIMITS, &t, &ok).unwrap().agent, "gw");
+        assert_eq!(check(LIMITS, &t, &ok, 0).unwrap().batch.agent, "gw");
         let cases = [
             ("x/y", ok.clone(), Refused::BadTopic),
             (t.as_str(), vec![b' '; 1001], Refused::Oversized),
@@ -114,9 +226,71 @@ mod tests {
             (other.as_str(), ok.clone(), Refused::AgentMismatch),
         ];
         for (topic_name, payload, want) in cases {
-            assert_eq!(check(LIMITS, topic_name, &payload).unwrap_err().0, want);
+            assert_eq!(check(LIMITS, topic_name, &payload, 0).unwrap_err().0, want);
         }
         assert_eq!(Refused::AgentMismatch.name(), "agent_mismatch");
         assert_eq!(Refused::Unmergeable.name(), "unmergeable");
+    }
+
+    fn partial(start: i64) -> Partial {
+        let mut s = Summary::new(Quantum::new(0).unwrap());
+        s.insert(start, 1).unwrap();
+        Partial {
+            series: SeriesKey::new("m", "d", Default::default()).unwrap(),
+            window: Window::new(start, Width::new(60_000).unwrap()).unwrap(),
+            summary: s,
+        }
+    }
+
+    /// Partials outside the bounds are taken out by reason, the watermark
+    /// is clamped; judged against bounds computed here from the raw numbers.
+    #[test]
+    fn partials_outside_the_time_bounds_are_taken_out_and_the_watermark_clamped() {
+        let now = 1_800_000_000_000 / 60_000 * 60_000;
+        let limits = Limits {
+            max_payload_bytes: 1 << 20,
+            max_partials: 100,
+            max_future_ms: 600_000,
+            max_age_ms: Some(86_400_000),
+        };
+        let starts = [
+            now,                              // ok
+            now + 600_000,                    // ok: at the bound
+            now + 660_000,                    // future
+            now - 86_400_000,                 // ok: at the bound
+            now - 86_460_000,                 // past
+            (i64::MIN / 60_000 + 1) * 60_000, // past
+            (i64::MAX / 60_000 - 1) * 60_000, // future
+        ];
+        let batch = Batch::new("gw", 1, i64::MAX, starts.map(partial).to_vec());
+        let c = check_times(limits, batch, now);
+        let kept: Vec<i64> = c.batch.partials.iter().map(|p| p.window.start()).collect();
+        assert_eq!(kept, [now, now + 600_000, now - 86_400_000]);
+        assert_eq!((c.future, c.past), (2, 2));
+        assert_eq!(c.clamped_watermark, Some(i64::MAX));
+        assert_eq!(c.batch.watermark, now + 600_000);
+        // Without an age bound, only the ends of i64 are refused as past,
+        // and every roll-up (up to 366 days) of what is kept fits.
+        let open = Limits {
+            max_age_ms: None,
+            ..limits
+        };
+        let batch = Batch::new("gw", 1, now, starts.map(partial).to_vec());
+        let c = check_times(open, batch, now);
+        assert_eq!((c.future, c.past), (2, 1));
+        assert_eq!(c.clamped_watermark, None);
+        for p in &c.batch.partials {
+            assert!(p
+                .window
+                .coarsen(Width::new(Width::MAX_MS / 60_000 * 60_000).unwrap())
+                .is_ok());
+        }
+        // A clock at the ends of i64 makes no arithmetic overflow.
+        for now in [i64::MIN, i64::MAX] {
+            let batch = Batch::new("gw", 1, i64::MIN, starts.map(partial).to_vec());
+            let c = check_times(limits, batch, now);
+            assert_eq!(c.batch.partials.len() + c.future + c.past, starts.len());
+        }
+        assert_eq!(PartialRefused::TimePast.name(), "time_past");
     }
 }

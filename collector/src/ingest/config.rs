@@ -43,6 +43,11 @@ pub struct IngestConfig {
     pub max_payload_bytes: usize,
     /// Most partials in one batch.
     pub max_partials: usize,
+    /// How far ahead of the clock a partial's window may start and an
+    /// agent's watermark may be (ms).
+    pub max_future_ms: i64,
+    /// How long ago a partial's window may start (ms); `None`: no bound.
+    pub max_age_ms: Option<i64>,
     /// Most batches per store transaction.
     pub group_batches: usize,
     /// Longest wait for more batches before a group is committed (it is
@@ -70,6 +75,8 @@ impl Default for IngestConfig {
             session_expiry_s: 86_400,
             max_payload_bytes: 4 << 20,
             max_partials: 100_000,
+            max_future_ms: DEFAULT_MAX_FUTURE_MS,
+            max_age_ms: None,
             group_batches: 256,
             group_wait: Duration::ZERO,
             share_group: None,
@@ -83,9 +90,14 @@ impl IngestConfig {
         Limits {
             max_payload_bytes: self.max_payload_bytes,
             max_partials: self.max_partials,
+            max_future_ms: self.max_future_ms,
+            max_age_ms: self.max_age_ms,
         }
     }
 }
+
+/// The default of [`LimitsConfig::max_future_ms`]: 10 minutes.
+const DEFAULT_MAX_FUTURE_MS: i64 = 600_000;
 
 /// The `[limits]` section: a batch over a limit is refused and counted.
 #[derive(Debug, Clone, Deserialize)]
@@ -95,6 +107,18 @@ pub struct LimitsConfig {
     pub max_payload_bytes: usize,
     /// Most partials in one batch (default 10,000).
     pub max_partials: usize,
+    /// How far ahead of the collector's clock a partial's window may start
+    /// (ms); a later partial is taken out of its batch and counted
+    /// (`time_future`), and a watermark further ahead is clamped to it
+    /// (default 600,000 = 10 minutes; agents bound their own readings at
+    /// 5 minutes ahead of theirs).
+    pub max_future_ms: i64,
+    /// How long ago a partial's window may start (ms); an older partial is
+    /// taken out and counted (`time_past`). Default none: agents bound the
+    /// age of readings themselves and may deliver old windows after a long
+    /// outage. Windows within 366 days of either end of `i64` are refused
+    /// whatever this says.
+    pub max_age_ms: Option<i64>,
 }
 
 impl Default for LimitsConfig {
@@ -102,6 +126,8 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_payload_bytes: 4 * 1024 * 1024,
             max_partials: 10_000,
+            max_future_ms: DEFAULT_MAX_FUTURE_MS,
+            max_age_ms: None,
         }
     }
 }
@@ -114,6 +140,12 @@ impl LimitsConfig {
         }
         if self.max_partials == 0 {
             p.bad("limits.max_partials", "must be > 0");
+        }
+        if self.max_future_ms < 0 {
+            p.bad("limits.max_future_ms", "must be ≥ 0");
+        }
+        if self.max_age_ms.is_some_and(|a| a <= 0) {
+            p.bad("limits.max_age_ms", "must be > 0 when set");
         }
     }
 }
@@ -211,6 +243,8 @@ impl MqttConfig {
             session_expiry_s: self.session_expiry_s,
             max_payload_bytes: limits.max_payload_bytes,
             max_partials: limits.max_partials,
+            max_future_ms: limits.max_future_ms,
+            max_age_ms: limits.max_age_ms,
             group_batches: self.max_group,
             share_group: self.share_group.clone(),
             ..IngestConfig::default()

@@ -9,13 +9,13 @@
 //!   nothing waits, else queued behind the valid batches awaiting their
 //!   commit.
 //! - Nothing is acknowledged before the group's commit. When the commit
-//!   fails as a whole, nothing is: the agents resend, and the store's
-//!   de-duplication makes that harmless.
+//!   fails, nothing is and the group stays as it is, to be committed again
+//!   (the shell retries with a backoff): on a live connection the broker
+//!   resends nothing, so a dropped group would hold the broker's in-flight
+//!   window for good and ingest would stop (issue #12).
 //! - After a commit every message of the group is acknowledged, and each
 //!   agent is confirmed the sequences applied — new, duplicate, or refused
 //!   as unmergeable (it can never apply, so the agent must stop resending).
-//!   A batch whose own transaction failed is acknowledged but not
-//!   confirmed: its agent resends it.
 
 use std::collections::BTreeMap;
 
@@ -30,8 +30,6 @@ pub(crate) enum Outcome {
     Duplicate,
     /// Cannot merge into its stored window: refused for good.
     Unmergeable,
-    /// Its transaction failed: left for the agent to resend.
-    Failed,
 }
 
 /// What a group's batches add to the counters.
@@ -43,7 +41,6 @@ pub(crate) struct Tally {
     pub(crate) readings: u64,
     pub(crate) bytes: u64,
     pub(crate) unmergeable: u64,
-    pub(crate) failed: u64,
 }
 
 /// What to send after a commit: every PUBACK in arrival order, then the
@@ -58,17 +55,20 @@ pub(crate) struct Settled<A> {
 /// The messages awaiting the next commit; `A` is what a PUBACK needs.
 #[derive(Debug)]
 pub(crate) struct Group<A> {
-    /// Every message in arrival order: its ack, and for a valid batch the
-    /// batch and its payload size.
-    messages: Vec<(A, Option<(Batch, usize)>)>,
-    valid: usize,
+    /// Every message's ack in arrival order.
+    acks: Vec<A>,
+    /// The valid batches in arrival order, as the store applies them.
+    batches: Vec<Batch>,
+    /// Their payload sizes.
+    sizes: Vec<usize>,
 }
 
 impl<A> Default for Group<A> {
     fn default() -> Self {
         Group {
-            messages: Vec::new(),
-            valid: 0,
+            acks: Vec::new(),
+            batches: Vec::new(),
+            sizes: Vec::new(),
         }
     }
 }
@@ -76,47 +76,44 @@ impl<A> Default for Group<A> {
 impl<A> Group<A> {
     /// Adds a valid batch of `size` payload bytes.
     pub(crate) fn push_valid(&mut self, ack: A, batch: Batch, size: usize) {
-        self.messages.push((ack, Some((batch, size))));
-        self.valid += 1;
+        self.acks.push(ack);
+        self.batches.push(batch);
+        self.sizes.push(size);
     }
 
     /// Adds a refused message; returns its ack when it may go at once
     /// (nothing waits before it).
     pub(crate) fn push_refused(&mut self, ack: A) -> Option<A> {
-        if self.messages.is_empty() {
+        if self.acks.is_empty() {
             return Some(ack);
         }
-        self.messages.push((ack, None));
+        self.acks.push(ack);
         None
     }
 
     /// Valid batches waiting.
     pub(crate) fn valid(&self) -> usize {
-        self.valid
+        self.batches.len()
     }
 
     /// Whether nothing waits.
     pub(crate) fn is_empty(&self) -> bool {
-        self.messages.is_empty()
+        self.acks.is_empty()
     }
 
-    /// Takes the group for its commit, leaving an empty one.
+    /// The batches to apply, in arrival order. The group keeps them until
+    /// [`Group::take`], so a failed commit loses nothing.
+    pub(crate) fn batches(&self) -> &[Batch] {
+        &self.batches
+    }
+
+    /// Takes the group once its commit succeeded, leaving an empty one.
     pub(crate) fn take(&mut self) -> Taken<A> {
-        let messages = std::mem::take(&mut self.messages);
-        self.valid = 0;
-        let mut taken = Taken {
-            acks: Vec::with_capacity(messages.len()),
-            batches: Vec::new(),
-            sizes: Vec::new(),
-        };
-        for (ack, batch) in messages {
-            taken.acks.push(ack);
-            if let Some((b, size)) = batch {
-                taken.batches.push(b);
-                taken.sizes.push(size);
-            }
+        Taken {
+            acks: std::mem::take(&mut self.acks),
+            batches: std::mem::take(&mut self.batches),
+            sizes: std::mem::take(&mut self.sizes),
         }
-        taken
     }
 }
 
@@ -129,7 +126,8 @@ pub(crate) struct Taken<A> {
 }
 
 impl<A> Taken<A> {
-    /// The batches to apply, in arrival order.
+    /// The batches taken, in arrival order.
+    #[cfg(test)]
     pub(crate) fn batches(&self) -> &[Batch] {
         &self.batches
     }
@@ -149,10 +147,6 @@ impl<A> Taken<A> {
                 }
                 Outcome::Duplicate => tally.duplicate += 1,
                 Outcome::Unmergeable => tally.unmergeable += 1,
-                Outcome::Failed => {
-                    tally.failed += 1;
-                    continue;
-                }
             }
             confirms.entry(b.agent.clone()).or_default().push(b.seq);
         }
@@ -193,11 +187,14 @@ mod tests {
         assert_eq!(g.push_refused(3), None, "queued behind the valid batch");
         g.push_valid(4, batch("a", 2, 1), 10);
         assert_eq!(g.valid(), 2);
+        // A failed commit takes nothing: the group is applied again as it is.
+        assert_eq!(g.batches().len(), 2);
+        assert_eq!(g.push_refused(5), None, "still queued behind");
         let taken = g.take();
         assert!(g.is_empty() && g.valid() == 0);
         assert_eq!(taken.batches().len(), 2);
         let settled = taken.settle(&[Outcome::New, Outcome::New]);
-        assert_eq!(settled.acks, [2, 3, 4], "every ack, in arrival order");
+        assert_eq!(settled.acks, [2, 3, 4, 5], "every ack, in arrival order");
     }
 
     #[test]
@@ -206,20 +203,15 @@ mod tests {
         g.push_valid(1, batch("a", 1, 3), 100);
         g.push_valid(2, batch("b", 7, 2), 50);
         g.push_valid(3, batch("a", 2, 5), 70);
-        g.push_valid(4, batch("a", 3, 1), 20);
-        let settled = g.take().settle(&[
-            Outcome::New,
-            Outcome::Duplicate,
-            Outcome::Unmergeable,
-            Outcome::Failed,
-        ]);
-        assert_eq!(settled.acks, [1, 2, 3, 4]);
+        let settled = g
+            .take()
+            .settle(&[Outcome::New, Outcome::Duplicate, Outcome::Unmergeable]);
+        assert_eq!(settled.acks, [1, 2, 3]);
         let confirms: Vec<(&str, &[u64])> = settled
             .confirms
             .iter()
             .map(|(a, s)| (a.as_str(), s.as_slice()))
             .collect();
-        // The failed batch is acknowledged but not confirmed: resent.
         assert_eq!(confirms, [("a", &[1, 2][..]), ("b", &[7][..])]);
         assert_eq!(
             settled.tally,
@@ -230,7 +222,6 @@ mod tests {
                 readings: 3,
                 bytes: 100,
                 unmergeable: 1,
-                failed: 1,
             }
         );
     }

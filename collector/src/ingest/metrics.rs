@@ -10,7 +10,7 @@ use tributary_runtime::metrics::prometheus_client::metrics::family::Family;
 use tributary_runtime::metrics::prometheus_client::metrics::gauge::Gauge;
 use tributary_runtime::metrics::prometheus_client::registry::Registry;
 
-use super::check::{Refused, REFUSED};
+use super::check::{PartialRefused, Refused, PARTIAL_REFUSED, REFUSED};
 use super::transport::Protocol;
 use crate::metrics::{label, Label};
 
@@ -41,9 +41,20 @@ pub struct IngestCounters {
     /// PUBACKs and confirmations waiting for room in the MQTT client's
     /// request queue.
     pub outbox: Gauge,
+    /// Wall-clock ms at which the oldest message not yet committed (nor
+    /// acknowledged) arrived; 0 when none waits. `/health/ready` compares
+    /// its age with `[http] ready_max_lag_ms`.
+    pub oldest_pending_ms: Gauge,
+    /// 1 while the store takes writes (the last commit or health probe
+    /// succeeded), 0 after a failure.
+    pub store_writable: Gauge,
+    /// Batches whose watermark was beyond `[limits] max_future_ms` and was
+    /// clamped to it.
+    pub watermarks_clamped: Counter,
     batches: Family<Label, Counter>,
     connects: Family<Label, Counter>,
     refused: Family<Label, Counter>,
+    partials_refused: Family<Label, Counter>,
     /// 1 while connected, labelled with the protocol (`none` before
     /// ingest starts).
     connected: Family<Label, Gauge>,
@@ -59,6 +70,12 @@ impl Default for IngestCounters {
         for (_, name) in REFUSED {
             refused.get_or_create_owned(&label("reason", name));
         }
+        let partials_refused = Family::<Label, Counter>::default();
+        for (_, name) in PARTIAL_REFUSED {
+            partials_refused.get_or_create_owned(&label("reason", name));
+        }
+        let store_writable = Gauge::default();
+        store_writable.set(1);
         let connected = Family::<Label, Gauge>::default();
         connected.get_or_create_owned(&label("protocol", "none"));
         IngestCounters {
@@ -73,9 +90,13 @@ impl Default for IngestCounters {
             connects_failed: connects.get_or_create_owned(&label("result", "failed")),
             subscribed: Gauge::default(),
             outbox: Gauge::default(),
+            oldest_pending_ms: Gauge::default(),
+            store_writable,
+            watermarks_clamped: Counter::default(),
             batches,
             connects,
             refused,
+            partials_refused,
             connected,
             protocol: AtomicU8::new(0),
         }
@@ -102,6 +123,20 @@ impl IngestCounters {
     /// Counts a payload refused for `r`.
     pub(crate) fn refuse(&self, r: Refused) {
         self.refused.get_or_create(&label("reason", r.name())).inc();
+    }
+
+    /// Partials taken out of accepted batches for `r`.
+    pub fn partials_refused(&self, r: PartialRefused) -> u64 {
+        self.partials_refused
+            .get_or_create(&label("reason", r.name()))
+            .get()
+    }
+
+    /// Counts `n` partials taken out of a batch for `r`.
+    pub(crate) fn refuse_partials(&self, r: PartialRefused, n: usize) {
+        self.partials_refused
+            .get_or_create(&label("reason", r.name()))
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
     }
 
     /// 1 while connected to the broker, else 0.
@@ -163,6 +198,26 @@ impl IngestCounters {
             "tributary_collector_refused",
             "Payloads refused, by reason.",
             self.refused.clone(),
+        );
+        r.register(
+            "tributary_collector_partials_refused",
+            "Partials taken out of accepted batches, by reason (time_future: window starts beyond [limits] max_future_ms; time_past: before max_age_ms or at the ends of event time).",
+            self.partials_refused.clone(),
+        );
+        r.register(
+            "tributary_collector_watermarks_clamped",
+            "Batches whose watermark was beyond [limits] max_future_ms and was clamped to it.",
+            self.watermarks_clamped.clone(),
+        );
+        r.register(
+            "tributary_collector_ingest_oldest_pending_timestamp_ms",
+            "Wall-clock ms at which the oldest message not yet committed arrived (0: none waits).",
+            self.oldest_pending_ms.clone(),
+        );
+        r.register(
+            "tributary_collector_store_writable",
+            "1 while the store takes writes (the last commit or health probe succeeded), 0 after a failure.",
+            self.store_writable.clone(),
         );
         r.register(
             "tributary_collector_mqtt_connected",

@@ -10,10 +10,23 @@
 //! Valid batches are gathered into a [`group`] (bounded in count and time),
 //! applied in one store transaction, and only after the commit are their
 //! PUBACKs sent (in arrival order) and a [`Confirm`] published to each agent
-//! listing the sequences applied. If the commit fails nothing is
-//! acknowledged: the agent resends, and the store's de-duplication makes
-//! that harmless. This module is the async shell: it polls the connection,
-//! feeds the group and sends what the group says.
+//! listing the sequences applied. This module is the async shell: it polls
+//! the connection, feeds the group and sends what the group says.
+//!
+//! # Store faults
+//! If a commit fails (a full disk, a database that is down) nothing is
+//! acknowledged and the group is kept and committed again, with a backoff
+//! of 0.1 s doubling up to 5 s ([`STORE_BACKOFF`]) while the connection
+//! keeps being polled (keep-alive, and the broker's in-flight window: what
+//! it sends meanwhile joins the group). Dropping the group instead, as this
+//! did before issue #12, left its messages unacknowledged on a live
+//! connection: the broker resends only on a reconnect, so they held its
+//! in-flight window and ingest stopped for good. Once the store is back the
+//! group commits, in order, and nothing is lost or applied twice (batches a
+//! per-batch retry had already applied are duplicates). Each failure is
+//! counted (`tributary_collector_store_errors_total`), shown
+//! (`tributary_collector_store_writable` 0) and makes `/health/ready`
+//! answer 503 once the oldest uncommitted message is older than its bound.
 //!
 //! The topic carries the publisher's identity only as far as the broker
 //! enforces it: with authentication on, each agent logs in with its agent id
@@ -46,7 +59,7 @@ use tokio::time::Instant;
 use tributary_core::batch::{Batch, Confirm};
 use tributary_core::topic;
 
-pub use check::{check, Limits, Refused};
+pub use check::{check, Checked, Limits, PartialRefused, Refused};
 pub use config::{IngestConfig, LimitsConfig, MqttConfig, MQTT_PASSWORD_ENV};
 pub use metrics::IngestCounters;
 pub use transport::{Protocol, TlsOptions};
@@ -67,6 +80,11 @@ pub fn subscription(share_group: Option<&str>) -> String {
 
 /// First and longest wait before reconnecting after a failure.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
+
+/// First and longest wait before committing a group again after the store
+/// failed.
+pub const STORE_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(5));
 
 /// A connection that lasted this long resets the backoff; one lost sooner
 /// keeps doubling it (a broker that accepts and then drops the collector
@@ -106,6 +124,7 @@ pub async fn run<S: Ingest>(
         outbox: Outbox::default(),
         backoff,
         connected_at: None,
+        store_backoff: None,
     };
     let mut flush_at: Option<Instant> = None;
     let mut retry_at: Option<Instant> = None;
@@ -124,17 +143,17 @@ pub async fn run<S: Ingest>(
                     if shell.on_message(m) {
                         flush_at.get_or_insert_with(|| Instant::now() + shell.cfg.group_wait);
                     }
-                    if shell.group.valid() >= shell.cfg.group_batches {
-                        shell.commit().await;
-                        flush_at = None;
+                    // A full group commits at once, unless the store is
+                    // failing: then it waits for its retry.
+                    if shell.group.valid() >= shell.cfg.group_batches && shell.store_backoff.is_none() {
+                        flush_at = shell.commit().await;
                     }
                 }
                 Ok(ev) => shell.on_event(ev, &client),
                 Err(failure) => retry_at = Some(shell.on_failure(&failure)),
             },
             _ = tokio::time::sleep_until(flush_at.unwrap_or(far)), if flush_at.is_some() => {
-                shell.commit().await;
-                flush_at = None;
+                flush_at = shell.commit().await;
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or(far)), if retry_at.is_some() => {
                 retry_at = None;
@@ -145,7 +164,8 @@ pub async fn run<S: Ingest>(
         }
     }
     if !shell.group.is_empty() {
-        shell.commit().await;
+        // One last attempt; what fails stays unacknowledged for redelivery.
+        let _ = shell.commit().await;
     }
     shell.counters.set_connected(false);
     drain(&client, &mut conn, &mut shell.outbox).await;
@@ -190,6 +210,8 @@ struct Shell<S> {
     outbox: Outbox,
     backoff: Duration,
     connected_at: Option<Instant>,
+    /// The wait before the next commit attempt while the store fails.
+    store_backoff: Option<Duration>,
 }
 
 impl<S: Ingest> Shell<S> {
@@ -197,13 +219,18 @@ impl<S: Ingest> Shell<S> {
     /// joined it.
     fn on_message(&mut self, m: Message) -> bool {
         let size = m.payload.len();
+        let now = tributary_runtime::now_ms();
         let checked = match m.topic.as_deref() {
-            Some(t) => check(self.cfg.limits(), t, &m.payload),
+            Some(t) => check(self.cfg.limits(), t, &m.payload, now),
             None => Err((Refused::BadTopic, "the topic is not UTF-8".to_string())),
         };
+        if self.group.is_empty() {
+            self.counters.oldest_pending_ms.set(now);
+        }
         match checked {
-            Ok(batch) => {
-                self.group.push_valid(m.ack, batch, size);
+            Ok(c) => {
+                self.count_trimmed(&c);
+                self.group.push_valid(m.ack, c.batch, size);
                 true
             }
             Err((reason, why)) => {
@@ -211,9 +238,40 @@ impl<S: Ingest> Shell<S> {
                 self.counters.refuse(reason);
                 if let Some(ack) = self.group.push_refused(m.ack) {
                     self.outbox.push(Out::Ack(ack));
+                    self.counters.oldest_pending_ms.set(0);
                 }
                 false
             }
+        }
+    }
+
+    /// Counts and logs what the time check took out of a batch.
+    fn count_trimmed(&self, c: &Checked) {
+        let (b, counters) = (&c.batch, &self.counters);
+        for (reason, n) in [
+            (PartialRefused::TimeFuture, c.future),
+            (PartialRefused::TimePast, c.past),
+        ] {
+            if n > 0 {
+                tracing::warn!(
+                    agent = b.agent,
+                    seq = b.seq,
+                    n,
+                    reason = reason.name(),
+                    "partials outside the time bounds ([limits] max_future_ms, max_age_ms) refused"
+                );
+                counters.refuse_partials(reason, n);
+            }
+        }
+        if let Some(was) = c.clamped_watermark {
+            tracing::warn!(
+                agent = b.agent,
+                seq = b.seq,
+                watermark = was,
+                clamped = b.watermark,
+                "watermark beyond [limits] max_future_ms clamped"
+            );
+            counters.watermarks_clamped.inc();
         }
     }
 
@@ -292,25 +350,35 @@ impl<S: Ingest> Shell<S> {
     }
 
     /// Applies the group in one transaction, then queues its PUBACKs (in
-    /// arrival order) and the confirmations to its agents.
-    async fn commit(&mut self) {
-        let taken = self.group.take();
-        let outcomes = match apply(&self.store, taken.batches()).await {
+    /// arrival order) and the confirmations to its agents. If the store
+    /// fails the group is kept and the answer is when to try again.
+    async fn commit(&mut self) -> Option<Instant> {
+        let outcomes = match apply(&self.store, self.group.batches()).await {
             Ok(o) => o,
             Err(e) => {
+                let wait = self
+                    .store_backoff
+                    .map_or(STORE_BACKOFF.0, |b| (b * 2).min(STORE_BACKOFF.1));
+                self.store_backoff = Some(wait);
                 self.counters.store_errors.inc();
-                tracing::error!(error = %e, "store transaction failed; batches left unacknowledged for resend");
-                return;
+                self.counters.store_writable.set(0);
+                tracing::error!(error = %e, batches = self.group.valid(), retry_in = ?wait,
+                    "store transaction failed; the group stays unacknowledged and is committed again");
+                return Some(Instant::now() + wait);
             }
         };
-        let settled = taken.settle(&outcomes);
+        if self.store_backoff.take().is_some() {
+            tracing::info!("store transaction succeeded again; ingest resumes");
+        }
+        self.counters.store_writable.set(1);
+        self.counters.oldest_pending_ms.set(0);
+        let settled = self.group.take().settle(&outcomes);
         let (c, t) = (&self.counters, settled.tally);
         c.batches_new.inc_by(t.new);
         c.batches_duplicate.inc_by(t.duplicate);
         c.partials.inc_by(t.partials);
         c.readings.inc_by(t.readings);
         c.bytes.inc_by(t.bytes);
-        c.store_errors.inc_by(t.failed);
         for _ in 0..t.unmergeable {
             c.refuse(Refused::Unmergeable);
         }
@@ -323,13 +391,15 @@ impl<S: Ingest> Shell<S> {
                 payload: Confirm::new(agent.as_str(), seqs).encode(),
             });
         }
+        None
     }
 }
 
 /// Applies `batches` in one transaction. One batch that cannot merge (e.g.
 /// a quantum that differs from the stored window's) must not hold back the
 /// others: the group is then applied batch by batch, refusing only those
-/// that fail.
+/// that cannot merge. Any other error fails the whole group, to be applied
+/// again (batches applied one by one before it are then duplicates).
 async fn apply<S: Ingest>(store: &S, batches: &[Batch]) -> Result<Vec<Outcome>, StoreError> {
     let outcome = |a: Applied| match a {
         Applied::New => Outcome::New,
@@ -343,7 +413,10 @@ async fn apply<S: Ingest>(store: &S, batches: &[Batch]) -> Result<Vec<Outcome>, 
     let mut each = Vec::with_capacity(batches.len());
     for b in batches {
         each.push(match store.apply(std::slice::from_ref(b)).await {
-            Ok(a) => a.first().copied().map_or(Outcome::Failed, outcome),
+            Ok(a) => match a.first() {
+                Some(&a) => outcome(a),
+                None => return Err(StoreError::Task("no outcome for a batch".into())),
+            },
             Err(StoreError::Merge {
                 series,
                 window,
@@ -355,11 +428,7 @@ async fn apply<S: Ingest>(store: &S, batches: &[Batch]) -> Result<Vec<Outcome>, 
                     "batch refused: cannot merge into the stored window");
                 Outcome::Unmergeable
             }
-            Err(e) => {
-                tracing::error!(agent = b.agent, seq = b.seq, error = %e,
-                    "store transaction failed; batch left for resend");
-                Outcome::Failed
-            }
+            Err(e) => return Err(e),
         });
     }
     Ok(each)

@@ -156,13 +156,24 @@ pub(crate) fn plan<'a>(
         }
     }
     // Roll-ups: each row merged once into each coarser window containing it.
+    // A roll-up width that is not a multiple of the row's is skipped; a
+    // roll-up window that would not fit the range of event time (ingest
+    // refuses such partials first) fails the group like an overflow, never
+    // silently leaving the roll-up short.
     let mut rolled: Pending<'a> = Pending::new();
     for (&(id, _, _), (summary, window, series)) in &rows {
         for &width in rollups.iter().filter(|w| w.ms() > window.width().ms()) {
-            if let Ok(coarse) = window.coarsen(width) {
-                let key = (id, width.ms(), coarse.start());
-                merge_into(&mut rolled, key, summary, coarse, series)?;
-            }
+            let coarse = match window.coarsen(width) {
+                Ok(c) => c,
+                Err(tributary_core::window::WindowError::NotMultiple { .. }) => continue,
+                Err(_) => {
+                    return Err(merge_error(series, *window)(
+                        tributary_core::SummaryError::Overflow("roll-up window"),
+                    ))
+                }
+            };
+            let key = (id, width.ms(), coarse.start());
+            merge_into(&mut rolled, key, summary, coarse, series)?;
         }
     }
     for (key, (summary, window, series)) in rolled {
@@ -275,6 +286,27 @@ mod tests {
         assert_eq!(p.rows[2].summary, want);
         assert_eq!(p.watermarks, [("gw-1", 5), ("gw-2", 9)]);
         assert_eq!(p.reporters, [(1, "gw-1"), (1, "gw-2"), (2, "gw-2")]);
+    }
+
+    /// A row whose roll-up window would pass the end of event time fails
+    /// the plan (as unmergeable), instead of being left out of the roll-up.
+    #[test]
+    fn a_roll_up_past_the_range_of_event_time_fails_the_plan() {
+        let start = (i64::MIN / MIN + 1) * MIN;
+        let mut s = Summary::new(Quantum::new(-3).unwrap());
+        s.insert(start, 1).unwrap();
+        let p = Partial {
+            series: SeriesKey::new("t", "a", Default::default()).unwrap(),
+            window: Window::new(start, Width::new(MIN).unwrap()).unwrap(),
+            summary: s,
+        };
+        let group = [Batch::new("gw", 1, 0, vec![p])];
+        let fresh: Vec<&Batch> = group.iter().collect();
+        let hour = Width::new(HOUR).unwrap();
+        let err = plan(&fresh, &[hour], ids).unwrap_err();
+        assert!(matches!(err, StoreError::Merge { .. }), "{err}");
+        // Without the roll-up the row itself is fine.
+        assert_eq!(plan(&fresh, &[], ids).unwrap().rows.len(), 1);
     }
 
     #[test]

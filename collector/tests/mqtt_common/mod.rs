@@ -1,7 +1,9 @@
 //! Brokers and log capture for the ingest tests: mosquitto run with a
 //! config of the test's own (password file and ACL; a TLS listener with a
 //! certificate made by `openssl`), and the log lines of a test captured.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, dead_code)]
+
+pub(crate) mod harness;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

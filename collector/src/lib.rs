@@ -29,6 +29,8 @@
 //! - [`finality`] — when a window is final (`[finality]`), decided from the
 //!   store's progress.
 //! - [`metrics`] — the one `prometheus-client` registry of `/metrics`.
+//! - [`health`] — `/health/live` and `/health/ready` (store writable,
+//!   subscription granted, ingest lag bounded), and `/health`.
 //! - [`config`] — the whole file: loading, environment overrides and
 //!   validation; each section lives beside its component.
 //! - [`service`] — starts and stops ingest, sinks and the HTTP server as one
@@ -36,6 +38,7 @@
 
 pub mod config;
 pub mod finality;
+pub mod health;
 pub mod ingest;
 pub mod merge;
 pub mod metrics;

@@ -1,10 +1,11 @@
 //! The running collector: one store handle shared by MQTT ingest, the HTTP
-//! server (query API, dashboard, `/metrics`, `/health`) and the sinks, each
+//! server (query API, dashboard, `/metrics`, the health endpoints) and the sinks, each
 //! through its own role, started and stopped as one unit.
 //! `tributary-collector run`, the demo and the tests all start the
 //! collector through [`start`].
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::http::header;
@@ -13,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::health::{self, Health};
 use crate::ingest::{self, IngestCounters};
 use crate::query::api::{self, ApiState};
 use crate::query::dashboard::{self, DashboardOptions};
@@ -78,15 +80,40 @@ impl Running {
     }
 }
 
+/// Sets its flag to false when dropped: marks the end of the ingest task
+/// for `/health/live`.
+struct Ended(Arc<AtomicBool>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
 /// Starts ingest, the sinks and the HTTP server over `store`.
 pub async fn start<S: Store>(cfg: &Config, store: S) -> Result<Running, ServiceError> {
     let counters = Arc::new(IngestCounters::default());
     let (stop, stop_rx) = watch::channel(false);
-    let ingest = tokio::spawn(ingest::run(
-        cfg.mqtt.ingest(&cfg.limits),
+    let ingest_running = Arc::new(AtomicBool::new(true));
+    let running = Ended(ingest_running.clone());
+    let ingest = tokio::spawn({
+        let run = ingest::run(
+            cfg.mqtt.ingest(&cfg.limits),
+            store.clone(),
+            counters.clone(),
+            stop_rx.clone(),
+        );
+        async move {
+            // Dropped when ingest ends, also by a panic.
+            let _running = running;
+            run.await;
+        }
+    });
+    let health = health::router(Health::new(
         store.clone(),
         counters.clone(),
-        stop_rx.clone(),
+        ingest_running,
+        cfg.http.ready_max_lag_ms,
     ));
     let sinks = crate::sinks::start(
         &cfg.sinks,
@@ -101,6 +128,7 @@ pub async fn start<S: Store>(cfg: &Config, store: S) -> Result<Running, ServiceE
         token: cfg.http.token.clone(),
         finality: cfg.finality.rule(),
         max_points: cfg.http.max_points,
+        rollups_ms: cfg.rollups_ms.clone(),
     };
     let dashboard = dashboard::router(
         state.clone(),
@@ -124,7 +152,8 @@ pub async fn start<S: Store>(cfg: &Config, store: S) -> Result<Running, ServiceE
                 }
             }),
         )
-        .merge(dashboard);
+        .merge(dashboard)
+        .merge(health);
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
         .await
         .map_err(|source| ServiceError::Bind {

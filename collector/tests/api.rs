@@ -79,6 +79,7 @@ async fn app_with(dir: &tempfile::TempDir, token: Option<&str>, max_points: u64)
             idle_timeout_ms: i64::MAX,
         },
         max_points,
+        rollups_ms: vec![3_600_000],
     })
 }
 
@@ -285,7 +286,7 @@ async fn a_query_over_max_points_gets_a_400_naming_the_limit() {
 }
 
 #[tokio::test]
-async fn the_bearer_token_guards_the_api_but_not_health() {
+async fn the_bearer_token_guards_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let app = app(&dir, Some("s3cret")).await;
     let (s, v) = get(&app, "/api/v1/series", None).await;
@@ -295,7 +296,142 @@ async fn the_bearer_token_guards_the_api_but_not_health() {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     let (s, _) = get(&app, "/api/v1/series", Some("s3cret")).await;
     assert_eq!(s, StatusCode::OK);
-    let (s, v) = get(&app, "/health", None).await;
-    assert_eq!(s, StatusCode::OK);
-    assert_eq!(v["status"], "ok");
+}
+
+/// `GET uri` with the raw `Authorization` header `auth`: the status.
+async fn status_with(app: &axum::Router, uri: &str, auth: &str) -> StatusCode {
+    let req = Request::get(uri)
+        .header("authorization", auth)
+        .body(Body::empty())
+        .unwrap();
+    app.clone().oneshot(req).await.unwrap().status()
+}
+
+/// Authorization schemes are case-insensitive (RFC 9110 §11.1): `bearer`
+/// was refused. The token itself is compared exactly.
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&dir, Some("s3cret")).await;
+    for auth in [
+        "Bearer s3cret",
+        "bearer s3cret",
+        "BEARER s3cret",
+        "bEaReR  s3cret",
+    ] {
+        assert_eq!(
+            status_with(&app, "/api/v1/series", auth).await,
+            StatusCode::OK,
+            "{auth}"
+        );
+    }
+    for auth in [
+        "Basic s3cret",
+        "Bearer S3CRET",
+        "Bearer",
+        "Bearers3cret",
+        "s3cret",
+        "Bearer s3cret x",
+    ] {
+        assert_eq!(
+            status_with(&app, "/api/v1/series", auth).await,
+            StatusCode::UNAUTHORIZED,
+            "{auth}"
+        );
+    }
+}
+
+/// The points of the first result of `uri`: (t, count).
+async fn points(app: &axum::Router, uri: &str) -> Vec<(i64, u64)> {
+    let (s, v) = get(app, uri, None).await;
+    assert_eq!(s, StatusCode::OK, "{uri}: {v}");
+    v["results"][0]["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["t"].as_i64().unwrap(), p["count"].as_u64().unwrap()))
+        .collect()
+}
+
+/// Windows are answered at their own starts whatever the range: the ends
+/// of i64 answered points shifted off their alignment (and overflowed), and
+/// so did a `from` between two window starts.
+#[tokio::test]
+async fn any_range_answers_windows_exactly_aligned() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with(&dir, None, u64::MAX).await;
+    let d1 = |from: i64, to: i64, extra: &str| {
+        format!("/api/v1/query?metric=temperature&device=d1&from={from}&to={to}&width={MIN}&stats=count{extra}")
+    };
+    let want = [(T0, 4), (T0 + MIN, 1)];
+    assert_eq!(points(&app, &d1(i64::MIN, i64::MAX, "")).await, want);
+    assert_eq!(
+        points(&app, &d1(i64::MIN + 1, T0 + 2 * MIN, "")).await,
+        want
+    );
+    assert_eq!(points(&app, &d1(T0 - 30_000, i64::MAX, "")).await, want);
+    assert_eq!(points(&app, &d1(T0 - 1, T0 + 2 * MIN, "")).await, want);
+    // A window starting before `from` is not part of the answer.
+    assert_eq!(
+        points(&app, &d1(T0 + 1, T0 + 2 * MIN, "")).await,
+        [(T0 + MIN, 1)]
+    );
+    // Steps start at `from` rounded up to the width, and merge windows.
+    let two = format!("&step={}", 2 * MIN);
+    assert_eq!(
+        points(&app, &d1(T0 - 30_000, T0 + 2 * MIN, &two)).await,
+        [(T0, 5)]
+    );
+    assert_eq!(
+        points(
+            &app,
+            &d1(
+                i64::MIN,
+                i64::MAX,
+                &format!("&step={}", 3_600_000_000_000i64)
+            )
+        )
+        .await
+        .len(),
+        1
+    );
+    // The roll-up answers at its own alignment too.
+    let hour = format!(
+        "/api/v1/query?metric=temperature&device=d1&from={}&to={}&width=3600000&stats=count",
+        i64::MIN,
+        i64::MAX
+    );
+    assert_eq!(points(&app, &hour).await, [(T0, 5)]);
+}
+
+/// A width that holds no results (not a roll-up either) answered 200 with
+/// nothing; now a 400 naming `width` and the widths that are stored. A
+/// range in which no window of the width starts gets a 400 naming it.
+#[tokio::test]
+async fn widths_and_ranges_the_store_cannot_answer_get_a_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&dir, None).await;
+    let uri = format!(
+        "/api/v1/query?metric=temperature&from={T0}&to={}&width=120000",
+        T0 + 3_600_000
+    );
+    let (s, v) = get(&app, &uri, None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let msg = v["error"].as_str().unwrap();
+    for what in ["`width`", "120000", "60000", "3600000"] {
+        assert!(msg.contains(what), "{what}: {msg}");
+    }
+    let uri = format!(
+        "/api/v1/query?metric=temperature&from={}&to={}&width={MIN}",
+        T0 + 1,
+        T0 + 2
+    );
+    let (s, v) = get(&app, &uri, None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.contains("`from`") && msg.contains("`to`"), "{msg}");
+    // A roll-up width answers even where it holds nothing yet.
+    let uri = format!("/api/v1/query?metric=temperature&from=0&to=3600000&width=3600000");
+    let (s, v) = get(&app, &uri, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
 }

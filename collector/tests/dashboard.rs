@@ -141,6 +141,7 @@ impl Server {
                 idle_timeout_ms: i64::MAX,
             },
             max_points: DEFAULT_MAX_POINTS,
+            rollups_ms: vec![HOUR],
         };
         let queries = Arc::new(AtomicUsize::new(0));
         let counter = queries.clone();

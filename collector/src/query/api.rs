@@ -1,13 +1,19 @@
-//! The HTTP JSON query API (axum): `/api/v1/series`, `/api/v1/query` and
-//! `/health`, with an optional bearer token on `/api/*`.
+//! The HTTP JSON query API (axum): `/api/v1/series` and `/api/v1/query`,
+//! with an optional bearer token on `/api/*` (the health endpoints are
+//! [`crate::health`]'s).
 //!
 //! `/api/v1/series?tag.K=V&metric=M` lists series keys, filtered by tags.
 //!
 //! `/api/v1/query` parameters:
 //! - a selector: `metric=M` and any of `device=D`, `tag.K=V` (all must match);
-//! - `from`, `to` (ms, `[from, to)`), `width` (a stored width in ms: the
-//!   agents' window or a roll-up), `step` (ms, a multiple of `width`,
-//!   default `width`; coarser steps are merged on the fly);
+//! - `from`, `to` (ms, `[from, to)`, any `i64`), `width` (a stored width in
+//!   ms: the agents' window or a roll-up; another gets a `400` listing the
+//!   stored ones), `step` (ms, a multiple of `width`, default `width`;
+//!   coarser steps are merged on the fly). Points start at `from` rounded up
+//!   to the width, then every `step`, so each point is a whole number of
+//!   windows at their own alignment (give a `from` that is a multiple of
+//!   `step` to align the steps too); the arithmetic is exact for any range.
+//!   A range in which no window of the width starts gets a `400`;
 //! - `stats`: comma list of `count,sum,min,max,mean,stddev,first,last,pNN`
 //!   (default `count,mean,min,max`);
 //! - `group_by=K`: merge the selected series per value of tag `K`.
@@ -33,7 +39,7 @@ use tributary_core::{SeriesKey, Summary, Width};
 
 use super::stats::{self, Stat, StatValue};
 use crate::finality::Finality;
-use crate::store::Query as Store;
+use crate::store::{Query as Store, StoreError};
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -46,6 +52,38 @@ pub struct ApiState<S> {
     pub finality: Finality,
     /// The most points (series × steps) one query may ask for.
     pub max_points: u64,
+    /// The configured roll-up widths (ms): always answerable, stored
+    /// results or not.
+    pub rollups_ms: Vec<i64>,
+}
+
+/// Widths (ms) looked for in the store besides the configured roll-ups
+/// when naming the widths a query may ask for: the usual agent windows and
+/// roll-ups.
+pub const COMMON_WIDTHS_MS: [i64; 18] = [
+    1_000, 2_000, 5_000, 10_000, 15_000, 20_000, 30_000, 60_000, 120_000, 300_000, 600_000,
+    900_000, 1_800_000, 3_600_000, 7_200_000, 21_600_000, 43_200_000, 86_400_000,
+];
+
+/// The widths (ms) a query may ask for, sorted: the configured `rollups_ms`
+/// and every common width that holds stored results.
+pub async fn offered_widths<S: Store>(
+    store: &S,
+    rollups_ms: &[i64],
+) -> Result<Vec<i64>, StoreError> {
+    let mut widths: Vec<i64> = rollups_ms
+        .iter()
+        .copied()
+        .filter(|w| Width::new(*w).is_ok())
+        .collect();
+    let common: Vec<Width> = COMMON_WIDTHS_MS
+        .iter()
+        .filter_map(|&w| Width::new(w).ok())
+        .collect();
+    widths.extend(store.stored_widths(&common).await?.iter().map(|w| w.ms()));
+    widths.sort_unstable();
+    widths.dedup();
+    Ok(widths)
 }
 
 /// A JSON error response.
@@ -73,8 +111,22 @@ pub fn router<S: Store + Clone + 'static>(state: ApiState<S>) -> Router {
         .route("/api/v1/series", get(series::<S>))
         .route("/api/v1/query", get(query::<S>))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::<S>));
-    api.route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
-        .with_state(state)
+    api.with_state(state)
+}
+
+/// The token of an `Authorization` header value with the `Bearer` scheme,
+/// matched case-insensitively (RFC 9110 §11.1: auth schemes are).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' '))
+        .then_some(token)
+}
+
+/// Whether `a` equals `b`, in a time that depends on their lengths only
+/// (no early exit at the first difference to time the token by).
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 async fn auth<S: Clone>(State(st): State<ApiState<S>>, req: Request, next: Next) -> Response {
@@ -83,8 +135,8 @@ async fn auth<S: Clone>(State(st): State<ApiState<S>>, req: Request, next: Next)
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| t == token);
+            .and_then(bearer)
+            .is_some_and(|t| same(t, token));
         if !ok {
             return ApiError(
                 StatusCode::UNAUTHORIZED,
@@ -166,14 +218,27 @@ async fn query<S: Store + Clone + 'static>(
 
 /// A parsed query.
 struct Ask {
-    from: i64,
+    /// The first window start of `width` at or after the asked `from`: the
+    /// start of the first step.
+    first: i64,
     to: i64,
     width: Width,
     step: i64,
-    /// Steps in `[from, to)`.
+    /// Steps in `[first, to)`.
     steps: u64,
     stats: Vec<Stat>,
     group_by: Option<String>,
+}
+
+impl Ask {
+    /// The start of the step holding window start `start` (`first ≤ start
+    /// < to`); exact for any range, as the arithmetic is `i128`.
+    fn step_of(&self, start: i64) -> i64 {
+        let (first, step) = (i128::from(self.first), i128::from(self.step));
+        let bucket = first + (i128::from(start) - first).div_euclid(step) * step;
+        // first ≤ bucket ≤ start, so it fits; `first` is the safe answer.
+        i64::try_from(bucket).unwrap_or(self.first)
+    }
 }
 
 /// Parses a query's parameters.
@@ -194,11 +259,19 @@ fn parse(q: &HashMap<String, String>) -> Result<Ask, ApiError> {
             "`step` ({step}) must be a positive multiple of `width` ({width_ms})"
         )));
     }
-    // `to > from`, so the span is positive; it overflows only past i64.
-    let span = u64::try_from(i128::from(to) - i128::from(from)).unwrap_or(u64::MAX);
+    // `from` rounded up to the width, in i128: it may pass i64::MAX.
+    let w = i128::from(width_ms);
+    let first = (i128::from(from) + w - 1).div_euclid(w) * w;
+    let (Ok(first), true) = (i64::try_from(first), first < i128::from(to)) else {
+        return Err(bad(format!(
+            "no window of `width` {width_ms} ms starts in [`from`, `to`) = [{from}, {to})"
+        )));
+    };
+    // `to > first`, so the span is positive; it overflows only past u64.
+    let span = u64::try_from(i128::from(to) - i128::from(first)).unwrap_or(u64::MAX);
     let steps = span.div_ceil(step.unsigned_abs());
     Ok(Ask {
-        from,
+        first,
         to,
         width,
         step,
@@ -206,6 +279,31 @@ fn parse(q: &HashMap<String, String>) -> Result<Ask, ApiError> {
         stats: parse_stats(q.get("stats").map_or("count,mean,min,max", |s| s.as_str()))?,
         group_by: q.get("group_by").cloned(),
     })
+}
+
+/// The 400 of a width that holds no results and is no roll-up.
+async fn check_width<S: Store>(st: &ApiState<S>, width: Width) -> Result<(), ApiError> {
+    if st.rollups_ms.contains(&width.ms()) {
+        return Ok(());
+    }
+    if !st
+        .store
+        .stored_widths(&[width])
+        .await
+        .map_err(internal)?
+        .is_empty()
+    {
+        return Ok(());
+    }
+    let offered = offered_widths(&st.store, &st.rollups_ms)
+        .await
+        .map_err(internal)?;
+    let list: Vec<String> = offered.iter().map(i64::to_string).collect();
+    Err(bad(format!(
+        "`width`: no results are stored at {} ms; stored widths (ms): {}",
+        width.ms(),
+        list.join(", ")
+    )))
 }
 
 /// The 400 of a query asking for more than `max` points.
@@ -224,6 +322,7 @@ async fn answer<S: Store>(
     if ask.steps > st.max_points {
         return Err(too_many(1, ask.steps, st.max_points));
     }
+    check_width(st, ask.width).await?;
     let keys: Vec<SeriesKey> = st
         .store
         .series()
@@ -237,12 +336,12 @@ async fn answer<S: Store>(
         return Err(too_many(keys.len(), ask.steps, st.max_points));
     }
     let Ask {
-        from,
+        first,
         to,
         width,
         step,
-        stats,
-        group_by,
+        ref stats,
+        ref group_by,
         ..
     } = ask;
     let now = tributary_runtime::now_ms();
@@ -251,12 +350,12 @@ async fn answer<S: Store>(
     let progress = st.store.progress_of(&keys).await.map_err(internal)?;
     let windows = st
         .store
-        .windows_of(&keys, width, from, to)
+        .windows_of(&keys, width, first, to)
         .await
         .map_err(internal)?;
     for ((key, progress), windows) in keys.iter().zip(&progress).zip(windows) {
         let final_through = st.finality.final_through(progress, now);
-        let (label, ident) = match &group_by {
+        let (label, ident) = match group_by {
             Some(tag) => {
                 let v = key.tag(tag).unwrap_or("").to_string();
                 (v.clone(), json!({ tag.as_str(): v }))
@@ -267,7 +366,7 @@ async fn answer<S: Store>(
             .entry(label)
             .or_insert_with(|| (ident, BTreeMap::new()));
         for w in windows {
-            let bucket = from + (w.window.start() - from).div_euclid(step) * step;
+            let bucket = ask.step_of(w.window.start());
             let is_final = final_through.is_some_and(|f| bucket.saturating_add(step) <= f);
             match entry.1.get_mut(&bucket) {
                 Some(p) => {
@@ -290,7 +389,7 @@ async fn answer<S: Store>(
             }
         }
     }
-    let out = results(groups, group_by.is_some(), &stats);
+    let out = results(groups, group_by.is_some(), stats);
     Ok(Json(json!({ "step": step, "results": out })))
 }
 

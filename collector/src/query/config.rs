@@ -1,5 +1,6 @@
 //! The `[http]` section: where the query API, the dashboard, `/metrics` and
-//! `/health` listen, the API's token, and how much one query may do.
+//! the health endpoints listen, the API's token, how much one query may do,
+//! and how long ingest may lag before `/health/ready` says so.
 
 use serde::Deserialize;
 use tributary_runtime::config::Problems;
@@ -19,6 +20,9 @@ pub struct HttpConfig {
     /// `[from, to)` (default 2,000,000). A query over it is answered `400`
     /// naming the parameters and this limit.
     pub max_points: u64,
+    /// `/health/ready` answers 503 when the oldest message ingest received
+    /// has waited longer than this for its commit (ms; default 60,000).
+    pub ready_max_lag_ms: i64,
 }
 
 impl Default for HttpConfig {
@@ -27,6 +31,7 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".into(),
             token: None,
             max_points: DEFAULT_MAX_POINTS,
+            ready_max_lag_ms: 60_000,
         }
     }
 }
@@ -45,6 +50,9 @@ impl HttpConfig {
         }
         if self.max_points == 0 {
             p.bad("http.max_points", "must be > 0");
+        }
+        if self.ready_max_lag_ms <= 0 {
+            p.bad("http.ready_max_lag_ms", "must be > 0");
         }
     }
 }

@@ -22,7 +22,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use tributary_core::Width;
 
 use super::api::ApiState;
 use crate::store::Query as Store;
@@ -31,12 +30,7 @@ const INDEX_HTML: &str = include_str!("../../assets/index.html");
 const APP_JS: &str = include_str!("../../assets/app.js");
 const STYLE_CSS: &str = include_str!("../../assets/style.css");
 
-/// Widths (ms) the meta endpoint looks for in the store besides the
-/// configured roll-ups: the usual agent windows and roll-ups.
-pub const COMMON_WIDTHS_MS: [i64; 18] = [
-    1_000, 2_000, 5_000, 10_000, 15_000, 20_000, 30_000, 60_000, 120_000, 300_000, 600_000,
-    900_000, 1_800_000, 3_600_000, 7_200_000, 21_600_000, 43_200_000, 86_400_000,
-];
+pub use super::api::COMMON_WIDTHS_MS;
 
 /// What the dashboard is told about the collector.
 #[derive(Debug, Clone)]
@@ -96,27 +90,14 @@ fn page() -> Response {
 }
 
 async fn meta<S: Store + Clone + 'static>(State(d): State<Dash<S>>) -> Response {
-    let mut widths: Vec<i64> = d
-        .opts
-        .widths_ms
-        .iter()
-        .copied()
-        .filter(|w| Width::new(*w).is_ok())
-        .collect();
-    let common: Vec<Width> = COMMON_WIDTHS_MS
-        .iter()
-        .filter_map(|&w| Width::new(w).ok())
-        .collect();
-    match d.api.store.stored_widths(&common).await {
-        Ok(stored) => widths.extend(stored.iter().map(|w| w.ms())),
+    let widths = match super::api::offered_widths(&d.api.store, &d.opts.widths_ms).await {
+        Ok(w) => w,
         Err(e) => {
             tracing::error!(error = %e, "meta: reading widths failed");
             let body = Json(json!({ "error": format!("store: {e}") }));
             return (StatusCode::INTERNAL_SERVER_ERROR, body).into_response();
         }
-    }
-    widths.sort_unstable();
-    widths.dedup();
+    };
     Json(json!({
         "widths_ms": widths,
         "token_required": d.api.token.is_some(),

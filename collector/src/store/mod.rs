@@ -172,6 +172,10 @@ pub trait Ingest: Send + Sync {
     /// Applies `batches` in one transaction; the answer lists, per batch in
     /// order, whether it was new. On error nothing is applied.
     fn apply(&self, batches: &[Batch]) -> impl Future<Output = Answer<Vec<Applied>>> + Send;
+
+    /// Whether the store takes writes now: one small write transaction
+    /// (a row of `meta`) committed the way ingest commits, for readiness.
+    fn probe(&self) -> impl Future<Output = Answer<()>> + Send;
 }
 
 /// Reading results and progress (the query API's and dashboard's role).

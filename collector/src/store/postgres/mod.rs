@@ -173,6 +173,18 @@ impl Ingest for PostgresStore {
         }
         apply::apply(&mut self.client().await?, batches, &self.rollups).await
     }
+
+    async fn probe(&self) -> Answer<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('health_probe', $1) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&tributary_runtime::now_ms()],
+            )
+            .await?;
+        Ok(())
+    }
 }
 
 impl Query for PostgresStore {

@@ -57,6 +57,22 @@ impl Writer {
         })
     }
 
+    /// Commits one small write (the `health_probe` row of `meta`) the way
+    /// [`Writer::apply`] commits: fails when the database cannot be written
+    /// (a full disk, a lock held elsewhere, a read-only file).
+    pub(super) fn probe(&mut self) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('health_probe', ?1) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [tributary_runtime::now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Applies `batches` in one transaction (see [`crate::merge`]). One
     /// function on purpose: it is the transaction's steps in order, numbered
     /// as in the design note, and every step borrows the transaction.

@@ -108,6 +108,10 @@ impl Ingest for SqliteStore {
         let batches = batches.to_vec();
         self.write(move |w| w.apply(&batches))
     }
+
+    fn probe(&self) -> impl Future<Output = Answer<()>> + Send {
+        self.write(|w| w.probe())
+    }
 }
 
 impl Query for SqliteStore {

@@ -1,0 +1,212 @@
+//! Faults of the store under a running collector (issue #12), with the
+//! real parts: a mosquitto, a third-party client (`rumqttc`) playing an
+//! agent, the whole collector service over SQLite on a small tmpfs that the
+//! test fills up — a real full disk.
+//!
+//! While the disk is full every commit fails: ingest retries with a backoff
+//! (not a hot loop), acknowledges nothing, `/health/ready` says 503 naming
+//! the store and the ingest lag while `/health/live` stays 200. Once space
+//! is freed ingest resumes by itself: every batch — also those behind the
+//! broker's in-flight window, which a dropped group used to hold for good —
+//! is applied exactly once and confirmed.
+//!
+//! Mounting a tmpfs needs root (as the CI and the tests' PostgreSQL setup
+//! run); the test fails with a clear message otherwise.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod mqtt_common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mqtt_common::harness::{subscribed, Agent};
+use serde_json::Value;
+use tributary_collector::config::Config;
+use tributary_collector::service;
+use tributary_collector::store::prelude::*;
+use tributary_collector::store::sqlite::SqliteStore;
+use tributary_core::batch::{Batch, Encoding, Partial};
+use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+use tributary_testkit::{Mosquitto, MosquittoOptions};
+
+const MIN: i64 = 60_000;
+
+/// A tmpfs of `size` mounted on a temp dir, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("the `mount` program");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs (needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the file system with a file of zeros; returns its path.
+    fn fill(&self) -> PathBuf {
+        let path = self.path().join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        for chunk in [1 << 20, 4096, 512] {
+            let zeros = vec![0u8; chunk];
+            while f.write_all(&zeros).is_ok() {}
+        }
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Batch `seq` of agent `agent-f`: one reading `1000 + seq` in minute `w`.
+fn batch(w: i64, seq: u64) -> Batch {
+    let mut s = Summary::new(Quantum::new(-3).unwrap());
+    s.insert(w + seq as i64, 1000 + seq as i64).unwrap();
+    let partial = Partial {
+        series: SeriesKey::new("temperature", "dev-1", Default::default()).unwrap(),
+        window: Window::new(w, Width::new(MIN).unwrap()).unwrap(),
+        summary: s,
+    };
+    Batch::new("agent-f", seq, w, vec![partial])
+}
+
+/// `GET path` on the collector: the status and the JSON body.
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, Value) {
+    // reqwest is built without a TLS provider of its own (plain HTTP here).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let resp = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, serde_json::from_str(&resp.text().await.unwrap()).unwrap())
+}
+
+/// Waits until `cond` holds (up to `secs`), polling.
+async fn wait_until(secs: u64, what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stalls_ingest_visibly_and_it_resumes_with_nothing_lost_or_doubled() {
+    const N: u64 = 60;
+    let fs = Tmpfs::mount("16m");
+    let store = SqliteStore::open(&fs.path().join("collector.db"), &[3_600_000]).unwrap();
+    // mosquitto's default in-flight window (20): more than that many
+    // batches wait behind the failing group.
+    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
+    let cfg = Config::from_toml(&format!(
+        "[mqtt]\nport = {}\nclient_id = \"collector-faults\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\nready_max_lag_ms = 1000\n",
+        broker.port()
+    ))
+    .unwrap();
+    let running = service::start(&cfg, store.clone()).await.unwrap();
+    let http = running.http_addr();
+    let counters = running.counters().clone();
+    let agent = Agent::connect("agent-f", broker.port(), None);
+    subscribed(&counters).await;
+    wait_until(10, "ready", async || get(http, "/health/ready").await.0 == 200).await;
+
+    let w = (now_ms() - 3_600_000) / MIN * MIN;
+    agent.publish(batch(w, 0).encode(Encoding::Json));
+    assert_eq!(agent.confirmed(1).await, [0]);
+
+    // The disk fills up; the batches behind keep coming.
+    let filler = fs.fill();
+    for seq in 1..=N {
+        agent.publish(batch(w, seq).encode(Encoding::Binary));
+    }
+    wait_until(10, "a commit failed", async || counters.store_errors.get() >= 1).await;
+    let first_failure = Instant::now();
+    wait_until(20, "five commits failed", async || counters.store_errors.get() >= 5).await;
+    // Backoff 0.1 + 0.2 + 0.4 + 0.8 s between the first five attempts: a
+    // hot loop would have made them in milliseconds.
+    let took = first_failure.elapsed();
+    assert!(took >= Duration::from_millis(1200), "5 attempts in {took:?}");
+    assert_eq!(counters.store_writable.get(), 0);
+    wait_until(10, "readiness reports the lag", async || {
+        let (status, body) = get(http, "/health/ready").await;
+        status == 503 && body["checks"]["ingest_lag"]["ok"] == false
+    })
+    .await;
+    let (status, body) = get(http, "/health/ready").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(body["checks"]["store"]["ok"], false, "{body}");
+    assert!(body["checks"]["store"]["error"].is_string(), "{body}");
+    assert_eq!(body["checks"]["subscription"]["ok"], true, "{body}");
+    let (status, body) = get(http, "/health/live").await;
+    assert_eq!((status, &body["status"]), (200, &Value::from("ok")));
+    let (status, _) = get(http, "/health").await;
+    assert_eq!(status, 200, "/health answers as before");
+    let metrics = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("tributary_collector_store_writable 0"), "{metrics}");
+    assert_eq!(agent.confirmed(1).await.len(), 1, "nothing confirmed while failing");
+    assert_eq!(counters.batches_new.get(), 1);
+
+    // Space comes back: ingest resumes by itself.
+    std::fs::remove_file(filler).unwrap();
+    let seqs = agent.confirmed(N as usize + 1).await;
+    assert_eq!(
+        seqs.iter().copied().collect::<BTreeSet<_>>(),
+        (0..=N).collect(),
+        "every batch confirmed\n{}",
+        counters.render()
+    );
+    assert_eq!(seqs.len(), N as usize + 1, "each confirmed once");
+    assert_eq!(counters.batches_new.get(), N + 1);
+    assert_eq!(counters.batches_duplicate.get(), 0);
+    // Nothing lost, nothing doubled: the stored minute (and its hour) is
+    // exactly the summary of the N + 1 readings.
+    let mut want = Summary::new(Quantum::new(-3).unwrap());
+    for seq in 0..=N {
+        want.insert(w + seq as i64, 1000 + seq as i64).unwrap();
+    }
+    let series = store.series().await.unwrap();
+    for width in [MIN, 3_600_000] {
+        let rows = store
+            .windows_of(&series, Width::new(width).unwrap(), i64::MIN, i64::MAX)
+            .await
+            .unwrap();
+        let got: Vec<&Summary> = rows.iter().flatten().map(|r| &r.summary).collect();
+        assert_eq!(got, [&want], "width {width}");
+    }
+    wait_until(10, "ready again", async || get(http, "/health/ready").await.0 == 200).await;
+    assert_eq!(counters.store_writable.get(), 1);
+    running.stop().await.unwrap();
+    let _ = agent.client.disconnect();
+}

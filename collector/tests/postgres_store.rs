@@ -376,3 +376,18 @@ async fn instances_racing_on_the_same_windows_lose_no_update() {
     let followed: BTreeMap<(String, i64), Summary> = followed.into_iter().collect();
     assert_eq!(followed, stored);
 }
+
+/// The readiness probe writes: it answers while the server runs, and fails
+/// (promptly) once the server is stopped.
+#[tokio::test]
+async fn the_write_probe_fails_when_the_server_is_down() {
+    let mut pg = Postgres::start(ServerOptions::default()).unwrap();
+    let (_, store) = fresh(&pg, "probe").await;
+    store.probe().await.unwrap();
+    store.probe().await.unwrap();
+    pg.stop();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), store.probe())
+        .await
+        .expect("the probe answers");
+    assert!(answer.is_err(), "a stopped server takes no write");
+}

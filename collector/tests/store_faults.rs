@@ -103,7 +103,10 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, Value) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let resp = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
     let status = resp.status().as_u16();
-    (status, serde_json::from_str(&resp.text().await.unwrap()).unwrap())
+    (
+        status,
+        serde_json::from_str(&resp.text().await.unwrap()).unwrap(),
+    )
 }
 
 /// Waits until `cond` holds (up to `secs`), polling.
@@ -134,7 +137,10 @@ async fn a_full_disk_stalls_ingest_visibly_and_it_resumes_with_nothing_lost_or_d
     let counters = running.counters().clone();
     let agent = Agent::connect("agent-f", broker.port(), None);
     subscribed(&counters).await;
-    wait_until(10, "ready", async || get(http, "/health/ready").await.0 == 200).await;
+    wait_until(10, "ready", async || {
+        get(http, "/health/ready").await.0 == 200
+    })
+    .await;
 
     let w = (now_ms() - 3_600_000) / MIN * MIN;
     agent.publish(batch(w, 0).encode(Encoding::Json));
@@ -145,13 +151,22 @@ async fn a_full_disk_stalls_ingest_visibly_and_it_resumes_with_nothing_lost_or_d
     for seq in 1..=N {
         agent.publish(batch(w, seq).encode(Encoding::Binary));
     }
-    wait_until(10, "a commit failed", async || counters.store_errors.get() >= 1).await;
+    wait_until(10, "a commit failed", async || {
+        counters.store_errors.get() >= 1
+    })
+    .await;
     let first_failure = Instant::now();
-    wait_until(20, "five commits failed", async || counters.store_errors.get() >= 5).await;
+    wait_until(20, "five commits failed", async || {
+        counters.store_errors.get() >= 5
+    })
+    .await;
     // Backoff 0.1 + 0.2 + 0.4 + 0.8 s between the first five attempts: a
     // hot loop would have made them in milliseconds.
     let took = first_failure.elapsed();
-    assert!(took >= Duration::from_millis(1200), "5 attempts in {took:?}");
+    assert!(
+        took >= Duration::from_millis(1200),
+        "5 attempts in {took:?}"
+    );
     assert_eq!(counters.store_writable.get(), 0);
     wait_until(10, "readiness reports the lag", async || {
         let (status, body) = get(http, "/health/ready").await;
@@ -174,8 +189,15 @@ async fn a_full_disk_stalls_ingest_visibly_and_it_resumes_with_nothing_lost_or_d
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("tributary_collector_store_writable 0"), "{metrics}");
-    assert_eq!(agent.confirmed(1).await.len(), 1, "nothing confirmed while failing");
+    assert!(
+        metrics.contains("tributary_collector_store_writable 0"),
+        "{metrics}"
+    );
+    assert_eq!(
+        agent.confirmed(1).await.len(),
+        1,
+        "nothing confirmed while failing"
+    );
     assert_eq!(counters.batches_new.get(), 1);
 
     // Space comes back: ingest resumes by itself.
@@ -205,7 +227,10 @@ async fn a_full_disk_stalls_ingest_visibly_and_it_resumes_with_nothing_lost_or_d
         let got: Vec<&Summary> = rows.iter().flatten().map(|r| &r.summary).collect();
         assert_eq!(got, [&want], "width {width}");
     }
-    wait_until(10, "ready again", async || get(http, "/health/ready").await.0 == 200).await;
+    wait_until(10, "ready again", async || {
+        get(http, "/health/ready").await.0 == 200
+    })
+    .await;
     assert_eq!(counters.store_writable.get(), 1);
     running.stop().await.unwrap();
     let _ = agent.client.disconnect();

@@ -44,6 +44,9 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// cost at most one write a second.
 const PROBE_REUSE: Duration = Duration::from_secs(1);
 
+/// The last store probe: when, and why it failed (`None`: writable).
+type LastProbe = Option<(Instant, Option<String>)>;
+
 /// What the health endpoints look at.
 #[derive(Debug, Clone)]
 pub struct Health<S> {
@@ -57,7 +60,7 @@ pub struct Health<S> {
     /// The longest a received message may wait for its commit (ms).
     pub max_lag_ms: i64,
     /// The last probe: when, and its error if it failed.
-    probe: Arc<Mutex<Option<(Instant, Option<String>)>>>,
+    probe: Arc<Mutex<LastProbe>>,
 }
 
 impl<S: Ingest + Clone + 'static> Health<S> {

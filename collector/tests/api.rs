@@ -431,7 +431,7 @@ async fn widths_and_ranges_the_store_cannot_answer_get_a_400() {
     let msg = v["error"].as_str().unwrap();
     assert!(msg.contains("`from`") && msg.contains("`to`"), "{msg}");
     // A roll-up width answers even where it holds nothing yet.
-    let uri = format!("/api/v1/query?metric=temperature&from=0&to=3600000&width=3600000");
-    let (s, v) = get(&app, &uri, None).await;
+    let uri = "/api/v1/query?metric=temperature&from=0&to=3600000&width=3600000";
+    let (s, v) = get(&app, uri, None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
 }

@@ -64,13 +64,26 @@ fn rejected(agent: &AgentHandle, reason: &str) -> f64 {
     )
 }
 
-/// A device publishing QoS 1 messages of any size to the broker.
-fn device(port: u16) -> Client {
-    let mut o = MqttOptions::new(format!("device-{}", fastrand::u32(..)), "127.0.0.1", port);
-    o.set_max_packet_size(128 << 20, 128 << 20);
-    let (client, mut conn) = Client::new(o, 100);
-    std::thread::spawn(move || for _ in conn.iter() {});
-    client
+/// Publishes `payloads` at QoS 1, in order, on device `device`'s readings
+/// topic, as a device with a client of its own that sends any size.
+async fn publish(port: u16, device: &str, payloads: Vec<Vec<u8>>) {
+    let t = topic::readings(device);
+    tokio::task::spawn_blocking(move || {
+        let mut o = MqttOptions::new(format!("device-{}", fastrand::u32(..)), "127.0.0.1", port);
+        o.set_max_packet_size(128 << 20, 128 << 20);
+        let (client, mut conn) = Client::new(o, 100);
+        std::thread::spawn(move || for _ in conn.iter() {});
+        for p in payloads {
+            client.publish(&t, QoS::AtLeastOnce, false, p).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// A JSON reading of metric `temp`.
+fn reading(time: i64, value: i64) -> Vec<u8> {
+    format!(r#"{{"v":1,"metric":"temp","time":{time},"value":{value}}}"#).into_bytes()
 }
 
 /// Waits until `cond` holds (up to `secs`), polling.
@@ -96,26 +109,9 @@ async fn oversized_messages_are_consumed_counted_and_never_stall_the_readings_be
     let port = broker.port();
     let now = now_ms();
     let started = Instant::now();
-    tokio::task::spawn_blocking(move || {
-        let client = device(port);
-        let t = topic::readings("big");
-        for size in [1 << 20, 64 << 20] {
-            client
-                .publish(&t, QoS::AtLeastOnce, false, vec![b' '; size])
-                .unwrap();
-        }
-        for i in 0..20 {
-            let reading = format!(
-                r#"{{"v":1,"metric":"temp","time":{},"value":{i}}}"#,
-                now + i
-            );
-            client
-                .publish(&t, QoS::AtLeastOnce, false, reading)
-                .unwrap();
-        }
-    })
-    .await
-    .unwrap();
+    let mut payloads: Vec<Vec<u8>> = vec![vec![b' '; 1 << 20], vec![b' '; 64 << 20]];
+    payloads.extend((0..20).map(|i| reading(now + i, i)));
+    publish(port, "big", payloads).await;
     wait(
         20,
         "the readings behind the oversized messages are accepted",
@@ -143,14 +139,7 @@ async fn oversized_messages_are_consumed_counted_and_never_stall_the_readings_be
     // A marker published now arrives after any redelivery (one session, in
     // order), so once it is accepted nothing more can come.
     let again = self::agent(dir.path(), &broker, &[]).await;
-    tokio::task::spawn_blocking(move || {
-        let reading = format!(r#"{{"v":1,"metric":"temp","time":{now},"value":7}}"#);
-        device(port)
-            .publish(topic::readings("big"), QoS::AtLeastOnce, false, reading)
-            .unwrap();
-    })
-    .await
-    .unwrap();
+    publish(port, "big", vec![reading(now, 7)]).await;
     wait(20, "the marker is accepted", || {
         again.metrics().readings_accepted.get() == 1
     })
@@ -183,31 +172,22 @@ async fn readings_outside_the_time_bounds_are_refused_and_move_no_watermark() {
     let port = broker.port();
     let now = now_ms();
     const YEAR: i64 = 366 * 86_400_000;
-    tokio::task::spawn_blocking(move || {
-        let client = device(port);
-        let t = topic::readings("clocky");
-        let one = |time: i64, value: i64| {
-            format!(r#"{{"v":1,"metric":"temp","time":{time},"value":{value}}}"#)
-        };
-        for time in [now + YEAR, i64::MAX, i64::MAX - 59_999] {
-            client.publish(&t, QoS::AtLeastOnce, false, one(time, 1)).unwrap();
-        }
-        for time in [now - 10 * YEAR, i64::MIN, i64::MIN + 1] {
-            client.publish(&t, QoS::AtLeastOnce, false, one(time, 1)).unwrap();
-        }
-        // A batch mixing good and bad times: the good ones apply.
-        let batch = format!(
+    let mut payloads: Vec<Vec<u8>> = [now + YEAR, i64::MAX, i64::MAX - 59_999]
+        .into_iter()
+        .chain([now - 10 * YEAR, i64::MIN, i64::MIN + 1])
+        .map(|time| reading(time, 1))
+        .collect();
+    // A batch mixing good and bad times: the good ones apply.
+    payloads.push(
+        format!(
             r#"{{"v":1,"readings":[{{"metric":"temp","time":{},"value":2}},{{"metric":"temp","time":{},"value":3}}]}}"#,
             now,
             now + YEAR
-        );
-        client.publish(&t, QoS::AtLeastOnce, false, batch).unwrap();
-        for i in 0..10 {
-            client.publish(&t, QoS::AtLeastOnce, false, one(now + i, i)).unwrap();
-        }
-    })
-    .await
-    .unwrap();
+        )
+        .into_bytes(),
+    );
+    payloads.extend((0..10).map(|i| reading(now + i, i)));
+    publish(port, "clocky", payloads).await;
     wait(20, "the good readings are accepted", || {
         agent.metrics().readings_accepted.get() >= 11
     })
@@ -241,25 +221,16 @@ async fn json_nested_10000_deep_is_malformed() {
     let agent = agent(dir.path(), &broker, &[]).await;
     let port = broker.port();
     let now = now_ms();
-    tokio::task::spawn_blocking(move || {
-        let client = device(port);
-        let t = topic::readings("deep");
-        let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
-        let objects = format!("{}1{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
-        let payloads = [
-            deep.clone(),
-            format!(r#"{{"v":1,"metric":"t","time":{now},"value":1,"x":{objects}}}"#),
-            format!(r#"{{"v":1,"boot":1,"seq":1,"readings":{deep}}}"#),
-            format!(r#"{{"v":1,"metric":"t","time":{now},"value":1,"tags":{objects}}}"#),
-        ];
-        for p in payloads {
-            client.publish(&t, QoS::AtLeastOnce, false, p).unwrap();
-        }
-        let good = format!(r#"{{"v":1,"metric":"t","time":{now},"value":5}}"#);
-        client.publish(&t, QoS::AtLeastOnce, false, good).unwrap();
-    })
-    .await
-    .unwrap();
+    let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+    let objects = format!("{}1{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
+    let payloads = [
+        deep.clone(),
+        format!(r#"{{"v":1,"metric":"t","time":{now},"value":1,"x":{objects}}}"#),
+        format!(r#"{{"v":1,"boot":1,"seq":1,"readings":{deep}}}"#),
+        format!(r#"{{"v":1,"metric":"t","time":{now},"value":1,"tags":{objects}}}"#),
+        format!(r#"{{"v":1,"metric":"t","time":{now},"value":5}}"#),
+    ];
+    publish(port, "deep", payloads.map(String::into_bytes).to_vec()).await;
     wait(20, "the reading behind is accepted", || {
         agent.metrics().readings_accepted.get() == 1
     })

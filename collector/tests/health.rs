@@ -5,6 +5,8 @@
 //! it is ready.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod mqtt_common;
+
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -13,17 +15,7 @@ use tributary_collector::service;
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_testkit::{free_port, Mosquitto, MosquittoOptions};
 
-/// `GET path` on the collector: the status and the JSON body.
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, Value) {
-    // reqwest is built without a TLS provider of its own (plain HTTP here).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let resp = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
-    let status = resp.status().as_u16();
-    (
-        status,
-        serde_json::from_str(&resp.text().await.unwrap()).unwrap(),
-    )
-}
+use mqtt_common::harness::{get_json as get, metrics_text};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_only_when_subscribed_and_alive_throughout() {
@@ -69,12 +61,7 @@ async fn ready_only_when_subscribed_and_alive_throughout() {
         assert!(Instant::now() < deadline, "never ready: {body}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let metrics = reqwest::get(format!("http://{http}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(http).await;
     for line in [
         "tributary_collector_store_writable 1",
         "tributary_collector_mqtt_subscribed 1",

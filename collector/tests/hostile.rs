@@ -12,7 +12,7 @@ mod mqtt_common;
 
 use std::collections::BTreeSet;
 
-use mqtt_common::harness::{subscribed, Agent, Collector};
+use mqtt_common::harness::{now_ms, subscribed, Agent, Collector};
 use tributary_collector::ingest::{IngestConfig, Refused};
 use tributary_collector::store::prelude::*;
 use tributary_core::batch::{Batch, Encoding, Partial};
@@ -22,13 +22,6 @@ use tributary_testkit::{Mosquitto, MosquittoOptions};
 const MIN: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
 const YEAR: i64 = 366 * 86_400_000;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 /// A partial of the test series: one reading `v` at the start of the
 /// minute starting at `start`.
@@ -125,29 +118,20 @@ async fn hostile_batches_are_refused_by_reason_and_never_stall_ingest() {
     );
     // Stored: the three good minutes, their hour, and a watermark no
     // further ahead than the bound (10 minutes by default).
-    let series = collector.store.series().await.unwrap();
-    let minutes = collector
-        .store
-        .windows_of(&series, Width::new(MIN).unwrap(), i64::MIN, i64::MAX)
-        .await
-        .unwrap();
-    let starts: Vec<(i64, u64)> = minutes
-        .iter()
-        .flatten()
-        .map(|s| (s.window.start(), s.summary.count()))
-        .collect();
-    assert_eq!(starts, [(w, 1), (w + MIN, 1), (w + 2 * MIN, 1)]);
-    let hours = collector
-        .store
-        .windows_of(&series, Width::new(HOUR).unwrap(), i64::MIN, i64::MAX)
-        .await
-        .unwrap();
-    let hours: Vec<(i64, u64)> = hours
-        .iter()
-        .flatten()
-        .map(|s| (s.window.start(), s.summary.count()))
-        .collect();
-    assert_eq!(hours, [(w, 3)]);
+    let store = &collector.store;
+    let stored = |width: i64| async move {
+        let series = store.series().await.unwrap();
+        let rows = store
+            .windows_of(&series, Width::new(width).unwrap(), i64::MIN, i64::MAX)
+            .await
+            .unwrap();
+        rows.iter()
+            .flatten()
+            .map(|s| (s.window.start(), s.summary.count()))
+            .collect::<Vec<(i64, u64)>>()
+    };
+    assert_eq!(stored(MIN).await, [(w, 1), (w + MIN, 1), (w + 2 * MIN, 1)]);
+    assert_eq!(stored(HOUR).await, [(w, 3)]);
     let watermarks = collector.store.watermarks().await.unwrap();
     assert_eq!(watermarks.len(), 1);
     let (agent_id, wm) = &watermarks[0];

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mqtt_common::harness::{subscribed, Agent};
+use mqtt_common::harness::{get_json as get, metrics_text, now_ms, subscribed, Agent};
 use serde_json::Value;
 use tributary_collector::config::Config;
 use tributary_collector::service;
@@ -78,13 +78,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// Batch `seq` of agent `agent-f`: one reading `1000 + seq` in minute `w`.
 fn batch(w: i64, seq: u64) -> Batch {
     let mut s = Summary::new(Quantum::new(-3).unwrap());
@@ -95,18 +88,6 @@ fn batch(w: i64, seq: u64) -> Batch {
         summary: s,
     };
     Batch::new("agent-f", seq, w, vec![partial])
-}
-
-/// `GET path` on the collector: the status and the JSON body.
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, Value) {
-    // reqwest is built without a TLS provider of its own (plain HTTP here).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let resp = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
-    let status = resp.status().as_u16();
-    (
-        status,
-        serde_json::from_str(&resp.text().await.unwrap()).unwrap(),
-    )
 }
 
 /// Waits until `cond` holds (up to `secs`), polling.
@@ -183,12 +164,7 @@ async fn a_full_disk_stalls_ingest_visibly_and_it_resumes_with_nothing_lost_or_d
     assert_eq!((status, &body["status"]), (200, &Value::from("ok")));
     let (status, _) = get(http, "/health").await;
     assert_eq!(status, 200, "/health answers as before");
-    let metrics = reqwest::get(format!("http://{http}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(http).await;
     assert!(
         metrics.contains("tributary_collector_store_writable 0"),
         "{metrics}"

@@ -26,11 +26,14 @@
 
 pub mod bounds;
 pub mod config;
+mod series;
 
 use tributary_core::{Quantum, SeriesKey, Summary, SummaryError, Width, Window};
 
 pub use bounds::{TimeBounds, TimeRefused};
 pub use config::WindowConfig;
+use series::Open;
+pub use series::SeriesState;
 
 /// Why the windower refused a reading or a summary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -63,66 +66,6 @@ pub struct Inserted {
 pub type SeriesId = u32;
 /// Index of a source (device) in the windower.
 pub type SourceId = u32;
-
-#[derive(Debug, Clone)]
-struct Open {
-    start: i64,
-    summary: Summary,
-    dirty: bool,
-}
-
-/// One series' windowing state.
-#[derive(Debug, Clone)]
-pub struct SeriesState {
-    key: SeriesKey,
-    quantum: Quantum,
-    source: SourceId,
-    open: Vec<Open>,
-    closed_before: i64,
-    closed_before_dirty: bool,
-    late: Vec<(i64, Summary)>,
-    deleted: Vec<i64>,
-    dirty: bool,
-}
-
-impl SeriesState {
-    /// The series key.
-    pub fn key(&self) -> &SeriesKey {
-        &self.key
-    }
-    /// The series' quantum.
-    pub fn quantum(&self) -> Quantum {
-        self.quantum
-    }
-
-    /// The open window starting at `start`, opened (empty) if need be. The
-    /// newest is the usual one (the hot path: one reading after another),
-    /// so it is tried first, inline.
-    #[inline]
-    fn open_at(&mut self, start: i64) -> &mut Open {
-        match self.open.len().checked_sub(1) {
-            Some(last) if self.open[last].start == start => &mut self.open[last],
-            _ => self.open_older(start),
-        }
-    }
-
-    /// [`SeriesState::open_at`] for a window other than the newest.
-    #[inline(never)]
-    fn open_older(&mut self, start: i64) -> &mut Open {
-        let pos = self.open.partition_point(|o| o.start < start);
-        if self.open.get(pos).is_none_or(|o| o.start != start) {
-            self.open.insert(
-                pos,
-                Open {
-                    start,
-                    summary: Summary::new(self.quantum),
-                    dirty: false,
-                },
-            );
-        }
-        &mut self.open[pos]
-    }
-}
 
 #[derive(Debug, Clone)]
 struct SourceState {

@@ -1,6 +1,7 @@
-//! The ingest tests' parts: one ingest task on its own SQLite store, and a
+//! The ingest tests' parts: one ingest task on its own SQLite store, a
 //! test client playing an agent (publishes batches, collects the
-//! confirmations sent to it).
+//! confirmations sent to it), the wall clock, and a JSON `GET` on a
+//! running collector.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -154,4 +155,35 @@ pub(crate) async fn subscribed(c: &IngestCounters) {
     }
     assert_eq!(c.connected(), 1, "{}", c.render());
     assert_eq!(c.subscribed.get(), 1, "{}", c.render());
+}
+
+/// The wall clock (ms since the Unix epoch).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// `GET path` on a collector's HTTP server: the status and the JSON body.
+pub(crate) async fn get_json(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    // reqwest is built without a TLS provider of its own (plain HTTP here).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let resp = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    let status = resp.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&resp.text().await.unwrap()).unwrap(),
+    )
+}
+
+/// A collector's `/metrics` text.
+pub(crate) async fn metrics_text(addr: std::net::SocketAddr) -> String {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }

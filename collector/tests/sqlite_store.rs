@@ -400,7 +400,7 @@ async fn a_query_held_open_does_not_delay_an_ingest_commit() {
     store.apply(&batches[..5]).await.unwrap();
     let (held_tx, held_rx) = mpsc::channel::<i64>();
     let (release_tx, release_rx) = mpsc::channel::<()>();
-    let count = "SELECT count(*) FROM applied";
+    let count = "SELECT coalesce(sum(batches), 0) FROM incarnations";
     let held = tokio::spawn(store.read(move |c| {
         c.execute_batch("BEGIN")?;
         let before: i64 = c.query_row(count, [], |r| r.get(0))?;

@@ -135,7 +135,7 @@ fn batches_name_the_incarnation_and_where_the_unconfirmed_begin() {
     }
     commit(&mut st, &c, u64::MAX);
     let ours = st.incarnation();
-    let mut form = |st: &mut Store, n: usize| -> Vec<(u64, u64)> {
+    let form = |st: &mut Store, n: usize| -> Vec<(u64, u64)> {
         st.form_batches("gw", 0, n, Encoding::Binary)
             .unwrap()
             .iter()

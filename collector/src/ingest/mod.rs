@@ -10,17 +10,24 @@
 //! Valid batches are gathered into a [`group`] (bounded in count and time),
 //! applied in one store transaction, and only after the commit are their
 //! PUBACKs sent (in arrival order) and a [`Confirm`] published to each agent
-//! listing the sequences applied. If the commit fails nothing is
+//! incarnation listing the sequences applied. An agent incarnation seen for
+//! the first time is logged and counted (`incarnations_total`; another
+//! incarnation of a known agent with a warning), and the readings agents
+//! report dropped in their new batches are counted per agent
+//! (`agent_dropped_readings_total`; durably, per incarnation, in the store). If the commit fails nothing is
 //! acknowledged: the agent resends, and the store's de-duplication makes
 //! that harmless. This module is the async shell: it polls the connection,
 //! feeds the group and sends what the group says.
 //!
 //! The topic carries the publisher's identity only as far as the broker
-//! enforces it: with authentication on, each agent logs in with its agent id
-//! as user name and an ACL lets it publish only on its own topic (see
-//! `config/multi-instance/`), so "batch agent == topic agent" also proves
-//! the publishing client's identity. MQTT does not tell a subscriber who
-//! published a message, so the collector cannot check more than that.
+//! enforces it: with authentication on — the production default — each
+//! agent logs in with its agent id as user name and an ACL lets it publish
+//! only on its own topic (see `config/multi-instance/`), so "batch agent ==
+//! topic agent" also proves the publishing client's identity. MQTT does not
+//! tell a subscriber who published a message, so the collector can check
+//! no more than that a batch's identity could be the topic agent's
+//! ([`check`]); without per-agent credentials anyone who can publish can
+//! impersonate an agent.
 //!
 //! A refused login (wrong user name or password) or a lost connection is
 //! logged, counted (`tributary_collector_mqtt_connects_total`) and retried
@@ -48,11 +55,11 @@ use tributary_core::topic;
 
 pub use check::{check, Limits, Refused};
 pub use config::{IngestConfig, LimitsConfig, MqttConfig, MQTT_PASSWORD_ENV};
-pub use metrics::IngestCounters;
+pub use metrics::{IngestCounters, MAX_AGENT_LABELS, OTHER_AGENTS};
 pub use transport::{Protocol, TlsOptions};
 pub use tributary_runtime::config::Password;
 
-use crate::store::{Applied, Ingest, StoreError};
+use crate::store::{Applied, Ingest, NewIncarnation, StoreError};
 use group::{Group, Outcome};
 use transport::{AckToken, Client, Connection, Event, Failure, Message, Out, Outbox};
 
@@ -295,7 +302,7 @@ impl<S: Ingest> Shell<S> {
     /// arrival order) and the confirmations to its agents.
     async fn commit(&mut self) {
         let taken = self.group.take();
-        let outcomes = match apply(&self.store, taken.batches()).await {
+        let (outcomes, incarnations) = match apply(&self.store, taken.batches()).await {
             Ok(o) => o,
             Err(e) => {
                 self.counters.store_errors.inc();
@@ -314,36 +321,56 @@ impl<S: Ingest> Shell<S> {
         for _ in 0..t.unmergeable {
             c.refuse(Refused::Unmergeable);
         }
+        for (agent, n) in &settled.dropped {
+            c.add_dropped(agent, *n);
+        }
+        for new in incarnations {
+            c.new_incarnation(new.known_agent);
+            if new.known_agent {
+                tracing::warn!(agent = new.agent, incarnation = %new.incarnation,
+                    "another incarnation of a known agent: its database was replaced, or a second gateway runs with its agent id");
+            } else {
+                tracing::info!(agent = new.agent, incarnation = %new.incarnation, "first batch of a new agent");
+            }
+        }
         for a in settled.acks {
             self.outbox.push(Out::Ack(a));
         }
-        for (agent, seqs) in settled.confirms {
+        for ((agent, incarnation), seqs) in settled.confirms {
             self.outbox.push(Out::Publish {
                 topic: topic::acks(&agent),
-                payload: Confirm::new(agent.as_str(), seqs).encode(),
+                payload: Confirm::new(agent.as_str(), incarnation, seqs).encode(),
             });
         }
     }
 }
 
-/// Applies `batches` in one transaction. One batch that cannot merge (e.g.
+/// Applies `batches` in one transaction; the outcome of each, and the agent
+/// incarnations seen for the first time. One batch that cannot merge (e.g.
 /// a quantum that differs from the stored window's) must not hold back the
 /// others: the group is then applied batch by batch, refusing only those
 /// that fail.
-async fn apply<S: Ingest>(store: &S, batches: &[Batch]) -> Result<Vec<Outcome>, StoreError> {
+async fn apply<S: Ingest>(
+    store: &S,
+    batches: &[Batch],
+) -> Result<(Vec<Outcome>, Vec<NewIncarnation>), StoreError> {
     let outcome = |a: Applied| match a {
         Applied::New => Outcome::New,
         Applied::Duplicate => Outcome::Duplicate,
     };
-    match store.apply(batches).await {
-        Ok(applied) => return Ok(applied.into_iter().map(outcome).collect()),
+    match store.apply_report(batches).await {
+        Ok(r) => return Ok((r.applied.into_iter().map(outcome).collect(), r.incarnations)),
         Err(StoreError::Merge { .. }) => {}
         Err(e) => return Err(e),
     }
     let mut each = Vec::with_capacity(batches.len());
+    let mut incarnations = Vec::new();
     for b in batches {
-        each.push(match store.apply(std::slice::from_ref(b)).await {
-            Ok(a) => a.first().copied().map_or(Outcome::Failed, outcome),
+        each.push(match store.apply_report(std::slice::from_ref(b)).await {
+            Ok(mut r) => {
+                incarnations.append(&mut r.incarnations);
+                r.applied.first().copied().map_or(Outcome::Failed, outcome)
+            }
             Err(StoreError::Merge {
                 series,
                 window,
@@ -362,5 +389,5 @@ async fn apply<S: Ingest>(store: &S, batches: &[Batch]) -> Result<Vec<Outcome>, 
             }
         });
     }
-    Ok(each)
+    Ok((each, incarnations))
 }

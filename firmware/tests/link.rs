@@ -402,23 +402,25 @@ fn the_device_accepts_acks_and_time_syncs_and_counts_every_other_kind() {
     assert_eq!(link.stats().corrupt_frames, 3, "Hello, Summary, Reading");
 }
 
+/// A one-reading Summary frame `seq` over the `seq`-th second.
+fn nth_frame(seq: u32) -> Message {
+    Message::Summary(summary_frame(seq, u64::from(seq) * 1_000, 1_000, &[1]))
+}
+
+/// Feeds the link an Ack of frame `seq` of boot 1.
+fn ack<const R: usize>(link: &mut Link<R, 64>, seq: u32) {
+    let mut buf = [0u8; MAX_FRAME];
+    let n = encode(&Message::Ack(Ack { boot: 1, seq }), &mut buf).unwrap();
+    link.receive(&buf[..n], |_| {});
+}
+
 #[test]
 fn first_unacked_is_the_oldest_waiting_frame_or_the_next_sequence() {
     let send_all = |link: &mut Link<4, 64>| link.poll(0, &mut |_: &[u8]| {});
-    let ack = |link: &mut Link<4, 64>, seq: u32| {
-        let mut buf = [0u8; MAX_FRAME];
-        let n = encode(&Message::Ack(Ack { boot: 1, seq }), &mut buf).unwrap();
-        link.receive(&buf[..n], |_| {});
-    };
     let mut link = Link::<4, 64>::new(500);
     assert_eq!(link.first_unacked(0), 0, "nothing queued: the next frame");
     for seq in 0..4 {
-        link.enqueue(Message::Summary(summary_frame(
-            seq,
-            u64::from(seq) * 1_000,
-            1_000,
-            &[1],
-        )));
+        link.enqueue(nth_frame(seq));
     }
     send_all(&mut link);
     assert_eq!(link.first_unacked(4), 0);
@@ -433,12 +435,7 @@ fn first_unacked_is_the_oldest_waiting_frame_or_the_next_sequence() {
     // A ring full of sent frames drops its oldest: the device gives it up,
     // and says so.
     for seq in 4..9 {
-        link.enqueue(Message::Summary(summary_frame(
-            seq,
-            u64::from(seq) * 1_000,
-            1_000,
-            &[1],
-        )));
+        link.enqueue(nth_frame(seq));
         send_all(&mut link);
     }
     assert_eq!(link.stats().dropped_readings, 1);
@@ -447,23 +444,14 @@ fn first_unacked_is_the_oldest_waiting_frame_or_the_next_sequence() {
     // Merged frames: the later one's sequence is never sent.
     let mut link = Link::<3, 64>::new(500).with_window(1);
     for seq in 10..13 {
-        link.enqueue(Message::Summary(summary_frame(
-            seq,
-            u64::from(seq) * 1_000,
-            1_000,
-            &[1],
-        )));
+        link.enqueue(nth_frame(seq));
     }
-    let mut wire = Vec::new();
-    link.poll(0, &mut |b: &[u8]| wire.extend_from_slice(b));
-    link.enqueue(Message::Summary(summary_frame(13, 13_000, 1_000, &[1])));
+    link.poll(0, &mut |_: &[u8]| {});
+    link.enqueue(nth_frame(13));
     assert_eq!(link.stats().coarsened, 1, "12 merged into 11");
-    let mut buf = [0u8; MAX_FRAME];
-    let n = encode(&Message::Ack(Ack { boot: 1, seq: 10 }), &mut buf).unwrap();
-    link.receive(&buf[..n], |_| {});
+    ack(&mut link, 10);
     assert_eq!(link.first_unacked(14), 11);
-    let n = encode(&Message::Ack(Ack { boot: 1, seq: 11 }), &mut buf).unwrap();
-    link.receive(&buf[..n], |_| {});
+    ack(&mut link, 11);
     assert_eq!(link.first_unacked(14), 13, "12 went with 11");
 }
 

@@ -408,6 +408,7 @@ fn nth_frame(seq: u32) -> Message {
 }
 
 /// Feeds the link an Ack of frame `seq` of boot 1.
+#[allow(clippy::unwrap_used)] // a test helper: a failure is a test failure
 fn ack<const R: usize>(link: &mut Link<R, 64>, seq: u32) {
     let mut buf = [0u8; MAX_FRAME];
     let n = encode(&Message::Ack(Ack { boot: 1, seq }), &mut buf).unwrap();

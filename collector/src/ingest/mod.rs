@@ -378,13 +378,13 @@ async fn apply<S: Ingest>(
             }) => {
                 // Confirmed so the agent stops resending what can never
                 // apply; logged and counted, never silent.
-                tracing::warn!(agent = b.agent, seq = b.seq, %series, %window, error = %source,
-                    "batch refused: cannot merge into the stored window");
+                tracing::warn!(agent = b.agent, incarnation = %b.incarnation, seq = b.seq, %series,
+                    %window, error = %source, "batch refused: cannot merge into the stored window");
                 Outcome::Unmergeable
             }
             Err(e) => {
-                tracing::error!(agent = b.agent, seq = b.seq, error = %e,
-                    "store transaction failed; batch left for resend");
+                tracing::error!(agent = b.agent, incarnation = %b.incarnation, seq = b.seq,
+                    error = %e, "store transaction failed; batch left for resend");
                 Outcome::Failed
             }
         });

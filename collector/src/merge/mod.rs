@@ -5,14 +5,14 @@
 //! # Design
 //! A backend's `apply` runs, in one transaction:
 //! 1. **lock the senders** — the agent incarnations of the group, each
-//!    once, sorted ([`senders::senders`]) — and read their marks;
+//!    once, sorted (`senders::senders`) — and read their marks;
 //! 2. **claim** the group's (agent, incarnation, seq) keys at or above their
-//!    sender's mark ([`senders::claim_keys`]: each once, sorted — the order
+//!    sender's mark (`senders::claim_keys`: each once, sorted — the order
 //!    PostgreSQL locks them in) and learn which were new;
-//! 3. **dedupe** ([`senders::dedupe`]): per batch in order, new or
+//! 3. **dedupe** (`senders::dedupe`): per batch in order, new or
 //!    duplicate; a second copy of a key in the same group is a duplicate;
 //!    then **advance** each sender's mark and forget the keys below it
-//!    ([`senders::advance`]; the memory stays small, see [`senders`]);
+//!    (`senders::advance`; the memory stays small, see `senders.rs`);
 //! 4. **plan** ([`plan`]): the new batches' partials merged per result row
 //!    (series id, width, start), plus every row's roll-ups — one merge per
 //!    row and coarser width, not per partial — and the agents' highest

@@ -28,7 +28,7 @@
 //! - **Bounded de-duplication memory.** Per agent incarnation the store
 //!   keeps a mark below which every batch is applied (or was confirmed to
 //!   its agent and is never sent again) and only the keys applied above it
-//!   ([`crate::merge::senders`]); replays of keys pruned long ago are still
+//!   (`merge/senders.rs`); replays of keys pruned long ago are still
 //!   recognised. The incarnation's batches and dropped readings are counted
 //!   in the same transaction as the batches ([`Query::agents`]).
 //! - **Order independence.** Results are merged with [`Summary::merge`],

@@ -11,7 +11,7 @@
 //!   dropped_readings, first_seen_ms, last_seen_ms)` — one row per agent
 //!   incarnation (16 hex digits): its de-duplication mark, its batches and
 //!   the readings it reported dropped; its row lock orders the work on the
-//!   agent's keys (version 4, [`crate::merge::senders`]);
+//!   agent's keys (version 4, `merge/senders.rs`);
 //! - `applied(agent, incarnation, seq)` — the de-duplication keys at or
 //!   above their incarnation's mark, primary key (version 4);
 //! - `series(id, key)` — series keys as canonical JSON (`COLLATE "C"`, so

@@ -16,7 +16,7 @@
 //! cleared whenever another connection has written (`PRAGMA data_version`).
 //!
 //! Files: [`schema`] (tables, migrations), [`apply`] (the writer and its
-//! transaction), [`senders`] (its de-duplication marks), [`query`],
+//! transaction), `senders` (its de-duplication marks), [`query`],
 //! [`feed`] (change feed, parked rows, cursors), [`leases`].
 
 mod apply;

@@ -5,7 +5,7 @@
 //!   dropped_readings, first_seen_ms, last_seen_ms)` — one row per agent
 //!   incarnation (16 hex digits): its de-duplication mark (every batch
 //!   sequence below it applied), its batches and the readings it reported
-//!   dropped ([`crate::merge::senders`]);
+//!   dropped (`merge/senders.rs`);
 //! - `applied(agent, incarnation, seq)` — the de-duplication keys at or
 //!   above their incarnation's mark, primary key;
 //! - `series(id, key)` — series keys as canonical JSON, unique;

@@ -67,6 +67,10 @@ impl Agent {
         let (tx, rx) = mpsc::channel::<Input>(1024);
         let (batches_tx, batches) = mpsc::unbounded_channel();
         let (connected, connected_rx) = watch::channel(false);
+        // The store first: the uplink confirms only this database's
+        // incarnation.
+        let store = Store::open(&config.db_path(), &config.store, &config.outbox)?;
+        let incarnation = store.incarnation();
         // Set up before anything starts, so a bad CA file stops the start.
         let uplink = if config.uplink.enabled {
             let ch = uplink::Channels {
@@ -76,6 +80,7 @@ impl Agent {
             };
             Some(Uplink::new(
                 &config.agent_id,
+                incarnation,
                 &config.uplink,
                 ch,
                 metrics.clone(),
@@ -102,7 +107,7 @@ impl Agent {
             batches_tx,
             connected_rx,
         );
-        let engine_done = start_engine(&config, outbound, metrics.clone(), rx)?;
+        let engine_done = start_engine(&config, store, outbound, metrics.clone(), rx)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         if !config.http.listen.is_empty() {
@@ -117,7 +122,7 @@ impl Agent {
         }
         let (serial, sims) = spawn_devices(&config, &tx, &metrics, &shutdown_rx);
         tasks.extend(serial);
-        tracing::info!(agent = config.agent_id, "agent started");
+        tracing::info!(agent = config.agent_id, %incarnation, "agent started");
         Ok(AgentHandle {
             metrics,
             engine: tx,
@@ -165,14 +170,14 @@ fn spawn_devices(
     (serial, sims)
 }
 
-/// Opens the store and runs the engine on a thread of its own.
+/// Runs the engine over `store` on a thread of its own.
 fn start_engine(
     config: &Config,
+    store: Store,
     outbound: Outbound,
     metrics: Arc<Metrics>,
     rx: mpsc::Receiver<Input>,
 ) -> Result<oneshot::Receiver<Result<(), StoreError>>, AgentError> {
-    let store = Store::open(&config.db_path(), &config.store, &config.outbox)?;
     let engine = Engine::open(Parts {
         store,
         window: &config.window,

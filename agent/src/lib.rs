@@ -22,16 +22,18 @@
 //!   devices.
 //! - [`link`] — what devices send and the per-device state to apply it once:
 //!   the [`link::json`] readings format, clock mapping ([`link::clock`]),
-//!   frame de-duplication ([`link::dedupe`]), device boots ([`link::device`]).
+//!   frame de-duplication from where each boot's Hello says its
+//!   unacknowledged frames begin ([`link::dedupe`]), device boots
+//!   ([`link::device`]).
 //! - [`engine`] — the single owner of state: the loop that group-commits,
 //!   the registry of series with the global tags ([`engine::tags`]) and
 //!   `[limits]`, device and readings input, the commit, and forming batches
 //!   for the uplink; acknowledges only after the commit.
 //! - [`window`] — event-time windows, watermarks, lateness and revisions; a
 //!   plain synchronous state machine (`[window]`).
-//! - [`store`] — SQLite (WAL): schema, load, commit, batches, and the
-//!   [`store::outbox`] that coarsens and drops at its byte limit (`[store]`,
-//!   `[outbox]`).
+//! - [`store`] — SQLite (WAL): schema, load, commit, batches (named by the
+//!   database's [`store::incarnation`]), and the [`store::outbox`] that
+//!   coarsens and drops at its byte limit (`[store]`, `[outbox]`).
 //! - [`uplink`] — batches to the upstream broker, deleted on the collector's
 //!   confirmation: [`uplink::state`] is the protocol state, a sync struct,
 //!   the rest its async shell (`[uplink]`).

@@ -13,16 +13,17 @@
 //!   ack group, a sync struct: what to acknowledge and confirm after a
 //!   commit), `config` (`[mqtt]`, `[limits]`), `metrics`; `mod.rs` is the
 //!   thin async loop.
-//! - [`merge`] — de-duplication outcomes, merging a group's partials per
-//!   row, roll-ups, folding a delta into a stored row: written once, used by
-//!   both backends.
+//! - [`merge`] — de-duplication (`senders`: per agent incarnation a mark
+//!   and the few keys above it), merging a group's partials per row,
+//!   roll-ups, folding a delta into a stored row: written once, used by both
+//!   backends.
 //! - [`store`] — the role traits ([`store::Ingest`], [`store::Query`],
 //!   [`store::Feed`], [`store::Leases`]; [`store::Store`] is all of them),
 //!   `config` (`[store]`), and the backends [`store::sqlite`] (the embedded
 //!   default: one writer, a pool of readers) and [`store::postgres`] (shared
 //!   by many instances), which hold only their SQL.
-//! - [`query`] — the HTTP JSON API (`api`), the statistics a summary is
-//!   rendered as (`stats`), the dashboard page (`dashboard`, assets in
+//! - [`query`] — the HTTP JSON API (`api`; its agents listing `agents`),
+//!   the statistics a summary is rendered as (`stats`), the dashboard page (`dashboard`, assets in
 //!   `collector/assets/`), `config` (`[http]`).
 //! - [`sinks`] — push final windows and their revisions to InfluxDB or a
 //!   JSON webhook, following the store's change feed from a durable cursor.

@@ -306,7 +306,7 @@ async fn the_example_broker_enforces_logins_and_acls_and_shares_batches() {
         topic::acks("gw-2"),
         QoS::AtLeastOnce,
         false,
-        Confirm::new("gw-2", vec![98]).encode(),
+        Confirm::new("gw-2", Default::default(), vec![98]).encode(),
     )
     .unwrap();
 

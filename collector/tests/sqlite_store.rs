@@ -400,7 +400,7 @@ async fn a_query_held_open_does_not_delay_an_ingest_commit() {
     store.apply(&batches[..5]).await.unwrap();
     let (held_tx, held_rx) = mpsc::channel::<i64>();
     let (release_tx, release_rx) = mpsc::channel::<()>();
-    let count = "SELECT count(*) FROM applied";
+    let count = "SELECT coalesce(sum(batches), 0) FROM incarnations";
     let held = tokio::spawn(store.read(move |c| {
         c.execute_batch("BEGIN")?;
         let before: i64 = c.query_row(count, [], |r| r.get(0))?;
@@ -436,4 +436,24 @@ async fn a_query_held_open_does_not_delay_an_ingest_commit() {
     release_tx.send(()).unwrap();
     let still = held.await.unwrap().unwrap();
     assert_eq!(still, before, "the held query kept its snapshot");
+}
+
+/// The identity contract: a re-provisioned agent's new incarnation is
+/// applied, and a long run keeps the de-duplication memory bounded (rows of
+/// `applied`, counted in SQL) while every replay is recognised.
+#[tokio::test]
+async fn a_new_incarnation_applies_and_the_dedupe_memory_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, "a.db");
+    store_common::identity::check_new_incarnation(&store).await;
+    let store = open(&dir, "long.db");
+    let rows = || {
+        store.read(|c| {
+            Ok(c.query_row("SELECT count(*) FROM applied", [], |r| r.get::<_, i64>(0))? as u64)
+        })
+    };
+    let started = std::time::Instant::now();
+    store_common::identity::check_bounded_dedupe(&store, || async { rows().await.unwrap() }, 1000)
+        .await;
+    println!("1000 rounds in {:?}", started.elapsed());
 }

@@ -204,6 +204,18 @@ impl<const R: usize, const RX: usize, const P: usize> Link<R, RX, P> {
         self.slots.len()
     }
 
+    /// Where this boot's unacknowledged frames begin, for a Hello's
+    /// `first_unacked`: the sequence of the oldest frame waiting for an ack
+    /// (sent or not), or `next` — the sequence the next frame will get
+    /// ([`crate::Aggregator::next_seq`]) — when none waits. Every frame
+    /// below it was acked, dropped from the full ring or merged into an
+    /// older one, and is never sent again. (The ring holds frames in the
+    /// order they were queued, which is their sequence order; a merge keeps
+    /// the older frame's sequence.)
+    pub fn first_unacked(&self, next: u32) -> u32 {
+        self.slots.first().map_or(next, |s| s.seq)
+    }
+
     /// Bytes of the pool the waiting frames take.
     pub fn pool_used(&self) -> usize {
         self.used

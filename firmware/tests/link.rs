@@ -366,6 +366,7 @@ fn the_device_accepts_acks_and_time_syncs_and_counts_every_other_kind() {
     let hello = tributary_core::frame::Hello {
         device: "dev-1".try_into().unwrap(),
         boot: 1,
+        first_unacked: 7,
         firmware: "test".try_into().unwrap(),
         window_ms: 1_000,
         tick: 0,
@@ -399,6 +400,60 @@ fn the_device_accepts_acks_and_time_syncs_and_counts_every_other_kind() {
     assert_eq!(link.pending(), 0, "the Ack released its frame");
     assert_eq!(link.pool_used(), 0);
     assert_eq!(link.stats().corrupt_frames, 3, "Hello, Summary, Reading");
+}
+
+/// A one-reading Summary frame `seq` over the `seq`-th second.
+fn nth_frame(seq: u32) -> Message {
+    Message::Summary(summary_frame(seq, u64::from(seq) * 1_000, 1_000, &[1]))
+}
+
+/// Feeds the link an Ack of frame `seq` of boot 1.
+#[allow(clippy::unwrap_used)] // a test helper: a failure is a test failure
+fn ack<const R: usize>(link: &mut Link<R, 64>, seq: u32) {
+    let mut buf = [0u8; MAX_FRAME];
+    let n = encode(&Message::Ack(Ack { boot: 1, seq }), &mut buf).unwrap();
+    link.receive(&buf[..n], |_| {});
+}
+
+#[test]
+fn first_unacked_is_the_oldest_waiting_frame_or_the_next_sequence() {
+    let send_all = |link: &mut Link<4, 64>| link.poll(0, &mut |_: &[u8]| {});
+    let mut link = Link::<4, 64>::new(500);
+    assert_eq!(link.first_unacked(0), 0, "nothing queued: the next frame");
+    for seq in 0..4 {
+        link.enqueue(nth_frame(seq));
+    }
+    send_all(&mut link);
+    assert_eq!(link.first_unacked(4), 0);
+    // Acks of later frames leave the oldest waiting.
+    ack(&mut link, 2);
+    ack(&mut link, 1);
+    assert_eq!(link.first_unacked(4), 0);
+    ack(&mut link, 0);
+    assert_eq!(link.first_unacked(4), 3);
+    ack(&mut link, 3);
+    assert_eq!(link.first_unacked(4), 4, "all acked: the next frame");
+    // A ring full of sent frames drops its oldest: the device gives it up,
+    // and says so.
+    for seq in 4..9 {
+        link.enqueue(nth_frame(seq));
+        send_all(&mut link);
+    }
+    assert_eq!(link.stats().dropped_readings, 1);
+    assert_eq!(link.first_unacked(9), 5);
+
+    // Merged frames: the later one's sequence is never sent.
+    let mut link = Link::<3, 64>::new(500).with_window(1);
+    for seq in 10..13 {
+        link.enqueue(nth_frame(seq));
+    }
+    link.poll(0, &mut |_: &[u8]| {});
+    link.enqueue(nth_frame(13));
+    assert_eq!(link.stats().coarsened, 1, "12 merged into 11");
+    ack(&mut link, 10);
+    assert_eq!(link.first_unacked(14), 11);
+    ack(&mut link, 11);
+    assert_eq!(link.first_unacked(14), 13, "12 went with 11");
 }
 
 /// Runs two channels through an outage of the gateway (nothing comes back

@@ -1,9 +1,20 @@
 //! Agent → collector batches of partial aggregates, and the collector's
 //! confirmations (DESIGN §4, §5).
 //!
-//! A [`Batch`] is identified by (agent, seq); the collector applies each
-//! identity once and then publishes a [`Confirm`] listing the sequences it has
-//! durably applied, after which the agent may delete them from its outbox.
+//! A [`Batch`] is identified by (agent, incarnation, seq): the
+//! [`Incarnation`] names the agent database that numbered it, so an agent
+//! whose database is lost or replaced — and that starts again at seq 1 — is
+//! a new sender, not a replay of the old one. The collector applies each
+//! identity once and then publishes a [`Confirm`] naming the incarnation and
+//! listing the sequences it has durably applied, after which the agent may
+//! delete them from its outbox (a Confirm of another incarnation releases
+//! nothing).
+//!
+//! A batch also says where its agent's unconfirmed batches begin
+//! ([`Batch::first_unconfirmed`]): every sequence of the incarnation below
+//! it was confirmed to the agent and will never be sent again. That lets the
+//! collector keep, per incarnation, a high-water mark and the few sequences
+//! applied above it instead of every key it ever applied (DESIGN §4).
 //!
 //! Two encodings carry the same structure:
 //! - JSON (`serde_json`), the default, readable with any MQTT tool; it is an
@@ -24,7 +35,9 @@
 //! (OpenTelemetry's buckets), where version 1 indexed the tick count v. The
 //! two layouts are offset by a fraction of a bucket, so no conversion is
 //! exact: a version-1 batch is refused with [`BatchError::TickIndexed`],
-//! never merged into version-2 results.
+//! never merged into version-2 results. Version 2 also carries the identity
+//! fields `incarnation` and `first_unconfirmed` (issue #12; version 2 had not
+//! shipped without them), and a [`Confirm`] its `incarnation`.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -32,6 +45,7 @@ use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::incarnation::{Incarnation, IncarnationError};
 use crate::series::{validate_id, KeyError, SeriesKey};
 use crate::summary::Summary;
 use crate::window::Window;
@@ -62,8 +76,16 @@ pub struct Batch {
     pub v: u16,
     /// The agent id (a valid id, matching the publishing topic).
     pub agent: String,
-    /// The agent's batch sequence number, persisted across restarts.
+    /// The agent database that numbered the batch (see the module
+    /// documentation).
+    pub incarnation: Incarnation,
+    /// The agent's batch sequence number in its incarnation, persisted
+    /// across restarts; an agent numbers from 1.
     pub seq: u64,
+    /// The lowest sequence of the incarnation that was not confirmed to the
+    /// agent when the batch was formed (at most `seq`): every sequence below
+    /// it was confirmed and is never sent again. 0 claims nothing.
+    pub first_unconfirmed: u64,
     /// The agent's watermark (ms): it believes it has seen every reading
     /// before this event time.
     pub watermark: i64,
@@ -83,6 +105,8 @@ pub struct Confirm {
     pub v: u16,
     /// The agent whose batches are confirmed.
     pub agent: String,
+    /// The incarnation of the agent whose batches are confirmed.
+    pub incarnation: Incarnation,
     /// The batch sequences applied (including ones that were duplicates).
     pub seqs: Vec<u64>,
 }
@@ -111,6 +135,10 @@ pub enum BatchError {
     /// The agent id is invalid.
     #[error("invalid agent id: {0}")]
     Agent(#[from] KeyError),
+    /// The identity cannot be an agent's: a malformed incarnation, or a
+    /// `first_unconfirmed` above the batch's own sequence.
+    #[error("invalid batch identity: {0}")]
+    Identity(String),
 }
 
 /// The payload encoding of a batch.
@@ -147,17 +175,43 @@ struct VersionProbe {
     v: Option<u16>,
 }
 
+/// The incarnation of a JSON batch that did not decode, if it has one that
+/// is not valid.
+fn invalid_incarnation(bytes: &[u8]) -> Option<BatchError> {
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(bytes).ok()?;
+    let value = object.get("incarnation")?;
+    let why = match value.as_str().map(Incarnation::parse) {
+        Some(Ok(_)) => return None,
+        Some(Err(e)) => e.to_string(),
+        None => alloc::format!("incarnation {value} is not a string"),
+    };
+    Some(BatchError::Identity(why))
+}
+
 impl Batch {
-    /// A batch of this crate's version.
+    /// A batch of this crate's version, of the default incarnation and
+    /// claiming nothing about earlier sequences (`first_unconfirmed` 0): for
+    /// tools and tests. An agent names its own with
+    /// [`Batch::with_identity`].
     pub fn new(agent: impl Into<String>, seq: u64, watermark: i64, partials: Vec<Partial>) -> Self {
         Batch {
             v: BATCH_VERSION,
             agent: agent.into(),
+            incarnation: Incarnation::default(),
             seq,
+            first_unconfirmed: 0,
             watermark,
             dropped_readings: 0,
             partials,
         }
+    }
+
+    /// The same batch of `incarnation`, whose sequences below
+    /// `first_unconfirmed` are all confirmed.
+    pub fn with_identity(mut self, incarnation: Incarnation, first_unconfirmed: u64) -> Self {
+        self.incarnation = incarnation;
+        self.first_unconfirmed = first_unconfirmed;
+        self
     }
 
     /// The number of readings the partials hold.
@@ -206,7 +260,7 @@ impl Batch {
                             return Err(wrong_version(v));
                         }
                     }
-                    return Err(BatchError::Json(e));
+                    return Err(invalid_incarnation(bytes).unwrap_or(BatchError::Json(e)));
                 }
             },
             other => return Err(BatchError::UnknownFormat(other)),
@@ -215,16 +269,24 @@ impl Batch {
             return Err(wrong_version(batch.v));
         }
         validate_id("agent id", &batch.agent)?;
+        if batch.first_unconfirmed > batch.seq {
+            return Err(BatchError::Identity(alloc::format!(
+                "first_unconfirmed {} is above the batch's own sequence {}",
+                batch.first_unconfirmed,
+                batch.seq
+            )));
+        }
         Ok(batch)
     }
 }
 
 impl Confirm {
-    /// A confirmation of `seqs` for `agent`.
-    pub fn new(agent: impl Into<String>, seqs: Vec<u64>) -> Self {
+    /// A confirmation of `seqs` of `agent`'s `incarnation`.
+    pub fn new(agent: impl Into<String>, incarnation: Incarnation, seqs: Vec<u64>) -> Self {
         Confirm {
             v: BATCH_VERSION,
             agent: agent.into(),
+            incarnation,
             seqs,
         }
     }

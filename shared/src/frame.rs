@@ -12,7 +12,9 @@
 //! v·q, in 304 `u8` buckets shared by both signs; version 1 indexed the tick
 //! count in 64 `u16` buckets per sign. A version-1 frame is refused
 //! ([`FrameError::UnknownVersion`]) — its sketch cannot be converted exactly —
-//! and a device keeps resending it until it is updated.
+//! and a device keeps resending it until it is updated. Version 2 also has
+//! the Hello's `first_unacked` (issue #12; version 2 had not shipped without
+//! it).
 //!
 //! Encoding writes into a caller-provided buffer; [`FrameDecoder`] accumulates
 //! bytes into a fixed buffer and yields one result per delimiter, so a
@@ -133,6 +135,13 @@ pub struct Hello {
     pub device: DeviceName,
     /// Changes at every boot, so a reboot is never mistaken for time going back.
     pub boot: u32,
+    /// Where this boot's unacknowledged data frames begin: the sequence of
+    /// the oldest frame not yet acknowledged, or the next sequence when none
+    /// waits. Every frame of the boot below it was acknowledged, or given up
+    /// by the device (dropped from a full ring, merged into a neighbour),
+    /// and is never sent again — so a receiver learns from the device itself
+    /// which frames it may still see (DESIGN §4).
+    pub first_unacked: u32,
     /// Firmware version text.
     pub firmware: heapless::String<16>,
     /// The device's window width in ms (0 in raw-reading mode).

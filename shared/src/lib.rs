@@ -20,6 +20,7 @@
 //! - [`series`] — validated series keys (`alloc`).
 //! - [`frame`] — device link frames: postcard + CRC + COBS, no allocation.
 //! - [`batch`] — agent → collector batches and confirmations (`alloc`).
+//! - [`incarnation`] — which life of a sender's numbering a batch belongs to.
 //! - [`topic`] — the MQTT topic tree (`alloc`).
 //!
 //! ## Features
@@ -38,6 +39,7 @@ pub mod error;
 pub mod extent;
 pub mod fixed;
 pub mod frame;
+pub mod incarnation;
 pub mod index;
 pub mod quantum;
 #[cfg(feature = "alloc")]
@@ -51,6 +53,7 @@ pub mod window;
 
 pub use error::SummaryError;
 pub use fixed::FixedSummary;
+pub use incarnation::Incarnation;
 pub use quantum::{Quantum, ValueError};
 #[cfg(feature = "alloc")]
 pub use series::SeriesKey;

@@ -16,7 +16,7 @@ use tributary_core::frame::{
     TimeSync, MAX_FRAME,
 };
 use tributary_core::series::validate_id;
-use tributary_core::{FixedSummary, Quantum, SeriesKey, Summary, Width, Window};
+use tributary_core::{FixedSummary, Incarnation, Quantum, SeriesKey, Summary, Width, Window};
 
 fn fixed() -> FixedSummary {
     let q = Quantum::new(-2).unwrap();
@@ -57,6 +57,7 @@ fn frames() -> Vec<Vec<u8>> {
         Message::Hello(Hello {
             device: heapless::String::try_from("dev-1").unwrap(),
             boot: 3,
+            first_unacked: 9,
             firmware: heapless::String::try_from("0.1.0").unwrap(),
             window_ms: 10_000,
             tick: 123_456,
@@ -103,6 +104,7 @@ fn batch() -> Batch {
             summary: full(),
         }],
     )
+    .with_identity(Incarnation::new(0x0123_4567_89ab_cdef), 70)
 }
 
 /// Valid encodings of every decoder's input, to mutate.
@@ -110,7 +112,14 @@ fn corpus() -> Vec<Vec<u8>> {
     let mut c = frames();
     c.push(batch().encode(Encoding::Json));
     c.push(batch().encode(Encoding::Binary));
-    c.push(Confirm::new("agent-1", vec![1, 2, 3]).encode());
+    c.push(
+        Confirm::new(
+            "agent-1",
+            Incarnation::new(0x0123_4567_89ab_cdef),
+            vec![1, 2, 3],
+        )
+        .encode(),
+    );
     c.push(serde_json::to_vec(&full()).unwrap());
     c.push(postcard::to_allocvec(&fixed()).unwrap());
     c

@@ -10,6 +10,7 @@ use tributary_core::frame::{
     self, Ack, ChannelInfo, DeviceStats, FrameDecoder, FrameError, Hello, Message, ReadingFrame,
     SummaryFrame, TimeSync, FRAME_VERSION, MAX_CHANNELS, MAX_FRAME, MAX_PAYLOAD,
 };
+use tributary_core::incarnation::Incarnation;
 use tributary_core::index::DeviceIndex;
 use tributary_core::{FixedSummary, Quantum, SeriesKey, Summary, Width, Window};
 
@@ -49,6 +50,7 @@ fn hello(n_channels: usize, name_len: usize) -> Hello {
     Hello {
         device: hs(&"d".repeat(32)),
         boot: u32::MAX,
+        first_unacked: u32::MAX,
         firmware: hs(&"f".repeat(16)),
         window_ms: u32::MAX,
         tick: u64::MAX,
@@ -193,7 +195,11 @@ fn small_batch() -> Batch {
             summary: s,
         }],
     )
+    .with_identity(INCARNATION, 3)
 }
+
+/// The incarnation of the golden batch.
+const INCARNATION: Incarnation = Incarnation::new(0x9f3a_0c1d_2e4b_5a67);
 
 fn big_batch() -> Batch {
     let mut partials = Vec::new();
@@ -209,7 +215,8 @@ fn big_batch() -> Batch {
             summary: s,
         });
     }
-    let mut b = Batch::new("agent_7", u64::MAX, -5, partials);
+    let mut b = Batch::new("agent_7", u64::MAX, -5, partials)
+        .with_identity(Incarnation::new(u64::MAX), u64::MAX);
     b.dropped_readings = 3;
     b
 }
@@ -250,8 +257,8 @@ fn batches_round_trip_in_both_encodings() {
 #[test]
 fn confirm_round_trips_and_rejects_unknown_version() {
     for c in [
-        Confirm::new("agent-1", vec![1, 2, u64::MAX]),
-        Confirm::new("a", vec![]),
+        Confirm::new("agent-1", INCARNATION, vec![1, 2, u64::MAX]),
+        Confirm::new("a", Incarnation::default(), vec![]),
     ] {
         assert_eq!(Confirm::decode(&c.encode()).unwrap(), c);
     }
@@ -264,13 +271,106 @@ fn confirm_round_trips_and_rejects_unknown_version() {
         Err(BatchError::UnknownVersion(9))
     ));
     assert!(matches!(
-        Confirm::decode(br#"{"v":2,"agent":"bad agent","seqs":[1]}"#),
+        Confirm::decode(
+            br#"{"v":2,"agent":"bad agent","incarnation":"0000000000000001","seqs":[1]}"#
+        ),
         Err(BatchError::Agent(_))
     ));
     assert!(matches!(
         Confirm::decode(b"{\"v\":2,"),
         Err(BatchError::Json(_))
     ));
+}
+
+#[test]
+fn identity_fields_in_json_and_confirmations() {
+    // JSON names the incarnation in 16 lowercase hex digits, and where the
+    // unconfirmed batches begin.
+    let v = json_of(&small_batch());
+    assert_eq!(v["incarnation"], "9f3a0c1d2e4b5a67");
+    assert_eq!(v["seq"], 5);
+    assert_eq!(v["first_unconfirmed"], 3);
+    // A confirmation names the incarnation too.
+    let c = Confirm::new("agent-1", INCARNATION, vec![5]);
+    let text = String::from_utf8(c.encode()).unwrap();
+    assert_eq!(
+        text,
+        r#"{"v":2,"agent":"agent-1","incarnation":"9f3a0c1d2e4b5a67","seqs":[5]}"#
+    );
+    // One without is refused.
+    assert!(matches!(
+        Confirm::decode(br#"{"v":2,"agent":"agent-1","seqs":[5]}"#),
+        Err(BatchError::Json(_))
+    ));
+}
+
+#[test]
+fn a_batch_whose_identity_cannot_be_an_agents_is_refused() {
+    // A malformed incarnation: its own reason, naming the value.
+    for bad in [
+        serde_json::json!("9F3A0C1D2E4B5A67"),
+        serde_json::json!("9f3a0c1d2e4b5a6"),
+        serde_json::json!("9f3a0c1d2e4b5a6700"),
+        serde_json::json!(""),
+        serde_json::json!(12345),
+        serde_json::json!(null),
+        serde_json::json!(["9f3a0c1d2e4b5a67"]),
+    ] {
+        let mut v = json_of(&small_batch());
+        v["incarnation"] = bad.clone();
+        let err = decode_json(&v).unwrap_err();
+        assert!(matches!(err, BatchError::Identity(_)), "{bad}: {err}");
+    }
+    // A missing one is a malformed batch (an agent older than the field).
+    let mut v = json_of(&small_batch());
+    v.as_object_mut().unwrap().remove("incarnation");
+    let err = decode_json(&v).unwrap_err();
+    assert!(matches!(err, BatchError::Json(_)), "{err}");
+    assert!(err.to_string().contains("incarnation"), "{err}");
+    // Unconfirmed batches cannot begin above the batch itself, in either
+    // encoding; at the batch itself they can.
+    for (first, ok) in [(5, true), (6, false), (u64::MAX, false)] {
+        let mut b = small_batch();
+        b.first_unconfirmed = first;
+        for enc in [Encoding::Json, Encoding::Binary] {
+            let got = Batch::decode(&b.encode(enc));
+            match got {
+                Ok(d) => assert!(ok && d == b, "{first} {enc}"),
+                Err(BatchError::Identity(why)) => {
+                    assert!(
+                        !ok && why.contains("first_unconfirmed"),
+                        "{first} {enc}: {why}"
+                    )
+                }
+                Err(e) => panic!("{first} {enc}: {e}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn golden_hello_frame() {
+    let mut channels = heapless::Vec::new();
+    channels
+        .push(ChannelInfo {
+            channel: 0,
+            metric: hs("temp"),
+            unit: hs("degC"),
+            quantum: Quantum::new(-2).unwrap(),
+            reference: 2000,
+        })
+        .unwrap();
+    let m = Message::Hello(Hello {
+        device: hs("d1"),
+        boot: 7,
+        first_unacked: 300,
+        firmware: hs("1.0"),
+        window_ms: 10_000,
+        tick: 5,
+        channels,
+        stats: DeviceStats::default(),
+    });
+    assert_eq!(encode(&m), GOLDEN_HELLO);
 }
 
 // ---- frame corruption classes ----
@@ -638,16 +738,31 @@ const GOLDEN_SUMMARY: &[u8] = &[
     29, 204, 33, 12, 204, 33, 184, 23, 29, 6, 1, 168, 4, 8, 1, 1, 1, 1, 1, 1, 10, 1, 223, 2, 1, 1,
     31, 48, 55, 43, 0,
 ];
+/// A Hello as of format v2. Reviewed: COBS code 2 and the version 2, then
+/// variant 0 (a zero); code 15 and device `2, "d1"`, boot 7,
+/// first_unacked 300 (`172, 2`), firmware `3, "1.0"`, window 10 000
+/// (`144, 78`), tick 5, one channel, then channel 0 (a zero); code 14 and
+/// `4, "temp"`, `4, "degC"`, quantum −2 (`254`), reference zigzag 4000
+/// (`160, 31`), then the five zero counters (codes 1); code 5 and the
+/// CRC-32 little-endian; the delimiter.
+const GOLDEN_HELLO: &[u8] = &[
+    2, 2, 15, 2, 100, 49, 7, 172, 2, 3, 49, 46, 48, 144, 78, 5, 1, 14, 4, 116, 101, 109, 112, 4,
+    100, 101, 103, 67, 254, 160, 31, 1, 1, 1, 1, 5, 254, 96, 161, 35, 0,
+];
 /// TimeSync { unix_ms: 1 764 000 000 000 } as of format v2 (version byte and CRC).
 const GOLDEN_TIME_SYNC: &[u8] = &[13, 2, 4, 128, 160, 191, 233, 214, 102, 94, 100, 78, 45, 0];
 /// Magic 0xB7, then postcard(Batch) with version 2 first, as of batch v2.
-/// Reviewed: at quantum 10⁻¹, 21.5 is bucket 283 (`182, 4`) and −0.3 bucket
-/// −112 (`223, 1`), OpenTelemetry's indices of those values at scale 6.
+/// Reviewed: after the agent id, the incarnation's 8 bytes most
+/// significant first (`159, 58, 12, 29, 46, 75, 90, 103` =
+/// 9f3a0c1d2e4b5a67), seq 5, first_unconfirmed 3, the watermark (zigzag
+/// varint `128, 211, 14`). At quantum 10⁻¹, 21.5 is bucket 283 (`182, 4`)
+/// and −0.3 bucket −112 (`223, 1`), OpenTelemetry's indices of those values
+/// at scale 6.
 const GOLDEN_BATCH: &[u8] = &[
-    183, 2, 7, 97, 103, 101, 110, 116, 45, 49, 5, 128, 211, 14, 0, 1, 4, 116, 101, 109, 112, 4,
-    100, 101, 118, 49, 1, 4, 114, 111, 111, 109, 5, 108, 97, 98, 32, 49, 192, 169, 7, 192, 169, 7,
-    255, 2, 168, 3, 154, 233, 2, 1, 5, 174, 3, 168, 177, 7, 174, 3, 144, 185, 7, 5, 6, 0, 182, 4,
-    1, 1, 223, 1, 1, 1,
+    183, 2, 7, 97, 103, 101, 110, 116, 45, 49, 159, 58, 12, 29, 46, 75, 90, 103, 5, 3, 128, 211,
+    14, 0, 1, 4, 116, 101, 109, 112, 4, 100, 101, 118, 49, 1, 4, 114, 111, 111, 109, 5, 108, 97,
+    98, 32, 49, 192, 169, 7, 192, 169, 7, 255, 2, 168, 3, 154, 233, 2, 1, 5, 174, 3, 168, 177, 7,
+    174, 3, 144, 185, 7, 5, 6, 0, 182, 4, 1, 1, 223, 1, 1, 1,
 ];
 
 #[test]

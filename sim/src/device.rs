@@ -218,6 +218,7 @@ impl VirtualDevice {
         Hello {
             device,
             boot: self.config.boot,
+            first_unacked: self.link.first_unacked(self.agg.next_seq()),
             firmware: heapless::String::try_from(env!("CARGO_PKG_VERSION")).unwrap_or_default(),
             window_ms: if self.config.raw {
                 0

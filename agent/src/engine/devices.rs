@@ -65,7 +65,7 @@ impl Devices {
         let st = self
             .boots
             .entry(key.clone())
-            .or_insert_with(|| DeviceState::for_json(device, boot));
+            .or_insert_with(|| DeviceState::for_json(device, boot, seq));
         if st.dedupe.seen(seq) {
             return true;
         }

@@ -47,22 +47,25 @@ pub struct DeviceState {
 }
 
 impl DeviceState {
-    /// A boot first seen with `hello`.
+    /// A boot first seen with `hello`: its frames from the Hello's
+    /// `first_unacked` on are still to come.
     pub fn new(hello: Hello) -> Self {
         DeviceState {
             clock: ClockEstimator::default(),
             exact: None,
+            dedupe: Dedupe::starting_at(hello.first_unacked),
             hello,
-            dedupe: Dedupe::default(),
             channels: Vec::new(),
         }
     }
 
-    /// A boot of a JSON device (no channels, only de-dup state).
-    pub fn for_json(device: &str, boot: u32) -> Self {
+    /// A boot of a JSON device (no channels, only de-dup state) whose first
+    /// message seen is `first_seq` (see [`super::dedupe`]).
+    pub fn for_json(device: &str, boot: u32, first_seq: u32) -> Self {
         let hello = Hello {
             device: heapless::String::try_from(device).unwrap_or_default(),
             boot,
+            first_unacked: 0,
             firmware: heapless::String::new(),
             window_ms: 0,
             tick: 0,
@@ -71,6 +74,7 @@ impl DeviceState {
         };
         let mut st = DeviceState::new(hello);
         st.exact = Some(0);
+        st.dedupe = Dedupe::starting_at(first_seq);
         st
     }
 
@@ -98,7 +102,9 @@ impl DeviceState {
     }
 
     /// Applies a (repeated) Hello that arrived at `arrival_ms`; `exact` is
-    /// a clock offset known exactly (simulated devices).
+    /// a clock offset known exactly (simulated devices). The Hello's
+    /// `first_unacked` moves the de-dup mark up: the device will never send
+    /// a frame below it again.
     pub fn hello(
         &mut self,
         h: Hello,
@@ -110,6 +116,7 @@ impl DeviceState {
         if exact.is_none() {
             self.clock.observe(h.boot, h.tick, arrival_ms);
         }
+        self.dedupe.advance(h.first_unacked);
         self.hello = h;
         self.channels = channels;
     }

@@ -1,9 +1,16 @@
 //! The `batches` table: batches formed from the outbox, each with its
 //! sequence (`meta.next_seq`) and exact bytes fixed in the transaction that
 //! forms it, kept until the collector confirms it.
+//!
+//! A batch names the database's incarnation and where the unconfirmed
+//! batches begin when it is formed (`first_unconfirmed`: the lowest
+//! sequence in the table, or its own): a confirmed batch is deleted and
+//! never sent again, so the claim stays true however often the bytes are
+//! resent, and it lets the collector forget the keys below it.
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tributary_core::batch::{Batch, Encoding};
+use tributary_core::Incarnation;
 
 use super::error::StoreError;
 use super::outbox;
@@ -35,6 +42,7 @@ pub(crate) struct Formed {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Shape<'a> {
     pub(crate) agent: &'a str,
+    pub(crate) incarnation: Incarnation,
     pub(crate) encoding: Encoding,
     pub(crate) max_partials: usize,
 }
@@ -62,6 +70,10 @@ pub(crate) fn form(
     max_batches: usize,
 ) -> Result<Formed, StoreError> {
     let mut out = Formed::default();
+    // The lowest unconfirmed sequence: the oldest stored batch, or the
+    // first one formed now.
+    let oldest: Option<i64> = tx.query_row("SELECT MIN(seq) FROM batches", [], |r| r.get(0))?;
+    let first_unconfirmed = oldest.unwrap_or(meta(tx, "next_seq")?);
     for _ in 0..max_batches {
         let rows = outbox::oldest(tx, shape.max_partials)?;
         if rows.is_empty() {
@@ -76,6 +88,10 @@ pub(crate) fn form(
             u64::try_from(seq).unwrap_or(0),
             watermark,
             partials,
+        )
+        .with_identity(
+            shape.incarnation,
+            u64::try_from(first_unconfirmed).unwrap_or(0),
         );
         batch.dropped_readings = u64::try_from(meta(tx, "dropped")?).unwrap_or(0);
         let payload = batch.encode(shape.encoding);

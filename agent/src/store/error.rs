@@ -19,6 +19,10 @@ pub enum StoreError {
     /// The WAL checkpoint thread could not start.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The operating system's random source failed (drawing the
+    /// database's incarnation).
+    #[error("cannot draw the database's incarnation: {0}")]
+    Random(String),
     /// The data directory could not be created.
     #[error("cannot create data directory: {0}")]
     Dir(#[from] std::io::Error),

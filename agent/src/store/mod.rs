@@ -3,7 +3,7 @@
 //! # Design
 //! Tables:
 //! - `meta(key, value)` — the next batch sequence, readings dropped and not
-//!   yet reported;
+//!   yet reported, the database's [`incarnation`](mod@incarnation);
 //! - `sources(id, name, watermark)` and `series(id, key, quantum, source,
 //!   closed_before)` — dense ids matching the windower's;
 //! - `open_windows(series, start, summary)` — checkpoints of open windows;
@@ -32,6 +32,8 @@
 //! - [`outbox`] — the `outbox` table: partials in, partials out to
 //!   batches, and the coarsen/drop policy at the byte limit;
 //! - [`batches`] — the `batches` table: forming, resending, confirming;
+//! - [`incarnation`](mod@incarnation) — the random id that names this
+//!   database in every batch;
 //! - [`config`] — `[store]` and `[outbox]`; `codec` — how values are held
 //!   in their columns; [`error`] — [`StoreError`].
 
@@ -40,6 +42,7 @@ mod codec;
 pub mod commit;
 pub mod config;
 pub mod error;
+pub mod incarnation;
 pub mod load;
 pub mod outbox;
 
@@ -47,6 +50,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 use tributary_core::batch::Encoding;
+use tributary_core::Incarnation;
 use tributary_runtime::checkpoint::{self, Checkpointer};
 
 pub use batches::FormedBatch;
@@ -59,6 +63,7 @@ pub use load::{DeviceRow, Loaded, SeriesRow};
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    incarnation: Incarnation,
     limits: outbox::Limits,
     batch_max_partials: usize,
     partial_bytes: u64,
@@ -71,6 +76,7 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("path", &self.path)
+            .field("incarnation", &self.incarnation)
             .field("limits", &self.limits)
             .field("partial_bytes", &self.partial_bytes)
             .field("batch_bytes", &self.batch_bytes)
@@ -152,12 +158,14 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA_SQL)?;
         migrate(&conn)?;
+        let incarnation = incarnation::ensure(&conn)?;
         let checkpointer = Checkpointer::start(&conn, path, checkpoint::INTERVAL)?;
         let partial_bytes = outbox::bytes(&conn)?;
         let batch_bytes = batches::bytes(&conn)?;
         Ok(Store {
             conn,
             path: path.to_owned(),
+            incarnation,
             limits: outbox::Limits::new(outbox),
             batch_max_partials: outbox.batch_max_partials,
             partial_bytes,
@@ -169,6 +177,11 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The database's incarnation, carried in every batch.
+    pub fn incarnation(&self) -> Incarnation {
+        self.incarnation
     }
 
     /// Bytes of unconfirmed data (unbatched partials and formed batches).
@@ -219,6 +232,7 @@ impl Store {
     ) -> Result<Vec<FormedBatch>, StoreError> {
         let shape = batches::Shape {
             agent,
+            incarnation: self.incarnation,
             encoding,
             max_partials: self.batch_max_partials,
         };

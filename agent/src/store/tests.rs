@@ -126,6 +126,54 @@ fn batches_keep_their_identity_until_confirmed() {
 }
 
 #[test]
+fn batches_name_the_incarnation_and_where_the_unconfirmed_begin() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = setup(&dir, 1, 1);
+    let mut c = Commit::default();
+    for i in 0..6 {
+        c.flush.emitted.push(emit(0, i * 1000, 1));
+    }
+    commit(&mut st, &c, u64::MAX);
+    let ours = st.incarnation();
+    let form = |st: &mut Store, n: usize| -> Vec<(u64, u64)> {
+        st.form_batches("gw", 0, n, Encoding::Binary)
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let d = Batch::decode(&b.payload).unwrap();
+                assert_eq!((d.agent.as_str(), d.incarnation), ("gw", ours));
+                (d.seq, d.first_unconfirmed)
+            })
+            .collect()
+    };
+    assert_eq!(form(&mut st, 3), [(1, 1), (2, 1), (3, 1)]);
+    // 1 and 3 confirmed: 2 is the oldest unconfirmed.
+    st.confirm(&[1, 3]).unwrap();
+    assert_eq!(form(&mut st, 1), [(4, 2)]);
+    st.confirm(&[2, 4]).unwrap();
+    assert_eq!(form(&mut st, 1), [(5, 5)], "none waits: its own");
+    drop(st);
+
+    // The incarnation lives as long as the database file.
+    let st = open(&dir, 1);
+    assert_eq!(st.incarnation(), ours);
+    drop(st);
+    let other = tempfile::tempdir().unwrap();
+    assert_ne!(
+        open(&other, 1).incarnation(),
+        ours,
+        "a new database: a new one"
+    );
+    let c = Connection::open(dir.path().join("a.db")).unwrap();
+    c.execute("DELETE FROM meta WHERE key = 'incarnation'", [])
+        .unwrap();
+    drop(c);
+    let st = open(&dir, 1);
+    assert_ne!(st.incarnation(), ours, "drawn again when deleted");
+    assert_eq!(open(&dir, 1).incarnation(), st.incarnation());
+}
+
+#[test]
 fn coarsening_is_exact_and_widens_windows_then_drops_at_the_floor() {
     let dir = tempfile::tempdir().unwrap();
     let mut st = setup(&dir, 2, 1000);

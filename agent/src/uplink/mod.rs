@@ -9,7 +9,10 @@
 //! uplink publishes them with QoS 1 on `topic::partials(agent)`, and when a
 //! [`Confirm`] on `topic::acks(agent)` releases held batches it sends their
 //! sequences to the engine ([`Input::Confirmed`]), which deletes them and
-//! forms more. It tells the engine whether it is connected (a `watch`), so
+//! forms more. Only a Confirm of this database's incarnation releases
+//! anything: one of another incarnation of the agent id (the database this
+//! one replaced, or another gateway misconfigured with the same id) names
+//! sequences of other batches, and is logged and ignored. It tells the engine whether it is connected (a `watch`), so
 //! that nothing new is frozen into batches during an outage.
 //!
 //! Connection errors back off exponentially from `reconnect_min_ms` to
@@ -29,7 +32,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tributary_core::batch::Confirm;
-use tributary_core::topic;
+use tributary_core::{topic, Incarnation};
 use tributary_runtime::tls::TlsError;
 
 use crate::engine::Input;
@@ -69,6 +72,7 @@ pub(crate) struct Uplink {
     /// Capacity of rumqttc's request queue.
     queue: usize,
     agent: String,
+    incarnation: Incarnation,
     topic: String,
     acks: String,
     reconnect_min: Duration,
@@ -79,10 +83,11 @@ pub(crate) struct Uplink {
 }
 
 impl Uplink {
-    /// The uplink of agent `agent_id` as `[uplink]` sets it up; TLS
-    /// problems are reported here, at start.
+    /// The uplink of agent `agent_id`'s database `incarnation` as
+    /// `[uplink]` sets it up; TLS problems are reported here, at start.
     pub(crate) fn new(
         agent_id: &str,
+        incarnation: Incarnation,
         cfg: &UplinkConfig,
         ch: Channels,
         metrics: Arc<Metrics>,
@@ -95,6 +100,7 @@ impl Uplink {
             broker: (cfg.host.clone(), cfg.port),
             queue: cfg.max_in_flight * 2 + 16,
             agent: agent_id.to_string(),
+            incarnation,
             topic: topic::partials(agent_id),
             acks: topic::acks(agent_id),
             reconnect_min: Duration::from_millis(cfg.reconnect_min_ms),
@@ -179,7 +185,18 @@ impl Uplink {
     /// engine is gone.
     async fn on_confirm(&mut self, payload: &[u8]) -> bool {
         let seqs = match Confirm::decode(payload) {
-            Ok(c) if c.agent == self.agent => self.state.confirm(c.seqs),
+            Ok(c) if c.agent == self.agent && c.incarnation == self.incarnation => {
+                self.state.confirm(c.seqs)
+            }
+            Ok(c) if c.agent == self.agent => {
+                tracing::warn!(
+                    incarnation = %c.incarnation,
+                    ours = %self.incarnation,
+                    "confirmation for another incarnation of this agent id ignored \
+                     (its previous database, or another gateway with the same agent_id)"
+                );
+                return true;
+            }
             Ok(c) => {
                 tracing::warn!(agent = c.agent, "confirmation for another agent ignored");
                 return true;

@@ -1,5 +1,5 @@
 //! Shared test helpers: a stand-in collector that de-duplicates batches by
-//! (agent, seq), sums partials per (series, window) and publishes Confirms;
+//! (agent, incarnation, seq), sums partials per (series, window) and publishes Confirms;
 //! and the ground truth of simulated devices.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use tributary_agent::config::SimulatedConfig;
-use tributary_core::batch::{Batch, Confirm};
+use tributary_core::batch::{Batch, Confirm, Incarnation};
 use tributary_core::topic;
 use tributary_sim::fleet as simulated;
 
@@ -18,7 +18,7 @@ pub type Totals = HashMap<(String, i64, i64), (u64, i128)>;
 
 #[derive(Debug, Default)]
 pub struct Received {
-    pub seqs: HashSet<(String, u64)>,
+    pub seqs: HashSet<(String, Incarnation, u64)>,
     pub totals: Totals,
     pub readings: u64,
     pub duplicates: u64,
@@ -56,7 +56,7 @@ impl TestCollector {
                         };
                         {
                             let mut s = st.lock().unwrap();
-                            if s.seqs.insert((b.agent.clone(), b.seq)) {
+                            if s.seqs.insert((b.agent.clone(), b.incarnation, b.seq)) {
                                 s.dropped += b.dropped_readings;
                                 for part in &b.partials {
                                     let e = s
@@ -75,7 +75,7 @@ impl TestCollector {
                                 s.duplicates += 1;
                             }
                         }
-                        let c = Confirm::new(b.agent.clone(), vec![b.seq]);
+                        let c = Confirm::new(b.agent.clone(), b.incarnation, vec![b.seq]);
                         let _ = c2.try_publish(
                             topic::acks(&b.agent),
                             QoS::AtLeastOnce,

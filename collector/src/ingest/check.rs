@@ -1,7 +1,23 @@
 //! The checks every payload passes before it may join a group: topic,
-//! size, decoding (JSON or binary, version), the batch's agent against the
-//! topic's, the number of partials. A refused payload is named by its
-//! reason (the label of `tributary_collector_refused_total`).
+//! size, decoding (JSON or binary, version), the batch's identity against
+//! the topic's agent, the number of partials. A refused payload is named by
+//! its reason (the label of `tributary_collector_refused_total`).
+//!
+//! # Identity
+//! A batch's identity is (agent, incarnation, seq). It cannot be the
+//! topic's agent's — refused, acknowledged and counted — when:
+//! - its agent is not the topic's (`agent_mismatch`);
+//! - its incarnation is not 16 lowercase hex digits, its
+//!   `first_unconfirmed` is above its own sequence (no agent forms such a
+//!   batch), or its sequence is beyond what the store keeps (2⁶³ − 1)
+//!   (`bad_identity`).
+//!
+//! A new incarnation of a known agent *is* accepted — a re-provisioned
+//! gateway, or its database replaced — and logged and counted by ingest
+//! (`tributary_collector_incarnations_total{kind="another"}`). MQTT does not
+//! tell a subscriber who published a message: only the broker's per-agent
+//! credentials and ACLs (the production default, see
+//! `config/multi-instance/`) make the topic's agent the publisher's.
 //!
 //! # Time bounds
 //! Then the event times of an accepted batch, against the collector's clock
@@ -14,7 +30,7 @@
 //! fits. A watermark ahead of the bound is clamped to it (counted), so one
 //! agent's bad clock cannot make every window final at once.
 
-use tributary_core::batch::Batch;
+use tributary_core::batch::{Batch, BatchError};
 use tributary_core::{topic, Width};
 
 /// Why a payload was refused.
@@ -32,16 +48,20 @@ pub enum Refused {
     BadTopic,
     /// A partial cannot merge into its stored window (quantum mismatch, overflow).
     Unmergeable,
+    /// The batch's identity cannot be an agent's (see the module
+    /// documentation).
+    BadIdentity,
 }
 
 /// Every reason with its metric label.
-pub(crate) const REFUSED: [(Refused, &str); 6] = [
+pub(crate) const REFUSED: [(Refused, &str); 7] = [
     (Refused::Oversized, "oversized"),
     (Refused::Malformed, "malformed"),
     (Refused::AgentMismatch, "agent_mismatch"),
     (Refused::TooManyPartials, "too_many_partials"),
     (Refused::BadTopic, "bad_topic"),
     (Refused::Unmergeable, "unmergeable"),
+    (Refused::BadIdentity, "bad_identity"),
 ];
 
 impl Refused {
@@ -176,7 +196,10 @@ fn check_payload(
             ),
         ));
     }
-    let batch = Batch::decode(payload).map_err(|e| (Refused::Malformed, e.to_string()))?;
+    let batch = Batch::decode(payload).map_err(|e| match e {
+        BatchError::Identity(_) => (Refused::BadIdentity, e.to_string()),
+        e => (Refused::Malformed, e.to_string()),
+    })?;
     if batch.agent != agent {
         return Err((
             Refused::AgentMismatch,
@@ -184,6 +207,12 @@ fn check_payload(
                 "batch of agent {:?} on the topic of agent {agent:?}",
                 batch.agent
             ),
+        ));
+    }
+    if i64::try_from(batch.seq).is_err() {
+        return Err((
+            Refused::BadIdentity,
+            format!("sequence {} is beyond 2^63 - 1", batch.seq),
         ));
     }
     if batch.partials.len() > limits.max_partials {
@@ -230,6 +259,30 @@ mod tests {
         }
         assert_eq!(Refused::AgentMismatch.name(), "agent_mismatch");
         assert_eq!(Refused::Unmergeable.name(), "unmergeable");
+        assert_eq!(Refused::BadIdentity.name(), "bad_identity");
+    }
+
+    #[test]
+    fn an_identity_that_cannot_be_an_agents_is_refused() {
+        let t = topic::partials("gw");
+        let refused = |b: &Batch| check(LIMITS, &t, &b.encode(Encoding::Json), 0).unwrap_err();
+        let inc = tributary_core::Incarnation::new(7);
+        // Unconfirmed batches beginning above this one.
+        let (r, why) = refused(&Batch::new("gw", 5, 0, vec![]).with_identity(inc, 6));
+        assert_eq!(r, Refused::BadIdentity, "{why}");
+        // A sequence beyond the store's integers.
+        let (r, why) = refused(&Batch::new("gw", 1 << 63, 0, vec![]).with_identity(inc, 1));
+        assert_eq!(r, Refused::BadIdentity, "{why}");
+        // A malformed incarnation.
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&Batch::new("gw", 5, 0, vec![]).encode(Encoding::Json)).unwrap();
+        v["incarnation"] = "GW".into();
+        let (r, why) = check(LIMITS, &t, &serde_json::to_vec(&v).unwrap(), 0).unwrap_err();
+        assert_eq!(r, Refused::BadIdentity, "{why}");
+        assert!(why.contains("\"GW\""), "{why}");
+        // The largest sequence the store keeps is fine.
+        let ok = Batch::new("gw", i64::MAX as u64, 0, vec![]).with_identity(inc, 1);
+        assert!(check(LIMITS, &t, &ok.encode(Encoding::Binary), 0).is_ok());
     }
 
     fn partial(start: i64) -> Partial {

@@ -14,12 +14,15 @@
 //!   resends nothing, so a dropped group would hold the broker's in-flight
 //!   window for good and ingest would stop (issue #12).
 //! - After a commit every message of the group is acknowledged, and each
-//!   agent is confirmed the sequences applied — new, duplicate, or refused
-//!   as unmergeable (it can never apply, so the agent must stop resending).
+//!   agent incarnation is confirmed the sequences applied — new, duplicate,
+//!   or refused as unmergeable (it can never apply, so the agent must stop
+//!   resending); a confirmation names the incarnation, so it never releases
+//!   the batches of another database under the same agent id.
 
 use std::collections::BTreeMap;
 
 use tributary_core::batch::Batch;
+use tributary_core::Incarnation;
 
 /// What became of one batch of a committed group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,12 +47,14 @@ pub(crate) struct Tally {
 }
 
 /// What to send after a commit: every PUBACK in arrival order, then the
-/// confirmations per agent.
+/// confirmations per agent incarnation; and the readings each agent
+/// reported dropped in its new batches.
 #[derive(Debug)]
 pub(crate) struct Settled<A> {
     pub(crate) acks: Vec<A>,
-    pub(crate) confirms: BTreeMap<String, Vec<u64>>,
+    pub(crate) confirms: BTreeMap<(String, Incarnation), Vec<u64>>,
     pub(crate) tally: Tally,
+    pub(crate) dropped: BTreeMap<String, u64>,
 }
 
 /// The messages awaiting the next commit; `A` is what a PUBACK needs.
@@ -136,7 +141,8 @@ impl<A> Taken<A> {
     /// order).
     pub(crate) fn settle(self, outcomes: &[Outcome]) -> Settled<A> {
         let mut tally = Tally::default();
-        let mut confirms: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut confirms: BTreeMap<(String, Incarnation), Vec<u64>> = BTreeMap::new();
+        let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
         for ((b, size), outcome) in self.batches.iter().zip(&self.sizes).zip(outcomes) {
             match outcome {
                 Outcome::New => {
@@ -144,16 +150,24 @@ impl<A> Taken<A> {
                     tally.partials += b.partials.len() as u64;
                     tally.readings += b.partials.iter().map(|p| p.summary.count()).sum::<u64>();
                     tally.bytes += *size as u64;
+                    if b.dropped_readings > 0 {
+                        let d = dropped.entry(b.agent.clone()).or_default();
+                        *d = d.saturating_add(b.dropped_readings);
+                    }
                 }
                 Outcome::Duplicate => tally.duplicate += 1,
                 Outcome::Unmergeable => tally.unmergeable += 1,
             }
-            confirms.entry(b.agent.clone()).or_default().push(b.seq);
+            confirms
+                .entry((b.agent.clone(), b.incarnation))
+                .or_default()
+                .push(b.seq);
         }
         Settled {
             acks: self.acks,
             confirms,
             tally,
+            dropped,
         }
     }
 }
@@ -166,6 +180,10 @@ mod tests {
     use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
 
     fn batch(agent: &str, seq: u64, readings: i64) -> Batch {
+        batch_of(agent, Incarnation::default(), seq, readings)
+    }
+
+    fn batch_of(agent: &str, inc: Incarnation, seq: u64, readings: i64) -> Batch {
         let mut s = Summary::new(Quantum::new(0).unwrap());
         for v in 0..readings {
             s.insert(v, v).unwrap();
@@ -175,7 +193,7 @@ mod tests {
             window: Window::containing(0, Width::new(60_000).unwrap()),
             summary: s,
         };
-        Batch::new(agent, seq, 0, vec![partial])
+        Batch::new(agent, seq, 0, vec![partial]).with_identity(inc, 0)
     }
 
     #[test]
@@ -210,7 +228,7 @@ mod tests {
         let confirms: Vec<(&str, &[u64])> = settled
             .confirms
             .iter()
-            .map(|(a, s)| (a.as_str(), s.as_slice()))
+            .map(|((a, _), s)| (a.as_str(), s.as_slice()))
             .collect();
         assert_eq!(confirms, [("a", &[1, 2][..]), ("b", &[7][..])]);
         assert_eq!(
@@ -224,5 +242,33 @@ mod tests {
                 unmergeable: 1,
             }
         );
+    }
+
+    #[test]
+    fn confirmations_name_the_incarnation_and_drops_count_once() {
+        let (old, new) = (Incarnation::new(1), Incarnation::new(2));
+        let mut g: Group<u16> = Group::default();
+        let mut b = batch_of("a", old, 1, 1);
+        b.dropped_readings = 4;
+        g.push_valid(1, b.clone(), 10);
+        g.push_valid(2, b, 10);
+        let mut b = batch_of("a", new, 1, 1);
+        b.dropped_readings = 3;
+        g.push_valid(3, b, 10);
+        let settled = g
+            .take()
+            .settle(&[Outcome::New, Outcome::Duplicate, Outcome::New]);
+        let confirms: Vec<((&str, Incarnation), &[u64])> = settled
+            .confirms
+            .iter()
+            .map(|((a, i), s)| ((a.as_str(), *i), s.as_slice()))
+            .collect();
+        assert_eq!(
+            confirms,
+            [(("a", old), &[1, 1][..]), (("a", new), &[1][..])],
+            "seq 1 of each incarnation, confirmed to each"
+        );
+        // The duplicate's drops were counted with its first copy.
+        assert_eq!(settled.dropped, BTreeMap::from([("a".to_string(), 7)]));
     }
 }

@@ -3,7 +3,9 @@
 //! registered series, so the tests and the demo read the same numbers
 //! `/metrics` shows.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError};
 
 use tributary_runtime::metrics::prometheus_client::metrics::counter::Counter;
 use tributary_runtime::metrics::prometheus_client::metrics::family::Family;
@@ -60,7 +62,25 @@ pub struct IngestCounters {
     connected: Family<Label, Gauge>,
     /// The protocol's level: 0 until ingest starts, 4 for 3.1.1, 5 for 5.
     protocol: AtomicU8,
+    /// Readings each agent reported dropped, in the batches this instance
+    /// applied (`agent_dropped_readings_total{agent}`).
+    dropped: Family<Label, Counter>,
+    /// The agents `dropped` has a label for (at most [`MAX_AGENT_LABELS`]).
+    dropped_agents: Mutex<HashSet<String>>,
+    /// Agent incarnations seen for the first time, by kind
+    /// (`incarnations_total{kind="first"|"another"}`).
+    incarnations: Family<Label, Counter>,
 }
+
+/// The most agents `agent_dropped_readings_total` has a label of its own
+/// for; the drops of any further agent are counted under
+/// `agent="_other"` (the API has every agent's): agent ids come from
+/// outside, and one series per id must not grow without bound.
+pub const MAX_AGENT_LABELS: usize = 1000;
+
+/// The `agent` label of `agent_dropped_readings_total` beyond
+/// [`MAX_AGENT_LABELS`].
+pub const OTHER_AGENTS: &str = "_other";
 
 impl Default for IngestCounters {
     fn default() -> Self {
@@ -78,6 +98,10 @@ impl Default for IngestCounters {
         store_writable.set(1);
         let connected = Family::<Label, Gauge>::default();
         connected.get_or_create_owned(&label("protocol", "none"));
+        let incarnations = Family::<Label, Counter>::default();
+        for kind in ["first", "another"] {
+            incarnations.get_or_create_owned(&label("kind", kind));
+        }
         IngestCounters {
             batches_new: batches.get_or_create_owned(&label("result", "new")),
             batches_duplicate: batches.get_or_create_owned(&label("result", "duplicate")),
@@ -99,8 +123,15 @@ impl Default for IngestCounters {
             partials_refused,
             connected,
             protocol: AtomicU8::new(0),
+            dropped: Family::default(),
+            dropped_agents: Mutex::new(HashSet::new()),
+            incarnations,
         }
     }
+}
+
+fn incarnation_kind(known_agent: bool) -> Label {
+    label("kind", if known_agent { "another" } else { "first" })
 }
 
 fn protocol_label(level: u8) -> Label {
@@ -137,6 +168,44 @@ impl IngestCounters {
         self.partials_refused
             .get_or_create(&label("reason", r.name()))
             .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
+    /// Readings `agent` reported dropped in the batches this instance
+    /// applied (an agent past [`MAX_AGENT_LABELS`]: see [`OTHER_AGENTS`]).
+    pub fn dropped_readings(&self, agent: &str) -> u64 {
+        self.dropped.get_or_create(&label("agent", agent)).get()
+    }
+
+    /// Counts `n` readings `agent` reported dropped.
+    pub(crate) fn add_dropped(&self, agent: &str, n: u64) {
+        let mut labelled = self
+            .dropped_agents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let name = if labelled.contains(agent) {
+            agent
+        } else if labelled.len() < MAX_AGENT_LABELS {
+            labelled.insert(agent.to_string());
+            agent
+        } else {
+            OTHER_AGENTS
+        };
+        self.dropped.get_or_create(&label("agent", name)).inc_by(n);
+    }
+
+    /// Agent incarnations seen for the first time: an agent's first
+    /// (`known_agent` false) or another of a known agent (true).
+    pub fn incarnations(&self, known_agent: bool) -> u64 {
+        self.incarnations
+            .get_or_create(&incarnation_kind(known_agent))
+            .get()
+    }
+
+    /// Counts a new incarnation.
+    pub(crate) fn new_incarnation(&self, known_agent: bool) {
+        self.incarnations
+            .get_or_create(&incarnation_kind(known_agent))
+            .inc();
     }
 
     /// 1 while connected to the broker, else 0.
@@ -218,6 +287,16 @@ impl IngestCounters {
             "tributary_collector_store_writable",
             "1 while the store takes writes (the last commit or health probe succeeded), 0 after a failure.",
             self.store_writable.clone(),
+        );
+        r.register(
+            "tributary_collector_agent_dropped_readings",
+            "Readings agents reported dropped (their outbox full at its floor), by agent, in the batches this instance applied.",
+            self.dropped.clone(),
+        );
+        r.register(
+            "tributary_collector_incarnations",
+            "Agent incarnations (agent databases) seen for the first time: an agent's first, or another of a known agent (its database replaced, or a second gateway with its id).",
+            self.incarnations.clone(),
         );
         r.register(
             "tributary_collector_mqtt_connected",

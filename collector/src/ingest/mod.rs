@@ -10,8 +10,13 @@
 //! Valid batches are gathered into a [`group`] (bounded in count and time),
 //! applied in one store transaction, and only after the commit are their
 //! PUBACKs sent (in arrival order) and a [`Confirm`] published to each agent
-//! listing the sequences applied. This module is the async shell: it polls
-//! the connection, feeds the group and sends what the group says.
+//! incarnation listing the sequences applied. An agent incarnation seen for
+//! the first time is logged and counted (`incarnations_total`; another
+//! incarnation of a known agent with a warning), and the readings agents
+//! report dropped in their new batches are counted per agent
+//! (`agent_dropped_readings_total`; durably, per incarnation, in the store).
+//! This module is the async shell: it polls the connection, feeds the group
+//! and sends what the group says.
 //!
 //! # Store faults
 //! If a commit fails (a full disk, a database that is down) nothing is
@@ -29,11 +34,14 @@
 //! answer 503 once the oldest uncommitted message is older than its bound.
 //!
 //! The topic carries the publisher's identity only as far as the broker
-//! enforces it: with authentication on, each agent logs in with its agent id
-//! as user name and an ACL lets it publish only on its own topic (see
-//! `config/multi-instance/`), so "batch agent == topic agent" also proves
-//! the publishing client's identity. MQTT does not tell a subscriber who
-//! published a message, so the collector cannot check more than that.
+//! enforces it: with authentication on — the production default — each
+//! agent logs in with its agent id as user name and an ACL lets it publish
+//! only on its own topic (see `config/multi-instance/`), so "batch agent ==
+//! topic agent" also proves the publishing client's identity. MQTT does not
+//! tell a subscriber who published a message, so the collector can check
+//! no more than that a batch's identity could be the topic agent's
+//! ([`check`]); without per-agent credentials anyone who can publish can
+//! impersonate an agent.
 //!
 //! A refused login (wrong user name or password) or a lost connection is
 //! logged, counted (`tributary_collector_mqtt_connects_total`) and retried
@@ -61,11 +69,11 @@ use tributary_core::topic;
 
 pub use check::{check, Checked, Limits, PartialRefused, Refused};
 pub use config::{IngestConfig, LimitsConfig, MqttConfig, MQTT_PASSWORD_ENV};
-pub use metrics::IngestCounters;
+pub use metrics::{IngestCounters, MAX_AGENT_LABELS, OTHER_AGENTS};
 pub use transport::{Protocol, TlsOptions};
 pub use tributary_runtime::config::Password;
 
-use crate::store::{Applied, Ingest, StoreError};
+use crate::store::{Applied, Ingest, NewIncarnation, StoreError};
 use group::{Group, Outcome};
 use transport::{AckToken, Client, Connection, Event, Failure, Message, Out, Outbox};
 
@@ -353,7 +361,7 @@ impl<S: Ingest> Shell<S> {
     /// arrival order) and the confirmations to its agents. If the store
     /// fails the group is kept and the answer is when to try again.
     async fn commit(&mut self) -> Option<Instant> {
-        let outcomes = match apply(&self.store, self.group.batches()).await {
+        let (outcomes, incarnations) = match apply(&self.store, self.group.batches()).await {
             Ok(o) => o,
             Err(e) => {
                 let wait = self
@@ -382,41 +390,61 @@ impl<S: Ingest> Shell<S> {
         for _ in 0..t.unmergeable {
             c.refuse(Refused::Unmergeable);
         }
+        for (agent, n) in &settled.dropped {
+            c.add_dropped(agent, *n);
+        }
+        for new in incarnations {
+            c.new_incarnation(new.known_agent);
+            if new.known_agent {
+                tracing::warn!(agent = new.agent, incarnation = %new.incarnation,
+                    "another incarnation of a known agent: its database was replaced, or a second gateway runs with its agent id");
+            } else {
+                tracing::info!(agent = new.agent, incarnation = %new.incarnation, "first batch of a new agent");
+            }
+        }
         for a in settled.acks {
             self.outbox.push(Out::Ack(a));
         }
-        for (agent, seqs) in settled.confirms {
+        for ((agent, incarnation), seqs) in settled.confirms {
             self.outbox.push(Out::Publish {
                 topic: topic::acks(&agent),
-                payload: Confirm::new(agent.as_str(), seqs).encode(),
+                payload: Confirm::new(agent.as_str(), incarnation, seqs).encode(),
             });
         }
         None
     }
 }
 
-/// Applies `batches` in one transaction. One batch that cannot merge (e.g.
+/// Applies `batches` in one transaction; the outcome of each, and the agent
+/// incarnations seen for the first time. One batch that cannot merge (e.g.
 /// a quantum that differs from the stored window's) must not hold back the
 /// others: the group is then applied batch by batch, refusing only those
 /// that cannot merge. Any other error fails the whole group, to be applied
 /// again (batches applied one by one before it are then duplicates).
-async fn apply<S: Ingest>(store: &S, batches: &[Batch]) -> Result<Vec<Outcome>, StoreError> {
+async fn apply<S: Ingest>(
+    store: &S,
+    batches: &[Batch],
+) -> Result<(Vec<Outcome>, Vec<NewIncarnation>), StoreError> {
     let outcome = |a: Applied| match a {
         Applied::New => Outcome::New,
         Applied::Duplicate => Outcome::Duplicate,
     };
-    match store.apply(batches).await {
-        Ok(applied) => return Ok(applied.into_iter().map(outcome).collect()),
+    match store.apply_report(batches).await {
+        Ok(r) => return Ok((r.applied.into_iter().map(outcome).collect(), r.incarnations)),
         Err(StoreError::Merge { .. }) => {}
         Err(e) => return Err(e),
     }
     let mut each = Vec::with_capacity(batches.len());
+    let mut incarnations = Vec::new();
     for b in batches {
-        each.push(match store.apply(std::slice::from_ref(b)).await {
-            Ok(a) => match a.first() {
-                Some(&a) => outcome(a),
-                None => return Err(StoreError::Task("no outcome for a batch".into())),
-            },
+        each.push(match store.apply_report(std::slice::from_ref(b)).await {
+            Ok(mut r) => {
+                incarnations.append(&mut r.incarnations);
+                match r.applied.first() {
+                    Some(&a) => outcome(a),
+                    None => return Err(StoreError::Task("no outcome for a batch".into())),
+                }
+            }
             Err(StoreError::Merge {
                 series,
                 window,
@@ -424,12 +452,12 @@ async fn apply<S: Ingest>(store: &S, batches: &[Batch]) -> Result<Vec<Outcome>, 
             }) => {
                 // Confirmed so the agent stops resending what can never
                 // apply; logged and counted, never silent.
-                tracing::warn!(agent = b.agent, seq = b.seq, %series, %window, error = %source,
-                    "batch refused: cannot merge into the stored window");
+                tracing::warn!(agent = b.agent, incarnation = %b.incarnation, seq = b.seq, %series,
+                    %window, error = %source, "batch refused: cannot merge into the stored window");
                 Outcome::Unmergeable
             }
             Err(e) => return Err(e),
         });
     }
-    Ok(each)
+    Ok((each, incarnations))
 }

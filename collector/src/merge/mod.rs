@@ -4,18 +4,23 @@
 //!
 //! # Design
 //! A backend's `apply` runs, in one transaction:
-//! 1. **claim** the group's (agent, seq) keys ([`claim_keys`]: each once,
-//!    sorted — the order PostgreSQL locks them in) and learn which were new;
-//! 2. **dedupe** ([`dedupe`]): per batch in order, new or duplicate; a
-//!    second copy of a key in the same group is a duplicate;
-//! 3. **plan** ([`plan`]): the new batches' partials merged per result row
+//! 1. **lock the senders** — the agent incarnations of the group, each
+//!    once, sorted (`senders::senders`) — and read their marks;
+//! 2. **claim** the group's (agent, incarnation, seq) keys at or above their
+//!    sender's mark (`senders::claim_keys`: each once, sorted — the order
+//!    PostgreSQL locks them in) and learn which were new;
+//! 3. **dedupe** (`senders::dedupe`): per batch in order, new or
+//!    duplicate; a second copy of a key in the same group is a duplicate;
+//!    then **advance** each sender's mark and forget the keys below it
+//!    (`senders::advance`; the memory stays small, see `senders.rs`);
+//! 4. **plan** ([`plan`]): the new batches' partials merged per result row
 //!    (series id, width, start), plus every row's roll-ups — one merge per
 //!    row and coarser width, not per partial — and the agents' highest
 //!    watermarks and the (series, agent) pairs to record as reporters;
-//! 4. read (SQLite: from its cache or the row; PostgreSQL: locked `FOR
+//! 5. read (SQLite: from its cache or the row; PostgreSQL: locked `FOR
 //!    UPDATE`) each touched row's stored state and **fold** the delta into
 //!    it ([`fold`]: a new row is revision 0, each later merge bumps it);
-//! 5. write the rows with their change numbers, then progress; commit.
+//! 6. write the rows with their change numbers, then progress; commit.
 //!
 //! Merging is commutative and associative with exact integer moments, so
 //! the result of a row does not depend on how batches were grouped or in
@@ -23,15 +28,16 @@
 //! the stored row's, an overflow) fails the whole group and nothing of it
 //! is applied.
 
+pub(crate) mod senders;
+
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 
 use foldhash::{HashMap, HashMapExt};
 use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Summary, Width, Window};
 
-use crate::store::codec::corrupt;
-use crate::store::{Applied, StoreError};
+use crate::store::StoreError;
 
 /// The revision of a row's first write.
 pub(crate) const FIRST_REVISION: u32 = 0;
@@ -62,40 +68,6 @@ pub(crate) struct Plan<'a> {
     pub(crate) watermarks: Vec<(&'a str, i64)>,
     /// (series id, agent) pairs that reported, sorted, each once.
     pub(crate) reporters: Vec<(i64, &'a str)>,
-}
-
-/// The group's (agent, seq) keys, each once, sorted.
-pub(crate) fn claim_keys(batches: &[Batch]) -> Result<Vec<(&str, i64)>, StoreError> {
-    let mut keys = BTreeSet::new();
-    for b in batches {
-        keys.insert((b.agent.as_str(), seq(b)?));
-    }
-    Ok(keys.into_iter().collect())
-}
-
-/// A batch's sequence as a SQL integer.
-fn seq(b: &Batch) -> Result<i64, StoreError> {
-    i64::try_from(b.seq).map_err(|e| corrupt("batch sequence", e))
-}
-
-/// Per batch in order, whether it is new — the first copy of a key the
-/// store accepted as new (`new`) — and the new batches.
-pub(crate) fn dedupe(
-    batches: &[Batch],
-    mut new: HashSet<(String, i64)>,
-) -> Result<(Vec<Applied>, Vec<&Batch>), StoreError> {
-    let mut outcome = Vec::with_capacity(batches.len());
-    let mut fresh = Vec::new();
-    for b in batches {
-        // `remove`: a second copy in the same group is a duplicate.
-        if new.remove(&(b.agent.clone(), seq(b)?)) {
-            outcome.push(Applied::New);
-            fresh.push(b);
-        } else {
-            outcome.push(Applied::Duplicate);
-        }
-    }
-    Ok((outcome, fresh))
 }
 
 /// The error of a partial that cannot merge into `window` of `series`.
@@ -239,20 +211,6 @@ mod tests {
 
     fn ids(key: &SeriesKey) -> Result<i64, StoreError> {
         Ok(if key.device() == "a" { 1 } else { 2 })
-    }
-
-    #[test]
-    fn a_key_twice_in_a_group_is_new_once() {
-        let b = Batch::new("gw", 7, 0, vec![]);
-        let group = [b.clone(), Batch::new("gw", 8, 0, vec![]), b];
-        assert_eq!(claim_keys(&group).unwrap(), [("gw", 7), ("gw", 8)]);
-        let new = [("gw".to_string(), 7)].into_iter().collect();
-        let (outcome, fresh) = dedupe(&group, new).unwrap();
-        assert_eq!(
-            outcome,
-            [Applied::New, Applied::Duplicate, Applied::Duplicate]
-        );
-        assert_eq!(fresh.len(), 1);
     }
 
     #[test]

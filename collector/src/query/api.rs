@@ -1,8 +1,12 @@
-//! The HTTP JSON query API (axum): `/api/v1/series` and `/api/v1/query`,
-//! with an optional bearer token on `/api/*` (the health endpoints are
-//! [`crate::health`]'s).
+//! The HTTP JSON query API (axum): `/api/v1/series`, `/api/v1/query` and
+//! `/api/v1/agents`, with an optional bearer token on `/api/*` (the health
+//! endpoints are [`crate::health`]'s).
 //!
 //! `/api/v1/series?tag.K=V&metric=M` lists series keys, filtered by tags.
+//!
+//! `/api/v1/agents` lists the agents, their incarnations, watermarks, when
+//! they were last seen and the readings they reported dropped (the shape:
+//! [`super::agents`]).
 //!
 //! `/api/v1/query` parameters:
 //! - a selector: `metric=M` and any of `device=D`, `tag.K=V` (all must match);
@@ -110,6 +114,7 @@ pub fn router<S: Store + Clone + 'static>(state: ApiState<S>) -> Router {
     let api = Router::new()
         .route("/api/v1/series", get(series::<S>))
         .route("/api/v1/query", get(query::<S>))
+        .route("/api/v1/agents", get(agents::<S>))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::<S>));
     api.with_state(state)
 }
@@ -167,6 +172,13 @@ async fn series<S: Store + Clone + 'static>(
     let all = st.store.series().await.map_err(internal)?;
     let list: Vec<&SeriesKey> = all.iter().filter(|k| matches(k, &q)).collect();
     Ok(Json(json!({ "series": list })))
+}
+
+async fn agents<S: Store + Clone + 'static>(
+    State(st): State<ApiState<S>>,
+) -> Result<Json<Value>, ApiError> {
+    let all = st.store.agents().await.map_err(internal)?;
+    Ok(Json(super::agents::to_json(&all)))
 }
 
 fn int(q: &HashMap<String, String>, name: &str, default: Option<i64>) -> Result<i64, ApiError> {

@@ -1,13 +1,13 @@
 //! How both backends write values into SQL columns and read them back:
 //! series keys as canonical JSON text, summaries as postcard bytes, result
-//! rows as (start, revision, summary), and the order of a one-query `…_of`
-//! read.
+//! rows as (start, revision, summary), agent incarnations as their 16 hex
+//! digits, and the order of a one-query `…_of` read.
 
 use std::collections::HashMap;
 
-use tributary_core::{SeriesKey, Summary, Width, Window};
+use tributary_core::{Incarnation, SeriesKey, Summary, Width, Window};
 
-use super::{StoreError, StoredWindow};
+use super::{IncarnationState, StoreError, StoredWindow};
 
 /// The error for a stored value that does not read back.
 pub(crate) fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
@@ -99,4 +99,26 @@ pub(crate) fn in_order<T: Clone, H: std::hash::BuildHasher>(
 /// The milliseconds of a lease's time to live as a SQL integer.
 pub(crate) fn ttl_ms(ttl: std::time::Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// An incarnation row read back: its text, its mark, remembered keys,
+/// batches and dropped readings (SQL integers, never negative), and when it
+/// was first and last seen.
+pub(crate) fn incarnation_state(
+    text: &str,
+    counts: [i64; 4],
+    first_seen_ms: i64,
+    last_seen_ms: i64,
+) -> Result<IncarnationState, StoreError> {
+    let n = |v: i64| u64::try_from(v).map_err(|e| corrupt("incarnation counts", e));
+    let [applied_below, remembered, batches, dropped_readings] = counts;
+    Ok(IncarnationState {
+        incarnation: Incarnation::parse(text).map_err(|e| corrupt("incarnation", e))?,
+        applied_below: n(applied_below)?,
+        remembered: n(remembered)?,
+        batches: n(batches)?,
+        dropped_readings: n(dropped_readings)?,
+        first_seen_ms,
+        last_seen_ms,
+    })
 }

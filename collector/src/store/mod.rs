@@ -18,11 +18,19 @@
 //! sequence their SQL around it.
 //!
 //! # Guarantees every backend gives
-//! - **Exactly-once application.** A batch is identified by (agent, batch
-//!   sequence). [`Ingest::apply`] records that key in the same transaction
-//!   as the batch's merges and merges only when the key is new, so a
+//! - **Exactly-once application.** A batch is identified by (agent,
+//!   incarnation, batch sequence): a re-provisioned agent's new database
+//!   numbers from 1 again under a new incarnation and is not taken for a
+//!   replay. [`Ingest::apply`] records that key in the same transaction as
+//!   the batch's merges and merges only when the key is new, so a
 //!   redelivered or resent batch changes nothing — also across restarts and,
 //!   for a shared database, across collector instances.
+//! - **Bounded de-duplication memory.** Per agent incarnation the store
+//!   keeps a mark below which every batch is applied (or was confirmed to
+//!   its agent and is never sent again) and only the keys applied above it
+//!   (`merge/senders.rs`); replays of keys pruned long ago are still
+//!   recognised. The incarnation's batches and dropped readings are counted
+//!   in the same transaction as the batches ([`Query::agents`]).
 //! - **Order independence.** Results are merged with [`Summary::merge`],
 //!   which is commutative and associative with exact integer moments, so the
 //!   stored result of a (series, window) does not depend on the order batches
@@ -53,7 +61,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use tributary_core::batch::Batch;
-use tributary_core::{SeriesKey, Summary, Width, Window};
+use tributary_core::{Incarnation, SeriesKey, Summary, Width, Window};
 
 pub use config::{StoreConfig, StoreKind, StoreTls};
 
@@ -121,6 +129,61 @@ pub enum Applied {
     Duplicate,
 }
 
+/// What [`Ingest::apply_report`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Per batch in order, whether it was new.
+    pub applied: Vec<Applied>,
+    /// The agent incarnations whose first batch the transaction applied.
+    pub incarnations: Vec<NewIncarnation>,
+}
+
+/// An agent incarnation seen for the first time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewIncarnation {
+    /// The agent.
+    pub agent: String,
+    /// The new incarnation.
+    pub incarnation: Incarnation,
+    /// Whether the agent had other incarnations before (its database was
+    /// replaced, or another gateway runs with its id).
+    pub known_agent: bool,
+}
+
+/// One agent as the store knows it ([`Query::agents`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentState {
+    /// The agent id.
+    pub agent: String,
+    /// The highest watermark (event time, ms) it has sent, if any.
+    pub watermark: Option<i64>,
+    /// Readings it reported dropped, over all its incarnations.
+    pub dropped_readings: u64,
+    /// Its incarnations, oldest first.
+    pub incarnations: Vec<IncarnationState>,
+}
+
+/// One agent incarnation as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncarnationState {
+    /// The incarnation.
+    pub incarnation: Incarnation,
+    /// Every batch sequence below it is applied (or was confirmed to the
+    /// agent and is never sent again).
+    pub applied_below: u64,
+    /// Batch keys remembered at or above that mark.
+    pub remembered: u64,
+    /// Batches applied.
+    pub batches: u64,
+    /// Readings the agent reported dropped in them.
+    pub dropped_readings: u64,
+    /// When its first batch was applied (collector clock, ms since the
+    /// Unix epoch).
+    pub first_seen_ms: i64,
+    /// When its last batch was applied.
+    pub last_seen_ms: i64,
+}
+
 /// A stored result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredWindow {
@@ -169,9 +232,15 @@ pub type Answer<T> = Result<T, StoreError>;
 
 /// Applying agents' batches (ingest's role).
 pub trait Ingest: Send + Sync {
-    /// Applies `batches` in one transaction; the answer lists, per batch in
-    /// order, whether it was new. On error nothing is applied.
-    fn apply(&self, batches: &[Batch]) -> impl Future<Output = Answer<Vec<Applied>>> + Send;
+    /// Applies `batches` in one transaction; the report lists, per batch in
+    /// order, whether it was new, and the agent incarnations seen for the
+    /// first time. On error nothing is applied.
+    fn apply_report(&self, batches: &[Batch]) -> impl Future<Output = Answer<Report>> + Send;
+
+    /// [`Ingest::apply_report`], answering only whether each batch was new.
+    fn apply(&self, batches: &[Batch]) -> impl Future<Output = Answer<Vec<Applied>>> + Send {
+        async move { Ok(self.apply_report(batches).await?.applied) }
+    }
 
     /// Whether the store takes writes now: one small write transaction
     /// (a row of `meta`) committed the way ingest commits, for readiness.
@@ -205,6 +274,10 @@ pub trait Query: Send + Sync {
 
     /// The latest watermark each agent has reported, by agent.
     fn watermarks(&self) -> impl Future<Output = Answer<Vec<(String, i64)>>> + Send;
+
+    /// Every agent with an applied batch, by agent id: its incarnations,
+    /// de-duplication marks, watermark and dropped readings.
+    fn agents(&self) -> impl Future<Output = Answer<Vec<AgentState>>> + Send;
 
     /// The progress of every agent that has reported `series`, by agent.
     fn progress(
@@ -327,4 +400,29 @@ pub(crate) fn rollup_widths(rollups_ms: &[i64]) -> Answer<Vec<Width>> {
         .iter()
         .map(|&w| Width::new(w).map_err(|_| StoreError::BadRollup(w)))
         .collect()
+}
+
+/// The agents of incarnation rows `rows` — (agent, incarnation, mark,
+/// remembered keys, batches, dropped readings, first and last seen), by
+/// agent then first seen — with their watermarks `watermarks` (by agent).
+pub(crate) fn agents_of(
+    rows: Vec<(String, IncarnationState)>,
+    watermarks: &BTreeMap<String, i64>,
+) -> Vec<AgentState> {
+    let mut out: Vec<AgentState> = Vec::new();
+    for (agent, inc) in rows {
+        match out.last_mut() {
+            Some(a) if a.agent == agent => {
+                a.dropped_readings = a.dropped_readings.saturating_add(inc.dropped_readings);
+                a.incarnations.push(inc);
+            }
+            _ => out.push(AgentState {
+                watermark: watermarks.get(&agent).copied(),
+                agent,
+                dropped_readings: inc.dropped_readings,
+                incarnations: vec![inc],
+            }),
+        }
+    }
+    out
 }

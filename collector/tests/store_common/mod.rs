@@ -2,6 +2,8 @@
 //! snapshots to compare backends with.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub(crate) mod identity;
+
 use std::collections::BTreeMap;
 
 use tributary_collector::store::prelude::*;

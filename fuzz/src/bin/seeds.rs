@@ -9,7 +9,7 @@ use std::path::Path;
 
 use tributary_core::batch::{Batch, Confirm, Encoding, Partial};
 use tributary_core::frame::{self, Ack, Message, ReadingFrame, TimeSync, MAX_FRAME};
-use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+use tributary_core::{Incarnation, Quantum, SeriesKey, Summary, Width, Window};
 
 fn write(target: &str, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     let dir = Path::new("corpus").join(target);
@@ -52,9 +52,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         window: Window::new(1_700_000_040_000, Width::new(60_000)?)?,
         summary: s,
     }];
-    let batch = Batch::new("gw-1", 17, 1_700_000_100_000, partials);
+    let incarnation = Incarnation::new(0x9f3a_0c1d_2e4b_5a67);
+    let batch = Batch::new("gw-1", 17, 1_700_000_100_000, partials).with_identity(incarnation, 15);
     write("batches", "json", &batch.encode(Encoding::Json))?;
     write("batches", "binary", &batch.encode(Encoding::Binary))?;
-    write("batches", "confirm", &Confirm::new("gw-1", vec![15, 16, 17]).encode())?;
+    write("batches", "confirm", &Confirm::new("gw-1", incarnation, vec![15, 16, 17]).encode())?;
     Ok(())
 }

@@ -5,9 +5,12 @@
 //! Steps, each a single statement over arrays (`unnest`), each taking its
 //! row locks in one global order (sorted keys) so concurrent instances
 //! cannot deadlock:
-//! 1. insert every batch's (agent, seq) key, `ON CONFLICT DO NOTHING
-//!    RETURNING` — the keys returned are the new batches (a key another
-//!    instance is inserting right now waits for that instance's commit);
+//! 1. lock (creating) the group's agent incarnations' rows and read their
+//!    marks ([`super::senders`]); insert every batch's (agent, incarnation,
+//!    seq) key at or above its mark, `ON CONFLICT DO NOTHING RETURNING` —
+//!    the keys returned are the new batches (a key another instance is
+//!    inserting right now waits for that instance's commit); move the
+//!    marks, pruning the keys below them;
 //! 2. series ids of the new batches' series (inserted when missing);
 //! 3. the merge plan (in memory): rows, roll-ups, watermarks, reporters;
 //! 4. result rows: insert placeholders for missing rows (`ON CONFLICT DO
@@ -33,9 +36,10 @@ use tokio_postgres::error::SqlState;
 use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Width};
 
+use super::senders;
 use crate::merge::{self, RowKey};
 use crate::store::codec::{corrupt, decode_summary, encode_summary, key_text};
-use crate::store::{Applied, StoreError};
+use crate::store::{Report, StoreError};
 
 /// How often a transaction that deadlocked is retried.
 const RETRIES: u32 = 8;
@@ -45,7 +49,7 @@ pub(super) async fn apply(
     client: &mut Client,
     batches: &[Batch],
     rollups: &[Width],
-) -> Result<Vec<Applied>, StoreError> {
+) -> Result<Report, StoreError> {
     let mut attempt = 0;
     loop {
         match try_apply(client, batches, rollups).await {
@@ -104,29 +108,22 @@ async fn try_apply(
     client: &mut Client,
     batches: &[Batch],
     rollups: &[Width],
-) -> Result<Vec<Applied>, Failed> {
+) -> Result<Report, Failed> {
     let tx = client.transaction().await?;
+    let seen = tributary_runtime::now_ms();
 
-    // 1. De-duplication keys.
-    let keys = merge::claim_keys(batches)?;
-    let agents: Vec<&str> = keys.iter().map(|k| k.0).collect();
-    let seqs: Vec<i64> = keys.iter().map(|k| k.1).collect();
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO applied (agent, seq)
-             SELECT a, s FROM unnest($1::text[], $2::bigint[]) AS k(a, s) ORDER BY a, s
-             ON CONFLICT DO NOTHING RETURNING agent, seq",
-        )
-        .await?;
-    let mut new: HashSet<(String, i64)> = HashSet::new();
-    for row in tx.query(&insert, &[&agents, &seqs]).await? {
-        new.insert((row.get(0), row.get(1)));
-    }
-    let (outcome, fresh) = merge::dedupe(batches, new)?;
+    // 1. The senders, their keys, their marks.
+    let (marks, incarnations) = senders::lock(&tx, batches, seen).await?;
+    let new = senders::claim(&tx, batches, &marks).await?;
+    let (applied, fresh) = merge::senders::dedupe(batches, new)?;
     if fresh.is_empty() {
         tx.commit().await?;
-        return Ok(outcome);
+        return Ok(Report {
+            applied,
+            incarnations: Vec::new(),
+        });
     }
+    senders::update(&tx, batches, &fresh, &marks, seen).await?;
 
     // 2–3. Series ids, then the merge plan.
     let series: BTreeSet<&SeriesKey> = fresh
@@ -197,7 +194,6 @@ async fn try_apply(
     tx.execute(&reporters, &[&ps, &pa]).await?;
     let ma: Vec<&str> = plan.watermarks.iter().map(|m| m.0).collect();
     let mw: Vec<i64> = plan.watermarks.iter().map(|m| m.1).collect();
-    let seen = tributary_runtime::now_ms();
     let upsert = tx
         .prepare_cached(
             "INSERT INTO watermarks (agent, watermark, seen_ms)
@@ -229,7 +225,10 @@ async fn try_apply(
     tx.execute(&write, &[&s, &w, &t, &revisions, &bytes, &changes])
         .await?;
     tx.commit().await?;
-    Ok(outcome)
+    Ok(Report {
+        applied,
+        incarnations,
+    })
 }
 
 /// Locks the existing rows `keys` (in key order) and reads their revision

@@ -14,14 +14,16 @@
 //!   a global order, change numbers taken last under the counter's row lock
 //!   so they commit in order.
 //!
-//! Files: [`schema`], [`apply`](self::apply), `query`, `feed` (change
-//! feed, parked rows, cursors), `leases`.
+//! Files: [`schema`], [`apply`](self::apply) (with `senders`: the agent
+//! incarnations' de-duplication marks), `query`, `feed` (change feed,
+//! parked rows, cursors), `leases`.
 
 mod apply;
 mod feed;
 mod leases;
 mod query;
 pub mod schema;
+mod senders;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -33,8 +35,8 @@ use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Width};
 
 use super::{
-    rollup_widths, AgentProgress, Answer, Applied, Changed, Feed, Ingest, Lease, Leases, Query,
-    StoreError, StoredWindow,
+    rollup_widths, AgentProgress, AgentState, Answer, Changed, Feed, Ingest, Lease, Leases, Query,
+    Report, StoreError, StoredWindow,
 };
 
 pub use schema::SCHEMA_VERSION;
@@ -167,9 +169,9 @@ impl PostgresStore {
 }
 
 impl Ingest for PostgresStore {
-    async fn apply(&self, batches: &[Batch]) -> Answer<Vec<Applied>> {
+    async fn apply_report(&self, batches: &[Batch]) -> Answer<Report> {
         if batches.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Report::default());
         }
         apply::apply(&mut self.client().await?, batches, &self.rollups).await
     }
@@ -214,6 +216,10 @@ impl Query for PostgresStore {
 
     async fn watermarks(&self) -> Answer<Vec<(String, i64)>> {
         query::watermarks(&self.client().await?).await
+    }
+
+    async fn agents(&self) -> Answer<Vec<AgentState>> {
+        query::agents(&self.client().await?).await
     }
 
     async fn progress(&self, series: &SeriesKey) -> Answer<Vec<AgentProgress>> {

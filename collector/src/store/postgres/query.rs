@@ -1,13 +1,13 @@
-//! The PostgreSQL store's queries: series, their windows and their agents'
-//! progress.
+//! The PostgreSQL store's queries: series, their windows, their agents'
+//! progress, and the agents with their incarnations.
 
 use deadpool_postgres::Client;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use tributary_core::{SeriesKey, Width};
 
-use crate::store::codec::{in_order, key_text, key_texts, parse_key, stored};
-use crate::store::{AgentProgress, StoreError, StoredWindow};
+use crate::store::codec::{in_order, incarnation_state, key_text, key_texts, parse_key, stored};
+use crate::store::{agents_of, AgentProgress, AgentState, StoreError, StoredWindow};
 
 /// Every series, ordered by key text.
 pub(super) async fn series(client: &Client) -> Result<Vec<SeriesKey>, StoreError> {
@@ -97,6 +97,30 @@ pub(super) async fn watermarks(client: &Client) -> Result<Vec<(String, i64)>, St
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect())
+}
+
+/// Every agent with its incarnations.
+pub(super) async fn agents(client: &Client) -> Result<Vec<AgentState>, StoreError> {
+    let watermarks = watermarks(client).await?.into_iter().collect();
+    let stmt = client
+        .prepare_cached(
+            "SELECT i.agent, i.incarnation, i.applied_below,
+               (SELECT count(*) FROM applied a WHERE a.agent = i.agent AND a.incarnation = i.incarnation),
+               i.batches, i.dropped_readings, i.first_seen_ms, i.last_seen_ms
+             FROM incarnations i ORDER BY i.agent, i.first_seen_ms, i.incarnation",
+        )
+        .await?;
+    let mut out = Vec::new();
+    for r in client.query(&stmt, &[]).await? {
+        let inc = incarnation_state(
+            r.get(1),
+            [r.get(2), r.get(3), r.get(4), r.get(5)],
+            r.get(6),
+            r.get(7),
+        )?;
+        out.push((r.get(0), inc));
+    }
+    Ok(agents_of(out, &watermarks))
 }
 
 fn agent_progress(r: &Row, first: usize) -> AgentProgress {

@@ -6,8 +6,14 @@
 //! migrate once; an instance that finds a version newer than it knows refuses
 //! to run ([`StoreError::SchemaTooNew`]).
 //!
-//! # Schema (version 3)
-//! - `applied(agent, seq)` — the de-duplication keys, primary key;
+//! # Schema (version 4)
+//! - `incarnations(agent, incarnation, applied_below, batches,
+//!   dropped_readings, first_seen_ms, last_seen_ms)` — one row per agent
+//!   incarnation (16 hex digits): its de-duplication mark, its batches and
+//!   the readings it reported dropped; its row lock orders the work on the
+//!   agent's keys (version 4, `merge/senders.rs`);
+//! - `applied(agent, incarnation, seq)` — the de-duplication keys at or
+//!   above their incarnation's mark, primary key (version 4);
 //! - `series(id, key)` — series keys as canonical JSON (`COLLATE "C"`, so
 //!   they sort bytewise as in SQLite), unique;
 //! - `results(series, width, start, revision, summary, changed)` — one row
@@ -26,19 +32,24 @@
 //! real reading (issue #13). Those of versions 1–2 indexed tick counts and
 //! cannot be converted exactly, so an older database is migrated only if
 //! `results` is empty, and refused ([`StoreError::TickIndexed`]) otherwise.
+//!
+//! Version 4 (issue #12): batches are identified by (agent, incarnation,
+//! seq). The (agent, seq) keys of version 3 can never match a batch again
+//! (a batch without an incarnation is refused), so `applied` is recreated
+//! empty, and `incarnations` is added.
 
 use deadpool_postgres::Client;
 
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The first version whose sketches index the real reading.
 const REAL_VALUE_SKETCHES: i64 = 3;
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 3] = [V1, V2, V3];
+const MIGRATIONS: [&str; 4] = [V1, V2, V3, V4];
 
 const V1: &str = r#"
 CREATE TABLE applied (agent TEXT COLLATE "C" NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (agent, seq));
@@ -67,6 +78,17 @@ CREATE TABLE parked (name TEXT COLLATE "C" NOT NULL, series BIGINT NOT NULL REFE
 
 /// Sketches index the real reading from here on; no table changes.
 const V3: &str = "SELECT 1";
+
+/// Batch keys with the agent's incarnation; a row per incarnation.
+const V4: &str = r#"
+DROP TABLE IF EXISTS applied;
+CREATE TABLE applied (agent TEXT COLLATE "C" NOT NULL, incarnation TEXT COLLATE "C" NOT NULL,
+    seq BIGINT NOT NULL, PRIMARY KEY (agent, incarnation, seq));
+CREATE TABLE IF NOT EXISTS incarnations (agent TEXT COLLATE "C" NOT NULL, incarnation TEXT COLLATE "C" NOT NULL,
+    applied_below BIGINT NOT NULL, batches BIGINT NOT NULL, dropped_readings BIGINT NOT NULL,
+    first_seen_ms BIGINT NOT NULL, last_seen_ms BIGINT NOT NULL,
+    PRIMARY KEY (agent, incarnation));
+"#;
 
 /// Any fixed number: the advisory lock key that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7472_6962_7574_6172; // "tributar"

@@ -1,6 +1,7 @@
 //! The writer's half of the SQLite store: its connection, the cache of
 //! committed state, and [`Writer::apply`] — the SQL sequenced around
-//! [`crate::merge`] in one `IMMEDIATE` transaction.
+//! [`crate::merge`] in one `IMMEDIATE` transaction (the senders' part in
+//! [`super::senders`]).
 //!
 //! A row's committed state usually comes from the [`Cache`] rather than the
 //! database, and a row seen for the first time is a plain insert; so a
@@ -9,7 +10,6 @@
 //! incremented per row written; SQLite serialises writers, so they commit in
 //! order.
 
-use std::collections::HashSet;
 use std::path::Path;
 
 use foldhash::{HashMap, HashMapExt};
@@ -19,9 +19,10 @@ use tributary_core::{SeriesKey, Width};
 use tributary_runtime::checkpoint::{self, Checkpointer};
 
 use super::cache::{Cache, Committed};
+use super::senders;
 use crate::merge;
 use crate::store::codec::{decode_summary, encode_summary, key_text};
-use crate::store::{Applied, StoreError};
+use crate::store::{Report, StoreError};
 
 /// Result rows the store keeps in memory at most (see [`Cache`]): enough
 /// for the roll-ups and open windows of some 30,000 active series.
@@ -76,7 +77,7 @@ impl Writer {
     /// Applies `batches` in one transaction (see [`crate::merge`]). One
     /// function on purpose: it is the transaction's steps in order, numbered
     /// as in the design note, and every step borrows the transaction.
-    pub(super) fn apply(&mut self, batches: &[Batch]) -> Result<Vec<Applied>, StoreError> {
+    pub(super) fn apply(&mut self, batches: &[Batch]) -> Result<Report, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -85,24 +86,22 @@ impl Writer {
         self.cache.check_version(version);
         let cache = &mut self.cache;
 
-        // 1–2. Claim the keys; the first copy of a new one is new.
-        let mut new = HashSet::new();
-        {
-            let mut claim =
-                tx.prepare_cached("INSERT OR IGNORE INTO applied (agent, seq) VALUES (?1, ?2)")?;
-            for (agent, seq) in merge::claim_keys(batches)? {
-                if claim.execute(params![agent, seq])? == 1 {
-                    new.insert((agent.to_string(), seq));
-                }
-            }
-        }
-        let (outcome, fresh) = merge::dedupe(batches, new)?;
+        // 1–3. The senders' marks, the keys at or above them claimed; the
+        // first copy of a new key is new. Then the marks move.
+        let (marks, incarnations) = senders::marks(&tx, batches)?;
+        let new = senders::claim(&tx, batches, &marks)?;
+        let (applied, fresh) = merge::senders::dedupe(batches, new)?;
         if fresh.is_empty() {
             tx.commit()?;
-            return Ok(outcome);
+            return Ok(Report {
+                applied,
+                incarnations: Vec::new(),
+            });
         }
+        let seen = tributary_runtime::now_ms();
+        senders::update(&tx, batches, &fresh, &marks, seen)?;
 
-        // 3. The plan, with series ids from the cache or the table.
+        // 4. The plan, with series ids from the cache or the table.
         let mut new_ids: HashMap<&SeriesKey, i64> = HashMap::new();
         let plan = merge::plan(&fresh, &self.rollups, |key| {
             if let Some(id) = cache.id(key).or_else(|| new_ids.get(key).copied()) {
@@ -125,7 +124,7 @@ impl Writer {
             }
         }
 
-        // 4–5. Fold each delta into its row's committed state and write it.
+        // 5–6. Fold each delta into its row's committed state and write it.
         let mut change: i64 =
             tx.query_row("SELECT value FROM meta WHERE key = 'change'", [], |r| {
                 r.get(0)
@@ -188,7 +187,6 @@ impl Writer {
         )?;
 
         // Progress.
-        let seen = tributary_runtime::now_ms();
         {
             let mut upsert = tx.prepare_cached(
                 "INSERT INTO watermarks (agent, watermark, seen_ms) VALUES (?1, ?2, ?3)
@@ -201,7 +199,10 @@ impl Writer {
         tx.commit()?;
         done.ids = new_ids.into_iter().map(|(k, id)| (k.clone(), id)).collect();
         self.cache.committed(done);
-        Ok(outcome)
+        Ok(Report {
+            applied,
+            incarnations,
+        })
     }
 }
 

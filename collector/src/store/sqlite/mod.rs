@@ -16,8 +16,8 @@
 //! cleared whenever another connection has written (`PRAGMA data_version`).
 //!
 //! Files: [`schema`] (tables, migrations), [`apply`] (the writer and its
-//! transaction), [`query`], [`feed`] (change feed, parked rows, cursors),
-//! [`leases`].
+//! transaction), `senders` (its de-duplication marks), [`query`],
+//! [`feed`] (change feed, parked rows, cursors), [`leases`].
 
 mod apply;
 mod cache;
@@ -26,6 +26,7 @@ mod leases;
 mod query;
 mod readers;
 mod schema;
+mod senders;
 
 use std::future::Future;
 use std::path::Path;
@@ -40,8 +41,8 @@ pub use readers::READERS;
 pub use schema::SCHEMA_VERSION;
 
 use super::{
-    rollup_widths, AgentProgress, Answer, Applied, Changed, Feed, Ingest, Lease, Leases, Query,
-    StoreError, StoredWindow,
+    rollup_widths, AgentProgress, AgentState, Answer, Changed, Feed, Ingest, Lease, Leases, Query,
+    Report, StoreError, StoredWindow,
 };
 use apply::Writer;
 use readers::Readers;
@@ -103,7 +104,7 @@ impl SqliteStore {
 }
 
 impl Ingest for SqliteStore {
-    fn apply(&self, batches: &[Batch]) -> impl Future<Output = Answer<Vec<Applied>>> + Send {
+    fn apply_report(&self, batches: &[Batch]) -> impl Future<Output = Answer<Report>> + Send {
         // Owned for the blocking pool.
         let batches = batches.to_vec();
         self.write(move |w| w.apply(&batches))
@@ -143,6 +144,10 @@ impl Query for SqliteStore {
 
     fn watermarks(&self) -> impl Future<Output = Answer<Vec<(String, i64)>>> + Send {
         self.read(query::watermarks)
+    }
+
+    fn agents(&self) -> impl Future<Output = Answer<Vec<AgentState>>> + Send {
+        self.read(query::agents)
     }
 
     fn progress(

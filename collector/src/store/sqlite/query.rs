@@ -1,12 +1,14 @@
 //! The SQLite store's queries (run on reader connections): series, their
-//! windows and their agents' progress.
+//! windows, their agents' progress, and the agents with their incarnations.
 
 use foldhash::{HashMap, HashMapExt};
 use rusqlite::{params, Connection, OptionalExtension};
 use tributary_core::{SeriesKey, Width};
 
-use crate::store::codec::{corrupt, in_order, key_text, key_texts, parse_key, stored};
-use crate::store::{AgentProgress, StoreError, StoredWindow};
+use crate::store::codec::{
+    corrupt, in_order, incarnation_state, key_text, key_texts, parse_key, stored,
+};
+use crate::store::{agents_of, AgentProgress, AgentState, StoreError, StoredWindow};
 
 /// Every series, ordered by key text.
 pub(super) fn series(conn: &Connection) -> Result<Vec<SeriesKey>, StoreError> {
@@ -94,6 +96,29 @@ pub(super) fn watermarks(conn: &Connection) -> Result<Vec<(String, i64)>, StoreE
     let mut stmt = conn.prepare_cached("SELECT agent, watermark FROM watermarks ORDER BY agent")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Every agent with its incarnations.
+pub(super) fn agents(conn: &Connection) -> Result<Vec<AgentState>, StoreError> {
+    let watermarks = watermarks(conn)?.into_iter().collect();
+    let mut stmt = conn.prepare_cached(
+        "SELECT i.agent, i.incarnation, i.applied_below,
+           (SELECT count(*) FROM applied a WHERE a.agent = i.agent AND a.incarnation = i.incarnation),
+           i.batches, i.dropped_readings, i.first_seen_ms, i.last_seen_ms
+         FROM incarnations i ORDER BY i.agent, i.first_seen_ms, i.incarnation",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let inc = incarnation_state(
+            &r.get::<_, String>(1)?,
+            [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?],
+            r.get(6)?,
+            r.get(7)?,
+        )?;
+        out.push((r.get(0)?, inc));
+    }
+    Ok(agents_of(out, &watermarks))
 }
 
 fn agent_progress(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<AgentProgress> {

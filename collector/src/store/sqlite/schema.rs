@@ -1,7 +1,13 @@
 //! The SQLite schema and its migrations.
 //!
-//! # Schema (version 4, in `PRAGMA user_version`; migrations run at open)
-//! - `applied(agent, seq)` — the de-duplication keys, primary key;
+//! # Schema (version 5, in `PRAGMA user_version`; migrations run at open)
+//! - `incarnations(agent, incarnation, applied_below, batches,
+//!   dropped_readings, first_seen_ms, last_seen_ms)` — one row per agent
+//!   incarnation (16 hex digits): its de-duplication mark (every batch
+//!   sequence below it applied), its batches and the readings it reported
+//!   dropped (`merge/senders.rs`);
+//! - `applied(agent, incarnation, seq)` — the de-duplication keys at or
+//!   above their incarnation's mark, primary key;
 //! - `series(id, key)` — series keys as canonical JSON, unique;
 //! - `results(series, width, start, revision, summary, changed)` — one row
 //!   per (series, width, window) with the merged summary as postcard bytes
@@ -21,19 +27,24 @@
 //! cannot be converted exactly, so a database of an older version is
 //! migrated only if `results` is empty, and refused
 //! ([`StoreError::TickIndexed`]) otherwise.
+//!
+//! Version 5 (issue #12): batches are identified by (agent, incarnation,
+//! seq). The (agent, seq) keys of version 4 can never match a batch again
+//! (a batch without an incarnation is refused), so `applied` is recreated
+//! empty, and `incarnations` is added.
 
 use rusqlite::Connection;
 
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The first version whose sketches index the real reading.
 const REAL_VALUE_SKETCHES: i64 = 4;
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 4] = [V1, V2, V3, V4];
+const MIGRATIONS: [&str; 5] = [V1, V2, V3, V4, V5];
 
 const V1: &str = "
 CREATE TABLE IF NOT EXISTS applied (agent TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (agent, seq)) WITHOUT ROWID;
@@ -66,6 +77,17 @@ CREATE TABLE parked (name TEXT NOT NULL, series INTEGER NOT NULL, width INTEGER 
 
 /// Sketches index the real reading from here on; no table changes.
 const V4: &str = "";
+
+/// Batch keys with the agent's incarnation; a row per incarnation.
+const V5: &str = "
+DROP TABLE IF EXISTS applied;
+CREATE TABLE applied (agent TEXT NOT NULL, incarnation TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (agent, incarnation, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS incarnations (agent TEXT NOT NULL, incarnation TEXT NOT NULL,
+    applied_below INTEGER NOT NULL, batches INTEGER NOT NULL, dropped_readings INTEGER NOT NULL,
+    first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (agent, incarnation)) WITHOUT ROWID;
+";
 
 /// Brings the schema to [`SCHEMA_VERSION`]; refuses a newer one.
 pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {

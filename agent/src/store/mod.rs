@@ -295,6 +295,15 @@ impl Store {
         Ok((done.batches, done.readings))
     }
 
+    /// Makes every write fail (SQLite's `query_only`), as a failing disk
+    /// would, or work again (tests).
+    #[cfg(test)]
+    pub(crate) fn set_query_only(&self, on: bool) {
+        self.conn
+            .pragma_update(None, "query_only", on)
+            .expect("query_only is a pragma");
+    }
+
     /// Replaces the outbox limits (tests shrink them between commits).
     #[cfg(test)]
     pub(crate) fn set_limits(&mut self, limits: outbox::Limits) {

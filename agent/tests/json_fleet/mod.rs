@@ -88,7 +88,7 @@ impl Fleet {
 
 /// The series text of `metric` of device `d`.
 fn key(metric: &str, d: usize) -> String {
-    SeriesKey::new(metric, &format!("dev-{d}"), Default::default())
+    SeriesKey::new(metric, format!("dev-{d}"), Default::default())
         .unwrap()
         .to_string()
 }
@@ -138,6 +138,9 @@ impl Drop for Publisher {
 /// (series text, window start, width) → (count, Σticks), as received.
 pub type Received = HashMap<(String, i64, i64), (u64, i128)>;
 
+/// A received window of one series: (start, width, (count, Σticks)).
+type Landed = (i64, i64, (u64, i128));
+
 /// Checks that what arrived is exact at the width each reading ended up in:
 /// per series, the received windows not inside a wider received window (they
 /// are disjoint, as aligned windows nest) each hold exactly the readings
@@ -152,7 +155,7 @@ pub fn assert_exact_where_they_landed(got: &Received, readings: &[Reading]) -> H
         v.sort_unstable();
     }
     let mut widths: HashMap<i64, usize> = HashMap::new();
-    let mut by_series: HashMap<&str, Vec<(i64, i64, (u64, i128))>> = HashMap::new();
+    let mut by_series: HashMap<&str, Vec<Landed>> = HashMap::new();
     for ((s, start, width), v) in got {
         *widths.entry(*width).or_default() += 1;
         by_series

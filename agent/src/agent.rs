@@ -3,8 +3,9 @@
 //! orderly shutdown (stop the sources and the uplink, then let the engine
 //! commit what is pending and exit).
 //!
-//! A store that cannot be opened (a full disk, a corrupt file) does not stop
-//! the start: the engine thread retries opening it, backing off to
+//! The start waits for the engine's first try to open the store. A store
+//! that cannot be opened (a full disk, a corrupt file) does not stop the
+//! start: the engine thread retries opening it, backing off to
 //! [`OPEN_RETRY_MAX`], while `/health` and `/metrics` say why and the
 //! sources wait (nothing is acknowledged before the engine runs). An agent
 //! that exited at once instead would be restarted into the same failure by
@@ -117,7 +118,9 @@ impl Agent {
             batches_tx,
             connected_rx,
         );
-        let engine_done = start_engine(config.clone(), outbound, metrics.clone(), rx)?;
+        let (engine_done, first_try) = start_engine(config.clone(), outbound, metrics.clone(), rx)?;
+        // Opened (state restored) or failed once, and retrying.
+        let _ = first_try.await;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         if !config.http.listen.is_empty() {
@@ -180,6 +183,13 @@ fn spawn_devices(
     (serial, sims)
 }
 
+/// What the engine thread reports: when it stopped (and why), and when its
+/// first try to open the store is over.
+type EngineEnds = (
+    oneshot::Receiver<Result<(), StoreError>>,
+    oneshot::Receiver<()>,
+);
+
 /// Runs the engine on a thread of its own: opens the store (retrying until
 /// it opens, or every input sender is gone), then runs it.
 fn start_engine(
@@ -187,12 +197,14 @@ fn start_engine(
     outbound: Outbound,
     metrics: Arc<Metrics>,
     rx: mpsc::Receiver<Input>,
-) -> Result<oneshot::Receiver<Result<(), StoreError>>, AgentError> {
+) -> Result<EngineEnds, AgentError> {
     let (done_tx, done) = oneshot::channel();
+    let (first_tx, first_try) = oneshot::channel();
     std::thread::Builder::new()
         .name("tributary-engine".into())
         .spawn(move || {
-            let r = open_store(&config, &metrics, &rx).and_then(|opened| {
+            let mut first = Some(first_tx);
+            let r = open_store(&config, &metrics, &rx, &mut first).and_then(|opened| {
                 let engine = Engine::open(Parts {
                     opened,
                     window: &config.window,
@@ -202,6 +214,9 @@ fn start_engine(
                     outbound,
                     metrics,
                 });
+                if let Some(t) = first.take() {
+                    let _ = t.send(());
+                }
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_time()
                     .build()
@@ -214,16 +229,18 @@ fn start_engine(
             let _ = done_tx.send(r);
         })
         .map_err(|e| AgentError::Engine(e.to_string()))?;
-    Ok(done)
+    Ok((done, first_try))
 }
 
 /// Opens the store and reads it back, trying again (backing off to
 /// [`OPEN_RETRY_MAX`]) while it fails, saying why on `/health` and
 /// `/metrics`; gives up only when every input sender is gone (shutdown).
+/// `first` fires after a first try that failed.
 fn open_store(
     config: &Config,
     metrics: &Metrics,
     rx: &mpsc::Receiver<Input>,
+    first: &mut Option<oneshot::Sender<()>>,
 ) -> Result<Opened, StoreError> {
     let path = config.db_path();
     let mut backoff = Duration::from_millis(100);
@@ -237,6 +254,9 @@ fn open_store(
         if failures == 0 {
             tracing::error!(error = %e, path = %path.display(),
                 "cannot open the store; retrying until it opens (nothing is acknowledged meanwhile)");
+            if let Some(t) = first.take() {
+                let _ = t.send(());
+            }
         }
         failures += 1;
         let until = std::time::Instant::now() + backoff;

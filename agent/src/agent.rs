@@ -74,6 +74,9 @@ pub struct Agent;
 impl Agent {
     /// Opens the store, restores state and starts every configured part.
     pub async fn start(config: Config) -> Result<AgentHandle, AgentError> {
+        for w in config.warnings() {
+            tracing::warn!("{w}");
+        }
         let metrics = Arc::new(Metrics::new());
         let confirm_timeout = Duration::from_millis(config.uplink.confirm_timeout_ms);
         metrics.health.configure(

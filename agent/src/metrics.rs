@@ -8,6 +8,18 @@
 //! `tributary_agent_*`; counters get their `_total` suffix from the
 //! encoder, so what Prometheus scrapes is, e.g.,
 //! `tributary_agent_readings_accepted_total`.
+//!
+//! # Degraded mode
+//! - the outbox: `tributary_agent_outbox_bytes` (all),
+//!   `tributary_agent_outbox_partial_bytes{width_ms}` (unbatched partials by
+//!   coarsening level), `tributary_agent_outbox_batch_bytes` (formed batches),
+//!   `tributary_agent_partials_coarsened_total`,
+//!   `tributary_agent_readings_dropped_total` (durable: it goes on from the
+//!   stored count after a restart);
+//! - the store: `tributary_agent_store_ok`, `tributary_agent_store_failing{reason}`
+//!   (1 for the current reason: `disk_full`, `io`, `corrupt`,
+//!   `cannot_write`, `busy`, `other`), `tributary_agent_store_errors_total{reason}`,
+//!   `tributary_agent_inputs_unacknowledged` (input held for its commit).
 
 use std::sync::atomic::AtomicU64;
 

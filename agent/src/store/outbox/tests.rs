@@ -46,8 +46,12 @@ fn assert_levels(st: &Store) {
             );
         }
     }
-    let bytes: i64 = rows.iter().map(|r| r.4).sum();
-    assert_eq!(st.row_bytes().total(), bytes as u64);
+    let mut per_width: BTreeMap<i64, u64> = BTreeMap::new();
+    for r in &rows {
+        *per_width.entry(r.2).or_default() += r.4 as u64;
+    }
+    let kept: BTreeMap<i64, u64> = st.row_bytes().iter().filter(|w| w.1 > 0).collect();
+    assert_eq!(kept, per_width, "bytes per width as kept and as stored");
 }
 
 /// Forms batches of everything (limits lifted), confirms them and returns

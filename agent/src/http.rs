@@ -66,8 +66,13 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .with_state(metrics)
 }
 
-/// A JSON answer with `code`.
-fn answer(code: StatusCode, body: serde_json::Value) -> impl IntoResponse {
+/// A JSON answer: 200 if `ok`, else 503.
+fn answer(ok: bool, body: serde_json::Value) -> impl IntoResponse {
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         code,
         [(header::CONTENT_TYPE, "application/json")],
@@ -81,13 +86,8 @@ async fn metrics_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
 
 async fn health(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     let store_ok = m.store_ok.get() == 1;
-    let code = if store_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
     answer(
-        code,
+        store_ok,
         json!({
             "status": if store_ok { "ok" } else { "failing" },
             "store_ok": store_ok,
@@ -99,7 +99,7 @@ async fn health(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
 }
 
 async fn live() -> impl IntoResponse {
-    answer(StatusCode::OK, json!({ "status": "live" }))
+    answer(true, json!({ "status": "live" }))
 }
 
 async fn ready(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
@@ -107,13 +107,8 @@ async fn ready(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
         uplink_up: m.uplink_up.get() == 1,
         now_ms: m.health.now_ms(),
     });
-    let code = if reasons.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
     answer(
-        code,
+        reasons.is_empty(),
         json!({
             "status": if reasons.is_empty() { "ready" } else { "not_ready" },
             "reasons": reasons,

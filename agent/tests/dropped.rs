@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::TestCollector;
@@ -63,22 +62,6 @@ async fn feed(agent: &AgentHandle, first: i64, windows: i64) -> u64 {
     n
 }
 
-/// `tributary_agent_readings_dropped_total` as `/metrics` shows it.
-fn dropped_shown(port: u16) -> u64 {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("tributary_agent_readings_dropped_total "))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 /// Waits until what the collector received and was told was dropped adds
 /// up to `total` (or 60 s pass); returns (received, reported dropped).
 async fn settle(collector: &TestCollector, total: u64) -> (u64, u64) {
@@ -118,11 +101,12 @@ async fn dropped_readings_survive_a_restart_and_are_reported_exactly_once() {
         first,
         "counted durably"
     );
-    let port = http;
-    let shown = tokio::task::spawn_blocking(move || dropped_shown(port))
-        .await
-        .unwrap();
-    assert_eq!(shown, first, "/metrics after the restart");
+    let shown = tokio::task::spawn_blocking(move || {
+        common::metric(http, "tributary_agent_readings_dropped_total")
+    })
+    .await
+    .unwrap();
+    assert_eq!(shown, Some(first as f64), "/metrics after the restart");
     fed += feed(&agent, 6, 6).await;
 
     let (got, reported) = settle(&collector, fed).await;

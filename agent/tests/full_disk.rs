@@ -11,13 +11,13 @@
 mod common;
 mod json_fleet;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::TestCollector;
+use common::{http_get as get, metric, TestCollector};
 use json_fleet::{assert_exact_where_they_landed, Fleet, Publisher};
 use tributary_testkit::{free_port, Mosquitto, MosquittoOptions};
 
@@ -60,29 +60,6 @@ fn fill(filler: &Path) {
             Err(e) => panic!("filling the disk: {e}"),
         }
     }
-}
-
-/// The status code and body of `GET path` on the agent (None: no answer).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    s.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let code = head.split(' ').nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
-}
-
-/// The value of the sample `name` (with its labels) in `/metrics`.
-fn metric(port: u16, name: &str) -> Option<f64> {
-    let (_, body) = get(port, "/metrics")?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Waits (up to 60 s) until `f` holds, failing with `what` if it never does.

@@ -250,7 +250,12 @@ fn open_store(
     let mut failures = 0u64;
     loop {
         let e = match Opened::open(&path, &config.store, &config.outbox) {
-            Ok(opened) => return Ok(opened),
+            Ok(opened) => {
+                if failures > 0 {
+                    tracing::info!(failures, path = %path.display(), "the store opened");
+                }
+                return Ok(opened);
+            }
             Err(e) => e,
         };
         metrics.store_failed(e.fault(), format!("cannot open {}: {e}", path.display()));

@@ -34,6 +34,12 @@ pub struct TestCollector {
 
 impl TestCollector {
     pub fn start(port: u16) -> TestCollector {
+        TestCollector::start_confirming_after(port, Duration::ZERO)
+    }
+
+    /// A collector that confirms each batch `delay` after it arrived (as
+    /// one whose store commits slowly would).
+    pub fn start_confirming_after(port: u16, delay: Duration) -> TestCollector {
         let mut o = MqttOptions::new(
             format!("test-collector-{}", fastrand::u32(..)),
             "127.0.0.1",
@@ -77,12 +83,25 @@ impl TestCollector {
                             }
                         }
                         let c = Confirm::new(b.agent.clone(), vec![b.seq]);
-                        let _ = c2.try_publish(
-                            topic::acks(&b.agent),
-                            QoS::AtLeastOnce,
-                            false,
-                            c.encode(),
-                        );
+                        let confirm = {
+                            let c2 = c2.clone();
+                            move || {
+                                let _ = c2.try_publish(
+                                    topic::acks(&b.agent),
+                                    QoS::AtLeastOnce,
+                                    false,
+                                    c.encode(),
+                                );
+                            }
+                        };
+                        if delay.is_zero() {
+                            confirm();
+                        } else {
+                            std::thread::spawn(move || {
+                                std::thread::sleep(delay);
+                                confirm();
+                            });
+                        }
                     }
                     Ok(_) => {}
                     Err(_) => std::thread::sleep(Duration::from_millis(200)),

@@ -2,6 +2,14 @@
 //! server and the sources, each built from its own config section, with an
 //! orderly shutdown (stop the sources and the uplink, then let the engine
 //! commit what is pending and exit).
+//!
+//! The start waits for the engine's first try to open the store. A store
+//! that cannot be opened (a full disk, a corrupt file) does not stop the
+//! start: the engine thread retries opening it, backing off to
+//! [`OPEN_RETRY_MAX`], while `/health` and `/metrics` say why and the
+//! sources wait (nothing is acknowledged before the engine runs). An agent
+//! that exited at once instead would be restarted into the same failure by
+//! its supervisor, again and again.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,18 +20,21 @@ use tokio::task::JoinHandle;
 use tributary_runtime::tls::TlsError;
 
 use crate::config::Config;
-use crate::engine::{Engine, Input, Outbound, Parts};
+use crate::engine::{Engine, Input, Opened, Outbound, Parts};
 use crate::metrics::{Counters, Metrics};
 use crate::sources::mqtt::LocalMqtt;
 use crate::sources::simulated;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 use crate::uplink::{self, Uplink, UplinkError};
 use tributary_sim::SimDevice;
+
+/// The longest wait between two tries to open a store that cannot be opened.
+pub const OPEN_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// The store failed (at start or during a commit).
+    /// The store still failed when the agent stopped.
     #[error("store: {0}")]
     Store(#[from] StoreError),
     /// The uplink could not be configured.
@@ -63,14 +74,18 @@ pub struct Agent;
 impl Agent {
     /// Opens the store, restores state and starts every configured part.
     pub async fn start(config: Config) -> Result<AgentHandle, AgentError> {
+        for w in config.warnings() {
+            tracing::warn!("{w}");
+        }
         let metrics = Arc::new(Metrics::new());
+        let confirm_timeout = Duration::from_millis(config.uplink.confirm_timeout_ms);
+        metrics.health.configure(
+            config.uplink.enabled,
+            (confirm_timeout * 3).max(Duration::from_secs(30)),
+        );
         let (tx, rx) = mpsc::channel::<Input>(1024);
         let (batches_tx, batches) = mpsc::unbounded_channel();
         let (connected, connected_rx) = watch::channel(false);
-        // The store first: the uplink confirms only this database's
-        // incarnation.
-        let store = Store::open(&config.db_path(), &config.store, &config.outbox)?;
-        let incarnation = store.incarnation();
         // Set up before anything starts, so a bad CA file stops the start.
         let uplink = if config.uplink.enabled {
             let ch = uplink::Channels {
@@ -80,7 +95,6 @@ impl Agent {
             };
             Some(Uplink::new(
                 &config.agent_id,
-                incarnation,
                 &config.uplink,
                 ch,
                 metrics.clone(),
@@ -107,7 +121,9 @@ impl Agent {
             batches_tx,
             connected_rx,
         );
-        let engine_done = start_engine(&config, store, outbound, metrics.clone(), rx)?;
+        let (engine_done, first_try) = start_engine(config.clone(), outbound, metrics.clone(), rx)?;
+        // Opened (state restored) or failed once, and retrying.
+        let _ = first_try.await;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         if !config.http.listen.is_empty() {
@@ -122,7 +138,7 @@ impl Agent {
         }
         let (serial, sims) = spawn_devices(&config, &tx, &metrics, &shutdown_rx);
         tasks.extend(serial);
-        tracing::info!(agent = config.agent_id, %incarnation, "agent started");
+        tracing::info!(agent = config.agent_id, "agent started");
         Ok(AgentHandle {
             metrics,
             engine: tx,
@@ -170,41 +186,97 @@ fn spawn_devices(
     (serial, sims)
 }
 
-/// Runs the engine over `store` on a thread of its own.
+/// What the engine thread reports: when it stopped (and why), and when its
+/// first try to open the store is over.
+type EngineEnds = (
+    oneshot::Receiver<Result<(), StoreError>>,
+    oneshot::Receiver<()>,
+);
+
+/// Runs the engine on a thread of its own: opens the store (retrying until
+/// it opens, or every input sender is gone), then runs it.
 fn start_engine(
-    config: &Config,
-    store: Store,
+    config: Config,
     outbound: Outbound,
     metrics: Arc<Metrics>,
     rx: mpsc::Receiver<Input>,
-) -> Result<oneshot::Receiver<Result<(), StoreError>>, AgentError> {
-    let engine = Engine::open(Parts {
-        store,
-        window: &config.window,
-        commit: &config.store,
-        limits: &config.limits,
-        tags: config.global_tags(),
-        outbound,
-        metrics,
-    })?;
+) -> Result<EngineEnds, AgentError> {
     let (done_tx, done) = oneshot::channel();
+    let (first_tx, first_try) = oneshot::channel();
     std::thread::Builder::new()
         .name("tributary-engine".into())
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build();
-            let r = match rt {
-                Ok(rt) => rt.block_on(engine.run(rx)),
-                Err(e) => Err(StoreError::Dir(e)),
-            };
+            let mut first = Some(first_tx);
+            let r = open_store(&config, &metrics, &rx, &mut first).and_then(|opened| {
+                let engine = Engine::open(Parts {
+                    opened,
+                    window: &config.window,
+                    commit: &config.store,
+                    limits: &config.limits,
+                    tags: config.global_tags(),
+                    outbound,
+                    metrics,
+                });
+                if let Some(t) = first.take() {
+                    let _ = t.send(());
+                }
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .map_err(StoreError::Dir)?;
+                rt.block_on(engine.run(rx))
+            });
             if let Err(e) = &r {
                 tracing::error!(error = %e, "engine stopped");
             }
             let _ = done_tx.send(r);
         })
         .map_err(|e| AgentError::Engine(e.to_string()))?;
-    Ok(done)
+    Ok((done, first_try))
+}
+
+/// Opens the store and reads it back, trying again (backing off to
+/// [`OPEN_RETRY_MAX`]) while it fails, saying why on `/health` and
+/// `/metrics`; gives up only when every input sender is gone (shutdown).
+/// `first` fires after a first try that failed.
+fn open_store(
+    config: &Config,
+    metrics: &Metrics,
+    rx: &mpsc::Receiver<Input>,
+    first: &mut Option<oneshot::Sender<()>>,
+) -> Result<Opened, StoreError> {
+    let path = config.db_path();
+    let mut backoff = Duration::from_millis(100);
+    let mut failures = 0u64;
+    loop {
+        let e = match Opened::open(&path, &config.store, &config.outbox) {
+            Ok(opened) => {
+                if failures > 0 {
+                    tracing::info!(failures, path = %path.display(), "the store opened");
+                }
+                tracing::info!(incarnation = %opened.incarnation(), "store open");
+                return Ok(opened);
+            }
+            Err(e) => e,
+        };
+        metrics.store_failed(e.fault(), format!("cannot open {}: {e}", path.display()));
+        if failures == 0 {
+            tracing::error!(error = %e, path = %path.display(),
+                "cannot open the store; retrying until it opens (nothing is acknowledged meanwhile)");
+            if let Some(t) = first.take() {
+                let _ = t.send(());
+            }
+        }
+        failures += 1;
+        let until = std::time::Instant::now() + backoff;
+        while std::time::Instant::now() < until {
+            if rx.is_closed() {
+                return Err(e);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        backoff = (backoff * 2).min(OPEN_RETRY_MAX);
+    }
 }
 
 /// Binds `/metrics` and `/health` on `listen` and serves them until shutdown.
@@ -260,7 +332,8 @@ impl AgentHandle {
         }
     }
 
-    /// Resolves if the engine stops by itself (a store failure).
+    /// Resolves if the engine stops by itself (its thread ended abnormally;
+    /// a failing store does not stop it).
     pub async fn failed(&mut self) -> Result<(), AgentError> {
         match (&mut self.engine_done).await {
             Ok(r) => r.map_err(AgentError::Store),

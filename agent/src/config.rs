@@ -28,6 +28,7 @@ pub use crate::engine::{GlobalTags, LimitsConfig};
 pub use crate::http::HttpConfig;
 pub use crate::sources::mqtt::LocalMqttConfig;
 pub use crate::sources::serial::SerialConfig;
+pub use crate::store::config::SeriesBound;
 pub use crate::store::{OutboxConfig, StoreConfig, Synchronous};
 pub use crate::uplink::UplinkConfig;
 pub use crate::window::WindowConfig;
@@ -128,6 +129,10 @@ impl Config {
         self.window.check(&mut p);
         self.store.check(&mut p);
         self.outbox.check(self.window.width_ms, &mut p);
+        // A refusal is recorded in `p`; a warning is for [`Config::warnings`].
+        let _ = self
+            .outbox
+            .check_capacity(self.window.width_ms, self.series_bound(), &mut p);
         self.uplink.check(&mut p);
         self.limits.check(&mut p);
         for (k, e) in GlobalTags::check(&self.tags) {
@@ -149,6 +154,33 @@ impl Config {
         }
         self.simulated.check(self.window.width_ms, &mut p);
         p.finish()
+    }
+
+    /// What is valid but ill-advised, each with its figures and the key to
+    /// change (`--check-config` prints them, the agent logs them at start).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut p = Problems::default();
+        self.outbox
+            .check_capacity(self.window.width_ms, self.series_bound(), &mut p)
+            .into_iter()
+            .collect()
+    }
+
+    /// The series known in advance (the simulated devices' channels) and
+    /// how many more devices on serial ports or the local broker may bring
+    /// (up to `limits.max_series` in all).
+    pub fn series_bound(&self) -> SeriesBound {
+        let channels = tributary_sim::device::SIM_CHANNELS.len() as u64;
+        let known = (self.simulated.devices as u64).saturating_mul(channels);
+        let open_ended = self.local_mqtt.enabled || !self.serial.is_empty();
+        SeriesBound {
+            known,
+            unknown: if open_ended {
+                (self.limits.max_series as u64).saturating_sub(known)
+            } else {
+                0
+            },
+        }
     }
 
     /// The global tags (`[tags]`).
@@ -179,6 +211,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.tags.len(), 2);
+    }
+
+    #[test]
+    fn an_outbox_too_small_for_the_series_is_refused_or_warned_about() {
+        let sims = "agent_id = \"a\"\n[outbox]\nmax_bytes = 8000\n[simulated]\ndevices = 14\n";
+        let err = Config::from_toml(sims).unwrap_err().to_string();
+        assert!(
+            err.contains("`outbox.max_bytes`") && err.contains("42 simulated series"),
+            "{err}"
+        );
+        let open = "agent_id = \"a\"\n[outbox]\nmax_bytes = 100000\n[local_mqtt]\nenabled = true\n";
+        let c = Config::from_toml(open).unwrap();
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("limits.max_series allows 100000"), "{w:?}");
+        let fewer = format!("{open}[limits]\nmax_series = 60\n");
+        assert!(Config::from_toml(&fewer).unwrap().warnings().is_empty());
+        let shipped = Config::from_toml(include_str!("../../config/agent.toml")).unwrap();
+        assert!(shipped.warnings().is_empty());
     }
 
     #[test]

@@ -39,7 +39,8 @@
 //!   the rest its async shell (`[uplink]`).
 //! - `mqtt_client` — the MQTT options the uplink and the local broker
 //!   source share (TLS from `tributary_runtime::tls`).
-//! - [`metrics`] and [`http`] — Prometheus `/metrics` and `/health` (`[http]`).
+//! - [`metrics`] and [`http`] — Prometheus `/metrics`, and `/health`,
+//!   `/health/live`, `/health/ready` (`[http]`) from the [`health`] state.
 //! - [`config`] — the root config: load, `TRIBUTARY_*` overrides, validation
 //!   delegated to each section.
 //! - [`agent`] — start, run and stop it all ([`Agent::start`], [`run`]).
@@ -49,6 +50,7 @@ pub mod agent;
 pub mod bench;
 pub mod config;
 pub mod engine;
+pub mod health;
 pub mod http;
 pub mod link;
 pub mod metrics;

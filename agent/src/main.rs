@@ -37,6 +37,9 @@ fn main() -> anyhow::Result<()> {
     let config = Config::load(&cli.config)
         .with_context(|| format!("loading config {}", cli.config.display()))?;
     if cli.check_config {
+        for w in config.warnings() {
+            eprintln!("warning: {w}");
+        }
         println!("config {} is valid", cli.config.display());
         return Ok(());
     }

@@ -3,10 +3,23 @@
 //! [`tributary_runtime::metrics::render`].
 //!
 //! Every metric is a field, cheap to bump on hot paths (an atomic add) and
-//! readable in-process ([`Metrics::counters`], the fields' `get`). Names:
+//! readable in-process ([`Metrics::counters`], the fields' `get`). The
+//! [`Health`] the health endpoints report rides along. Names:
 //! `tributary_agent_*`; counters get their `_total` suffix from the
 //! encoder, so what Prometheus scrapes is, e.g.,
 //! `tributary_agent_readings_accepted_total`.
+//!
+//! # Degraded mode
+//! - the outbox: `tributary_agent_outbox_bytes` (all),
+//!   `tributary_agent_outbox_partial_bytes{width_ms}` (unbatched partials by
+//!   coarsening level), `tributary_agent_outbox_batch_bytes` (formed batches),
+//!   `tributary_agent_partials_coarsened_total`,
+//!   `tributary_agent_readings_dropped_total` (durable: it goes on from the
+//!   stored count after a restart);
+//! - the store: `tributary_agent_store_ok`, `tributary_agent_store_failing{reason}`
+//!   (1 for the current reason: `disk_full`, `io`, `corrupt`,
+//!   `cannot_write`, `busy`, `other`), `tributary_agent_store_errors_total{reason}`,
+//!   `tributary_agent_inputs_unacknowledged` (input held for its commit).
 
 use std::sync::atomic::AtomicU64;
 
@@ -15,6 +28,10 @@ use tributary_runtime::metrics::prometheus_client::metrics::family::Family;
 use tributary_runtime::metrics::prometheus_client::metrics::gauge::Gauge;
 use tributary_runtime::metrics::prometheus_client::metrics::histogram::Histogram;
 use tributary_runtime::metrics::prometheus_client::registry::Registry;
+
+use crate::health::Health;
+use crate::store::error::FAULTS;
+use crate::store::WidthBytes;
 
 /// Why input was refused; each is a `reason` label of
 /// `tributary_agent_rejected_total`.
@@ -140,7 +157,8 @@ pub struct Metrics {
     pub revisions_emitted: Counter,
     /// Partials merged away by coarsening.
     pub partials_coarsened: Counter,
-    /// Readings dropped at the outbox floor.
+    /// Readings dropped at the outbox floor, ever: restored from the store
+    /// at start (it counts them durably).
     pub readings_dropped: Counter,
     /// Batches formed.
     pub batches_formed: Counter,
@@ -170,6 +188,16 @@ pub struct Metrics {
     pub uplink_up: Gauge,
     /// Bytes of unconfirmed partials and batches.
     pub outbox_bytes: UGauge,
+    /// Bytes of unbatched partials by window width (the coarsening levels).
+    outbox_partial_bytes: Family<[(&'static str, String); 1], UGauge>,
+    /// Bytes of formed, unconfirmed batches.
+    pub outbox_batch_bytes: UGauge,
+    /// Inputs applied in memory whose acknowledgement waits for a commit.
+    pub inputs_unacknowledged: UGauge,
+    /// Failed store operations by reason ([`FAULTS`] order).
+    store_errors: [Counter; FAULTS.len()],
+    /// 1 for the reason the store currently fails ([`FAULTS`] order).
+    store_failing: [Gauge; FAULTS.len()],
     /// Series tracked.
     pub series: UGauge,
     /// Store healthy (1) or failed (0).
@@ -177,6 +205,8 @@ pub struct Metrics {
     clock_offset: Family<DeviceLabel, FGauge>,
     clock_drift: Family<DeviceLabel, FGauge>,
     clock_error: Family<DeviceLabel, FGauge>,
+    /// What the health endpoints report.
+    pub health: Health,
 }
 
 /// A snapshot of the main counters.
@@ -242,8 +272,8 @@ impl Metrics {
             frames_duplicate: c(&mut r, "frames_duplicate", "Link frames already applied."),
             partials_emitted: c(&mut r, "partials_emitted", "Closed partials put in the outbox."),
             revisions_emitted: c(&mut r, "revisions_emitted", "Revision partials (late data)."),
-            partials_coarsened: c(&mut r, "partials_coarsened", "Partials merged away by coarsening."),
-            readings_dropped: c(&mut r, "readings_dropped", "Readings dropped at the outbox floor."),
+            partials_coarsened: c(&mut r, "partials_coarsened", "Partials merged away by coarsening (into the row of a coarser window)."),
+            readings_dropped: c(&mut r, "readings_dropped", "Readings dropped at the outbox floor, since the database was created (durable)."),
             batches_formed: c(&mut r, "batches_formed", "Batches formed."),
             batches_sent: c(&mut r, "batches_sent", "Batches published (first sends)."),
             batches_resent: c(&mut r, "batches_resent", "Batches published again."),
@@ -262,11 +292,28 @@ impl Metrics {
             local_subscribed: g(&mut r, "local_mqtt_subscribed", "Whether the local broker granted the device-topic subscription."),
             uplink_up: g(&mut r, "uplink_up", "Whether the uplink is connected."),
             outbox_bytes: u(&mut r, "outbox_bytes", "Bytes of unconfirmed partials and batches."),
+            outbox_partial_bytes: reg(
+                &mut r,
+                "outbox_partial_bytes",
+                "Bytes of unbatched partials by window width (ms): the coarsening levels.",
+                Family::default(),
+            ),
+            outbox_batch_bytes: u(&mut r, "outbox_batch_bytes", "Bytes of formed batches not yet confirmed."),
+            inputs_unacknowledged: u(&mut r, "inputs_unacknowledged", "Inputs applied but not yet acknowledged: they wait for their commit (all of them while the store fails)."),
+            store_errors: {
+                let fam = reg(&mut r, "store_errors", "Failed store operations, by reason.", Family::<[(&'static str, &'static str); 1], Counter>::default());
+                FAULTS.map(|f| fam.get_or_create(&[("reason", f)]).clone())
+            },
+            store_failing: {
+                let fam = reg(&mut r, "store_failing", "1 for the reason the store currently fails (input is then held unacknowledged).", Family::<[(&'static str, &'static str); 1], Gauge>::default());
+                FAULTS.map(|f| fam.get_or_create(&[("reason", f)]).clone())
+            },
             series: u(&mut r, "series", "Series tracked."),
             store_ok: g(&mut r, "store_ok", "Whether the last store operation succeeded."),
             clock_offset: f(&mut r, "device_clock_offset_ms", "Estimated wall-clock ms at the device's tick 0 (current boot)."),
             clock_drift: f(&mut r, "device_clock_drift_ppm", "Estimated device clock rate error (ppm, positive = fast)."),
             clock_error: f(&mut r, "device_clock_error_ms", "Stated error of event times mapped from device ticks (ms, excluding the link's constant latency)."),
+            health: Health::default(),
             registry: r,
         }
     }
@@ -300,6 +347,54 @@ impl Metrics {
     /// Group commits so far.
     pub fn commits(&self) -> u64 {
         self.commits.get()
+    }
+
+    /// Shows the outbox's bytes: `rows` (unbatched partials per width) and
+    /// formed batches.
+    pub fn set_outbox(&self, rows: &WidthBytes, batch_bytes: u64) {
+        for (width, bytes) in rows.iter() {
+            self.outbox_partial_bytes
+                .get_or_create(&[("width_ms", width.to_string())])
+                .set(bytes);
+        }
+        self.outbox_batch_bytes.set(batch_bytes);
+        self.outbox_bytes.set(rows.total() + batch_bytes);
+    }
+
+    /// Bytes of unbatched partials of width `width_ms`, as shown.
+    pub fn outbox_partial_bytes(&self, width_ms: i64) -> Option<u64> {
+        let label = [("width_ms", width_ms.to_string())];
+        Some(self.outbox_partial_bytes.get(&label)?.get())
+    }
+
+    /// A store operation failed for `reason` (one of [`FAULTS`]), saying
+    /// `why`.
+    pub fn store_failed(&self, reason: &str, why: String) {
+        self.store_ok.set(0);
+        for (i, f) in FAULTS.iter().enumerate() {
+            self.store_failing[i].set(i64::from(*f == reason));
+            if *f == reason {
+                self.store_errors[i].inc();
+            }
+        }
+        self.health.store_failed(why);
+    }
+
+    /// The store works.
+    pub fn store_recovered(&self) {
+        self.store_ok.set(1);
+        for g in &self.store_failing {
+            g.set(0);
+        }
+        self.health.store_ok();
+    }
+
+    /// Failed store operations for `reason`.
+    pub fn store_errors(&self, reason: &str) -> u64 {
+        FAULTS
+            .iter()
+            .position(|f| *f == reason)
+            .map_or(0, |i| self.store_errors[i].get())
     }
 
     /// Records a device's current clock estimate.

@@ -1,5 +1,5 @@
-//! `/metrics` and `/health` over a real socket: the Prometheus text shows
-//! what in-process input did, by the names users scrape.
+//! `/metrics` and the health endpoints over a real socket: the Prometheus
+//! text shows what in-process input did, by the names users scrape.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -70,6 +70,11 @@ async fn metrics_and_health_show_what_the_agent_did() {
         "tributary_agent_store_ok 1\n",
         "tributary_agent_uplink_up 0\n",
         "# TYPE tributary_agent_commit_duration_seconds histogram\n",
+        "tributary_agent_readings_dropped_total 0\n",
+        "tributary_agent_store_failing{reason=\"disk_full\"} 0\n",
+        "tributary_agent_store_errors_total{reason=\"disk_full\"} 0\n",
+        "tributary_agent_inputs_unacknowledged 0\n",
+        "tributary_agent_outbox_batch_bytes 0\n",
     ] {
         assert!(body.contains(line), "{line:?} in\n{body}");
     }
@@ -84,5 +89,23 @@ async fn metrics_and_health_show_what_the_agent_did() {
     assert_eq!(v["status"], "ok");
     assert_eq!(v["store_ok"], true);
     assert_eq!(v["uplink_up"], false);
+    assert_eq!(v["reason"], serde_json::Value::Null);
+
+    // Live and ready (no uplink configured, so its state does not count).
+    let (status, _, body) = tokio::task::spawn_blocking(move || get(port, "/health/live"))
+        .await
+        .unwrap();
+    assert!(status.contains(" 200 "), "{status}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["status"],
+        "live"
+    );
+    let (status, _, body) = tokio::task::spawn_blocking(move || get(port, "/health/ready"))
+        .await
+        .unwrap();
+    assert!(status.contains(" 200 "), "{status} {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "ready");
+    assert_eq!(v["reasons"], serde_json::json!([]));
     agent.shutdown().await.unwrap();
 }

@@ -3,21 +3,23 @@
 //! acknowledging the input it made durable (link Acks, MQTT PUBACKs through
 //! the `done` signals) and counting what it did.
 //!
-//! If the store fails the engine stops with the error (see
-//! [`crate::engine`]): nothing that commit held was acknowledged.
+//! A commit that fails comes back whole with its error: its changes are no
+//! longer in the windower, so the engine retries it as it is (see
+//! `stall`); nothing it held is acknowledged until it succeeded.
 
 use std::time::Instant;
 
 use tributary_runtime::now_ms;
 
 use super::state::State;
-use crate::metrics::Metrics;
 use crate::store::{Commit, Store, StoreError};
+
+/// A commit that failed, with its error.
+pub(crate) type Failed = (Box<Commit>, StoreError);
 
 /// Commits everything pending in `st` to `store` (a no-op when nothing
 /// is), then acknowledges it; returns how many partials it emitted.
-pub(crate) fn commit(st: &mut State, store: &mut Store) -> Result<u64, StoreError> {
-    let started = Instant::now();
+pub(crate) fn commit(st: &mut State, store: &mut Store) -> Result<u64, Failed> {
     let flush = st.win.flush(now_ms());
     let nothing = flush.emitted.is_empty()
         && flush.checkpoints.is_empty()
@@ -32,27 +34,28 @@ pub(crate) fn commit(st: &mut State, store: &mut Store) -> Result<u64, StoreErro
     };
     st.registry.drain_into(&st.win, &mut c);
     st.devices.drain_into(&mut c);
+    match run(st, store, &c) {
+        Ok(emitted) => {
+            st.pending.acknowledge();
+            Ok(emitted)
+        }
+        Err(e) => Err((Box::new(c), e)),
+    }
+}
+
+/// Runs the commit `c` and counts what it did (acknowledging nothing);
+/// returns how many partials it emitted.
+pub(crate) fn run(st: &State, store: &mut Store, c: &Commit) -> Result<u64, StoreError> {
+    let started = Instant::now();
     let revisions = c.flush.emitted.iter().filter(|e| e.revision).count() as u64;
     let emitted = c.flush.emitted.len() as u64;
+    let out = store.commit(c)?;
     let m = &st.metrics;
-    let out = checked(m, store.commit(&c))?;
-    m.store_ok.set(1);
     m.record_commit(started.elapsed());
     m.partials_emitted.inc_by(emitted - revisions);
     m.revisions_emitted.inc_by(revisions);
     m.partials_coarsened.inc_by(out.coarsened);
     m.readings_dropped.inc_by(out.dropped_readings);
-    m.outbox_bytes.set(store.outbox_bytes());
-    st.pending.acknowledge();
+    m.set_outbox(store.row_bytes(), store.batch_bytes());
     Ok(emitted)
-}
-
-/// Passes a store result on, marking the store failed (and saying so) on
-/// an error.
-pub(crate) fn checked<T>(m: &Metrics, r: Result<T, StoreError>) -> Result<T, StoreError> {
-    if let Err(e) = &r {
-        m.store_ok.set(0);
-        tracing::error!(error = %e, "store operation failed; stopping so a restart resumes from the last commit");
-    }
-    r
 }

@@ -10,9 +10,11 @@
 //! due. After the commit it sends the link Acks, fires the MQTT
 //! acknowledgements and forms batches for the uplink (`outbound`).
 //!
-//! If a commit fails (full disk, corrupt database) the engine stops with an
-//! error and the agent exits non-zero: nothing uncommitted was acknowledged,
-//! so a restart resumes from the last commit without loss.
+//! If a commit fails (full disk, corrupt database) the engine does not
+//! stop: it holds the failed commit and every acknowledgement, goes on
+//! taking input, says why on `/health` and `/metrics`, and retries until a
+//! commit succeeds (`stall`). Nothing uncommitted was acknowledged, so a
+//! restart at any point also resumes from the last commit without loss.
 //!
 //! # Layout
 //! - this file — the loop (when to commit) and the dispatch of inputs;
@@ -24,6 +26,7 @@
 //! - `frames` — Hello and data frames; `readings` — JSON and in-process
 //!   readings;
 //! - `commit` — assembling and running a group commit, acknowledging after it;
+//! - `stall` — what is held while the store fails, and when to retry;
 //! - `outbound` — forming batches for the uplink and deleting confirmed ones.
 //!
 //! The files depend one way: this one on the others, `frames`, `readings`
@@ -38,9 +41,11 @@ mod outbound;
 mod pending;
 mod readings;
 mod registry;
+mod stall;
 mod state;
 pub mod tags;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,8 +53,9 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreConfig, StoreError};
+use crate::store::{FormedBatch, Loaded, OutboxConfig, Store, StoreConfig, StoreError};
 use crate::window::WindowConfig;
+use stall::Stall;
 use state::State;
 
 pub use config::LimitsConfig;
@@ -57,12 +63,47 @@ pub use input::{Done, Input, Reply};
 pub(crate) use outbound::Outbound;
 pub use tags::GlobalTags;
 
+/// The store, opened, and what was read back from it to resume.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    store: Store,
+    loaded: Loaded,
+    unconfirmed: Vec<FormedBatch>,
+}
+
+impl Opened {
+    /// The database's incarnation.
+    pub(crate) fn incarnation(&self) -> tributary_core::Incarnation {
+        self.store.incarnation()
+    }
+
+    /// Opens the store at `path` and reads it back.
+    pub(crate) fn open(
+        path: &Path,
+        store: &StoreConfig,
+        outbox: &OutboxConfig,
+    ) -> Result<Opened, StoreError> {
+        Opened::read(Store::open(path, store, outbox)?)
+    }
+
+    /// Reads back from `store` what the engine resumes from.
+    pub(crate) fn read(store: Store) -> Result<Opened, StoreError> {
+        let loaded = store.load()?;
+        let unconfirmed = store.unconfirmed()?;
+        Ok(Opened {
+            store,
+            loaded,
+            unconfirmed,
+        })
+    }
+}
+
 /// What an engine is made of: its store, the sections it reads and where
 /// its batches go.
 #[derive(Debug)]
 pub(crate) struct Parts<'a> {
     /// The opened store.
-    pub(crate) store: Store,
+    pub(crate) opened: Opened,
     /// `[window]`.
     pub(crate) window: &'a WindowConfig,
     /// `[store]` (the group commit's timing).
@@ -95,36 +136,51 @@ pub(crate) struct Engine {
     store: Store,
     st: State,
     outbound: Outbound,
+    stall: Stall,
     interval: Duration,
     max_pending_readings: u64,
 }
 
 impl Engine {
-    /// Restores the state of the last commit from the store.
-    pub(crate) fn open(p: Parts<'_>) -> Result<Engine, StoreError> {
-        let loaded = p.store.load()?;
+    /// Restores the state of the last commit from the store and hands the
+    /// uplink every unconfirmed batch.
+    pub(crate) fn open(p: Parts<'_>) -> Engine {
+        let Opened {
+            store,
+            loaded,
+            unconfirmed,
+        } = p.opened;
         let st = State::restore(loaded, p.window, p.limits, p.tags, p.metrics);
-        st.metrics.outbox_bytes.set(p.store.outbox_bytes());
-        st.metrics.store_ok.set(1);
+        let m = &st.metrics;
+        // Dropped readings are counted durably: the counter goes on from there.
+        let dropped = store.dropped_total();
+        m.readings_dropped
+            .inc_by(dropped.saturating_sub(m.readings_dropped.get()));
+        m.set_outbox(store.row_bytes(), store.batch_bytes());
+        m.store_recovered();
         tracing::info!(
             series = st.registry.len(),
             open_readings = st.win.open_readings(),
-            outbox_bytes = p.store.outbox_bytes(),
+            outbox_bytes = store.outbox_bytes(),
+            readings_dropped = dropped,
             "state restored from {}",
-            p.store.path().display()
+            store.path().display()
         );
-        Ok(Engine {
-            store: p.store,
+        let mut outbound = p.outbound;
+        outbound.hand_over(unconfirmed, m);
+        Engine {
+            store,
             st,
-            outbound: p.outbound,
+            outbound,
+            stall: Stall::default(),
             interval: Duration::from_millis(p.commit.commit_interval_ms),
             max_pending_readings: p.commit.commit_max_readings,
-        })
+        }
     }
 
-    /// Runs until every sender is gone; commits what is pending on the way out.
+    /// Runs until every sender is gone; commits what is pending on the way
+    /// out (an error then is the engine's: the store still fails).
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Input>) -> Result<(), StoreError> {
-        self.outbound.resume(&self.store, &self.st.metrics)?;
         let interval = self.interval;
         // With nothing pending, a commit every tick still closes the windows
         // of sources that went idle (by the wall clock).
@@ -135,6 +191,7 @@ impl Engine {
         let early = (interval / 5).max(Duration::from_millis(2));
         let mut last_commit = Instant::now();
         loop {
+            self.st.metrics.health.beat();
             let mut wait = match self.st.pending.since {
                 Some(t) => interval.saturating_sub(t.elapsed()),
                 None => tick,
@@ -142,22 +199,33 @@ impl Engine {
             if self.st.win.has_due() {
                 wait = wait.min(early.saturating_sub(last_commit.elapsed()));
             }
+            // While the store fails, the next try is all there is to wait for.
+            if let Some(retry) = self.stall.retry_in() {
+                wait = retry.min(tick);
+            }
             match self.next(&mut rx, wait).await {
-                Next::Input(input) => self.handle(input)?,
-                Next::Uplink => self.form_batches()?,
+                Next::Input(input) => self.handle(input),
+                Next::Uplink => self.form_batches(),
                 Next::Idle => {}
                 Next::Closed => break,
             }
             let pending = &self.st.pending;
-            let due = pending.since.is_some_and(|t| t.elapsed() >= interval)
-                || pending.readings >= self.max_pending_readings
-                || self.st.win.has_due() && last_commit.elapsed() >= early;
-            if due || pending.since.is_none() && wait == tick {
-                self.commit()?;
+            self.st.metrics.inputs_unacknowledged.set(pending.held());
+            let due = match self.stall.retry_in() {
+                Some(left) => left.is_zero(),
+                None => {
+                    pending.since.is_some_and(|t| t.elapsed() >= interval)
+                        || pending.readings >= self.max_pending_readings
+                        || self.st.win.has_due() && last_commit.elapsed() >= early
+                        || pending.since.is_none() && wait == tick
+                }
+            };
+            if due {
+                self.commit();
                 last_commit = Instant::now();
             }
         }
-        self.commit()
+        self.try_commit().map(|_| ())
     }
 
     /// What to do next: an input already waiting is taken at once, without
@@ -180,7 +248,7 @@ impl Engine {
         }
     }
 
-    fn handle(&mut self, input: Input) -> Result<(), StoreError> {
+    fn handle(&mut self, input: Input) {
         let st = &mut self.st;
         match input {
             Input::Link {
@@ -217,31 +285,89 @@ impl Engine {
             } => {
                 let _ = reply.send(st.devices.hwm(device, boot));
             }
-            Input::Confirmed(seqs) => {
-                let wm = st.win.watermark();
-                self.outbound
-                    .confirmed(&mut self.store, &seqs, wm, &self.st.metrics)?;
-            }
+            Input::Confirmed(seqs) => self.confirmed(seqs),
             Input::Sync(reply) => {
-                self.commit()?;
+                self.commit();
                 let _ = reply.send(());
             }
         }
-        Ok(())
     }
 
-    /// A group commit, then batches of what it emitted.
-    fn commit(&mut self) -> Result<(), StoreError> {
-        if commit::commit(&mut self.st, &mut self.store)? > 0 {
-            self.form_batches()?;
+    /// The collector confirmed `seqs`: delete them and form more (while the
+    /// store fails, they are deleted at the next try).
+    fn confirmed(&mut self, seqs: Vec<u64>) {
+        if self.stall.is_failing() {
+            self.stall.hold_confirms(seqs);
+            return;
         }
-        Ok(())
+        let m = &self.st.metrics;
+        match self.outbound.confirmed(&mut self.store, &seqs, m) {
+            Ok(()) => self.form_batches(),
+            Err(e) => {
+                self.stall.hold_confirms(seqs);
+                self.stall.failed(&e, m);
+            }
+        }
     }
 
-    /// Forms the batches there is room for.
-    fn form_batches(&mut self) -> Result<(), StoreError> {
+    /// A group commit (after what a failing store held), then batches of
+    /// what it emitted; a failure is held for the next try.
+    fn commit(&mut self) {
+        let recovering = self.stall.is_failing();
+        match self.try_commit() {
+            Ok(emitted) => {
+                if recovering {
+                    self.stall.recovered(&self.st.metrics);
+                }
+                if emitted > 0 || recovering {
+                    self.form_batches();
+                }
+            }
+            Err(e) => self.stall.failed(&e, &self.st.metrics),
+        }
+    }
+
+    /// Commits the commit that failed (if one did) as it was, deletes the
+    /// confirmed batches still due, then commits everything since;
+    /// returns the partials emitted. What fails is held for the next try.
+    fn try_commit(&mut self) -> Result<u64, StoreError> {
+        let mut emitted = 0;
+        if let Some(c) = self.stall.take_failed() {
+            match commit::run(&self.st, &mut self.store, &c) {
+                Ok(n) => emitted += n,
+                Err(e) => {
+                    self.stall.hold(c);
+                    return Err(e);
+                }
+            }
+        }
+        let seqs = self.stall.take_confirms();
+        if !seqs.is_empty() {
+            let m = &self.st.metrics;
+            if let Err(e) = self.outbound.confirmed(&mut self.store, &seqs, m) {
+                self.stall.hold_confirms(seqs);
+                return Err(e);
+            }
+        }
+        match commit::commit(&mut self.st, &mut self.store) {
+            Ok(n) => Ok(emitted + n),
+            Err((c, e)) => {
+                self.stall.hold(c);
+                Err(e)
+            }
+        }
+    }
+
+    /// Forms the batches there is room for (none while the store fails).
+    fn form_batches(&mut self) {
+        if self.stall.is_failing() {
+            return;
+        }
         let wm = self.st.win.watermark();
-        self.outbound.form(&mut self.store, wm, &self.st.metrics)
+        let m = &self.st.metrics;
+        if let Err(e) = self.outbound.form(&mut self.store, wm, m) {
+            self.stall.failed(&e, m);
+        }
     }
 }
 

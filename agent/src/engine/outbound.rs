@@ -9,9 +9,13 @@
 //! It forms after a commit that emitted partials, after confirmations freed
 //! room, and when the uplink (re)connects; during an outage nothing new is
 //! frozen into batches, so partials stay in the outbox, where they can be
-//! coarsened. At start it hands over every unconfirmed batch loaded from
-//! the store. The uplink publishes what it is given, republishes it all on
-//! reconnect and after a timeout, and sends back [`Input::Confirmed`].
+//! coarsened. How many bytes of batches may be formed and unconfirmed is
+//! the store's to limit (a quarter of `outbox.max_bytes`). At start it hands
+//! over every unconfirmed batch loaded from the store. The uplink publishes
+//! what it is given, republishes it all on reconnect and after a timeout,
+//! and sends back [`Input::Confirmed`]. Whether batches wait for a
+//! confirmation, and since when, goes to the health state (`/health/ready`
+//! reports a collector that stopped confirming).
 //!
 //! [`Store::form_batches`]: crate::store::Store::form_batches
 //! [`Input::Confirmed`]: super::Input::Confirmed
@@ -19,7 +23,6 @@
 use tokio::sync::{mpsc, watch};
 use tributary_core::batch::Encoding;
 
-use super::commit::checked;
 use crate::metrics::Metrics;
 use crate::store::{FormedBatch, Store, StoreError};
 
@@ -101,7 +104,11 @@ impl Outbound {
         }
     }
 
-    fn hand_over(&mut self, batches: Vec<FormedBatch>) {
+    /// Hands `batches` (formed, or loaded at start) to the uplink.
+    pub(crate) fn hand_over(&mut self, batches: Vec<FormedBatch>, m: &Metrics) {
+        if self.unconfirmed == 0 && !batches.is_empty() {
+            m.health.batches_waiting(true);
+        }
         self.unconfirmed += batches.len();
         for b in batches {
             // The uplink is gone (shutdown): the batch stays stored and is
@@ -112,13 +119,6 @@ impl Outbound {
 }
 
 impl Outbound {
-    /// Hands every unconfirmed batch in `store` to the uplink (at start).
-    pub(crate) fn resume(&mut self, store: &Store, m: &Metrics) -> Result<(), StoreError> {
-        let stored = checked(m, store.unconfirmed())?;
-        self.hand_over(stored);
-        Ok(())
-    }
-
     /// Forms as many batches as there is room for, at the agent's
     /// `watermark`, and hands them over.
     pub(crate) fn form(
@@ -131,29 +131,32 @@ impl Outbound {
         if room == 0 {
             return Ok(());
         }
-        let r = store.form_batches(&self.agent, watermark, room, self.encoding);
-        let formed = checked(m, r)?;
+        let formed = store.form_batches(&self.agent, watermark, room, self.encoding)?;
         m.batches_formed.inc_by(formed.len() as u64);
-        m.outbox_bytes.set(store.outbox_bytes());
-        self.hand_over(formed);
+        m.set_outbox(store.row_bytes(), store.batch_bytes());
+        self.hand_over(formed, m);
         Ok(())
     }
 
-    /// The collector confirmed `seqs`: delete them and form more.
+    /// The collector confirmed `seqs`: delete them (the engine then forms
+    /// more).
     pub(crate) fn confirmed(
         &mut self,
         store: &mut Store,
         seqs: &[u64],
-        watermark: i64,
         m: &Metrics,
     ) -> Result<(), StoreError> {
-        let (n, readings) = checked(m, store.confirm(seqs))?;
+        let (n, readings) = store.confirm(seqs)?;
         m.batches_confirmed.inc_by(n);
         m.readings_confirmed.inc_by(readings);
-        m.outbox_bytes.set(store.outbox_bytes());
+        m.set_outbox(store.row_bytes(), store.batch_bytes());
         self.unconfirmed = self
             .unconfirmed
             .saturating_sub(usize::try_from(n).unwrap_or(usize::MAX));
-        self.form(store, watermark, m)
+        if n > 0 {
+            // A confirmation restarts the clock of the batches still waiting.
+            m.health.batches_waiting(self.unconfirmed > 0);
+        }
+        Ok(())
     }
 }

@@ -39,6 +39,11 @@ impl Pending {
         }
     }
 
+    /// Inputs waiting for their acknowledgement.
+    pub(crate) fn held(&self) -> u64 {
+        (self.acks.len() + self.dones.len()) as u64
+    }
+
     /// After the commit: sends the Acks, fires the signals and starts over.
     pub(crate) fn acknowledge(&mut self) {
         for (reply, ack) in self.acks.drain(..) {

@@ -61,8 +61,7 @@ fn json(e: &mut Engine, device: &str, readings: Vec<JsonReading>) {
         device: device.into(),
         msg: JsonMessage { id: None, readings },
         done: None,
-    })
-    .unwrap();
+    });
 }
 
 #[test]
@@ -79,8 +78,7 @@ fn global_tags_reach_every_source_and_survive_a_restart() {
         reply: None,
         fixed_offset: Some(sim.start_ms),
         done: None,
-    })
-    .unwrap();
+    });
     // JSON readings, one with its own `site`, which wins.
     json(
         &mut e,
@@ -94,8 +92,7 @@ fn global_tags_reach_every_source_and_survive_a_restart() {
         quantum: Quantum::default(),
         points: vec![(t0() + 500, 7)],
         done: Some(tx),
-    })
-    .unwrap();
+    });
     assert!(rx.try_recv().is_err(), "acknowledged only after the commit");
 
     let g = ",gateway=\"gw-1\",site=\"berlin\"}";
@@ -125,7 +122,7 @@ fn global_tags_reach_every_source_and_survive_a_restart() {
             .collect();
     assert_eq!(truth.len(), 3);
     assert!(truth.is_subset(&want), "{truth:?}");
-    e.commit().unwrap();
+    e.commit();
     assert_eq!(rx.try_recv(), Ok(()), "acknowledged after the commit");
     drop(e);
 
@@ -190,15 +187,14 @@ fn open_with_uplink(
         connected_rx,
     );
     let e = Engine::open(Parts {
-        store,
+        opened: Opened::read(store).unwrap(),
         window: &cfg.window,
         commit: &cfg.store,
         limits: &cfg.limits,
         tags: cfg.global_tags(),
         outbound,
         metrics: metrics.clone(),
-    })
-    .unwrap();
+    });
     (e, metrics, batches, connected)
 }
 
@@ -230,9 +226,8 @@ fn batches_are_formed_only_while_connected_and_within_the_in_flight_limit() {
         quantum: Quantum::default(),
         points,
         done: None,
-    })
-    .unwrap();
-    e.commit().unwrap();
+    });
+    e.commit();
     assert_eq!(metrics.partials_emitted.get(), 4);
     assert_eq!(
         metrics.batches_formed.get(),
@@ -242,25 +237,25 @@ fn batches_are_formed_only_while_connected_and_within_the_in_flight_limit() {
     assert!(handed_over(&mut rx).is_empty());
 
     connected.send_replace(true);
-    e.form_batches().unwrap();
+    e.form_batches();
     let w = |k: i64| t0 + k * 60_000;
     assert_eq!(
         handed_over(&mut rx),
         [(1, w(0)), (2, w(1))],
         "two in flight, oldest first"
     );
-    e.handle(Input::Confirmed(vec![1])).unwrap();
+    e.handle(Input::Confirmed(vec![1]));
     assert_eq!(
         handed_over(&mut rx),
         [(3, w(2))],
         "a confirmation makes room"
     );
-    e.handle(Input::Confirmed(vec![1])).unwrap();
+    e.handle(Input::Confirmed(vec![1]));
     assert!(handed_over(&mut rx).is_empty(), "a repeated one does not");
     assert_eq!(metrics.batches_confirmed.get(), 1);
 
     connected.send_replace(false);
-    e.handle(Input::Confirmed(vec![2])).unwrap();
+    e.handle(Input::Confirmed(vec![2]));
     assert!(
         handed_over(&mut rx).is_empty(),
         "nothing new during an outage"
@@ -274,10 +269,9 @@ fn batches_are_formed_only_while_connected_and_within_the_in_flight_limit() {
 
     // After a restart the unconfirmed batch is handed over again first.
     let (mut e, _, mut rx, connected) = open_with_uplink(&cfg, 2);
-    e.outbound.resume(&e.store, &e.st.metrics).unwrap();
     assert_eq!(handed_over(&mut rx), [(3, w(2))]);
     connected.send_replace(true);
-    e.form_batches().unwrap();
+    e.form_batches();
     assert_eq!(handed_over(&mut rx), [(4, w(3))]);
 }
 
@@ -292,8 +286,8 @@ fn refused_in_process_readings_are_counted_by_reason() {
         points: (0..n).map(|i| (t0() + i, i)).collect(),
         done: None,
     };
-    e.handle(readings("a", 2)).unwrap();
-    e.handle(readings("b", 3)).unwrap();
+    e.handle(readings("a", 2));
+    e.handle(readings("b", 3));
     assert_eq!(metrics.readings_accepted.get(), 2);
     assert_eq!(metrics.rejected(crate::metrics::Reject::SeriesLimit), 3);
     assert_eq!(metrics.series.get(), 1);
@@ -337,8 +331,7 @@ fn device_frames_out_of_the_time_bounds_are_refused() {
         reply: None,
         fixed_offset: Some(sim.start_ms),
         done: None,
-    })
-    .unwrap();
+    });
     assert_eq!(metrics.rejected(crate::metrics::Reject::TimeFuture), 3);
     assert_eq!(metrics.readings_accepted.get(), 1);
     let source = e.st.win.series(0).map(|s| s.key().device().to_string());
@@ -366,9 +359,8 @@ fn a_watermark_stored_far_ahead_is_brought_back_at_start() {
         done: None,
     };
     let now = now_ms();
-    e.handle(readings(vec![(now - 120_000, 1), (now + year, 2)]))
-        .unwrap();
-    e.commit().unwrap();
+    e.handle(readings(vec![(now - 120_000, 1), (now + year, 2)]));
+    e.commit();
     let src = e.st.win.series(0).map(|_| 0).unwrap();
     assert_eq!(e.st.win.source_watermark(src), Some(now + year));
     drop(e);
@@ -383,8 +375,8 @@ fn a_watermark_stored_far_ahead_is_brought_back_at_start() {
         metrics.partials_emitted.get(),
         metrics.revisions_emitted.get(),
     );
-    e.handle(readings(vec![(now_ms(), 3)])).unwrap();
-    e.commit().unwrap();
+    e.handle(readings(vec![(now_ms(), 3)]));
+    e.commit();
     assert_eq!(
         (
             metrics.partials_emitted.get(),
@@ -393,4 +385,78 @@ fn a_watermark_stored_far_ahead_is_brought_back_at_start() {
         before
     );
     assert!(e.st.win.open_readings() >= 1);
+}
+
+/// A store that fails (here: every write refused) holds every
+/// acknowledgement and the commit that failed; input goes on being taken;
+/// once a write succeeds, the same commit and everything since are
+/// committed, acknowledged and sent, exactly.
+#[test]
+fn a_failing_store_holds_every_acknowledgement_and_retries_the_same_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let (mut e, metrics, mut rx, connected) = open_with_uplink(&cfg, 4);
+    connected.send_replace(true);
+    let key = SeriesKey::new("b", "dev", BTreeMap::new()).unwrap();
+    let t0 = t0();
+    let readings = |points: Vec<(i64, i64)>| {
+        let (tx, rx) = oneshot::channel();
+        let input = Input::Readings {
+            key: key.clone(),
+            quantum: Quantum::default(),
+            points,
+            done: Some(tx),
+        };
+        (input, rx)
+    };
+    let (input, mut first) = readings(vec![(t0 + 1_000, 1), (t0 + 2_000, 2)]);
+    e.handle(input);
+    e.store.set_query_only(true);
+    e.commit();
+    assert!(first.try_recv().is_err(), "not acknowledged");
+    assert_eq!(metrics.store_ok.get(), 0);
+    assert_eq!(metrics.store_errors("cannot_write"), 1);
+    let why = metrics.health.store_error().unwrap();
+    assert!(why.contains("readonly"), "{why}");
+
+    // Input goes on: this one closes the first window (60 s, 5 s lateness).
+    let (input, mut second) = readings(vec![(t0 + 70_000, 4)]);
+    e.handle(input);
+    e.commit();
+    assert_eq!(metrics.store_errors("cannot_write"), 2, "retried, failed");
+    assert!(first.try_recv().is_err() && second.try_recv().is_err());
+    assert_eq!(e.st.pending.held(), 2);
+    assert!(handed_over(&mut rx).is_empty());
+
+    e.store.set_query_only(false);
+    e.commit();
+    assert_eq!(first.try_recv(), Ok(()));
+    assert_eq!(second.try_recv(), Ok(()));
+    assert_eq!(metrics.store_ok.get(), 1);
+    assert_eq!(metrics.health.store_error(), None);
+    let mut sent = Vec::new();
+    while let Ok(b) = rx.try_recv() {
+        for p in tributary_core::batch::Batch::decode(&b.payload)
+            .unwrap()
+            .partials
+        {
+            sent.push((p.window.start(), p.summary.count(), p.summary.sum_ticks()));
+        }
+    }
+    assert_eq!(sent, [(t0, 2, 3)], "the first window, exactly");
+    drop((e, rx, connected));
+
+    // The open window's reading was committed too.
+    let (mut e, _, mut rx, connected) = open_with_uplink(&cfg, 4);
+    assert_eq!(e.st.win.open_readings(), 1);
+    connected.send_replace(true);
+    let (input, _) = readings(vec![(t0 + 140_000, 8)]);
+    e.handle(input);
+    e.commit();
+    let starts: Vec<i64> = handed_over(&mut rx).iter().map(|s| s.1).collect();
+    assert_eq!(
+        starts,
+        [t0, t0 + 60_000],
+        "the unconfirmed batch, then the new"
+    );
 }

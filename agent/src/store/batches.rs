@@ -1,6 +1,7 @@
 //! The `batches` table: batches formed from the outbox, each with its
-//! sequence (`meta.next_seq`) and exact bytes fixed in the transaction that
-//! forms it, kept until the collector confirms it.
+//! sequence (`meta.next_seq`), its delta of dropped readings (`meta.dropped`,
+//! reset in the same transaction) and exact bytes fixed in the transaction
+//! that forms it, kept until the collector confirms it.
 //!
 //! A batch names the database's incarnation and where the unconfirmed
 //! batches begin when it is formed (`first_unconfirmed`: the lowest
@@ -13,7 +14,7 @@ use tributary_core::batch::{Batch, Encoding};
 use tributary_core::Incarnation;
 
 use super::error::StoreError;
-use super::outbox;
+use super::outbox::{self, WidthBytes};
 
 /// A formed batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +25,9 @@ pub struct FormedBatch {
     pub payload: Vec<u8>,
     /// Readings it holds.
     pub readings: u64,
+    /// The incarnation of the database that formed it (the one its
+    /// confirmation must name).
+    pub incarnation: Incarnation,
 }
 
 /// What forming batches did to the bytes held.
@@ -31,20 +35,31 @@ pub struct FormedBatch {
 pub(crate) struct Formed {
     /// The batches, oldest first.
     pub(crate) batches: Vec<FormedBatch>,
-    /// Bytes of the partials they took from the outbox.
-    pub(crate) freed: u64,
+    /// Bytes of the rows they took from the outbox, per width.
+    pub(crate) freed: WidthBytes,
     /// Bytes of their payloads.
     pub(crate) added: u64,
 }
 
 /// What a batch is made of: whose it is, in which encoding, how many
-/// partials at most.
+/// partials and bytes at most (a batch of one partial may be larger).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Shape<'a> {
     pub(crate) agent: &'a str,
     pub(crate) incarnation: Incarnation,
     pub(crate) encoding: Encoding,
     pub(crate) max_partials: usize,
+    pub(crate) max_bytes: u64,
+}
+
+/// How many batches may be formed: at most `batches`, and while the bytes
+/// of formed batches (`in_flight` before these) stay within `share` — one
+/// batch always when none is in flight.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Room {
+    pub(crate) batches: usize,
+    pub(crate) in_flight: u64,
+    pub(crate) share: u64,
 }
 
 /// Bytes of the formed batches.
@@ -61,44 +76,55 @@ fn meta(tx: &Transaction<'_>, key: &str) -> Result<i64, StoreError> {
     Ok(tx.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))?)
 }
 
-/// Forms up to `max_batches` batches from the oldest unbatched partials,
-/// in `tx`; `watermark` is the agent's.
+/// Forms batches from the oldest rows of the outbox, in `tx`, as `room`
+/// allows; `watermark` is the agent's.
 pub(crate) fn form(
     tx: &Transaction<'_>,
     shape: Shape<'_>,
     watermark: i64,
-    max_batches: usize,
+    room: Room,
 ) -> Result<Formed, StoreError> {
     let mut out = Formed::default();
     // The lowest unconfirmed sequence: the oldest stored batch, or the
     // first one formed now.
     let oldest: Option<i64> = tx.query_row("SELECT MIN(seq) FROM batches", [], |r| r.get(0))?;
     let first_unconfirmed = oldest.unwrap_or(meta(tx, "next_seq")?);
-    for _ in 0..max_batches {
-        let rows = outbox::oldest(tx, shape.max_partials)?;
-        if rows.is_empty() {
+    let mut in_flight = room.in_flight;
+    for _ in 0..room.batches {
+        let alone = in_flight == 0;
+        let fits = room.share.saturating_sub(in_flight).min(shape.max_bytes);
+        if fits == 0 && !alone {
             break;
         }
-        let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
-        out.freed += rows.iter().map(|r| r.1).sum::<u64>();
-        let seq = meta(tx, "next_seq")?;
-        let partials = rows.into_iter().map(|r| r.2).collect();
+        let rows = outbox::oldest(tx, shape.max_partials, fits.max(1))?;
+        let dropped = u64::try_from(meta(tx, "dropped")?).unwrap_or(0);
+        if rows.is_empty() && dropped == 0 {
+            break;
+        }
+        let seq = u64::try_from(meta(tx, "next_seq")?).unwrap_or(0);
         let mut batch = Batch::new(
             shape.agent,
-            u64::try_from(seq).unwrap_or(0),
+            seq,
             watermark,
-            partials,
+            rows.iter().map(|r| r.partial.clone()).collect(),
         )
         .with_identity(
             shape.incarnation,
             u64::try_from(first_unconfirmed).unwrap_or(0),
         );
-        batch.dropped_readings = u64::try_from(meta(tx, "dropped")?).unwrap_or(0);
-        let payload = batch.encode(shape.encoding);
+        batch.dropped_readings = dropped;
+        let Some(payload) = cut_to_fit(&mut batch, shape.encoding, fits, alone) else {
+            break; // not even one partial fits beside the batches in flight
+        };
+        let taken = &rows[..batch.partials.len()];
         let readings = batch.readings();
         tx.execute(
             "INSERT INTO batches(seq, readings, payload) VALUES (?1, ?2, ?3)",
-            params![seq, readings as i64, payload],
+            params![
+                i64::try_from(seq).unwrap_or(i64::MAX),
+                readings as i64,
+                payload
+            ],
         )?;
         // The dropped readings are reported in this batch: reset.
         tx.execute(
@@ -106,25 +132,54 @@ pub(crate) fn form(
              WHERE key IN ('next_seq', 'dropped')",
             [],
         )?;
-        outbox::remove(tx, &ids)?;
+        outbox::remove(tx, &taken.iter().map(|r| r.id).collect::<Vec<_>>())?;
+        for r in taken {
+            out.freed.add(r.partial.window.width().ms(), r.bytes);
+        }
+        in_flight += payload.len() as u64;
         out.added += payload.len() as u64;
         out.batches.push(FormedBatch {
-            seq: batch.seq,
+            seq,
             payload,
             readings,
+            incarnation: shape.incarnation,
         });
     }
     Ok(out)
 }
 
+/// Encodes `batch`, leaving out its newest partials until it takes at most
+/// `max` bytes; a batch of one partial (or none) that is larger is kept if
+/// it goes `alone` (nothing else in flight), else there is none.
+fn cut_to_fit(batch: &mut Batch, encoding: Encoding, max: u64, alone: bool) -> Option<Vec<u8>> {
+    loop {
+        let payload = batch.encode(encoding);
+        let len = payload.len() as u64;
+        let n = batch.partials.len();
+        if len <= max {
+            return Some(payload);
+        }
+        if n <= 1 {
+            return alone.then_some(payload);
+        }
+        // Shrink in proportion (at least by one), then check again.
+        let keep = (n as u64 * max / len) as usize;
+        batch.partials.truncate(keep.clamp(1, n - 1));
+    }
+}
+
 /// Every formed, unconfirmed batch (oldest first).
-pub(crate) fn unconfirmed(conn: &Connection) -> Result<Vec<FormedBatch>, StoreError> {
+pub(crate) fn unconfirmed(
+    conn: &Connection,
+    incarnation: Incarnation,
+) -> Result<Vec<FormedBatch>, StoreError> {
     let mut st = conn.prepare("SELECT seq, readings, payload FROM batches ORDER BY seq")?;
     let rows = st.query_map([], |r| {
         Ok(FormedBatch {
             seq: r.get::<_, i64>(0)? as u64,
             readings: r.get::<_, i64>(1)? as u64,
             payload: r.get(2)?,
+            incarnation,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

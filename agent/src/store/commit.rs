@@ -8,7 +8,7 @@ use rusqlite::{params, Transaction};
 use super::codec;
 use super::error::StoreError;
 use super::load::{DeviceRow, SeriesRow};
-use super::outbox;
+use super::outbox::{self, WidthBytes};
 use crate::window::{Flush, SourceId};
 
 /// One group commit.
@@ -40,8 +40,8 @@ pub struct CommitOutcome {
 }
 
 /// Writes `c` in `tx`; returns the bytes of the partials it added to the
-/// outbox.
-pub(crate) fn write(tx: &Transaction<'_>, c: &Commit) -> Result<u64, StoreError> {
+/// outbox, per width.
+pub(crate) fn write(tx: &Transaction<'_>, c: &Commit) -> Result<WidthBytes, StoreError> {
     registry(tx, c)?;
     windows(tx, c)?;
     devices(tx, c)?;

@@ -3,7 +3,8 @@
 //! # Design
 //! Tables:
 //! - `meta(key, value)` — the next batch sequence, readings dropped and not
-//!   yet reported, the database's [`incarnation`](mod@incarnation);
+//!   yet reported (`dropped`), readings dropped ever (`dropped_total`), the
+//!   database's [`incarnation`](mod@incarnation);
 //! - `sources(id, name, watermark)` and `series(id, key, quantum, source,
 //!   closed_before)` — dense ids matching the windower's;
 //! - `open_windows(series, start, summary)` — checkpoints of open windows;
@@ -11,7 +12,8 @@
 //!   boot's channels, clock offset and de-duplication state; `links(link,
 //!   device, boot)` — which device last spoke on a link;
 //! - `outbox(id, series, start, width, readings, bytes, summary)` — closed
-//!   partials not yet in a batch;
+//!   partials not yet in a batch, at most one per (series, window) at each
+//!   coarsening level (see [`outbox`]);
 //! - `batches(seq, readings, payload)` — batches formed but not confirmed.
 //!
 //! Invariants: one [`Store::commit`] transaction covers everything a group of
@@ -21,7 +23,10 @@
 //! is fixed when it is formed ([`Store::form_batches`], committed before
 //! anything is published) and it is deleted only on the collector's
 //! confirmation. Only partials not yet in a batch are coarsened or dropped
-//! ([`outbox`]). WAL checkpoints run on a thread of their own
+//! ([`outbox`]), and every dropped reading is counted in the transaction
+//! that drops it. A failed transaction changes nothing, in the database or
+//! in the byte counts kept here, so the same [`Commit`] can be retried
+//! until the disk has room again. WAL checkpoints run on a thread of their own
 //! ([`tributary_runtime::checkpoint`]), so no commit stalls on one.
 //!
 //! # Layout
@@ -58,6 +63,7 @@ pub use commit::{Commit, CommitOutcome};
 pub use config::{OutboxConfig, StoreConfig, Synchronous};
 pub use error::StoreError;
 pub use load::{DeviceRow, Loaded, SeriesRow};
+pub use outbox::WidthBytes;
 
 /// The agent's database.
 pub struct Store {
@@ -66,8 +72,12 @@ pub struct Store {
     incarnation: Incarnation,
     limits: outbox::Limits,
     batch_max_partials: usize,
-    partial_bytes: u64,
+    /// Bytes of the outbox's rows per width.
+    row_bytes: WidthBytes,
+    /// Bytes of the formed batches.
     batch_bytes: u64,
+    /// Readings dropped ever (`meta.dropped_total`).
+    dropped_total: u64,
     /// Checkpoints the WAL off the commit path (see [`checkpoint`]).
     _checkpointer: Checkpointer,
 }
@@ -78,7 +88,7 @@ impl std::fmt::Debug for Store {
             .field("path", &self.path)
             .field("incarnation", &self.incarnation)
             .field("limits", &self.limits)
-            .field("partial_bytes", &self.partial_bytes)
+            .field("row_bytes", &self.row_bytes)
             .field("batch_bytes", &self.batch_bytes)
             .finish()
     }
@@ -101,8 +111,12 @@ CREATE TABLE IF NOT EXISTS links(link TEXT PRIMARY KEY, device TEXT NOT NULL, bo
 CREATE TABLE IF NOT EXISTS outbox(id INTEGER PRIMARY KEY AUTOINCREMENT, series INTEGER NOT NULL,
     start INTEGER NOT NULL, width INTEGER NOT NULL, readings INTEGER NOT NULL, bytes INTEGER NOT NULL,
     summary BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS outbox_window ON outbox(series, start, width);
+CREATE INDEX IF NOT EXISTS outbox_width ON outbox(width, start);
+CREATE INDEX IF NOT EXISTS outbox_start ON outbox(start);
 CREATE TABLE IF NOT EXISTS batches(seq INTEGER PRIMARY KEY, readings INTEGER NOT NULL, payload BLOB NOT NULL);
 INSERT OR IGNORE INTO meta(key, value) VALUES ('next_seq', 1), ('dropped', 0), ('schema', 2);
+INSERT OR IGNORE INTO meta(key, value) SELECT 'dropped_total', value FROM meta WHERE key = 'dropped';
 ";
 
 /// Brings a schema-1 database to [`SCHEMA`] if it holds no summary (open
@@ -160,16 +174,22 @@ impl Store {
         migrate(&conn)?;
         let incarnation = incarnation::ensure(&conn)?;
         let checkpointer = Checkpointer::start(&conn, path, checkpoint::INTERVAL)?;
-        let partial_bytes = outbox::bytes(&conn)?;
+        let row_bytes = outbox::width_bytes(&conn)?;
         let batch_bytes = batches::bytes(&conn)?;
+        let dropped_total: i64 = conn.query_row(
+            "SELECT value FROM meta WHERE key = 'dropped_total'",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(Store {
             conn,
             path: path.to_owned(),
             incarnation,
             limits: outbox::Limits::new(outbox),
             batch_max_partials: outbox.batch_max_partials,
-            partial_bytes,
+            row_bytes,
             batch_bytes,
+            dropped_total: u64::try_from(dropped_total).unwrap_or(0),
             _checkpointer: checkpointer,
         })
     }
@@ -186,7 +206,22 @@ impl Store {
 
     /// Bytes of unconfirmed data (unbatched partials and formed batches).
     pub fn outbox_bytes(&self) -> u64 {
-        self.partial_bytes + self.batch_bytes
+        self.row_bytes.total() + self.batch_bytes
+    }
+
+    /// Bytes of unbatched partials per window width.
+    pub fn row_bytes(&self) -> &WidthBytes {
+        &self.row_bytes
+    }
+
+    /// Bytes of formed, unconfirmed batches.
+    pub fn batch_bytes(&self) -> u64 {
+        self.batch_bytes
+    }
+
+    /// Readings dropped at the outbox's floor ever (durable).
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total
     }
 
     /// Unbatched partials in the outbox.
@@ -200,7 +235,8 @@ impl Store {
     }
 
     /// Commits one group atomically, coarsening the outbox if it is then
-    /// over its byte limit.
+    /// over its byte limit. On an error nothing changed: `c` may be
+    /// committed again.
     pub fn commit(&mut self, c: &Commit) -> Result<CommitOutcome, StoreError> {
         let tx = self.conn.transaction()?;
         let added = commit::write(&tx, c)?;
@@ -208,21 +244,28 @@ impl Store {
             partials: c.flush.emitted.len() as u64,
             ..CommitOutcome::default()
         };
-        let mut partial_bytes = self.partial_bytes + added;
-        if partial_bytes + self.batch_bytes > self.limits.max_bytes {
-            let r = outbox::shrink(&tx, &self.limits, self.batch_bytes)?;
+        let mut rows = self.row_bytes.clone();
+        rows.add_all(&added);
+        let budget = self.limits.row_budget(self.batch_bytes);
+        if rows.total() > budget {
+            let r = outbox::shrink(&tx, &self.limits, budget, &mut rows)?;
             outcome.coarsened = r.coarsened;
             outcome.dropped_readings = r.dropped_readings;
-            partial_bytes = r.partial_bytes;
         }
         tx.commit()?;
-        self.partial_bytes = partial_bytes;
+        self.row_bytes = rows;
+        self.dropped_total += outcome.dropped_readings;
         Ok(outcome)
     }
 
     /// Forms up to `max_batches` batches of agent `agent`, of at most
     /// `outbox.batch_max_partials` partials each, from the unbatched outbox,
-    /// oldest first, committing them before returning.
+    /// oldest first, committing them before returning. Batches are formed
+    /// only while formed batches take less than their share of
+    /// `outbox.max_bytes` ([`outbox::Limits::batch_share`]; one batch is
+    /// always allowed when none is in flight); a batch that would take more
+    /// than its part of the share is cut short. Readings dropped since the
+    /// last batch ride in the first one (with no partials if there are none).
     pub fn form_batches(
         &mut self,
         agent: &str,
@@ -235,18 +278,26 @@ impl Store {
             incarnation: self.incarnation,
             encoding,
             max_partials: self.batch_max_partials,
+            max_bytes: self.limits.batch_max_bytes(),
+        };
+        let room = batches::Room {
+            batches: max_batches,
+            in_flight: self.batch_bytes,
+            share: self.limits.batch_share(),
         };
         let tx = self.conn.transaction()?;
-        let formed = batches::form(&tx, shape, watermark, max_batches)?;
+        let formed = batches::form(&tx, shape, watermark, room)?;
         tx.commit()?;
-        self.partial_bytes = self.partial_bytes.saturating_sub(formed.freed);
+        for (w, b) in formed.freed.iter() {
+            self.row_bytes.sub(w, b);
+        }
         self.batch_bytes += formed.added;
         Ok(formed.batches)
     }
 
     /// Every formed, unconfirmed batch (oldest first).
     pub fn unconfirmed(&self) -> Result<Vec<FormedBatch>, StoreError> {
-        batches::unconfirmed(&self.conn)
+        batches::unconfirmed(&self.conn, self.incarnation)
     }
 
     /// Deletes confirmed batches; returns (batches, readings) removed. A
@@ -257,6 +308,15 @@ impl Store {
         tx.commit()?;
         self.batch_bytes = self.batch_bytes.saturating_sub(done.bytes);
         Ok((done.batches, done.readings))
+    }
+
+    /// Makes every write fail (SQLite's `query_only`), as a failing disk
+    /// would, or work again (tests).
+    #[cfg(test)]
+    pub(crate) fn set_query_only(&self, on: bool) {
+        self.conn
+            .pragma_update(None, "query_only", on)
+            .expect("query_only is a pragma");
     }
 
     /// Replaces the outbox limits (tests shrink them between commits).

@@ -9,11 +9,11 @@ use super::outbox::Limits;
 use super::*;
 use crate::window::Emitted;
 
-fn key(m: &str) -> SeriesKey {
+pub(super) fn key(m: &str) -> SeriesKey {
     SeriesKey::new(m, "dev", BTreeMap::new()).unwrap()
 }
 
-fn summary(n: i64) -> Summary {
+pub(super) fn summary(n: i64) -> Summary {
     let mut s = Summary::new(Quantum::DEFAULT);
     for i in 0..n {
         s.insert(i, i * 1000 + 7).unwrap();
@@ -21,7 +21,7 @@ fn summary(n: i64) -> Summary {
     s
 }
 
-fn limits(max: u64) -> Limits {
+pub(super) fn limits(max: u64) -> Limits {
     Limits {
         max_bytes: max,
         widths: vec![Width::new(4000).unwrap(), Width::new(16000).unwrap()],
@@ -29,7 +29,7 @@ fn limits(max: u64) -> Limits {
 }
 
 /// The store in `dir` with batches of at most `batch_max_partials`.
-fn open(dir: &tempfile::TempDir, batch_max_partials: usize) -> Store {
+pub(super) fn open(dir: &tempfile::TempDir, batch_max_partials: usize) -> Store {
     let cfg = StoreConfig {
         synchronous: Synchronous::Normal,
         ..StoreConfig::default()
@@ -44,12 +44,12 @@ fn open(dir: &tempfile::TempDir, batch_max_partials: usize) -> Store {
 }
 
 /// Commits `c` under an outbox limit of `max_bytes`.
-fn commit(st: &mut Store, c: &Commit, max_bytes: u64) -> CommitOutcome {
+pub(super) fn commit(st: &mut Store, c: &Commit, max_bytes: u64) -> CommitOutcome {
     st.set_limits(limits(max_bytes));
     st.commit(c).unwrap()
 }
 
-fn setup(dir: &tempfile::TempDir, series: usize, batch_max_partials: usize) -> Store {
+pub(super) fn setup(dir: &tempfile::TempDir, series: usize, batch_max_partials: usize) -> Store {
     let mut st = open(dir, batch_max_partials);
     let c = Commit {
         new_sources: vec![(0, "dev".into())],
@@ -68,7 +68,7 @@ fn setup(dir: &tempfile::TempDir, series: usize, batch_max_partials: usize) -> S
     st
 }
 
-fn emit(series: u32, start: i64, n: i64) -> Emitted {
+pub(super) fn emit(series: u32, start: i64, n: i64) -> Emitted {
     Emitted {
         series,
         window: Window::new(start, Width::new(1000).unwrap()).unwrap(),
@@ -171,60 +171,6 @@ fn batches_name_the_incarnation_and_where_the_unconfirmed_begin() {
     let st = open(&dir, 1);
     assert_ne!(st.incarnation(), ours, "drawn again when deleted");
     assert_eq!(open(&dir, 1).incarnation(), st.incarnation());
-}
-
-#[test]
-fn coarsening_is_exact_and_widens_windows_then_drops_at_the_floor() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut st = setup(&dir, 2, 1000);
-    let mut c = Commit::default();
-    let mut truth = [0u64; 2];
-    for s in 0..2u32 {
-        for i in 0..32 {
-            c.flush.emitted.push(emit(s, i * 1000, 3));
-            truth[s as usize] += 3;
-        }
-    }
-    commit(&mut st, &c, u64::MAX);
-    let full = st.outbox_bytes();
-    // Shrink to 40 %: coarsening alone must do it.
-    let out = commit(&mut st, &Commit::default(), full * 2 / 5);
-    assert!(out.coarsened > 0);
-    assert_eq!(out.dropped_readings, 0);
-    assert!(st.outbox_bytes() <= full * 2 / 5);
-    let b = st.form_batches("gw", 0, 100, Encoding::Json).unwrap();
-    let mut got = [0u64; 2];
-    let mut widths = std::collections::BTreeSet::new();
-    for batch in &b {
-        for p in &Batch::decode(&batch.payload).unwrap().partials {
-            let s = if p.series.metric() == "m0" { 0 } else { 1 };
-            got[s] += p.summary.count();
-            widths.insert(p.window.width().ms());
-        }
-    }
-    assert_eq!(got, truth);
-    assert!(widths.iter().any(|&w| w > 1000), "{widths:?}");
-
-    // Now at a tiny limit: everything coarsens to the floor, then drops.
-    let mut c = Commit::default();
-    for i in 0..32 {
-        c.flush.emitted.push(emit(0, i * 1000, 3));
-    }
-    st.confirm(&b.iter().map(|b| b.seq).collect::<Vec<_>>())
-        .unwrap();
-    let out = commit(&mut st, &c, 200);
-    assert!(out.dropped_readings > 0);
-    let b = st.form_batches("gw", 0, 100, Encoding::Json).unwrap();
-    let mut kept = 0;
-    for batch in &b {
-        let d = Batch::decode(&batch.payload).unwrap();
-        kept += d.readings();
-        assert_eq!(d.dropped_readings, out.dropped_readings);
-        for p in &d.partials {
-            assert_eq!(p.window.width().ms(), 16000);
-        }
-    }
-    assert_eq!(kept + out.dropped_readings, 96);
 }
 
 /// A schema-1 database (tick-indexed sketches) is migrated when it holds no

@@ -12,7 +12,10 @@
 //! forms more. Only a Confirm of this database's incarnation releases
 //! anything: one of another incarnation of the agent id (the database this
 //! one replaced, or another gateway misconfigured with the same id) names
-//! sequences of other batches, and is logged and ignored. It tells the engine whether it is connected (a `watch`), so
+//! sequences of other batches, and is logged and ignored. The uplink learns
+//! the incarnation from the batches it is handed (the store may open only
+//! after the uplink starts: a full disk or a corrupt file is retried). It
+//! tells the engine whether it is connected (a `watch`), so
 //! that nothing new is frozen into batches during an outage.
 //!
 //! Connection errors back off exponentially from `reconnect_min_ms` to
@@ -72,7 +75,8 @@ pub(crate) struct Uplink {
     /// Capacity of rumqttc's request queue.
     queue: usize,
     agent: String,
-    incarnation: Incarnation,
+    /// The incarnation of the batches handed over (none before the first).
+    incarnation: Option<Incarnation>,
     topic: String,
     acks: String,
     reconnect_min: Duration,
@@ -83,11 +87,10 @@ pub(crate) struct Uplink {
 }
 
 impl Uplink {
-    /// The uplink of agent `agent_id`'s database `incarnation` as
-    /// `[uplink]` sets it up; TLS problems are reported here, at start.
+    /// The uplink of agent `agent_id` as `[uplink]` sets it up; TLS
+    /// problems are reported here, at start.
     pub(crate) fn new(
         agent_id: &str,
-        incarnation: Incarnation,
         cfg: &UplinkConfig,
         ch: Channels,
         metrics: Arc<Metrics>,
@@ -100,7 +103,7 @@ impl Uplink {
             broker: (cfg.host.clone(), cfg.port),
             queue: cfg.max_in_flight * 2 + 16,
             agent: agent_id.to_string(),
-            incarnation,
+            incarnation: None,
             topic: topic::partials(agent_id),
             acks: topic::acks(agent_id),
             reconnect_min: Duration::from_millis(cfg.reconnect_min_ms),
@@ -121,6 +124,7 @@ impl Uplink {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some(b) = self.ch.batches.recv() => {
+                    self.incarnation = Some(b.incarnation);
                     self.state.hold(b.seq, b.payload);
                     self.publish_due(&client);
                 }
@@ -185,13 +189,13 @@ impl Uplink {
     /// engine is gone.
     async fn on_confirm(&mut self, payload: &[u8]) -> bool {
         let seqs = match Confirm::decode(payload) {
-            Ok(c) if c.agent == self.agent && c.incarnation == self.incarnation => {
+            Ok(c) if c.agent == self.agent && Some(c.incarnation) == self.incarnation => {
                 self.state.confirm(c.seqs)
             }
             Ok(c) if c.agent == self.agent => {
                 tracing::warn!(
                     incarnation = %c.incarnation,
-                    ours = %self.incarnation,
+                    ours = ?self.incarnation.map(|i| i.to_string()),
                     "confirmation for another incarnation of this agent id ignored \
                      (its previous database, or another gateway with the same agent_id)"
                 );

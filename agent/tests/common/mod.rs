@@ -1,6 +1,7 @@
 //! Shared test helpers: a stand-in collector that de-duplicates batches by
-//! (agent, incarnation, seq), sums partials per (series, window) and publishes Confirms;
-//! and the ground truth of simulated devices.
+//! (agent, incarnation, seq), sums partials per (series, window) and
+//! publishes Confirms; the ground truth of simulated devices; a plain HTTP
+//! GET and a metric of the agent's `/metrics`.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
@@ -33,6 +34,12 @@ pub struct TestCollector {
 
 impl TestCollector {
     pub fn start(port: u16) -> TestCollector {
+        TestCollector::start_confirming_after(port, Duration::ZERO)
+    }
+
+    /// A collector that confirms each batch `delay` after it arrived (as
+    /// one whose store commits slowly would).
+    pub fn start_confirming_after(port: u16, delay: Duration) -> TestCollector {
         let mut o = MqttOptions::new(
             format!("test-collector-{}", fastrand::u32(..)),
             "127.0.0.1",
@@ -76,12 +83,25 @@ impl TestCollector {
                             }
                         }
                         let c = Confirm::new(b.agent.clone(), b.incarnation, vec![b.seq]);
-                        let _ = c2.try_publish(
-                            topic::acks(&b.agent),
-                            QoS::AtLeastOnce,
-                            false,
-                            c.encode(),
-                        );
+                        let confirm = {
+                            let c2 = c2.clone();
+                            move || {
+                                let _ = c2.try_publish(
+                                    topic::acks(&b.agent),
+                                    QoS::AtLeastOnce,
+                                    false,
+                                    c.encode(),
+                                );
+                            }
+                        };
+                        if delay.is_zero() {
+                            confirm();
+                        } else {
+                            std::thread::spawn(move || {
+                                std::thread::sleep(delay);
+                                confirm();
+                            });
+                        }
                     }
                     Ok(_) => {}
                     Err(_) => std::thread::sleep(Duration::from_millis(200)),
@@ -181,4 +201,30 @@ pub fn agent_toml(dir: &std::path::Path, port: u16, sim: &SimulatedConfig, extra
         sim.devices, sim.device_window_ms, sim.readings_per_window, sim.windows, sim.start_ms, sim.frame_rate, sim.max_unacked,
         dir = dir.display().to_string(),
     )
+}
+
+/// The status code and body of `GET path` on 127.0.0.1:`port` (None: no
+/// answer).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let code = head.split(' ').nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// The value of the sample `name` (with its labels, if any) in the
+/// `/metrics` served on `port`.
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    let (_, body) = http_get(port, "/metrics")?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }

@@ -138,7 +138,7 @@ mod tests {
         assert!(contains(&Ratio::int(0), 0.0, 6));
         assert!(!contains(&Ratio::int(0), 1e-9, 6));
         assert!((relative_error(6) - 0.005415).abs() < 1e-6);
-        assert!((relative_error(4) - 0.021656).abs() < 1e-6);
+        assert!((relative_error(4) - 0.021657).abs() < 1e-6);
         assert_eq!(lower_bound(64, 6), 2.0);
     }
 }

@@ -68,7 +68,8 @@ fn in_closed_bucket(y: &Ratio, i: i64, scale: i8) -> bool {
         // Bucket i at scale −k spans buckets i·2^k ..= (i+1)·2^k − 1 at scale 0.
         let k = (-scale) as u32;
         let (lo, hi) = (i << k, ((i + 1) << k) - 1);
-        return cmp_power(&y, 0, lo) != Ordering::Less && cmp_power(&y, 0, hi + 1) != Ordering::Greater;
+        return cmp_power(&y, 0, lo) != Ordering::Less
+            && cmp_power(&y, 0, hi + 1) != Ordering::Greater;
     }
     let s = scale as u32;
     cmp_power(&y, s, i) != Ordering::Less && cmp_power(&y, s, i + 1) != Ordering::Greater

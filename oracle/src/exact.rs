@@ -72,7 +72,10 @@ impl Ratio {
         if exponent >= 0 {
             Ratio::int(v.into() * BigInt::from(p))
         } else {
-            Ratio { num: v.into(), den: p }
+            Ratio {
+                num: v.into(),
+                den: p,
+            }
         }
     }
 

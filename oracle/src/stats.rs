@@ -16,7 +16,7 @@
 //! ([`crate::bucket::contains`]).
 
 use num_bigint::{BigInt, BigUint};
-use num_traits::{ToPrimitive, Zero};
+use num_traits::ToPrimitive;
 
 use crate::bucket;
 use crate::exact::Ratio;
@@ -245,10 +245,22 @@ mod tests {
     #[test]
     fn first_and_last_break_time_ties_by_value() {
         let r = [
-            Reading { time_ms: 5, ticks: 9 },
-            Reading { time_ms: 5, ticks: 3 },
-            Reading { time_ms: 9, ticks: 1 },
-            Reading { time_ms: 9, ticks: 4 },
+            Reading {
+                time_ms: 5,
+                ticks: 9,
+            },
+            Reading {
+                time_ms: 5,
+                ticks: 3,
+            },
+            Reading {
+                time_ms: 9,
+                ticks: 1,
+            },
+            Reading {
+                time_ms: 9,
+                ticks: 4,
+            },
         ];
         let s = Stats::of(0, &r).unwrap();
         assert_eq!(s.first(), r[1]);
@@ -280,7 +292,10 @@ mod tests {
         assert!(s.check_quantile("50", 21.45, 6).is_ok());
         assert!(s.check_quantile("50", 22.0, 6).is_err());
         assert!(s.check_quantile("0", 1.0, 6).is_ok());
-        assert!(s.check_quantile("0", 1.001, 6).is_err(), "p0 is the exact min");
+        assert!(
+            s.check_quantile("0", 1.001, 6).is_err(),
+            "p0 is the exact min"
+        );
         assert!(s.check_quantile("100", 30.0, 6).is_ok());
     }
 }

@@ -108,9 +108,9 @@ fn global_tags_reach_every_source_and_survive_a_restart() {
             "the windower holds the tagged key"
         );
     }
-    // The ground truth of the simulated device names the same series.
+    // The raw readings of the simulated device name the same series.
     let truth: BTreeSet<String> =
-        simulated::agent_truth(&cfg.simulated, &cfg.global_tags(), &cfg.limits)
+        simulated::agent_readings(&cfg.simulated, &cfg.global_tags(), &cfg.limits)
             .unwrap()
             .iter()
             .map(|w| w.series.to_string())

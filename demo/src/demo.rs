@@ -7,7 +7,7 @@
 //! summary (text or `--json`); then serves the dashboard until Ctrl-C or
 //! `--duration`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use crate::broker::{Embedded, EmbeddedOptions};
 use anyhow::{bail, Context};
 use serde::Serialize;
-use serde_json::Value;
 use tributary_agent::config::Config as AgentConfig;
 use tributary_agent::{Agent, AgentHandle};
 use tributary_collector::config::Config;
@@ -26,7 +25,8 @@ use tributary_collector::store::sqlite::SqliteStore;
 use tributary_core::{SeriesKey, Summary, Width};
 use tributary_oracle::Readings;
 
-use crate::truth::{self, Verdict, FLOOR_SCALE};
+use crate::sites;
+use crate::truth;
 
 /// The agents' window (ms).
 const WIDTH_MS: i64 = 60_000;
@@ -157,95 +157,6 @@ async fn stored(db: &Path) -> anyhow::Result<BTreeMap<(SeriesKey, i64), Summary>
         .collect())
 }
 
-/// The statistics the group check compares.
-const GROUP_STATS: &str = "count,sum,min,max,mean,stddev,first,last,p1,p50,p99";
-
-/// The points of a query grouped by `site`, per (site, t).
-async fn query_sites(
-    client: &reqwest::Client,
-    http: SocketAddr,
-    metric: &str,
-    (from, to): (i64, i64),
-) -> anyhow::Result<BTreeMap<(String, i64), Value>> {
-    let url = format!(
-        "http://{http}/api/v1/query?metric={metric}&from={from}&to={to}&width={WIDTH_MS}&group_by=site&stats={GROUP_STATS}"
-    );
-    let body = client
-        .get(&url)
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .with_context(|| format!("querying {url}"))?
-        .text()
-        .await
-        .with_context(|| format!("reading {url}"))?;
-    let v: Value = serde_json::from_str(&body).with_context(|| format!("parsing {url}"))?;
-    let mut got = BTreeMap::new();
-    for group in v["results"].as_array().into_iter().flatten() {
-        let site = group["group"]["site"].as_str().unwrap_or("").to_string();
-        for p in group["points"].as_array().into_iter().flatten() {
-            got.insert(
-                (site.clone(), p["t"].as_i64().unwrap_or(i64::MIN)),
-                p.clone(),
-            );
-        }
-    }
-    Ok(got)
-}
-
-/// Queries the API (as the dashboard's group view does) for every metric
-/// grouped by `site`, one point per window, and judges each point's
-/// statistics by the oracle's statistics of the readings of the site's
-/// series (quantiles at the coarsest scale of the stored windows merged).
-async fn check_sites(
-    http: SocketAddr,
-    want: &Readings,
-    stored: &BTreeMap<(SeriesKey, i64), Summary>,
-) -> anyhow::Result<Verdict> {
-    let windows = want.windows(WIDTH_MS)?;
-    let (Some(from), Some(last)) = (
-        windows.keys().map(|(_, t)| *t).min(),
-        windows.keys().map(|(_, t)| *t).max(),
-    ) else {
-        return Ok(Verdict::default());
-    };
-    let to = last + WIDTH_MS;
-    let stats: Vec<&str> = GROUP_STATS.split(',').collect();
-    // As the sinks do: reqwest has no bundled crypto provider.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .context("building the HTTP client")?;
-    let metrics: BTreeSet<&str> = want.series().map(|s| s.metric.as_str()).collect();
-    let mut verdict = Verdict::default();
-    for metric in metrics {
-        let truth = want.grouped(metric, "site", WIDTH_MS, (from, to, WIDTH_MS))?;
-        let scales = truth::group_scales(stored, metric, "site", (from, to, WIDTH_MS));
-        let mut got = query_sites(&client, http, metric, (from, to)).await?;
-        for ((site, t), stats_want) in &truth {
-            verdict.checked += 1;
-            let what = format!("{metric} site={site} t={t}");
-            let Some(point) = got.remove(&(site.clone(), *t)) else {
-                verdict.record(what, vec!["no point".into()]);
-                continue;
-            };
-            let scale = scales
-                .get(&(site.clone(), *t))
-                .copied()
-                .unwrap_or(FLOOR_SCALE);
-            verdict.record(what, truth::judge_point(&point, stats_want, &stats, scale));
-        }
-        for (site, t) in got.into_keys() {
-            verdict.record(
-                format!("{metric} site={site} t={t}"),
-                vec!["a point the readings do not explain".into()],
-            );
-        }
-    }
-    Ok(verdict)
-}
-
 fn progress(line: &str) {
     let mut err = std::io::stderr();
     let _ = write!(err, "\r{line}\x1b[K");
@@ -373,7 +284,7 @@ async fn judge(
         tracing::warn!(problem = %p, "a stored window disagrees with the oracle");
     }
     let merged: u64 = got.values().map(Summary::count).sum();
-    let sites = check_sites(sys.collector.http_addr(), want, &got).await?;
+    let sites = sites::check(sys.collector.http_addr(), want, &got, WIDTH_MS).await?;
     for p in sites.problems.iter().take(5) {
         tracing::warn!(problem = %p, "a site point disagrees with the oracle");
     }

@@ -140,12 +140,22 @@ impl TestCollector {
     /// The oracle's verdict on every merged window of `width` against the
     /// raw readings of the devices of `sim`.
     pub fn verdict(&self, sim: &SimulatedConfig, width: i64) -> Verdict {
-        let want = judge::oracle(&simulated::readings(sim).unwrap())
-            .unwrap()
-            .windows(width)
-            .unwrap();
-        judge::judge_windows(&self.windows(width), &want)
+        verdict(&self.windows(width), sim, width)
     }
+}
+
+/// The oracle's verdict on `got`, results per (series, window start) of
+/// `width`, against the raw readings of the devices of `sim`.
+pub fn verdict(
+    got: &BTreeMap<(SeriesKey, i64), Summary>,
+    sim: &SimulatedConfig,
+    width: i64,
+) -> Verdict {
+    let want = judge::oracle(&simulated::readings(sim).unwrap())
+        .unwrap()
+        .windows(width)
+        .unwrap();
+    judge::judge_windows(got, &want)
 }
 
 impl Drop for TestCollector {

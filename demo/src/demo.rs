@@ -165,7 +165,8 @@ fn progress(line: &str) {
 
 /// The running system: broker, collector and agents.
 struct System {
-    broker: Embedded,
+    /// Runs until the demo returns.
+    _broker: Embedded,
     collector: service::Running,
     agents: Vec<AgentHandle>,
     configs: Vec<AgentConfig>,
@@ -217,7 +218,7 @@ async fn start(args: &DemoArgs, dir: &Path) -> anyhow::Result<System> {
     );
     eprintln!("dashboard: {dashboard}");
     Ok(System {
-        broker,
+        _broker: broker,
         collector,
         agents,
         configs,
@@ -387,7 +388,6 @@ pub async fn run(
         .stop()
         .await
         .context("stopping the collector")?;
-    drop(sys.broker);
     if summary.readings_lost != 0
         || summary.windows_mismatched != 0
         || summary.site_points_mismatched != 0

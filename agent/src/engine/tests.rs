@@ -1,5 +1,5 @@
 //! Engine tests: the global tags reach the key of every kind of source, also
-//! after a restart, and match the simulated devices' ground truth.
+//! after a restart, and match the simulated devices' raw readings.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,6 +1,7 @@
 //! Simulated devices: N virtual devices in-process, each the firmware's own
 //! aggregator and link code in a [`tributary_sim`] virtual device over
-//! seeded sine/noise/step/spike/dropout sensors. The agent treats
+//! seeded, realistic sensors (drift, noise, zero crossings, spikes,
+//! dropouts). The agent treats
 //! a virtual device's link bytes like a serial device's: they go through a
 //! [`FrameDecoder`] to the engine, whose replies (TimeSync after Hello, Acks
 //! only after the commit) are encoded and fed back to the device's link, so

@@ -69,6 +69,9 @@ impl SimDevice {
         (0..cfg.devices)
             .map(|i| {
                 let name = format!("{}{i}", cfg.prefix);
+                // The name too, so devices of agents with the same seed (and
+                // prefixes that differ) measure differently.
+                let seed = name_hash(&name) ^ cfg.seed.wrapping_mul(0x100_0000_01b3) ^ i as u64;
                 SimDevice {
                     config: SimConfig {
                         device: name.clone(),
@@ -82,7 +85,7 @@ impl SimDevice {
                     },
                     name,
                     start_ms: start,
-                    seed: cfg.seed.wrapping_mul(0x100_0000_01b3) ^ i as u64,
+                    seed,
                     last_tick,
                 }
             })
@@ -151,6 +154,13 @@ pub fn readings(cfg: &SimulatedConfig) -> Result<Vec<SeriesReadings>, Aggregator
         out.extend(d.readings()?);
     }
     Ok(out)
+}
+
+/// FNV-1a of a device name.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// The frames in `bytes` (a corrupt one is skipped).

@@ -1,6 +1,8 @@
 //! Crash test: under load, `kill -9` the real agent binary at random moments
-//! (20 times), restart it each time; afterwards the totals received upstream
-//! are still exact per series and window.
+//! (20 times), restart it each time; afterwards the partials received
+//! upstream, merged per series and window, agree with the oracle's exact
+//! statistics of the devices' raw readings (count, sums, min, max, first,
+//! last, mean, variance, stddev exactly; quantiles in the true bucket).
 
 mod common;
 
@@ -53,4 +55,7 @@ fn kill_9_twenty_times_loses_and_duplicates_nothing() {
     assert_eq!(got, expected);
     assert_eq!(collector.readings(), expected, "nothing counted twice");
     assert_eq!(collector.totals(), truth);
+    let verdict = collector.verdict(&sim, 5000);
+    assert_eq!(verdict.checked, truth.len());
+    assert!(verdict.ok(), "{:#?}", verdict.problems);
 }

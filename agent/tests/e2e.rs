@@ -1,6 +1,7 @@
 //! End to end with simulated devices, a real mosquitto and a stand-in
 //! collector: the partials received upstream, de-duplicated by (agent, seq),
-//! add up exactly to the readings the devices produced per series and window.
+//! add up exactly to the readings the devices produced per series and window,
+//! and their merges agree with the oracle's statistics of those readings.
 
 mod common;
 
@@ -30,6 +31,8 @@ async fn simulated_devices_add_up_exactly_per_series_and_window() {
     let (n, collector) = got;
     assert_eq!(n, expected);
     assert_eq!(collector.totals(), truth);
+    let verdict = collector.verdict(&sim, 5000);
+    assert!(verdict.ok(), "{:#?}", verdict.problems);
     let c = agent.counters();
     assert_eq!(c.readings_accepted, expected);
     assert_eq!(c.rejected, 0);

@@ -98,7 +98,10 @@ async fn a_full_outbox_coarsens_and_counts_stay_exact() {
     let cfg = Config::from_toml_with_env(
         &agent_toml(dir.path(), port, &sim, ""),
         env(&[
-            ("TRIBUTARY_OUTBOX_MAX_BYTES", "6000"),
+            // Too small for the 5 s windows, big enough for the coarsest
+            // (the sensors' noise and zero crossings make summaries of
+            // a few hundred bytes; 11–16 kB coarsens without a drop).
+            ("TRIBUTARY_OUTBOX_MAX_BYTES", "14000"),
             (
                 "TRIBUTARY_OUTBOX_COARSEN_WIDTHS_MS",
                 "[10000, 20000, 100000]",

@@ -8,9 +8,11 @@
 //!
 //! # Layout
 //! - [`broker`] — the embedded MQTT broker (`rumqttd`).
-//! - [`demo`] — the main job: run, check every window against the ground
-//!   truth, print a summary, serve the dashboard.
-//! - [`truth`] — the ground truth of agents' simulated devices.
+//! - [`demo`] — the main job: run, judge every window by the oracle, print
+//!   a summary, serve the dashboard.
+//! - [`sites`] — the API's site groups judged by the oracle.
+//! - [`truth`] — the oracle's view of agents' simulated devices, and the
+//!   API's points judged by it.
 //!
 //! The `latency_bench` example measures window close → queryable on this
 //! same set-up; `tests/` run agent and collector together (in-process and
@@ -18,4 +20,5 @@
 
 pub mod broker;
 pub mod demo;
+pub mod sites;
 pub mod truth;

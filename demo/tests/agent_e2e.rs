@@ -1,7 +1,8 @@
 //! End to end with the real agent library: an agent with simulated devices
 //! publishes through a real mosquitto to the collector's ingest, and every
-//! stored (series, window) total equals the devices' ground truth exactly;
-//! nothing is counted twice although the agent resends unconfirmed batches.
+//! stored (series, window) total equals the devices' raw readings' exactly
+//! and agrees with the oracle's statistics of them; nothing is counted twice
+//! although the agent resends unconfirmed batches.
 //! And the agent's local-broker source acknowledges devices' messages in
 //! the order they arrived, which the embedded broker (rumqttd) enforces.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,7 +13,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{agent_toml, sim_config, start_ms, truth, Totals};
+use common::{agent_toml, sim_config, start_ms, truth, verdict, Totals};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use tributary_agent::config::Config as AgentConfig;
 use tributary_agent::Agent;
@@ -75,6 +76,15 @@ async fn agent_partials_merge_exactly_into_the_store() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(got, truth);
+    let windows = all_windows(&store, Width::new(WIDTH).unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, w)| (k, w.summary))
+        .collect();
+    let v = verdict(&windows, &sim, WIDTH);
+    assert_eq!(v.checked, truth.len());
+    assert!(v.ok(), "{:#?}", v.problems);
     assert_eq!(agent.counters().readings_accepted, expected);
     agent.shutdown().await.unwrap();
     stop_tx.send(true).unwrap();

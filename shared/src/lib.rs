@@ -13,6 +13,7 @@
 //!   [`sketch::Sketch`] (full) and [`sketch::FixedSketch`] (device, 304
 //!   `u8` buckets shared by both signs).
 //! - [`error`] — why a reading or merge was refused.
+//! - `exact` — exact integer statistics to `f64` with one rounding (`std`).
 //! - [`extent`] — min, max, first and last.
 //! - [`summary`] — the full summary with exact integer moments (`alloc`).
 //! - [`fixed`] — the ≤ 512-byte, allocation-free device summary.
@@ -36,6 +37,8 @@ extern crate alloc;
 #[cfg(feature = "alloc")]
 pub mod batch;
 pub mod error;
+#[cfg(feature = "std")]
+mod exact;
 pub mod extent;
 pub mod fixed;
 pub mod frame;

@@ -2,7 +2,8 @@
 //!
 //! Every series has a quantum *q* = 10^e of its unit (default 10⁻⁶). A reading
 //! *x* is held as the integer tick count *v* = round(*x*/*q*), rounded half away
-//! from zero. Everything downstream — sums, squares, sketch indices — is then
+//! from zero — once, from the exact binary value of *x* (scaling *x* in
+//! floating point first would round twice and miss by a tick above ~10¹⁴). Everything downstream — sums, squares, sketch indices — is then
 //! integer arithmetic, which is what makes merged results bit-identical
 //! whatever the merge order (DESIGN §2).
 //!
@@ -71,7 +72,8 @@ impl Quantum {
     }
 
     /// Converts a reading in the series' unit to ticks: round(x / q), half away
-    /// from zero.
+    /// from zero, rounded once from the exact value of `x` (see
+    /// [`exact_ticks`]).
     pub fn ticks(self, x: f64) -> Result<i64, ValueError> {
         if x.is_nan() {
             return Err(ValueError::NaN);
@@ -79,20 +81,12 @@ impl Quantum {
         if x.is_infinite() {
             return Err(ValueError::Infinite);
         }
-        let scaled = if self.0 <= 0 {
-            x * POW10[usize::from(self.0.unsigned_abs())]
-        } else {
-            x / POW10[usize::from(self.0.unsigned_abs())]
-        };
-        // Checked before rounding so the `as` conversion below cannot saturate.
-        if !(-(MAX_TICKS as f64) - 0.5..=(MAX_TICKS as f64) + 0.5).contains(&scaled) {
+        let t = exact_ticks(x, self.0).ok_or(ValueError::OutOfRange)?;
+        if t > MAX_TICKS.unsigned_abs() {
             return Err(ValueError::OutOfRange);
         }
-        let v = round_half_away(scaled);
-        if v.unsigned_abs() > MAX_TICKS.unsigned_abs() {
-            return Err(ValueError::OutOfRange);
-        }
-        Ok(v)
+        // t ≤ 2^53, so the cast is exact.
+        Ok(if x < 0.0 { -(t as i64) } else { t as i64 })
     }
 
     /// Converts ticks back to the series' unit (correctly rounded).
@@ -136,18 +130,46 @@ impl fmt::Display for Quantum {
     }
 }
 
-/// Rounds half away from zero without `libm`: exact for |x| < 2⁶³ because
-/// `x - trunc(x)` is exact in binary floating point.
-fn round_half_away(x: f64) -> i64 {
-    let t = x as i64; // truncates toward zero; |x| is range-checked by the caller
-    let frac = x - t as f64;
-    if frac >= 0.5 {
-        t + 1
-    } else if frac <= -0.5 {
-        t - 1
+/// |x|·10^−`e` rounded half away from zero, computed exactly: a finite `x`
+/// is m·2^E with an integer m < 2⁵³, so |x|·10^−e is the rational
+/// m·2^E·10^−e, whose quotient and remainder in `u128` decide the rounding
+/// (one rounding, where scaling `x` in floating point first would round
+/// twice). `None` when the result exceeds 2¹²⁸ (far out of any range).
+fn exact_ticks(x: f64, e: i8) -> Option<u64> {
+    let bits = x.to_bits();
+    let biased = ((bits >> 52) & 0x7ff) as i32;
+    let frac = u128::from(bits & ((1 << 52) - 1));
+    let (m, exp2) = if biased == 0 {
+        (frac, -1074)
     } else {
-        t
+        (frac | 1 << 52, biased - 1075)
+    };
+    if m == 0 {
+        return Some(0);
     }
+    let p = 10u128.pow(u32::from(e.unsigned_abs()));
+    let (mut num, mut den) = (m, 1u128);
+    if exp2 >= 0 {
+        num = num.checked_shl(exp2 as u32).filter(|n| n >> exp2 == m)?;
+    } else if exp2 < -115 {
+        // |x|·10^−e < 2⁵³·10¹⁸·2⁻¹¹⁵ < ½.
+        return Some(0);
+    } else {
+        den <<= exp2.unsigned_abs();
+    }
+    if e <= 0 {
+        num = num.checked_mul(p)?;
+    } else {
+        match den.checked_mul(p) {
+            Some(d) => den = d,
+            // den ≥ 2¹²⁸ with num < 2⁵³ (exp2 < 0 here): below ½.
+            None if exp2 < 0 => return Some(0),
+            None => return None,
+        }
+    }
+    let (q, r) = (num / den, num % den);
+    let q = if r >= den - r { q.checked_add(1)? } else { q };
+    u64::try_from(q).ok()
 }
 
 #[cfg(test)]

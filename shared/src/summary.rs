@@ -10,6 +10,10 @@
 //!
 //! Statistics are computed only when asked for, and are `None` where they are
 //! undefined (an empty summary, the variance of one reading) — never NaN.
+//! Sum, mean, variance and standard deviation are the exact rationals of the
+//! integer moments rounded once, to the nearest `f64` (ties to even; the
+//! standard deviation is the nearest `f64` to the square root of the exact
+//! variance): see `exact.rs`. Min, max, first and last are v·q rounded once.
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -285,53 +289,60 @@ fn moments_consistent(count: u64, sum: i128, sum_sq: u128) -> bool {
 }
 
 #[cfg(feature = "std")]
+use crate::exact::{self, Wide};
+
+#[cfg(feature = "std")]
 impl Summary {
-    /// Σx in the series' unit.
+    /// Σx in the series' unit: the nearest `f64` to Σv·q.
     pub fn sum(&self) -> Option<f64> {
-        (self.count > 0).then(|| self.quantum.scale(self.sum as f64))
+        let num = Wide::from_u128(self.sum.unsigned_abs());
+        (self.count > 0)
+            .then(|| exact::ratio(self.sum < 0, num, Wide::from_u128(1), self.exp10()))?
     }
 
-    /// The mean, computed as ⌊Σv/n⌋ + (Σv mod n)/n so that only the final
-    /// fraction is rounded.
+    /// The mean: the nearest `f64` to the exact Σv·q/n.
     pub fn mean(&self) -> Option<f64> {
-        let n = i128::from(self.count);
-        (n > 0).then(|| {
-            let (a, b) = (self.sum.div_euclid(n), self.sum.rem_euclid(n));
-            self.quantum.scale(a as f64 + b as f64 / n as f64)
-        })
+        let num = Wide::from_u128(self.sum.unsigned_abs());
+        let den = Wide::from_u128(u128::from(self.count));
+        (self.count > 0).then(|| exact::ratio(self.sum < 0, num, den, self.exp10()))?
     }
 
-    /// The sample variance in ticks², from the exact integer moments:
-    /// M₂ = Σv² − (Σv)²/n, split as Σv² − a·(Σv + b) − b²/n with
-    /// a = ⌊Σv/n⌋, b = Σv mod n so that the integer part is exact.
-    fn variance_ticks(&self) -> Option<f64> {
+    /// The quantum's exponent.
+    fn exp10(&self) -> i32 {
+        i32::from(self.quantum.exponent())
+    }
+
+    /// The sample variance in ticks² as the exact (nΣv² − (Σv)², n(n−1)).
+    /// `None` below two readings. Never negative: a summary whose moments
+    /// would make it so cannot be decoded (see [`Summary::validate`]); were
+    /// one built, its variance would be 0.
+    fn variance_ticks(&self) -> Option<(Wide, Wide)> {
         if self.count < 2 {
             return None;
         }
-        let n = i128::from(self.count);
-        let (a, b) = (self.sum.div_euclid(n), self.sum.rem_euclid(n));
-        // t = a·(Σv + b) can exceed i128 (|t| ≤ Σv² < 2¹²⁸), so it is formed
-        // as a u128 magnitude with a separate sign.
-        let s = self.sum.checked_add(b)?;
-        let t = a.unsigned_abs().checked_mul(s.unsigned_abs())?;
-        let int_part = if (a >= 0) == (s >= 0) || a == 0 || s == 0 {
-            self.sum_sq.checked_sub(t)?
-        } else {
-            self.sum_sq.checked_add(t)?
-        };
-        let frac = (b as f64) * (b as f64) / (n as f64);
-        Some(((int_part as f64 - frac) / (n - 1) as f64).max(0.0))
+        let n = Wide::from_u128(u128::from(self.count));
+        let s = Wide::from_u128(self.sum.unsigned_abs());
+        let m2 = n
+            .checked_mul(&Wide::from_u128(self.sum_sq))?
+            .checked_sub(&s.checked_mul(&s)?)
+            .unwrap_or(Wide::ZERO);
+        let n = u128::from(self.count);
+        Some((m2, Wide::from_u128(n * (n - 1))))
     }
 
-    /// The sample variance (n − 1 denominator) in the unit²; `None` below two readings.
+    /// The sample variance (n − 1 denominator) in the unit²: the nearest
+    /// `f64` to the exact (nΣv² − (Σv)²)·q²/(n(n−1)); `None` below two
+    /// readings.
     pub fn variance(&self) -> Option<f64> {
-        self.variance_ticks()
-            .map(|v| self.quantum.scale(self.quantum.scale(v)))
+        let (num, den) = self.variance_ticks()?;
+        exact::ratio(false, num, den, 2 * self.exp10())
     }
 
-    /// The sample standard deviation; `None` below two readings.
+    /// The sample standard deviation: the nearest `f64` to the square root
+    /// of the exact variance; `None` below two readings.
     pub fn stddev(&self) -> Option<f64> {
-        self.variance_ticks().map(|v| self.quantum.scale(v.sqrt()))
+        let (num, den) = self.variance_ticks()?;
+        exact::sqrt_ratio(num, den, 2 * self.exp10())
     }
 
     /// The smallest reading.

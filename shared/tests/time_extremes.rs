@@ -154,7 +154,10 @@ fn a_batch_nesting_an_unknown_field_10000_deep_is_malformed() {
     );
     assert!(Batch::decode(deep_partials.as_bytes()).is_err());
     // Same for confirmations.
-    let c = String::from_utf8(Confirm::new("gw", tributary_core::Incarnation::new(1), vec![1]).encode()).unwrap();
+    let c = String::from_utf8(
+        Confirm::new("gw", tributary_core::Incarnation::new(1), vec![1]).encode(),
+    )
+    .unwrap();
     let deep = format!("{},\"x\":{}}}", c.trim_end_matches('}'), nested(10_000));
     assert!(Confirm::decode(deep.as_bytes()).is_err());
 }

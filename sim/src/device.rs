@@ -1,18 +1,32 @@
 //! A host-side virtual device: exactly the firmware's
 //! [`Aggregator`] and [`Link`] driven by deterministic, seeded simulated
-//! sensors (sine + noise, steps, spikes, dropouts) over in-memory bytes, with
-//! the ground truth of every reading taken so tests can compare exactly.
+//! sensors over in-memory bytes, with a log of every raw reading taken
+//! ([`VirtualDevice::raw`]) from which tests compute the truth independently.
+//!
+//! # The sensors
+//! Realistic enough that a window holds many distinct values and many
+//! sketch buckets, and statistics have something to get wrong:
+//! - temperature (0.001 °C): an outdoor temperature around 0 °C — a 10-minute
+//!   swing of ±4.5 °C, a per-device offset of up to ±1 °C, a slow random-walk
+//!   drift (±1.5 °C), noise of ±0.25 °C in every reading (so windows near
+//!   0 °C cross zero) and a rare spike of ±12 °C (1 in 400 readings);
+//! - humidity (0.01 %): 55 % with a level that steps every 2 minutes (±8 %),
+//!   a random-walk drift (±3 %) and noise of ±0.6 %;
+//! - pressure (1 Pa): 101,325 Pa with a random-walk drift (±400 Pa), noise of
+//!   ±6 Pa and a rare drop of 800 Pa (1 in 1000 readings);
+//! - dropouts: a failed read of all three (`dropout_per_mille`).
+//!
+//! Everything comes from one seeded generator, so a device is a pure function
+//! of its seed and its sampling ticks.
 
-use std::collections::BTreeMap;
 use std::vec::Vec;
 
 use tributary_core::frame::{ChannelInfo, DeviceStats, Hello, Message, MAX_CHANNELS};
-use tributary_core::summary::Summary;
 
 use tributary_firmware::{index, Aggregator, AggregatorError, ChannelSpec, Clock, Link, Mode};
 
-/// The simulated channels: temperature (sine + noise, spikes), humidity
-/// (steps) and pressure (slow drift + noise).
+/// The simulated channels: temperature (around 0 °C: swing, drift, noise,
+/// spikes), humidity (steps, drift, noise) and pressure (drift, noise, drops).
 pub const SIM_CHANNELS: [ChannelSpec; 3] = [
     ChannelSpec {
         metric: "temperature",
@@ -70,6 +84,82 @@ impl Default for SimConfig {
     }
 }
 
+/// One reading a virtual device took, as its sensor gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawReading {
+    /// The channel (index into [`SIM_CHANNELS`]).
+    pub channel: u8,
+    /// Device time of the reading (ms since boot).
+    pub tick: u64,
+    /// The value in ticks of the channel's quantum.
+    pub value: i32,
+    /// The start tick of the device window the aggregator put it in.
+    pub window: u64,
+}
+
+/// The state of the simulated sensors (see the module docs).
+#[derive(Debug, Clone, Default)]
+struct Sensors {
+    rng: u64,
+    /// Per-device temperature offset (0.001 °C).
+    temp_offset: i32,
+    temp_drift: i32,
+    hum_drift: i32,
+    pres_drift: i32,
+}
+
+impl Sensors {
+    fn new(seed: u64) -> Self {
+        let mut s = Sensors {
+            rng: seed ^ 0x9e37_79b9_7f4a_7c15,
+            ..Sensors::default()
+        };
+        s.temp_offset = s.uniform(1_000);
+        s
+    }
+
+    fn rand(&mut self) -> u32 {
+        self.rng = self
+            .rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.rng >> 33) as u32
+    }
+
+    /// Uniform in −`r`..=`r`.
+    fn uniform(&mut self, r: u32) -> i32 {
+        (self.rand() % (2 * r + 1)) as i32 - r as i32
+    }
+
+    /// One reading of each channel at device time `t`, or a dropout.
+    fn sample(&mut self, t: u64, dropout_per_mille: u32) -> Option<[i32; 3]> {
+        if self.rand() % 1000 < dropout_per_mille {
+            return None;
+        }
+        let phase = (t % 600_000) as f64 / 600_000.0 * core::f64::consts::TAU;
+        self.temp_drift = (self.temp_drift + self.uniform(20)).clamp(-1_500, 1_500);
+        let spike = match self.rand() % 400 {
+            0 => 12_000,
+            1 => -12_000,
+            _ => 0,
+        };
+        let temp = self.temp_offset
+            + (4_500.0 * phase.sin()) as i32
+            + self.temp_drift
+            + self.uniform(250)
+            + spike;
+        // Steps: a level per 2-minute period, from a hash of the period.
+        let period = (t / 120_000).wrapping_mul(0x9e37_79b9) ^ (self.temp_offset as u64);
+        let level = (period % 17) as i32 * 100 - 800;
+        self.hum_drift = (self.hum_drift + self.uniform(5)).clamp(-300, 300);
+        let hum = (5_500 + level + self.hum_drift + self.uniform(60)).clamp(0, 10_000);
+        self.pres_drift = (self.pres_drift + self.uniform(3)).clamp(-400, 400);
+        let drop = if self.rand() % 1000 == 0 { -800 } else { 0 };
+        let pres = 101_325 + self.pres_drift + self.uniform(6) + drop;
+        Some([temp, hum, pres])
+    }
+}
+
 /// A simulated device.
 #[derive(Debug)]
 pub struct VirtualDevice {
@@ -77,11 +167,11 @@ pub struct VirtualDevice {
     agg: Aggregator<3>,
     link: Link<16, 128>,
     clock: Clock,
-    rng: u64,
+    sensors: Sensors,
     next_sample: u64,
     next_hello: u64,
-    truth: BTreeMap<(u8, u64), Summary>,
-    record_truth: bool,
+    raw: Vec<RawReading>,
+    record: bool,
     readings: u64,
     stopped: bool,
 }
@@ -101,35 +191,14 @@ impl VirtualDevice {
             agg,
             link,
             clock: Clock::new(),
-            rng: seed ^ 0x9e37_79b9_7f4a_7c15,
+            sensors: Sensors::new(seed),
             next_sample: 0,
             next_hello: 0,
-            truth: BTreeMap::new(),
-            record_truth: true,
+            raw: Vec::new(),
+            record: true,
             readings: 0,
             stopped: false,
         })
-    }
-
-    fn rand(&mut self) -> u32 {
-        self.rng = self
-            .rng
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.rng >> 33) as u32
-    }
-
-    fn sample(&mut self, t: u64) -> Option<[i32; 3]> {
-        if self.rand() % 1000 < self.config.dropout_per_mille {
-            return None;
-        }
-        let phase = (t % 600_000) as f64 / 600_000.0 * core::f64::consts::TAU;
-        let noise = (self.rand() % 201) as i32 - 100;
-        let spike = if self.rand() % 500 == 0 { 15_000 } else { 0 };
-        let temp = 21_000 + (3_000.0 * phase.sin()) as i32 + noise + spike;
-        let hum = 4_000 + ((t / 120_000) % 4) as i32 * 500;
-        let pres = 101_325 + ((t / 1_000) % 200) as i32 + (self.rand() % 11) as i32 - 5;
-        Some([temp, hum, pres])
     }
 
     /// Advances device time to `now_ms` (ms since boot), taking every due
@@ -145,7 +214,7 @@ impl VirtualDevice {
         while !self.stopped && self.next_sample <= now_ms {
             let t = self.next_sample;
             self.next_sample += self.config.period_ms.max(1);
-            let Some(values) = self.sample(t) else {
+            let Some(values) = self.sensors.sample(t, self.config.dropout_per_mille) else {
                 self.agg
                     .poll(t, &mut FailingSensor, &mut |m| self.link.enqueue(m));
                 continue;
@@ -153,15 +222,16 @@ impl VirtualDevice {
             let link = &mut self.link;
             self.agg.record(t, &values, &mut |m| link.enqueue(m));
             self.readings += 3;
-            if let Some(start) = self.agg.window_start().filter(|_| self.record_truth) {
-                for (ch, &v) in values.iter().enumerate() {
-                    let q = SIM_CHANNELS[ch].quantum();
-                    let s = self
-                        .truth
-                        .entry((ch as u8, start))
-                        .or_insert_with(|| Summary::new(q));
-                    // Ticks are small i32 values: insert cannot fail.
-                    let _ = s.insert(t as i64, i64::from(v));
+            if self.record {
+                // Raw mode has no windows: the reading's own tick stands in.
+                let window = self.agg.window_start().unwrap_or(t);
+                for (ch, &value) in values.iter().enumerate() {
+                    self.raw.push(RawReading {
+                        channel: ch as u8,
+                        tick: t,
+                        value,
+                        window,
+                    });
                 }
             }
         }
@@ -238,19 +308,18 @@ impl VirtualDevice {
         s
     }
 
-    /// The same device without its ground-truth record ([`Self::truth`]
-    /// stays empty), for devices that run indefinitely: the record grows by
-    /// a summary per channel and window for as long as the device runs.
+    /// The same device without its log of raw readings ([`Self::raw`]
+    /// stays empty), for devices that run indefinitely: the log grows by a
+    /// reading per channel and sample for as long as the device runs.
     pub fn without_truth(mut self) -> Self {
-        self.record_truth = false;
-        self.truth.clear();
+        self.record = false;
+        self.raw = Vec::new();
         self
     }
 
-    /// Ground truth: a summary of every reading taken, per (channel, window
-    /// start tick).
-    pub fn truth(&self) -> &BTreeMap<(u8, u64), Summary> {
-        &self.truth
+    /// Every reading taken so far, in order, as the sensors gave it.
+    pub fn raw(&self) -> &[RawReading] {
+        &self.raw
     }
 
     /// Readings taken so far (all channels).

@@ -1,19 +1,22 @@
 //! A fleet of virtual devices as a config section describes it
 //! ([`SimulatedConfig`]): each device's settings and seed, a [`Stepper`]
 //! that walks a device through its sampling ticks, the link helpers that
-//! feed frames to and from its bytes, and the ground truth of a bounded run
-//! ([`SimDevice::truth`]).
+//! feed frames to and from its bytes, and the raw readings of a bounded run
+//! ([`SimDevice::readings`]).
 //!
-//! # Ground truth
-//! [`SimDevice::truth`] runs the same device offline: in summaries mode the
-//! firmware's own record of every reading it took (per channel and device
-//! window); in readings mode every Reading frame the device sends. Its keys
-//! are the devices' own (without an agent's global tags).
+//! # Raw readings
+//! [`SimDevice::readings`] runs the same device offline and returns every
+//! reading its sensors gave, per series, with its event time (tick 0 is
+//! `start_ms`) — the input of the oracle (`tributary-oracle`), which
+//! computes what the pipeline's results must be from them alone. In
+//! readings mode these are exactly the Reading frames the device sends; in
+//! summaries mode what its summaries hold. Its keys are the devices' own
+//! (without an agent's global tags).
 
 use std::collections::BTreeMap;
 
 use tributary_core::frame::{self, Ack, FrameDecoder, Message, MAX_FRAME};
-use tributary_core::{SeriesKey, Summary};
+use tributary_core::SeriesKey;
 use tributary_firmware::AggregatorError;
 
 use tributary_runtime::now_ms;
@@ -38,17 +41,15 @@ pub struct SimDevice {
     last_tick: Option<u64>,
 }
 
-/// The exact totals of one (series, device window) a virtual device produced.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TruthWindow {
+/// The raw readings of one series in a bounded run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesReadings {
     /// The series (`{metric}{device="…"}`).
     pub series: SeriesKey,
-    /// Event time of the device window's start.
-    pub start_ms: i64,
-    /// Device window width (ms).
-    pub width_ms: i64,
-    /// The readings, in the channel's quantum.
-    pub summary: Summary,
+    /// The decimal exponent of the channel's quantum.
+    pub exponent: i8,
+    /// (event time in ms, value in ticks) of every reading, in the order taken.
+    pub readings: Vec<(i64, i64)>,
 }
 
 impl SimDevice {
@@ -68,6 +69,9 @@ impl SimDevice {
         (0..cfg.devices)
             .map(|i| {
                 let name = format!("{}{i}", cfg.prefix);
+                // The name too, so devices of agents with the same seed (and
+                // prefixes that differ) measure differently.
+                let seed = name_hash(&name) ^ cfg.seed.wrapping_mul(0x100_0000_01b3) ^ i as u64;
                 SimDevice {
                     config: SimConfig {
                         device: name.clone(),
@@ -81,7 +85,7 @@ impl SimDevice {
                     },
                     name,
                     start_ms: start,
-                    seed: cfg.seed.wrapping_mul(0x100_0000_01b3) ^ i as u64,
+                    seed,
                     last_tick,
                 }
             })
@@ -114,76 +118,49 @@ impl SimDevice {
         SeriesKey::new(spec.metric, self.name.as_str(), Default::default()).ok()
     }
 
-    /// Every reading the device produces in a bounded run, per series and
-    /// device window (empty for an unbounded run).
-    pub fn truth(&self) -> Result<Vec<TruthWindow>, AggregatorError> {
+    /// Every reading the device takes in a bounded run, per series (empty
+    /// for an unbounded run).
+    pub fn readings(&self) -> Result<Vec<SeriesReadings>, AggregatorError> {
         let Some(last) = self.last_tick else {
             return Ok(Vec::new());
         };
         let mut dev = self.device()?;
-        let width = i64::from(self.config.width_ms);
-        let mut out = Vec::new();
-        if !self.config.raw {
-            let _ = dev.step(last);
-            for (&(ch, start), s) in dev.truth() {
-                if let Some(series) = self.series(ch) {
-                    out.push(TruthWindow {
-                        series,
-                        start_ms: self.start_ms + start as i64,
-                        width_ms: width,
-                        // The device records ticks since boot; boot is start_ms.
-                        summary: s.shifted(self.start_ms),
-                    });
-                }
-            }
-            return Ok(out);
-        }
-        // Readings mode: the firmware keeps no per-window record, so the
-        // truth is every Reading frame it sends (each acked at once).
-        let mut windows: BTreeMap<(u8, i64), Summary> = BTreeMap::new();
-        let mut dec = FrameDecoder::<MAX_FRAME>::new();
-        let mut t = 0;
-        while t <= last {
-            let bytes = dev.step(t);
-            for m in decode(&mut dec, &bytes) {
-                if let Message::Reading(r) = m {
-                    let tick = r.tick as i64;
-                    let start = tick - tick % width;
-                    let q = SIM_CHANNELS
-                        .get(usize::from(r.channel))
-                        .map(|c| c.quantum())
-                        .unwrap_or_default();
-                    let s = windows
-                        .entry((r.channel, start))
-                        .or_insert_with(|| Summary::new(q));
-                    let _ = s.insert(self.start_ms + tick, i64::from(r.value));
-                    ack(&mut dev, r.boot, r.seq);
-                }
-            }
-            t += self.config.period_ms;
-        }
-        for ((ch, start), summary) in windows {
-            if let Some(series) = self.series(ch) {
-                out.push(TruthWindow {
+        // What the sensors give does not depend on acks or frames.
+        let _ = dev.step(last);
+        let mut out: BTreeMap<u8, SeriesReadings> = BTreeMap::new();
+        for r in dev.raw() {
+            let Some(series) = self.series(r.channel) else {
+                continue;
+            };
+            let exponent = SIM_CHANNELS[usize::from(r.channel)].quantum().exponent();
+            out.entry(r.channel)
+                .or_insert_with(|| SeriesReadings {
                     series,
-                    start_ms: self.start_ms + start,
-                    width_ms: width,
-                    summary,
-                });
-            }
+                    exponent,
+                    readings: Vec::new(),
+                })
+                .readings
+                .push((self.start_ms + r.tick as i64, i64::from(r.value)));
         }
-        Ok(out)
+        Ok(out.into_values().collect())
     }
 }
 
-/// The ground truth of every bounded device of `cfg`, keyed by the
+/// The raw readings of every bounded device of `cfg`, keyed by the
 /// devices' own series keys (without an agent's global tags).
-pub fn truth(cfg: &SimulatedConfig) -> Result<Vec<TruthWindow>, AggregatorError> {
+pub fn readings(cfg: &SimulatedConfig) -> Result<Vec<SeriesReadings>, AggregatorError> {
     let mut out = Vec::new();
     for d in SimDevice::all(cfg) {
-        out.extend(d.truth()?);
+        out.extend(d.readings()?);
     }
     Ok(out)
+}
+
+/// FNV-1a of a device name.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// The frames in `bytes` (a corrupt one is skipped).
@@ -297,7 +274,7 @@ mod tests {
             for m in decode(&mut dec, &st.step()) {
                 let (ch, n, sum, seq) = match &m {
                     Message::Summary(f) => {
-                        let s = Summary::from_fixed(&f.summary, 0);
+                        let s = tributary_core::Summary::from_fixed(&f.summary, 0);
                         (f.channel, s.count(), s.sum_ticks(), f.seq)
                     }
                     Message::Reading(r) => (r.channel, 1, i128::from(r.value), r.seq),
@@ -313,16 +290,18 @@ mod tests {
     }
 
     #[test]
-    fn frames_carry_exactly_the_ground_truth() {
+    fn frames_carry_exactly_the_raw_readings() {
         for mode in [SimMode::Summaries, SimMode::Readings] {
             let c = cfg(mode);
             let d = &SimDevice::all(&c)[1];
             let mut want: BTreeMap<String, (u64, i128)> = BTreeMap::new();
-            for t in d.truth().unwrap() {
-                assert_eq!(t.start_ms % 1000, 0, "device windows align to start_ms");
-                let e = want.entry(t.series.to_string()).or_default();
-                e.0 += t.summary.count();
-                e.1 += t.summary.sum_ticks();
+            for s in d.readings().unwrap() {
+                let e = want.entry(s.series.to_string()).or_default();
+                for &(t, v) in &s.readings {
+                    assert!((1_000_000..1_003_000).contains(&t), "event time {t}");
+                    e.0 += 1;
+                    e.1 += i128::from(v);
+                }
             }
             assert_eq!(want.len(), 3, "{mode:?}: three channels");
             let n: u64 = want.values().map(|v| v.0).sum();
@@ -336,10 +315,11 @@ mod tests {
     fn devices_differ_and_are_deterministic() {
         let c = cfg(SimMode::Summaries);
         let all = SimDevice::all(&c);
-        let a = all[0].truth().unwrap();
-        let b = all[1].truth().unwrap();
-        assert_eq!(a, SimDevice::all(&c)[0].truth().unwrap());
-        let sums = |v: &[TruthWindow]| v.iter().map(|t| t.summary.sum_ticks()).collect::<Vec<_>>();
-        assert_ne!(sums(&a), sums(&b));
+        let a = all[0].readings().unwrap();
+        let b = all[1].readings().unwrap();
+        assert_eq!(a, SimDevice::all(&c)[0].readings().unwrap());
+        let values =
+            |v: &[SeriesReadings]| v.iter().map(|s| s.readings.clone()).collect::<Vec<_>>();
+        assert_ne!(values(&a), values(&b));
     }
 }

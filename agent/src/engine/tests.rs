@@ -1,5 +1,5 @@
 //! Engine tests: the global tags reach the key of every kind of source, also
-//! after a restart, and match the simulated devices' ground truth.
+//! after a restart, and match the simulated devices' raw readings.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -113,9 +113,9 @@ fn global_tags_reach_every_source_and_survive_a_restart() {
             "the windower holds the tagged key"
         );
     }
-    // The ground truth of the simulated device names the same series.
+    // The raw readings of the simulated device name the same series.
     let truth: BTreeSet<String> =
-        simulated::agent_truth(&cfg.simulated, &cfg.global_tags(), &cfg.limits)
+        simulated::agent_readings(&cfg.simulated, &cfg.global_tags(), &cfg.limits)
             .unwrap()
             .iter()
             .map(|w| w.series.to_string())

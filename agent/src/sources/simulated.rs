@@ -1,6 +1,7 @@
 //! Simulated devices: N virtual devices in-process, each the firmware's own
 //! aggregator and link code in a [`tributary_sim`] virtual device over
-//! seeded sine/noise/step/spike/dropout sensors. The agent treats
+//! seeded, realistic sensors (drift, noise, zero crossings, spikes,
+//! dropouts). The agent treats
 //! a virtual device's link bytes like a serial device's: they go through a
 //! [`FrameDecoder`] to the engine, whose replies (TimeSync after Hello, Acks
 //! only after the commit) are encoded and fed back to the device's link, so
@@ -27,9 +28,9 @@
 //! replays the device up to it, acknowledging the frames the engine already
 //! has itself — as a real device would still hold its unacked ring.
 //!
-//! # Ground truth
-//! [`agent_truth`]: the fleet's ground truth ([`tributary_sim`]) with the
-//! series keys the agent forwards (its global tags applied).
+//! # Raw readings
+//! [`agent_readings`]: the fleet's raw readings ([`tributary_sim`]) with the
+//! series keys the agent forwards (its global tags applied), for the oracle.
 
 use std::time::{Duration, Instant};
 
@@ -40,23 +41,23 @@ use tributary_runtime::now_ms;
 use tributary_sim::config::SimulatedConfig;
 use tributary_sim::device::SIM_CHANNELS;
 use tributary_sim::fleet::{
-    ack, data_seq, decode, deliver, SimDevice, Stepper, TruthWindow, RING_HEADROOM,
+    ack, data_seq, decode, deliver, SeriesReadings, SimDevice, Stepper, RING_HEADROOM,
 };
 use tributary_sim::AggregatorError;
 
 use crate::engine::{GlobalTags, Input, LimitsConfig};
 
-/// The ground truth of the simulated devices `sim` of an agent: the fleet's
+/// The raw readings of the simulated devices `sim` of an agent: the fleet's
 /// with the series keys the agent forwards, i.e. with its global `tags`
 /// applied exactly as the engine applies them. A series the engine would
-/// refuse (more tags in all than `limits.max_tags`) has no truth, as it has
-/// no results.
-pub fn agent_truth(
+/// refuse (more tags in all than `limits.max_tags`) has no readings here, as
+/// it has no results.
+pub fn agent_readings(
     sim: &SimulatedConfig,
     tags: &GlobalTags,
     limits: &LimitsConfig,
-) -> Result<Vec<TruthWindow>, AggregatorError> {
-    Ok(tributary_sim::fleet::truth(sim)?
+) -> Result<Vec<SeriesReadings>, AggregatorError> {
+    Ok(tributary_sim::fleet::readings(sim)?
         .into_iter()
         .filter_map(|mut w| {
             let key = tags.apply(&w.series).ok()?.into_owned();
@@ -76,8 +77,8 @@ pub(crate) async fn run_device(
     engine: mpsc::Sender<Input>,
     shutdown: watch::Receiver<bool>,
 ) {
-    // The running device keeps no ground truth: [`SimDevice::truth`] replays
-    // a fresh one, and the record would grow for as long as this one runs.
+    // The running device keeps no log: [`SimDevice::readings`] replays a
+    // fresh one, and the log would grow for as long as this one runs.
     let dev = match sim.device() {
         Ok(d) => d.without_truth(),
         Err(e) => {

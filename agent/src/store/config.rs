@@ -254,13 +254,12 @@ mod tests {
             ..Default::default()
         };
         let mut hour: BTreeMap<String, Summary> = BTreeMap::new();
-        for t in tributary_sim::fleet::truth(&sim).unwrap() {
-            match hour.get_mut(&t.series.to_string()) {
-                Some(s) => s.merge(&t.summary).unwrap(),
-                None => {
-                    hour.insert(t.series.to_string(), t.summary);
-                }
+        for r in tributary_sim::fleet::readings(&sim).unwrap() {
+            let mut s = Summary::new(tributary_core::Quantum::new(r.exponent).unwrap());
+            for (t, v) in r.readings {
+                s.insert(t, v).unwrap();
             }
+            hour.insert(r.series.to_string(), s);
         }
         assert_eq!(hour.len(), 3);
         for (series, s) in hour {

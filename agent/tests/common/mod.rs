@@ -1,18 +1,22 @@
 //! Shared test helpers: a stand-in collector that de-duplicates batches by
-//! (agent, incarnation, seq), sums partials per (series, window) and
-//! publishes Confirms; the ground truth of simulated devices; a plain HTTP
-//! GET and a metric of the agent's `/metrics`.
+//! (agent, incarnation, seq), merges partials per (series, window) and
+//! publishes Confirms; the oracle's view of the simulated devices' raw
+//! readings; a plain HTTP GET and a metric of the agent's `/metrics`.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use tributary_agent::config::SimulatedConfig;
 use tributary_core::batch::{Batch, Confirm, Incarnation};
-use tributary_core::topic;
+use tributary_core::{topic, SeriesKey, Summary};
 use tributary_sim::fleet as simulated;
+use tributary_sim::judge::{self, Verdict};
+
+/// (series, window start, width) → the merge of the partials received.
+pub type Merged = BTreeMap<(SeriesKey, i64, i64), Summary>;
 
 /// (series text, window start, width) → (count, Σticks).
 pub type Totals = HashMap<(String, i64, i64), (u64, i128)>;
@@ -21,6 +25,7 @@ pub type Totals = HashMap<(String, i64, i64), (u64, i128)>;
 pub struct Received {
     pub seqs: HashSet<(String, Incarnation, u64)>,
     pub totals: Totals,
+    pub merged: Merged,
     pub readings: u64,
     pub duplicates: u64,
     pub dropped: u64,
@@ -77,6 +82,17 @@ impl TestCollector {
                                     e.0 += part.summary.count();
                                     e.1 += part.summary.sum_ticks();
                                     s.readings += part.summary.count();
+                                    let key = (
+                                        part.series.clone(),
+                                        part.window.start(),
+                                        part.window.width().ms(),
+                                    );
+                                    match s.merged.get_mut(&key) {
+                                        Some(m) => m.merge(&part.summary).unwrap(),
+                                        None => {
+                                            s.merged.insert(key, part.summary.clone());
+                                        }
+                                    }
                                 }
                             } else {
                                 s.duplicates += 1;
@@ -130,6 +146,36 @@ impl TestCollector {
     pub fn totals(&self) -> Totals {
         self.state.lock().unwrap().totals.clone()
     }
+
+    /// The merged summaries received, per (series, window start) of `width`.
+    pub fn windows(&self, width: i64) -> BTreeMap<(SeriesKey, i64), Summary> {
+        let s = self.state.lock().unwrap();
+        s.merged
+            .iter()
+            .filter(|((_, _, w), _)| *w == width)
+            .map(|((k, t, _), m)| ((k.clone(), *t), m.clone()))
+            .collect()
+    }
+
+    /// The oracle's verdict on every merged window of `width` against the
+    /// raw readings of the devices of `sim`.
+    pub fn verdict(&self, sim: &SimulatedConfig, width: i64) -> Verdict {
+        verdict(&self.windows(width), sim, width)
+    }
+}
+
+/// The oracle's verdict on `got`, results per (series, window start) of
+/// `width`, against the raw readings of the devices of `sim`.
+pub fn verdict(
+    got: &BTreeMap<(SeriesKey, i64), Summary>,
+    sim: &SimulatedConfig,
+    width: i64,
+) -> Verdict {
+    let want = judge::oracle(&simulated::readings(sim).unwrap())
+        .unwrap()
+        .windows(width)
+        .unwrap();
+    judge::judge_windows(got, &want)
 }
 
 impl Drop for TestCollector {
@@ -138,20 +184,18 @@ impl Drop for TestCollector {
     }
 }
 
-/// The exact totals the simulated devices produce, per agent window: the
-/// firmware virtual devices' own ground truth.
+/// The exact (count, Σticks) of the simulated devices' raw readings per
+/// agent window of event time.
 pub fn truth(sim: &SimulatedConfig, width: i64) -> Totals {
     let mut out = Totals::new();
-    for t in simulated::truth(sim).unwrap() {
-        let e = out
-            .entry((
-                t.series.to_string(),
-                t.start_ms.div_euclid(width) * width,
-                width,
-            ))
-            .or_default();
-        e.0 += t.summary.count();
-        e.1 += t.summary.sum_ticks();
+    for s in simulated::readings(sim).unwrap() {
+        for &(t, v) in &s.readings {
+            let e = out
+                .entry((s.series.to_string(), t.div_euclid(width) * width, width))
+                .or_default();
+            e.0 += 1;
+            e.1 += i128::from(v);
+        }
     }
     out
 }

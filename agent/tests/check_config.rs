@@ -35,10 +35,10 @@ fn check_config_refuses_or_warns_about_a_small_outbox() {
     assert!(!ok, "refused: {err}");
     assert!(err.contains("outbox.max_bytes"), "{err}");
     assert!(
-        err.contains("42 simulated series needs about 10752 bytes"),
+        err.contains("42 simulated series needs about 32256 bytes"),
         "{err}"
     );
-    assert!(err.contains("at least 14336"), "{err}");
+    assert!(err.contains("at least 43008"), "{err}");
 
     let (ok, out, err) = check(
         "agent_id = \"gw\"\n[window]\nwidth_ms = 10000\n[outbox]\nmax_bytes = 100000\n\

@@ -192,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|r| r.parse().context("--rollups: a comma list of ms"))
         .collect::<Result<_, _>>()?;
     let batches = workload(&args);
+    let mut pg: Option<Postgres> = None;
     let partials: usize = batches.iter().map(|b| b.partials.len()).sum();
     let total: u64 = batches
         .iter()
@@ -209,25 +210,45 @@ async fn main() -> anyhow::Result<()> {
         args.group,
         rollups
     );
-    let mut figures = Vec::new();
+    bench_sqlite(&batches, &rollups, args.group, total).await?;
+    for &n in args.writers.iter().filter(|&&n| n > 0) {
+        let pg = match &pg {
+            Some(pg) => pg,
+            None => {
+                pg.insert(Postgres::start(Server { durable: true }).context("starting PostgreSQL")?)
+            }
+        };
+        bench_postgres(pg, n, &batches, &rollups, args.group, total).await?;
+    }
+    Ok(())
+}
 
+/// Applies `batches` in groups of `group` to SQLite with one writer; prints
+/// the figure and checks that no reading was lost.
+async fn bench_sqlite(
+    batches: &[Batch],
+    rollups: &[i64],
+    group: usize,
+    total: u64,
+) -> anyhow::Result<()> {
+    let partials: usize = batches.iter().map(|b| b.partials.len()).sum();
     let dir = tempfile::tempdir()?;
-    let lite = SqliteStore::open(&dir.path().join("bench.db"), &rollups)?;
+    let lite = SqliteStore::open(&dir.path().join("bench.db"), rollups)?;
     let (c0, t0) = cpu();
     let own0 = own_cpu();
     let t = Instant::now();
-    for g in batches.chunks(args.group) {
+    for g in batches.chunks(group) {
         lite.apply(g).await?;
     }
     let own = own_cpu() - own0;
-    figures.push(Figure {
+    Figure {
         label: "sqlite, 1 writer".into(),
         secs: t.elapsed().as_secs_f64(),
         partials,
         batches: batches.len(),
         cpu: busy(c0, t0),
-    });
-    figures[0].print();
+    }
+    .print();
     println!(
         "{:<22} {:>9.0} partials per CPU-second of the writer ({:.2} CPU-s; the figure that holds on a busy machine)",
         "",
@@ -235,64 +256,70 @@ async fn main() -> anyhow::Result<()> {
         own
     );
     anyhow::ensure!(readings(&lite).await == total, "sqlite lost readings");
+    Ok(())
+}
 
-    if args.writers.iter().all(|&n| n == 0) {
-        return Ok(());
+/// Applies `batches` in groups of `group` to a fresh database of `pg` with
+/// `n` writers, writer i taking every n-th group as a shared subscription
+/// spreads them; prints the figure and checks that no reading was lost.
+async fn bench_postgres(
+    pg: &Postgres,
+    n: usize,
+    batches: &[Batch],
+    rollups: &[i64],
+    group: usize,
+    total: u64,
+) -> anyhow::Result<()> {
+    let partials: usize = batches.iter().map(|b| b.partials.len()).sum();
+    let url = pg.create_database(&format!("bench_{n}"))?;
+    let options = PostgresOptions {
+        pool_size: 1,
+        ..PostgresOptions::new(url)
+    };
+    let mut stores: Vec<PostgresStore> = Vec::new();
+    for _ in 0..n {
+        stores.push(PostgresStore::open(&options, rollups).await?);
     }
-    let pg = Postgres::start(Server { durable: true }).context("starting PostgreSQL")?;
-    for &n in args.writers.iter().filter(|&&n| n > 0) {
-        let url = pg.create_database(&format!("bench_{n}"))?;
-        let options = PostgresOptions {
-            pool_size: 1,
-            ..PostgresOptions::new(url)
-        };
-        let mut stores: Vec<PostgresStore> = Vec::new();
-        for _ in 0..n {
-            stores.push(PostgresStore::open(&options, &rollups).await?);
-        }
-        // Writer i takes every n-th group, as a shared subscription spreads them.
-        let groups: Vec<&[Batch]> = batches.chunks(args.group).collect();
-        let (c0, t0) = cpu();
-        let t = Instant::now();
-        let mut writers = tokio::task::JoinSet::new();
-        for (i, store) in stores.iter().cloned().enumerate() {
-            let mine: Vec<Vec<Batch>> = groups
-                .iter()
-                .skip(i)
-                .step_by(n)
-                .map(|g| g.to_vec())
-                .collect();
-            writers.spawn(async move {
-                for g in mine {
-                    store.apply(&g).await.unwrap();
-                }
-            });
-        }
-        while let Some(done) = writers.join_next().await {
-            done?;
-        }
-        let f = Figure {
-            label: format!("postgres, {n} writer{}", if n > 1 { "s" } else { "" }),
-            secs: t.elapsed().as_secs_f64(),
-            partials,
-            batches: batches.len(),
-            cpu: busy(c0, t0),
-        };
-        f.print();
-        let db = format!("bench_{n}");
-        println!(
-            "{:<22} deadlocks retried: {}",
-            "",
-            pg.psql(
-                &db,
-                "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
-            )?
-        );
-        anyhow::ensure!(
-            readings(&stores[0]).await == total,
-            "postgres lost readings"
-        );
-        figures.push(f);
+    let groups: Vec<&[Batch]> = batches.chunks(group).collect();
+    let (c0, t0) = cpu();
+    let t = Instant::now();
+    let mut writers = tokio::task::JoinSet::new();
+    for (i, store) in stores.iter().cloned().enumerate() {
+        let mine: Vec<Vec<Batch>> = groups
+            .iter()
+            .skip(i)
+            .step_by(n)
+            .map(|g| g.to_vec())
+            .collect();
+        writers.spawn(async move {
+            for g in mine {
+                store.apply(&g).await.unwrap();
+            }
+        });
     }
+    while let Some(done) = writers.join_next().await {
+        done?;
+    }
+    Figure {
+        label: format!("postgres, {n} writer{}", if n > 1 { "s" } else { "" }),
+        secs: t.elapsed().as_secs_f64(),
+        partials,
+        batches: batches.len(),
+        cpu: busy(c0, t0),
+    }
+    .print();
+    let db = format!("bench_{n}");
+    println!(
+        "{:<22} deadlocks retried: {}",
+        "",
+        pg.psql(
+            &db,
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        )?
+    );
+    anyhow::ensure!(
+        readings(&stores[0]).await == total,
+        "postgres lost readings"
+    );
     Ok(())
 }

@@ -26,8 +26,10 @@
 
 use std::collections::HashMap;
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -88,6 +90,9 @@ fn pct(v: &[i64], p: f64) -> f64 {
     v[i.min(v.len() - 1)] as f64 / 1000.0
 }
 
+/// (device, window start) → a time in µs since the epoch.
+type Times = Arc<Mutex<HashMap<(String, i64), i64>>>;
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -114,69 +119,105 @@ async fn main() -> anyhow::Result<()> {
     )?)
     .await?;
 
-    // When each (device, window start) was closed, in µs since the epoch.
-    let closed: Arc<Mutex<HashMap<(String, i64), i64>>> = Arc::default();
-    // When each first became queryable.
-    let seen: Arc<Mutex<HashMap<(String, i64), i64>>> = Arc::default();
-    // When the agent committed each window's close.
-    let committed: Arc<Mutex<HashMap<(String, i64), i64>>> = Arc::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let poller = {
-        let (seen, stop, db) = (seen.clone(), stop.clone(), db.clone());
-        std::thread::spawn(move || {
-            let store = SqliteStore::open(&db, &[]).unwrap();
-            // A runtime of its own: this poller is a plain thread.
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
-            let width = Width::new(WINDOW_MS).unwrap();
-            let mut cursor = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let changed = rt.block_on(store.changed_since(width, cursor, 100_000));
-                for c in changed.unwrap() {
-                    cursor = cursor.max(c.change);
-                    let key = (c.series.device().to_string(), c.stored.window.start());
-                    seen.lock().unwrap().entry(key).or_insert_with(now_us);
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
+    // When each window first became queryable, and when the agent
+    // committed its close.
+    let (seen, committed): (Times, Times) = Default::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let pollers = [
+        poll_store(db, seen.clone(), stop.clone()),
+        poll_agent(
+            dir.path().join("agent").join("agent.db"),
+            committed.clone(),
+            stop.clone(),
+        ),
+    ];
+    let closed = publish(&args, port).await?;
+    // Let the last windows through.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    for p in pollers {
+        p.join().map_err(|_| anyhow::anyhow!("a poller panicked"))?;
+    }
+    let seen = seen.lock().unwrap().clone();
+    let committed = committed.lock().unwrap().clone();
+    let c = collector.counters();
+    anyhow::ensure!(
+        closed.keys().any(|k| seen.contains_key(k)),
+        "no window became queryable: agent {:?}; collector batches {}, readings {}; {} windows closed, {} seen",
+        agent.counters(),
+        c.batches_new.get(),
+        c.readings.get(),
+        closed.len(),
+        seen.len()
+    );
+    report(&closed, &seen, &committed);
+    agent.shutdown().await?;
+    collector.stop().await?;
+    Ok(())
+}
 
-    let agent_poller = {
-        let (committed, stop) = (committed.clone(), stop.clone());
-        let db = dir.path().join("agent").join("agent.db");
-        std::thread::spawn(move || {
-            let conn = rusqlite::Connection::open(&db).unwrap();
-            let mut last: HashMap<String, i64> = HashMap::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let mut stmt = conn
-                    .prepare_cached("SELECT key, closed_before FROM series")
-                    .unwrap();
-                let rows: Vec<(String, i64)> = stmt
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .unwrap()
-                    .collect::<Result<_, _>>()
-                    .unwrap();
-                let t = now_us();
-                for (key, closed_before) in rows {
-                    let key: tributary_core::SeriesKey = serde_json::from_str(&key).unwrap();
-                    let device = key.device().to_string();
-                    let prev = last.insert(device.clone(), closed_before);
-                    if let Some(prev) = prev.filter(|&p| p > i64::MIN && p < closed_before) {
-                        let mut c = committed.lock().unwrap();
-                        let mut w = prev;
-                        while w < closed_before {
-                            c.entry((device.clone(), w)).or_insert(t);
-                            w += WINDOW_MS;
-                        }
+/// Polls the collector's store every millisecond through its change feed,
+/// noting when each window first appears in `seen`, until `stop`.
+fn poll_store(db: PathBuf, seen: Times, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let store = SqliteStore::open(&db, &[]).unwrap();
+        // A runtime of its own: this poller is a plain thread.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let width = Width::new(WINDOW_MS).unwrap();
+        let mut cursor = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let changed = rt.block_on(store.changed_since(width, cursor, 100_000));
+            for c in changed.unwrap() {
+                cursor = cursor.max(c.change);
+                let key = (c.series.device().to_string(), c.stored.window.start());
+                seen.lock().unwrap().entry(key).or_insert_with(now_us);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    })
+}
+
+/// Polls the agent's database every millisecond, noting in `committed`
+/// when each window's close was committed (its series' `closed_before`
+/// moved past it), until `stop`.
+fn poll_agent(db: PathBuf, committed: Times, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let mut last: HashMap<String, i64> = HashMap::new();
+        while !stop.load(Ordering::Relaxed) {
+            let mut stmt = conn
+                .prepare_cached("SELECT key, closed_before FROM series")
+                .unwrap();
+            let rows: Vec<(String, i64)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let t = now_us();
+            for (key, closed_before) in rows {
+                let key: tributary_core::SeriesKey = serde_json::from_str(&key).unwrap();
+                let device = key.device().to_string();
+                let prev = last.insert(device.clone(), closed_before);
+                if let Some(prev) = prev.filter(|&p| p > i64::MIN && p < closed_before) {
+                    let mut c = committed.lock().unwrap();
+                    let mut w = prev;
+                    while w < closed_before {
+                        c.entry((device.clone(), w)).or_insert(t);
+                        w += WINDOW_MS;
                     }
                 }
-                std::thread::sleep(Duration::from_millis(1));
             }
-        })
-    };
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    })
+}
 
+/// Publishes one reading per device every [`TICK_MS`] for the bench's
+/// duration; answers when each window was closed (the closing reading
+/// published), in µs since the epoch.
+async fn publish(args: &Args, port: u16) -> anyhow::Result<HashMap<(String, i64), i64>> {
     let mut o = MqttOptions::new("latency-bench", "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(o, 100_000);
@@ -188,6 +229,7 @@ async fn main() -> anyhow::Result<()> {
         "latency bench: {} devices × 10 readings/s through agent (1 s windows, commit every {} ms) → embedded broker → collector (SQLite) for {} s",
         args.devices, args.agent_commit_ms, args.seconds
     );
+    let mut closed = HashMap::new();
     loop {
         let now = now_us() / 1000;
         let tick = (now / TICK_MS + 1) * TICK_MS;
@@ -197,10 +239,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis((tick - now) as u64)).await;
         for d in &devices {
             if tick % WINDOW_MS == 0 && tick > first_close {
-                closed
-                    .lock()
-                    .unwrap()
-                    .insert((d.clone(), tick - WINDOW_MS), now_us());
+                closed.insert((d.clone(), tick - WINDOW_MS), now_us());
             }
             let payload = format!(r#"{{"v":1,"metric":"temperature","time":{tick},"value":21.5}}"#);
             client
@@ -213,33 +252,21 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
         }
     }
-    // Let the last windows through.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    poller
-        .join()
-        .map_err(|_| anyhow::anyhow!("poller panicked"))?;
-    agent_poller
-        .join()
-        .map_err(|_| anyhow::anyhow!("agent poller panicked"))?;
-    let closed = closed.lock().unwrap().clone();
-    let seen = seen.lock().unwrap().clone();
+    Ok(closed)
+}
+
+/// Prints the percentiles of both latencies.
+fn report(
+    closed: &HashMap<(String, i64), i64>,
+    seen: &HashMap<(String, i64), i64>,
+    committed: &HashMap<(String, i64), i64>,
+) {
     let mut lat: Vec<i64> = closed
         .iter()
         .filter_map(|(k, c)| seen.get(k).map(|s| s - c))
         .collect();
     lat.sort_unstable();
     let missing = closed.len() - lat.len();
-    let c = collector.counters();
-    anyhow::ensure!(
-        !lat.is_empty(),
-        "no window became queryable: agent {:?}; collector batches {}, readings {}; {} windows closed, {} seen",
-        agent.counters(),
-        c.batches_new.get(),
-        c.readings.get(),
-        closed.len(),
-        seen.len()
-    );
     println!(
         "closing reading published → queryable over {} windows ({} not queryable at the end): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         lat.len(),
@@ -249,7 +276,6 @@ async fn main() -> anyhow::Result<()> {
         pct(&lat, 99.0),
         pct(&lat, 100.0)
     );
-    let committed = committed.lock().unwrap().clone();
     let mut from_commit: Vec<i64> = closed
         .keys()
         .filter_map(|k| Some(seen.get(k)? - committed.get(k)?))
@@ -265,7 +291,4 @@ async fn main() -> anyhow::Result<()> {
             pct(&from_commit, 100.0)
         );
     }
-    agent.shutdown().await?;
-    collector.stop().await?;
-    Ok(())
 }

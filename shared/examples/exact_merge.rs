@@ -116,6 +116,18 @@ fn main() -> anyhow::Result<()> {
         fmt(merged.max())
     );
 
+    print_quantiles(&readings, quantum, &merged);
+    print_wire_sizes(&readings, quantum, width)?;
+    if merged != whole || folded != whole {
+        anyhow::bail!("merged result differs from the single pass");
+    }
+    Ok(())
+}
+
+/// Prints the merged result's quantiles beside the exact ones (from the
+/// sorted readings, at the quantum).
+fn print_quantiles(readings: &[(i64, f64)], quantum: Quantum, merged: &Summary) {
+    let n = readings.len();
     let mut sorted: Vec<f64> = readings
         .iter()
         .map(|r| quantum.value(quantum.ticks(r.1).unwrap_or(0)))
@@ -135,8 +147,10 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
+}
 
-    // Wire sizes: one window's partial against forwarding its raw readings as JSON.
+/// Prints one window's partial against forwarding its raw readings as JSON.
+fn print_wire_sizes(readings: &[(i64, f64)], quantum: Quantum, width: Width) -> anyhow::Result<()> {
     let key = SeriesKey::new("temperature", "dev-1", Default::default())?;
     let first = readings.first().map_or(0, |r| r.0);
     let win = Window::containing(first, width);
@@ -172,8 +186,5 @@ fn main() -> anyhow::Result<()> {
         batch.encode(Encoding::Json).len(),
         batch.encode(Encoding::Binary).len()
     );
-    if merged != whole || folded != whole {
-        anyhow::bail!("merged result differs from the single pass");
-    }
     Ok(())
 }

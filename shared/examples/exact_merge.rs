@@ -37,15 +37,7 @@ fn main() -> anyhow::Result<()> {
     let agents = 8;
     let mut rng = Rng(42);
 
-    // Readings: a daily temperature cycle with noise, spikes and sensor dropouts.
-    let mut readings = Vec::with_capacity(n);
-    for i in 0..n {
-        let t = 1_700_000_000_000 + i as i64 * 100;
-        let base = 21.0 + 4.0 * ((i as f64) / 50_000.0).sin();
-        let noise = (rng.unit() - 0.5) * 0.8;
-        let spike = if rng.unit() < 0.001 { 15.0 } else { 0.0 };
-        readings.push((t, base + noise + spike));
-    }
+    let readings = simulated_readings(n, &mut rng);
 
     let started = Instant::now();
     let mut whole = Summary::new(quantum);
@@ -187,4 +179,19 @@ fn print_wire_sizes(readings: &[(i64, f64)], quantum: Quantum, width: Width) -> 
         batch.encode(Encoding::Binary).len()
     );
     Ok(())
+}
+
+/// `n` readings, one every 100 ms: a daily temperature cycle with noise and
+/// spikes.
+fn simulated_readings(n: usize, rng: &mut Rng) -> Vec<(i64, f64)> {
+    let mut readings = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = 1_700_000_000_000 + i as i64 * 100;
+        let base = 21.0 + 4.0 * ((i as f64) / 50_000.0).sin();
+        let noise = (rng.unit() - 0.5) * 0.8;
+        let spike = if rng.unit() < 0.001 { 15.0 } else { 0.0 };
+        readings.push((t, base + noise + spike));
+    }
+
+    readings
 }

@@ -57,7 +57,8 @@ pub fn fraction(pct: &str) -> Option<f64> {
 }
 
 /// Everything in which the summary `got` differs from the oracle's `want`
-/// (empty when it agrees; see the module docs).
+/// (empty when it agrees; see the module docs). Long, as one comparison
+/// per statistic in the order of the module docs' table reads best.
 pub fn judge(got: &Summary, want: &Stats) -> Vec<String> {
     let mut out = Vec::new();
     let mut eq = |what: &str, g: String, w: String| {

@@ -236,7 +236,8 @@ impl IngestCounters {
         }
     }
 
-    /// Registers every metric in `r`.
+    /// Registers every metric in `r`. Long, as a flat list of
+    /// registrations (name, help, metric) is what it is.
     pub fn register(&self, r: &mut Registry) {
         r.register(
             "tributary_collector_batches",

@@ -6,7 +6,8 @@
 //! the served values, window by window with the exact count and sum, and
 //! each run was served inside its window (the poll time is the event
 //! time). A device that cannot be reached and one answering with exception
-//! responses are counted per device and reason and stall nothing.
+//! responses or never at all are counted per device and reason and stall
+//! nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -123,6 +124,8 @@ async fn modbus_tcp_and_rtu_readings_reach_the_collector_exactly() {
     let tcp = ModbusSim::tcp(&spec(1), tcp_port).unwrap();
     let line = PtyPair::start().unwrap();
     let rtu = ModbusSim::rtu(&spec(2), &line.a).unwrap();
+    // A device that accepts connections and never answers.
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let regs = registers();
     let adir = tempfile::tempdir().unwrap();
     let toml = format!(
@@ -136,11 +139,14 @@ async fn modbus_tcp_and_rtu_readings_reach_the_collector_exactly() {
          [[modbus]]\nname = \"plc-down\"\ntcp = \"127.0.0.1:{down}\"\ninterval_ms = 100\n\
          [[modbus.registers]]\nmetric = \"x\"\naddress = 0\n\
          [[modbus]]\nname = \"plc-bad\"\ntcp = \"127.0.0.1:{tcp_port}\"\ninterval_ms = 100\n\
-         [[modbus.registers]]\nmetric = \"x\"\naddress = 500\n",
+         [[modbus.registers]]\nmetric = \"x\"\naddress = 500\n\
+         [[modbus]]\nname = \"plc-mute\"\ntcp = \"127.0.0.1:{mute}\"\ninterval_ms = 100\n\
+         timeout_ms = 200\n[[modbus.registers]]\nmetric = \"x\"\naddress = 0\n",
         dir = adir.path().display().to_string(),
         mqtt = broker.port(),
         rtu_path = line.b.display().to_string(),
         down = free_port(),
+        mute = mute.local_addr().unwrap().port(),
     );
     let agent = Agent::start(AgentConfig::from_toml(&toml).unwrap())
         .await
@@ -183,6 +189,7 @@ async fn modbus_tcp_and_rtu_readings_reach_the_collector_exactly() {
     let m = agent.metrics();
     assert!(m.modbus_error("plc-down", "connect").get() > 0);
     assert!(m.modbus_error("plc-bad", "exception").get() > 0);
+    assert!(m.modbus_error("plc-mute", "timeout").get() > 0);
     for d in ["plc-tcp", "plc-rtu"] {
         for r in ["connect", "timeout", "crc", "io", "protocol", "exception", "value"] {
             assert_eq!(m.modbus_error(d, r).get(), 0, "{d}: {r}");

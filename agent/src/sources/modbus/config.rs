@@ -265,3 +265,52 @@ impl ModbusConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn load(devices: &str) -> Result<Config, String> {
+        Config::from_toml(&format!("agent_id = \"gw\"\n{devices}")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_documented_device_loads() {
+        let c = load(
+            "[[modbus]]\nname = \"plc\"\ntcp = \"127.0.0.1:502\"\n\
+             [[modbus.registers]]\nmetric = \"t\"\naddress = 3\ntype = \"int32\"\n\
+             word_order = \"little\"\nscale = 0.1\nquantum = -1\n",
+        )
+        .unwrap();
+        let d = &c.modbus[0];
+        assert_eq!((d.unit, d.interval_ms, d.timeout_ms), (1, 1000, 1000));
+        assert_eq!(d.registers[0].span(), 2);
+        assert_eq!(c.series_bound().known, 1);
+    }
+
+    #[test]
+    fn every_problem_is_named_by_its_key() {
+        let e = load(
+            "[[modbus]]\nname = \"plc\"\ntcp = \"127.0.0.1:502\"\nserial = \"/dev/ttyS0\"\n\
+             interval_ms = 0\n\
+             [[modbus.registers]]\nmetric = \"t\"\naddress = 65535\ntype = \"int32\"\n\
+             scale = 0.001\nquantum = -2\n\
+             [[modbus.registers]]\nmetric = \"t\"\naddress = 0\n\
+             [[modbus]]\nname = \"plc\"\ntcp = \"not an address\"\n",
+        )
+        .unwrap_err();
+        for key in [
+            "modbus[0].tcp",
+            "modbus[0].interval_ms",
+            "modbus[0].registers[0].address",
+            "modbus[0].registers[0].scale",
+            "modbus[0].registers[1].metric",
+            "modbus[1].tcp",
+            "modbus[1].registers",
+            "modbus[1].name",
+        ] {
+            assert!(e.contains(key), "{key} not named in: {e}");
+        }
+        assert!(e.contains("finer than the quantum"), "{e}");
+    }
+}

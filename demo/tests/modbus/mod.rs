@@ -2,7 +2,7 @@
 //! serve and the agent's registers for them, the collector side (a real
 //! mosquitto and the collector's ingest into SQLite), and the judge that
 //! checks stored windows against the simulators' logs of served values.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -60,11 +60,16 @@ async fn the_agent_binary_forwards_a_modbus_device_exactly() {
         }
         None => Command::new(&bin),
     };
+    // Its log, shown if the test fails.
+    let log = dir.path().join("agent.log");
     let _agent = Process(
         cmd.arg("--config")
             .arg(&config)
+            // The agent would read these as config overrides.
+            .env_remove("TRIBUTARY_AGENT_BIN")
+            .env_remove("TRIBUTARY_AGENT_RUNNER")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -73,6 +78,9 @@ async fn the_agent_binary_forwards_a_modbus_device_exactly() {
     let got = collector
         .wait_for(&["plc"], want, Duration::from_secs(120))
         .await;
+    if !got.contains_key(&(modbus::POINTS[0].0.to_string(), "plc".to_string())) {
+        panic!("nothing stored; the agent's log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
     judge_device(&got, "plc", &sim.served().unwrap(), want);
     collector.stop().await;
 }

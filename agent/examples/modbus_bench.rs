@@ -25,7 +25,10 @@ fn spec(n: u16) -> String {
     let points: Vec<String> = (0..n)
         .map(|a| format!(r#"{{"metric":"r{a}","address":{a},"type":"uint16"}}"#))
         .collect();
-    format!(r#"{{"unit":1,"log":false,"points":[{}]}}"#, points.join(","))
+    format!(
+        r#"{{"unit":1,"log":false,"points":[{}]}}"#,
+        points.join(",")
+    )
 }
 
 async fn bare(port: u16, n: u16, secs: u64) -> f64 {
@@ -37,7 +40,12 @@ async fn bare(port: u16, n: u16, secs: u64) -> f64 {
         let mut a = 0u16;
         while a < n {
             let c = (n - a).min(125);
-            regs += ctx.read_holding_registers(a, c).await.unwrap().unwrap().len() as u64;
+            regs += ctx
+                .read_holding_registers(a, c)
+                .await
+                .unwrap()
+                .unwrap()
+                .len() as u64;
             a += c;
         }
     }

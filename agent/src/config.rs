@@ -163,7 +163,10 @@ impl Config {
         let mut names = std::collections::BTreeSet::new();
         for (i, m) in self.modbus.iter().enumerate() {
             if !names.insert(m.name.as_str()) {
-                p.bad(format!("modbus[{i}].name"), "two Modbus devices of one name");
+                p.bad(
+                    format!("modbus[{i}].name"),
+                    "two Modbus devices of one name",
+                );
             }
         }
         self.simulated.check(self.window.width_ms, &mut p);

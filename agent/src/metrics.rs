@@ -332,7 +332,10 @@ impl Metrics {
     /// The Modbus failures of `device` for `reason`.
     pub fn modbus_error(&self, device: &str, reason: &'static str) -> Counter {
         self.modbus_errors
-            .get_or_create(&[("device", device.to_string()), ("reason", reason.to_string())])
+            .get_or_create(&[
+                ("device", device.to_string()),
+                ("reason", reason.to_string()),
+            ])
             .clone()
     }
 

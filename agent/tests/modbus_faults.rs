@@ -99,7 +99,10 @@ async fn bad_crc_and_silence_are_counted_and_stall_no_other_device() {
     let accepted = agent.counters().readings_accepted;
     let served = sim.served().unwrap().len() as u64;
     assert!(accepted >= 20, "the good device stalled: {accepted}");
-    assert!(accepted <= served && served <= accepted + 2, "{accepted} of {served}");
+    assert!(
+        accepted <= served && served <= accepted + 2,
+        "{accepted} of {served}"
+    );
     assert_eq!(m.modbus_error("good", "timeout").get(), 0);
     agent.shutdown().await.unwrap();
 }

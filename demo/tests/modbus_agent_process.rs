@@ -79,7 +79,10 @@ async fn the_agent_binary_forwards_a_modbus_device_exactly() {
         .wait_for(&["plc"], want, Duration::from_secs(120))
         .await;
     if !got.contains_key(&(modbus::POINTS[0].0.to_string(), "plc".to_string())) {
-        panic!("nothing stored; the agent's log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        panic!(
+            "nothing stored; the agent's log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
     judge_device(&got, "plc", &sim.served().unwrap(), want);
     collector.stop().await;

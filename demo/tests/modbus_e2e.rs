@@ -69,7 +69,15 @@ async fn modbus_tcp_and_rtu_readings_reach_the_collector_exactly() {
     assert!(m.modbus_error("plc-bad", "exception").get() > 0);
     assert!(m.modbus_error("plc-mute", "timeout").get() > 0);
     for d in ["plc-tcp", "plc-rtu"] {
-        for r in ["connect", "timeout", "crc", "io", "protocol", "exception", "value"] {
+        for r in [
+            "connect",
+            "timeout",
+            "crc",
+            "io",
+            "protocol",
+            "exception",
+            "value",
+        ] {
             assert_eq!(m.modbus_error(d, r).get(), 0, "{d}: {r}");
         }
     }

@@ -16,7 +16,6 @@ use tributary_testkit::{Mosquitto, MosquittoOptions, Served};
 pub const WIDTH: i64 = 1000;
 pub const TIMEOUT_MS: i64 = 1000;
 
-
 /// The points each simulated device serves, with the agent's register
 /// config for the same points.
 pub const POINTS: &[(&str, u16, &str, &str, &str, f64, f64, i8)] = &[
@@ -37,7 +36,10 @@ pub fn spec(seed: u32) -> String {
             )
         })
         .collect();
-    format!(r#"{{"unit":1,"seed":{seed},"points":[{}]}}"#, points.join(","))
+    format!(
+        r#"{{"unit":1,"seed":{seed},"points":[{}]}}"#,
+        points.join(",")
+    )
 }
 
 pub fn registers() -> String {
@@ -91,7 +93,6 @@ pub fn judge(metric: &str, windows: &[(i64, u64, i128)], served: &[Served]) -> u
     }
     next
 }
-
 
 /// A real mosquitto and the collector's ingest into SQLite.
 pub struct Collector {
@@ -160,6 +161,10 @@ pub fn judge_device(got: &Stored, device: &str, served: &[Served], want: u64) {
             .get(&(p.0.to_string(), device.to_string()))
             .unwrap_or_else(|| panic!("no windows of {device}/{}", p.0));
         let checked = judge(p.0, windows, served);
-        assert!(checked as u64 >= want, "{device}/{}: only {checked} values checked", p.0);
+        assert!(
+            checked as u64 >= want,
+            "{device}/{}: only {checked} values checked",
+            p.0
+        );
     }
 }

@@ -254,7 +254,10 @@ impl ModbusConfig {
             let at = |k: &str| format!("modbus[{i}].registers[{j}].{k}");
             p.check(at("metric"), validate_id("metric", &r.metric));
             if !metrics.insert(r.metric.as_str()) {
-                p.bad(at("metric"), "two registers of one device name the same metric");
+                p.bad(
+                    at("metric"),
+                    "two registers of one device name the same metric",
+                );
             }
             if u32::from(r.address) + u32::from(r.span()) > 65_536 {
                 p.bad(at("address"), "the value runs past address 65535");

@@ -233,7 +233,13 @@ mod tests {
     fn integer_registers_land_on_the_quantum_exactly() {
         // 0.1 × raw − 40 in hundredths: raw 1234 → 83.4 → 8340 ticks.
         let s = Scaling::new(0.1, -40.0, q(-2), false).unwrap();
-        assert_eq!(s, Scaling::Exact { mul: 10, add: -4000 });
+        assert_eq!(
+            s,
+            Scaling::Exact {
+                mul: 10,
+                add: -4000
+            }
+        );
         assert_eq!(s.int(1234), Ok(8340));
         assert_eq!(s.int(0), Ok(-4000));
         // A float multiply would give 0.1 × 3 = 0.30000000000000004.
@@ -247,7 +253,10 @@ mod tests {
         let e = Scaling::new(0.001, 0.0, q(-2), false).unwrap_err();
         assert!(e.contains("finer than the quantum"), "{e}");
         assert!(Scaling::new(1.0, 0.05, q(-1), false).is_err());
-        assert!(Scaling::new(0.001, 0.0, q(-2), true).is_ok(), "floats round");
+        assert!(
+            Scaling::new(0.001, 0.0, q(-2), true).is_ok(),
+            "floats round"
+        );
     }
 
     #[test]

@@ -139,7 +139,16 @@ pub(crate) async fn run(
         };
         let at = now_ms();
         readings.clear();
-        let failed = poll(c, &cfg, &requests, &series, timeout, &metrics, &mut readings).await;
+        let failed = poll(
+            c,
+            &cfg,
+            &requests,
+            &series,
+            timeout,
+            &metrics,
+            &mut readings,
+        )
+        .await;
         metrics.modbus_polls(&cfg.name).inc();
         if !send(&engine, &series, at, &readings).await {
             return;
@@ -148,7 +157,11 @@ pub(crate) async fn run(
             None => backoff = BACKOFF_MIN,
             Some(f) => {
                 count(&metrics, &cfg.name, f.label());
-                tracing::warn!(device = cfg.name, reason = f.label(), "Modbus poll failed; reconnecting");
+                tracing::warn!(
+                    device = cfg.name,
+                    reason = f.label(),
+                    "Modbus poll failed; reconnecting"
+                );
                 if let Some(mut c) = conn.take() {
                     let _ = tokio::time::timeout(timeout, c.client.disconnect()).await;
                 }
@@ -230,7 +243,11 @@ async fn poll(
                     .received
                     .as_ref()
                     .is_some_and(|r| r.load(Ordering::Relaxed) > 0);
-                return Some(if garbled { Failure::Crc } else { Failure::Timeout });
+                return Some(if garbled {
+                    Failure::Crc
+                } else {
+                    Failure::Timeout
+                });
             }
         };
         for &i in &req.members {
@@ -252,7 +269,11 @@ async fn poll(
                 }
                 None => {
                     count(metrics, &cfg.name, "protocol");
-                    tracing::warn!(device = cfg.name, metric = r.metric, "Modbus response too short");
+                    tracing::warn!(
+                        device = cfg.name,
+                        metric = r.metric,
+                        "Modbus response too short"
+                    );
                 }
             }
         }

@@ -113,9 +113,9 @@ impl AsyncWrite for Port {
     ) -> Poll<io::Result<usize>> {
         loop {
             let mut guard = ready!(self.fd.poll_write_ready(cx))?;
-            match guard
-                .try_io(|fd| nix::unistd::write(fd.get_ref().as_fd(), bytes).map_err(io::Error::from))
-            {
+            match guard.try_io(|fd| {
+                nix::unistd::write(fd.get_ref().as_fd(), bytes).map_err(io::Error::from)
+            }) {
                 Ok(r) => {
                     self.received.store(0, Ordering::Relaxed);
                     return Poll::Ready(r);

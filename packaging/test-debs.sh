@@ -20,6 +20,8 @@ set -euo pipefail
 agent_deb=$1
 collector_deb=$2
 root=$(mktemp -d)
+# mktemp makes it 0700: the tributary user must reach into it, as into /.
+chmod 0755 "$root"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -74,8 +76,10 @@ install_one() { # component deb
   done < <(sed -n 's/^ExecStartPre=//p' "$unit")
   line=$(sed -n 's/^ExecStart=//p' "$unit")
   [ -n "$line" ] || fail "$pkg: no ExecStart"
+  # Not through run_as: $! must be the agent itself (setpriv execs it).
   # shellcheck disable=SC2046
-  run_as $(echo "$line" | prefixed) >"$root/$c.log" 2>&1 &
+  setpriv --reuid="$uid" --regid="$gid" --clear-groups $(echo "$line" | prefixed) \
+    >"$root/$c.log" 2>&1 &
   local pid=$!
   pids+=("$pid")
   local ok=""

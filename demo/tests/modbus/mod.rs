@@ -18,7 +18,19 @@ pub const TIMEOUT_MS: i64 = 1000;
 
 /// The points each simulated device serves, with the agent's register
 /// config for the same points.
-pub const POINTS: &[(&str, u16, &str, &str, &str, f64, f64, i8)] = &[
+/// metric, address, type, byte order, word order, scale, offset, quantum.
+pub type Point = (
+    &'static str,
+    u16,
+    &'static str,
+    &'static str,
+    &'static str,
+    f64,
+    f64,
+    i8,
+);
+
+pub const POINTS: &[Point] = &[
     // metric, address, type, byte order, word order, scale, offset, quantum
     ("temp", 0, "int16", "big", "big", 0.1, -40.0, -2),
     ("flow", 1, "uint32", "big", "little", 0.5, 0.0, -1),

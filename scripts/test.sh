@@ -11,6 +11,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+# The Modbus RTU tests run their serial line over a socat pty pair.
+command -v socat >/dev/null 2>&1 || need_apt+=(socat)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -24,6 +26,13 @@ if ! python3 -c 'import opentelemetry.sdk' >/dev/null 2>&1; then
   echo "installing: opentelemetry-sdk (PyPI)"
   python3 -m pip install -q opentelemetry-sdk 2>/dev/null ||
     python3 -m pip install -q --break-system-packages opentelemetry-sdk
+fi
+# The Modbus tests poll device simulators from PyPI's pymodbus
+# (testkit/py/modbus_sim.py).
+if ! python3 -c 'import pymodbus' >/dev/null 2>&1; then
+  echo "installing: pymodbus (PyPI)"
+  python3 -m pip install -q 'pymodbus>=3.16,<4' 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages 'pymodbus>=3.16,<4'
 fi
 # Debian starts services on install where it can; the tests run their own.
 service postgresql stop >/dev/null 2>&1 || true

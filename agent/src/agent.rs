@@ -150,8 +150,8 @@ impl Agent {
     }
 }
 
-/// Starts a task per serial port and per simulated device; returns the
-/// ports' tasks and the devices'.
+/// Starts a task per serial port, Modbus device and simulated device;
+/// returns the ports' and Modbus devices' tasks, and the simulated devices'.
 fn spawn_devices(
     config: &Config,
     tx: &mpsc::Sender<Input>,
@@ -169,6 +169,14 @@ fn spawn_devices(
                 shutdown.clone(),
             ))
         })
+        .chain(config.modbus.iter().map(|dev| {
+            tokio::spawn(crate::sources::modbus::run(
+                dev.clone(),
+                tx.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ))
+        }))
         .collect();
     let sim = &config.simulated;
     let sims = SimDevice::all(sim)

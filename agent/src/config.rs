@@ -7,7 +7,8 @@
 //! Each section's struct lives beside its component and is handed only to
 //! it: [`WindowConfig`] (`[window]`), [`StoreConfig`] and [`OutboxConfig`]
 //! (`[store]`, `[outbox]`), [`UplinkConfig`], [`LimitsConfig`],
-//! [`HttpConfig`], [`SerialConfig`] (`[[serial]]`), [`LocalMqttConfig`]
+//! [`HttpConfig`], [`SerialConfig`] (`[[serial]]`), [`ModbusConfig`]
+//! (`[[modbus]]`), [`LocalMqttConfig`]
 //! and [`SimulatedConfig`] (in `tributary_sim`).
 //!
 //! Environment overrides: `TRIBUTARY_<KEY>` for a top-level key and
@@ -26,6 +27,7 @@ use tributary_runtime::config::{self as runtime_config, EnvRules, Problems};
 
 pub use crate::engine::{GlobalTags, LimitsConfig};
 pub use crate::http::HttpConfig;
+pub use crate::sources::modbus::ModbusConfig;
 pub use crate::sources::mqtt::LocalMqttConfig;
 pub use crate::sources::serial::SerialConfig;
 pub use crate::store::config::SeriesBound;
@@ -67,6 +69,9 @@ pub struct Config {
     /// Serial devices (default none).
     #[serde(default)]
     pub serial: Vec<SerialConfig>,
+    /// Modbus TCP/RTU devices (default none).
+    #[serde(default)]
+    pub modbus: Vec<ModbusConfig>,
     /// The local broker devices publish to.
     #[serde(default)]
     pub local_mqtt: LocalMqttConfig,
@@ -152,6 +157,18 @@ impl Config {
         for (i, s) in self.serial.iter().enumerate() {
             s.check(i, &mut p);
         }
+        for (i, m) in self.modbus.iter().enumerate() {
+            m.check(i, &mut p);
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, m) in self.modbus.iter().enumerate() {
+            if !names.insert(m.name.as_str()) {
+                p.bad(
+                    format!("modbus[{i}].name"),
+                    "two Modbus devices of one name",
+                );
+            }
+        }
         self.simulated.check(self.window.width_ms, &mut p);
         p.finish()
     }
@@ -171,7 +188,10 @@ impl Config {
     /// (up to `limits.max_series` in all).
     pub fn series_bound(&self) -> SeriesBound {
         let channels = tributary_sim::device::SIM_CHANNELS.len() as u64;
-        let known = (self.simulated.devices as u64).saturating_mul(channels);
+        let modbus: u64 = self.modbus.iter().map(|m| m.registers.len() as u64).sum();
+        let known = (self.simulated.devices as u64)
+            .saturating_mul(channels)
+            .saturating_add(modbus);
         let open_ended = self.local_mqtt.enabled || !self.serial.is_empty();
         SeriesBound {
             known,

@@ -203,6 +203,10 @@ pub struct Metrics {
     /// Store healthy (1) or failed (0).
     pub store_ok: Gauge,
     clock_offset: Family<DeviceLabel, FGauge>,
+    /// Modbus failures by device and reason (`sources::modbus`).
+    modbus_errors: Family<[(&'static str, String); 2], Counter>,
+    /// Modbus polls by device.
+    modbus_polls: Family<DeviceLabel, Counter>,
     clock_drift: Family<DeviceLabel, FGauge>,
     clock_error: Family<DeviceLabel, FGauge>,
     /// What the health endpoints report.
@@ -310,6 +314,8 @@ impl Metrics {
             },
             series: u(&mut r, "series", "Series tracked."),
             store_ok: g(&mut r, "store_ok", "Whether the last store operation succeeded."),
+            modbus_errors: reg(&mut r, "modbus_errors", "Modbus failures by device and reason (connect, timeout, crc, io, protocol, exception, value).", Family::default()),
+            modbus_polls: reg(&mut r, "modbus_polls", "Modbus polls by device.", Family::default()),
             clock_offset: f(&mut r, "device_clock_offset_ms", "Estimated wall-clock ms at the device's tick 0 (current boot)."),
             clock_drift: f(&mut r, "device_clock_drift_ppm", "Estimated device clock rate error (ppm, positive = fast)."),
             clock_error: f(&mut r, "device_clock_error_ms", "Stated error of event times mapped from device ticks (ms, excluding the link's constant latency)."),
@@ -321,6 +327,23 @@ impl Metrics {
     /// The OpenMetrics text of every metric.
     pub fn render(&self) -> String {
         tributary_runtime::metrics::render(&self.registry)
+    }
+
+    /// The Modbus failures of `device` for `reason`.
+    pub fn modbus_error(&self, device: &str, reason: &'static str) -> Counter {
+        self.modbus_errors
+            .get_or_create(&[
+                ("device", device.to_string()),
+                ("reason", reason.to_string()),
+            ])
+            .clone()
+    }
+
+    /// The Modbus polls of `device`.
+    pub fn modbus_polls(&self, device: &str) -> Counter {
+        self.modbus_polls
+            .get_or_create(&[("device", device.to_string())])
+            .clone()
     }
 
     /// Counts one refused input.

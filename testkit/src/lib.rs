@@ -17,11 +17,16 @@
 //! - [`Mosquitto`] — `start`, `port`, `stop`, `restart` (same port), killed on `Drop`.
 //! - [`postgres::Postgres`] — a real PostgreSQL cluster in a temp dir on a
 //!   free port (`start`, `url`, `create_database`, `psql`), stopped on `Drop`.
+//! - [`modbus::ModbusSim`] — a Modbus device simulated by `pymodbus` (TCP
+//!   or RTU) that logs every value it serves with its exact ticks; and
+//!   [`modbus::PtyPair`], a `socat` pty pair as the serial line.
 //! - [`workspace_bin`] — another workspace package's binary, built next to
 //!   the running test (e.g. the collector's tests run real agent processes).
 
+pub mod modbus;
 pub mod postgres;
 
+pub use modbus::{ModbusSim, PtyPair, Served};
 pub use postgres::{Postgres, PostgresOptions};
 
 use std::collections::hash_map::RandomState;

@@ -5,7 +5,9 @@
 //! - [`mqtt`] — devices on the local broker (JSON readings and binary
 //!   frames), `[local_mqtt]`;
 //! - [`serial`] — devices on serial ports (the firmware link protocol),
-//!   `[[serial]]`.
+//!   `[[serial]]`;
+//! - [`modbus`] — Modbus TCP and RTU devices, polled, `[[modbus]]`.
+pub mod modbus;
 pub mod mqtt;
 pub mod serial;
 pub mod simulated;

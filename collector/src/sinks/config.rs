@@ -17,6 +17,8 @@ pub enum SinkKind {
     Influx,
     /// A generic JSON webhook.
     Webhook,
+    /// Prometheus remote write (native histograms).
+    Prometheus,
 }
 
 /// One sink (its `Debug` hides the token).
@@ -26,10 +28,11 @@ pub struct SinkConfig {
     /// Its name: unique, `[A-Za-z0-9_.-]`; its durable cursor is
     /// `sink:<name>`, so renaming a sink starts it from the beginning.
     pub name: String,
-    /// `influx` or `webhook`.
+    /// `influx`, `webhook` or `prometheus`.
     pub kind: SinkKind,
     /// `http://` or `https://` URL. Influx: the server's base URL (the sink
-    /// appends `/api/v2/write`); webhook: the URL POSTed to.
+    /// appends `/api/v2/write`); webhook: the URL POSTed to; prometheus: the
+    /// remote-write URL (e.g. `http://127.0.0.1:9090/api/v1/write`).
     pub url: String,
     /// The stored width (ms) it pushes: the agents' window or a roll-up
     /// (default 60,000).
@@ -67,14 +70,15 @@ pub struct SinkConfig {
     #[serde(default)]
     pub bucket: Option<String>,
     /// Sent as `Authorization: Token <token>` (influx) or
-    /// `Authorization: Bearer <token>` (webhook); default none.
+    /// `Authorization: Bearer <token>` (the others); default none.
     #[serde(default)]
     pub token: Option<String>,
     /// The name of an environment variable holding the token instead, read
     /// at start (keeps secrets out of files); default none.
     #[serde(default)]
     pub token_env: Option<String>,
-    /// Webhook: extra request headers (default none).
+    /// Webhook and prometheus: extra request headers (default none), e.g. a
+    /// tenant header of a multi-tenant receiver.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
 }
@@ -241,10 +245,10 @@ impl SinkConfig {
                     }
                 }
                 if !self.headers.is_empty() {
-                    err("headers", "is only for kind = \"webhook\"".into());
+                    err("headers", "is not for kind = \"influx\"".into());
                 }
             }
-            SinkKind::Webhook => {
+            SinkKind::Webhook | SinkKind::Prometheus => {
                 for (key, v) in [("org", &self.org), ("bucket", &self.bucket)] {
                     if v.is_some() {
                         err(key, "is only for kind = \"influx\"".into());

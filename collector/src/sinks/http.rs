@@ -12,11 +12,14 @@
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use bytes::Bytes;
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE,
+};
 use reqwest::{Client, StatusCode, Url};
 
 use super::config::{SinkConfig, SinkKind};
-use super::{influx, webhook, SinkError};
+use super::{influx, prometheus, webhook, SinkError};
 use crate::query::stats::Stat;
 use crate::store::Changed;
 
@@ -80,8 +83,20 @@ impl Endpoint {
                 );
                 "Token"
             }
-            SinkKind::Webhook => {
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            SinkKind::Webhook | SinkKind::Prometheus => {
+                if cfg.kind == SinkKind::Prometheus {
+                    headers.insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("application/x-protobuf"),
+                    );
+                    headers.insert(CONTENT_ENCODING, HeaderValue::from_static("snappy"));
+                    headers.insert(
+                        HeaderName::from_static("x-prometheus-remote-write-version"),
+                        HeaderValue::from_static("0.1.0"),
+                    );
+                } else {
+                    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                }
                 for (k, v) in &cfg.headers {
                     let name = HeaderName::from_bytes(k.as_bytes())
                         .map_err(|e| bad(&format!("headers.{k}"), e.to_string()))?;
@@ -122,16 +137,20 @@ impl Endpoint {
         &self.url
     }
 
-    /// The request body of `rows`.
-    pub(crate) fn encode(&self, rows: &[Changed], stats: &[Stat]) -> String {
-        match self.kind {
-            SinkKind::Influx => influx::encode(rows, stats),
-            SinkKind::Webhook => webhook::encode(&self.name, rows, stats),
-        }
+    /// The request body of `rows`, or why it cannot be encoded (a
+    /// compressor's size limit, far above `MAX_BATCH_SIZE` points).
+    pub(crate) fn encode(&self, rows: &[Changed], stats: &[Stat]) -> Result<Bytes, String> {
+        Ok(match self.kind {
+            SinkKind::Influx => influx::encode(rows, stats).into(),
+            SinkKind::Webhook => webhook::encode(&self.name, rows, stats).into(),
+            SinkKind::Prometheus => prometheus::encode(rows)
+                .map_err(|e| format!("snappy: {e}"))?
+                .into(),
+        })
     }
 
     /// Sends one body once.
-    pub(crate) async fn send(&self, body: String) -> Attempt {
+    pub(crate) async fn send(&self, body: Bytes) -> Attempt {
         let res = self
             .client
             .post(self.url.clone())

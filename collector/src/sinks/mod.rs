@@ -47,6 +47,8 @@ mod deliver;
 mod http;
 mod influx;
 mod lease;
+mod prometheus;
+mod prompb;
 mod runner;
 mod webhook;
 

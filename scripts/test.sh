@@ -11,6 +11,12 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+# The export sinks are tested against real metrics databases (testkit's
+# metricsdb): Prometheus (remote write, native histograms), VictoriaMetrics
+# and InfluxDB 1.x.
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v victoria-metrics >/dev/null 2>&1 || need_apt+=(victoria-metrics)
+command -v influxd >/dev/null 2>&1 || need_apt+=(influxdb)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -28,6 +34,7 @@ fi
 # Debian starts services on install where it can; the tests run their own.
 service postgresql stop >/dev/null 2>&1 || true
 service mosquitto stop >/dev/null 2>&1 || true
+for s in prometheus victoria-metrics influxdb; do service "$s" stop >/dev/null 2>&1 || true; done
 
 # The firmware and the core must build without std.
 cargo build -q -p tributary-core --no-default-features

@@ -17,11 +17,16 @@
 //! - [`Mosquitto`] — `start`, `port`, `stop`, `restart` (same port), killed on `Drop`.
 //! - [`postgres::Postgres`] — a real PostgreSQL cluster in a temp dir on a
 //!   free port (`start`, `url`, `create_database`, `psql`), stopped on `Drop`.
+//! - [`Prometheus`], [`VictoriaMetrics`], [`InfluxDb`] — real metrics
+//!   databases from the distribution in a temp dir on a free port, killed on
+//!   `Drop` (`start`, `url`).
 //! - [`workspace_bin`] — another workspace package's binary, built next to
 //!   the running test (e.g. the collector's tests run real agent processes).
 
+pub mod metricsdb;
 pub mod postgres;
 
+pub use metricsdb::{InfluxDb, Prometheus, VictoriaMetrics};
 pub use postgres::{Postgres, PostgresOptions};
 
 use std::collections::hash_map::RandomState;

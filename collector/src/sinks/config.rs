@@ -19,6 +19,8 @@ pub enum SinkKind {
     Webhook,
     /// Prometheus remote write (native histograms).
     Prometheus,
+    /// OTLP/HTTP metrics (protobuf, exponential histograms).
+    Otlp,
 }
 
 /// One sink (its `Debug` hides the token).
@@ -28,11 +30,12 @@ pub struct SinkConfig {
     /// Its name: unique, `[A-Za-z0-9_.-]`; its durable cursor is
     /// `sink:<name>`, so renaming a sink starts it from the beginning.
     pub name: String,
-    /// `influx`, `webhook` or `prometheus`.
+    /// `influx`, `webhook`, `prometheus` or `otlp`.
     pub kind: SinkKind,
     /// `http://` or `https://` URL. Influx: the server's base URL (the sink
     /// appends `/api/v2/write`); webhook: the URL POSTed to; prometheus: the
-    /// remote-write URL (e.g. `http://127.0.0.1:9090/api/v1/write`).
+    /// remote-write URL (e.g. `http://127.0.0.1:9090/api/v1/write`); otlp:
+    /// the metrics URL (e.g. `http://127.0.0.1:4318/v1/metrics`).
     pub url: String,
     /// The stored width (ms) it pushes: the agents' window or a roll-up
     /// (default 60,000).
@@ -77,7 +80,7 @@ pub struct SinkConfig {
     /// at start (keeps secrets out of files); default none.
     #[serde(default)]
     pub token_env: Option<String>,
-    /// Webhook and prometheus: extra request headers (default none), e.g. a
+    /// Webhook, prometheus and otlp: extra request headers (default none), e.g. a
     /// tenant header of a multi-tenant receiver.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -248,7 +251,7 @@ impl SinkConfig {
                     err("headers", "is not for kind = \"influx\"".into());
                 }
             }
-            SinkKind::Webhook | SinkKind::Prometheus => {
+            SinkKind::Webhook | SinkKind::Prometheus | SinkKind::Otlp => {
                 for (key, v) in [("org", &self.org), ("bucket", &self.bucket)] {
                     if v.is_some() {
                         err(key, "is only for kind = \"influx\"".into());

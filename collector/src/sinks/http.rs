@@ -19,7 +19,7 @@ use reqwest::header::{
 use reqwest::{Client, StatusCode, Url};
 
 use super::config::{SinkConfig, SinkKind};
-use super::{influx, prometheus, webhook, SinkError};
+use super::{influx, otlp, prometheus, webhook, SinkError};
 use crate::query::stats::Stat;
 use crate::store::Changed;
 
@@ -83,8 +83,13 @@ impl Endpoint {
                 );
                 "Token"
             }
-            SinkKind::Webhook | SinkKind::Prometheus => {
-                if cfg.kind == SinkKind::Prometheus {
+            SinkKind::Webhook | SinkKind::Prometheus | SinkKind::Otlp => {
+                if cfg.kind == SinkKind::Otlp {
+                    headers.insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("application/x-protobuf"),
+                    );
+                } else if cfg.kind == SinkKind::Prometheus {
                     headers.insert(
                         CONTENT_TYPE,
                         HeaderValue::from_static("application/x-protobuf"),
@@ -146,6 +151,7 @@ impl Endpoint {
             SinkKind::Prometheus => prometheus::encode(rows)
                 .map_err(|e| format!("snappy: {e}"))?
                 .into(),
+            SinkKind::Otlp => otlp::encode(&self.name, rows).into(),
         })
     }
 

@@ -31,6 +31,13 @@ if ! python3 -c 'import opentelemetry.sdk' >/dev/null 2>&1; then
   python3 -m pip install -q opentelemetry-sdk 2>/dev/null ||
     python3 -m pip install -q --break-system-packages opentelemetry-sdk
 fi
+# The OTLP sink's test receiver decodes with OpenTelemetry's own generated
+# code (collector/tests/otlp_receiver.py).
+if ! python3 -c 'import opentelemetry.proto.collector.metrics.v1.metrics_service_pb2' >/dev/null 2>&1; then
+  echo "installing: opentelemetry-proto (PyPI)"
+  python3 -m pip install -q opentelemetry-proto 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages opentelemetry-proto
+fi
 # Debian starts services on install where it can; the tests run their own.
 service postgresql stop >/dev/null 2>&1 || true
 service mosquitto stop >/dev/null 2>&1 || true

@@ -5,7 +5,8 @@
 //! here from the raw readings (and Tributary's own stored answers) exactly;
 //! `histogram_quantile` lies within one bucket of the sketch's scale of the
 //! true quantile; a revision, which Prometheus cannot take, is refused,
-//! counted and logged while the windows after it still arrive.
+//! counted and logged while the windows after it still arrive. Every query
+//! of the Grafana dashboard (`config/grafana/`) runs and finds the data.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -220,6 +221,28 @@ async fn promql_gives_tributarys_counts_sums_and_bounded_quantiles() {
         assert_eq!(merged[""], all as f64, "window {w}");
     }
     println!("worst relative quantile error: {worst:.5}");
+
+    // Every query of the Grafana dashboard runs and finds the data.
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../config/grafana/tributary-dashboard.json"))
+            .unwrap();
+    let end = t0 + windows * MIN;
+    let mut n = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("${metric}", "temperature")
+                .replace("$metric", "temperature")
+                .replace("$device", "d1|d2");
+            let got = query(&prom, &expr, end).await;
+            assert!(!got.is_empty(), "{expr}: no data");
+            assert!(got.values().all(|v| v.is_finite()), "{expr}: {got:?}");
+            n += 1;
+        }
+    }
+    assert!(n >= 8, "{n} dashboard queries");
     stop.send(true).unwrap();
     sinks.join().await.unwrap();
 }

@@ -18,7 +18,7 @@ use reqwest::header::{
 };
 use reqwest::{Client, StatusCode, Url};
 
-use super::config::{SinkConfig, SinkKind};
+use super::config::{InfluxApi, SinkConfig, SinkKind};
 use super::{influx, otlp, prometheus, webhook, SinkError};
 use crate::query::stats::Stat;
 use crate::store::Changed;
@@ -71,12 +71,18 @@ impl Endpoint {
         let mut headers = HeaderMap::new();
         let auth = match cfg.kind {
             SinkKind::Influx => {
-                let path = format!("{}/api/v2/write", url.path().trim_end_matches('/'));
-                url.set_path(&path);
-                url.query_pairs_mut()
-                    .append_pair("org", cfg.org.as_deref().unwrap_or_default())
-                    .append_pair("bucket", cfg.bucket.as_deref().unwrap_or_default())
-                    .append_pair("precision", "ms");
+                let base = url.path().trim_end_matches('/').to_string();
+                let bucket = cfg.bucket.as_deref().unwrap_or_default();
+                if cfg.api == Some(InfluxApi::V1) {
+                    url.set_path(&format!("{base}/write"));
+                    url.query_pairs_mut().append_pair("db", bucket);
+                } else {
+                    url.set_path(&format!("{base}/api/v2/write"));
+                    url.query_pairs_mut()
+                        .append_pair("org", cfg.org.as_deref().unwrap_or_default())
+                        .append_pair("bucket", bucket);
+                }
+                url.query_pairs_mut().append_pair("precision", "ms");
                 headers.insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -281,6 +287,13 @@ mod tests {
             "http://127.0.0.1:8086/prefix/api/v2/write?org=my+org&bucket=b&precision=ms"
         );
         assert_eq!(e.headers[AUTHORIZATION], "Token t0k");
+        cfg.api = Some(InfluxApi::V1);
+        cfg.org = None;
+        let e = Endpoint::new(&cfg).unwrap();
+        assert_eq!(
+            e.url().as_str(),
+            "http://127.0.0.1:8086/prefix/write?db=b&precision=ms"
+        );
     }
 
     #[test]

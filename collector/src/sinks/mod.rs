@@ -69,7 +69,14 @@ use tributary_runtime::metrics::prometheus_client::metrics::family::Family;
 use tributary_runtime::metrics::prometheus_client::metrics::gauge::Gauge;
 use tributary_runtime::metrics::prometheus_client::registry::Registry;
 
-pub use config::{validate_all, SinkConfig, SinkKind, MAX_BATCH_SIZE};
+pub use config::{validate_all, InfluxApi, SinkConfig, SinkKind, MAX_BATCH_SIZE};
+
+/// The Prometheus remote-write body (snappy-compressed protobuf) the
+/// `prometheus` sink sends for `rows`: for tools and benchmarks that post
+/// the same requests themselves.
+pub fn prometheus_body(rows: &[crate::store::Changed]) -> Result<Vec<u8>, snap::Error> {
+    prometheus::encode(rows)
+}
 
 use crate::finality::Finality;
 use crate::metrics::{label, Label};

@@ -35,9 +35,16 @@
 //! counts it in `tributary_sink_rejected_points`; the earlier revision stays
 //! in Prometheus, the HTTP API keeps the revised numbers. A push repeated
 //! after a crash is an *identical* sample, which Prometheus accepts as a
-//! no-op, so at-least-once delivery is harmless. Windows older than
-//! Prometheus' head accepts (about an hour behind the newest sample it
-//! holds) are refused the same way ("out of bounds"): counted and logged.
+//! no-op, so at-least-once delivery is harmless.
+//!
+//! The same holds, counted and logged, for a window Prometheus cannot take
+//! for its time: one older than its head accepts (about an hour behind the
+//! newest sample it holds, e.g. a backlog after a long outage: "out of
+//! bounds"), or one first pushed after a later window of its series (several
+//! agents feeding one series may finish windows out of order; within one
+//! request the windows are sorted by time). Prometheus 2.42 has no
+//! out-of-order window for native histograms; later versions with
+//! `out_of_order_time_window` set would take those.
 
 use prost::Message as _;
 
@@ -47,8 +54,12 @@ use tributary_core::sketch::{Buckets, Store};
 
 /// The snappy-compressed `WriteRequest` of `rows`.
 pub(crate) fn encode(rows: &[Changed]) -> Result<Vec<u8>, snap::Error> {
+    // Prometheus appends a series' samples in request order and refuses one
+    // older than the last: within a request, oldest windows first.
+    let mut rows: Vec<&Changed> = rows.iter().collect();
+    rows.sort_by_key(|r| r.stored.window.end());
     let req = prompb::WriteRequest {
-        timeseries: rows.iter().flat_map(series).collect(),
+        timeseries: rows.into_iter().flat_map(series).collect(),
         metadata: Vec::new(),
     };
     snap::raw::Encoder::new().compress_vec(&req.encode_to_vec())

@@ -146,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
             format!("{}/api/v1/write", prom.url()),
         );
         cfg.batch_size = args.batch_size;
+        cfg.width_ms = W;
         cfg.poll_ms = 10;
         cfg.timeout_ms = 30_000;
         cfg.lease_ms = 60_000;

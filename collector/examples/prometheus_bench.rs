@@ -118,8 +118,10 @@ async fn main() -> anyhow::Result<()> {
     let bytes: usize = bodies.iter().map(Vec::len).sum();
     let buckets: usize = rows
         .iter()
-        .map(|r| r.stored.summary.sketch().positive().iter().count()
-            + r.stored.summary.sketch().negative().iter().count())
+        .map(|r| {
+            r.stored.summary.sketch().positive().iter().count()
+                + r.stored.summary.sketch().negative().iter().count()
+        })
         .sum();
     println!(
         "workload: {} series x {} windows of {} s = {total} windows, {} readings each; \
@@ -163,7 +165,11 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let sink_s = t.elapsed().as_secs_f64();
-        anyhow::ensure!(c.rejected.get() == 0, "{} windows refused", c.rejected.get());
+        anyhow::ensure!(
+            c.rejected.get() == 0,
+            "{} windows refused",
+            c.rejected.get()
+        );
         stop.send(true)?;
         running.join().await?;
 
@@ -237,7 +243,11 @@ async fn judge(prom: &Prometheus, args: &Args, t0: i64, raw: &Raw) -> anyhow::Re
         let sum = query(prom, "histogram_sum(temperature)", end).await?;
         let p50 = query(prom, "histogram_quantile(0.5, temperature)", end).await?;
         let p99 = query(prom, "histogram_quantile(0.99, temperature)", end).await?;
-        anyhow::ensure!(count.len() == args.series, "window {w}: {} series", count.len());
+        anyhow::ensure!(
+            count.len() == args.series,
+            "window {w}: {} series",
+            count.len()
+        );
         for (d, v) in values.iter().enumerate() {
             let name = format!("d{d}");
             let exact_sum = v.iter().sum::<i64>() as f64 / 1000.0;
@@ -249,7 +259,10 @@ async fn judge(prom: &Prometheus, args: &Args, t0: i64, raw: &Raw) -> anyhow::Re
                 let truth = v[k - 1] as f64 / 1000.0;
                 let rel = (got - truth).abs() / truth.abs();
                 if truth != 0.0 {
-                    anyhow::ensure!(rel <= width * (1.0 + 1e-9), "q{q} {name} {w}: {got} vs {truth}");
+                    anyhow::ensure!(
+                        rel <= width * (1.0 + 1e-9),
+                        "q{q} {name} {w}: {got} vs {truth}"
+                    );
                     worst = worst.max(rel);
                 }
             }

@@ -70,8 +70,11 @@ async fn points(db: &InfluxDb) -> BTreeMap<(String, i64), BTreeMap<String, Value
             .map(|c| c.as_str().unwrap().to_string())
             .collect();
         for row in s["values"].as_array().unwrap() {
-            let fields: BTreeMap<String, Value> =
-                cols.iter().cloned().zip(row.as_array().unwrap().iter().cloned()).collect();
+            let fields: BTreeMap<String, Value> = cols
+                .iter()
+                .cloned()
+                .zip(row.as_array().unwrap().iter().cloned())
+                .collect();
             let device = fields["device"].as_str().unwrap().to_string();
             out.insert((device, fields["time"].as_i64().unwrap()), fields);
         }
@@ -122,7 +125,11 @@ async fn points_read_back_from_influxdb_1_equal_the_truth_and_revisions_overwrit
         async move {
             let t = Instant::now();
             while c.pushed.get() < n {
-                assert!(t.elapsed() < Duration::from_secs(30), "pushed {}", c.pushed.get());
+                assert!(
+                    t.elapsed() < Duration::from_secs(30),
+                    "pushed {}",
+                    c.pushed.get()
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -153,7 +160,12 @@ async fn points_read_back_from_influxdb_1_equal_the_truth_and_revisions_overwrit
 
     // Late readings for d0's first window: a revision, same point.
     store
-        .apply(&[Batch::new("gw", 4, t0 + 3 * MIN, vec![partial(t0, "d0", &[99_000])])])
+        .apply(&[Batch::new(
+            "gw",
+            4,
+            t0 + 3 * MIN,
+            vec![partial(t0, "d0", &[99_000])],
+        )])
         .await
         .unwrap();
     wait(10).await;

@@ -150,7 +150,11 @@ async fn decoded_points_equal_the_raw_truth_bucket_for_bucket() {
     let total = (devices as u64) * (windows as u64);
     let t = Instant::now();
     while c.pushed.get() < total {
-        assert!(t.elapsed() < Duration::from_secs(30), "pushed {}", c.pushed.get());
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "pushed {}",
+            c.pushed.get()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let points = rx.points();
@@ -169,7 +173,10 @@ async fn decoded_points_equal_the_raw_truth_bucket_for_bucket() {
         let start_ms = i64::try_from(p["start_ns"].as_u64().unwrap() / 1_000_000).unwrap();
         let w = (start_ms - t0) / MIN;
         assert_eq!(p["start_ns"].as_u64().unwrap() % 1_000_000, 0);
-        assert_eq!(p["time_ns"].as_u64().unwrap(), p["start_ns"].as_u64().unwrap() + 60_000_000_000);
+        assert_eq!(
+            p["time_ns"].as_u64().unwrap(),
+            p["start_ns"].as_u64().unwrap() + 60_000_000_000
+        );
         let raw = &truth[&(device.clone(), w)];
 
         // The truth from the raw ticks, by the oracle.
@@ -200,7 +207,12 @@ async fn decoded_points_equal_the_raw_truth_bucket_for_bucket() {
 
         // And Tributary's stored sketch, layout included.
         let stored = store
-            .windows(&key(&device), Width::new(MIN).unwrap(), start_ms, start_ms + 1)
+            .windows(
+                &key(&device),
+                Width::new(MIN).unwrap(),
+                start_ms,
+                start_ms + 1,
+            )
             .await
             .unwrap();
         let sk = stored[0].summary.sketch();

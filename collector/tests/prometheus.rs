@@ -103,7 +103,10 @@ fn counters(s: &Sinks) -> Arc<SinkCounters> {
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let t = Instant::now();
     while !cond() {
-        assert!(t.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -198,7 +201,10 @@ async fn promql_gives_tributarys_counts_sums_and_bounded_quantiles() {
                 .await
                 .unwrap();
             let s = &stored[0].summary;
-            assert_eq!((s.count() as f64, s.sum()), (count[&name], Some(sum[&name])));
+            assert_eq!(
+                (s.count() as f64, s.sum()),
+                (count[&name], Some(sum[&name]))
+            );
             // Quantiles (positive-only devices): Prometheus interpolates
             // linearly inside the bucket holding its rank, so it is within
             // one bucket width of the true element: relative error at most
@@ -213,7 +219,10 @@ async fn promql_gives_tributarys_counts_sums_and_bounded_quantiles() {
                 let got = query(&prom, &pq, end).await[&name];
                 let exact = v[prom_rank(q, v.len()) - 1] as f64 / 1000.0;
                 let rel = (got - exact).abs() / exact;
-                assert!(rel <= width * (1.0 + 1e-9), "{pq} = {got}, truth {exact}, scale {scale}");
+                assert!(
+                    rel <= width * (1.0 + 1e-9),
+                    "{pq} = {got}, truth {exact}, scale {scale}"
+                );
                 worst = worst.max(rel);
             }
         }
@@ -223,9 +232,10 @@ async fn promql_gives_tributarys_counts_sums_and_bounded_quantiles() {
     println!("worst relative quantile error: {worst:.5}");
 
     // Every query of the Grafana dashboard runs and finds the data.
-    let dashboard: Value =
-        serde_json::from_str(include_str!("../../config/grafana/tributary-dashboard.json"))
-            .unwrap();
+    let dashboard: Value = serde_json::from_str(include_str!(
+        "../../config/grafana/tributary-dashboard.json"
+    ))
+    .unwrap();
     let end = t0 + windows * MIN;
     let mut n = 0;
     for panel in dashboard["panels"].as_array().unwrap() {

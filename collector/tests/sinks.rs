@@ -885,7 +885,11 @@ fn the_documented_sink_examples_parse() {
     assert_eq!(cfg.sinks[0].kind, SinkKind::Influx);
     assert_eq!(cfg.sinks[1].width_ms, 3_600_000);
     assert_eq!(cfg.sinks[2].kind, SinkKind::Prometheus);
-    assert_eq!(cfg.sinks[2].headers.len(), 0, "the commented header stays a comment");
+    assert_eq!(
+        cfg.sinks[2].headers.len(),
+        0,
+        "the commented header stays a comment"
+    );
     assert_eq!(cfg.sinks[3].kind, SinkKind::Otlp);
 }
 

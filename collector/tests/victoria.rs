@@ -110,7 +110,11 @@ async fn points_read_back_from_victoria_metrics_equal_the_truth() {
     let total = devices as u64 * windows as u64;
     let t = Instant::now();
     while c.pushed.get() < total {
-        assert!(t.elapsed() < Duration::from_secs(30), "pushed {}", c.pushed.get());
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "pushed {}",
+            c.pushed.get()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Everything pushed is answered 2xx; wait until it is searchable.
@@ -121,7 +125,10 @@ async fn points_read_back_from_victoria_metrics_equal_the_truth() {
         if got.len() >= devices * 12 && complete.is_some_and(|p| p.len() == windows as usize) {
             break got;
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "not searchable: {got:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "not searchable: {got:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     for ((device, w), raw) in &truth {

@@ -36,7 +36,11 @@ impl Server {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .map_err(|e| io::Error::other(format!("starting {name}: {e} (run ./scripts/test.sh, which installs it)")))?;
+            .map_err(|e| {
+                io::Error::other(format!(
+                    "starting {name}: {e} (run ./scripts/test.sh, which installs it)"
+                ))
+            })?;
         let mut s = Server {
             port,
             child,
@@ -45,8 +49,8 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = s.child.try_wait()? {
-                let log = std::fs::read_to_string(s._dir.path().join("server.log"))
-                    .unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(s._dir.path().join("server.log")).unwrap_or_default();
                 return Err(io::Error::other(format!(
                     "{name} exited early with {status}: {log}"
                 )));
@@ -98,10 +102,16 @@ impl Prometheus {
         let dir = tempdir()?;
         let port = free_port();
         let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, "global:\n  scrape_interval: 1m\nscrape_configs: []\n")?;
+        std::fs::write(
+            &config,
+            "global:\n  scrape_interval: 1m\nscrape_configs: []\n",
+        )?;
         let mut cmd = Command::new("prometheus");
         cmd.arg(format!("--config.file={}", path(&config)))
-            .arg(format!("--storage.tsdb.path={}", path(&dir.path().join("data"))))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                path(&dir.path().join("data"))
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--web.enable-remote-write-receiver")
             .arg("--enable-feature=native-histograms")
@@ -126,12 +136,15 @@ impl VictoriaMetrics {
         let dir = tempdir()?;
         let port = free_port();
         let mut cmd = Command::new("victoria-metrics");
-        cmd.arg(format!("-storageDataPath={}", path(&dir.path().join("data"))))
-            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
-            .arg("-loggerLevel=WARN")
-            // Accept windows of any age a test writes (the default refuses
-            // older than the retention, 1 month).
-            .arg("-retentionPeriod=100y");
+        cmd.arg(format!(
+            "-storageDataPath={}",
+            path(&dir.path().join("data"))
+        ))
+        .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+        .arg("-loggerLevel=WARN")
+        // Accept windows of any age a test writes (the default refuses
+        // older than the retention, 1 month).
+        .arg("-retentionPeriod=100y");
         Server::spawn("victoria-metrics", cmd, port, dir, "/health").map(VictoriaMetrics)
     }
 

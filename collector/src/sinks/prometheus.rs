@@ -221,11 +221,24 @@ mod tests {
         let names: Vec<String> = req
             .timeseries
             .iter()
-            .map(|t| t.labels.iter().find(|l| l.name == "__name__").unwrap().value.clone())
+            .map(|t| {
+                t.labels
+                    .iter()
+                    .find(|l| l.name == "__name__")
+                    .unwrap()
+                    .value
+                    .clone()
+            })
             .collect();
         assert_eq!(
             names,
-            ["room_temp_count", "room_temp_sum", "room_temp_min", "room_temp_max", "room_temp"]
+            [
+                "room_temp_count",
+                "room_temp_sum",
+                "room_temp_min",
+                "room_temp_max",
+                "room_temp"
+            ]
         );
         let hist = &req.timeseries[4];
         let label_names: Vec<&str> = hist.labels.iter().map(|l| l.name.as_str()).collect();

@@ -84,6 +84,9 @@ async fn points(db: &InfluxDb) -> BTreeMap<(String, i64), BTreeMap<String, Value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn points_read_back_from_influxdb_1_equal_the_truth_and_revisions_overwrite() {
+    // reqwest is built without a crypto provider (the sinks install ring);
+    // this test's client talks to InfluxDB before any sink starts.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let db = InfluxDb::start().unwrap();
     assert!(influxql(&db, "CREATE DATABASE sensors").await["results"][0]["error"].is_null());
     let dir = tempfile::tempdir().unwrap();

@@ -13,6 +13,12 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 # The Modbus RTU tests run their serial line over a socat pty pair.
 command -v socat >/dev/null 2>&1 || need_apt+=(socat)
+# The export sinks are tested against real metrics databases (testkit's
+# metricsdb): Prometheus (remote write, native histograms), VictoriaMetrics
+# and InfluxDB 1.x.
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v victoria-metrics >/dev/null 2>&1 || need_apt+=(victoria-metrics)
+command -v influxd >/dev/null 2>&1 || need_apt+=(influxdb)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -34,9 +40,17 @@ if ! python3 -c 'import pymodbus' >/dev/null 2>&1; then
   python3 -m pip install -q 'pymodbus>=3.16,<4' 2>/dev/null ||
     python3 -m pip install -q --break-system-packages 'pymodbus>=3.16,<4'
 fi
+# The OTLP sink's test receiver decodes with OpenTelemetry's own generated
+# code (collector/tests/otlp_receiver.py).
+if ! python3 -c 'import opentelemetry.proto.collector.metrics.v1.metrics_service_pb2' >/dev/null 2>&1; then
+  echo "installing: opentelemetry-proto (PyPI)"
+  python3 -m pip install -q opentelemetry-proto 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages opentelemetry-proto
+fi
 # Debian starts services on install where it can; the tests run their own.
 service postgresql stop >/dev/null 2>&1 || true
 service mosquitto stop >/dev/null 2>&1 || true
+for s in prometheus victoria-metrics influxdb; do service "$s" stop >/dev/null 2>&1 || true; done
 
 # The firmware and the core must build without std.
 cargo build -q -p tributary-core --no-default-features

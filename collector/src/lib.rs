@@ -25,8 +25,10 @@
 //! - [`query`] — the HTTP JSON API (`api`; its agents listing `agents`),
 //!   the statistics a summary is rendered as (`stats`), the dashboard page (`dashboard`, assets in
 //!   `collector/assets/`), `config` (`[http]`).
-//! - [`sinks`] — push final windows and their revisions to InfluxDB or a
-//!   JSON webhook, following the store's change feed from a durable cursor.
+//! - [`sinks`] — push final windows and their revisions to InfluxDB, a
+//!   JSON webhook, Prometheus remote write or OTLP/HTTP, following the
+//!   store's change feed from a durable cursor (one shared runner; a kind is
+//!   one encoding module).
 //! - [`finality`] — when a window is final (`[finality]`), decided from the
 //!   store's progress.
 //! - [`metrics`] — the one `prometheus-client` registry of `/metrics`.

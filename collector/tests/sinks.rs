@@ -877,13 +877,20 @@ fn the_documented_sink_examples_parse() {
     );
     std::env::set_var("INFLUX_TOKEN", "t0k");
     let cfg = Config::from_toml(&with_examples).unwrap();
-    assert_eq!(cfg.sinks.len(), 2);
+    assert_eq!(cfg.sinks.len(), 4);
     assert_eq!(
         cfg.sinks[0].resolved_token().unwrap().as_deref(),
         Some("t0k")
     );
     assert_eq!(cfg.sinks[0].kind, SinkKind::Influx);
     assert_eq!(cfg.sinks[1].width_ms, 3_600_000);
+    assert_eq!(cfg.sinks[2].kind, SinkKind::Prometheus);
+    assert_eq!(
+        cfg.sinks[2].headers.len(),
+        0,
+        "the commented header stays a comment"
+    );
+    assert_eq!(cfg.sinks[3].kind, SinkKind::Otlp);
 }
 
 #[tokio::test]

@@ -20,12 +20,17 @@
 //! - [`modbus::ModbusSim`] — a Modbus device simulated by `pymodbus` (TCP
 //!   or RTU) that logs every value it serves with its exact ticks; and
 //!   [`modbus::PtyPair`], a `socat` pty pair as the serial line.
+//! - [`Prometheus`], [`VictoriaMetrics`], [`InfluxDb`] — real metrics
+//!   databases from the distribution in a temp dir on a free port, killed on
+//!   `Drop` (`start`, `url`).
 //! - [`workspace_bin`] — another workspace package's binary, built next to
 //!   the running test (e.g. the collector's tests run real agent processes).
 
+pub mod metricsdb;
 pub mod modbus;
 pub mod postgres;
 
+pub use metricsdb::{InfluxDb, Prometheus, VictoriaMetrics};
 pub use modbus::{ModbusSim, PtyPair, Served};
 pub use postgres::{Postgres, PostgresOptions};
 

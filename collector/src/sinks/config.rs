@@ -17,6 +17,22 @@ pub enum SinkKind {
     Influx,
     /// A generic JSON webhook.
     Webhook,
+    /// Prometheus remote write (native histograms).
+    Prometheus,
+    /// OTLP/HTTP metrics (protobuf, exponential histograms).
+    Otlp,
+}
+
+/// Which InfluxDB write API an `influx` sink uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InfluxApi {
+    /// `POST {url}/api/v2/write?org=…&bucket=…&precision=ms` (InfluxDB 2.x,
+    /// 1.8+, VictoriaMetrics).
+    #[default]
+    V2,
+    /// `POST {url}/write?db=<bucket>&precision=ms` (InfluxDB 1.x).
+    V1,
 }
 
 /// One sink (its `Debug` hides the token).
@@ -26,10 +42,12 @@ pub struct SinkConfig {
     /// Its name: unique, `[A-Za-z0-9_.-]`; its durable cursor is
     /// `sink:<name>`, so renaming a sink starts it from the beginning.
     pub name: String,
-    /// `influx` or `webhook`.
+    /// `influx`, `webhook`, `prometheus` or `otlp`.
     pub kind: SinkKind,
     /// `http://` or `https://` URL. Influx: the server's base URL (the sink
-    /// appends `/api/v2/write`); webhook: the URL POSTed to.
+    /// appends `/api/v2/write`); webhook: the URL POSTed to; prometheus: the
+    /// remote-write URL (e.g. `http://127.0.0.1:9090/api/v1/write`); otlp:
+    /// the metrics URL (e.g. `http://127.0.0.1:4318/v1/metrics`).
     pub url: String,
     /// The stored width (ms) it pushes: the agents' window or a roll-up
     /// (default 60,000).
@@ -60,21 +78,26 @@ pub struct SinkConfig {
     /// Quantiles pushed as `pNN` fields (default `[0.5, 0.9, 0.99]`).
     #[serde(default = "default_quantiles")]
     pub quantiles: Vec<f64>,
-    /// Influx: the organisation (required for `influx`).
+    /// Influx: the write API, `"v2"` (default) or `"v1"` (InfluxDB 1.x).
+    #[serde(default)]
+    pub api: Option<InfluxApi>,
+    /// Influx: the organisation (required for `influx` with api v2).
     #[serde(default)]
     pub org: Option<String>,
-    /// Influx: the bucket (required for `influx`).
+    /// Influx: the bucket (required for `influx`); with api v1, the
+    /// database.
     #[serde(default)]
     pub bucket: Option<String>,
     /// Sent as `Authorization: Token <token>` (influx) or
-    /// `Authorization: Bearer <token>` (webhook); default none.
+    /// `Authorization: Bearer <token>` (the others); default none.
     #[serde(default)]
     pub token: Option<String>,
     /// The name of an environment variable holding the token instead, read
     /// at start (keeps secrets out of files); default none.
     #[serde(default)]
     pub token_env: Option<String>,
-    /// Webhook: extra request headers (default none).
+    /// Webhook, prometheus and otlp: extra request headers (default none), e.g. a
+    /// tenant header of a multi-tenant receiver.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
 }
@@ -122,6 +145,7 @@ impl SinkConfig {
             poll_ms: default_poll_ms(),
             lease_ms: default_lease_ms(),
             quantiles: default_quantiles(),
+            api: None,
             org: None,
             bucket: None,
             token: None,
@@ -235,20 +259,28 @@ impl SinkConfig {
         }
         match self.kind {
             SinkKind::Influx => {
+                let v1 = self.api == Some(InfluxApi::V1);
                 for (key, v) in [("org", &self.org), ("bucket", &self.bucket)] {
-                    if v.as_deref().is_none_or(str::is_empty) {
+                    if key == "org" && v1 {
+                        if v.is_some() {
+                            err(key, "is not used by api = \"v1\"".into());
+                        }
+                    } else if v.as_deref().is_none_or(str::is_empty) {
                         err(key, "is required for kind = \"influx\"".into());
                     }
                 }
                 if !self.headers.is_empty() {
-                    err("headers", "is only for kind = \"webhook\"".into());
+                    err("headers", "is not for kind = \"influx\"".into());
                 }
             }
-            SinkKind::Webhook => {
+            SinkKind::Webhook | SinkKind::Prometheus | SinkKind::Otlp => {
                 for (key, v) in [("org", &self.org), ("bucket", &self.bucket)] {
                     if v.is_some() {
                         err(key, "is only for kind = \"influx\"".into());
                     }
+                }
+                if self.api.is_some() {
+                    err("api", "is only for kind = \"influx\"".into());
                 }
                 for (k, v) in &self.headers {
                     if HeaderName::from_bytes(k.as_bytes()).is_err() {
@@ -279,6 +311,7 @@ impl std::fmt::Debug for SinkConfig {
             .field("poll_ms", &self.poll_ms)
             .field("lease_ms", &self.lease_ms)
             .field("quantiles", &self.quantiles)
+            .field("api", &self.api)
             .field("org", &self.org)
             .field("bucket", &self.bucket)
             .field("token", &self.token.as_ref().map(|_| "(hidden)"))
@@ -324,6 +357,19 @@ mod tests {
     fn influx_needs_org_and_bucket() {
         let s = SinkConfig::new("db", SinkKind::Influx, "http://127.0.0.1:8086");
         assert_eq!(problems(&s), ["sinks[0].org", "sinks[0].bucket"]);
+    }
+
+    #[test]
+    fn influx_api_v1_needs_the_database_and_no_org() {
+        let mut s = SinkConfig::new("db", SinkKind::Influx, "http://127.0.0.1:8086");
+        s.api = Some(InfluxApi::V1);
+        s.bucket = Some("sensors".into());
+        assert!(problems(&s).is_empty());
+        s.org = Some("o".into());
+        assert_eq!(problems(&s), ["sinks[0].org"]);
+        let mut hook = SinkConfig::new("h", SinkKind::Webhook, "http://h/");
+        hook.api = Some(InfluxApi::V2);
+        assert_eq!(problems(&hook), ["sinks[0].api"]);
     }
 
     #[test]

@@ -104,7 +104,11 @@ impl<S: Feed + Leases + Query + Clone + 'static> Runner<S> {
 
     /// Sends one chunk until it is answered for good or the sink stops.
     async fn deliver(&mut self, chunk: &[Changed]) -> Outcome {
-        let body = self.endpoint.encode(chunk, &self.stats);
+        let body = match self.endpoint.encode(chunk, &self.stats) {
+            Ok(b) => b,
+            // Refused here as a server would: the runner isolates the point.
+            Err(body) => return Outcome::Rejected { status: 0, body },
+        };
         let (min, max) = (
             Duration::from_millis(self.cfg.backoff_min_ms),
             Duration::from_millis(self.cfg.backoff_max_ms),

@@ -12,11 +12,14 @@
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use bytes::Bytes;
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE,
+};
 use reqwest::{Client, StatusCode, Url};
 
-use super::config::{SinkConfig, SinkKind};
-use super::{influx, webhook, SinkError};
+use super::config::{InfluxApi, SinkConfig, SinkKind};
+use super::{influx, otlp, prometheus, webhook, SinkError};
 use crate::query::stats::Stat;
 use crate::store::Changed;
 
@@ -68,20 +71,43 @@ impl Endpoint {
         let mut headers = HeaderMap::new();
         let auth = match cfg.kind {
             SinkKind::Influx => {
-                let path = format!("{}/api/v2/write", url.path().trim_end_matches('/'));
-                url.set_path(&path);
-                url.query_pairs_mut()
-                    .append_pair("org", cfg.org.as_deref().unwrap_or_default())
-                    .append_pair("bucket", cfg.bucket.as_deref().unwrap_or_default())
-                    .append_pair("precision", "ms");
+                let base = url.path().trim_end_matches('/').to_string();
+                let bucket = cfg.bucket.as_deref().unwrap_or_default();
+                if cfg.api == Some(InfluxApi::V1) {
+                    url.set_path(&format!("{base}/write"));
+                    url.query_pairs_mut().append_pair("db", bucket);
+                } else {
+                    url.set_path(&format!("{base}/api/v2/write"));
+                    url.query_pairs_mut()
+                        .append_pair("org", cfg.org.as_deref().unwrap_or_default())
+                        .append_pair("bucket", bucket);
+                }
+                url.query_pairs_mut().append_pair("precision", "ms");
                 headers.insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; charset=utf-8"),
                 );
                 "Token"
             }
-            SinkKind::Webhook => {
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            SinkKind::Webhook | SinkKind::Prometheus | SinkKind::Otlp => {
+                if cfg.kind == SinkKind::Otlp {
+                    headers.insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("application/x-protobuf"),
+                    );
+                } else if cfg.kind == SinkKind::Prometheus {
+                    headers.insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("application/x-protobuf"),
+                    );
+                    headers.insert(CONTENT_ENCODING, HeaderValue::from_static("snappy"));
+                    headers.insert(
+                        HeaderName::from_static("x-prometheus-remote-write-version"),
+                        HeaderValue::from_static("0.1.0"),
+                    );
+                } else {
+                    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                }
                 for (k, v) in &cfg.headers {
                     let name = HeaderName::from_bytes(k.as_bytes())
                         .map_err(|e| bad(&format!("headers.{k}"), e.to_string()))?;
@@ -122,16 +148,21 @@ impl Endpoint {
         &self.url
     }
 
-    /// The request body of `rows`.
-    pub(crate) fn encode(&self, rows: &[Changed], stats: &[Stat]) -> String {
-        match self.kind {
-            SinkKind::Influx => influx::encode(rows, stats),
-            SinkKind::Webhook => webhook::encode(&self.name, rows, stats),
-        }
+    /// The request body of `rows`, or why it cannot be encoded (a
+    /// compressor's size limit, far above `MAX_BATCH_SIZE` points).
+    pub(crate) fn encode(&self, rows: &[Changed], stats: &[Stat]) -> Result<Bytes, String> {
+        Ok(match self.kind {
+            SinkKind::Influx => influx::encode(rows, stats).into(),
+            SinkKind::Webhook => webhook::encode(&self.name, rows, stats).into(),
+            SinkKind::Prometheus => prometheus::encode(rows)
+                .map_err(|e| format!("snappy: {e}"))?
+                .into(),
+            SinkKind::Otlp => otlp::encode(&self.name, rows).into(),
+        })
     }
 
     /// Sends one body once.
-    pub(crate) async fn send(&self, body: String) -> Attempt {
+    pub(crate) async fn send(&self, body: Bytes) -> Attempt {
         let res = self
             .client
             .post(self.url.clone())
@@ -256,6 +287,13 @@ mod tests {
             "http://127.0.0.1:8086/prefix/api/v2/write?org=my+org&bucket=b&precision=ms"
         );
         assert_eq!(e.headers[AUTHORIZATION], "Token t0k");
+        cfg.api = Some(InfluxApi::V1);
+        cfg.org = None;
+        let e = Endpoint::new(&cfg).unwrap();
+        assert_eq!(
+            e.url().as_str(),
+            "http://127.0.0.1:8086/prefix/write?db=b&precision=ms"
+        );
     }
 
     #[test]

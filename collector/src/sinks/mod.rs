@@ -1,6 +1,10 @@
 //! Sinks: push final windows, and their later revisions, to HTTP endpoints —
-//! InfluxDB's v2 write API (line protocol, `sinks/influx.rs`) or a generic
-//! JSON webhook (`sinks/webhook.rs`).
+//! InfluxDB's v2 write API (line protocol, `sinks/influx.rs`), a generic
+//! JSON webhook (`sinks/webhook.rs`), Prometheus remote write (native
+//! histograms, `sinks/prometheus.rs`, messages in `sinks/prompb.rs`) or
+//! OTLP/HTTP metrics (exponential histograms, `sinks/otlp.rs`). Every kind
+//! shares the runner (`runner.rs`, `deliver.rs`, `lease.rs`, `http.rs`): a
+//! new kind is one encoding module and its headers in `http.rs`.
 //!
 //! # Design
 //! The pending queue of a sink is the store itself: every result row written
@@ -26,7 +30,10 @@
 //!   backoff and jitter; ingest goes on meanwhile and the feed simply grows.
 //! - **Revisions.** A later merge into a pushed window gives its row a new
 //!   change number, so it re-enters the feed and is pushed again with its
-//!   `revision`: InfluxDB overwrites the point, webhook receivers upsert.
+//!   `revision`: InfluxDB overwrites the point, webhook receivers upsert,
+//!   OTLP backends keyed by series and time replace it. Prometheus cannot
+//!   replace a sample: it refuses the revision, which is logged and counted
+//!   as rejected (see `sinks/prometheus.rs`).
 //! - **One bad point cannot wedge a sink.** A request refused with another
 //!   `4xx` is split in halves until the refused point is alone; that point
 //!   is logged with the response body, counted as rejected and skipped.
@@ -47,6 +54,9 @@ mod deliver;
 mod http;
 mod influx;
 mod lease;
+mod otlp;
+mod prometheus;
+mod prompb;
 mod runner;
 mod webhook;
 
@@ -59,7 +69,14 @@ use tributary_runtime::metrics::prometheus_client::metrics::family::Family;
 use tributary_runtime::metrics::prometheus_client::metrics::gauge::Gauge;
 use tributary_runtime::metrics::prometheus_client::registry::Registry;
 
-pub use config::{validate_all, SinkConfig, SinkKind, MAX_BATCH_SIZE};
+pub use config::{validate_all, InfluxApi, SinkConfig, SinkKind, MAX_BATCH_SIZE};
+
+/// The Prometheus remote-write body (snappy-compressed protobuf) the
+/// `prometheus` sink sends for `rows`: for tools and benchmarks that post
+/// the same requests themselves.
+pub fn prometheus_body(rows: &[crate::store::Changed]) -> Result<Vec<u8>, snap::Error> {
+    prometheus::encode(rows)
+}
 
 use crate::finality::Finality;
 use crate::metrics::{label, Label};

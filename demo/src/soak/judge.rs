@@ -1,0 +1,193 @@
+//! The soak's verdict: the collector's stored results, at every width they
+//! were stored at, against the oracle's exact statistics of the devices'
+//! raw readings.
+//!
+//! # Design
+//! An agent that coarsens sends some of a series' readings in wider
+//! windows than its own, so one window of the roll-up width `rollup` (a
+//! multiple of every width) may hold rows of several widths. The judge
+//! therefore checks:
+//! - per (series, roll-up window), the collector's roll-up — every stored
+//!   row of the window merged — against the oracle's statistics of the
+//!   readings of that window: all of count, sums, min, max, first, last,
+//!   mean, variance exactly, quantiles in the true bucket. Its count against
+//!   the oracle's gives `lost` (fewer) and `doubled` (more) readings;
+//! - every finer stored row that no row of another width overlaps, at its
+//!   own width, against the oracle's window of that width: a coarsened
+//!   window is exact at the width it was stored at.
+//!
+//! Readings an agent dropped (its outbox full at its coarsest level) are
+//! counted durably and reported upstream: `lost` excludes them, and the
+//! roll-up windows they are missing from are not counted as mismatches
+//! while the drops explain the shortfall.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+use tributary_collector::store::sqlite::SqliteStore;
+use tributary_collector::store::{all_windows, Query};
+use tributary_core::{SeriesKey, Summary, Width};
+use tributary_oracle::Readings;
+use tributary_sim::judge::{judge, series};
+
+/// Stored results: (width, series, window start) → summary.
+pub type Stored = BTreeMap<(i64, SeriesKey, i64), Summary>;
+
+/// Reads every stored row at `widths` (ms) and the readings each agent
+/// reported dropped.
+pub fn stored(db: &Path, widths: &[i64]) -> anyhow::Result<(Stored, u64)> {
+    let store = SqliteStore::open(db, &[]).context("opening the collector's database")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .context("a runtime for reading the store")?;
+    rt.block_on(async {
+        let mut out = Stored::new();
+        for &w in widths {
+            let width = Width::new(w).context("a soak width")?;
+            for ((key, start), row) in all_windows(&store, width).await? {
+                out.insert((w, key, start), row.summary);
+            }
+        }
+        let dropped = store.agents().await?.iter().map(|a| a.dropped_readings).sum();
+        Ok((out, dropped))
+    })
+}
+
+/// Readings in the stored rows of width `w`.
+pub fn count_at(stored: &Stored, w: i64) -> u64 {
+    stored
+        .iter()
+        .filter(|((width, _, _), _)| *width == w)
+        .map(|(_, s)| s.count())
+        .sum()
+}
+
+/// The soak's figures of one run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Figures {
+    /// Readings the devices produced (the oracle's count).
+    pub readings_in: u64,
+    /// Readings in the merged results (the roll-up's count).
+    pub merged: u64,
+    /// Of those, readings that arrived in windows wider than the agents'.
+    pub coarsened: u64,
+    /// Readings the agents dropped and counted (reported upstream).
+    pub dropped_counted: u64,
+    /// Readings produced that are in no result and not counted dropped.
+    pub lost: u64,
+    /// Readings counted more than once.
+    pub doubled: u64,
+    /// Roll-up windows judged against the oracle.
+    pub rollup_windows_checked: usize,
+    /// Finer stored rows judged at their own width.
+    pub rows_checked: usize,
+    /// Windows or rows that disagree with the oracle.
+    pub mismatched: usize,
+    /// The first few disagreements.
+    pub problems: Vec<String>,
+}
+
+impl Figures {
+    /// Whether the run passed: nothing lost, nothing doubled, every window
+    /// exact.
+    pub fn ok(&self) -> bool {
+        self.lost == 0 && self.doubled == 0 && self.mismatched == 0 && self.merged > 0
+    }
+}
+
+fn note(f: &mut Figures, what: String) {
+    f.mismatched += 1;
+    if f.problems.len() < 30 {
+        f.problems.push(what);
+    }
+}
+
+/// Judges `stored` (rows at `widths`, the last being the roll-up width)
+/// against the oracle's `want`; `agent_width` is the agents' own window.
+pub fn verdict(
+    want: &Readings,
+    stored: &Stored,
+    dropped: u64,
+    widths: &[i64],
+    agent_width: i64,
+) -> anyhow::Result<Figures> {
+    let rollup = *widths.last().context("no widths")?;
+    let mut f = Figures {
+        readings_in: want.count(),
+        merged: count_at(stored, rollup),
+        dropped_counted: dropped,
+        ..Figures::default()
+    };
+    f.coarsened = widths
+        .iter()
+        .filter(|w| **w > agent_width && **w < rollup)
+        .map(|w| count_at(stored, *w))
+        .sum();
+    // Roll-up windows: counts and every statistic.
+    let truth = want.windows(rollup)?;
+    let mut shortfall = 0u64;
+    let mut got_rollup = BTreeMap::new();
+    for ((w, key, start), s) in stored {
+        if *w == rollup {
+            got_rollup.insert((series(key), *start), (key, s));
+        }
+    }
+    for ((name, start), stats) in &truth {
+        f.rollup_windows_checked += 1;
+        let got = got_rollup.remove(&(name.clone(), *start));
+        let n = got.map_or(0, |(_, s)| s.count());
+        shortfall += stats.count().saturating_sub(n);
+        f.doubled += n.saturating_sub(stats.count());
+        let problems = match got {
+            Some((_, s)) => judge(s, stats),
+            None => vec!["no result".into()],
+        };
+        // A shortfall the counted drops explain is not a mismatch.
+        if !problems.is_empty() && !(dropped > 0 && n < stats.count()) {
+            note(&mut f, format!("{name:?} @ {start} (roll-up): {problems:?}"));
+        }
+    }
+    for ((name, start), (_, s)) in got_rollup {
+        f.doubled += s.count();
+        note(&mut f, format!("{name:?} @ {start}: a result no reading explains"));
+    }
+    f.lost = shortfall.saturating_sub(dropped);
+    // Finer rows that no row of another width overlaps, at their width.
+    for &w in widths.iter().filter(|w| **w < rollup) {
+        let oracle = want.windows(w)?;
+        for ((_, key, start), s) in stored.iter().filter(|((width, _, _), _)| *width == w) {
+            if overlapped(stored, widths, key, *start, w, rollup) {
+                continue;
+            }
+            f.rows_checked += 1;
+            let problems = match oracle.get(&(series(key), *start)) {
+                Some(stats) => judge(s, stats),
+                None => vec!["a row no reading explains".into()],
+            };
+            if !problems.is_empty() && dropped == 0 {
+                note(&mut f, format!("{key} @ {start} (width {w}): {problems:?}"));
+            }
+        }
+    }
+    Ok(f)
+}
+
+/// Whether a stored row of another width below `rollup` overlaps
+/// `[start, start + w)` of `key`.
+fn overlapped(stored: &Stored, widths: &[i64], key: &SeriesKey, start: i64, w: i64, rollup: i64) -> bool {
+    widths
+        .iter()
+        .filter(|o| **o != w && **o < rollup)
+        .any(|&o| {
+            // The rows of width `o` that can overlap: those starting in
+            // (start - o, start + w).
+            let lo = start.saturating_sub(o).saturating_add(1);
+            let hi = start.saturating_add(w);
+            stored
+                .range((o, key.clone(), lo)..(o, key.clone(), hi))
+                .next()
+                .is_some()
+        })
+}

@@ -11,8 +11,11 @@
 
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
-use tributary_core::topic;
+use tributary_core::batch::{Batch, Encoding, Partial};
+use tributary_core::{topic, Incarnation, Quantum, SeriesKey, Summary, Width, Window};
 
 /// The messages of one burst: (topic, payload).
 pub fn messages(now_ms: i64, agents: usize, burst: u64) -> Vec<(String, Vec<u8>)> {
@@ -51,15 +54,29 @@ pub fn messages(now_ms: i64, agents: usize, burst: u64) -> Vec<(String, Vec<u8>)
         let partials = topic::partials(&format!("gw-{a}"));
         out.push((partials.clone(), b"\x00\x01junk".to_vec()));
         out.push((partials.clone(), br#"{"v":99,"agent":"gw-0"}"#.to_vec()));
-        // Another agent's id on this agent's topic (a spoofed identity).
-        out.push((
-            partials.clone(),
-            format!(r#"{{"v":2,"agent":"intruder","seq":{burst},"watermark":0,"partials":[]}}"#)
-                .into_bytes(),
-        ));
+        // A well-formed batch of another agent's id on this agent's topic
+        // (a spoofed identity), in both encodings.
+        if let Some(batch) = intruder(now_ms, burst) {
+            out.push((partials.clone(), batch.encode(Encoding::Json)));
+            out.push((partials.clone(), batch.encode(Encoding::Binary)));
+        }
         out.push((partials, vec![b'{'; 1 << 20]));
     }
     out
+}
+
+/// A valid batch of one `hostile` reading from agent `intruder`.
+fn intruder(now_ms: i64, burst: u64) -> Option<Batch> {
+    let width = Width::new(5_000).ok()?;
+    let start = now_ms.div_euclid(5_000) * 5_000;
+    let mut summary = Summary::new(Quantum::new(-3).ok()?);
+    summary.insert(start, 1_500).ok()?;
+    let partial = Partial {
+        series: SeriesKey::new("hostile", "intruder-dev", BTreeMap::new()).ok()?,
+        window: Window::new(start, width).ok()?,
+        summary,
+    };
+    Some(Batch::new("intruder", burst + 1, now_ms, vec![partial]).with_identity(Incarnation::new(burst | 1), 1))
 }
 
 /// Publishes `msgs` at QoS 1 to the broker on `port` and waits (at most

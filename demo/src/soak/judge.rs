@@ -191,3 +191,99 @@ fn overlapped(stored: &Stored, widths: &[i64], key: &SeriesKey, start: i64, w: i
                 .is_some()
         })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tributary_core::Quantum;
+
+    const WIDTHS: [i64; 3] = [5_000, 10_000, 60_000];
+
+    /// 40 readings of one series over [0, 60 s): the oracle's input, and
+    /// (time, ticks) to build stored rows from.
+    fn readings() -> (SeriesKey, Readings, Vec<(i64, i64)>) {
+        let key = SeriesKey::new("temperature", "dev-0", BTreeMap::new()).unwrap();
+        let raw: Vec<(i64, i64)> = (0..40).map(|i| (i * 1_499, (i * 37) % 23 - 11)).collect();
+        let mut r = Readings::new();
+        for &(t, v) in &raw {
+            r.add(&series(&key), -3, t, v).unwrap();
+        }
+        (key, r, raw)
+    }
+
+    fn summary(raw: &[(i64, i64)]) -> Summary {
+        let mut s = Summary::new(Quantum::new(-3).unwrap());
+        for &(t, v) in raw {
+            s.insert(t, v).unwrap();
+        }
+        s
+    }
+
+    /// Stored rows as an agent that coarsened [10 s, 30 s) would leave
+    /// them: 5 s rows, one 10 s row, and the roll-up of all of it.
+    fn stored_rows(key: &SeriesKey, raw: &[(i64, i64)]) -> Stored {
+        let mut out = Stored::new();
+        for start in (0..60_000).step_by(5_000) {
+            if (10_000..30_000).contains(&start) {
+                continue;
+            }
+            let part: Vec<_> = raw.iter().copied().filter(|(t, _)| (start..start + 5_000).contains(t)).collect();
+            out.insert((5_000, key.clone(), start), summary(&part));
+        }
+        for start in [10_000, 20_000] {
+            let part: Vec<_> = raw.iter().copied().filter(|(t, _)| (start..start + 10_000).contains(t)).collect();
+            out.insert((10_000, key.clone(), start), summary(&part));
+        }
+        out.insert((60_000, key.clone(), 0), summary(raw));
+        out
+    }
+
+    #[test]
+    fn exact_results_pass_at_every_stored_width() {
+        let (key, want, raw) = readings();
+        let f = verdict(&want, &stored_rows(&key, &raw), 0, &WIDTHS, 5_000).unwrap();
+        assert!(f.ok(), "{f:#?}");
+        assert_eq!((f.readings_in, f.merged), (40, 40));
+        let coarsened = raw.iter().filter(|(t, _)| (10_000..30_000).contains(t)).count();
+        assert_eq!(f.coarsened, coarsened as u64);
+        assert_eq!((f.rollup_windows_checked, f.rows_checked), (1, 10));
+    }
+
+    #[test]
+    fn a_missing_reading_is_lost_and_an_extra_one_doubled() {
+        let (key, want, raw) = readings();
+        let mut less = stored_rows(&key, &raw[1..]);
+        let f = verdict(&want, &less, 0, &WIDTHS, 5_000).unwrap();
+        assert_eq!((f.lost, f.doubled), (1, 0));
+        assert!(!f.ok());
+        // Counted as dropped, it is not lost.
+        let f = verdict(&want, &less, 1, &WIDTHS, 5_000).unwrap();
+        assert_eq!((f.lost, f.mismatched), (0, 0), "{f:#?}");
+        let mut more = raw.clone();
+        more.push(raw[3]);
+        less = stored_rows(&key, &more);
+        let f = verdict(&want, &less, 0, &WIDTHS, 5_000).unwrap();
+        assert_eq!((f.lost, f.doubled), (0, 1));
+        assert!(f.mismatched >= 2, "the roll-up and the 5 s row: {f:#?}");
+    }
+
+    #[test]
+    fn a_wrong_value_in_a_finer_row_is_found_at_its_width() {
+        let (key, want, raw) = readings();
+        let mut rows = stored_rows(&key, &raw);
+        let mut wrong = raw.clone();
+        wrong[0].1 += 1;
+        let part: Vec<_> = wrong.iter().copied().filter(|(t, _)| *t < 5_000).collect();
+        rows.insert((5_000, key.clone(), 0), summary(&part));
+        let f = verdict(&want, &rows, 0, &WIDTHS, 5_000).unwrap();
+        assert_eq!((f.lost, f.doubled, f.mismatched), (0, 0, 1), "{f:#?}");
+        // A result of a series no device has (hostile input that got in).
+        let mut rows = stored_rows(&key, &raw);
+        let intruder = SeriesKey::new("hostile", "x", BTreeMap::new()).unwrap();
+        rows.insert((60_000, intruder, 0), summary(&raw[..1]));
+        let f = verdict(&want, &rows, 0, &WIDTHS, 5_000).unwrap();
+        assert_eq!(f.doubled, 1);
+        assert!(!f.ok());
+    }
+}

@@ -1,7 +1,7 @@
 //! The fault campaign (`tributary-soak`): agents and the collector run as
 //! real processes (`tributary-agent`, `tributary-collector run`) around a
-//! real mosquitto, and every round `kill -9`s one agent and the collector
-//! at random moments, plus one more fault: a broker restart (without
+//! real mosquitto, and every round `kill -9`s every agent and the
+//! collector at random moments, plus one more fault: a broker restart (without
 //! persistence, with persistence, or with tiny per-client queues that drop
 //! PUBACKed QoS 1 messages), an uplink outage against an agent with a small
 //! outbox cap (it coarsens), a burst of hostile messages ([`hostile`]), or
@@ -46,7 +46,7 @@ const WIDTHS: [i64; 5] = [5_000, 10_000, 30_000, 60_000, 300_000];
     about = "Fault campaign with real processes: kill -9 of agents and collector, broker restarts, outages, hostile input, a full disk; judged by the oracle."
 )]
 pub struct SoakArgs {
-    /// Rounds; each kills one agent and the collector once.
+    /// Rounds; each kills every agent and the collector once.
     #[arg(long, default_value_t = 12)]
     pub rounds: u32,
     /// Agents (processes).
@@ -80,7 +80,7 @@ pub struct SoakArgs {
 /// The faults injected, by kind.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Faults {
-    /// `kill -9` of an agent.
+    /// `kill -9`s of agents (every agent is killed once a round).
     pub agent_kills: u32,
     /// `kill -9` of the collector.
     pub collector_kills: u32,
@@ -92,6 +92,8 @@ pub struct Faults {
     pub broker_tiny_queues: u32,
     /// Uplink outages (broker down for 1–3 s).
     pub outages: u32,
+    /// Partials agent 1 (the small outbox) coarsened during the outages.
+    pub partials_coarsened_in_outages: u64,
     /// Hostile messages the broker accepted.
     pub hostile_messages: u64,
     /// Times an agent's disk was filled.
@@ -120,9 +122,9 @@ impl Report {
 
 /// The config of agent `index`: its devices, small outbox on agent 1,
 /// the local broker subscribed for device messages.
-fn agent_toml(dir: &Path, index: usize, port: u16, args: &SoakArgs, start_ms: i64) -> String {
+fn agent_toml(dir: &Path, index: usize, (port, http): (u16, u16), args: &SoakArgs, start_ms: i64) -> String {
     let windows = windows(args);
-    let outbox = if index == 1 { "max_bytes = 20000\n" } else { "" };
+    let outbox = if index == 1 { "max_bytes = 12000\n" } else { "" };
     format!(
         "agent_id = \"gw-{index}\"\ndata_dir = {dir:?}\n\
          [tags]\ngateway = \"gw-{index}\"\n\
@@ -130,7 +132,7 @@ fn agent_toml(dir: &Path, index: usize, port: u16, args: &SoakArgs, start_ms: i6
          [store]\ncommit_interval_ms = 20\n\
          [uplink]\nport = {port}\nclient_id = \"soak-gw-{index}\"\nconfirm_timeout_ms = 1500\nreconnect_min_ms = 50\nreconnect_max_ms = 500\nmax_in_flight = 8\n\
          [local_mqtt]\nenabled = true\nport = {port}\nclient_id = \"soak-gw-{index}-local\"\n\
-         [http]\nlisten = \"\"\n\
+         [http]\nlisten = \"127.0.0.1:{http}\"\n\
          [outbox]\nbatch_max_partials = 20\ncoarsen_widths_ms = [10000, 30000, 60000]\n{outbox}\
          [simulated]\ndevices = {}\nprefix = \"gw{index}-dev\"\nmode = \"summaries\"\nchannels = 3\ndevice_window_ms = 1000\nreadings_per_window = 5\nwindows = {windows}\nstart_ms = {start_ms}\nframe_rate = 30\nmax_unacked = 12\n",
         args.devices,
@@ -163,6 +165,10 @@ struct System {
     collector: Daemon,
     db: PathBuf,
     faults: Faults,
+    /// The agents' HTTP ports (`/metrics`).
+    agent_http: Vec<u16>,
+    /// The faults still to inject in this block of six rounds.
+    schedule: Vec<u32>,
 }
 
 impl System {
@@ -185,21 +191,57 @@ impl System {
     }
 }
 
+/// The value of counter `name` on the agent's `/metrics` at `port`.
+fn agent_metric(port: u16, name: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
 fn ms(rng: &mut fastrand::Rng, range: std::ops::Range<u64>) -> Duration {
     Duration::from_millis(rng.u64(range))
 }
 
-/// One round: kill an agent and the collector, inject one more fault,
-/// start them again.
+/// Starts every agent that is not running.
+fn start_agents(sys: &mut System) -> anyhow::Result<()> {
+    for a in &mut sys.agents {
+        a.start()?;
+    }
+    Ok(())
+}
+
+/// One round: kill every agent and the collector, each at a random moment,
+/// inject one more fault, start them again in a random order.
 fn round(sys: &mut System, rng: &mut fastrand::Rng, disk: Option<&Tmpfs>, n: u32) -> anyhow::Result<()> {
-    std::thread::sleep(ms(rng, 200..900));
-    let k = rng.usize(..sys.agents.len());
-    sys.agents[k].kill9();
-    std::thread::sleep(ms(rng, 0..400));
+    let mut order: Vec<usize> = (0..sys.agents.len()).collect();
+    rng.shuffle(&mut order);
+    let collector_at = rng.usize(..=order.len());
+    for (i, &k) in order.iter().enumerate() {
+        if i == collector_at {
+            sys.collector.kill9();
+        }
+        std::thread::sleep(ms(rng, 100..600));
+        sys.agents[k].kill9();
+    }
     sys.collector.kill9();
-    match rng.u32(0..6) {
+    // Every six rounds inject each fault once, in a random order.
+    if sys.schedule.is_empty() {
+        sys.schedule = (0..6).collect();
+        rng.shuffle(&mut sys.schedule);
+    }
+    match sys.schedule.pop().unwrap_or(5) {
         0 => {
-            let mode = [BrokerMode::Plain, BrokerMode::Persistent, BrokerMode::TinyQueues][rng.usize(..3)];
+            // The modes in turn.
+            let modes = [BrokerMode::Plain, BrokerMode::Persistent, BrokerMode::TinyQueues];
+            let mode = modes[sys.broker.restarts as usize % modes.len()];
             match mode {
                 BrokerMode::Plain => sys.faults.broker_plain += 1,
                 BrokerMode::Persistent => sys.faults.broker_persistent += 1,
@@ -211,10 +253,13 @@ fn round(sys: &mut System, rng: &mut fastrand::Rng, disk: Option<&Tmpfs>, n: u32
         1 => {
             // The agents run on with the uplink down; agent 1's small
             // outbox coarsens.
-            sys.agents[k].start()?;
+            start_agents(sys)?;
             sys.broker.kill();
             sys.faults.outages += 1;
-            std::thread::sleep(ms(rng, 1000..3000));
+            std::thread::sleep(ms(rng, 2000..5000));
+            // Agent 1 started with the outage: its counter is the outage's.
+            let coarsened = sys.agent_http.get(1).and_then(|p| agent_metric(*p, "tributary_agent_partials_coarsened_total"));
+            sys.faults.partials_coarsened_in_outages += coarsened.unwrap_or(0);
             sys.broker.restart(sys.mode)?;
         }
         2 => {
@@ -233,8 +278,15 @@ fn round(sys: &mut System, rng: &mut fastrand::Rng, disk: Option<&Tmpfs>, n: u32
         }
         _ => {}
     }
-    sys.agents[k].start()?;
-    std::thread::sleep(ms(rng, 0..400));
+    rng.shuffle(&mut order);
+    let collector_at = rng.usize(..=order.len());
+    for (i, &k) in order.iter().enumerate() {
+        if i == collector_at {
+            sys.collector.start()?;
+        }
+        sys.agents[k].start()?;
+        std::thread::sleep(ms(rng, 0..300));
+    }
     sys.collector.start()?;
     sys.faults.agent_kills = sys.agents.iter().map(|a| a.kills).sum();
     sys.faults.collector_kills = sys.collector.kills;
@@ -260,8 +312,11 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<Report> {
     let start_ms = (tributary_runtime::now_ms() - 2 * 3_600_000).div_euclid(rollup) * rollup;
     let mut configs = Vec::new();
     let mut agents = Vec::new();
+    let mut agent_http = Vec::new();
     for i in 0..args.agents {
-        let text = agent_toml(&dir.join(format!("agent-{i}")), i, port, args, start_ms);
+        let http = tributary_testkit::free_port();
+        agent_http.push(http);
+        let text = agent_toml(&dir.join(format!("agent-{i}")), i, (port, http), args, start_ms);
         configs.push(AgentConfig::from_toml(&text).with_context(|| format!("agent {i}'s config"))?);
         let path = dir.join(format!("agent-{i}.toml"));
         std::fs::write(&path, text).context("writing an agent's config")?;
@@ -279,7 +334,9 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<Report> {
         agents,
         collector,
         db: dir.join("collector").join("collector.db"),
+        agent_http,
         faults: Faults::default(),
+        schedule: Vec::new(),
     };
     sys.collector.start()?;
     for a in &mut sys.agents {
@@ -336,8 +393,8 @@ pub fn print(report: &Report) {
     let (f, x) = (&report.figures, &report.faults);
     println!("faults: {} agent kills, {} collector kills (kill -9)", x.agent_kills, x.collector_kills);
     println!(
-        "        broker restarts {} plain, {} persistent, {} tiny queues; {} outages; {} disk fills; {} hostile messages; {} unexpected exits",
-        x.broker_plain, x.broker_persistent, x.broker_tiny_queues, x.outages, x.disk_fills, x.hostile_messages, x.unexpected_exits
+        "        broker restarts {} plain, {} persistent, {} tiny queues; {} outages ({} partials coarsened by the small outbox); {} disk fills; {} hostile messages; {} unexpected exits",
+        x.broker_plain, x.broker_persistent, x.broker_tiny_queues, x.outages, x.partials_coarsened_in_outages, x.disk_fills, x.hostile_messages, x.unexpected_exits
     );
     println!("readings in        {}", f.readings_in);
     println!("merged             {}", f.merged);

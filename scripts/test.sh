@@ -71,7 +71,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
 (
   cd fuzz
   export RUSTC_BOOTSTRAP=1
-  cargo run -q --release --target-dir "$target_dir" --bin seeds
+  cargo run -q --release --target-dir "$target_dir" -p seeds
   for t in $(cargo fuzz list); do
     echo "fuzzing $t for ${FUZZ_SECONDS:-10} s"
     log="$target_dir/fuzz-$t.log"

@@ -124,7 +124,7 @@ impl Report {
 /// the local broker subscribed for device messages.
 fn agent_toml(dir: &Path, index: usize, (port, http): (u16, u16), args: &SoakArgs, start_ms: i64) -> String {
     let windows = windows(args);
-    let outbox = if index == 1 { "max_bytes = 12000\n" } else { "" };
+    let outbox = if index == 1 { "max_bytes = 6000\n" } else { "" };
     format!(
         "agent_id = \"gw-{index}\"\ndata_dir = {dir:?}\n\
          [tags]\ngateway = \"gw-{index}\"\n\
@@ -241,7 +241,8 @@ fn round(sys: &mut System, rng: &mut fastrand::Rng, disk: Option<&Tmpfs>, n: u32
         0 => {
             // The modes in turn.
             let modes = [BrokerMode::Plain, BrokerMode::Persistent, BrokerMode::TinyQueues];
-            let mode = modes[sys.broker.restarts as usize % modes.len()];
+            let f = &sys.faults;
+            let mode = modes[(f.broker_plain + f.broker_persistent + f.broker_tiny_queues) as usize % modes.len()];
             match mode {
                 BrokerMode::Plain => sys.faults.broker_plain += 1,
                 BrokerMode::Persistent => sys.faults.broker_persistent += 1,
@@ -256,7 +257,7 @@ fn round(sys: &mut System, rng: &mut fastrand::Rng, disk: Option<&Tmpfs>, n: u32
             start_agents(sys)?;
             sys.broker.kill();
             sys.faults.outages += 1;
-            std::thread::sleep(ms(rng, 2000..5000));
+            std::thread::sleep(ms(rng, 2000..6000));
             // Agent 1 started with the outage: its counter is the outage's.
             let coarsened = sys.agent_http.get(1).and_then(|p| agent_metric(*p, "tributary_agent_partials_coarsened_total"));
             sys.faults.partials_coarsened_in_outages += coarsened.unwrap_or(0);

@@ -2,7 +2,7 @@
 //! `corpus/<target>/` (libFuzzer mutates from them, reaching the deeper
 //! parts of each decoder sooner than from random bytes).
 //!
-//! `cargo run --release --bin seeds` (from `fuzz/`; the config targets'
+//! `cargo run --release -p seeds` (from `fuzz/`; the config targets'
 //! seeds are the documented example configs in `../config/`).
 
 use std::collections::BTreeMap;

@@ -12,8 +12,12 @@ use libfuzzer_sys::fuzz_target;
 use tributary_collector::query::api::parse_query;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(raw) = std::str::from_utf8(data) else { return };
-    let Ok(q) = serde_urlencoded::from_str::<HashMap<String, String>>(raw) else { return };
+    let Ok(raw) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(q) = serde_urlencoded::from_str::<HashMap<String, String>>(raw) else {
+        return;
+    };
     let Ok(ask) = parse_query(&q) else { return };
     let (w, first, to, step) = (
         i128::from(ask.width.ms()),
@@ -27,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
     assert!(step > 0 && step % w == 0, "{ask:?}");
     let span = to - first;
     let steps = i128::from(ask.steps);
-    assert!(steps >= 1 && (steps - 1) * step < span && span <= steps * step, "{ask:?}");
+    assert!(
+        steps >= 1 && (steps - 1) * step < span && span <= steps * step,
+        "{ask:?}"
+    );
     assert!(!ask.stats.is_empty());
     // The last window start in the range, and the first.
     let last = first + (to - 1 - first).div_euclid(w) * w;

@@ -36,7 +36,12 @@ fuzz_target!(|data: &[u8]| {
         // serde_json's default float parser (as the agent builds it) may be
         // one unit in the last place off the shortest representation.
         let ulps = (a.value.to_bits() as i64).wrapping_sub(b.value.to_bits() as i64);
-        assert!(a.value == b.value || ulps.unsigned_abs() <= 1, "{} vs {}", a.value, b.value);
+        assert!(
+            a.value == b.value || ulps.unsigned_abs() <= 1,
+            "{} vs {}",
+            a.value,
+            b.value
+        );
         for exp in [-9, -6, -3, 0, 3] {
             if let Ok(q) = Quantum::new(exp) {
                 let _ = q.ticks(b.value);

@@ -35,7 +35,10 @@ pub fn messages(now_ms: i64, agents: usize, burst: u64) -> Vec<(String, Vec<u8>)
         // Out of range and malformed values.
         (readings.clone(), reading(now_ms, "1e999")),
         (readings.clone(), reading(now_ms, "\"NaN\"")),
-        (readings.clone(), br#"{"v":9,"metric":"hostile","time":1,"value":1}"#.to_vec()),
+        (
+            readings.clone(),
+            br#"{"v":9,"metric":"hostile","time":1,"value":1}"#.to_vec(),
+        ),
         (readings.clone(), br#"{"v":1,"metric":"hostile""#.to_vec()),
         (readings.clone(), vec![0xff, 0xfe, 0x00, 0x7b]),
         // Nested 10,000 deep, and 2 MB of one reading's tags.
@@ -76,7 +79,10 @@ fn intruder(now_ms: i64, burst: u64) -> Option<Batch> {
         window: Window::new(start, width).ok()?,
         summary,
     };
-    Some(Batch::new("intruder", burst + 1, now_ms, vec![partial]).with_identity(Incarnation::new(burst | 1), 1))
+    Some(
+        Batch::new("intruder", burst + 1, now_ms, vec![partial])
+            .with_identity(Incarnation::new(burst | 1), 1),
+    )
 }
 
 /// Publishes `msgs` at QoS 1 to the broker on `port` and waits (at most
@@ -87,7 +93,10 @@ pub fn publish(port: u16, msgs: &[(String, Vec<u8>)], timeout: Duration) -> usiz
     o.set_max_packet_size(8 << 20, 8 << 20);
     let (client, mut conn) = Client::new(o, msgs.len() + 10);
     for (t, p) in msgs {
-        if client.publish(t.clone(), QoS::AtLeastOnce, false, p.clone()).is_err() {
+        if client
+            .publish(t.clone(), QoS::AtLeastOnce, false, p.clone())
+            .is_err()
+        {
             break;
         }
     }

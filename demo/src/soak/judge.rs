@@ -50,7 +50,12 @@ pub fn stored(db: &Path, widths: &[i64]) -> anyhow::Result<(Stored, u64)> {
                 out.insert((w, key, start), row.summary);
             }
         }
-        let dropped = store.agents().await?.iter().map(|a| a.dropped_readings).sum();
+        let dropped = store
+            .agents()
+            .await?
+            .iter()
+            .map(|a| a.dropped_readings)
+            .sum();
         Ok((out, dropped))
     })
 }
@@ -146,12 +151,18 @@ pub fn verdict(
         };
         // A shortfall the counted drops explain is not a mismatch.
         if !problems.is_empty() && !(dropped > 0 && n < stats.count()) {
-            note(&mut f, format!("{name:?} @ {start} (roll-up): {problems:?}"));
+            note(
+                &mut f,
+                format!("{name:?} @ {start} (roll-up): {problems:?}"),
+            );
         }
     }
     for ((name, start), (_, s)) in got_rollup {
         f.doubled += s.count();
-        note(&mut f, format!("{name:?} @ {start}: a result no reading explains"));
+        note(
+            &mut f,
+            format!("{name:?} @ {start}: a result no reading explains"),
+        );
     }
     f.lost = shortfall.saturating_sub(dropped);
     // Finer rows that no row of another width overlaps, at their width.
@@ -176,7 +187,14 @@ pub fn verdict(
 
 /// Whether a stored row of another width below `rollup` overlaps
 /// `[start, start + w)` of `key`.
-fn overlapped(stored: &Stored, widths: &[i64], key: &SeriesKey, start: i64, w: i64, rollup: i64) -> bool {
+fn overlapped(
+    stored: &Stored,
+    widths: &[i64],
+    key: &SeriesKey,
+    start: i64,
+    w: i64,
+    rollup: i64,
+) -> bool {
     widths
         .iter()
         .filter(|o| **o != w && **o < rollup)
@@ -228,11 +246,19 @@ mod tests {
             if (10_000..30_000).contains(&start) {
                 continue;
             }
-            let part: Vec<_> = raw.iter().copied().filter(|(t, _)| (start..start + 5_000).contains(t)).collect();
+            let part: Vec<_> = raw
+                .iter()
+                .copied()
+                .filter(|(t, _)| (start..start + 5_000).contains(t))
+                .collect();
             out.insert((5_000, key.clone(), start), summary(&part));
         }
         for start in [10_000, 20_000] {
-            let part: Vec<_> = raw.iter().copied().filter(|(t, _)| (start..start + 10_000).contains(t)).collect();
+            let part: Vec<_> = raw
+                .iter()
+                .copied()
+                .filter(|(t, _)| (start..start + 10_000).contains(t))
+                .collect();
             out.insert((10_000, key.clone(), start), summary(&part));
         }
         out.insert((60_000, key.clone(), 0), summary(raw));
@@ -245,7 +271,10 @@ mod tests {
         let f = verdict(&want, &stored_rows(&key, &raw), 0, &WIDTHS, 5_000).unwrap();
         assert!(f.ok(), "{f:#?}");
         assert_eq!((f.readings_in, f.merged), (40, 40));
-        let coarsened = raw.iter().filter(|(t, _)| (10_000..30_000).contains(t)).count();
+        let coarsened = raw
+            .iter()
+            .filter(|(t, _)| (10_000..30_000).contains(t))
+            .count();
         assert_eq!(f.coarsened, coarsened as u64);
         assert_eq!((f.rollup_windows_checked, f.rows_checked), (1, 10));
     }

@@ -122,7 +122,13 @@ impl Report {
 
 /// The config of agent `index`: its devices, small outbox on agent 1,
 /// the local broker subscribed for device messages.
-fn agent_toml(dir: &Path, index: usize, (port, http): (u16, u16), args: &SoakArgs, start_ms: i64) -> String {
+fn agent_toml(
+    dir: &Path,
+    index: usize,
+    (port, http): (u16, u16),
+    args: &SoakArgs,
+    start_ms: i64,
+) -> String {
     let windows = windows(args);
     let outbox = if index == 1 { "max_bytes = 6000\n" } else { "" };
     format!(
@@ -174,7 +180,11 @@ struct System {
 impl System {
     /// Counts daemons that exited by themselves and starts them again.
     fn check_exits(&mut self) -> anyhow::Result<()> {
-        for d in self.agents.iter_mut().chain(std::iter::once(&mut self.collector)) {
+        for d in self
+            .agents
+            .iter_mut()
+            .chain(std::iter::once(&mut self.collector))
+        {
             if let Some(status) = d.exited() {
                 eprintln!("soak: a daemon exited by itself ({status})");
                 self.faults.unexpected_exits += 1;
@@ -196,7 +206,11 @@ fn agent_metric(port: u16, name: &str) -> Option<u64> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     body.lines()
@@ -220,7 +234,12 @@ fn start_agents(sys: &mut System) -> anyhow::Result<()> {
 
 /// One round: kill every agent and the collector, each at a random moment,
 /// inject one more fault, start them again in a random order.
-fn round(sys: &mut System, rng: &mut fastrand::Rng, disk: Option<&Tmpfs>, n: u32) -> anyhow::Result<()> {
+fn round(
+    sys: &mut System,
+    rng: &mut fastrand::Rng,
+    disk: Option<&Tmpfs>,
+    n: u32,
+) -> anyhow::Result<()> {
     let mut order: Vec<usize> = (0..sys.agents.len()).collect();
     rng.shuffle(&mut order);
     let collector_at = rng.usize(..=order.len());
@@ -240,9 +259,15 @@ fn round(sys: &mut System, rng: &mut fastrand::Rng, disk: Option<&Tmpfs>, n: u32
     match sys.schedule.pop().unwrap_or(5) {
         0 => {
             // The modes in turn.
-            let modes = [BrokerMode::Plain, BrokerMode::Persistent, BrokerMode::TinyQueues];
+            let modes = [
+                BrokerMode::Plain,
+                BrokerMode::Persistent,
+                BrokerMode::TinyQueues,
+            ];
             let f = &sys.faults;
-            let mode = modes[(f.broker_plain + f.broker_persistent + f.broker_tiny_queues) as usize % modes.len()];
+            let mode = modes[(f.broker_plain + f.broker_persistent + f.broker_tiny_queues)
+                as usize
+                % modes.len()];
             match mode {
                 BrokerMode::Plain => sys.faults.broker_plain += 1,
                 BrokerMode::Persistent => sys.faults.broker_persistent += 1,
@@ -259,13 +284,18 @@ fn round(sys: &mut System, rng: &mut fastrand::Rng, disk: Option<&Tmpfs>, n: u32
             sys.faults.outages += 1;
             std::thread::sleep(ms(rng, 2000..6000));
             // Agent 1 started with the outage: its counter is the outage's.
-            let coarsened = sys.agent_http.get(1).and_then(|p| agent_metric(*p, "tributary_agent_partials_coarsened_total"));
+            let coarsened = sys
+                .agent_http
+                .get(1)
+                .and_then(|p| agent_metric(*p, "tributary_agent_partials_coarsened_total"));
             sys.faults.partials_coarsened_in_outages += coarsened.unwrap_or(0);
             sys.broker.restart(sys.mode)?;
         }
         2 => {
-            let msgs = hostile::messages(tributary_runtime::now_ms(), sys.agents.len(), u64::from(n));
-            sys.faults.hostile_messages += hostile::publish(sys.broker.port(), &msgs, Duration::from_secs(5)) as u64;
+            let msgs =
+                hostile::messages(tributary_runtime::now_ms(), sys.agents.len(), u64::from(n));
+            sys.faults.hostile_messages +=
+                hostile::publish(sys.broker.port(), &msgs, Duration::from_secs(5)) as u64;
         }
         3 => {
             if let Some(t) = disk {
@@ -298,7 +328,10 @@ fn round(sys: &mut System, rng: &mut fastrand::Rng, disk: Option<&Tmpfs>, n: u32
 pub fn run(args: &SoakArgs) -> anyhow::Result<Report> {
     let began = Instant::now();
     let tmp = tempfile::tempdir().context("creating a temporary directory")?;
-    let dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir).context("creating the data directory")?;
     let agent_bin = binary("tributary-agent")?;
     let collector_bin = binary("tributary-collector")?;
@@ -317,18 +350,32 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<Report> {
     for i in 0..args.agents {
         let http = tributary_testkit::free_port();
         agent_http.push(http);
-        let text = agent_toml(&dir.join(format!("agent-{i}")), i, (port, http), args, start_ms);
+        let text = agent_toml(
+            &dir.join(format!("agent-{i}")),
+            i,
+            (port, http),
+            args,
+            start_ms,
+        );
         configs.push(AgentConfig::from_toml(&text).with_context(|| format!("agent {i}'s config"))?);
         let path = dir.join(format!("agent-{i}.toml"));
         std::fs::write(&path, text).context("writing an agent's config")?;
         let path = path.to_string_lossy().into_owned();
-        agents.push(Daemon::new(agent_bin.clone(), &["--config", &path], dir.join(format!("agent-{i}.log"))));
+        agents.push(Daemon::new(
+            agent_bin.clone(),
+            &["--config", &path],
+            dir.join(format!("agent-{i}.log")),
+        ));
     }
     let want = crate::truth::readings(&configs)?;
     let path = dir.join("collector.toml");
     std::fs::write(&path, collector_toml(&dir, port)).context("writing the collector's config")?;
     let path = path.to_string_lossy().into_owned();
-    let collector = Daemon::new(collector_bin, &["run", "--config", &path], dir.join("collector.log"));
+    let collector = Daemon::new(
+        collector_bin,
+        &["run", "--config", &path],
+        dir.join("collector.log"),
+    );
     let mut sys = System {
         broker: Broker::start(&dir.join("broker"), port, BrokerMode::Plain)?,
         mode: BrokerMode::Plain,
@@ -344,7 +391,10 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<Report> {
         a.start()?;
     }
     let expected = want.count();
-    eprintln!("soak: {} agents × {} devices, {expected} readings, {} rounds", args.agents, args.devices, args.rounds);
+    eprintln!(
+        "soak: {} agents × {} devices, {expected} readings, {} rounds",
+        args.agents, args.devices, args.rounds
+    );
     let mut rng = fastrand::Rng::with_seed(args.seed);
     for n in 1..=args.rounds {
         round(&mut sys, &mut rng, disk.as_ref(), n)?;
@@ -392,7 +442,10 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<Report> {
 /// Prints `report` as text.
 pub fn print(report: &Report) {
     let (f, x) = (&report.figures, &report.faults);
-    println!("faults: {} agent kills, {} collector kills (kill -9)", x.agent_kills, x.collector_kills);
+    println!(
+        "faults: {} agent kills, {} collector kills (kill -9)",
+        x.agent_kills, x.collector_kills
+    );
     println!(
         "        broker restarts {} plain, {} persistent, {} tiny queues; {} outages ({} partials coarsened by the small outbox); {} disk fills; {} hostile messages; {} unexpected exits",
         x.broker_plain, x.broker_persistent, x.broker_tiny_queues, x.outages, x.partials_coarsened_in_outages, x.disk_fills, x.hostile_messages, x.unexpected_exits
@@ -410,7 +463,11 @@ pub fn print(report: &Report) {
     for p in &f.problems {
         println!("  {p}");
     }
-    println!("{} in {:.0} s", if report.ok() { "PASS" } else { "FAIL" }, report.seconds);
+    println!(
+        "{} in {:.0} s",
+        if report.ok() { "PASS" } else { "FAIL" },
+        report.seconds
+    );
 }
 
 /// Refuses a run that cannot be judged.

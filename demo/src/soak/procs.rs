@@ -37,7 +37,10 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    bail!("{name} is not built beside {} (cargo build -p {name})", exe.display())
+    bail!(
+        "{name} is not built beside {} (cargo build -p {name})",
+        exe.display()
+    )
 }
 
 /// Waits until `port` on 127.0.0.1 accepts connections.
@@ -259,7 +262,11 @@ impl Tmpfs {
 
     /// Writes a filler file until the disk is full; returns its bytes.
     pub fn fill(&self) -> u64 {
-        let Ok(mut f) = OpenOptions::new().create(true).append(true).open(self.filler()) else {
+        let Ok(mut f) = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.filler())
+        else {
             return 0;
         };
         let block = vec![0xA5u8; 64 << 10];

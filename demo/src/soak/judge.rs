@@ -17,9 +17,10 @@
 //!   window is exact at the width it was stored at.
 //!
 //! Readings an agent dropped (its outbox full at its coarsest level) are
-//! counted durably and reported upstream: `lost` excludes them, and the
-//! roll-up windows they are missing from are not counted as mismatches
-//! while the drops explain the shortfall.
+//! counted durably and reported upstream per agent: that agent's `lost`
+//! excludes them, and its windows short of readings are not counted as
+//! mismatches while its drops explain the shortfall. The series of an agent
+//! that dropped nothing are judged strictly.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,9 +36,16 @@ use tributary_sim::judge::{judge, series};
 /// Stored results: (width, series, window start) → summary.
 pub type Stored = BTreeMap<(i64, SeriesKey, i64), Summary>;
 
+/// Readings each agent reported dropped, by agent id.
+pub type Dropped = BTreeMap<String, u64>;
+
+/// The tag naming the agent that forwarded a series (every soak agent
+/// sets it among its global tags).
+pub const AGENT_TAG: &str = "gateway";
+
 /// Reads every stored row at `widths` (ms) and the readings each agent
 /// reported dropped.
-pub fn stored(db: &Path, widths: &[i64]) -> anyhow::Result<(Stored, u64)> {
+pub fn stored(db: &Path, widths: &[i64]) -> anyhow::Result<(Stored, Dropped)> {
     let store = SqliteStore::open(db, &[]).context("opening the collector's database")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -53,9 +61,9 @@ pub fn stored(db: &Path, widths: &[i64]) -> anyhow::Result<(Stored, u64)> {
         let dropped = store
             .agents()
             .await?
-            .iter()
-            .map(|a| a.dropped_readings)
-            .sum();
+            .into_iter()
+            .map(|a| (a.agent, a.dropped_readings))
+            .collect();
         Ok((out, dropped))
     })
 }
@@ -80,6 +88,8 @@ pub struct Figures {
     pub coarsened: u64,
     /// Readings the agents dropped and counted (reported upstream).
     pub dropped_counted: u64,
+    /// The same, by agent (agents that dropped nothing left out).
+    pub dropped_by_agent: Dropped,
     /// Readings produced that are in no result and not counted dropped.
     pub lost: u64,
     /// Readings counted more than once.
@@ -114,7 +124,7 @@ fn note(f: &mut Figures, what: String) {
 pub fn verdict(
     want: &Readings,
     stored: &Stored,
-    dropped: u64,
+    dropped: &Dropped,
     widths: &[i64],
     agent_width: i64,
 ) -> anyhow::Result<Figures> {
@@ -122,8 +132,19 @@ pub fn verdict(
     let mut f = Figures {
         readings_in: want.count(),
         merged: count_at(stored, rollup),
-        dropped_counted: dropped,
+        dropped_counted: dropped.values().sum(),
+        dropped_by_agent: dropped
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(a, n)| (a.clone(), *n))
+            .collect(),
         ..Figures::default()
+    };
+    // Whether the agent of a series dropped readings.
+    let dropping = |tags: &BTreeMap<String, String>| {
+        tags.get(AGENT_TAG)
+            .and_then(|a| dropped.get(a))
+            .is_some_and(|n| *n > 0)
     };
     f.coarsened = widths
         .iter()
@@ -132,7 +153,7 @@ pub fn verdict(
         .sum();
     // Roll-up windows: counts and every statistic.
     let truth = want.windows(rollup)?;
-    let mut shortfall = 0u64;
+    let mut shortfall = Dropped::new();
     let mut got_rollup = BTreeMap::new();
     for ((w, key, start), s) in stored {
         if *w == rollup {
@@ -143,14 +164,16 @@ pub fn verdict(
         f.rollup_windows_checked += 1;
         let got = got_rollup.remove(&(name.clone(), *start));
         let n = got.map_or(0, |(_, s)| s.count());
-        shortfall += stats.count().saturating_sub(n);
+        let agent = name.tags.get(AGENT_TAG).cloned().unwrap_or_default();
+        *shortfall.entry(agent).or_default() += stats.count().saturating_sub(n);
         f.doubled += n.saturating_sub(stats.count());
         let problems = match got {
             Some((_, s)) => judge(s, stats),
             None => vec!["no result".into()],
         };
-        // A shortfall the counted drops explain is not a mismatch.
-        if !problems.is_empty() && !(dropped > 0 && n < stats.count()) {
+        // A shortfall its agent's counted drops explain is not a mismatch.
+        let explained = dropping(&name.tags) && n < stats.count();
+        if !(problems.is_empty() || explained) {
             note(
                 &mut f,
                 format!("{name:?} @ {start} (roll-up): {problems:?}"),
@@ -164,7 +187,10 @@ pub fn verdict(
             format!("{name:?} @ {start}: a result no reading explains"),
         );
     }
-    f.lost = shortfall.saturating_sub(dropped);
+    f.lost = shortfall
+        .iter()
+        .map(|(agent, n)| n.saturating_sub(dropped.get(agent).copied().unwrap_or(0)))
+        .sum();
     // Finer rows that no row of another width overlaps, at their width.
     for &w in widths.iter().filter(|w| **w < rollup) {
         let oracle = want.windows(w)?;
@@ -177,7 +203,7 @@ pub fn verdict(
                 Some(stats) => judge(s, stats),
                 None => vec!["a row no reading explains".into()],
             };
-            if !problems.is_empty() && dropped == 0 {
+            if !problems.is_empty() && !dropping(key.tags()) {
                 note(&mut f, format!("{key} @ {start} (width {w}): {problems:?}"));
             }
         }
@@ -221,13 +247,18 @@ mod tests {
     /// 40 readings of one series over [0, 60 s): the oracle's input, and
     /// (time, ticks) to build stored rows from.
     fn readings() -> (SeriesKey, Readings, Vec<(i64, i64)>) {
-        let key = SeriesKey::new("temperature", "dev-0", BTreeMap::new()).unwrap();
+        let tags = BTreeMap::from([(AGENT_TAG.to_string(), "gw-0".to_string())]);
+        let key = SeriesKey::new("temperature", "dev-0", tags).unwrap();
         let raw: Vec<(i64, i64)> = (0..40).map(|i| (i * 1_499, (i * 37) % 23 - 11)).collect();
         let mut r = Readings::new();
         for &(t, v) in &raw {
             r.add(&series(&key), -3, t, v).unwrap();
         }
         (key, r, raw)
+    }
+
+    fn none() -> Dropped {
+        Dropped::new()
     }
 
     fn summary(raw: &[(i64, i64)]) -> Summary {
@@ -268,7 +299,7 @@ mod tests {
     #[test]
     fn exact_results_pass_at_every_stored_width() {
         let (key, want, raw) = readings();
-        let f = verdict(&want, &stored_rows(&key, &raw), 0, &WIDTHS, 5_000).unwrap();
+        let f = verdict(&want, &stored_rows(&key, &raw), &none(), &WIDTHS, 5_000).unwrap();
         assert!(f.ok(), "{f:#?}");
         assert_eq!((f.readings_in, f.merged), (40, 40));
         let coarsened = raw
@@ -283,16 +314,25 @@ mod tests {
     fn a_missing_reading_is_lost_and_an_extra_one_doubled() {
         let (key, want, raw) = readings();
         let mut less = stored_rows(&key, &raw[1..]);
-        let f = verdict(&want, &less, 0, &WIDTHS, 5_000).unwrap();
+        let f = verdict(&want, &less, &none(), &WIDTHS, 5_000).unwrap();
         assert_eq!((f.lost, f.doubled), (1, 0));
         assert!(!f.ok());
-        // Counted as dropped, it is not lost.
-        let f = verdict(&want, &less, 1, &WIDTHS, 5_000).unwrap();
-        assert_eq!((f.lost, f.mismatched), (0, 0), "{f:#?}");
+        // Counted as dropped by its agent, it is not lost; by another
+        // agent, it is.
+        let dropped = |agent: &str| Dropped::from([(agent.to_string(), 1)]);
+        let f = verdict(&want, &less, &dropped("gw-0"), &WIDTHS, 5_000).unwrap();
+        assert_eq!(
+            (f.lost, f.mismatched, f.dropped_counted),
+            (0, 0, 1),
+            "{f:#?}"
+        );
+        let f = verdict(&want, &less, &dropped("gw-1"), &WIDTHS, 5_000).unwrap();
+        assert_eq!(f.lost, 1);
+        assert!(f.mismatched > 0);
         let mut more = raw.clone();
         more.push(raw[3]);
         less = stored_rows(&key, &more);
-        let f = verdict(&want, &less, 0, &WIDTHS, 5_000).unwrap();
+        let f = verdict(&want, &less, &none(), &WIDTHS, 5_000).unwrap();
         assert_eq!((f.lost, f.doubled), (0, 1));
         assert!(f.mismatched >= 2, "the roll-up and the 5 s row: {f:#?}");
     }
@@ -305,13 +345,13 @@ mod tests {
         wrong[0].1 += 1;
         let part: Vec<_> = wrong.iter().copied().filter(|(t, _)| *t < 5_000).collect();
         rows.insert((5_000, key.clone(), 0), summary(&part));
-        let f = verdict(&want, &rows, 0, &WIDTHS, 5_000).unwrap();
+        let f = verdict(&want, &rows, &none(), &WIDTHS, 5_000).unwrap();
         assert_eq!((f.lost, f.doubled, f.mismatched), (0, 0, 1), "{f:#?}");
         // A result of a series no device has (hostile input that got in).
         let mut rows = stored_rows(&key, &raw);
         let intruder = SeriesKey::new("hostile", "x", BTreeMap::new()).unwrap();
         rows.insert((60_000, intruder, 0), summary(&raw[..1]));
-        let f = verdict(&want, &rows, 0, &WIDTHS, 5_000).unwrap();
+        let f = verdict(&want, &rows, &none(), &WIDTHS, 5_000).unwrap();
         assert_eq!(f.doubled, 1);
         assert!(!f.ok());
     }

@@ -196,7 +196,7 @@ impl System {
 
     fn merged(&self) -> u64 {
         judge::stored(&self.db, &WIDTHS[WIDTHS.len() - 1..])
-            .map(|(s, d)| judge::count_at(&s, WIDTHS[WIDTHS.len() - 1]) + d)
+            .map(|(s, d)| judge::count_at(&s, WIDTHS[WIDTHS.len() - 1]) + d.values().sum::<u64>())
             .unwrap_or(0)
     }
 }
@@ -427,7 +427,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<Report> {
         }
     }
     let (stored, dropped) = judge::stored(&sys.db, &WIDTHS)?;
-    let figures = judge::verdict(&want, &stored, dropped, &WIDTHS, WIDTH)?;
+    let figures = judge::verdict(&want, &stored, &dropped, &WIDTHS, WIDTH)?;
     for a in &mut sys.agents {
         a.stop();
     }
@@ -453,7 +453,10 @@ pub fn print(report: &Report) {
     println!("readings in        {}", f.readings_in);
     println!("merged             {}", f.merged);
     println!("  coarsened        {}", f.coarsened);
-    println!("dropped (counted)  {}", f.dropped_counted);
+    println!(
+        "dropped (counted)  {}  {:?}",
+        f.dropped_counted, f.dropped_by_agent
+    );
     println!("lost               {}  (must be 0)", f.lost);
     println!("doubled            {}  (must be 0)", f.doubled);
     println!(

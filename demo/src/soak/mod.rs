@@ -124,7 +124,11 @@ impl Report {
     pub fn ok(&self) -> bool {
         self.figures.ok()
             && self.faults.unexpected_exits == 0
-            && self.figures.dropped_by_agent.keys().all(|a| a == SMALL_OUTBOX)
+            && self
+                .figures
+                .dropped_by_agent
+                .keys()
+                .all(|a| a == SMALL_OUTBOX)
     }
 }
 

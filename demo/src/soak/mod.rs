@@ -27,10 +27,12 @@ pub mod judge;
 pub mod procs;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
+use tokio::signal::unix::{signal, SignalKind};
 use tributary_agent::config::Config as AgentConfig;
 
 use procs::{binary, Broker, BrokerMode, Daemon, Tmpfs};
@@ -232,6 +234,42 @@ fn agent_metric(port: u16, name: &str) -> Option<u64> {
         .map(|v| v as u64)
 }
 
+/// Set when SIGINT or SIGTERM arrives: the run stops at the next check
+/// and returns an error, so the daemons are killed, the tmpfs unmounted and
+/// the temporary directory removed as on any other exit.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Watches for SIGINT and SIGTERM on a thread of its own.
+fn watch_signals() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            let Ok(mut term) = signal(SignalKind::terminate()) else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        eprintln!("soak: interrupted; stopping and cleaning up");
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    });
+}
+
+/// An error once a signal asked the run to stop.
+fn check_interrupted() -> anyhow::Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
 fn ms(rng: &mut fastrand::Rng, range: std::ops::Range<u64>) -> Duration {
     Duration::from_millis(rng.u64(range))
 }
@@ -339,6 +377,7 @@ fn round(
 /// Runs the campaign and returns its report.
 pub fn run(args: &SoakArgs) -> anyhow::Result<Report> {
     let began = Instant::now();
+    watch_signals();
     let tmp = tempfile::tempdir().context("creating a temporary directory")?;
     let dir = args
         .data_dir
@@ -409,6 +448,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<Report> {
     );
     let mut rng = fastrand::Rng::with_seed(args.seed);
     for n in 1..=args.rounds {
+        check_interrupted()?;
         round(&mut sys, &mut rng, disk.as_ref(), n)?;
         if n % 5 == 0 || n == args.rounds {
             let f = &sys.faults;
@@ -426,6 +466,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<Report> {
     // would show.
     let mut last = (sys.merged(), Instant::now());
     loop {
+        check_interrupted()?;
         sys.check_exits()?;
         std::thread::sleep(Duration::from_millis(500));
         let now = sys.merged();

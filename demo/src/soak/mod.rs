@@ -15,7 +15,8 @@
 //! `--stall-s`).
 //!
 //! Which faults may drop readings: only an uplink outage, and only on
-//! agent 1, whose outbox (6 kB) is too small for the coarsest level of a
+//! agent 1, whose outbox (6 kB, or the least the agent accepts for its
+//! series) is too small for the coarsest level of a
 //! longer outage; it counts what it drops and reports it upstream, and the
 //! judge holds its series to those counts. Any other agent dropping fails
 //! the run: their outboxes have room, and a full disk stops an agent
@@ -34,6 +35,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
 use tributary_agent::config::Config as AgentConfig;
+use tributary_agent::store::config::SIMULATED_ROW_BYTES;
 
 use procs::{binary, Broker, BrokerMode, Daemon, Tmpfs};
 
@@ -144,7 +146,11 @@ fn agent_toml(
     start_ms: i64,
 ) -> String {
     let windows = windows(args);
-    let outbox = if index == 1 { "max_bytes = 6000\n" } else { "" };
+    let outbox = if index == 1 {
+        format!("max_bytes = {}\n", small_outbox_bytes(args.devices))
+    } else {
+        String::new()
+    };
     format!(
         "agent_id = \"gw-{index}\"\ndata_dir = {dir:?}\n\
          [tags]\ngateway = \"gw-{index}\"\n\
@@ -157,6 +163,14 @@ fn agent_toml(
          [simulated]\ndevices = {}\nprefix = \"gw{index}-dev\"\nmode = \"summaries\"\nchannels = 3\ndevice_window_ms = 1000\nreadings_per_window = 5\nwindows = {windows}\nstart_ms = {start_ms}\nframe_rate = 30\nmax_unacked = 12\n",
         args.devices,
     )
+}
+
+/// Agent 1's outbox limit: 6 kB, or the least the agent accepts for its
+/// simulated series if that is more (it refuses a limit whose unsent share,
+/// three quarters, cannot hold one floor window of its known series).
+fn small_outbox_bytes(devices: usize) -> u64 {
+    let need = (devices as u64 * 3).saturating_mul(SIMULATED_ROW_BYTES);
+    (need + need.div_ceil(3)).max(6_000)
 }
 
 /// Device windows per device: by default about 1.5 s of production per
@@ -332,7 +346,7 @@ fn round(
             start_agents(sys)?;
             sys.broker.kill();
             sys.faults.outages += 1;
-            std::thread::sleep(ms(rng, 2000..6000));
+            std::thread::sleep(ms(rng, 3000..8000));
             // Agent 1 started with the outage: its counter is the outage's.
             let coarsened = sys
                 .agent_http

@@ -59,7 +59,7 @@ target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 # real agent, collector and mosquitto processes killed with kill -9, broker
 # restarts, outages, hostile input and (as root) a full disk; every window
 # judged by the oracle. The tests above built the binaries.
-soak_args=(--rounds 12)
+soak_args=(--rounds 18)
 [ "$(id -u)" = 0 ] || soak_args+=(--no-disk)
 "$target_dir/debug/tributary-soak" "${soak_args[@]}"
 

@@ -56,8 +56,9 @@ const WIDTHS: [i64; 5] = [5_000, 10_000, 30_000, 60_000, 300_000];
     about = "Fault campaign with real processes: kill -9 of agents and collector, broker restarts, outages, hostile input, a full disk; judged by the oracle."
 )]
 pub struct SoakArgs {
-    /// Rounds; each kills every agent and the collector once.
-    #[arg(long, default_value_t = 12)]
+    /// Rounds; each kills every agent and the collector once (18: every
+    /// fault three times, every broker mode once).
+    #[arg(long, default_value_t = 18)]
     pub rounds: u32,
     /// Agents (processes).
     #[arg(long, default_value_t = 3)]

@@ -75,3 +75,38 @@ fi
 # Decoders get a short burst of extra fuzzing in CI.
 export PROPTEST_CASES="${PROPTEST_CASES:-256}"
 cargo test --workspace --all-targets "$@"
+
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+
+# The fault campaign, short (demo/src/soak; the long run is in its docs):
+# real agent, collector and mosquitto processes killed with kill -9, broker
+# restarts, outages, hostile input and (as root) a full disk; every window
+# judged by the oracle. The tests above built the binaries.
+soak_args=(--rounds 18)
+[ "$(id -u)" = 0 ] || soak_args+=(--no-disk)
+"$target_dir/debug/tributary-soak" "${soak_args[@]}"
+
+# A short burst of coverage-guided fuzzing of every decoder that takes bytes
+# from outside (fuzz/README.md): each target from its seeds, 10 s each. No
+# sanitizer (`-s none`: the code forbids `unsafe`), debug assertions and
+# overflow checks on (`-a`). Stable Rust runs cargo-fuzz with RUSTC_BOOTSTRAP.
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
+(
+  cd fuzz
+  export RUSTC_BOOTSTRAP=1
+  cargo run -q --release --target-dir "$target_dir" -p seeds
+  for t in $(cargo fuzz list); do
+    echo "fuzzing $t for ${FUZZ_SECONDS:-10} s"
+    log="$target_dir/fuzz-$t.log"
+    # libFuzzer exits non-zero on a crash or a hang (its input is kept in
+    # artifacts/<target>/).
+    if ! cargo fuzz run -s none -a --target-dir "$target_dir" "$t" "corpus/$t" -- \
+      -max_total_time="${FUZZ_SECONDS:-10}" -timeout=10 -rss_limit_mb=2048 \
+      -print_final_stats=1 >"$log" 2>&1; then
+      tail -40 "$log" >&2
+      echo "fuzz target $t failed (log: $log)" >&2
+      exit 1
+    fi
+    grep -E '^stat::number_of_executed_units' "$log" || true
+  done
+)

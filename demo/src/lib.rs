@@ -10,6 +10,9 @@
 //! - [`broker`] — the embedded MQTT broker (`rumqttd`).
 //! - [`demo`] — the main job: run, judge every window by the oracle, print
 //!   a summary, serve the dashboard.
+//! - [`soak`] — the fault campaign (`tributary-soak`): real agent,
+//!   collector and mosquitto processes killed, restarted, starved of disk
+//!   and fed hostile input, judged by the oracle.
 //! - [`sites`] — the API's site groups judged by the oracle.
 //! - [`truth`] — the oracle's view of agents' simulated devices, and the
 //!   API's points judged by it.
@@ -21,4 +24,5 @@
 pub mod broker;
 pub mod demo;
 pub mod sites;
+pub mod soak;
 pub mod truth;

@@ -228,29 +228,43 @@ async fn query<S: Store + Clone + 'static>(
     answer(&st, &q).await
 }
 
-/// A parsed query.
-struct Ask {
+/// A parsed query (public, with [`parse_query`], so the query-string
+/// fuzz target can check what the parser accepts).
+#[derive(Debug)]
+pub struct Ask {
     /// The first window start of `width` at or after the asked `from`: the
     /// start of the first step.
-    first: i64,
-    to: i64,
-    width: Width,
-    step: i64,
+    pub first: i64,
+    /// The end of the range (exclusive), as asked.
+    pub to: i64,
+    /// The stored width asked for.
+    pub width: Width,
+    /// The step (a positive multiple of `width`).
+    pub step: i64,
     /// Steps in `[first, to)`.
-    steps: u64,
-    stats: Vec<Stat>,
-    group_by: Option<String>,
+    pub steps: u64,
+    /// The statistics asked for.
+    pub stats: Vec<Stat>,
+    /// The tag to group by, if any.
+    pub group_by: Option<String>,
 }
 
 impl Ask {
     /// The start of the step holding window start `start` (`first ≤ start
     /// < to`); exact for any range, as the arithmetic is `i128`.
-    fn step_of(&self, start: i64) -> i64 {
+    pub fn step_of(&self, start: i64) -> i64 {
         let (first, step) = (i128::from(self.first), i128::from(self.step));
         let bucket = first + (i128::from(start) - first).div_euclid(step) * step;
         // first ≤ bucket ≤ start, so it fits; `first` is the safe answer.
         i64::try_from(bucket).unwrap_or(self.first)
     }
+}
+
+/// Parses a query's decoded parameters (what axum's `Query` extractor
+/// makes of the query string) as `/api/v1/query` does, without a store;
+/// the error is the `400`'s message.
+pub fn parse_query(q: &HashMap<String, String>) -> Result<Ask, String> {
+    parse(q).map_err(|e| e.1)
 }
 
 /// Parses a query's parameters.

@@ -2,7 +2,8 @@
 //! `corpus/<target>/` (libFuzzer mutates from them, reaching the deeper
 //! parts of each decoder sooner than from random bytes).
 //!
-//! `cargo run --release --bin seeds` (from `fuzz/`).
+//! `cargo run --release -p seeds` (from `fuzz/`; the config targets'
+//! seeds are the documented example configs in `../config/`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -56,6 +57,54 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batch = Batch::new("gw-1", 17, 1_700_000_100_000, partials).with_identity(incarnation, 15);
     write("batches", "json", &batch.encode(Encoding::Json))?;
     write("batches", "binary", &batch.encode(Encoding::Binary))?;
-    write("batches", "confirm", &Confirm::new("gw-1", incarnation, vec![15, 16, 17]).encode())?;
+    write(
+        "batches",
+        "confirm",
+        &Confirm::new("gw-1", incarnation, vec![15, 16, 17]).encode(),
+    )?;
+
+    // What a gateway sends a device: Acks and TimeSyncs, back to back.
+    let mut downlink = Vec::new();
+    for m in &msgs[..2] {
+        let mut buf = [0u8; MAX_FRAME];
+        let n = frame::encode(m, &mut buf)?;
+        downlink.extend_from_slice(&buf[..n]);
+    }
+    write("firmware_downlink", "ack_timesync", &downlink)?;
+    write(
+        "readings_json",
+        "single",
+        br#"{"v":1,"metric":"temperature","time":1700000000000,"value":21.5,"tags":{"room":"lab"}}"#,
+    )?;
+    write(
+        "readings_json",
+        "batch",
+        br#"{"v":1,"boot":7,"seq":42,"readings":[{"metric":"t","time":1700000000000,"value":-1e-3},{"metric":"h","time":1700000000001,"value":55}]}"#,
+    )?;
+    for (target, file) in [
+        ("agent_config", "agent.toml"),
+        ("collector_config", "collector.toml"),
+    ] {
+        let text = std::fs::read(Path::new("../config").join(file))?;
+        write(target, file, &text)?;
+        let mut with_env = text.clone();
+        with_env.extend_from_slice(b"\0WINDOW_WIDTH_MS=60000\nMQTT_PORT=1884\n");
+        write(target, "with_env", &with_env)?;
+    }
+    write(
+        "agent_config",
+        "minimal",
+        b"agent_id = \"gw-1\"\n[simulated]\ndevices = 4\n",
+    )?;
+    for (i, q) in [
+        "metric=temperature&from=1700000000000&to=1700003600000&width=60000",
+        "metric=t&from=-5&to=100&width=10&step=30&stats=count,sum,p99,first&group_by=site&tag.site=berlin",
+        "metric=t&from=9223372036854775000&to=9223372036854775807&width=86400000&stats=p0,p100,mean",
+    ]
+    .iter()
+    .enumerate()
+    {
+        write("query_string", &format!("q{i}"), q.as_bytes())?;
+    }
     Ok(())
 }

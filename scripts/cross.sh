@@ -5,6 +5,8 @@
 # pymodbus TCP device and forwards exact partials to a collector on the
 # host. Prints the stripped binary's size per target.
 # Usage: scripts/cross.sh [aarch64|armv7]...   (default: both)
+# CROSS_PROFILE=dev builds without optimisation (what CI does: it proves the
+# binary runs on the target in less build time; sizes are for release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 targets=("$@")
@@ -30,10 +32,12 @@ for t in "${targets[@]}"; do
   esac
   rustup target list --installed | grep -qx "$triple" || rustup target add "$triple"
   start=$(date +%s)
-  cargo build -q --release -p tributary-agent --target "$triple"
-  bin="$target_dir/$triple/release/tributary-agent"
+  profile="${CROSS_PROFILE:-release}"
+  cargo build -q --profile "$profile" -p tributary-agent --target "$triple"
+  [ "$profile" = dev ] && out=debug || out="$profile"
+  bin="$target_dir/$triple/$out/tributary-agent"
   "$strip" -o "$bin.stripped" "$bin"
-  echo "$triple: built in $(($(date +%s) - start)) s; stripped agent $(stat -c %s "$bin.stripped") bytes"
+  echo "$triple: built in $(($(date +%s) - start)) s; stripped agent ($profile) $(stat -c %s "$bin.stripped") bytes"
   "$qemu" -L "$sysroot" "$bin" --version
   TRIBUTARY_AGENT_BIN="$bin" TRIBUTARY_AGENT_RUNNER="$qemu -L $sysroot" \
     cargo test -q -p tributary-demo --test modbus_agent_process

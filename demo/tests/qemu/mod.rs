@@ -16,8 +16,9 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Builds the image for `target` (as `scripts/test.sh` does; a no-op when
-/// it is up to date) and returns its path.
+/// Builds the image for `target` with its readings log (feature
+/// `readings-log`; `scripts/test.sh` builds and measures it without) and
+/// returns its path.
 pub(crate) fn build_image(target: &str) -> PathBuf {
     let root = root();
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")

@@ -106,8 +106,13 @@ pub fn cycles_between(earlier: u32, later: u32) -> u32 {
 /// SysTick period, 0.67 s at 25 MHz.
 pub struct Millis {
     last: u32,
-    cycles: u64,
+    /// Core cycles past `ms`, fewer than a millisecond's.
+    cycles: u32,
+    ms: u32,
 }
+
+/// Core cycles a millisecond.
+const CYCLES_PER_MS: u32 = CORE_HZ / 1000;
 
 impl Millis {
     /// Starts SysTick and counts from now.
@@ -116,16 +121,20 @@ impl Millis {
         Millis {
             last: systick_value(),
             cycles: 0,
+            ms: 0,
         }
     }
 
-    /// Milliseconds since [`Millis::start`] (wraps as a u32 after 49.7
-    /// days; the firmware's `Clock` extends it).
+    /// Milliseconds since [`Millis::start`] (wraps after 49.7 days; the
+    /// firmware's `Clock` extends it).
     pub fn now(&mut self) -> u32 {
         let v = systick_value();
-        self.cycles += u64::from(cycles_between(self.last, v));
+        // < 2^24 + CYCLES_PER_MS: no overflow.
+        let c = self.cycles + cycles_between(self.last, v);
         self.last = v;
-        (self.cycles / u64::from(CORE_HZ / 1000)) as u32
+        self.ms = self.ms.wrapping_add(c / CYCLES_PER_MS);
+        self.cycles = c % CYCLES_PER_MS;
+        self.ms
     }
 }
 

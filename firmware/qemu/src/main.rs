@@ -8,6 +8,7 @@
 use cortex_m_rt::entry;
 use tributary_core::frame::{ChannelInfo, Hello, Message};
 use tributary_firmware::drivers::sht3x::{self, Sht3x};
+use tributary_firmware::clock::rem_u64;
 use tributary_firmware::{Aggregator, Clock, Link, Mode, Sensor};
 use tributary_firmware_qemu::board::{self, Uart, UART0, UART1};
 use tributary_firmware_qemu::bus::{NoDelay, ScriptedSht3x};
@@ -106,8 +107,8 @@ fn main() -> ! {
                 // Sampling starts at a window boundary: a window that would
                 // begin before tick 0 cannot be sent (the aggregator would
                 // clamp it to [0, width), across the aligned boundary).
-                let w = u64::from(WIDTH_MS);
-                next_sample = now + (w - (now + phase) % w) % w;
+                let late = rem_u64(now + phase, WIDTH_MS);
+                next_sample = now + u64::from(rem_u64(u64::from(WIDTH_MS - late), WIDTH_MS));
             });
         }
         if !synced {

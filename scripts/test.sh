@@ -11,6 +11,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+# The firmware's end-to-end test boots its image on an emulated Cortex-M.
+command -v qemu-system-arm >/dev/null 2>&1 || need_apt+=(qemu-system-arm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -48,6 +50,25 @@ if [ "$code_bytes" -gt 16384 ]; then
   echo "freestanding firmware image: $code_bytes B of code, over the 16 KiB budget" >&2
   exit 1
 fi
+
+# The complete protocol image (firmware/qemu: Hello, TimeSync, summaries,
+# acks over a UART) for a Cortex-M0+ and a Cortex-M4F; its code budget
+# (firmware/README.md): .text + .rodata ≤ 16 KiB on each. The end-to-end
+# test (demo/tests/qemu_e2e.rs) builds its own, with the readings log.
+qemu_target="${CARGO_TARGET_DIR:-$PWD/target}/qemu"
+for target in thumbv6m-none-eabi thumbv7em-none-eabihf; do
+  if command -v rustup >/dev/null 2>&1; then
+    rustup target list --installed | grep -qx "$target" || rustup target add "$target"
+  fi
+  (cd firmware/qemu && cargo build -q --release --target "$target" --target-dir "$qemu_target")
+  image="$qemu_target/$target/release/tributary-firmware-qemu"
+  code_bytes=$(size -A "$image" | awk '$1 == ".text" || $1 == ".rodata" { s += $2 } END { print s }')
+  echo "firmware image $target: $code_bytes B of .text + .rodata (budget 16384)"
+  if [ "$code_bytes" -gt 16384 ]; then
+    echo "firmware image $target: $code_bytes B of code, over the 16 KiB budget" >&2
+    exit 1
+  fi
+done
 
 # Decoders get a short burst of extra fuzzing in CI.
 export PROPTEST_CASES="${PROPTEST_CASES:-256}"

@@ -18,9 +18,7 @@ pub struct ScriptedSht3x {
 impl ScriptedSht3x {
     /// A sequence from `seed` (any value; 0 is replaced).
     pub fn new(seed: u32) -> Self {
-        ScriptedSht3x {
-            state: seed.max(1),
-        }
+        ScriptedSht3x { state: seed.max(1) }
     }
 
     fn next(&mut self) -> u32 {

@@ -24,31 +24,36 @@ impl Log {
         Log { uart }
     }
 
-    /// Writes `tag`, then each number after a space, then a newline.
+    /// Writes `tag`, then each number after a space, then a newline (with
+    /// the feature `readings-log`; nothing without).
     pub fn line(&mut self, tag: u8, nums: &[i64]) {
-        if !cfg!(feature = "readings-log") {
-            return;
+        if cfg!(feature = "readings-log") {
+            write_line(&mut self.uart, tag, nums);
         }
-        self.uart.write(&[tag]);
-        for &n in nums {
-            let mut buf = [0u8; 21];
-            let mut i = buf.len();
-            let mut m = n.unsigned_abs();
-            loop {
-                i -= 1;
-                buf[i] = b'0' + (m % 10) as u8;
-                m /= 10;
-                if m == 0 {
-                    break;
-                }
-            }
-            if n < 0 {
-                i -= 1;
-                buf[i] = b'-';
-            }
-            self.uart.write(b" ");
-            self.uart.write(&buf[i..]);
-        }
-        self.uart.write(b"\n");
     }
+}
+
+/// Writes `tag`, then each number after a space, then a newline.
+pub fn write_line(uart: &mut Uart, tag: u8, nums: &[i64]) {
+    uart.write(&[tag]);
+    for &n in nums {
+        let mut buf = [0u8; 21];
+        let mut i = buf.len();
+        let mut m = n.unsigned_abs();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (m % 10) as u8;
+            m /= 10;
+            if m == 0 {
+                break;
+            }
+        }
+        if n < 0 {
+            i -= 1;
+            buf[i] = b'-';
+        }
+        uart.write(b" ");
+        uart.write(&buf[i..]);
+    }
+    uart.write(b"\n");
 }

@@ -7,10 +7,10 @@
 
 use cortex_m_rt::entry;
 use tributary_core::frame::{ChannelInfo, Hello, Message};
-use tributary_firmware::drivers::sht3x::{self, Sht3x};
 use tributary_firmware::clock::rem_u64;
+use tributary_firmware::drivers::sht3x::{self, Sht3x};
 use tributary_firmware::{Aggregator, Clock, Link, Mode, Sensor};
-use tributary_firmware_qemu::board::{self, Uart, UART0, UART1};
+use tributary_firmware_qemu::board::{self, UART0, UART1, Uart};
 use tributary_firmware_qemu::bus::{NoDelay, ScriptedSht3x};
 use tributary_firmware_qemu::halt;
 use tributary_firmware_qemu::log::Log;
@@ -115,7 +115,13 @@ fn main() -> ! {
             if now >= next_hello {
                 let mut stats = agg.stats();
                 link.fill_stats(&mut stats);
-                let h = hello(&sensor, boot, link.first_unacked(agg.next_seq()), now, stats);
+                let h = hello(
+                    &sensor,
+                    boot,
+                    link.first_unacked(agg.next_seq()),
+                    now,
+                    stats,
+                );
                 link.send_now(&h, &mut |bytes: &[u8]| uart.write(bytes));
                 next_hello = now + HELLO_EVERY_MS;
             }

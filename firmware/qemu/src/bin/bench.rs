@@ -9,15 +9,19 @@
 //! - `C iterations ticks` — the calibration loop
 //! - `W readings ticks` — the whole loop: reading generation + `record`
 //! - `B readings ticks` — the same loop without `record` (the baseline)
+//! - `M summary aggregator8 link` — RAM on this target: `size_of` one
+//!   channel's `FixedSummary`, `Aggregator<8>` and `Link<16, 128>`
 //!
 //! Run: see firmware/README.md ("Instructions per reading on Cortex-M").
 #![no_std]
 #![no_main]
 
 use core::hint::black_box;
+use core::mem::size_of;
 
 use cortex_m_rt::entry;
-use tributary_firmware::{Aggregator, ChannelSpec, Mode, index};
+use tributary_core::fixed::FixedSummary;
+use tributary_firmware::{Aggregator, ChannelSpec, Link, Mode, index};
 use tributary_firmware_qemu::board::{UART0, Uart, cycles_between, systick_start, systick_value};
 use tributary_firmware_qemu::halt;
 use tributary_firmware_qemu::log::write_line;
@@ -91,5 +95,11 @@ fn main() -> ! {
     });
     write_line(&mut uart, b'B', &[i64::from(READINGS), b]);
     black_box(&agg);
+    let sizes = [
+        size_of::<FixedSummary>(),
+        size_of::<Aggregator<8>>(),
+        size_of::<Link<16, 128>>(),
+    ];
+    write_line(&mut uart, b'M', &sizes.map(|n| n as i64));
     halt(0)
 }

@@ -70,6 +70,11 @@ for target in thumbv6m-none-eabi thumbv7em-none-eabihf; do
   fi
 done
 
+# The board-support example (firmware/boards/rp2040-pico: a Pico with an
+# SHT3x and a UART to the gateway, on rp2040-hal) must build for its target.
+(cd firmware/boards/rp2040-pico &&
+  cargo build -q --release --target-dir "${CARGO_TARGET_DIR:-$PWD/../../../target}/boards")
+
 # Decoders get a short burst of extra fuzzing in CI.
 export PROPTEST_CASES="${PROPTEST_CASES:-256}"
 cargo test --workspace --all-targets "$@"

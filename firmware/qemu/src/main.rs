@@ -6,10 +6,10 @@
 #![no_main]
 
 use cortex_m_rt::entry;
-use tributary_core::frame::{ChannelInfo, Hello, Message};
+use tributary_core::frame::Message;
 use tributary_firmware::clock::rem_u64;
 use tributary_firmware::drivers::sht3x::{self, Sht3x};
-use tributary_firmware::{Aggregator, Clock, Link, Mode, Sensor};
+use tributary_firmware::{Aggregator, Clock, HelloParts, Link, Mode, Sensor};
 use tributary_firmware_qemu::board::{self, UART0, UART1, Uart};
 use tributary_firmware_qemu::bus::{NoDelay, ScriptedSht3x};
 use tributary_firmware_qemu::halt;
@@ -25,36 +25,6 @@ const HELLO_EVERY_MS: u64 = 500;
 const SYNC_AGREE_MS: u64 = 20;
 /// A frame not acked this long after it was sent is sent again.
 const RESEND_MS: u64 = 1_000;
-
-/// The Hello of boot `boot` at device time `now`.
-fn hello<S: Sensor>(
-    sensor: &S,
-    boot: u32,
-    first_unacked: u32,
-    now: u64,
-    stats: tributary_core::frame::DeviceStats,
-) -> Message {
-    let mut channels = heapless::Vec::new();
-    for (i, spec) in sensor.channels().iter().enumerate() {
-        let _ = channels.push(ChannelInfo {
-            channel: i as u8,
-            metric: heapless::String::try_from(spec.metric).unwrap_or_default(),
-            unit: heapless::String::try_from(spec.unit).unwrap_or_default(),
-            quantum: spec.quantum(),
-            reference: spec.reference,
-        });
-    }
-    Message::Hello(Hello {
-        device: heapless::String::try_from("qemu-mps2").unwrap_or_default(),
-        boot,
-        first_unacked,
-        firmware: heapless::String::try_from(env!("CARGO_PKG_VERSION")).unwrap_or_default(),
-        window_ms: WIDTH_MS,
-        tick: now,
-        channels,
-        stats,
-    })
-}
 
 #[entry]
 fn main() -> ! {
@@ -115,13 +85,17 @@ fn main() -> ! {
             if now >= next_hello {
                 let mut stats = agg.stats();
                 link.fill_stats(&mut stats);
-                let h = hello(
-                    &sensor,
+                let h = HelloParts {
+                    device: "qemu-mps2",
+                    firmware: env!("CARGO_PKG_VERSION"),
+                    specs: sensor.channels(),
                     boot,
-                    link.first_unacked(agg.next_seq()),
-                    now,
+                    first_unacked: link.first_unacked(agg.next_seq()),
+                    window_ms: WIDTH_MS,
+                    tick: now,
                     stats,
-                );
+                };
+                let h = Message::Hello(h.hello());
                 link.send_now(&h, &mut |bytes: &[u8]| uart.write(bytes));
                 next_hello = now + HELLO_EVERY_MS;
             }

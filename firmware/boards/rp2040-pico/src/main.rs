@@ -18,10 +18,10 @@ use rp2040_hal::fugit::RateExtU32;
 use rp2040_hal::gpio::{FunctionI2C, FunctionUart, Pin, PullUp};
 use rp2040_hal::uart::{DataBits, StopBits, UartConfig, UartPeripheral};
 use rp2040_hal::{Clock as _, I2C, Sio, Timer, Watchdog, entry, pac};
-use tributary_core::frame::{ChannelInfo, Hello, Message};
+use tributary_core::frame::Message;
 use tributary_firmware::clock::rem_u64;
 use tributary_firmware::drivers::sht3x::{self, Sht3x};
-use tributary_firmware::{Aggregator, Clock, Link, Mode, Sensor};
+use tributary_firmware::{Aggregator, Clock, HelloParts, Link, Mode, Sensor};
 
 /// The second-stage bootloader for the Pico's W25Q080 flash.
 #[unsafe(link_section = ".boot2")]
@@ -59,30 +59,6 @@ fn random_boot(rosc: &pac::ROSC) -> u32 {
         id = (id << 1) | u32::from(rosc.randombit().read().randombit().bit());
     }
     id.max(1)
-}
-
-/// The Hello of boot `boot` at device time `now`.
-fn hello<S: Sensor>(sensor: &S, boot: u32, first_unacked: u32, now: u64) -> Message {
-    let mut channels = heapless::Vec::new();
-    for (i, spec) in sensor.channels().iter().enumerate() {
-        let _ = channels.push(ChannelInfo {
-            channel: i as u8,
-            metric: heapless::String::try_from(spec.metric).unwrap_or_default(),
-            unit: heapless::String::try_from(spec.unit).unwrap_or_default(),
-            quantum: spec.quantum(),
-            reference: spec.reference,
-        });
-    }
-    Message::Hello(Hello {
-        device: heapless::String::try_from("pico-sht3x").unwrap_or_default(),
-        boot,
-        first_unacked,
-        firmware: heapless::String::try_from(env!("CARGO_PKG_VERSION")).unwrap_or_default(),
-        window_ms: WIDTH_MS,
-        tick: now,
-        channels,
-        stats: Default::default(),
-    })
 }
 
 #[entry]
@@ -160,7 +136,19 @@ fn main() -> ! {
         }
         if !synced {
             if now >= next_hello {
-                let h = hello(&sensor, boot, link.first_unacked(agg.next_seq()), now);
+                let mut stats = agg.stats();
+                link.fill_stats(&mut stats);
+                let h = HelloParts {
+                    device: "pico-sht3x",
+                    firmware: env!("CARGO_PKG_VERSION"),
+                    specs: sensor.channels(),
+                    boot,
+                    first_unacked: link.first_unacked(agg.next_seq()),
+                    window_ms: WIDTH_MS,
+                    tick: now,
+                    stats,
+                };
+                let h = Message::Hello(h.hello());
                 link.send_now(&h, &mut |bytes: &[u8]| uart.write_full_blocking(bytes));
                 next_hello = now + HELLO_EVERY_MS;
             }

@@ -19,6 +19,8 @@ command -v socat >/dev/null 2>&1 || need_apt+=(socat)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v victoria-metrics >/dev/null 2>&1 || need_apt+=(victoria-metrics)
 command -v influxd >/dev/null 2>&1 || need_apt+=(influxdb)
+# The firmware's end-to-end test boots its image on an emulated Cortex-M.
+command -v qemu-system-arm >/dev/null 2>&1 || need_apt+=(qemu-system-arm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -71,6 +73,30 @@ if [ "$code_bytes" -gt 16384 ]; then
   echo "freestanding firmware image: $code_bytes B of code, over the 16 KiB budget" >&2
   exit 1
 fi
+
+# The complete protocol image (firmware/qemu: Hello, TimeSync, summaries,
+# acks over a UART) for a Cortex-M0+ and a Cortex-M4F; its code budget
+# (firmware/README.md): .text + .rodata ≤ 16 KiB on each. The end-to-end
+# test (demo/tests/qemu_e2e.rs) builds its own, with the readings log.
+qemu_target="${CARGO_TARGET_DIR:-$PWD/target}/qemu"
+for target in thumbv6m-none-eabi thumbv7em-none-eabihf; do
+  if command -v rustup >/dev/null 2>&1; then
+    rustup target list --installed | grep -qx "$target" || rustup target add "$target"
+  fi
+  (cd firmware/qemu && cargo build -q --release --target "$target" --target-dir "$qemu_target")
+  image="$qemu_target/$target/release/tributary-firmware-qemu"
+  code_bytes=$(size -A "$image" | awk '$1 == ".text" || $1 == ".rodata" { s += $2 } END { print s }')
+  echo "firmware image $target: $code_bytes B of .text + .rodata (budget 16384)"
+  if [ "$code_bytes" -gt 16384 ]; then
+    echo "firmware image $target: $code_bytes B of code, over the 16 KiB budget" >&2
+    exit 1
+  fi
+done
+
+# The board-support example (firmware/boards/rp2040-pico: a Pico with an
+# SHT3x and a UART to the gateway, on rp2040-hal) must build for its target.
+(cd firmware/boards/rp2040-pico &&
+  cargo build -q --release --target-dir "${CARGO_TARGET_DIR:-$PWD/../../../target}/boards")
 
 # Decoders get a short burst of extra fuzzing in CI.
 export PROPTEST_CASES="${PROPTEST_CASES:-256}"

@@ -1,4 +1,4 @@
-//! For the Cortex-M build only: puts `memory.x` where `cortex-m-rt`'s link
+//! For the Cortex-M builds (this image's, `../qemu`'s, `../boards/*`) only: puts `memory.x` where `cortex-m-rt`'s link
 //! script finds it (the linker's search path) and relinks when it changes.
 
 use std::path::PathBuf;

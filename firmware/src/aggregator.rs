@@ -19,6 +19,7 @@ use tributary_core::frame::{DeviceStats, Message, ReadingFrame, SummaryFrame};
 use tributary_core::index::{DeviceIndex, MIN_SCALE};
 use tributary_core::quantum::Quantum;
 
+use crate::clock::rem_u64;
 use crate::sensor::{ChannelSpec, Sensor};
 
 /// Whether the device aggregates or sends every reading.
@@ -156,7 +157,7 @@ impl<const C: usize> Aggregator<C> {
     /// `k · width − phase_ms` on the device clock (the clock module computes
     /// the phase from a TimeSync). The open window keeps its bounds.
     pub fn set_phase(&mut self, phase_ms: u64) {
-        self.phase = phase_ms % u64::from(self.width_ms);
+        self.phase = u64::from(rem_u64(phase_ms, self.width_ms));
     }
 
     /// Start of the current window, if one is open.
@@ -165,9 +166,8 @@ impl<const C: usize> Aggregator<C> {
     }
 
     fn window_of(&self, now: u64) -> u64 {
-        let w = u64::from(self.width_ms);
         let shifted = now + self.phase;
-        (shifted - shifted % w).saturating_sub(self.phase)
+        (shifted - u64::from(rem_u64(shifted, self.width_ms))).saturating_sub(self.phase)
     }
 
     fn next_seq_bump(&mut self) -> u32 {

@@ -51,8 +51,28 @@ impl Clock {
     /// The phase for [`crate::Aggregator::set_phase`]: with it, window
     /// boundaries fall on wall-clock multiples of `width_ms`.
     pub fn phase(&self, width_ms: u32) -> Option<u64> {
-        let w = i64::from(width_ms.max(1));
-        // rem_euclid of a positive modulus is in 0..w.
-        self.offset.map(|o| o.rem_euclid(w).unsigned_abs())
+        let w = width_ms.max(1);
+        // offset mod w in 0..w (rem_euclid), without a 64-bit division.
+        self.offset.map(|o| {
+            let r = rem_u64(o.unsigned_abs(), w);
+            u64::from(if o < 0 && r > 0 { w - r } else { r })
+        })
     }
+}
+
+/// `x mod m` for `m > 0` (0 for `m = 0`), by shift and subtract: a 64-bit
+/// division is a library routine on a Cortex-M (on the M0+ about 1 KiB of
+/// flash with its helpers), and the firmware needs this remainder only
+/// when a window opens or a TimeSync arrives.
+pub fn rem_u64(x: u64, m: u32) -> u32 {
+    let m = u64::from(m);
+    let mut r = 0u64;
+    for i in (0..64).rev() {
+        // r < m ≤ 2³², so the shift cannot overflow.
+        r = (r << 1) | ((x >> i) & 1);
+        if r >= m {
+            r -= m;
+        }
+    }
+    r as u32
 }

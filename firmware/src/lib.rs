@@ -9,11 +9,13 @@
 pub mod aggregator;
 pub mod clock;
 pub mod drivers;
+pub mod hello;
 pub mod link;
 pub mod sensor;
 mod wire;
 
 pub use aggregator::{Aggregator, AggregatorError, Mode};
 pub use clock::Clock;
+pub use hello::HelloParts;
 pub use link::{ByteSink, Link, LinkStats, DEFAULT_POOL};
 pub use sensor::{index, ChannelSpec, Sensor};

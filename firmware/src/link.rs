@@ -24,7 +24,7 @@ use core::fmt;
 
 use heapless::Vec;
 use tributary_core::frame::{
-    encode, payload_in_place, DeviceStats, FrameDecoder, Message, SummaryFrame, MAX_FRAME,
+    payload_in_place, DeviceStats, FrameDecoder, FrameError, Message, SummaryFrame, MAX_FRAME,
 };
 
 use crate::wire;
@@ -417,10 +417,18 @@ impl<const R: usize, const RX: usize, const P: usize> Link<R, RX, P> {
         true
     }
 
-    /// Encodes and writes `msg` once, outside the resend ring (Hello).
+    /// Encodes and writes `msg` once, outside the resend ring (a Hello).
+    /// A device sends only Hello, Summary and Reading frames: an Ack or a
+    /// TimeSync is not written and counts as an encode error.
     pub fn send_now(&mut self, msg: &Message, sink: &mut impl ByteSink) {
         let mut buf = [0u8; MAX_FRAME];
-        match encode(msg, &mut buf) {
+        let encoded = match msg {
+            Message::Hello(h) => wire::encode_hello(h, &mut buf),
+            Message::Summary(f) => wire::encode_summary(f, &mut buf),
+            Message::Reading(r) => wire::encode_reading(r, &mut buf),
+            Message::Ack(_) | Message::TimeSync(_) => Err(FrameError::Oversized),
+        };
+        match encoded {
             Ok(n) => sink.write_frame(buf.get(..n).unwrap_or(&[])),
             Err(_) => self.stats.encode_errors = self.stats.encode_errors.saturating_add(1),
         }

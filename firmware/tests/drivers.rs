@@ -23,6 +23,19 @@ fn sht3x_conversions() {
     assert_eq!(sht3x::millipercent(0x8000), 50_000);
 }
 
+/// Every raw word converts as the datasheet's formula does in exact
+/// 64-bit arithmetic, rounded toward −∞ (the driver uses 32-bit steps).
+#[test]
+fn sht3x_conversions_match_the_formula_for_every_raw_word() {
+    for raw in 0..=u16::MAX {
+        let r = i64::from(raw);
+        let t = (175_000 * r).div_euclid(65_535) - 45_000;
+        let h = (100_000 * r).div_euclid(65_535);
+        assert_eq!(i64::from(sht3x::millicelsius(raw)), t, "raw {raw}");
+        assert_eq!(i64::from(sht3x::millipercent(raw)), h, "raw {raw}");
+    }
+}
+
 fn frame(t: u16, h: u16) -> Vec<u8> {
     let [t0, t1] = t.to_be_bytes();
     let [h0, h1] = h.to_be_bytes();

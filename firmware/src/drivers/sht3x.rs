@@ -66,17 +66,21 @@ pub fn crc8(data: &[u8]) -> u8 {
     crc
 }
 
-/// Temperature in m°C from a raw word.
+/// Temperature in m°C from a raw word: ⌊175 000·raw / 65 535⌋ − 45 000.
+/// In 32-bit arithmetic (a 64-bit division is a library routine on a
+/// Cortex-M): 175 000 = 2·65 535 + 43 930, and 43 930·65 535 < 2³².
 pub fn millicelsius(raw: u16) -> i32 {
-    let m = (175_000i64 * i64::from(raw)).div_euclid(65_535) - 45_000;
-    // |m| ≤ 130 000: always fits.
-    i32::try_from(m).unwrap_or(i32::MAX)
+    let r = u32::from(raw);
+    // ≤ 175 000: fits an i32.
+    (2 * r + 43_930 * r / 65_535) as i32 - 45_000
 }
 
-/// Relative humidity in m% from a raw word.
+/// Relative humidity in m% from a raw word: ⌊100 000·raw / 65 535⌋, in
+/// 32-bit arithmetic (100 000 = 65 535 + 34 465, 34 465·65 535 < 2³²).
 pub fn millipercent(raw: u16) -> i32 {
-    let m = (100_000i64 * i64::from(raw)) / 65_535;
-    i32::try_from(m).unwrap_or(i32::MAX)
+    let r = u32::from(raw);
+    // ≤ 100 000: fits an i32.
+    (r + 34_465 * r / 65_535) as i32
 }
 
 /// An SHT3x on an I²C bus; owns the bus and a delay.

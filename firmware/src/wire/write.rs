@@ -1,14 +1,16 @@
-//! Writing the frames a device sends — Summary and Reading — as postcard
+//! Writing the frames a device sends — Hello, Summary and Reading — as postcard
 //! bytes by hand (unsigned varints, zigzag signed integers, raw `u8`/`i8`,
 //! option tags 0/1, length-prefixed sequences, the variant index of
 //! `Message` first), framed by `tributary_core::frame::encode_payload`. The
 //! frames are byte for byte `frame::encode`'s (checked by the tests).
 
 use tributary_core::fixed::FixedSummary;
-use tributary_core::frame::{encode_payload, FrameError, ReadingFrame, SummaryFrame, MAX_PAYLOAD};
+use tributary_core::frame::{
+    encode_payload, FrameError, Hello, ReadingFrame, SummaryFrame, MAX_PAYLOAD,
+};
 use tributary_core::sketch::{Buckets, SharedCounts};
 
-use super::{READING, SUMMARY};
+use super::{HELLO, READING, SUMMARY};
 
 /// The largest postcard payload of a frame (version and CRC take 5 bytes).
 const PAYLOAD: usize = MAX_PAYLOAD - 5;
@@ -39,6 +41,15 @@ impl Writer<'_> {
     /// A zigzag signed integer (the same value for `i32` and `i64`).
     fn zigzag(&mut self, v: i64) -> Option<()> {
         self.varint(((v << 1) ^ (v >> 63)) as u64)
+    }
+
+    /// A string: its length in bytes, then its UTF-8 bytes.
+    fn str(&mut self, s: &str) -> Option<()> {
+        self.varint(s.len() as u64)?;
+        for &b in s.as_bytes() {
+            self.byte(b)?;
+        }
+        Some(())
     }
 
     /// One sign's offset and counts; a `u8` count is one raw byte.
@@ -102,6 +113,38 @@ pub(crate) fn encode_summary(f: &SummaryFrame, out: &mut [u8]) -> Result<usize, 
         w.varint(f.start_tick)?;
         w.varint(u64::from(f.width_ms))?;
         w.summary(&f.summary)
+    })
+}
+
+/// `Message::Hello(h)` as one delimited frame in `out`; the bytes written.
+pub(crate) fn encode_hello(h: &Hello, out: &mut [u8]) -> Result<usize, FrameError> {
+    frame(out, |w| {
+        w.varint(HELLO)?;
+        w.str(&h.device)?;
+        w.varint(u64::from(h.boot))?;
+        w.varint(u64::from(h.first_unacked))?;
+        w.str(&h.firmware)?;
+        w.varint(u64::from(h.window_ms))?;
+        w.varint(h.tick)?;
+        w.varint(h.channels.len() as u64)?;
+        for c in &h.channels {
+            w.byte(c.channel)?;
+            w.str(&c.metric)?;
+            w.str(&c.unit)?;
+            w.byte(c.quantum.exponent() as u8)?;
+            w.zigzag(i64::from(c.reference))?;
+        }
+        let s = &h.stats;
+        for n in [
+            s.dropped_readings,
+            s.coarsened,
+            s.sensor_errors,
+            s.resent,
+            s.corrupt_frames,
+        ] {
+            w.varint(u64::from(n))?;
+        }
+        Some(())
     })
 }
 
@@ -193,6 +236,46 @@ mod tests {
             let f = summary_frame(&values, exp, reference, seq);
             let m = Message::Summary(f.clone());
             prop_assert_eq!(ours(|o| encode_summary(&f, o)), core_bytes(&m));
+        }
+
+        #[test]
+        fn hello_frames_match_core(
+            device in "[a-z0-9-]{0,32}",
+            firmware in "[a-z0-9.]{0,16}",
+            boot: u32,
+            first_unacked: u32,
+            window_ms: u32,
+            tick: u64,
+            channels in prop::collection::vec(
+                (any::<u8>(), "[a-z_]{1,32}", "[a-zA-Z%]{0,8}", -18i8..=18, any::<i32>()),
+                0..=tributary_core::frame::MAX_CHANNELS,
+            ),
+            stats in any::<[u32; 5]>(),
+        ) {
+            use tributary_core::frame::{ChannelInfo, DeviceStats};
+            let mut list = heapless::Vec::new();
+            for (channel, metric, unit, exp, reference) in channels {
+                let info = ChannelInfo {
+                    channel,
+                    metric: metric.as_str().try_into().unwrap(),
+                    unit: unit.as_str().try_into().unwrap(),
+                    quantum: Quantum::new(exp).unwrap(),
+                    reference,
+                };
+                prop_assert!(list.push(info).is_ok());
+            }
+            let [dropped_readings, coarsened, sensor_errors, resent, corrupt_frames] = stats;
+            let h = Hello {
+                device: device.as_str().try_into().unwrap(),
+                boot,
+                first_unacked,
+                firmware: firmware.as_str().try_into().unwrap(),
+                window_ms,
+                tick,
+                channels: list,
+                stats: DeviceStats { dropped_readings, coarsened, sensor_errors, resent, corrupt_frames },
+            };
+            prop_assert_eq!(ours(|o| encode_hello(&h, o)), core_bytes(&Message::Hello(h)));
         }
 
         #[test]

@@ -24,7 +24,7 @@ pub(crate) fn build_image(target: &str) -> PathBuf {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
-        .join("qemu");
+        .join("qemu-log");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(root.join("firmware/qemu"))
@@ -32,6 +32,8 @@ pub(crate) fn build_image(target: &str) -> PathBuf {
             "build",
             "-q",
             "--release",
+            "--features",
+            "readings-log",
             "--target",
             target,
             "--target-dir",

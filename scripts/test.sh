@@ -76,8 +76,7 @@ fi
 
 # The complete protocol image (firmware/qemu: Hello, TimeSync, summaries,
 # acks over a UART) for a Cortex-M0+ and a Cortex-M4F; its code budget
-# (firmware/README.md): .text + .rodata ≤ 16 KiB on each. The end-to-end
-# test (demo/tests/qemu_e2e.rs) builds its own, with the readings log.
+# (firmware/README.md): .text + .rodata ≤ 16 KiB on each.
 qemu_target="${CARGO_TARGET_DIR:-$PWD/target}/qemu"
 for target in thumbv6m-none-eabi thumbv7em-none-eabihf; do
   if command -v rustup >/dev/null 2>&1; then

@@ -133,6 +133,7 @@ pub async fn run<S: Ingest>(
         backoff,
         connected_at: None,
         store_backoff: None,
+        incarnations: Vec::new(),
     };
     let mut flush_at: Option<Instant> = None;
     let mut retry_at: Option<Instant> = None;
@@ -220,6 +221,11 @@ struct Shell<S> {
     connected_at: Option<Instant>,
     /// The wait before the next commit attempt while the store fails.
     store_backoff: Option<Duration>,
+    /// New incarnations reported by batches a per-batch retry applied
+    /// before the group failed: on the next attempt those batches are
+    /// duplicates and would report nothing, so they are kept until the
+    /// group commits.
+    incarnations: Vec<NewIncarnation>,
 }
 
 impl<S: Ingest> Shell<S> {
@@ -361,7 +367,8 @@ impl<S: Ingest> Shell<S> {
     /// arrival order) and the confirmations to its agents. If the store
     /// fails the group is kept and the answer is when to try again.
     async fn commit(&mut self) -> Option<Instant> {
-        let (outcomes, incarnations) = match apply(&self.store, self.group.batches()).await {
+        let outcomes = match apply(&self.store, self.group.batches(), &mut self.incarnations).await
+        {
             Ok(o) => o,
             Err(e) => {
                 let wait = self
@@ -393,7 +400,7 @@ impl<S: Ingest> Shell<S> {
         for (agent, n) in &settled.dropped {
             c.add_dropped(agent, *n);
         }
-        for new in incarnations {
+        for new in std::mem::take(&mut self.incarnations) {
             c.new_incarnation(new.known_agent);
             if new.known_agent {
                 tracing::warn!(agent = new.agent, incarnation = %new.incarnation,
@@ -415,8 +422,9 @@ impl<S: Ingest> Shell<S> {
     }
 }
 
-/// Applies `batches` in one transaction; the outcome of each, and the agent
-/// incarnations seen for the first time. One batch that cannot merge (e.g.
+/// Applies `batches` in one transaction; answers the outcome of each and
+/// appends the agent incarnations seen for the first time to
+/// `incarnations`. One batch that cannot merge (e.g.
 /// a quantum that differs from the stored window's) must not hold back the
 /// others: the group is then applied batch by batch, refusing only those
 /// that cannot merge. Any other error fails the whole group, to be applied
@@ -424,18 +432,21 @@ impl<S: Ingest> Shell<S> {
 async fn apply<S: Ingest>(
     store: &S,
     batches: &[Batch],
-) -> Result<(Vec<Outcome>, Vec<NewIncarnation>), StoreError> {
+    incarnations: &mut Vec<NewIncarnation>,
+) -> Result<Vec<Outcome>, StoreError> {
     let outcome = |a: Applied| match a {
         Applied::New => Outcome::New,
         Applied::Duplicate => Outcome::Duplicate,
     };
     match store.apply_report(batches).await {
-        Ok(r) => return Ok((r.applied.into_iter().map(outcome).collect(), r.incarnations)),
+        Ok(mut r) => {
+            incarnations.append(&mut r.incarnations);
+            return Ok(r.applied.into_iter().map(outcome).collect());
+        }
         Err(StoreError::Merge { .. }) => {}
         Err(e) => return Err(e),
     }
     let mut each = Vec::with_capacity(batches.len());
-    let mut incarnations = Vec::new();
     for b in batches {
         each.push(match store.apply_report(std::slice::from_ref(b)).await {
             Ok(mut r) => {
@@ -459,5 +470,5 @@ async fn apply<S: Ingest>(
             Err(e) => return Err(e),
         });
     }
-    Ok((each, incarnations))
+    Ok(each)
 }

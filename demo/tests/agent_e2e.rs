@@ -9,6 +9,7 @@
 
 #[path = "../../agent/tests/common/mod.rs"]
 mod common;
+mod stored;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,17 +28,7 @@ use tributary_testkit::{Mosquitto, MosquittoOptions};
 const WIDTH: i64 = 5000;
 
 async fn stored(store: &SqliteStore) -> Totals {
-    all_windows(store, Width::new(WIDTH).unwrap())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|((key, start), w)| {
-            (
-                (key.to_string(), start, WIDTH),
-                (w.summary.count(), w.summary.sum_ticks()),
-            )
-        })
-        .collect()
+    stored::stored(store, WIDTH).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

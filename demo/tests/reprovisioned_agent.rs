@@ -8,6 +8,7 @@
 
 #[path = "../../agent/tests/common/mod.rs"]
 mod common;
+mod stored;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,25 +17,13 @@ use common::{agent_toml, sim_config, start_ms, truth, Totals};
 use tributary_agent::config::Config as AgentConfig;
 use tributary_agent::Agent;
 use tributary_collector::ingest::{self, IngestConfig, IngestCounters};
-use tributary_collector::store::all_windows;
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_core::Width;
 use tributary_testkit::{Mosquitto, MosquittoOptions};
 
 const WIDTH: i64 = 5000;
 
 async fn stored(store: &SqliteStore) -> Totals {
-    all_windows(store, Width::new(WIDTH).unwrap())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|((key, start), w)| {
-            (
-                (key.to_string(), start, WIDTH),
-                (w.summary.count(), w.summary.sum_ticks()),
-            )
-        })
-        .collect()
+    stored::stored(store, WIDTH).await
 }
 
 /// Waits (up to 60 s) until the store holds `n` readings; returns what it

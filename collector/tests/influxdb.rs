@@ -5,21 +5,20 @@
 //! statistics (every field); a revision overwrites its point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod export_common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use export_common::MIN;
 use serde_json::Value;
-use tokio::sync::watch;
-use tributary_collector::finality::Finality;
-use tributary_collector::sinks::{self, InfluxApi, SinkConfig, SinkKind};
+use tributary_collector::sinks::{InfluxApi, SinkConfig, SinkKind};
 use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_core::batch::{Batch, Partial};
-use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+use tributary_core::{SeriesKey, Width};
 use tributary_oracle::Ratio;
 use tributary_testkit::InfluxDb;
-
-const MIN: i64 = 60_000;
 
 fn key(device: &str) -> SeriesKey {
     let tags = BTreeMap::from([("site".to_string(), "north pole".to_string())]);
@@ -27,15 +26,7 @@ fn key(device: &str) -> SeriesKey {
 }
 
 fn partial(start: i64, device: &str, values: &[i64]) -> Partial {
-    let mut s = Summary::new(Quantum::new(-3).unwrap());
-    for (i, x) in values.iter().enumerate() {
-        s.insert(start + i as i64, *x).unwrap();
-    }
-    Partial {
-        series: key(device),
-        window: Window::new(start, Width::new(MIN).unwrap()).unwrap(),
-        summary: s,
-    }
+    export_common::partial(key(device), start, values)
 }
 
 async fn influxql(db: &InfluxDb, q: &str) -> Value {
@@ -113,15 +104,8 @@ async fn points_read_back_from_influxdb_1_equal_the_truth_and_revisions_overwrit
     let mut cfg = SinkConfig::new("influx1", SinkKind::Influx, db.url());
     cfg.api = Some(InfluxApi::V1);
     cfg.bucket = Some("sensors".into());
-    cfg.poll_ms = 20;
-    cfg.backoff_min_ms = 10;
-    cfg.backoff_max_ms = 200;
-    let (stop, stop_rx) = watch::channel(false);
-    let finality = Finality {
-        lateness_ms: 0,
-        idle_timeout_ms: i64::MAX,
-    };
-    let sinks = sinks::start(&[cfg], "test", store.clone(), finality, stop_rx).unwrap();
+    export_common::quick(&mut cfg);
+    let (sinks, stop) = export_common::start(&cfg, &store);
     let c = sinks.metrics().get("influx1").unwrap().clone();
     let wait = |n: u64| {
         let c = c.clone();

@@ -7,23 +7,22 @@
 //! resource, scope, series attributes and window times are as documented.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod export_common;
+
 use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use export_common::MIN;
 use serde_json::{json, Value};
-use tokio::sync::watch;
-use tributary_collector::finality::Finality;
-use tributary_collector::sinks::{self, SinkConfig, SinkKind};
+use tributary_collector::sinks::{SinkConfig, SinkKind};
 use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_core::batch::{Batch, Partial};
-use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+use tributary_core::batch::Batch;
+use tributary_core::{SeriesKey, Width};
 use tributary_oracle::{bucket, Ratio};
-
-const MIN: i64 = 60_000;
 
 /// The Python receiver, killed on drop.
 struct Receiver {
@@ -115,16 +114,8 @@ async fn decoded_points_equal_the_raw_truth_bucket_for_bucket() {
                     _ => rng.i64(1..=2_000_000_000) / rng.i64(1..=1000),
                 })
                 .collect();
-            let mut s = Summary::new(Quantum::new(-3).unwrap());
-            for (i, x) in v.iter().enumerate() {
-                s.insert(start + i as i64, *x).unwrap();
-            }
             let device = format!("d{d}");
-            partials.push(Partial {
-                series: key(&device),
-                window: Window::new(start, Width::new(MIN).unwrap()).unwrap(),
-                summary: s,
-            });
+            partials.push(export_common::partial(key(&device), start, &v));
             truth.insert((device, w), v);
         }
         let seq = u64::try_from(w).unwrap() + 1;
@@ -136,16 +127,9 @@ async fn decoded_points_equal_the_raw_truth_bucket_for_bucket() {
         SinkKind::Otlp,
         format!("http://127.0.0.1:{}/v1/metrics", rx.port),
     );
-    cfg.poll_ms = 20;
-    cfg.backoff_min_ms = 10;
-    cfg.backoff_max_ms = 200;
+    export_common::quick(&mut cfg);
     cfg.batch_size = 7;
-    let (stop, stop_rx) = watch::channel(false);
-    let finality = Finality {
-        lateness_ms: 0,
-        idle_timeout_ms: i64::MAX,
-    };
-    let sinks = sinks::start(&[cfg], "test", store.clone(), finality, stop_rx).unwrap();
+    let (sinks, stop) = export_common::start(&cfg, &store);
     let c = sinks.metrics().get("otel").unwrap().clone();
     let total = (devices as u64) * (windows as u64);
     let t = Instant::now();

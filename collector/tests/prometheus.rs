@@ -9,28 +9,20 @@
 //! of the Grafana dashboard (`config/grafana/`) runs and finds the data.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod export_common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use export_common::{start, MIN};
 use serde_json::Value;
-use tokio::sync::watch;
-use tributary_collector::finality::Finality;
-use tributary_collector::sinks::{self, SinkConfig, SinkCounters, SinkKind, Sinks};
+use tributary_collector::sinks::{SinkConfig, SinkCounters, SinkKind, Sinks};
 use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_core::batch::{Batch, Partial};
-use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+use tributary_core::{SeriesKey, Width};
 use tributary_testkit::Prometheus;
-
-const MIN: i64 = 60_000;
-
-/// Lateness 0, no idle timeout: a window is final once the watermark
-/// reaches its end.
-const FINALITY: Finality = Finality {
-    lateness_ms: 0,
-    idle_timeout_ms: i64::MAX,
-};
 
 /// The start of the first window: 20 minutes ago, on a minute.
 fn t0() -> i64 {
@@ -56,16 +48,7 @@ fn readings(device: usize, window: i64, rng: &mut fastrand::Rng) -> Vec<i64> {
 }
 
 fn partial(t0: i64, device: &str, window: i64, values: &[i64]) -> Partial {
-    let start = t0 + window * MIN;
-    let mut s = Summary::new(Quantum::new(-3).unwrap());
-    for (i, v) in values.iter().enumerate() {
-        s.insert(start + i as i64, *v).unwrap();
-    }
-    Partial {
-        series: key(device),
-        window: Window::new(start, Width::new(MIN).unwrap()).unwrap(),
-        summary: s,
-    }
+    export_common::partial(key(device), t0 + window * MIN, values)
 }
 
 fn sink(prom: &Prometheus) -> SinkConfig {
@@ -74,25 +57,10 @@ fn sink(prom: &Prometheus) -> SinkConfig {
         SinkKind::Prometheus,
         format!("{}/api/v1/write", prom.url()),
     );
-    s.poll_ms = 20;
-    s.backoff_min_ms = 10;
-    s.backoff_max_ms = 200;
+    export_common::quick(&mut s);
     s.timeout_ms = 5_000;
     s.batch_size = 50;
     s
-}
-
-fn start(cfg: &SinkConfig, store: &SqliteStore) -> (Sinks, watch::Sender<bool>) {
-    let (stop, rx) = watch::channel(false);
-    let sinks = sinks::start(
-        std::slice::from_ref(cfg),
-        "test-instance",
-        store.clone(),
-        FINALITY,
-        rx,
-    )
-    .unwrap();
-    (sinks, stop)
 }
 
 fn counters(s: &Sinks) -> Arc<SinkCounters> {

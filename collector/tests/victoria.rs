@@ -8,21 +8,20 @@
 //! answers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod export_common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use export_common::MIN;
 use serde_json::Value;
-use tokio::sync::watch;
-use tributary_collector::finality::Finality;
-use tributary_collector::sinks::{self, SinkConfig, SinkKind};
+use tributary_collector::sinks::{SinkConfig, SinkKind};
 use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_core::batch::{Batch, Partial};
-use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+use tributary_core::batch::Batch;
+use tributary_core::{SeriesKey, Width};
 use tributary_oracle::Ratio;
 use tributary_testkit::VictoriaMetrics;
-
-const MIN: i64 = 60_000;
 
 fn key(device: &str) -> SeriesKey {
     let tags = BTreeMap::from([("site".to_string(), "north pole".to_string())]);
@@ -76,16 +75,8 @@ async fn points_read_back_from_victoria_metrics_equal_the_truth() {
             let v: Vec<i64> = (0..rng.usize(2..=40))
                 .map(|_| rng.i64(-30_000..=45_000))
                 .collect();
-            let mut s = Summary::new(Quantum::new(-3).unwrap());
-            for (i, x) in v.iter().enumerate() {
-                s.insert(start + i as i64, *x).unwrap();
-            }
             let device = format!("d{d}");
-            partials.push(Partial {
-                series: key(&device),
-                window: Window::new(start, Width::new(MIN).unwrap()).unwrap(),
-                summary: s,
-            });
+            partials.push(export_common::partial(key(&device), start, &v));
             truth.insert((device, w), v);
         }
         let seq = u64::try_from(w).unwrap() + 1;
@@ -97,15 +88,8 @@ async fn points_read_back_from_victoria_metrics_equal_the_truth() {
     let mut cfg = SinkConfig::new("vm", SinkKind::Influx, vm.url());
     cfg.org = Some("tributary".into());
     cfg.bucket = Some("sensors".into());
-    cfg.poll_ms = 20;
-    cfg.backoff_min_ms = 10;
-    cfg.backoff_max_ms = 200;
-    let (stop, stop_rx) = watch::channel(false);
-    let finality = Finality {
-        lateness_ms: 0,
-        idle_timeout_ms: i64::MAX,
-    };
-    let sinks = sinks::start(&[cfg], "test", store.clone(), finality, stop_rx).unwrap();
+    export_common::quick(&mut cfg);
+    let (sinks, stop) = export_common::start(&cfg, &store);
     let c = sinks.metrics().get("vm").unwrap().clone();
     let total = devices as u64 * windows as u64;
     let t = Instant::now();

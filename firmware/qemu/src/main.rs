@@ -26,6 +26,10 @@ const SYNC_AGREE_MS: u64 = 20;
 /// A frame not acked this long after it was sent is sent again.
 const RESEND_MS: u64 = 1_000;
 
+/// The device's super-loop. Long on purpose: it owns every peripheral,
+/// the aggregator and the link for the device's whole life, and each turn
+/// reads the UART, syncs, samples, frames and sends in that order; split
+/// up, each step would only take the same borrowed state as arguments.
 #[entry]
 fn main() -> ! {
     let boot = board::next_boot_id();

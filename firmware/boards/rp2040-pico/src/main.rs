@@ -61,6 +61,10 @@ fn random_boot(rosc: &pac::ROSC) -> u32 {
     id.max(1)
 }
 
+/// The device's super-loop. Long on purpose: it owns every peripheral,
+/// the aggregator and the link for the device's whole life, and each turn
+/// reads the UART, syncs, samples, frames and sends in that order; split
+/// up, each step would only take the same borrowed state as arguments.
 #[entry]
 fn main() -> ! {
     let Some(mut p) = pac::Peripherals::take() else {

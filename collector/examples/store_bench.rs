@@ -14,7 +14,17 @@
 //! Every run applies the same seeded workload — agents closing one-minute
 //! windows of the series they own, each close one batch, each partial also
 //! merged into its 1 h and 1 d roll-ups — and checks at the end that every
-//! backend holds every reading.
+//! backend holds every reading. The figures exclude building the workload
+//! and starting the databases; they include de-duplication, roll-ups,
+//! progress and the change feed's numbering.
+//!
+//! Beside each store it measures the database's own rate in the same run
+//! (the machines are shared and vary by 2–3× from day to day): a bare
+//! upsert loop writing as many rows, one per partial, into a (series,
+//! window) table, 10,000 rows per transaction, with the same durability and
+//! the same summary bytes — rusqlite for SQLite, `INSERT … SELECT unnest …
+//! ON CONFLICT DO UPDATE` for PostgreSQL — and prints the store's ratio to
+//! it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -193,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let batches = workload(&args);
     let mut pg: Option<Postgres> = None;
+    let mut pg_bare = 0.0;
     let partials: usize = batches.iter().map(|b| b.partials.len()).sum();
     let total: u64 = batches
         .iter()
@@ -210,7 +221,19 @@ async fn main() -> anyhow::Result<()> {
         args.group,
         rollups
     );
-    bench_sqlite(&batches, &rollups, args.group, total).await?;
+    println!(
+        "shape: every batch is one message of {} partials (1–10 readings each, one per series the agent owns); {} batches per store transaction; fan-in {}; excluded: building the workload, starting the databases, MQTT and decoding",
+        partials / batches.len().max(1),
+        args.group,
+        args.fan_in.clamp(1, args.agents),
+    );
+    let bare = bare_sqlite(&batches)?;
+    let store = bench_sqlite(&batches, &rollups, args.group, total).await?;
+    println!(
+        "{:<22} store / bare = {:.2}",
+        "sqlite ratio",
+        store / bare.max(1.0)
+    );
     for &n in args.writers.iter().filter(|&&n| n > 0) {
         let pg = match &pg {
             Some(pg) => pg,
@@ -218,7 +241,15 @@ async fn main() -> anyhow::Result<()> {
                 pg.insert(Postgres::start(Server { durable: true }).context("starting PostgreSQL")?)
             }
         };
-        bench_postgres(pg, n, &batches, &rollups, args.group, total).await?;
+        if n == args.writers[0] {
+            pg_bare = bare_postgres(pg, &batches).await?;
+        }
+        let store = bench_postgres(pg, n, &batches, &rollups, args.group, total).await?;
+        println!(
+            "{:<22} store / bare = {:.2}",
+            format!("postgres ratio, {n}"),
+            store / pg_bare.max(1.0)
+        );
     }
     Ok(())
 }
@@ -230,7 +261,7 @@ async fn bench_sqlite(
     rollups: &[i64],
     group: usize,
     total: u64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<f64> {
     let partials: usize = batches.iter().map(|b| b.partials.len()).sum();
     let dir = tempfile::tempdir()?;
     let lite = SqliteStore::open(&dir.path().join("bench.db"), rollups)?;
@@ -241,9 +272,10 @@ async fn bench_sqlite(
         lite.apply(g).await?;
     }
     let own = own_cpu() - own0;
+    let secs = t.elapsed().as_secs_f64();
     Figure {
         label: "sqlite, 1 writer".into(),
-        secs: t.elapsed().as_secs_f64(),
+        secs,
         partials,
         batches: batches.len(),
         cpu: busy(c0, t0),
@@ -256,7 +288,109 @@ async fn bench_sqlite(
         own
     );
     anyhow::ensure!(readings(&lite).await == total, "sqlite lost readings");
-    Ok(())
+    Ok(partials as f64 / secs)
+}
+
+/// Rows per bare-loop transaction.
+const BARE_CHUNK: usize = 10_000;
+
+/// The bare rows of `batches`: (series number, window start, summary
+/// bytes), one per partial, built before any clock starts.
+fn bare_rows(batches: &[Batch]) -> Vec<(i64, i64, Vec<u8>)> {
+    let mut ids: BTreeMap<&SeriesKey, i64> = BTreeMap::new();
+    batches
+        .iter()
+        .flat_map(|b| &b.partials)
+        .map(|p| {
+            let n = ids.len() as i64;
+            let id = *ids.entry(&p.series).or_insert(n);
+            (
+                id,
+                p.window.start(),
+                postcard::to_allocvec(&p.summary).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The database's own rate: a plain rusqlite loop upserting one row per
+/// partial into a (series, window) table, [`BARE_CHUNK`] per transaction,
+/// WAL with `synchronous = FULL` like the store.
+fn bare_sqlite(batches: &[Batch]) -> anyhow::Result<f64> {
+    let rows = bare_rows(batches);
+    let dir = tempfile::tempdir()?;
+    let mut conn = rusqlite::Connection::open(dir.path().join("bare.db"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(
+        "CREATE TABLE w (series INTEGER NOT NULL, start INTEGER NOT NULL, summary BLOB NOT NULL,
+         PRIMARY KEY (series, start)) WITHOUT ROWID",
+    )?;
+    let t = Instant::now();
+    for chunk in rows.chunks(BARE_CHUNK) {
+        let tx = conn.transaction()?;
+        {
+            let mut up = tx.prepare_cached(
+                "INSERT INTO w (series, start, summary) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (series, start) DO UPDATE SET summary = excluded.summary",
+            )?;
+            for (s, w, b) in chunk {
+                up.execute(rusqlite::params![s, w, b])?;
+            }
+        }
+        tx.commit()?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "{:<22} {:>9.0} rows/s  (bare rusqlite upsert loop: {} rows, {} per transaction, in {:.2} s)",
+        "sqlite bare",
+        rows.len() as f64 / secs,
+        rows.len(),
+        BARE_CHUNK,
+        secs
+    );
+    Ok(rows.len() as f64 / secs)
+}
+
+/// The database's own rate on PostgreSQL: one connection upserting one row
+/// per partial into a (series, window) table with `INSERT … SELECT unnest
+/// … ON CONFLICT DO UPDATE`, [`BARE_CHUNK`] rows per transaction.
+async fn bare_postgres(pg: &Postgres, batches: &[Batch]) -> anyhow::Result<f64> {
+    let rows = bare_rows(batches);
+    let url = pg.create_database("bare")?;
+    let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "CREATE TABLE w (series BIGINT NOT NULL, start BIGINT NOT NULL, summary BYTEA NOT NULL,
+             PRIMARY KEY (series, start))",
+        )
+        .await?;
+    let t = Instant::now();
+    for chunk in rows.chunks(BARE_CHUNK) {
+        let s: Vec<i64> = chunk.iter().map(|r| r.0).collect();
+        let w: Vec<i64> = chunk.iter().map(|r| r.1).collect();
+        let b: Vec<&[u8]> = chunk.iter().map(|r| r.2.as_slice()).collect();
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO w (series, start, summary)
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])
+             ON CONFLICT (series, start) DO UPDATE SET summary = excluded.summary",
+            &[&s, &w, &b],
+        )
+        .await?;
+        tx.commit().await?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "{:<22} {:>9.0} rows/s  (bare unnest upsert loop, 1 connection: {} rows, {} per transaction, in {:.2} s)",
+        "postgres bare",
+        rows.len() as f64 / secs,
+        rows.len(),
+        BARE_CHUNK,
+        secs
+    );
+    Ok(rows.len() as f64 / secs)
 }
 
 /// Applies `batches` in groups of `group` to a fresh database of `pg` with
@@ -269,7 +403,7 @@ async fn bench_postgres(
     rollups: &[i64],
     group: usize,
     total: u64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<f64> {
     let partials: usize = batches.iter().map(|b| b.partials.len()).sum();
     let url = pg.create_database(&format!("bench_{n}"))?;
     let options = PostgresOptions {
@@ -300,9 +434,10 @@ async fn bench_postgres(
     while let Some(done) = writers.join_next().await {
         done?;
     }
+    let secs = t.elapsed().as_secs_f64();
     Figure {
         label: format!("postgres, {n} writer{}", if n > 1 { "s" } else { "" }),
-        secs: t.elapsed().as_secs_f64(),
+        secs,
         partials,
         batches: batches.len(),
         cpu: busy(c0, t0),
@@ -321,5 +456,5 @@ async fn bench_postgres(
         readings(&stores[0]).await == total,
         "postgres lost readings"
     );
-    Ok(())
+    Ok(partials as f64 / secs)
 }

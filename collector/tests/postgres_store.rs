@@ -417,3 +417,87 @@ async fn the_write_probe_fails_when_the_server_is_down() {
         .expect("the probe answers");
     assert!(answer.is_err(), "a stopped server takes no write");
 }
+
+/// A batch of `agent` (sequence `seq`) with one reading for `device` in
+/// minute `minute`.
+fn one(agent: &str, seq: u64, device: &str, minute: i64) -> Batch {
+    let start = T0 + minute * MIN;
+    let mut s = Summary::new(Quantum::new(-3).unwrap());
+    s.insert(start + 1, 20_000).unwrap();
+    let p = Partial {
+        series: key(device),
+        window: Window::new(start, Width::new(MIN).unwrap()).unwrap(),
+        summary: s,
+    };
+    Batch::new(agent, seq, start + MIN, vec![p])
+}
+
+/// Two commits in the opposite order of their change numbers cannot make
+/// the feed skip a change. Batch A's transaction starts writing first (any
+/// number it takes is the lower one) and is held just before its commit:
+/// the test holds the row lock of A's agent's watermark, the last row the
+/// apply writes. Batch B, of another agent and series, commits meanwhile.
+/// A follower reads the feed then, moves its cursor to the last change it
+/// saw, and after A commits reads on from the cursor: it must find A's
+/// row. (A design that numbers at write time and shows every committed
+/// number at once fails here: B's number passes the cursor over A's.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_numbered_earlier_but_committed_later_is_not_skipped() {
+    let pg = Postgres::start(ServerOptions::default()).unwrap();
+    let url = pg.create_database("skip").unwrap();
+    let (store_a, store_b) = (open(&url).await, open(&url).await);
+    let minute = Width::new(MIN).unwrap();
+    // First batches create both agents' rows.
+    store_a.apply(&[one("gw-a", 1, "dev-a", 0)]).await.unwrap();
+    store_b.apply(&[one("gw-b", 1, "dev-b", 0)]).await.unwrap();
+    let start = store_a.changed_since(minute, 0, 100).await.unwrap();
+    assert_eq!(start.len(), 2);
+    let mut cursor = start.last().unwrap().change;
+
+    let (mut holder, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let hold = holder.transaction().await.unwrap();
+    hold.execute(
+        "SELECT 1 FROM watermarks WHERE agent = 'gw-a' FOR UPDATE",
+        &[],
+    )
+    .await
+    .unwrap();
+    let a = tokio::spawn({
+        let store = store_a.clone();
+        async move { store.apply(&[one("gw-a", 2, "dev-a", 1)]).await }
+    });
+    // Wait until A waits for the held lock (its rows are written by then).
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'skip' \
+                   AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO watermarks%'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while pg.psql("skip", waiting).unwrap().trim() != "1" {
+        assert!(std::time::Instant::now() < deadline, "A never waited");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        store_b.apply(&[one("gw-b", 2, "dev-b", 1)]).await.unwrap(),
+        [Applied::New]
+    );
+    let mut seen: Vec<(String, i64)> = Vec::new();
+    for c in store_b.changed_since(minute, cursor, 100).await.unwrap() {
+        assert!(c.change > cursor);
+        cursor = c.change;
+        seen.push((c.series.device().to_string(), c.stored.window.start()));
+    }
+    hold.rollback().await.unwrap();
+    assert_eq!(a.await.unwrap().unwrap(), [Applied::New]);
+    for c in store_b.changed_since(minute, cursor, 100).await.unwrap() {
+        assert!(c.change > cursor);
+        cursor = c.change;
+        seen.push((c.series.device().to_string(), c.stored.window.start()));
+    }
+    seen.sort();
+    let both = [
+        ("dev-a".to_string(), T0 + MIN),
+        ("dev-b".to_string(), T0 + MIN),
+    ];
+    assert_eq!(seen, both, "the follower saw each new row once");
+}

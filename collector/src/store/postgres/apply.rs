@@ -13,17 +13,19 @@
 //!    marks, pruning the keys below them;
 //! 2. series ids of the new batches' series (inserted when missing);
 //! 3. the merge plan (in memory): rows, roll-ups, watermarks, reporters;
-//! 4. result rows: insert placeholders for missing rows (`ON CONFLICT DO
-//!    NOTHING RETURNING`), then lock the existing ones with `SELECT … ORDER
-//!    BY … FOR UPDATE` and fold the deltas into them — no other instance can
-//!    change a locked row until this one commits, so no update is lost;
-//! 5. `series_agents` and `watermarks` (`GREATEST`, so order does not matter);
-//! 6. last, `UPDATE meta SET value = value + n RETURNING value` locks the
-//!    change counter until commit: change numbers are handed out in commit
-//!    order, so a feed reader that has seen change `n` never later finds a
-//!    smaller one it missed. Only this step and the commit are serialised
-//!    between instances;
-//! 7. write every touched row (summary, revision, change number); commit.
+//! 4. the rows' change positions from this transaction's id ([`positions`];
+//!    no counter row: nothing here is serialised between instances but the
+//!    row locks they really share, see [`super::feed`]);
+//! 5. result rows: every row inserted with its delta as its final state
+//!    (`ON CONFLICT DO NOTHING RETURNING` — nearly every row at fan-in 1 is
+//!    new, so one statement writes it once); the rows that existed (or that
+//!    another instance inserted meanwhile, which the insert waited for) are
+//!    then locked with `SELECT … ORDER BY … FOR UPDATE`, the deltas folded
+//!    into them, and written with one `UPDATE … FROM unnest` — no other
+//!    instance can change a locked row until this one commits, so no update
+//!    is lost;
+//! 6. `series_agents` and `watermarks` (`GREATEST`, so order does not
+//!    matter); commit.
 //!
 //! A deadlock or serialisation failure (which the lock order should rule
 //! out) is retried with the whole transaction.
@@ -137,20 +139,40 @@ async fn try_apply(
             .ok_or_else(|| StoreError::Backend(format!("no id stored for series {key}")))
     })?;
 
-    // 4. Result rows, in key order: placeholders, then lock and fold.
-    let [s, w, t] = columns(plan.rows.iter().map(|d| d.key));
-    let placeholder = tx
+    // 4. Positions in the change feed: this transaction's id, taken now
+    // (its first write already assigned it), numbers its rows.
+    let first = positions(&tx, plan.rows.len()).await?;
+
+    // 5. Result rows, in key order: new rows inserted with their final
+    // state; the rest (and rows another instance inserted meanwhile)
+    // locked, folded and updated.
+    let keys = columns(plan.rows.iter().map(|d| d.key));
+    let changes: Vec<i64> = (0..plan.rows.len() as i64).map(|i| first + i).collect();
+    let fresh_bytes: Vec<Vec<u8>> = plan
+        .rows
+        .iter()
+        .map(|d| encode_summary(&d.summary))
+        .collect::<Result<_, _>>()?;
+    let insert = tx
         .prepare_cached(
             "INSERT INTO results (series, width, start, revision, summary, changed)
-             SELECT s, w, t, -1, '', 0 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(s, w, t)
-             ORDER BY s, w, t
-             ON CONFLICT DO NOTHING RETURNING series, width, start",
+             SELECT s, w, t, 0, b, c
+             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[], $5::bigint[]) AS u(s, w, t, b, c)
+             ON CONFLICT (series, width, start) DO NOTHING RETURNING series, width, start",
         )
         .await?;
+    // No `ORDER BY` (sorting ~50,000 rows with their bytes spilled to disk
+    // and cost a fifth of the insert): the arrays are in key order already
+    // (the plan's), and `unnest` hands rows to the insert in array order.
+    let [s, w, t] = &keys;
     let mut inserted: HashSet<RowKey> = HashSet::new();
-    for row in tx.query(&placeholder, &[&s, &w, &t]).await? {
+    for row in tx
+        .query(&insert, &[s, w, t, &fresh_bytes, &changes])
+        .await?
+    {
         inserted.insert((row.get(0), row.get(1), row.get(2)));
     }
+    drop(fresh_bytes);
     let mut stored = lock_rows(
         &tx,
         plan.rows
@@ -159,29 +181,41 @@ async fn try_apply(
             .filter(|k| !inserted.contains(k)),
     )
     .await?;
-    let mut revisions: Vec<i64> = Vec::with_capacity(plan.rows.len());
-    let mut bytes: Vec<Vec<u8>> = Vec::with_capacity(plan.rows.len());
-    for delta in plan.rows {
-        let before = match stored.remove(&delta.key) {
-            Some((rev, old)) => {
-                let rev = u32::try_from(rev).map_err(|e| corrupt("revision", e))?;
-                Some((rev, decode_summary(&old)?))
-            }
-            None if inserted.contains(&delta.key) => None,
-            None => {
-                return Err(StoreError::Backend(format!(
-                    "result row of {} at {} vanished during the transaction",
-                    delta.series, delta.window
-                ))
-                .into())
-            }
+    let mut update = Update::default();
+    for (delta, change) in plan.rows.into_iter().zip(changes) {
+        if inserted.contains(&delta.key) {
+            continue;
+        }
+        let Some((rev, old)) = stored.remove(&delta.key) else {
+            return Err(StoreError::Backend(format!(
+                "result row of {} at {} vanished during the transaction",
+                delta.series, delta.window
+            ))
+            .into());
         };
-        let (revision, summary) = merge::fold(before, delta)?;
-        revisions.push(i64::from(revision));
-        bytes.push(encode_summary(&summary)?);
+        let rev = u32::try_from(rev).map_err(|e| corrupt("revision", e))?;
+        let key = delta.key;
+        let (revision, summary) = merge::fold(Some((rev, decode_summary(&old)?)), delta)?;
+        update.push(key, i64::from(revision), encode_summary(&summary)?, change);
+    }
+    if !update.keys[0].is_empty() {
+        let write = tx
+            .prepare_cached(
+                "UPDATE results r SET revision = u.rev, summary = u.b, changed = u.c
+                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bigint[])
+                   AS u(s, w, t, rev, b, c)
+                 WHERE r.series = u.s AND r.width = u.w AND r.start = u.t",
+            )
+            .await?;
+        let [s, w, t] = &update.keys;
+        tx.execute(
+            &write,
+            &[s, w, t, &update.revisions, &update.bytes, &update.changes],
+        )
+        .await?;
     }
 
-    // 5. Progress.
+    // 6. Progress.
     let ps: Vec<i64> = plan.reporters.iter().map(|p| p.0).collect();
     let pa: Vec<&str> = plan.reporters.iter().map(|p| p.1).collect();
     let reporters = tx
@@ -205,30 +239,59 @@ async fn try_apply(
         .await?;
     tx.execute(&upsert, &[&ma, &mw, &seen]).await?;
 
-    // 6. Change numbers, taken last: the counter row stays locked to commit.
-    let n = i64::try_from(s.len()).map_err(|e| corrupt("row count", e))?;
-    let counter = tx
-        .prepare_cached("UPDATE meta SET value = value + $1 WHERE key = 'change' RETURNING value")
-        .await?;
-    let last: i64 = tx.query_one(&counter, &[&n]).await?.get(0);
-    let changes: Vec<i64> = (last - n + 1..=last).collect();
-
-    // 7. Write every touched row.
-    let write = tx
-        .prepare_cached(
-            "UPDATE results r SET revision = u.rev, summary = u.b, changed = u.c
-             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bigint[])
-               AS u(s, w, t, rev, b, c)
-             WHERE r.series = u.s AND r.width = u.w AND r.start = u.t",
-        )
-        .await?;
-    tx.execute(&write, &[&s, &w, &t, &revisions, &bytes, &changes])
-        .await?;
     tx.commit().await?;
     Ok(Report {
         applied,
         incarnations,
     })
+}
+
+/// Bits of a change position below the transaction id: the rows one
+/// transaction may write (2^24 − 1, more than `max_group` × `max_partials`
+/// × three widths).
+const ROW_BITS: u32 = 24;
+
+/// The position of the first of `rows` rows this transaction writes:
+/// `base + xid · 2^24 + 1`, where `base` is the last change number of the
+/// global counter of schema 4 and `xid` this transaction's id (64-bit,
+/// never reused); its rows take the next ones. See [`super::feed`] for why
+/// a reader never skips one.
+async fn positions(tx: &Transaction<'_>, rows: usize) -> Result<i64, Failed> {
+    if rows >= 1 << ROW_BITS {
+        return Err(StoreError::Backend(format!(
+            "a group writes {rows} result rows, more than the {} one transaction may",
+            (1u64 << ROW_BITS) - 1
+        ))
+        .into());
+    }
+    // `*` (not `<<`) so an overflow fails the statement instead of wrapping.
+    let first = tx
+        .prepare_cached(
+            "SELECT value + pg_current_xact_id()::text::bigint * 16777216 + 1
+             FROM meta WHERE key = 'position_base'",
+        )
+        .await?;
+    Ok(tx.query_one(&first, &[]).await?.get(0))
+}
+
+/// The rows to update, as parallel arrays for `unnest`.
+#[derive(Default)]
+struct Update {
+    keys: [Vec<i64>; 3],
+    revisions: Vec<i64>,
+    bytes: Vec<Vec<u8>>,
+    changes: Vec<i64>,
+}
+
+impl Update {
+    fn push(&mut self, (s, w, t): RowKey, revision: i64, bytes: Vec<u8>, change: i64) {
+        self.keys[0].push(s);
+        self.keys[1].push(w);
+        self.keys[2].push(t);
+        self.revisions.push(revision);
+        self.bytes.push(bytes);
+        self.changes.push(change);
+    }
 }
 
 /// Locks the existing rows `keys` (in key order) and reads their revision

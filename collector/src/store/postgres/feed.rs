@@ -1,4 +1,22 @@
 //! The PostgreSQL store's change feed, parked rows and durable cursors.
+//!
+//! # Design: positions without a global counter (schema 5)
+//! A row's change number is the position `base + xid · 2^24 + i` given by
+//! the transaction that last wrote it (`apply::positions`): `xid` that
+//! transaction's 64-bit id, `i` the row's index in it, `base` the last
+//! number of the counter that schema 4 took in turn on every commit.
+//! Transactions are numbered when they start writing, not when they commit,
+//! so a later-numbered one may commit first; a reader therefore only looks
+//! at positions below `base + xmin · 2^24`, where `xmin` is the oldest
+//! transaction still running in its statement's snapshot: every transaction
+//! numbered below it has ended (so its rows, if it committed, are in the
+//! snapshot), and every transaction that has not yet committed is numbered
+//! at or above it. A reader that has seen position `n` thus never later
+//! finds a committed position `≤ n` it missed, and writers share nothing but
+//! the rows they really touch. The price: a row shows in the feed only once
+//! every transaction older than its writer has ended — a long-running
+//! transaction anywhere on the server (also one idle in transaction, or a
+//! prepared one) holds the feed back while it runs; writes go on.
 
 use deadpool_postgres::Client;
 use tokio_postgres::types::ToSql;
@@ -42,7 +60,10 @@ pub(super) async fn changed_since(
         client,
         "SELECT r.changed, s.key, r.start, r.revision, r.summary FROM results r
          JOIN series s ON s.id = r.series
-         WHERE r.width = $1 AND r.changed > $2 ORDER BY r.changed LIMIT $3",
+         WHERE r.width = $1 AND r.changed > $2
+           AND r.changed < (SELECT value FROM meta WHERE key = 'position_base')
+             + pg_snapshot_xmin(pg_current_snapshot())::text::bigint * 16777216
+         ORDER BY r.changed LIMIT $3",
         width,
         &[&width.ms(), &after, &limit],
     )
@@ -63,7 +84,10 @@ pub(super) async fn parked(
         "SELECT r.changed, s.key, r.start, r.revision, r.summary FROM parked p
          JOIN results r ON r.series = p.series AND r.width = p.width AND r.start = p.start
          JOIN series s ON s.id = r.series
-         WHERE p.name = $4 AND p.width = $1 AND r.changed > $2 ORDER BY r.changed LIMIT $3",
+         WHERE p.name = $4 AND p.width = $1 AND r.changed > $2
+           AND r.changed < (SELECT value FROM meta WHERE key = 'position_base')
+             + pg_snapshot_xmin(pg_current_snapshot())::text::bigint * 16777216
+         ORDER BY r.changed LIMIT $3",
         width,
         &[&width.ms(), &after, &limit, &name],
     )

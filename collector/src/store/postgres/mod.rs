@@ -10,9 +10,11 @@
 //! - **Migrations** ([`schema`]) are versioned in `schema_version` and run at
 //!   [`PostgresStore::open`]; a newer schema is refused.
 //! - **apply** ([`apply`](self::apply)) runs one transaction around
-//!   [`crate::merge`]: keys first, merges only of new batches, row locks in
-//!   a global order, change numbers taken last under the counter's row lock
-//!   so they commit in order.
+//!   [`crate::merge`]: keys first, merges only of new batches, new rows
+//!   inserted once with their final state, existing ones locked in a global
+//!   order; change positions come from the transaction's id, and the feed
+//!   shows only those every older transaction has ended below (`feed`), so
+//!   no counter row serialises the instances' commits.
 //!
 //! Files: [`schema`], [`apply`](self::apply) (with `senders`: the agent
 //! incarnations' de-duplication marks), `query`, `feed` (change feed,

@@ -6,7 +6,7 @@
 //! migrate once; an instance that finds a version newer than it knows refuses
 //! to run ([`StoreError::SchemaTooNew`]).
 //!
-//! # Schema (version 4)
+//! # Schema (version 5)
 //! - `incarnations(agent, incarnation, applied_below, batches,
 //!   dropped_readings, first_seen_ms, last_seen_ms)` — one row per agent
 //!   incarnation (16 hex digits): its de-duplication mark, its batches and
@@ -21,8 +21,9 @@
 //!   the change number of its last write (indexed per width for the feed);
 //! - `watermarks(agent, watermark, seen_ms)`, `series_agents(series, agent)`
 //!   — progress for finality;
-//! - `cursors(name, value)` — durable cursors; `meta('change')` — the change
-//!   counter, whose row lock orders the commits of change numbers;
+//! - `cursors(name, value)` — durable cursors; `meta('position_base')` —
+//!   the base of change positions (version 5; `meta('change')`, the counter
+//!   of versions 1–4, is no longer written);
 //! - `leases(name, holder, expires)` — which instance runs each sink, until
 //!   when by the database's clock (version 2);
 //! - `parked(name, series, width, start)` — rows each sink passed over
@@ -37,19 +38,26 @@
 //! seq). The (agent, seq) keys of version 3 can never match a batch again
 //! (a batch without an incarnation is refused), so `applied` is recreated
 //! empty, and `incarnations` is added.
+//!
+//! Version 5 (issue #16): change numbers are positions from the writing
+//! transaction's id instead of a counter row every commit took in turn
+//! (see `feed.rs`); `meta('position_base')` is the counter's last value, so
+//! every new position is above every number written before and sinks'
+//! cursors carry over. No table is distributed by anything but the series
+//! (the Citus-style layout in `config/multi-instance/OPERATIONS.md`).
 
 use deadpool_postgres::Client;
 
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The first version whose sketches index the real reading.
 const REAL_VALUE_SKETCHES: i64 = 3;
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 4] = [V1, V2, V3, V4];
+const MIGRATIONS: [&str; 5] = [V1, V2, V3, V4, V5];
 
 const V1: &str = r#"
 CREATE TABLE applied (agent TEXT COLLATE "C" NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (agent, seq));
@@ -89,6 +97,12 @@ CREATE TABLE IF NOT EXISTS incarnations (agent TEXT COLLATE "C" NOT NULL, incarn
     first_seen_ms BIGINT NOT NULL, last_seen_ms BIGINT NOT NULL,
     PRIMARY KEY (agent, incarnation));
 "#;
+
+/// Change positions from transaction ids; the old counter is their base.
+const V5: &str = "
+INSERT INTO meta (key, value) SELECT 'position_base', value FROM meta WHERE key = 'change'
+ON CONFLICT (key) DO NOTHING;
+";
 
 /// Any fixed number: the advisory lock key that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7472_6962_7574_6172; // "tributar"

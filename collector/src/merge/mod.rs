@@ -127,29 +127,11 @@ pub(crate) fn plan<'a>(
             merge_into(&mut rows, key, &p.summary, p.window, &p.series)?;
         }
     }
-    // Roll-ups: each row merged once into each coarser window containing it.
-    // A roll-up width that is not a multiple of the row's is skipped; a
-    // roll-up window that would not fit the range of event time (ingest
-    // refuses such partials first) fails the group like an overflow, never
-    // silently leaving the roll-up short.
-    let mut rolled: Pending<'a> = Pending::new();
-    for (&(id, _, _), (summary, window, series)) in &rows {
-        for &width in rollups.iter().filter(|w| w.ms() > window.width().ms()) {
-            let coarse = match window.coarsen(width) {
-                Ok(c) => c,
-                Err(tributary_core::window::WindowError::NotMultiple { .. }) => continue,
-                Err(_) => {
-                    return Err(merge_error(series, *window)(
-                        tributary_core::SummaryError::Overflow("roll-up window"),
-                    ))
-                }
-            };
-            let key = (id, width.ms(), coarse.start());
-            merge_into(&mut rolled, key, summary, coarse, series)?;
+    let rolled = roll_up(&rows, rollups)?;
+    for level in rolled {
+        for (key, (summary, window, series)) in level {
+            merge_into(&mut rows, key, &summary, window, series)?;
         }
-    }
-    for (key, (summary, window, series)) in rolled {
-        merge_into(&mut rows, key, &summary, window, series)?;
     }
     let mut rows: Vec<Delta<'a>> = rows
         .into_iter()
@@ -168,6 +150,62 @@ pub(crate) fn plan<'a>(
         watermarks: watermarks.into_iter().collect(),
         reporters,
     })
+}
+
+/// The roll-ups of `rows` at each of `rollups`, one level per width in
+/// ascending order: each row merged once into each coarser window
+/// containing it. A level whose width is a multiple of a finer level's is
+/// merged from that level's windows instead of from the rows under them
+/// (the same sums — merging is associative and windows nest — for a
+/// fraction of the merges: a day from 24 hours, not 1,440 minutes). A
+/// roll-up width that is not a multiple of a row's is skipped for that
+/// row; a roll-up window that would not fit the range of event time
+/// (ingest refuses such partials first) fails the group like an overflow,
+/// never silently leaving the roll-up short.
+fn roll_up<'a>(rows: &Pending<'a>, rollups: &[Width]) -> Result<Vec<Pending<'a>>, StoreError> {
+    let mut widths: Vec<i64> = rollups.iter().map(|w| w.ms()).collect();
+    widths.sort_unstable();
+    widths.dedup();
+    let mut levels: Vec<(i64, Pending<'a>)> = Vec::with_capacity(widths.len());
+    for &ms in &widths {
+        let width = Width::new(ms).map_err(|_| StoreError::BadRollup(ms))?;
+        // The coarsest finer level this one is a multiple of, if any.
+        let via = levels.iter().rev().find(|(w, _)| ms % w == 0);
+        let mut level: Pending<'a> = Pending::new();
+        let mut add = |key: RowKey, summary: &Summary, window: Window, series: &'a SeriesKey| {
+            let coarse = match window.coarsen(width) {
+                Ok(c) => c,
+                Err(tributary_core::window::WindowError::NotMultiple { .. }) => return Ok(()),
+                Err(_) => {
+                    return Err(merge_error(series, window)(
+                        tributary_core::SummaryError::Overflow("roll-up window"),
+                    ))
+                }
+            };
+            merge_into(
+                &mut level,
+                (key.0, ms, coarse.start()),
+                summary,
+                coarse,
+                series,
+            )
+        };
+        for (&key, (summary, window, series)) in rows {
+            let w = window.width().ms();
+            // Rows that reached the finer level get here through it.
+            let through = via.is_some_and(|(v, _)| w < *v && v % w == 0);
+            if w < ms && !through {
+                add(key, summary, *window, series)?;
+            }
+        }
+        if let Some((_, finer)) = via {
+            for (&key, (summary, window, series)) in finer {
+                add(key, summary, *window, series)?;
+            }
+        }
+        levels.push((ms, level));
+    }
+    Ok(levels.into_iter().map(|(_, level)| level).collect())
 }
 
 /// A row's state after this group: the stored state (revision, summary),
@@ -244,6 +282,51 @@ mod tests {
         assert_eq!(p.rows[2].summary, want);
         assert_eq!(p.watermarks, [("gw-1", 5), ("gw-2", 9)]);
         assert_eq!(p.reporters, [(1, "gw-1"), (1, "gw-2"), (2, "gw-2")]);
+    }
+
+    /// Roll-ups merged through a finer roll-up hold the same readings as
+    /// ones merged from the rows: a day (through 90-minute windows, which
+    /// divide it, not through hours, which do not divide 90 minutes) and
+    /// each 90-minute window equal the summary of their readings.
+    #[test]
+    fn roll_ups_through_finer_roll_ups_hold_every_reading_once() {
+        let minutes = [0, 59, 60, 89, 90, 200, 700];
+        let group: Vec<Batch> = minutes
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| Batch::new("gw", i as u64, 0, vec![partial("a", m, m + 1)]))
+            .collect();
+        let fresh: Vec<&Batch> = group.iter().collect();
+        let widths = [HOUR, 90 * MIN, 24 * HOUR].map(|w| Width::new(w).unwrap());
+        let p = plan(&fresh, &widths, ids).unwrap();
+        let of = |width: i64, start: i64| {
+            p.rows
+                .iter()
+                .find(|d| d.key == (1, width, start))
+                .map(|d| d.summary.clone())
+        };
+        let readings = |lo: i64, hi: i64| {
+            let mut want = Summary::new(Quantum::new(-3).unwrap());
+            for &m in minutes.iter().filter(|&&m| lo <= m && m < hi) {
+                want.insert(10 * HOUR + m * MIN, m + 1).unwrap();
+            }
+            want
+        };
+        // 10:00 is minute 600 of the day: 90-minute windows start at
+        // 9:00 (minutes -60..30 here), 10:30 (30..120), 12:00 (120..210)…
+        assert_eq!(of(24 * HOUR, 0), Some(readings(-600, 840)));
+        assert_eq!(of(90 * MIN, 9 * HOUR), Some(readings(-60, 30)));
+        assert_eq!(of(90 * MIN, 10 * HOUR + 30 * MIN), Some(readings(30, 120)));
+        assert_eq!(of(90 * MIN, 12 * HOUR), Some(readings(120, 210)));
+        assert_eq!(of(HOUR, 10 * HOUR), Some(readings(0, 60)));
+        assert_eq!(of(HOUR, 11 * HOUR), Some(readings(60, 120)));
+        let total: u64 = p
+            .rows
+            .iter()
+            .filter(|d| d.key.1 == 24 * HOUR)
+            .map(|d| d.summary.count())
+            .sum();
+        assert_eq!(total, minutes.len() as u64);
     }
 
     /// A row whose roll-up window would pass the end of event time fails

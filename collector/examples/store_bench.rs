@@ -230,9 +230,10 @@ async fn main() -> anyhow::Result<()> {
     let bare = bare_sqlite(&batches)?;
     let store = bench_sqlite(&batches, &rollups, args.group, total).await?;
     println!(
-        "{:<22} store / bare = {:.2}",
+        "{:<22} store / bare = {:.2} by the clock, {:.2} per CPU-second",
         "sqlite ratio",
-        store / bare.max(1.0)
+        store.0 / bare.0.max(1.0),
+        store.1 / bare.1.max(1.0)
     );
     for &n in args.writers.iter().filter(|&&n| n > 0) {
         let pg = match &pg {
@@ -261,7 +262,7 @@ async fn bench_sqlite(
     rollups: &[i64],
     group: usize,
     total: u64,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let partials: usize = batches.iter().map(|b| b.partials.len()).sum();
     let dir = tempfile::tempdir()?;
     let lite = SqliteStore::open(&dir.path().join("bench.db"), rollups)?;
@@ -288,7 +289,26 @@ async fn bench_sqlite(
         own
     );
     anyhow::ensure!(readings(&lite).await == total, "sqlite lost readings");
-    Ok(partials as f64 / secs)
+    let (rows, payload): (i64, i64) = lite
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT count(*), coalesce(sum(length(summary)), 0) FROM results",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        })
+        .await?;
+    let file = std::fs::metadata(dir.path().join("bench.db"))?.len()
+        + std::fs::metadata(dir.path().join("bench.db-wal")).map_or(0, |m| m.len());
+    println!(
+        "{:<22} {:.0} bytes per stored window ({} windows of every width: {:.0} bytes of summary each; file and WAL {} bytes)",
+        "sqlite size",
+        file as f64 / rows.max(1) as f64,
+        rows,
+        payload as f64 / rows.max(1) as f64,
+        file
+    );
+    Ok((partials as f64 / secs, partials as f64 / own.max(0.01)))
 }
 
 /// Rows per bare-loop transaction.
@@ -316,7 +336,7 @@ fn bare_rows(batches: &[Batch]) -> Vec<(i64, i64, Vec<u8>)> {
 /// The database's own rate: a plain rusqlite loop upserting one row per
 /// partial into a (series, window) table, [`BARE_CHUNK`] per transaction,
 /// WAL with `synchronous = FULL` like the store.
-fn bare_sqlite(batches: &[Batch]) -> anyhow::Result<f64> {
+fn bare_sqlite(batches: &[Batch]) -> anyhow::Result<(f64, f64)> {
     let rows = bare_rows(batches);
     let dir = tempfile::tempdir()?;
     let mut conn = rusqlite::Connection::open(dir.path().join("bare.db"))?;
@@ -326,6 +346,7 @@ fn bare_sqlite(batches: &[Batch]) -> anyhow::Result<f64> {
         "CREATE TABLE w (series INTEGER NOT NULL, start INTEGER NOT NULL, summary BLOB NOT NULL,
          PRIMARY KEY (series, start)) WITHOUT ROWID",
     )?;
+    let own0 = own_cpu();
     let t = Instant::now();
     for chunk in rows.chunks(BARE_CHUNK) {
         let tx = conn.transaction()?;
@@ -341,15 +362,17 @@ fn bare_sqlite(batches: &[Batch]) -> anyhow::Result<f64> {
         tx.commit()?;
     }
     let secs = t.elapsed().as_secs_f64();
+    let own = own_cpu() - own0;
     println!(
-        "{:<22} {:>9.0} rows/s  (bare rusqlite upsert loop: {} rows, {} per transaction, in {:.2} s)",
+        "{:<22} {:>9.0} rows/s  (bare rusqlite upsert loop: {} rows, {} per transaction, in {:.2} s; {:.0} rows per CPU-second)",
         "sqlite bare",
         rows.len() as f64 / secs,
         rows.len(),
         BARE_CHUNK,
-        secs
+        secs,
+        rows.len() as f64 / own.max(0.01)
     );
-    Ok(rows.len() as f64 / secs)
+    Ok((rows.len() as f64 / secs, rows.len() as f64 / own.max(0.01)))
 }
 
 /// The database's own rate on PostgreSQL: one connection upserting one row
@@ -455,6 +478,18 @@ async fn bench_postgres(
     anyhow::ensure!(
         readings(&stores[0]).await == total,
         "postgres lost readings"
+    );
+    println!(
+        "{:<22} {} bytes per stored window (results with its indexes and TOAST / rows; {} bytes of summary each)",
+        "postgres size",
+        pg.psql(
+            &db,
+            "SELECT pg_total_relation_size('results') / greatest(count(*), 1) FROM results"
+        )?,
+        pg.psql(
+            &db,
+            "SELECT coalesce(sum(length(summary)), 0) / greatest(count(*), 1) FROM results"
+        )?
     );
     Ok(partials as f64 / secs)
 }

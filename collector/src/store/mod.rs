@@ -43,10 +43,14 @@
 //!   watermark and the collector's clock (`seen_ms`), and which agents have
 //!   reported each series, so [`crate::finality`] can decide from the store
 //!   alone — not from one instance's memory — when a window is final.
-//! - **A change feed.** Every result row written gets a new, strictly
-//!   increasing change number, assigned so that a reader that has seen change
-//!   `n` committed never later finds a committed change `≤ n` it missed.
-//!   Sinks follow this feed from a durable cursor kept in the store.
+//! - **A change feed.** Every result row written gets a new change number,
+//!   higher than any the row had, assigned so that a reader that has seen
+//!   change `n` committed never later finds a committed change `≤ n` it
+//!   missed (SQLite: a counter, as its writers commit one at a time;
+//!   PostgreSQL: positions from the writing transaction's id, shown only
+//!   once every older transaction has ended — no counter that commits take
+//!   in turn). Sinks follow this feed from a durable cursor kept in the
+//!   store.
 //! - **Leases.** A named lease has one holder at a time until it expires
 //!   ([`Leases::lease`]), so instances sharing a database can agree which of
 //!   them runs a sink.

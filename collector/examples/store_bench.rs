@@ -377,7 +377,8 @@ fn bare_sqlite(batches: &[Batch]) -> anyhow::Result<(f64, f64)> {
 
 /// The database's own rate on PostgreSQL: one connection upserting one row
 /// per partial into a (series, window) table with `INSERT … SELECT unnest
-/// … ON CONFLICT DO UPDATE`, [`BARE_CHUNK`] rows per transaction.
+/// … ON CONFLICT DO UPDATE`, [`BARE_CHUNK`] rows per transaction (in key
+/// order, the rows of one window in a chunk collapsed to the last).
 async fn bare_postgres(pg: &Postgres, batches: &[Batch]) -> anyhow::Result<f64> {
     let rows = bare_rows(batches);
     let url = pg.create_database("bare")?;
@@ -391,9 +392,14 @@ async fn bare_postgres(pg: &Postgres, batches: &[Batch]) -> anyhow::Result<f64> 
         .await?;
     let t = Instant::now();
     for chunk in rows.chunks(BARE_CHUNK) {
-        let s: Vec<i64> = chunk.iter().map(|r| r.0).collect();
-        let w: Vec<i64> = chunk.iter().map(|r| r.1).collect();
-        let b: Vec<&[u8]> = chunk.iter().map(|r| r.2.as_slice()).collect();
+        // One statement may not upsert a row twice: at fan-in > 1 a
+        // chunk's rows of one window collapse to the last, as a row-by-row
+        // loop would leave them.
+        let last: BTreeMap<(i64, i64), &[u8]> =
+            chunk.iter().map(|r| ((r.0, r.1), r.2.as_slice())).collect();
+        let s: Vec<i64> = last.keys().map(|k| k.0).collect();
+        let w: Vec<i64> = last.keys().map(|k| k.1).collect();
+        let b: Vec<&[u8]> = last.values().copied().collect();
         let tx = client.transaction().await?;
         tx.execute(
             "INSERT INTO w (series, start, summary)

@@ -15,13 +15,14 @@ pub use tributary_runtime::config::{ConfigError, Secret};
 pub use crate::finality::FinalityConfig;
 pub use crate::ingest::{LimitsConfig, MqttConfig, MQTT_PASSWORD_ENV};
 pub use crate::query::HttpConfig;
+pub use crate::retention::RetentionConfig;
 pub use crate::sinks::SinkConfig;
 pub use crate::store::{StoreConfig, StoreKind, StoreTls};
 
 /// The sections `TRIBUTARY_<SECTION>_<KEY>` may address (e.g.
 /// `TRIBUTARY_STORE_URL`, `TRIBUTARY_MQTT_PORT`, `TRIBUTARY_HTTP_LISTEN`).
 const ENV: EnvRules<'static> = EnvRules {
-    sections: &["mqtt", "limits", "http", "finality", "store"],
+    sections: &["mqtt", "limits", "http", "finality", "store", "retention"],
     text_sections: &[],
 };
 
@@ -50,6 +51,9 @@ pub struct Config {
     /// Where results are stored: SQLite (default) or a shared PostgreSQL.
     #[serde(default)]
     pub store: StoreConfig,
+    /// How long each stored width is kept (default: forever).
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// Where final windows and their revisions are pushed (`[[sinks]]`,
     /// default none); see [`SinkConfig`].
     #[serde(default)]
@@ -101,12 +105,18 @@ impl Config {
         self.http.check(&mut p);
         self.finality.check(&mut p);
         self.store.check(&mut p);
+        self.retention.check(&self.rollups_ms, &mut p);
         let mut sinks = Vec::new();
         crate::sinks::validate_all(&self.sinks, &mut sinks);
         for (key, reason) in sinks {
             p.bad(key, reason);
         }
         p.finish()
+    }
+
+    /// The retention policy of `[retention]` over `rollups_ms`.
+    pub fn retention_policy(&self) -> crate::retention::Policy {
+        self.retention.policy(&self.rollups_ms)
     }
 
     /// The SQLite database file.

@@ -16,12 +16,14 @@
 //!
 //! Files: [`schema`], [`apply`](self::apply) (with `senders`: the agent
 //! incarnations' de-duplication marks), `query`, `feed` (change feed,
-//! parked rows, cursors), `leases`.
+//! parked rows, cursors), `leases`, `retention` (expiry in bounded
+//! batches).
 
 mod apply;
 mod feed;
 mod leases;
 mod query;
+mod retention;
 pub mod schema;
 mod senders;
 
@@ -35,8 +37,8 @@ use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Width};
 
 use super::{
-    rollup_widths, AgentProgress, AgentState, Answer, Changed, Feed, Ingest, Lease, Leases, Query,
-    Report, StoreError, StoredWindow,
+    rollup_widths, AgentProgress, AgentState, Answer, Changed, Expire, Feed, Ingest, Lease, Leases,
+    Query, Report, StoreError, StoredWindow,
 };
 
 pub use schema::SCHEMA_VERSION;
@@ -274,5 +276,24 @@ impl Leases for PostgresStore {
 
     async fn release(&self, name: &str, holder: &str) -> Answer<()> {
         leases::release(&self.client().await?, name, holder).await
+    }
+}
+
+impl Expire for PostgresStore {
+    async fn widths(&self) -> Answer<Vec<Width>> {
+        retention::widths(&self.client().await?).await
+    }
+
+    async fn expire(&self, width: Width, before: i64, limit: usize) -> Answer<usize> {
+        retention::expire(&self.client().await?, width, before, limit).await
+    }
+
+    async fn reclaim(&self, _pages: u32) -> Answer<u64> {
+        // Deletes leave space for autovacuum to reuse; see `retention`.
+        Ok(0)
+    }
+
+    async fn oldest(&self, width: Width) -> Answer<Option<i64>> {
+        retention::oldest(&self.client().await?, width).await
     }
 }

@@ -6,7 +6,7 @@
 //! migrate once; an instance that finds a version newer than it knows refuses
 //! to run ([`StoreError::SchemaTooNew`]).
 //!
-//! # Schema (version 4)
+//! # Schema (version 6)
 //! - `incarnations(agent, incarnation, applied_below, batches,
 //!   dropped_readings, first_seen_ms, last_seen_ms)` — one row per agent
 //!   incarnation (16 hex digits): its de-duplication mark, its batches and
@@ -37,19 +37,25 @@
 //! seq). The (agent, seq) keys of version 3 can never match a batch again
 //! (a batch without an incarnation is refused), so `applied` is recreated
 //! empty, and `incarnations` is added.
+//!
+//! Version 5 is left to the write path's migration (issue #16, H12a): here
+//! it is an empty step.
+//!
+//! Version 6 (issue #16, retention): `results_expiry (width, start)`, the
+//! index the retention task finds expired rows by.
 
 use deadpool_postgres::Client;
 
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The first version whose sketches index the real reading.
 const REAL_VALUE_SKETCHES: i64 = 3;
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 4] = [V1, V2, V3, V4];
+const MIGRATIONS: [&str; 6] = [V1, V2, V3, V4, V5, V6];
 
 const V1: &str = r#"
 CREATE TABLE applied (agent TEXT COLLATE "C" NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (agent, seq));
@@ -89,6 +95,12 @@ CREATE TABLE IF NOT EXISTS incarnations (agent TEXT COLLATE "C" NOT NULL, incarn
     first_seen_ms BIGINT NOT NULL, last_seen_ms BIGINT NOT NULL,
     PRIMARY KEY (agent, incarnation));
 "#;
+
+/// The write path's step (H12a); empty here.
+const V5: &str = "SELECT 1";
+
+/// The retention task's index.
+const V6: &str = "CREATE INDEX IF NOT EXISTS results_expiry ON results (width, start);";
 
 /// Any fixed number: the advisory lock key that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7472_6962_7574_6172; // "tributar"

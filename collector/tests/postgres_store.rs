@@ -223,6 +223,13 @@ async fn the_store_contract_holds_on_postgresql() {
         check_change_feed(&mut store, &batches).await;
     }
 
+    // Expiry deletes in bounded batches; a feed reader crosses it.
+    {
+        let (_, store) = fresh(&pg, "retention").await;
+        let (batches, truth) = workload_small(3, 20);
+        retention::check_retention(&store, &batches, &truth).await;
+    }
+
     // Parked rows come back as stored until unparked.
     {
         let (_, mut store) = fresh(&pg, "parking").await;

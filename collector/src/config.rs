@@ -157,6 +157,32 @@ mod tests {
     }
 
     #[test]
+    fn the_retention_section_names_its_keys_and_says_why() {
+        let c = Config::from_toml(
+            "[retention]\nwindows_ms = 2592000000\n[retention.rollups]\n\"3600000\" = 31536000000\n",
+        )
+        .unwrap();
+        let p = c.retention_policy();
+        let hour = Width::new(3_600_000).unwrap();
+        assert_eq!(p.keep_ms(hour), Some(31_536_000_000));
+        assert_eq!(p.keep_ms(Width::new(60_000).unwrap()), Some(2_592_000_000));
+        assert_eq!(p.keep_ms(Width::new(86_400_000).unwrap()), None);
+        let e = Config::from_toml(
+            "[retention]\nwindows_ms = 2592000000\nbatch_rows = 0\n[retention.rollups]\n\"7200000\" = 1\n\"3600000\" = 86400000\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "retention.batch_rows",
+            "retention.rollups.7200000",
+            "retention.rollups.3600000",
+        ] {
+            assert!(e.contains(key), "{key} in {e}");
+        }
+        assert!(e.contains("shorter than the finer windows"), "{e}");
+    }
+
+    #[test]
     fn the_store_section_names_its_keys() {
         let c = Config::from_toml(
             "[store]\nkind = \"postgres\"\nurl = \"postgres://u@db:5432/t\"\npool_size = 8\n[mqtt]\nshare_group = \"collectors\"\n",

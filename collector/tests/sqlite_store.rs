@@ -512,3 +512,39 @@ async fn expired_pages_are_given_back_in_bounded_steps() {
     assert_eq!(freed, u64::try_from(free).unwrap() * size);
     assert!(after <= full - free, "{after} pages of {full}");
 }
+
+/// A database of version 5 (before retention, `auto_vacuum` off) is
+/// migrated to version 7 at open: the expiry index made, small enough to be
+/// switched to incremental auto-vacuum at once, every row kept.
+#[tokio::test]
+async fn a_version_5_database_gets_the_expiry_index_and_incremental_vacuum() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let (batches, _) = workload(2, 10);
+    let store = open(&dir, "a.db");
+    store.apply(&batches).await.unwrap();
+    let before = all_windows(&store, MIN).await;
+    drop(store);
+    let state = || {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let q = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        (
+            q("PRAGMA user_version"),
+            q("PRAGMA auto_vacuum"),
+            q("SELECT count(*) FROM sqlite_schema WHERE name = 'results_expiry'"),
+        )
+    };
+    assert_eq!(state(), (7, 2, 1));
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "PRAGMA auto_vacuum = NONE; VACUUM; DROP INDEX results_expiry; PRAGMA user_version = 5;",
+        )
+        .unwrap();
+    }
+    assert_eq!(state(), (5, 0, 0));
+    let store = open(&dir, "a.db");
+    assert_eq!(all_windows(&store, MIN).await, before);
+    drop(store);
+    assert_eq!(state(), (7, 2, 1));
+}

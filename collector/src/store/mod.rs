@@ -50,6 +50,11 @@
 //! - **Leases.** A named lease has one holder at a time until it expires
 //!   ([`Leases::lease`]), so instances sharing a database can agree which of
 //!   them runs a sink.
+//! - **Expiry** ([`Expire`], for [`crate::retention`]) deletes result rows
+//!   of one width before a window start, at most a given number per
+//!   transaction, with their parked entries; it never changes a change
+//!   number, so a feed cursor stays valid and no live row is skipped or
+//!   sent again.
 
 pub(crate) mod codec;
 pub mod config;

@@ -158,7 +158,12 @@ fn pg_bytes(pg: &Postgres, db: &str) -> anyhow::Result<Bytes> {
     let total: u64 = q("SELECT pg_database_size(current_database())")?.parse()?;
     let mut parts = Vec::new();
     // The first: the table with its indexes; then each index.
-    for rel in ["results", "results_pkey", "results_changed", "results_expiry"] {
+    for rel in [
+        "results",
+        "results_pkey",
+        "results_changed",
+        "results_expiry",
+    ] {
         let n: u64 = q(&format!("SELECT pg_total_relation_size('{rel}')"))?.parse()?;
         parts.push((rel.to_string(), n));
     }
@@ -199,7 +204,10 @@ fn print_bytes(label: &str, all: &mut [Bytes], args: &Args) {
         println!("    {name:<24} {n:>12} bytes");
     }
     for (w, n, avg) in &b.widths {
-        println!("    width {w:>9} ms: {n:>9} rows, {avg:.1} {} per row", b.row);
+        println!(
+            "    width {w:>9} ms: {n:>9} rows, {avg:.1} {} per row",
+            b.row
+        );
     }
 }
 
@@ -216,8 +224,8 @@ async fn expiry_cost<S: Store>(label: &str, store: S, next: &[Batch], loaded: u6
     let (alone, with) = next.split_at(next.len() / 2);
     let t = Instant::now();
     load(&store, alone).await.unwrap();
-    let alone_rate = alone.iter().map(|b| b.partials.len()).sum::<usize>() as f64
-        / t.elapsed().as_secs_f64();
+    let alone_rate =
+        alone.iter().map(|b| b.partials.len()).sum::<usize>() as f64 / t.elapsed().as_secs_f64();
     let ingest = {
         let store = store.clone();
         let with = with.to_vec();

@@ -109,12 +109,7 @@ pub async fn start<S: Store>(cfg: &Config, store: S) -> Result<Running, ServiceE
     let ingest = tokio::spawn({
         let mut ingest_cfg = cfg.mqtt.ingest(&cfg.limits);
         ingest_cfg.retention = policy.clone();
-        let run = ingest::run(
-            ingest_cfg,
-            store.clone(),
-            counters.clone(),
-            stop_rx.clone(),
-        );
+        let run = ingest::run(ingest_cfg, store.clone(), counters.clone(), stop_rx.clone());
         async move {
             // Dropped when ingest ends, also by a panic.
             let _running = running;

@@ -115,7 +115,10 @@ async fn expired_minutes_are_deleted_refused_and_served_from_hours() {
     );
     agent.publish(late.encode(Encoding::Json));
     assert_eq!(agent.confirmed(1).await, [1]);
-    assert_eq!(running.counters().partials_refused(PartialRefused::Expired), 1);
+    assert_eq!(
+        running.counters().partials_refused(PartialRefused::Expired),
+        1
+    );
     let metrics = mqtt_common::harness::metrics_text(http).await;
     for line in [
         "tributary_collector_partials_refused_total{reason=\"expired\"} 1",
@@ -160,7 +163,10 @@ async fn expired_minutes_are_deleted_refused_and_served_from_hours() {
         .map(|p| {
             (
                 p["t"].as_i64().unwrap(),
-                (p["count"].as_u64().unwrap(), p["sum"].as_f64().unwrap() as i64),
+                (
+                    p["count"].as_u64().unwrap(),
+                    p["sum"].as_f64().unwrap() as i64,
+                ),
             )
         })
         .collect();

@@ -87,7 +87,9 @@ impl Policy {
     /// (`start + width + keep ≤ now`); `None` when none can.
     pub fn expired_before(&self, width: Width, now: i64) -> Option<i64> {
         let keep = self.keep_ms(width)?;
-        now.checked_sub(keep)?.checked_sub(width.ms())?.checked_add(1)
+        now.checked_sub(keep)?
+            .checked_sub(width.ms())?
+            .checked_add(1)
     }
 
     /// What the task deletes at `now`: windows of `width` starting before
@@ -211,7 +213,10 @@ mod tests {
         let mut p = Problems::default();
         Policy::new(30 * DAY, vec![(HOUR, 7 * DAY), (DAY, 0)]).check(&mut p);
         let e = p.finish().unwrap_err().to_string();
-        assert!(e.contains("retention.rollups.3600000") && e.contains("shorter"), "{e}");
+        assert!(
+            e.contains("retention.rollups.3600000") && e.contains("shorter"),
+            "{e}"
+        );
 
         let mut p = Problems::default();
         Policy::new(0, vec![(HOUR, 30 * DAY)]).check(&mut p);
@@ -220,7 +225,10 @@ mod tests {
         let mut p = Problems::default();
         Policy::new(30 * MIN, vec![(HOUR, 0)]).check(&mut p);
         let e = p.finish().unwrap_err().to_string();
-        assert!(e.contains("retention.windows_ms") && e.contains("open"), "{e}");
+        assert!(
+            e.contains("retention.windows_ms") && e.contains("open"),
+            "{e}"
+        );
 
         let mut p = Problems::default();
         policy().check(&mut p);

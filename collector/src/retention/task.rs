@@ -37,12 +37,16 @@ pub struct RetentionMetrics {
 impl RetentionMetrics {
     /// Rows deleted at `width` so far.
     pub fn expired(&self, width: Width) -> u64 {
-        self.expired.get_or_create(&label("width", width.ms().to_string())).get()
+        self.expired
+            .get_or_create(&label("width", width.ms().to_string()))
+            .get()
     }
 
     /// The lag at `width` after the last run.
     pub fn lag_ms(&self, width: Width) -> i64 {
-        self.lag.get_or_create(&label("width", width.ms().to_string())).get()
+        self.lag
+            .get_or_create(&label("width", width.ms().to_string()))
+            .get()
     }
 
     /// Registers the metrics in `r`.
@@ -123,7 +127,10 @@ impl<S: Expire + Clone + 'static> RetentionTask<S> {
             let mut total = 0u64;
             let mut done = false;
             for _ in 0..self.cfg.max_batches {
-                let n = self.store.expire(width, before, self.cfg.batch_rows).await?;
+                let n = self
+                    .store
+                    .expire(width, before, self.cfg.batch_rows)
+                    .await?;
                 total = total.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
                 if n < self.cfg.batch_rows {
                     done = true;

@@ -30,8 +30,14 @@ pub(crate) async fn check_retention<S: Store>(store: &S, batches: &[Batch], trut
     let first = store.changed_since(minute, 0, usize::MAX).await.unwrap();
     let mark = first.last().unwrap().change;
     let at = |c: &Changed| (c.series.clone(), c.stored.window.start());
-    let old = first.iter().find(|c| c.stored.window.start() < cut).unwrap();
-    let live = first.iter().find(|c| c.stored.window.start() >= cut).unwrap();
+    let old = first
+        .iter()
+        .find(|c| c.stored.window.start() < cut)
+        .unwrap();
+    let live = first
+        .iter()
+        .find(|c| c.stored.window.start() >= cut)
+        .unwrap();
     store.park("s", minute, &[at(old), at(live)]).await.unwrap();
     store.apply(&batches[half..]).await.unwrap();
 
@@ -81,7 +87,13 @@ pub(crate) async fn check_retention<S: Store>(store: &S, batches: &[Batch], trut
             .collect();
         assert_eq!(all_windows(store, width).await, want, "width {width}");
     }
-    let widths: Vec<i64> = store.widths().await.unwrap().iter().map(|w| w.ms()).collect();
+    let widths: Vec<i64> = store
+        .widths()
+        .await
+        .unwrap()
+        .iter()
+        .map(|w| w.ms())
+        .collect();
     assert_eq!(widths, [MIN, HOUR, DAY]);
     let oldest = want.keys().map(|(_, s)| *s).min();
     assert_eq!(store.oldest(minute).await.unwrap(), oldest);

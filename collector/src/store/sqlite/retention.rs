@@ -39,14 +39,13 @@ pub(super) fn widths(c: &Connection) -> Result<Vec<Width>, StoreError> {
 
 /// The earliest window start stored at `width`.
 pub(super) fn oldest(c: &Connection, width: Width) -> Result<Option<i64>, StoreError> {
-    Ok(c
-        .query_row(
-            "SELECT MIN(start) FROM results WHERE width = ?1",
-            [width.ms()],
-            |r| r.get::<_, Option<i64>>(0),
-        )
-        .optional()?
-        .flatten())
+    Ok(c.query_row(
+        "SELECT MIN(start) FROM results WHERE width = ?1",
+        [width.ms()],
+        |r| r.get::<_, Option<i64>>(0),
+    )
+    .optional()?
+    .flatten())
 }
 
 /// Deletes at most `limit` rows at `width` starting before `before`, and

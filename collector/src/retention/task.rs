@@ -124,6 +124,7 @@ impl<S: Expire + Clone + 'static> RetentionTask<S> {
             let Some(before) = self.policy.delete_before(width, now) else {
                 continue;
             };
+            self.store.prepare(width, now).await?;
             let mut total = 0u64;
             let mut done = false;
             for _ in 0..self.cfg.max_batches {

@@ -377,10 +377,17 @@ pub trait Expire: Send + Sync {
     /// look-up per width).
     fn widths(&self) -> impl Future<Output = Answer<Vec<Width>>> + Send;
 
+    /// Makes ready what rows of `width` written around `now` (collector
+    /// clock) will need, so that they expire cheaply (PostgreSQL: the time
+    /// partitions of the current and next spans; SQLite: nothing).
+    fn prepare(&self, width: Width, now: i64) -> impl Future<Output = Answer<()>> + Send;
+
     /// Deletes in one transaction at most `limit` result rows at `width`
     /// whose window starts before `before`, and the sinks' parked entries
-    /// of those rows; answers how many rows it deleted. Change numbers are
-    /// untouched: a feed reader's cursor stays valid.
+    /// of those rows; answers how many rows it deleted (PostgreSQL: first
+    /// drops every time partition wholly before `before`, counting its rows
+    /// by the planner's estimate). Change numbers are untouched: a feed
+    /// reader's cursor stays valid.
     fn expire(
         &self,
         width: Width,

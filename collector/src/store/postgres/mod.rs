@@ -16,8 +16,9 @@
 //!
 //! Files: [`schema`], [`apply`](self::apply) (with `senders`: the agent
 //! incarnations' de-duplication marks), `query`, `feed` (change feed,
-//! parked rows, cursors), `leases`, `retention` (expiry in bounded
-//! batches).
+//! parked rows, cursors), `leases`, `retention` (partitions of `results`
+//! by width and window start, dropped when expired; bounded deletes at the
+//! edge).
 
 mod apply;
 mod feed;
@@ -29,6 +30,7 @@ mod senders;
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,6 +112,8 @@ impl PostgresOptions {
 pub struct PostgresStore {
     pool: Pool,
     rollups: Arc<[Width]>,
+    /// Bytes of partitions dropped since the last [`Expire::reclaim`].
+    freed: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -153,7 +157,11 @@ impl PostgresStore {
             .wait_timeout(Some(Duration::from_secs(60)))
             .build()
             .map_err(|e| StoreError::Backend(format!("connection pool: {e}")))?;
-        let store = PostgresStore { pool, rollups };
+        let store = PostgresStore {
+            pool,
+            rollups,
+            freed: Arc::default(),
+        };
         let found = schema::migrate(&mut store.client().await?).await?;
         tracing::info!(found, version = SCHEMA_VERSION, "PostgreSQL store open");
         Ok(store)
@@ -284,13 +292,24 @@ impl Expire for PostgresStore {
         retention::widths(&self.client().await?).await
     }
 
+    async fn prepare(&self, width: Width, now: i64) -> Answer<()> {
+        retention::prepare(&mut self.client().await?, width, now).await
+    }
+
     async fn expire(&self, width: Width, before: i64, limit: usize) -> Answer<usize> {
-        retention::expire(&self.client().await?, width, before, limit).await
+        let mut client = self.client().await?;
+        let (dropped, bytes) = retention::drop_expired(&mut client, width, before).await?;
+        self.freed.fetch_add(bytes, Ordering::Relaxed);
+        let deleted = retention::delete_expired(&client, width, before, limit).await?;
+        Ok(usize::try_from(dropped)
+            .unwrap_or(usize::MAX)
+            .saturating_add(deleted))
     }
 
     async fn reclaim(&self, _pages: u32) -> Answer<u64> {
-        // Deletes leave space for autovacuum to reuse; see `retention`.
-        Ok(0)
+        // Dropped partitions gave their files back; deleted rows' space is
+        // reused by later inserts after autovacuum.
+        Ok(self.freed.swap(0, Ordering::Relaxed))
     }
 
     async fn oldest(&self, width: Width) -> Answer<Option<i64>> {

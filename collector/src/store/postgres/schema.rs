@@ -41,8 +41,14 @@
 //! Version 5 is left to the write path's migration (issue #16, H12a): here
 //! it is an empty step.
 //!
-//! Version 6 (issue #16, retention): `results_expiry (width, start)`, the
-//! index the retention task finds expired rows by.
+//! Version 6 (issue #16, retention): `results` becomes a table partitioned
+//! by RANGE on (width, start), so that expiry drops whole partitions
+//! (`store/postgres/retention.rs`); every existing row is carried over into
+//! its default partition `results_default` (one copy, in the migration's
+//! transaction: on a large database plan for the time it takes). The
+//! primary key (series, width, start) holds the partition key, so upserts
+//! work as before; `results_expiry (width, start)` finds the rows to delete
+//! outside whole partitions.
 
 use deadpool_postgres::Client;
 
@@ -99,8 +105,29 @@ CREATE TABLE IF NOT EXISTS incarnations (agent TEXT COLLATE "C" NOT NULL, incarn
 /// The write path's step (H12a); empty here.
 const V5: &str = "SELECT 1";
 
-/// The retention task's index.
-const V6: &str = "CREATE INDEX IF NOT EXISTS results_expiry ON results (width, start);";
+/// `results` partitioned by (width, start); the rows carried over.
+const V6: &str = r#"
+ALTER TABLE results RENAME TO results_unpartitioned;
+ALTER TABLE results_unpartitioned RENAME CONSTRAINT results_pkey TO results_unpartitioned_pkey;
+ALTER INDEX results_changed RENAME TO results_unpartitioned_changed;
+ALTER TABLE IF EXISTS results_default RENAME TO results_unpartitioned_default;
+ALTER INDEX IF EXISTS results_expiry RENAME TO results_unpartitioned_expiry;
+CREATE TABLE results (
+    series BIGINT NOT NULL REFERENCES series(id),
+    width BIGINT NOT NULL,
+    start BIGINT NOT NULL,
+    revision BIGINT NOT NULL,
+    summary BYTEA NOT NULL,
+    changed BIGINT NOT NULL,
+    PRIMARY KEY (series, width, start)
+) PARTITION BY RANGE (width, start);
+CREATE INDEX results_changed ON results (width, changed);
+CREATE INDEX results_expiry ON results (width, start);
+CREATE TABLE results_default PARTITION OF results DEFAULT;
+INSERT INTO results (series, width, start, revision, summary, changed)
+    SELECT series, width, start, revision, summary, changed FROM results_unpartitioned;
+DROP TABLE results_unpartitioned;
+"#;
 
 /// Any fixed number: the advisory lock key that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7472_6962_7574_6172; // "tributar"

@@ -11,7 +11,9 @@
 //! minute holding every series) plus their 1 h and 1 d roll-ups; then
 //! SQLite's file is checkpointed (`wal_checkpoint(TRUNCATE)`) and measured
 //! as page count × page size (and per table/index from `dbstat`),
-//! PostgreSQL's `results` by `pg_total_relation_size` after `VACUUM`. The
+//! PostgreSQL's `results` by `pg_total_relation_size` over its partition
+//! tree after `VACUUM` (day partitions of the minutes made before the load,
+//! as the retention task makes them). The
 //! median run is printed with its shape (rows per width, bytes per row of
 //! each width's tuples).
 //!
@@ -99,7 +101,14 @@ fn minutes(series: u64, first: u64, n: u64) -> Vec<Batch> {
         .collect()
 }
 
+/// Applies `batches` in groups, the store prepared (PostgreSQL: the time
+/// partitions) for every day they cover, as the retention task keeps it.
 async fn load<S: Store>(store: &S, batches: &[Batch]) -> anyhow::Result<()> {
+    let minute = Width::new(MIN).unwrap();
+    let last = batches.last().map_or(T0, |b| b.watermark);
+    for day in (T0..=last).step_by(DAY as usize) {
+        store.prepare(minute, day).await?;
+    }
     for g in batches.chunks(GROUP) {
         store.apply(g).await?;
     }
@@ -164,7 +173,12 @@ fn pg_bytes(pg: &Postgres, db: &str) -> anyhow::Result<Bytes> {
         "results_changed",
         "results_expiry",
     ] {
-        let n: u64 = q(&format!("SELECT pg_total_relation_size('{rel}')"))?.parse()?;
+        // Summed over the partition tree (a partitioned relation has no
+        // storage of its own).
+        let n: u64 = q(&format!(
+            "SELECT coalesce(sum(pg_total_relation_size(relid)), 0) FROM pg_partition_tree('{rel}')"
+        ))?
+        .parse()?;
         parts.push((rel.to_string(), n));
     }
     let mut widths = Vec::new();

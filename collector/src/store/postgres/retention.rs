@@ -129,7 +129,7 @@ pub(super) async fn drop_expired(
             continue;
         };
         let ends = k.checked_add(1).and_then(|k| k.checked_mul(span));
-        if !ends.is_some_and(|end| end <= before) {
+        if ends.is_none_or(|end| end > before) {
             continue;
         }
         let from = k.saturating_mul(span);

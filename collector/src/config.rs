@@ -15,13 +15,14 @@ pub use tributary_runtime::config::{ConfigError, Secret};
 pub use crate::finality::FinalityConfig;
 pub use crate::ingest::{LimitsConfig, MqttConfig, MQTT_PASSWORD_ENV};
 pub use crate::query::HttpConfig;
+pub use crate::retention::RetentionConfig;
 pub use crate::sinks::SinkConfig;
 pub use crate::store::{StoreConfig, StoreKind, StoreTls};
 
 /// The sections `TRIBUTARY_<SECTION>_<KEY>` may address (e.g.
 /// `TRIBUTARY_STORE_URL`, `TRIBUTARY_MQTT_PORT`, `TRIBUTARY_HTTP_LISTEN`).
 const ENV: EnvRules<'static> = EnvRules {
-    sections: &["mqtt", "limits", "http", "finality", "store"],
+    sections: &["mqtt", "limits", "http", "finality", "store", "retention"],
     text_sections: &[],
 };
 
@@ -50,6 +51,9 @@ pub struct Config {
     /// Where results are stored: SQLite (default) or a shared PostgreSQL.
     #[serde(default)]
     pub store: StoreConfig,
+    /// How long each stored width is kept (default: forever).
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// Where final windows and their revisions are pushed (`[[sinks]]`,
     /// default none); see [`SinkConfig`].
     #[serde(default)]
@@ -101,12 +105,18 @@ impl Config {
         self.http.check(&mut p);
         self.finality.check(&mut p);
         self.store.check(&mut p);
+        self.retention.check(&self.rollups_ms, &mut p);
         let mut sinks = Vec::new();
         crate::sinks::validate_all(&self.sinks, &mut sinks);
         for (key, reason) in sinks {
             p.bad(key, reason);
         }
         p.finish()
+    }
+
+    /// The retention policy of `[retention]` over `rollups_ms`.
+    pub fn retention_policy(&self) -> crate::retention::Policy {
+        self.retention.policy(&self.rollups_ms)
     }
 
     /// The SQLite database file.
@@ -144,6 +154,32 @@ mod tests {
             s.contains("rollups_ms[0]") && s.contains("limits.max_partials"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn the_retention_section_names_its_keys_and_says_why() {
+        let c = Config::from_toml(
+            "[retention]\nwindows_ms = 2592000000\n[retention.rollups]\n\"3600000\" = 31536000000\n",
+        )
+        .unwrap();
+        let p = c.retention_policy();
+        let hour = Width::new(3_600_000).unwrap();
+        assert_eq!(p.keep_ms(hour), Some(31_536_000_000));
+        assert_eq!(p.keep_ms(Width::new(60_000).unwrap()), Some(2_592_000_000));
+        assert_eq!(p.keep_ms(Width::new(86_400_000).unwrap()), None);
+        let e = Config::from_toml(
+            "[retention]\nwindows_ms = 2592000000\nbatch_rows = 0\n[retention.rollups]\n\"7200000\" = 1\n\"3600000\" = 86400000\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "retention.batch_rows",
+            "retention.rollups.7200000",
+            "retention.rollups.3600000",
+        ] {
+            assert!(e.contains(key), "{key} in {e}");
+        }
+        assert!(e.contains("shorter than the finer windows"), "{e}");
     }
 
     #[test]

@@ -29,6 +29,10 @@
 //!   JSON webhook, Prometheus remote write or OTLP/HTTP, following the
 //!   store's change feed from a durable cursor (one shared runner; a kind is
 //!   one encoding module).
+//! - [`retention`] — how long each stored width is kept (`config`:
+//!   `[retention]`), the task deleting expired rows in bounded batches
+//!   (`task`), and the policy the query API falls back to a coarser width
+//!   by.
 //! - [`finality`] — when a window is final (`[finality]`), decided from the
 //!   store's progress.
 //! - [`metrics`] — the one `prometheus-client` registry of `/metrics`.
@@ -46,6 +50,7 @@ pub mod ingest;
 pub mod merge;
 pub mod metrics;
 pub mod query;
+pub mod retention;
 pub mod service;
 pub mod sinks;
 pub mod store;

@@ -1,5 +1,6 @@
 //! The running collector: one store handle shared by MQTT ingest, the HTTP
-//! server (query API, dashboard, `/metrics`, the health endpoints) and the sinks, each
+//! server (query API, dashboard, `/metrics`, the health endpoints), the
+//! retention task and the sinks, each
 //! through its own role, started and stopped as one unit.
 //! `tributary-collector run`, the demo and the tests all start the
 //! collector through [`start`].
@@ -18,6 +19,7 @@ use crate::health::{self, Health};
 use crate::ingest::{self, IngestCounters};
 use crate::query::api::{self, ApiState};
 use crate::query::dashboard::{self, DashboardOptions};
+use crate::retention::{RetentionMetrics, RetentionTask};
 use crate::sinks::{SinkMetrics, Sinks};
 use crate::store::Store;
 
@@ -51,6 +53,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     ingest: JoinHandle<()>,
     http: JoinHandle<Result<(), ServiceError>>,
+    retention: (Arc<RetentionMetrics>, JoinHandle<()>),
     sinks: Sinks,
 }
 
@@ -70,11 +73,17 @@ impl Running {
         self.sinks.metrics()
     }
 
+    /// The retention task's metrics.
+    pub fn retention(&self) -> &Arc<RetentionMetrics> {
+        &self.retention.0
+    }
+
     /// Stops serving, commits what ingest holds and waits for it, the
-    /// sinks and the HTTP server.
+    /// retention task, the sinks and the HTTP server.
     pub async fn stop(self) -> Result<(), ServiceError> {
         let _ = self.stop.send(true);
         self.ingest.await?;
+        self.retention.1.await?;
         self.sinks.join().await?;
         self.http.await?
     }
@@ -96,13 +105,11 @@ pub async fn start<S: Store>(cfg: &Config, store: S) -> Result<Running, ServiceE
     let (stop, stop_rx) = watch::channel(false);
     let ingest_running = Arc::new(AtomicBool::new(true));
     let running = Ended(ingest_running.clone());
+    let policy = cfg.retention_policy();
     let ingest = tokio::spawn({
-        let run = ingest::run(
-            cfg.mqtt.ingest(&cfg.limits),
-            store.clone(),
-            counters.clone(),
-            stop_rx.clone(),
-        );
+        let mut ingest_cfg = cfg.mqtt.ingest(&cfg.limits);
+        ingest_cfg.retention = policy.clone();
+        let run = ingest::run(ingest_cfg, store.clone(), counters.clone(), stop_rx.clone());
         async move {
             // Dropped when ingest ends, also by a panic.
             let _running = running;
@@ -122,13 +129,22 @@ pub async fn start<S: Store>(cfg: &Config, store: S) -> Result<Running, ServiceE
         cfg.finality.rule(),
         stop_rx.clone(),
     )?;
-    let registry = Arc::new(crate::metrics::registry(&counters, sinks.metrics()));
+    let task = RetentionTask::new(store.clone(), policy.clone(), cfg.retention.clone());
+    let retention_metrics = task.metrics().clone();
+    let retention = (
+        retention_metrics.clone(),
+        tokio::spawn(task.run(stop_rx.clone())),
+    );
+    let mut registry = crate::metrics::registry(&counters, sinks.metrics());
+    retention_metrics.register(&mut registry);
+    let registry = Arc::new(registry);
     let state = ApiState {
         store,
         token: cfg.http.token.clone(),
         finality: cfg.finality.rule(),
         max_points: cfg.http.max_points,
         rollups_ms: cfg.rollups_ms.clone(),
+        retention: policy,
     };
     let dashboard = dashboard::router(
         state.clone(),
@@ -177,6 +193,7 @@ pub async fn start<S: Store>(cfg: &Config, store: S) -> Result<Running, ServiceE
         stop,
         ingest,
         http,
+        retention,
         sinks,
     })
 }

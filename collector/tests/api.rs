@@ -80,6 +80,7 @@ async fn app_with(dir: &tempfile::TempDir, token: Option<&str>, max_points: u64)
         },
         max_points,
         rollups_ms: vec![3_600_000],
+        retention: Default::default(),
     })
 }
 

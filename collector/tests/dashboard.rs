@@ -142,6 +142,7 @@ impl Server {
             },
             max_points: DEFAULT_MAX_POINTS,
             rollups_ms: vec![HOUR],
+            retention: Default::default(),
         };
         let queries = Arc::new(AtomicUsize::new(0));
         let counter = queries.clone();

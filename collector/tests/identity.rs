@@ -190,6 +190,7 @@ async fn a_replaced_agent_database_is_a_new_incarnation_and_spoofs_are_refused()
         token: None,
         finality: Finality::default(),
         rollups_ms: vec![3_600_000],
+        retention: Default::default(),
         max_points: DEFAULT_MAX_POINTS,
     });
     let req = Request::get("/api/v1/agents").body(Body::empty()).unwrap();

@@ -223,6 +223,57 @@ async fn the_store_contract_holds_on_postgresql() {
         check_change_feed(&mut store, &batches).await;
     }
 
+    // Expiry deletes in bounded batches; a feed reader crosses it.
+    {
+        let (_, store) = fresh(&pg, "retention").await;
+        let (batches, truth) = workload_small(3, 20);
+        retention::check_retention(&store, &batches, &truth).await;
+    }
+
+    // Expiry drops whole partitions of a width and deletes the rest.
+    {
+        let (_, store) = fresh(&pg, "partitions").await;
+        check_partitions(&pg, "partitions", &store).await;
+    }
+
+    // Version 6 carries the rows of an unpartitioned `results` over.
+    {
+        let (url, store) = fresh(&pg, "carry").await;
+        let (batches, truth) = workload_small(2, 10);
+        store.apply(&batches).await.unwrap();
+        let before = all_stored(&store, MIN).await;
+        let hours = all_stored(&store, HOUR).await;
+        assert_eq!(before.len(), truth.len());
+        drop(store);
+        pg.psql(
+            "carry",
+            "CREATE TABLE r AS SELECT * FROM results; DROP TABLE results; ALTER TABLE r RENAME TO results;
+             ALTER TABLE results ADD PRIMARY KEY (series, width, start);
+             CREATE INDEX results_changed ON results (width, changed);
+             DELETE FROM schema_version WHERE version = 6;",
+        )
+        .unwrap();
+        assert_eq!(
+            pg.psql(
+                "carry",
+                "SELECT relkind FROM pg_class WHERE relname = 'results'"
+            )
+            .unwrap(),
+            "r"
+        );
+        let store = open(&url).await;
+        assert_eq!(
+            pg.psql(
+                "carry",
+                "SELECT relkind FROM pg_class WHERE relname = 'results'"
+            )
+            .unwrap(),
+            "p"
+        );
+        assert_eq!(all_stored(&store, MIN).await, before);
+        assert_eq!(all_stored(&store, HOUR).await, hours);
+    }
+
     // Parked rows come back as stored until unparked.
     {
         let (_, mut store) = fresh(&pg, "parking").await;
@@ -500,4 +551,101 @@ async fn a_commit_numbered_earlier_but_committed_later_is_not_skipped() {
         ("dev-b".to_string(), T0 + MIN),
     ];
     assert_eq!(seen, both, "the follower saw each new row once");
+}
+
+/// On a fresh store of `db`: partitions are made for the current and next
+/// spans (not over rows the default partition holds); expiry drops the
+/// partitions wholly before the cut, with their parked entries, deletes
+/// the rest before it, and leaves other widths alone.
+async fn check_partitions(pg: &Postgres, db: &str, store: &PostgresStore) {
+    let minute = Width::new(MIN).unwrap();
+    let d0 = T0 / DAY * DAY;
+    let exists = |name: String| {
+        let out = pg
+            .psql(db, &format!("SELECT to_regclass('{name}') IS NOT NULL"))
+            .unwrap();
+        out == "t"
+    };
+    let part = |day: i64| format!("results_w60000_{}", d0 / DAY + day);
+    // A row of day 3 lands in the default before its partition exists.
+    let at = |day: i64, m: i64| {
+        let start = d0 + day * DAY + m * MIN;
+        let mut s = Summary::new(Quantum::new(-3).unwrap());
+        s.insert(start, 1000 + day).unwrap();
+        Partial {
+            series: key("dev-p"),
+            window: Window::new(start, minute).unwrap(),
+            summary: s,
+        }
+    };
+    store
+        .apply(&[Batch::new("p", 1, d0, vec![at(3, 5)])])
+        .await
+        .unwrap();
+    store.prepare(minute, d0).await.unwrap();
+    store.prepare(minute, d0 + 3 * DAY).await.unwrap();
+    for day in [0, 1, 2, 4, 5] {
+        assert!(exists(part(day)), "day {day}");
+    }
+    assert!(!exists(part(3)), "the default holds a row of day 3");
+    store.prepare(minute, d0).await.unwrap();
+    let partials = vec![
+        at(-1, 0),
+        at(0, 10),
+        at(0, 20),
+        at(1, 10),
+        at(1, 30),
+        at(2, 10),
+    ];
+    store
+        .apply(&[Batch::new("p", 2, d0, partials.clone())])
+        .await
+        .unwrap();
+    assert_eq!(
+        pg.psql(db, &format!("SELECT count(*) FROM {}", part(0)))
+            .unwrap(),
+        "2"
+    );
+    let parked = (key("dev-p"), d0 + 10 * MIN);
+    store.park("s", minute, &[parked]).await.unwrap();
+    let hours = all_stored(store, HOUR).await;
+    pg.psql(db, "ANALYZE results").unwrap();
+
+    // The cut: day 1, 20 minutes in.
+    let cut = d0 + DAY + 20 * MIN;
+    let mut deleted = 0;
+    loop {
+        let n = store.expire(minute, cut, 2).await.unwrap();
+        deleted += n;
+        if n < 2 {
+            break;
+        }
+    }
+    assert!(!exists(part(0)), "day 0 dropped");
+    assert!(exists(part(1)) && exists(part(2)));
+    // Day 0's two rows (planner's estimate after ANALYZE), day -1's in the
+    // default and day 1's first minute by DELETE.
+    assert_eq!(deleted, 4);
+    assert!(store.reclaim(0).await.unwrap() > 0, "the partition's bytes");
+    assert_eq!(store.reclaim(0).await.unwrap(), 0);
+    let left: Vec<i64> = all_stored(store, MIN)
+        .await
+        .into_keys()
+        .filter(|(k, _)| k.contains("dev-p"))
+        .map(|(_, start)| start)
+        .collect();
+    assert_eq!(
+        left,
+        [
+            d0 + DAY + 30 * MIN,
+            d0 + 2 * DAY + 10 * MIN,
+            d0 + 3 * DAY + 5 * MIN
+        ]
+    );
+    assert!(store
+        .parked("s", minute, 0, usize::MAX)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(all_stored(store, HOUR).await, hours);
 }

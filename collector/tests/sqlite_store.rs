@@ -457,3 +457,94 @@ async fn a_new_incarnation_applies_and_the_dedupe_memory_stays_bounded() {
         .await;
     println!("1000 rounds in {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn expiry_deletes_in_bounded_batches_and_a_feed_reader_crosses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (batches, truth) = workload(3, 20);
+    store_common::retention::check_retention(&open(&dir, "a.db"), &batches, &truth).await;
+}
+
+/// A new database gives expired rows' pages back to the file system in
+/// bounded steps (`auto_vacuum = INCREMENTAL`), judged by the file's page
+/// count.
+#[tokio::test]
+async fn expired_pages_are_given_back_in_bounded_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, "a.db");
+    let (batches, _) = store_common::workload(7, 4, 200, 50, 40, 600);
+    store.apply(&batches).await.unwrap();
+    let pages = |store: &SqliteStore| {
+        store.read(|c| {
+            let n: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let free: i64 = c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+            let size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            Ok((n, free, size))
+        })
+    };
+    let (full, _, size) = pages(&store).await.unwrap();
+    let size = u64::try_from(size).unwrap();
+    let minute = Width::new(MIN).unwrap();
+    let mut deleted = 0;
+    loop {
+        let n = store.expire(minute, T0 + 600 * MIN, 500).await.unwrap();
+        assert!(n <= 500);
+        deleted += n;
+        if n < 500 {
+            break;
+        }
+    }
+    assert!(deleted > 1000, "{deleted}");
+    let (_, free, _) = pages(&store).await.unwrap();
+    assert!(free > 0, "deletes left free pages");
+    // Steps of at most 8 pages until nothing is left.
+    let mut freed = 0;
+    loop {
+        let bytes = store.reclaim(8).await.unwrap();
+        assert!(bytes <= 8 * size, "{bytes}");
+        if bytes == 0 {
+            break;
+        }
+        freed += bytes;
+    }
+    let (after, free_after, _) = pages(&store).await.unwrap();
+    assert_eq!(free_after, 0);
+    assert_eq!(freed, u64::try_from(free).unwrap() * size);
+    assert!(after <= full - free, "{after} pages of {full}");
+}
+
+/// A database of version 5 (before retention, `auto_vacuum` off) is
+/// migrated to version 7 at open: the expiry index made, small enough to be
+/// switched to incremental auto-vacuum at once, every row kept.
+#[tokio::test]
+async fn a_version_5_database_gets_the_expiry_index_and_incremental_vacuum() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let (batches, _) = workload(2, 10);
+    let store = open(&dir, "a.db");
+    store.apply(&batches).await.unwrap();
+    let before = all_windows(&store, MIN).await;
+    drop(store);
+    let state = || {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let q = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        (
+            q("PRAGMA user_version"),
+            q("PRAGMA auto_vacuum"),
+            q("SELECT count(*) FROM sqlite_schema WHERE name = 'results_expiry'"),
+        )
+    };
+    assert_eq!(state(), (7, 2, 1));
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "PRAGMA auto_vacuum = NONE; VACUUM; DROP INDEX results_expiry; PRAGMA user_version = 5;",
+        )
+        .unwrap();
+    }
+    assert_eq!(state(), (5, 0, 0));
+    let store = open(&dir, "a.db");
+    assert_eq!(all_windows(&store, MIN).await, before);
+    drop(store);
+    assert_eq!(state(), (7, 2, 1));
+}

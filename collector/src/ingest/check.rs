@@ -29,9 +29,17 @@
 //! either end of `i64` is refused, so every roll-up of an accepted window
 //! fits. A watermark ahead of the bound is clamped to it (counted), so one
 //! agent's bad clock cannot make every window final at once.
+//!
+//! # Retention
+//! Last, a partial whose window has expired under `[retention]` at the
+//! collector's clock ([`crate::retention::Policy::expired`], at the
+//! partial's own width) is taken out and counted (`expired`): late data is
+//! never merged into a window retention is deleting or has deleted.
 
 use tributary_core::batch::{Batch, BatchError};
 use tributary_core::{topic, Width};
+
+use crate::retention::Policy;
 
 /// Why a payload was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,12 +100,15 @@ pub enum PartialRefused {
     TimeFuture,
     /// Its window starts earlier than the clock minus `max_age_ms`.
     TimePast,
+    /// Its window has expired under `[retention]`.
+    Expired,
 }
 
 /// Every partial refusal with its metric label.
-pub(crate) const PARTIAL_REFUSED: [(PartialRefused, &str); 2] = [
+pub(crate) const PARTIAL_REFUSED: [(PartialRefused, &str); 3] = [
     (PartialRefused::TimeFuture, "time_future"),
     (PartialRefused::TimePast, "time_past"),
+    (PartialRefused::Expired, "expired"),
 ];
 
 impl PartialRefused {
@@ -116,6 +127,8 @@ pub struct Checked {
     pub future: usize,
     /// Partials taken out: earlier than the bound.
     pub past: usize,
+    /// Partials taken out: their window expired ([`drop_expired`]).
+    pub expired: usize,
     /// The watermark the batch carried when it was clamped.
     pub clamped_watermark: Option<i64>,
 }
@@ -170,8 +183,23 @@ fn check_times(limits: Limits, mut batch: Batch, now: i64) -> Checked {
         batch,
         future,
         past,
+        expired: 0,
         clamped_watermark,
     }
+}
+
+/// Takes the partials whose window has expired under `policy` at `now`
+/// out of a checked batch.
+pub fn drop_expired(policy: &Policy, mut c: Checked, now: i64) -> Checked {
+    if !policy.deletes() {
+        return c;
+    }
+    let before = c.batch.partials.len();
+    c.batch
+        .partials
+        .retain(|p| !policy.expired(p.window.width(), p.window.start(), now));
+    c.expired = before - c.batch.partials.len();
+    c
 }
 
 /// The checks of the payload itself.
@@ -293,6 +321,29 @@ mod tests {
             window: Window::new(start, Width::new(60_000).unwrap()).unwrap(),
             summary: s,
         }
+    }
+
+    /// A partial whose minute ended 30 days (the retention) or more ago is
+    /// taken out as expired; the rest stays, in order.
+    #[test]
+    fn partials_of_expired_windows_are_taken_out() {
+        let now = 1_800_000_000_000 / 60_000 * 60_000;
+        let keep = 30 * 86_400_000;
+        let policy = Policy::new(keep, vec![]);
+        // Ends exactly `keep` ago: expired; one minute later: kept.
+        let starts = [now - keep - 60_000, now - keep, now - keep - 120_000, now];
+        let c = Checked {
+            batch: Batch::new("gw", 1, now, starts.map(partial).to_vec()),
+            future: 0,
+            past: 0,
+            expired: 0,
+            clamped_watermark: None,
+        };
+        let c = drop_expired(&policy, c, now);
+        let kept: Vec<i64> = c.batch.partials.iter().map(|p| p.window.start()).collect();
+        assert_eq!(kept, [now - keep, now]);
+        assert_eq!(c.expired, 2);
+        assert_eq!(PartialRefused::Expired.name(), "expired");
     }
 
     /// Partials outside the bounds are taken out by reason, the watermark

@@ -59,6 +59,9 @@ pub struct IngestConfig {
     /// Shared-subscription group: subscribe to `$share/<group>/…` so the
     /// broker balances batches over the instances of the group.
     pub share_group: Option<String>,
+    /// How long each width is kept: a partial for an expired window is
+    /// refused (default: everything kept).
+    pub retention: crate::retention::Policy,
 }
 
 impl Default for IngestConfig {
@@ -80,6 +83,7 @@ impl Default for IngestConfig {
             group_batches: 256,
             group_wait: Duration::ZERO,
             share_group: None,
+            retention: crate::retention::Policy::default(),
         }
     }
 }

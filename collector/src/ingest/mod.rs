@@ -67,7 +67,7 @@ use tokio::time::Instant;
 use tributary_core::batch::{Batch, Confirm};
 use tributary_core::topic;
 
-pub use check::{check, Checked, Limits, PartialRefused, Refused};
+pub use check::{check, drop_expired, Checked, Limits, PartialRefused, Refused};
 pub use config::{IngestConfig, LimitsConfig, MqttConfig, MQTT_PASSWORD_ENV};
 pub use metrics::{IngestCounters, MAX_AGENT_LABELS, OTHER_AGENTS};
 pub use transport::{Protocol, TlsOptions};
@@ -235,7 +235,8 @@ impl<S: Ingest> Shell<S> {
         let size = m.payload.len();
         let now = tributary_runtime::now_ms();
         let checked = match m.topic.as_deref() {
-            Some(t) => check(self.cfg.limits(), t, &m.payload, now),
+            Some(t) => check(self.cfg.limits(), t, &m.payload, now)
+                .map(|c| check::drop_expired(&self.cfg.retention, c, now)),
             None => Err((Refused::BadTopic, "the topic is not UTF-8".to_string())),
         };
         if self.group.is_empty() {
@@ -265,6 +266,7 @@ impl<S: Ingest> Shell<S> {
         for (reason, n) in [
             (PartialRefused::TimeFuture, c.future),
             (PartialRefused::TimePast, c.past),
+            (PartialRefused::Expired, c.expired),
         ] {
             if n > 0 {
                 tracing::warn!(
@@ -272,7 +274,7 @@ impl<S: Ingest> Shell<S> {
                     seq = b.seq,
                     n,
                     reason = reason.name(),
-                    "partials outside the time bounds ([limits] max_future_ms, max_age_ms) refused"
+                    "partials outside the time bounds ([limits] max_future_ms, max_age_ms) or past [retention] refused"
                 );
                 counters.refuse_partials(reason, n);
             }

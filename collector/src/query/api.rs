@@ -30,6 +30,10 @@
 //! it) and `final` (see [`crate::finality`]: every agent that reported each
 //! merged series is past the point's end plus the lateness, or idle).
 //! A bad query gets `400` with `{"error": "..."}` naming the parameter.
+//!
+//! A query whose first window of `width` has expired under `[retention]` is
+//! answered from the finest coarser roll-up that still holds it; the answer
+//! says so in `resolution` and a header ([`super::resolution`]).
 
 use axum::extract::{Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -41,6 +45,7 @@ use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use tributary_core::{SeriesKey, Summary, Width};
 
+use super::resolution::{self, Fallback};
 use super::stats::{self, Stat, StatValue};
 use crate::finality::Finality;
 use crate::store::{Query as Store, StoreError};
@@ -59,6 +64,9 @@ pub struct ApiState<S> {
     /// The configured roll-up widths (ms): always answerable, stored
     /// results or not.
     pub rollups_ms: Vec<i64>,
+    /// How long each width is kept (a query past it falls back to a
+    /// coarser roll-up).
+    pub retention: crate::retention::Policy,
 }
 
 /// Widths (ms) looked for in the store besides the configured roll-ups
@@ -224,8 +232,15 @@ struct Point {
 async fn query<S: Store + Clone + 'static>(
     State(st): State<ApiState<S>>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
-    answer(&st, &q).await
+) -> Result<Response, ApiError> {
+    let (body, fallback) = answer(&st, &q).await?;
+    let mut response = body.into_response();
+    if let Some(f) = fallback {
+        if let Ok(v) = header::HeaderValue::from_str(&f.header()) {
+            response.headers_mut().insert(resolution::HEADER, v);
+        }
+    }
+    Ok(response)
 }
 
 /// A parsed query (public, with [`parse_query`], so the query-string
@@ -339,12 +354,24 @@ fn too_many(series: usize, steps: u64, max: u64) -> ApiError {
     ))
 }
 
-/// Parses and answers one query.
+/// Parses and answers one query; names the width it was served at when
+/// retention made it another than asked.
 async fn answer<S: Store>(
     st: &ApiState<S>,
     q: &HashMap<String, String>,
-) -> Result<Json<Value>, ApiError> {
-    let ask = parse(q)?;
+) -> Result<(Json<Value>, Option<Fallback>), ApiError> {
+    let mut ask = parse(q)?;
+    let now = tributary_runtime::now_ms();
+    let fallback = match st.retention.serve(ask.width, ask.first, now) {
+        Some(served) if served != ask.width => Some(Fallback {
+            requested: ask.width,
+            served,
+        }),
+        _ => None,
+    };
+    if let Some(f) = fallback {
+        ask = resolution::coarsen(ask, f.served);
+    }
     if ask.steps > st.max_points {
         return Err(too_many(1, ask.steps, st.max_points));
     }
@@ -370,7 +397,6 @@ async fn answer<S: Store>(
         ref group_by,
         ..
     } = ask;
-    let now = tributary_runtime::now_ms();
     // group label -> step start -> point
     let mut groups: BTreeMap<String, (Value, BTreeMap<i64, Point>)> = BTreeMap::new();
     let progress = st.store.progress_of(&keys).await.map_err(internal)?;
@@ -416,7 +442,11 @@ async fn answer<S: Store>(
         }
     }
     let out = results(groups, group_by.is_some(), stats);
-    Ok(Json(json!({ "step": step, "results": out })))
+    let mut body = json!({ "step": step, "results": out });
+    if let (Some(f), Some(m)) = (fallback, body.as_object_mut()) {
+        m.insert("resolution".into(), f.to_json());
+    }
+    Ok((Json(body), fallback))
 }
 
 /// The answer's `results`: per group (or series), its points in time order.

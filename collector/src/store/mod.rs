@@ -54,6 +54,11 @@
 //! - **Leases.** A named lease has one holder at a time until it expires
 //!   ([`Leases::lease`]), so instances sharing a database can agree which of
 //!   them runs a sink.
+//! - **Expiry** ([`Expire`], for [`crate::retention`]) deletes result rows
+//!   of one width before a window start, at most a given number per
+//!   transaction, with their parked entries; it never changes a change
+//!   number, so a feed cursor stays valid and no live row is skipped or
+//!   sent again.
 
 pub(crate) mod codec;
 pub mod config;
@@ -369,17 +374,52 @@ pub trait Leases: Send + Sync {
     fn release(&self, name: &str, holder: &str) -> impl Future<Output = Answer<()>> + Send;
 }
 
+/// Deleting expired results (the retention task's role,
+/// [`crate::retention`]).
+pub trait Expire: Send + Sync {
+    /// The widths at which results are stored, ascending (one indexed
+    /// look-up per width).
+    fn widths(&self) -> impl Future<Output = Answer<Vec<Width>>> + Send;
+
+    /// Makes ready what rows of `width` written around `now` (collector
+    /// clock) will need, so that they expire cheaply (PostgreSQL: the time
+    /// partitions of the current and next spans; SQLite: nothing).
+    fn prepare(&self, width: Width, now: i64) -> impl Future<Output = Answer<()>> + Send;
+
+    /// Deletes in one transaction at most `limit` result rows at `width`
+    /// whose window starts before `before`, and the sinks' parked entries
+    /// of those rows; answers how many rows it deleted (PostgreSQL: first
+    /// drops every time partition wholly before `before`, counting its rows
+    /// by the planner's estimate). Change numbers are untouched: a feed
+    /// reader's cursor stays valid.
+    fn expire(
+        &self,
+        width: Width,
+        before: i64,
+        limit: usize,
+    ) -> impl Future<Output = Answer<usize>> + Send;
+
+    /// Gives space freed by deletes back to the file system: one bounded
+    /// step of at most `pages` pages (SQLite's incremental vacuum; nothing
+    /// to do where deletes give space back themselves); answers the bytes
+    /// given back, 0 when there is nothing left to give.
+    fn reclaim(&self, pages: u32) -> impl Future<Output = Answer<u64>> + Send;
+
+    /// The earliest window start stored at `width`, if any.
+    fn oldest(&self, width: Width) -> impl Future<Output = Answer<Option<i64>>> + Send;
+}
+
 /// The role traits, to bring their methods into scope at once
 /// (`use tributary_collector::store::prelude::*`).
 pub mod prelude {
-    pub use super::{Feed, Ingest, Leases, Query, Store};
+    pub use super::{Expire, Feed, Ingest, Leases, Query, Store};
 }
 
 /// A whole store: every role, as one cheap-to-clone handle the service
 /// hands to ingest, the HTTP server and the sinks.
-pub trait Store: Ingest + Query + Feed + Leases + Clone + 'static {}
+pub trait Store: Ingest + Query + Feed + Leases + Expire + Clone + 'static {}
 
-impl<T: Ingest + Query + Feed + Leases + Clone + 'static> Store for T {}
+impl<T: Ingest + Query + Feed + Leases + Expire + Clone + 'static> Store for T {}
 
 /// Every stored window of every series at `width`, by (series, window start)
 /// — the whole result set, for checks, exports and tests.

@@ -18,17 +18,21 @@
 //!
 //! Files: [`schema`], [`apply`](self::apply) (with `senders`: the agent
 //! incarnations' de-duplication marks), `query`, `feed` (change feed,
-//! parked rows, cursors), `leases`.
+//! parked rows, cursors), `leases`, `retention` (partitions of `results`
+//! by width and window start, dropped when expired; bounded deletes at the
+//! edge).
 
 mod apply;
 mod feed;
 mod leases;
 mod query;
+mod retention;
 pub mod schema;
 mod senders;
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,8 +41,8 @@ use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Width};
 
 use super::{
-    rollup_widths, AgentProgress, AgentState, Answer, Changed, Feed, Ingest, Lease, Leases, Query,
-    Report, StoreError, StoredWindow,
+    rollup_widths, AgentProgress, AgentState, Answer, Changed, Expire, Feed, Ingest, Lease, Leases,
+    Query, Report, StoreError, StoredWindow,
 };
 
 pub use schema::SCHEMA_VERSION;
@@ -110,6 +114,8 @@ impl PostgresOptions {
 pub struct PostgresStore {
     pool: Pool,
     rollups: Arc<[Width]>,
+    /// Bytes of partitions dropped since the last [`Expire::reclaim`].
+    freed: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -153,7 +159,11 @@ impl PostgresStore {
             .wait_timeout(Some(Duration::from_secs(60)))
             .build()
             .map_err(|e| StoreError::Backend(format!("connection pool: {e}")))?;
-        let store = PostgresStore { pool, rollups };
+        let store = PostgresStore {
+            pool,
+            rollups,
+            freed: Arc::default(),
+        };
         let found = schema::migrate(&mut store.client().await?).await?;
         tracing::info!(found, version = SCHEMA_VERSION, "PostgreSQL store open");
         Ok(store)
@@ -276,5 +286,35 @@ impl Leases for PostgresStore {
 
     async fn release(&self, name: &str, holder: &str) -> Answer<()> {
         leases::release(&self.client().await?, name, holder).await
+    }
+}
+
+impl Expire for PostgresStore {
+    async fn widths(&self) -> Answer<Vec<Width>> {
+        retention::widths(&self.client().await?).await
+    }
+
+    async fn prepare(&self, width: Width, now: i64) -> Answer<()> {
+        retention::prepare(&mut self.client().await?, width, now).await
+    }
+
+    async fn expire(&self, width: Width, before: i64, limit: usize) -> Answer<usize> {
+        let mut client = self.client().await?;
+        let (dropped, bytes) = retention::drop_expired(&mut client, width, before).await?;
+        self.freed.fetch_add(bytes, Ordering::Relaxed);
+        let deleted = retention::delete_expired(&client, width, before, limit).await?;
+        Ok(usize::try_from(dropped)
+            .unwrap_or(usize::MAX)
+            .saturating_add(deleted))
+    }
+
+    async fn reclaim(&self, _pages: u32) -> Answer<u64> {
+        // Dropped partitions gave their files back; deleted rows' space is
+        // reused by later inserts after autovacuum.
+        Ok(self.freed.swap(0, Ordering::Relaxed))
+    }
+
+    async fn oldest(&self, width: Width) -> Answer<Option<i64>> {
+        retention::oldest(&self.client().await?, width).await
     }
 }

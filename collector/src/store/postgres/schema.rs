@@ -6,7 +6,7 @@
 //! migrate once; an instance that finds a version newer than it knows refuses
 //! to run ([`StoreError::SchemaTooNew`]).
 //!
-//! # Schema (version 5)
+//! # Schema (version 6)
 //! - `incarnations(agent, incarnation, applied_below, batches,
 //!   dropped_readings, first_seen_ms, last_seen_ms)` — one row per agent
 //!   incarnation (16 hex digits): its de-duplication mark, its batches and
@@ -45,19 +45,28 @@
 //! every new position is above every number written before and sinks'
 //! cursors carry over. No table is distributed by anything but the series
 //! (the Citus-style layout in `config/multi-instance/OPERATIONS.md`).
+//!
+//! Version 6 (issue #16, retention): `results` becomes a table partitioned
+//! by RANGE on (width, start), so that expiry drops whole partitions
+//! (`store/postgres/retention.rs`); every existing row is carried over into
+//! its default partition `results_default` (one copy, in the migration's
+//! transaction: on a large database plan for the time it takes). The
+//! primary key (series, width, start) holds the partition key, so upserts
+//! work as before; `results_expiry (width, start)` finds the rows to delete
+//! outside whole partitions.
 
 use deadpool_postgres::Client;
 
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The first version whose sketches index the real reading.
 const REAL_VALUE_SKETCHES: i64 = 3;
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 5] = [V1, V2, V3, V4, V5];
+const MIGRATIONS: [&str; 6] = [V1, V2, V3, V4, V5, V6];
 
 const V1: &str = r#"
 CREATE TABLE applied (agent TEXT COLLATE "C" NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (agent, seq));
@@ -103,6 +112,30 @@ const V5: &str = "
 INSERT INTO meta (key, value) SELECT 'position_base', value FROM meta WHERE key = 'change'
 ON CONFLICT (key) DO NOTHING;
 ";
+
+/// `results` partitioned by (width, start); the rows carried over.
+const V6: &str = r#"
+ALTER TABLE results RENAME TO results_unpartitioned;
+ALTER TABLE results_unpartitioned RENAME CONSTRAINT results_pkey TO results_unpartitioned_pkey;
+ALTER INDEX results_changed RENAME TO results_unpartitioned_changed;
+ALTER TABLE IF EXISTS results_default RENAME TO results_unpartitioned_default;
+ALTER INDEX IF EXISTS results_expiry RENAME TO results_unpartitioned_expiry;
+CREATE TABLE results (
+    series BIGINT NOT NULL REFERENCES series(id),
+    width BIGINT NOT NULL,
+    start BIGINT NOT NULL,
+    revision BIGINT NOT NULL,
+    summary BYTEA NOT NULL,
+    changed BIGINT NOT NULL,
+    PRIMARY KEY (series, width, start)
+) PARTITION BY RANGE (width, start);
+CREATE INDEX results_changed ON results (width, changed);
+CREATE INDEX results_expiry ON results (width, start);
+CREATE TABLE results_default PARTITION OF results DEFAULT;
+INSERT INTO results (series, width, start, revision, summary, changed)
+    SELECT series, width, start, revision, summary, changed FROM results_unpartitioned;
+DROP TABLE results_unpartitioned;
+"#;
 
 /// Any fixed number: the advisory lock key that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7472_6962_7574_6172; // "tributar"

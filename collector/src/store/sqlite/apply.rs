@@ -33,7 +33,7 @@ const CACHED_ROWS: usize = 100_000;
 pub(super) struct Writer {
     pub(super) conn: Connection,
     rollups: Vec<Width>,
-    cache: Cache,
+    pub(super) cache: Cache,
     /// Checkpoints the WAL off the commit path.
     _checkpointer: Checkpointer,
 }

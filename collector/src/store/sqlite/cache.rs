@@ -88,6 +88,13 @@ impl Cache {
         self.rows.remove(key)
     }
 
+    /// Forgets the rows at width `width` (ms) starting before `before`:
+    /// retention deleted them.
+    pub(super) fn forget_before(&mut self, width: i64, before: i64) {
+        self.rows
+            .retain(|&(_, w, start), _| w != width || start >= before);
+    }
+
     /// Records what a transaction committed.
     pub(super) fn committed(&mut self, done: Committed) {
         self.clock += 1;

@@ -18,7 +18,8 @@
 //!
 //! Files: [`schema`] (tables, migrations), [`apply`] (the writer and its
 //! transaction), `senders` (its de-duplication marks), [`query`],
-//! [`feed`] (change feed, parked rows, cursors), [`leases`].
+//! [`feed`] (change feed, parked rows, cursors), [`leases`], [`retention`]
+//! (expiry in bounded batches, incremental vacuum).
 
 mod apply;
 mod cache;
@@ -26,6 +27,7 @@ mod feed;
 mod leases;
 mod query;
 mod readers;
+mod retention;
 mod schema;
 mod senders;
 
@@ -42,8 +44,8 @@ pub use readers::READERS;
 pub use schema::SCHEMA_VERSION;
 
 use super::{
-    rollup_widths, AgentProgress, AgentState, Answer, Changed, Feed, Ingest, Lease, Leases, Query,
-    Report, StoreError, StoredWindow,
+    rollup_widths, AgentProgress, AgentState, Answer, Changed, Expire, Feed, Ingest, Lease, Leases,
+    Query, Report, StoreError, StoredWindow,
 };
 use apply::Writer;
 use readers::Readers;
@@ -256,5 +258,33 @@ impl Leases for SqliteStore {
     fn release(&self, name: &str, holder: &str) -> impl Future<Output = Answer<()>> + Send {
         let (name, holder) = (name.to_string(), holder.to_string());
         self.write(move |w| leases::release(&w.conn, &name, &holder))
+    }
+}
+
+impl Expire for SqliteStore {
+    fn widths(&self) -> impl Future<Output = Answer<Vec<Width>>> + Send {
+        self.read(retention::widths)
+    }
+
+    fn prepare(&self, _width: Width, _now: i64) -> impl Future<Output = Answer<()>> + Send {
+        // One table, found by its (width, start) index.
+        std::future::ready(Ok(()))
+    }
+
+    fn expire(
+        &self,
+        width: Width,
+        before: i64,
+        limit: usize,
+    ) -> impl Future<Output = Answer<usize>> + Send {
+        self.write(move |w| retention::expire(w, width, before, limit))
+    }
+
+    fn reclaim(&self, pages: u32) -> impl Future<Output = Answer<u64>> + Send {
+        self.write(move |w| retention::reclaim(w, pages))
+    }
+
+    fn oldest(&self, width: Width) -> impl Future<Output = Answer<Option<i64>>> + Send {
+        self.read(move |c| retention::oldest(c, width))
     }
 }

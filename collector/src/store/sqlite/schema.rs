@@ -1,6 +1,6 @@
 //! The SQLite schema and its migrations.
 //!
-//! # Schema (version 5, in `PRAGMA user_version`; migrations run at open)
+//! # Schema (version 7, in `PRAGMA user_version`; migrations run at open)
 //! - `incarnations(agent, incarnation, applied_below, batches,
 //!   dropped_readings, first_seen_ms, last_seen_ms)` — one row per agent
 //!   incarnation (16 hex digits): its de-duplication mark (every batch
@@ -32,19 +32,30 @@
 //! seq). The (agent, seq) keys of version 4 can never match a batch again
 //! (a batch without an incarnation is refused), so `applied` is recreated
 //! empty, and `incarnations` is added.
+//!
+//! Version 6 is an empty step: it was reserved for the write path's
+//! migration of issue #16, which in the end needed none on SQLite.
+//!
+//! Version 7 (issue #16, retention): `results_expiry (width, start)`, the
+//! index the retention task finds expired rows by. A new database is
+//! created with `auto_vacuum = INCREMENTAL` (set before its first table), so
+//! expired rows' pages can be given back in bounded steps; an existing one
+//! is switched over by a `VACUUM` at this migration when it holds at most
+//! [`CHEAP_VACUUM_PAGES`] pages, and otherwise left to the operator (the
+//! task still deletes; the file keeps its size and reuses the pages).
 
 use rusqlite::Connection;
 
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// The first version whose sketches index the real reading.
 const REAL_VALUE_SKETCHES: i64 = 4;
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 5] = [V1, V2, V3, V4, V5];
+const MIGRATIONS: [&str; 7] = [V1, V2, V3, V4, V5, V6, V7];
 
 const V1: &str = "
 CREATE TABLE IF NOT EXISTS applied (agent TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (agent, seq)) WITHOUT ROWID;
@@ -89,6 +100,16 @@ CREATE TABLE IF NOT EXISTS incarnations (agent TEXT NOT NULL, incarnation TEXT N
     PRIMARY KEY (agent, incarnation)) WITHOUT ROWID;
 ";
 
+/// Reserved for the write path (issue #16); it needed no change here.
+const V6: &str = "";
+
+/// The retention task's index.
+const V7: &str = "CREATE INDEX IF NOT EXISTS results_expiry ON results (width, start);";
+
+/// The largest database (pages) switched to incremental auto-vacuum by a
+/// `VACUUM` at migration: 25,600 pages (100 MiB at 4 KiB) copy in seconds.
+const CHEAP_VACUUM_PAGES: i64 = 25_600;
+
 /// Brings the schema to [`SCHEMA_VERSION`]; refuses a newer one.
 pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -108,11 +129,38 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
             });
         }
     }
+    if found == 0 {
+        // Before the first table, so no VACUUM is needed.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    }
     for (from, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
         conn.execute_batch(&format!(
             "BEGIN; {sql} PRAGMA user_version = {}; COMMIT;",
             from + 1
         ))?;
     }
+    if found < 7 {
+        incremental_vacuum(conn)?;
+    }
+    Ok(())
+}
+
+/// Switches an existing database to `auto_vacuum = INCREMENTAL` when that
+/// is cheap (a `VACUUM` rewrites the file); says what to do otherwise.
+fn incremental_vacuum(conn: &Connection) -> Result<(), StoreError> {
+    let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+    if mode == 2 {
+        return Ok(());
+    }
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    if pages > CHEAP_VACUUM_PAGES {
+        tracing::warn!(
+            pages,
+            "the database is not in auto_vacuum = INCREMENTAL mode and too large to switch at start-up; retention deletes but the file keeps its size until `PRAGMA auto_vacuum = INCREMENTAL; VACUUM;` is run with the collector stopped"
+        );
+        return Ok(());
+    }
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    conn.execute_batch("VACUUM")?;
     Ok(())
 }

@@ -1,0 +1,318 @@
+//! Retention (issue #16): stored bytes per window and per series-day on
+//! SQLite and PostgreSQL, and the cost of expiry while ingest runs.
+//!
+//! ```text
+//! cargo run --release -p tributary-collector --example retention_bench -- \
+//!     [--series 500] [--hours 48] [--runs 3] [--pg true]
+//! ```
+//!
+//! Bytes: `--runs` times, a fresh database is loaded with `--series` series
+//! × `--hours` of one-minute windows (1–10 readings each, one batch per
+//! minute holding every series) plus their 1 h and 1 d roll-ups; then
+//! SQLite's file is checkpointed (`wal_checkpoint(TRUNCATE)`) and measured
+//! as page count × page size (and per table/index from `dbstat`),
+//! PostgreSQL's `results` by `pg_total_relation_size` over its partition
+//! tree after `VACUUM` (day partitions of the minutes made before the load,
+//! as the retention task makes them). The
+//! median run is printed with its shape (rows per width, bytes per row of
+//! each width's tuples).
+//!
+//! Expiry: on a database holding the load, ingest goes on (the next
+//! minutes, one group of 16 batches per transaction) for as long as the
+//! retention task takes to delete the first half of the minutes, and the
+//! same ingest is timed alone: ingest's rate with and without expiry
+//! running, and expiry's rows per second.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use tributary_collector::retention::{Policy, RetentionConfig, RetentionTask, GRACE_MS};
+use tributary_collector::store::postgres::{PostgresOptions, PostgresStore};
+use tributary_collector::store::prelude::*;
+use tributary_collector::store::sqlite::SqliteStore;
+use tributary_core::batch::{Batch, Partial};
+use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+use tributary_testkit::{Postgres, PostgresOptions as Server};
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+const T0: i64 = 1_700_000_000_000 / DAY * DAY;
+const ROLLUPS: [i64; 2] = [HOUR, DAY];
+const GROUP: usize = 16;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Series.
+    #[arg(long, default_value_t = 500)]
+    series: u64,
+    /// Hours of one-minute windows loaded.
+    #[arg(long, default_value_t = 48)]
+    hours: u64,
+    /// Loads measured (the median is printed).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Measure PostgreSQL too.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pg: bool,
+}
+
+/// One batch per minute from `T0 + first` minutes, `n` minutes, each with
+/// a partial of 1–10 readings for every one of `series` series.
+fn minutes(series: u64, first: u64, n: u64) -> Vec<Batch> {
+    let q = Quantum::new(-3).unwrap();
+    let mut x = 0x2545_f491_4f6c_dd1du64 ^ first;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let keys: Vec<SeriesKey> = (0..series)
+        .map(|s| {
+            let tags = BTreeMap::from([("site".to_string(), format!("site-{}", s % 7))]);
+            SeriesKey::new("temperature", format!("dev-{s:05}"), tags).unwrap()
+        })
+        .collect();
+    (first..first + n)
+        .map(|m| {
+            let start = T0 + m as i64 * MIN;
+            let partials = keys
+                .iter()
+                .map(|key| {
+                    let mut s = Summary::new(q);
+                    for _ in 0..(1 + next() % 10) {
+                        let t = start + (next() % MIN as u64) as i64;
+                        s.insert(t, 20_000 + (next() % 5_000) as i64).unwrap();
+                    }
+                    Partial {
+                        series: key.clone(),
+                        window: Window::new(start, Width::new(MIN).unwrap()).unwrap(),
+                        summary: s,
+                    }
+                })
+                .collect();
+            Batch::new("gw", m, start + MIN, partials)
+        })
+        .collect()
+}
+
+/// Applies `batches` in groups, the store prepared (PostgreSQL: the time
+/// partitions) for every day they cover, as the retention task keeps it.
+async fn load<S: Store>(store: &S, batches: &[Batch]) -> anyhow::Result<()> {
+    let minute = Width::new(MIN).unwrap();
+    let last = batches.last().map_or(T0, |b| b.watermark);
+    for day in (T0..=last).step_by(DAY as usize) {
+        store.prepare(minute, day).await?;
+    }
+    for g in batches.chunks(GROUP) {
+        store.apply(g).await?;
+    }
+    Ok(())
+}
+
+/// One measured database: total bytes, its parts, rows and tuple bytes by
+/// width.
+#[derive(Debug, Clone)]
+struct Bytes {
+    total: u64,
+    /// `results` with its indexes.
+    results: u64,
+    /// What a row's bytes are, per width.
+    row: &'static str,
+    parts: Vec<(String, u64)>,
+    widths: Vec<(i64, u64, f64)>,
+}
+
+fn sqlite_bytes(path: &Path) -> anyhow::Result<Bytes> {
+    let c = rusqlite::Connection::open(path)?;
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    let pages: u64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let size: u64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let mut parts = Vec::new();
+    let mut stmt = c.prepare(
+        "SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY sum(pgsize) DESC LIMIT 6",
+    )?;
+    for row in stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))? {
+        parts.push(row?);
+    }
+    let mut widths = Vec::new();
+    let mut stmt = c.prepare(
+        "SELECT width, count(*), avg(length(summary)) FROM results GROUP BY width ORDER BY width",
+    )?;
+    for row in stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))? {
+        widths.push(row?);
+    }
+    let results = parts
+        .iter()
+        .filter(|(n, _): &&(String, u64)| n.starts_with("results"))
+        .map(|p| p.1)
+        .sum();
+    Ok(Bytes {
+        total: pages * size,
+        results,
+        row: "summary blob bytes",
+        parts,
+        widths,
+    })
+}
+
+fn pg_bytes(pg: &Postgres, db: &str) -> anyhow::Result<Bytes> {
+    let q = |sql: &str| pg.psql(db, sql).map(|s| s.trim().to_string());
+    q("VACUUM")?;
+    let total: u64 = q("SELECT pg_database_size(current_database())")?.parse()?;
+    let mut parts = Vec::new();
+    // The first: the table with its indexes; then each index.
+    for rel in [
+        "results",
+        "results_pkey",
+        "results_changed",
+        "results_expiry",
+    ] {
+        // Summed over the partition tree (a partitioned relation has no
+        // storage of its own).
+        let n: u64 = q(&format!(
+            "SELECT coalesce(sum(pg_total_relation_size(relid)), 0) FROM pg_partition_tree('{rel}')"
+        ))?
+        .parse()?;
+        parts.push((rel.to_string(), n));
+    }
+    let mut widths = Vec::new();
+    let rows = q("SELECT width || ' ' || count(*) || ' ' || avg(pg_column_size(r.*)) FROM results r GROUP BY width ORDER BY width")?;
+    for line in rows.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        widths.push((f[0].parse()?, f[1].parse()?, f[2].parse()?));
+    }
+    Ok(Bytes {
+        total,
+        results: parts[0].1,
+        row: "tuple bytes (pg_column_size)",
+        parts,
+        widths,
+    })
+}
+
+fn print_bytes(label: &str, all: &mut [Bytes], args: &Args) {
+    all.sort_by_key(|b| b.total);
+    let b = &all[all.len() / 2];
+    let results = b.results;
+    let rows: u64 = b.widths.iter().map(|w| w.1).sum();
+    let series_days = args.series as f64 * args.hours as f64 / 24.0;
+    println!(
+        "{label}: median of {} loads: {} bytes in all ({:.1} MiB); results and its indexes {} bytes: {:.1} bytes per stored window ({} windows), {:.0} bytes per series-day (whole database / {} series × {:.2} days)",
+        all.len(),
+        b.total,
+        b.total as f64 / 1048576.0,
+        results,
+        results as f64 / rows.max(1) as f64,
+        rows,
+        b.total as f64 / series_days,
+        args.series,
+        args.hours as f64 / 24.0
+    );
+    for (name, n) in &b.parts {
+        println!("    {name:<24} {n:>12} bytes");
+    }
+    for (w, n, avg) in &b.widths {
+        println!(
+            "    width {w:>9} ms: {n:>9} rows, {avg:.1} {} per row",
+            b.row
+        );
+    }
+}
+
+/// Ingest of `next` with and without the retention task deleting the first
+/// half of the loaded minutes; prints both rates and expiry's.
+async fn expiry_cost<S: Store>(label: &str, store: S, next: &[Batch], loaded: u64) {
+    let half = T0 + (loaded / 2) as i64 * MIN;
+    // `now` at which every minute starting before `half` has expired.
+    let keep = DAY;
+    let now = half + GRACE_MS + keep + MIN - 1;
+    let policy = Policy::new(keep, vec![(HOUR, 0), (DAY, 0)]);
+    let cfg = RetentionConfig::default();
+    let task = RetentionTask::new(store.clone(), policy, cfg);
+    let (alone, with) = next.split_at(next.len() / 2);
+    let t = Instant::now();
+    load(&store, alone).await.unwrap();
+    let alone_rate =
+        alone.iter().map(|b| b.partials.len()).sum::<usize>() as f64 / t.elapsed().as_secs_f64();
+    let ingest = {
+        let store = store.clone();
+        let with = with.to_vec();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let mut applied = 0usize;
+            for g in with.chunks(GROUP) {
+                store.apply(g).await.unwrap();
+                applied += g.iter().map(|b| b.partials.len()).sum::<usize>();
+            }
+            (applied, t.elapsed().as_secs_f64())
+        })
+    };
+    let t = Instant::now();
+    let mut deleted = 0;
+    loop {
+        let run = task.run_once(now).await.unwrap();
+        deleted += run.expired.iter().map(|e| e.1).sum::<u64>();
+        if run.behind.is_empty() {
+            break;
+        }
+    }
+    let expiry_secs = t.elapsed().as_secs_f64();
+    let (applied, secs) = ingest.await.unwrap();
+    println!(
+        "{label}: ingest {alone_rate:.0} partials/s alone, {:.0} partials/s while expiry ran; expiry deleted {deleted} rows in {expiry_secs:.2} s = {:.0} rows/s (batches of {} rows)",
+        applied as f64 / secs,
+        deleted as f64 / expiry_secs,
+        RetentionConfig::default().batch_rows
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let loaded = args.hours * 60;
+    let batches = minutes(args.series, 0, loaded);
+    // Enough further minutes that ingest outlasts expiry.
+    let next = minutes(args.series, loaded, loaded / 2);
+    println!(
+        "load: {} series × {} one-minute windows, roll-ups {ROLLUPS:?} ms, {GROUP} batches per transaction",
+        args.series, loaded
+    );
+    let dir = tempfile::tempdir()?;
+    let mut lite = Vec::new();
+    for run in 0..args.runs {
+        let path = dir.path().join(format!("bytes-{run}.db"));
+        let store = SqliteStore::open(&path, &ROLLUPS)?;
+        load(&store, &batches).await?;
+        drop(store);
+        lite.push(sqlite_bytes(&path)?);
+    }
+    print_bytes("sqlite", &mut lite, &args);
+    let path = dir.path().join("expiry.db");
+    let store = SqliteStore::open(&path, &ROLLUPS)?;
+    load(&store, &batches).await?;
+    expiry_cost("sqlite", store, &next, loaded).await;
+    if args.pg {
+        let pg = Postgres::start(Server { durable: true }).context("starting PostgreSQL")?;
+        let mut all = Vec::new();
+        for run in 0..args.runs {
+            let db = format!("bytes_{run}");
+            let url = pg.create_database(&db)?;
+            let store = PostgresStore::open(&PostgresOptions::new(url), &ROLLUPS).await?;
+            load(&store, &batches).await?;
+            drop(store);
+            all.push(pg_bytes(&pg, &db)?);
+        }
+        print_bytes("postgres", &mut all, &args);
+        let url = pg.create_database("expiry")?;
+        let store = PostgresStore::open(&PostgresOptions::new(url), &ROLLUPS).await?;
+        load(&store, &batches).await?;
+        expiry_cost("postgres", store, &next, loaded).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! The PostgreSQL store's retention: `results` is partitioned by RANGE on
+//! (width, start) (schema version 6), so expiry is mostly a `DROP TABLE`.
+//!
+//! # Design
+//! - **Partitions.** One per width and span of window starts: a day for
+//!   widths under an hour (agent windows), 30 days for coarser ones
+//!   ([`span`]), named `results_w{width}_{k}` for the span `k` (`n{k}` when
+//!   negative) of `[k·span, (k+1)·span)`. The retention task creates the
+//!   current span's and the next two ahead of need ([`prepare`]) for each
+//!   stored width; rows with no partition of their own (a new width before
+//!   the task's next run, backfill of old windows, and every row carried
+//!   over by the migration) live in `results_default`.
+//! - **Expiry** ([`expire`]): first every partition of the width whose span
+//!   ends at or before the cut is dropped whole (its space goes back to the
+//!   file system at once), then what is left before the cut — in the
+//!   partition at the edge and in the default — goes in bounded `DELETE`s.
+//! - **Locks.** Creating and dropping a partition takes a short
+//!   `ACCESS EXCLUSIVE` lock on `results`; it runs with a `lock_timeout`
+//!   ([`LOCK_TIMEOUT`]), so ingest waits at most that long, and a step that
+//!   cannot get its lock is left to the next run. (Detaching concurrently
+//!   is not possible while a default partition exists.) A partition whose
+//!   range rows of the default already hold is not created (the default
+//!   keeps them, expired by `DELETE`).
+//! - **Counts.** A dropped partition's rows are counted by the planner's
+//!   estimate (`reltuples`), not by a scan of the partition.
+
+use deadpool_postgres::Client;
+use tributary_core::Width;
+
+use crate::store::StoreError;
+
+/// How long a partition's creation or drop waits for its lock.
+pub(super) const LOCK_TIMEOUT: &str = "2s";
+
+/// Spans of window starts ahead of the current one given partitions.
+const AHEAD: i64 = 2;
+
+/// The span of window starts one partition of `width` holds (ms).
+pub(super) fn span(width: Width) -> i64 {
+    const DAY: i64 = 86_400_000;
+    if width.ms() < 3_600_000 {
+        DAY
+    } else {
+        30 * DAY
+    }
+}
+
+/// The name of the partition of `width` holding span `k`.
+fn partition(width: Width, k: i64) -> String {
+    if k < 0 {
+        format!("results_w{}_n{}", width.ms(), k.unsigned_abs())
+    } else {
+        format!("results_w{}_{k}", width.ms())
+    }
+}
+
+/// The span `k` of a partition name of `width`, if it is one.
+fn span_of(width: Width, name: &str) -> Option<i64> {
+    let rest = name.strip_prefix(&format!("results_w{}_", width.ms()))?;
+    match rest.strip_prefix('n') {
+        Some(n) => n.parse::<i64>().ok().map(|k| -k),
+        None => rest.parse().ok(),
+    }
+}
+
+/// Creates the partitions of `width` for the span holding `now` and the
+/// next [`AHEAD`]; one whose range the default partition holds rows of, or
+/// whose lock is not granted in time, is left out (logged).
+pub(super) async fn prepare(client: &mut Client, width: Width, now: i64) -> Result<(), StoreError> {
+    let span = span(width);
+    let k0 = now.div_euclid(span);
+    for k in k0..=k0.saturating_add(AHEAD) {
+        let (Some(from), Some(to)) = (
+            k.checked_mul(span),
+            k.checked_add(1).and_then(|k| k.checked_mul(span)),
+        ) else {
+            continue;
+        };
+        let name = partition(width, k);
+        let exists: bool = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            .await?
+            .get(0);
+        if exists {
+            continue;
+        }
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+            .await?;
+        let made = tx
+            .batch_execute(&format!(
+                "CREATE TABLE {name} PARTITION OF results FOR VALUES FROM ({w}, {from}) TO ({w}, {to})",
+                w = width.ms()
+            ))
+            .await;
+        match made {
+            Ok(()) => tx.commit().await?,
+            Err(e) => {
+                tracing::debug!(partition = name, error = %StoreError::from(e), "partition not created; the default partition keeps its rows");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Drops the partitions of `width` whose span ends at or before `before`,
+/// with the parked entries of their rows; answers the rows they held (the
+/// planner's estimate) and their bytes. A partition whose lock is not
+/// granted in time is left to the next call.
+pub(super) async fn drop_expired(
+    client: &mut Client,
+    width: Width,
+    before: i64,
+) -> Result<(u64, u64), StoreError> {
+    let span = span(width);
+    let names = client
+        .query(
+            "SELECT c.relname::text, greatest(c.reltuples, 0)::bigint,
+                    pg_total_relation_size(c.oid)
+             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'results'::regclass",
+            &[],
+        )
+        .await?;
+    let (mut rows, mut bytes) = (0u64, 0u64);
+    for row in names {
+        let name: String = row.get(0);
+        let Some(k) = span_of(width, &name) else {
+            continue;
+        };
+        let ends = k.checked_add(1).and_then(|k| k.checked_mul(span));
+        if ends.is_none_or(|end| end > before) {
+            continue;
+        }
+        let from = k.saturating_mul(span);
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+            .await?;
+        let dropped = async {
+            tx.execute(
+                "DELETE FROM parked WHERE width = $1 AND start >= $2 AND start < $3",
+                &[&width.ms(), &from, &before],
+            )
+            .await?;
+            tx.batch_execute(&format!("DROP TABLE {name}")).await?;
+            tx.commit().await
+        }
+        .await;
+        match dropped {
+            Ok(()) => {
+                rows = rows.saturating_add(u64::try_from(row.get::<_, i64>(1)).unwrap_or(0));
+                bytes = bytes.saturating_add(u64::try_from(row.get::<_, i64>(2)).unwrap_or(0));
+            }
+            Err(e) => {
+                tracing::warn!(partition = name, error = %StoreError::from(e), "expired partition not dropped; retried at the next run");
+            }
+        }
+    }
+    Ok((rows, bytes))
+}
+
+/// The widths at which results are stored, ascending: a skip-scan of the
+/// `(width, start)` index, one look-up per width.
+pub(super) async fn widths(client: &Client) -> Result<Vec<Width>, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "WITH RECURSIVE w(x) AS (
+                 SELECT min(width) FROM results
+                 UNION ALL
+                 SELECT (SELECT min(width) FROM results WHERE width > x) FROM w WHERE x IS NOT NULL)
+             SELECT x FROM w WHERE x IS NOT NULL",
+        )
+        .await?;
+    let mut out = Vec::new();
+    for row in client.query(&stmt, &[]).await? {
+        let ms: i64 = row.get(0);
+        out.push(Width::new(ms).map_err(|e| StoreError::Corrupt {
+            what: "result width",
+            detail: e.to_string(),
+        })?);
+    }
+    Ok(out)
+}
+
+/// The earliest window start stored at `width`.
+pub(super) async fn oldest(client: &Client, width: Width) -> Result<Option<i64>, StoreError> {
+    let stmt = client
+        .prepare_cached("SELECT min(start) FROM results WHERE width = $1")
+        .await?;
+    Ok(client.query_one(&stmt, &[&width.ms()]).await?.get(0))
+}
+
+/// Deletes at most `limit` rows at `width` starting before `before`, and
+/// the parked entries of the rows it deletes, in one statement (what is
+/// left after [`drop_expired`]).
+pub(super) async fn delete_expired(
+    client: &Client,
+    width: Width,
+    before: i64,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    // SKIP LOCKED: a row an ingest transaction is merging into right now is
+    // left for the next batch instead of waiting for it.
+    let stmt = client
+        .prepare_cached(
+            "WITH gone AS (
+                 DELETE FROM results WHERE (series, width, start) IN (
+                     SELECT series, width, start FROM results
+                     WHERE width = $1 AND start < $2
+                     ORDER BY start LIMIT $3 FOR UPDATE SKIP LOCKED)
+                 RETURNING series, width, start),
+             unparked AS (
+                 DELETE FROM parked p USING gone g
+                 WHERE p.series = g.series AND p.width = g.width AND p.start = g.start)
+             SELECT count(*) FROM gone",
+        )
+        .await?;
+    let n: i64 = client
+        .query_one(&stmt, &[&width.ms(), &before, &limit])
+        .await?
+        .get(0);
+    Ok(usize::try_from(n).unwrap_or(0))
+}

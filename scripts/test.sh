@@ -42,6 +42,13 @@ if ! python3 -c 'import pymodbus' >/dev/null 2>&1; then
   python3 -m pip install -q 'pymodbus>=3.16,<4' 2>/dev/null ||
     python3 -m pip install -q --break-system-packages 'pymodbus>=3.16,<4'
 fi
+# The OPC UA test serves its variables from PyPI's asyncua
+# (testkit/py/opcua_sim.py).
+if ! python3 -c 'import asyncua' >/dev/null 2>&1; then
+  echo "installing: asyncua (PyPI)"
+  python3 -m pip install -q 'asyncua>=1.1,<3' 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages 'asyncua>=1.1,<3'
+fi
 # The OTLP sink's test receiver decodes with OpenTelemetry's own generated
 # code (collector/tests/otlp_receiver.py).
 if ! python3 -c 'import opentelemetry.proto.collector.metrics.v1.metrics_service_pb2' >/dev/null 2>&1; then

@@ -116,21 +116,18 @@ fn seen(m: &Metrics) -> u64 {
             .sum::<u64>()
 }
 
-async fn wait_until(what: &str, wait: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + wait;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits until the agent took in every value in `log`.
 async fn wait_all_seen(m: &Metrics, log: &Path) {
     let n = tributary_testkit::opcua::read_log(log).unwrap().len() as u64;
-    wait_until(&format!("{n} values"), Duration::from_secs(30), || {
-        seen(m) >= n
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen(m) < n {
+        if Instant::now() > deadline {
+            let text = m.render();
+            let ours: Vec<&str> = text.lines().filter(|l| l.contains("opcua")).collect();
+            panic!("{} of {n} values taken in:\n{}", seen(m), ours.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(seen(m), n, "no value taken in twice");
 }
 

@@ -12,14 +12,15 @@ use opcua::client::{
 };
 use opcua::crypto::SecurityPolicy as UaPolicy;
 use opcua::types::{
-    DataValue, MessageSecurityMode, MonitoredItemCreateRequest, MonitoringMode,
-    MonitoringParameters, NodeId, ReadValueId, StatusCode, TimestampsToReturn, UserTokenPolicy,
+    DataChangeFilter, DataChangeTrigger, DataValue, ExtensionObject, MessageSecurityMode,
+    MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId, ReadValueId,
+    StatusCode, TimestampsToReturn, UserTokenPolicy,
 };
 use tokio::sync::{mpsc, watch};
 use tributary_core::{Quantum, SeriesKey};
 use tributary_runtime::now_ms;
 
-use super::config::{ItemScaling, OpcuaConfig, SecurityMode, SecurityPolicy};
+use super::config::{ItemScaling, OpcuaConfig, SecurityMode, SecurityPolicy, Trigger};
 use super::value::{event_time, ticks};
 use crate::engine::Input;
 use crate::metrics::Metrics;
@@ -70,7 +71,10 @@ pub(crate) async fn run(
             s = start(&cfg, &pki, &items, tx, &metrics) => s,
         };
         match started {
-            Ok(session) => {
+            Ok(Started {
+                session,
+                event_loop,
+            }) => {
                 backoff = BACKOFF_MIN;
                 let gone = forward(&cfg, &mut items, rx, &engine, &metrics, &mut shutdown).await;
                 let _ = tokio::time::timeout(
@@ -78,6 +82,7 @@ pub(crate) async fn run(
                     session.disconnect(),
                 )
                 .await;
+                event_loop.abort();
                 if gone {
                     return;
                 }
@@ -111,6 +116,12 @@ fn prepare(cfg: &OpcuaConfig) -> Result<Vec<Item>, String> {
         .collect()
 }
 
+/// A session and the task that drives it.
+struct Started {
+    session: Arc<Session>,
+    event_loop: tokio::task::JoinHandle<()>,
+}
+
 /// Connects, starts the session's event loop (which reconnects with
 /// backoff and recreates the subscription itself, counted as it goes) and
 /// subscribes; the changes go to `tx`. Returns the failure's reason label.
@@ -120,7 +131,7 @@ async fn start(
     items: &[Item],
     tx: mpsc::UnboundedSender<Change>,
     metrics: &Arc<Metrics>,
-) -> Result<Arc<Session>, &'static str> {
+) -> Result<Started, &'static str> {
     let timeout = Duration::from_millis(cfg.timeout_ms);
     let secure = cfg.security_policy != SecurityPolicy::None;
     let mut client = ClientBuilder::new()
@@ -175,15 +186,23 @@ async fn start(
             return Err("connect");
         }
     };
-    tokio::spawn(drive(event_loop.enter(), cfg.name.clone(), metrics.clone()));
+    let event_loop = tokio::spawn(drive(
+        event_loop.enter(),
+        session.clone(),
+        cfg.name.clone(),
+        metrics.clone(),
+    ));
     let connected = tokio::time::timeout(timeout, session.wait_for_connection()).await;
-    if connected != Ok(true) {
-        tracing::warn!(device = cfg.name, "OPC UA session not activated");
+    let subscribed = match connected {
+        Ok(true) => subscribe(cfg, &session, items, tx).await,
+        _ => {
+            tracing::warn!(device = cfg.name, "OPC UA session not activated");
+            Err("connect")
+        }
+    };
+    if let Err(reason) = subscribed {
         let _ = tokio::time::timeout(timeout, session.disconnect()).await;
-        return Err("connect");
-    }
-    if let Err(reason) = subscribe(cfg, &session, items, tx).await {
-        let _ = tokio::time::timeout(timeout, session.disconnect()).await;
+        event_loop.abort();
         return Err(reason);
     }
     tracing::info!(
@@ -191,7 +210,10 @@ async fn start(
         items = items.len(),
         "OPC UA subscription created"
     );
-    Ok(session)
+    Ok(Started {
+        session,
+        event_loop,
+    })
 }
 
 /// Creates the subscription and its monitored items (client handle =
@@ -231,7 +253,17 @@ async fn subscribe(
                     sampling_interval: c.sampling_ms(cfg.publishing_interval_ms) as f64,
                     queue_size: c.queue_size,
                     discard_oldest: true,
-                    ..Default::default()
+                    filter: ExtensionObject::from_message(DataChangeFilter {
+                        trigger: match c.trigger {
+                            Trigger::Status => DataChangeTrigger::Status,
+                            Trigger::StatusValue => DataChangeTrigger::StatusValue,
+                            Trigger::StatusValueTimestamp => {
+                                DataChangeTrigger::StatusValueTimestamp
+                            }
+                        },
+                        deadband_type: 0,
+                        deadband_value: 0.0,
+                    }),
                 },
             )
         })
@@ -256,6 +288,7 @@ async fn subscribe(
 /// losses, failed and successful reconnections.
 async fn drive(
     stream: impl Stream<Item = Result<SessionPollResult, StatusCode>>,
+    session: Arc<Session>,
     device: String,
     metrics: Arc<Metrics>,
 ) {
@@ -275,6 +308,10 @@ async fn drive(
                 if connected_once {
                     metrics.opcua_reconnects(&device).inc();
                     tracing::info!(device, ?mode, "OPC UA session re-established");
+                    // async-opcua 0.19 sends no Publish for a subscription
+                    // it recreated until something triggers one (its
+                    // publish loop starts after the recreation's trigger).
+                    session.trigger_publish_now();
                 }
                 connected_once = true;
             }

@@ -80,6 +80,19 @@ pub enum SecurityMode {
     SignAndEncrypt,
 }
 
+/// The data change filter's trigger.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// Status changes only.
+    Status,
+    /// Status or value changes.
+    StatusValue,
+    /// Status, value or SourceTimestamp changes: every sample.
+    #[default]
+    StatusValueTimestamp,
+}
+
 /// `[[opcua.items]]`: one monitored item, one series.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,6 +110,13 @@ pub struct ItemConfig {
     /// publishing interval.
     #[serde(default)]
     pub sampling_interval_ms: Option<u64>,
+    /// What the server reports: `"status_value_timestamp"` (every new
+    /// SourceTimestamp is a reading, even of the same value),
+    /// `"status_value"` (only changed values: the OPC UA default; repeated
+    /// values are then not counted) or `"status"`. Default
+    /// `"status_value_timestamp"`.
+    #[serde(default)]
+    pub trigger: Trigger,
     /// Changes the server keeps between publishes (the oldest is dropped
     /// when full). Default 10.
     #[serde(default = "default_queue_size")]
@@ -260,6 +280,21 @@ mod tests {
         assert_eq!(s.items[1].sampling_ms(1000), 250);
         assert_eq!(s.items[0].queue_size, 10);
         assert_eq!(c.series_bound().known, 2);
+    }
+
+    #[test]
+    fn the_shipped_example_loads_uncommented() {
+        let text = include_str!("../../../../config/agent.toml");
+        let section: String = text
+            .lines()
+            .skip_while(|l| *l != "# [[opcua]]")
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
+            .collect();
+        let c = load(&section).unwrap();
+        let s = &c.opcua[0];
+        assert_eq!((s.name.as_str(), s.items.len()), ("press-3", 1));
+        assert_eq!(s.items[0].node_id, "ns=2;s=Temp");
     }
 
     #[test]

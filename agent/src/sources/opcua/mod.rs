@@ -8,7 +8,8 @@
 //! `SignAndEncrypt`; anonymous or user name and password). It creates one
 //! subscription (`publishing_interval_ms`) with a monitored item per
 //! `[[opcua.items]]` (sampling interval, queue size, oldest discarded when
-//! full), timestamps Both. Each data change is turned into ticks of the
+//! full; a data change filter that by default reports every new
+//! SourceTimestamp, so a repeated value is a reading too), timestamps Both. Each data change is turned into ticks of the
 //! item's quantum by [`value`] (Good status only; Boolean/integer variants
 //! exact, Float/Double rounded once) with the SourceTimestamp as event time
 //! (else ServerTimestamp, else receive time), and handed to the engine as
@@ -39,4 +40,4 @@ pub mod value;
 
 #[cfg(feature = "opcua")]
 pub(crate) use client::run;
-pub use config::{ItemConfig, OpcuaConfig, SecurityMode, SecurityPolicy};
+pub use config::{ItemConfig, OpcuaConfig, SecurityMode, SecurityPolicy, Trigger};

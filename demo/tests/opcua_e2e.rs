@@ -116,6 +116,23 @@ fn seen(m: &Metrics) -> u64 {
             .sum::<u64>()
 }
 
+/// The stored windows once they hold as many values per metric as `want`
+/// (or after a minute).
+async fn wait_stored(c: &Collector, want: &Windows) -> Windows {
+    let total = |w: &Windows, metric: &str| {
+        w.get(metric)
+            .map_or(0, |w| w.values().map(|x| x.0).sum::<u64>())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = stored(c).await;
+        if want.keys().all(|k| total(&got, k) >= total(want, k)) || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until the agent took in every value in `log`.
 async fn wait_all_seen(m: &Metrics, log: &Path) {
     let n = tributary_testkit::opcua::read_log(log).unwrap().len() as u64;
@@ -180,25 +197,13 @@ async fn opcua_values_reach_the_collector_exactly_through_a_server_restart() {
 
     let written = sim.served().unwrap();
     let want = expected(&written);
-    let good = |metric: &str| {
-        written
-            .iter()
-            .filter(|w| w.metric == metric && w.status == "good")
-            .count() as u64
-    };
-    assert_eq!(good("temp"), 2 * (ROUNDS as u64 + 1));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let got = loop {
-        let got = stored(&collector).await;
-        let count = |metric: &str| {
-            got.get(metric)
-                .map_or(0, |w| w.values().map(|x| x.0).sum::<u64>())
-        };
-        if want.keys().all(|k| count(k) >= good(k)) || Instant::now() > deadline {
-            break got;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let temps = written.iter().filter(|w| w.metric == "temp").count();
+    assert_eq!(
+        temps,
+        2 * (ROUNDS + 1),
+        "two servers wrote a first value and a run"
+    );
+    let got = wait_stored(&collector, &want).await;
     assert_eq!(
         got, want,
         "stored windows = the written values, window by window"
@@ -216,14 +221,63 @@ async fn opcua_values_reach_the_collector_exactly_through_a_server_restart() {
     for r in ["uncertain", "value", "repeat", "connect", "subscribe"] {
         assert_eq!(m.opcua_error("ua", r).get(), 0, "ua: {r}");
     }
-    assert!(
-        m.opcua_reconnects("ua").get() >= 1,
-        "the restart is a reconnection"
+    assert_eq!(
+        m.opcua_reconnects("ua").get(),
+        1,
+        "the restart is one reconnection"
     );
     assert!(m.opcua_error("ua", "connection_lost").get() >= 1);
     assert!(m.opcua_error("ua-down", "connect").get() > 0);
     assert!(m.opcua_error("ua-badpw", "connect").get() > 0);
     assert_eq!(m.opcua_values("ua-badpw").get(), 0);
+    agent.shutdown().await.unwrap();
+    collector.stop().await;
+}
+
+/// Basic256Sha256 with SignAndEncrypt and a user: the agent makes its own
+/// key pair in `pki_dir`, trusts the server's new certificate as
+/// configured, and every value written arrives exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_and_encrypted_session_carries_every_value() {
+    let collector = Collector::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (spec3, log, server_pki) = (
+        dir.path().join("spec.json"),
+        dir.path().join("written.log"),
+        dir.path().join("server-pki"),
+    );
+    std::fs::create_dir(&server_pki).unwrap();
+    std::fs::write(&spec3, spec(3)).unwrap();
+    let port = free_port();
+    let mut sim =
+        OpcuaSim::start_secure(&spec3, port, &log, Some("operator:s3cret"), &server_pki).unwrap();
+    let toml = format!(
+        "agent_id = \"gw-opcua-secure\"\ndata_dir = {data:?}\n\
+         [window]\nwidth_ms = {WIDTH}\nallowed_lateness_ms = 0\nidle_close_ms = 1000\n\
+         [uplink]\nport = {mqtt}\n[http]\nlisten = \"\"\n\
+         [[opcua]]\nname = \"ua\"\nendpoint = \"opc.tcp://127.0.0.1:{port}/\"\n\
+         security_policy = \"Basic256Sha256\"\nsecurity_mode = \"sign_and_encrypt\"\n\
+         trust_server_certs = true\n\
+         username = \"operator\"\npassword = \"s3cret\"\npublishing_interval_ms = 100\n\
+         timeout_ms = 5000\n{items}",
+        data = dir.path().join("agent").display().to_string(),
+        mqtt = collector.broker.port(),
+        items = items_toml(),
+    );
+    let agent = Agent::start(AgentConfig::from_toml(&toml).unwrap())
+        .await
+        .unwrap();
+    let m = agent.metrics();
+    wait_all_seen(&m, &log).await;
+    sim.run().unwrap();
+    wait_all_seen(&m, &log).await;
+    assert!(
+        dir.path().join("agent/opcua-pki/own/cert.der").exists(),
+        "the agent made its key pair in the default pki_dir"
+    );
+    let want = expected(&sim.served().unwrap());
+    let got = wait_stored(&collector, &want).await;
+    assert_eq!(got, want, "stored windows = the written values");
     agent.shutdown().await.unwrap();
     collector.stop().await;
 }

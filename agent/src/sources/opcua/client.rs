@@ -73,10 +73,14 @@ pub(crate) async fn run(
         match started {
             Ok(Started {
                 session,
-                event_loop,
+                mut event_loop,
             }) => {
                 backoff = BACKOFF_MIN;
-                let gone = forward(&cfg, &mut items, rx, &engine, &metrics, &mut shutdown).await;
+                let ends = Ends {
+                    shutdown: &mut shutdown,
+                    event_loop: &mut event_loop,
+                };
+                let gone = forward(&cfg, &mut items, rx, &engine, &metrics, ends).await;
                 let _ = tokio::time::timeout(
                     Duration::from_millis(cfg.timeout_ms),
                     session.disconnect(),
@@ -324,19 +328,26 @@ async fn drive(
     }
 }
 
-/// Hands changes to the engine until shutdown (true) or until the engine
-/// is gone (true).
+/// What ends [`forward`]: shutdown, or the session's event loop giving up.
+struct Ends<'a> {
+    shutdown: &'a mut watch::Receiver<bool>,
+    event_loop: &'a mut tokio::task::JoinHandle<()>,
+}
+
+/// Hands changes to the engine until shutdown or the engine is gone (true),
+/// or until the session's event loop ends (false: start again).
 async fn forward(
     cfg: &OpcuaConfig,
     items: &mut [Item],
     mut rx: mpsc::UnboundedReceiver<Change>,
     engine: &mpsc::Sender<Input>,
     metrics: &Metrics,
-    shutdown: &mut watch::Receiver<bool>,
+    ends: Ends<'_>,
 ) -> bool {
     loop {
         let (handle, value, received) = tokio::select! {
-            _ = shutdown.changed() => return true,
+            _ = ends.shutdown.changed() => return true,
+            _ = &mut *ends.event_loop => return false,
             c = rx.recv() => match c {
                 Some(c) => c,
                 None => return false,

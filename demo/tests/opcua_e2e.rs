@@ -186,14 +186,14 @@ async fn opcua_values_reach_the_collector_exactly_through_a_server_restart() {
 
     // The first values, then a run; the server goes away and a new one
     // (other values, later timestamps) takes its port; another run.
-    wait_all_seen(&m, &log).await;
+    wait_all_seen(m, &log).await;
     sim.run().unwrap();
-    wait_all_seen(&m, &log).await;
+    wait_all_seen(m, &log).await;
     drop(sim);
     let mut sim = OpcuaSim::start(&spec2, port, &log, user).unwrap();
-    wait_all_seen(&m, &log).await;
+    wait_all_seen(m, &log).await;
     sim.run().unwrap();
-    wait_all_seen(&m, &log).await;
+    wait_all_seen(m, &log).await;
 
     let written = sim.served().unwrap();
     let want = expected(&written);
@@ -268,9 +268,9 @@ async fn a_signed_and_encrypted_session_carries_every_value() {
         .await
         .unwrap();
     let m = agent.metrics();
-    wait_all_seen(&m, &log).await;
+    wait_all_seen(m, &log).await;
     sim.run().unwrap();
-    wait_all_seen(&m, &log).await;
+    wait_all_seen(m, &log).await;
     assert!(
         dir.path().join("agent/opcua-pki/own/cert.der").exists(),
         "the agent made its key pair in the default pki_dir"

@@ -138,7 +138,7 @@ async fn start(
 ) -> Result<Started, &'static str> {
     let timeout = Duration::from_millis(cfg.timeout_ms);
     let secure = cfg.security_policy != SecurityPolicy::None;
-    let mut client = ClientBuilder::new()
+    let builder = ClientBuilder::new()
         .application_name("tributary-agent")
         .application_uri("urn:tributary-agent")
         .product_uri("urn:tributary-agent")
@@ -148,12 +148,20 @@ async fn start(
         .session_retry_limit(-1)
         .session_retry_initial(BACKOFF_MIN)
         .session_retry_max(BACKOFF_MAX)
-        .request_timeout(timeout)
-        .client()
-        .map_err(|e| {
+        .request_timeout(timeout);
+    // Making the client may generate an RSA key pair (first use of a
+    // secure policy): slow, so off the runtime's threads.
+    let mut client = match tokio::task::spawn_blocking(move || builder.client()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             tracing::error!(device = cfg.name, errors = ?e, "OPC UA client config refused");
-            "connect"
-        })?;
+            return Err("connect");
+        }
+        Err(e) => {
+            tracing::error!(device = cfg.name, error = %e, "OPC UA client not made");
+            return Err("connect");
+        }
+    };
     let (policy, mode) = match (cfg.security_policy, cfg.security_mode) {
         (SecurityPolicy::None, _) => (UaPolicy::None, MessageSecurityMode::None),
         (SecurityPolicy::Basic256Sha256, SecurityMode::Sign) => {

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Cross-builds the agent for ARM gateways with Debian's cross compilers and
 # runs the binary under qemu-user in the system test
-# demo/tests/modbus_agent_process.rs: it starts from a config file, polls a
-# pymodbus TCP device and forwards exact partials to a collector on the
-# host. Prints the stripped binary's size per target.
+# demo/tests/modbus_agent_process.rs: each starts from a config file, polls
+# a pymodbus TCP device and forwards exact partials to a collector on the
+# host (all targets side by side in one test run). Prints the stripped
+# binary's size per target.
 # Usage: scripts/cross.sh [aarch64|armv7]...   (default: both)
 # CROSS_PROFILE=dev builds without optimisation (what CI does: it proves the
 # binary runs on the target in less build time; sizes are for release).
@@ -24,21 +25,36 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+profile="${CROSS_PROFILE:-release}"
+[ "$profile" = dev ] && out=debug || out="$profile"
+triples=() bins=() runners=()
 for t in "${targets[@]}"; do
   case "$t" in
-  aarch64) triple=aarch64-unknown-linux-gnu qemu=qemu-aarch64 sysroot=/usr/aarch64-linux-gnu strip=aarch64-linux-gnu-strip ;;
-  armv7) triple=armv7-unknown-linux-gnueabihf qemu=qemu-arm sysroot=/usr/arm-linux-gnueabihf strip=arm-linux-gnueabihf-strip ;;
+  aarch64) triple=aarch64-unknown-linux-gnu qemu=qemu-aarch64 sysroot=/usr/aarch64-linux-gnu ;;
+  armv7) triple=armv7-unknown-linux-gnueabihf qemu=qemu-arm sysroot=/usr/arm-linux-gnueabihf ;;
   *) echo "unknown target $t (aarch64, armv7)" >&2; exit 2 ;;
   esac
   rustup target list --installed | grep -qx "$triple" || rustup target add "$triple"
-  start=$(date +%s)
-  profile="${CROSS_PROFILE:-release}"
-  cargo build -q --profile "$profile" -p tributary-agent --target "$triple"
-  [ "$profile" = dev ] && out=debug || out="$profile"
-  bin="$target_dir/$triple/$out/tributary-agent"
-  "$strip" -o "$bin.stripped" "$bin"
-  echo "$triple: built in $(($(date +%s) - start)) s; stripped agent ($profile) $(stat -c %s "$bin.stripped") bytes"
-  "$qemu" -L "$sysroot" "$bin" --version
-  TRIBUTARY_AGENT_BIN="$bin" TRIBUTARY_AGENT_RUNNER="$qemu -L $sysroot" \
-    cargo test -q -p tributary-demo --test modbus_agent_process
+  triples+=("$triple")
+  bins+=("$target_dir/$triple/$out/tributary-agent")
+  runners+=("$qemu -L $sysroot")
 done
+# One cargo run builds every target (their build graphs share the host's
+# build scripts and proc macros and keep both cores busy).
+start=$(date +%s)
+cargo build -q --profile "$profile" -p tributary-agent "${triples[@]/#/--target=}"
+echo "built ${triples[*]} ($profile) in $(($(date +%s) - start)) s"
+for i in "${!triples[@]}"; do
+  case "${triples[$i]}" in
+  aarch64-*) strip=aarch64-linux-gnu-strip ;;
+  armv7-*) strip=arm-linux-gnueabihf-strip ;;
+  esac
+  bin="${bins[$i]}"
+  "$strip" -o "$bin.stripped" "$bin"
+  echo "${triples[$i]}: stripped agent ($profile) $(stat -c %s "$bin.stripped") bytes"
+  ${runners[$i]} "$bin" --version
+done
+# One test run: the agents side by side, each under its qemu-user.
+(IFS=';'
+  TRIBUTARY_AGENT_BIN="${bins[*]}" TRIBUTARY_AGENT_RUNNER="${runners[*]}" \
+    cargo test -q -p tributary-demo --test modbus_agent_process)

@@ -42,6 +42,13 @@ if ! python3 -c 'import pymodbus' >/dev/null 2>&1; then
   python3 -m pip install -q 'pymodbus>=3.16,<4' 2>/dev/null ||
     python3 -m pip install -q --break-system-packages 'pymodbus>=3.16,<4'
 fi
+# The OPC UA test serves its variables from PyPI's asyncua
+# (testkit/py/opcua_sim.py).
+if ! python3 -c 'import asyncua' >/dev/null 2>&1; then
+  echo "installing: asyncua (PyPI)"
+  python3 -m pip install -q 'asyncua>=1.1,<3' 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages 'asyncua>=1.1,<3'
+fi
 # The OTLP sink's test receiver decodes with OpenTelemetry's own generated
 # code (collector/tests/otlp_receiver.py).
 if ! python3 -c 'import opentelemetry.proto.collector.metrics.v1.metrics_service_pb2' >/dev/null 2>&1; then
@@ -107,12 +114,12 @@ target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 # from the dev profile (a release build of agent and collector would add
 # ~10 min; the package's layout, maintainer scripts and unit are what the
 # install test proves) and installed into a throw-away root. The agent is
-# cross-built for aarch64 (dev profile) and run under qemu-user in the
-# Modbus system test; armv7 is built by `scripts/cross.sh armv7` outside
-# CI (another full cross build would not fit the budget).
+# cross-built for aarch64 and armv7 (dev profile, one cargo run for both)
+# and both binaries run side by side under qemu-user in one run of the
+# Modbus system test (scripts/cross.sh).
 mapfile -t debs < <(packaging/build-debs.sh --profile dev)
 packaging/test-debs.sh "${debs[@]}"
-CROSS_PROFILE=dev scripts/cross.sh aarch64
+CROSS_PROFILE=dev scripts/cross.sh aarch64 armv7
 
 # The fault campaign, short (demo/src/soak; the long run is in its docs):
 # real agent, collector and mosquitto processes killed with kill -9, broker

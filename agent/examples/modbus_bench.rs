@@ -1,12 +1,15 @@
-//! Modbus poll throughput against the pymodbus simulator (PyPI), median of
-//! three runs, with a bare baseline measured in the same run:
+//! Modbus poll throughput against two servers — the pymodbus simulator
+//! (PyPI), and a `tokio-modbus` server in this process (to see the agent's
+//! own ceiling, not the simulator's) — median of three runs each, with a
+//! bare client baseline measured in the same run:
 //!
 //! ```sh
 //! cargo run --release -p tributary-agent --example modbus_bench -- [REGISTERS] [SECONDS]
 //! ```
 //!
 //! The workload: one Modbus TCP device on 127.0.0.1 serving REGISTERS
-//! (default 1000) adjacent uint16 holding registers, logging off.
+//! (default 1000) adjacent uint16 holding registers (pymodbus: logging
+//! off; tokio-modbus: register a holds a).
 //! - bare: a plain `tokio-modbus` loop reading them in requests of 125,
 //!   back to back, for SECONDS (default 5);
 //! - agent: the agent (uplink off, windows in its SQLite store) polling the
@@ -17,6 +20,8 @@
 use std::time::{Duration, Instant};
 
 use tokio_modbus::client::Reader;
+use tokio_modbus::server::tcp::{accept_tcp_connection, Server};
+use tokio_modbus::{ExceptionCode, Request, Response};
 use tributary_agent::config::Config;
 use tributary_agent::Agent;
 use tributary_testkit::{free_port, ModbusSim};
@@ -29,6 +34,41 @@ fn spec(n: u16) -> String {
         r#"{{"unit":1,"log":false,"points":[{}]}}"#,
         points.join(",")
     )
+}
+
+/// Holding register `a` holds `a`; anything else is an illegal function.
+struct Registers;
+
+impl tokio_modbus::server::Service for Registers {
+    type Request = Request<'static>;
+    type Response = Response;
+    type Exception = ExceptionCode;
+    type Future = std::future::Ready<Result<Response, ExceptionCode>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        std::future::ready(match req {
+            Request::ReadHoldingRegisters(a, n) => Ok(Response::ReadHoldingRegisters(
+                (0..n).map(|i| a.wrapping_add(i)).collect(),
+            )),
+            _ => Err(ExceptionCode::IllegalFunction),
+        })
+    }
+}
+
+/// A tokio-modbus TCP server on a free port, serving until the process ends.
+async fn tokio_modbus_server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let on_connected = |stream, addr| async move {
+            accept_tcp_connection(stream, addr, |_| Ok(Some(Registers)))
+        };
+        Server::new(listener)
+            .serve(&on_connected, |e| eprintln!("tokio-modbus server: {e}"))
+            .await
+            .unwrap();
+    });
+    port
 }
 
 async fn bare(port: u16, n: u16, secs: u64) -> f64 {
@@ -81,28 +121,35 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-#[tokio::main]
-async fn main() {
-    let mut args = std::env::args().skip(1);
-    let n: u16 = args.next().map_or(1000, |a| a.parse().unwrap());
-    let secs: u64 = args.next().map_or(5, |a| a.parse().unwrap());
-    let port = free_port();
-    let _sim = ModbusSim::tcp(&spec(n), port).unwrap();
+/// Median of 3 runs (bare, agent) against the server on `port`.
+async fn measure(server: &str, port: u16, n: u16, secs: u64) {
     let (mut b, mut a) = (Vec::new(), Vec::new());
     for run in 0..3 {
         b.push(bare(port, n, secs).await);
         a.push(agent(port, n, secs).await);
         println!(
-            "run {}: bare {:.0} registers/s, agent {:.0} registers/s",
+            "{server} run {}: bare {:.0} registers/s, agent {:.0} registers/s",
             run + 1,
             b[run],
             a[run]
         );
     }
     println!(
-        "median of 3 ({n} uint16 holding registers, {secs} s each): \
+        "{server}: median of 3 ({n} uint16 holding registers, {secs} s each): \
          bare tokio-modbus {:.0} registers/s, agent {:.0} registers/s",
         median(b),
         median(a)
     );
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: u16 = args.next().map_or(1000, |a| a.parse().unwrap());
+    let secs: u64 = args.next().map_or(5, |a| a.parse().unwrap());
+    let port = free_port();
+    let sim = ModbusSim::tcp(&spec(n), port).unwrap();
+    measure("pymodbus", port, n, secs).await;
+    drop(sim);
+    measure("tokio-modbus server", tokio_modbus_server().await, n, secs).await;
 }

@@ -150,8 +150,9 @@ impl Agent {
     }
 }
 
-/// Starts a task per serial port, Modbus device and simulated device;
-/// returns the ports' and Modbus devices' tasks, and the simulated devices'.
+/// Starts a task per serial port, Modbus device, OPC UA server and simulated
+/// device; returns the ports', Modbus devices' and OPC UA servers' tasks,
+/// and the simulated devices'.
 fn spawn_devices(
     config: &Config,
     tx: &mpsc::Sender<Input>,
@@ -177,6 +178,7 @@ fn spawn_devices(
                 shutdown.clone(),
             ))
         }))
+        .chain(opcua(config, tx, metrics, shutdown))
         .collect();
     let sim = &config.simulated;
     let sims = SimDevice::all(sim)
@@ -192,6 +194,35 @@ fn spawn_devices(
         })
         .collect();
     (serial, sims)
+}
+
+/// A task per `[[opcua]]` server (none without the `opcua` feature, whose
+/// config check refuses the section).
+fn opcua(
+    config: &Config,
+    tx: &mpsc::Sender<Input>,
+    metrics: &Arc<Metrics>,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    #[cfg(feature = "opcua")]
+    {
+        config
+            .opcua
+            .iter()
+            .map(|server| {
+                let (server, dir) = (server.clone(), config.data_dir.clone());
+                let (tx, metrics, shutdown) = (tx.clone(), metrics.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    crate::sources::opcua::run(server, &dir, tx, metrics, shutdown).await;
+                })
+            })
+            .collect()
+    }
+    #[cfg(not(feature = "opcua"))]
+    {
+        let _ = (config, tx, metrics, shutdown);
+        Vec::new()
+    }
 }
 
 /// What the engine thread reports: when it stopped (and why), and when its

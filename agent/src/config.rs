@@ -8,7 +8,7 @@
 //! it: [`WindowConfig`] (`[window]`), [`StoreConfig`] and [`OutboxConfig`]
 //! (`[store]`, `[outbox]`), [`UplinkConfig`], [`LimitsConfig`],
 //! [`HttpConfig`], [`SerialConfig`] (`[[serial]]`), [`ModbusConfig`]
-//! (`[[modbus]]`), [`LocalMqttConfig`]
+//! (`[[modbus]]`), [`OpcuaConfig`] (`[[opcua]]`), [`LocalMqttConfig`]
 //! and [`SimulatedConfig`] (in `tributary_sim`).
 //!
 //! Environment overrides: `TRIBUTARY_<KEY>` for a top-level key and
@@ -29,6 +29,7 @@ pub use crate::engine::{GlobalTags, LimitsConfig};
 pub use crate::http::HttpConfig;
 pub use crate::sources::modbus::ModbusConfig;
 pub use crate::sources::mqtt::LocalMqttConfig;
+pub use crate::sources::opcua::OpcuaConfig;
 pub use crate::sources::serial::SerialConfig;
 pub use crate::store::config::SeriesBound;
 pub use crate::store::{OutboxConfig, StoreConfig, Synchronous};
@@ -72,6 +73,9 @@ pub struct Config {
     /// Modbus TCP/RTU devices (default none).
     #[serde(default)]
     pub modbus: Vec<ModbusConfig>,
+    /// OPC UA servers (default none).
+    #[serde(default)]
+    pub opcua: Vec<OpcuaConfig>,
     /// The local broker devices publish to.
     #[serde(default)]
     pub local_mqtt: LocalMqttConfig,
@@ -169,6 +173,13 @@ impl Config {
                 );
             }
         }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, o) in self.opcua.iter().enumerate() {
+            o.check(i, &mut p);
+            if !names.insert(o.name.as_str()) {
+                p.bad(format!("opcua[{i}].name"), "two OPC UA servers of one name");
+            }
+        }
         self.simulated.check(self.window.width_ms, &mut p);
         p.finish()
     }
@@ -189,9 +200,11 @@ impl Config {
     pub fn series_bound(&self) -> SeriesBound {
         let channels = tributary_sim::device::SIM_CHANNELS.len() as u64;
         let modbus: u64 = self.modbus.iter().map(|m| m.registers.len() as u64).sum();
+        let opcua: u64 = self.opcua.iter().map(|o| o.items.len() as u64).sum();
         let known = (self.simulated.devices as u64)
             .saturating_mul(channels)
-            .saturating_add(modbus);
+            .saturating_add(modbus)
+            .saturating_add(opcua);
         let open_ended = self.local_mqtt.enabled || !self.serial.is_empty();
         SeriesBound {
             known,

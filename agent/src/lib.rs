@@ -18,8 +18,10 @@
 //! The folders follow the flow of data, and each component's config section
 //! lives beside it:
 //! - [`sources`] — device inputs: [`sources::serial`] ports,
-//!   [`sources::mqtt`] (the local broker), [`sources::simulated`] virtual
-//!   devices.
+//!   [`sources::mqtt`] (the local broker), [`sources::modbus`] (polled),
+//!   [`sources::opcua`] (subscriptions; cargo feature `opcua`),
+//!   [`sources::simulated`] virtual devices, and the exact
+//!   [`sources::scaling`] the industrial inputs share.
 //! - [`link`] — what devices send and the per-device state to apply it once:
 //!   the [`link::json`] readings format, clock mapping ([`link::clock`]),
 //!   frame de-duplication from where each boot's Hello says its

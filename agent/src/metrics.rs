@@ -207,6 +207,12 @@ pub struct Metrics {
     modbus_errors: Family<[(&'static str, String); 2], Counter>,
     /// Modbus polls by device.
     modbus_polls: Family<DeviceLabel, Counter>,
+    /// OPC UA failures and refused values by server and reason (`sources::opcua`).
+    opcua_errors: Family<[(&'static str, String); 2], Counter>,
+    /// OPC UA values handed to the engine, by server.
+    opcua_values: Family<DeviceLabel, Counter>,
+    /// OPC UA sessions re-established after a loss, by server.
+    opcua_reconnects: Family<DeviceLabel, Counter>,
     clock_drift: Family<DeviceLabel, FGauge>,
     clock_error: Family<DeviceLabel, FGauge>,
     /// What the health endpoints report.
@@ -316,6 +322,9 @@ impl Metrics {
             store_ok: g(&mut r, "store_ok", "Whether the last store operation succeeded."),
             modbus_errors: reg(&mut r, "modbus_errors", "Modbus failures by device and reason (connect, timeout, crc, io, protocol, exception, value).", Family::default()),
             modbus_polls: reg(&mut r, "modbus_polls", "Modbus polls by device.", Family::default()),
+            opcua_errors: reg(&mut r, "opcua_errors", "OPC UA failures and refused values by server and reason (connect, subscribe, item, connection_lost, reconnect, bad, uncertain, type, value, repeat).", Family::default()),
+            opcua_values: reg(&mut r, "opcua_values", "OPC UA values handed to the engine, by server.", Family::default()),
+            opcua_reconnects: reg(&mut r, "opcua_reconnects", "OPC UA sessions re-established (and subscriptions recreated or transferred) after a loss, by server.", Family::default()),
             clock_offset: f(&mut r, "device_clock_offset_ms", "Estimated wall-clock ms at the device's tick 0 (current boot)."),
             clock_drift: f(&mut r, "device_clock_drift_ppm", "Estimated device clock rate error (ppm, positive = fast)."),
             clock_error: f(&mut r, "device_clock_error_ms", "Stated error of event times mapped from device ticks (ms, excluding the link's constant latency)."),
@@ -342,6 +351,30 @@ impl Metrics {
     /// The Modbus polls of `device`.
     pub fn modbus_polls(&self, device: &str) -> Counter {
         self.modbus_polls
+            .get_or_create(&[("device", device.to_string())])
+            .clone()
+    }
+
+    /// The OPC UA failures or refused values of `device` for `reason`.
+    pub fn opcua_error(&self, device: &str, reason: &'static str) -> Counter {
+        self.opcua_errors
+            .get_or_create(&[
+                ("device", device.to_string()),
+                ("reason", reason.to_string()),
+            ])
+            .clone()
+    }
+
+    /// The OPC UA values of `device` handed to the engine.
+    pub fn opcua_values(&self, device: &str) -> Counter {
+        self.opcua_values
+            .get_or_create(&[("device", device.to_string())])
+            .clone()
+    }
+
+    /// The OPC UA reconnections of `device`.
+    pub fn opcua_reconnects(&self, device: &str) -> Counter {
+        self.opcua_reconnects
             .get_or_create(&[("device", device.to_string())])
             .clone()
     }

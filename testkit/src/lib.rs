@@ -20,6 +20,9 @@
 //! - [`modbus::ModbusSim`] — a Modbus device simulated by `pymodbus` (TCP
 //!   or RTU) that logs every value it serves with its exact ticks; and
 //!   [`modbus::PtyPair`], a `socat` pty pair as the serial line.
+//! - [`opcua::OpcuaSim`] — an OPC UA server simulated by `asyncua` that
+//!   writes on request and logs every value with its SourceTimestamp and
+//!   exact ticks.
 //! - [`Prometheus`], [`VictoriaMetrics`], [`InfluxDb`] — real metrics
 //!   databases from the distribution in a temp dir on a free port, killed on
 //!   `Drop` (`start`, `url`).
@@ -28,10 +31,12 @@
 
 pub mod metricsdb;
 pub mod modbus;
+pub mod opcua;
 pub mod postgres;
 
 pub use metricsdb::{InfluxDb, Prometheus, VictoriaMetrics};
 pub use modbus::{ModbusSim, PtyPair, Served};
+pub use opcua::{OpcuaSim, Written};
 pub use postgres::{Postgres, PostgresOptions};
 
 use std::collections::hash_map::RandomState;

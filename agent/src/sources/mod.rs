@@ -6,8 +6,15 @@
 //!   frames), `[local_mqtt]`;
 //! - [`serial`] — devices on serial ports (the firmware link protocol),
 //!   `[[serial]]`;
-//! - [`modbus`] — Modbus TCP and RTU devices, polled, `[[modbus]]`.
+//! - [`modbus`] — Modbus TCP and RTU devices, polled, `[[modbus]]`;
+//! - [`opcua`] — OPC UA servers, monitored items of a subscription,
+//!   `[[opcua]]` (cargo feature `opcua`, on by default).
+//!
+//! [`scaling`] is the exact scale/offset into a quantum that the industrial
+//! inputs share.
 pub mod modbus;
 pub mod mqtt;
+pub mod opcua;
+pub mod scaling;
 pub mod serial;
 pub mod simulated;

@@ -10,7 +10,7 @@ use tributary_core::series::validate_id;
 use tributary_core::Quantum;
 use tributary_runtime::config::Problems;
 
-use super::decode::Scaling;
+use crate::sources::scaling::Scaling;
 
 /// `[[modbus]]`: one device, polled by a task of its own.
 #[derive(Debug, Clone, Deserialize)]

@@ -42,8 +42,9 @@ use tributary_runtime::now_ms;
 
 use crate::engine::Input;
 use crate::metrics::Metrics;
+use crate::sources::scaling::Scaling;
 pub use config::{DataType, ModbusConfig, Order, Parity, RegisterConfig, Table};
-use decode::{raw, ticks, Raw, Scaling};
+use decode::{raw, ticks, Raw};
 use plan::{plan, Request};
 
 /// Longest pause between reconnection attempts.

@@ -1,0 +1,43 @@
+//! OPC UA servers (`[[opcua]]`): monitored items of one subscription per
+//! server, each a series (cargo feature `opcua`, on by default; without it
+//! the section is refused at load).
+//!
+//! # Design
+//! Each server's task owns an `async-opcua` client session over
+//! `opc.tcp` (security `None`, or `Basic256Sha256` with `Sign` or
+//! `SignAndEncrypt`; anonymous or user name and password). It creates one
+//! subscription (`publishing_interval_ms`) with a monitored item per
+//! `[[opcua.items]]` (sampling interval, queue size, oldest discarded when
+//! full; a data change filter that by default reports every new
+//! SourceTimestamp, so a repeated value is a reading too), timestamps Both. Each data change is turned into ticks of the
+//! item's quantum by [`value`] (Good status only; Boolean/integer variants
+//! exact, Float/Double rounded once) with the SourceTimestamp as event time
+//! (else ServerTimestamp, else receive time), and handed to the engine as
+//! [`crate::engine::Input::Readings`], which applies the agent's time
+//! bounds like for any reading.
+//!
+//! Failures and refusals are counted per server and reason in
+//! `tributary_agent_opcua_errors_total{device,reason}`: `connect` (no
+//! endpoint, session or activation within `timeout_ms`), `subscribe` (the
+//! subscription or its items refused), `connection_lost`, `reconnect` (a
+//! failed attempt), and per value `bad`, `uncertain` (status), `type` (not
+//! a number), `value` (does not fit the ticks), `repeat` (the value last
+//! handed over, again: a recreated subscription's first report).
+//! Values handed over are counted in `tributary_agent_opcua_values_total`.
+//! Until the first session is up the task retries with a backoff from
+//! 100 ms doubling to 30 s; after that the library's session loop
+//! reconnects with the same backoff and transfers or recreates the
+//! subscription (`tributary_agent_opcua_reconnects_total`). A server only
+//! ever waits on itself: its failures stall no other input. Changes are
+//! queued unbounded between the library's callback and the engine: their
+//! rate is bounded by the items' sampling and queue sizes.
+
+#[cfg(feature = "opcua")]
+mod client;
+pub mod config;
+#[cfg(feature = "opcua")]
+pub mod value;
+
+#[cfg(feature = "opcua")]
+pub(crate) use client::run;
+pub use config::{ItemConfig, OpcuaConfig, SecurityMode, SecurityPolicy, Trigger};

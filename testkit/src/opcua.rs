@@ -1,0 +1,151 @@
+//! An OPC UA server simulated by `asyncua` (PyPI) on a free port.
+//!
+//! The server (`py/opcua_sim.py`) writes each variable's values with
+//! SourceTimestamps it sets itself and logs every one with the exact ticks
+//! it stands for, computed in Python with exact fractions:
+//! [`OpcuaSim::served`] is the judge's input, independent of the agent's
+//! arithmetic. It writes only when told ([`OpcuaSim::run`]), so a test can
+//! first wait for the agent's subscription.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+/// One value the server wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// Its SourceTimestamp (Unix ms).
+    pub at_ms: i64,
+    /// The variable's metric.
+    pub metric: String,
+    /// `"good"`, `"bad"` (a Bad status) or `"text"` (not a number).
+    pub status: String,
+    /// The exact ticks of its scaled value (0 unless good).
+    pub ticks: i128,
+}
+
+/// A running asyncua server, killed on drop.
+pub struct OpcuaSim {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    log: PathBuf,
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("py/opcua_sim.py")
+}
+
+impl OpcuaSim {
+    /// A server on 127.0.0.1:`port` with the JSON `spec` (see
+    /// `py/opcua_sim.py`), appending to the log `log`; `user` is
+    /// `"name:password"` to require that user.
+    pub fn start(spec: &Path, port: u16, log: &Path, user: Option<&str>) -> io::Result<OpcuaSim> {
+        OpcuaSim::start_with(spec, port, log, user, None)
+    }
+
+    /// [`OpcuaSim::start`], offering only Basic256Sha256 with
+    /// SignAndEncrypt, its certificate and key made in `pki`.
+    pub fn start_secure(
+        spec: &Path,
+        port: u16,
+        log: &Path,
+        user: Option<&str>,
+        pki: &Path,
+    ) -> io::Result<OpcuaSim> {
+        OpcuaSim::start_with(spec, port, log, user, Some(pki))
+    }
+
+    fn start_with(
+        spec: &Path,
+        port: u16,
+        log: &Path,
+        user: Option<&str>,
+        secure: Option<&Path>,
+    ) -> io::Result<OpcuaSim> {
+        let mut cmd = Command::new("python3");
+        cmd.arg(script())
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--spec")
+            .arg(spec)
+            .arg("--log")
+            .arg(log);
+        if let Some(u) = user {
+            cmd.arg("--user").arg(u);
+        }
+        if let Some(dir) = secure {
+            cmd.arg("--secure").arg(dir);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::other("no pipes to the asyncua server"));
+        };
+        let mut sim = OpcuaSim {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+            log: log.to_path_buf(),
+        };
+        if sim.line()? != "ready" {
+            return Err(io::Error::other(
+                "the asyncua server did not start (is asyncua installed?)",
+            ));
+        }
+        Ok(sim)
+    }
+
+    fn line(&mut self) -> io::Result<String> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        Ok(line.trim().to_string())
+    }
+
+    /// One run of writes (the spec's `rounds`); returns when it is done.
+    pub fn run(&mut self) -> io::Result<()> {
+        self.stdin.write_all(b"go\n")?;
+        self.stdin.flush()?;
+        match self.line()?.as_str() {
+            "done" => Ok(()),
+            other => Err(io::Error::other(format!("asyncua server said {other:?}"))),
+        }
+    }
+
+    /// Every value written so far (by every server on this log), in order.
+    pub fn served(&self) -> io::Result<Vec<Written>> {
+        read_log(&self.log)
+    }
+}
+
+/// The values logged in `log`, in order.
+pub fn read_log(log: &Path) -> io::Result<Vec<Written>> {
+    let text = std::fs::read_to_string(log)?;
+    text.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let bad = || io::Error::other(format!("bad log line {l:?}"));
+            if f.len() != 4 {
+                return Err(bad());
+            }
+            Ok(Written {
+                at_ms: f[0].parse().map_err(|_| bad())?,
+                metric: f[1].to_string(),
+                status: f[2].to_string(),
+                ticks: f[3].parse().map_err(|_| bad())?,
+            })
+        })
+        .collect()
+}
+
+impl Drop for OpcuaSim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -8,6 +8,9 @@
 # Usage: scripts/cross.sh [aarch64|armv7]...   (default: both)
 # CROSS_PROFILE=dev builds without optimisation (what CI does: it proves the
 # binary runs on the target in less build time; sizes are for release).
+# CROSS_CARGO_FLAGS adds cargo flags to the build, e.g. --no-default-features
+# (CI builds the ARM agents without the OPC UA input, which is target-
+# independent Rust tested on the host, to keep the cross build short).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 targets=("$@")
@@ -42,7 +45,8 @@ done
 # One cargo run builds every target (their build graphs share the host's
 # build scripts and proc macros and keep both cores busy).
 start=$(date +%s)
-cargo build -q --profile "$profile" -p tributary-agent "${triples[@]/#/--target=}"
+read -r -a extra <<<"${CROSS_CARGO_FLAGS:-}"
+cargo build -q --profile "$profile" -p tributary-agent "${extra[@]}" "${triples[@]/#/--target=}"
 echo "built ${triples[*]} ($profile) in $(($(date +%s) - start)) s"
 for i in "${!triples[@]}"; do
   case "${triples[$i]}" in

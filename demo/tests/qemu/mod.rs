@@ -171,8 +171,10 @@ pub(crate) struct Frame {
 /// What one boot logged.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct BootLog {
-    /// Unix ms minus device ms, from the first TimeSync.
+    /// Unix ms minus device ms, from the TimeSync adopted.
     pub(crate) offset: Option<i64>,
+    /// TimeSyncs refused for their round trip.
+    pub(crate) refused_syncs: u32,
     /// (tick, [channel 0, channel 1]) per measurement.
     pub(crate) readings: Vec<(u64, [i64; 2])>,
     pub(crate) frames: Vec<Frame>,
@@ -208,7 +210,8 @@ impl Log {
         let b = self.boots.entry(boot).or_default();
         match (tag, nums.as_slice()) {
             ("B", [_]) => {}
-            ("S", [_, offset]) => b.offset = Some(*offset),
+            ("S", [_, offset, _rtt]) => b.offset = Some(*offset),
+            ("X", [_, _rtt]) => b.refused_syncs += 1,
             ("R", [_, tick, v0, v1]) => b.readings.push((u64::try_from(*tick).ok()?, [*v0, *v1])),
             ("F", [_, seq, ch, start, count]) => b.frames.push(Frame {
                 seq: u32::try_from(*seq).ok()?,

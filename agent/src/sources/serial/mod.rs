@@ -141,7 +141,7 @@ async fn serve(
     loop {
         tokio::select! {
             _ = shutdown.changed() => return Ok(Stop::Shutdown),
-            _ = sync.tick() => send(&port, &Message::TimeSync(TimeSync { unix_ms: now_ms() })).await?,
+            _ = sync.tick() => send(&port, &Message::TimeSync(TimeSync { unix_ms: now_ms(), hello_tick: None })).await?,
             Some(msg) = replies.recv() => send(&port, &msg).await?,
             guard = port.readable() => {
                 let mut guard = guard?;

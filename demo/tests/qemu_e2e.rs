@@ -186,6 +186,16 @@ async fn an_emulated_cortex_m_reset_mid_run_loses_and_doubles_nothing() {
         [1, 2],
         "one reset, two boots"
     );
+    for (boot, b) in &log.boots {
+        eprintln!(
+            "boot {boot}: offset {:?} (round trip {:?} ms), {} TimeSyncs refused for their round trip, {} readings, {} frames",
+            b.offset,
+            b.sync_rtt,
+            b.refused_syncs,
+            b.readings.len(),
+            b.frames.len()
+        );
+    }
     let want = groups(&log);
     let required = want.values().flatten().filter(|g| g.1).count();
     let optional: BTreeSet<_> = want

@@ -173,6 +173,8 @@ pub(crate) struct Frame {
 pub(crate) struct BootLog {
     /// Unix ms minus device ms, from the TimeSync adopted.
     pub(crate) offset: Option<i64>,
+    /// The adopted TimeSync's round trip (ms).
+    pub(crate) sync_rtt: Option<i64>,
     /// TimeSyncs refused for their round trip.
     pub(crate) refused_syncs: u32,
     /// (tick, [channel 0, channel 1]) per measurement.
@@ -210,7 +212,7 @@ impl Log {
         let b = self.boots.entry(boot).or_default();
         match (tag, nums.as_slice()) {
             ("B", [_]) => {}
-            ("S", [_, offset, _rtt]) => b.offset = Some(*offset),
+            ("S", [_, offset, rtt]) => (b.offset, b.sync_rtt) = (Some(*offset), Some(*rtt)),
             ("X", [_, _rtt]) => b.refused_syncs += 1,
             ("R", [_, tick, v0, v1]) => b.readings.push((u64::try_from(*tick).ok()?, [*v0, *v1])),
             ("F", [_, seq, ch, start, count]) => b.frames.push(Frame {

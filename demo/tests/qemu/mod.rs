@@ -17,14 +17,15 @@ fn root() -> PathBuf {
 }
 
 /// Builds the image for `target` with its readings log (feature
-/// `readings-log`; `scripts/test.sh` builds and measures it without) and
-/// returns its path.
+/// `readings-log`; `scripts/test.sh` builds and measures it without, in the
+/// same target dir, so the dependencies are built once) and returns its
+/// path.
 pub(crate) fn build_image(target: &str) -> PathBuf {
     let root = root();
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
-        .join("qemu-log");
+        .join("qemu");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(root.join("firmware/qemu"))

@@ -2,6 +2,7 @@
 //! within the round-trip bound, at the round trip's midpoint; held-up
 //! TimeSyncs — however many, however well they agree — are refused; the
 //! first sample falls on a wall-clock window boundary.
+#![allow(clippy::unwrap_used)] // a test's failure is a panic
 
 use tributary_core::frame::{encode, FrameDecoder, Message, TimeSync, MAX_FRAME};
 use tributary_firmware::{

@@ -55,6 +55,39 @@ pub struct SessionConfig {
     pub max_rtt_ms: u64,
 }
 
+impl SessionConfig {
+    /// A device `device` running `firmware`, with windows of `window_ms`
+    /// and a measurement every `period_ms`; Hello every second and round
+    /// trips up to 100 ms (≤ 50 ms of clock error) until changed.
+    pub const fn new(
+        device: &'static str,
+        firmware: &'static str,
+        window_ms: u32,
+        period_ms: u64,
+    ) -> Self {
+        SessionConfig {
+            device,
+            firmware,
+            window_ms,
+            period_ms,
+            hello_every_ms: 1_000,
+            max_rtt_ms: 100,
+        }
+    }
+
+    /// Hello every `ms` until the clock is set.
+    pub const fn hello_every(mut self, ms: u64) -> Self {
+        self.hello_every_ms = ms;
+        self
+    }
+
+    /// The longest round trip adopted.
+    pub const fn max_rtt(mut self, ms: u64) -> Self {
+        self.max_rtt_ms = ms;
+        self
+    }
+}
+
 /// What a received TimeSync did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncEvent {

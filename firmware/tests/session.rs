@@ -16,14 +16,7 @@ const SPECS: [ChannelSpec; 1] = [ChannelSpec {
     reference: 20_000,
 }];
 
-const CFG: SessionConfig = SessionConfig {
-    device: "dev-1",
-    firmware: "t",
-    window_ms: 1_000,
-    period_ms: 20,
-    hello_every_ms: 500,
-    max_rtt_ms: 100,
-};
+const CFG: SessionConfig = SessionConfig::new("dev-1", "t", 1_000, 20).hello_every(500);
 
 struct Dev {
     session: Session,

@@ -28,16 +28,10 @@ static BOOT2: [u8; 256] = rp2040_boot2::BOOT_LOADER_W25Q080;
 
 /// The Pico's crystal.
 const XTAL_HZ: u32 = 12_000_000;
-const SESSION: SessionConfig = SessionConfig {
-    device: "pico-sht3x",
-    firmware: env!("CARGO_PKG_VERSION"),
-    // It must divide the agent's window.
-    window_ms: 60_000,
-    period_ms: 1_000,
-    hello_every_ms: 1_000,
-    // A USB-serial adapter adds a few ms each way; error ≤ 100 ms.
-    max_rtt_ms: 200,
-};
+/// 60 s windows (they must divide the agent's), a reading a second; a
+/// USB-serial adapter adds a few ms each way: round trips up to 200 ms.
+const SESSION: SessionConfig =
+    SessionConfig::new("pico-sht3x", env!("CARGO_PKG_VERSION"), 60_000, 1_000).max_rtt(200);
 /// A frame not acked this long after it was sent is sent again.
 const RESEND_MS: u64 = 5_000;
 
@@ -119,13 +113,8 @@ fn main() -> ! {
             session.receive(now, &[byte], &mut link, &mut agg);
         }
         if !session.synced() {
-            session.hello(
-                now,
-                sensor.channels(),
-                &agg,
-                &mut link,
-                &mut |bytes: &[u8]| uart.write_full_blocking(bytes),
-            );
+            let mut tx = |bytes: &[u8]| uart.write_full_blocking(bytes);
+            session.hello(now, sensor.channels(), &agg, &mut link, &mut tx);
             continue;
         }
         if session.sample_due(now) {

@@ -69,6 +69,73 @@ impl FixedSummary {
         index: &DeviceIndex,
         floor: i8,
     ) -> Result<(), SummaryError> {
+        if self.try_insert(time, v, index) {
+            return Ok(());
+        }
+        self.insert_general(time, v, index, floor)
+    }
+
+    /// The device's per-reading path: folds in the reading if that needs no
+    /// decision — the summary already holds a reading, the quantum matches,
+    /// no count or moment overflows and the reading's bucket is already held
+    /// at the current scale — and returns whether it did (`false`: nothing
+    /// changed; [`Self::insert_above`] then takes the general path, which
+    /// gives the same result whenever this one succeeds). A small leaf
+    /// function on purpose: the general path (scale changes, errors) keeps a
+    /// large stack frame and many registers, which cost every reading when
+    /// both were one function.
+    #[inline(never)]
+    pub fn try_insert(&mut self, time: u32, v: i32, index: &DeviceIndex) -> bool {
+        let Some(e) = &mut self.extent else {
+            return false;
+        };
+        if index.quantum() != self.quantum {
+            return false;
+        }
+        let Some(count) = self.count.checked_add(1) else {
+            return false;
+        };
+        let d = i64::from(v) - i64::from(self.reference);
+        let Some(sum) = self.sum.checked_add(d) else {
+            return false;
+        };
+        // |d| ≤ 2³² − 1: one 32 × 32 → 64-bit multiplication.
+        let m = d.unsigned_abs() as u32;
+        let Some(sum_sq) = self.sum_sq.checked_add(u64::from(m) * u64::from(m)) else {
+            return false;
+        };
+        if !self.sketch.try_increment_at(index.bucket(v)) {
+            return false;
+        }
+        self.count = count;
+        self.sum = sum;
+        self.sum_sq = sum_sq;
+        // As in `insert_general`.
+        if v < e.min {
+            e.min = v;
+        } else if v > e.max {
+            e.max = v;
+        }
+        let p = Point { time, value: v };
+        if p > e.last {
+            e.last = p;
+        } else if p < e.first {
+            e.first = p;
+        }
+        true
+    }
+
+    /// [`Self::insert_above`] for every case: the first reading, a new
+    /// bucket or a lower scale, and every error.
+    #[cold]
+    #[inline(never)]
+    fn insert_general(
+        &mut self,
+        time: u32,
+        v: i32,
+        index: &DeviceIndex,
+        floor: i8,
+    ) -> Result<(), SummaryError> {
         if index.quantum() != self.quantum {
             return Err(SummaryError::QuantumMismatch {
                 left: self.quantum,

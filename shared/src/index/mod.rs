@@ -261,7 +261,7 @@ impl DeviceIndex {
     }
 
     /// The bucket at [`SKETCH_SCALE`] of the real value of `magnitude` ticks.
-    #[inline]
+    #[inline(always)]
     pub fn index(&self, magnitude: NonZeroU32) -> i32 {
         let m = magnitude.get();
         let lz = m.leading_zeros();
@@ -272,7 +272,7 @@ impl DeviceIndex {
     }
 
     /// Where the reading of `v` ticks goes in a sketch.
-    #[inline]
+    #[inline(always)]
     pub fn bucket(&self, v: i32) -> Bucket {
         match NonZeroU32::new(v.unsigned_abs()) {
             None => Bucket::Zero,

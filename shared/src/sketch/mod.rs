@@ -213,22 +213,44 @@ impl<S: Store> ExpHistogram<S> {
     /// send what it has and start afresh than lose resolution.
     #[inline]
     pub fn insert_above(&mut self, bucket: Bucket, floor: i8) -> Result<(), SketchOverflow> {
+        if self.try_increment(bucket) {
+            return Ok(());
+        }
+        match bucket {
+            Bucket::Zero => Err(SketchOverflow),
+            Bucket::Positive(i) => self.insert_slow(Side::Positive, i, floor),
+            Bucket::Negative(i) => self.insert_slow(Side::Negative, i, floor),
+        }
+    }
+
+    /// The common case of [`Self::insert`]: adds one to the bucket of
+    /// `bucket` if it is held at the current scale and below its limit (or
+    /// to the zero count); returns whether it did. When it returns `false`
+    /// nothing changed and [`Self::insert_above`] decides (a new bucket, a
+    /// lower scale, or an overflow).
+    #[inline]
+    pub fn try_increment(&mut self, bucket: Bucket) -> bool {
+        self.try_increment_at(bucket)
+    }
+
+    /// [`Self::try_increment`] always inlined, for the device's per-reading
+    /// path (at `opt-level = "z"` an `#[inline]` helper with two callers is
+    /// called, and its enum argument goes through registers and back).
+    #[inline(always)]
+    pub(crate) fn try_increment_at(&mut self, bucket: Bucket) -> bool {
         let (side, index) = match bucket {
             Bucket::Zero => {
                 if self.zero >= S::MAX_ZERO {
-                    return Err(SketchOverflow);
+                    return false;
                 }
                 self.zero += 1;
-                return Ok(());
+                return true;
             }
             Bucket::Positive(i) => (Side::Positive, i),
             Bucket::Negative(i) => (Side::Negative, i),
         };
-        let here = index >> (START_SCALE - self.scale);
-        if self.store.try_increment(side, here) {
-            return Ok(());
-        }
-        self.insert_slow(side, index, floor)
+        self.store
+            .try_increment(side, index >> (START_SCALE - self.scale))
     }
 
     #[cold]

@@ -149,7 +149,7 @@ impl SharedCounts {
     pub const LIMIT: usize = 304;
 
     /// Where `side`'s buckets start in `counts`, how many and the first index.
-    #[inline]
+    #[inline(always)]
     fn base(&self, side: Side) -> (usize, usize, i32) {
         let s = side as usize;
         (
@@ -238,7 +238,7 @@ impl Store for SharedCounts {
         }
     }
     /// The device's per-reading path: one range check and one increment.
-    #[inline]
+    #[inline(always)]
     fn try_increment(&mut self, side: Side, index: i32) -> bool {
         let (start, len, offset) = self.base(side);
         let k = index.wrapping_sub(offset) as u32 as usize;

@@ -101,15 +101,21 @@ impl FixedSummary {
         };
         // |d| ≤ 2³² − 1: one 32 × 32 → 64-bit multiplication.
         let m = d.unsigned_abs() as u32;
-        let Some(sum_sq) = self.sum_sq.checked_add(u64::from(m) * u64::from(m)) else {
+        let sq = u64::from(m) * u64::from(m);
+        let Some(sum_sq) = self.sum_sq.checked_add(sq) else {
             return false;
         };
+        // The moments are stored before the bucket is looked up (fewer
+        // values live across it: no spills on Cortex-M) and taken back,
+        // exactly, in the rare case the bucket is not held.
+        self.sum = sum;
+        self.sum_sq = sum_sq;
         if !self.sketch.try_increment_at(index.bucket(v)) {
+            self.sum = sum - d;
+            self.sum_sq = sum_sq - sq;
             return false;
         }
         self.count = count;
-        self.sum = sum;
-        self.sum_sq = sum_sq;
         // As in `insert_general`.
         if v < e.min {
             e.min = v;

@@ -20,7 +20,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::SummaryError;
-use crate::extent::{Extent, Point};
+use crate::extent::Extent;
 use crate::index::{DeviceIndex, MIN_SCALE};
 use crate::quantum::Quantum;
 use crate::sketch::FixedSketch;
@@ -69,6 +69,9 @@ impl FixedSummary {
         index: &DeviceIndex,
         floor: i8,
     ) -> Result<(), SummaryError> {
+        // Not on Armv6-M (no 32-bit atomics marks it): there a second copy
+        // of the per-reading path would not fit the 16 KiB image budget.
+        #[cfg(any(not(target_arch = "arm"), target_has_atomic = "32"))]
         if self.try_insert(time, v, index) {
             return Ok(());
         }
@@ -110,24 +113,13 @@ impl FixedSummary {
         // exactly, in the rare case the bucket is not held.
         self.sum = sum;
         self.sum_sq = sum_sq;
-        if !self.sketch.try_increment_at(index.bucket(v)) {
+        if !self.sketch.try_increment_at(index.bucket_at(v)) {
             self.sum = sum - d;
             self.sum_sq = sum_sq - sq;
             return false;
         }
         self.count = count;
-        // As in `insert_general`.
-        if v < e.min {
-            e.min = v;
-        } else if v > e.max {
-            e.max = v;
-        }
-        let p = Point { time, value: v };
-        if p > e.last {
-            e.last = p;
-        } else if p < e.first {
-            e.first = p;
-        }
+        e.add(time, v);
         true
     }
 
@@ -167,25 +159,7 @@ impl FixedSummary {
         self.sum = sum;
         self.sum_sq = sum_sq;
         match &mut self.extent {
-            // The same result as `e.merge(&Extent::of(time, v))`, updating in
-            // place: min ≤ max and first ≤ last hold for every extent (built
-            // by `Extent::of` and `merge`, or validated on decode), so a
-            // value below min cannot be above max, nor a point before first
-            // after last.
-            Some(e) => {
-                if v < e.min {
-                    e.min = v;
-                } else if v > e.max {
-                    e.max = v;
-                }
-                // Readings usually arrive in time order: test `last` first.
-                let p = Point { time, value: v };
-                if p > e.last {
-                    e.last = p;
-                } else if p < e.first {
-                    e.first = p;
-                }
-            }
+            Some(e) => e.add(time, v),
             None => self.extent = Some(Extent::of(time, v)),
         }
         Ok(())

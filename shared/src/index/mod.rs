@@ -272,8 +272,15 @@ impl DeviceIndex {
     }
 
     /// Where the reading of `v` ticks goes in a sketch.
-    #[inline(always)]
+    #[inline]
     pub fn bucket(&self, v: i32) -> Bucket {
+        self.bucket_at(v)
+    }
+
+    /// [`Self::bucket`] always inlined: the device's per-reading path
+    /// ([`crate::fixed::FixedSummary::try_insert`]).
+    #[inline(always)]
+    pub(crate) fn bucket_at(&self, v: i32) -> Bucket {
         match NonZeroU32::new(v.unsigned_abs()) {
             None => Bucket::Zero,
             Some(m) if v > 0 => Bucket::Positive(self.index(m)),

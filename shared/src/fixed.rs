@@ -98,6 +98,11 @@ impl FixedSummary {
         let Some(count) = self.count.checked_add(1) else {
             return false;
         };
+        // The bucket is looked up first (one value, its place, stays live
+        // across the moments) and counted only when nothing can fail.
+        let Some(slot) = self.sketch.place(index.bucket_at(v)) else {
+            return false;
+        };
         let d = i64::from(v) - i64::from(self.reference);
         let Some(sum) = self.sum.checked_add(d) else {
             return false;
@@ -108,16 +113,9 @@ impl FixedSummary {
         let Some(sum_sq) = self.sum_sq.checked_add(sq) else {
             return false;
         };
-        // The moments are stored before the bucket is looked up (fewer
-        // values live across it: no spills on Cortex-M) and taken back,
-        // exactly, in the rare case the bucket is not held.
+        self.sketch.count_at(slot);
         self.sum = sum;
         self.sum_sq = sum_sq;
-        if !self.sketch.try_increment_at(index.bucket_at(v)) {
-            self.sum = sum - d;
-            self.sum_sq = sum_sq - sq;
-            return false;
-        }
         self.count = count;
         e.add(time, v);
         true

@@ -63,6 +63,36 @@ pub type Sketch = ExpHistogram<WideCounts>;
 /// both signs.
 pub type FixedSketch = ExpHistogram<SharedCounts>;
 
+/// Where [`FixedSketch::place`] counts a reading: the zero count.
+const ZERO_SLOT: usize = usize::MAX;
+
+impl FixedSketch {
+    /// Where the reading of `bucket` can be counted in place (its bucket
+    /// held at the current scale with room, or the zero count below its
+    /// limit), without changing anything; `None`: [`Self::insert_above`]
+    /// must decide. For the device's per-reading path: the lookup comes
+    /// before the moments, the count after them.
+    #[inline(always)]
+    pub(crate) fn place(&self, bucket: Bucket) -> Option<usize> {
+        let shift = START_SCALE - self.scale;
+        match bucket {
+            Bucket::Zero => (self.zero < SharedCounts::MAX_ZERO).then_some(ZERO_SLOT),
+            Bucket::Positive(i) => self.store.slot(Side::Positive, i >> shift),
+            Bucket::Negative(i) => self.store.slot(Side::Negative, i >> shift),
+        }
+    }
+
+    /// Counts one reading at `slot`, a place [`Self::place`] returned.
+    #[inline(always)]
+    pub(crate) fn count_at(&mut self, slot: usize) {
+        if slot == ZERO_SLOT {
+            self.zero += 1;
+        } else {
+            self.store.bump(slot);
+        }
+    }
+}
+
 /// One sign's buckets of a sketch, read-only.
 #[derive(Debug, Clone, Copy)]
 pub struct Buckets<'a, S> {
@@ -230,14 +260,6 @@ impl<S: Store> ExpHistogram<S> {
     /// lower scale, or an overflow).
     #[inline]
     pub fn try_increment(&mut self, bucket: Bucket) -> bool {
-        self.try_increment_at(bucket)
-    }
-
-    /// [`Self::try_increment`] always inlined, for the device's per-reading
-    /// path (at `opt-level = "z"` an `#[inline]` helper with two callers is
-    /// called, and its enum argument goes through registers and back).
-    #[inline(always)]
-    pub(crate) fn try_increment_at(&mut self, bucket: Bucket) -> bool {
         let (side, index) = match bucket {
             Bucket::Zero => {
                 if self.zero >= S::MAX_ZERO {

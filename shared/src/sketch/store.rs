@@ -160,6 +160,31 @@ impl SharedCounts {
     }
 }
 
+impl SharedCounts {
+    /// Where bucket `index` of `side` is held with room for one more count:
+    /// its position in the shared array (`None`: not held, or full).
+    #[inline(always)]
+    pub(crate) fn slot(&self, side: Side, index: i32) -> Option<usize> {
+        let (start, len, offset) = self.base(side);
+        let k = index.wrapping_sub(offset) as u32 as usize;
+        if k >= len {
+            return None;
+        }
+        match self.counts.get(start + k) {
+            Some(&c) if c < u8::MAX => Some(start + k),
+            _ => None,
+        }
+    }
+
+    /// Adds one to the count at `pos`, a position [`Self::slot`] returned.
+    #[inline(always)]
+    pub(crate) fn bump(&mut self, pos: usize) {
+        if let Some(c) = self.counts.get_mut(pos) {
+            *c = c.saturating_add(1);
+        }
+    }
+}
+
 impl Default for SharedCounts {
     fn default() -> Self {
         SharedCounts {

@@ -268,12 +268,8 @@ impl<const C: usize> Aggregator<C> {
         for (ch, &v) in values.iter().enumerate() {
             // The common case (bucket held, no overflow) in a small leaf
             // function; everything else out of line.
-            #[cfg(any(not(target_arch = "arm"), target_has_atomic = "32"))]
-            let done = self.current[ch].try_insert(offset, v, self.index[ch]);
-            // Armv6-M: one path (the 16 KiB budget), see `FixedSummary::insert_above`.
-            #[cfg(not(any(not(target_arch = "arm"), target_has_atomic = "32")))]
-            let done = false;
-            if !done {
+            // (Always `false` in the compact builds, see `try_insert`.)
+            if !self.current[ch].try_insert(offset, v, self.index[ch]) {
                 self.insert_general(ch, start, offset, v, emit);
             }
         }

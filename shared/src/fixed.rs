@@ -69,9 +69,6 @@ impl FixedSummary {
         index: &DeviceIndex,
         floor: i8,
     ) -> Result<(), SummaryError> {
-        // Not on Armv6-M (no 32-bit atomics marks it): there a second copy
-        // of the per-reading path would not fit the 16 KiB image budget.
-        #[cfg(any(not(target_arch = "arm"), target_has_atomic = "32"))]
         if self.try_insert(time, v, index) {
             return Ok(());
         }
@@ -87,6 +84,14 @@ impl FixedSummary {
     /// function on purpose: the general path (scale changes, errors) keeps a
     /// large stack frame and many registers, which cost every reading when
     /// both were one function.
+    ///
+    /// Built where there is room for a second copy of the per-reading path:
+    /// with `alloc` (agent, collector, every test) and on Armv7-M (32-bit
+    /// atomics mark it). The Armv6-M and freestanding x86 images (no
+    /// `alloc`) keep one path within their 16 KiB budget: there this always
+    /// returns `false`, is inlined away, and every reading takes the general
+    /// path.
+    #[cfg(any(feature = "alloc", all(target_arch = "arm", target_has_atomic = "32")))]
     #[inline(never)]
     pub fn try_insert(&mut self, time: u32, v: i32, index: &DeviceIndex) -> bool {
         let Some(e) = &mut self.extent else {
@@ -119,6 +124,13 @@ impl FixedSummary {
         self.count = count;
         e.add(time, v);
         true
+    }
+
+    /// See the other [`Self::try_insert`]: the compact builds' stand-in.
+    #[cfg(not(any(feature = "alloc", all(target_arch = "arm", target_has_atomic = "32"))))]
+    #[inline(always)]
+    pub fn try_insert(&mut self, _time: u32, _v: i32, _index: &DeviceIndex) -> bool {
+        false
     }
 
     /// [`Self::insert_above`] for every case: the first reading, a new

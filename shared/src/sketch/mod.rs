@@ -64,8 +64,17 @@ pub type Sketch = ExpHistogram<WideCounts>;
 pub type FixedSketch = ExpHistogram<SharedCounts>;
 
 /// Where [`FixedSketch::place`] counts a reading: the zero count.
+// Unused where `FixedSummary::try_insert` is the compact stand-in.
+#[cfg_attr(
+    not(any(feature = "alloc", all(target_arch = "arm", target_has_atomic = "32"))),
+    allow(dead_code)
+)]
 const ZERO_SLOT: usize = usize::MAX;
 
+#[cfg_attr(
+    not(any(feature = "alloc", all(target_arch = "arm", target_has_atomic = "32"))),
+    allow(dead_code)
+)]
 impl FixedSketch {
     /// Where the reading of `bucket` can be counted in place (its bucket
     /// held at the current scale with room, or the zero count below its

@@ -266,19 +266,22 @@ impl<const C: usize> Aggregator<C> {
         emit: &mut impl FnMut(Message),
     ) {
         for (ch, &v) in values.iter().enumerate() {
-            if self.current[ch]
-                .insert_above(offset, v, self.index[ch], self.floor)
-                .is_err()
-            {
-                self.overflowed(ch, start, offset, v, emit);
+            // The common case (bucket held, no overflow) in a small leaf
+            // function; everything else out of line.
+            // (Always `false` in the compact builds, see `try_insert`.)
+            if !self.current[ch].try_insert(offset, v, self.index[ch]) {
+                self.insert_general(ch, start, offset, v, emit);
             }
         }
     }
 
-    /// A channel's summary is full (a count, or the sketch at its floor):
-    /// send what it has and start afresh for the same window.
+    /// A reading [`FixedSummary::try_insert`] did not take: the first of a
+    /// summary, a new bucket or scale, or an overflow. When the summary is
+    /// full (a count, or the sketch at its floor) it sends what it has and
+    /// starts afresh for the same window.
     #[cold]
-    fn overflowed(
+    #[inline(never)]
+    fn insert_general(
         &mut self,
         ch: usize,
         start: u64,
@@ -286,6 +289,12 @@ impl<const C: usize> Aggregator<C> {
         v: i32,
         emit: &mut impl FnMut(Message),
     ) {
+        if self.current[ch]
+            .insert_above(offset, v, self.index[ch], self.floor)
+            .is_ok()
+        {
+            return;
+        }
         self.emit_channel(ch, start, emit);
         if self.current[ch]
             .insert_above(offset, v, self.index[ch], self.floor)

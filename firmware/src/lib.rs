@@ -12,6 +12,7 @@ pub mod drivers;
 pub mod hello;
 pub mod link;
 pub mod sensor;
+pub mod session;
 mod wire;
 
 pub use aggregator::{Aggregator, AggregatorError, Mode};
@@ -19,3 +20,4 @@ pub use clock::Clock;
 pub use hello::HelloParts;
 pub use link::{ByteSink, Link, LinkStats, DEFAULT_POOL};
 pub use sensor::{index, ChannelSpec, Sensor};
+pub use session::{Session, SessionConfig, SyncEvent};

@@ -385,6 +385,7 @@ fn the_device_accepts_acks_and_time_syncs_and_counts_every_other_kind() {
         }),
         Message::TimeSync(tributary_core::frame::TimeSync {
             unix_ms: 1_700_000_000_123,
+            hello_tick: None,
         }),
         Message::Ack(Ack { boot: 1, seq: 7 }),
     ];

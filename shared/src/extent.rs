@@ -30,6 +30,27 @@ pub struct Extent<T, V> {
 }
 
 impl<T: Ord + Copy, V: Ord + Copy> Extent<T, V> {
+    /// Adds one reading in place: the same result as
+    /// `*self = self.merge(&Extent::of(time, value))`. min ≤ max and first ≤
+    /// last hold for every extent (built by `of` and `merge`, or validated on
+    /// decode), so a value below min cannot be above max, nor a point before
+    /// first after last.
+    #[inline(always)]
+    pub fn add(&mut self, time: T, value: V) {
+        if value < self.min {
+            self.min = value;
+        } else if value > self.max {
+            self.max = value;
+        }
+        // Readings usually arrive in time order: test `last` first.
+        let p = Point { time, value };
+        if p > self.last {
+            self.last = p;
+        } else if p < self.first {
+            self.first = p;
+        }
+    }
+
     /// The extent of one reading.
     pub fn of(time: T, value: V) -> Self {
         let p = Point { time, value };

@@ -20,7 +20,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::SummaryError;
-use crate::extent::{Extent, Point};
+use crate::extent::Extent;
 use crate::index::{DeviceIndex, MIN_SCALE};
 use crate::quantum::Quantum;
 use crate::sketch::FixedSketch;
@@ -69,6 +69,81 @@ impl FixedSummary {
         index: &DeviceIndex,
         floor: i8,
     ) -> Result<(), SummaryError> {
+        if self.try_insert(time, v, index) {
+            return Ok(());
+        }
+        self.insert_general(time, v, index, floor)
+    }
+
+    /// The device's per-reading path: folds in the reading if that needs no
+    /// decision — the summary already holds a reading, the quantum matches,
+    /// no count or moment overflows and the reading's bucket is already held
+    /// at the current scale — and returns whether it did (`false`: nothing
+    /// changed; [`Self::insert_above`] then takes the general path, which
+    /// gives the same result whenever this one succeeds). A small leaf
+    /// function on purpose: the general path (scale changes, errors) keeps a
+    /// large stack frame and many registers, which cost every reading when
+    /// both were one function.
+    ///
+    /// Built where there is room for a second copy of the per-reading path:
+    /// with `alloc` (agent, collector, every test) and on Armv7-M (32-bit
+    /// atomics mark it). The Armv6-M and freestanding x86 images (no
+    /// `alloc`) keep one path within their 16 KiB budget: there this always
+    /// returns `false`, is inlined away, and every reading takes the general
+    /// path.
+    #[cfg(any(feature = "alloc", all(target_arch = "arm", target_has_atomic = "32")))]
+    #[inline(never)]
+    pub fn try_insert(&mut self, time: u32, v: i32, index: &DeviceIndex) -> bool {
+        let Some(e) = &mut self.extent else {
+            return false;
+        };
+        if index.quantum() != self.quantum {
+            return false;
+        }
+        let Some(count) = self.count.checked_add(1) else {
+            return false;
+        };
+        // The bucket is looked up first (one value, its place, stays live
+        // across the moments) and counted only when nothing can fail.
+        let Some(slot) = self.sketch.place(index.bucket_at(v)) else {
+            return false;
+        };
+        let d = i64::from(v) - i64::from(self.reference);
+        let Some(sum) = self.sum.checked_add(d) else {
+            return false;
+        };
+        // |d| ≤ 2³² − 1: one 32 × 32 → 64-bit multiplication.
+        let m = d.unsigned_abs() as u32;
+        let sq = u64::from(m) * u64::from(m);
+        let Some(sum_sq) = self.sum_sq.checked_add(sq) else {
+            return false;
+        };
+        self.sketch.count_at(slot);
+        self.sum = sum;
+        self.sum_sq = sum_sq;
+        self.count = count;
+        e.add(time, v);
+        true
+    }
+
+    /// See the other [`Self::try_insert`]: the compact builds' stand-in.
+    #[cfg(not(any(feature = "alloc", all(target_arch = "arm", target_has_atomic = "32"))))]
+    #[inline(always)]
+    pub fn try_insert(&mut self, _time: u32, _v: i32, _index: &DeviceIndex) -> bool {
+        false
+    }
+
+    /// [`Self::insert_above`] for every case: the first reading, a new
+    /// bucket or a lower scale, and every error.
+    #[cold]
+    #[inline(never)]
+    fn insert_general(
+        &mut self,
+        time: u32,
+        v: i32,
+        index: &DeviceIndex,
+        floor: i8,
+    ) -> Result<(), SummaryError> {
         if index.quantum() != self.quantum {
             return Err(SummaryError::QuantumMismatch {
                 left: self.quantum,
@@ -94,25 +169,7 @@ impl FixedSummary {
         self.sum = sum;
         self.sum_sq = sum_sq;
         match &mut self.extent {
-            // The same result as `e.merge(&Extent::of(time, v))`, updating in
-            // place: min ≤ max and first ≤ last hold for every extent (built
-            // by `Extent::of` and `merge`, or validated on decode), so a
-            // value below min cannot be above max, nor a point before first
-            // after last.
-            Some(e) => {
-                if v < e.min {
-                    e.min = v;
-                } else if v > e.max {
-                    e.max = v;
-                }
-                // Readings usually arrive in time order: test `last` first.
-                let p = Point { time, value: v };
-                if p > e.last {
-                    e.last = p;
-                } else if p < e.first {
-                    e.first = p;
-                }
-            }
+            Some(e) => e.add(time, v),
             None => self.extent = Some(Extent::of(time, v)),
         }
         Ok(())

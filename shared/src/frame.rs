@@ -1,6 +1,6 @@
 //! Device ↔ agent link frames: postcard + CRC-32 + COBS, no allocation.
 //!
-//! # Format (version 2)
+//! # Format (version 3)
 //! ```text
 //! COBS( version:u8 | postcard(Message) | crc32(version ‖ payload):u32 LE ) 0x00
 //! ```
@@ -16,6 +16,12 @@
 //! the Hello's `first_unacked` (issue #12; version 2 had not shipped without
 //! it).
 //!
+//! Version 3 (issue #15): a TimeSync names the device tick of the Hello it
+//! answers (`hello_tick`), so the device measures the round trip and takes
+//! the midpoint — a TimeSync held up on the way (an unread port, a buffer, a
+//! slow link) shows as a long round trip instead of shifting every window.
+//! A version-2 frame is refused like a version-1 frame.
+//!
 //! Encoding writes into a caller-provided buffer; [`FrameDecoder`] accumulates
 //! bytes into a fixed buffer and yields one result per delimiter, so a
 //! truncated, corrupt or oversized frame costs exactly that frame. Decoding
@@ -29,7 +35,7 @@ use crate::fixed::FixedSummary;
 use crate::quantum::Quantum;
 
 /// The frame format version this crate speaks (see the module documentation).
-pub const FRAME_VERSION: u8 = 2;
+pub const FRAME_VERSION: u8 = 3;
 /// The largest decoded frame: version + payload + CRC.
 pub const MAX_PAYLOAD: usize = 600;
 /// The largest encoded frame including the delimiter.
@@ -201,6 +207,10 @@ pub struct Ack {
 pub struct TimeSync {
     /// Milliseconds since the Unix epoch when the frame was sent.
     pub unix_ms: i64,
+    /// The `tick` of the Hello this TimeSync answers (`None`: sent
+    /// unprompted). A device adopts only answers, by their round trip
+    /// (format version 3).
+    pub hello_tick: Option<u64>,
 }
 
 /// Every message on the device link.

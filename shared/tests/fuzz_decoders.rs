@@ -80,7 +80,10 @@ fn frames() -> Vec<Vec<u8>> {
             value: -42,
         }),
         Message::Ack(Ack { boot: 3, seq: 9 }),
-        Message::TimeSync(TimeSync { unix_ms: 1 << 40 }),
+        Message::TimeSync(TimeSync {
+            unix_ms: 1 << 40,
+            hello_tick: Some(7),
+        }),
     ];
     msgs.iter()
         .map(|m| {
@@ -249,7 +252,7 @@ proptest! {
                 check_message(&m);
             }
         }
-        prop_assert_eq!(last_big, Some(Ok(Message::TimeSync(TimeSync { unix_ms: 1 << 40 }))));
+        prop_assert_eq!(last_big, Some(Ok(Message::TimeSync(TimeSync { unix_ms: 1 << 40, hello_tick: Some(7) }))));
         // In place, with and without the delimiter.
         let mut copy = bytes.clone();
         if let Ok(m) = frame::decode_in_place(&mut copy) {

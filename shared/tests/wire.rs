@@ -94,6 +94,11 @@ fn every_message() -> Vec<Message> {
         Message::Ack(Ack { boot: 9, seq: 10 }),
         Message::TimeSync(TimeSync {
             unix_ms: 1_764_000_000_000,
+            hello_tick: None,
+        }),
+        Message::TimeSync(TimeSync {
+            unix_ms: 1_764_000_000_000,
+            hello_tick: Some(u64::MAX),
         }),
     ]
 }
@@ -171,6 +176,7 @@ fn golden_summary_frame() {
 fn golden_time_sync_frame() {
     let bytes = encode(&Message::TimeSync(TimeSync {
         unix_ms: 1_764_000_000_000,
+        hello_tick: Some(5),
     }));
     assert_eq!(bytes, GOLDEN_TIME_SYNC);
 }
@@ -438,7 +444,10 @@ fn oversized_frame_is_rejected_and_the_next_one_decodes() {
     let mut dec = FrameDecoder::<64>::new();
     let mut stream = vec![0x55u8; 200];
     stream.push(0);
-    let ts = Message::TimeSync(TimeSync { unix_ms: 1 });
+    let ts = Message::TimeSync(TimeSync {
+        unix_ms: 1,
+        hello_tick: None,
+    });
     stream.extend(encode(&ts));
     let out = feed(&mut dec, &stream);
     assert_eq!(out, vec![Err(FrameError::Oversized), Ok(ts.clone())]);
@@ -467,8 +476,9 @@ fn oversized_frame_is_rejected_and_the_next_one_decodes() {
 
 #[test]
 fn unknown_version_with_valid_crc_is_rejected() {
-    // Version 1 (tick-indexed sketches) and a future version 3.
-    for v in [1u8, 3] {
+    // Version 1 (tick-indexed sketches), version 2 (a TimeSync without the
+    // Hello it answers) and a future version 4.
+    for v in [1u8, 2, 4] {
         let mut f = raw_frame(&with_crc(v, &[3, 9, 10]));
         f.pop();
         assert_eq!(
@@ -727,18 +737,21 @@ fn worst_case_hello_fits_max_payload() {
     assert_eq!(feed(&mut dec, &bytes), vec![Ok(m)]);
 }
 
-/// COBS(version 2 ‖ postcard(Summary frame) ‖ CRC-32 LE) 0x00, as of format v2.
-/// Reviewed: beside the version byte, only the sketch differs from v1 — at
+/// COBS(version 3 ‖ postcard(Summary frame) ‖ CRC-32 LE) 0x00, as of format v3.
+/// Reviewed: v3 changed only the TimeSync; here the version byte (3) and
+/// the CRC differ from v2. Beside the version byte, only the sketch differs
+/// from v1 — at
 /// quantum 10⁻² the readings 21.50, 19.90 and −0.15 are the real values'
 /// buckets 283, 276 (positive offset zigzag `168, 4` = 276, eight counts
 /// `1 0 0 0 0 0 0 1`, COBS turns the zeros into code bytes) and −176
 /// (negative offset `223, 2`), where v1 had the tick counts' 701 and 250.
 const GOLDEN_SUMMARY: &[u8] = &[
-    26, 2, 1, 7, 42, 1, 192, 169, 7, 224, 212, 3, 254, 160, 31, 4, 197, 60, 137, 171, 237, 3, 1,
+    26, 3, 1, 7, 42, 1, 192, 169, 7, 224, 212, 3, 254, 160, 31, 4, 197, 60, 137, 171, 237, 3, 1,
     29, 204, 33, 12, 204, 33, 184, 23, 29, 6, 1, 168, 4, 8, 1, 1, 1, 1, 1, 1, 10, 1, 223, 2, 1, 1,
-    31, 48, 55, 43, 0,
+    195, 220, 134, 22, 0,
 ];
-/// A Hello as of format v2. Reviewed: COBS code 2 and the version 2, then
+/// A Hello as of format v3 (as v2 but for the version byte and CRC).
+/// Reviewed: COBS code 2 and the version 3, then
 /// variant 0 (a zero); code 15 and device `2, "d1"`, boot 7,
 /// first_unacked 300 (`172, 2`), firmware `3, "1.0"`, window 10 000
 /// (`144, 78`), tick 5, one channel, then channel 0 (a zero); code 14 and
@@ -746,11 +759,16 @@ const GOLDEN_SUMMARY: &[u8] = &[
 /// (`160, 31`), then the five zero counters (codes 1); code 5 and the
 /// CRC-32 little-endian; the delimiter.
 const GOLDEN_HELLO: &[u8] = &[
-    2, 2, 15, 2, 100, 49, 7, 172, 2, 3, 49, 46, 48, 144, 78, 5, 1, 14, 4, 116, 101, 109, 112, 4,
-    100, 101, 103, 67, 254, 160, 31, 1, 1, 1, 1, 5, 254, 96, 161, 35, 0,
+    2, 3, 15, 2, 100, 49, 7, 172, 2, 3, 49, 46, 48, 144, 78, 5, 1, 14, 4, 116, 101, 109, 112, 4,
+    100, 101, 103, 67, 254, 160, 31, 1, 1, 1, 1, 5, 54, 119, 63, 236, 0,
 ];
-/// TimeSync { unix_ms: 1 764 000 000 000 } as of format v2 (version byte and CRC).
-const GOLDEN_TIME_SYNC: &[u8] = &[13, 2, 4, 128, 160, 191, 233, 214, 102, 94, 100, 78, 45, 0];
+/// TimeSync { unix_ms: 1 764 000 000 000, hello_tick: Some(5) } as of
+/// format v3. Reviewed: COBS code 15 (no zero in the 14 bytes), version 3,
+/// variant 4, zigzag varint `128, 160, 191, 233, 214, 102`, then the
+/// option tag 1 and tick 5 (new in v3), the CRC-32 LE, the delimiter.
+const GOLDEN_TIME_SYNC: &[u8] = &[
+    15, 3, 4, 128, 160, 191, 233, 214, 102, 1, 5, 218, 68, 141, 169, 0,
+];
 /// Magic 0xB7, then postcard(Batch) with version 2 first, as of batch v2.
 /// Reviewed: after the agent id, the incarnation's 8 bytes most
 /// significant first (`159, 58, 12, 29, 46, 75, 90, 103` =

@@ -30,6 +30,7 @@ fn run(seed: u64, loss_every: usize) -> (VirtualDevice, BTreeMap<(u8, u64), Summ
             let k = encode(
                 &Message::TimeSync(TimeSync {
                     unix_ms: 1_700_000_004_321,
+                    hello_tick: None,
                 }),
                 &mut buf,
             )

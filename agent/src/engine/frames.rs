@@ -70,13 +70,18 @@ fn hello(
             }
         }
     }
+    let tick = h.tick;
     let boot = st.devices.hello(link, &h);
     boot.hello(h, arrival, fixed_offset, series);
     if let Some(fit) = boot.clock_fit() {
         st.metrics.set_clock(&device, fit.into());
     }
     if let Some(r) = reply {
-        let _ = r.send(Message::TimeSync(TimeSync { unix_ms: now_ms() }));
+        // Names the Hello it answers: the device times the round trip.
+        let _ = r.send(Message::TimeSync(TimeSync {
+            unix_ms: now_ms(),
+            hello_tick: Some(tick),
+        }));
     }
     st.pending.mark(0);
 }

@@ -246,6 +246,7 @@ impl VirtualLink {
             Message::TimeSync(_) if self.st.stopped => return,
             Message::TimeSync(_) => Message::TimeSync(TimeSync {
                 unix_ms: self.sim.start_ms + self.st.last_stepped as i64,
+                hello_tick: None,
             }),
             m => m,
         };

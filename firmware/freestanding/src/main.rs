@@ -46,11 +46,11 @@ impl DelayNs for NoDelay {
 }
 
 /// The gateway's `Ack { boot: 1, seq: 5 }` as a std build (table CRC)
-/// encodes it: COBS(version 2, postcard [3, 1, 5], CRC-32 0xE07A6C00
-/// little-endian — its zero low byte becomes a COBS code), delimiter. The
+/// encodes it: COBS(version 3, postcard [3, 1, 5], CRC-32 0x58C60B65
+/// little-endian; no zero byte, so one COBS code 9), delimiter. The
 /// link accepts it only if the table-free CRC of this build (`small-crc`)
 /// computes the same CRC-32.
-const ACK_1_5: [u8; 10] = [0x05, 0x02, 0x03, 0x01, 0x05, 0x04, 0x6C, 0x7A, 0xE0, 0x00];
+const ACK_1_5: [u8; 10] = [0x09, 0x03, 0x03, 0x01, 0x05, 0x65, 0x0B, 0xC6, 0x58, 0x00];
 
 fn run() -> u32 {
     let mut sensor = Sht3x::new(MockBus, NoDelay, sht3x::DEFAULT_ADDRESS);

@@ -2,7 +2,9 @@
 //! decimal integers, so a test can judge the pipeline by the readings the
 //! image really took (no `core::fmt`: it would cost kilobytes of flash).
 //!
-//! - `S boot offset_ms` — the first TimeSync: Unix ms minus device ms
+//! - `S boot offset_ms rtt_ms` — the TimeSync adopted: Unix ms minus device
+//!   ms, and the Hello → TimeSync round trip
+//! - `X boot rtt_ms` — a TimeSync refused for its round trip
 //! - `R boot tick v0 v1` — one measurement (ticks of channels 0 and 1)
 //! - `F boot seq channel start_tick count` — a Summary frame queued
 //! - `U boot first_unacked` — every frame of the boot below it was acked

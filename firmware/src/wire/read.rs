@@ -166,7 +166,10 @@ pub(crate) fn downlink(payload: &[u8]) -> Option<Message> {
             boot: r.u32()?,
             seq: r.u32()?,
         }),
-        TIME_SYNC => Message::TimeSync(TimeSync { unix_ms: r.i64()? }),
+        TIME_SYNC => Message::TimeSync(TimeSync {
+            unix_ms: r.i64()?,
+            hello_tick: if r.option()? { Some(r.u64()?) } else { None },
+        }),
         _ => return None,
     };
     r.end()?;
@@ -255,9 +258,13 @@ mod tests {
                 boot: u32::MAX,
                 seq: 0,
             }),
-            Message::TimeSync(TimeSync { unix_ms: i64::MIN }),
+            Message::TimeSync(TimeSync {
+                unix_ms: i64::MIN,
+                hello_tick: None,
+            }),
             Message::TimeSync(TimeSync {
                 unix_ms: 1_700_000_000_000,
+                hello_tick: Some(u64::MAX),
             }),
         ] {
             assert_eq!(downlink(&payload(&m)), Some(m.clone()));
@@ -345,8 +352,8 @@ mod tests {
         }
 
         #[test]
-        fn downlink_parse_equals_serde(boot: u32, seq: u32, unix_ms: i64, tweak: u8, at in any::<prop::sample::Index>()) {
-            for m in [Message::Ack(Ack { boot, seq }), Message::TimeSync(TimeSync { unix_ms })] {
+        fn downlink_parse_equals_serde(boot: u32, seq: u32, unix_ms: i64, hello_tick: Option<u64>, tweak: u8, at in any::<prop::sample::Index>()) {
+            for m in [Message::Ack(Ack { boot, seq }), Message::TimeSync(TimeSync { unix_ms, hello_tick })] {
                 let mut p = payload(&m);
                 prop_assert_eq!(downlink(&p), Some(m));
                 let k = at.index(p.len());

@@ -31,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Message::Ack(Ack { boot: 7, seq: 42 }),
         Message::TimeSync(TimeSync {
             unix_ms: 1_700_000_000_123,
+            hello_tick: Some(1_234),
         }),
         Message::Reading(ReadingFrame {
             boot: 7,

@@ -261,7 +261,7 @@ impl DeviceIndex {
     }
 
     /// The bucket at [`SKETCH_SCALE`] of the real value of `magnitude` ticks.
-    #[inline]
+    #[inline(always)]
     pub fn index(&self, magnitude: NonZeroU32) -> i32 {
         let m = magnitude.get();
         let lz = m.leading_zeros();
@@ -274,6 +274,13 @@ impl DeviceIndex {
     /// Where the reading of `v` ticks goes in a sketch.
     #[inline]
     pub fn bucket(&self, v: i32) -> Bucket {
+        self.bucket_at(v)
+    }
+
+    /// [`Self::bucket`] always inlined: the device's per-reading path
+    /// ([`crate::fixed::FixedSummary::try_insert`]).
+    #[inline(always)]
+    pub(crate) fn bucket_at(&self, v: i32) -> Bucket {
         match NonZeroU32::new(v.unsigned_abs()) {
             None => Bucket::Zero,
             Some(m) if v > 0 => Bucket::Positive(self.index(m)),

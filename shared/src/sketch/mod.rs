@@ -63,6 +63,45 @@ pub type Sketch = ExpHistogram<WideCounts>;
 /// both signs.
 pub type FixedSketch = ExpHistogram<SharedCounts>;
 
+/// Where [`FixedSketch::place`] counts a reading: the zero count.
+// Unused where `FixedSummary::try_insert` is the compact stand-in.
+#[cfg_attr(
+    not(any(feature = "alloc", all(target_arch = "arm", target_has_atomic = "32"))),
+    allow(dead_code)
+)]
+const ZERO_SLOT: usize = usize::MAX;
+
+#[cfg_attr(
+    not(any(feature = "alloc", all(target_arch = "arm", target_has_atomic = "32"))),
+    allow(dead_code)
+)]
+impl FixedSketch {
+    /// Where the reading of `bucket` can be counted in place (its bucket
+    /// held at the current scale with room, or the zero count below its
+    /// limit), without changing anything; `None`: [`Self::insert_above`]
+    /// must decide. For the device's per-reading path: the lookup comes
+    /// before the moments, the count after them.
+    #[inline(always)]
+    pub(crate) fn place(&self, bucket: Bucket) -> Option<usize> {
+        let shift = START_SCALE - self.scale;
+        match bucket {
+            Bucket::Zero => (self.zero < SharedCounts::MAX_ZERO).then_some(ZERO_SLOT),
+            Bucket::Positive(i) => self.store.slot(Side::Positive, i >> shift),
+            Bucket::Negative(i) => self.store.slot(Side::Negative, i >> shift),
+        }
+    }
+
+    /// Counts one reading at `slot`, a place [`Self::place`] returned.
+    #[inline(always)]
+    pub(crate) fn count_at(&mut self, slot: usize) {
+        if slot == ZERO_SLOT {
+            self.zero += 1;
+        } else {
+            self.store.bump(slot);
+        }
+    }
+}
+
 /// One sign's buckets of a sketch, read-only.
 #[derive(Debug, Clone, Copy)]
 pub struct Buckets<'a, S> {
@@ -213,22 +252,36 @@ impl<S: Store> ExpHistogram<S> {
     /// send what it has and start afresh than lose resolution.
     #[inline]
     pub fn insert_above(&mut self, bucket: Bucket, floor: i8) -> Result<(), SketchOverflow> {
+        if self.try_increment(bucket) {
+            return Ok(());
+        }
+        match bucket {
+            Bucket::Zero => Err(SketchOverflow),
+            Bucket::Positive(i) => self.insert_slow(Side::Positive, i, floor),
+            Bucket::Negative(i) => self.insert_slow(Side::Negative, i, floor),
+        }
+    }
+
+    /// The common case of [`Self::insert`]: adds one to the bucket of
+    /// `bucket` if it is held at the current scale and below its limit (or
+    /// to the zero count); returns whether it did. When it returns `false`
+    /// nothing changed and [`Self::insert_above`] decides (a new bucket, a
+    /// lower scale, or an overflow).
+    #[inline]
+    pub fn try_increment(&mut self, bucket: Bucket) -> bool {
         let (side, index) = match bucket {
             Bucket::Zero => {
                 if self.zero >= S::MAX_ZERO {
-                    return Err(SketchOverflow);
+                    return false;
                 }
                 self.zero += 1;
-                return Ok(());
+                return true;
             }
             Bucket::Positive(i) => (Side::Positive, i),
             Bucket::Negative(i) => (Side::Negative, i),
         };
-        let here = index >> (START_SCALE - self.scale);
-        if self.store.try_increment(side, here) {
-            return Ok(());
-        }
-        self.insert_slow(side, index, floor)
+        self.store
+            .try_increment(side, index >> (START_SCALE - self.scale))
     }
 
     #[cold]

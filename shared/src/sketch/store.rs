@@ -149,7 +149,7 @@ impl SharedCounts {
     pub const LIMIT: usize = 304;
 
     /// Where `side`'s buckets start in `counts`, how many and the first index.
-    #[inline]
+    #[inline(always)]
     fn base(&self, side: Side) -> (usize, usize, i32) {
         let s = side as usize;
         (
@@ -157,6 +157,36 @@ impl SharedCounts {
             usize::from(self.len[s]),
             self.offset[s],
         )
+    }
+}
+
+// Unused where `FixedSummary::try_insert` is the compact stand-in.
+#[cfg_attr(
+    not(any(feature = "alloc", all(target_arch = "arm", target_has_atomic = "32"))),
+    allow(dead_code)
+)]
+impl SharedCounts {
+    /// Where bucket `index` of `side` is held with room for one more count:
+    /// its position in the shared array (`None`: not held, or full).
+    #[inline(always)]
+    pub(crate) fn slot(&self, side: Side, index: i32) -> Option<usize> {
+        let (start, len, offset) = self.base(side);
+        let k = index.wrapping_sub(offset) as u32 as usize;
+        if k >= len {
+            return None;
+        }
+        match self.counts.get(start + k) {
+            Some(&c) if c < u8::MAX => Some(start + k),
+            _ => None,
+        }
+    }
+
+    /// Adds one to the count at `pos`, a position [`Self::slot`] returned.
+    #[inline(always)]
+    pub(crate) fn bump(&mut self, pos: usize) {
+        if let Some(c) = self.counts.get_mut(pos) {
+            *c = c.saturating_add(1);
+        }
     }
 }
 
@@ -238,7 +268,7 @@ impl Store for SharedCounts {
         }
     }
     /// The device's per-reading path: one range check and one increment.
-    #[inline]
+    #[inline(always)]
     fn try_increment(&mut self, side: Side, index: i32) -> bool {
         let (start, len, offset) = self.base(side);
         let k = index.wrapping_sub(offset) as u32 as usize;

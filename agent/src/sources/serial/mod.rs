@@ -6,8 +6,9 @@
 //! truncated frame costs only itself (counted as `corrupt_frame`); decoded
 //! frames go to the engine, which answers Hello with TimeSync and acks each
 //! data frame only after its effect is committed. Replies are encoded and
-//! written back to the port; a TimeSync also goes out every
-//! `TIME_SYNC_EVERY` so device clocks stay aligned. A port that cannot be
+//! written back to the port; a TimeSync naming no Hello also goes out every
+//! `TIME_SYNC_EVERY` (firmware devices adopt only the answers to their
+//! Hello, whose round trip they can time; see `firmware::session`). A port that cannot be
 //! opened, or that fails, is reopened after a growing pause (a device
 //! unplugged and plugged back in).
 
@@ -141,7 +142,7 @@ async fn serve(
     loop {
         tokio::select! {
             _ = shutdown.changed() => return Ok(Stop::Shutdown),
-            _ = sync.tick() => send(&port, &Message::TimeSync(TimeSync { unix_ms: now_ms() })).await?,
+            _ = sync.tick() => send(&port, &Message::TimeSync(TimeSync { unix_ms: now_ms(), hello_tick: None })).await?,
             Some(msg) = replies.recv() => send(&port, &msg).await?,
             guard = port.readable() => {
                 let mut guard = guard?;

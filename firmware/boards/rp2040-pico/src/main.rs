@@ -1,6 +1,6 @@
 //! Tributary on a Raspberry Pi Pico (RP2040, Cortex-M0+): an SHT3x on I²C0
 //! (GP4 SDA, GP5 SCL, 100 kHz), the aggregator and link, Hello until the
-//! gateway's TimeSync, over UART0 (GP0 TX, GP1 RX, 115 200 8N1) to the
+//! gateway's TimeSync (the firmware's `Session`), over UART0 (GP0 TX, GP1 RX, 115 200 8N1) to the
 //! gateway's `[[serial]]` port (e.g. a USB-serial adapter). The same loop as
 //! the QEMU image (`firmware/qemu/src/main.rs`, which the end-to-end test
 //! runs), on the board's peripherals:
@@ -18,10 +18,8 @@ use rp2040_hal::fugit::RateExtU32;
 use rp2040_hal::gpio::{FunctionI2C, FunctionUart, Pin, PullUp};
 use rp2040_hal::uart::{DataBits, StopBits, UartConfig, UartPeripheral};
 use rp2040_hal::{Clock as _, I2C, Sio, Timer, Watchdog, entry, pac};
-use tributary_core::frame::Message;
-use tributary_firmware::clock::rem_u64;
 use tributary_firmware::drivers::sht3x::{self, Sht3x};
-use tributary_firmware::{Aggregator, Clock, HelloParts, Link, Mode, Sensor};
+use tributary_firmware::{Aggregator, Link, Mode, Sensor, Session, SessionConfig};
 
 /// The second-stage bootloader for the Pico's W25Q080 flash.
 #[unsafe(link_section = ".boot2")]
@@ -30,16 +28,12 @@ static BOOT2: [u8; 256] = rp2040_boot2::BOOT_LOADER_W25Q080;
 
 /// The Pico's crystal.
 const XTAL_HZ: u32 = 12_000_000;
-/// The device window; it must divide the agent's window.
-const WIDTH_MS: u32 = 60_000;
-/// Time between measurements.
-const PERIOD_MS: u64 = 1_000;
-/// Hello is repeated this often until a TimeSync arrives.
-const HELLO_EVERY_MS: u64 = 1_000;
+/// 60 s windows (they must divide the agent's), a reading a second; a
+/// USB-serial adapter adds a few ms each way: round trips up to 200 ms.
+const SESSION: SessionConfig =
+    SessionConfig::new("pico-sht3x", env!("CARGO_PKG_VERSION"), 60_000, 1_000).max_rtt(200);
 /// A frame not acked this long after it was sent is sent again.
 const RESEND_MS: u64 = 5_000;
-/// Two TimeSyncs whose offsets differ by at most this agree.
-const SYNC_AGREE_MS: u64 = 50;
 
 fn halt() -> ! {
     loop {
@@ -61,10 +55,9 @@ fn random_boot(rosc: &pac::ROSC) -> u32 {
     id.max(1)
 }
 
-/// The device's super-loop. Long on purpose: it owns every peripheral,
-/// the aggregator and the link for the device's whole life, and each turn
-/// reads the UART, syncs, samples, frames and sends in that order; split
-/// up, each step would only take the same borrowed state as arguments.
+/// The device's super-loop: the board's peripherals set up, then each turn
+/// reads the UART, syncs (the firmware's `Session`), samples, frames and
+/// sends in that order. Long only for the HAL's setup.
 #[entry]
 fn main() -> ! {
     let Some(mut p) = pac::Peripherals::take() else {
@@ -107,60 +100,25 @@ fn main() -> ! {
         &clocks.system_clock,
     );
     let mut sensor = Sht3x::new(i2c, timer, sht3x::DEFAULT_ADDRESS);
-    let Ok(mut agg) = Aggregator::<2>::new(sensor.channels(), boot, WIDTH_MS, Mode::Aggregate)
+    let Ok(mut agg) =
+        Aggregator::<2>::new(sensor.channels(), boot, SESSION.window_ms, Mode::Aggregate)
     else {
         halt()
     };
     let mut link = Link::<16, 128>::new(RESEND_MS);
-    let mut clock = Clock::new();
-    let (mut synced, mut candidate) = (false, None);
-    let (mut next_hello, mut next_sample) = (0u64, 0u64);
+    let mut session = Session::new(SESSION, boot);
     loop {
-        let now = clock.now((timer.get_counter().ticks() / 1_000) as u32);
+        let now = session.now((timer.get_counter().ticks() / 1_000) as u32);
         while let Ok(byte) = uart.read() {
-            link.receive(&[byte], |m| {
-                let Message::TimeSync(t) = m else { return };
-                if synced {
-                    return;
-                }
-                // As in the QEMU image: align only on two agreeing TimeSyncs.
-                let offset = t.unix_ms.saturating_sub(now as i64);
-                let agree = candidate.is_some_and(|o: i64| o.abs_diff(offset) <= SYNC_AGREE_MS);
-                candidate = Some(offset);
-                next_hello = now;
-                if agree {
-                    clock.sync(now, t.unix_ms);
-                    let phase = clock.phase(WIDTH_MS).unwrap_or(0);
-                    agg.set_phase(phase);
-                    synced = true;
-                    let late = rem_u64(now + phase, WIDTH_MS);
-                    next_sample = now + u64::from(rem_u64(u64::from(WIDTH_MS - late), WIDTH_MS));
-                }
-            });
+            session.receive(now, &[byte], &mut link, &mut agg);
         }
-        if !synced {
-            if now >= next_hello {
-                let mut stats = agg.stats();
-                link.fill_stats(&mut stats);
-                let h = HelloParts {
-                    device: "pico-sht3x",
-                    firmware: env!("CARGO_PKG_VERSION"),
-                    specs: sensor.channels(),
-                    boot,
-                    first_unacked: link.first_unacked(agg.next_seq()),
-                    window_ms: WIDTH_MS,
-                    tick: now,
-                    stats,
-                };
-                let h = Message::Hello(h.hello());
-                link.send_now(&h, &mut |bytes: &[u8]| uart.write_full_blocking(bytes));
-                next_hello = now + HELLO_EVERY_MS;
-            }
+        if !session.synced() {
+            let mut tx = |bytes: &[u8]| uart.write_full_blocking(bytes);
+            session.hello(now, sensor.channels(), &agg, &mut link, &mut tx);
             continue;
         }
-        if now >= next_sample {
+        if session.sample_due(now) {
             agg.poll(now, &mut sensor, &mut |m| link.enqueue(m));
-            next_sample += PERIOD_MS;
         }
         agg.close_due(now, &mut |m| link.enqueue(m));
         link.poll(now, &mut |bytes: &[u8]| uart.write_full_blocking(bytes));

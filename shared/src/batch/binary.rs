@@ -1,0 +1,506 @@
+//! The compact binary encoding of a [`Batch`] (format 2): what an agent on a
+//! metered uplink sends.
+//!
+//! # Design
+//! A batch is mostly partials of a few dozen series of one agent, one window
+//! each, whose keys repeat the same metric names, tags and device-id
+//! prefixes, and whose summaries hold small numbers (readings near each
+//! other, times inside the window). The layout spends bytes accordingly:
+//!
+//! ```text
+//! batch    = 0xB7 v agent incarnation seq first_unconfirmed watermark dropped
+//!            strings tagsets series widths partials
+//! v        = varint (2)            agent = len bytes (UTF-8)
+//! incarnation = 8 bytes, most significant first
+//! seq, first_unconfirmed, dropped = varint;  watermark = zigzag
+//! strings  = n { shared:varint len:varint bytes }   sorted; each string is
+//!            the first `shared` bytes of the one before, then `bytes`
+//! tagsets  = n { ntags { key:string# value:string# } }
+//! series   = n { metric:string# device:string# tags:tagset# quantum:zigzag }
+//! widths   = n { ms:varint }
+//! partials = n { series# width# Δk:zigzag summary }   start = k·width, Δk
+//!            from the previous partial's k (0 before the first)
+//! summary  = head:varint  (count·2 + shifted)
+//!            if count > 0: min:zigzag  max−min  first.value−min
+//!                last.value−min (varints)  first.time−start:zigzag
+//!                last.time−first.time:varint
+//!                Σ:zigzag  Σ²:varint    shifted: Σ(v−min), Σ(v−min)²;
+//!                                       else Σv, Σv² as they are
+//!            sketch = scale:zigzag zero:varint positive negative
+//!            side   = len:varint, if len > 0: Δoffset:zigzag counts:varint×len
+//! ```
+//! `#` is an index into the table before; varints are LEB128 (postcard's), so
+//! the version is read as postcard read it. A side's offset is coded from the
+//! bucket of the summary's smallest magnitude on that side (exact when every
+//! reading has the same sign, so 1 byte); the sums are coded from the
+//! minimum, so they grow with the readings' spread, not their size. On the
+//! demo's workload (60 readings a partial) a partial takes about 30 bytes.
+//! No general-purpose compressor: measured on the demo's batches deflate
+//! saved too little to pay for itself (see the issue #16 note in the
+//! README).
+//!
+//! Decoding is hostile-input safe: every length and index is checked
+//! against the bytes that remain and the table it indexes, every sum and
+//! difference is checked arithmetic, the strings a decoded batch holds (the
+//! dictionary and every series key copied into its partials) are bounded by
+//! [`MAX_EXPANDED`] — a dictionary lets a few bytes name a long key, so the
+//! input's length alone does not bound them — and every decoded value goes
+//! through the same checks as a JSON one (series keys, aligned windows,
+//! [`Summary::validate`]). Trailing bytes are refused.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::num::NonZeroU64;
+
+use super::varint::{self, Reader};
+use super::{Batch, BatchError, BinaryError, Partial, BATCH_VERSION, BINARY_MAGIC};
+use crate::extent::{Extent, Point};
+use crate::index::QuantumIndex;
+use crate::series::{MAX_ID_LEN, MAX_TAGS};
+use crate::sketch::{Side, Sketch, WideCounts};
+use crate::summary::Summary;
+use crate::window::{Width, Window};
+use crate::{Incarnation, Quantum, SeriesKey};
+
+/// The most bytes of strings a decoded batch may hold (dictionary and the
+/// series keys of its partials). An agent's batch of 200 partials with
+/// keys of a few hundred bytes holds well under 1 MiB.
+pub const MAX_EXPANDED: usize = 16 << 20;
+
+/// The longest string of the dictionary (a tag value of 128 characters of
+/// up to 4 bytes).
+const MAX_STRING: usize = 512;
+
+/// Encodes `b` (magic byte included).
+pub(super) fn encode(b: &Batch) -> Vec<u8> {
+    let mut out = alloc::vec![BINARY_MAGIC];
+    varint::put(&mut out, BATCH_VERSION.into());
+    varint::put_bytes(&mut out, b.agent.as_bytes());
+    out.extend_from_slice(&b.incarnation.id().to_be_bytes());
+    varint::put(&mut out, b.seq.into());
+    varint::put(&mut out, b.first_unconfirmed.into());
+    varint::put_signed(&mut out, b.watermark.into());
+    varint::put(&mut out, b.dropped_readings.into());
+    let t = Tables::of(&b.partials);
+    t.write(&mut out);
+    varint::put(&mut out, b.partials.len() as u128);
+    let mut prev_k = 0i128;
+    for p in &b.partials {
+        let series = t.series_index(p);
+        varint::put(&mut out, series as u128);
+        let width = t.widths.iter().position(|&w| w == p.window.width());
+        varint::put(&mut out, width.unwrap_or(0) as u128);
+        let k = i128::from(p.window.start() / p.window.width().ms());
+        varint::put_signed(&mut out, k - prev_k);
+        prev_k = k;
+        put_summary(&mut out, &p.summary, p.window.start());
+    }
+    out
+}
+
+type TagSet = BTreeMap<String, String>;
+type SeriesId<'a> = (&'a str, &'a str, &'a TagSet, i8);
+
+fn series_id(p: &Partial) -> SeriesId<'_> {
+    let s = &p.series;
+    (
+        s.metric(),
+        s.device(),
+        s.tags(),
+        p.summary.quantum().exponent(),
+    )
+}
+
+/// The per-batch tables the partials index into.
+struct Tables<'a> {
+    /// Every string, sorted (so neighbours share prefixes).
+    strings: BTreeMap<&'a str, usize>,
+    tagsets: Vec<&'a TagSet>,
+    series: BTreeMap<SeriesId<'a>, usize>,
+    series_order: Vec<SeriesId<'a>>,
+    widths: Vec<Width>,
+}
+
+impl<'a> Tables<'a> {
+    fn of(partials: &'a [Partial]) -> Self {
+        let mut strings = BTreeMap::new();
+        let mut tagsets: Vec<&TagSet> = Vec::new();
+        let mut series = BTreeMap::new();
+        let mut series_order = Vec::new();
+        let mut widths = Vec::new();
+        for p in partials {
+            let id = series_id(p);
+            if !series.contains_key(&id) {
+                series.insert(id, series_order.len());
+                series_order.push(id);
+                strings.insert(id.0, 0);
+                strings.insert(id.1, 0);
+                for (k, v) in id.2 {
+                    strings.insert(k.as_str(), 0);
+                    strings.insert(v.as_str(), 0);
+                }
+                if !tagsets.contains(&id.2) {
+                    tagsets.push(id.2);
+                }
+            }
+            if !widths.contains(&p.window.width()) {
+                widths.push(p.window.width());
+            }
+        }
+        for (i, slot) in strings.values_mut().enumerate() {
+            *slot = i;
+        }
+        Tables {
+            strings,
+            tagsets,
+            series,
+            series_order,
+            widths,
+        }
+    }
+
+    fn string(&self, s: &str) -> u128 {
+        self.strings.get(s).copied().unwrap_or(0) as u128
+    }
+
+    fn series_index(&self, p: &Partial) -> usize {
+        self.series.get(&series_id(p)).copied().unwrap_or(0)
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        varint::put(out, self.strings.len() as u128);
+        let mut prev: &[u8] = &[];
+        for s in self.strings.keys() {
+            let s = s.as_bytes();
+            let shared = prev.iter().zip(s).take_while(|(a, b)| a == b).count();
+            varint::put(out, shared as u128);
+            varint::put_bytes(out, &s[shared..]);
+            prev = s;
+        }
+        varint::put(out, self.tagsets.len() as u128);
+        for tags in &self.tagsets {
+            varint::put(out, tags.len() as u128);
+            for (k, v) in tags.iter() {
+                varint::put(out, self.string(k));
+                varint::put(out, self.string(v));
+            }
+        }
+        varint::put(out, self.series_order.len() as u128);
+        for (metric, device, tags, quantum) in &self.series_order {
+            varint::put(out, self.string(metric));
+            varint::put(out, self.string(device));
+            let t = self.tagsets.iter().position(|x| x == tags).unwrap_or(0);
+            varint::put(out, t as u128);
+            varint::put_signed(out, (*quantum).into());
+        }
+        varint::put(out, self.widths.len() as u128);
+        for w in &self.widths {
+            varint::put(out, w.ms() as u128);
+        }
+    }
+}
+
+/// Σ(v−m) and Σ(v−m)² from Σv and Σv² (`None` if a step overflows).
+fn shifted(count: u64, sum: i128, sum_sq: u128, m: i64) -> Option<(i128, u128)> {
+    let (n, m) = (i128::from(count), i128::from(m));
+    let s = sum.checked_sub(n.checked_mul(m)?)?;
+    let sq = i128::try_from(sum_sq)
+        .ok()?
+        .checked_sub(m.checked_mul(2)?.checked_mul(sum)?)?
+        .checked_add(n.checked_mul(m.checked_mul(m)?)?)?;
+    Some((s, u128::try_from(sq).ok()?))
+}
+
+/// Σv and Σv² from Σ(v−m) and Σ(v−m)², in the reverse order of the steps of
+/// [`shifted`] (so no step overflows where that one did not).
+fn unshifted(count: u64, s: i128, sq: u128, m: i64) -> Option<(i128, u128)> {
+    let (n, m) = (i128::from(count), i128::from(m));
+    let sum = s.checked_add(n.checked_mul(m)?)?;
+    let sum_sq = i128::try_from(sq)
+        .ok()?
+        .checked_sub(n.checked_mul(m.checked_mul(m)?)?)?
+        .checked_add(m.checked_mul(2)?.checked_mul(sum)?)?;
+    Some((sum, u128::try_from(sum_sq).ok()?))
+}
+
+/// The reference bucket of each side's offset: that of the smallest
+/// magnitude the extent allows on the side (0 without readings there).
+fn references(q: Quantum, extent: Option<&Extent<i64, i64>>, scale: i8) -> (i32, i32) {
+    let ix = QuantumIndex::of(q);
+    let at = |m: u64| NonZeroU64::new(m).map_or(0, |m| ix.index(m, scale));
+    match extent {
+        None => (0, 0),
+        Some(e) => (
+            if e.max > 0 {
+                at(e.min.max(1).unsigned_abs())
+            } else {
+                0
+            },
+            if e.min < 0 {
+                at(e.max.min(-1).unsigned_abs())
+            } else {
+                0
+            },
+        ),
+    }
+}
+
+fn put_summary(out: &mut Vec<u8>, s: &Summary, start: i64) {
+    let count = s.count();
+    let extent = s.extent().filter(|_| count > 0);
+    let moments = extent.and_then(|e| shifted(count, s.sum_ticks(), s.sum_sq_ticks(), e.min));
+    varint::put(out, u128::from(count) * 2 + u128::from(moments.is_some()));
+    if let Some(e) = extent {
+        let (min, max) = (i128::from(e.min), i128::from(e.max));
+        varint::put_signed(out, min);
+        // A valid extent has min ≤ first, last ≤ max and first ≤ last.
+        let above = |v: i128| u128::try_from(v - min).unwrap_or(0);
+        for v in [max, e.first.value.into(), e.last.value.into()] {
+            varint::put(out, above(v));
+        }
+        varint::put_signed(out, i128::from(e.first.time) - i128::from(start));
+        let after = i128::from(e.last.time) - i128::from(e.first.time);
+        varint::put(out, u128::try_from(after).unwrap_or(0));
+        let (sum, sum_sq) = moments.unwrap_or((s.sum_ticks(), s.sum_sq_ticks()));
+        varint::put_signed(out, sum);
+        varint::put(out, sum_sq);
+    }
+    let k = s.sketch();
+    varint::put_signed(out, k.scale().into());
+    varint::put(out, k.zero_count().into());
+    let (pos_ref, neg_ref) = references(s.quantum(), extent, k.scale());
+    for (side, reference) in [(Side::Positive, pos_ref), (Side::Negative, neg_ref)] {
+        let b = k.side(side);
+        varint::put(out, b.len() as u128);
+        if !b.is_empty() {
+            varint::put_signed(out, i128::from(b.offset()) - i128::from(reference));
+            for c in b.counts() {
+                varint::put(out, c.into());
+            }
+        }
+    }
+}
+
+/// Decodes the bytes after the magic byte.
+pub(super) fn decode(body: &[u8]) -> Result<Batch, BatchError> {
+    let mut r = Reader::new(body);
+    let v = r.wide()?;
+    let v = u16::try_from(v).map_err(|_| BinaryError("version past 16 bits"))?;
+    if v != BATCH_VERSION {
+        return Err(super::wrong_version(v));
+    }
+    let agent = utf8(r.bytes(4 * MAX_ID_LEN, "agent id too long")?)?;
+    let incarnation = r.take(8)?;
+    let mut id = [0u8; 8];
+    id.copy_from_slice(incarnation);
+    let mut batch = Batch::new(agent, 0, 0, Vec::new());
+    batch.incarnation = Incarnation::new(u64::from_be_bytes(id));
+    batch.seq = r.u64()?;
+    batch.first_unconfirmed = r.u64()?;
+    batch.watermark = r.i64()?;
+    batch.dropped_readings = r.u64()?;
+    let mut d = Decoder::default();
+    d.tables(&mut r)?;
+    batch.partials = d.partials(&mut r)?;
+    if r.remaining() != 0 {
+        return Err(BinaryError("trailing bytes").into());
+    }
+    Ok(batch)
+}
+
+fn utf8(b: &[u8]) -> Result<String, BinaryError> {
+    core::str::from_utf8(b)
+        .map(String::from)
+        .map_err(|_| BinaryError("string is not UTF-8"))
+}
+
+/// The tables of a batch being decoded, and the string bytes it holds.
+#[derive(Default)]
+struct Decoder {
+    strings: Vec<String>,
+    tagsets: Vec<TagSet>,
+    series: Vec<(SeriesKey, Quantum, usize)>,
+    widths: Vec<Width>,
+    expanded: usize,
+}
+
+impl Decoder {
+    /// Counts `n` more string bytes against [`MAX_EXPANDED`].
+    fn spend(&mut self, n: usize) -> Result<(), BinaryError> {
+        self.expanded = self
+            .expanded
+            .checked_add(n)
+            .filter(|&e| e <= MAX_EXPANDED)
+            .ok_or(BinaryError("the strings a batch holds exceed their limit"))?;
+        Ok(())
+    }
+
+    fn string(&self, r: &mut Reader<'_>) -> Result<&String, BinaryError> {
+        let i = r.len(usize::MAX, "index past usize")?;
+        self.strings
+            .get(i)
+            .ok_or(BinaryError("string index out of range"))
+    }
+
+    /// Strings, tag sets, series and widths. Each entry of a table takes at
+    /// least one byte, so no table is longer than the bytes that remain.
+    fn tables(&mut self, r: &mut Reader<'_>) -> Result<(), BatchError> {
+        let n = r.len(r.remaining(), "more strings than bytes")?;
+        self.strings.reserve(n);
+        for _ in 0..n {
+            let shared = r.len(MAX_STRING, "string too long")?;
+            let suffix = r.bytes(MAX_STRING, "string too long")?;
+            self.spend(shared + suffix.len())?;
+            let prev = self.strings.last().map_or(&[][..], |s| s.as_bytes());
+            let head = prev
+                .get(..shared)
+                .ok_or(BinaryError("shared prefix too long"))?;
+            let mut s = Vec::with_capacity(shared + suffix.len());
+            s.extend_from_slice(head);
+            s.extend_from_slice(suffix);
+            let s = String::from_utf8(s).map_err(|_| BinaryError("string is not UTF-8"))?;
+            self.strings.push(s);
+        }
+        let n = r.len(r.remaining(), "more tag sets than bytes")?;
+        for _ in 0..n {
+            let ntags = r.len(MAX_TAGS, "too many tags")?;
+            let mut tags = TagSet::new();
+            for _ in 0..ntags {
+                let k = self.string(r)?.clone();
+                let v = self.string(r)?.clone();
+                self.spend(k.len() + v.len())?;
+                tags.insert(k, v);
+            }
+            self.tagsets.push(tags);
+        }
+        let n = r.len(r.remaining(), "more series than bytes")?;
+        for _ in 0..n {
+            let metric = self.string(r)?.clone();
+            let device = self.string(r)?.clone();
+            let t = r.len(usize::MAX, "index past usize")?;
+            let tags = self
+                .tagsets
+                .get(t)
+                .ok_or(BinaryError("tag set index out of range"))?;
+            let tags = tags.clone();
+            let size = metric.len()
+                + device.len()
+                + tags.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            self.spend(size)?;
+            let exponent =
+                i8::try_from(r.signed()?).map_err(|_| BinaryError("quantum out of range"))?;
+            let quantum =
+                Quantum::new(exponent).map_err(|_| BinaryError("quantum out of range"))?;
+            let key = SeriesKey::new(metric, device, tags)?;
+            self.series.push((key, quantum, size));
+        }
+        let n = r.len(r.remaining(), "more widths than bytes")?;
+        for _ in 0..n {
+            let ms = i64::try_from(r.u64()?).map_err(|_| BinaryError("width out of range"))?;
+            let w = Width::new(ms).map_err(|_| BinaryError("width out of range"))?;
+            self.widths.push(w);
+        }
+        Ok(())
+    }
+
+    /// The partials (each takes at least four bytes).
+    fn partials(&mut self, r: &mut Reader<'_>) -> Result<Vec<Partial>, BatchError> {
+        let n = r.len(r.remaining() / 4, "more partials than bytes")?;
+        let mut out = Vec::with_capacity(n);
+        let mut prev_k = 0i128;
+        for _ in 0..n {
+            let i = r.len(usize::MAX, "index past usize")?;
+            let (key, quantum, size) = self
+                .series
+                .get(i)
+                .ok_or(BinaryError("series index out of range"))?;
+            let (key, quantum, size) = (key.clone(), *quantum, *size);
+            self.spend(size)?;
+            let w = r.len(usize::MAX, "index past usize")?;
+            let width = *self
+                .widths
+                .get(w)
+                .ok_or(BinaryError("width index out of range"))?;
+            let k = prev_k
+                .checked_add(r.signed()?)
+                .ok_or(BinaryError("window out of range"))?;
+            prev_k = k;
+            let start = k
+                .checked_mul(width.ms().into())
+                .and_then(|s| i64::try_from(s).ok())
+                .ok_or(BinaryError("window out of range"))?;
+            let window =
+                Window::new(start, width).map_err(|_| BinaryError("window out of range"))?;
+            let summary = read_summary(r, quantum, start)?;
+            out.push(Partial {
+                series: key,
+                window,
+                summary,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn read_summary(r: &mut Reader<'_>, quantum: Quantum, start: i64) -> Result<Summary, BinaryError> {
+    let head = r.wide()?;
+    let count = u64::try_from(head >> 1).map_err(|_| BinaryError("count past 64 bits"))?;
+    let shifted_moments = head & 1 == 1;
+    let overflow = BinaryError("summary field out of range");
+    let mut extent = None;
+    let (mut sum, mut sum_sq) = (0, 0);
+    if count > 0 {
+        let min = r.i64()?;
+        let (max, first_value, last_value) = (above(r, min)?, above(r, min)?, above(r, min)?);
+        let first_time = i64::try_from(i128::from(start) + r.signed()?).map_err(|_| overflow)?;
+        let last_time = above(r, first_time)?;
+        (sum, sum_sq) = (r.signed()?, r.wide()?);
+        if shifted_moments {
+            (sum, sum_sq) = unshifted(count, sum, sum_sq, min).ok_or(overflow)?;
+        }
+        extent = Some(Extent {
+            min,
+            max,
+            first: Point {
+                time: first_time,
+                value: first_value,
+            },
+            last: Point {
+                time: last_time,
+                value: last_value,
+            },
+        });
+    }
+    let scale = i8::try_from(r.signed()?).map_err(|_| BinaryError("sketch scale out of range"))?;
+    let zero = r.u64()?;
+    let (pos_ref, neg_ref) = references(quantum, extent.as_ref(), scale);
+    let positive = read_side(r, pos_ref)?;
+    let negative = read_side(r, neg_ref)?;
+    let sketch = Sketch::from_parts(
+        scale,
+        zero,
+        (positive.0, &positive.1),
+        (negative.0, &negative.1),
+    )
+    .map_err(BinaryError)?;
+    Summary::from_parts(quantum, (count, sum, sum_sq), extent, sketch).map_err(BinaryError)
+}
+
+/// `base` plus an unsigned varint, which must stay an `i64`.
+fn above(r: &mut Reader<'_>, base: i64) -> Result<i64, BinaryError> {
+    let overflow = BinaryError("summary field out of range");
+    let d = i64::try_from(r.u64()?).map_err(|_| overflow)?;
+    base.checked_add(d).ok_or(overflow)
+}
+
+fn read_side(r: &mut Reader<'_>, reference: i32) -> Result<(i32, Vec<u64>), BinaryError> {
+    let len = r.len(WideCounts::LIMIT.min(r.remaining()), "too many buckets")?;
+    if len == 0 {
+        return Ok((0, Vec::new()));
+    }
+    let offset = i32::try_from(i128::from(reference) + r.signed()?)
+        .map_err(|_| BinaryError("bucket offset out of range"))?;
+    let counts = (0..len).map(|_| r.u64()).collect::<Result<Vec<_>, _>>()?;
+    Ok((offset, counts))
+}

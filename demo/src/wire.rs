@@ -75,7 +75,7 @@ mod tests {
             (101_325, 0),
             (7, 2),
             (-1_234_567, -6),
-            (1 << 53, -18),
+            (123_456_789_012, -12),
         ] {
             let text = reading_json("temperature", 1_764_052_800_123, ticks, e);
             let m = json::parse(text.as_bytes()).unwrap();

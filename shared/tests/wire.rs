@@ -759,10 +759,10 @@ const GOLDEN_TIME_SYNC: &[u8] = &[13, 2, 4, 128, 160, 191, 233, 214, 102, 94, 10
 /// moments from the minimum); min −3 (zigzag 5), max−min 218, first−min
 /// 218, last−min 0, first 500 ms into the window (zigzag 1000), last 500 ms
 /// after it; Σ(v−min) = 212 (zigzag 424), Σ(v−min)² = 218² = 47 524; sketch
-/// scale 6 (zigzag 12), zero 0; one positive bucket at 283 (21.5 at 10⁻¹,
-/// OpenTelemetry's index at scale 6), coded +496 from the bucket of one
-/// tick (−213), count 1; one negative bucket at −112 (0.3), +101 from it,
-/// count 1.
+/// scale 6 (zigzag 12), zero 0; one positive bucket (head 64: 1 bucket of
+/// counts 1 bit wide) at 283 (21.5 at 10⁻¹, OpenTelemetry's index at scale
+/// 6), coded +496 from the bucket of one tick (−213), its count 1 in one
+/// packed byte; one negative bucket at −112 (0.3), +101 from it, count 1.
 const GOLDEN_BATCH: &[u8] = &[
     183, 2, 7, 97, 103, 101, 110, 116, 45, 49, 159, 58, 12, 29, 46, 75, 90, 103, 5, 3, 128, 211,
     14, 0, // header
@@ -773,7 +773,7 @@ const GOLDEN_BATCH: &[u8] = &[
     1, 224, 212, 3, // widths
     1, 0, 0, 2, // partial: series, width, window
     5, 5, 218, 1, 218, 1, 0, 232, 7, 244, 3, 180, 3, 164, 243, 2, // count, extent, sums
-    12, 0, 1, 224, 7, 1, 1, 202, 1, 1, // sketch
+    12, 0, 64, 224, 7, 1, 64, 202, 1, 1, // sketch
 ];
 
 /// Where the summary's head (count·2 + 1) is in [`GOLDEN_BATCH`].

@@ -27,14 +27,17 @@
 //!                Σ:zigzag  Σ²:varint    shifted: Σ(v−min), Σ(v−min)²;
 //!                                       else Σv, Σv² as they are
 //!            sketch = scale:zigzag zero:varint positive negative
-//!            side   = len:varint, if len > 0: Δoffset:zigzag counts:varint×len
+//!            side   = head:varint (len·64 + bits−1), if len > 0:
+//!                     Δoffset:zigzag  counts: len × `bits` bits, packed
+//!                     low bit first, ⌈len·bits/8⌉ bytes
 //! ```
 //! `#` is an index into the table before; varints are LEB128 (postcard's), so
 //! the version is read as postcard read it. A side's offset is coded from the
 //! bucket of the summary's smallest magnitude on that side (exact when every
 //! reading has the same sign, so 1 byte); the sums are coded from the
-//! minimum, so they grow with the readings' spread, not their size. On the
-//! demo's workload (60 readings a partial) a partial takes about 30 bytes.
+//! minimum, so they grow with the readings' spread, not their size. Bucket
+//! counts are small (60 readings over a few dozen buckets: mostly 0 to 4),
+//! so a side's counts are packed in as many bits as its largest needs.
 //! No general-purpose compressor: measured on the demo's batches deflate
 //! saved too little to pay for itself (see the issue #16 note in the
 //! README).
@@ -272,12 +275,15 @@ fn put_summary(out: &mut Vec<u8>, s: &Summary, start: i64) {
     let (pos_ref, neg_ref) = references(s.quantum(), extent, k.scale());
     for (side, reference) in [(Side::Positive, pos_ref), (Side::Negative, neg_ref)] {
         let b = k.side(side);
-        varint::put(out, b.len() as u128);
+        let bits = b
+            .counts()
+            .map(|c| 64 - c.leading_zeros())
+            .max()
+            .unwrap_or(1);
+        varint::put(out, (b.len() as u128) << 6 | u128::from(bits.max(1) - 1));
         if !b.is_empty() {
             varint::put_signed(out, i128::from(b.offset()) - i128::from(reference));
-            for c in b.counts() {
-                varint::put(out, c.into());
-            }
+            varint::put_packed(out, b.counts(), bits.max(1));
         }
     }
 }
@@ -495,12 +501,20 @@ fn above(r: &mut Reader<'_>, base: i64) -> Result<i64, BinaryError> {
 }
 
 fn read_side(r: &mut Reader<'_>, reference: i32) -> Result<(i32, Vec<u64>), BinaryError> {
-    let len = r.len(WideCounts::LIMIT.min(r.remaining()), "too many buckets")?;
+    let head = r.len(usize::MAX, "too many buckets")?;
+    let (len, bits) = (head >> 6, (head & 63) as u32 + 1);
     if len == 0 {
-        return Ok((0, Vec::new()));
+        return match bits {
+            1 => Ok((0, Vec::new())),
+            _ => Err(BinaryError("bits per count without counts")),
+        };
+    }
+    // Every 8 counts take `bits` bytes.
+    if len > WideCounts::LIMIT || len.div_ceil(8) > r.remaining() {
+        return Err(BinaryError("too many buckets"));
     }
     let offset = i32::try_from(i128::from(reference) + r.signed()?)
         .map_err(|_| BinaryError("bucket offset out of range"))?;
-    let counts = (0..len).map(|_| r.u64()).collect::<Result<Vec<_>, _>>()?;
+    let counts = r.packed(len, bits)?;
     Ok((offset, counts))
 }

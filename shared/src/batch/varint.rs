@@ -26,6 +26,26 @@ pub(super) fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// Appends `counts` in `bits` (1..=64) bits each, low bit first, padded to
+/// a whole byte (a count wider than `bits` loses its high bits: callers
+/// pass the width of the largest).
+pub(super) fn put_packed(out: &mut Vec<u8>, counts: impl Iterator<Item = u64>, bits: u32) {
+    let (mut acc, mut held) = (0u128, 0u32);
+    let mask = u128::from(u64::MAX) >> (64 - bits);
+    for c in counts {
+        acc |= (u128::from(c) & mask) << held;
+        held += bits;
+        while held >= 8 {
+            out.push(acc as u8);
+            acc >>= 8;
+            held -= 8;
+        }
+    }
+    if held > 0 {
+        out.push(acc as u8);
+    }
+}
+
 fn zigzag(v: i128) -> u128 {
     ((v << 1) ^ (v >> 127)) as u128
 }
@@ -96,6 +116,33 @@ impl<'a> Reader<'a> {
         i64::try_from(self.signed()?).map_err(|_| BinaryError("value past 64 bits"))
     }
 
+    /// `len` counts of `bits` (1..=64) bits each, as [`put_packed`] writes
+    /// them; the padding bits must be 0.
+    pub(super) fn packed(&mut self, len: usize, bits: u32) -> Result<Vec<u64>, BinaryError> {
+        let total = len
+            .checked_mul(bits as usize)
+            .ok_or(BinaryError("too many buckets"))?;
+        let bytes = self.take(total.div_ceil(8))?;
+        let mut out = Vec::with_capacity(len);
+        let (mut acc, mut held) = (0u128, 0u32);
+        let mut next = bytes.iter();
+        let mask = u128::from(u64::MAX) >> (64 - bits);
+        for _ in 0..len {
+            while held < bits {
+                let b = next.next().ok_or(BinaryError("truncated"))?;
+                acc |= u128::from(*b) << held;
+                held += 8;
+            }
+            out.push((acc & mask) as u64);
+            acc >>= bits;
+            held -= bits;
+        }
+        if acc != 0 {
+            return Err(BinaryError("non-zero padding bits"));
+        }
+        Ok(out)
+    }
+
     /// Exactly `n` bytes.
     pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], BinaryError> {
         if n > self.bytes.len() {
@@ -141,6 +188,29 @@ mod tests {
         let mut out = Vec::new();
         put(&mut out, 256);
         assert_eq!(out, [0x80, 0x02]);
+    }
+
+    #[test]
+    fn packed_counts_round_trip_at_every_width() {
+        for bits in 1..=64u32 {
+            let max = u64::MAX >> (64 - bits);
+            for len in [1usize, 2, 7, 8, 9, 63] {
+                let counts: Vec<u64> = (0..len as u64).map(|i| max - i.min(max)).collect();
+                let mut out = Vec::new();
+                put_packed(&mut out, counts.iter().copied(), bits);
+                assert_eq!(out.len(), (len * bits as usize).div_ceil(8));
+                let mut r = Reader::new(&out);
+                assert_eq!(r.packed(len, bits).unwrap(), counts, "{bits} {len}");
+                assert_eq!(r.remaining(), 0);
+            }
+        }
+        // Three 3-bit counts 1, 2, 4: 0b100_010_001 = 0x111 over two bytes.
+        let mut out = Vec::new();
+        put_packed(&mut out, [1, 2, 4].into_iter(), 3);
+        assert_eq!(out, [0x11, 0x01]);
+        // Padding must be zero (one encoding per value).
+        assert!(Reader::new(&[0x11, 0x81]).packed(3, 3).is_err());
+        assert!(Reader::new(&[0x11]).packed(3, 3).is_err());
     }
 
     #[test]

@@ -158,7 +158,7 @@ fn a_demo_like_batch_takes_under_a_byte_a_reading() {
 
 #[test]
 fn a_dictionary_cannot_make_the_decoder_hold_more_than_its_limit() {
-    // One long key named by 400 000 partials of 8 bytes each: 3.2 MB of
+    // One long key named by 400 000 partials of 6 bytes each: 2.4 MB of
     // input that would expand to ~800 MB of keys.
     let long = "v".repeat(128);
     let tags: Vec<(String, String)> = (0..16)
@@ -172,10 +172,11 @@ fn a_dictionary_cannot_make_the_decoder_hold_more_than_its_limit() {
         vec![partial(key("m", "d", &tag_refs), 0, 0, 60_000, &[])],
     );
     let mut bytes = round_trip(&one);
-    // The partials are the last 9 bytes: 1 partial of series 0, width 0,
-    // window 0, head 0, scale 12, zero 0, two empty sides. Repeat it.
-    let tail = bytes.split_off(bytes.len() - 9);
-    assert_eq!(tail, [1, 0, 0, 0, 0, 12, 0, 0, 0][..]);
+    // The partials are the last 7 bytes: 1 partial of series 0, width 0,
+    // window 0 (the watermark's), count 0, sketch head 48 (scale 6, no zero
+    // count, no negative buckets), no positive buckets. Repeat it.
+    let tail = bytes.split_off(bytes.len() - 7);
+    assert_eq!(tail, [1, 0, 0, 0, 0, 48, 0][..]);
     let n: u64 = 400_000;
     let mut count = Vec::new();
     let mut m = n;
@@ -186,7 +187,7 @@ fn a_dictionary_cannot_make_the_decoder_hold_more_than_its_limit() {
     count.push(m as u8);
     bytes.extend(count);
     for _ in 0..n {
-        bytes.extend([0, 0, 0, 0, 12, 0, 0, 0]);
+        bytes.extend([0, 0, 0, 0, 48, 0]);
     }
     let size = 16 * (3 + 128) + 2;
     assert!(n as usize * size > MAX_EXPANDED);

@@ -755,11 +755,13 @@ const GOLDEN_TIME_SYNC: &[u8] = &[13, 2, 4, 128, 160, 191, 233, 214, 102, 94, 10
 /// dropped; 4 sorted strings "dev1", "lab 1", "room", "temp" (no shared
 /// prefix); 1 tag set {room ("room" #2): "lab 1" #1}; 1 series (metric #3,
 /// device #0, tag set #0, quantum 10⁻¹ zigzag 1); 1 width, 60 000 ms; 1
-/// partial: series 0, width 0, window index +1 (zigzag 2); head 5 (count 2,
-/// moments from the minimum); min −3 (zigzag 5), max−min 218, first−min
-/// 218, last−min 0, first 500 ms into the window (zigzag 1000), last 500 ms
-/// after it; Σ(v−min) = 212 (zigzag 424), Σ(v−min)² = 218² = 47 524; sketch
-/// scale 6 (zigzag 12), zero 0; one positive bucket (head 64: 1 bucket of
+/// partial: series 0, width 0, window index 1, one below the watermark's
+/// (zigzag 1); head 5 (count 2, moments from the minimum); min −3 (zigzag
+/// 5), max−min 218, first−min 218, last−min 0, first 500 ms into the window
+/// (zigzag 1000), last 58 999 ms before its last millisecond (zigzag
+/// 117 998); Σ(v−min) = 212 (zigzag 424), Σ(v−min)² = 218² = 47 524; sketch
+/// head 49 (scale 6 zigzag 12 ·4, no zero count, negative buckets); one
+/// positive bucket (head 64: 1 bucket of
 /// counts 1 bit wide) at 283 (21.5 at 10⁻¹, OpenTelemetry's index at scale
 /// 6), coded +496 from the bucket of one tick (−213), its count 1 in one
 /// packed byte; one negative bucket at −112 (0.3), +101 from it, count 1.
@@ -771,9 +773,9 @@ const GOLDEN_BATCH: &[u8] = &[
     1, 1, 2, 1, // tag sets
     1, 3, 0, 0, 1, // series
     1, 224, 212, 3, // widths
-    1, 0, 0, 2, // partial: series, width, window
-    5, 5, 218, 1, 218, 1, 0, 232, 7, 244, 3, 180, 3, 164, 243, 2, // count, extent, sums
-    12, 0, 64, 224, 7, 1, 64, 202, 1, 1, // sketch
+    1, 0, 0, 1, // partial: series, width, window
+    5, 5, 218, 1, 218, 1, 0, 232, 7, 238, 153, 7, 180, 3, 164, 243, 2, // count, extent, sums
+    49, 64, 224, 7, 1, 64, 202, 1, 1, // sketch
 ];
 
 /// Where the summary's head (count·2 + 1) is in [`GOLDEN_BATCH`].

@@ -19,14 +19,15 @@
 //! series   = n { metric:string# device:string# tags:tagset# quantum:zigzag }
 //! widths   = n { ms:varint }
 //! partials = n { series# width# Δk:zigzag summary }   start = k·width, Δk
-//!            from the previous partial's k (0 before the first)
+//!            from the previous partial's k (the first from the watermark's)
 //! summary  = head:varint  (count·2 + shifted)
 //!            if count > 0: min:zigzag  max−min  first.value−min
 //!                last.value−min (varints)  first.time−start:zigzag
-//!                last.time−first.time:varint
+//!                end−1−last.time:zigzag
 //!                Σ:zigzag  Σ²:varint    shifted: Σ(v−min), Σ(v−min)²;
 //!                                       else Σv, Σv² as they are
-//!            sketch = scale:zigzag zero:varint positive negative
+//!            sketch = head:varint (zigzag(scale)·4 + 2·[zero > 0] + [negative
+//!                     buckets]), zero:varint if any, positive, negative if any
 //!            side   = head:varint (len·64 + bits−1), if len > 0:
 //!                     Δoffset:zigzag  counts: len × `bits` bits, packed
 //!                     low bit first, ⌈len·bits/8⌉ bytes
@@ -88,16 +89,17 @@ pub(super) fn encode(b: &Batch) -> Vec<u8> {
     let t = Tables::of(&b.partials);
     t.write(&mut out);
     varint::put(&mut out, b.partials.len() as u128);
-    let mut prev_k = 0i128;
+    let mut prev_k = None;
     for p in &b.partials {
         let series = t.series_index(p);
         varint::put(&mut out, series as u128);
         let width = t.widths.iter().position(|&w| w == p.window.width());
         varint::put(&mut out, width.unwrap_or(0) as u128);
         let k = i128::from(p.window.start() / p.window.width().ms());
-        varint::put_signed(&mut out, k - prev_k);
-        prev_k = k;
-        put_summary(&mut out, &p.summary, p.window.start());
+        let base = prev_k.unwrap_or(i128::from(b.watermark.div_euclid(p.window.width().ms())));
+        varint::put_signed(&mut out, k - base);
+        prev_k = Some(k);
+        put_summary(&mut out, &p.summary, p.window);
     }
     out
 }
@@ -249,7 +251,7 @@ fn references(q: Quantum, extent: Option<&Extent<i64, i64>>, scale: i8) -> (i32,
     }
 }
 
-fn put_summary(out: &mut Vec<u8>, s: &Summary, start: i64) {
+fn put_summary(out: &mut Vec<u8>, s: &Summary, window: Window) {
     let count = s.count();
     let extent = s.extent().filter(|_| count > 0);
     let moments = extent.and_then(|e| shifted(count, s.sum_ticks(), s.sum_sq_ticks(), e.min));
@@ -262,19 +264,28 @@ fn put_summary(out: &mut Vec<u8>, s: &Summary, start: i64) {
         for v in [max, e.first.value.into(), e.last.value.into()] {
             varint::put(out, above(v));
         }
-        varint::put_signed(out, i128::from(e.first.time) - i128::from(start));
-        let after = i128::from(e.last.time) - i128::from(e.first.time);
-        varint::put(out, u128::try_from(after).unwrap_or(0));
+        varint::put_signed(out, i128::from(e.first.time) - i128::from(window.start()));
+        varint::put_signed(out, i128::from(window.end()) - 1 - i128::from(e.last.time));
         let (sum, sum_sq) = moments.unwrap_or((s.sum_ticks(), s.sum_sq_ticks()));
         varint::put_signed(out, sum);
         varint::put(out, sum_sq);
     }
     let k = s.sketch();
-    varint::put_signed(out, k.scale().into());
-    varint::put(out, k.zero_count().into());
+    let (zero, negative) = (k.zero_count() > 0, !k.negative().is_empty());
+    let scale = zigzag_i8(k.scale());
+    varint::put(
+        out,
+        scale << 2 | u128::from(zero) << 1 | u128::from(negative),
+    );
+    if zero {
+        varint::put(out, k.zero_count().into());
+    }
     let (pos_ref, neg_ref) = references(s.quantum(), extent, k.scale());
     for (side, reference) in [(Side::Positive, pos_ref), (Side::Negative, neg_ref)] {
         let b = k.side(side);
+        if side == Side::Negative && !negative {
+            break;
+        }
         let bits = b
             .counts()
             .map(|c| 64 - c.leading_zeros())
@@ -286,6 +297,10 @@ fn put_summary(out: &mut Vec<u8>, s: &Summary, start: i64) {
             varint::put_packed(out, b.counts(), bits.max(1));
         }
     }
+}
+
+fn zigzag_i8(v: i8) -> u128 {
+    u128::from(((v << 1) ^ (v >> 7)) as u8)
 }
 
 /// Decodes the bytes after the magic byte.
@@ -308,7 +323,7 @@ pub(super) fn decode(body: &[u8]) -> Result<Batch, BatchError> {
     batch.dropped_readings = r.u64()?;
     let mut d = Decoder::default();
     d.tables(&mut r)?;
-    batch.partials = d.partials(&mut r)?;
+    batch.partials = d.partials(&mut r, batch.watermark)?;
     if r.remaining() != 0 {
         return Err(BinaryError("trailing bytes").into());
     }
@@ -411,10 +426,10 @@ impl Decoder {
     }
 
     /// The partials (each takes at least four bytes).
-    fn partials(&mut self, r: &mut Reader<'_>) -> Result<Vec<Partial>, BatchError> {
+    fn partials(&mut self, r: &mut Reader<'_>, watermark: i64) -> Result<Vec<Partial>, BatchError> {
         let n = r.len(r.remaining() / 4, "more partials than bytes")?;
         let mut out = Vec::with_capacity(n);
-        let mut prev_k = 0i128;
+        let mut prev_k: Option<i128> = None;
         for _ in 0..n {
             let i = r.len(usize::MAX, "index past usize")?;
             let (key, quantum, size) = self
@@ -428,17 +443,18 @@ impl Decoder {
                 .widths
                 .get(w)
                 .ok_or(BinaryError("width index out of range"))?;
-            let k = prev_k
+            let base = prev_k.unwrap_or(i128::from(watermark.div_euclid(width.ms())));
+            let k = base
                 .checked_add(r.signed()?)
                 .ok_or(BinaryError("window out of range"))?;
-            prev_k = k;
+            prev_k = Some(k);
             let start = k
                 .checked_mul(width.ms().into())
                 .and_then(|s| i64::try_from(s).ok())
                 .ok_or(BinaryError("window out of range"))?;
             let window =
                 Window::new(start, width).map_err(|_| BinaryError("window out of range"))?;
-            let summary = read_summary(r, quantum, start)?;
+            let summary = read_summary(r, quantum, window)?;
             out.push(Partial {
                 series: key,
                 window,
@@ -449,7 +465,11 @@ impl Decoder {
     }
 }
 
-fn read_summary(r: &mut Reader<'_>, quantum: Quantum, start: i64) -> Result<Summary, BinaryError> {
+fn read_summary(
+    r: &mut Reader<'_>,
+    quantum: Quantum,
+    window: Window,
+) -> Result<Summary, BinaryError> {
     let head = r.wide()?;
     let count = u64::try_from(head >> 1).map_err(|_| BinaryError("count past 64 bits"))?;
     let shifted_moments = head & 1 == 1;
@@ -459,8 +479,9 @@ fn read_summary(r: &mut Reader<'_>, quantum: Quantum, start: i64) -> Result<Summ
     if count > 0 {
         let min = r.i64()?;
         let (max, first_value, last_value) = (above(r, min)?, above(r, min)?, above(r, min)?);
-        let first_time = i64::try_from(i128::from(start) + r.signed()?).map_err(|_| overflow)?;
-        let last_time = above(r, first_time)?;
+        let time = |t: i128| i64::try_from(t).map_err(|_| overflow);
+        let first_time = time(i128::from(window.start()) + r.signed()?)?;
+        let last_time = time(i128::from(window.end()) - 1 - r.signed()?)?;
         (sum, sum_sq) = (r.signed()?, r.wide()?);
         if shifted_moments {
             (sum, sum_sq) = unshifted(count, sum, sum_sq, min).ok_or(overflow)?;
@@ -478,11 +499,27 @@ fn read_summary(r: &mut Reader<'_>, quantum: Quantum, start: i64) -> Result<Summ
             },
         });
     }
-    let scale = i8::try_from(r.signed()?).map_err(|_| BinaryError("sketch scale out of range"))?;
-    let zero = r.u64()?;
+    let head = r.wide()?;
+    let z = u8::try_from(head >> 2).map_err(|_| BinaryError("sketch scale out of range"))?;
+    let scale = ((z >> 1) as i8) ^ -((z & 1) as i8);
+    let zero = if head & 2 != 0 {
+        match r.u64()? {
+            0 => return Err(BinaryError("a zero count flagged but 0")),
+            z => z,
+        }
+    } else {
+        0
+    };
     let (pos_ref, neg_ref) = references(quantum, extent.as_ref(), scale);
     let positive = read_side(r, pos_ref)?;
-    let negative = read_side(r, neg_ref)?;
+    let negative = if head & 1 != 0 {
+        match read_side(r, neg_ref)? {
+            (_, c) if c.is_empty() => return Err(BinaryError("negative buckets flagged but none")),
+            side => side,
+        }
+    } else {
+        (0, Vec::new())
+    };
     let sketch = Sketch::from_parts(
         scale,
         zero,

@@ -81,7 +81,10 @@ mod tests {
             let m = json::parse(text.as_bytes()).unwrap();
             assert_eq!(m.readings.len(), 1, "{text}");
             let r = &m.readings[0];
-            assert_eq!((r.metric.as_str(), r.time), ("temperature", 1_764_052_800_123));
+            assert_eq!(
+                (r.metric.as_str(), r.time),
+                ("temperature", 1_764_052_800_123)
+            );
             let q = Quantum::new(e).unwrap();
             assert_eq!(q.ticks(r.value).unwrap(), ticks, "{text}");
         }

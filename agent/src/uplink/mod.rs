@@ -265,8 +265,14 @@ mod tests {
     #[test]
     fn publish_packets_are_counted_as_mqtt_frames_them() {
         assert_eq!(publish_packet_len("a/b", &[0; 10]), 1 + 1 + 2 + 3 + 2 + 10);
-        assert_eq!(publish_packet_len("a/b", &[0; 120]), 1 + 1 + 2 + 3 + 2 + 120);
-        assert_eq!(publish_packet_len("a/b", &[0; 121]), 1 + 2 + 2 + 3 + 2 + 121);
+        assert_eq!(
+            publish_packet_len("a/b", &[0; 120]),
+            1 + 1 + 2 + 3 + 2 + 120
+        );
+        assert_eq!(
+            publish_packet_len("a/b", &[0; 121]),
+            1 + 2 + 2 + 3 + 2 + 121
+        );
         let topic = topic::partials("gw-0");
         let mut buf = bytes::BytesMut::new();
         let mut p = rumqttc::Publish::new(&topic, QoS::AtLeastOnce, vec![7; 5_000]);

@@ -145,8 +145,8 @@ impl<'a> Tables<'a> {
         let mut widths = Vec::new();
         for p in partials {
             let id = series_id(p);
-            if !series.contains_key(&id) {
-                series.insert(id, series_order.len());
+            if let alloc::collections::btree_map::Entry::Vacant(e) = series.entry(id) {
+                e.insert(series_order.len());
                 series_order.push(id);
                 strings.insert(id.0, 0);
                 strings.insert(id.1, 0);

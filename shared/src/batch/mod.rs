@@ -43,6 +43,7 @@
 //! shipped without them), and a [`Confirm`] its `incarnation`.
 
 mod binary;
+mod unpack;
 mod varint;
 
 use alloc::string::String;
@@ -244,7 +245,7 @@ impl Batch {
     pub fn decode(bytes: &[u8]) -> Result<Batch, BatchError> {
         let first = *bytes.first().ok_or(BatchError::Empty)?;
         let batch = match first {
-            BINARY_MAGIC => binary::decode(&bytes[1..])?,
+            BINARY_MAGIC => unpack::decode(&bytes[1..])?,
             b'{' | b' ' | b'\t' | b'\r' | b'\n' => match serde_json::from_slice::<Batch>(bytes) {
                 Ok(b) => b,
                 Err(e) => {

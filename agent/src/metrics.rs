@@ -166,6 +166,8 @@ pub struct Metrics {
     pub batches_sent: Counter,
     /// Batch re-publications after a confirmation timeout or reconnect.
     pub batches_resent: Counter,
+    /// Bytes of the batches' MQTT PUBLISH packets (sends and resends).
+    pub uplink_publish_bytes: Counter,
     /// Batches confirmed by the collector.
     pub batches_confirmed: Counter,
     /// Readings in confirmed batches.
@@ -234,6 +236,8 @@ pub struct Counters {
     pub readings_confirmed: u64,
     /// Outbox bytes.
     pub outbox_bytes: u64,
+    /// Bytes of the batches' MQTT PUBLISH packets (sends and resends).
+    pub uplink_publish_bytes: u64,
 }
 
 /// Registers a clone of `m` (metrics share their value between clones).
@@ -287,6 +291,7 @@ impl Metrics {
             batches_formed: c(&mut r, "batches_formed", "Batches formed."),
             batches_sent: c(&mut r, "batches_sent", "Batches published (first sends)."),
             batches_resent: c(&mut r, "batches_resent", "Batches published again."),
+            uplink_publish_bytes: c(&mut r, "uplink_publish_bytes", "Bytes of the MQTT PUBLISH packets of batches as encoded for the socket (sends and resends)."),
             batches_confirmed: c(&mut r, "batches_confirmed", "Batches confirmed by the collector."),
             readings_confirmed: c(&mut r, "readings_confirmed", "Readings in confirmed batches."),
             uplink_connects: c(&mut r, "uplink_connects", "Uplink connections established."),
@@ -480,6 +485,7 @@ impl Metrics {
             batches_confirmed: self.batches_confirmed.get(),
             readings_confirmed: self.readings_confirmed.get(),
             outbox_bytes: self.outbox_bytes.get(),
+            uplink_publish_bytes: self.uplink_publish_bytes.get(),
         }
     }
 }

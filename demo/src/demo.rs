@@ -22,6 +22,7 @@ use tributary_collector::config::Config;
 use tributary_collector::service;
 use tributary_collector::store;
 use tributary_collector::store::sqlite::SqliteStore;
+use tributary_core::batch::Encoding;
 use tributary_core::{SeriesKey, Summary, Width};
 use tributary_oracle::Readings;
 
@@ -72,6 +73,18 @@ pub struct DemoArgs {
     /// Where state goes (default: a temporary directory, removed at exit).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// The agents' batch encoding (`[uplink] encoding`): `binary` (the
+    /// default here; the agent's own default is `json`) or `json`.
+    #[arg(long, default_value = "binary", value_parser = parse_encoding)]
+    pub encoding: Encoding,
+}
+
+fn parse_encoding(s: &str) -> Result<Encoding, String> {
+    match s {
+        "json" => Ok(Encoding::Json),
+        "binary" => Ok(Encoding::Binary),
+        _ => Err(format!("{s:?}: expected json or binary")),
+    }
 }
 
 /// The summary the demo prints.
@@ -106,9 +119,16 @@ pub struct DemoSummary {
     /// stddev, first, last exactly; p1, p50, p99 in the true bucket)
     /// disagree, are missing or unexpected (must be 0).
     pub site_points_mismatched: usize,
-    /// Uplink batch bytes per reading.
+    /// The agents' batch encoding.
+    pub encoding: Encoding,
+    /// Bytes of the batches' MQTT PUBLISH packets as the agents sent them
+    /// (resends included) per reading merged.
     pub uplink_bytes_per_reading: f64,
-    /// Bytes per reading when forwarding raw readings as JSON.
+    /// Batch payload bytes received by the collector per reading merged.
+    pub uplink_payload_bytes_per_reading: f64,
+    /// Bytes of the MQTT PUBLISH packets per reading had every device sent
+    /// each raw reading as one JSON message (produced and measured; see
+    /// `wire.rs`).
     pub raw_json_bytes_per_reading: f64,
     /// Seconds from start until every reading was merged.
     pub seconds_to_complete: f64,
@@ -132,7 +152,7 @@ fn agent_config(
         "agent_id = \"gw-{index}\"\ndata_dir = {dir:?}\n\
          [window]\nwidth_ms = {WIDTH_MS}\nallowed_lateness_ms = 2000\nidle_close_ms = 2000\n\
          [store]\ncommit_interval_ms = 50\n\
-         [uplink]\nport = {port}\nconfirm_timeout_ms = 5000\nreconnect_min_ms = 100\nreconnect_max_ms = 2000\n\
+         [uplink]\nport = {port}\nencoding = \"{encoding}\"\nconfirm_timeout_ms = 5000\nreconnect_min_ms = 100\nreconnect_max_ms = 2000\n\
          [http]\nlisten = \"\"\n\
          [tags]\nsite = \"{site}\"\ngateway = \"gw-{index}\"\n\
          [simulated]\ndevices = {}\nprefix = \"gw{index}-dev\"\nmode = \"summaries\"\nchannels = 3\n\
@@ -141,6 +161,7 @@ fn agent_config(
         args.windows,
         dir = dir.join(format!("agent-{index}")).display().to_string(),
         site = site(index),
+        encoding = args.encoding,
     );
     AgentConfig::from_toml(&text).with_context(|| format!("agent {index} config"))
 }
@@ -289,19 +310,11 @@ async fn judge(
     for p in sites.problems.iter().take(5) {
         tracing::warn!(problem = %p, "a site point disagrees with the oracle");
     }
-    // Forwarding raw readings instead: one JSON object per reading, like
-    // {"metric":"temperature","device":"gw0-dev3","t":1764052800123,"v":21.37}.
-    let raw_json: u64 = windows
+    let (_, raw_json) = crate::wire::raw_json(&sys.configs)?;
+    let uplink: u64 = sys
+        .agents
         .iter()
-        .map(|((key, start), s)| {
-            let one = serde_json::json!({
-                "metric": key.metric,
-                "device": key.device,
-                "t": start,
-                "v": s.mean(),
-            });
-            one.to_string().len() as u64 * s.count()
-        })
+        .map(|a| a.counters().uplink_publish_bytes)
         .sum();
     let counters = sys.collector.counters();
     Ok(DemoSummary {
@@ -318,7 +331,9 @@ async fn judge(
         windows_mismatched: verdict.mismatched,
         site_points_checked: sites.checked,
         site_points_mismatched: sites.mismatched,
-        uplink_bytes_per_reading: counters.bytes.get() as f64 / merged.max(1) as f64,
+        encoding: args.encoding,
+        uplink_bytes_per_reading: uplink as f64 / merged.max(1) as f64,
+        uplink_payload_bytes_per_reading: counters.bytes.get() as f64 / merged.max(1) as f64,
         raw_json_bytes_per_reading: raw_json as f64 / produced.max(1) as f64,
         seconds_to_complete: completed.map_or(f64::NAN, |d| d.as_secs_f64()),
         dashboard: sys.dashboard.clone(),
@@ -427,8 +442,10 @@ fn print_text(s: &DemoSummary) {
         s.batches_applied, s.partials_merged, s.duplicates_dropped
     );
     println!(
-        "  uplink bytes per reading  {:.2} (raw JSON readings: {:.1}, {:.0}× more)",
+        "  uplink bytes per reading  {:.2} ({} batches, MQTT PUBLISH packets as sent; payloads {:.2}); raw readings as JSON messages: {:.1}, {:.0}× more",
         s.uplink_bytes_per_reading,
+        s.encoding,
+        s.uplink_payload_bytes_per_reading,
         s.raw_json_bytes_per_reading,
         s.raw_json_bytes_per_reading / s.uplink_bytes_per_reading.max(f64::MIN_POSITIVE)
     );

@@ -16,6 +16,8 @@
 //! - [`sites`] — the API's site groups judged by the oracle.
 //! - [`truth`] — the oracle's view of agents' simulated devices, and the
 //!   API's points judged by it.
+//! - [`wire`] — the uplink's bytes on the wire against the devices' raw
+//!   readings as JSON messages, both measured as MQTT packets.
 //!
 //! The `latency_bench` example measures window close → queryable on this
 //! same set-up; `tests/` run agent and collector together (in-process and
@@ -26,3 +28,4 @@ pub mod demo;
 pub mod sites;
 pub mod soak;
 pub mod truth;
+pub mod wire;

@@ -213,6 +213,26 @@ impl Summary {
         }
     }
 
+    /// A summary from its fields, checked as a decoded one is
+    /// ([`Summary::validate`]): for the binary batch decoder.
+    pub(crate) fn from_parts(
+        quantum: Quantum,
+        (count, sum, sum_sq): (u64, i128, u128),
+        extent: Option<Extent<i64, i64>>,
+        sketch: Sketch,
+    ) -> Result<Summary, &'static str> {
+        let s = Summary {
+            quantum,
+            count,
+            sum,
+            sum_sq,
+            extent,
+            sketch,
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
     /// Checks the invariants a decoded summary must satisfy.
     pub fn validate(&self) -> Result<(), &'static str> {
         self.sketch.validate()?;

@@ -638,18 +638,15 @@ fn batch_with_invalid_summary_is_rejected() {
     let err = decode_json(&v).unwrap_err();
     assert!(err.to_string().contains("sum outside"), "{err}");
 
-    // The same corruption in the binary form is refused too: the summary's
-    // postcard bytes appear verbatim in the batch, quantum (one byte) first,
-    // then the count.
-    let b = small_batch();
-    let bin = b.encode(Encoding::Binary);
-    let sb = postcard::to_allocvec(&b.partials[0].summary).unwrap();
-    let at = bin.windows(sb.len()).position(|w| w == sb).unwrap();
-    assert_eq!(bin[at + 1], 2, "count");
+    // The same corruption in the binary form is refused too: a count of 3
+    // beside a sketch of 2.
+    let bin = small_batch().encode(Encoding::Binary);
+    assert_eq!(bin[GOLDEN_HEAD_AT], 5, "count 2, moments from the minimum");
     let mut tampered = bin.clone();
-    tampered[at + 1] = 3;
+    tampered[GOLDEN_HEAD_AT] = 7;
     let err = Batch::decode(&tampered).unwrap_err();
     assert!(matches!(err, BatchError::Binary(_)), "{err}");
+    assert!(err.to_string().contains("sketch count"), "{err}");
 }
 
 #[test]
@@ -769,19 +766,38 @@ const GOLDEN_HELLO: &[u8] = &[
 const GOLDEN_TIME_SYNC: &[u8] = &[
     15, 3, 4, 128, 160, 191, 233, 214, 102, 1, 5, 218, 68, 141, 169, 0,
 ];
-/// Magic 0xB7, then postcard(Batch) with version 2 first, as of batch v2.
-/// Reviewed: after the agent id, the incarnation's 8 bytes most
-/// significant first (`159, 58, 12, 29, 46, 75, 90, 103` =
-/// 9f3a0c1d2e4b5a67), seq 5, first_unconfirmed 3, the watermark (zigzag
-/// varint `128, 211, 14`). At quantum 10⁻¹, 21.5 is bucket 283 (`182, 4`)
-/// and −0.3 bucket −112 (`223, 1`), OpenTelemetry's indices of those values
-/// at scale 6.
+/// The binary layout of format 2 (`shared/src/batch/binary.rs`). Reviewed:
+/// magic 183, version 2, the agent id, the incarnation's 8 bytes most
+/// significant first (`159, 58, 12, 29, 46, 75, 90, 103` = 9f3a0c1d2e4b5a67),
+/// seq 5, first_unconfirmed 3, the watermark (zigzag `128, 211, 14`), 0
+/// dropped; 4 sorted strings "dev1", "lab 1", "room", "temp" (no shared
+/// prefix); 1 tag set {room ("room" #2): "lab 1" #1}; 1 series (metric #3,
+/// device #0, tag set #0, quantum 10⁻¹ zigzag 1); 1 width, 60 000 ms; 1
+/// partial: series 0, width 0, window index 1, one below the watermark's
+/// (zigzag 1); head 5 (count 2, moments from the minimum); min −3 (zigzag
+/// 5), max−min 218, first−min 218, last−min 0, first 500 ms into the window
+/// (zigzag 1000), last 58 999 ms before its last millisecond (zigzag
+/// 117 998); Σ(v−min) = 212 (zigzag 424), Σ(v−min)² = 218² = 47 524; sketch
+/// head 49 (scale 6 zigzag 12 ·4, no zero count, negative buckets); one
+/// positive bucket (head 64: 1 bucket of
+/// counts 1 bit wide) at 283 (21.5 at 10⁻¹, OpenTelemetry's index at scale
+/// 6), coded +496 from the bucket of one tick (−213), its count 1 in one
+/// packed byte; one negative bucket at −112 (0.3), +101 from it, count 1.
 const GOLDEN_BATCH: &[u8] = &[
     183, 2, 7, 97, 103, 101, 110, 116, 45, 49, 159, 58, 12, 29, 46, 75, 90, 103, 5, 3, 128, 211,
-    14, 0, 1, 4, 116, 101, 109, 112, 4, 100, 101, 118, 49, 1, 4, 114, 111, 111, 109, 5, 108, 97,
-    98, 32, 49, 192, 169, 7, 192, 169, 7, 255, 2, 168, 3, 154, 233, 2, 1, 5, 174, 3, 168, 177, 7,
-    174, 3, 144, 185, 7, 5, 6, 0, 182, 4, 1, 1, 223, 1, 1, 1,
+    14, 0, // header
+    4, 0, 4, 100, 101, 118, 49, 0, 5, 108, 97, 98, 32, 49, 0, 4, 114, 111, 111, 109, 0, 4, 116,
+    101, 109, 112, // strings
+    1, 1, 2, 1, // tag sets
+    1, 3, 0, 0, 1, // series
+    1, 224, 212, 3, // widths
+    1, 0, 0, 1, // partial: series, width, window
+    5, 5, 218, 1, 218, 1, 0, 232, 7, 238, 153, 7, 180, 3, 164, 243, 2, // count, extent, sums
+    49, 64, 224, 7, 1, 64, 202, 1, 1, // sketch
 ];
+
+/// Where the summary's head (count·2 + 1) is in [`GOLDEN_BATCH`].
+const GOLDEN_HEAD_AT: usize = 67;
 
 #[test]
 fn fixed_summary_with_inconsistent_moments_is_rejected() {

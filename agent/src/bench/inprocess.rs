@@ -1,5 +1,6 @@
 //! The `bulk` path: raw readings handed to the engine in-process as
-//! [`Input::Readings`], one message per series per `--chunk` readings.
+//! [`Input::Readings`], one message per series per `chunk` readings, series
+//! taking turns.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -27,8 +28,12 @@ fn keys(n: usize) -> anyhow::Result<Vec<SeriesKey>> {
         .collect()
 }
 
-/// Runs the `bulk` path in `dir`.
-pub(super) async fn bulk(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
+/// Runs the `bulk` path in `dir` with `chunk` readings per message.
+pub(super) async fn bulk(
+    args: &BenchArgs,
+    chunk: usize,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
     let config = Config::from_toml(&base_config(
         "bench",
         dir,
@@ -41,8 +46,10 @@ pub(super) async fn bulk(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Res
     let keys = keys(args.series)?;
     let quantum = Quantum::new(-2).unwrap_or_default();
     println!(
-        "bulk: raw readings in-process, {} series, durable group commits every {} ms (synchronous=FULL)",
-        args.series, args.commit_ms
+        "bulk --chunk {chunk}: raw readings in-process, {chunk} reading(s) of one series per engine message, {} series taking turns ({}), durable group commits every {} ms (synchronous=FULL); excluded: parsing (no transport), the uplink (off)",
+        args.series,
+        if chunk == 1 { "interleaved per-reading path" } else { "chunked" },
+        args.commit_ms
     );
     let mut rss = RssLog::new(args.rss_every);
     let start = Instant::now();
@@ -53,7 +60,7 @@ pub(super) async fn bulk(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Res
     let mut rng = fastrand::Rng::with_seed(7);
     while Instant::now() < deadline {
         for key in &keys {
-            let points: Vec<(i64, i64)> = (0..args.chunk as i64)
+            let points: Vec<(i64, i64)> = (0..chunk as i64)
                 .map(|k| (base + t + k, 2000 + rng.i64(-500..500)))
                 .collect();
             sent += points.len() as u64;
@@ -65,7 +72,7 @@ pub(super) async fn bulk(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Res
             };
             engine.send(input).await.ok().context("engine gone")?;
         }
-        t += args.chunk as i64;
+        t += chunk as i64;
         rss.poll();
     }
     agent.sync().await;

@@ -4,9 +4,11 @@
 //!
 //! Paths (`--paths`, comma-separated; each runs `--seconds`):
 //! - `bulk` — raw readings handed to the engine in-process
-//!   ([`Input::Readings`](crate::engine::Input::Readings)), batched per
-//!   series (one series lookup per run of readings, one SQLite transaction
-//!   per group commit). Event time advances 1 ms per reading per series, so
+//!   ([`Input::Readings`](crate::engine::Input::Readings)), `--chunk`
+//!   readings of one series per message, series taking turns (one series
+//!   lookup per message, one SQLite transaction per group commit); by
+//!   default once with `--chunk 1` (the interleaved per-reading path) and
+//!   once with `--chunk 4096` (runs of readings per series). Event time advances 1 ms per reading per series, so
 //!   windows close and partials flow into the outbox as in production.
 //! - `frames` — the firmware's virtual devices in raw-reading mode: every
 //!   reading is a Reading frame through the real firmware Link, decoded by
@@ -92,9 +94,12 @@ pub struct BenchArgs {
         default_value = "bulk,frames,summaries,mqtt"
     )]
     pub paths: Vec<BenchPath>,
-    /// Readings per series per engine message (bulk path).
-    #[arg(long, default_value_t = 4096)]
-    pub chunk: usize,
+    /// Readings per series per engine message (bulk path), comma-separated:
+    /// the path runs once per value. 1 is the interleaved per-reading path
+    /// (each message one reading, series taking turns, as readings arrive
+    /// from many devices); 4096 hands each series' readings over in runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,4096")]
+    pub chunk: Vec<usize>,
     /// Group commit interval (ms).
     #[arg(long, default_value_t = 100)]
     pub commit_ms: u64,
@@ -129,7 +134,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let sub = dir.join(format!("{path:?}").to_lowercase());
         std::fs::create_dir_all(&sub)?;
         match path {
-            BenchPath::Bulk => inprocess::bulk(&args, &sub).await?,
+            BenchPath::Bulk => {
+                for &chunk in &args.chunk {
+                    let sub = sub.join(format!("chunk-{chunk}"));
+                    std::fs::create_dir_all(&sub)?;
+                    inprocess::bulk(&args, chunk.max(1), &sub).await?;
+                }
+            }
             BenchPath::Frames => devices::run(&args, &sub, false).await?,
             BenchPath::Summaries => devices::run(&args, &sub, true).await?,
             BenchPath::Mqtt => mqtt::run(&args, &sub).await?,

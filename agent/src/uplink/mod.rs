@@ -18,6 +18,11 @@
 //! tells the engine whether it is connected (a `watch`), so
 //! that nothing new is frozen into batches during an outage.
 //!
+//! What goes on the wire is counted as it is sent: the bytes of every batch
+//! PUBLISH packet as rumqttc encodes it (MQTT 3.1.1, QoS 1: fixed header,
+//! topic, packet id, payload; [`publish_packet_len`]), first sends and
+//! resends, in `tributary_agent_uplink_publish_bytes_total`.
+//!
 //! Connection errors back off exponentially from `reconnect_min_ms` to
 //! `reconnect_max_ms` with full jitter. Publishing never blocks the event
 //! loop (`try_publish`): what could not be queued stays due and goes out at
@@ -47,6 +52,15 @@ use state::{Publication, UplinkState};
 
 /// How often due batches are looked for.
 const TICK: Duration = Duration::from_millis(200);
+
+/// The bytes of the MQTT PUBLISH packet (QoS 1, MQTT 3.1.1) that carries
+/// `payload` on `topic`, as rumqttc writes it to the socket (TCP/IP and TLS
+/// framing not included).
+pub fn publish_packet_len(topic: &str, payload: &[u8]) -> usize {
+    let mut p = rumqttc::Publish::new(topic, QoS::AtLeastOnce, payload.to_vec());
+    p.pkid = 1; // any non-zero id: QoS 1 packets carry one
+    p.size()
+}
 
 /// Why the uplink could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +243,8 @@ impl Uplink {
                 tracing::debug!(seq, error = %e, "publish queue full; will resend");
                 return;
             }
+            let wire = publish_packet_len(&self.topic, payload);
+            self.metrics.uplink_publish_bytes.inc_by(wire as u64);
             let counter = match self.state.published(seq, now) {
                 Some(Publication::First) => &self.metrics.batches_sent,
                 Some(Publication::Again) => &self.metrics.batches_resent,
@@ -236,5 +252,33 @@ impl Uplink {
             };
             counter.inc();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// MQTT 3.1.1 §3.3: fixed header byte, remaining length (1 byte below
+    /// 128, 2 below 16 384), topic length (2) and topic, packet id (2),
+    /// payload.
+    #[test]
+    fn publish_packets_are_counted_as_mqtt_frames_them() {
+        assert_eq!(publish_packet_len("a/b", &[0; 10]), 1 + 1 + 2 + 3 + 2 + 10);
+        assert_eq!(
+            publish_packet_len("a/b", &[0; 120]),
+            1 + 1 + 2 + 3 + 2 + 120
+        );
+        assert_eq!(
+            publish_packet_len("a/b", &[0; 121]),
+            1 + 2 + 2 + 3 + 2 + 121
+        );
+        let topic = topic::partials("gw-0");
+        let mut buf = bytes::BytesMut::new();
+        let mut p = rumqttc::Publish::new(&topic, QoS::AtLeastOnce, vec![7; 5_000]);
+        p.pkid = 65_535;
+        let written = p.write(&mut buf).unwrap();
+        assert_eq!(buf.len(), written);
+        assert_eq!(publish_packet_len(&topic, &[7; 5_000]), buf.len());
     }
 }

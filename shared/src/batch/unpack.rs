@@ -1,0 +1,284 @@
+//! Decoding the binary batch layout of `binary.rs` (see its `# Design` for
+//! the layout and for why every read is bounded).
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use super::binary::{references, TagSet, MAX_EXPANDED};
+use super::varint::Reader;
+use super::{Batch, BatchError, BinaryError, Partial, BATCH_VERSION};
+use crate::extent::{Extent, Point};
+use crate::series::{MAX_ID_LEN, MAX_TAGS};
+use crate::sketch::{Sketch, WideCounts};
+use crate::summary::Summary;
+use crate::window::{Width, Window};
+use crate::{Incarnation, Quantum, SeriesKey};
+
+/// The longest string of the dictionary (a tag value of 128 characters of
+/// up to 4 bytes).
+const MAX_STRING: usize = 512;
+
+/// Decodes the bytes after the magic byte.
+pub(super) fn decode(body: &[u8]) -> Result<Batch, BatchError> {
+    let mut r = Reader::new(body);
+    let v = r.wide()?;
+    let v = u16::try_from(v).map_err(|_| BinaryError("version past 16 bits"))?;
+    if v != BATCH_VERSION {
+        return Err(super::wrong_version(v));
+    }
+    let agent = utf8(r.bytes(4 * MAX_ID_LEN, "agent id too long")?)?;
+    let incarnation = r.take(8)?;
+    let mut id = [0u8; 8];
+    id.copy_from_slice(incarnation);
+    let mut batch = Batch::new(agent, 0, 0, Vec::new());
+    batch.incarnation = Incarnation::new(u64::from_be_bytes(id));
+    batch.seq = r.u64()?;
+    batch.first_unconfirmed = r.u64()?;
+    batch.watermark = r.i64()?;
+    batch.dropped_readings = r.u64()?;
+    let mut d = Decoder::default();
+    d.tables(&mut r)?;
+    batch.partials = d.partials(&mut r, batch.watermark)?;
+    if r.remaining() != 0 {
+        return Err(BinaryError("trailing bytes").into());
+    }
+    Ok(batch)
+}
+
+fn utf8(b: &[u8]) -> Result<String, BinaryError> {
+    core::str::from_utf8(b)
+        .map(String::from)
+        .map_err(|_| BinaryError("string is not UTF-8"))
+}
+
+/// The tables of a batch being decoded, and the string bytes it holds.
+#[derive(Default)]
+struct Decoder {
+    strings: Vec<String>,
+    tagsets: Vec<TagSet>,
+    series: Vec<(SeriesKey, Quantum, usize)>,
+    widths: Vec<Width>,
+    expanded: usize,
+}
+
+impl Decoder {
+    /// Counts `n` more string bytes against [`MAX_EXPANDED`].
+    fn spend(&mut self, n: usize) -> Result<(), BinaryError> {
+        self.expanded = self
+            .expanded
+            .checked_add(n)
+            .filter(|&e| e <= MAX_EXPANDED)
+            .ok_or(BinaryError("the strings a batch holds exceed their limit"))?;
+        Ok(())
+    }
+
+    fn string(&self, r: &mut Reader<'_>) -> Result<&String, BinaryError> {
+        let i = r.len(usize::MAX, "index past usize")?;
+        self.strings
+            .get(i)
+            .ok_or(BinaryError("string index out of range"))
+    }
+
+    /// Strings, tag sets, series and widths. Each entry of a table takes at
+    /// least one byte, so no table is longer than the bytes that remain.
+    fn tables(&mut self, r: &mut Reader<'_>) -> Result<(), BatchError> {
+        let n = r.len(r.remaining(), "more strings than bytes")?;
+        self.strings.reserve(n);
+        for _ in 0..n {
+            let shared = r.len(MAX_STRING, "string too long")?;
+            let suffix = r.bytes(MAX_STRING, "string too long")?;
+            self.spend(shared + suffix.len())?;
+            let prev = self.strings.last().map_or(&[][..], |s| s.as_bytes());
+            let head = prev
+                .get(..shared)
+                .ok_or(BinaryError("shared prefix too long"))?;
+            let mut s = Vec::with_capacity(shared + suffix.len());
+            s.extend_from_slice(head);
+            s.extend_from_slice(suffix);
+            let s = String::from_utf8(s).map_err(|_| BinaryError("string is not UTF-8"))?;
+            self.strings.push(s);
+        }
+        let n = r.len(r.remaining(), "more tag sets than bytes")?;
+        for _ in 0..n {
+            let ntags = r.len(MAX_TAGS, "too many tags")?;
+            let mut tags = TagSet::new();
+            for _ in 0..ntags {
+                let k = self.string(r)?.clone();
+                let v = self.string(r)?.clone();
+                self.spend(k.len() + v.len())?;
+                tags.insert(k, v);
+            }
+            self.tagsets.push(tags);
+        }
+        let n = r.len(r.remaining(), "more series than bytes")?;
+        for _ in 0..n {
+            let metric = self.string(r)?.clone();
+            let device = self.string(r)?.clone();
+            let t = r.len(usize::MAX, "index past usize")?;
+            let tags = self
+                .tagsets
+                .get(t)
+                .ok_or(BinaryError("tag set index out of range"))?;
+            let tags = tags.clone();
+            let size = metric.len()
+                + device.len()
+                + tags.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            self.spend(size)?;
+            let exponent =
+                i8::try_from(r.signed()?).map_err(|_| BinaryError("quantum out of range"))?;
+            let quantum =
+                Quantum::new(exponent).map_err(|_| BinaryError("quantum out of range"))?;
+            let key = SeriesKey::new(metric, device, tags)?;
+            self.series.push((key, quantum, size));
+        }
+        let n = r.len(r.remaining(), "more widths than bytes")?;
+        for _ in 0..n {
+            let ms = i64::try_from(r.u64()?).map_err(|_| BinaryError("width out of range"))?;
+            let w = Width::new(ms).map_err(|_| BinaryError("width out of range"))?;
+            self.widths.push(w);
+        }
+        Ok(())
+    }
+
+    /// The partials (each takes at least four bytes).
+    fn partials(&mut self, r: &mut Reader<'_>, watermark: i64) -> Result<Vec<Partial>, BatchError> {
+        let n = r.len(r.remaining() / 4, "more partials than bytes")?;
+        let mut out = Vec::with_capacity(n);
+        let mut prev_k: Option<i128> = None;
+        for _ in 0..n {
+            let i = r.len(usize::MAX, "index past usize")?;
+            let (key, quantum, size) = self
+                .series
+                .get(i)
+                .ok_or(BinaryError("series index out of range"))?;
+            let (key, quantum, size) = (key.clone(), *quantum, *size);
+            self.spend(size)?;
+            let w = r.len(usize::MAX, "index past usize")?;
+            let width = *self
+                .widths
+                .get(w)
+                .ok_or(BinaryError("width index out of range"))?;
+            let base = prev_k.unwrap_or(i128::from(watermark.div_euclid(width.ms())));
+            let k = base
+                .checked_add(r.signed()?)
+                .ok_or(BinaryError("window out of range"))?;
+            prev_k = Some(k);
+            let start = k
+                .checked_mul(width.ms().into())
+                .and_then(|s| i64::try_from(s).ok())
+                .ok_or(BinaryError("window out of range"))?;
+            let window =
+                Window::new(start, width).map_err(|_| BinaryError("window out of range"))?;
+            let summary = read_summary(r, quantum, window)?;
+            out.push(Partial {
+                series: key,
+                window,
+                summary,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn read_summary(
+    r: &mut Reader<'_>,
+    quantum: Quantum,
+    window: Window,
+) -> Result<Summary, BinaryError> {
+    let head = r.wide()?;
+    let count = u64::try_from(head >> 1).map_err(|_| BinaryError("count past 64 bits"))?;
+    let shifted_moments = head & 1 == 1;
+    let overflow = BinaryError("summary field out of range");
+    let mut extent = None;
+    let (mut sum, mut sum_sq) = (0, 0);
+    if count > 0 {
+        let min = r.i64()?;
+        let (max, first_value, last_value) = (above(r, min)?, above(r, min)?, above(r, min)?);
+        let time = |t: i128| i64::try_from(t).map_err(|_| overflow);
+        let first_time = time(i128::from(window.start()) + r.signed()?)?;
+        let last_time = time(i128::from(window.end()) - 1 - r.signed()?)?;
+        (sum, sum_sq) = (r.signed()?, r.wide()?);
+        if shifted_moments {
+            (sum, sum_sq) = unshifted(count, sum, sum_sq, min).ok_or(overflow)?;
+        }
+        extent = Some(Extent {
+            min,
+            max,
+            first: Point {
+                time: first_time,
+                value: first_value,
+            },
+            last: Point {
+                time: last_time,
+                value: last_value,
+            },
+        });
+    }
+    let head = r.wide()?;
+    let z = u8::try_from(head >> 2).map_err(|_| BinaryError("sketch scale out of range"))?;
+    let scale = ((z >> 1) as i8) ^ -((z & 1) as i8);
+    let zero = if head & 2 != 0 {
+        match r.u64()? {
+            0 => return Err(BinaryError("a zero count flagged but 0")),
+            z => z,
+        }
+    } else {
+        0
+    };
+    let (pos_ref, neg_ref) = references(quantum, extent.as_ref(), scale);
+    let positive = read_side(r, pos_ref)?;
+    let negative = if head & 1 != 0 {
+        match read_side(r, neg_ref)? {
+            (_, c) if c.is_empty() => return Err(BinaryError("negative buckets flagged but none")),
+            side => side,
+        }
+    } else {
+        (0, Vec::new())
+    };
+    let sketch = Sketch::from_parts(
+        scale,
+        zero,
+        (positive.0, &positive.1),
+        (negative.0, &negative.1),
+    )
+    .map_err(BinaryError)?;
+    Summary::from_parts(quantum, (count, sum, sum_sq), extent, sketch).map_err(BinaryError)
+}
+
+/// `base` plus an unsigned varint, which must stay an `i64`.
+fn above(r: &mut Reader<'_>, base: i64) -> Result<i64, BinaryError> {
+    let overflow = BinaryError("summary field out of range");
+    let d = i64::try_from(r.u64()?).map_err(|_| overflow)?;
+    base.checked_add(d).ok_or(overflow)
+}
+
+fn read_side(r: &mut Reader<'_>, reference: i32) -> Result<(i32, Vec<u64>), BinaryError> {
+    let head = r.len(usize::MAX, "too many buckets")?;
+    let (len, bits) = (head >> 6, (head & 63) as u32 + 1);
+    if len == 0 {
+        return match bits {
+            1 => Ok((0, Vec::new())),
+            _ => Err(BinaryError("bits per count without counts")),
+        };
+    }
+    // Every 8 counts take `bits` bytes.
+    if len > WideCounts::LIMIT || len.div_ceil(8) > r.remaining() {
+        return Err(BinaryError("too many buckets"));
+    }
+    let offset = i32::try_from(i128::from(reference) + r.signed()?)
+        .map_err(|_| BinaryError("bucket offset out of range"))?;
+    let counts = r.packed(len, bits)?;
+    Ok((offset, counts))
+}
+
+/// Σv and Σv² from Σ(v−m) and Σ(v−m)², in the reverse order of the steps of
+/// [`shifted`] (so no step overflows where that one did not).
+fn unshifted(count: u64, s: i128, sq: u128, m: i64) -> Option<(i128, u128)> {
+    let (n, m) = (i128::from(count), i128::from(m));
+    let sum = s.checked_add(n.checked_mul(m)?)?;
+    let sum_sq = i128::try_from(sq)
+        .ok()?
+        .checked_sub(n.checked_mul(m.checked_mul(m)?)?)?
+        .checked_add(m.checked_mul(2)?.checked_mul(sum)?)?;
+    Some((sum, u128::try_from(sum_sq).ok()?))
+}

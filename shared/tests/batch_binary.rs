@@ -1,0 +1,227 @@
+//! The binary batch encoding (format 2, `batch/binary.rs`): round trips of
+//! varied batches, the extremes its delta coding must survive, its size on
+//! a workload like the demo's, and the bound on what a hostile batch can
+//! make the decoder hold.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use tributary_core::batch::{Batch, BatchError, Encoding, Partial, MAX_EXPANDED};
+use tributary_core::quantum::MAX_TICKS;
+use tributary_core::{Incarnation, Quantum, SeriesKey, Summary, Width, Window};
+
+fn key(metric: &str, device: &str, tags: &[(&str, &str)]) -> SeriesKey {
+    let tags = tags
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect::<BTreeMap<_, _>>();
+    SeriesKey::new(metric, device, tags).unwrap()
+}
+
+fn round_trip(b: &Batch) -> Vec<u8> {
+    let bytes = b.encode(Encoding::Binary);
+    assert_eq!(&Batch::decode(&bytes).unwrap(), b);
+    bytes
+}
+
+/// A partial of readings `(time offset in the window, ticks)`.
+fn partial(series: SeriesKey, q: i8, start: i64, width: i64, readings: &[(i64, i64)]) -> Partial {
+    let mut s = Summary::new(Quantum::new(q).unwrap());
+    for &(t, v) in readings {
+        s.insert(start + t, v).unwrap();
+    }
+    Partial {
+        series,
+        window: Window::new(start, Width::new(width).unwrap()).unwrap(),
+        summary: s,
+    }
+}
+
+fn readings() -> impl Strategy<Value = Vec<(i64, i64)>> {
+    let value = prop_oneof![
+        -3i64..3,
+        -1_000i64..100_000,
+        Just(MAX_TICKS),
+        Just(-MAX_TICKS),
+        -MAX_TICKS..=MAX_TICKS,
+    ];
+    prop::collection::vec((0i64..60_000, value), 0..40)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn varied_batches_round_trip(
+        parts in prop::collection::vec(
+            (0usize..4, 0usize..3, -18i8..=6, -5i64..5, prop::bool::ANY, readings()),
+            0..12,
+        ),
+        seq in any::<u64>(),
+        watermark in any::<i64>(),
+        dropped in any::<u64>(),
+    ) {
+        let metrics = ["temp", "humidity", "power.w", "t"];
+        let sites = [&[][..], &[("site", "berlin")][..], &[("site", "oslo"), ("gw", "g-1")][..]];
+        let mut ps = Vec::new();
+        for (m, d, q, k, wide, rs) in parts {
+            let width = if wide { 3_600_000 } else { 60_000 };
+            // Windows near now and near the ends of time.
+            let start = 29_400_000 * 60_000 + k * width;
+            let rs: Vec<_> = rs.into_iter().map(|(t, v)| (t % width, v)).collect();
+            ps.push(partial(key(metrics[m], &format!("dev-{d}"), sites[d]), q, start, width, &rs));
+        }
+        let mut b = Batch::new("gw-7", seq, watermark, ps)
+            .with_identity(Incarnation::new(seq.rotate_left(7)), seq / 2);
+        b.dropped_readings = dropped;
+        let bin = round_trip(&b);
+        prop_assert!(bin.len() <= b.encode(Encoding::Json).len());
+    }
+}
+
+#[test]
+fn extremes_of_time_value_and_count_round_trip() {
+    let k = key("m", "d", &[]);
+    // Readings at the ends of the tick range, windows at the ends of time.
+    let width = 86_400_000;
+    let last = (i64::MAX / width - 1) * width;
+    let first = (i64::MIN / width + 1) * width;
+    let mut ps = vec![
+        partial(
+            k.clone(),
+            -18,
+            last,
+            width,
+            &[(0, MAX_TICKS), (width - 1, -MAX_TICKS)],
+        ),
+        partial(
+            k.clone(),
+            18,
+            first,
+            width,
+            &[(5, -MAX_TICKS), (6, -MAX_TICKS)],
+        ),
+        partial(k.clone(), 0, 0, width, &[]),
+        partial(k.clone(), 0, 0, width, &[(0, 0), (1, 0)]),
+    ];
+    // Moments from the minimum overflow an i128 here (2²¹ readings of
+    // −2⁵³): the raw sums are sent instead.
+    let mut big = partial(k, -6, 0, width, &[(0, -MAX_TICKS), (1, -MAX_TICKS)]);
+    for _ in 0..20 {
+        big.summary = big.summary.merged_with(&big.summary).unwrap();
+    }
+    ps.push(big);
+    round_trip(&Batch::new("a", u64::MAX, i64::MIN, ps.clone()));
+    round_trip(&Batch::new("a", 0, i64::MAX, ps));
+}
+
+/// 60 series (20 devices × 3 metrics, two tags) of one minute of 1 Hz
+/// readings each, as one agent of the demo sends them.
+fn demo_like() -> Batch {
+    let start = 29_400_000 * 60_000;
+    let mut ps = Vec::new();
+    for d in 0..20 {
+        for (m, (q, base, spread)) in [
+            ("temperature", (-2, 2_137, 40)),
+            ("humidity", (-1, 455, 30)),
+            ("pressure", (0, 101_325, 25)),
+        ] {
+            let device = format!("gw0-dev{d}");
+            let tags = [("gateway", "gw-0"), ("site", "berlin")];
+            let rs: Vec<_> = (0..60i64)
+                .map(|i| (i * 1000 + 137, base + (i * 7919 + d) % spread))
+                .collect();
+            ps.push(partial(key(m, &device, &tags), q, start, 60_000, &rs));
+        }
+    }
+    Batch::new("gw-0", 42, start + 60_000, ps)
+}
+
+#[test]
+fn a_demo_like_batch_takes_under_a_byte_a_reading() {
+    let b = demo_like();
+    let bin = round_trip(&b);
+    let json = b.encode(Encoding::Json);
+    let per_reading = |n: usize| n as f64 / b.readings() as f64;
+    assert!(
+        per_reading(bin.len()) < 0.75,
+        "binary: {} B/reading",
+        per_reading(bin.len())
+    );
+    assert!(
+        per_reading(json.len()) > 5.0,
+        "json: {} B/reading",
+        per_reading(json.len())
+    );
+}
+
+#[test]
+fn a_dictionary_cannot_make_the_decoder_hold_more_than_its_limit() {
+    // One long key named by 400 000 partials of 6 bytes each: 2.4 MB of
+    // input that would expand to ~800 MB of keys.
+    let long = "v".repeat(128);
+    let tags: Vec<(String, String)> = (0..16)
+        .map(|i| (format!("k{i:02}"), long.clone()))
+        .collect();
+    let tag_refs: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let one = Batch::new(
+        "a",
+        1,
+        0,
+        vec![partial(key("m", "d", &tag_refs), 0, 0, 60_000, &[])],
+    );
+    let mut bytes = round_trip(&one);
+    // The partials are the last 7 bytes: 1 partial of series 0, width 0,
+    // window 0 (the watermark's), count 0, sketch head 48 (scale 6, no zero
+    // count, no negative buckets), no positive buckets. Repeat it.
+    let tail = bytes.split_off(bytes.len() - 7);
+    assert_eq!(tail, [1, 0, 0, 0, 0, 48, 0][..]);
+    let n: u64 = 400_000;
+    let mut count = Vec::new();
+    let mut m = n;
+    while m >= 0x80 {
+        count.push((m as u8) | 0x80);
+        m >>= 7;
+    }
+    count.push(m as u8);
+    bytes.extend(count);
+    for _ in 0..n {
+        bytes.extend([0, 0, 0, 0, 48, 0]);
+    }
+    let size = 16 * (3 + 128) + 2;
+    assert!(n as usize * size > MAX_EXPANDED);
+    let err = Batch::decode(&bytes).unwrap_err();
+    assert!(matches!(err, BatchError::Binary(_)), "{err}");
+    assert!(err.to_string().contains("exceed their limit"), "{err}");
+}
+
+#[test]
+fn keys_share_their_strings_and_prefixes() {
+    // 100 devices of one metric and tag set: each further device costs its
+    // differing suffix, not its whole name.
+    let mk = |n: usize| {
+        let ps = (0..n)
+            .map(|d| {
+                partial(
+                    key(
+                        "temperature",
+                        &format!("site-a-gateway-3-dev{d:03}"),
+                        &[("site", "a")],
+                    ),
+                    -2,
+                    0,
+                    60_000,
+                    &[],
+                )
+            })
+            .collect();
+        Batch::new("a", 1, 0, ps)
+    };
+    let (one, hundred) = (round_trip(&mk(1)).len(), round_trip(&mk(100)).len());
+    let per_partial = (hundred - one) as f64 / 99.0;
+    assert!(
+        per_partial < 16.0,
+        "{per_partial} bytes per further partial"
+    );
+}

@@ -22,6 +22,12 @@ fn root() -> PathBuf {
 /// path.
 pub(crate) fn build_image(target: &str) -> PathBuf {
     let root = root();
+    // The profile `scripts/test.sh` ships each target's image with.
+    let profile = if target.starts_with("thumbv6m") {
+        "release"
+    } else {
+        "speed"
+    };
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
@@ -32,7 +38,8 @@ pub(crate) fn build_image(target: &str) -> PathBuf {
         .args([
             "build",
             "-q",
-            "--release",
+            "--profile",
+            profile,
             "--features",
             "readings-log",
             "--target",
@@ -45,7 +52,8 @@ pub(crate) fn build_image(target: &str) -> PathBuf {
     assert!(status.success(), "building the QEMU image for {target}");
     target_dir
         .join(target)
-        .join("release/tributary-firmware-qemu")
+        .join(profile)
+        .join("tributary-firmware-qemu")
 }
 
 /// A running emulated board.

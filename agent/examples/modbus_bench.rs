@@ -73,7 +73,10 @@ async fn tokio_modbus_server() -> u16 {
 
 async fn bare(port: u16, n: u16, secs: u64) -> f64 {
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut ctx = tokio_modbus::client::tcp::connect(addr).await.unwrap();
+    // Unit 1, as the agent's default `unit` (pymodbus serves only its device id).
+    let mut ctx = tokio_modbus::client::tcp::connect_slave(addr, tokio_modbus::Slave(1))
+        .await
+        .unwrap();
     let t0 = Instant::now();
     let mut regs = 0u64;
     while t0.elapsed() < Duration::from_secs(secs) {

@@ -36,10 +36,11 @@
 //! partial's own width) is taken out and counted (`expired`): late data is
 //! never merged into a window retention is deleting or has deleted.
 
-use tributary_core::batch::{Batch, BatchError};
+use tributary_core::batch::{Batch, BatchError, Partial};
 use tributary_core::{topic, Width};
 
 use crate::retention::Policy;
+use crate::store::{Refusal, Refusals};
 
 /// Why a payload was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +132,17 @@ pub struct Checked {
     pub expired: usize,
     /// The watermark the batch carried when it was clamped.
     pub clamped_watermark: Option<i64>,
+    /// The same partials by reason with their readings, as the store keeps
+    /// them durably with the batch ([`crate::store::Ingest::apply_refused`]).
+    pub refused: Refusals,
+}
+
+/// Counts one refused partial into `r`.
+fn refuse(r: &mut Refusal, p: &Partial) {
+    r.add(Refusal {
+        partials: 1,
+        readings: p.summary.count(),
+    });
 }
 
 /// Checks one payload at wall clock `now_ms`; returns the batch (with the
@@ -162,13 +174,16 @@ fn time_range(limits: Limits, now: i64) -> (i64, i64) {
 fn check_times(limits: Limits, mut batch: Batch, now: i64) -> Checked {
     let (earliest, latest) = time_range(limits, now);
     let (mut future, mut past) = (0, 0);
+    let mut refused = Refusals::default();
     batch.partials.retain(|p| {
         let start = p.window.start();
         if start > latest {
             future += 1;
+            refuse(&mut refused.time_future, p);
             false
         } else if start < earliest {
             past += 1;
+            refuse(&mut refused.time_past, p);
             false
         } else {
             true
@@ -185,6 +200,7 @@ fn check_times(limits: Limits, mut batch: Batch, now: i64) -> Checked {
         past,
         expired: 0,
         clamped_watermark,
+        refused,
     }
 }
 
@@ -195,9 +211,14 @@ pub fn drop_expired(policy: &Policy, mut c: Checked, now: i64) -> Checked {
         return c;
     }
     let before = c.batch.partials.len();
-    c.batch
-        .partials
-        .retain(|p| !policy.expired(p.window.width(), p.window.start(), now));
+    let expired = &mut c.refused.expired;
+    c.batch.partials.retain(|p| {
+        let gone = policy.expired(p.window.width(), p.window.start(), now);
+        if gone {
+            refuse(expired, p);
+        }
+        !gone
+    });
     c.expired = before - c.batch.partials.len();
     c
 }
@@ -338,11 +359,17 @@ mod tests {
             past: 0,
             expired: 0,
             clamped_watermark: None,
+            refused: Refusals::default(),
         };
         let c = drop_expired(&policy, c, now);
         let kept: Vec<i64> = c.batch.partials.iter().map(|p| p.window.start()).collect();
         assert_eq!(kept, [now - keep, now]);
         assert_eq!(c.expired, 2);
+        let one_each = Refusal {
+            partials: 2,
+            readings: 2,
+        };
+        assert_eq!(c.refused.expired, one_each, "one reading in each partial");
         assert_eq!(PartialRefused::Expired.name(), "expired");
     }
 
@@ -371,6 +398,11 @@ mod tests {
         let kept: Vec<i64> = c.batch.partials.iter().map(|p| p.window.start()).collect();
         assert_eq!(kept, [now, now + 600_000, now - 86_400_000]);
         assert_eq!((c.future, c.past), (2, 2));
+        let two = Refusal {
+            partials: 2,
+            readings: 2,
+        };
+        assert_eq!((c.refused.time_future, c.refused.time_past), (two, two));
         assert_eq!(c.clamped_watermark, Some(i64::MAX));
         assert_eq!(c.batch.watermark, now + 600_000);
         // Without an age bound, only the ends of i64 are refused as past,

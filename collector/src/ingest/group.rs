@@ -24,6 +24,8 @@ use std::collections::BTreeMap;
 use tributary_core::batch::Batch;
 use tributary_core::Incarnation;
 
+use crate::store::Refusals;
+
 /// What became of one batch of a committed group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -64,6 +66,8 @@ pub(crate) struct Group<A> {
     acks: Vec<A>,
     /// The valid batches in arrival order, as the store applies them.
     batches: Vec<Batch>,
+    /// What the checks took out of each, stored with it.
+    refused: Vec<Refusals>,
     /// Their payload sizes.
     sizes: Vec<usize>,
 }
@@ -73,16 +77,19 @@ impl<A> Default for Group<A> {
         Group {
             acks: Vec::new(),
             batches: Vec::new(),
+            refused: Vec::new(),
             sizes: Vec::new(),
         }
     }
 }
 
 impl<A> Group<A> {
-    /// Adds a valid batch of `size` payload bytes.
-    pub(crate) fn push_valid(&mut self, ack: A, batch: Batch, size: usize) {
+    /// Adds a valid batch of `size` payload bytes, with what the checks
+    /// took out of it.
+    pub(crate) fn push_valid(&mut self, ack: A, batch: Batch, refused: Refusals, size: usize) {
         self.acks.push(ack);
         self.batches.push(batch);
+        self.refused.push(refused);
         self.sizes.push(size);
     }
 
@@ -112,8 +119,15 @@ impl<A> Group<A> {
         &self.batches
     }
 
+    /// What the checks took out of each batch of [`Group::batches`].
+    pub(crate) fn refused(&self) -> &[Refusals] {
+        &self.refused
+    }
+
     /// Takes the group once its commit succeeded, leaving an empty one.
     pub(crate) fn take(&mut self) -> Taken<A> {
+        // Stored by the commit; the settlement needs only the batches.
+        self.refused.clear();
         Taken {
             acks: std::mem::take(&mut self.acks),
             batches: std::mem::take(&mut self.batches),
@@ -201,9 +215,9 @@ mod tests {
         let mut g: Group<u16> = Group::default();
         assert_eq!(g.push_refused(1), Some(1));
         assert!(g.is_empty());
-        g.push_valid(2, batch("a", 1, 1), 10);
+        g.push_valid(2, batch("a", 1, 1), Refusals::default(), 10);
         assert_eq!(g.push_refused(3), None, "queued behind the valid batch");
-        g.push_valid(4, batch("a", 2, 1), 10);
+        g.push_valid(4, batch("a", 2, 1), Refusals::default(), 10);
         assert_eq!(g.valid(), 2);
         // A failed commit takes nothing: the group is applied again as it is.
         assert_eq!(g.batches().len(), 2);
@@ -218,9 +232,9 @@ mod tests {
     #[test]
     fn outcomes_decide_confirmations_and_counts() {
         let mut g: Group<u16> = Group::default();
-        g.push_valid(1, batch("a", 1, 3), 100);
-        g.push_valid(2, batch("b", 7, 2), 50);
-        g.push_valid(3, batch("a", 2, 5), 70);
+        g.push_valid(1, batch("a", 1, 3), Refusals::default(), 100);
+        g.push_valid(2, batch("b", 7, 2), Refusals::default(), 50);
+        g.push_valid(3, batch("a", 2, 5), Refusals::default(), 70);
         let settled = g
             .take()
             .settle(&[Outcome::New, Outcome::Duplicate, Outcome::Unmergeable]);
@@ -250,11 +264,11 @@ mod tests {
         let mut g: Group<u16> = Group::default();
         let mut b = batch_of("a", old, 1, 1);
         b.dropped_readings = 4;
-        g.push_valid(1, b.clone(), 10);
-        g.push_valid(2, b, 10);
+        g.push_valid(1, b.clone(), Refusals::default(), 10);
+        g.push_valid(2, b, Refusals::default(), 10);
         let mut b = batch_of("a", new, 1, 1);
         b.dropped_readings = 3;
-        g.push_valid(3, b, 10);
+        g.push_valid(3, b, Refusals::default(), 10);
         let settled = g
             .take()
             .settle(&[Outcome::New, Outcome::Duplicate, Outcome::New]);

@@ -73,7 +73,7 @@ pub use metrics::{IngestCounters, MAX_AGENT_LABELS, OTHER_AGENTS};
 pub use transport::{Protocol, TlsOptions};
 pub use tributary_runtime::config::Password;
 
-use crate::store::{Applied, Ingest, NewIncarnation, StoreError};
+use crate::store::{Applied, Ingest, NewIncarnation, Refusals, StoreError};
 use group::{Group, Outcome};
 use transport::{AckToken, Client, Connection, Event, Failure, Message, Out, Outbox};
 
@@ -245,7 +245,7 @@ impl<S: Ingest> Shell<S> {
         match checked {
             Ok(c) => {
                 self.count_trimmed(&c);
-                self.group.push_valid(m.ack, c.batch, size);
+                self.group.push_valid(m.ack, c.batch, c.refused, size);
                 true
             }
             Err((reason, why)) => {
@@ -369,8 +369,8 @@ impl<S: Ingest> Shell<S> {
     /// arrival order) and the confirmations to its agents. If the store
     /// fails the group is kept and the answer is when to try again.
     async fn commit(&mut self) -> Option<Instant> {
-        let outcomes = match apply(&self.store, self.group.batches(), &mut self.incarnations).await
-        {
+        let (batches, refused) = (self.group.batches(), self.group.refused());
+        let outcomes = match apply(&self.store, batches, refused, &mut self.incarnations).await {
             Ok(o) => o,
             Err(e) => {
                 let wait = self
@@ -426,7 +426,8 @@ impl<S: Ingest> Shell<S> {
 
 /// Applies `batches` in one transaction; answers the outcome of each and
 /// appends the agent incarnations seen for the first time to
-/// `incarnations`. One batch that cannot merge (e.g.
+/// `incarnations`, storing with each new batch what the checks took out of
+/// it (`refused`, in the same transaction). One batch that cannot merge (e.g.
 /// a quantum that differs from the stored window's) must not hold back the
 /// others: the group is then applied batch by batch, refusing only those
 /// that cannot merge. Any other error fails the whole group, to be applied
@@ -434,13 +435,14 @@ impl<S: Ingest> Shell<S> {
 async fn apply<S: Ingest>(
     store: &S,
     batches: &[Batch],
+    refused: &[Refusals],
     incarnations: &mut Vec<NewIncarnation>,
 ) -> Result<Vec<Outcome>, StoreError> {
     let outcome = |a: Applied| match a {
         Applied::New => Outcome::New,
         Applied::Duplicate => Outcome::Duplicate,
     };
-    match store.apply_report(batches).await {
+    match store.apply_refused(batches, refused).await {
         Ok(mut r) => {
             incarnations.append(&mut r.incarnations);
             return Ok(r.applied.into_iter().map(outcome).collect());
@@ -449,8 +451,9 @@ async fn apply<S: Ingest>(
         Err(e) => return Err(e),
     }
     let mut each = Vec::with_capacity(batches.len());
-    for b in batches {
-        each.push(match store.apply_report(std::slice::from_ref(b)).await {
+    for (i, b) in batches.iter().enumerate() {
+        let r = refused.get(i..=i).unwrap_or_default();
+        each.push(match store.apply_refused(std::slice::from_ref(b), r).await {
             Ok(mut r) => {
                 incarnations.append(&mut r.incarnations);
                 match r.applied.first() {

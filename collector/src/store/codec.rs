@@ -118,7 +118,32 @@ pub(crate) fn incarnation_state(
         remembered: n(remembered)?,
         batches: n(batches)?,
         dropped_readings: n(dropped_readings)?,
+        refused: std::collections::BTreeMap::new(),
         first_seen_ms,
         last_seen_ms,
     })
+}
+
+/// The `refused` rows read back, by (agent, incarnation text): reason →
+/// partials and readings (SQL integers, never negative).
+pub(crate) type RefusedRows = std::collections::BTreeMap<
+    (String, String),
+    std::collections::BTreeMap<String, crate::store::Refusal>,
+>;
+
+/// Adds one `refused` row to `rows`.
+pub(crate) fn refused_row(
+    rows: &mut RefusedRows,
+    key: (String, String),
+    reason: String,
+    partials: i64,
+    readings: i64,
+) -> Result<(), StoreError> {
+    let n = |v: i64| u64::try_from(v).map_err(|e| corrupt("refused counts", e));
+    let r = crate::store::Refusal {
+        partials: n(partials)?,
+        readings: n(readings)?,
+    };
+    rows.entry(key).or_default().insert(reason, r);
+    Ok(())
 }

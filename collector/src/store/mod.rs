@@ -168,6 +168,10 @@ pub struct AgentState {
     pub watermark: Option<i64>,
     /// Readings it reported dropped, over all its incarnations.
     pub dropped_readings: u64,
+    /// Partials of its applied batches the collector refused, by reason
+    /// (`time_future`, `time_past`, `expired`), summed over its
+    /// incarnations (saturating).
+    pub refused: BTreeMap<String, Refusal>,
     /// Its incarnations, oldest first.
     pub incarnations: Vec<IncarnationState>,
 }
@@ -186,11 +190,62 @@ pub struct IncarnationState {
     pub batches: u64,
     /// Readings the agent reported dropped in them.
     pub dropped_readings: u64,
+    /// Partials of its applied batches the collector refused, by reason
+    /// (see [`Refusals`]); a reason never met is absent.
+    pub refused: BTreeMap<String, Refusal>,
     /// When its first batch was applied (collector clock, ms since the
     /// Unix epoch).
     pub first_seen_ms: i64,
     /// When its last batch was applied.
     pub last_seen_ms: i64,
+}
+
+/// Partials the collector refused and the readings they held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refusal {
+    /// Partials refused.
+    pub partials: u64,
+    /// The sum of their readings (saturating).
+    pub readings: u64,
+}
+
+impl Refusal {
+    /// Adds `other`, saturating.
+    pub fn add(&mut self, other: Refusal) {
+        self.partials = self.partials.saturating_add(other.partials);
+        self.readings = self.readings.saturating_add(other.readings);
+    }
+}
+
+/// What the collector's checks took out of one accepted batch, by reason
+/// (`crate::ingest::PartialRefused`). Stored per agent incarnation and
+/// reason in the transaction that applies the batch, and only if the batch
+/// is new there, so a redelivered duplicate counts nothing: exactly once.
+///
+/// Whole-payload refusals (`crate::ingest::Refused`: malformed, oversized,
+/// agent mismatch, …) are not stored: such a payload has no identity the
+/// collector can trust. They are counted in metrics only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// Window later than `[limits] max_future_ms` ahead (`time_future`).
+    pub time_future: Refusal,
+    /// Window earlier than `[limits] max_age_ms` ago (`time_past`).
+    pub time_past: Refusal,
+    /// Window expired under `[retention]` (`expired`).
+    pub expired: Refusal,
+}
+
+impl Refusals {
+    /// Each reason with its stored name, those with a refused partial only.
+    pub fn by_reason(&self) -> impl Iterator<Item = (&'static str, Refusal)> {
+        [
+            ("time_future", self.time_future),
+            ("time_past", self.time_past),
+            ("expired", self.expired),
+        ]
+        .into_iter()
+        .filter(|(_, r)| r.partials > 0)
+    }
 }
 
 /// A stored result.
@@ -244,7 +299,18 @@ pub trait Ingest: Send + Sync {
     /// Applies `batches` in one transaction; the report lists, per batch in
     /// order, whether it was new, and the agent incarnations seen for the
     /// first time. On error nothing is applied.
-    fn apply_report(&self, batches: &[Batch]) -> impl Future<Output = Answer<Report>> + Send;
+    fn apply_report(&self, batches: &[Batch]) -> impl Future<Output = Answer<Report>> + Send {
+        self.apply_refused(batches, &[])
+    }
+
+    /// [`Ingest::apply_report`], also storing what the checks took out of
+    /// each batch (`refused[i]` of `batches[i]`; missing entries: none) in
+    /// the same transaction, for the batches that are new.
+    fn apply_refused(
+        &self,
+        batches: &[Batch],
+        refused: &[Refusals],
+    ) -> impl Future<Output = Answer<Report>> + Send;
 
     /// [`Ingest::apply_report`], answering only whether each batch was new.
     fn apply(&self, batches: &[Batch]) -> impl Future<Output = Answer<Vec<Applied>>> + Send {
@@ -458,12 +524,16 @@ pub(crate) fn agents_of(
         match out.last_mut() {
             Some(a) if a.agent == agent => {
                 a.dropped_readings = a.dropped_readings.saturating_add(inc.dropped_readings);
+                for (reason, r) in &inc.refused {
+                    a.refused.entry(reason.clone()).or_default().add(*r);
+                }
                 a.incarnations.push(inc);
             }
             _ => out.push(AgentState {
                 watermark: watermarks.get(&agent).copied(),
                 agent,
                 dropped_readings: inc.dropped_readings,
+                refused: inc.refused.clone(),
                 incarnations: vec![inc],
             }),
         }

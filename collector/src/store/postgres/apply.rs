@@ -41,7 +41,7 @@ use tributary_core::{SeriesKey, Width};
 use super::senders;
 use crate::merge::{self, RowKey};
 use crate::store::codec::{corrupt, decode_summary, encode_summary, key_text};
-use crate::store::{Report, StoreError};
+use crate::store::{Refusals, Report, StoreError};
 
 /// How often a transaction that deadlocked is retried.
 const RETRIES: u32 = 8;
@@ -50,11 +50,12 @@ const RETRIES: u32 = 8;
 pub(super) async fn apply(
     client: &mut Client,
     batches: &[Batch],
+    refused: &[Refusals],
     rollups: &[Width],
 ) -> Result<Report, StoreError> {
     let mut attempt = 0;
     loop {
-        match try_apply(client, batches, rollups).await {
+        match try_apply(client, batches, refused, rollups).await {
             Err(Failed::Pg(e)) if attempt < RETRIES && retryable(&e) => {
                 attempt += 1;
                 tracing::debug!(attempt, error = %e, "store transaction retried");
@@ -109,6 +110,7 @@ fn columns(keys: impl Iterator<Item = RowKey>) -> [Vec<i64>; 3] {
 async fn try_apply(
     client: &mut Client,
     batches: &[Batch],
+    refused: &[Refusals],
     rollups: &[Width],
 ) -> Result<Report, Failed> {
     let tx = client.transaction().await?;
@@ -126,6 +128,7 @@ async fn try_apply(
         });
     }
     senders::update(&tx, batches, &fresh, &marks, seen).await?;
+    senders::add_refused(&tx, batches, &applied, refused).await?;
 
     // 2–3. Series ids, then the merge plan.
     let series: BTreeSet<&SeriesKey> = fresh

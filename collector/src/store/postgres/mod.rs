@@ -42,7 +42,7 @@ use tributary_core::{SeriesKey, Width};
 
 use super::{
     rollup_widths, AgentProgress, AgentState, Answer, Changed, Expire, Feed, Ingest, Lease, Leases,
-    Query, Report, StoreError, StoredWindow,
+    Query, Refusals, Report, StoreError, StoredWindow,
 };
 
 pub use schema::SCHEMA_VERSION;
@@ -181,11 +181,11 @@ impl PostgresStore {
 }
 
 impl Ingest for PostgresStore {
-    async fn apply_report(&self, batches: &[Batch]) -> Answer<Report> {
+    async fn apply_refused(&self, batches: &[Batch], refused: &[Refusals]) -> Answer<Report> {
         if batches.is_empty() {
             return Ok(Report::default());
         }
-        apply::apply(&mut self.client().await?, batches, &self.rollups).await
+        apply::apply(&mut self.client().await?, batches, refused, &self.rollups).await
     }
 
     async fn probe(&self) -> Answer<()> {

@@ -6,7 +6,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use tributary_core::{SeriesKey, Width};
 
-use crate::store::codec::{in_order, incarnation_state, key_text, key_texts, parse_key, stored};
+use crate::store::codec::{
+    in_order, incarnation_state, key_text, key_texts, parse_key, refused_row, stored, RefusedRows,
+};
 use crate::store::{agents_of, AgentProgress, AgentState, StoreError, StoredWindow};
 
 /// Every series, ordered by key text.
@@ -110,15 +112,25 @@ pub(super) async fn agents(client: &Client) -> Result<Vec<AgentState>, StoreErro
              FROM incarnations i ORDER BY i.agent, i.first_seen_ms, i.incarnation",
         )
         .await?;
+    let refused_stmt = client
+        .prepare_cached("SELECT agent, incarnation, reason, partials, readings FROM refused")
+        .await?;
+    let mut refused = RefusedRows::new();
+    for r in client.query(&refused_stmt, &[]).await? {
+        let key = (r.get(0), r.get(1));
+        refused_row(&mut refused, key, r.get(2), r.get(3), r.get(4))?;
+    }
     let mut out = Vec::new();
     for r in client.query(&stmt, &[]).await? {
-        let inc = incarnation_state(
-            r.get(1),
+        let (agent, text): (String, String) = (r.get(0), r.get(1));
+        let mut inc = incarnation_state(
+            &text,
             [r.get(2), r.get(3), r.get(4), r.get(5)],
             r.get(6),
             r.get(7),
         )?;
-        out.push((r.get(0), inc));
+        inc.refused = refused.remove(&(agent.clone(), text)).unwrap_or_default();
+        out.push((agent, inc));
     }
     Ok(agents_of(out, &watermarks))
 }

@@ -6,7 +6,7 @@
 //! migrate once; an instance that finds a version newer than it knows refuses
 //! to run ([`StoreError::SchemaTooNew`]).
 //!
-//! # Schema (version 6)
+//! # Schema (version 7)
 //! - `incarnations(agent, incarnation, applied_below, batches,
 //!   dropped_readings, first_seen_ms, last_seen_ms)` — one row per agent
 //!   incarnation (16 hex digits): its de-duplication mark, its batches and
@@ -14,6 +14,10 @@
 //!   agent's keys (version 4, `merge/senders.rs`);
 //! - `applied(agent, incarnation, seq)` — the de-duplication keys at or
 //!   above their incarnation's mark, primary key (version 4);
+//! - `refused(agent, incarnation, reason, partials, readings)` — the
+//!   partials of applied batches the collector refused (`time_future`,
+//!   `time_past`, `expired`) and their readings, per incarnation and reason,
+//!   written in the applying transaction (version 7);
 //! - `series(id, key)` — series keys as canonical JSON (`COLLATE "C"`, so
 //!   they sort bytewise as in SQLite), unique;
 //! - `results(series, width, start, revision, summary, changed)` — one row
@@ -60,13 +64,13 @@ use deadpool_postgres::Client;
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// The first version whose sketches index the real reading.
 const REAL_VALUE_SKETCHES: i64 = 3;
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 6] = [V1, V2, V3, V4, V5, V6];
+const MIGRATIONS: [&str; 7] = [V1, V2, V3, V4, V5, V6, V7];
 
 const V1: &str = r#"
 CREATE TABLE applied (agent TEXT COLLATE "C" NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (agent, seq));
@@ -135,6 +139,13 @@ CREATE TABLE results_default PARTITION OF results DEFAULT;
 INSERT INTO results (series, width, start, revision, summary, changed)
     SELECT series, width, start, revision, summary, changed FROM results_unpartitioned;
 DROP TABLE results_unpartitioned;
+"#;
+
+/// Partials refused inside applied batches, per incarnation and reason.
+const V7: &str = r#"
+CREATE TABLE IF NOT EXISTS refused (agent TEXT COLLATE "C" NOT NULL, incarnation TEXT COLLATE "C" NOT NULL,
+    reason TEXT COLLATE "C" NOT NULL, partials BIGINT NOT NULL, readings BIGINT NOT NULL,
+    PRIMARY KEY (agent, incarnation, reason));
 "#;
 
 /// Any fixed number: the advisory lock key that serialises migrations.

@@ -13,7 +13,7 @@ use tributary_core::Incarnation;
 
 use crate::merge::senders::{self, Key, Marks, Sender};
 use crate::store::codec::corrupt;
-use crate::store::{NewIncarnation, StoreError};
+use crate::store::{Applied, NewIncarnation, Refusal, Refusals, StoreError};
 
 /// Two parallel arrays of senders (agent, incarnation text), for `unnest`.
 fn columns<'a>(senders: impl Iterator<Item = Sender<'a>>) -> (Vec<&'a str>, Vec<String>) {
@@ -193,6 +193,52 @@ pub(super) async fn update<'a>(
         )
         .await?;
     tx.execute(&write, &[&agents, &incs, &below, &n, &dropped, &now_ms])
+        .await?;
+    Ok(())
+}
+
+/// Adds what the checks took out of each new batch to its incarnation's
+/// `refused` rows (see [`crate::store::Refusals`]; a duplicate adds
+/// nothing), summed per row first (one statement may not touch a row
+/// twice) and written in key order. Sums saturate at `i64::MAX`.
+pub(super) async fn add_refused(
+    tx: &Transaction<'_>,
+    batches: &[Batch],
+    applied: &[Applied],
+    refused: &[Refusals],
+) -> Result<(), StoreError> {
+    let mut sums: BTreeMap<(&str, String, &str), Refusal> = BTreeMap::new();
+    for ((b, a), r) in batches.iter().zip(applied).zip(refused) {
+        if *a != Applied::New {
+            continue;
+        }
+        for (reason, n) in r.by_reason() {
+            sums.entry((b.agent.as_str(), b.incarnation.to_string(), reason))
+                .or_default()
+                .add(n);
+        }
+    }
+    if sums.is_empty() {
+        return Ok(());
+    }
+    let sql = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let agents: Vec<&str> = sums.keys().map(|k| k.0).collect();
+    let incs: Vec<&str> = sums.keys().map(|k| k.1.as_str()).collect();
+    let reasons: Vec<&str> = sums.keys().map(|k| k.2).collect();
+    let partials: Vec<i64> = sums.values().map(|r| sql(r.partials)).collect();
+    let readings: Vec<i64> = sums.values().map(|r| sql(r.readings)).collect();
+    let upsert = tx
+        .prepare_cached(
+            "INSERT INTO refused AS r (agent, incarnation, reason, partials, readings)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
+             ON CONFLICT (agent, incarnation, reason) DO UPDATE SET
+               partials = CASE WHEN r.partials > 9223372036854775807 - excluded.partials
+                 THEN 9223372036854775807 ELSE r.partials + excluded.partials END,
+               readings = CASE WHEN r.readings > 9223372036854775807 - excluded.readings
+                 THEN 9223372036854775807 ELSE r.readings + excluded.readings END",
+        )
+        .await?;
+    tx.execute(&upsert, &[&agents, &incs, &reasons, &partials, &readings])
         .await?;
     Ok(())
 }

@@ -22,7 +22,7 @@ use super::cache::{Cache, Committed};
 use super::senders;
 use crate::merge;
 use crate::store::codec::{decode_summary, encode_summary, key_text};
-use crate::store::{Report, StoreError};
+use crate::store::{Refusals, Report, StoreError};
 
 /// Result rows the store keeps in memory at most (see [`Cache`]): enough
 /// for the roll-ups and open windows of some 30,000 active series.
@@ -77,7 +77,11 @@ impl Writer {
     /// Applies `batches` in one transaction (see [`crate::merge`]). One
     /// function on purpose: it is the transaction's steps in order, numbered
     /// as in the design note, and every step borrows the transaction.
-    pub(super) fn apply(&mut self, batches: &[Batch]) -> Result<Report, StoreError> {
+    pub(super) fn apply(
+        &mut self,
+        batches: &[Batch],
+        refused: &[Refusals],
+    ) -> Result<Report, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -100,6 +104,7 @@ impl Writer {
         }
         let seen = tributary_runtime::now_ms();
         senders::update(&tx, batches, &fresh, &marks, seen)?;
+        senders::add_refused(&tx, batches, &applied, refused)?;
 
         // 4. The plan, with series ids from the cache or the table.
         let mut new_ids: HashMap<&SeriesKey, i64> = HashMap::new();

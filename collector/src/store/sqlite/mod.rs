@@ -45,7 +45,7 @@ pub use schema::SCHEMA_VERSION;
 
 use super::{
     rollup_widths, AgentProgress, AgentState, Answer, Changed, Expire, Feed, Ingest, Lease, Leases,
-    Query, Report, StoreError, StoredWindow,
+    Query, Refusals, Report, StoreError, StoredWindow,
 };
 use apply::Writer;
 use readers::Readers;
@@ -107,7 +107,11 @@ impl SqliteStore {
 }
 
 impl Ingest for SqliteStore {
-    fn apply_report(&self, batches: &[Batch]) -> impl Future<Output = Answer<Report>> + Send {
+    fn apply_refused(
+        &self,
+        batches: &[Batch],
+        refused: &[Refusals],
+    ) -> impl Future<Output = Answer<Report>> + Send {
         let writer = self.writer.clone();
         async move {
             // On a multi-threaded runtime the group is applied in place
@@ -122,11 +126,11 @@ impl Ingest for SqliteStore {
                 return tokio::task::block_in_place(|| {
                     // As in `write`: a panic left the writer sound.
                     let mut w = writer.lock().unwrap_or_else(PoisonError::into_inner);
-                    w.apply(batches)
+                    w.apply(batches, refused)
                 });
             }
-            let batches = batches.to_vec();
-            self.write(move |w| w.apply(&batches)).await
+            let (batches, refused) = (batches.to_vec(), refused.to_vec());
+            self.write(move |w| w.apply(&batches, &refused)).await
         }
     }
 

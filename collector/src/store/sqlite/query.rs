@@ -6,7 +6,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tributary_core::{SeriesKey, Width};
 
 use crate::store::codec::{
-    corrupt, in_order, incarnation_state, key_text, key_texts, parse_key, stored,
+    corrupt, in_order, incarnation_state, key_text, key_texts, parse_key, refused_row, stored,
+    RefusedRows,
 };
 use crate::store::{agents_of, AgentProgress, AgentState, StoreError, StoredWindow};
 
@@ -107,16 +108,28 @@ pub(super) fn agents(conn: &Connection) -> Result<Vec<AgentState>, StoreError> {
            i.batches, i.dropped_readings, i.first_seen_ms, i.last_seen_ms
          FROM incarnations i ORDER BY i.agent, i.first_seen_ms, i.incarnation",
     )?;
+    let mut refused = RefusedRows::new();
+    {
+        let mut stmt = conn
+            .prepare_cached("SELECT agent, incarnation, reason, partials, readings FROM refused")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let key = (r.get(0)?, r.get(1)?);
+            refused_row(&mut refused, key, r.get(2)?, r.get(3)?, r.get(4)?)?;
+        }
+    }
     let mut rows = stmt.query([])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
-        let inc = incarnation_state(
-            &r.get::<_, String>(1)?,
+        let (agent, text): (String, String) = (r.get(0)?, r.get(1)?);
+        let mut inc = incarnation_state(
+            &text,
             [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?],
             r.get(6)?,
             r.get(7)?,
         )?;
-        out.push((r.get(0)?, inc));
+        inc.refused = refused.remove(&(agent.clone(), text)).unwrap_or_default();
+        out.push((agent, inc));
     }
     Ok(agents_of(out, &watermarks))
 }

@@ -1,11 +1,15 @@
 //! The SQLite schema and its migrations.
 //!
-//! # Schema (version 7, in `PRAGMA user_version`; migrations run at open)
+//! # Schema (version 8, in `PRAGMA user_version`; migrations run at open)
 //! - `incarnations(agent, incarnation, applied_below, batches,
 //!   dropped_readings, first_seen_ms, last_seen_ms)` — one row per agent
 //!   incarnation (16 hex digits): its de-duplication mark (every batch
 //!   sequence below it applied), its batches and the readings it reported
 //!   dropped (`merge/senders.rs`);
+//! - `refused(agent, incarnation, reason, partials, readings)` — the
+//!   partials of applied batches the collector refused (`time_future`,
+//!   `time_past`, `expired`) and their readings, per incarnation and reason,
+//!   written in the applying transaction (version 8);
 //! - `applied(agent, incarnation, seq)` — the de-duplication keys at or
 //!   above their incarnation's mark, primary key;
 //! - `series(id, key)` — series keys as canonical JSON, unique;
@@ -49,13 +53,13 @@ use rusqlite::Connection;
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The first version whose sketches index the real reading.
 const REAL_VALUE_SKETCHES: i64 = 4;
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 7] = [V1, V2, V3, V4, V5, V6, V7];
+const MIGRATIONS: [&str; 8] = [V1, V2, V3, V4, V5, V6, V7, V8];
 
 const V1: &str = "
 CREATE TABLE IF NOT EXISTS applied (agent TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (agent, seq)) WITHOUT ROWID;
@@ -105,6 +109,13 @@ const V6: &str = "";
 
 /// The retention task's index.
 const V7: &str = "CREATE INDEX IF NOT EXISTS results_expiry ON results (width, start);";
+
+/// Partials refused inside applied batches, per incarnation and reason.
+const V8: &str = "
+CREATE TABLE IF NOT EXISTS refused (agent TEXT NOT NULL, incarnation TEXT NOT NULL, reason TEXT NOT NULL,
+    partials INTEGER NOT NULL, readings INTEGER NOT NULL,
+    PRIMARY KEY (agent, incarnation, reason)) WITHOUT ROWID;
+";
 
 /// The largest database (pages) switched to incremental auto-vacuum by a
 /// `VACUUM` at migration: 25,600 pages (100 MiB at 4 KiB) copy in seconds.

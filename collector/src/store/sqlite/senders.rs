@@ -10,7 +10,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use tributary_core::batch::Batch;
 
 use crate::merge::senders::{self, Key, Marks, Sender};
-use crate::store::{NewIncarnation, StoreError};
+use crate::store::{Applied, NewIncarnation, Refusals, StoreError};
 
 /// The marks of the group's senders, and those seen for the first time
 /// (with whether their agent had other incarnations).
@@ -116,6 +116,42 @@ pub(super) fn update<'a>(
             u.dropped_readings,
             now_ms
         ])?;
+    }
+    Ok(())
+}
+
+/// Adds what the checks took out of each new batch to its incarnation's
+/// `refused` rows (see [`crate::store::Refusals`]; a duplicate adds
+/// nothing). Sums saturate at `i64::MAX`.
+pub(super) fn add_refused(
+    tx: &Transaction<'_>,
+    batches: &[Batch],
+    applied: &[Applied],
+    refused: &[Refusals],
+) -> Result<(), StoreError> {
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO refused (agent, incarnation, reason, partials, readings)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (agent, incarnation, reason) DO UPDATE SET
+           partials = CASE WHEN partials > 9223372036854775807 - excluded.partials
+             THEN 9223372036854775807 ELSE partials + excluded.partials END,
+           readings = CASE WHEN readings > 9223372036854775807 - excluded.readings
+             THEN 9223372036854775807 ELSE readings + excluded.readings END",
+    )?;
+    let sql = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    for ((b, a), r) in batches.iter().zip(applied).zip(refused) {
+        if *a != Applied::New {
+            continue;
+        }
+        for (reason, n) in r.by_reason() {
+            upsert.execute(params![
+                b.agent,
+                b.incarnation.to_string(),
+                reason,
+                sql(n.partials),
+                sql(n.readings)
+            ])?;
+        }
     }
     Ok(())
 }

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use store_common::identity;
 use store_common::*;
+use store_common::{identity, refused};
 use tributary_collector::store::postgres::{PostgresOptions, PostgresStore, SCHEMA_VERSION};
 use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
@@ -207,6 +207,16 @@ async fn the_store_contract_holds_on_postgresql() {
         let started = std::time::Instant::now();
         identity::check_bounded_dedupe(&store, rows, 600).await;
         println!("600 rounds in {:?}", started.elapsed());
+    }
+
+    // Partials refused inside applied batches are counted exactly, once,
+    // per incarnation and reason, and survive a reopen.
+    {
+        let (url, store) = fresh(&pg, "refused").await;
+        let w = refused::workload();
+        refused::apply_with_redelivery(&store, &w).await;
+        drop(store);
+        refused::check_stored(&open(&url).await, &w).await;
     }
 
     // Progress lists the agents of each series.

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub(crate) mod identity;
+pub(crate) mod refused;
 pub(crate) mod retention;
 
 use std::collections::BTreeMap;

@@ -5,7 +5,9 @@
 //! whose identity cannot be that agent's is refused, acknowledged and
 //! counted by reason; a new incarnation of a known agent is counted; the
 //! readings agents report dropped are counted once per new batch, shown per
-//! agent on `/metrics` and in `/api/v1/agents`.
+//! agent on `/metrics` and in `/api/v1/agents`, as are the partials the
+//! collector refused inside applied batches (a window beyond
+//! `max_future_ms`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -150,9 +152,25 @@ async fn a_replaced_agent_database_is_a_new_incarnation_and_spoofs_are_refused()
 
     // Its data directory is lost: a new database numbers from 1 again.
     // Its batches apply; a late copy of the old database's batch 3 does
-    // not, and each incarnation is confirmed its own.
+    // not, and each incarnation is confirmed its own. Its clock is a day
+    // ahead for one device: batch `seq` carries a partial of `seq`
+    // readings beyond `max_future_ms`, refused and counted.
+    let ahead_start = tributary_runtime::now_ms() + 86_400_000;
+    let (mut ahead_partials, mut ahead_readings) = (0u64, 0u64);
     for seq in 1..=5 {
-        publish(batch(NEW, seq, 2).encode(Encoding::Json));
+        let mut b = batch(NEW, seq, 2);
+        let mut s = Summary::new(Quantum::new(-3).unwrap());
+        for k in 0..seq {
+            s.insert(ahead_start + k as i64, 1000).unwrap();
+        }
+        b.partials.push(Partial {
+            series: SeriesKey::new("temperature", "dev-ahead", Default::default()).unwrap(),
+            window: Window::containing(ahead_start, Width::new(60_000).unwrap()),
+            summary: s,
+        });
+        ahead_partials += 1;
+        ahead_readings += seq;
+        publish(b.encode(Encoding::Json));
     }
     publish(batch(OLD, 3, 1).encode(Encoding::Json));
     assert_eq!(confirmed(&got, NEW, 5).await, [1, 2, 3, 4, 5]);
@@ -226,6 +244,13 @@ async fn a_replaced_agent_database_is_a_new_incarnation_and_spoofs_are_refused()
             ("fedcba9876543210", 5, 10, 6, 0)
         ]
     );
+    // The refused partials, durably per incarnation and summed per agent.
+    let refused = serde_json::json!({
+        "time_future": {"partials": ahead_partials, "readings": ahead_readings}
+    });
+    assert_eq!(a["refused"], refused, "{v}");
+    assert_eq!(incs[0]["refused"], serde_json::json!({}), "{v}");
+    assert_eq!(incs[1]["refused"], refused, "{v}");
     let last = a["last_seen_ms"].as_i64().unwrap();
     assert!(incs
         .iter()

@@ -40,7 +40,7 @@ const LIMITS: Limits = Limits {
 };
 
 /// Two agents, two incarnations of the first, 12 batches each. Partial `j`
-/// of batch `s` holds `1 + (s + j) % 5` readings and starts (by `j % 6`) in
+/// of batch `s` holds `1 + (s + j) % 5` readings and starts (by `j`) in
 /// bounds, an hour ahead (`time_future`), 11 days back (`time_past`) or 7
 /// days back (past the 5-day retention: `expired`).
 pub(crate) fn workload() -> Workload {
@@ -52,8 +52,8 @@ pub(crate) fn workload() -> Workload {
         for seq in 1..=12u64 {
             let mut partials = Vec::new();
             for j in 0..6u64 {
-                let (start, reason) = match j % 6 {
-                    0 | 1 | 2 => (T0 - (j as i64 + 1) * MIN, None),
+                let (start, reason) = match j {
+                    0..=2 => (T0 - (j as i64 + 1) * MIN, None),
                     3 => (T0 + 60 * MIN, Some("time_future")),
                     4 => (T0 - 11 * DAY, Some("time_past")),
                     _ => (T0 - 7 * DAY, Some("expired")),

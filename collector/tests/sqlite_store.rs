@@ -527,8 +527,9 @@ async fn expired_pages_are_given_back_in_bounded_steps() {
 }
 
 /// A database of version 5 (before retention, `auto_vacuum` off) is
-/// migrated to version 7 at open: the expiry index made, small enough to be
-/// switched to incremental auto-vacuum at once, every row kept.
+/// migrated to the current version at open: the expiry index made (7), the
+/// `refused` table (8), small enough to be switched to incremental
+/// auto-vacuum at once, every row kept.
 #[tokio::test]
 async fn a_version_5_database_gets_the_expiry_index_and_incremental_vacuum() {
     let dir = tempfile::tempdir().unwrap();
@@ -544,14 +545,15 @@ async fn a_version_5_database_gets_the_expiry_index_and_incremental_vacuum() {
         (
             q("PRAGMA user_version"),
             q("PRAGMA auto_vacuum"),
-            q("SELECT count(*) FROM sqlite_schema WHERE name = 'results_expiry'"),
+            q("SELECT count(*) FROM sqlite_schema WHERE name IN ('results_expiry', 'refused')"),
         )
     };
-    assert_eq!(state(), (7, 2, 1));
+    assert_eq!(state(), (8, 2, 2));
     {
         let c = rusqlite::Connection::open(&path).unwrap();
         c.execute_batch(
-            "PRAGMA auto_vacuum = NONE; VACUUM; DROP INDEX results_expiry; PRAGMA user_version = 5;",
+            "PRAGMA auto_vacuum = NONE; VACUUM; DROP INDEX results_expiry; DROP TABLE refused;
+             PRAGMA user_version = 5;",
         )
         .unwrap();
     }
@@ -559,5 +561,5 @@ async fn a_version_5_database_gets_the_expiry_index_and_incremental_vacuum() {
     let store = open(&dir, "a.db");
     assert_eq!(all_windows(&store, MIN).await, before);
     drop(store);
-    assert_eq!(state(), (7, 2, 1));
+    assert_eq!(state(), (8, 2, 2));
 }

@@ -19,7 +19,8 @@
 //!   backends.
 //! - [`store`] — the role traits ([`store::Ingest`], [`store::Query`],
 //!   [`store::Feed`], [`store::Leases`]; [`store::Store`] is all of them),
-//!   `config` (`[store]`), and the backends [`store::sqlite`] (the embedded
+//!   `config` (`[store]`), `refused` (what ingest refused inside applied
+//!   batches, stored with them), and the backends [`store::sqlite`] (the embedded
 //!   default: one writer, a pool of readers) and [`store::postgres`] (shared
 //!   by many instances), which hold only their SQL.
 //! - [`query`] — the HTTP JSON API (`api`; its agents listing `agents`),

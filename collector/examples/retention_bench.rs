@@ -24,7 +24,6 @@
 //! running, and expiry's rows per second.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -34,11 +33,14 @@ use tributary_collector::retention::{Policy, RetentionConfig, RetentionTask, GRA
 use tributary_collector::store::postgres::{PostgresOptions, PostgresStore};
 use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_core::batch::{Batch, Partial};
-use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+use tributary_core::batch::Batch;
+use tributary_core::Width;
 use tributary_testkit::{Postgres, PostgresOptions as Server};
 
-const MIN: i64 = 60_000;
+#[path = "load/mod.rs"]
+mod load;
+use load::{minute_partial, Rng, MIN};
+
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
 const T0: i64 = 1_700_000_000_000 / DAY * DAY;
@@ -64,37 +66,14 @@ struct Args {
 /// One batch per minute from `T0 + first` minutes, `n` minutes, each with
 /// a partial of 1–10 readings for every one of `series` series.
 fn minutes(series: u64, first: u64, n: u64) -> Vec<Batch> {
-    let q = Quantum::new(-3).unwrap();
-    let mut x = 0x2545_f491_4f6c_dd1du64 ^ first;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let keys: Vec<SeriesKey> = (0..series)
-        .map(|s| {
-            let tags = BTreeMap::from([("site".to_string(), format!("site-{}", s % 7))]);
-            SeriesKey::new("temperature", format!("dev-{s:05}"), tags).unwrap()
-        })
-        .collect();
+    let mut rng = Rng::new(first);
+    let keys = load::keys(series);
     (first..first + n)
         .map(|m| {
             let start = T0 + m as i64 * MIN;
             let partials = keys
                 .iter()
-                .map(|key| {
-                    let mut s = Summary::new(q);
-                    for _ in 0..(1 + next() % 10) {
-                        let t = start + (next() % MIN as u64) as i64;
-                        s.insert(t, 20_000 + (next() % 5_000) as i64).unwrap();
-                    }
-                    Partial {
-                        series: key.clone(),
-                        window: Window::new(start, Width::new(MIN).unwrap()).unwrap(),
-                        summary: s,
-                    }
-                })
+                .map(|key| minute_partial(key, start, &mut rng))
                 .collect();
             Batch::new("gw", m, start + MIN, partials)
         })

@@ -35,11 +35,14 @@ use clap::Parser;
 use tributary_collector::store::postgres::{PostgresOptions, PostgresStore};
 use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_core::batch::{Batch, Partial};
-use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+use tributary_core::batch::Batch;
+use tributary_core::{SeriesKey, Width};
 use tributary_testkit::{Postgres, PostgresOptions as Server};
 
-const MIN: i64 = 60_000;
+#[path = "load/mod.rs"]
+mod load;
+use load::{minute_partial, Rng, MIN};
+
 const DAY: i64 = 24 * 3_600_000;
 const T0: i64 = 1_700_000_000_000 / DAY * DAY;
 
@@ -77,22 +80,9 @@ struct Args {
 /// reports. Series `s` is reported by agents `s, s + 1, …, s + fan_in − 1`
 /// (mod agents).
 fn workload(a: &Args) -> Vec<Batch> {
-    let q = Quantum::new(-3).unwrap();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut rng = Rng::new(0);
     let fan_in = a.fan_in.clamp(1, a.agents);
-    let keys: Vec<SeriesKey> = (0..a.series)
-        .map(|s| {
-            let mut tags = BTreeMap::new();
-            tags.insert("site".to_string(), format!("site-{}", s % 7));
-            SeriesKey::new("temperature", format!("dev-{s:05}"), tags).unwrap()
-        })
-        .collect();
+    let keys = load::keys(a.series);
     let mut out = Vec::new();
     for minute in 0..a.minutes {
         let start = T0 + minute as i64 * MIN;
@@ -101,18 +91,7 @@ fn workload(a: &Args) -> Vec<Batch> {
                 .iter()
                 .enumerate()
                 .filter(|(s, _)| (agent + a.agents - *s as u64 % a.agents) % a.agents < fan_in)
-                .map(|(_, key)| {
-                    let mut s = Summary::new(q);
-                    for _ in 0..(1 + next() % 10) {
-                        let t = start + (next() % MIN as u64) as i64;
-                        s.insert(t, 20_000 + (next() % 5_000) as i64).unwrap();
-                    }
-                    Partial {
-                        series: key.clone(),
-                        window: Window::new(start, Width::new(MIN).unwrap()).unwrap(),
-                        summary: s,
-                    }
-                })
+                .map(|(_, key)| minute_partial(key, start, &mut rng))
                 .collect();
             out.push(Batch::new(
                 format!("gw-{agent}"),

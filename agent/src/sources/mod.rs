@@ -11,7 +11,8 @@
 //!   `[[opcua]]` (cargo feature `opcua`, on by default).
 //!
 //! [`scaling`] is the exact scale/offset into a quantum that the industrial
-//! inputs share.
+//! inputs share, and [`backoff`] their reconnection pauses.
+pub(crate) mod backoff;
 pub mod modbus;
 pub mod mqtt;
 pub mod opcua;

@@ -42,15 +42,11 @@ use tributary_runtime::now_ms;
 
 use crate::engine::Input;
 use crate::metrics::Metrics;
+use crate::sources::backoff::Backoff;
 use crate::sources::scaling::Scaling;
 pub use config::{DataType, ModbusConfig, Order, Parity, RegisterConfig, Table};
 use decode::{raw, ticks, Raw};
 use plan::{plan, Request};
-
-/// Longest pause between reconnection attempts.
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// First pause after a failure.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
 
 /// A register ready to poll: its series and scaling.
 struct Series {
@@ -104,7 +100,7 @@ pub(crate) async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.interval_ms));
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut conn: Option<Conn> = None;
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new();
     let mut retry_at = Instant::now();
     let mut readings: Vec<(usize, i64)> = Vec::with_capacity(series.len());
     loop {
@@ -125,15 +121,13 @@ pub(crate) async fn run(
                 Ok(Err(e)) => {
                     count(&metrics, &cfg.name, "connect");
                     tracing::warn!(device = cfg.name, error = %e, "cannot connect to Modbus device");
-                    retry_at = Instant::now() + backoff;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    retry_at = Instant::now() + backoff.next();
                     continue;
                 }
                 Err(_) => {
                     count(&metrics, &cfg.name, "connect");
                     tracing::warn!(device = cfg.name, "Modbus connect timed out");
-                    retry_at = Instant::now() + backoff;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    retry_at = Instant::now() + backoff.next();
                     continue;
                 }
             },
@@ -155,7 +149,7 @@ pub(crate) async fn run(
             return;
         }
         match failed {
-            None => backoff = BACKOFF_MIN,
+            None => backoff.reset(),
             Some(f) => {
                 count(&metrics, &cfg.name, f.label());
                 tracing::warn!(
@@ -166,8 +160,7 @@ pub(crate) async fn run(
                 if let Some(mut c) = conn.take() {
                     let _ = tokio::time::timeout(timeout, c.client.disconnect()).await;
                 }
-                retry_at = Instant::now() + backoff;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                retry_at = Instant::now() + backoff.next();
             }
         }
     }

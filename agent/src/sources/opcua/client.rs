@@ -24,11 +24,7 @@ use super::config::{ItemScaling, OpcuaConfig, SecurityMode, SecurityPolicy, Trig
 use super::value::{event_time, ticks};
 use crate::engine::Input;
 use crate::metrics::Metrics;
-
-/// Longest pause between connection attempts.
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// First pause after a failure.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
+use crate::sources::backoff::{Backoff, BACKOFF_MAX, BACKOFF_MIN};
 
 /// A monitored item ready to hand over: its series and scaling.
 struct Item {
@@ -63,7 +59,7 @@ pub(crate) async fn run(
         .pki_dir
         .clone()
         .unwrap_or_else(|| data_dir.join("opcua-pki"));
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new();
     loop {
         let (tx, rx) = mpsc::unbounded_channel();
         let started = tokio::select! {
@@ -75,7 +71,7 @@ pub(crate) async fn run(
                 session,
                 mut event_loop,
             }) => {
-                backoff = BACKOFF_MIN;
+                backoff.reset();
                 let ends = Ends {
                     shutdown: &mut shutdown,
                     event_loop: &mut event_loop,
@@ -95,9 +91,8 @@ pub(crate) async fn run(
                 count(&metrics, &cfg.name, reason);
                 tokio::select! {
                     _ = shutdown.changed() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.next()) => {}
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }

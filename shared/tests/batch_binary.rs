@@ -225,3 +225,20 @@ fn keys_share_their_strings_and_prefixes() {
         "{per_partial} bytes per further partial"
     );
 }
+
+/// Found by the `batches` fuzz target: a summary whose last-reading offset
+/// is near the bottom of i128 made the decoder's time arithmetic overflow
+/// (a panic in debug builds). It is refused as out of range.
+#[test]
+fn a_time_offset_past_i128_is_refused_not_a_panic() {
+    let input: &[u8] = &[
+        183, 2, 4, 103, 119, 45, 49, 159, 58, 103, 75, 46, 17, 90, 29, 12, 15, 192, 186, 183, 254,
+        249, 98, 0, 4, 0, 6, 98, 101, 114, 108, 105, 110, 0, 5, 100, 101, 118, 45, 49, 0, 4, 115,
+        105, 116, 101, 0, 11, 46, 101, 109, 112, 101, 114, 97, 116, 117, 82, 101, 1, 1, 2, 0, 1, 0,
+        0, 0, 5, 1, 224, 212, 3, 1, 0, 0, 255, 52, 255, 255, 255, 255, 255, 10, 10, 10, 61, 160,
+        150, 188, 164, 255, 255, 255, 9, 1, 193, 134, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+        255, 255, 255, 255, 255, 255, 255, 3, 0, 0, 0, 255, 255, 255, 4, 0, 0, 0, 0, 0, 0, 64, 168,
+        4, 183,
+    ];
+    assert!(Batch::decode(input).is_err());
+}

@@ -194,9 +194,10 @@ fn read_summary(
     if count > 0 {
         let min = r.i64()?;
         let (max, first_value, last_value) = (above(r, min)?, above(r, min)?, above(r, min)?);
-        let time = |t: i128| i64::try_from(t).map_err(|_| overflow);
-        let first_time = time(i128::from(window.start()) + r.signed()?)?;
-        let last_time = time(i128::from(window.end()) - 1 - r.signed()?)?;
+        // The offsets are any i128 the input names: checked, never wrapped.
+        let time = |t: Option<i128>| t.and_then(|t| i64::try_from(t).ok()).ok_or(overflow);
+        let first_time = time(i128::from(window.start()).checked_add(r.signed()?))?;
+        let last_time = time((i128::from(window.end()) - 1).checked_sub(r.signed()?))?;
         (sum, sum_sq) = (r.signed()?, r.wide()?);
         if shifted_moments {
             (sum, sum_sq) = unshifted(count, sum, sum_sq, min).ok_or(overflow)?;

@@ -266,8 +266,10 @@ fn read_side(r: &mut Reader<'_>, reference: i32) -> Result<(i32, Vec<u64>), Bina
     if len > WideCounts::LIMIT || len.div_ceil(8) > r.remaining() {
         return Err(BinaryError("too many buckets"));
     }
-    let offset = i32::try_from(i128::from(reference) + r.signed()?)
-        .map_err(|_| BinaryError("bucket offset out of range"))?;
+    let offset = i128::from(reference)
+        .checked_add(r.signed()?)
+        .and_then(|o| i32::try_from(o).ok())
+        .ok_or(BinaryError("bucket offset out of range"))?;
     let counts = r.packed(len, bits)?;
     Ok((offset, counts))
 }

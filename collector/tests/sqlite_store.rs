@@ -527,9 +527,10 @@ async fn expired_pages_are_given_back_in_bounded_steps() {
 }
 
 /// A database of version 5 (before retention, `auto_vacuum` off) is
-/// migrated to the current version at open: the expiry index made (7), the
-/// `refused` table (8), small enough to be switched to incremental
-/// auto-vacuum at once, every row kept.
+/// migrated to the current version at open: the expiry index made (7) and
+/// gone again with the time-first layout (9), the `refused` table (8),
+/// small enough to be switched to incremental auto-vacuum at once, every
+/// row kept.
 #[tokio::test]
 async fn a_version_5_database_gets_the_expiry_index_and_incremental_vacuum() {
     let dir = tempfile::tempdir().unwrap();
@@ -548,12 +549,11 @@ async fn a_version_5_database_gets_the_expiry_index_and_incremental_vacuum() {
             q("SELECT count(*) FROM sqlite_schema WHERE name IN ('results_expiry', 'refused')"),
         )
     };
-    assert_eq!(state(), (8, 2, 2));
+    assert_eq!(state(), (9, 2, 1));
     {
         let c = rusqlite::Connection::open(&path).unwrap();
         c.execute_batch(
-            "PRAGMA auto_vacuum = NONE; VACUUM; DROP INDEX results_expiry; DROP TABLE refused;
-             PRAGMA user_version = 5;",
+            "PRAGMA auto_vacuum = NONE; VACUUM; DROP TABLE refused; PRAGMA user_version = 5;",
         )
         .unwrap();
     }
@@ -561,5 +561,79 @@ async fn a_version_5_database_gets_the_expiry_index_and_incremental_vacuum() {
     let store = open(&dir, "a.db");
     assert_eq!(all_windows(&store, MIN).await, before);
     drop(store);
-    assert_eq!(state(), (8, 2, 2));
+    assert_eq!(state(), (9, 2, 1));
+}
+
+/// The primary key of `results`, column by column.
+fn results_key(path: &std::path::Path) -> Vec<String> {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = c
+        .prepare("SELECT name FROM pragma_table_info('results') WHERE pk > 0 ORDER BY pk")
+        .unwrap();
+    let names = stmt.query_map([], |r| r.get(0)).unwrap();
+    names.collect::<Result<_, _>>().unwrap()
+}
+
+/// A database of version 8 (results clustered by series) is migrated to the
+/// time-first layout of version 9 at open: every row kept with its
+/// revision and change number, so the change feed reads the same, and each
+/// row's span is its start divided by 16 windows of its width.
+#[tokio::test]
+async fn a_version_8_database_is_clustered_time_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let (batches, truth) = workload(2, 10);
+    let store = open(&dir, "a.db");
+    store.apply(&batches).await.unwrap();
+    let before = all_windows(&store, MIN).await;
+    let feed = |store: SqliteStore| async move {
+        let mut rows = Vec::new();
+        for width in [MIN, HOUR, 24 * HOUR] {
+            let width = Width::new(width).unwrap();
+            for c in store.changed_since(width, 0, 100_000).await.unwrap() {
+                let w = c.stored;
+                rows.push((c.change, c.series, w.window.start(), w.revision, w.summary));
+            }
+        }
+        rows
+    };
+    let changes = feed(store).await;
+    assert_eq!(results_key(&path), ["width", "span", "series", "start"]);
+    {
+        // Version 8's layout, rows and all, as that build left it.
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE old (series INTEGER NOT NULL REFERENCES series(id), width INTEGER NOT NULL,
+                 start INTEGER NOT NULL, revision INTEGER NOT NULL, summary BLOB NOT NULL,
+                 changed INTEGER NOT NULL, PRIMARY KEY (series, width, start)) WITHOUT ROWID;
+             INSERT INTO old SELECT series, width, start, revision, summary, changed FROM results;
+             DROP TABLE results;
+             ALTER TABLE old RENAME TO results;
+             CREATE INDEX results_changed ON results (width, changed);
+             CREATE INDEX results_expiry ON results (width, start);
+             PRAGMA user_version = 8;",
+        )
+        .unwrap();
+    }
+    assert_eq!(results_key(&path), ["series", "width", "start"]);
+    let store = open(&dir, "a.db");
+    let after = all_windows(&store, MIN).await;
+    assert_eq!(after, before);
+    assert_eq!(after.len(), truth.len());
+    for ((device, start), readings) in &truth {
+        assert_eq!(after[&(device.clone(), *start)], summary_of(readings));
+    }
+    assert_eq!(feed(store).await, changes);
+    assert_eq!(results_key(&path), ["width", "span", "series", "start"]);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let q = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    assert_eq!(q("PRAGMA user_version"), 9);
+    assert_eq!(
+        q("SELECT count(*) FROM results WHERE span != start / (width * 16)"),
+        0
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM sqlite_schema WHERE name = 'results_expiry'"),
+        0
+    );
 }

@@ -19,6 +19,7 @@ use tributary_core::{SeriesKey, Width};
 use tributary_runtime::checkpoint::{self, Checkpointer};
 
 use super::cache::{Cache, Committed};
+use super::schema::span;
 use super::senders;
 use crate::merge;
 use crate::store::codec::{decode_summary, encode_summary, key_text};
@@ -136,34 +137,43 @@ impl Writer {
             })?;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO results (series, width, start, revision, summary, changed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR IGNORE INTO results (series, width, start, revision, summary, changed, span) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             let mut select = tx.prepare_cached(
-                "SELECT revision, summary FROM results WHERE series = ?1 AND width = ?2 AND start = ?3",
+                "SELECT revision, summary FROM results WHERE width = ?2 AND span = ?4 AND series = ?1 AND start = ?3",
             )?;
             let mut update = tx.prepare_cached(
-                "UPDATE results SET revision = ?4, summary = ?5, changed = ?6 WHERE series = ?1 AND width = ?2 AND start = ?3",
+                "UPDATE results SET revision = ?4, summary = ?5, changed = ?6 WHERE width = ?2 AND span = ?7 AND series = ?1 AND start = ?3",
             )?;
             done.rows.reserve(plan.rows.len());
-            // In key order: each insert lands next to the one before it in
-            // the result B-tree, instead of at a random page.
-            for delta in plan.rows {
+            // In the table's order (width, span, series, start): each write
+            // lands next to the one before it in the result B-tree.
+            let mut rows = plan.rows;
+            rows.sort_by_cached_key(|d| {
+                let (id, width, start) = d.key;
+                (width, span(width, start), id, start)
+            });
+            for delta in rows {
                 change += 1;
                 let key = delta.key;
                 let (id, width, start) = key;
+                let span = span(width, start);
                 let stored = match cache.take(&key) {
                     Some(row) => Some((row.revision, row.summary)),
                     None => {
                         // A row seen for the first time: a plain insert of
                         // the delta at the first revision.
                         let bytes = encode_summary(&delta.summary)?;
-                        let first = params![id, width, start, merge::FIRST_REVISION, bytes, change];
+                        let first =
+                            params![id, width, start, merge::FIRST_REVISION, bytes, change, span];
                         if insert.execute(first)? == 1 {
                             done.rows.push((key, merge::fold(None, delta)?));
                             continue;
                         }
                         let (revision, bytes): (u32, Vec<u8>) = select
-                            .query_row(params![id, width, start], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                            .query_row(params![id, width, start, span], |r| {
+                                Ok((r.get(0)?, r.get(1)?))
+                            })?;
                         Some((revision, decode_summary(&bytes)?))
                     }
                 };
@@ -174,7 +184,8 @@ impl Writer {
                     start,
                     revision,
                     encode_summary(&summary)?,
-                    change
+                    change,
+                    span
                 ];
                 if update.execute(row)? != 1 {
                     // Only possible if the file changed behind SQLite's back.

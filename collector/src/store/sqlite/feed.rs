@@ -4,6 +4,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use tributary_core::{SeriesKey, Width};
 
+use super::schema::span_sql;
 use crate::store::codec::{change_number, corrupt, feed_bounds, key_text, parse_key, stored};
 use crate::store::{Changed, StoreError};
 
@@ -55,15 +56,15 @@ pub(super) fn parked(
     limit: usize,
 ) -> Result<Vec<Changed>, StoreError> {
     let (after, limit) = feed_bounds(after, limit);
-    changed_rows(
-        conn,
+    let sql = format!(
         "SELECT r.changed, s.key, r.start, r.revision, r.summary FROM parked p
-         JOIN results r ON r.series = p.series AND r.width = p.width AND r.start = p.start
+         JOIN results r ON r.width = p.width AND r.span = {} AND r.series = p.series
+           AND r.start = p.start
          JOIN series s ON s.id = r.series
          WHERE p.name = ?4 AND p.width = ?1 AND r.changed > ?2 ORDER BY r.changed LIMIT ?3",
-        params![width.ms(), after, limit, name],
-        width,
-    )
+        span_sql("p.width", "p.start")
+    );
+    changed_rows(conn, &sql, params![width.ms(), after, limit, name], width)
 }
 
 /// Parks (`park`) or un-parks rows: runs the statement once per (series

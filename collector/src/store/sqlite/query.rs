@@ -5,6 +5,7 @@ use foldhash::{HashMap, HashMapExt};
 use rusqlite::{params, Connection, OptionalExtension};
 use tributary_core::{SeriesKey, Width};
 
+use super::schema::span;
 use crate::store::codec::{
     corrupt, in_order, incarnation_state, key_text, key_texts, parse_key, refused_row, stored,
     RefusedRows,
@@ -22,6 +23,25 @@ pub(super) fn series(conn: &Connection) -> Result<Vec<SeriesKey>, StoreError> {
     Ok(out)
 }
 
+/// The spans at width `?2` from span `?5` to span `?6` that hold rows: a
+/// skip-scan of the primary key's `(width, span)` prefix, one seek per span
+/// with rows, so empty stretches of time cost nothing. The results are then
+/// read by primary key (span, series, start) within each.
+const SPANS: &str = "spans(x) AS (
+             SELECT (SELECT MIN(span) FROM results WHERE width = ?2 AND span >= ?5)
+             UNION ALL
+             SELECT (SELECT MIN(span) FROM results WHERE width = ?2 AND span > x)
+             FROM spans WHERE x IS NOT NULL AND x < ?6)";
+
+/// The first and last span that windows of `width` starting in
+/// `[from, to)` can lie in.
+fn span_range(width: Width, from: i64, to: i64) -> (i64, i64) {
+    (
+        span(width.ms(), from),
+        span(width.ms(), to.saturating_sub(1)),
+    )
+}
+
 /// The windows of one series at `width` starting in `[from, to)`.
 pub(super) fn windows(
     conn: &Connection,
@@ -30,11 +50,24 @@ pub(super) fn windows(
     from: i64,
     to: i64,
 ) -> Result<Vec<StoredWindow>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT r.start, r.revision, r.summary FROM results r JOIN series s ON s.id = r.series
-         WHERE s.key = ?1 AND r.width = ?2 AND r.start >= ?3 AND r.start < ?4 ORDER BY r.start",
-    )?;
-    let mut rows = stmt.query(params![key_text(series)?, width.ms(), from, to])?;
+    let sql = format!(
+        "WITH RECURSIVE {SPANS}
+         SELECT r.start, r.revision, r.summary
+         FROM spans CROSS JOIN series s CROSS JOIN results r
+         WHERE s.key = ?1 AND r.width = ?2 AND r.span = spans.x AND r.series = s.id
+           AND r.start >= ?3 AND r.start < ?4
+         ORDER BY r.start"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let (first, last) = span_range(width, from, to);
+    let mut rows = stmt.query(params![
+        key_text(series)?,
+        width.ms(),
+        from,
+        to,
+        first,
+        last
+    ])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         out.push(stored(
@@ -79,15 +112,22 @@ pub(super) fn windows_of(
     from: i64,
     to: i64,
 ) -> Result<Vec<Vec<StoredWindow>>, StoreError> {
+    let sql = format!(
+        "WITH RECURSIVE {SPANS},
+         ids(id, key) AS MATERIALIZED (
+             SELECT id, key FROM series WHERE key IN (SELECT value FROM json_each(?1)))
+         SELECT ids.key, r.start, r.revision, r.summary
+         FROM spans CROSS JOIN ids CROSS JOIN results r
+         WHERE r.width = ?2 AND r.span = spans.x AND r.series = ids.id
+           AND r.start >= ?3 AND r.start < ?4
+         ORDER BY ids.key, r.start"
+    );
+    let (first, last) = span_range(width, from, to);
     by_series(
         conn,
         series,
-        "SELECT s.key, r.start, r.revision, r.summary FROM series s
-         JOIN results r ON r.series = s.id
-         WHERE s.key IN (SELECT value FROM json_each(?1))
-           AND r.width = ?2 AND r.start >= ?3 AND r.start < ?4
-         ORDER BY s.key, r.start",
-        &[&width.ms(), &from, &to],
+        &sql,
+        &[&width.ms(), &from, &to, &first, &last],
         |r| stored(r.get(1)?, width, r.get(2)?, &r.get::<_, Vec<u8>>(3)?),
     )
 }

@@ -1,6 +1,7 @@
 //! The SQLite store's retention SQL: expired result rows deleted in bounded
-//! batches by the writer (one `IMMEDIATE` transaction each, found through
-//! the `results_expiry (width, start)` index), the writer's cache told, and
+//! batches by the writer (one `IMMEDIATE` transaction each, found as a range
+//! of the primary key's `(width, span)` prefix: the table is clustered time
+//! first, see `schema.rs`), the writer's cache told, and
 //! freed pages given back by `PRAGMA incremental_vacuum` in bounded steps.
 //!
 //! `auto_vacuum = INCREMENTAL` is set on a new database before its first
@@ -13,10 +14,11 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tributary_core::Width;
 
 use super::apply::Writer;
+use super::schema::span;
 use crate::store::StoreError;
 
 /// The widths at which results are stored, ascending: a skip-scan of the
-/// `(width, start)` index, one look-up per width.
+/// primary key's first column, one look-up per width.
 pub(super) fn widths(c: &Connection) -> Result<Vec<Width>, StoreError> {
     let mut stmt = c.prepare_cached(
         "WITH RECURSIVE w(x) AS (
@@ -39,8 +41,10 @@ pub(super) fn widths(c: &Connection) -> Result<Vec<Width>, StoreError> {
 
 /// The earliest window start stored at `width`.
 pub(super) fn oldest(c: &Connection, width: Width) -> Result<Option<i64>, StoreError> {
+    // The oldest span first (one seek), then the least start within it.
     Ok(c.query_row(
-        "SELECT MIN(start) FROM results WHERE width = ?1",
+        "SELECT MIN(start) FROM results WHERE width = ?1
+           AND span = (SELECT MIN(span) FROM results WHERE width = ?1)",
         [width.ms()],
         |r| r.get::<_, Option<i64>>(0),
     )
@@ -60,11 +64,13 @@ pub(super) fn expire(
     let tx = w
         .conn
         .transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Oldest spans first, in the key's order (no sort); the last span may
+    // hold windows on both sides of the cut.
     let n = tx.execute(
-        "DELETE FROM results WHERE (series, width, start) IN (
-             SELECT series, width, start FROM results
-             WHERE width = ?1 AND start < ?2 ORDER BY start LIMIT ?3)",
-        params![width.ms(), before, limit],
+        "DELETE FROM results WHERE (width, span, series, start) IN (
+             SELECT width, span, series, start FROM results
+             WHERE width = ?1 AND span <= ?4 AND start < ?2 ORDER BY span LIMIT ?3)",
+        params![width.ms(), before, limit, span(width.ms(), before)],
     )?;
     if n > 0 {
         tx.execute(

@@ -9,10 +9,14 @@
 //!   nothing waits, else queued behind the valid batches awaiting their
 //!   commit.
 //! - Nothing is acknowledged before the group's commit. When the commit
-//!   fails, nothing is and the group stays as it is, to be committed again
-//!   (the shell retries with a backoff): on a live connection the broker
-//!   resends nothing, so a dropped group would hold the broker's in-flight
-//!   window for good and ingest would stop (issue #12).
+//!   fails, nothing is and the group is put back in front of what arrived
+//!   meanwhile, to be committed again (the shell retries with a backoff):
+//!   on a live connection the broker resends nothing, so a dropped group
+//!   would hold the broker's in-flight window for good and ingest would
+//!   stop (issue #12).
+//! - One group commits at a time while the next one gathers ([`Group::take`]
+//!   to [`Group::settle`] or [`Group::restore`]); a refused message that
+//!   arrives meanwhile waits behind the committing group's acks.
 //! - After a commit every message of the group is acknowledged, and each
 //!   agent incarnation is confirmed the sequences applied — new, duplicate,
 //!   or refused as unmergeable (it can never apply, so the agent must stop
@@ -70,6 +74,8 @@ pub(crate) struct Group<A> {
     refused: Vec<Refusals>,
     /// Their payload sizes.
     sizes: Vec<usize>,
+    /// Whether a group taken before this one is still committing.
+    committing: bool,
 }
 
 impl<A> Default for Group<A> {
@@ -79,6 +85,7 @@ impl<A> Default for Group<A> {
             batches: Vec::new(),
             refused: Vec::new(),
             sizes: Vec::new(),
+            committing: false,
         }
     }
 }
@@ -94,9 +101,9 @@ impl<A> Group<A> {
     }
 
     /// Adds a refused message; returns its ack when it may go at once
-    /// (nothing waits before it).
+    /// (nothing waits before it, here or in the group committing).
     pub(crate) fn push_refused(&mut self, ack: A) -> Option<A> {
-        if self.acks.is_empty() {
+        if self.acks.is_empty() && !self.committing {
             return Some(ack);
         }
         self.acks.push(ack);
@@ -113,26 +120,42 @@ impl<A> Group<A> {
         self.acks.is_empty()
     }
 
-    /// The batches to apply, in arrival order. The group keeps them until
-    /// [`Group::take`], so a failed commit loses nothing.
-    pub(crate) fn batches(&self) -> &[Batch] {
-        &self.batches
+    /// Whether a taken group is committing.
+    pub(crate) fn committing(&self) -> bool {
+        self.committing
     }
 
-    /// What the checks took out of each batch of [`Group::batches`].
-    pub(crate) fn refused(&self) -> &[Refusals] {
-        &self.refused
-    }
-
-    /// Takes the group once its commit succeeded, leaving an empty one.
+    /// Takes the group to commit it, leaving an empty one to gather the
+    /// next; until [`Group::settle`] or [`Group::restore`] no other may be
+    /// taken.
     pub(crate) fn take(&mut self) -> Taken<A> {
-        // Stored by the commit; the settlement needs only the batches.
-        self.refused.clear();
+        debug_assert!(!self.committing, "one group commits at a time");
+        self.committing = true;
         Taken {
             acks: std::mem::take(&mut self.acks),
             batches: std::mem::take(&mut self.batches),
+            refused: std::mem::take(&mut self.refused),
             sizes: std::mem::take(&mut self.sizes),
         }
+    }
+
+    /// The taken group committed with `outcomes` (one per batch, in
+    /// order): what to send for it.
+    pub(crate) fn settle(&mut self, taken: Taken<A>, outcomes: &[Outcome]) -> Settled<A> {
+        self.committing = false;
+        taken.settle(outcomes)
+    }
+
+    /// The taken group's commit failed: it goes back in front of what
+    /// arrived meanwhile, to be committed again with it, in arrival order.
+    pub(crate) fn restore(&mut self, mut taken: Taken<A>) {
+        self.committing = false;
+        taken.acks.append(&mut self.acks);
+        taken.batches.append(&mut self.batches);
+        taken.refused.append(&mut self.refused);
+        taken.sizes.append(&mut self.sizes);
+        (self.acks, self.batches, self.refused, self.sizes) =
+            (taken.acks, taken.batches, taken.refused, taken.sizes);
     }
 }
 
@@ -141,19 +164,28 @@ impl<A> Group<A> {
 pub(crate) struct Taken<A> {
     acks: Vec<A>,
     batches: Vec<Batch>,
+    refused: Vec<Refusals>,
     sizes: Vec<usize>,
 }
 
 impl<A> Taken<A> {
-    /// The batches taken, in arrival order.
-    #[cfg(test)]
+    /// The batches taken, in arrival order, as the store applies them.
     pub(crate) fn batches(&self) -> &[Batch] {
         &self.batches
     }
 
-    /// What to send once the commit gave `outcomes` (one per batch, in
-    /// order).
-    pub(crate) fn settle(self, outcomes: &[Outcome]) -> Settled<A> {
+    /// What the checks took out of each batch of [`Taken::batches`].
+    pub(crate) fn refused(&self) -> &[Refusals] {
+        &self.refused
+    }
+
+    /// Valid batches taken.
+    pub(crate) fn valid(&self) -> usize {
+        self.batches.len()
+    }
+
+    /// What to send once the commit gave `outcomes`.
+    fn settle(self, outcomes: &[Outcome]) -> Settled<A> {
         let mut tally = Tally::default();
         let mut confirms: BTreeMap<(String, Incarnation), Vec<u64>> = BTreeMap::new();
         let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
@@ -219,14 +251,45 @@ mod tests {
         assert_eq!(g.push_refused(3), None, "queued behind the valid batch");
         g.push_valid(4, batch("a", 2, 1), Refusals::default(), 10);
         assert_eq!(g.valid(), 2);
-        // A failed commit takes nothing: the group is applied again as it is.
-        assert_eq!(g.batches().len(), 2);
         assert_eq!(g.push_refused(5), None, "still queued behind");
         let taken = g.take();
         assert!(g.is_empty() && g.valid() == 0);
         assert_eq!(taken.batches().len(), 2);
-        let settled = taken.settle(&[Outcome::New, Outcome::New]);
+        assert_eq!(
+            g.push_refused(6),
+            None,
+            "queued behind the committing group"
+        );
+        let settled = g.settle(taken, &[Outcome::New, Outcome::New]);
         assert_eq!(settled.acks, [2, 3, 4, 5], "every ack, in arrival order");
+        let rest = g.take();
+        let settled = g.settle(rest, &[]);
+        assert_eq!(settled.acks, [6]);
+        assert_eq!(g.push_refused(7), Some(7), "nothing waits any more");
+    }
+
+    #[test]
+    fn a_failed_commit_goes_back_in_front_of_what_arrived_meanwhile() {
+        let mut g: Group<u16> = Group::default();
+        g.push_valid(1, batch("a", 1, 1), Refusals::default(), 10);
+        g.push_valid(2, batch("a", 2, 1), Refusals::default(), 10);
+        let taken = g.take();
+        assert!(g.committing());
+        g.push_valid(3, batch("b", 1, 1), Refusals::default(), 10);
+        assert_eq!(g.push_refused(4), None);
+        g.restore(taken);
+        assert!(!g.committing());
+        assert_eq!(g.valid(), 3);
+        let taken = g.take();
+        let order: Vec<(&str, u64)> = taken
+            .batches()
+            .iter()
+            .map(|b| (b.agent.as_str(), b.seq))
+            .collect();
+        assert_eq!(order, [("a", 1), ("a", 2), ("b", 1)]);
+        assert_eq!(taken.refused().len(), 3);
+        let settled = g.settle(taken, &[Outcome::New; 3]);
+        assert_eq!(settled.acks, [1, 2, 3, 4], "every ack, in arrival order");
     }
 
     #[test]
@@ -235,9 +298,11 @@ mod tests {
         g.push_valid(1, batch("a", 1, 3), Refusals::default(), 100);
         g.push_valid(2, batch("b", 7, 2), Refusals::default(), 50);
         g.push_valid(3, batch("a", 2, 5), Refusals::default(), 70);
-        let settled = g
-            .take()
-            .settle(&[Outcome::New, Outcome::Duplicate, Outcome::Unmergeable]);
+        let taken = g.take();
+        let settled = g.settle(
+            taken,
+            &[Outcome::New, Outcome::Duplicate, Outcome::Unmergeable],
+        );
         assert_eq!(settled.acks, [1, 2, 3]);
         let confirms: Vec<(&str, &[u64])> = settled
             .confirms
@@ -269,9 +334,8 @@ mod tests {
         let mut b = batch_of("a", new, 1, 1);
         b.dropped_readings = 3;
         g.push_valid(3, b, Refusals::default(), 10);
-        let settled = g
-            .take()
-            .settle(&[Outcome::New, Outcome::Duplicate, Outcome::New]);
+        let taken = g.take();
+        let settled = g.settle(taken, &[Outcome::New, Outcome::Duplicate, Outcome::New]);
         let confirms: Vec<((&str, Incarnation), &[u64])> = settled
             .confirms
             .iter()

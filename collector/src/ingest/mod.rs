@@ -18,6 +18,13 @@
 //! This module is the async shell: it polls the connection, feeds the group
 //! and sends what the group says.
 //!
+//! One group commits at a time, on a task of its own, while the connection
+//! goes on being polled and the next group gathers (up to
+//! `mqtt.max_group` batches; then the broker's window holds the rest): the
+//! store's transaction and the decoding and checking of what follows run
+//! side by side on two workers, and keep-alives and PUBACKs keep flowing
+//! during a long commit.
+//!
 //! # Store faults
 //! If a commit fails (a full disk, a database that is down) nothing is
 //! acknowledged and the group is kept and committed again, with a backoff
@@ -59,6 +66,7 @@ mod group;
 mod metrics;
 mod transport;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,7 +82,7 @@ pub use transport::{Protocol, TlsOptions};
 pub use tributary_runtime::config::Password;
 
 use crate::store::{Applied, Ingest, NewIncarnation, Refusals, StoreError};
-use group::{Group, Outcome};
+use group::{Group, Outcome, Taken};
 use transport::{AckToken, Client, Connection, Event, Failure, Message, Out, Outbox};
 
 /// The subscription filter: every agent's partials, through the shared
@@ -101,7 +109,7 @@ const STABLE: Duration = Duration::from_secs(30);
 
 /// Runs ingest until `shutdown` turns true. Never returns early: a broker
 /// that refuses the login or cannot be reached is retried with backoff.
-pub async fn run<S: Ingest>(
+pub async fn run<S: Ingest + Clone + 'static>(
     cfg: IngestConfig,
     store: S,
     counters: Arc<IngestCounters>,
@@ -126,7 +134,6 @@ pub async fn run<S: Ingest>(
     let mut shell = Shell {
         filter: subscription(cfg.share_group.as_deref()),
         cfg,
-        store,
         counters,
         group: Group::default(),
         outbox: Outbox::default(),
@@ -134,35 +141,69 @@ pub async fn run<S: Ingest>(
         connected_at: None,
         store_backoff: None,
         incarnations: Vec::new(),
+        gathering_since: None,
+        committing_since: None,
     };
     let mut flush_at: Option<Instant> = None;
     let mut retry_at: Option<Instant> = None;
+    // The group committing, if any: its transaction runs while the
+    // connection goes on being polled and the next group gathers.
+    let mut committing: Option<Commit> = None;
     loop {
         shell.outbox.flush(&client);
         shell.counters.outbox.set(gauge(shell.outbox.len()));
         let far = Instant::now() + Duration::from_secs(3600);
+        // The next group stops gathering at its bound while one commits
+        // (the broker's window then holds the rest).
+        let full = shell.group.valid() >= shell.cfg.group_batches;
+        let idle = committing.is_none();
         // Biased, the connection first: a group is committed when its wait
         // is over *and* no further message is ready, so with no wait a
         // group is whatever arrived while the last commit ran.
         tokio::select! {
             biased;
             _ = shutdown.changed() => break,
-            ev = conn.poll(), if retry_at.is_none() => match ev {
+            ev = conn.poll(), if retry_at.is_none() && (idle || !full) => match ev {
                 Ok(Event::Message(m)) => {
                     if shell.on_message(m) {
                         flush_at.get_or_insert_with(|| Instant::now() + shell.cfg.group_wait);
                     }
-                    // A full group commits at once, unless the store is
-                    // failing: then it waits for its retry.
-                    if shell.group.valid() >= shell.cfg.group_batches && shell.store_backoff.is_none() {
-                        flush_at = shell.commit().await;
+                    // A full group commits at once, unless one commits
+                    // already or the store is failing: then it waits.
+                    if committing.is_none() && shell.group.valid() >= shell.cfg.group_batches
+                        && shell.store_backoff.is_none() {
+                        committing = Some(shell.start(&store));
+                        flush_at = None;
                     }
                 }
                 Ok(ev) => shell.on_event(ev, &client),
                 Err(failure) => retry_at = Some(shell.on_failure(&failure)),
             },
-            _ = tokio::time::sleep_until(flush_at.unwrap_or(far)), if flush_at.is_some() => {
-                flush_at = shell.commit().await;
+            joined = async {
+                match committing.as_mut() {
+                    Some(commit) => commit.await,
+                    None => std::future::pending().await,
+                }
+            }, if !idle => {
+                committing = None;
+                // Panics are caught in the task, so it fails only when the
+                // runtime shuts down: stop as on a shutdown.
+                let Ok((taken, landed)) = joined else {
+                    tracing::error!("the store transaction's task was cancelled; ingest stops");
+                    break;
+                };
+                if let Some(retry) = shell.finish(taken, landed) {
+                    flush_at = Some(retry);
+                } else if shell.group.valid() >= shell.cfg.group_batches {
+                    // What gathered meanwhile is full: it commits now;
+                    // otherwise when its wait (already running) ends.
+                    committing = Some(shell.start(&store));
+                    flush_at = None;
+                }
+            }
+            _ = tokio::time::sleep_until(flush_at.unwrap_or(far)), if flush_at.is_some() && idle => {
+                flush_at = None;
+                committing = Some(shell.start(&store));
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or(far)), if retry_at.is_some() => {
                 retry_at = None;
@@ -172,9 +213,18 @@ pub async fn run<S: Ingest>(
             }
         }
     }
-    if !shell.group.is_empty() {
-        // One last attempt; what fails stays unacknowledged for redelivery.
-        let _ = shell.commit().await;
+    // The group committing lands; then one last attempt for the rest. What
+    // fails stays unacknowledged for redelivery.
+    if let Some(Ok((taken, landed))) = match committing.take() {
+        Some(commit) => Some(commit.await),
+        None => None,
+    } {
+        shell.finish(taken, landed);
+    }
+    if !shell.group.is_empty() && !shell.group.committing() {
+        if let Ok((taken, landed)) = shell.start(&store).await {
+            shell.finish(taken, landed);
+        }
     }
     shell.counters.set_connected(false);
     drain(&client, &mut conn, &mut shell.outbox).await;
@@ -209,10 +259,23 @@ async fn drain(client: &Client, conn: &mut Connection, outbox: &mut Outbox) {
     .await;
 }
 
+/// A group's commit under way: the store's transaction on a task of its
+/// own (so the connection goes on being polled meanwhile, on another
+/// worker), answering the group taken and what became of it ([`Landed`]).
+type Commit = tokio::task::JoinHandle<(Taken<AckToken>, Landed)>;
+
+/// What a commit answers besides its group: the outcome of each of its
+/// batches (or the store's error), and the agent incarnations seen for the
+/// first time so far (kept across failed attempts, see
+/// [`Shell::incarnations`]).
+struct Landed {
+    outcomes: Result<Vec<Outcome>, StoreError>,
+    incarnations: Vec<NewIncarnation>,
+}
+
 /// Ingest's state between events.
-struct Shell<S> {
+struct Shell {
     cfg: IngestConfig,
-    store: S,
     counters: Arc<IngestCounters>,
     filter: String,
     group: Group<AckToken>,
@@ -226,9 +289,13 @@ struct Shell<S> {
     /// duplicates and would report nothing, so they are kept until the
     /// group commits.
     incarnations: Vec<NewIncarnation>,
+    /// When the first message of the gathering group arrived (ms).
+    gathering_since: Option<i64>,
+    /// When the first message of the committing group arrived (ms).
+    committing_since: Option<i64>,
 }
 
-impl<S: Ingest> Shell<S> {
+impl Shell {
     /// Checks a message and adds it to the group; true when a valid batch
     /// joined it.
     fn on_message(&mut self, m: Message) -> bool {
@@ -240,7 +307,10 @@ impl<S: Ingest> Shell<S> {
             None => Err((Refused::BadTopic, "the topic is not UTF-8".to_string())),
         };
         if self.group.is_empty() {
-            self.counters.oldest_pending_ms.set(now);
+            self.gathering_since = Some(now);
+            if !self.group.committing() {
+                self.counters.oldest_pending_ms.set(now);
+            }
         }
         match checked {
             Ok(c) => {
@@ -365,12 +435,31 @@ impl<S: Ingest> Shell<S> {
         Instant::now() + retry_in
     }
 
-    /// Applies the group in one transaction, then queues its PUBACKs (in
-    /// arrival order) and the confirmations to its agents. If the store
-    /// fails the group is kept and the answer is when to try again.
-    async fn commit(&mut self) -> Option<Instant> {
-        let (batches, refused) = (self.group.batches(), self.group.refused());
-        let outcomes = match apply(&self.store, batches, refused, &mut self.incarnations).await {
+    /// Takes the group and starts its transaction; [`Shell::finish`] takes
+    /// what it answers.
+    fn start<S: Ingest + Clone + 'static>(&mut self, store: &S) -> Commit {
+        let taken = self.group.take();
+        self.committing_since = self.gathering_since.take();
+        let mut incarnations = std::mem::take(&mut self.incarnations);
+        let store = store.clone();
+        tokio::spawn(async move {
+            let applying = apply(&store, taken.batches(), taken.refused(), &mut incarnations);
+            let outcomes = unpanicked(applying).await;
+            let landed = Landed {
+                outcomes,
+                incarnations,
+            };
+            (taken, landed)
+        })
+    }
+
+    /// Settles a commit: queues its PUBACKs (in arrival order) and the
+    /// confirmations to its agents. If the store failed, the group goes
+    /// back in front of what gathered meanwhile and the answer is when to
+    /// try again.
+    fn finish(&mut self, taken: Taken<AckToken>, landed: Landed) -> Option<Instant> {
+        self.incarnations = landed.incarnations;
+        let outcomes = match landed.outcomes {
             Ok(o) => o,
             Err(e) => {
                 let wait = self
@@ -379,8 +468,10 @@ impl<S: Ingest> Shell<S> {
                 self.store_backoff = Some(wait);
                 self.counters.store_errors.inc();
                 self.counters.store_writable.set(0);
-                tracing::error!(error = %e, batches = self.group.valid(), retry_in = ?wait,
+                tracing::error!(error = %e, batches = taken.valid(), retry_in = ?wait,
                     "store transaction failed; the group stays unacknowledged and is committed again");
+                self.group.restore(taken);
+                self.gathering_since = self.committing_since.take().or(self.gathering_since);
                 return Some(Instant::now() + wait);
             }
         };
@@ -388,8 +479,11 @@ impl<S: Ingest> Shell<S> {
             tracing::info!("store transaction succeeded again; ingest resumes");
         }
         self.counters.store_writable.set(1);
-        self.counters.oldest_pending_ms.set(0);
-        let settled = self.group.take().settle(&outcomes);
+        self.committing_since = None;
+        let settled = self.group.settle(taken, &outcomes);
+        self.counters
+            .oldest_pending_ms
+            .set(self.gathering_since.unwrap_or(0));
         let (c, t) = (&self.counters, settled.tally);
         c.batches_new.inc_by(t.new);
         c.batches_duplicate.inc_by(t.duplicate);
@@ -420,8 +514,35 @@ impl<S: Ingest> Shell<S> {
                 payload: Confirm::new(agent.as_str(), incarnation, seqs).encode(),
             });
         }
+        // Refused messages that waited behind the group, and nothing valid
+        // since: their acks go now.
+        if self.group.valid() == 0 && !self.group.is_empty() {
+            let rest = self.group.take();
+            for a in self.group.settle(rest, &[]).acks {
+                self.outbox.push(Out::Ack(a));
+            }
+            self.gathering_since = None;
+            self.counters.oldest_pending_ms.set(0);
+        }
         None
     }
+}
+
+/// `f`'s answer, or a store error if it panicked: the group it applies is
+/// then kept and committed again like after any failed transaction (the
+/// stores leave their state sound after a panic), never lost with its
+/// task.
+async fn unpanicked<T>(f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => std::task::Poll::Ready(Err(StoreError::Task(
+                "the store transaction panicked".into(),
+            ))),
+        }
+    })
+    .await
 }
 
 /// Applies `batches` in one transaction; answers the outcome of each and

@@ -31,9 +31,8 @@
 pub(crate) mod senders;
 
 use std::collections::hash_map::Entry;
-use std::collections::HashSet;
 
-use foldhash::{HashMap, HashMapExt};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Summary, Width, Window};
 

@@ -16,17 +16,18 @@
 //!   shows only those every older transaction has ended below (`feed`), so
 //!   no counter row serialises the instances' commits.
 //!
-//! Files: [`schema`], [`apply`](self::apply) (with `senders`: the agent
-//! incarnations' de-duplication marks), `query`, `feed` (change feed,
-//! parked rows, cursors), `leases`, `retention` (partitions of `results`
-//! by width and window start, dropped when expired; bounded deletes at the
-//! edge).
+//! Files: [`schema`], [`apply`](self::apply) (with `rows`: the result
+//! rows, and `senders`: the agent incarnations' de-duplication marks),
+//! `query`, `feed` (change feed, parked rows, cursors), `leases`,
+//! `retention` (partitions of `results` by width and window start, dropped
+//! when expired; bounded deletes at the edge).
 
 mod apply;
 mod feed;
 mod leases;
 mod query;
 mod retention;
+mod rows;
 pub mod schema;
 mod senders;
 

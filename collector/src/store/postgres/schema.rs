@@ -152,7 +152,17 @@ CREATE TABLE IF NOT EXISTS refused (agent TEXT COLLATE "C" NOT NULL, incarnation
 /// index (on a large database the index is rebuilt in the migration's
 /// transaction: plan for the time it takes).
 const V8: &str = r#"
-ALTER TABLE results DROP CONSTRAINT IF EXISTS results_series_fkey;
+DO $$
+DECLARE c name;
+BEGIN
+    -- Version 6 made the key beside the old table's, so its name is
+    -- `results_series_fkey1` there (and `results_series_fkey` in a database
+    -- created otherwise): drop every foreign key of `results` by catalogue.
+    FOR c IN SELECT conname FROM pg_constraint
+             WHERE conrelid = 'results'::regclass AND contype = 'f' AND conparentid = 0 LOOP
+        EXECUTE format('ALTER TABLE results DROP CONSTRAINT %I', c);
+    END LOOP;
+END $$;
 DROP INDEX IF EXISTS results_expiry;
 CREATE INDEX results_expiry ON results USING brin (width, start);
 "#;

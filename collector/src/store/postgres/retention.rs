@@ -182,12 +182,35 @@ pub(super) async fn widths(client: &Client) -> Result<Vec<Width>, StoreError> {
     Ok(out)
 }
 
-/// The earliest window start stored at `width`.
+/// The earliest window start stored at `width`: a binary search over
+/// starts, each step one `EXISTS` that the BRIN index `results_expiry`
+/// answers from the block ranges holding starts below the probe (schema 8
+/// has no B-tree to read a minimum from, and `min(start)` would read every
+/// row of the width). At most 64 steps; each reads little while rows
+/// arrive in time order.
 pub(super) async fn oldest(client: &Client, width: Width) -> Result<Option<i64>, StoreError> {
-    let stmt = client
-        .prepare_cached("SELECT min(start) FROM results WHERE width = $1")
+    let any = client
+        .prepare_cached("SELECT start FROM results WHERE width = $1 LIMIT 1")
         .await?;
-    Ok(client.query_one(&stmt, &[&width.ms()]).await?.get(0))
+    let Some(row) = client.query_opt(&any, &[&width.ms()]).await? else {
+        return Ok(None);
+    };
+    let below = client
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM results WHERE width = $1 AND start <= $2)")
+        .await?;
+    // A row starts at or below `hi`; none below `lo`.
+    let (mut lo, mut hi): (i64, i64) = (i64::MIN, row.get(0));
+    while lo < hi {
+        let half = i64::try_from((i128::from(hi) - i128::from(lo)) / 2).unwrap_or(0);
+        let mid = lo.saturating_add(half);
+        let found: bool = client.query_one(&below, &[&width.ms(), &mid]).await?.get(0);
+        if found {
+            hi = mid;
+        } else {
+            lo = mid.saturating_add(1);
+        }
+    }
+    Ok(Some(lo))
 }
 
 /// Deletes at most `limit` rows at `width` starting before `before`, and

@@ -710,18 +710,7 @@ async fn lanes_by_agent_apply_each_batch_once_and_lose_no_update() {
         assert_eq!(stored[&k], summary_of(readings), "{device} {start}");
     }
     for width in [HOUR, DAY] {
-        let mut readings: BTreeMap<(String, i64), Vec<(i64, i64)>> = BTreeMap::new();
-        for ((device, start), r) in &truth {
-            let coarse = start.div_euclid(width) * width;
-            readings
-                .entry((key(device).to_string(), coarse))
-                .or_default()
-                .extend(r);
-        }
-        let want: BTreeMap<_, _> = readings
-            .iter()
-            .map(|(k, r)| (k.clone(), summary_of(r)))
-            .collect();
+        let want = rolled_up(&truth, width);
         assert_eq!(all_windows(&store, width).await, want, "width {width}");
     }
     let minute = Width::new(MIN).unwrap();

@@ -15,10 +15,12 @@
 //!   order; change positions come from the transaction's id, and the feed
 //!   shows only those every older transaction has ended below (`feed`), so
 //!   no counter row serialises the instances' commits.
+//! - **Lanes** (opt-in, [`PostgresStore::with_lanes`]): one apply may run
+//!   a group's agents as several such transactions at once (`lanes`).
 //!
 //! Files: [`schema`], [`apply`](self::apply) (with `rows`: the result
 //! rows, and `senders`: the agent incarnations' de-duplication marks),
-//! `query`, `feed` (change feed, parked rows, cursors), `leases`,
+//! `lanes`, `query`, `feed` (change feed, parked rows, cursors), `leases`,
 //! `retention` (partitions of `results` by width and window start, dropped
 //! when expired; bounded deletes at the edge).
 

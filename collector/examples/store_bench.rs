@@ -8,7 +8,8 @@
 //! ```text
 //! cargo run --release -p tributary-collector --example store_bench -- \
 //!     [--series 1000] [--agents 5] [--fan-in 1] [--minutes 1000] [--group 256] \
-//!     [--rollups 3600000,86400000|none] [--writers 1,2,3|0]
+//!     [--rollups 3600000,86400000|none] [--writers 1,2,3|0] [--runs 3] \
+//!     [--deal agent|group] [--lanes 1]
 //! ```
 //!
 //! Every run applies the same seeded workload — agents closing one-minute
@@ -73,6 +74,29 @@ struct Args {
     /// PostgreSQL writer counts to measure (`0` alone: SQLite only).
     #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
     writers: Vec<usize>,
+    /// PostgreSQL runs per writer count (each on a fresh database, beside
+    /// its own bare loop); the medians are printed.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// How batches are dealt to PostgreSQL writers: `agent` (each writer
+    /// its own agents' batches) or `group` (groups round robin).
+    #[arg(long, value_enum, default_value_t = Deal::Agent)]
+    deal: Deal,
+    /// Lanes of each PostgreSQL writer: transactions one instance runs at
+    /// once on disjoint agents of a group (`PostgresStore::with_lanes`; its
+    /// pool holds twice as many connections).
+    #[arg(long, default_value_t = 1)]
+    lanes: usize,
+}
+
+/// How batches are dealt to concurrent writers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Deal {
+    /// Writer `i` of `n` takes the batches of every agent `a` with
+    /// `a mod n = i`, in groups of `--group`.
+    Agent,
+    /// Writer `i` of `n` takes every `n`-th group of `--group` batches.
+    Group,
 }
 
 /// Agents' batches in the order they close them: minute by minute, each
@@ -143,6 +167,31 @@ fn own_cpu() -> f64 {
     (field(11) + field(12)) / 100.0
 }
 
+/// CPU seconds (user + system) of process `pid` from `/proc`.
+fn cpu_of(pid: u32) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (field(11) + field(12)) / 100.0
+}
+
+/// The CPU seconds each server backend of database `db` (the writers'
+/// connections) has used, by pid.
+fn backends_cpu(pg: &Postgres, db: &str) -> BTreeMap<u32, f64> {
+    let pids = pg
+        .psql(
+            db,
+            "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .unwrap_or_default();
+    pids.split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .map(|p| (p, cpu_of(p)))
+        .collect()
+}
+
 struct Figure {
     label: String,
     secs: f64,
@@ -182,7 +231,6 @@ async fn main() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let batches = workload(&args);
     let mut pg: Option<Postgres> = None;
-    let mut pg_bare = 0.0;
     let partials: usize = batches.iter().map(|b| b.partials.len()).sum();
     let total: u64 = batches
         .iter()
@@ -221,14 +269,30 @@ async fn main() -> anyhow::Result<()> {
                 pg.insert(Postgres::start(Server { durable: true }).context("starting PostgreSQL")?)
             }
         };
-        if n == args.writers[0] {
-            pg_bare = bare_postgres(pg, &batches).await?;
+        let work = deal(&batches, n, args.group, args.deal);
+        let (mut rates, mut bares, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..args.runs.max(1) {
+            let bare = bare_postgres(pg, &format!("bare_{n}_{run}"), &batches).await?;
+            let db = format!("bench_{n}_{run}");
+            let store = bench_postgres(pg, &db, &work, &rollups, args.lanes, total).await?;
+            println!(
+                "{:<22} store / bare = {:.2}",
+                format!("postgres ratio, {n}"),
+                store / bare.max(1.0)
+            );
+            rates.push(store);
+            bares.push(bare);
+            ratios.push(store / bare.max(1.0));
         }
-        let store = bench_postgres(pg, n, &batches, &rollups, args.group, total).await?;
         println!(
-            "{:<22} store / bare = {:.2}",
-            format!("postgres ratio, {n}"),
-            store / pg_bare.max(1.0)
+            "{:<22} {:>9.0} partials/s median of {} (bare loop median {:.0} rows/s; ratio median {:.2}; deal by {:?}, {} lane(s) each)",
+            format!("postgres, {n} writer{}", if n > 1 { "s" } else { "" }),
+            median(&mut rates),
+            rates.len(),
+            median(&mut bares),
+            median(&mut ratios),
+            args.deal,
+            args.lanes.max(1)
         );
     }
     Ok(())
@@ -358,9 +422,9 @@ fn bare_sqlite(batches: &[Batch]) -> anyhow::Result<(f64, f64)> {
 /// per partial into a (series, window) table with `INSERT … SELECT unnest
 /// … ON CONFLICT DO UPDATE`, [`BARE_CHUNK`] rows per transaction (in key
 /// order, the rows of one window in a chunk collapsed to the last).
-async fn bare_postgres(pg: &Postgres, batches: &[Batch]) -> anyhow::Result<f64> {
+async fn bare_postgres(pg: &Postgres, db: &str, batches: &[Batch]) -> anyhow::Result<f64> {
     let rows = bare_rows(batches);
-    let url = pg.create_database("bare")?;
+    let url = pg.create_database(db)?;
     let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     client
@@ -401,38 +465,91 @@ async fn bare_postgres(pg: &Postgres, batches: &[Batch]) -> anyhow::Result<f64> 
     Ok(rows.len() as f64 / secs)
 }
 
-/// Applies `batches` in groups of `group` to a fresh database of `pg` with
-/// `n` writers, writer i taking every n-th group as a shared subscription
-/// spreads them; prints the figure and checks that no reading was lost.
+/// The middle of `v` (the mean of the two middle ones when even).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The groups each of `n` writers applies, in order (see [`Deal`]).
+fn deal(batches: &[Batch], n: usize, group: usize, how: Deal) -> Vec<Vec<Vec<Batch>>> {
+    let group = group.max(1);
+    match how {
+        Deal::Group => {
+            let groups: Vec<&[Batch]> = batches.chunks(group).collect();
+            (0..n)
+                .map(|i| {
+                    groups
+                        .iter()
+                        .skip(i)
+                        .step_by(n)
+                        .map(|g| g.to_vec())
+                        .collect()
+                })
+                .collect()
+        }
+        Deal::Agent => {
+            let agents: BTreeMap<&str, usize> = batches
+                .iter()
+                .map(|b| b.agent.as_str())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| (a, i))
+                .collect();
+            let mut mine: Vec<Vec<Batch>> = vec![Vec::new(); n];
+            for b in batches {
+                mine[agents[b.agent.as_str()] % n].push(b.clone());
+            }
+            mine.into_iter()
+                .map(|m| m.chunks(group).map(|g| g.to_vec()).collect())
+                .collect()
+        }
+    }
+}
+
+/// Applies each writer's groups of `work` to the fresh database `db` of
+/// `pg`, the writers concurrently, each a separate store (instance); prints
+/// the figure and checks that no reading was lost.
 async fn bench_postgres(
     pg: &Postgres,
-    n: usize,
-    batches: &[Batch],
+    db: &str,
+    work: &[Vec<Vec<Batch>>],
     rollups: &[i64],
-    group: usize,
+    lanes: usize,
     total: u64,
 ) -> anyhow::Result<f64> {
-    let partials: usize = batches.iter().map(|b| b.partials.len()).sum();
-    let url = pg.create_database(&format!("bench_{n}"))?;
+    let n = work.len();
+    let partials: usize = work
+        .iter()
+        .flatten()
+        .flatten()
+        .map(|b| b.partials.len())
+        .sum();
+    let batches: usize = work.iter().flatten().map(|g| g.len()).sum();
+    let url = pg.create_database(db)?;
     let options = PostgresOptions {
-        pool_size: 1,
+        pool_size: 2 * lanes.max(1),
         ..PostgresOptions::new(url)
     };
     let mut stores: Vec<PostgresStore> = Vec::new();
     for _ in 0..n {
-        stores.push(PostgresStore::open(&options, rollups).await?);
+        stores.push(
+            PostgresStore::open(&options, rollups)
+                .await?
+                .with_lanes(lanes),
+        );
     }
-    let groups: Vec<&[Batch]> = batches.chunks(group).collect();
     let (c0, t0) = cpu();
+    let own0 = own_cpu();
+    let server0 = backends_cpu(pg, db);
     let t = Instant::now();
     let mut writers = tokio::task::JoinSet::new();
-    for (i, store) in stores.iter().cloned().enumerate() {
-        let mine: Vec<Vec<Batch>> = groups
-            .iter()
-            .skip(i)
-            .step_by(n)
-            .map(|g| g.to_vec())
-            .collect();
+    for (store, mine) in stores.iter().cloned().zip(work.iter().cloned()) {
         writers.spawn(async move {
             for g in mine {
                 store.apply(&g).await.unwrap();
@@ -447,16 +564,27 @@ async fn bench_postgres(
         label: format!("postgres, {n} writer{}", if n > 1 { "s" } else { "" }),
         secs,
         partials,
-        batches: batches.len(),
+        batches,
         cpu: busy(c0, t0),
     }
     .print();
-    let db = format!("bench_{n}");
+    let own = own_cpu() - own0;
+    let server: f64 = backends_cpu(pg, db)
+        .into_iter()
+        .map(|(pid, c)| c - server0.get(&pid).copied().unwrap_or(0.0))
+        .sum();
+    println!(
+        "{:<22} CPU: writers {:.2} s, their server backends {:.2} s ({:.0} partials per CPU-second of both)",
+        "",
+        own,
+        server,
+        partials as f64 / (own + server).max(0.01)
+    );
     println!(
         "{:<22} deadlocks retried: {}",
         "",
         pg.psql(
-            &db,
+            db,
             "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
         )?
     );
@@ -464,15 +592,18 @@ async fn bench_postgres(
         readings(&stores[0]).await == total,
         "postgres lost readings"
     );
+    // `results` is partitioned: its own size is 0; sum its partitions'
+    // (heap, indexes, TOAST).
     println!(
-        "{:<22} {} bytes per stored window (results with its indexes and TOAST / rows; {} bytes of summary each)",
+        "{:<22} {} bytes per stored window (every partition of results with its indexes and TOAST / rows; {} bytes of summary each)",
         "postgres size",
         pg.psql(
-            &db,
-            "SELECT pg_total_relation_size('results') / greatest(count(*), 1) FROM results"
+            db,
+            "SELECT (SELECT sum(pg_total_relation_size(relid))::bigint FROM pg_partition_tree('results'))
+                    / greatest(count(*), 1) FROM results"
         )?,
         pg.psql(
-            &db,
+            db,
             "SELECT coalesce(sum(length(summary)), 0) / greatest(count(*), 1) FROM results"
         )?
     );

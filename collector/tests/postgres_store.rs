@@ -317,6 +317,17 @@ async fn the_store_contract_holds_on_postgresql() {
     {
         let (url, store) = fresh(&pg, "schema").await;
         assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+        // Version 8: no foreign key left on `results` (version 6 named its
+        // `results_series_fkey1`), and `results_expiry` a BRIN index.
+        let q = |sql: &str| pg.psql("schema", sql).unwrap();
+        assert_eq!(
+            q("SELECT count(*) FROM pg_constraint WHERE conrelid = 'results'::regclass AND contype = 'f'"),
+            "0"
+        );
+        assert_eq!(
+            q("SELECT am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam WHERE c.relname = 'results_expiry'"),
+            "brin"
+        );
         drop(store);
         let store = open(&url).await;
         assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
@@ -658,4 +669,61 @@ async fn check_partitions(pg: &Postgres, db: &str, store: &PostgresStore) {
         .unwrap()
         .is_empty());
     assert_eq!(all_stored(store, HOUR).await, hours);
+}
+
+/// One instance with lanes applies each group's agents in concurrent
+/// transactions: every batch once (a replay of the groups, in other
+/// groupings, is all duplicates), every window and roll-up exactly its
+/// readings, and the change feed read afterwards holds each window once
+/// at its final state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_by_agent_apply_each_batch_once_and_lose_no_update() {
+    let pg = Postgres::start(ServerOptions::default()).unwrap();
+    let url = pg.create_database("lanes").unwrap();
+    // 4 agents over 3 devices: agents share series, so lanes of one group
+    // merge into the same windows and roll-ups.
+    let (batches, truth) = workload(4242, 4, 30, 5, 3, 12);
+    let options = PostgresOptions {
+        pool_size: 4,
+        ..PostgresOptions::new(&url)
+    };
+    let store = PostgresStore::open(&options, &[HOUR, DAY])
+        .await
+        .unwrap()
+        .with_lanes(4);
+    let mut new = 0;
+    for group in batches.chunks(16) {
+        let a = store.apply(group).await.unwrap();
+        assert_eq!(a.len(), group.len());
+        new += a.iter().filter(|a| **a == Applied::New).count();
+    }
+    assert_eq!(new, batches.len());
+    for group in batches.chunks(7) {
+        let a = store.apply(group).await.unwrap();
+        assert!(a.iter().all(|a| *a == Applied::Duplicate), "a replay");
+    }
+
+    let stored = all_windows(&store, MIN).await;
+    assert_eq!(stored.len(), truth.len());
+    for ((device, start), readings) in &truth {
+        let k = (key(device).to_string(), *start);
+        assert_eq!(stored[&k], summary_of(readings), "{device} {start}");
+    }
+    for width in [HOUR, DAY] {
+        let want = rolled_up(&truth, width);
+        assert_eq!(all_windows(&store, width).await, want, "width {width}");
+    }
+    let minute = Width::new(MIN).unwrap();
+    let feed = store.changed_since(minute, 0, usize::MAX).await.unwrap();
+    let fed: BTreeMap<(String, i64), Summary> = feed
+        .iter()
+        .map(|c| {
+            (
+                (c.series.to_string(), c.stored.window.start()),
+                c.stored.summary.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(fed.len(), feed.len(), "each window once");
+    assert_eq!(fed, stored);
 }

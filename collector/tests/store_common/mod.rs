@@ -90,6 +90,23 @@ pub(crate) fn summary_of(readings: &[(i64, i64)]) -> Summary {
     s
 }
 
+/// The summary of every window at `width` (a roll-up) of `truth`'s
+/// readings, by (series, start).
+pub(crate) fn rolled_up(truth: &Truth, width: i64) -> BTreeMap<(String, i64), Summary> {
+    let mut readings: BTreeMap<(String, i64), Vec<(i64, i64)>> = BTreeMap::new();
+    for ((d, start), r) in truth {
+        let coarse = start.div_euclid(width) * width;
+        readings
+            .entry((key(d).to_string(), coarse))
+            .or_default()
+            .extend(r);
+    }
+    readings
+        .iter()
+        .map(|(k, r)| (k.clone(), summary_of(r)))
+        .collect()
+}
+
 /// Every stored summary at `width`, by (series, start).
 pub(crate) async fn all_windows<S: Store>(
     store: &S,

@@ -14,7 +14,7 @@ use tributary_collector::store::Changed;
 use tributary_core::batch::Batch;
 use tributary_core::Width;
 
-use super::{all_windows, key, summary_of, Truth, DAY, HOUR, MIN, T0};
+use super::{all_windows, key, rolled_up, summary_of, Truth, DAY, HOUR, MIN, T0};
 
 /// Runs the contract on an empty `store` keeping roll-ups of 1 h and 1 d,
 /// with `batches` (one-minute partials from `T0` on, all of `truth`'s
@@ -73,18 +73,7 @@ pub(crate) async fn check_retention<S: Store>(store: &S, batches: &[Batch], trut
         .collect();
     assert_eq!(stored, want);
     for width in [HOUR, DAY] {
-        let mut readings: BTreeMap<(String, i64), Vec<(i64, i64)>> = BTreeMap::new();
-        for ((d, start), r) in truth {
-            let coarse = start.div_euclid(width) * width;
-            readings
-                .entry((key(d).to_string(), coarse))
-                .or_default()
-                .extend(r);
-        }
-        let want: BTreeMap<_, _> = readings
-            .iter()
-            .map(|(k, r)| (k.clone(), summary_of(r)))
-            .collect();
+        let want = rolled_up(truth, width);
         assert_eq!(all_windows(store, width).await, want, "width {width}");
     }
     let widths: Vec<i64> = store

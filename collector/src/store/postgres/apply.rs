@@ -2,9 +2,9 @@
 //! safe against any number of collector instances writing at once, with
 //! the SQL sequenced around [`crate::merge`].
 //!
-//! Steps, each a single statement over arrays (`unnest`), each taking its
-//! row locks in one global order (sorted keys) so concurrent instances
-//! cannot deadlock:
+//! Steps, each a single statement over arrays (`unnest`) or a staging
+//! table, each taking its row locks in one global order (sorted keys) so
+//! concurrent instances cannot deadlock:
 //! 1. lock (creating) the group's agent incarnations' rows and read their
 //!    marks ([`super::senders`]); insert every batch's (agent, incarnation,
 //!    seq) key at or above its mark, `ON CONFLICT DO NOTHING RETURNING` —
@@ -16,21 +16,22 @@
 //! 4. the rows' change positions from this transaction's id ([`positions`];
 //!    no counter row: nothing here is serialised between instances but the
 //!    row locks they really share, see [`super::feed`]);
-//! 5. result rows: every row inserted with its delta as its final state
-//!    (`ON CONFLICT DO NOTHING RETURNING` — nearly every row at fan-in 1 is
-//!    new, so one statement writes it once); the rows that existed (or that
-//!    another instance inserted meanwhile, which the insert waited for) are
-//!    then locked with `SELECT … ORDER BY … FOR UPDATE`, the deltas folded
-//!    into them, and written with one `UPDATE … FROM unnest` — no other
-//!    instance can change a locked row until this one commits, so no update
-//!    is lost;
+//! 5. result rows ([`super::rows`]): every row inserted with its delta as
+//!    its final state (binary `COPY` into a staging table, then
+//!    `INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING` — nearly every
+//!    row at fan-in 1 is new, so one statement writes it once); the rows
+//!    that existed (or that another instance inserted meanwhile, which the
+//!    insert waited for) are then locked with `SELECT … ORDER BY … FOR
+//!    UPDATE`, the deltas folded into them, and written with one
+//!    `UPDATE … FROM unnest` — no other instance can change a locked row
+//!    until this one commits, so no update is lost;
 //! 6. `series_agents` and `watermarks` (`GREATEST`, so order does not
 //!    matter); commit.
 //!
 //! A deadlock or serialisation failure (which the lock order should rule
 //! out) is retried with the whole transaction.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use deadpool_postgres::{Client, Transaction};
@@ -38,9 +39,9 @@ use tokio_postgres::error::SqlState;
 use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Width};
 
-use super::senders;
-use crate::merge::{self, RowKey};
-use crate::store::codec::{corrupt, decode_summary, encode_summary, key_text};
+use super::{rows, senders};
+use crate::merge;
+use crate::store::codec::key_text;
 use crate::store::{Refusals, Report, StoreError};
 
 /// How often a transaction that deadlocked is retried.
@@ -76,7 +77,7 @@ fn retryable(e: &tokio_postgres::Error) -> bool {
     )
 }
 
-enum Failed {
+pub(super) enum Failed {
     Pg(tokio_postgres::Error),
     Store(StoreError),
 }
@@ -91,17 +92,6 @@ impl From<StoreError> for Failed {
     fn from(e: StoreError) -> Self {
         Failed::Store(e)
     }
-}
-
-/// Three parallel arrays of row keys, for `unnest`.
-fn columns(keys: impl Iterator<Item = RowKey>) -> [Vec<i64>; 3] {
-    let mut cols: [Vec<i64>; 3] = Default::default();
-    for (s, w, t) in keys {
-        cols[0].push(s);
-        cols[1].push(w);
-        cols[2].push(t);
-    }
-    cols
 }
 
 /// One attempt of the transaction. One function on purpose: it is the
@@ -149,74 +139,7 @@ async fn try_apply(
     // 5. Result rows, in key order: new rows inserted with their final
     // state; the rest (and rows another instance inserted meanwhile)
     // locked, folded and updated.
-    let keys = columns(plan.rows.iter().map(|d| d.key));
-    let changes: Vec<i64> = (0..plan.rows.len() as i64).map(|i| first + i).collect();
-    let fresh_bytes: Vec<Vec<u8>> = plan
-        .rows
-        .iter()
-        .map(|d| encode_summary(&d.summary))
-        .collect::<Result<_, _>>()?;
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO results (series, width, start, revision, summary, changed)
-             SELECT s, w, t, 0, b, c
-             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[], $5::bigint[]) AS u(s, w, t, b, c)
-             ON CONFLICT (series, width, start) DO NOTHING RETURNING series, width, start",
-        )
-        .await?;
-    // No `ORDER BY` (sorting ~50,000 rows with their bytes spilled to disk
-    // and cost a fifth of the insert): the arrays are in key order already
-    // (the plan's), and `unnest` hands rows to the insert in array order.
-    let [s, w, t] = &keys;
-    let mut inserted: HashSet<RowKey> = HashSet::new();
-    for row in tx
-        .query(&insert, &[s, w, t, &fresh_bytes, &changes])
-        .await?
-    {
-        inserted.insert((row.get(0), row.get(1), row.get(2)));
-    }
-    drop(fresh_bytes);
-    let mut stored = lock_rows(
-        &tx,
-        plan.rows
-            .iter()
-            .map(|d| d.key)
-            .filter(|k| !inserted.contains(k)),
-    )
-    .await?;
-    let mut update = Update::default();
-    for (delta, change) in plan.rows.into_iter().zip(changes) {
-        if inserted.contains(&delta.key) {
-            continue;
-        }
-        let Some((rev, old)) = stored.remove(&delta.key) else {
-            return Err(StoreError::Backend(format!(
-                "result row of {} at {} vanished during the transaction",
-                delta.series, delta.window
-            ))
-            .into());
-        };
-        let rev = u32::try_from(rev).map_err(|e| corrupt("revision", e))?;
-        let key = delta.key;
-        let (revision, summary) = merge::fold(Some((rev, decode_summary(&old)?)), delta)?;
-        update.push(key, i64::from(revision), encode_summary(&summary)?, change);
-    }
-    if !update.keys[0].is_empty() {
-        let write = tx
-            .prepare_cached(
-                "UPDATE results r SET revision = u.rev, summary = u.b, changed = u.c
-                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bigint[])
-                   AS u(s, w, t, rev, b, c)
-                 WHERE r.series = u.s AND r.width = u.w AND r.start = u.t",
-            )
-            .await?;
-        let [s, w, t] = &update.keys;
-        tx.execute(
-            &write,
-            &[s, w, t, &update.revisions, &update.bytes, &update.changes],
-        )
-        .await?;
-    }
+    rows::write(&tx, plan.rows, first).await?;
 
     // 6. Progress.
     let ps: Vec<i64> = plan.reporters.iter().map(|p| p.0).collect();
@@ -275,54 +198,6 @@ async fn positions(tx: &Transaction<'_>, rows: usize) -> Result<i64, Failed> {
         )
         .await?;
     Ok(tx.query_one(&first, &[]).await?.get(0))
-}
-
-/// The rows to update, as parallel arrays for `unnest`.
-#[derive(Default)]
-struct Update {
-    keys: [Vec<i64>; 3],
-    revisions: Vec<i64>,
-    bytes: Vec<Vec<u8>>,
-    changes: Vec<i64>,
-}
-
-impl Update {
-    fn push(&mut self, (s, w, t): RowKey, revision: i64, bytes: Vec<u8>, change: i64) {
-        self.keys[0].push(s);
-        self.keys[1].push(w);
-        self.keys[2].push(t);
-        self.revisions.push(revision);
-        self.bytes.push(bytes);
-        self.changes.push(change);
-    }
-}
-
-/// Locks the existing rows `keys` (in key order) and reads their revision
-/// and summary bytes.
-async fn lock_rows(
-    tx: &Transaction<'_>,
-    keys: impl Iterator<Item = RowKey>,
-) -> Result<HashMap<RowKey, (i64, Vec<u8>)>, tokio_postgres::Error> {
-    let [s, w, t] = columns(keys);
-    let mut stored = HashMap::new();
-    if s.is_empty() {
-        return Ok(stored);
-    }
-    let lock = tx
-        .prepare_cached(
-            "SELECT r.series, r.width, r.start, r.revision, r.summary FROM results r
-             JOIN unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(s, w, t)
-               ON r.series = u.s AND r.width = u.w AND r.start = u.t
-             ORDER BY r.series, r.width, r.start FOR UPDATE OF r",
-        )
-        .await?;
-    for row in tx.query(&lock, &[&s, &w, &t]).await? {
-        stored.insert(
-            (row.get(0), row.get(1), row.get(2)),
-            (row.get(3), row.get(4)),
-        );
-    }
-    Ok(stored)
 }
 
 /// The ids of `series`, inserting the missing ones (sorted, so concurrent

@@ -15,18 +15,22 @@
 //!   order; change positions come from the transaction's id, and the feed
 //!   shows only those every older transaction has ended below (`feed`), so
 //!   no counter row serialises the instances' commits.
+//! - **Lanes** (opt-in, [`PostgresStore::with_lanes`]): one apply may run
+//!   a group's agents as several such transactions at once (`lanes`).
 //!
-//! Files: [`schema`], [`apply`](self::apply) (with `senders`: the agent
-//! incarnations' de-duplication marks), `query`, `feed` (change feed,
-//! parked rows, cursors), `leases`, `retention` (partitions of `results`
-//! by width and window start, dropped when expired; bounded deletes at the
-//! edge).
+//! Files: [`schema`], [`apply`](self::apply) (with `rows`: the result
+//! rows, and `senders`: the agent incarnations' de-duplication marks),
+//! `lanes`, `query`, `feed` (change feed, parked rows, cursors), `leases`,
+//! `retention` (partitions of `results` by width and window start, dropped
+//! when expired; bounded deletes at the edge).
 
 mod apply;
 mod feed;
+mod lanes;
 mod leases;
 mod query;
 mod retention;
+mod rows;
 pub mod schema;
 mod senders;
 
@@ -41,8 +45,8 @@ use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Width};
 
 use super::{
-    rollup_widths, AgentProgress, AgentState, Answer, Changed, Expire, Feed, Ingest, Lease, Leases,
-    Query, Refusals, Report, StoreError, StoredWindow,
+    rollup_widths, AgentProgress, AgentState, Answer, Applied, Changed, Expire, Feed, Ingest,
+    Lease, Leases, Query, Refusals, Report, StoreError, StoredWindow,
 };
 
 pub use schema::SCHEMA_VERSION;
@@ -113,6 +117,9 @@ impl PostgresOptions {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    /// Transactions one apply may run at once ([`lanes`]; 1 unless
+    /// [`PostgresStore::with_lanes`]).
+    lanes: usize,
     rollups: Arc<[Width]>,
     /// Bytes of partitions dropped since the last [`Expire::reclaim`].
     freed: Arc<AtomicU64>,
@@ -161,6 +168,7 @@ impl PostgresStore {
             .map_err(|e| StoreError::Backend(format!("connection pool: {e}")))?;
         let store = PostgresStore {
             pool,
+            lanes: 1,
             rollups,
             freed: Arc::default(),
         };
@@ -169,9 +177,75 @@ impl PostgresStore {
         Ok(store)
     }
 
+    /// The store applying each group in up to `lanes` transactions at once,
+    /// split by agent ([`lanes`]; at most the pool's size, at least 1).
+    ///
+    /// Off (1) by default: a row that several lanes of one group merge
+    /// into is written once per lane, so its revision counts those
+    /// transactions rather than the group's — the same windows, but
+    /// revisions that differ from SQLite's for the same groups.
+    #[must_use]
+    pub fn with_lanes(mut self, lanes: usize) -> Self {
+        self.lanes = lanes.clamp(1, self.pool.status().max_size.max(1));
+        self
+    }
+
     /// The schema version in the database.
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
         schema::version(&self.client().await?).await
+    }
+
+    /// Applies each lane's batches (indices into `batches`) in its own
+    /// transaction, the lanes at once; answers the group's report in its
+    /// order, or the first error once every lane has ended ([`lanes`]).
+    async fn apply_lanes(
+        &self,
+        batches: &[Batch],
+        refused: &[Refusals],
+        lanes: Vec<Vec<usize>>,
+    ) -> Answer<Report> {
+        let mut running = tokio::task::JoinSet::new();
+        for lane in lanes {
+            let mine: Vec<Batch> = lane.iter().map(|&i| batches[i].clone()).collect();
+            let theirs: Vec<Refusals> = lane
+                .iter()
+                .map(|&i| refused.get(i).copied().unwrap_or_default())
+                .collect();
+            let store = self.clone();
+            running.spawn(async move {
+                let mut client = store.client().await?;
+                let report = apply::apply(&mut client, &mine, &theirs, &store.rollups).await?;
+                Ok::<_, StoreError>((lane, report))
+            });
+        }
+        let mut applied: Vec<Option<Applied>> = vec![None; batches.len()];
+        let mut incarnations = Vec::new();
+        let mut failed = None;
+        while let Some(done) = running.join_next().await {
+            let outcome = done.map_err(|e| StoreError::Backend(format!("apply lane: {e}")));
+            match outcome.and_then(|r| r) {
+                Ok((lane, report)) => {
+                    for (i, a) in lane.into_iter().zip(report.applied) {
+                        applied[i] = Some(a);
+                    }
+                    incarnations.extend(report.incarnations);
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let applied = applied
+            .into_iter()
+            .map(|a| a.ok_or_else(|| StoreError::Backend("a lane left a batch unanswered".into())))
+            .collect::<Result<_, _>>()?;
+        Ok(Report {
+            applied,
+            incarnations,
+        })
     }
 
     /// A connection of the pool.
@@ -182,10 +256,14 @@ impl PostgresStore {
 
 impl Ingest for PostgresStore {
     async fn apply_refused(&self, batches: &[Batch], refused: &[Refusals]) -> Answer<Report> {
-        if batches.is_empty() {
-            return Ok(Report::default());
+        let lanes = lanes::split(batches, self.lanes);
+        if lanes.len() <= 1 {
+            if batches.is_empty() {
+                return Ok(Report::default());
+            }
+            return apply::apply(&mut self.client().await?, batches, refused, &self.rollups).await;
         }
-        apply::apply(&mut self.client().await?, batches, refused, &self.rollups).await
+        self.apply_lanes(batches, refused, lanes).await
     }
 
     async fn probe(&self) -> Answer<()> {

@@ -6,7 +6,7 @@
 //! migrate once; an instance that finds a version newer than it knows refuses
 //! to run ([`StoreError::SchemaTooNew`]).
 //!
-//! # Schema (version 7)
+//! # Schema (version 8)
 //! - `incarnations(agent, incarnation, applied_below, batches,
 //!   dropped_readings, first_seen_ms, last_seen_ms)` — one row per agent
 //!   incarnation (16 hex digits): its de-duplication mark, its batches and
@@ -64,13 +64,13 @@ use deadpool_postgres::Client;
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The first version whose sketches index the real reading.
 const REAL_VALUE_SKETCHES: i64 = 3;
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 7] = [V1, V2, V3, V4, V5, V6, V7];
+const MIGRATIONS: [&str; 8] = [V1, V2, V3, V4, V5, V6, V7, V8];
 
 const V1: &str = r#"
 CREATE TABLE applied (agent TEXT COLLATE "C" NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (agent, seq));
@@ -146,6 +146,25 @@ const V7: &str = r#"
 CREATE TABLE IF NOT EXISTS refused (agent TEXT COLLATE "C" NOT NULL, incarnation TEXT COLLATE "C" NOT NULL,
     reason TEXT COLLATE "C" NOT NULL, partials BIGINT NOT NULL, readings BIGINT NOT NULL,
     PRIMARY KEY (agent, incarnation, reason));
+"#;
+
+/// No foreign key from `results` to `series`; `results_expiry` a BRIN
+/// index (on a large database the index is rebuilt in the migration's
+/// transaction: plan for the time it takes).
+const V8: &str = r#"
+DO $$
+DECLARE c name;
+BEGIN
+    -- Version 6 made the key beside the old table's, so its name is
+    -- `results_series_fkey1` there (and `results_series_fkey` in a database
+    -- created otherwise): drop every foreign key of `results` by catalogue.
+    FOR c IN SELECT conname FROM pg_constraint
+             WHERE conrelid = 'results'::regclass AND contype = 'f' AND conparentid = 0 LOOP
+        EXECUTE format('ALTER TABLE results DROP CONSTRAINT %I', c);
+    END LOOP;
+END $$;
+DROP INDEX IF EXISTS results_expiry;
+CREATE INDEX results_expiry ON results USING brin (width, start);
 "#;
 
 /// Any fixed number: the advisory lock key that serialises migrations.

@@ -207,6 +207,18 @@ mod tests {
         for key in ["store.pool_size", "store.ca_file", "mqtt.share_group"] {
             assert!(e.contains(key), "{key}: {e}");
         }
+        let lanes = |toml: &str| Config::from_toml(toml).map(|c| c.store.lanes);
+        let pg = "[store]\nkind = \"postgres\"\nurl = \"postgres://u@db/t\"\npool_size = 4\n";
+        assert_eq!(lanes(pg).unwrap(), 1, "one lane by default");
+        assert_eq!(lanes(&format!("{pg}lanes = 4\n")).unwrap(), 4);
+        for bad in [
+            format!("{pg}lanes = 5\n"),
+            format!("{pg}lanes = 0\n"),
+            "[store]\nlanes = 2\n".to_string(),
+        ] {
+            let e = lanes(&bad).unwrap_err().to_string();
+            assert!(e.contains("store.lanes"), "{bad}: {e}");
+        }
         let e = Config::from_toml("[store]\nkind = \"mysql\"\n").unwrap_err();
         assert!(e.to_string().contains("store.kind"), "{e}");
     }

@@ -61,7 +61,8 @@ async fn run(cfg: Config, migrate_only: bool) -> anyhow::Result<()> {
         Some(options) => {
             let store = PostgresStore::open(&options, &cfg.rollups_ms)
                 .await
-                .context("opening the PostgreSQL store (store.url)")?;
+                .context("opening the PostgreSQL store (store.url)")?
+                .with_lanes(cfg.store.lanes);
             if migrate_only {
                 println!(
                     "PostgreSQL schema version {}",

@@ -44,6 +44,12 @@ pub struct StoreConfig {
     pub url: Option<String>,
     /// PostgreSQL connections per instance (default 4).
     pub pool_size: usize,
+    /// PostgreSQL transactions one instance runs at once for a group of
+    /// batches, split by agent (default 1; at most `pool_size`). More lanes
+    /// let an instance's merging overlap its server's writing; a window
+    /// several lanes of one group merge into then has its revision bumped
+    /// once per lane (the same values, revisions that count transactions).
+    pub lanes: usize,
     /// `"disable"` (default) or `"require"`.
     pub tls: StoreTls,
     /// PEM file of the CA to trust with `tls = "require"` (default: the
@@ -57,6 +63,7 @@ impl Default for StoreConfig {
             kind: StoreKind::Sqlite,
             url: None,
             pool_size: 4,
+            lanes: 1,
             tls: StoreTls::Disable,
             ca_file: None,
         }
@@ -98,6 +105,11 @@ impl StoreConfig {
         }
         if self.pool_size == 0 || self.pool_size > 1000 {
             p.bad("store.pool_size", "must be 1..=1000");
+        }
+        if self.lanes == 0 || self.lanes > self.pool_size.max(1) {
+            p.bad("store.lanes", "must be 1..=pool_size");
+        } else if self.lanes > 1 && self.kind != StoreKind::Postgres {
+            p.bad("store.lanes", "only used with kind = \"postgres\"");
         }
         if self.ca_file.is_some() && self.tls != StoreTls::Require {
             p.bad("store.ca_file", "only used with tls = \"require\"");

@@ -33,7 +33,8 @@
 //! - JSON: 78,741 partials/s, p50 300 ms, p99 434 ms; baseline 1.07 M.
 //!
 //! Longer runs (`--minutes 240`: 384,000 partials a run, so start-up
-//! weighs less), 02:47 UTC, at `37cd6d2`: 111,568 partials/s (p50 228 ms)
+//! weighs less), 02:47 UTC, a build of `9d05cde` (the ingest and SQLite code
+//! are unchanged since): 111,568 partials/s (p50 228 ms)
 //! with 16 batches in flight per agent, 135,427 (p50 750 ms, p99 989 ms)
 //! with 64; without the pipelined commit (the same build before it):
 //! 104,848 and 115,428 (p99 1,331 ms).

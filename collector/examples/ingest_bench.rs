@@ -36,7 +36,8 @@
 //! weighs less), 02:47 UTC, a build of `9d05cde` (the ingest and SQLite code
 //! are unchanged since): 111,568 partials/s (p50 228 ms)
 //! with 16 batches in flight per agent, 135,427 (p50 750 ms, p99 989 ms)
-//! with 64; without the pipelined commit (the same build before it):
+//! with 64; a build of `ccb3bc2`, before the pipelined commit (and the
+//! reporters set's faster hash):
 //! 104,848 and 115,428 (p99 1,331 ms).
 //!
 //! The broker moves the batches ~80× faster than they are applied. The

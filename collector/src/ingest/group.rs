@@ -66,14 +66,8 @@ pub(crate) struct Settled<A> {
 /// The messages awaiting the next commit; `A` is what a PUBACK needs.
 #[derive(Debug)]
 pub(crate) struct Group<A> {
-    /// Every message's ack in arrival order.
-    acks: Vec<A>,
-    /// The valid batches in arrival order, as the store applies them.
-    batches: Vec<Batch>,
-    /// What the checks took out of each, stored with it.
-    refused: Vec<Refusals>,
-    /// Their payload sizes.
-    sizes: Vec<usize>,
+    /// The messages gathered since the last [`Group::take`].
+    gathering: Taken<A>,
     /// Whether a group taken before this one is still committing.
     committing: bool,
 }
@@ -81,10 +75,7 @@ pub(crate) struct Group<A> {
 impl<A> Default for Group<A> {
     fn default() -> Self {
         Group {
-            acks: Vec::new(),
-            batches: Vec::new(),
-            refused: Vec::new(),
-            sizes: Vec::new(),
+            gathering: Taken::default(),
             committing: false,
         }
     }
@@ -94,30 +85,31 @@ impl<A> Group<A> {
     /// Adds a valid batch of `size` payload bytes, with what the checks
     /// took out of it.
     pub(crate) fn push_valid(&mut self, ack: A, batch: Batch, refused: Refusals, size: usize) {
-        self.acks.push(ack);
-        self.batches.push(batch);
-        self.refused.push(refused);
-        self.sizes.push(size);
+        let g = &mut self.gathering;
+        g.acks.push(ack);
+        g.batches.push(batch);
+        g.refused.push(refused);
+        g.sizes.push(size);
     }
 
     /// Adds a refused message; returns its ack when it may go at once
     /// (nothing waits before it, here or in the group committing).
     pub(crate) fn push_refused(&mut self, ack: A) -> Option<A> {
-        if self.acks.is_empty() && !self.committing {
+        if self.is_empty() && !self.committing {
             return Some(ack);
         }
-        self.acks.push(ack);
+        self.gathering.acks.push(ack);
         None
     }
 
     /// Valid batches waiting.
     pub(crate) fn valid(&self) -> usize {
-        self.batches.len()
+        self.gathering.valid()
     }
 
     /// Whether nothing waits.
     pub(crate) fn is_empty(&self) -> bool {
-        self.acks.is_empty()
+        self.gathering.acks.is_empty()
     }
 
     /// Whether a taken group is committing.
@@ -131,12 +123,7 @@ impl<A> Group<A> {
     pub(crate) fn take(&mut self) -> Taken<A> {
         debug_assert!(!self.committing, "one group commits at a time");
         self.committing = true;
-        Taken {
-            acks: std::mem::take(&mut self.acks),
-            batches: std::mem::take(&mut self.batches),
-            refused: std::mem::take(&mut self.refused),
-            sizes: std::mem::take(&mut self.sizes),
-        }
+        std::mem::take(&mut self.gathering)
     }
 
     /// The taken group committed with `outcomes` (one per batch, in
@@ -150,22 +137,37 @@ impl<A> Group<A> {
     /// arrived meanwhile, to be committed again with it, in arrival order.
     pub(crate) fn restore(&mut self, mut taken: Taken<A>) {
         self.committing = false;
-        taken.acks.append(&mut self.acks);
-        taken.batches.append(&mut self.batches);
-        taken.refused.append(&mut self.refused);
-        taken.sizes.append(&mut self.sizes);
-        (self.acks, self.batches, self.refused, self.sizes) =
-            (taken.acks, taken.batches, taken.refused, taken.sizes);
+        let g = &mut self.gathering;
+        taken.acks.append(&mut g.acks);
+        taken.batches.append(&mut g.batches);
+        taken.refused.append(&mut g.refused);
+        taken.sizes.append(&mut g.sizes);
+        self.gathering = taken;
     }
 }
 
-/// A group being committed.
+/// Messages in arrival order: a group gathering, or taken to commit.
 #[derive(Debug)]
 pub(crate) struct Taken<A> {
+    /// Every message's ack in arrival order.
     acks: Vec<A>,
+    /// The valid batches in arrival order, as the store applies them.
     batches: Vec<Batch>,
+    /// What the checks took out of each, stored with it.
     refused: Vec<Refusals>,
+    /// Their payload sizes.
     sizes: Vec<usize>,
+}
+
+impl<A> Default for Taken<A> {
+    fn default() -> Self {
+        Taken {
+            acks: Vec::new(),
+            batches: Vec::new(),
+            refused: Vec::new(),
+            sizes: Vec::new(),
+        }
+    }
 }
 
 impl<A> Taken<A> {

@@ -215,11 +215,10 @@ pub async fn run<S: Ingest + Clone + 'static>(
     }
     // The group committing lands; then one last attempt for the rest. What
     // fails stays unacknowledged for redelivery.
-    if let Some(Ok((taken, landed))) = match committing.take() {
-        Some(commit) => Some(commit.await),
-        None => None,
-    } {
-        shell.finish(taken, landed);
+    if let Some(commit) = committing.take() {
+        if let Ok((taken, landed)) = commit.await {
+            shell.finish(taken, landed);
+        }
     }
     if !shell.group.is_empty() && !shell.group.committing() {
         if let Ok((taken, landed)) = shell.start(&store).await {
@@ -323,6 +322,7 @@ impl Shell {
                 self.counters.refuse(reason);
                 if let Some(ack) = self.group.push_refused(m.ack) {
                     self.outbox.push(Out::Ack(ack));
+                    self.gathering_since = None;
                     self.counters.oldest_pending_ms.set(0);
                 }
                 false

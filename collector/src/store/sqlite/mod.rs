@@ -271,7 +271,7 @@ impl Expire for SqliteStore {
     }
 
     fn prepare(&self, _width: Width, _now: i64) -> impl Future<Output = Answer<()>> + Send {
-        // One table, found by its (width, start) index.
+        // One table; expired rows are a range of its primary key.
         std::future::ready(Ok(()))
     }
 

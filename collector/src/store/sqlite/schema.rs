@@ -137,7 +137,8 @@ CREATE TABLE IF NOT EXISTS refused (agent TEXT NOT NULL, incarnation TEXT NOT NU
 
 /// `results` clustered time first; every row carried over (one copy, in
 /// the migration's transaction); the expiry index dropped with the old
-/// table. The span expression is [`span_sql`]'s, spelled out.
+/// table. The span expression is [`span_sql`]'s, spelled out (a `const`
+/// cannot call it; a test holds the two equal).
 const V9: &str = "
 CREATE TABLE results_by_span (
     width INTEGER NOT NULL,
@@ -151,7 +152,7 @@ CREATE TABLE results_by_span (
 ) WITHOUT ROWID;
 INSERT INTO results_by_span (width, span, series, start, revision, summary, changed)
     SELECT width,
-        CASE WHEN start >= 0 THEN start / (width * 16) ELSE -(-(start + 1) / (width * 16)) - 1 END,
+        (CASE WHEN start >= 0 THEN start / (width * 16) ELSE -(-(start + 1) / (width * 16)) - 1 END),
         series, start, revision, summary, changed
     FROM results ORDER BY 1, 2, 3, 4;
 DROP TABLE results;
@@ -248,6 +249,12 @@ mod tests {
         let (a, b) = (i128::from(start), i128::from(width) * 16);
         let q = if a >= 0 { a / b } else { -((-a + b - 1) / b) };
         i64::try_from(q).unwrap()
+    }
+
+    /// The version-9 migration computes each row's span with [`span_sql`].
+    #[test]
+    fn the_migration_spells_out_span_sql() {
+        assert!(V9.contains(&span_sql("width", "start")), "{V9}");
     }
 
     /// [`span`] and [`span_sql`] (as SQLite evaluates it) agree with floor

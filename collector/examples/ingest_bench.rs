@@ -34,20 +34,16 @@
 //!
 //! Longer runs (`--minutes 240`: 384,000 partials a run, so start-up
 //! weighs less), 02:47 UTC, a build of `9d05cde` (the ingest and SQLite code
-//! are unchanged since): 111,568 partials/s (p50 228 ms)
-//! with 16 batches in flight per agent, 135,427 (p50 750 ms, p99 989 ms)
-//! with 64; a build of `ccb3bc2`, before the pipelined commit (and the
-//! reporters set's faster hash):
-//! 104,848 and 115,428 (p99 1,331 ms).
+//! are unchanged since): 111,568 partials/s (p50 228 ms, baseline 10.0 M)
+//! with 16 batches in flight per agent, 135,427 (p50 750 ms, p99 989 ms,
+//! baseline 7.2 M) with 64.
 //!
 //! The broker moves the batches ~80× faster than they are applied. The
 //! bound is the collector's one SQLite writer (its transaction, with the
 //! 1 h and 1 d roll-ups, takes about one core: `sqlite3_step` half of it,
 //! the merge plan a quarter, the commit an eighth), so issue #16's goal of
 //! 200 k partials/s is not reached on this machine; the confirmation
-//! latency is the queue of batches in flight ahead of each one. Before the
-//! time-first SQLite layout (schema 9) a run of 180 minutes fell to 49 k
-//! partials/s as the table grew; it now holds at 83 k.
+//! latency is the queue of batches in flight ahead of each one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::VecDeque;

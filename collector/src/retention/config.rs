@@ -59,9 +59,7 @@ impl RetentionConfig {
                 .find(|(k, _)| k.trim().parse::<i64>().ok() == Some(w))
                 .map_or(0, |(_, &v)| v)
         };
-        let mut rollups: Vec<(i64, i64)> = rollups_ms.iter().map(|&w| (w, keep(w))).collect();
-        rollups.sort_unstable();
-        rollups.dedup();
+        let rollups = rollups_ms.iter().map(|&w| (w, keep(w))).collect();
         Policy::new(self.windows_ms, rollups)
     }
 

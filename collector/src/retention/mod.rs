@@ -63,6 +63,7 @@ impl Policy {
     /// (width, length) of `rollups`; 0 keeps forever.
     pub fn new(windows_ms: i64, mut rollups: Vec<(i64, i64)>) -> Self {
         rollups.sort_unstable();
+        rollups.dedup();
         Policy {
             windows_ms,
             rollups,
@@ -186,9 +187,11 @@ mod tests {
         assert!(!p.expired(w(DAY), 0, now), "days are kept forever");
         assert!(p.expired(w(HOUR), now - 365 * DAY - HOUR, now));
         assert!(!p.expired(w(HOUR), now - 365 * DAY - HOUR + 1, now));
+        // Deletion waits GRACE_MS more: minutes starting before
+        // now − grace − 30 days − 1 minute + 1 ms.
         assert_eq!(
             p.delete_before(w(MIN), now),
-            p.expired_before(w(MIN), now - GRACE_MS)
+            Some(now - GRACE_MS - 30 * DAY - MIN + 1)
         );
         assert_eq!(Policy::default().expired_before(w(MIN), now), None);
         assert_eq!(p.expired_before(w(MIN), i64::MIN + 5), None);

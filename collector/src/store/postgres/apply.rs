@@ -177,6 +177,11 @@ async fn try_apply(
 /// × three widths).
 const ROW_BITS: u32 = 24;
 
+/// The distance between two transactions' first positions, `2^ROW_BITS`:
+/// passed to every statement that computes or bounds positions
+/// ([`super::feed`]), so the writer and the readers cannot disagree.
+pub(super) const POSITION_STRIDE: i64 = 1 << ROW_BITS;
+
 /// The position of the first of `rows` rows this transaction writes:
 /// `base + xid · 2^24 + 1`, where `base` is the last change number of the
 /// global counter of schema 4 and `xid` this transaction's id (64-bit,
@@ -193,11 +198,11 @@ async fn positions(tx: &Transaction<'_>, rows: usize) -> Result<i64, Failed> {
     // `*` (not `<<`) so an overflow fails the statement instead of wrapping.
     let first = tx
         .prepare_cached(
-            "SELECT value + pg_current_xact_id()::text::bigint * 16777216 + 1
+            "SELECT value + pg_current_xact_id()::text::bigint * $1 + 1
              FROM meta WHERE key = 'position_base'",
         )
         .await?;
-    Ok(tx.query_one(&first, &[]).await?.get(0))
+    Ok(tx.query_one(&first, &[&POSITION_STRIDE]).await?.get(0))
 }
 
 /// The ids of `series`, inserting the missing ones (sorted, so concurrent

@@ -22,6 +22,7 @@ use deadpool_postgres::Client;
 use tokio_postgres::types::ToSql;
 use tributary_core::{SeriesKey, Width};
 
+use super::apply::POSITION_STRIDE;
 use crate::store::codec::{change_number, corrupt, feed_bounds, key_texts, parse_key, stored};
 use crate::store::{Changed, StoreError};
 
@@ -62,10 +63,10 @@ pub(super) async fn changed_since(
          JOIN series s ON s.id = r.series
          WHERE r.width = $1 AND r.changed > $2
            AND r.changed < (SELECT value FROM meta WHERE key = 'position_base')
-             + pg_snapshot_xmin(pg_current_snapshot())::text::bigint * 16777216
+             + pg_snapshot_xmin(pg_current_snapshot())::text::bigint * $4
          ORDER BY r.changed LIMIT $3",
         width,
-        &[&width.ms(), &after, &limit],
+        &[&width.ms(), &after, &limit, &POSITION_STRIDE],
     )
     .await
 }
@@ -86,10 +87,10 @@ pub(super) async fn parked(
          JOIN series s ON s.id = r.series
          WHERE p.name = $4 AND p.width = $1 AND r.changed > $2
            AND r.changed < (SELECT value FROM meta WHERE key = 'position_base')
-             + pg_snapshot_xmin(pg_current_snapshot())::text::bigint * 16777216
+             + pg_snapshot_xmin(pg_current_snapshot())::text::bigint * $5
          ORDER BY r.changed LIMIT $3",
         width,
-        &[&width.ms(), &after, &limit, &name],
+        &[&width.ms(), &after, &limit, &name, &POSITION_STRIDE],
     )
     .await
 }

@@ -256,11 +256,16 @@ impl PostgresStore {
 
 impl Ingest for PostgresStore {
     async fn apply_refused(&self, batches: &[Batch], refused: &[Refusals]) -> Answer<Report> {
-        let lanes = lanes::split(batches, self.lanes);
+        if batches.is_empty() {
+            return Ok(Report::default());
+        }
+        // With one lane (the default) there is nothing to split.
+        let lanes = if self.lanes > 1 {
+            lanes::split(batches, self.lanes)
+        } else {
+            Vec::new()
+        };
         if lanes.len() <= 1 {
-            if batches.is_empty() {
-                return Ok(Report::default());
-            }
             return apply::apply(&mut self.client().await?, batches, refused, &self.rollups).await;
         }
         self.apply_lanes(batches, refused, lanes).await

@@ -16,8 +16,13 @@
 //!   partition at the edge and in the default — goes in bounded `DELETE`s.
 //! - **Locks.** Creating and dropping a partition takes a short
 //!   `ACCESS EXCLUSIVE` lock on `results`; it runs with a `lock_timeout`
-//!   ([`LOCK_TIMEOUT`]), so ingest waits at most that long, and a step that
-//!   cannot get its lock is left to the next run. (Detaching concurrently
+//!   ([`LOCK_TIMEOUT`]) that bounds the wait for the lock, and a step that
+//!   cannot get its lock is left to the next run. Creating a partition also
+//!   reads the default partition under that lock (no row of the default may
+//!   fall in the new range), so the task prepares every stored width, kept
+//!   forever or not, and the default stays small; a default grown large
+//!   (rows carried over by the version-6 migration) makes each creation
+//!   that much longer. (Detaching concurrently
 //!   is not possible while a default partition exists.) A partition whose
 //!   range rows of the default already hold is not created (the default
 //!   keeps them, expired by `DELETE`).
@@ -27,6 +32,7 @@
 use deadpool_postgres::Client;
 use tributary_core::Width;
 
+use crate::store::codec::corrupt;
 use crate::store::StoreError;
 
 /// How long a partition's creation or drop waits for its lock.
@@ -113,13 +119,14 @@ pub(super) async fn drop_expired(
     before: i64,
 ) -> Result<(u64, u64), StoreError> {
     let span = span(width);
+    // This width's partitions only (`_` escaped in the pattern).
     let names = client
         .query(
             "SELECT c.relname::text, greatest(c.reltuples, 0)::bigint,
                     pg_total_relation_size(c.oid)
              FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-             WHERE i.inhparent = 'results'::regclass",
-            &[],
+             WHERE i.inhparent = 'results'::regclass AND c.relname LIKE $1",
+            &[&format!("results\\_w{}\\_%", width.ms())],
         )
         .await?;
     let (mut rows, mut bytes) = (0u64, 0u64);
@@ -128,8 +135,10 @@ pub(super) async fn drop_expired(
         let Some(k) = span_of(width, &name) else {
             continue;
         };
-        let ends = k.checked_add(1).and_then(|k| k.checked_mul(span));
-        if ends.is_none_or(|end| end > before) {
+        let Some(end) = k.checked_add(1).and_then(|k| k.checked_mul(span)) else {
+            continue;
+        };
+        if end > before {
             continue;
         }
         let from = k.saturating_mul(span);
@@ -139,7 +148,7 @@ pub(super) async fn drop_expired(
         let dropped = async {
             tx.execute(
                 "DELETE FROM parked WHERE width = $1 AND start >= $2 AND start < $3",
-                &[&width.ms(), &from, &before],
+                &[&width.ms(), &from, &end],
             )
             .await?;
             tx.batch_execute(&format!("DROP TABLE {name}")).await?;
@@ -174,10 +183,7 @@ pub(super) async fn widths(client: &Client) -> Result<Vec<Width>, StoreError> {
     let mut out = Vec::new();
     for row in client.query(&stmt, &[]).await? {
         let ms: i64 = row.get(0);
-        out.push(Width::new(ms).map_err(|e| StoreError::Corrupt {
-            what: "result width",
-            detail: e.to_string(),
-        })?);
+        out.push(Width::new(ms).map_err(|e| corrupt("result width", e))?);
     }
     Ok(out)
 }

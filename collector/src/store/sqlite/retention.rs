@@ -15,6 +15,7 @@ use tributary_core::Width;
 
 use super::apply::Writer;
 use super::schema::span;
+use crate::store::codec::corrupt;
 use crate::store::StoreError;
 
 /// The widths at which results are stored, ascending: a skip-scan of the
@@ -31,10 +32,7 @@ pub(super) fn widths(c: &Connection) -> Result<Vec<Width>, StoreError> {
     let mut out = Vec::new();
     for ms in rows {
         let ms = ms?;
-        out.push(Width::new(ms).map_err(|e| StoreError::Corrupt {
-            what: "result width",
-            detail: e.to_string(),
-        })?);
+        out.push(Width::new(ms).map_err(|e| corrupt("result width", e))?);
     }
     Ok(out)
 }

@@ -16,9 +16,6 @@ offset, rounded half away from zero (0 for bad and text lines). The test's
 judge reads this log; it is independent of the agent's arithmetic.
 
 Usage: opcua_sim.py --port PORT --spec FILE --log FILE [--user U:P]
-                    [--secure DIR]
---secure makes a self-signed server certificate and key in DIR and offers
-only Basic256Sha256 with SignAndEncrypt (client certificates accepted).
 The spec is JSON: {"seed": 7, "interval_ms": 100, "rounds": 20,
 "items": [{"node", "metric", "type", "scale", "offset", "quantum",
 "bad_every"}, ...]}; type is Boolean, Int16, Int32, UInt64, Float, Double
@@ -39,12 +36,7 @@ import time
 from decimal import Decimal, ROUND_HALF_UP
 from fractions import Fraction
 
-from pathlib import Path
-
-from cryptography.x509.oid import ExtendedKeyUsageOID
-
 from asyncua import Server, ua
-from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.user_managers import UserManager
 
@@ -144,7 +136,6 @@ async def main():
     ap.add_argument("--spec", required=True)
     ap.add_argument("--log", required=True)
     ap.add_argument("--user")
-    ap.add_argument("--secure")
     args = ap.parse_args()
     spec = json.load(open(args.spec))
     log = open(args.log, "a")
@@ -157,18 +148,7 @@ async def main():
     server = Server(user_manager=user_manager)
     await server.init()
     server.set_endpoint("opc.tcp://127.0.0.1:%d/" % args.port)
-    if args.secure:
-        uri = "urn:tributary:test:server"
-        await server.set_application_uri(uri)
-        key, cert = Path(args.secure) / "key.pem", Path(args.secure) / "cert.der"
-        await setup_self_signed_certificate(
-            key, cert, uri, "localhost", [ExtendedKeyUsageOID.SERVER_AUTH],
-            {"commonName": "tributary test server"})
-        await server.load_certificate(str(cert))
-        await server.load_private_key(str(key))
-        server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
-    else:
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
     server.set_identity_tokens(
         [ua.UserNameIdentityToken] if args.user else [ua.AnonymousIdentityToken])
     idx = await server.register_namespace("urn:tributary:test")

@@ -41,28 +41,6 @@ impl OpcuaSim {
     /// `py/opcua_sim.py`), appending to the log `log`; `user` is
     /// `"name:password"` to require that user.
     pub fn start(spec: &Path, port: u16, log: &Path, user: Option<&str>) -> io::Result<OpcuaSim> {
-        OpcuaSim::start_with(spec, port, log, user, None)
-    }
-
-    /// [`OpcuaSim::start`], offering only Basic256Sha256 with
-    /// SignAndEncrypt, its certificate and key made in `pki`.
-    pub fn start_secure(
-        spec: &Path,
-        port: u16,
-        log: &Path,
-        user: Option<&str>,
-        pki: &Path,
-    ) -> io::Result<OpcuaSim> {
-        OpcuaSim::start_with(spec, port, log, user, Some(pki))
-    }
-
-    fn start_with(
-        spec: &Path,
-        port: u16,
-        log: &Path,
-        user: Option<&str>,
-        secure: Option<&Path>,
-    ) -> io::Result<OpcuaSim> {
         let mut cmd = Command::new("python3");
         cmd.arg(script())
             .arg("--port")
@@ -73,9 +51,6 @@ impl OpcuaSim {
             .arg(log);
         if let Some(u) = user {
             cmd.arg("--user").arg(u);
-        }
-        if let Some(dir) = secure {
-            cmd.arg("--secure").arg(dir);
         }
         let mut child = cmd
             .stdin(Stdio::piped())

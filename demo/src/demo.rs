@@ -296,6 +296,7 @@ async fn judge(
     sys: &System,
     args: &DemoArgs,
     want: &Readings,
+    raw_json: u64,
     completed: Option<Duration>,
 ) -> anyhow::Result<DemoSummary> {
     let produced = want.count();
@@ -310,7 +311,6 @@ async fn judge(
     for p in sites.problems.iter().take(5) {
         tracing::warn!(problem = %p, "a site point disagrees with the oracle");
     }
-    let (_, raw_json) = crate::wire::raw_json(&sys.configs)?;
     let uplink: u64 = sys
         .agents
         .iter()
@@ -383,11 +383,15 @@ pub async fn run(
         }
     };
     let sys = start(&args, &dir).await?;
-    // The devices' raw readings (they are deterministic), for the oracle.
-    let want = truth::readings(&sys.configs).context("replaying the devices for the oracle")?;
+    // The devices' raw readings (they are deterministic), replayed once for
+    // the oracle and the raw-JSON bytes.
+    let devices =
+        truth::device_readings(&sys.configs).context("replaying the devices for the oracle")?;
+    let (_, raw_json) = crate::wire::raw_json(&devices);
+    let want = tributary_sim::judge::oracle(&devices).context("the oracle")?;
     let show = !args.json || std::io::IsTerminal::is_terminal(&std::io::stderr());
     let completed = wait_for_completion(&sys, want.count(), started, show).await;
-    let summary = judge(&sys, &args, &want, completed).await?;
+    let summary = judge(&sys, &args, &want, raw_json, completed).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

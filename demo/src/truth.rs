@@ -12,6 +12,7 @@ use tributary_agent::config::Config as AgentConfig;
 use tributary_agent::sources::simulated::agent_readings;
 use tributary_core::{SeriesKey, Summary};
 use tributary_oracle::{OracleError, Readings, Stats};
+use tributary_sim::SeriesReadings;
 
 pub use tributary_sim::judge::{judge_windows, series, Verdict, FLOOR_SCALE};
 
@@ -29,12 +30,18 @@ pub enum TruthError {
 /// The raw readings of the simulated devices of `agents`, with the series
 /// keys the agents forward (their global tags applied).
 pub fn readings(agents: &[AgentConfig]) -> Result<Readings, TruthError> {
+    Ok(tributary_sim::judge::oracle(&device_readings(agents)?)?)
+}
+
+/// Each series' raw readings as the devices of `agents` produce them (one
+/// replay, for the oracle and for the raw-JSON comparison alike).
+pub fn device_readings(agents: &[AgentConfig]) -> Result<Vec<SeriesReadings>, TruthError> {
     let mut all = Vec::new();
     for agent in agents {
         let r = agent_readings(&agent.simulated, &agent.global_tags(), &agent.limits);
         all.extend(r.map_err(TruthError::Devices)?);
     }
-    Ok(tributary_sim::judge::oracle(&all)?)
+    Ok(all)
 }
 
 /// Everything in which the API's `point` (a JSON object with the statistics

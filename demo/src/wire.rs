@@ -12,29 +12,24 @@
 //! fixed-point device prints it. The agent's global tags are added by the
 //! agent, so the device does not send them.
 
-use tributary_agent::config::Config as AgentConfig;
-use tributary_agent::sources::simulated::agent_readings;
 use tributary_agent::uplink::publish_packet_len;
 use tributary_core::topic;
+use tributary_sim::SeriesReadings;
 
-use crate::truth::TruthError;
-
-/// The raw JSON messages of the agents' devices: (messages, packet bytes).
-pub fn raw_json(agents: &[AgentConfig]) -> Result<(u64, u64), TruthError> {
+/// The raw JSON messages of the devices' `series` (as
+/// [`crate::truth::device_readings`] replays them): (messages, packet
+/// bytes).
+pub fn raw_json(series: &[SeriesReadings]) -> (u64, u64) {
     let (mut messages, mut bytes) = (0u64, 0u64);
-    for agent in agents {
-        let series = agent_readings(&agent.simulated, &agent.global_tags(), &agent.limits)
-            .map_err(TruthError::Devices)?;
-        for s in series {
-            let topic = topic::readings(s.series.device());
-            for &(time, ticks) in &s.readings {
-                let json = reading_json(s.series.metric(), time, ticks, s.exponent);
-                messages += 1;
-                bytes += publish_packet_len(&topic, json.as_bytes()) as u64;
-            }
+    for s in series {
+        let topic = topic::readings(s.series.device());
+        for &(time, ticks) in &s.readings {
+            let json = reading_json(s.series.metric(), time, ticks, s.exponent);
+            messages += 1;
+            bytes += publish_packet_len(&topic, json.as_bytes()) as u64;
         }
     }
-    Ok((messages, bytes))
+    (messages, bytes)
 }
 
 /// One reading as a device publishes it.

@@ -164,20 +164,27 @@ impl Config {
         for (i, m) in self.modbus.iter().enumerate() {
             m.check(i, &mut p);
         }
-        let mut names = std::collections::BTreeSet::new();
+        // One name space: Modbus devices and OPC UA servers share the
+        // `device` label of their metrics.
+        let mut names = std::collections::BTreeMap::new();
         for (i, m) in self.modbus.iter().enumerate() {
-            if !names.insert(m.name.as_str()) {
+            if names.insert(m.name.as_str(), false).is_some() {
                 p.bad(
                     format!("modbus[{i}].name"),
                     "two Modbus devices of one name",
                 );
             }
         }
-        let mut names = std::collections::BTreeSet::new();
         for (i, o) in self.opcua.iter().enumerate() {
             o.check(i, &mut p);
-            if !names.insert(o.name.as_str()) {
-                p.bad(format!("opcua[{i}].name"), "two OPC UA servers of one name");
+            // The value: whether the name is an OPC UA server's.
+            match names.insert(o.name.as_str(), true) {
+                Some(true) => p.bad(format!("opcua[{i}].name"), "two OPC UA servers of one name"),
+                Some(false) => p.bad(
+                    format!("opcua[{i}].name"),
+                    "a Modbus device and an OPC UA server of one name",
+                ),
+                None => {}
             }
         }
         self.simulated.check(self.window.width_ms, &mut p);

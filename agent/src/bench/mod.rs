@@ -98,7 +98,12 @@ pub struct BenchArgs {
     /// the path runs once per value. 1 is the interleaved per-reading path
     /// (each message one reading, series taking turns, as readings arrive
     /// from many devices); 4096 hands each series' readings over in runs.
-    #[arg(long, value_delimiter = ',', default_value = "1,4096")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,4096",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
     pub chunk: Vec<usize>,
     /// Group commit interval (ms).
     #[arg(long, default_value_t = 100)]
@@ -138,7 +143,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 for &chunk in &args.chunk {
                     let sub = sub.join(format!("chunk-{chunk}"));
                     std::fs::create_dir_all(&sub)?;
-                    inprocess::bulk(&args, chunk.max(1), &sub).await?;
+                    inprocess::bulk(&args, chunk, &sub).await?;
                 }
             }
             BenchPath::Frames => devices::run(&args, &sub, false).await?,
@@ -165,4 +170,31 @@ fn base_config(name: &str, dir: &std::path::Path, args: &BenchArgs, extra: &str)
         dir.display().to_string(),
         args.commit_ms
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::BenchArgs;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn chunks(args: &[&str]) -> Result<Vec<usize>, clap::Error> {
+        Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
+            .map(|c| c.bench.chunk)
+    }
+
+    #[test]
+    fn a_chunk_of_zero_is_refused() {
+        assert_eq!(chunks(&[]).ok(), Some(vec![1, 4096]));
+        assert_eq!(chunks(&["--chunk", "1,64"]).ok(), Some(vec![1, 64]));
+        for bad in ["0", "1,0", "-1"] {
+            assert!(chunks(&["--chunk", bad]).is_err(), "{bad}");
+        }
+    }
 }

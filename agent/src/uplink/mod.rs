@@ -56,10 +56,23 @@ const TICK: Duration = Duration::from_millis(200);
 /// The bytes of the MQTT PUBLISH packet (QoS 1, MQTT 3.1.1) that carries
 /// `payload` on `topic`, as rumqttc writes it to the socket (TCP/IP and TLS
 /// framing not included).
+///
+/// Computed, not written: the fixed header byte, the remaining length as a
+/// variable byte integer, then the topic's length (2) and bytes, the packet
+/// id (2: QoS 1 packets carry one) and the payload (MQTT 3.1.1 §2.2, §3.3).
 pub fn publish_packet_len(topic: &str, payload: &[u8]) -> usize {
-    let mut p = rumqttc::Publish::new(topic, QoS::AtLeastOnce, payload.to_vec());
-    p.pkid = 1; // any non-zero id: QoS 1 packets carry one
-    p.size()
+    let remaining = 2 + topic.len() + 2 + payload.len();
+    1 + varint_len(remaining) + remaining
+}
+
+/// The bytes of `n` as an MQTT variable byte integer (7 bits a byte).
+fn varint_len(n: usize) -> usize {
+    match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
 }
 
 /// Why the uplink could not be set up.
@@ -280,5 +293,18 @@ mod tests {
         let written = p.write(&mut buf).unwrap();
         assert_eq!(buf.len(), written);
         assert_eq!(publish_packet_len(&topic, &[7; 5_000]), buf.len());
+        // Each width of the remaining length, at both its ends, as rumqttc
+        // writes it.
+        for payload in [0, 120, 121, 16_376, 16_377, 2_097_144, 2_097_145, 3_000_000] {
+            let mut buf = bytes::BytesMut::new();
+            let mut p = rumqttc::Publish::new("a/b", QoS::AtLeastOnce, vec![0; payload]);
+            p.pkid = 1;
+            p.write(&mut buf).unwrap();
+            assert_eq!(
+                publish_packet_len("a/b", &vec![0; payload]),
+                buf.len(),
+                "{payload}"
+            );
+        }
     }
 }

@@ -18,6 +18,7 @@ use opcua::types::{
 };
 use tokio::sync::{mpsc, watch};
 use tributary_core::{Quantum, SeriesKey};
+use tributary_runtime::metrics::prometheus_client::metrics::counter::Counter;
 use tributary_runtime::now_ms;
 
 use super::config::{ItemScaling, OpcuaConfig, SecurityMode, SecurityPolicy, Trigger};
@@ -40,6 +41,25 @@ struct Item {
 /// value, receive time (Unix ms).
 type Change = (u32, DataValue, i64);
 
+/// Changes the callback → engine queue holds per unit of the items' summed
+/// queue sizes (a few publish responses' worth, each at most a full queue
+/// per item).
+const QUEUE_FACTOR: usize = 4;
+/// The least capacity of the callback → engine queue.
+const QUEUE_MIN: usize = 1024;
+
+/// The capacity of the callback → engine queue for `cfg`'s items: their
+/// queue sizes summed, times [`QUEUE_FACTOR`], at least [`QUEUE_MIN`] (and
+/// at most what a tokio channel takes: more would panic).
+fn queue_capacity(cfg: &OpcuaConfig) -> usize {
+    cfg.items
+        .iter()
+        .map(|i| usize::try_from(i.queue_size).unwrap_or(usize::MAX))
+        .fold(0usize, usize::saturating_add)
+        .saturating_mul(QUEUE_FACTOR)
+        .clamp(QUEUE_MIN, tokio::sync::Semaphore::MAX_PERMITS)
+}
+
 /// Runs one server until shutdown.
 pub(crate) async fn run(
     cfg: OpcuaConfig,
@@ -60,8 +80,9 @@ pub(crate) async fn run(
         .clone()
         .unwrap_or_else(|| data_dir.join("opcua-pki"));
     let mut backoff = Backoff::new();
+    let capacity = queue_capacity(&cfg);
     loop {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(capacity);
         let started = tokio::select! {
             _ = shutdown.changed() => return,
             s = start(&cfg, &pki, &items, tx, &metrics) => s,
@@ -85,6 +106,14 @@ pub(crate) async fn run(
                 event_loop.abort();
                 if gone {
                     return;
+                }
+                // The session ended for good (its loop gave up, or the
+                // subscription went away): start again, after a pause.
+                count(&metrics, &cfg.name, "connection_lost");
+                tracing::warn!(device = cfg.name, "OPC UA session ended; starting again");
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(backoff.next()) => {}
                 }
             }
             Err(reason) => {
@@ -128,7 +157,7 @@ async fn start(
     cfg: &OpcuaConfig,
     pki: &Path,
     items: &[Item],
-    tx: mpsc::UnboundedSender<Change>,
+    tx: mpsc::Sender<Change>,
     metrics: &Arc<Metrics>,
 ) -> Result<Started, &'static str> {
     let timeout = Duration::from_millis(cfg.timeout_ms);
@@ -201,7 +230,7 @@ async fn start(
     ));
     let connected = tokio::time::timeout(timeout, session.wait_for_connection()).await;
     let subscribed = match connected {
-        Ok(true) => subscribe(cfg, &session, items, tx).await,
+        Ok(true) => subscribe(cfg, &session, items, tx, metrics).await,
         _ => {
             tracing::warn!(device = cfg.name, "OPC UA session not activated");
             Err("connect")
@@ -225,18 +254,21 @@ async fn start(
 
 /// Creates the subscription and its monitored items (client handle =
 /// item index + 1); items the server refuses are counted as `item`.
+/// A change that finds the queue to the engine full is counted as
+/// `overflow` and dropped (the library's callback must not block).
 async fn subscribe(
     cfg: &OpcuaConfig,
     session: &Session,
     items: &[Item],
-    tx: mpsc::UnboundedSender<Change>,
+    tx: mpsc::Sender<Change>,
+    metrics: &Metrics,
 ) -> Result<(), &'static str> {
     let publishing = Duration::from_millis(cfg.publishing_interval_ms);
+    let mut handover = Handover::new(cfg, tx, metrics);
     // Lifetime 60 publishing intervals, keep-alive every 10: the
     // library's defaults; no limit per publish; priority 0.
     let callback = DataChangeCallback::new(move |value, item| {
-        // The receiver is gone only while the task stops.
-        let _ = tx.send((item.client_handle(), value, now_ms()));
+        handover.push((item.client_handle(), value, now_ms()));
     });
     let id = session
         .create_subscription(publishing, 60, 10, 0, 0, true, callback)
@@ -282,13 +314,72 @@ async fn subscribe(
             tracing::warn!(device = cfg.name, error = %e, "OPC UA monitored items refused");
             "subscribe"
         })?;
-    for (c, r) in cfg.items.iter().zip(&created) {
-        let status = r.result.status_code;
+    // An item the server left without a result is not monitored either.
+    let statuses = created
+        .iter()
+        .map(|r| r.result.status_code)
+        .chain(std::iter::repeat(StatusCode::BadUnexpectedError));
+    let refused = refused_items(cfg, statuses);
+    if refused > 0 {
+        metrics.opcua_error(&cfg.name, "item").inc_by(refused);
+    }
+    Ok(())
+}
+
+/// The subscription callback's end of the queue to the engine.
+struct Handover {
+    tx: mpsc::Sender<Change>,
+    /// `opcua_errors{reason="overflow"}` of the server.
+    overflow: Counter,
+    device: String,
+    /// Whether a full queue was logged yet (once per session: the counter
+    /// tells how many).
+    warned: bool,
+}
+
+impl Handover {
+    fn new(cfg: &OpcuaConfig, tx: mpsc::Sender<Change>, metrics: &Metrics) -> Self {
+        Self {
+            tx,
+            overflow: metrics.opcua_error(&cfg.name, "overflow"),
+            device: cfg.name.clone(),
+            warned: false,
+        }
+    }
+
+    /// Queues `change` without waiting (the library's callback must not
+    /// block); a change that finds the queue full is dropped and counted as
+    /// `overflow`.
+    fn push(&mut self, change: Change) {
+        match self.tx.try_send(change) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflow.inc();
+                if !self.warned {
+                    self.warned = true;
+                    tracing::warn!(
+                        device = self.device,
+                        "OPC UA changes arrive faster than the engine takes them; dropping them (counted as overflow)"
+                    );
+                }
+            }
+            // The receiver is gone only while the task stops.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+/// Logs each of `cfg`'s items whose create status (in item order) is not
+/// good, and returns how many there are.
+fn refused_items(cfg: &OpcuaConfig, statuses: impl Iterator<Item = StatusCode>) -> u64 {
+    let mut refused = 0;
+    for (c, status) in cfg.items.iter().zip(statuses) {
         if !status.is_good() {
+            refused += 1;
             tracing::warn!(device = cfg.name, node = c.node_id, %status, "OPC UA item refused");
         }
     }
-    Ok(())
+    refused
 }
 
 /// Drives the session's event loop until it ends, counting connection
@@ -342,11 +433,12 @@ struct Ends<'a> {
 async fn forward(
     cfg: &OpcuaConfig,
     items: &mut [Item],
-    mut rx: mpsc::UnboundedReceiver<Change>,
+    mut rx: mpsc::Receiver<Change>,
     engine: &mpsc::Sender<Input>,
     metrics: &Metrics,
     ends: Ends<'_>,
 ) -> bool {
+    let values = metrics.opcua_values(&cfg.name);
     loop {
         let (handle, value, received) = tokio::select! {
             _ = ends.shutdown.changed() => return true,
@@ -384,7 +476,7 @@ async fn forward(
         if engine.send(input).await.is_err() {
             return true;
         }
-        metrics.opcua_values(&cfg.name).inc();
+        values.inc();
     }
 }
 
@@ -404,4 +496,76 @@ fn repeat(item: &mut Item, value: &DataValue) -> Option<&'static str> {
 
 fn count(metrics: &Metrics, device: &str, reason: &'static str) {
     metrics.opcua_error(device, reason).inc();
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn server(queue_sizes: &[u32]) -> OpcuaConfig {
+        let items: String = queue_sizes
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                format!("[[opcua.items]]\nnode_id = \"ns=2;i={i}\"\nmetric = \"m{i}\"\nqueue_size = {q}\n")
+            })
+            .collect();
+        let text = format!(
+            "agent_id = \"gw\"\n[[opcua]]\nname = \"press\"\nendpoint = \"opc.tcp://127.0.0.1:4840\"\n{items}"
+        );
+        crate::config::Config::from_toml(&text)
+            .unwrap()
+            .opcua
+            .remove(0)
+    }
+
+    #[test]
+    fn the_queue_holds_a_few_full_item_queues_and_at_least_the_minimum() {
+        assert_eq!(queue_capacity(&server(&[10, 10])), QUEUE_MIN);
+        assert_eq!(queue_capacity(&server(&[1000, 24])), 1024 * QUEUE_FACTOR);
+        let huge = queue_capacity(&server(&[u32::MAX, u32::MAX]));
+        assert!(huge <= tokio::sync::Semaphore::MAX_PERMITS);
+        // A channel of that capacity can be made.
+        drop(mpsc::channel::<Change>(huge));
+    }
+
+    #[test]
+    fn refused_items_are_counted_missing_results_too() {
+        let cfg = server(&[1, 1, 1, 1]);
+        let statuses = [
+            StatusCode::Good,
+            StatusCode::BadNodeIdUnknown,
+            StatusCode::Good,
+        ];
+        let statuses = statuses
+            .into_iter()
+            .chain(std::iter::repeat(StatusCode::BadUnexpectedError));
+        assert_eq!(refused_items(&cfg, statuses), 2);
+        assert_eq!(refused_items(&cfg, std::iter::repeat(StatusCode::Good)), 0);
+    }
+
+    #[test]
+    fn a_full_queue_counts_each_change_it_drops_as_overflow() {
+        let cfg = server(&[1]);
+        let metrics = Metrics::new();
+        let (tx, mut rx) = mpsc::channel(2);
+        let mut handover = Handover::new(&cfg, tx, &metrics);
+        for handle in 1..=5 {
+            handover.push((handle, DataValue::null(), 0));
+        }
+        let overflow = metrics.opcua_error("press", "overflow");
+        assert_eq!(overflow.get(), 3);
+        assert_eq!(rx.try_recv().unwrap().0, 1);
+        assert_eq!(rx.try_recv().unwrap().0, 2);
+        assert!(rx.try_recv().is_err());
+        // Room again: handed over, not counted.
+        handover.push((6, DataValue::null(), 0));
+        assert_eq!(rx.try_recv().unwrap().0, 6);
+        assert_eq!(overflow.get(), 3);
+        // Once the task stopped (receiver gone) nothing is an overflow.
+        drop(rx);
+        handover.push((7, DataValue::null(), 0));
+        assert_eq!(overflow.get(), 3);
+    }
 }

@@ -321,6 +321,25 @@ mod tests {
         ] {
             assert!(e.contains(key), "{key} not named in: {e}");
         }
+        assert!(e.contains("two OPC UA servers of one name"), "{e}");
+        // Modbus devices and OPC UA servers share one name space (the
+        // `device` label of their metrics).
+        let e = load(
+            "[[modbus]]\nname = \"press\"\ntcp = \"127.0.0.1:502\"\n\
+             [[modbus.registers]]\nmetric = \"t\"\naddress = 3\n\
+             [[opcua]]\nname = \"oven\"\nendpoint = \"opc.tcp://h:1\"\n\
+             [[opcua.items]]\nnode_id = \"ns=2;s=T\"\nmetric = \"t\"\n\
+             [[opcua]]\nname = \"press\"\nendpoint = \"opc.tcp://h:2\"\n\
+             [[opcua.items]]\nnode_id = \"ns=2;s=T\"\nmetric = \"t\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("opcua[1].name"), "{e}");
+        assert!(
+            e.contains("a Modbus device and an OPC UA server of one name"),
+            "{e}"
+        );
+        assert!(!e.contains("opcua[0]"), "{e}");
+        assert!(!e.contains("modbus[0]"), "{e}");
     }
 
     #[test]

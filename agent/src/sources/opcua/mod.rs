@@ -19,18 +19,24 @@
 //! Failures and refusals are counted per server and reason in
 //! `tributary_agent_opcua_errors_total{device,reason}`: `connect` (no
 //! endpoint, session or activation within `timeout_ms`), `subscribe` (the
-//! subscription or its items refused), `connection_lost`, `reconnect` (a
-//! failed attempt), and per value `bad`, `uncertain` (status), `type` (not
-//! a number), `value` (does not fit the ticks), `repeat` (the value last
-//! handed over, again: a recreated subscription's first report).
+//! subscription, or the request for its items, refused), `item` (per
+//! monitored item the server refuses: the others still report),
+//! `connection_lost` (also a session that ended for good),
+//! `reconnect` (a failed attempt), and per value `bad`, `uncertain`
+//! (status), `type` (not a number), `value` (does not fit the ticks),
+//! `repeat` (the value last handed over, again: a recreated subscription's
+//! first report), `overflow` (dropped: the queue to the engine was full).
 //! Values handed over are counted in `tributary_agent_opcua_values_total`.
-//! Until the first session is up the task retries with a backoff from
-//! 100 ms doubling to 30 s; after that the library's session loop
-//! reconnects with the same backoff and transfers or recreates the
-//! subscription (`tributary_agent_opcua_reconnects_total`). A server only
+//! Until a session is up the task retries with a backoff from 100 ms
+//! doubling to 30 s; after that the library's session loop reconnects with
+//! the same backoff and transfers or recreates the subscription
+//! (`tributary_agent_opcua_reconnects_total`); should that loop end, the
+//! task starts a new session after the backoff's next pause. A server only
 //! ever waits on itself: its failures stall no other input. Changes are
-//! queued unbounded between the library's callback and the engine: their
-//! rate is bounded by the items' sampling and queue sizes.
+//! queued between the library's callback and the engine in a bounded queue
+//! (the items' queue sizes summed, times 4, at least 1024); the callback
+//! never waits, so a change that finds the queue full (the engine not
+//! keeping up) is dropped and counted as `overflow`.
 
 #[cfg(feature = "opcua")]
 mod client;

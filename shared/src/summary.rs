@@ -214,7 +214,7 @@ impl Summary {
     }
 
     /// A summary from its fields, checked as a decoded one is
-    /// ([`Summary::validate`]): for the binary batch decoder.
+    /// ([`Summary::validate`]): for the binary batch decoder and serde.
     pub(crate) fn from_parts(
         quantum: Quantum,
         (count, sum, sum_sq): (u64, i128, u128),
@@ -462,15 +462,7 @@ struct RawSummary {
 impl<'de> Deserialize<'de> for Summary {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let r = RawSummary::deserialize(d)?;
-        let s = Summary {
-            quantum: r.quantum,
-            count: r.count,
-            sum: r.sum,
-            sum_sq: r.sum_sq,
-            extent: r.extent,
-            sketch: r.sketch,
-        };
-        s.validate().map_err(serde::de::Error::custom)?;
-        Ok(s)
+        Summary::from_parts(r.quantum, (r.count, r.sum, r.sum_sq), r.extent, r.sketch)
+            .map_err(serde::de::Error::custom)
     }
 }

@@ -242,3 +242,188 @@ fn a_time_offset_past_i128_is_refused_not_a_panic() {
     ];
     assert!(Batch::decode(input).is_err());
 }
+
+/// LEB128 of `n` (as the layout codes every count).
+fn varint(mut n: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out
+}
+
+/// The bytes of `b` (one partial, in the watermark's window) before its
+/// partial count, and those of the partial: the batch with the partial
+/// twice is longer by exactly one partial (series 0, width 0, Δk 0).
+fn split_one_partial(p: Partial) -> (Vec<u8>, Vec<u8>) {
+    let one = Batch::new("a", 1, 0, vec![p.clone()]).encode(Encoding::Binary);
+    let two = Batch::new("a", 1, 0, vec![p.clone(), p]).encode(Encoding::Binary);
+    let len = two.len() - one.len();
+    assert_eq!(one[one.len() - len - 1], 1, "partial count");
+    (
+        one[..one.len() - len - 1].to_vec(),
+        one[one.len() - len..].to_vec(),
+    )
+}
+
+/// `prefix`, then `n` copies of `partial`.
+fn repeated(prefix: &[u8], partial: &[u8], n: u64) -> Vec<u8> {
+    let mut bytes = prefix.to_vec();
+    bytes.extend(varint(n));
+    for _ in 0..n {
+        bytes.extend_from_slice(partial);
+    }
+    bytes
+}
+
+/// A partial of window [0, 60 s) whose sketch fills 2048 positive buckets
+/// (scale 6, 64 buckets an octave: one reading in the middle of each of
+/// the buckets 0..2048 of readings from 1 to 2³², in ticks of 10⁻³).
+fn full_partial() -> Partial {
+    let readings: Vec<(i64, i64)> = (0..2048)
+        .map(|i| {
+            let v = 1000.0 * 2f64.powf((f64::from(i) + 0.5) / 64.0);
+            (i64::from(i), v.round() as i64)
+        })
+        .collect();
+    partial(key("m", "d", &[]), -3, 0, 60_000, &readings)
+}
+
+#[test]
+fn a_partial_count_past_the_partials_is_refused() {
+    let (prefix, _) = split_one_partial(partial(key("m", "d", &[]), 0, 0, 60_000, &[]));
+    // 4 MiB of 0xff after a count of a quarter of it: the count passes the
+    // bytes-per-partial bound, the first partial's series index does not
+    // end (a varint of 0xff bytes).
+    let junk = 4usize << 20;
+    let mut bytes = prefix.clone();
+    bytes.extend(varint((junk / 4) as u64));
+    bytes.extend(std::iter::repeat_n(0xff, junk));
+    let err = Batch::decode(&bytes).unwrap_err();
+    assert!(matches!(err, BatchError::Binary(_)), "{err}");
+}
+
+#[test]
+fn a_batch_of_full_sketches_within_the_limit_decodes() {
+    let p = full_partial();
+    assert_eq!(p.summary.sketch().scale(), 6);
+    assert_eq!(p.summary.sketch().positive().len(), 2048);
+    let (prefix, one) = split_one_partial(p.clone());
+    // 200 partials × 2048 buckets × 8 bytes: 3.3 MB.
+    let b = Batch::decode(&repeated(&prefix, &one, 200)).unwrap();
+    assert_eq!(b.partials.len(), 200);
+    assert!(b.partials.iter().all(|q| *q == p));
+    // 1000 × 2048 × 8 = 16 384 000 bytes of buckets and 1000 × 2 of keys
+    // ("m", "d"), plus the dictionary: still under 16 MiB.
+    const { assert!(1000 * (2048 * 8 + 2) + 2 < MAX_EXPANDED) };
+    assert_eq!(
+        Batch::decode(&repeated(&prefix, &one, 1000))
+            .unwrap()
+            .partials
+            .len(),
+        1000
+    );
+}
+
+#[test]
+fn buckets_past_the_limit_are_refused() {
+    let (prefix, one) = split_one_partial(full_partial());
+    // 1025 × 2048 × 8 = 16 793 600 bytes of buckets > 16 MiB, from about
+    // 1025 × 270 bytes of input.
+    const { assert!(1025 * 2048 * 8 > MAX_EXPANDED) };
+    let bytes = repeated(&prefix, &one, 1025);
+    assert!(bytes.len() < 1 << 20);
+    let err = Batch::decode(&bytes).unwrap_err();
+    assert!(matches!(err, BatchError::Binary(_)), "{err}");
+    assert!(err.to_string().contains("buckets"), "{err}");
+    assert!(err.to_string().contains("exceed their limit"), "{err}");
+}
+
+/// `bytes` with the one occurrence of `from` replaced by `to` (same length).
+fn patched(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let at: Vec<usize> = bytes
+        .windows(from.len())
+        .enumerate()
+        .filter(|(_, w)| *w == from)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(at.len(), 1, "{from:?} in {bytes:?}");
+    let mut out = bytes.to_vec();
+    out[at[0]..at[0] + to.len()].copy_from_slice(to);
+    out
+}
+
+#[test]
+fn an_invalid_series_key_is_refused_as_one() {
+    let b = Batch::new(
+        "agent-1",
+        1,
+        0,
+        vec![partial(key("temperature", "d", &[]), 0, 0, 60_000, &[])],
+    );
+    let bytes = round_trip(&b);
+    // A metric name may not contain a space.
+    let bad = patched(&bytes, b"temperature", b"temp rature");
+    let err = Batch::decode(&bad).unwrap_err();
+    assert!(matches!(err, BatchError::Series(_)), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("series key"), "{msg}");
+    assert!(msg.contains("metric name"), "{msg}");
+    assert!(!msg.contains("agent"), "{msg}");
+}
+
+#[test]
+fn a_duplicate_tag_key_is_refused() {
+    let b = Batch::new(
+        "a",
+        1,
+        0,
+        vec![partial(
+            key("m", "d", &[("kx", "v1"), ("ky", "v2")]),
+            0,
+            0,
+            60_000,
+            &[],
+        )],
+    );
+    let bytes = round_trip(&b);
+    // Sorted strings: d #0, kx #1, ky #2, m #3, v1 #4, v2 #5; the tag set is
+    // 1 set of 2 tags: kx=v1, ky=v2. Name kx twice.
+    let bad = patched(&bytes, &[1, 2, 1, 4, 2, 5], &[1, 2, 1, 4, 1, 5]);
+    let err = Batch::decode(&bad).unwrap_err();
+    assert!(matches!(err, BatchError::Binary(_)), "{err}");
+    assert!(err.to_string().contains("duplicate tag key"), "{err}");
+}
+
+#[test]
+fn shifted_moments_without_readings_are_refused() {
+    let (prefix, one) = split_one_partial(partial(key("m", "d", &[]), 0, 0, 60_000, &[]));
+    // series 0, width 0, Δk 0, head 0 (count 0, not shifted), sketch head
+    // 48 (scale 6), no positive buckets.
+    assert_eq!(one, [0, 0, 0, 0, 48, 0]);
+    assert_eq!(
+        Batch::decode(&repeated(&prefix, &one, 1))
+            .unwrap()
+            .partials
+            .len(),
+        1
+    );
+    let err = Batch::decode(&repeated(&prefix, &[0, 0, 0, 1, 48, 0], 1)).unwrap_err();
+    assert!(matches!(err, BatchError::Binary(_)), "{err}");
+    assert!(err.to_string().contains("shifted"), "{err}");
+}
+
+#[test]
+fn a_sketch_scale_past_i8_is_refused() {
+    let (prefix, _) = split_one_partial(partial(key("m", "d", &[]), 0, 0, 60_000, &[]));
+    // Sketch head 256·4 (zigzag 256 = scale 128, past i8), as LEB128.
+    assert_eq!(varint(256 * 4), [0x80, 0x08]);
+    let err = Batch::decode(&repeated(&prefix, &[0, 0, 0, 0, 0x80, 0x08, 0], 1)).unwrap_err();
+    assert!(
+        err.to_string().contains("sketch scale out of range"),
+        "{err}"
+    );
+}

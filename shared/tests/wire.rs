@@ -777,7 +777,7 @@ const GOLDEN_TIME_SYNC: &[u8] = &[
 /// (zigzag 1); head 5 (count 2, moments from the minimum); min −3 (zigzag
 /// 5), max−min 218, first−min 218, last−min 0, first 500 ms into the window
 /// (zigzag 1000), last 58 999 ms before its last millisecond (zigzag
-/// 117 998); Σ(v−min) = 212 (zigzag 424), Σ(v−min)² = 218² = 47 524; sketch
+/// 117 998); Σ(v−min) = 218 (zigzag 436), Σ(v−min)² = 218² = 47 524; sketch
 /// head 49 (scale 6 zigzag 12 ·4, no zero count, negative buckets); one
 /// positive bucket (head 64: 1 bucket of
 /// counts 1 bit wide) at 283 (21.5 at 10⁻¹, OpenTelemetry's index at scale

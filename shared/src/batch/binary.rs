@@ -55,9 +55,11 @@
 //! Decoding is hostile-input safe: every length and index is checked
 //! against the bytes that remain and the table it indexes, every sum and
 //! difference is checked arithmetic, the strings a decoded batch holds (the
-//! dictionary and every series key copied into its partials) are bounded by
-//! [`MAX_EXPANDED`] (`unpack.rs` decodes) — a dictionary lets a few bytes name a long key, so the
-//! input's length alone does not bound them — and every decoded value goes
+//! dictionary and every series key copied into its partials) and its sketch
+//! buckets (8 bytes each) are bounded together by [`MAX_EXPANDED`]
+//! (`unpack.rs` decodes) — a dictionary lets a few bytes name a long key and
+//! a bucket packed in 1 bit decodes into a `u64`, so the input's length
+//! alone does not bound them — and every decoded value goes
 //! through the same checks as a JSON one (series keys, aligned windows,
 //! [`Summary::validate`]). Trailing bytes are refused.
 
@@ -75,9 +77,10 @@ use crate::summary::Summary;
 use crate::window::{Width, Window};
 use crate::Quantum;
 
-/// The most bytes of strings a decoded batch may hold (dictionary and the
-/// series keys of its partials). An agent's batch of 200 partials with
-/// keys of a few hundred bytes holds well under 1 MiB.
+/// The most bytes a decoded batch may hold of strings (dictionary and the
+/// series keys of its partials) and sketch buckets (8 bytes each), counted
+/// together. An agent's batch of 200 partials with keys of a few hundred
+/// bytes and full sketches (2 × 2048 buckets, 32 KiB) holds under 8 MiB.
 pub const MAX_EXPANDED: usize = 16 << 20;
 
 /// Encodes `b` (magic byte included).
@@ -264,7 +267,7 @@ fn put_summary(out: &mut Vec<u8>, s: &Summary, window: Window) {
     }
     let k = s.sketch();
     let (zero, negative) = (k.zero_count() > 0, !k.negative().is_empty());
-    let scale = zigzag_i8(k.scale());
+    let scale = varint::zigzag(k.scale().into());
     varint::put(
         out,
         scale << 2 | u128::from(zero) << 1 | u128::from(negative),
@@ -289,8 +292,4 @@ fn put_summary(out: &mut Vec<u8>, s: &Summary, window: Window) {
             varint::put_packed(out, b.counts(), bits.max(1));
         }
     }
-}
-
-fn zigzag_i8(v: i8) -> u128 {
-    u128::from(((v << 1) ^ (v >> 7)) as u8)
 }

@@ -143,6 +143,10 @@ pub enum BatchError {
     /// The agent id is invalid.
     #[error("invalid agent id: {0}")]
     Agent(#[from] KeyError),
+    /// A series key of a binary batch is invalid (a JSON batch's is a
+    /// [`BatchError::Json`]).
+    #[error("invalid series key: {0}")]
+    Series(KeyError),
     /// The identity cannot be an agent's: a malformed incarnation, or a
     /// `first_unconfirmed` above the batch's own sequence.
     #[error("invalid batch identity: {0}")]

@@ -1,11 +1,21 @@
 //! Decoding the binary batch layout of `binary.rs` (see its `# Design` for
 //! the layout and for why every read is bounded).
+//!
+//! What a decoded batch holds is bounded by [`MAX_EXPANDED`], one budget
+//! charged by [`Decoder::spend`] for the bytes of every string (the
+//! dictionary, each tag set and series key, and the key copied into each
+//! partial) and 8 bytes for every sketch bucket: a dictionary lets a few
+//! bytes name a long key, and a bucket packed in 1 bit decodes into a `u64`,
+//! so the input's length alone bounds neither. Table and partial counts are
+//! checked against the bytes that remain, and no count read from the input
+//! reserves more than [`MAX_RESERVE`] entries ahead of the entries read.
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::mem::size_of;
 
 use super::binary::{references, TagSet, MAX_EXPANDED};
-use super::varint::Reader;
+use super::varint::{self, Reader};
 use super::{Batch, BatchError, BinaryError, Partial, BATCH_VERSION};
 use crate::extent::{Extent, Point};
 use crate::series::{MAX_ID_LEN, MAX_TAGS};
@@ -17,6 +27,14 @@ use crate::{Incarnation, Quantum, SeriesKey};
 /// The longest string of the dictionary (a tag value of 128 characters of
 /// up to 4 bytes).
 const MAX_STRING: usize = 512;
+
+/// The most entries a count read from the input reserves ahead: a table
+/// grows past it as its entries are read, so a hostile count followed by
+/// junk allocates at most this many before it fails.
+const MAX_RESERVE: usize = 1024;
+
+/// What one decoded bucket costs of [`MAX_EXPANDED`] (its `u64` count).
+const BUCKET_BYTES: usize = size_of::<u64>();
 
 /// Decodes the bytes after the magic byte.
 pub(super) fn decode(body: &[u8]) -> Result<Batch, BatchError> {
@@ -62,14 +80,25 @@ struct Decoder {
 }
 
 impl Decoder {
-    /// Counts `n` more string bytes against [`MAX_EXPANDED`].
+    /// Counts `n` more bytes (of strings, or of buckets) against
+    /// [`MAX_EXPANDED`].
     fn spend(&mut self, n: usize) -> Result<(), BinaryError> {
         self.expanded = self
             .expanded
             .checked_add(n)
             .filter(|&e| e <= MAX_EXPANDED)
-            .ok_or(BinaryError("the strings a batch holds exceed their limit"))?;
+            .ok_or(BinaryError(
+                "the strings and buckets a batch holds exceed their limit",
+            ))?;
         Ok(())
+    }
+
+    /// Counts `len` more buckets against [`MAX_EXPANDED`].
+    fn spend_buckets(&mut self, len: usize) -> Result<(), BinaryError> {
+        let n = len
+            .checked_mul(BUCKET_BYTES)
+            .ok_or(BinaryError("too many buckets"))?;
+        self.spend(n)
     }
 
     fn string(&self, r: &mut Reader<'_>) -> Result<&String, BinaryError> {
@@ -83,7 +112,7 @@ impl Decoder {
     /// least one byte, so no table is longer than the bytes that remain.
     fn tables(&mut self, r: &mut Reader<'_>) -> Result<(), BatchError> {
         let n = r.len(r.remaining(), "more strings than bytes")?;
-        self.strings.reserve(n);
+        self.strings.reserve(n.min(MAX_RESERVE));
         for _ in 0..n {
             let shared = r.len(MAX_STRING, "string too long")?;
             let suffix = r.bytes(MAX_STRING, "string too long")?;
@@ -106,7 +135,9 @@ impl Decoder {
                 let k = self.string(r)?.clone();
                 let v = self.string(r)?.clone();
                 self.spend(k.len() + v.len())?;
-                tags.insert(k, v);
+                if tags.insert(k, v).is_some() {
+                    return Err(BinaryError("duplicate tag key").into());
+                }
             }
             self.tagsets.push(tags);
         }
@@ -128,7 +159,7 @@ impl Decoder {
                 i8::try_from(r.signed()?).map_err(|_| BinaryError("quantum out of range"))?;
             let quantum =
                 Quantum::new(exponent).map_err(|_| BinaryError("quantum out of range"))?;
-            let key = SeriesKey::new(metric, device, tags)?;
+            let key = SeriesKey::new(metric, device, tags).map_err(BatchError::Series)?;
             self.series.push((key, quantum, size));
         }
         let n = r.len(r.remaining(), "more widths than bytes")?;
@@ -143,7 +174,7 @@ impl Decoder {
     /// The partials (each takes at least four bytes).
     fn partials(&mut self, r: &mut Reader<'_>, watermark: i64) -> Result<Vec<Partial>, BatchError> {
         let n = r.len(r.remaining() / 4, "more partials than bytes")?;
-        let mut out = Vec::with_capacity(n);
+        let mut out = Vec::with_capacity(n.min(MAX_RESERVE));
         let mut prev_k: Option<i128> = None;
         for _ in 0..n {
             let i = r.len(usize::MAX, "index past usize")?;
@@ -169,7 +200,7 @@ impl Decoder {
                 .ok_or(BinaryError("window out of range"))?;
             let window =
                 Window::new(start, width).map_err(|_| BinaryError("window out of range"))?;
-            let summary = read_summary(r, quantum, window)?;
+            let summary = self.read_summary(r, quantum, window)?;
             out.push(Partial {
                 series: key,
                 window,
@@ -178,72 +209,106 @@ impl Decoder {
         }
         Ok(out)
     }
-}
 
-fn read_summary(
-    r: &mut Reader<'_>,
-    quantum: Quantum,
-    window: Window,
-) -> Result<Summary, BinaryError> {
-    let head = r.wide()?;
-    let count = u64::try_from(head >> 1).map_err(|_| BinaryError("count past 64 bits"))?;
-    let shifted_moments = head & 1 == 1;
-    let overflow = BinaryError("summary field out of range");
-    let mut extent = None;
-    let (mut sum, mut sum_sq) = (0, 0);
-    if count > 0 {
-        let min = r.i64()?;
-        let (max, first_value, last_value) = (above(r, min)?, above(r, min)?, above(r, min)?);
-        // The offsets are any i128 the input names: checked, never wrapped.
-        let time = |t: Option<i128>| t.and_then(|t| i64::try_from(t).ok()).ok_or(overflow);
-        let first_time = time(i128::from(window.start()).checked_add(r.signed()?))?;
-        let last_time = time((i128::from(window.end()) - 1).checked_sub(r.signed()?))?;
-        (sum, sum_sq) = (r.signed()?, r.wide()?);
-        if shifted_moments {
-            (sum, sum_sq) = unshifted(count, sum, sum_sq, min).ok_or(overflow)?;
+    fn read_summary(
+        &mut self,
+        r: &mut Reader<'_>,
+        quantum: Quantum,
+        window: Window,
+    ) -> Result<Summary, BinaryError> {
+        let head = r.wide()?;
+        let count = u64::try_from(head >> 1).map_err(|_| BinaryError("count past 64 bits"))?;
+        let shifted_moments = head & 1 == 1;
+        if shifted_moments && count == 0 {
+            // The encoder shifts the moments by the minimum of the readings:
+            // without readings it has none, and never sets the flag.
+            return Err(BinaryError("moments flagged shifted without readings"));
         }
-        extent = Some(Extent {
-            min,
-            max,
-            first: Point {
-                time: first_time,
-                value: first_value,
-            },
-            last: Point {
-                time: last_time,
-                value: last_value,
-            },
-        });
+        let overflow = BinaryError("summary field out of range");
+        let mut extent = None;
+        let (mut sum, mut sum_sq) = (0, 0);
+        if count > 0 {
+            let min = r.i64()?;
+            let (max, first_value, last_value) = (above(r, min)?, above(r, min)?, above(r, min)?);
+            // The offsets are any i128 the input names: checked, never wrapped.
+            let time = |t: Option<i128>| t.and_then(|t| i64::try_from(t).ok()).ok_or(overflow);
+            let first_time = time(i128::from(window.start()).checked_add(r.signed()?))?;
+            let last_time = time((i128::from(window.end()) - 1).checked_sub(r.signed()?))?;
+            (sum, sum_sq) = (r.signed()?, r.wide()?);
+            if shifted_moments {
+                (sum, sum_sq) = unshifted(count, sum, sum_sq, min).ok_or(overflow)?;
+            }
+            extent = Some(Extent {
+                min,
+                max,
+                first: Point {
+                    time: first_time,
+                    value: first_value,
+                },
+                last: Point {
+                    time: last_time,
+                    value: last_value,
+                },
+            });
+        }
+        let head = r.wide()?;
+        let scale = i8::try_from(varint::unzigzag(head >> 2))
+            .map_err(|_| BinaryError("sketch scale out of range"))?;
+        let zero = if head & 2 != 0 {
+            match r.u64()? {
+                0 => return Err(BinaryError("a zero count flagged but 0")),
+                z => z,
+            }
+        } else {
+            0
+        };
+        let (pos_ref, neg_ref) = references(quantum, extent.as_ref(), scale);
+        let positive = self.read_side(r, pos_ref)?;
+        let negative = if head & 1 != 0 {
+            match self.read_side(r, neg_ref)? {
+                (_, c) if c.is_empty() => {
+                    return Err(BinaryError("negative buckets flagged but none"))
+                }
+                side => side,
+            }
+        } else {
+            (0, Vec::new())
+        };
+        let sketch = Sketch::from_parts(
+            scale,
+            zero,
+            (positive.0, &positive.1),
+            (negative.0, &negative.1),
+        )
+        .map_err(BinaryError)?;
+        Summary::from_parts(quantum, (count, sum, sum_sq), extent, sketch).map_err(BinaryError)
     }
-    let head = r.wide()?;
-    let z = u8::try_from(head >> 2).map_err(|_| BinaryError("sketch scale out of range"))?;
-    let scale = ((z >> 1) as i8) ^ -((z & 1) as i8);
-    let zero = if head & 2 != 0 {
-        match r.u64()? {
-            0 => return Err(BinaryError("a zero count flagged but 0")),
-            z => z,
+
+    fn read_side(
+        &mut self,
+        r: &mut Reader<'_>,
+        reference: i32,
+    ) -> Result<(i32, Vec<u64>), BinaryError> {
+        let head = r.len(usize::MAX, "too many buckets")?;
+        let (len, bits) = (head >> 6, (head & 63) as u32 + 1);
+        if len == 0 {
+            return match bits {
+                1 => Ok((0, Vec::new())),
+                _ => Err(BinaryError("bits per count without counts")),
+            };
         }
-    } else {
-        0
-    };
-    let (pos_ref, neg_ref) = references(quantum, extent.as_ref(), scale);
-    let positive = read_side(r, pos_ref)?;
-    let negative = if head & 1 != 0 {
-        match read_side(r, neg_ref)? {
-            (_, c) if c.is_empty() => return Err(BinaryError("negative buckets flagged but none")),
-            side => side,
+        // Every 8 counts take `bits` bytes.
+        if len > WideCounts::LIMIT || len.div_ceil(8) > r.remaining() {
+            return Err(BinaryError("too many buckets"));
         }
-    } else {
-        (0, Vec::new())
-    };
-    let sketch = Sketch::from_parts(
-        scale,
-        zero,
-        (positive.0, &positive.1),
-        (negative.0, &negative.1),
-    )
-    .map_err(BinaryError)?;
-    Summary::from_parts(quantum, (count, sum, sum_sq), extent, sketch).map_err(BinaryError)
+        self.spend_buckets(len)?;
+        let offset = i128::from(reference)
+            .checked_add(r.signed()?)
+            .and_then(|o| i32::try_from(o).ok())
+            .ok_or(BinaryError("bucket offset out of range"))?;
+        let counts = r.packed(len, bits)?;
+        Ok((offset, counts))
+    }
 }
 
 /// `base` plus an unsigned varint, which must stay an `i64`.
@@ -251,27 +316,6 @@ fn above(r: &mut Reader<'_>, base: i64) -> Result<i64, BinaryError> {
     let overflow = BinaryError("summary field out of range");
     let d = i64::try_from(r.u64()?).map_err(|_| overflow)?;
     base.checked_add(d).ok_or(overflow)
-}
-
-fn read_side(r: &mut Reader<'_>, reference: i32) -> Result<(i32, Vec<u64>), BinaryError> {
-    let head = r.len(usize::MAX, "too many buckets")?;
-    let (len, bits) = (head >> 6, (head & 63) as u32 + 1);
-    if len == 0 {
-        return match bits {
-            1 => Ok((0, Vec::new())),
-            _ => Err(BinaryError("bits per count without counts")),
-        };
-    }
-    // Every 8 counts take `bits` bytes.
-    if len > WideCounts::LIMIT || len.div_ceil(8) > r.remaining() {
-        return Err(BinaryError("too many buckets"));
-    }
-    let offset = i128::from(reference)
-        .checked_add(r.signed()?)
-        .and_then(|o| i32::try_from(o).ok())
-        .ok_or(BinaryError("bucket offset out of range"))?;
-    let counts = r.packed(len, bits)?;
-    Ok((offset, counts))
 }
 
 /// Σv and Σv² from Σ(v−m) and Σ(v−m)², in the reverse order of the steps of

@@ -46,11 +46,13 @@ pub(super) fn put_packed(out: &mut Vec<u8>, counts: impl Iterator<Item = u64>, b
     }
 }
 
-fn zigzag(v: i128) -> u128 {
+/// `v` zigzag-coded (0, −1, 1, −2, … → 0, 1, 2, 3, …).
+pub(super) fn zigzag(v: i128) -> u128 {
     ((v << 1) ^ (v >> 127)) as u128
 }
 
-fn unzigzag(u: u128) -> i128 {
+/// The inverse of [`zigzag`].
+pub(super) fn unzigzag(u: u128) -> i128 {
     ((u >> 1) as i128) ^ -((u & 1) as i128)
 }
 
@@ -188,6 +190,38 @@ mod tests {
         let mut out = Vec::new();
         put(&mut out, 256);
         assert_eq!(out, [0x80, 0x02]);
+    }
+
+    /// The sketch scale (an `i8`) is coded with the same zigzag as every
+    /// signed value: 0, −1, 1, … → 0, 1, 2, …, −128 → 255, 127 → 254; the
+    /// decoder accepts exactly the codes 0..=255.
+    #[test]
+    fn an_i8_zigzags_into_one_byte_and_back() {
+        for (v, z) in [
+            (0i8, 0u128),
+            (-1, 1),
+            (1, 2),
+            (-2, 3),
+            (6, 12),
+            (127, 254),
+            (-128, 255),
+        ] {
+            assert_eq!(zigzag(v.into()), z, "{v}");
+            assert_eq!(i8::try_from(unzigzag(z)), Ok(v), "{z}");
+        }
+        for v in i8::MIN..=i8::MAX {
+            // The encoder's former `zigzag_i8`.
+            let byte = ((v << 1) ^ (v >> 7)) as u8;
+            assert_eq!(zigzag(v.into()), u128::from(byte));
+        }
+        for z in 0..=u8::MAX {
+            // The decoder's former inverse.
+            let v = ((z >> 1) as i8) ^ -((z & 1) as i8);
+            assert_eq!(i8::try_from(unzigzag(z.into())), Ok(v));
+        }
+        for z in (256..4096).chain([u128::MAX - 1, u128::MAX]) {
+            assert!(i8::try_from(unzigzag(z)).is_err(), "{z}");
+        }
     }
 
     #[test]

@@ -60,8 +60,10 @@ struct Run {
 }
 
 /// Runs the first device of `sim` to its end on `master` through `wire`,
-/// until every frame is acked (or 30 s pass).
-fn drive<A, D>(sim: &SimulatedConfig, mut master: File, mut wire: Wire<A, D>) -> Run
+/// until every frame is acked (or 30 s pass). The caller keeps `master`
+/// open afterwards for as long as the agent may still be reading: closing
+/// a pty master hangs up its slave, which discards the bytes it holds.
+fn drive<A, D>(sim: &SimulatedConfig, master: &mut File, mut wire: Wire<A, D>) -> Run
 where
     A: FnMut(u64, Vec<u8>) -> Vec<u8>,
     D: FnMut(&mut [u8]),
@@ -132,7 +134,7 @@ async fn pty_device_frames_are_acked_after_commit_and_add_up() {
     let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
     let collector = TestCollector::start(broker.port());
     let dir = tempfile::tempdir().unwrap();
-    let (slave_path, master, _slave) = pty();
+    let (slave_path, mut master, _slave) = pty();
 
     // The device: the firmware's virtual device, 6 windows of 5 samples.
     let sim = sim_config(1, 6, 0, 0);
@@ -154,9 +156,9 @@ async fn pty_device_frames_are_acked_after_commit_and_add_up() {
             },
             to_device: |_: &mut [u8]| {},
         };
-        drive(&sim2, master, wire)
+        (drive(&sim2, &mut master, wire), master)
     });
-    let run = device.await.unwrap();
+    let (run, _master) = device.await.unwrap();
     assert_eq!(run.pending, 0, "every frame acknowledged");
     assert_eq!(run.stats.dropped_readings, 0);
     assert!(
@@ -219,7 +221,7 @@ async fn frames_corrupted_on_the_wire_are_resent_and_applied_exactly_once() {
     let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
     let collector = TestCollector::start(broker.port());
     let dir = tempfile::tempdir().unwrap();
-    let (slave_path, master, _slave) = pty();
+    let (slave_path, mut master, _slave) = pty();
     let sim = sim_config(1, 8, 0, 0);
     let expected: u64 = truth(&sim, 5000).values().map(|v| v.0).sum();
     let agent = serial_agent(dir.path(), broker.port(), &slave_path).await;
@@ -260,10 +262,11 @@ async fn frames_corrupted_on_the_wire_are_resent_and_applied_exactly_once() {
                 }
             },
         };
-        let run = drive(&sim2, master, wire);
-        (run, corrupted)
+        let run = drive(&sim2, &mut master, wire);
+        (run, corrupted, master)
     });
-    let (run, corrupted) = device.await.unwrap();
+    // The master stays open until the agent has read all it was sent.
+    let (run, corrupted, _master) = device.await.unwrap();
     assert_eq!(run.pending, 0, "every frame acknowledged in the end");
     assert_eq!(run.stats.dropped_readings, 0);
     assert!(

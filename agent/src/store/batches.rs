@@ -10,7 +10,7 @@
 //! resent, and it lets the collector forget the keys below it.
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use tributary_core::batch::{Batch, Encoding};
+use tributary_core::batch::{Batch, Encoding, MAX_EXPANDED};
 use tributary_core::Incarnation;
 
 use super::error::StoreError;
@@ -150,8 +150,21 @@ pub(crate) fn form(
 
 /// Encodes `batch`, leaving out its newest partials until it takes at most
 /// `max` bytes; a batch of one partial (or none) that is larger is kept if
-/// it goes `alone` (nothing else in flight), else there is none.
+/// it goes `alone` (nothing else in flight), else there is none. A binary
+/// batch is first cut to what the collector's decoder accepts
+/// ([`MAX_EXPANDED`]; one partial always fits): a batch it refused would
+/// never be confirmed, and would be sent again and again.
 fn cut_to_fit(batch: &mut Batch, encoding: Encoding, max: u64, alone: bool) -> Option<Vec<u8>> {
+    if encoding == Encoding::Binary {
+        loop {
+            let (held, n) = (batch.decoded_bytes(), batch.partials.len());
+            if held <= MAX_EXPANDED || n <= 1 {
+                break;
+            }
+            let keep = (n as u128 * MAX_EXPANDED as u128 / held as u128) as usize;
+            batch.partials.truncate(keep.clamp(1, n - 1));
+        }
+    }
     loop {
         let payload = batch.encode(encoding);
         let len = payload.len() as u64;

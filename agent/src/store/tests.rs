@@ -173,6 +173,47 @@ fn batches_name_the_incarnation_and_where_the_unconfirmed_begin() {
     assert_eq!(open(&dir, 1).incarnation(), st.incarnation());
 }
 
+/// Binary batches are cut to what the collector's decoder accepts: 1,200
+/// partials whose sketches fill both signs hold about 40 MB of buckets once
+/// decoded, past its 16 MiB, though their bytes fit one batch. A batch over
+/// it would be refused, never confirmed and sent again forever.
+#[test]
+fn binary_batches_stay_within_what_the_collector_decodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = setup(&dir, 4, 1200);
+    // 32 octaves at 64 readings an octave on each side of zero.
+    let values: Vec<i64> = (0..2048)
+        .map(|i| (1000.0 * 2f64.powf((f64::from(i) + 0.5) / 64.0)).round() as i64)
+        .flat_map(|v| [v, -v])
+        .collect();
+    let mut full = Summary::new(Quantum::DEFAULT);
+    for (i, &v) in values.iter().enumerate() {
+        full.insert(i as i64 % 1000, v).unwrap();
+    }
+    let mut c = Commit::default();
+    for j in 0..1200i64 {
+        let mut e = emit((j % 4) as u32, (j / 4) * 1000, 0);
+        e.summary = full.clone();
+        c.flush.emitted.push(e);
+    }
+    commit(&mut st, &c, u64::MAX);
+    let formed = st.form_batches("gw", 0, 100, Encoding::Binary).unwrap();
+    assert!(formed.len() >= 3, "{} batches", formed.len());
+    let mut windows = std::collections::BTreeSet::new();
+    let mut readings = 0u64;
+    for f in &formed {
+        let b = Batch::decode(&f.payload).unwrap();
+        assert!(b.partials.len() < 1200);
+        for p in &b.partials {
+            readings += p.summary.count();
+            windows.insert((p.series.metric().to_string(), p.window.start()));
+        }
+    }
+    assert_eq!(windows.len(), 1200, "every partial once");
+    assert_eq!(readings, 1200 * values.len() as u64);
+    assert_eq!(st.pending_partials().unwrap(), 0);
+}
+
 /// A schema-1 database (tick-indexed sketches) is migrated when it holds no
 /// summary and refused with a clear reason when it does.
 #[test]

@@ -83,6 +83,9 @@ use crate::Quantum;
 /// bytes and full sketches (2 × 2048 buckets, 32 KiB) holds under 8 MiB.
 pub const MAX_EXPANDED: usize = 16 << 20;
 
+/// What one decoded bucket costs of [`MAX_EXPANDED`] (its `u64` count).
+pub(super) const BUCKET_BYTES: usize = core::mem::size_of::<u64>();
+
 /// Encodes `b` (magic byte included).
 pub(super) fn encode(b: &Batch) -> Vec<u8> {
     let mut out = alloc::vec![BINARY_MAGIC];
@@ -109,6 +112,35 @@ pub(super) fn encode(b: &Batch) -> Vec<u8> {
         put_summary(&mut out, &p.summary, p.window);
     }
     out
+}
+
+/// What decoding `b`'s binary form charges to [`MAX_EXPANDED`] (`unpack.rs`):
+/// the bytes of every dictionary string, of every tag set's tags, of every
+/// series key in the series table and again for each partial that names
+/// it, and 8 bytes for every sketch bucket. An encoder keeps a batch at or
+/// under the limit by this count, so the collector never refuses a batch
+/// an agent formed in good faith.
+pub(super) fn decoded_bytes(b: &Batch) -> usize {
+    let t = Tables::of(&b.partials);
+    let tags = |tags: &TagSet| -> usize { tags.iter().map(|(k, v)| k.len() + v.len()).sum() };
+    let key =
+        |(metric, device, tagset, _): &SeriesId<'_>| metric.len() + device.len() + tags(tagset);
+    let strings: usize = t.strings.keys().map(|s| s.len()).sum();
+    let tagsets: usize = t.tagsets.iter().map(|s| tags(s)).sum();
+    let series: usize = t.series_order.iter().map(key).sum();
+    let partials: usize = b
+        .partials
+        .iter()
+        .map(|p| {
+            let k = p.summary.sketch();
+            let buckets = k.positive().len() + k.negative().len();
+            key(&series_id(p)).saturating_add(buckets.saturating_mul(BUCKET_BYTES))
+        })
+        .fold(0, usize::saturating_add);
+    strings
+        .saturating_add(tagsets)
+        .saturating_add(series)
+        .saturating_add(partials)
 }
 
 pub(super) type TagSet = BTreeMap<String, String>;

@@ -245,6 +245,14 @@ impl Batch {
         }
     }
 
+    /// What decoding this batch's binary form holds of strings and sketch
+    /// buckets, counted as the decoder counts them against
+    /// [`MAX_EXPANDED`]: a binary batch over that limit is refused, so an
+    /// encoder cuts its batches to stay at or under it.
+    pub fn decoded_bytes(&self) -> usize {
+        binary::decoded_bytes(self)
+    }
+
     /// Decodes and validates a batch in either encoding.
     pub fn decode(bytes: &[u8]) -> Result<Batch, BatchError> {
         let first = *bytes.first().ok_or(BatchError::Empty)?;
@@ -333,5 +341,65 @@ mod tests {
         for enc in [Encoding::Json, Encoding::Binary] {
             assert_eq!(Batch::decode(&b.encode(enc)).unwrap(), b, "{enc}");
         }
+    }
+
+    /// A partial of `series` in the minute `k` holding `values`.
+    fn partial_of(series: &SeriesKey, width: i64, k: i64, values: &[i64]) -> Partial {
+        let window = Window::new(k * width, Width::new(width).unwrap()).unwrap();
+        let mut s = Summary::new(Quantum::new(-3).unwrap_or_default());
+        for (i, &v) in values.iter().enumerate() {
+            s.insert(window.start() + i as i64, v).unwrap();
+        }
+        Partial {
+            series: series.clone(),
+            window,
+            summary: s,
+        }
+    }
+
+    #[test]
+    fn decoded_bytes_is_what_the_decoder_charges() {
+        let key = |m: &str, d: &str, tags: &[(&str, &str)]| {
+            let tags = tags
+                .iter()
+                .map(|(k, v)| (String::from(*k), String::from(*v)))
+                .collect();
+            SeriesKey::new(m, d, tags).unwrap()
+        };
+        let keys = [
+            key("t", "d", &[]),
+            key("temperature", "boiler-1", &[("site", "berlin")]),
+            key("temperature", "boiler-2", &[("site", "berlin")]),
+            key("power.w", "meter", &[("site", "oslo"), ("phase", "l1")]),
+        ];
+        let wide: Vec<i64> = (0..3000)
+            .map(|i| (i * i * 37) % 2_000_001 - 1_000_000)
+            .collect();
+        let shapes: [&[i64]; 5] = [&[], &[0], &[5, -5, 0], &[1, 2, 3, 1_000_000], &wide];
+        let mut batches = alloc::vec![Batch::new("a", 1, 0, Vec::new())];
+        for n in [1usize, 2, 7, 40] {
+            let partials = (0..n)
+                .map(|i| {
+                    let width = if i % 3 == 0 { 3_600_000 } else { 60_000 };
+                    partial_of(
+                        &keys[i % keys.len()],
+                        width,
+                        i as i64,
+                        shapes[i % shapes.len()],
+                    )
+                })
+                .collect();
+            batches.push(Batch::new("gw-1", n as u64, 0, partials));
+        }
+        for b in &batches {
+            let bytes = b.encode(Encoding::Binary);
+            let (decoded, charged) = unpack::decode_counted(&bytes[1..]).unwrap();
+            assert_eq!(&decoded, b);
+            assert_eq!(b.decoded_bytes(), charged, "{} partials", b.partials.len());
+        }
+        assert!(
+            batches[4].decoded_bytes() > 40 * 8 * 2048 / 5,
+            "full sketches counted"
+        );
     }
 }

@@ -12,9 +12,8 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::mem::size_of;
 
-use super::binary::{references, TagSet, MAX_EXPANDED};
+use super::binary::{references, TagSet, BUCKET_BYTES, MAX_EXPANDED};
 use super::varint::{self, Reader};
 use super::{Batch, BatchError, BinaryError, Partial, BATCH_VERSION};
 use crate::extent::{Extent, Point};
@@ -33,11 +32,14 @@ const MAX_STRING: usize = 512;
 /// junk allocates at most this many before it fails.
 const MAX_RESERVE: usize = 1024;
 
-/// What one decoded bucket costs of [`MAX_EXPANDED`] (its `u64` count).
-const BUCKET_BYTES: usize = size_of::<u64>();
-
 /// Decodes the bytes after the magic byte.
 pub(super) fn decode(body: &[u8]) -> Result<Batch, BatchError> {
+    decode_counted(body).map(|(batch, _)| batch)
+}
+
+/// Decodes the bytes after the magic byte; answers the batch and what it
+/// charged to [`MAX_EXPANDED`].
+pub(super) fn decode_counted(body: &[u8]) -> Result<(Batch, usize), BatchError> {
     let mut r = Reader::new(body);
     let v = r.wide()?;
     let v = u16::try_from(v).map_err(|_| BinaryError("version past 16 bits"))?;
@@ -60,7 +62,7 @@ pub(super) fn decode(body: &[u8]) -> Result<Batch, BatchError> {
     if r.remaining() != 0 {
         return Err(BinaryError("trailing bytes").into());
     }
-    Ok(batch)
+    Ok((batch, d.expanded))
 }
 
 fn utf8(b: &[u8]) -> Result<String, BinaryError> {

@@ -427,3 +427,48 @@ fn a_sketch_scale_past_i8_is_refused() {
         "{err}"
     );
 }
+
+/// LEB128 of a zigzag-coded `i128` (as the layout codes signed deltas).
+fn signed_varint(v: i128) -> Vec<u8> {
+    let mut n = ((v << 1) ^ (v >> 127)) as u128;
+    let mut out = Vec::new();
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out
+}
+
+/// A sketch side's first-bucket offset is its reference bucket plus a
+/// delta the input names: a delta near the top of i128 overflowed that sum
+/// (a panic in debug builds) until it was checked. It is refused as out of
+/// range, and so is one near the bottom.
+#[test]
+fn a_bucket_offset_past_i128_is_refused_not_a_panic() {
+    // One reading of 1000.0: its bucket is the reference (delta 0), well
+    // above 0, so reference + i128::MAX overflows.
+    let p = partial(key("m", "d", &[]), -3, 0, 60_000, &[(0, 1_000_000)]);
+    let (prefix, one) = split_one_partial(p);
+    // The partial ends with the positive side: 1 bucket of 1 bit (64),
+    // delta 0, the packed count 1.
+    assert_eq!(one[one.len() - 3..], [64, 0, 1]);
+    assert_eq!(
+        Batch::decode(&repeated(&prefix, &one, 1))
+            .unwrap()
+            .partials
+            .len(),
+        1
+    );
+    for delta in [i128::MAX, i128::MIN] {
+        let mut bad = one[..one.len() - 2].to_vec();
+        bad.extend(signed_varint(delta));
+        bad.push(1);
+        let err = Batch::decode(&repeated(&prefix, &bad, 1)).unwrap_err();
+        assert!(matches!(err, BatchError::Binary(_)), "{err}");
+        assert!(
+            err.to_string().contains("bucket offset out of range"),
+            "{err}"
+        );
+    }
+}

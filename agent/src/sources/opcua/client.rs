@@ -92,7 +92,7 @@ pub(crate) async fn run(
                 session,
                 mut event_loop,
             }) => {
-                backoff.reset();
+                let up = tokio::time::Instant::now();
                 let ends = Ends {
                     shutdown: &mut shutdown,
                     event_loop: &mut event_loop,
@@ -108,7 +108,9 @@ pub(crate) async fn run(
                     return;
                 }
                 // The session ended for good (its loop gave up, or the
-                // subscription went away): start again, after a pause.
+                // subscription went away): start again, after a pause that
+                // keeps growing while sessions end soon after they start.
+                backoff.ended_after(up.elapsed());
                 count(&metrics, &cfg.name, "connection_lost");
                 tracing::warn!(device = cfg.name, "OPC UA session ended; starting again");
                 tokio::select! {

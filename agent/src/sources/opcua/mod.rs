@@ -31,7 +31,8 @@
 //! doubling to 30 s; after that the library's session loop reconnects with
 //! the same backoff and transfers or recreates the subscription
 //! (`tributary_agent_opcua_reconnects_total`); should that loop end, the
-//! task starts a new session after the backoff's next pause. A server only
+//! task starts a new session after the backoff's next pause (back to
+//! 100 ms only if the session had stayed up 30 s). A server only
 //! ever waits on itself: its failures stall no other input. Changes are
 //! queued between the library's callback and the engine in a bounded queue
 //! (the items' queue sizes summed, times 4, at least 1024); the callback

@@ -30,6 +30,7 @@
 
 pub(crate) mod senders;
 
+use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
@@ -54,8 +55,10 @@ pub(crate) struct Delta<'a> {
     pub(crate) window: Window,
     /// Its series (for error messages).
     pub(crate) series: &'a SeriesKey,
-    /// The partials (and roll-ups) merged into it by this group.
-    pub(crate) summary: Summary,
+    /// The partials (and roll-ups) merged into it by this group: borrowed
+    /// from its batch while one partial alone makes it (at fan-in 1, most
+    /// rows), so a row written once is never copied.
+    pub(crate) summary: Cow<'a, Summary>,
 }
 
 /// What a group's new batches write.
@@ -82,13 +85,18 @@ pub(crate) fn merge_error(
 }
 
 /// Rows being merged: by key, the delta with its window and series.
-type Pending<'a> = HashMap<RowKey, (Summary, Window, &'a SeriesKey)>;
+type Pending<'a> = HashMap<RowKey, (Cow<'a, Summary>, Window, &'a SeriesKey)>;
 
-/// Merges `summary` (of `series` in `window`) into row `key` of `rows`.
+/// Roll-up rows being merged: by key, the delta with its window and series.
+type Level<'a> = HashMap<RowKey, (Summary, Window, &'a SeriesKey)>;
+
+/// Merges `summary` (of `series` in `window`) into row `key` of `rows`; a
+/// row's first summary is kept as it comes (borrowed or owned), copied
+/// only when a second merges into it.
 fn merge_into<'a>(
     rows: &mut Pending<'a>,
     key: RowKey,
-    summary: &Summary,
+    summary: Cow<'a, Summary>,
     window: Window,
     series: &'a SeriesKey,
 ) -> Result<(), StoreError> {
@@ -96,10 +104,11 @@ fn merge_into<'a>(
         Entry::Occupied(mut e) => e
             .get_mut()
             .0
-            .merge(summary)
+            .to_mut()
+            .merge(&summary)
             .map_err(merge_error(series, window)),
         Entry::Vacant(e) => {
-            e.insert((summary.clone(), window, series));
+            e.insert((summary, window, series));
             Ok(())
         }
     }
@@ -107,13 +116,28 @@ fn merge_into<'a>(
 
 /// The plan of the new batches `fresh`: their partials merged per row, with
 /// the roll-ups at each of `rollups` coarser than a row's width; `id_of`
-/// gives (or creates) a series' id.
+/// gives (or creates) a series' id. Rows come in key order.
 pub(crate) fn plan<'a>(
     fresh: &[&'a Batch],
     rollups: &[Width],
-    mut id_of: impl FnMut(&'a SeriesKey) -> Result<i64, StoreError>,
+    id_of: impl FnMut(&'a SeriesKey) -> Result<i64, StoreError>,
 ) -> Result<Plan<'a>, StoreError> {
-    let mut rows: Pending<'a> = Pending::new();
+    plan_in(fresh, rollups, id_of, |&key| key)
+}
+
+/// [`plan`] with rows in the order of `order` of their keys (a backend's
+/// table order, so it sorts them once).
+pub(crate) fn plan_in<'a, K: Ord>(
+    fresh: &[&'a Batch],
+    rollups: &[Width],
+    mut id_of: impl FnMut(&'a SeriesKey) -> Result<i64, StoreError>,
+    order: impl Fn(&RowKey) -> K,
+) -> Result<Plan<'a>, StoreError> {
+    // Sized for every partial a row of its own (fan-in 1) and an eighth
+    // more for roll-ups, so the map of large entries is not rehashed while
+    // it fills.
+    let partials: usize = fresh.iter().map(|b| b.partials.len()).sum();
+    let mut rows: Pending<'a> = Pending::with_capacity(partials + partials / 8);
     let mut watermarks: std::collections::BTreeMap<&'a str, i64> = Default::default();
     let mut reporters: HashSet<(i64, &'a str)> = HashSet::new();
     for b in fresh {
@@ -123,13 +147,19 @@ pub(crate) fn plan<'a>(
             let id = id_of(&p.series)?;
             reporters.insert((id, b.agent.as_str()));
             let key = (id, p.window.width().ms(), p.window.start());
-            merge_into(&mut rows, key, &p.summary, p.window, &p.series)?;
+            merge_into(
+                &mut rows,
+                key,
+                Cow::Borrowed(&p.summary),
+                p.window,
+                &p.series,
+            )?;
         }
     }
     let rolled = roll_up(&rows, rollups)?;
     for level in rolled {
         for (key, (summary, window, series)) in level {
-            merge_into(&mut rows, key, &summary, window, series)?;
+            merge_into(&mut rows, key, Cow::Owned(summary), window, series)?;
         }
     }
     let mut rows: Vec<Delta<'a>> = rows
@@ -141,7 +171,7 @@ pub(crate) fn plan<'a>(
             summary,
         })
         .collect();
-    rows.sort_unstable_by_key(|d| d.key);
+    rows.sort_by_cached_key(|d| order(&d.key));
     let mut reporters: Vec<(i64, &'a str)> = reporters.into_iter().collect();
     reporters.sort_unstable();
     Ok(Plan {
@@ -161,16 +191,16 @@ pub(crate) fn plan<'a>(
 /// row; a roll-up window that would not fit the range of event time
 /// (ingest refuses such partials first) fails the group like an overflow,
 /// never silently leaving the roll-up short.
-fn roll_up<'a>(rows: &Pending<'a>, rollups: &[Width]) -> Result<Vec<Pending<'a>>, StoreError> {
+fn roll_up<'a>(rows: &Pending<'a>, rollups: &[Width]) -> Result<Vec<Level<'a>>, StoreError> {
     let mut widths: Vec<i64> = rollups.iter().map(|w| w.ms()).collect();
     widths.sort_unstable();
     widths.dedup();
-    let mut levels: Vec<(i64, Pending<'a>)> = Vec::with_capacity(widths.len());
+    let mut levels: Vec<(i64, Level<'a>)> = Vec::with_capacity(widths.len());
     for &ms in &widths {
         let width = Width::new(ms).map_err(|_| StoreError::BadRollup(ms))?;
         // The coarsest finer level this one is a multiple of, if any.
         let via = levels.iter().rev().find(|(w, _)| ms % w == 0);
-        let mut level: Pending<'a> = Pending::new();
+        let mut level: Level<'a> = Level::new();
         let mut add = |key: RowKey, summary: &Summary, window: Window, series: &'a SeriesKey| {
             let coarse = match window.coarsen(width) {
                 Ok(c) => c,
@@ -181,13 +211,17 @@ fn roll_up<'a>(rows: &Pending<'a>, rollups: &[Width]) -> Result<Vec<Pending<'a>>
                     ))
                 }
             };
-            merge_into(
-                &mut level,
-                (key.0, ms, coarse.start()),
-                summary,
-                coarse,
-                series,
-            )
+            match level.entry((key.0, ms, coarse.start())) {
+                Entry::Occupied(mut e) => e
+                    .get_mut()
+                    .0
+                    .merge(summary)
+                    .map_err(merge_error(series, coarse)),
+                Entry::Vacant(e) => {
+                    e.insert((summary.clone(), coarse, series));
+                    Ok(())
+                }
+            }
         };
         for (&key, (summary, window, series)) in rows {
             let w = window.width().ms();
@@ -215,7 +249,7 @@ pub(crate) fn fold(
     delta: Delta<'_>,
 ) -> Result<(u32, Summary), StoreError> {
     match stored {
-        None => Ok((FIRST_REVISION, delta.summary)),
+        None => Ok((FIRST_REVISION, delta.summary.into_owned())),
         Some((revision, mut summary)) => {
             summary
                 .merge(&delta.summary)
@@ -278,7 +312,7 @@ mod tests {
         for (t, v) in [(m0, 1), (m1, 2), (m0, 3), (m0, 5)] {
             want.insert(t, v).unwrap();
         }
-        assert_eq!(p.rows[2].summary, want);
+        assert_eq!(*p.rows[2].summary, want);
         assert_eq!(p.watermarks, [("gw-1", 5), ("gw-2", 9)]);
         assert_eq!(p.reporters, [(1, "gw-1"), (1, "gw-2"), (2, "gw-2")]);
     }
@@ -302,7 +336,7 @@ mod tests {
             p.rows
                 .iter()
                 .find(|d| d.key == (1, width, start))
-                .map(|d| d.summary.clone())
+                .map(|d| d.summary.clone().into_owned())
         };
         let readings = |lo: i64, hi: i64| {
             let mut want = Summary::new(Quantum::new(-3).unwrap());

@@ -60,6 +60,8 @@ use tributary_core::batch::{Batch, Confirm, Encoding, Partial};
 use tributary_core::{topic, Incarnation, Quantum, SeriesKey, Summary, Width, Window};
 use tributary_testkit::{Mosquitto, MosquittoOptions};
 
+mod measure;
+
 const MIN: i64 = 60_000;
 /// No run may take longer.
 const RUN_LIMIT: Duration = Duration::from_secs(600);
@@ -248,6 +250,45 @@ struct Run {
     partials_per_s: f64,
     p50: Duration,
     p99: Duration,
+    /// What the end-to-end run cost (none for the baseline).
+    cost: Option<Cost>,
+}
+
+/// Where an end-to-end run's time went: the share of it the collector's
+/// one store writer was in a transaction (its
+/// `tributary_collector_store_commit_seconds` sum over the run), the groups
+/// it committed, and the CPU the bench's process (collector and
+/// publishers), mosquitto and the whole machine used, in cores.
+struct Cost {
+    store_busy: f64,
+    groups: f64,
+    batches_per_group: f64,
+    process_cores: f64,
+    broker_cores: f64,
+    machine_busy: f64,
+}
+
+impl std::fmt::Display for Cost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "store writer busy {:.0} % of the run ({:.0} groups of {:.1} batches); CPU cores: bench process (collector + publishers) {:.2}, mosquitto {:.2}; machine {:.0} % busy",
+            self.store_busy * 100.0,
+            self.groups,
+            self.batches_per_group,
+            self.process_cores,
+            self.broker_cores,
+            self.machine_busy * 100.0
+        )
+    }
+}
+
+/// The value of sample `name` in the Prometheus text `text` (0 if absent).
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn figures(partials: usize, mut latencies: Vec<Duration>, elapsed: Duration) -> Run {
@@ -262,6 +303,7 @@ fn figures(partials: usize, mut latencies: Vec<Duration>, elapsed: Duration) -> 
         partials_per_s: partials as f64 / elapsed.as_secs_f64(),
         p50: at(50),
         p99: at(99),
+        cost: None,
     }
 }
 
@@ -302,6 +344,12 @@ async fn end_to_end(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let broker_pid = broker.pid().map(|p| p.to_string()).unwrap_or_default();
+    let (machine0, own0, broker0) = (
+        measure::machine(),
+        measure::process("self"),
+        measure::process(&broker_pid),
+    );
     let start = Instant::now();
     let tasks: Vec<_> = loads
         .iter()
@@ -318,12 +366,27 @@ async fn end_to_end(
             last = last.max(done);
         }
     }
+    let wall = start.elapsed().as_secs_f64();
+    let metrics = counters.render();
+    let store = |name: &str| sample(&metrics, &format!("tributary_collector_store_{name}"));
+    let groups = store("group_batches_count");
+    let cost = Cost {
+        store_busy: store("commit_seconds_sum") / wall,
+        groups,
+        batches_per_group: store("group_batches_sum") / groups.max(1.0),
+        process_cores: (measure::process("self") - own0) / wall,
+        broker_cores: (measure::process(&broker_pid) - broker0) / wall,
+        machine_busy: measure::busy_between(machine0, measure::machine()),
+    };
     let merged = counters.readings.get();
     collector.stop().await.context("stopping the collector")?;
     if merged != readings {
         bail!("the collector merged {merged} readings of {readings}");
     }
-    Ok(figures(partials, latencies, last))
+    Ok(Run {
+        cost: Some(cost),
+        ..figures(partials, latencies, last)
+    })
 }
 
 /// The same messages to a plain subscriber.
@@ -436,10 +499,11 @@ async fn main() -> anyhow::Result<()> {
         );
         let e = end_to_end(&a, &loads, partials, readings).await?;
         println!(
-            "run {run} end-to-end: {:>10.0} partials/s  p50 {:>8.1} ms  p99 {:>8.1} ms",
+            "run {run} end-to-end: {:>10.0} partials/s  p50 {:>8.1} ms  p99 {:>8.1} ms  {}",
             e.partials_per_s,
             ms(e.p50),
-            ms(e.p99)
+            ms(e.p99),
+            e.cost.as_ref().map(Cost::to_string).unwrap_or_default()
         );
         base.push(b);
         e2e.push(e);
@@ -454,5 +518,15 @@ async fn main() -> anyhow::Result<()> {
             median(runs.iter().map(|r| ms(r.p99)).collect()),
         );
     }
+    let costs: Vec<&Cost> = e2e.iter().filter_map(|r| r.cost.as_ref()).collect();
+    println!(
+        "median of {} end-to-end: store writer busy {:.0} % of the run, {:.1} batches per group; bench process {:.2} cores, mosquitto {:.2}, machine {:.0} % busy",
+        costs.len(),
+        median(costs.iter().map(|c| c.store_busy * 100.0).collect()),
+        median(costs.iter().map(|c| c.batches_per_group).collect()),
+        median(costs.iter().map(|c| c.process_cores).collect()),
+        median(costs.iter().map(|c| c.broker_cores).collect()),
+        median(costs.iter().map(|c| c.machine_busy * 100.0).collect()),
+    );
     Ok(())
 }

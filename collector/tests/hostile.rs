@@ -12,7 +12,7 @@ mod mqtt_common;
 
 use std::collections::BTreeSet;
 
-use mqtt_common::harness::{now_ms, subscribed, Agent, Collector};
+use mqtt_common::harness::{now_ms, sample, subscribed, Agent, Collector};
 use tributary_collector::ingest::{IngestConfig, Refused};
 use tributary_collector::store::prelude::*;
 use tributary_core::batch::{Batch, Encoding, Partial};
@@ -38,14 +38,6 @@ fn partial(start: i64, v: i64) -> Partial {
 /// `{"a":{"a":…1…}}` nested `depth` deep.
 fn nested(depth: usize) -> String {
     format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth))
-}
-
-/// The value of one sample line of `text` (Prometheus text format).
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mqtt_common::harness::{get_json as get, metrics_text, now_ms, subscribed, Agent};
+use mqtt_common::harness::{get_json as get, metrics_text, now_ms, sample, subscribed, Agent};
 use serde_json::Value;
 use tributary_collector::config::Config;
 use tributary_collector::service;
@@ -211,6 +211,17 @@ async fn a_full_disk_stalls_ingest_visibly_and_it_resumes_with_nothing_lost_or_d
     assert_eq!(seqs.len(), N as usize + 1, "each confirmed once");
     assert_eq!(counters.batches_new.get(), N + 1);
     assert_eq!(counters.batches_duplicate.get(), 0);
+    // Every transaction is timed, the failed ones too; every batch is in
+    // exactly one committed group.
+    let metrics = metrics_text(http).await;
+    let value = |name: &str| sample(&metrics, &format!("tributary_collector_store_{name}"));
+    assert_eq!(value("group_batches_sum"), (N + 1) as f64, "{metrics}");
+    assert_eq!(
+        value("commit_seconds_count"),
+        value("group_batches_count") + counters.store_errors.get() as f64,
+        "{metrics}"
+    );
+    assert!(value("commit_seconds_sum") > 0.0, "{metrics}");
     // Nothing lost, nothing doubled: the stored minute (and its hour) is
     // exactly the summary of the N + 1 readings.
     let mut want = Summary::new(Quantum::new(-3).unwrap());

@@ -214,6 +214,11 @@ impl Mosquitto {
         self.port
     }
 
+    /// The broker's process id while it runs (benches read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the broker (like a crash: queued messages are lost).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

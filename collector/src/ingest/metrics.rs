@@ -10,6 +10,9 @@ use std::sync::{Mutex, PoisonError};
 use tributary_runtime::metrics::prometheus_client::metrics::counter::Counter;
 use tributary_runtime::metrics::prometheus_client::metrics::family::Family;
 use tributary_runtime::metrics::prometheus_client::metrics::gauge::Gauge;
+use tributary_runtime::metrics::prometheus_client::metrics::histogram::{
+    exponential_buckets, Histogram,
+};
 use tributary_runtime::metrics::prometheus_client::registry::Registry;
 
 use super::check::{PartialRefused, Refused, PARTIAL_REFUSED, REFUSED};
@@ -53,6 +56,13 @@ pub struct IngestCounters {
     /// Batches whose watermark was beyond `[limits] max_future_ms` and was
     /// clamped to it.
     pub watermarks_clamped: Counter,
+    /// Seconds each store transaction (one per group) took, failed ones
+    /// included: their sum over a span of time is how busy the one writer
+    /// was.
+    pub store_commit_seconds: Histogram,
+    /// Valid batches per committed group (how well `mqtt.max_group`
+    /// batches the writes).
+    pub store_group_batches: Histogram,
     batches: Family<Label, Counter>,
     connects: Family<Label, Counter>,
     refused: Family<Label, Counter>,
@@ -117,6 +127,10 @@ impl Default for IngestCounters {
             oldest_pending_ms: Gauge::default(),
             store_writable,
             watermarks_clamped: Counter::default(),
+            // 1 ms to 16 s.
+            store_commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            // 1 to 1,024 batches.
+            store_group_batches: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             batches,
             connects,
             refused,
@@ -283,6 +297,16 @@ impl IngestCounters {
             "tributary_collector_ingest_oldest_pending_timestamp_ms",
             "Wall-clock ms at which the oldest message not yet committed arrived (0: none waits).",
             self.oldest_pending_ms.clone(),
+        );
+        r.register(
+            "tributary_collector_store_commit_seconds",
+            "Store transactions (one per group of batches) by how long they took, failed ones included; the rate of the sum is the share of time the writer was busy.",
+            self.store_commit_seconds.clone(),
+        );
+        r.register(
+            "tributary_collector_store_group_batches",
+            "Valid batches per committed group (at most [mqtt] max_group).",
+            self.store_group_batches.clone(),
         );
         r.register(
             "tributary_collector_store_writable",

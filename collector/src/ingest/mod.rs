@@ -270,6 +270,8 @@ type Commit = tokio::task::JoinHandle<(Taken<AckToken>, Landed)>;
 struct Landed {
     outcomes: Result<Vec<Outcome>, StoreError>,
     incarnations: Vec<NewIncarnation>,
+    /// How long the store's transaction took.
+    took: Duration,
 }
 
 /// Ingest's state between events.
@@ -443,11 +445,13 @@ impl Shell {
         let mut incarnations = std::mem::take(&mut self.incarnations);
         let store = store.clone();
         tokio::spawn(async move {
+            let began = Instant::now();
             let applying = apply(&store, taken.batches(), taken.refused(), &mut incarnations);
             let outcomes = unpanicked(applying).await;
             let landed = Landed {
                 outcomes,
                 incarnations,
+                took: began.elapsed(),
             };
             (taken, landed)
         })
@@ -459,6 +463,9 @@ impl Shell {
     /// try again.
     fn finish(&mut self, taken: Taken<AckToken>, landed: Landed) -> Option<Instant> {
         self.incarnations = landed.incarnations;
+        self.counters
+            .store_commit_seconds
+            .observe(landed.took.as_secs_f64());
         let outcomes = match landed.outcomes {
             Ok(o) => o,
             Err(e) => {
@@ -479,6 +486,9 @@ impl Shell {
             tracing::info!("store transaction succeeded again; ingest resumes");
         }
         self.counters.store_writable.set(1);
+        self.counters
+            .store_group_batches
+            .observe(taken.valid() as f64);
         self.committing_since = None;
         let settled = self.group.settle(taken, &outcomes);
         self.counters

@@ -177,6 +177,14 @@ pub(crate) async fn get_json(addr: std::net::SocketAddr, path: &str) -> (u16, se
     )
 }
 
+/// The value of one sample line of `text` (Prometheus text format).
+pub(crate) fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+}
+
 /// A collector's `/metrics` text.
 pub(crate) async fn metrics_text(addr: std::net::SocketAddr) -> String {
     let _ = rustls::crypto::ring::default_provider().install_default();

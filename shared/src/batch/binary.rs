@@ -160,7 +160,9 @@ fn series_id(p: &Partial) -> SeriesId<'_> {
 struct Tables<'a> {
     /// Every string, sorted (so neighbours share prefixes).
     strings: BTreeMap<&'a str, usize>,
+    /// Distinct tag sets in order of first use, and their indexes.
     tagsets: Vec<&'a TagSet>,
+    tagset_index: BTreeMap<&'a TagSet, usize>,
     series: BTreeMap<SeriesId<'a>, usize>,
     series_order: Vec<SeriesId<'a>>,
     widths: Vec<Width>,
@@ -170,6 +172,7 @@ impl<'a> Tables<'a> {
     fn of(partials: &'a [Partial]) -> Self {
         let mut strings = BTreeMap::new();
         let mut tagsets: Vec<&TagSet> = Vec::new();
+        let mut tagset_index = BTreeMap::new();
         let mut series = BTreeMap::new();
         let mut series_order = Vec::new();
         let mut widths = Vec::new();
@@ -184,9 +187,10 @@ impl<'a> Tables<'a> {
                     strings.insert(k.as_str(), 0);
                     strings.insert(v.as_str(), 0);
                 }
-                if !tagsets.contains(&id.2) {
+                tagset_index.entry(id.2).or_insert_with(|| {
                     tagsets.push(id.2);
-                }
+                    tagsets.len() - 1
+                });
             }
             if !widths.contains(&p.window.width()) {
                 widths.push(p.window.width());
@@ -198,6 +202,7 @@ impl<'a> Tables<'a> {
         Tables {
             strings,
             tagsets,
+            tagset_index,
             series,
             series_order,
             widths,
@@ -234,7 +239,7 @@ impl<'a> Tables<'a> {
         for (metric, device, tags, quantum) in &self.series_order {
             varint::put(out, self.string(metric));
             varint::put(out, self.string(device));
-            let t = self.tagsets.iter().position(|x| x == tags).unwrap_or(0);
+            let t = self.tagset_index.get(tags).copied().unwrap_or(0);
             varint::put(out, t as u128);
             varint::put_signed(out, (*quantum).into());
         }

@@ -16,10 +16,13 @@
 //! 4. the rows' change positions from this transaction's id ([`positions`];
 //!    no counter row: nothing here is serialised between instances but the
 //!    row locks they really share, see [`super::feed`]);
-//! 5. result rows ([`super::rows`]): every row inserted with its delta as
-//!    its final state (binary `COPY` into a staging table, then
-//!    `INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING` — nearly every
-//!    row at fan-in 1 is new, so one statement writes it once); the rows
+//! 5. result rows ([`super::rows`]), in one global order (width, series,
+//!    start): the rows finer than every roll-up (at fan-in 1 all new)
+//!    first by an optimistic binary `COPY` straight into `results`
+//!    ([`super::direct`], falling back below on a conflict); the rest
+//!    inserted with its delta as its final state (binary `COPY` into a
+//!    staging table, then `INSERT … SELECT … ON CONFLICT DO NOTHING
+//!    RETURNING`, so a new row is written once); the rows
 //!    that existed (or that another instance inserted meanwhile, which the
 //!    insert waited for) are then locked with `SELECT … ORDER BY … FOR
 //!    UPDATE`, the deltas folded into them, and written with one
@@ -39,6 +42,7 @@ use tokio_postgres::error::SqlState;
 use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Width};
 
+use super::direct::Direct;
 use super::{rows, senders};
 use crate::merge;
 use crate::store::codec::key_text;
@@ -53,10 +57,11 @@ pub(super) async fn apply(
     batches: &[Batch],
     refused: &[Refusals],
     rollups: &[Width],
+    direct: &Direct,
 ) -> Result<Report, StoreError> {
     let mut attempt = 0;
     loop {
-        match try_apply(client, batches, refused, rollups).await {
+        match try_apply(client, batches, refused, rollups, direct).await {
             Err(Failed::Pg(e)) if attempt < RETRIES && retryable(&e) => {
                 attempt += 1;
                 tracing::debug!(attempt, error = %e, "store transaction retried");
@@ -102,6 +107,7 @@ async fn try_apply(
     batches: &[Batch],
     refused: &[Refusals],
     rollups: &[Width],
+    direct: &Direct,
 ) -> Result<Report, Failed> {
     let tx = client.transaction().await?;
     let seen = tributary_runtime::now_ms();
@@ -136,10 +142,10 @@ async fn try_apply(
     // (its first write already assigned it), numbers its rows.
     let first = positions(&tx, plan.rows.len()).await?;
 
-    // 5. Result rows, in key order: new rows inserted with their final
-    // state; the rest (and rows another instance inserted meanwhile)
-    // locked, folded and updated.
-    rows::write(&tx, plan.rows, first).await?;
+    // 5. Result rows, in the global order: new rows inserted with their
+    // final state (directly when expected new); the rest (and rows another
+    // instance inserted meanwhile) locked, folded and updated.
+    rows::write(&tx, plan.rows, first, rollups, direct).await?;
 
     // 6. Progress.
     let ps: Vec<i64> = plan.reporters.iter().map(|p| p.0).collect();

@@ -144,3 +144,40 @@ async fn copy_rows(tx: &Transaction<'_>, rows: &[Delta<'_>], first: i64) -> Resu
     writer.finish().await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which of the next `n` transactions try the direct `COPY`.
+    fn tries(d: &Direct, n: usize) -> Vec<bool> {
+        (0..n).map(|_| d.now()).collect()
+    }
+
+    #[test]
+    fn conflicts_back_off_doubling_and_a_success_resets() {
+        let d = Direct::default();
+        assert_eq!(tries(&d, 3), [true; 3], "a new store tries every time");
+        d.conflicted();
+        assert_eq!(tries(&d, 2), [false, true], "one skipped after a conflict");
+        d.conflicted();
+        assert_eq!(tries(&d, 3), [false, false, true], "then two");
+        for _ in 0..10 {
+            d.conflicted();
+        }
+        let after: Vec<bool> = tries(&d, MAX_SKIP as usize + 1);
+        assert!(
+            after[..MAX_SKIP as usize].iter().all(|t| !t),
+            "at most MAX_SKIP skipped"
+        );
+        assert!(after[MAX_SKIP as usize]);
+        d.succeeded();
+        d.conflicted();
+        assert_eq!(
+            tries(&d, 2),
+            [false, true],
+            "a success starts the doubling over"
+        );
+        assert_eq!(d.conflicts(), 13);
+    }
+}

@@ -583,13 +583,17 @@ async fn bench_postgres(
         server,
         partials as f64 / (own + server).max(0.01)
     );
+    let groups: usize = work.iter().map(Vec::len).sum();
+    let fell_back: u64 = stores.iter().map(PostgresStore::direct_conflicts).sum();
     println!(
-        "{:<22} deadlocks retried: {}",
+        "{:<22} deadlocks retried: {}; direct COPY of rows expected new fell back in {} of {} transactions",
         "",
         pg.psql(
             db,
             "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
-        )?
+        )?,
+        fell_back,
+        groups
     );
     anyhow::ensure!(
         readings(&stores[0]).await == total,

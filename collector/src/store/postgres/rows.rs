@@ -203,8 +203,8 @@ impl Update {
     }
 }
 
-/// Locks the existing rows `keys` (in the global order, [`order`]) and reads their revision
-/// and summary bytes.
+/// Locks the existing rows `keys` (in the global order, [`order`]) and
+/// reads their revision and summary bytes.
 async fn lock_rows(
     tx: &Transaction<'_>,
     keys: impl Iterator<Item = RowKey>,

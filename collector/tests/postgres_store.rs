@@ -785,7 +785,10 @@ async fn the_direct_copy_falls_back_on_existing_and_concurrent_rows() {
         &[("dev-x", 0, 2000), ("dev-x", 1, 2100)],
         &mut truth,
     );
-    assert_eq!(b.apply(&[existing.clone()]).await.unwrap(), [Applied::New]);
+    assert_eq!(
+        b.apply(std::slice::from_ref(&existing)).await.unwrap(),
+        [Applied::New]
+    );
     assert_eq!(b.direct_conflicts(), 1, "the existing row made B fall back");
     assert_eq!(
         b.apply(&[existing]).await.unwrap(),

@@ -9,7 +9,7 @@
 //! cargo run --release -p tributary-collector --example store_bench -- \
 //!     [--series 1000] [--agents 5] [--fan-in 1] [--minutes 1000] [--group 256] \
 //!     [--rollups 3600000,86400000|none] [--writers 1,2,3|0] [--runs 1] \
-//!     [--deal agent|group] [--lanes 1]
+//!     [--deal agent|group] [--lanes 1] [--partitions none|prepared]
 //! ```
 //!
 //! Every run applies the same seeded workload — agents closing one-minute
@@ -87,6 +87,23 @@ struct Args {
     /// pool holds twice as many connections).
     #[arg(long, default_value_t = 1)]
     lanes: usize,
+    /// PostgreSQL `results` partitions: `none` (every row in the default
+    /// partition, as a store the retention task has not yet visited; the
+    /// figures before this option were measured so) or `prepared` — each
+    /// width's partition of the workload's span made before the run, as
+    /// the retention task (which prepares every stored width) leaves a
+    /// running store.
+    #[arg(long, value_enum, default_value_t = Partitions::None)]
+    partitions: Partitions,
+}
+
+/// Whether `results` has its partitions before the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Partitions {
+    /// Made for every width before the run.
+    Prepared,
+    /// None: the default partition takes every row.
+    None,
 }
 
 /// How batches are dealt to concurrent writers.
@@ -274,7 +291,7 @@ async fn main() -> anyhow::Result<()> {
         for run in 0..args.runs.max(1) {
             let bare = bare_postgres(pg, &format!("bare_{n}_{run}"), &batches).await?;
             let db = format!("bench_{n}_{run}");
-            let store = bench_postgres(pg, &db, &work, &rollups, args.lanes, total).await?;
+            let store = bench_postgres(pg, &db, &work, &rollups, &args, total).await?;
             println!(
                 "{:<22} store / bare = {:.2}",
                 format!("postgres ratio, {n}"),
@@ -285,14 +302,15 @@ async fn main() -> anyhow::Result<()> {
             ratios.push(store / bare.max(1.0));
         }
         println!(
-            "{:<22} {:>9.0} partials/s median of {} (bare loop median {:.0} rows/s; ratio median {:.2}; deal by {:?}, {} lane(s) each)",
+            "{:<22} {:>9.0} partials/s median of {} (bare loop median {:.0} rows/s; ratio median {:.2}; deal by {:?}, {} lane(s) each, partitions {:?})",
             format!("postgres, {n} writer{}", if n > 1 { "s" } else { "" }),
             median(&mut rates),
             rates.len(),
             median(&mut bares),
             median(&mut ratios),
             args.deal,
-            args.lanes.max(1)
+            args.lanes.max(1),
+            args.partitions
         );
     }
     Ok(())
@@ -526,9 +544,10 @@ async fn bench_postgres(
     db: &str,
     work: &[Vec<Vec<Batch>>],
     rollups: &[i64],
-    lanes: usize,
+    args: &Args,
     total: u64,
 ) -> anyhow::Result<f64> {
+    let lanes = args.lanes;
     let n = work.len();
     let partials: usize = work
         .iter()
@@ -549,6 +568,19 @@ async fn bench_postgres(
                 .await?
                 .with_lanes(lanes),
         );
+    }
+    if args.partitions == Partitions::Prepared {
+        let widths = work
+            .iter()
+            .flatten()
+            .flatten()
+            .flat_map(|b| &b.partials)
+            .map(|p| p.window.width().ms())
+            .chain(rollups.iter().copied())
+            .collect::<std::collections::BTreeSet<i64>>();
+        for w in widths {
+            stores[0].prepare(Width::new(w)?, T0).await?;
+        }
     }
     let (c0, t0) = cpu();
     let own0 = own_cpu();
@@ -586,13 +618,17 @@ async fn bench_postgres(
         server,
         partials as f64 / (own + server).max(0.01)
     );
+    let groups: usize = work.iter().map(Vec::len).sum();
+    let fell_back: u64 = stores.iter().map(PostgresStore::direct_conflicts).sum();
     println!(
-        "{:<22} deadlocks retried: {}",
+        "{:<22} deadlocks retried: {}; direct COPY of rows expected new fell back in {} of {} transactions",
         "",
         pg.psql(
             db,
             "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
-        )?
+        )?,
+        fell_back,
+        groups
     );
     anyhow::ensure!(
         readings(&stores[0]).await == total,

@@ -727,3 +727,162 @@ async fn lanes_by_agent_apply_each_batch_once_and_lose_no_update() {
     assert_eq!(fed.len(), feed.len(), "each window once");
     assert_eq!(fed, stored);
 }
+
+/// A batch of `agent` (sequence `seq`) with one reading `(t, v)` for each
+/// `(device, minute, v)` of `readings`, recorded in `truth`.
+fn reading_batch(agent: &str, seq: u64, readings: &[(&str, i64, i64)], truth: &mut Truth) -> Batch {
+    let minute = Width::new(MIN).unwrap();
+    let partials = readings
+        .iter()
+        .map(|&(device, m, v)| {
+            let start = T0 + m * MIN;
+            let t = start + 7 * m + 1;
+            truth
+                .entry((device.to_string(), start))
+                .or_default()
+                .push((t, v));
+            let mut s = Summary::new(Quantum::new(-3).unwrap());
+            s.insert(t, v).unwrap();
+            Partial {
+                series: key(device),
+                window: Window::new(start, minute).unwrap(),
+                summary: s,
+            }
+        })
+        .collect();
+    Batch::new(agent, seq, T0 + 10 * MIN, partials)
+}
+
+/// The optimistic direct `COPY` of the rows a transaction expects to be new
+/// falls back to the general path, writing nothing twice and losing
+/// nothing, when such a row already exists (another agent's partial of the
+/// same window, committed) and when another instance inserted it in a
+/// transaction still running (the `COPY` waits for it, which the test
+/// holds open). Judged against the raw readings: every window, roll-up and
+/// feed entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_direct_copy_falls_back_on_existing_and_concurrent_rows() {
+    let pg = Postgres::start(ServerOptions::default()).unwrap();
+    let url = pg.create_database("direct").unwrap();
+    let (a, b, c) = (open(&url).await, open(&url).await, open(&url).await);
+    let mut truth = Truth::new();
+
+    // New rows only: the direct COPY takes them.
+    let first = reading_batch(
+        "gw-a",
+        1,
+        &[("dev-x", 0, 1000), ("dev-y", 0, 1100)],
+        &mut truth,
+    );
+    assert_eq!(a.apply(&[first]).await.unwrap(), [Applied::New]);
+    assert_eq!(a.direct_conflicts(), 0);
+
+    // A row that exists: B's COPY runs into (dev-x, minute 0) and falls
+    // back; its new row of minute 1 is written too.
+    let existing = reading_batch(
+        "gw-b",
+        1,
+        &[("dev-x", 0, 2000), ("dev-x", 1, 2100)],
+        &mut truth,
+    );
+    assert_eq!(
+        b.apply(std::slice::from_ref(&existing)).await.unwrap(),
+        [Applied::New]
+    );
+    assert_eq!(b.direct_conflicts(), 1, "the existing row made B fall back");
+    assert_eq!(
+        b.apply(&[existing]).await.unwrap(),
+        [Applied::Duplicate],
+        "and B applied its batch once"
+    );
+
+    // A row another instance inserted and has not committed: A writes
+    // (dev-x, minute 2) and is held before its commit (the test holds its
+    // agent's watermark row); C's COPY of the same row waits for A, then
+    // runs into it once A commits.
+    let (mut holder, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let hold = holder.transaction().await.unwrap();
+    hold.execute(
+        "SELECT 1 FROM watermarks WHERE agent = 'gw-a' FOR UPDATE",
+        &[],
+    )
+    .await
+    .unwrap();
+    let held = reading_batch("gw-a", 2, &[("dev-x", 2, 3000)], &mut truth);
+    let a_task = tokio::spawn({
+        let a = a.clone();
+        async move { a.apply(&[held]).await }
+    });
+    let waits = |query: &str| {
+        format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'direct' \
+             AND wait_event_type = 'Lock' AND query LIKE '{query}%'"
+        )
+    };
+    let wait_for = |sql: String, what: &'static str| {
+        let pg = &pg;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while pg.psql("direct", &sql).unwrap().trim() != "1" {
+                assert!(std::time::Instant::now() < deadline, "{what} never waited");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for(waits("INSERT INTO watermarks"), "A").await;
+    let racing = reading_batch(
+        "gw-c",
+        1,
+        &[("dev-x", 2, 4000), ("dev-y", 2, 4100)],
+        &mut truth,
+    );
+    let c_task = tokio::spawn({
+        let c = c.clone();
+        async move { c.apply(&[racing]).await }
+    });
+    wait_for(waits("COPY results"), "C's direct COPY").await;
+    hold.rollback().await.unwrap();
+    assert_eq!(a_task.await.unwrap().unwrap(), [Applied::New]);
+    assert_eq!(c_task.await.unwrap().unwrap(), [Applied::New]);
+    assert_eq!(c.direct_conflicts(), 1, "A's row made C fall back");
+    assert_eq!(a.direct_conflicts(), 0);
+
+    // After its conflict B skips one direct try, then tries again; both
+    // write correctly.
+    for seq in 2..=4 {
+        let m = 2 + i64::try_from(seq).unwrap();
+        let later = reading_batch("gw-b", seq, &[("dev-y", m, 5000 + m)], &mut truth);
+        assert_eq!(b.apply(&[later]).await.unwrap(), [Applied::New]);
+    }
+    assert_eq!(b.direct_conflicts(), 1, "rows that are new never conflict");
+
+    let stored = all_windows(&a, MIN).await;
+    let want: BTreeMap<(String, i64), Summary> = truth
+        .iter()
+        .map(|((d, start), r)| ((key(d).to_string(), *start), summary_of(r)))
+        .collect();
+    assert_eq!(stored, want, "every window holds exactly its readings");
+    for width in [HOUR, DAY] {
+        assert_eq!(
+            all_windows(&a, width).await,
+            rolled_up(&truth, width),
+            "width {width}"
+        );
+    }
+    let minute = Width::new(MIN).unwrap();
+    let feed = a.changed_since(minute, 0, usize::MAX).await.unwrap();
+    let fed: BTreeMap<(String, i64), Summary> = feed
+        .iter()
+        .map(|c| {
+            (
+                (c.series.to_string(), c.stored.window.start()),
+                c.stored.summary.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(fed.len(), feed.len(), "each window once in the feed");
+    assert_eq!(fed, want, "the feed ends at every window's final state");
+}

@@ -16,10 +16,13 @@
 //! 4. the rows' change positions from this transaction's id ([`positions`];
 //!    no counter row: nothing here is serialised between instances but the
 //!    row locks they really share, see [`super::feed`]);
-//! 5. result rows ([`super::rows`]): every row inserted with its delta as
-//!    its final state (binary `COPY` into a staging table, then
-//!    `INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING` — nearly every
-//!    row at fan-in 1 is new, so one statement writes it once); the rows
+//! 5. result rows ([`super::rows`]), in one global order (width, series,
+//!    start): the rows finer than every roll-up (at fan-in 1 all new)
+//!    first by an optimistic binary `COPY` straight into `results`
+//!    ([`super::direct`], falling back below on a conflict); the rest
+//!    inserted with its delta as its final state (binary `COPY` into a
+//!    staging table, then `INSERT … SELECT … ON CONFLICT DO NOTHING
+//!    RETURNING`, so a new row is written once); the rows
 //!    that existed (or that another instance inserted meanwhile, which the
 //!    insert waited for) are then locked with `SELECT … ORDER BY … FOR
 //!    UPDATE`, the deltas folded into them, and written with one
@@ -31,14 +34,15 @@
 //! A deadlock or serialisation failure (which the lock order should rule
 //! out) is retried with the whole transaction.
 
-use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use deadpool_postgres::{Client, Transaction};
+use foldhash::{HashMap, HashMapExt};
 use tokio_postgres::error::SqlState;
 use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Width};
 
+use super::direct::Direct;
 use super::{rows, senders};
 use crate::merge;
 use crate::store::codec::key_text;
@@ -53,10 +57,11 @@ pub(super) async fn apply(
     batches: &[Batch],
     refused: &[Refusals],
     rollups: &[Width],
+    direct: &Direct,
 ) -> Result<Report, StoreError> {
     let mut attempt = 0;
     loop {
-        match try_apply(client, batches, refused, rollups).await {
+        match try_apply(client, batches, refused, rollups, direct).await {
             Err(Failed::Pg(e)) if attempt < RETRIES && retryable(&e) => {
                 attempt += 1;
                 tracing::debug!(attempt, error = %e, "store transaction retried");
@@ -102,6 +107,7 @@ async fn try_apply(
     batches: &[Batch],
     refused: &[Refusals],
     rollups: &[Width],
+    direct: &Direct,
 ) -> Result<Report, Failed> {
     let tx = client.transaction().await?;
     let seen = tributary_runtime::now_ms();
@@ -121,14 +127,13 @@ async fn try_apply(
     senders::add_refused(&tx, batches, &applied, refused).await?;
 
     // 2–3. Series ids, then the merge plan.
-    let series: BTreeSet<&SeriesKey> = fresh
-        .iter()
-        .flat_map(|b| b.partials.iter().map(|p| &p.series))
-        .collect();
-    let ids = series_ids(&tx, &series).await?;
+    let named = Named::of(&fresh);
+    let ids = series_ids(&tx, &named.keys).await?;
+    let mut next = 0;
     let plan = merge::plan(&fresh, rollups, |key| {
-        ids.get(key)
-            .copied()
+        let slot = named.slot(next, key);
+        next += 1;
+        slot.and_then(|i| ids.get(i).copied().flatten())
             .ok_or_else(|| StoreError::Backend(format!("no id stored for series {key}")))
     })?;
 
@@ -136,10 +141,10 @@ async fn try_apply(
     // (its first write already assigned it), numbers its rows.
     let first = positions(&tx, plan.rows.len()).await?;
 
-    // 5. Result rows, in key order: new rows inserted with their final
-    // state; the rest (and rows another instance inserted meanwhile)
-    // locked, folded and updated.
-    rows::write(&tx, plan.rows, first).await?;
+    // 5. Result rows, in the global order: new rows inserted with their
+    // final state (directly when expected new); the rest (and rows another
+    // instance inserted meanwhile) locked, folded and updated.
+    rows::write(&tx, plan.rows, first, rollups, direct).await?;
 
     // 6. Progress.
     let ps: Vec<i64> = plan.reporters.iter().map(|p| p.0).collect();
@@ -205,22 +210,69 @@ async fn positions(tx: &Transaction<'_>, rows: usize) -> Result<i64, Failed> {
     Ok(tx.query_one(&first, &[&POSITION_STRIDE]).await?.get(0))
 }
 
-/// The ids of `series`, inserting the missing ones (sorted, so concurrent
-/// inserts of the same keys cannot deadlock).
-async fn series_ids<'a>(
+/// The series of a group's new batches: each key once, and for every
+/// partial (batch by batch, in order) its key and the index of that key.
+///
+/// Hashed (foldhash), not ordered: a key compares field by field, and a
+/// group's ~50,000 partials name only ~1,000 series. The plan asks for
+/// each partial's series id in that same order, so [`Named::slot`] answers
+/// it by the partial's position without hashing the key again.
+struct Named<'a> {
+    /// Each series once.
+    keys: Vec<&'a SeriesKey>,
+    /// The index in `keys` of each series.
+    index: HashMap<&'a SeriesKey, usize>,
+    /// Every partial's series (by reference) and its index in `keys`.
+    partials: Vec<(&'a SeriesKey, usize)>,
+}
+
+impl<'a> Named<'a> {
+    fn of(fresh: &[&'a Batch]) -> Self {
+        let count: usize = fresh.iter().map(|b| b.partials.len()).sum();
+        let mut named = Named {
+            keys: Vec::new(),
+            index: HashMap::with_capacity(1024),
+            partials: Vec::with_capacity(count),
+        };
+        for p in fresh.iter().flat_map(|b| &b.partials) {
+            let next = named.keys.len();
+            let i = *named.index.entry(&p.series).or_insert(next);
+            if i == next {
+                named.keys.push(&p.series);
+            }
+            named.partials.push((&p.series, i));
+        }
+        named
+    }
+
+    /// The index in `keys` of `key`, asked for as the `nth` partial: by
+    /// position when it is that partial's own key (the same reference),
+    /// by hashing otherwise.
+    fn slot(&self, nth: usize, key: &SeriesKey) -> Option<usize> {
+        match self.partials.get(nth) {
+            Some(&(k, i)) if std::ptr::eq(k, key) => Some(i),
+            _ => self.index.get(key).copied(),
+        }
+    }
+}
+
+/// The ids of `series` (each once), by index, inserting the missing ones
+/// (sorted by their text, so concurrent inserts of the same keys cannot
+/// deadlock).
+async fn series_ids(
     tx: &Transaction<'_>,
-    series: &BTreeSet<&'a SeriesKey>,
-) -> Result<HashMap<&'a SeriesKey, i64>, Failed> {
-    let mut by_text: Vec<(String, &'a SeriesKey)> = Vec::with_capacity(series.len());
-    for &k in series {
-        by_text.push((key_text(k)?, k));
+    series: &[&SeriesKey],
+) -> Result<Vec<Option<i64>>, Failed> {
+    let mut by_text: Vec<(String, usize)> = Vec::with_capacity(series.len());
+    for (i, &k) in series.iter().enumerate() {
+        by_text.push((key_text(k)?, i));
     }
     by_text.sort_unstable();
     let texts: Vec<&str> = by_text.iter().map(|(t, _)| t.as_str()).collect();
     let select = tx
         .prepare_cached("SELECT key, id FROM series WHERE key = ANY($1::text[])")
         .await?;
-    let mut found: HashMap<String, i64> = HashMap::new();
+    let mut found: HashMap<String, i64> = HashMap::with_capacity(texts.len());
     for row in tx.query(&select, &[&texts]).await? {
         found.insert(row.get(0), row.get(1));
     }
@@ -241,8 +293,9 @@ async fn series_ids<'a>(
             found.insert(row.get(0), row.get(1));
         }
     }
-    Ok(by_text
-        .into_iter()
-        .filter_map(|(text, key)| found.get(&text).map(|&id| (key, id)))
-        .collect())
+    let mut ids = vec![None; series.len()];
+    for (text, i) in &by_text {
+        ids[*i] = found.get(text).copied();
+    }
+    Ok(ids)
 }

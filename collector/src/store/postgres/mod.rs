@@ -11,7 +11,8 @@
 //!   [`PostgresStore::open`]; a newer schema is refused.
 //! - **apply** ([`apply`](self::apply)) runs one transaction around
 //!   [`crate::merge`]: keys first, merges only of new batches, new rows
-//!   inserted once with their final state, existing ones locked in a global
+//!   inserted once with their final state (the rows expected new by an
+//!   optimistic direct `COPY`, `direct`), existing ones locked in a global
 //!   order; change positions come from the transaction's id, and the feed
 //!   shows only those every older transaction has ended below (`feed`), so
 //!   no counter row serialises the instances' commits.
@@ -19,12 +20,13 @@
 //!   a group's agents as several such transactions at once (`lanes`).
 //!
 //! Files: [`schema`], [`apply`](self::apply) (with `rows`: the result
-//! rows, and `senders`: the agent incarnations' de-duplication marks),
+//! rows, `direct`: their optimistic `COPY`, and `senders`: the agent incarnations' de-duplication marks),
 //! `lanes`, `query`, `feed` (change feed, parked rows, cursors), `leases`,
 //! `retention` (partitions of `results` by width and window start, dropped
 //! when expired; bounded deletes at the edge).
 
 mod apply;
+mod direct;
 mod feed;
 mod lanes;
 mod leases;
@@ -123,6 +125,8 @@ pub struct PostgresStore {
     rollups: Arc<[Width]>,
     /// Bytes of partitions dropped since the last [`Expire::reclaim`].
     freed: Arc<AtomicU64>,
+    /// When to try the direct `COPY` of rows expected new ([`direct`]).
+    direct: Arc<direct::Direct>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -171,6 +175,7 @@ impl PostgresStore {
             lanes: 1,
             rollups,
             freed: Arc::default(),
+            direct: Arc::default(),
         };
         let found = schema::migrate(&mut store.client().await?).await?;
         tracing::info!(found, version = SCHEMA_VERSION, "PostgreSQL store open");
@@ -188,6 +193,13 @@ impl PostgresStore {
     pub fn with_lanes(mut self, lanes: usize) -> Self {
         self.lanes = lanes.clamp(1, self.pool.status().max_size.max(1));
         self
+    }
+
+    /// How many times an optimistic direct `COPY` of rows expected new ran
+    /// into an existing row and fell back to the general path, since this
+    /// store (and its clones) opened.
+    pub fn direct_conflicts(&self) -> u64 {
+        self.direct.conflicts()
     }
 
     /// The schema version in the database.
@@ -214,7 +226,9 @@ impl PostgresStore {
             let store = self.clone();
             running.spawn(async move {
                 let mut client = store.client().await?;
-                let report = apply::apply(&mut client, &mine, &theirs, &store.rollups).await?;
+                let report =
+                    apply::apply(&mut client, &mine, &theirs, &store.rollups, &store.direct)
+                        .await?;
                 Ok::<_, StoreError>((lane, report))
             });
         }
@@ -266,7 +280,8 @@ impl Ingest for PostgresStore {
             Vec::new()
         };
         if lanes.len() <= 1 {
-            return apply::apply(&mut self.client().await?, batches, refused, &self.rollups).await;
+            let mut client = self.client().await?;
+            return apply::apply(&mut client, batches, refused, &self.rollups, &self.direct).await;
         }
         self.apply_lanes(batches, refused, lanes).await
     }

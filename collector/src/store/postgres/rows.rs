@@ -3,46 +3,77 @@
 //! and updated.
 //!
 //! # Design
-//! - **New rows by `COPY`.** The plan's rows (in key order) go by binary
+//! - **Order.** The plan's rows are taken in one global order, width
+//!   first — (width, series, start) — by every path below and by every
+//!   instance, so concurrent transactions insert and lock rows in
+//!   increasing order and cannot deadlock ([`order`]).
+//! - **Direct first.** The rows finer than the finest roll-up (expected
+//!   new) try the optimistic direct `COPY` into `results`
+//!   ([`super::direct`]); on a conflict they join the rest below.
+//! - **New rows by `COPY`.** The remaining rows (in order) go by binary
 //!   `COPY` into the session's staging table `stage_results` (temporary,
 //!   `ON COMMIT DELETE ROWS`), each summary encoded as it is sent, so the
 //!   server parses while the client encodes; then one
 //!   `INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING` moves them into
-//!   `results` in that order (the order concurrent instances take row
-//!   locks in). The keys returned are the rows this transaction created.
+//!   `results` in that order. The keys returned are the rows this
+//!   transaction created.
 //! - **Existing rows** (and rows another instance inserted meanwhile, for
 //!   which the insert waited) are locked with `SELECT … ORDER BY … FOR
-//!   UPDATE`, the deltas folded into them ([`merge::fold`]) and written with
-//!   one `UPDATE … FROM unnest`; no other instance can change a locked row
-//!   until this transaction ends, so no update is lost.
-//! - Every row written takes change position `first + i` (its index in the
-//!   plan; see [`super::feed`]).
+//!   UPDATE` (the same order), the deltas folded into them
+//!   ([`merge::fold`]) and written with one `UPDATE … FROM unnest`; no
+//!   other instance can change a locked row until this transaction ends,
+//!   so no update is lost.
+//! - Every row written takes change position `first + i` (its index in
+//!   that order; see [`super::feed`]).
 
 use std::collections::{HashMap, HashSet};
 
 use deadpool_postgres::Transaction;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
+use tributary_core::Width;
 
 use super::apply::Failed;
+use super::direct::{self, Direct};
 use crate::merge::{self, Delta, RowKey};
 use crate::store::codec::{corrupt, decode_summary, encode_summary};
 use crate::store::StoreError;
 
-/// Writes the plan's `rows` with positions from `first` on.
+/// The global order rows are inserted and locked in: (width, series,
+/// start).
+fn order(&(s, w, t): &RowKey) -> (i64, i64, i64) {
+    (w, s, t)
+}
+
+/// Writes the plan's `rows` with positions from `first` on, trying the
+/// direct `COPY` ([`super::direct`]) for the rows finer than every width
+/// of `rollups`.
 pub(super) async fn write(
     tx: &Transaction<'_>,
-    rows: Vec<Delta<'_>>,
+    mut rows: Vec<Delta<'_>>,
     first: i64,
+    rollups: &[Width],
+    direct: &Direct,
 ) -> Result<(), Failed> {
-    let inserted = insert_new(tx, &rows, first).await?;
+    rows.sort_unstable_by_key(|d| order(&d.key));
+    let finest = rollups.iter().map(|w| w.ms()).min().unwrap_or(i64::MAX);
+    let fine = rows.partition_point(|d| d.key.1 < finest);
+    let done = if direct::copy(tx, direct, &rows[..fine], first).await? {
+        fine
+    } else {
+        0
+    };
+    let inserted = insert_new(tx, &rows[done..], first, done).await?;
     let mut stored = lock_rows(
         tx,
-        rows.iter().map(|d| d.key).filter(|k| !inserted.contains(k)),
+        rows[done..]
+            .iter()
+            .map(|d| d.key)
+            .filter(|k| !inserted.contains(k)),
     )
     .await?;
     let mut update = Update::default();
-    for (i, delta) in rows.into_iter().enumerate() {
+    for (i, delta) in rows.into_iter().enumerate().skip(done) {
         if inserted.contains(&delta.key) {
             continue;
         }
@@ -81,7 +112,7 @@ pub(super) async fn write(
 
 /// The change position of the `i`-th row of a transaction whose first is
 /// `first`.
-fn position(first: i64, i: usize) -> Result<i64, StoreError> {
+pub(super) fn position(first: i64, i: usize) -> Result<i64, StoreError> {
     i64::try_from(i)
         .ok()
         .and_then(|i| first.checked_add(i))
@@ -89,12 +120,17 @@ fn position(first: i64, i: usize) -> Result<i64, StoreError> {
 }
 
 /// Inserts every row of `rows` that does not exist yet with its delta as
-/// its state (revision 0); answers the keys it inserted.
+/// its state (revision 0), the `i`-th at position `first + from + i`;
+/// answers the keys it inserted.
 async fn insert_new(
     tx: &Transaction<'_>,
     rows: &[Delta<'_>],
     first: i64,
+    from: usize,
 ) -> Result<HashSet<RowKey>, Failed> {
+    if rows.is_empty() {
+        return Ok(HashSet::new());
+    }
     // The notice of a table that exists is not worth a log line.
     tx.batch_execute(
         "SET LOCAL client_min_messages = warning;
@@ -114,13 +150,13 @@ async fn insert_new(
     for (i, d) in rows.iter().enumerate() {
         let (s, w, t) = d.key;
         let bytes = encode_summary(&d.summary)?;
-        let c = position(first, i)?;
+        let c = position(first, from + i)?;
         writer.as_mut().write(&[&s, &w, &t, &bytes, &c]).await?;
     }
     writer.finish().await?;
     // No `ORDER BY` (sorting ~50,000 rows with their bytes spilled to disk
-    // and cost a fifth of the insert): the staging table holds them in key
-    // order (the plan's), and a scan of it hands them over in that order.
+    // and cost a fifth of the insert): the staging table holds them in the
+    // global order, and a scan of it hands them over in that order.
     let insert = tx
         .prepare_cached(
             "INSERT INTO results (series, width, start, revision, summary, changed)
@@ -167,8 +203,8 @@ impl Update {
     }
 }
 
-/// Locks the existing rows `keys` (in key order) and reads their revision
-/// and summary bytes.
+/// Locks the existing rows `keys` (in the global order, [`order`]) and
+/// reads their revision and summary bytes.
 async fn lock_rows(
     tx: &Transaction<'_>,
     keys: impl Iterator<Item = RowKey>,
@@ -183,7 +219,7 @@ async fn lock_rows(
             "SELECT r.series, r.width, r.start, r.revision, r.summary FROM results r
              JOIN unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(s, w, t)
                ON r.series = u.s AND r.width = u.w AND r.start = u.t
-             ORDER BY r.series, r.width, r.start FOR UPDATE OF r",
+             ORDER BY r.width, r.series, r.start FOR UPDATE OF r",
         )
         .await?;
     for row in tx.query(&lock, &[&s, &w, &t]).await? {

@@ -42,8 +42,9 @@ use crate::store::StoreError;
 /// The revision of a row's first write.
 pub(crate) const FIRST_REVISION: u32 = 0;
 
-/// A result row's key: (series id, width ms, window start ms); rows are
-/// written, and PostgreSQL locks them, in this order.
+/// A result row's key: (series id, width ms, window start ms). Each backend
+/// writes (and PostgreSQL locks) rows in an order of its own over it
+/// ([`plan_in`]).
 pub(crate) type RowKey = (i64, i64, i64);
 
 /// The merged delta of one result row.
@@ -117,6 +118,7 @@ fn merge_into<'a>(
 /// The plan of the new batches `fresh`: their partials merged per row, with
 /// the roll-ups at each of `rollups` coarser than a row's width; `id_of`
 /// gives (or creates) a series' id. Rows come in key order.
+#[cfg(test)]
 pub(crate) fn plan<'a>(
     fresh: &[&'a Batch],
     rollups: &[Width],

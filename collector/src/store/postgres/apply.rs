@@ -130,12 +130,17 @@ async fn try_apply(
     let named = Named::of(&fresh);
     let ids = series_ids(&tx, &named.keys).await?;
     let mut next = 0;
-    let plan = merge::plan(&fresh, rollups, |key| {
-        let slot = named.slot(next, key);
-        next += 1;
-        slot.and_then(|i| ids.get(i).copied().flatten())
-            .ok_or_else(|| StoreError::Backend(format!("no id stored for series {key}")))
-    })?;
+    let plan = merge::plan_in(
+        &fresh,
+        rollups,
+        |key| {
+            let slot = named.slot(next, key);
+            next += 1;
+            slot.and_then(|i| ids.get(i).copied().flatten())
+                .ok_or_else(|| StoreError::Backend(format!("no id stored for series {key}")))
+        },
+        rows::order,
+    )?;
 
     // 4. Positions in the change feed: this transaction's id, taken now
     // (its first write already assigned it), numbers its rows.

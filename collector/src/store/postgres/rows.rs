@@ -40,22 +40,22 @@ use crate::store::codec::{corrupt, decode_summary, encode_summary};
 use crate::store::StoreError;
 
 /// The global order rows are inserted and locked in: (width, series,
-/// start).
-fn order(&(s, w, t): &RowKey) -> (i64, i64, i64) {
+/// start). The plan comes sorted in it ([`crate::merge::plan_in`]).
+pub(super) fn order(&(s, w, t): &RowKey) -> (i64, i64, i64) {
     (w, s, t)
 }
 
-/// Writes the plan's `rows` with positions from `first` on, trying the
-/// direct `COPY` ([`super::direct`]) for the rows finer than every width
-/// of `rollups`.
+/// Writes the plan's `rows` (in [`order`]) with positions from `first` on,
+/// trying the direct `COPY` ([`super::direct`]) for the rows finer than
+/// every width of `rollups`.
 pub(super) async fn write(
     tx: &Transaction<'_>,
-    mut rows: Vec<Delta<'_>>,
+    rows: Vec<Delta<'_>>,
     first: i64,
     rollups: &[Width],
     direct: &Direct,
 ) -> Result<(), Failed> {
-    rows.sort_unstable_by_key(|d| order(&d.key));
+    debug_assert!(rows.windows(2).all(|w| order(&w[0].key) < order(&w[1].key)));
     let finest = rollups.iter().map(|w| w.ms()).min().unwrap_or(i64::MAX);
     let fine = rows.partition_point(|d| d.key.1 < finest);
     let done = if direct::copy(tx, direct, &rows[..fine], first).await? {

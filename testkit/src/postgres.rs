@@ -17,9 +17,10 @@ use crate::free_port;
 /// How to configure the test server.
 #[derive(Debug, Clone, Default)]
 pub struct PostgresOptions {
-    /// Keep PostgreSQL's durability settings (`fsync`, `synchronous_commit`)
-    /// on. `false` (the default) turns them off: tests do not survive power
-    /// loss and run faster; benchmarks set `true` to measure honest commits.
+    /// Keep PostgreSQL's durability settings (`fsync`, `synchronous_commit`,
+    /// `full_page_writes`) on, as a production server has them. `false` (the
+    /// default) turns them off: tests do not survive power loss and run
+    /// faster; benchmarks set `true` to measure honest commits.
     pub durable: bool,
 }
 
@@ -152,14 +153,21 @@ impl Postgres {
             } else {
                 "synchronous_commit=off"
             };
+            // Without full-page images a crash during a page write can leave
+            // a torn page that WAL replay cannot repair.
+            let page_images = if self.durable {
+                "full_page_writes=on"
+            } else {
+                "full_page_writes=off"
+            };
             let child = self
                 .command("postgres")
                 .arg("-D")
                 .arg(&self.data)
                 .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-k"])
                 .arg(self.dir.path())
-                .args(["-c", durability, "-c", sync_commit])
-                .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+                .args(["-c", durability, "-c", sync_commit, "-c", page_images])
+                .args(["-c", "max_connections=200"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

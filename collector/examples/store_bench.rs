@@ -22,8 +22,8 @@
 //! Beside each store it measures the database's own rate in the same run
 //! (the machines are shared and vary by 2–3× from day to day): a bare
 //! upsert loop writing as many rows, one per partial, into a (series,
-//! window) table, 10,000 rows per transaction, with the same durability and
-//! the same summary bytes — rusqlite for SQLite, `INSERT … SELECT unnest …
+//! window) table, 10,000 rows per transaction, with the same durability,
+//! the same summary bytes (and for SQLite the same page cache) — rusqlite for SQLite, `INSERT … SELECT unnest …
 //! ON CONFLICT DO UPDATE` for PostgreSQL — and prints the store's ratio to
 //! it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -42,6 +42,7 @@ use tributary_testkit::{Postgres, PostgresOptions as Server};
 
 #[path = "load/mod.rs"]
 mod load;
+mod measure;
 use load::{minute_partial, Rng, MIN};
 
 const DAY: i64 = 24 * 3_600_000;
@@ -155,44 +156,6 @@ async fn readings<S: Store>(store: &S) -> u64 {
     rows.iter().flatten().map(|w| w.summary.count()).sum()
 }
 
-/// (busy, total) jiffies of the whole machine from `/proc/stat`, to tell
-/// how much of the cores a run used (others' processes included).
-fn cpu() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let v: Vec<u64> = text
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let total: u64 = v.iter().sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    (total - idle, total)
-}
-
-/// CPU seconds (user + system) this process has used, from
-/// `/proc/self/stat` (clock ticks of 1/100 s).
-fn own_cpu() -> f64 {
-    let text = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are
-    // fields 14 and 15 of the whole line.
-    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-    (field(11) + field(12)) / 100.0
-}
-
-/// CPU seconds (user + system) of process `pid` from `/proc`.
-fn cpu_of(pid: u32) -> f64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-    (field(11) + field(12)) / 100.0
-}
-
 /// The CPU seconds each server backend of database `db` (the writers'
 /// connections) has used, by pid.
 fn backends_cpu(pg: &Postgres, db: &str) -> BTreeMap<u32, f64> {
@@ -205,7 +168,7 @@ fn backends_cpu(pg: &Postgres, db: &str) -> BTreeMap<u32, f64> {
         .unwrap_or_default();
     pids.split_whitespace()
         .filter_map(|p| p.parse().ok())
-        .map(|p| (p, cpu_of(p)))
+        .map(|p: u32| (p, measure::process(&p.to_string())))
         .collect()
 }
 
@@ -233,8 +196,7 @@ impl Figure {
 
 /// Percent of all cores busy since `(c0, t0)`.
 fn busy(c0: u64, t0: u64) -> f64 {
-    let (c1, t1) = cpu();
-    100.0 * (c1 - c0) as f64 / (t1 - t0).max(1) as f64
+    100.0 * measure::busy_between((c0, t0), measure::machine())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -327,13 +289,13 @@ async fn bench_sqlite(
     let partials: usize = batches.iter().map(|b| b.partials.len()).sum();
     let dir = tempfile::tempdir()?;
     let lite = SqliteStore::open(&dir.path().join("bench.db"), rollups)?;
-    let (c0, t0) = cpu();
-    let own0 = own_cpu();
+    let (c0, t0) = measure::machine();
+    let own0 = measure::process("self");
     let t = Instant::now();
     for g in batches.chunks(group) {
         lite.apply(g).await?;
     }
-    let own = own_cpu() - own0;
+    let own = measure::process("self") - own0;
     let secs = t.elapsed().as_secs_f64();
     Figure {
         label: "sqlite, 1 writer".into(),
@@ -410,7 +372,7 @@ fn bare_sqlite(batches: &[Batch]) -> anyhow::Result<(f64, f64)> {
         "CREATE TABLE w (series INTEGER NOT NULL, start INTEGER NOT NULL, summary BLOB NOT NULL,
          PRIMARY KEY (series, start)) WITHOUT ROWID",
     )?;
-    let own0 = own_cpu();
+    let own0 = measure::process("self");
     let t = Instant::now();
     for chunk in rows.chunks(BARE_CHUNK) {
         let tx = conn.transaction()?;
@@ -426,7 +388,7 @@ fn bare_sqlite(batches: &[Batch]) -> anyhow::Result<(f64, f64)> {
         tx.commit()?;
     }
     let secs = t.elapsed().as_secs_f64();
-    let own = own_cpu() - own0;
+    let own = measure::process("self") - own0;
     println!(
         "{:<22} {:>9.0} rows/s  (bare rusqlite upsert loop: {} rows, {} per transaction, in {:.2} s; {:.0} rows per CPU-second)",
         "sqlite bare",
@@ -582,8 +544,8 @@ async fn bench_postgres(
             stores[0].prepare(Width::new(w)?, T0).await?;
         }
     }
-    let (c0, t0) = cpu();
-    let own0 = own_cpu();
+    let (c0, t0) = measure::machine();
+    let own0 = measure::process("self");
     let server0 = backends_cpu(pg, db);
     let t = Instant::now();
     let mut writers = tokio::task::JoinSet::new();
@@ -606,7 +568,7 @@ async fn bench_postgres(
         cpu: busy(c0, t0),
     }
     .print();
-    let own = own_cpu() - own0;
+    let own = measure::process("self") - own0;
     let server: f64 = backends_cpu(pg, db)
         .into_iter()
         .map(|(pid, c)| c - server0.get(&pid).copied().unwrap_or(0.0))

@@ -1,4 +1,4 @@
-//! CPU accounting for the benches (`ingest_bench`): the CPU seconds of a
+//! CPU accounting for the benches (`ingest_bench`, `store_bench`): the CPU seconds of a
 //! process from `/proc`, and how busy the whole machine was, so a figure
 //! can be printed beside what it cost and what else ran.
 

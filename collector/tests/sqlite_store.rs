@@ -637,3 +637,75 @@ async fn a_version_8_database_is_clustered_time_first() {
         0
     );
 }
+
+/// A partial of `device` at `width` starting at `start`, of `readings`.
+fn partial_of(device: &str, width: i64, start: i64, readings: &[(i64, i64)]) -> Partial {
+    Partial {
+        series: store_common::key(device),
+        window: Window::new(start, Width::new(width).unwrap()).unwrap(),
+        summary: summary_of(readings),
+    }
+}
+
+/// Agents' partials of several widths — one minute, five minutes (finer
+/// than every roll-up) and one hour (a roll-up width: an agent whose
+/// outbox coarsened) — in one group, then more with the cache warm, then
+/// more after a reopen (cache cold, rows read back): every stored window
+/// of every width is the summary of the raw readings inside it, whichever
+/// path wrote it (the agents' windows are written while the roll-ups are
+/// computed beside them).
+#[tokio::test]
+async fn partials_of_every_width_and_their_roll_ups_add_up_across_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    const FIVE: i64 = 5 * MIN;
+    // Every reading by (device, width of the partial, window start).
+    let mut raw: BTreeMap<(String, i64, i64), Vec<(i64, i64)>> = BTreeMap::new();
+    let mut group = |agent: &str, seq: u64, round: i64| {
+        let mut partials = Vec::new();
+        for (d, device) in ["dev-a", "dev-b"].iter().enumerate() {
+            for (width, count) in [(MIN, 12), (FIVE, 3), (HOUR, 1)] {
+                for i in 0..count {
+                    let start = T0 + i * width + (d as i64) * 2 * HOUR * (width / HOUR);
+                    let readings: Vec<(i64, i64)> = (0..3)
+                        .map(|j| (start + j * 1_000 + round, 20_000 + round * 7 + j * 11 + i))
+                        .collect();
+                    raw.entry((device.to_string(), width, start))
+                        .or_default()
+                        .extend(&readings);
+                    partials.push(partial_of(device, width, start, &readings));
+                }
+            }
+        }
+        Batch::new(agent, seq, T0, partials)
+    };
+    let (first, second) = (group("agent-0", 0, 0), group("agent-1", 0, 1));
+    let third = group("agent-2", 0, 2);
+    {
+        let store = open(&dir, "a.db");
+        store.apply(&[first]).await.unwrap();
+        store.apply(&[second]).await.unwrap();
+    }
+    let store = open(&dir, "a.db");
+    store.apply(&[third]).await.unwrap();
+
+    // The judge: the raw readings summed per stored window of each width,
+    // a partial's readings counting in every window that contains it.
+    for width in [MIN, FIVE, HOUR, 24 * HOUR] {
+        let mut want: BTreeMap<(String, i64), Vec<(i64, i64)>> = BTreeMap::new();
+        for ((device, w, start), readings) in &raw {
+            let at_own_width = *w == width;
+            let rolled_up = [HOUR, 24 * HOUR].contains(&width) && *w < width;
+            if at_own_width || rolled_up {
+                want.entry((device.clone(), start.div_euclid(width) * width))
+                    .or_default()
+                    .extend(readings);
+            }
+        }
+        let want: BTreeMap<(String, i64), Summary> = want
+            .iter()
+            .map(|(k, r)| (k.clone(), summary_of(r)))
+            .collect();
+        assert!(!want.is_empty());
+        assert_eq!(all_windows(&store, width).await, want, "width {width}");
+    }
+}

@@ -13,7 +13,8 @@
 //!    duplicate; a second copy of a key in the same group is a duplicate;
 //!    then **advance** each sender's mark and forget the keys below it
 //!    (`senders::advance`; the memory stays small, see `senders.rs`);
-//! 4. **plan** ([`plan`]): the new batches' partials merged per result row
+//! 4. **plan** ([`plan_in`], or its halves [`gather`] and
+//!    [`Gathered::into_rows`]): the new batches' partials merged per result row
 //!    (series id, width, start), plus every row's roll-ups — one merge per
 //!    row and coarser width, not per partial — and the agents' highest
 //!    watermarks and the (series, agent) pairs to record as reporters;
@@ -89,7 +90,7 @@ pub(crate) fn merge_error(
 type Pending<'a> = HashMap<RowKey, (Cow<'a, Summary>, Window, &'a SeriesKey)>;
 
 /// Roll-up rows being merged: by key, the delta with its window and series.
-type Level<'a> = HashMap<RowKey, (Summary, Window, &'a SeriesKey)>;
+pub(crate) type Level<'a> = HashMap<RowKey, (Summary, Window, &'a SeriesKey)>;
 
 /// Merges `summary` (of `series` in `window`) into row `key` of `rows`; a
 /// row's first summary is kept as it comes (borrowed or owned), copied
@@ -132,9 +133,46 @@ pub(crate) fn plan<'a>(
 pub(crate) fn plan_in<'a, K: Ord>(
     fresh: &[&'a Batch],
     rollups: &[Width],
-    mut id_of: impl FnMut(&'a SeriesKey) -> Result<i64, StoreError>,
+    id_of: impl FnMut(&'a SeriesKey) -> Result<i64, StoreError>,
     order: impl Fn(&RowKey) -> K,
 ) -> Result<Plan<'a>, StoreError> {
+    let g = gather(fresh, id_of)?;
+    let levels = g.roll_ups(rollups)?;
+    let (watermarks, reporters) = (g.watermarks.clone(), g.reporters.clone());
+    Ok(Plan {
+        rows: g.into_rows(i64::MIN, levels, order)?,
+        watermarks,
+        reporters,
+    })
+}
+
+/// A group's partials merged per row, before their roll-ups: the first
+/// half of [`plan_in`], for a backend that writes the rows no roll-up
+/// lands on ([`Gathered::finer_than`]) while the roll-ups are computed.
+#[derive(Debug)]
+pub(crate) struct Gathered<'a> {
+    rows: Pending<'a>,
+    /// Each agent's highest watermark in the group, by agent.
+    pub(crate) watermarks: Vec<(&'a str, i64)>,
+    /// (series id, agent) pairs that reported, sorted, each once.
+    pub(crate) reporters: Vec<(i64, &'a str)>,
+}
+
+/// A row of [`Gathered::finer_than`]: its delta, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowRef<'r, 'a> {
+    pub(crate) key: RowKey,
+    pub(crate) window: Window,
+    pub(crate) series: &'a SeriesKey,
+    pub(crate) summary: &'r Summary,
+}
+
+/// The partials of the new batches `fresh` merged per row; `id_of` gives
+/// (or creates) a series' id.
+pub(crate) fn gather<'a>(
+    fresh: &[&'a Batch],
+    mut id_of: impl FnMut(&'a SeriesKey) -> Result<i64, StoreError>,
+) -> Result<Gathered<'a>, StoreError> {
     // Sized for every partial a row of its own (fan-in 1) and an eighth
     // more for roll-ups, so the map of large entries is not rehashed while
     // it fills.
@@ -158,29 +196,70 @@ pub(crate) fn plan_in<'a, K: Ord>(
             )?;
         }
     }
-    let rolled = roll_up(&rows, rollups)?;
-    for level in rolled {
-        for (key, (summary, window, series)) in level {
-            merge_into(&mut rows, key, Cow::Owned(summary), window, series)?;
-        }
-    }
-    let mut rows: Vec<Delta<'a>> = rows
-        .into_iter()
-        .map(|(key, (summary, window, series))| Delta {
-            key,
-            window,
-            series,
-            summary,
-        })
-        .collect();
-    rows.sort_by_cached_key(|d| order(&d.key));
     let mut reporters: Vec<(i64, &'a str)> = reporters.into_iter().collect();
     reporters.sort_unstable();
-    Ok(Plan {
+    Ok(Gathered {
         rows,
         watermarks: watermarks.into_iter().collect(),
         reporters,
     })
+}
+
+impl<'a> Gathered<'a> {
+    /// The rows narrower than `width_ms` (the finest roll-up width: no
+    /// roll-up lands on them, so their deltas are final), in `order`.
+    pub(crate) fn finer_than<K: Ord>(
+        &self,
+        width_ms: i64,
+        order: impl Fn(&RowKey) -> K,
+    ) -> Vec<RowRef<'_, 'a>> {
+        let mut rows: Vec<RowRef<'_, 'a>> = self
+            .rows
+            .iter()
+            .filter(|(key, _)| key.1 < width_ms)
+            .map(|(&key, (summary, window, series))| RowRef {
+                key,
+                window: *window,
+                series,
+                summary,
+            })
+            .collect();
+        rows.sort_by_cached_key(|r| order(&r.key));
+        rows
+    }
+
+    /// The roll-ups of every row at each of `rollups` coarser than it.
+    pub(crate) fn roll_ups(&self, rollups: &[Width]) -> Result<Vec<Level<'a>>, StoreError> {
+        roll_up(&self.rows, rollups)
+    }
+
+    /// The rows `width_ms` wide and wider, with the roll-ups `levels`
+    /// merged in, in `order`.
+    pub(crate) fn into_rows<K: Ord>(
+        self,
+        width_ms: i64,
+        levels: Vec<Level<'a>>,
+        order: impl Fn(&RowKey) -> K,
+    ) -> Result<Vec<Delta<'a>>, StoreError> {
+        let mut rows = self.rows;
+        rows.retain(|key, _| key.1 >= width_ms);
+        for level in levels {
+            for (key, (summary, window, series)) in level {
+                merge_into(&mut rows, key, Cow::Owned(summary), window, series)?;
+            }
+        }
+        let mut rows: Vec<Delta<'a>> = rows
+            .into_iter()
+            .map(|(key, (summary, window, series))| Delta {
+                key,
+                window,
+                series,
+                summary,
+            })
+            .collect();
+        rows.sort_by_cached_key(|d| order(&d.key));
+        Ok(rows)
+    }
 }
 
 /// The roll-ups of `rows` at each of `rollups`, one level per width in
@@ -252,13 +331,20 @@ pub(crate) fn fold(
 ) -> Result<(u32, Summary), StoreError> {
     match stored {
         None => Ok((FIRST_REVISION, delta.summary.into_owned())),
-        Some((revision, mut summary)) => {
-            summary
-                .merge(&delta.summary)
-                .map_err(merge_error(delta.series, delta.window))?;
-            Ok((revision.saturating_add(1), summary))
-        }
+        Some(stored) => fold_into(stored, &delta.summary, delta.series, delta.window),
     }
+}
+
+/// A stored row's state (revision, summary) with `delta` (of `series` in
+/// `window`) merged into it: one revision more.
+pub(crate) fn fold_into(
+    (revision, mut summary): (u32, Summary),
+    delta: &Summary,
+    series: &SeriesKey,
+    window: Window,
+) -> Result<(u32, Summary), StoreError> {
+    summary.merge(delta).map_err(merge_error(series, window))?;
+    Ok((revision.saturating_add(1), summary))
 }
 
 #[cfg(test)]

@@ -82,6 +82,11 @@ impl Cache {
             .is_some_and(|&n| self.reporters.contains(&(id, n)))
     }
 
+    /// Whether the committed state of `key` is cached.
+    pub(super) fn holds(&self, key: &RowKey) -> bool {
+        self.rows.contains_key(key)
+    }
+
     /// Takes the committed state of `key` out of the cache (the caller puts
     /// the new state back after its commit with [`Cache::committed`]).
     pub(super) fn take(&mut self, key: &RowKey) -> Option<CachedRow> {

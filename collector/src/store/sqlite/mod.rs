@@ -28,6 +28,7 @@ mod leases;
 mod query;
 mod readers;
 mod retention;
+mod rows;
 mod schema;
 mod senders;
 

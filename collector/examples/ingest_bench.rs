@@ -23,27 +23,29 @@
 //! same payloads with the same window of unacknowledged messages (MQTT
 //! PUBACKs instead of confirmations) to a subscriber of the partials topic.
 //!
+//! Each end-to-end run also prints where its time went: the share of the
+//! run the collector's one store writer was in a transaction (the sum of
+//! its `tributary_collector_store_commit_seconds`), the groups and their
+//! size, and the CPU cores of the bench's process (collector and
+//! publishers), of mosquitto and of the whole machine.
+//!
 //! # Figures
-//! Medians of 3, release build, 2026-12-02 at 02:04 UTC on a quiet 2-core
-//! machine (load average about 1), defaults (8 agents × 60 batches × 200
-//! partials of 60 readings = 96,000 partials a run), at `9d05cde`:
-//! - binary: end-to-end 93,006 partials/s (5.6 M readings/s), confirmation
-//!   p50 244 ms, p99 319 ms; baseline 8.0 M partials/s, p50 3.9 ms;
-//! - binary, `--in-flight 64`: 108,348 partials/s, p50 641 ms, p99 883 ms;
-//! - JSON: 78,741 partials/s, p50 300 ms, p99 434 ms; baseline 1.07 M.
+//! Medians of 3, release build, 2026-12-02 at 04:52 UTC on a quiet 2-core
+//! machine (load average about 1), 8 agents × 200 partials of 60 readings:
+//! - defaults (60 batches each, 96,000 partials a run): 98,669 partials/s
+//!   (5.9 M readings/s), confirmation p50 232 ms, p99 331 ms; baseline
+//!   6.6 M partials/s; store writer busy 79 % of the run (groups of 40
+//!   batches), bench process 0.99 cores, mosquitto 0.01, machine 51 % busy;
+//! - `--in-flight 64 --minutes 240` (384,000 partials a run): 126,634
+//!   partials/s, p50 807 ms, p99 1,095 ms; baseline 7.6 M; writer busy
+//!   87 % (groups of 160), 1.12 cores, machine 58 % busy.
 //!
-//! Longer runs (`--minutes 240`: 384,000 partials a run, so start-up
-//! weighs less), 02:47 UTC, a build of `9d05cde` (the ingest and SQLite code
-//! are unchanged since): 111,568 partials/s (p50 228 ms, baseline 10.0 M)
-//! with 16 batches in flight per agent, 135,427 (p50 750 ms, p99 989 ms,
-//! baseline 7.2 M) with 64.
-//!
-//! The broker moves the batches ~80× faster than they are applied. The
-//! bound is the collector's one SQLite writer (its transaction, with the
-//! 1 h and 1 d roll-ups, takes about one core: `sqlite3_step` half of it,
-//! the merge plan a quarter, the commit an eighth), so issue #16's goal of
-//! 200 k partials/s is not reached on this machine; the confirmation
-//! latency is the queue of batches in flight ahead of each one.
+//! The broker moves the batches ~60× faster than they are applied. The
+//! bound is the collector's one SQLite writer: its transaction, with the
+//! 1 h and 1 d roll-ups, is most of the work and runs on one core while
+//! the other is half idle, so issue #16's goal of 200 k partials/s is not
+//! reached on this machine; the confirmation latency is the queue of
+//! batches in flight ahead of each one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::VecDeque;

@@ -67,7 +67,8 @@ pub struct OutboxConfig {
     /// floor: past it the oldest partials are dropped and counted. Default
     /// `[300000, 3600000]`.
     pub coarsen_widths_ms: Vec<i64>,
-    /// Most partials in one batch. Default 200.
+    /// Most partials in one batch. Default 200. A binary batch is also cut
+    /// to what the collector decodes ([`tributary_core::batch::MAX_EXPANDED`]).
     pub batch_max_partials: usize,
 }
 

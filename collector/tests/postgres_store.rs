@@ -713,9 +713,17 @@ async fn lanes_by_agent_apply_each_batch_once_and_lose_no_update() {
         let want = rolled_up(&truth, width);
         assert_eq!(all_windows(&store, width).await, want, "width {width}");
     }
+    let (fed, entries) = minute_feed(&store).await;
+    assert_eq!(fed.len(), entries, "each window once");
+    assert_eq!(fed, stored);
+}
+
+/// The whole change feed of the one-minute width, by (series, start), and
+/// how many entries it had.
+async fn minute_feed(store: &PostgresStore) -> (BTreeMap<(String, i64), Summary>, usize) {
     let minute = Width::new(MIN).unwrap();
     let feed = store.changed_since(minute, 0, usize::MAX).await.unwrap();
-    let fed: BTreeMap<(String, i64), Summary> = feed
+    let fed = feed
         .iter()
         .map(|c| {
             (
@@ -724,8 +732,7 @@ async fn lanes_by_agent_apply_each_batch_once_and_lose_no_update() {
             )
         })
         .collect();
-    assert_eq!(fed.len(), feed.len(), "each window once");
-    assert_eq!(fed, stored);
+    (fed, feed.len())
 }
 
 /// A batch of `agent` (sequence `seq`) with one reading `(t, v)` for each
@@ -872,17 +879,7 @@ async fn the_direct_copy_falls_back_on_existing_and_concurrent_rows() {
             "width {width}"
         );
     }
-    let minute = Width::new(MIN).unwrap();
-    let feed = a.changed_since(minute, 0, usize::MAX).await.unwrap();
-    let fed: BTreeMap<(String, i64), Summary> = feed
-        .iter()
-        .map(|c| {
-            (
-                (c.series.to_string(), c.stored.window.start()),
-                c.stored.summary.clone(),
-            )
-        })
-        .collect();
-    assert_eq!(fed.len(), feed.len(), "each window once in the feed");
+    let (fed, entries) = minute_feed(&a).await;
+    assert_eq!(fed.len(), entries, "each window once in the feed");
     assert_eq!(fed, want, "the feed ends at every window's final state");
 }

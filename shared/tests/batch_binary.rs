@@ -244,7 +244,16 @@ fn a_time_offset_past_i128_is_refused_not_a_panic() {
 }
 
 /// LEB128 of `n` (as the layout codes every count).
-fn varint(mut n: u64) -> Vec<u8> {
+fn varint(n: u64) -> Vec<u8> {
+    leb128(n.into())
+}
+
+/// LEB128 of a zigzag-coded `i128` (as the layout codes signed deltas).
+fn signed_varint(v: i128) -> Vec<u8> {
+    leb128(((v << 1) ^ (v >> 127)) as u128)
+}
+
+fn leb128(mut n: u128) -> Vec<u8> {
     let mut out = Vec::new();
     while n >= 0x80 {
         out.push((n as u8) | 0x80);
@@ -426,18 +435,6 @@ fn a_sketch_scale_past_i8_is_refused() {
         err.to_string().contains("sketch scale out of range"),
         "{err}"
     );
-}
-
-/// LEB128 of a zigzag-coded `i128` (as the layout codes signed deltas).
-fn signed_varint(v: i128) -> Vec<u8> {
-    let mut n = ((v << 1) ^ (v >> 127)) as u128;
-    let mut out = Vec::new();
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-    out
 }
 
 /// A sketch side's first-bucket offset is its reference bucket plus a

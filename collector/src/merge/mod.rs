@@ -136,9 +136,10 @@ pub(crate) fn plan_in<'a, K: Ord>(
     id_of: impl FnMut(&'a SeriesKey) -> Result<i64, StoreError>,
     order: impl Fn(&RowKey) -> K,
 ) -> Result<Plan<'a>, StoreError> {
-    let g = gather(fresh, id_of)?;
+    let mut g = gather(fresh, id_of)?;
     let levels = g.roll_ups(rollups)?;
-    let (watermarks, reporters) = (g.watermarks.clone(), g.reporters.clone());
+    let watermarks = std::mem::take(&mut g.watermarks);
+    let reporters = std::mem::take(&mut g.reporters);
     Ok(Plan {
         rows: g.into_rows(i64::MIN, levels, order)?,
         watermarks,

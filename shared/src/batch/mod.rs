@@ -401,5 +401,10 @@ mod tests {
             batches[4].decoded_bytes() > 40 * 8 * 2048 / 5,
             "full sketches counted"
         );
+        // By hand: one partial of series ("t", "d") holding one reading (one
+        // bucket): the strings "d" and "t" (2), the series table's key (2),
+        // the partial's copy of it (2) and one bucket (8).
+        let one = partial_of(&keys[0], 60_000, 1, &[5]);
+        assert_eq!(Batch::new("a", 1, 0, alloc::vec![one]).decoded_bytes(), 14);
     }
 }

@@ -47,17 +47,21 @@ type Change = (u32, DataValue, i64);
 const QUEUE_FACTOR: usize = 4;
 /// The least capacity of the callback → engine queue.
 const QUEUE_MIN: usize = 1024;
+/// The most changes the callback → engine queue holds, whatever the items'
+/// queue sizes: a stalled engine must not let memory grow with them
+/// (changes past it are counted as `overflow`).
+const QUEUE_MAX: usize = 65_536;
 
 /// The capacity of the callback → engine queue for `cfg`'s items: their
-/// queue sizes summed, times [`QUEUE_FACTOR`], at least [`QUEUE_MIN`] (and
-/// at most what a tokio channel takes: more would panic).
+/// queue sizes summed, times [`QUEUE_FACTOR`], between [`QUEUE_MIN`] and
+/// [`QUEUE_MAX`].
 fn queue_capacity(cfg: &OpcuaConfig) -> usize {
     cfg.items
         .iter()
         .map(|i| usize::try_from(i.queue_size).unwrap_or(usize::MAX))
         .fold(0usize, usize::saturating_add)
         .saturating_mul(QUEUE_FACTOR)
-        .clamp(QUEUE_MIN, tokio::sync::Semaphore::MAX_PERMITS)
+        .clamp(QUEUE_MIN, QUEUE_MAX)
 }
 
 /// Runs one server until shutdown.
@@ -528,6 +532,7 @@ mod tests {
         assert_eq!(queue_capacity(&server(&[1000, 24])), 1024 * QUEUE_FACTOR);
         let huge = queue_capacity(&server(&[u32::MAX, u32::MAX]));
         assert!(huge <= tokio::sync::Semaphore::MAX_PERMITS);
+        assert_eq!(huge, QUEUE_MAX, "bounded whatever the queue sizes");
         // A channel of that capacity can be made.
         drop(mpsc::channel::<Change>(huge));
     }

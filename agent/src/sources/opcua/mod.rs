@@ -35,9 +35,9 @@
 //! 100 ms only if the session had stayed up 30 s). A server only
 //! ever waits on itself: its failures stall no other input. Changes are
 //! queued between the library's callback and the engine in a bounded queue
-//! (the items' queue sizes summed, times 4, at least 1024); the callback
-//! never waits, so a change that finds the queue full (the engine not
-//! keeping up) is dropped and counted as `overflow`.
+//! (the items' queue sizes summed, times 4, at least 1024 and at most
+//! 65,536); the callback never waits, so a change that finds the queue full
+//! (the engine not keeping up) is dropped and counted as `overflow`.
 
 #[cfg(feature = "opcua")]
 mod client;

@@ -285,12 +285,13 @@ impl std::fmt::Display for Cost {
     }
 }
 
-/// The value of sample `name` in the Prometheus text `text` (0 if absent).
-fn sample(text: &str, name: &str) -> f64 {
+/// The value of sample `name` in the Prometheus text `text`; a sample that
+/// is missing (a renamed metric) fails the run rather than reading as 0.
+fn sample(text: &str, name: &str) -> anyhow::Result<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+        .with_context(|| format!("no sample {name} in the collector's metrics"))
 }
 
 fn figures(partials: usize, mut latencies: Vec<Duration>, elapsed: Duration) -> Run {
@@ -346,7 +347,10 @@ async fn end_to_end(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let broker_pid = broker.pid().map(|p| p.to_string()).unwrap_or_default();
+    let broker_pid = broker
+        .pid()
+        .context("mosquitto is not running")?
+        .to_string();
     let (machine0, own0, broker0) = (
         measure::machine(),
         measure::process("self"),
@@ -371,11 +375,11 @@ async fn end_to_end(
     let wall = start.elapsed().as_secs_f64();
     let metrics = counters.render();
     let store = |name: &str| sample(&metrics, &format!("tributary_collector_store_{name}"));
-    let groups = store("group_batches_count");
+    let groups = store("group_batches_count")?;
     let cost = Cost {
-        store_busy: store("commit_seconds_sum") / wall,
+        store_busy: store("commit_seconds_sum")? / wall,
         groups,
-        batches_per_group: store("group_batches_sum") / groups.max(1.0),
+        batches_per_group: store("group_batches_sum")? / groups.max(1.0),
         process_cores: (measure::process("self") - own0) / wall,
         broker_cores: (measure::process(&broker_pid) - broker0) / wall,
         machine_busy: measure::busy_between(machine0, measure::machine()),

@@ -653,7 +653,8 @@ fn partial_of(device: &str, width: i64, start: i64, readings: &[(i64, i64)]) -> 
 /// more after a reopen (cache cold, rows read back): every stored window
 /// of every width is the summary of the raw readings inside it, whichever
 /// path wrote it (the agents' windows are written while the roll-ups are
-/// computed beside them).
+/// computed beside them: 600 of them a group, past the store's threshold
+/// for doing so).
 #[tokio::test]
 async fn partials_of_every_width_and_their_roll_ups_add_up_across_groups() {
     let dir = tempfile::tempdir().unwrap();
@@ -663,7 +664,7 @@ async fn partials_of_every_width_and_their_roll_ups_add_up_across_groups() {
     let mut group = |agent: &str, seq: u64, round: i64| {
         let mut partials = Vec::new();
         for (d, device) in ["dev-a", "dev-b"].iter().enumerate() {
-            for (width, count) in [(MIN, 12), (FIVE, 3), (HOUR, 1)] {
+            for (width, count) in [(MIN, 300), (FIVE, 3), (HOUR, 1)] {
                 for i in 0..count {
                     let start = T0 + i * width + (d as i64) * 2 * HOUR * (width / HOUR);
                     let readings: Vec<(i64, i64)> = (0..3)

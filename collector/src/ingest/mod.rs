@@ -22,8 +22,11 @@
 //! goes on being polled and the next group gathers (up to
 //! `mqtt.max_group` batches; then the broker's window holds the rest): the
 //! store's transaction and the decoding and checking of what follows run
-//! side by side on two workers, and keep-alives and PUBACKs keep flowing
-//! during a long commit.
+//! side by side on two workers. Keep-alives and PUBACKs keep flowing during
+//! a commit until the next group is full; from then until the commit lands
+//! the connection is not polled (a commit longer than 1.5 keep-alive
+//! intervals with a full group waiting would lose the session, which the
+//! broker then redelivers).
 //!
 //! # Store faults
 //! If a commit fails (a full disk, a database that is down) nothing is
@@ -157,28 +160,15 @@ pub async fn run<S: Ingest + Clone + 'static>(
         // (the broker's window then holds the rest).
         let full = shell.group.valid() >= shell.cfg.group_batches;
         let idle = committing.is_none();
-        // Biased, the connection first: a group is committed when its wait
-        // is over *and* no further message is ready, so with no wait a
-        // group is whatever arrived while the last commit ran.
+        // Biased: a landed commit is settled first (its acks and
+        // confirmations go out, and the writer is free for the next group
+        // even while messages keep arriving); then the connection before
+        // the wait, so a group is committed when its wait is over *and* no
+        // further message is ready — with no wait, whatever arrived while
+        // the last commit ran.
         tokio::select! {
             biased;
             _ = shutdown.changed() => break,
-            ev = conn.poll(), if retry_at.is_none() && (idle || !full) => match ev {
-                Ok(Event::Message(m)) => {
-                    if shell.on_message(m) {
-                        flush_at.get_or_insert_with(|| Instant::now() + shell.cfg.group_wait);
-                    }
-                    // A full group commits at once, unless one commits
-                    // already or the store is failing: then it waits.
-                    if committing.is_none() && shell.group.valid() >= shell.cfg.group_batches
-                        && shell.store_backoff.is_none() {
-                        committing = Some(shell.start(&store));
-                        flush_at = None;
-                    }
-                }
-                Ok(ev) => shell.on_event(ev, &client),
-                Err(failure) => retry_at = Some(shell.on_failure(&failure)),
-            },
             joined = async {
                 match committing.as_mut() {
                     Some(commit) => commit.await,
@@ -201,6 +191,22 @@ pub async fn run<S: Ingest + Clone + 'static>(
                     flush_at = None;
                 }
             }
+            ev = conn.poll(), if retry_at.is_none() && (idle || !full) => match ev {
+                Ok(Event::Message(m)) => {
+                    if shell.on_message(m) {
+                        flush_at.get_or_insert_with(|| Instant::now() + shell.cfg.group_wait);
+                    }
+                    // A full group commits at once, unless one commits
+                    // already or the store is failing: then it waits.
+                    if committing.is_none() && shell.group.valid() >= shell.cfg.group_batches
+                        && shell.store_backoff.is_none() {
+                        committing = Some(shell.start(&store));
+                        flush_at = None;
+                    }
+                }
+                Ok(ev) => shell.on_event(ev, &client),
+                Err(failure) => retry_at = Some(shell.on_failure(&failure)),
+            },
             _ = tokio::time::sleep_until(flush_at.unwrap_or(far)), if flush_at.is_some() && idle => {
                 flush_at = None;
                 committing = Some(shell.start(&store));

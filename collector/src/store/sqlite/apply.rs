@@ -161,44 +161,52 @@ impl Writer {
         })?;
         let mut rows = RowWriter::new(&tx, cache, &rollups, change)?;
         let fine = gathered.finer_than(finest, table_order);
-        let encode: Vec<bool> = fine.iter().map(|r| !rows.cached(&r.key)).collect();
-        let levels = std::thread::scope(|s| -> Result<_, StoreError> {
-            let rolling = s.spawn(|| gathered.roll_ups(&self.rollups));
-            // Chunks, not rows, through the channel: a wake-up per row
-            // cost the writer a sixth of its time.
-            let (sent, received) = std::sync::mpsc::sync_channel::<Vec<_>>(CHUNKS_AHEAD);
-            let (fine, encode) = (&fine, &encode);
-            s.spawn(move || {
-                let mut chunk = Vec::with_capacity(CHUNK);
-                for (r, _) in fine.iter().zip(encode).filter(|(_, &e)| e) {
-                    chunk.push(encode_summary(r.summary));
-                    // The writer stopped (it failed): so does this.
-                    if chunk.len() == CHUNK && sent.send(std::mem::take(&mut chunk)).is_err() {
-                        return;
-                    }
-                }
-                let _ = sent.send(chunk);
-            });
-            let mut ready = Vec::new().into_iter();
-            for (r, &encoded) in fine.iter().zip(encode) {
-                let bytes = match encoded {
-                    true => Some(match ready.next() {
-                        Some(b) => b?,
-                        None => {
-                            ready = received.recv().unwrap_or_default().into_iter();
-                            ready.next().ok_or_else(|| {
-                                StoreError::Backend("the encoding thread stopped early".into())
-                            })??
-                        }
-                    }),
-                    false => None,
-                };
-                rows.write((r.key, r.window, r.series), r.summary, bytes, &mut done)?;
+        let levels = if fine.len() < CHUNK {
+            // A small group: two threads would cost more than they save.
+            for r in &fine {
+                rows.write((r.key, r.window, r.series), r.summary, None, &mut done)?;
             }
-            rolling
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })?;
+            gathered.roll_ups(&self.rollups)?
+        } else {
+            let encode: Vec<bool> = fine.iter().map(|r| !rows.cached(&r.key)).collect();
+            std::thread::scope(|s| -> Result<_, StoreError> {
+                let rolling = s.spawn(|| gathered.roll_ups(&self.rollups));
+                // Chunks, not rows, through the channel: a wake-up per row
+                // cost the writer a sixth of its time.
+                let (sent, received) = std::sync::mpsc::sync_channel::<Vec<_>>(CHUNKS_AHEAD);
+                let (fine, encode) = (&fine, &encode);
+                s.spawn(move || {
+                    let mut chunk = Vec::with_capacity(CHUNK);
+                    for (r, _) in fine.iter().zip(encode).filter(|(_, &e)| e) {
+                        chunk.push(encode_summary(r.summary));
+                        // The writer stopped (it failed): so does this.
+                        if chunk.len() == CHUNK && sent.send(std::mem::take(&mut chunk)).is_err() {
+                            return;
+                        }
+                    }
+                    let _ = sent.send(chunk);
+                });
+                let mut ready = Vec::new().into_iter();
+                for (r, &encoded) in fine.iter().zip(encode) {
+                    let bytes = match encoded {
+                        true => Some(match ready.next() {
+                            Some(b) => b?,
+                            None => {
+                                ready = received.recv().unwrap_or_default().into_iter();
+                                ready.next().ok_or_else(|| {
+                                    StoreError::Backend("the encoding thread stopped early".into())
+                                })??
+                            }
+                        }),
+                        false => None,
+                    };
+                    rows.write((r.key, r.window, r.series), r.summary, bytes, &mut done)?;
+                }
+                rolling
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })?
+        };
         for delta in gathered.into_rows(finest, levels, table_order)? {
             let at = (delta.key, delta.window, delta.series);
             rows.write(at, &delta.summary, None, &mut done)?;

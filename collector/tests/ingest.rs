@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use tributary_collector::ingest::{IngestConfig, Password, Protocol, Refused, TlsOptions};
+use tributary_collector::store::{Query, Refusal};
 use tributary_core::batch::{Batch, Encoding, Partial};
 use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
 use tributary_testkit::{Mosquitto, MosquittoOptions};
@@ -112,6 +113,16 @@ async fn batches_apply_once_and_are_confirmed_after_commit(protocol: Protocol) {
     );
     assert_eq!(counters.batches_new.get(), 6);
     assert_eq!(collector.windows().await[0].count(), 6);
+    // Durably, for its agent: one partial of one reading.
+    let agents = collector.store.agents().await.unwrap();
+    assert_eq!(
+        agents[0].refused.get("unmergeable"),
+        Some(&Refusal {
+            partials: 1,
+            readings: 1
+        }),
+        "{agents:?}"
+    );
     let metrics = counters.render();
     assert!(
         metrics.contains(&format!(

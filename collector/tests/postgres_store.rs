@@ -213,8 +213,9 @@ async fn the_store_contract_holds_on_postgresql() {
     // per incarnation and reason, and survive a reopen.
     {
         let (url, store) = fresh(&pg, "refused").await;
-        let w = refused::workload();
+        let mut w = refused::workload();
         refused::apply_with_redelivery(&store, &w).await;
+        refused::record_whole(&store, &mut w).await;
         drop(store);
         refused::check_stored(&open(&url).await, &w).await;
     }

@@ -458,14 +458,16 @@ async fn a_new_incarnation_applies_and_the_dedupe_memory_stays_bounded() {
     println!("1000 rounds in {:?}", started.elapsed());
 }
 
-/// The refusals contract: partials refused inside applied batches are
-/// counted exactly, once, per incarnation and reason, and survive a reopen.
+/// The refusals contract: partials refused inside applied batches, and
+/// batches refused whole, are counted exactly, once, per incarnation and
+/// reason, and survive a reopen.
 #[tokio::test]
 async fn refused_partials_are_counted_once_and_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let w = store_common::refused::workload();
+    let mut w = store_common::refused::workload();
     let store = open(&dir, "refused.db");
     store_common::refused::apply_with_redelivery(&store, &w).await;
+    store_common::refused::record_whole(&store, &mut w).await;
     drop(store);
     let store = open(&dir, "refused.db");
     store_common::refused::check_stored(&store, &w).await;

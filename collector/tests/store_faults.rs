@@ -10,6 +10,13 @@
 //! broker's in-flight window, which a dropped group used to hold for good —
 //! is applied exactly once and confirmed.
 //!
+//! A fault of one batch rather than of the database — here the store's
+//! code panics on it, as a bug would — does not stall ingest: the batch is
+//! refused whole, recorded durably for its agent, counted and confirmed,
+//! and every other batch applies exactly once; a redelivery of it is a
+//! duplicate. A fault that hits every batch refuses nothing: ingest stalls
+//! visibly and resumes with nothing lost once the fault is gone.
+//!
 //! Mounting a tmpfs needs root (as the CI and the tests' PostgreSQL setup
 //! run); the test fails with a clear message otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -17,17 +24,23 @@
 mod mqtt_common;
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mqtt_common::harness::{get_json as get, metrics_text, now_ms, sample, subscribed, Agent};
 use serde_json::Value;
+use tokio::sync::watch;
 use tributary_collector::config::Config;
+use tributary_collector::ingest::{self, IngestConfig, IngestCounters, Refused};
 use tributary_collector::service;
 use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
+use tributary_collector::store::{Answer, Refusal, Refusals, Report};
 use tributary_core::batch::{Batch, Encoding, Partial};
 use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
 use tributary_testkit::{Mosquitto, MosquittoOptions};
@@ -243,5 +256,166 @@ async fn a_full_disk_stalls_ingest_visibly_and_it_resumes_with_nothing_lost_or_d
     .await;
     assert_eq!(counters.store_writable.get(), 1);
     running.stop().await.unwrap();
+    let _ = agent.client.disconnect();
+}
+
+/// The SQLite store with a bug: its code panics on the batches of
+/// `poison` (by sequence) or, while `everything` is set, on every batch.
+#[derive(Clone)]
+struct Buggy {
+    store: SqliteStore,
+    poison: Arc<BTreeSet<u64>>,
+    everything: Arc<AtomicBool>,
+}
+
+impl Ingest for Buggy {
+    fn apply_refused(
+        &self,
+        batches: &[Batch],
+        refused: &[Refusals],
+    ) -> impl Future<Output = Answer<Report>> + Send {
+        let bug =
+            self.everything.load(Relaxed) || batches.iter().any(|b| self.poison.contains(&b.seq));
+        async move {
+            if bug {
+                panic!("a bug in the store, met on these batches");
+            }
+            self.store.apply_refused(batches, refused).await
+        }
+    }
+
+    fn record_refused(
+        &self,
+        batches: &[Batch],
+        refused: &[Refusals],
+    ) -> impl Future<Output = Answer<Report>> + Send {
+        self.store.record_refused(batches, refused)
+    }
+
+    fn probe(&self) -> impl Future<Output = Answer<()>> + Send {
+        self.store.probe()
+    }
+}
+
+/// The stored windows of the test series at `width`: (count, sum of the
+/// readings in ticks).
+async fn stored(store: &SqliteStore, width: i64) -> Vec<(u64, i128)> {
+    let series = store.series().await.unwrap();
+    let rows = store
+        .windows_of(&series, Width::new(width).unwrap(), i64::MIN, i64::MAX)
+        .await
+        .unwrap();
+    rows.iter()
+        .flatten()
+        .map(|r| (r.summary.count(), r.summary.sum_ticks()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_store_fails_on_alone_is_refused_durably_and_ingest_goes_on() {
+    const N: u64 = 24;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("c.db"), &[3_600_000]).unwrap();
+    let poison = BTreeSet::from([5, 12]);
+    let everything = Arc::new(AtomicBool::new(false));
+    let buggy = Buggy {
+        store: store.clone(),
+        poison: Arc::new(poison.clone()),
+        everything: everything.clone(),
+    };
+    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
+    let counters = Arc::new(IngestCounters::default());
+    let (stop, stop_rx) = watch::channel(false);
+    let cfg = IngestConfig {
+        port: broker.port(),
+        client_id: "collector-buggy".into(),
+        ..IngestConfig::default()
+    };
+    let task = tokio::spawn(ingest::run(cfg, buggy, counters.clone(), stop_rx));
+    let agent = Agent::connect("agent-f", broker.port(), None);
+    subscribed(&counters).await;
+
+    // The judge: the readings (`1000 + seq` ticks) of the batches that are
+    // not poison, counted and summed as integers.
+    let w = (now_ms() - 3_600_000) / MIN * MIN;
+    let want = |seqs: &mut dyn Iterator<Item = u64>| {
+        let kept: Vec<u64> = seqs.filter(|s| !poison.contains(s)).collect();
+        let sum: i128 = kept.iter().map(|&s| i128::from(1000 + s)).sum();
+        (kept.len() as u64, sum)
+    };
+    for seq in 0..N {
+        agent.publish(batch(w, seq).encode(Encoding::Binary));
+    }
+    // Every batch is confirmed, the poison too: refused for good.
+    let seqs = agent.confirmed(N as usize).await;
+    assert_eq!(
+        seqs.iter().copied().collect::<BTreeSet<_>>(),
+        (0..N).collect(),
+        "{}",
+        counters.render()
+    );
+    assert_eq!(seqs.len(), N as usize, "each confirmed once");
+    assert_eq!(counters.refused(Refused::StoreFailed), 2);
+    assert_eq!(counters.batches_new.get(), N - 2);
+    let (count, sum) = want(&mut (0..N));
+    for width in [MIN, 3_600_000] {
+        assert_eq!(stored(&store, width).await, [(count, sum)], "width {width}");
+    }
+    // Durably, for its agent: both batches' partials and readings.
+    let refused_of = async || {
+        let agents = store.agents().await.unwrap();
+        assert_eq!(agents.len(), 1);
+        agents[0].refused.get("store_failed").copied()
+    };
+    let two = Refusal {
+        partials: 2,
+        readings: 2,
+    };
+    assert_eq!(refused_of().await, Some(two));
+
+    // A redelivery of a refused batch is a duplicate: confirmed again,
+    // counted nowhere twice. (This bug strikes before de-duplication, so
+    // the redelivery fails alone too, and waits for the next batch to show
+    // the store works.)
+    agent.publish(batch(w, 5).encode(Encoding::Json));
+    agent.publish(batch(w, N).encode(Encoding::Binary));
+    assert_eq!(agent.confirmed(N as usize + 2).await.len(), N as usize + 2);
+    assert_eq!(counters.batches_duplicate.get(), 1);
+    assert_eq!(counters.batches_new.get(), N - 1);
+    assert_eq!(counters.refused(Refused::StoreFailed), 2);
+    assert_eq!(refused_of().await, Some(two));
+
+    // A fault on every batch refuses none: ingest stalls, visibly, and
+    // resumes once the fault is gone.
+    everything.store(true, Relaxed);
+    let errors = counters.store_errors.get();
+    for seq in N + 1..N + 4 {
+        agent.publish(batch(w, seq).encode(Encoding::Binary));
+    }
+    wait_until(20, "three failed attempts", async || {
+        counters.store_errors.get() >= errors + 3
+    })
+    .await;
+    assert_eq!(counters.store_writable.get(), 0);
+    assert_eq!(
+        agent.confirmed(0).await.len(),
+        N as usize + 2,
+        "nothing confirmed"
+    );
+    assert_eq!(counters.refused(Refused::StoreFailed), 2, "nothing refused");
+    everything.store(false, Relaxed);
+    let seqs = agent.confirmed(N as usize + 5).await;
+    assert_eq!(seqs.len(), N as usize + 5, "{}", counters.render());
+    assert_eq!(counters.batches_new.get(), N + 2);
+    assert_eq!(refused_of().await, Some(two));
+    let (count, sum) = want(&mut (0..N + 4));
+    for width in [MIN, 3_600_000] {
+        assert_eq!(stored(&store, width).await, [(count, sum)], "width {width}");
+    }
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("ingest stops promptly")
+        .unwrap();
     let _ = agent.client.disconnect();
 }

@@ -60,10 +60,14 @@ pub enum Refused {
     /// The batch's identity cannot be an agent's (see the module
     /// documentation).
     BadIdentity,
+    /// The store failed on this batch alone while others applied (it
+    /// panicked, or met corrupt stored data): refused so it does not hold
+    /// up ingest for good.
+    StoreFailed,
 }
 
 /// Every reason with its metric label.
-pub(crate) const REFUSED: [(Refused, &str); 7] = [
+pub(crate) const REFUSED: [(Refused, &str); 8] = [
     (Refused::Oversized, "oversized"),
     (Refused::Malformed, "malformed"),
     (Refused::AgentMismatch, "agent_mismatch"),
@@ -71,6 +75,7 @@ pub(crate) const REFUSED: [(Refused, &str); 7] = [
     (Refused::BadTopic, "bad_topic"),
     (Refused::Unmergeable, "unmergeable"),
     (Refused::BadIdentity, "bad_identity"),
+    (Refused::StoreFailed, "store_failed"),
 ];
 
 impl Refused {
@@ -309,6 +314,7 @@ mod tests {
         assert_eq!(Refused::AgentMismatch.name(), "agent_mismatch");
         assert_eq!(Refused::Unmergeable.name(), "unmergeable");
         assert_eq!(Refused::BadIdentity.name(), "bad_identity");
+        assert_eq!(Refused::StoreFailed.name(), "store_failed");
     }
 
     #[test]

@@ -19,8 +19,8 @@
 //!   arrives meanwhile waits behind the committing group's acks.
 //! - After a commit every message of the group is acknowledged, and each
 //!   agent incarnation is confirmed the sequences applied — new, duplicate,
-//!   or refused as unmergeable (it can never apply, so the agent must stop
-//!   resending); a confirmation names the incarnation, so it never releases
+//!   or refused whole and recorded as such (it can never apply, so the
+//!   agent must stop resending); a confirmation names the incarnation, so it never releases
 //!   the batches of another database under the same agent id.
 
 use std::collections::BTreeMap;
@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use tributary_core::batch::Batch;
 use tributary_core::Incarnation;
 
-use crate::store::Refusals;
+use crate::store::{Refusals, WholeBatch};
 
 /// What became of one batch of a committed group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +37,9 @@ pub(crate) enum Outcome {
     New,
     /// Applied before.
     Duplicate,
-    /// Cannot merge into its stored window: refused for good.
-    Unmergeable,
+    /// Refused whole for good, and recorded as seen for the first time
+    /// (a redelivery of it is a [`Outcome::Duplicate`]).
+    Refused(WholeBatch),
 }
 
 /// What a group's batches add to the counters.
@@ -50,6 +51,7 @@ pub(crate) struct Tally {
     pub(crate) readings: u64,
     pub(crate) bytes: u64,
     pub(crate) unmergeable: u64,
+    pub(crate) store_failed: u64,
 }
 
 /// What to send after a commit: every PUBACK in arrival order, then the
@@ -198,13 +200,16 @@ impl<A> Taken<A> {
                     tally.partials += b.partials.len() as u64;
                     tally.readings += b.partials.iter().map(|p| p.summary.count()).sum::<u64>();
                     tally.bytes += *size as u64;
-                    if b.dropped_readings > 0 {
-                        let d = dropped.entry(b.agent.clone()).or_default();
-                        *d = d.saturating_add(b.dropped_readings);
-                    }
                 }
                 Outcome::Duplicate => tally.duplicate += 1,
-                Outcome::Unmergeable => tally.unmergeable += 1,
+                Outcome::Refused(WholeBatch::Unmergeable) => tally.unmergeable += 1,
+                Outcome::Refused(WholeBatch::StoreFailed) => tally.store_failed += 1,
+            }
+            // What the agent dropped is counted with the batch's first
+            // copy, applied or refused (the store counted it then too).
+            if *outcome != Outcome::Duplicate && b.dropped_readings > 0 {
+                let d = dropped.entry(b.agent.clone()).or_default();
+                *d = d.saturating_add(b.dropped_readings);
             }
             confirms
                 .entry((b.agent.clone(), b.incarnation))
@@ -303,7 +308,11 @@ mod tests {
         let taken = g.take();
         let settled = g.settle(
             taken,
-            &[Outcome::New, Outcome::Duplicate, Outcome::Unmergeable],
+            &[
+                Outcome::New,
+                Outcome::Duplicate,
+                Outcome::Refused(WholeBatch::Unmergeable),
+            ],
         );
         assert_eq!(settled.acks, [1, 2, 3]);
         let confirms: Vec<(&str, &[u64])> = settled
@@ -321,6 +330,7 @@ mod tests {
                 readings: 3,
                 bytes: 100,
                 unmergeable: 1,
+                store_failed: 0,
             }
         );
     }

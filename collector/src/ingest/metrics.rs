@@ -280,7 +280,7 @@ impl IngestCounters {
         }
         r.register(
             "tributary_collector_refused",
-            "Payloads refused, by reason.",
+            "Payloads refused, by reason (unmergeable, store_failed: batches refused whole after they failed to apply alone, also stored per agent incarnation).",
             self.refused.clone(),
         );
         r.register(

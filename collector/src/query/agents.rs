@@ -20,10 +20,14 @@
 //!   applied (or was confirmed to the agent and is never sent again);
 //!   `remembered`: batch keys kept above it for de-duplication;
 //! - `refused`: partials the collector took out of applied batches, by
-//!   reason (`time_future`, `time_past`, `expired`; a reason never met is
-//!   absent), with the sum of their readings; the agent's is the sum over
-//!   its incarnations. Whole payloads refused (malformed, oversized, …) are
-//!   counted in metrics only: they name no trustworthy agent;
+//!   reason (`time_future`, `time_past`, `expired`), and those of batches
+//!   it refused whole after they failed to apply (`unmergeable`: they
+//!   cannot merge into a stored window; `store_failed`: the store failed on
+//!   that batch alone while others applied — a bug, logged at error level);
+//!   a reason never met is absent; with the sum of their readings; the
+//!   agent's is the sum over its incarnations. Whole payloads refused
+//!   (malformed, oversized, …) are counted in metrics only: they name no
+//!   trustworthy agent;
 //! - times are the collector's clock, ms since the Unix epoch;
 //! - incarnations are listed oldest first.
 

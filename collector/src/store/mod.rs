@@ -74,7 +74,7 @@ use tributary_core::batch::Batch;
 use tributary_core::{Incarnation, SeriesKey, Summary, Width, Window};
 
 pub use config::{StoreConfig, StoreKind, StoreTls};
-pub use refused::{Refusal, Refusals};
+pub use refused::{Refusal, Refusals, WholeBatch};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -120,13 +120,35 @@ pub enum StoreError {
     /// The configured roll-up widths are not usable.
     #[error("roll-up width {0} ms is invalid")]
     BadRollup(i64),
-    /// A blocking store task failed (it panicked, or the runtime stopped).
+    /// A blocking store task failed (the runtime stopped).
     #[error("a store task failed: {0}")]
     Task(String),
+    /// The store's code panicked on what it was given: a bug, met again
+    /// whenever the same batches are applied.
+    #[error("the store panicked: {0}")]
+    Panicked(String),
+}
+
+impl StoreError {
+    /// Whether the error comes from the batches applied rather than from
+    /// the database: applying the same batches again fails the same way,
+    /// so retrying the group cannot help, while each batch alone may apply
+    /// ([`StoreError::Merge`], [`StoreError::Panicked`],
+    /// [`StoreError::Corrupt`] — a stored row some batch merges into).
+    /// Everything else (a full disk, a database that is down) is retried.
+    pub fn is_batch_fault(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Merge { .. } | StoreError::Panicked(_) | StoreError::Corrupt { .. }
+        )
+    }
 }
 
 impl From<tokio::task::JoinError> for StoreError {
     fn from(e: tokio::task::JoinError) -> Self {
+        if e.is_panic() {
+            return StoreError::Panicked(e.to_string());
+        }
         StoreError::Task(e.to_string())
     }
 }
@@ -170,9 +192,10 @@ pub struct AgentState {
     pub watermark: Option<i64>,
     /// Readings it reported dropped, over all its incarnations.
     pub dropped_readings: u64,
-    /// Partials of its applied batches the collector refused, by reason
-    /// (`time_future`, `time_past`, `expired`), summed over its
-    /// incarnations (saturating).
+    /// Partials of its batches the collector refused, by reason
+    /// (`time_future`, `time_past`, `expired`, and for batches refused
+    /// whole `unmergeable`, `store_failed`), summed over its incarnations
+    /// (saturating).
     pub refused: BTreeMap<String, Refusal>,
     /// Its incarnations, oldest first.
     pub incarnations: Vec<IncarnationState>,
@@ -261,6 +284,19 @@ pub trait Ingest: Send + Sync {
     /// each batch (`refused[i]` of `batches[i]`; missing entries: none) in
     /// the same transaction, for the batches that are new.
     fn apply_refused(
+        &self,
+        batches: &[Batch],
+        refused: &[Refusals],
+    ) -> impl Future<Output = Answer<Report>> + Send;
+
+    /// Records `batches` as seen — de-duplicated and confirmed like applied
+    /// ones — without merging any of their partials, storing `refused` with
+    /// each new one as [`Ingest::apply_refused`] does: for batches refused
+    /// whole after they failed to apply ([`Refusals::refuse_whole`]), so the
+    /// refusal is counted once, durably, and a redelivery is a duplicate.
+    /// Marks the batches' senders like an apply; moves no watermark (their
+    /// data is not in the results).
+    fn record_refused(
         &self,
         batches: &[Batch],
         refused: &[Refusals],

@@ -1,6 +1,10 @@
-//! What the collector refused inside applied batches, as the store keeps
+//! What the collector refused of the batches it took, as the store keeps
 //! it: partials and their readings per reason ([`Refusals`]), added to the
-//! batch's agent incarnation in the transaction that applies the batch.
+//! batch's agent incarnation in the transaction that applies the batch (or,
+//! for a batch refused whole after it failed to apply, the one that records
+//! it as seen: [`crate::store::Ingest::record_refused`]).
+
+use tributary_core::batch::Batch;
 
 /// Partials the collector refused and the readings they held.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -19,10 +23,13 @@ impl Refusal {
     }
 }
 
-/// What the collector's checks took out of one accepted batch, by reason
-/// (`crate::ingest::PartialRefused`). Stored per agent incarnation and
-/// reason in the transaction that applies the batch, and only if the batch
-/// is new there, so a redelivered duplicate counts nothing: exactly once.
+/// What the collector refused of one batch with a trusted identity, by
+/// reason: the partials its checks took out (`crate::ingest::PartialRefused`)
+/// and, for a batch that could not be applied at all, every partial left
+/// (`unmergeable`, `store_failed`). Stored per agent incarnation and reason
+/// in the transaction that applies (or records) the batch, and only if the
+/// batch is new there, so a redelivered duplicate counts nothing: exactly
+/// once.
 ///
 /// Whole-payload refusals (`crate::ingest::Refused`: malformed, oversized,
 /// agent mismatch, …) are not stored: such a payload has no identity the
@@ -35,6 +42,22 @@ pub struct Refusals {
     pub time_past: Refusal,
     /// Window expired under `[retention]` (`expired`).
     pub expired: Refusal,
+    /// The batch cannot merge into a stored window (another quantum, an
+    /// overflow): refused whole (`unmergeable`).
+    pub unmergeable: Refusal,
+    /// The store failed on this batch alone (it panicked, or read corrupt
+    /// stored data) while other batches applied: refused whole so it does
+    /// not hold up ingest for good (`store_failed`).
+    pub store_failed: Refusal,
+}
+
+/// Why a batch with a trusted identity was refused whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WholeBatch {
+    /// See [`Refusals::unmergeable`].
+    Unmergeable,
+    /// See [`Refusals::store_failed`].
+    StoreFailed,
 }
 
 impl Refusals {
@@ -44,8 +67,26 @@ impl Refusals {
             ("time_future", self.time_future),
             ("time_past", self.time_past),
             ("expired", self.expired),
+            ("unmergeable", self.unmergeable),
+            ("store_failed", self.store_failed),
         ]
         .into_iter()
         .filter(|(_, r)| r.partials > 0)
+    }
+
+    /// Adds every partial of `batch` (and its readings) under `why`: the
+    /// batch is refused whole.
+    pub fn refuse_whole(&mut self, why: WholeBatch, batch: &Batch) {
+        let all = Refusal {
+            partials: u64::try_from(batch.partials.len()).unwrap_or(u64::MAX),
+            readings: batch
+                .partials
+                .iter()
+                .fold(0u64, |n, p| n.saturating_add(p.summary.count())),
+        };
+        match why {
+            WholeBatch::Unmergeable => self.unmergeable.add(all),
+            WholeBatch::StoreFailed => self.store_failed.add(all),
+        }
     }
 }

@@ -3,14 +3,16 @@
 //! `time_past`, `expired`) are stored per agent incarnation and reason in
 //! the batch's transaction — exact against the partials and readings this
 //! workload placed out of bounds, counted once however often a batch is
-//! redelivered, and (the caller reopens the store) durable.
+//! redelivered, and (the caller reopens the store) durable. Batches ingest
+//! refuses whole after they failed to apply (`unmergeable`,
+//! `store_failed`) are recorded the same way, as seen but never merged.
 
 use std::collections::BTreeMap;
 
 use tributary_collector::ingest::{check, drop_expired, Limits};
 use tributary_collector::retention::Policy;
 use tributary_collector::store::prelude::*;
-use tributary_collector::store::{Applied, Refusal, Refusals};
+use tributary_collector::store::{Applied, Refusal, Refusals, WholeBatch};
 use tributary_core::batch::{Batch, Encoding, Partial};
 use tributary_core::{topic, Incarnation, Quantum, Summary, Width, Window};
 
@@ -142,5 +144,73 @@ pub(crate) async fn check_stored<S: Store>(store: &S, w: &Workload) {
         partials > 30,
         "the workload refuses partials of every reason: {partials}"
     );
-    assert!(w.expected.values().all(|m| m.len() == 3));
+    assert!(w.expected.values().all(|m| {
+        ["time_future", "time_past", "expired"]
+            .iter()
+            .all(|r| m.contains_key(*r))
+    }));
+}
+
+/// Records two further batches of `gw-r2` as refused whole — one because
+/// the store failed on it, one as unmergeable — and adds the test's own
+/// count of their partials and readings to `w.expected`: each is counted
+/// once however often it is recorded, is a duplicate to a later apply,
+/// and none of its partials reaches the results.
+pub(crate) async fn record_whole<S: Store>(store: &S, w: &mut Workload) {
+    let inc = Incarnation::new(7);
+    let series = key("gw-r2-refused-whole");
+    for (seq, why, reason) in [
+        (13u64, WholeBatch::StoreFailed, "store_failed"),
+        (14, WholeBatch::Unmergeable, "unmergeable"),
+    ] {
+        let mut partials = Vec::new();
+        let mut want = Refusal::default();
+        for j in 0..3u64 {
+            let start = T0 - (j as i64 + 1) * MIN;
+            let n = 2 + j + seq % 3;
+            let mut s = Summary::new(Quantum::new(-3).unwrap());
+            for k in 0..n {
+                s.insert(start + k as i64, 7 + k as i64).unwrap();
+            }
+            partials.push(Partial {
+                series: series.clone(),
+                window: Window::new(start, Width::new(MIN).unwrap()).unwrap(),
+                summary: s,
+            });
+            want.partials += 1;
+            want.readings += n;
+        }
+        let b = Batch::new("gw-r2", seq, T0, partials).with_identity(inc, seq);
+        let mut r = Refusals::default();
+        r.refuse_whole(why, &b);
+        let got = store
+            .record_refused(std::slice::from_ref(&b), &[r])
+            .await
+            .unwrap();
+        assert_eq!(got.applied, [Applied::New], "{reason}: recorded");
+        let again = store
+            .record_refused(std::slice::from_ref(&b), &[r])
+            .await
+            .unwrap();
+        assert_eq!(
+            again.applied,
+            [Applied::Duplicate],
+            "{reason}: recorded twice"
+        );
+        let later = store.apply(std::slice::from_ref(&b)).await.unwrap();
+        assert_eq!(later, [Applied::Duplicate], "{reason}: applied after");
+        w.expected
+            .entry(("gw-r2".to_string(), inc))
+            .or_default()
+            .insert(reason.to_string(), want);
+    }
+    let stored = store
+        .windows(&series, Width::new(MIN).unwrap(), i64::MIN, i64::MAX)
+        .await
+        .unwrap();
+    assert!(
+        stored.is_empty(),
+        "nothing of a refused batch is merged: {stored:?}"
+    );
+    check_stored(store, w).await;
 }

@@ -51,6 +51,19 @@ use crate::store::{Refusals, Report, StoreError};
 /// How often a transaction that deadlocked is retried.
 const RETRIES: u32 = 8;
 
+/// What a transaction does with the new batches.
+#[derive(Clone, Copy)]
+enum Job<'a> {
+    /// Merges them into the results, with their roll-ups.
+    Apply {
+        rollups: &'a [Width],
+        direct: &'a Direct,
+    },
+    /// Records them as seen only (see
+    /// [`crate::store::Ingest::record_refused`]).
+    Record,
+}
+
 /// Applies `batches` in one transaction, retrying on deadlock.
 pub(super) async fn apply(
     client: &mut Client,
@@ -59,9 +72,30 @@ pub(super) async fn apply(
     rollups: &[Width],
     direct: &Direct,
 ) -> Result<Report, StoreError> {
+    retried(client, batches, refused, Job::Apply { rollups, direct }).await
+}
+
+/// Records `batches` as seen without merging them (step 1 only),
+/// retrying on deadlock.
+pub(super) async fn record(
+    client: &mut Client,
+    batches: &[Batch],
+    refused: &[Refusals],
+) -> Result<Report, StoreError> {
+    retried(client, batches, refused, Job::Record).await
+}
+
+/// `job` in one transaction, attempted again (after a short random pause)
+/// on a deadlock or serialisation failure, up to [`RETRIES`] times.
+async fn retried(
+    client: &mut Client,
+    batches: &[Batch],
+    refused: &[Refusals],
+    job: Job<'_>,
+) -> Result<Report, StoreError> {
     let mut attempt = 0;
     loop {
-        match try_apply(client, batches, refused, rollups, direct).await {
+        match try_apply(client, batches, refused, job).await {
             Err(Failed::Pg(e)) if attempt < RETRIES && retryable(&e) => {
                 attempt += 1;
                 tracing::debug!(attempt, error = %e, "store transaction retried");
@@ -106,8 +140,7 @@ async fn try_apply(
     client: &mut Client,
     batches: &[Batch],
     refused: &[Refusals],
-    rollups: &[Width],
-    direct: &Direct,
+    job: Job<'_>,
 ) -> Result<Report, Failed> {
     let tx = client.transaction().await?;
     let seen = tributary_runtime::now_ms();
@@ -125,6 +158,13 @@ async fn try_apply(
     }
     senders::update(&tx, batches, &fresh, &marks, seen).await?;
     senders::add_refused(&tx, batches, &applied, refused).await?;
+    let Job::Apply { rollups, direct } = job else {
+        tx.commit().await?;
+        return Ok(Report {
+            applied,
+            incarnations,
+        });
+    };
 
     // 2–3. Series ids, then the merge plan.
     let named = Named::of(&fresh);

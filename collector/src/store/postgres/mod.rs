@@ -286,6 +286,13 @@ impl Ingest for PostgresStore {
         self.apply_lanes(batches, refused, lanes).await
     }
 
+    async fn record_refused(&self, batches: &[Batch], refused: &[Refusals]) -> Answer<Report> {
+        if batches.is_empty() {
+            return Ok(Report::default());
+        }
+        apply::record(&mut self.client().await?, batches, refused).await
+    }
+
     async fn probe(&self) -> Answer<()> {
         self.client()
             .await?

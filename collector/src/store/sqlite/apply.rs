@@ -238,6 +238,32 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// Records `batches` as seen without merging them (steps 1–3 of
+    /// [`Writer::apply`] only; see [`crate::store::Ingest::record_refused`]).
+    pub(super) fn record(
+        &mut self,
+        batches: &[Batch],
+        refused: &[Refusals],
+    ) -> Result<Report, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (marks, incarnations) = senders::marks(&tx, batches)?;
+        let new = senders::claim(&tx, batches, &marks)?;
+        let (applied, fresh) = merge::senders::dedupe(batches, new)?;
+        if !fresh.is_empty() {
+            senders::update(&tx, batches, &fresh, &marks, tributary_runtime::now_ms())?;
+            senders::add_refused(&tx, batches, &applied, refused)?;
+        }
+        tx.commit()?;
+        Ok(Report {
+            applied,
+            incarnations,
+        })
+    }
+}
+
 /// The id of series `key`, inserted when missing.
 fn series_id(tx: &rusqlite::Transaction<'_>, key: &SeriesKey) -> Result<i64, StoreError> {
     let text = key_text(key)?;

@@ -135,6 +135,15 @@ impl Ingest for SqliteStore {
         }
     }
 
+    fn record_refused(
+        &self,
+        batches: &[Batch],
+        refused: &[Refusals],
+    ) -> impl Future<Output = Answer<Report>> + Send {
+        let (batches, refused) = (batches.to_vec(), refused.to_vec());
+        self.write(move |w| w.record(&batches, &refused))
+    }
+
     fn probe(&self) -> impl Future<Output = Answer<()>> + Send {
         self.write(|w| w.probe())
     }

@@ -161,7 +161,7 @@ pub async fn run<S: Ingest + Clone + 'static>(
     // connection goes on being polled and the next group gathers.
     let mut committing: Option<Commit> = None;
     loop {
-        shell.outbox.flush(&client);
+        shell.outbox.flush(&client, conn.epoch());
         shell.counters.outbox.set(gauge(shell.outbox.len()));
         let far = Instant::now() + Duration::from_secs(3600);
         // The next group stops gathering at its bound while one commits
@@ -254,7 +254,7 @@ fn gauge(n: usize) -> i64 {
 async fn drain(client: &Client, conn: &mut Connection, outbox: &mut Outbox) {
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         loop {
-            outbox.flush(client);
+            outbox.flush(client, conn.epoch());
             if outbox.is_empty() {
                 break;
             }

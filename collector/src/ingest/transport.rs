@@ -94,11 +94,15 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// What a received PUBLISH needs for its PUBACK.
+/// What a received PUBLISH needs for its PUBACK: its packet id, and the
+/// connection it came on (a PUBACK only means something on that one, see
+/// [`Outbox::flush`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AckToken {
     pkid: u16,
     qos: u8,
+    /// [`Connection::epoch`] when it arrived.
+    epoch: u32,
 }
 
 /// A received PUBLISH.
@@ -141,16 +145,24 @@ pub(crate) enum Client {
 }
 
 /// The receiving half (drives the connection; poll it continually).
-pub(crate) enum Connection {
+#[derive(Debug)]
+pub(crate) struct Connection {
+    link: Link,
+    /// Counts the broker's CONNACKs: which connection a message came on.
+    epoch: u32,
+}
+
+/// The event loop of either protocol.
+enum Link {
     V311(Box<rumqttc::EventLoop>),
     V5(Box<v5::EventLoop>),
 }
 
-impl std::fmt::Debug for Connection {
+impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Connection::V311(_) => f.write_str("Connection::V311"),
-            Connection::V5(_) => f.write_str("Connection::V5"),
+            Link::V311(_) => f.write_str("Link::V311"),
+            Link::V5(_) => f.write_str("Link::V5"),
         }
     }
 }
@@ -221,7 +233,7 @@ pub(crate) fn client(cfg: &IngestConfig) -> Result<(Client, Connection), SetupEr
                 o.set_transport(t);
             }
             let (c, e) = rumqttc::AsyncClient::new(o, cap);
-            (Client::V311(c), Connection::V311(Box::new(e)))
+            (Client::V311(c), Connection::new(Link::V311(Box::new(e))))
         }
         Protocol::V5 => {
             let mut o = v5::MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
@@ -240,21 +252,30 @@ pub(crate) fn client(cfg: &IngestConfig) -> Result<(Client, Connection), SetupEr
                 o.set_transport(t);
             }
             let (c, e) = v5::AsyncClient::new(o, cap);
-            (Client::V5(c), Connection::V5(Box::new(e)))
+            (Client::V5(c), Connection::new(Link::V5(Box::new(e))))
         }
     })
 }
 
 impl Connection {
+    fn new(link: Link) -> Self {
+        Connection { link, epoch: 0 }
+    }
+
+    /// The current connection's number (0 before the first CONNACK).
+    pub(crate) fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
     /// Re-reads the password (a `password_file` may have changed) before the
     /// next connection attempt.
     pub(crate) fn refresh_credentials(&mut self, cfg: &IngestConfig) -> Result<(), SetupError> {
         if let Some((u, p)) = credentials(cfg)? {
-            match self {
-                Connection::V311(e) => {
+            match &mut self.link {
+                Link::V311(e) => {
                     e.mqtt_options.set_credentials(u, p);
                 }
-                Connection::V5(e) => {
+                Link::V5(e) => {
                     e.options.set_credentials(u, p);
                 }
             }
@@ -265,8 +286,18 @@ impl Connection {
     /// The next event; an error means the connection is down (polling again
     /// reconnects).
     pub(crate) async fn poll(&mut self) -> Result<Event, Failure> {
-        match self {
-            Connection::V311(e) => {
+        let ev = self.poll_link().await;
+        if let Ok(Event::Connected { .. }) = ev {
+            self.epoch = self.epoch.wrapping_add(1);
+        }
+        ev
+    }
+
+    /// [`Connection::poll`] of the link.
+    async fn poll_link(&mut self) -> Result<Event, Failure> {
+        let epoch = self.epoch;
+        match &mut self.link {
+            Link::V311(e) => {
                 use rumqttc::{ConnectReturnCode as Code, ConnectionError, Event as E, Packet};
                 match e.poll().await {
                     Ok(E::Incoming(Packet::ConnAck(c))) => Ok(Event::Connected {
@@ -286,6 +317,7 @@ impl Connection {
                         ack: AckToken {
                             pkid: p.pkid,
                             qos: p.qos as u8,
+                            epoch,
                         },
                     })),
                     Ok(_) => Ok(Event::Other),
@@ -296,7 +328,7 @@ impl Connection {
                     Err(e) => Err(Failure::Failed(e.to_string())),
                 }
             }
-            Connection::V5(e) => {
+            Link::V5(e) => {
                 use v5::mqttbytes::v5::{ConnectReturnCode as Code, Packet, SubscribeReasonCode};
                 use v5::{ConnectionError, Event as E};
                 match e.poll().await {
@@ -317,6 +349,7 @@ impl Connection {
                         ack: AckToken {
                             pkid: p.pkid,
                             qos: p.qos as u8,
+                            epoch,
                         },
                     })),
                     Ok(E::Incoming(Packet::Disconnect(d))) => {
@@ -400,14 +433,39 @@ impl Outbox {
         self.0.is_empty()
     }
 
-    /// Moves waiting requests into the client's queue while it has room.
-    pub(crate) fn flush(&mut self, client: &Client) {
+    /// Moves waiting requests into the client's queue while it has room,
+    /// dropping the PUBACKs of messages that came on an earlier connection
+    /// than `epoch` (see [`Outbox::send`]).
+    pub(crate) fn flush(&mut self, client: &Client, epoch: u32) {
+        let stale = self.send(epoch, |out| client.try_send(out).is_ok());
+        if stale > 0 {
+            tracing::debug!(
+                stale,
+                "PUBACKs of messages from an earlier connection dropped; the broker redelivers those"
+            );
+        }
+    }
+
+    /// Hands waiting requests to `send` in order until it says no (no
+    /// room), skipping the PUBACKs of messages received on a connection
+    /// other than `epoch`; answers how many it skipped. A packet id names a
+    /// message only on its connection: after a reconnect the broker
+    /// redelivers the unacknowledged ones (acknowledged again after their
+    /// commit, as duplicates), and, its session lost or once an id is
+    /// freed, gives the id to another message — which a stale PUBACK would
+    /// acknowledge before it is committed. rumqttc drops the PUBACKs still
+    /// in its own queue at a disconnect for the same reason.
+    fn send(&mut self, epoch: u32, mut send: impl FnMut(&Out) -> bool) -> usize {
+        let mut stale = 0;
         while let Some(out) = self.0.front() {
-            if client.try_send(out).is_err() {
-                return;
+            if matches!(out, Out::Ack(t) if t.epoch != epoch) {
+                stale += 1;
+            } else if !send(out) {
+                break;
             }
             self.0.pop_front();
         }
+        stale
     }
 }
 
@@ -464,5 +522,61 @@ impl Client {
             Client::V311(c) => c.try_disconnect().is_ok(),
             Client::V5(c) => c.try_disconnect().is_ok(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(pkid: u16, epoch: u32) -> Out {
+        Out::Ack(AckToken {
+            pkid,
+            qos: 1,
+            epoch,
+        })
+    }
+
+    /// What `out` is, for comparing.
+    fn name(out: &Out) -> String {
+        match out {
+            Out::Ack(t) => format!("ack {} of {}", t.pkid, t.epoch),
+            Out::Publish { topic, .. } => format!("publish {topic}"),
+        }
+    }
+
+    #[test]
+    fn pubacks_of_an_earlier_connection_are_never_sent() {
+        let mut outbox = Outbox::default();
+        for out in [
+            ack(1, 1),
+            ack(2, 1),
+            Out::Publish {
+                topic: "confirm".into(),
+                payload: vec![1],
+            },
+            ack(1, 2),
+            ack(3, 1),
+            ack(4, 2),
+        ] {
+            outbox.push(out);
+        }
+        // Room for two requests: a stale PUBACK takes none and is gone.
+        let mut sent = Vec::new();
+        let stale = outbox.send(2, |o| {
+            sent.push(name(o));
+            sent.len() < 2
+        });
+        assert_eq!(sent, ["publish confirm", "ack 1 of 2"]);
+        assert_eq!(stale, 2);
+        // The one refused for room is still first; the rest in order.
+        let mut rest = Vec::new();
+        let stale = outbox.send(2, |o| {
+            rest.push(name(o));
+            true
+        });
+        assert_eq!(rest, ["ack 1 of 2", "ack 4 of 2"]);
+        assert_eq!(stale, 1);
+        assert!(outbox.is_empty());
     }
 }

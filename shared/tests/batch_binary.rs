@@ -4,38 +4,18 @@
 //! make the decoder hold.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::collections::BTreeMap;
+mod layout;
 
+use layout::{key, partial, repeated, signed_varint, split_one_partial, varint};
 use proptest::prelude::*;
 use tributary_core::batch::{Batch, BatchError, Encoding, Partial, MAX_EXPANDED};
 use tributary_core::quantum::MAX_TICKS;
-use tributary_core::{Incarnation, Quantum, SeriesKey, Summary, Width, Window};
-
-fn key(metric: &str, device: &str, tags: &[(&str, &str)]) -> SeriesKey {
-    let tags = tags
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect::<BTreeMap<_, _>>();
-    SeriesKey::new(metric, device, tags).unwrap()
-}
+use tributary_core::Incarnation;
 
 fn round_trip(b: &Batch) -> Vec<u8> {
     let bytes = b.encode(Encoding::Binary);
     assert_eq!(&Batch::decode(&bytes).unwrap(), b);
     bytes
-}
-
-/// A partial of readings `(time offset in the window, ticks)`.
-fn partial(series: SeriesKey, q: i8, start: i64, width: i64, readings: &[(i64, i64)]) -> Partial {
-    let mut s = Summary::new(Quantum::new(q).unwrap());
-    for &(t, v) in readings {
-        s.insert(start + t, v).unwrap();
-    }
-    Partial {
-        series,
-        window: Window::new(start, Width::new(width).unwrap()).unwrap(),
-        summary: s,
-    }
 }
 
 fn readings() -> impl Strategy<Value = Vec<(i64, i64)>> {
@@ -243,50 +223,6 @@ fn a_time_offset_past_i128_is_refused_not_a_panic() {
     assert!(Batch::decode(input).is_err());
 }
 
-/// LEB128 of `n` (as the layout codes every count).
-fn varint(n: u64) -> Vec<u8> {
-    leb128(n.into())
-}
-
-/// LEB128 of a zigzag-coded `i128` (as the layout codes signed deltas).
-fn signed_varint(v: i128) -> Vec<u8> {
-    leb128(((v << 1) ^ (v >> 127)) as u128)
-}
-
-fn leb128(mut n: u128) -> Vec<u8> {
-    let mut out = Vec::new();
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-    out
-}
-
-/// The bytes of `b` (one partial, in the watermark's window) before its
-/// partial count, and those of the partial: the batch with the partial
-/// twice is longer by exactly one partial (series 0, width 0, Δk 0).
-fn split_one_partial(p: Partial) -> (Vec<u8>, Vec<u8>) {
-    let one = Batch::new("a", 1, 0, vec![p.clone()]).encode(Encoding::Binary);
-    let two = Batch::new("a", 1, 0, vec![p.clone(), p]).encode(Encoding::Binary);
-    let len = two.len() - one.len();
-    assert_eq!(one[one.len() - len - 1], 1, "partial count");
-    (
-        one[..one.len() - len - 1].to_vec(),
-        one[one.len() - len..].to_vec(),
-    )
-}
-
-/// `prefix`, then `n` copies of `partial`.
-fn repeated(prefix: &[u8], partial: &[u8], n: u64) -> Vec<u8> {
-    let mut bytes = prefix.to_vec();
-    bytes.extend(varint(n));
-    for _ in 0..n {
-        bytes.extend_from_slice(partial);
-    }
-    bytes
-}
-
 /// A partial of window [0, 60 s) whose sketch fills 2048 positive buckets
 /// (scale 6, 64 buckets an octave: one reading in the middle of each of
 /// the buckets 0..2048 of readings from 1 to 2³², in ticks of 10⁻³).
@@ -298,20 +234,6 @@ fn full_partial() -> Partial {
         })
         .collect();
     partial(key("m", "d", &[]), -3, 0, 60_000, &readings)
-}
-
-#[test]
-fn a_partial_count_past_the_partials_is_refused() {
-    let (prefix, _) = split_one_partial(partial(key("m", "d", &[]), 0, 0, 60_000, &[]));
-    // 4 MiB of 0xff after a count of a quarter of it: the count passes the
-    // bytes-per-partial bound, the first partial's series index does not
-    // end (a varint of 0xff bytes).
-    let junk = 4usize << 20;
-    let mut bytes = prefix.clone();
-    bytes.extend(varint((junk / 4) as u64));
-    bytes.extend(std::iter::repeat_n(0xff, junk));
-    let err = Batch::decode(&bytes).unwrap_err();
-    assert!(matches!(err, BatchError::Binary(_)), "{err}");
 }
 
 #[test]

@@ -72,6 +72,8 @@ pub(crate) struct Group<A> {
     gathering: Taken<A>,
     /// Whether a group taken before this one is still committing.
     committing: bool,
+    /// When the first message of the group committing arrived (ms).
+    committing_since: Option<i64>,
 }
 
 impl<A> Default for Group<A> {
@@ -79,29 +81,46 @@ impl<A> Default for Group<A> {
         Group {
             gathering: Taken::default(),
             committing: false,
+            committing_since: None,
         }
     }
 }
 
 impl<A> Group<A> {
     /// Adds a valid batch of `size` payload bytes, with what the checks
-    /// took out of it.
-    pub(crate) fn push_valid(&mut self, ack: A, batch: Batch, refused: Refusals, size: usize) {
+    /// took out of it, received at `now` (ms).
+    pub(crate) fn push_valid(
+        &mut self,
+        ack: A,
+        batch: Batch,
+        refused: Refusals,
+        size: usize,
+        now: i64,
+    ) {
         let g = &mut self.gathering;
+        g.since.get_or_insert(now);
         g.acks.push(ack);
         g.batches.push(batch);
         g.refused.push(refused);
         g.sizes.push(size);
     }
 
-    /// Adds a refused message; returns its ack when it may go at once
-    /// (nothing waits before it, here or in the group committing).
-    pub(crate) fn push_refused(&mut self, ack: A) -> Option<A> {
+    /// Adds a refused message received at `now` (ms); returns its ack
+    /// when it may go at once (nothing waits before it, here or in the
+    /// group committing).
+    pub(crate) fn push_refused(&mut self, ack: A, now: i64) -> Option<A> {
         if self.is_empty() && !self.committing {
             return Some(ack);
         }
+        self.gathering.since.get_or_insert(now);
         self.gathering.acks.push(ack);
         None
+    }
+
+    /// When the oldest message not yet acknowledged arrived (ms), if any:
+    /// the committing group's first, else the gathering one's.
+    pub(crate) fn oldest(&self) -> Option<i64> {
+        self.committing_since.or(self.gathering.since)
     }
 
     /// Valid batches waiting.
@@ -125,13 +144,16 @@ impl<A> Group<A> {
     pub(crate) fn take(&mut self) -> Taken<A> {
         debug_assert!(!self.committing, "one group commits at a time");
         self.committing = true;
-        std::mem::take(&mut self.gathering)
+        let taken = std::mem::take(&mut self.gathering);
+        self.committing_since = taken.since;
+        taken
     }
 
     /// The taken group committed with `outcomes` (one per batch, in
     /// order): what to send for it.
     pub(crate) fn settle(&mut self, taken: Taken<A>, outcomes: &[Outcome]) -> Settled<A> {
         self.committing = false;
+        self.committing_since = None;
         taken.settle(outcomes)
     }
 
@@ -139,7 +161,9 @@ impl<A> Group<A> {
     /// arrived meanwhile, to be committed again with it, in arrival order.
     pub(crate) fn restore(&mut self, mut taken: Taken<A>) {
         self.committing = false;
+        self.committing_since = None;
         let g = &mut self.gathering;
+        taken.since = taken.since.or(g.since);
         taken.acks.append(&mut g.acks);
         taken.batches.append(&mut g.batches);
         taken.refused.append(&mut g.refused);
@@ -159,6 +183,8 @@ pub(crate) struct Taken<A> {
     refused: Vec<Refusals>,
     /// Their payload sizes.
     sizes: Vec<usize>,
+    /// When the first message arrived (ms).
+    since: Option<i64>,
 }
 
 impl<A> Default for Taken<A> {
@@ -168,6 +194,7 @@ impl<A> Default for Taken<A> {
             batches: Vec::new(),
             refused: Vec::new(),
             sizes: Vec::new(),
+            since: None,
         }
     }
 }
@@ -252,41 +279,56 @@ mod tests {
     #[test]
     fn a_refused_message_goes_at_once_only_when_nothing_waits() {
         let mut g: Group<u16> = Group::default();
-        assert_eq!(g.push_refused(1), Some(1));
+        assert_eq!(g.push_refused(1, 100), Some(1));
         assert!(g.is_empty());
-        g.push_valid(2, batch("a", 1, 1), Refusals::default(), 10);
-        assert_eq!(g.push_refused(3), None, "queued behind the valid batch");
-        g.push_valid(4, batch("a", 2, 1), Refusals::default(), 10);
+        assert_eq!(g.oldest(), None, "nothing waits for an ack");
+        g.push_valid(2, batch("a", 1, 1), Refusals::default(), 10, 200);
+        assert_eq!(
+            g.push_refused(3, 300),
+            None,
+            "queued behind the valid batch"
+        );
+        g.push_valid(4, batch("a", 2, 1), Refusals::default(), 10, 400);
         assert_eq!(g.valid(), 2);
-        assert_eq!(g.push_refused(5), None, "still queued behind");
+        assert_eq!(g.push_refused(5, 500), None, "still queued behind");
+        assert_eq!(g.oldest(), Some(200));
         let taken = g.take();
         assert!(g.is_empty() && g.valid() == 0);
         assert_eq!(taken.batches().len(), 2);
         assert_eq!(
-            g.push_refused(6),
+            g.push_refused(6, 600),
             None,
             "queued behind the committing group"
         );
+        assert_eq!(g.oldest(), Some(200), "the committing group's first");
         let settled = g.settle(taken, &[Outcome::New, Outcome::New]);
         assert_eq!(settled.acks, [2, 3, 4, 5], "every ack, in arrival order");
+        assert_eq!(g.oldest(), Some(600), "what waited behind it");
         let rest = g.take();
         let settled = g.settle(rest, &[]);
         assert_eq!(settled.acks, [6]);
-        assert_eq!(g.push_refused(7), Some(7), "nothing waits any more");
+        assert_eq!(g.oldest(), None);
+        assert_eq!(g.push_refused(7, 700), Some(7), "nothing waits any more");
     }
 
     #[test]
     fn a_failed_commit_goes_back_in_front_of_what_arrived_meanwhile() {
         let mut g: Group<u16> = Group::default();
-        g.push_valid(1, batch("a", 1, 1), Refusals::default(), 10);
-        g.push_valid(2, batch("a", 2, 1), Refusals::default(), 10);
+        g.push_valid(1, batch("a", 1, 1), Refusals::default(), 10, 100);
+        g.push_valid(2, batch("a", 2, 1), Refusals::default(), 10, 200);
         let taken = g.take();
         assert!(g.committing());
-        g.push_valid(3, batch("b", 1, 1), Refusals::default(), 10);
-        assert_eq!(g.push_refused(4), None);
+        g.push_valid(3, batch("b", 1, 1), Refusals::default(), 10, 300);
+        assert_eq!(g.push_refused(4, 400), None);
+        assert_eq!(g.oldest(), Some(100));
         g.restore(taken);
         assert!(!g.committing());
         assert_eq!(g.valid(), 3);
+        assert_eq!(
+            g.oldest(),
+            Some(100),
+            "the failed group's first, in front again"
+        );
         let taken = g.take();
         let order: Vec<(&str, u64)> = taken
             .batches()
@@ -302,9 +344,9 @@ mod tests {
     #[test]
     fn outcomes_decide_confirmations_and_counts() {
         let mut g: Group<u16> = Group::default();
-        g.push_valid(1, batch("a", 1, 3), Refusals::default(), 100);
-        g.push_valid(2, batch("b", 7, 2), Refusals::default(), 50);
-        g.push_valid(3, batch("a", 2, 5), Refusals::default(), 70);
+        g.push_valid(1, batch("a", 1, 3), Refusals::default(), 100, 100);
+        g.push_valid(2, batch("b", 7, 2), Refusals::default(), 50, 200);
+        g.push_valid(3, batch("a", 2, 5), Refusals::default(), 70, 300);
         let taken = g.take();
         let settled = g.settle(
             taken,
@@ -341,11 +383,11 @@ mod tests {
         let mut g: Group<u16> = Group::default();
         let mut b = batch_of("a", old, 1, 1);
         b.dropped_readings = 4;
-        g.push_valid(1, b.clone(), Refusals::default(), 10);
-        g.push_valid(2, b, Refusals::default(), 10);
+        g.push_valid(1, b.clone(), Refusals::default(), 10, 100);
+        g.push_valid(2, b, Refusals::default(), 10, 200);
         let mut b = batch_of("a", new, 1, 1);
         b.dropped_readings = 3;
-        g.push_valid(3, b, Refusals::default(), 10);
+        g.push_valid(3, b, Refusals::default(), 10, 300);
         let taken = g.take();
         let settled = g.settle(taken, &[Outcome::New, Outcome::Duplicate, Outcome::New]);
         let confirms: Vec<((&str, Incarnation), &[u64])> = settled

@@ -152,8 +152,6 @@ pub async fn run<S: Ingest + Clone + 'static>(
         connected_at: None,
         store_backoff: None,
         incarnations: Vec::new(),
-        gathering_since: None,
-        committing_since: None,
     };
     let mut flush_at: Option<Instant> = None;
     let mut retry_at: Option<Instant> = None;
@@ -304,10 +302,6 @@ struct Shell {
     /// duplicates and would report nothing, so they are kept until the
     /// group commits.
     incarnations: Vec<NewIncarnation>,
-    /// When the first message of the gathering group arrived (ms).
-    gathering_since: Option<i64>,
-    /// When the first message of the committing group arrived (ms).
-    committing_since: Option<i64>,
 }
 
 impl Shell {
@@ -321,29 +315,30 @@ impl Shell {
                 .map(|c| check::drop_expired(&self.cfg.retention, c, now)),
             None => Err((Refused::BadTopic, "the topic is not UTF-8".to_string())),
         };
-        if self.group.is_empty() {
-            self.gathering_since = Some(now);
-            if !self.group.committing() {
-                self.counters.oldest_pending_ms.set(now);
-            }
-        }
-        match checked {
+        let valid = match checked {
             Ok(c) => {
                 self.count_trimmed(&c);
-                self.group.push_valid(m.ack, c.batch, c.refused, size);
+                self.group.push_valid(m.ack, c.batch, c.refused, size, now);
                 true
             }
             Err((reason, why)) => {
                 tracing::warn!(topic = m.topic, ?reason, "batch refused: {why}");
                 self.counters.refuse(reason);
-                if let Some(ack) = self.group.push_refused(m.ack) {
+                if let Some(ack) = self.group.push_refused(m.ack, now) {
                     self.outbox.push(Out::Ack(ack));
-                    self.gathering_since = None;
-                    self.counters.oldest_pending_ms.set(0);
                 }
                 false
             }
-        }
+        };
+        self.show_oldest();
+        valid
+    }
+
+    /// Shows when the oldest message not yet acknowledged arrived (0:
+    /// none waits), for readiness's ingest lag.
+    fn show_oldest(&self) {
+        let oldest = self.group.oldest().unwrap_or(0);
+        self.counters.oldest_pending_ms.set(oldest);
     }
 
     /// Counts and logs what the time check took out of a batch.
@@ -455,7 +450,6 @@ impl Shell {
     /// what it answers.
     fn start<S: Ingest + Clone + 'static>(&mut self, store: &S) -> Commit {
         let taken = self.group.take();
-        self.committing_since = self.gathering_since.take();
         let mut incarnations = std::mem::take(&mut self.incarnations);
         let store = store.clone();
         tokio::spawn(async move {
@@ -492,7 +486,7 @@ impl Shell {
                 tracing::error!(error = %e, batches = taken.valid(), retry_in = ?wait,
                     "store transaction failed; the group stays unacknowledged and is committed again");
                 self.group.restore(taken);
-                self.gathering_since = self.committing_since.take().or(self.gathering_since);
+                self.show_oldest();
                 return Some(Instant::now() + wait);
             }
         };
@@ -503,11 +497,7 @@ impl Shell {
         self.counters
             .store_group_batches
             .observe(taken.valid() as f64);
-        self.committing_since = None;
         let settled = self.group.settle(taken, &outcomes);
-        self.counters
-            .oldest_pending_ms
-            .set(self.gathering_since.unwrap_or(0));
         let (c, t) = (&self.counters, settled.tally);
         c.batches_new.inc_by(t.new);
         c.batches_duplicate.inc_by(t.duplicate);
@@ -548,9 +538,8 @@ impl Shell {
             for a in self.group.settle(rest, &[]).acks {
                 self.outbox.push(Out::Ack(a));
             }
-            self.gathering_since = None;
-            self.counters.oldest_pending_ms.set(0);
         }
+        self.show_oldest();
         None
     }
 }

@@ -327,7 +327,7 @@ impl Metrics {
             store_ok: g(&mut r, "store_ok", "Whether the last store operation succeeded."),
             modbus_errors: reg(&mut r, "modbus_errors", "Modbus failures by device and reason (connect, timeout, crc, io, protocol, exception, value).", Family::default()),
             modbus_polls: reg(&mut r, "modbus_polls", "Modbus polls by device.", Family::default()),
-            opcua_errors: reg(&mut r, "opcua_errors", "OPC UA failures and refused values by server and reason (connect, subscribe, item, connection_lost, reconnect, bad, uncertain, type, value, repeat, overflow).", Family::default()),
+            opcua_errors: reg(&mut r, "opcua_errors", "OPC UA failures and refused values by server and reason (connect, subscribe, item, connection_lost, reconnect, session_ended, bad, uncertain, type, value, repeat, overflow).", Family::default()),
             opcua_values: reg(&mut r, "opcua_values", "OPC UA values handed to the engine, by server.", Family::default()),
             opcua_reconnects: reg(&mut r, "opcua_reconnects", "OPC UA sessions re-established (and subscriptions recreated or transferred) after a loss, by server.", Family::default()),
             clock_offset: f(&mut r, "device_clock_offset_ms", "Estimated wall-clock ms at the device's tick 0 (current boot)."),

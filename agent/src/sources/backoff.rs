@@ -3,8 +3,13 @@
 //! 100 ms after a success — for a connection that fails only after it was
 //! up, a success is having stayed up at least [`BACKOFF_MAX`], so a server
 //! that accepts and then drops every session is not retried every 100 ms.
+//! "Up" is connected without a break ([`Uptime`]): a session whose library
+//! reconnects on its own is timed by its longest connected stretch, not by
+//! how long the session object lived.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// First pause after a failure.
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -42,9 +47,61 @@ impl Backoff {
     }
 }
 
+/// The connected stretches of one session: the longest so far, and the
+/// one under way.
+#[derive(Debug, Default)]
+pub(crate) struct Uptime {
+    since: Option<Instant>,
+    longest: Duration,
+}
+
+impl Uptime {
+    /// Connected (again) at `now`.
+    pub(crate) fn up(&mut self, now: Instant) {
+        self.since.get_or_insert(now);
+    }
+
+    /// The connection broke at `now`.
+    pub(crate) fn down(&mut self, now: Instant) {
+        if let Some(since) = self.since.take() {
+            self.longest = self.longest.max(now.saturating_duration_since(since));
+        }
+    }
+
+    /// The longest stretch connected without a break, up to `now`.
+    pub(crate) fn longest(&self, now: Instant) -> Duration {
+        let current = self
+            .since
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+        self.longest.max(current)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uptime_is_the_longest_stretch_without_a_break() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut u = Uptime::default();
+        assert_eq!(u.longest(at(5)), Duration::ZERO, "never connected");
+        // Up 10 s, down (the library reconnecting) 50 s, up 12 s so far.
+        u.up(at(0));
+        u.down(at(10));
+        u.down(at(11));
+        assert_eq!(u.longest(at(60)), Duration::from_secs(10));
+        u.up(at(60));
+        u.up(at(61));
+        assert_eq!(u.longest(at(72)), Duration::from_secs(12));
+        // A session 72 s old, never up 30 s at a stretch: not a success.
+        let mut b = Backoff::new();
+        b.next();
+        b.next();
+        b.ended_after(u.longest(at(72)));
+        assert_eq!(b.next().as_millis(), 400);
+    }
 
     #[test]
     fn pauses_double_to_the_cap_and_reset() {

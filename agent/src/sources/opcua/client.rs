@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -25,7 +25,7 @@ use super::config::{ItemScaling, OpcuaConfig, SecurityMode, SecurityPolicy, Trig
 use super::value::{event_time, ticks};
 use crate::engine::Input;
 use crate::metrics::Metrics;
-use crate::sources::backoff::{Backoff, BACKOFF_MAX, BACKOFF_MIN};
+use crate::sources::backoff::{Backoff, Uptime, BACKOFF_MAX, BACKOFF_MIN};
 
 /// A monitored item ready to hand over: its series and scaling.
 struct Item {
@@ -95,8 +95,8 @@ pub(crate) async fn run(
             Ok(Started {
                 session,
                 mut event_loop,
+                uptime,
             }) => {
-                let up = tokio::time::Instant::now();
                 let ends = Ends {
                     shutdown: &mut shutdown,
                     event_loop: &mut event_loop,
@@ -113,9 +113,10 @@ pub(crate) async fn run(
                 }
                 // The session ended for good (its loop gave up, or the
                 // subscription went away): start again, after a pause that
-                // keeps growing while sessions end soon after they start.
-                backoff.ended_after(up.elapsed());
-                count(&metrics, &cfg.name, "connection_lost");
+                // keeps growing while sessions do not stay connected.
+                let lasted = lock(&uptime).longest(tokio::time::Instant::now());
+                backoff.ended_after(lasted);
+                count(&metrics, &cfg.name, "session_ended");
                 tracing::warn!(device = cfg.name, "OPC UA session ended; starting again");
                 tokio::select! {
                     _ = shutdown.changed() => return,
@@ -154,6 +155,14 @@ fn prepare(cfg: &OpcuaConfig) -> Result<Vec<Item>, String> {
 struct Started {
     session: Arc<Session>,
     event_loop: tokio::task::JoinHandle<()>,
+    /// The session's connected stretches, as its event loop saw them.
+    uptime: Arc<Mutex<Uptime>>,
+}
+
+/// The uptime behind `m` (a panic elsewhere cannot leave it half-written:
+/// each change is one assignment).
+fn lock(m: &Mutex<Uptime>) -> std::sync::MutexGuard<'_, Uptime> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Connects, starts the session's event loop (which reconnects with
@@ -228,11 +237,13 @@ async fn start(
             return Err("connect");
         }
     };
+    let uptime = Arc::new(Mutex::new(Uptime::default()));
     let event_loop = tokio::spawn(drive(
         event_loop.enter(),
         session.clone(),
         cfg.name.clone(),
         metrics.clone(),
+        uptime.clone(),
     ));
     let connected = tokio::time::timeout(timeout, session.wait_for_connection()).await;
     let subscribed = match connected {
@@ -255,6 +266,7 @@ async fn start(
     Ok(Started {
         session,
         event_loop,
+        uptime,
     })
 }
 
@@ -389,18 +401,21 @@ fn refused_items(cfg: &OpcuaConfig, statuses: impl Iterator<Item = StatusCode>) 
 }
 
 /// Drives the session's event loop until it ends, counting connection
-/// losses, failed and successful reconnections.
+/// losses, failed and successful reconnections, and timing its connected
+/// stretches in `uptime`.
 async fn drive(
     stream: impl Stream<Item = Result<SessionPollResult, StatusCode>>,
     session: Arc<Session>,
     device: String,
     metrics: Arc<Metrics>,
+    uptime: Arc<Mutex<Uptime>>,
 ) {
     tokio::pin!(stream);
     let mut connected_once = false;
     while let Some(event) = stream.next().await {
         match event {
             Ok(SessionPollResult::ConnectionLost(status)) => {
+                lock(&uptime).down(tokio::time::Instant::now());
                 count(&metrics, &device, "connection_lost");
                 tracing::warn!(device, %status, "OPC UA connection lost");
             }
@@ -409,6 +424,7 @@ async fn drive(
                 tracing::warn!(device, %status, "OPC UA reconnect failed");
             }
             Ok(SessionPollResult::Reconnected(mode)) => {
+                lock(&uptime).up(tokio::time::Instant::now());
                 if connected_once {
                     metrics.opcua_reconnects(&device).inc();
                     tracing::info!(device, ?mode, "OPC UA session re-established");

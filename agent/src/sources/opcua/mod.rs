@@ -21,8 +21,10 @@
 //! endpoint, session or activation within `timeout_ms`), `subscribe` (the
 //! subscription, or the request for its items, refused), `item` (per
 //! monitored item the server refuses: the others still report),
-//! `connection_lost` (also a session that ended for good),
-//! `reconnect` (a failed attempt), and per value `bad`, `uncertain`
+//! `connection_lost` (the library's connection broke; it reconnects on
+//! its own), `reconnect` (one of its attempts failed), `session_ended`
+//! (its loop gave up, or the subscription went away: the task starts a new
+//! session), and per value `bad`, `uncertain`
 //! (status), `type` (not a number), `value` (does not fit the ticks),
 //! `repeat` (the value last handed over, again: a recreated subscription's
 //! first report), `overflow` (dropped: the queue to the engine was full).
@@ -32,7 +34,7 @@
 //! the same backoff and transfers or recreates the subscription
 //! (`tributary_agent_opcua_reconnects_total`); should that loop end, the
 //! task starts a new session after the backoff's next pause (back to
-//! 100 ms only if the session had stayed up 30 s). A server only
+//! 100 ms only if the session had stayed connected 30 s without a break). A server only
 //! ever waits on itself: its failures stall no other input. Changes are
 //! queued between the library's callback and the engine in a bounded queue
 //! (the items' queue sizes summed, times 4, at least 1024 and at most

@@ -11,16 +11,17 @@
 //! - [`ingest`] — batches from MQTT into the store: `transport` (MQTT 3.1.1
 //!   and 5 behind one interface), `check` (payload checks), `group` (the
 //!   ack group, a sync struct: what to acknowledge and confirm after a
-//!   commit), `config` (`[mqtt]`, `[limits]`), `metrics`; `mod.rs` is the
-//!   thin async loop.
+//!   commit), `commit` (a group applied to the store, a batch that fails
+//!   alone refused whole), `config` (`[mqtt]`, `[limits]`), `metrics`;
+//!   `mod.rs` is the thin async loop.
 //! - [`merge`] — de-duplication (`senders`: per agent incarnation a mark
 //!   and the few keys above it), merging a group's partials per row,
 //!   roll-ups, folding a delta into a stored row: written once, used by both
 //!   backends.
 //! - [`store`] — the role traits ([`store::Ingest`], [`store::Query`],
 //!   [`store::Feed`], [`store::Leases`]; [`store::Store`] is all of them),
-//!   `config` (`[store]`), `refused` (what ingest refused inside applied
-//!   batches, stored with them), and the backends [`store::sqlite`] (the embedded
+//!   `config` (`[store]`), `refused` (what ingest refused of
+//!   batches with a trusted identity, stored with them), and the backends [`store::sqlite`] (the embedded
 //!   default: one writer, a pool of readers) and [`store::postgres`] (shared
 //!   by many instances), which hold only their SQL.
 //! - [`query`] — the HTTP JSON API (`api`; its agents listing `agents`),

@@ -240,6 +240,12 @@ async fn the_store_contract_holds_on_postgresql() {
         retention::check_retention(&store, &batches, &truth).await;
     }
 
+    // A retention step failing for one width stops no other.
+    {
+        let (_, store) = fresh(&pg, "failing").await;
+        retention::check_one_failing_width(&store).await;
+    }
+
     // Expiry drops whole partitions of a width and deletes the rest.
     {
         let (_, store) = fresh(&pg, "partitions").await;

@@ -246,6 +246,14 @@ async fn the_store_contract_holds_on_postgresql() {
         retention::check_one_failing_width(&store).await;
     }
 
+    // `oldest` (one statement) is the least start written: minutes over
+    // several partitions and the default, negative starts, a width only in
+    // the default, a width with none.
+    {
+        let (_, store) = fresh(&pg, "oldest").await;
+        check_oldest_partitions(&pg, "oldest", &store).await;
+    }
+
     // Expiry drops whole partitions of a width and deletes the rest.
     {
         let (_, store) = fresh(&pg, "partitions").await;
@@ -675,6 +683,30 @@ async fn check_partitions(pg: &Postgres, db: &str, store: &PostgresStore) {
         .unwrap()
         .is_empty());
     assert_eq!(all_stored(store, HOUR).await, hours);
+}
+
+/// [`retention::check_oldest`] on a fresh store of `db`, checking that its
+/// minutes are spread over several partitions and the default once
+/// written, and that the oldest minutes' partition was dropped by expiry.
+async fn check_oldest_partitions(pg: &Postgres, db: &str, store: &PostgresStore) {
+    retention::check_oldest(store, || {
+        let holders = pg
+            .psql(
+                db,
+                "SELECT string_agg(DISTINCT tableoid::regclass::text, ',')
+                 FROM results WHERE width = 60000",
+            )
+            .unwrap();
+        assert_eq!(
+            holders,
+            "results_default,results_w60000_0,results_w60000_n1,results_w60000_n2"
+        );
+    })
+    .await;
+    let n2 = pg
+        .psql(db, "SELECT to_regclass('results_w60000_n2') IS NULL")
+        .unwrap();
+    assert_eq!(n2, "t", "day −2's partition dropped by expiry");
 }
 
 /// One instance with lanes applies each group's agents in concurrent

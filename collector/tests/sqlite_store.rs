@@ -486,6 +486,14 @@ async fn a_retention_step_failing_at_one_width_stops_no_other() {
     store_common::retention::check_one_failing_width(&open(&dir, "a.db")).await;
 }
 
+/// `oldest` is the least start written at each width, also negative, and
+/// after expiry.
+#[tokio::test]
+async fn oldest_is_the_least_start_written() {
+    let dir = tempfile::tempdir().unwrap();
+    store_common::retention::check_oldest(&open(&dir, "a.db"), || {}).await;
+}
+
 /// A new database gives expired rows' pages back to the file system in
 /// bounded steps (`auto_vacuum = INCREMENTAL`), judged by the file's page
 /// count.

@@ -330,3 +330,85 @@ pub(crate) async fn check_one_failing_width<S: Store>(store: &S) {
     assert_eq!(m.lag_ms(minute), 0);
     assert_eq!(m.errors(Some(minute), Step::Expire), 1);
 }
+
+/// One partial of `width` at `start` holding one reading of `device`.
+fn one_window(device: &str, width: Width, start: i64) -> Partial {
+    let mut s = Summary::new(Quantum::new(-3).unwrap());
+    s.insert(start, 1_234).unwrap();
+    Partial {
+        series: key(device),
+        window: Window::new(start, width).unwrap(),
+        summary: s,
+    }
+}
+
+/// The minute starts [`check_oldest`] writes, some negative, over days
+/// −2 to 1 (PostgreSQL: days −2 to 0 in their own partitions, day 1 in the
+/// default).
+pub(crate) fn oldest_minutes() -> Vec<i64> {
+    vec![
+        -2 * DAY + 700 * MIN,
+        -2 * DAY + 5 * MIN,
+        -DAY + 7 * MIN,
+        -MIN,
+        3 * MIN,
+        DAY + 11 * MIN,
+    ]
+}
+
+/// `oldest` answers the least start the test wrote at each width: minutes
+/// across several days (negative starts included; on PostgreSQL across
+/// several partitions and the default, `prepare` made for days −2 to 0),
+/// hours (roll-ups of both, which no partition holds), one-second windows far
+/// before the epoch (only in the default), a width with no rows (none), and
+/// the least start left after expiry took the oldest minutes (a dropped
+/// partition on PostgreSQL). `written` runs once every row is written,
+/// before the expiry.
+pub(crate) async fn check_oldest<S: Store>(store: &S, written: impl FnOnce()) {
+    let (second, minute, hour) = (
+        Width::new(1_000).unwrap(),
+        Width::new(MIN).unwrap(),
+        Width::new(HOUR).unwrap(),
+    );
+    store.prepare(minute, -2 * DAY).await.unwrap();
+    assert_eq!(store.oldest(minute).await.unwrap(), None, "no rows yet");
+    assert_eq!(store.oldest(second).await.unwrap(), None);
+    let minutes = oldest_minutes();
+    let seconds = [-1_000, -3_000_000_000_000, 5_000];
+    let mut partials: Vec<Partial> = minutes
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| one_window(&format!("dev-{}", i % 2), minute, s))
+        .collect();
+    partials.extend(seconds.iter().map(|&s| one_window("dev-s", second, s)));
+    store
+        .apply(&[Batch::new("old", 1, 0, partials)])
+        .await
+        .unwrap();
+
+    let least = |starts: &[i64]| starts.iter().copied().min();
+    // Both agent widths roll up into the hours.
+    let hours: Vec<i64> = minutes
+        .iter()
+        .chain(&seconds)
+        .map(|s| s.div_euclid(HOUR) * HOUR)
+        .collect();
+    assert_eq!(store.oldest(minute).await.unwrap(), least(&minutes));
+    assert_eq!(store.oldest(hour).await.unwrap(), least(&hours));
+    assert_eq!(store.oldest(second).await.unwrap(), least(&seconds));
+    let never = Width::new(7 * DAY).unwrap();
+    assert_eq!(store.oldest(never).await.unwrap(), None);
+    written();
+
+    // Expiry takes day −2 (and on PostgreSQL drops its partition) and the
+    // seconds before 0.
+    let mut cut = -DAY;
+    while store.expire(minute, cut, 100).await.unwrap() == 100 {}
+    let left: Vec<i64> = minutes.iter().copied().filter(|&s| s >= cut).collect();
+    assert_eq!(store.oldest(minute).await.unwrap(), least(&left));
+    cut = 0;
+    while store.expire(second, cut, 100).await.unwrap() == 100 {}
+    assert_eq!(store.oldest(second).await.unwrap(), Some(5_000));
+    while store.expire(minute, 2 * DAY, 100).await.unwrap() == 100 {}
+    assert_eq!(store.oldest(minute).await.unwrap(), None, "all expired");
+}

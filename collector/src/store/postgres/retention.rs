@@ -35,8 +35,8 @@
 //!   partition's statistics (without, it reads the width through
 //!   `results_changed`, and each probe scans the partition). [`prepare`]
 //!   summarises the ranges of the width's ended partitions and analyses
-//!   those never analysed ([`ready_ended`]); the current partition and the
-//!   default are left to autovacuum.
+//!   those whose statistics are missing or stale ([`ready_ended`]); the
+//!   current partition and the default are left to autovacuum.
 
 use deadpool_postgres::Client;
 use tributary_core::Width;
@@ -126,7 +126,9 @@ pub(super) async fn prepare(client: &mut Client, width: Width, now: i64) -> Resu
 const SUMMARIZE_LOCK_TIMEOUT: &str = "500ms";
 
 /// Readies the partitions of `width` whose span ended before `now` for
-/// finding rows by start: analyses those never analysed, and summarises the
+/// finding rows by start: analyses those whose statistics are missing or
+/// stale (autovacuum's own threshold: more than 50 + 10 % of their rows
+/// written since), and summarises the
 /// block ranges of `results_expiry` not yet summarised on them (one
 /// transaction; left to the next run, logged, when a lock is not granted in
 /// time). Answers the ranges summarised.
@@ -134,10 +136,11 @@ const SUMMARIZE_LOCK_TIMEOUT: &str = "500ms";
 /// A range the BRIN index has no summary of matches every probe, so
 /// [`oldest`]'s steps and [`delete_expired`]'s scan read all of it; only
 /// `VACUUM` summarises new ranges otherwise (the index is made without
-/// `autosummarize`). Without statistics the planner reads a partition
-/// through `results_changed` instead of the BRIN index. Ended partitions
-/// take no more rows but late ones, so each is analysed once (when
-/// autovacuum has not) and each range summarised once; the current
+/// `autosummarize`). Without statistics (or with those of a partition
+/// analysed while nearly empty) the planner reads a partition through
+/// `results_changed` instead of the BRIN index. Ended partitions take no
+/// more rows but late ones, so each is analysed about once (where
+/// autovacuum has not yet) and each range summarised once; the current
 /// partition, being written (and vacuumed), is left to autovacuum.
 pub(super) async fn ready_ended(
     client: &mut Client,
@@ -148,10 +151,13 @@ pub(super) async fn ready_ended(
     let current = now.div_euclid(span);
     let parts = client
         .query(
-            "SELECT t.relname::text, x.indexrelid::regclass::text, t.reltuples < 0
+            "SELECT t.relname::text, x.indexrelid::regclass::text,
+                    t.reltuples < 0 OR coalesce(s.n_mod_since_analyze, 0)
+                        > 50 + 0.1 * greatest(t.reltuples, 0)
              FROM pg_inherits i
              JOIN pg_index x ON x.indexrelid = i.inhrelid
              JOIN pg_class t ON t.oid = x.indrelid
+             LEFT JOIN pg_stat_user_tables s ON s.relid = t.oid
              WHERE i.inhparent = 'results_expiry'::regclass AND t.relname LIKE $1",
             &[&format!("results\\_w{}\\_%", width.ms())],
         )

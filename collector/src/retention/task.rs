@@ -247,7 +247,10 @@ impl<S: Expire + Clone + 'static> RetentionTask<S> {
     /// Gives freed space back, one bounded step per call (ingest waits for
     /// one at most). Also after a run that counted nothing: PostgreSQL's
     /// dropped partitions are counted by estimate (0 before an ANALYZE),
-    /// and the bytes they held are reported here.
+    /// and the bytes they held are reported here. With nothing to give
+    /// back a call is a cheap read — SQLite: three header pragmas on the
+    /// writer, 0.02–0.13 ms; PostgreSQL: a counter swap, ~1 µs
+    /// (`retention_bench`) — so it is not worth skipping.
     async fn reclaim(&self, run: &mut Run) {
         for _ in 0..self.cfg.max_batches {
             let step = self.store.reclaim(self.cfg.vacuum_pages);

@@ -120,18 +120,17 @@ pub(super) async fn prepare(client: &mut Client, width: Width, now: i64) -> Resu
     Ok(())
 }
 
-/// How long readying ended partitions waits for a partition's lock: below the default
-/// `deadlock_timeout` (1 s), after which a waiting request would cancel an
-/// autovacuum of that partition.
+/// How long readying ended partitions waits for a partition's lock: below
+/// the default `deadlock_timeout` (1 s), after which a waiting request
+/// would cancel an autovacuum of that partition.
 const SUMMARIZE_LOCK_TIMEOUT: &str = "500ms";
 
 /// Readies the partitions of `width` whose span ended before `now` for
 /// finding rows by start: analyses those whose statistics are missing or
 /// stale (autovacuum's own threshold: more than 50 + 10 % of their rows
-/// written since), and summarises the
-/// block ranges of `results_expiry` not yet summarised on them (one
-/// transaction; left to the next run, logged, when a lock is not granted in
-/// time). Answers the ranges summarised.
+/// written since), and summarises the block ranges of `results_expiry` not
+/// yet summarised on them (one transaction; left to the next run, logged,
+/// when a lock is not granted in time). Answers the ranges summarised.
 ///
 /// A range the BRIN index has no summary of matches every probe, so
 /// [`oldest`]'s steps and [`delete_expired`]'s scan read all of it; only
@@ -142,11 +141,7 @@ const SUMMARIZE_LOCK_TIMEOUT: &str = "500ms";
 /// more rows but late ones, so each is analysed about once (where
 /// autovacuum has not yet) and each range summarised once; the current
 /// partition, being written (and vacuumed), is left to autovacuum.
-pub(super) async fn ready_ended(
-    client: &mut Client,
-    width: Width,
-    now: i64,
-) -> Result<i64, StoreError> {
+async fn ready_ended(client: &mut Client, width: Width, now: i64) -> Result<i64, StoreError> {
     let span = span(width);
     let current = now.div_euclid(span);
     let parts = client

@@ -22,6 +22,14 @@
 //! retention task takes to delete the first half of the minutes, and the
 //! same ingest is timed alone: ingest's rate with and without expiry
 //! running, and expiry's rows per second.
+//!
+//! Fixed costs: on the same loaded database, before expiry, the task's
+//! per-run calls that do not scale with what expires — `oldest` of the
+//! minutes (PostgreSQL: one statement, a server-side binary search over the
+//! BRIN index) and a `reclaim` with nothing to give back — medians of 7;
+//! on PostgreSQL as loaded and after the task's `prepare` (which analyses
+//! the ended partitions and summarises their BRIN block ranges: the
+//! probes' plan depends on both).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -216,6 +224,36 @@ async fn apply_all<S: Store>(store: &S, batches: &[Batch], applied: &AtomicUsize
     }
 }
 
+/// The medians of 7 calls of `oldest` (the minutes) and of `reclaim` with
+/// nothing left to give back, on a loaded `store`.
+async fn fixed_costs<S: Store>(label: &str, store: &S) -> anyhow::Result<()> {
+    let minute = Width::new(MIN)?;
+    let pages = RetentionConfig::default().vacuum_pages;
+    // What the load itself freed goes first.
+    while store.reclaim(pages).await? > 0 {}
+    let (mut oldest, mut reclaim) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        let t = Instant::now();
+        let o = store.oldest(minute).await?;
+        oldest.push(t.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(o == Some(T0), "oldest {o:?}, loaded from {T0}");
+        let t = Instant::now();
+        let freed = store.reclaim(pages).await?;
+        reclaim.push(t.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(freed == 0, "reclaim freed {freed} bytes");
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "{label}: oldest (minutes) {:.2} ms, reclaim with nothing to give back {:.3} ms (medians of 7)",
+        median(&mut oldest),
+        median(&mut reclaim)
+    );
+    Ok(())
+}
+
 /// Ingest of `next` with and without the retention task deleting the first
 /// half of the loaded minutes; prints both rates and expiry's. Both halves
 /// are timed through the same plain apply loop, with `next`'s partitions
@@ -250,7 +288,12 @@ async fn expiry_cost<S: Store>(label: &str, store: S, next: &[Batch], loaded: u6
     let t = Instant::now();
     let mut deleted = 0;
     loop {
-        let run = task.run_once(now).await.unwrap();
+        let run = task.run_once(now).await;
+        assert!(
+            run.failed.is_empty(),
+            "retention steps failed: {:?}",
+            run.failed
+        );
         deleted += run.expired.iter().map(|e| e.1).sum::<u64>();
         if run.behind.is_empty() {
             break;
@@ -291,6 +334,7 @@ async fn main() -> anyhow::Result<()> {
     let path = dir.path().join("expiry.db");
     let store = SqliteStore::open(&path, &ROLLUPS)?;
     load(&store, &batches).await?;
+    fixed_costs("sqlite", &store).await?;
     expiry_cost("sqlite", store, &next, loaded).await;
     if args.pg {
         let pg = Postgres::start(Server { durable: true }).context("starting PostgreSQL")?;
@@ -307,6 +351,14 @@ async fn main() -> anyhow::Result<()> {
         let url = pg.create_database("expiry")?;
         let store = PostgresStore::open(&PostgresOptions::new(url), &ROLLUPS).await?;
         load(&store, &batches).await?;
+        // Just loaded, its partitions have no statistics and the BRIN
+        // index no summaries of their block ranges: the retention task's
+        // `prepare` makes both on the ended days (as autovacuum would, in
+        // time).
+        fixed_costs("postgres, as loaded", &store).await?;
+        let after = T0 + (loaded as i64) * MIN + DAY;
+        store.prepare(Width::new(MIN)?, after).await?;
+        fixed_costs("postgres, after the task's prepare", &store).await?;
         expiry_cost("postgres", store, &next, loaded).await;
     }
     Ok(())

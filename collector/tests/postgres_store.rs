@@ -241,6 +241,26 @@ async fn the_store_contract_holds_on_postgresql() {
         retention::check_retention(&store, &batches, &truth).await;
     }
 
+    // A retention step failing for one width stops no other.
+    {
+        let (_, store) = fresh(&pg, "failing").await;
+        retention::check_one_failing_width(&store).await;
+    }
+
+    // `oldest` (one statement) is the least start written: minutes over
+    // several partitions and the default, negative starts, a width only in
+    // the default, a width with none.
+    {
+        let (_, store) = fresh(&pg, "oldest").await;
+        check_oldest_partitions(&pg, "oldest", &store).await;
+    }
+
+    // `prepare` summarises the BRIN ranges of ended partitions only.
+    {
+        let (_, store) = fresh(&pg, "summaries").await;
+        check_summaries(&pg, "summaries", &store).await;
+    }
+
     // Expiry drops whole partitions of a width and deletes the rest.
     {
         let (_, store) = fresh(&pg, "partitions").await;
@@ -670,6 +690,91 @@ async fn check_partitions(pg: &Postgres, db: &str, store: &PostgresStore) {
         .unwrap()
         .is_empty());
     assert_eq!(all_stored(store, HOUR).await, hours);
+}
+
+/// [`retention::check_oldest`] on a fresh store of `db`, checking that its
+/// minutes are spread over several partitions and the default once
+/// written, and that the oldest minutes' partition was dropped by expiry.
+async fn check_oldest_partitions(pg: &Postgres, db: &str, store: &PostgresStore) {
+    retention::check_oldest(store, || {
+        let holders = pg
+            .psql(
+                db,
+                "SELECT string_agg(DISTINCT tableoid::regclass::text, ',')
+                 FROM results WHERE width = 60000",
+            )
+            .unwrap();
+        assert_eq!(
+            holders,
+            "results_default,results_w60000_0,results_w60000_n1,results_w60000_n2"
+        );
+    })
+    .await;
+    let n2 = pg
+        .psql(db, "SELECT to_regclass('results_w60000_n2') IS NULL")
+        .unwrap();
+    assert_eq!(n2, "t", "day −2's partition dropped by expiry");
+}
+
+/// On a fresh store of `db`: `prepare` analyses the width's partitions
+/// whose span has ended and summarises their `results_expiry` block ranges
+/// (so `oldest` and expiry find rows by the BRIN index instead of reading
+/// partitions whole), and leaves the current one to autovacuum. Judged by
+/// `last_analyze` and by what a summarising call finds left to do.
+async fn check_summaries(pg: &Postgres, db: &str, store: &PostgresStore) {
+    let minute = Width::new(MIN).unwrap();
+    let d0 = T0 / DAY * DAY;
+    store.prepare(minute, d0).await.unwrap();
+    let part = |day: i64| format!("results_w60000_{}", (d0 + day * DAY) / DAY);
+    // 28,800 rows a day (a few BRIN ranges of 128 pages) on days 0 and 1,
+    // which autovacuum leaves alone (it would analyse them too).
+    for day in [0, 1] {
+        pg.psql(
+            db,
+            &format!("ALTER TABLE {} SET (autovacuum_enabled = false)", part(day)),
+        )
+        .unwrap();
+        pg.psql(
+            db,
+            &format!(
+                "INSERT INTO results (series, width, start, revision, summary, changed)
+                 SELECT s, 60000, {} + m * 60000, 0, '\\x00112233445566778899'::bytea, m
+                 FROM generate_series(0, 1439) m, generate_series(1, 20) s",
+                d0 + day * DAY
+            ),
+        )
+        .unwrap();
+    }
+    // Day 1 is current: day 0 has ended.
+    store.prepare(minute, d0 + DAY + HOUR).await.unwrap();
+    let left = |day: i64| {
+        pg.psql(
+            db,
+            &format!(
+                "SELECT brin_summarize_new_values(x.indexrelid::regclass)
+                 FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
+                 JOIN pg_am a ON a.oid = c.relam
+                 WHERE x.indrelid = '{}'::regclass AND a.amname = 'brin'",
+                part(day)
+            ),
+        )
+        .unwrap()
+    };
+    let analysed = |day: i64| {
+        pg.psql(
+            db,
+            &format!(
+                "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = '{}'",
+                part(day)
+            ),
+        )
+        .unwrap()
+    };
+    assert_eq!(analysed(0), "t", "the ended day was analysed");
+    assert_eq!(analysed(1), "f", "the current day is left to autovacuum");
+    assert_eq!(left(0), "0", "the ended day was summarised");
+    assert_ne!(left(1), "0", "the current day is left to autovacuum");
+    assert_eq!(store.oldest(minute).await.unwrap(), Some(d0));
 }
 
 /// One instance with lanes applies each group's agents in concurrent

@@ -480,6 +480,22 @@ async fn expiry_deletes_in_bounded_batches_and_a_feed_reader_crosses_it() {
     store_common::retention::check_retention(&open(&dir, "a.db"), &batches, &truth).await;
 }
 
+/// A retention step failing for one width stops no other width's expiry,
+/// nor the reclaim; it is counted by width and step.
+#[tokio::test]
+async fn a_retention_step_failing_at_one_width_stops_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    store_common::retention::check_one_failing_width(&open(&dir, "a.db")).await;
+}
+
+/// `oldest` is the least start written at each width, also negative, and
+/// after expiry.
+#[tokio::test]
+async fn oldest_is_the_least_start_written() {
+    let dir = tempfile::tempdir().unwrap();
+    store_common::retention::check_oldest(&open(&dir, "a.db"), || {}).await;
+}
+
 /// A new database gives expired rows' pages back to the file system in
 /// bounded steps (`auto_vacuum = INCREMENTAL`), judged by the file's page
 /// count.

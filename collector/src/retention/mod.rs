@@ -41,7 +41,7 @@ use tributary_core::{Width, Window};
 use tributary_runtime::config::Problems;
 
 pub use config::RetentionConfig;
-pub use task::{RetentionMetrics, RetentionTask};
+pub use task::{RetentionMetrics, RetentionTask, Run, Step};
 
 /// How long after ingest starts refusing an expired window the task
 /// deletes it (ms): longer than any group takes from its check to its

@@ -439,7 +439,8 @@ pub trait Expire: Send + Sync {
 
     /// Makes ready what rows of `width` written around `now` (collector
     /// clock) will need, so that they expire cheaply (PostgreSQL: the time
-    /// partitions of the current and next spans; SQLite: nothing).
+    /// partitions of the current and next spans, and the BRIN summaries of
+    /// the ended ones; SQLite: nothing).
     fn prepare(&self, width: Width, now: i64) -> impl Future<Output = Answer<()>> + Send;
 
     /// Deletes in one transaction at most `limit` result rows at `width`

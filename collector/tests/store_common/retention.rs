@@ -3,16 +3,20 @@
 //! asked, leaves every other width and every later window as its readings
 //! make it, takes expired rows' parked entries with them, and a change-feed
 //! reader following across an expiry neither skips a live change nor gets
-//! one twice.
+//! one twice; and a step that fails for one width stops no other width's
+//! expiry, nor the reclaim.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use tributary_collector::retention::{Policy, RetentionConfig, RetentionTask, GRACE_MS};
+use tributary_collector::retention::{Policy, RetentionConfig, RetentionTask, Step, GRACE_MS};
 use tributary_collector::store::prelude::*;
-use tributary_collector::store::Changed;
-use tributary_core::batch::Batch;
-use tributary_core::Width;
+use tributary_collector::store::{Answer, Changed, StoreError};
+use tributary_core::batch::{Batch, Partial};
+use tributary_core::{Quantum, Summary, Width, Window};
 
 use super::{all_windows, key, rolled_up, summary_of, Truth, DAY, HOUR, MIN, T0};
 
@@ -54,14 +58,14 @@ pub(crate) async fn check_retention<S: Store>(store: &S, batches: &[Batch], trut
         ..RetentionConfig::default()
     };
     let task = RetentionTask::new(store.clone(), policy, cfg);
-    let run = task.run_once(now).await.unwrap();
+    let run = task.run_once(now).await;
     let rest = u64::try_from(expiring - 5).unwrap();
     assert_eq!(run.expired, vec![(minute, rest)]);
     assert!(run.behind.is_empty());
     assert_eq!(task.metrics().expired(minute), rest);
     assert_eq!(task.metrics().lag_ms(minute), 0);
     // Nothing left to do.
-    assert_eq!(task.run_once(now).await.unwrap().expired, vec![]);
+    assert_eq!(task.run_once(now).await.expired, vec![]);
 
     // Minutes before the cut are gone; the rest and the roll-ups are as
     // their readings make them.
@@ -147,4 +151,264 @@ pub(crate) async fn check_retention<S: Store>(store: &S, batches: &[Batch], trut
     assert_eq!(row.len(), 1);
     assert_eq!(row[0].summary, p.summary);
     assert_eq!(row[0].revision, 0);
+}
+
+/// (width, step) pairs, `None` for the whole run's steps.
+type Steps = Vec<(Option<Width>, Step)>;
+
+/// A store whose retention steps fail where the test says: `fail` holds
+/// the (width, step) pairs that answer an error (`None`: the widths'
+/// listing); every other call goes to the real store. Counts reclaims.
+#[derive(Clone)]
+struct Failing<S> {
+    inner: S,
+    fail: Arc<Mutex<Steps>>,
+    reclaims: Arc<AtomicUsize>,
+}
+
+impl<S> Failing<S> {
+    fn fails(&self, width: Option<Width>, step: Step) -> Answer<()> {
+        if self.fail.lock().unwrap().contains(&(width, step)) {
+            return Err(StoreError::Backend(format!(
+                "injected: {step:?} at {width:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<S: Expire> Expire for Failing<S> {
+    async fn widths(&self) -> Answer<Vec<Width>> {
+        self.fails(None, Step::Widths)?;
+        self.inner.widths().await
+    }
+
+    async fn prepare(&self, width: Width, now: i64) -> Answer<()> {
+        self.fails(Some(width), Step::Prepare)?;
+        self.inner.prepare(width, now).await
+    }
+
+    async fn expire(&self, width: Width, before: i64, limit: usize) -> Answer<usize> {
+        self.fails(Some(width), Step::Expire)?;
+        self.inner.expire(width, before, limit).await
+    }
+
+    fn reclaim(&self, pages: u32) -> impl Future<Output = Answer<u64>> + Send {
+        self.reclaims.fetch_add(1, Ordering::Relaxed);
+        self.inner.reclaim(pages)
+    }
+
+    async fn oldest(&self, width: Width) -> Answer<Option<i64>> {
+        self.fails(Some(width), Step::Oldest)?;
+        self.inner.oldest(width).await
+    }
+}
+
+/// On an empty `store` keeping roll-ups of 1 h and 1 d: a run in which
+/// expiry fails at the minutes (the first width) and preparing fails at the
+/// hours still deletes the expired hours and days and reclaims; the
+/// minutes stay whole, their lag is what the test's oldest start says, and
+/// each failure is counted by width and step; a run whose widths cannot be
+/// listed still reclaims; the next clean run deletes the minutes. Judged by
+/// the windows the test inserted and their starts against the cuts.
+pub(crate) async fn check_one_failing_width<S: Store>(store: &S) {
+    let (minute, hour, day) = (
+        Width::new(MIN).unwrap(),
+        Width::new(HOUR).unwrap(),
+        Width::new(DAY).unwrap(),
+    );
+    // Four days from a day boundary, three minutes a day for two devices.
+    let d0 = T0 / DAY * DAY + DAY;
+    let mut truth = Truth::new();
+    let mut partials = Vec::new();
+    for d in 0..4 {
+        for (i, m) in [0, 61, 750].into_iter().enumerate() {
+            for device in ["dev-a", "dev-b"] {
+                let start = d0 + d * DAY + m * MIN;
+                let readings = vec![(start + 5, 1_000 + d * 10 + i as i64)];
+                let mut s = Summary::new(Quantum::new(-3).unwrap());
+                s.insert(readings[0].0, readings[0].1).unwrap();
+                partials.push(Partial {
+                    series: key(device),
+                    window: Window::new(start, minute).unwrap(),
+                    summary: s,
+                });
+                truth.insert((device.to_string(), start), readings);
+            }
+        }
+    }
+    store
+        .apply(&[Batch::new("fail", 1, d0, partials)])
+        .await
+        .unwrap();
+
+    // Minutes kept a day, hours and days two: at `now` the minutes before
+    // day 2, the hours before day 1 and day 0 go.
+    let policy = Policy::new(DAY, vec![(HOUR, 2 * DAY), (DAY, 2 * DAY)]);
+    let now = d0 + 3 * DAY + GRACE_MS + MIN - 1;
+    let cuts = [
+        (minute, d0 + 2 * DAY),
+        (hour, d0 + DAY - HOUR + MIN),
+        (day, d0 + MIN),
+    ];
+    for (w, cut) in cuts {
+        assert_eq!(policy.delete_before(w, now), Some(cut), "{w:?}");
+    }
+    let kept = |width: i64, cut: i64| -> BTreeMap<(String, i64), Summary> {
+        let all = if width == MIN {
+            truth
+                .iter()
+                .map(|((d, s), r)| ((key(d).to_string(), *s), summary_of(r)))
+                .collect()
+        } else {
+            rolled_up(&truth, width)
+        };
+        all.into_iter().filter(|((_, s), _)| *s >= cut).collect()
+    };
+    let everything = |width: i64| kept(width, i64::MIN);
+    assert_eq!(all_windows(store, MIN).await, everything(MIN));
+    for (w, cut) in cuts {
+        assert!(
+            kept(w.ms(), cut).len() < everything(w.ms()).len(),
+            "{w:?}: the workload has windows to expire"
+        );
+    }
+
+    let failing = Failing {
+        inner: store.clone(),
+        fail: Arc::default(),
+        reclaims: Arc::default(),
+    };
+    *failing.fail.lock().unwrap() = vec![(Some(minute), Step::Expire), (Some(hour), Step::Prepare)];
+    let cfg = RetentionConfig {
+        batch_rows: 3,
+        ..RetentionConfig::default()
+    };
+    let task = RetentionTask::new(failing.clone(), policy, cfg);
+    let run = task.run_once(now).await;
+    assert_eq!(
+        run.failed,
+        [(Some(minute), Step::Expire), (Some(hour), Step::Prepare)]
+    );
+    let widths: Vec<Width> = run.expired.iter().map(|e| e.0).collect();
+    assert_eq!(widths, [hour, day]);
+    assert!(run.behind.is_empty());
+    assert_eq!(
+        all_windows(store, MIN).await,
+        everything(MIN),
+        "minutes whole"
+    );
+    assert_eq!(all_windows(store, HOUR).await, kept(HOUR, cuts[1].1));
+    assert_eq!(all_windows(store, DAY).await, kept(DAY, cuts[2].1));
+    assert!(failing.reclaims.load(Ordering::Relaxed) >= 1, "reclaimed");
+    let m = task.metrics();
+    assert_eq!(m.errors(Some(minute), Step::Expire), 1);
+    assert_eq!(m.errors(Some(hour), Step::Prepare), 1);
+    assert_eq!(m.errors(Some(day), Step::Prepare), 0);
+    assert_eq!(m.expired(minute), 0);
+    let oldest = truth.keys().map(|(_, s)| *s).min().unwrap();
+    assert_eq!(m.lag_ms(minute), cuts[0].1 - oldest);
+    assert_eq!(m.lag_ms(hour), 0);
+
+    // No width listed: nothing deleted, the reclaim still runs.
+    *failing.fail.lock().unwrap() = vec![(None, Step::Widths)];
+    let reclaims = failing.reclaims.load(Ordering::Relaxed);
+    let run = task.run_once(now).await;
+    assert_eq!(run.failed, [(None, Step::Widths)]);
+    assert!(run.expired.is_empty());
+    assert!(failing.reclaims.load(Ordering::Relaxed) > reclaims);
+    assert_eq!(m.errors(None, Step::Widths), 1);
+    assert_eq!(all_windows(store, MIN).await, everything(MIN));
+
+    // Healed: the minutes go at the next run; the counts stay.
+    failing.fail.lock().unwrap().clear();
+    let run = task.run_once(now).await;
+    assert!(run.failed.is_empty(), "{:?}", run.failed);
+    assert_eq!(all_windows(store, MIN).await, kept(MIN, cuts[0].1));
+    assert_eq!(all_windows(store, HOUR).await, kept(HOUR, cuts[1].1));
+    assert_eq!(all_windows(store, DAY).await, kept(DAY, cuts[2].1));
+    assert_eq!(m.lag_ms(minute), 0);
+    assert_eq!(m.errors(Some(minute), Step::Expire), 1);
+}
+
+/// One partial of `width` at `start` holding one reading of `device`.
+fn one_window(device: &str, width: Width, start: i64) -> Partial {
+    let mut s = Summary::new(Quantum::new(-3).unwrap());
+    s.insert(start, 1_234).unwrap();
+    Partial {
+        series: key(device),
+        window: Window::new(start, width).unwrap(),
+        summary: s,
+    }
+}
+
+/// The minute starts [`check_oldest`] writes, some negative, over days
+/// −2 to 1 (PostgreSQL: days −2 to 0 in their own partitions, day 1 in the
+/// default).
+pub(crate) fn oldest_minutes() -> Vec<i64> {
+    vec![
+        -2 * DAY + 700 * MIN,
+        -2 * DAY + 5 * MIN,
+        -DAY + 7 * MIN,
+        -MIN,
+        3 * MIN,
+        DAY + 11 * MIN,
+    ]
+}
+
+/// `oldest` answers the least start the test wrote at each width: minutes
+/// across several days (negative starts included; on PostgreSQL across
+/// several partitions and the default, `prepare` made for days −2 to 0),
+/// hours (roll-ups of both, which no partition holds), one-second windows far
+/// before the epoch (only in the default), a width with no rows (none), and
+/// the least start left after expiry took the oldest minutes (a dropped
+/// partition on PostgreSQL). `written` runs once every row is written,
+/// before the expiry.
+pub(crate) async fn check_oldest<S: Store>(store: &S, written: impl FnOnce()) {
+    let (second, minute, hour) = (
+        Width::new(1_000).unwrap(),
+        Width::new(MIN).unwrap(),
+        Width::new(HOUR).unwrap(),
+    );
+    store.prepare(minute, -2 * DAY).await.unwrap();
+    assert_eq!(store.oldest(minute).await.unwrap(), None, "no rows yet");
+    assert_eq!(store.oldest(second).await.unwrap(), None);
+    let minutes = oldest_minutes();
+    let seconds = [-1_000, -3_000_000_000_000, 5_000];
+    let mut partials: Vec<Partial> = minutes
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| one_window(&format!("dev-{}", i % 2), minute, s))
+        .collect();
+    partials.extend(seconds.iter().map(|&s| one_window("dev-s", second, s)));
+    store
+        .apply(&[Batch::new("old", 1, 0, partials)])
+        .await
+        .unwrap();
+
+    let least = |starts: &[i64]| starts.iter().copied().min();
+    // Both agent widths roll up into the hours.
+    let hours: Vec<i64> = minutes
+        .iter()
+        .chain(&seconds)
+        .map(|s| s.div_euclid(HOUR) * HOUR)
+        .collect();
+    assert_eq!(store.oldest(minute).await.unwrap(), least(&minutes));
+    assert_eq!(store.oldest(hour).await.unwrap(), least(&hours));
+    assert_eq!(store.oldest(second).await.unwrap(), least(&seconds));
+    let never = Width::new(7 * DAY).unwrap();
+    assert_eq!(store.oldest(never).await.unwrap(), None);
+    written();
+
+    // Expiry takes day −2 (and on PostgreSQL drops its partition) and the
+    // seconds before 0.
+    let mut cut = -DAY;
+    while store.expire(minute, cut, 100).await.unwrap() == 100 {}
+    let left: Vec<i64> = minutes.iter().copied().filter(|&s| s >= cut).collect();
+    assert_eq!(store.oldest(minute).await.unwrap(), least(&left));
+    cut = 0;
+    while store.expire(second, cut, 100).await.unwrap() == 100 {}
+    assert_eq!(store.oldest(second).await.unwrap(), Some(5_000));
+    while store.expire(minute, 2 * DAY, 100).await.unwrap() == 100 {}
+    assert_eq!(store.oldest(minute).await.unwrap(), None, "all expired");
 }

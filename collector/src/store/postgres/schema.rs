@@ -59,6 +59,8 @@
 //! work as before; `results_expiry (width, start)` finds the rows to delete
 //! outside whole partitions.
 
+use std::time::Instant;
+
 use deadpool_postgres::Client;
 
 use crate::store::StoreError;
@@ -171,6 +173,19 @@ DROP INDEX IF EXISTS results_expiry;
 CREATE INDEX results_expiry ON results USING brin (width, start);
 "#;
 
+/// The versions whose migration reads every row of `results`: 6 copies
+/// them into the partitioned table, 8 builds the BRIN index over them.
+const COPIES_RESULTS: [i64; 2] = [6, 8];
+
+/// The rows (the planner's estimate) and bytes of `results` and its
+/// partitions.
+const RESULTS_SIZE: &str = "
+SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint,
+       coalesce(sum(pg_relation_size(c.oid)), 0)::bigint
+FROM pg_class c
+WHERE c.oid = 'results'::regclass
+   OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'results'::regclass)";
+
 /// Any fixed number: the advisory lock key that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7472_6962_7574_6172; // "tributar"
 
@@ -224,8 +239,35 @@ pub(super) async fn migrate(client: &mut Client) -> Result<i64, StoreError> {
         }
     }
     for (from, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
-        tx.batch_execute(sql).await?;
         let to = from as i64 + 1;
+        // A step that copies or re-reads every result row says so before
+        // and after: on a big database it takes minutes. A new database has
+        // none.
+        let copy = if found > 0 && COPIES_RESULTS.contains(&to) {
+            // The planner's figures (0 rows before a first ANALYZE): a
+            // count would read the table once more.
+            let row = tx.query_one(RESULTS_SIZE, &[]).await?;
+            let (rows, bytes): (i64, i64) = (row.get(0), row.get(1));
+            tracing::info!(
+                from,
+                to,
+                rows_estimate = rows,
+                bytes,
+                "PostgreSQL schema migration: reading every result row in one transaction (minutes on a large database)"
+            );
+            Some(Instant::now())
+        } else {
+            None
+        };
+        tx.batch_execute(sql).await?;
+        if let Some(started) = copy {
+            tracing::info!(
+                from,
+                to,
+                took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "PostgreSQL schema migration step done"
+            );
+        }
         tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&to])
             .await?;
         tracing::info!(from, to, "PostgreSQL schema migrated");

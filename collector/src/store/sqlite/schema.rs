@@ -51,7 +51,9 @@
 //!
 //! Version 9 (issue #16, write rate): `results` is clustered by
 //! `(width, span, series, start)` instead of `(series, width, start)`, and
-//! `results_expiry` is gone (expiry is a range of the primary key).
+//! `results_expiry` is gone (expiry is a range of the primary key). Every
+//! row is copied in the migration's transaction: the log says how many
+//! before and how long it took after.
 //!
 //! # Design: the time-first layout
 //! A result row's place in the table's B-tree is its width, then its
@@ -65,6 +67,8 @@
 //! small transaction grew with the number of series. A series' windows stay
 //! together within a span, so a range query is one seek per span that holds
 //! rows (skipping empty spans, see `query.rs`).
+
+use std::time::Instant;
 
 use rusqlite::Connection;
 
@@ -160,6 +164,10 @@ ALTER TABLE results_by_span RENAME TO results;
 CREATE INDEX results_changed ON results (width, changed);
 ";
 
+/// The versions whose migration copies every row of `results` (counted
+/// before, timed after, in the log).
+const COPIES_RESULTS: [usize; 1] = [9];
+
 /// Windows per span: the unit of the time-first layout.
 pub(super) const SPAN_WINDOWS: i64 = 16;
 
@@ -208,10 +216,32 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     }
     for (from, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
-        conn.execute_batch(&format!(
-            "BEGIN; {sql} PRAGMA user_version = {}; COMMIT;",
-            from + 1
-        ))?;
+        let to = from + 1;
+        // A step that copies every result row says so before and after: on
+        // a big database it takes minutes. A new database has none to copy.
+        let copy = if found > 0 && COPIES_RESULTS.contains(&to) {
+            // One pass over the smallest index: little beside the copy.
+            let rows: i64 = conn.query_row("SELECT count(*) FROM results", [], |r| r.get(0))?;
+            tracing::info!(
+                from,
+                to,
+                rows,
+                "SQLite schema migration: copying every result row in one transaction (minutes on a large database)"
+            );
+            Some((rows, Instant::now()))
+        } else {
+            None
+        };
+        conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {to}; COMMIT;"))?;
+        if let Some((rows, started)) = copy {
+            tracing::info!(
+                from,
+                to,
+                rows,
+                took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "SQLite schema migrated: result rows copied"
+            );
+        }
     }
     if found < 7 {
         incremental_vacuum(conn)?;
@@ -234,8 +264,19 @@ fn incremental_vacuum(conn: &Connection) -> Result<(), StoreError> {
         );
         return Ok(());
     }
+    let size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    tracing::info!(
+        pages,
+        bytes = pages.saturating_mul(size),
+        "switching the database to auto_vacuum = INCREMENTAL: one VACUUM copies the whole file"
+    );
+    let started = Instant::now();
     conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     conn.execute_batch("VACUUM")?;
+    tracing::info!(
+        took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "database switched to auto_vacuum = INCREMENTAL"
+    );
     Ok(())
 }
 

@@ -2,7 +2,9 @@
 
 It serves the spec's variables in namespace 2 (node ids "ns=2;s=<name>" or
 "ns=2;i=<number>") on opc.tcp://127.0.0.1:PORT/ (security None; with
---user, only that user name and password may open a session). Each
+--secure DIR, Basic256Sha256 with SignAndEncrypt only, under a self-signed
+certificate it makes in DIR; with --user, only that user name and password
+may open a session). Each
 variable starts with a first value; every value the server writes carries
 a SourceTimestamp it sets itself (whole milliseconds, strictly increasing
 per variable) and is logged, one line each:
@@ -15,7 +17,7 @@ where <status> is "good", "bad" (written with BadSensorFailure) or "text"
 offset, rounded half away from zero (0 for bad and text lines). The test's
 judge reads this log; it is independent of the agent's arithmetic.
 
-Usage: opcua_sim.py --port PORT --spec FILE --log FILE [--user U:P]
+Usage: opcua_sim.py --port PORT --spec FILE --log FILE [--user U:P] [--secure DIR]
 The spec is JSON: {"seed": 7, "interval_ms": 100, "rounds": 20,
 "items": [{"node", "metric", "type", "scale", "offset", "quantum",
 "bad_every"}, ...]}; type is Boolean, Int16, Int32, UInt64, Float, Double
@@ -35,10 +37,13 @@ import sys
 import time
 from decimal import Decimal, ROUND_HALF_UP
 from fractions import Fraction
+from pathlib import Path
 
 from asyncua import Server, ua
+from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.user_managers import UserManager
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 TYPES = {
     "Boolean": ua.VariantType.Boolean,
@@ -123,6 +128,21 @@ class Sim:
                             ServerTimestamp=at)
 
 
+async def secure(server, directory):
+    """Basic256Sha256 with SignAndEncrypt as the only endpoint, under a
+    self-signed certificate made in `directory` (client certificates are
+    accepted as they come)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key, cert = directory / "server-key.pem", directory / "server-cert.der"
+    await setup_self_signed_certificate(
+        key, cert, server.get_application_uri(), "127.0.0.1",
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        {"commonName": "tributary-test-server"})
+    await server.load_certificate(str(cert))
+    await server.load_private_key(str(key))
+    server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+
+
 def node_id(text):
     ns, ident = text.split(";", 1)
     idx = int(ns[3:])
@@ -136,6 +156,7 @@ async def main():
     ap.add_argument("--spec", required=True)
     ap.add_argument("--log", required=True)
     ap.add_argument("--user")
+    ap.add_argument("--secure")
     args = ap.parse_args()
     spec = json.load(open(args.spec))
     log = open(args.log, "a")
@@ -148,7 +169,10 @@ async def main():
     server = Server(user_manager=user_manager)
     await server.init()
     server.set_endpoint("opc.tcp://127.0.0.1:%d/" % args.port)
-    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    if args.secure:
+        await secure(server, Path(args.secure))
+    else:
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
     server.set_identity_tokens(
         [ua.UserNameIdentityToken] if args.user else [ua.AnonymousIdentityToken])
     idx = await server.register_namespace("urn:tributary:test")

@@ -41,6 +41,18 @@ impl OpcuaSim {
     /// `py/opcua_sim.py`), appending to the log `log`; `user` is
     /// `"name:password"` to require that user.
     pub fn start(spec: &Path, port: u16, log: &Path, user: Option<&str>) -> io::Result<OpcuaSim> {
+        Self::start_with(spec, port, log, user, None)
+    }
+
+    /// [`OpcuaSim::start`], serving only Basic256Sha256 with SignAndEncrypt
+    /// under a self-signed certificate made in `secure` when given.
+    pub fn start_with(
+        spec: &Path,
+        port: u16,
+        log: &Path,
+        user: Option<&str>,
+        secure: Option<&Path>,
+    ) -> io::Result<OpcuaSim> {
         let mut cmd = Command::new("python3");
         cmd.arg(script())
             .arg("--port")
@@ -51,6 +63,9 @@ impl OpcuaSim {
             .arg(log);
         if let Some(u) = user {
             cmd.arg("--user").arg(u);
+        }
+        if let Some(dir) = secure {
+            cmd.arg("--secure").arg(dir);
         }
         let mut child = cmd
             .stdin(Stdio::piped())

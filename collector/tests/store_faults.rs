@@ -14,8 +14,10 @@
 //! code panics on it, as a bug would — does not stall ingest: the batch is
 //! refused whole, recorded durably for its agent, counted and confirmed,
 //! and every other batch applies exactly once; a redelivery of it is a
-//! duplicate. A fault that hits every batch refuses nothing: ingest stalls
-//! visibly and resumes with nothing lost once the fault is gone.
+//! duplicate; with only a redelivery of a stored batch beside it (nothing
+//! new can arrive) it is refused too. A fault that hits every batch
+//! refuses nothing: ingest stalls visibly and resumes with nothing lost
+//! once the fault is gone.
 //!
 //! Mounting a tmpfs needs root (as the CI and the tests' PostgreSQL setup
 //! run); the test fails with a clear message otherwise.
@@ -316,7 +318,7 @@ async fn a_batch_the_store_fails_on_alone_is_refused_durably_and_ingest_goes_on(
     const N: u64 = 24;
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("c.db"), &[3_600_000]).unwrap();
-    let poison = BTreeSet::from([5, 12]);
+    let poison = BTreeSet::from([5, 12, 40]);
     let everything = Arc::new(AtomicBool::new(false));
     let buggy = Buggy {
         store: store.clone(),
@@ -385,6 +387,21 @@ async fn a_batch_the_store_fails_on_alone_is_refused_durably_and_ingest_goes_on(
     assert_eq!(counters.refused(Refused::StoreFailed), 2);
     assert_eq!(refused_of().await, Some(two));
 
+    // A bad batch with nothing new behind it, only a redelivery of a
+    // stored batch (as when the broker's in-flight window is all
+    // redeliveries): the duplicate shows the store works, so the bad batch
+    // is refused rather than held for good.
+    agent.publish(batch(w, 40).encode(Encoding::Binary));
+    agent.publish(batch(w, 3).encode(Encoding::Binary));
+    assert_eq!(agent.confirmed(N as usize + 4).await.len(), N as usize + 4);
+    assert_eq!(counters.refused(Refused::StoreFailed), 3);
+    assert_eq!(counters.batches_duplicate.get(), 2);
+    let three = Refusal {
+        partials: 3,
+        readings: 3,
+    };
+    assert_eq!(refused_of().await, Some(three));
+
     // A fault on every batch refuses none: ingest stalls, visibly, and
     // resumes once the fault is gone.
     everything.store(true, Relaxed);
@@ -399,15 +416,15 @@ async fn a_batch_the_store_fails_on_alone_is_refused_durably_and_ingest_goes_on(
     assert_eq!(counters.store_writable.get(), 0);
     assert_eq!(
         agent.confirmed(0).await.len(),
-        N as usize + 2,
+        N as usize + 4,
         "nothing confirmed"
     );
-    assert_eq!(counters.refused(Refused::StoreFailed), 2, "nothing refused");
+    assert_eq!(counters.refused(Refused::StoreFailed), 3, "nothing refused");
     everything.store(false, Relaxed);
-    let seqs = agent.confirmed(N as usize + 5).await;
-    assert_eq!(seqs.len(), N as usize + 5, "{}", counters.render());
+    let seqs = agent.confirmed(N as usize + 7).await;
+    assert_eq!(seqs.len(), N as usize + 7, "{}", counters.render());
     assert_eq!(counters.batches_new.get(), N + 2);
-    assert_eq!(refused_of().await, Some(two));
+    assert_eq!(refused_of().await, Some(three));
     let (count, sum) = want(&mut (0..N + 4));
     for width in [MIN, 3_600_000] {
         assert_eq!(stored(&store, width).await, [(count, sum)], "width {width}");

@@ -60,9 +60,8 @@ pub enum Refused {
     /// The batch's identity cannot be an agent's (see the module
     /// documentation).
     BadIdentity,
-    /// The store failed on this batch alone while others applied (it
-    /// panicked, or met corrupt stored data): refused so it does not hold
-    /// up ingest for good.
+    /// The store failed on this batch alone while others applied (its code
+    /// panicked on it): refused so it does not hold up ingest for good.
     StoreFailed,
 }
 

@@ -1,60 +1,64 @@
 //! Applying a group of batches to the store, with batch faults isolated.
 //!
 //! # Batch faults
-//! An error of the batches rather than of the database
-//! ([`StoreError::is_batch_fault`]: a partial that cannot merge into its
-//! stored window, a panic in the store's code, corrupt stored data) comes
-//! back however often the group is applied, and must not hold up the other
-//! batches, nor ingest for good. The group is then applied batch by batch,
-//! and a batch that still fails alone is refused whole and recorded as
-//! seen ([`Ingest::record_refused`]: counted per agent incarnation and
-//! reason, durably, confirmed so the agent stops resending it, a duplicate
-//! if it comes again):
+//! An error of a batch rather than of the database
+//! ([`StoreError::whole_batch`]: a partial that cannot merge into its
+//! stored window, or the store's code panicking on it) comes back however
+//! often the group is applied, and must not hold up the other batches, nor
+//! ingest for good. The group is then applied batch by batch, and a batch
+//! that still fails alone is refused whole and recorded as seen
+//! ([`Ingest::record_refused`]: counted per agent incarnation and reason,
+//! durably, confirmed so the agent stops resending it, a duplicate if it
+//! comes again):
 //! - at once if it cannot merge (its data conflicts with the stored
 //!   window: it can never apply);
-//! - if the store panicked on it or met corrupt data, only when another
-//!   batch of the same round was newly applied: the store demonstrably
-//!   works on other data. Otherwise the group is kept and committed again
-//!   with a backoff, as after a failing database, with what arrives
-//!   meanwhile; so a lone bad batch waits for the next batch that arrives,
-//!   and a fault that hits every batch (a bug in a new release, a corrupt
-//!   database) stalls ingest visibly instead of refusing everything.
+//! - if the store panicked on it, only when another batch of the same
+//!   round applied alone — new, or a duplicate of one stored before: the
+//!   store demonstrably works on other data. Otherwise the group is kept
+//!   and committed again with a backoff, as after a failing database, with
+//!   what arrives meanwhile: a lone bad batch waits for the next batch, and
+//!   a fault that hits every batch (a bug in a new release) stalls ingest
+//!   visibly instead of refusing everything. (Duplicates count: after a
+//!   restart the broker's whole in-flight window may be redeliveries, and
+//!   nothing new can arrive until they are acknowledged.)
+//!
+//! Recording the refusals is one transaction; if it fails, the group is
+//! kept and committed again (nothing is confirmed that is not recorded).
+//! Any other error fails the whole group, to be applied again (batches
+//! applied one by one before it are then duplicates).
 
 use std::future::Future;
 
 use tributary_core::batch::Batch;
 
-use crate::store::{Applied, Ingest, NewIncarnation, Refusals, StoreError, WholeBatch};
-
 use super::group::Outcome;
+use crate::store::{Applied, Ingest, NewIncarnation, Refusals, StoreError, WholeBatch};
 
 /// Applies `batches` in one transaction; answers the outcome of each and
 /// appends the agent incarnations seen for the first time to
 /// `incarnations`, storing with each new batch what the checks took out of
 /// it (`refused`, in the same transaction). A batch fault (see the module
-/// note) is isolated by [`one_by_one`]; any other error fails the whole
-/// group, to be applied again (batches applied one by one before it are
-/// then duplicates).
+/// note) is isolated by [`one_by_one`]. A panic anywhere in here is a
+/// [`StoreError::Panicked`] of the group, never the end of ingest.
 pub(super) async fn apply<S: Ingest>(
     store: &S,
     batches: &[Batch],
     refused: &[Refusals],
     incarnations: &mut Vec<NewIncarnation>,
 ) -> Result<Vec<Outcome>, StoreError> {
-    match unpanicked(store.apply_refused(batches, refused)).await {
-        Ok(mut r) => {
-            incarnations.append(&mut r.incarnations);
-            r.applied.iter().map(|a| outcome(Some(a))).collect()
-        }
-        Err(e) if e.is_batch_fault() => {
-            if batches.len() > 1 {
-                tracing::warn!(error = %e, batches = batches.len(),
-                    "a group failed on its batches; applying them one by one");
+    unpanicked(async {
+        match unpanicked(store.apply_refused(batches, refused)).await {
+            Ok(mut r) => {
+                incarnations.append(&mut r.incarnations);
+                r.applied.iter().map(|a| outcome(Some(a))).collect()
             }
-            one_by_one(store, batches, refused, incarnations).await
+            Err(e) => match e.whole_batch() {
+                Some(_) => one_by_one(store, batches, refused, incarnations, e).await,
+                None => Err(e),
+            },
         }
-        Err(e) => Err(e),
-    }
+    })
+    .await
 }
 
 /// What became of a batch the store answered for.
@@ -66,77 +70,101 @@ fn outcome(a: Option<&Applied>) -> Result<Outcome, StoreError> {
     }
 }
 
-/// The group after a batch fault: each batch applied alone, and those that
-/// still fail refused whole and recorded (see the module note), or the
-/// first such error when no batch was newly applied.
+/// The group after the batch fault `error`: each batch applied alone
+/// (a group of one already was: `error` is its answer), and those that
+/// still fail refused whole and recorded in one transaction (see the
+/// module note), or the first such error when the round proved nothing.
 async fn one_by_one<S: Ingest>(
     store: &S,
     batches: &[Batch],
     refused: &[Refusals],
     incarnations: &mut Vec<NewIncarnation>,
+    error: StoreError,
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut each: Vec<Option<Outcome>> = Vec::with_capacity(batches.len());
-    let mut faults = Vec::new();
+    // (index, why, error) of each batch that failed alone.
+    let mut faults: Vec<(usize, WholeBatch, StoreError)> = Vec::new();
     let mut proven = false;
-    for (i, b) in batches.iter().enumerate() {
-        let r = refused.get(i..=i).unwrap_or_default();
-        match unpanicked(store.apply_refused(std::slice::from_ref(b), r)).await {
-            Ok(mut r) => {
-                incarnations.append(&mut r.incarnations);
-                proven |= r.applied.contains(&Applied::New);
-                each.push(Some(outcome(r.applied.first())?));
+    if let ([_], Some(why)) = (batches, error.whole_batch()) {
+        each.push(None);
+        faults.push((0, why, error));
+    } else {
+        if batches.len() > 1 {
+            tracing::warn!(%error, batches = batches.len(),
+                "a group failed on its batches; applying them one by one");
+        }
+        for (i, b) in batches.iter().enumerate() {
+            let r = refused.get(i..=i).unwrap_or_default();
+            match unpanicked(store.apply_refused(std::slice::from_ref(b), r)).await {
+                Ok(mut r) => {
+                    incarnations.append(&mut r.incarnations);
+                    proven = true;
+                    each.push(Some(outcome(r.applied.first())?));
+                }
+                Err(e) => match e.whole_batch() {
+                    Some(why) => {
+                        each.push(None);
+                        faults.push((i, why, e));
+                    }
+                    None => return Err(e),
+                },
             }
-            Err(e) if e.is_batch_fault() => {
-                each.push(None);
-                faults.push((i, e));
-            }
-            Err(e) => return Err(e),
         }
     }
-    let why = |e: &StoreError| match e {
-        StoreError::Merge { .. } => WholeBatch::Unmergeable,
-        _ => WholeBatch::StoreFailed,
-    };
     if !proven {
         if let Some(i) = faults
             .iter()
-            .position(|(_, e)| why(e) == WholeBatch::StoreFailed)
+            .position(|(_, why, _)| *why == WholeBatch::StoreFailed)
         {
-            return Err(faults.swap_remove(i).1);
+            return Err(faults.swap_remove(i).2);
         }
     }
-    for (i, error) in faults {
-        let why = why(&error);
-        let b = &batches[i];
-        let mut r = refused.get(i).copied().unwrap_or_default();
-        r.refuse_whole(why, b);
-        let mut rec =
-            unpanicked(store.record_refused(std::slice::from_ref(b), std::slice::from_ref(&r)))
-                .await?;
-        incarnations.append(&mut rec.incarnations);
-        let recorded = outcome(rec.applied.first())?;
-        each[i] = Some(match recorded {
-            Outcome::New => Outcome::Refused(why),
-            other => other,
+    // Every refused batch recorded in one transaction.
+    let (bad, refusals): (Vec<Batch>, Vec<Refusals>) = faults
+        .iter()
+        .map(|&(i, why, _)| {
+            let mut r = refused.get(i).copied().unwrap_or_default();
+            r.refuse_whole(why, &batches[i]);
+            (batches[i].clone(), r)
+        })
+        .unzip();
+    let mut rec = match bad.is_empty() {
+        true => return settled(each),
+        false => unpanicked(store.record_refused(&bad, &refusals)).await?,
+    };
+    incarnations.append(&mut rec.incarnations);
+    for ((i, why, error), applied) in faults.into_iter().zip(&rec.applied) {
+        each[i] = Some(match applied {
+            Applied::Duplicate => Outcome::Duplicate,
+            Applied::New => {
+                // Confirmed so the agent stops resending what cannot
+                // apply; logged (once: a redelivery is a duplicate) and
+                // counted, never silent.
+                let b = &batches[i];
+                let (agent, seq, partials) = (&b.agent, b.seq, b.partials.len());
+                match why {
+                    WholeBatch::Unmergeable => tracing::warn!(agent, incarnation = %b.incarnation,
+                        seq, partials, %error, "batch refused: cannot merge into the stored window"),
+                    WholeBatch::StoreFailed => tracing::error!(agent, incarnation = %b.incarnation,
+                        seq, partials, %error,
+                        "batch refused: the store fails on it alone while other batches apply (a bug: please report it with this line)"),
+                }
+                Outcome::Refused(why)
+            }
         });
-        // Confirmed so the agent stops resending what cannot apply; logged
-        // and counted, never silent.
-        let (agent, seq, partials) = (&b.agent, b.seq, b.partials.len());
-        match why {
-            WholeBatch::Unmergeable => tracing::warn!(agent, incarnation = %b.incarnation, seq,
-                partials, error = %error, "batch refused: cannot merge into the stored window"),
-            WholeBatch::StoreFailed => tracing::error!(agent, incarnation = %b.incarnation, seq,
-                partials, error = %error,
-                "batch refused: the store fails on it alone while other batches apply (a bug: please report it with this line)"),
-        }
     }
+    settled(each)
+}
+
+/// Every batch's outcome, or an error if one has none.
+fn settled(each: Vec<Option<Outcome>>) -> Result<Vec<Outcome>, StoreError> {
     each.into_iter()
         .map(|o| o.ok_or_else(|| StoreError::Task("no outcome for a batch".into())))
         .collect()
 }
 
 /// `f`'s answer, or [`StoreError::Panicked`] if it panicked (the stores
-/// leave their state sound after a panic): a batch fault.
+/// leave their state sound after a panic).
 async fn unpanicked<T>(f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
     let mut f = std::pin::pin!(f);
     std::future::poll_fn(|cx| {

@@ -44,7 +44,7 @@
 //! answer 503 once the oldest uncommitted message is older than its bound.
 //!
 //! A fault of one batch rather than of the database (it cannot merge, or
-//! the store panics on it) is isolated instead: the group is applied batch
+//! the store's code panics on it) is isolated instead: the group is applied batch
 //! by batch and the one that fails alone is refused whole, recorded
 //! durably per agent incarnation (`/api/agents`, reasons `unmergeable`
 //! and `store_failed`), counted (`tributary_collector_refused_total`) and

@@ -148,7 +148,8 @@ pub(crate) enum Client {
 #[derive(Debug)]
 pub(crate) struct Connection {
     link: Link,
-    /// Counts the broker's CONNACKs: which connection a message came on.
+    /// Counts the broker's CONNACKs and the failures: which connection a
+    /// message came on.
     epoch: u32,
 }
 
@@ -262,7 +263,8 @@ impl Connection {
         Connection { link, epoch: 0 }
     }
 
-    /// The current connection's number (0 before the first CONNACK).
+    /// The current connection's number (it moves on at each CONNACK and
+    /// each failure).
     pub(crate) fn epoch(&self) -> u32 {
         self.epoch
     }
@@ -287,7 +289,11 @@ impl Connection {
     /// reconnects).
     pub(crate) async fn poll(&mut self) -> Result<Event, Failure> {
         let ev = self.poll_link().await;
-        if let Ok(Event::Connected { .. }) = ev {
+        // A new epoch as soon as the connection is down (rumqttc has just
+        // dropped the PUBACKs in its queue; those still in ingest's outbox,
+        // and those of a group that lands before the reconnect, must not
+        // take their place) and again when one is up.
+        if matches!(ev, Ok(Event::Connected { .. }) | Err(_)) {
             self.epoch = self.epoch.wrapping_add(1);
         }
         ev
@@ -543,6 +549,27 @@ mod tests {
             Out::Ack(t) => format!("ack {} of {}", t.pkid, t.epoch),
             Out::Publish { topic, .. } => format!("publish {topic}"),
         }
+    }
+
+    #[tokio::test]
+    async fn the_epoch_moves_on_when_a_connection_fails() {
+        // A port nothing listens on: every attempt fails at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(1);
+        let cfg = IngestConfig {
+            port,
+            ..IngestConfig::default()
+        };
+        let Ok((_client, mut conn)) = client(&cfg) else {
+            panic!("a client for {cfg:?}");
+        };
+        assert_eq!(conn.epoch(), 0);
+        assert!(conn.poll().await.is_err());
+        assert_eq!(conn.epoch(), 1, "a PUBACK of before the failure is stale");
+        assert!(conn.poll().await.is_err());
+        assert_eq!(conn.epoch(), 2);
     }
 
     #[test]

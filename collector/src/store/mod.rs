@@ -130,17 +130,21 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether the error comes from the batches applied rather than from
-    /// the database: applying the same batches again fails the same way,
-    /// so retrying the group cannot help, while each batch alone may apply
-    /// ([`StoreError::Merge`], [`StoreError::Panicked`],
-    /// [`StoreError::Corrupt`] — a stored row some batch merges into).
-    /// Everything else (a full disk, a database that is down) is retried.
-    pub fn is_batch_fault(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Merge { .. } | StoreError::Panicked(_) | StoreError::Corrupt { .. }
-        )
+    /// Whether the error comes from a batch applied rather than from the
+    /// database, and so why that batch would be refused whole: applying the
+    /// same batches again fails the same way, so retrying the group cannot
+    /// help, while each batch alone may apply. [`StoreError::Merge`] (a
+    /// partial that cannot merge into its stored window) and
+    /// [`StoreError::Panicked`] (a bug met on the batch) are; everything
+    /// else is retried — a full disk, a database that is down, and corrupt
+    /// stored data too (a fault of the store, not of the batches: refusing
+    /// them would lose their data at the agents, while a stall keeps it).
+    pub fn whole_batch(&self) -> Option<WholeBatch> {
+        match self {
+            StoreError::Merge { .. } => Some(WholeBatch::Unmergeable),
+            StoreError::Panicked(_) => Some(WholeBatch::StoreFailed),
+            _ => None,
+        }
     }
 }
 

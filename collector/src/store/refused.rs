@@ -45,9 +45,9 @@ pub struct Refusals {
     /// The batch cannot merge into a stored window (another quantum, an
     /// overflow): refused whole (`unmergeable`).
     pub unmergeable: Refusal,
-    /// The store failed on this batch alone (it panicked, or read corrupt
-    /// stored data) while other batches applied: refused whole so it does
-    /// not hold up ingest for good (`store_failed`).
+    /// The store failed on this batch alone (its code panicked on it)
+    /// while other batches applied: refused whole so it does not hold up
+    /// ingest for good (`store_failed`).
     pub store_failed: Refusal,
 }
 

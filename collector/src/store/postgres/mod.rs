@@ -236,7 +236,9 @@ impl PostgresStore {
         let mut incarnations = Vec::new();
         let mut failed = None;
         while let Some(done) = running.join_next().await {
-            let outcome = done.map_err(|e| StoreError::Backend(format!("apply lane: {e}")));
+            // A lane that panicked is a batch fault like a panic on one
+            // connection ([`StoreError::Panicked`]).
+            let outcome = done.map_err(StoreError::from);
             match outcome.and_then(|r| r) {
                 Ok((lane, report)) => {
                     for (i, a) in lane.into_iter().zip(report.applied) {

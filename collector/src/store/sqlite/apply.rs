@@ -31,7 +31,7 @@ use super::schema::span;
 use super::senders;
 use crate::merge;
 use crate::store::codec::{encode_summary, key_text};
-use crate::store::{Refusals, Report, StoreError};
+use crate::store::{Applied, NewIncarnation, Refusals, Report, StoreError};
 
 /// Encoded deltas the encoding thread hands the writer at a time.
 const CHUNK: usize = 512;
@@ -105,21 +105,16 @@ impl Writer {
         self.cache.check_version(version);
         let cache = &mut self.cache;
 
-        // 1–3. The senders' marks, the keys at or above them claimed; the
-        // first copy of a new key is new. Then the marks move.
-        let (marks, incarnations) = senders::marks(&tx, batches)?;
-        let new = senders::claim(&tx, batches, &marks)?;
-        let (applied, fresh) = merge::senders::dedupe(batches, new)?;
+        // 1–3. The senders, the new batches, their marks moved.
+        let seen = tributary_runtime::now_ms();
+        let (applied, fresh, incarnations) = senders_step(&tx, batches, refused, seen)?;
         if fresh.is_empty() {
             tx.commit()?;
             return Ok(Report {
                 applied,
-                incarnations: Vec::new(),
+                incarnations,
             });
         }
-        let seen = tributary_runtime::now_ms();
-        senders::update(&tx, batches, &fresh, &marks, seen)?;
-        senders::add_refused(&tx, batches, &applied, refused)?;
 
         // 4. The partials merged per row, with series ids from the cache or
         // the table.
@@ -249,19 +244,38 @@ impl Writer {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (marks, incarnations) = senders::marks(&tx, batches)?;
-        let new = senders::claim(&tx, batches, &marks)?;
-        let (applied, fresh) = merge::senders::dedupe(batches, new)?;
-        if !fresh.is_empty() {
-            senders::update(&tx, batches, &fresh, &marks, tributary_runtime::now_ms())?;
-            senders::add_refused(&tx, batches, &applied, refused)?;
-        }
+        let now = tributary_runtime::now_ms();
+        let (applied, _, incarnations) = senders_step(&tx, batches, refused, now)?;
         tx.commit()?;
         Ok(Report {
             applied,
             incarnations,
         })
     }
+}
+
+/// What steps 1–3 answer: each batch's outcome, the new batches, and the
+/// incarnations seen for the first time.
+type Taken<'b> = (Vec<Applied>, Vec<&'b Batch>, Vec<NewIncarnation>);
+
+/// Steps 1–3 of a group's transaction: the senders' marks; the keys at or
+/// above them claimed, the first copy of a new key new; then, if any
+/// batch is new, the marks moved (seen at `now_ms`) and what the checks
+/// refused stored with each new batch.
+fn senders_step<'b>(
+    tx: &rusqlite::Transaction<'_>,
+    batches: &'b [Batch],
+    refused: &[Refusals],
+    now_ms: i64,
+) -> Result<Taken<'b>, StoreError> {
+    let (marks, incarnations) = senders::marks(tx, batches)?;
+    let new = senders::claim(tx, batches, &marks)?;
+    let (applied, fresh) = merge::senders::dedupe(batches, new)?;
+    if !fresh.is_empty() {
+        senders::update(tx, batches, &fresh, &marks, now_ms)?;
+        senders::add_refused(tx, batches, &applied, refused)?;
+    }
+    Ok((applied, fresh, incarnations))
 }
 
 /// The id of series `key`, inserted when missing.

@@ -398,6 +398,20 @@ pub(crate) async fn check_oldest<S: Store>(store: &S, written: impl FnOnce()) {
     assert_eq!(store.oldest(second).await.unwrap(), least(&seconds));
     let never = Width::new(7 * DAY).unwrap();
     assert_eq!(store.oldest(never).await.unwrap(), None);
+    // Starts near the end of event time (a search whose halving rounded
+    // up there never ended): the last whole day's two-minute windows.
+    let far = Width::new(2 * MIN).unwrap();
+    let last = (i64::MAX / DAY - 1) * DAY;
+    let ends: Vec<i64> = [3, 1, 2].iter().map(|k| last + k * 2 * MIN).collect();
+    let at_end: Vec<Partial> = ends
+        .iter()
+        .map(|&s| one_window("dev-far", far, s))
+        .collect();
+    store
+        .apply(&[Batch::new("old", 2, 0, at_end)])
+        .await
+        .unwrap();
+    assert_eq!(store.oldest(far).await.unwrap(), least(&ends));
     written();
 
     // Expiry takes day −2 (and on PostgreSQL drops its partition) and the

@@ -120,17 +120,24 @@ pub(super) async fn prepare(client: &mut Client, width: Width, now: i64) -> Resu
     Ok(())
 }
 
-/// How long readying ended partitions waits for a partition's lock: below
-/// the default `deadlock_timeout` (1 s), after which a waiting request
-/// would cancel an autovacuum of that partition.
+/// How long readying an ended partition waits for its lock: below the
+/// default `deadlock_timeout` (1 s), after which a waiting request would
+/// cancel an autovacuum of that partition.
 const SUMMARIZE_LOCK_TIMEOUT: &str = "500ms";
 
-/// Readies the partitions of `width` whose span ended before `now` for
-/// finding rows by start: analyses those whose statistics are missing or
-/// stale (autovacuum's own threshold: more than 50 + 10 % of their rows
-/// written since), and summarises the block ranges of `results_expiry` not
-/// yet summarised on them (one transaction; left to the next run, logged,
-/// when a lock is not granted in time). Answers the ranges summarised.
+/// Ended partitions readied per width and call at most: the work of one
+/// retention run stays bounded however many partitions are kept (after a
+/// migration or a bulk load the rest follow on later runs).
+const READY_PER_RUN: usize = 8;
+
+/// Readies partitions of `width` whose span ended before `now` for finding
+/// rows by start: those whose statistics are missing or stale
+/// (autovacuum's own threshold: more than 50 + 10 % of their rows written
+/// since), oldest first, at most [`READY_PER_RUN`], each analysed and its
+/// new block ranges of `results_expiry` summarised in a transaction of its
+/// own. A partition whose lock is not granted in time is left to the next
+/// run; any other failure is the caller's (a `prepare` error of the
+/// retention task). Answers the ranges summarised.
 ///
 /// A range the BRIN index has no summary of matches every probe, so
 /// [`oldest`]'s steps and [`delete_expired`]'s scan read all of it; only
@@ -138,62 +145,65 @@ const SUMMARIZE_LOCK_TIMEOUT: &str = "500ms";
 /// `autosummarize`). Without statistics (or with those of a partition
 /// analysed while nearly empty) the planner reads a partition through
 /// `results_changed` instead of the BRIN index. Ended partitions take no
-/// more rows but late ones, so each is analysed about once (where
-/// autovacuum has not yet) and each range summarised once; the current
-/// partition, being written (and vacuumed), is left to autovacuum.
+/// more rows but late ones, so each is readied again only once late rows
+/// or expiry's deletes make its statistics stale; the current partition,
+/// being written (and vacuumed), is left to autovacuum.
 async fn ready_ended(client: &mut Client, width: Width, now: i64) -> Result<i64, StoreError> {
     let span = span(width);
     let current = now.div_euclid(span);
     let parts = client
         .query(
-            "SELECT t.relname::text, x.indexrelid::regclass::text,
-                    t.reltuples < 0 OR coalesce(s.n_mod_since_analyze, 0)
-                        > 50 + 0.1 * greatest(t.reltuples, 0)
+            "SELECT t.relname::text, x.indexrelid::regclass::text
              FROM pg_inherits i
              JOIN pg_index x ON x.indexrelid = i.inhrelid
              JOIN pg_class t ON t.oid = x.indrelid
              LEFT JOIN pg_stat_user_tables s ON s.relid = t.oid
-             WHERE i.inhparent = 'results_expiry'::regclass AND t.relname LIKE $1",
+             WHERE i.inhparent = 'results_expiry'::regclass AND t.relname LIKE $1
+               AND (t.reltuples < 0 OR coalesce(s.n_mod_since_analyze, 0)
+                        > 50 + 0.1 * greatest(t.reltuples, 0))",
             &[&format!("results\\_w{}\\_%", width.ms())],
         )
         .await?;
-    let ended: Vec<_> = parts
+    let mut stale: Vec<(i64, String, String)> = parts
         .iter()
-        .filter(|r| span_of(width, r.get(0)).is_some_and(|k| k < current))
+        .filter_map(|r| {
+            let k = span_of(width, r.get(0))?;
+            (k < current).then(|| (k, r.get(0), r.get(1)))
+        })
         .collect();
-    if ended.is_empty() {
-        return Ok(0);
-    }
-    let indexes: Vec<String> = ended.iter().map(|r| r.get(1)).collect();
-    let tx = client.transaction().await?;
-    tx.batch_execute(&format!(
-        "SET LOCAL lock_timeout = '{SUMMARIZE_LOCK_TIMEOUT}'"
-    ))
-    .await?;
-    let done = async {
-        for r in ended.iter().filter(|r| r.get::<_, bool>(2)) {
+    stale.sort_unstable();
+    let mut summarised = 0i64;
+    for (_, table, index) in stale.iter().take(READY_PER_RUN) {
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = '{SUMMARIZE_LOCK_TIMEOUT}'"
+        ))
+        .await?;
+        let done = async {
             // A name of this width's partitions ([`partition`]).
-            tx.batch_execute(&format!("ANALYZE {}", r.get::<_, &str>(0)))
-                .await?;
+            tx.batch_execute(&format!("ANALYZE {table}")).await?;
+            tx.query_one(
+                "SELECT brin_summarize_new_values($1::text::regclass)::bigint",
+                &[index],
+            )
+            .await
         }
-        tx.query_one(
-            "SELECT coalesce(sum(brin_summarize_new_values(i::regclass)), 0)::bigint
-             FROM unnest($1::text[]) i",
-            &[&indexes],
-        )
-        .await
+        .await;
+        match done {
+            Ok(row) => {
+                tx.commit().await?;
+                summarised = summarised.saturating_add(row.get(0));
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                tracing::debug!(
+                    partition = table,
+                    "ended partition busy; readied at the next run"
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
-    .await;
-    match done {
-        Ok(row) => {
-            tx.commit().await?;
-            Ok(row.get(0))
-        }
-        Err(e) => {
-            tracing::debug!(width = width.ms(), error = %StoreError::from(e), "ended partitions not readied; retried at the next run");
-            Ok(0)
-        }
-    }
+    Ok(summarised)
 }
 
 /// Drops the partitions of `width` whose span ends at or before `before`,
@@ -288,7 +298,10 @@ pub(super) async fn widths(client: &Client) -> Result<Vec<Width>, StoreError> {
 pub(super) async fn oldest(client: &Client, width: Width) -> Result<Option<i64>, StoreError> {
     // Invariant of each row (lo, hi): no row starts below `lo`, one starts
     // at or below `hi`; the anchor holds only if the width has any row.
-    // `mid` in numeric: `hi - lo` overflows bigint. `OFFSET 0` keeps the
+    // `mid` = floor((lo + hi) / 2) in bigint without overflow (arithmetic
+    // shifts; a numeric division rounded x.5 up above ~1.5e16 before the
+    // floor, so `mid` could equal `hi` and the search never ended); `n`
+    // bounds it at the 64 halvings a range of 2^64 needs. `OFFSET 0` keeps the
     // probe one subquery (inlined, it would run once per `CASE`). The
     // width is written into the text, not bound: a statement per width,
     // planned for it (partitions pruned, its statistics used; replanned
@@ -298,19 +311,21 @@ pub(super) async fn oldest(client: &Client, width: Width) -> Result<Option<i64>,
     let w = width.ms();
     let stmt = client
         .prepare_cached(&format!(
-            "WITH RECURSIVE b(lo, hi) AS (
-                 SELECT (-9223372036854775808)::bigint, 9223372036854775807::bigint
+            "WITH RECURSIVE b(lo, hi, n) AS (
+                 SELECT (-9223372036854775808)::bigint, 9223372036854775807::bigint, 0
                  WHERE EXISTS (SELECT 1 FROM results WHERE width = {w})
                UNION ALL
                  SELECT CASE WHEN p.found THEN b.lo ELSE m.mid + 1 END,
-                        CASE WHEN p.found THEN m.mid ELSE b.hi END
+                        CASE WHEN p.found THEN m.mid ELSE b.hi END,
+                        b.n + 1
                  FROM b
-                 CROSS JOIN LATERAL (SELECT floor((b.lo::numeric + b.hi) / 2)::bigint AS mid) m
+                 CROSS JOIN LATERAL (
+                     SELECT (b.lo >> 1) + (b.hi >> 1) + (b.lo & b.hi & 1) AS mid) m
                  CROSS JOIN LATERAL (
                      SELECT EXISTS (SELECT 1 FROM results WHERE width = {w} AND start <= m.mid)
                          AS found
                      OFFSET 0) p
-                 WHERE b.lo < b.hi)
+                 WHERE b.lo < b.hi AND b.n < 64)
              SELECT lo FROM b WHERE lo = hi"
         ))
         .await?;

@@ -220,24 +220,27 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
         // A step that copies every result row says so before and after: on
         // a big database it takes minutes. A new database has none to copy.
         let copy = if found > 0 && COPIES_RESULTS.contains(&to) {
-            // One pass over the smallest index: little beside the copy.
-            let rows: i64 = conn.query_row("SELECT count(*) FROM results", [], |r| r.get(0))?;
+            // The file's size, read at once (a count of the rows would be
+            // one more pass over the large database this line warns of).
+            let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let bytes = pages.saturating_mul(page);
             tracing::info!(
                 from,
                 to,
-                rows,
+                bytes,
                 "SQLite schema migration: copying every result row in one transaction (minutes on a large database)"
             );
-            Some((rows, Instant::now()))
+            Some((bytes, Instant::now()))
         } else {
             None
         };
         conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {to}; COMMIT;"))?;
-        if let Some((rows, started)) = copy {
+        if let Some((bytes, started)) = copy {
             tracing::info!(
                 from,
                 to,
-                rows,
+                bytes,
                 took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 "SQLite schema migrated: result rows copied"
             );

@@ -462,11 +462,6 @@ async fn bare(a: &Args, loads: &[Arc<AgentLoad>], partials: usize) -> anyhow::Re
     Ok(figures(partials, latencies, last))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -518,21 +513,21 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "median of {} {name}: {:.0} partials/s ({:.0} readings/s), confirmation p50 {:.1} ms, p99 {:.1} ms",
             runs.len(),
-            median(runs.iter().map(|r| r.partials_per_s).collect()),
-            median(runs.iter().map(|r| r.partials_per_s * a.readings as f64).collect()),
-            median(runs.iter().map(|r| ms(r.p50)).collect()),
-            median(runs.iter().map(|r| ms(r.p99)).collect()),
+            measure::median(runs.iter().map(|r| r.partials_per_s)),
+            measure::median(runs.iter().map(|r| r.partials_per_s * a.readings as f64)),
+            measure::median(runs.iter().map(|r| ms(r.p50))),
+            measure::median(runs.iter().map(|r| ms(r.p99))),
         );
     }
     let costs: Vec<&Cost> = e2e.iter().filter_map(|r| r.cost.as_ref()).collect();
     println!(
         "median of {} end-to-end: store writer busy {:.0} % of the run, {:.1} batches per group; bench process {:.2} cores, mosquitto {:.2}, machine {:.0} % busy",
         costs.len(),
-        median(costs.iter().map(|c| c.store_busy * 100.0).collect()),
-        median(costs.iter().map(|c| c.batches_per_group).collect()),
-        median(costs.iter().map(|c| c.process_cores).collect()),
-        median(costs.iter().map(|c| c.broker_cores).collect()),
-        median(costs.iter().map(|c| c.machine_busy * 100.0).collect()),
+        measure::median(costs.iter().map(|c| c.store_busy * 100.0)),
+        measure::median(costs.iter().map(|c| c.batches_per_group)),
+        measure::median(costs.iter().map(|c| c.process_cores)),
+        measure::median(costs.iter().map(|c| c.broker_cores)),
+        measure::median(costs.iter().map(|c| c.machine_busy * 100.0)),
     );
     Ok(())
 }

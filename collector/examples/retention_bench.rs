@@ -49,6 +49,9 @@ use tributary_testkit::{Postgres, PostgresOptions as Server};
 
 #[path = "load/mod.rs"]
 mod load;
+// Only its median here.
+#[allow(dead_code)]
+mod measure;
 use load::{minute_partial, Rng, MIN};
 
 const HOUR: i64 = 3_600_000;
@@ -242,14 +245,10 @@ async fn fixed_costs<S: Store>(label: &str, store: &S) -> anyhow::Result<()> {
         reclaim.push(t.elapsed().as_secs_f64() * 1e3);
         anyhow::ensure!(freed == 0, "reclaim freed {freed} bytes");
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     println!(
         "{label}: oldest (minutes) {:.2} ms, reclaim with nothing to give back {:.3} ms (medians of 7)",
-        median(&mut oldest),
-        median(&mut reclaim)
+        measure::median(oldest),
+        measure::median(reclaim)
     );
     Ok(())
 }

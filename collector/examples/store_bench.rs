@@ -268,10 +268,10 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "{:<22} {:>9.0} partials/s median of {} (bare loop median {:.0} rows/s; ratio median {:.2}; deal by {:?}, {} lane(s) each, partitions {:?})",
             format!("postgres, {n} writer{}", if n > 1 { "s" } else { "" }),
-            median(&mut rates),
+            measure::median(rates.iter().copied()),
             rates.len(),
-            median(&mut bares),
-            median(&mut ratios),
+            measure::median(bares.iter().copied()),
+            measure::median(ratios.iter().copied()),
             args.deal,
             args.lanes.max(1),
             args.partitions
@@ -461,16 +461,6 @@ async fn bare_postgres(pg: &Postgres, db: &str, batches: &[Batch]) -> anyhow::Re
         secs
     );
     Ok(rows.len() as f64 / secs)
-}
-
-/// The middle of `v` (the mean of the two middle ones when even).
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// The groups each of `n` writers applies, in order (see [`Deal`]).

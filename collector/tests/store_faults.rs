@@ -42,7 +42,7 @@ use tributary_collector::ingest::{self, IngestConfig, IngestCounters, Refused};
 use tributary_collector::service;
 use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_collector::store::{Answer, Refusal, Refusals, Report};
+use tributary_collector::store::{all_windows, Answer, Refusal, Refusals, Report};
 use tributary_core::batch::{Batch, Encoding, Partial};
 use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
 use tributary_testkit::{Mosquitto, MosquittoOptions};
@@ -302,13 +302,10 @@ impl Ingest for Buggy {
 /// The stored windows of the test series at `width`: (count, sum of the
 /// readings in ticks).
 async fn stored(store: &SqliteStore, width: i64) -> Vec<(u64, i128)> {
-    let series = store.series().await.unwrap();
-    let rows = store
-        .windows_of(&series, Width::new(width).unwrap(), i64::MIN, i64::MAX)
+    all_windows(store, Width::new(width).unwrap())
         .await
-        .unwrap();
-    rows.iter()
-        .flatten()
+        .unwrap()
+        .values()
         .map(|r| (r.summary.count(), r.summary.sum_ticks()))
         .collect()
 }

@@ -1,6 +1,7 @@
-//! CPU accounting for the benches (`ingest_bench`, `store_bench`): the CPU seconds of a
-//! process from `/proc`, and how busy the whole machine was, so a figure
-//! can be printed beside what it cost and what else ran.
+//! What the benches measure with: CPU accounting (`ingest_bench`,
+//! `store_bench`) — the CPU seconds of a process from `/proc`, and how busy
+//! the whole machine was, so a figure can be printed beside what it cost
+//! and what else ran — and the median of a bench's runs (every bench).
 
 /// (busy, total) jiffies of the whole machine from `/proc/stat`, to tell
 /// how much of the cores a run used (others' processes included).
@@ -36,4 +37,16 @@ pub(crate) fn process(pid: &str) -> f64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let field = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
     (field(11) + field(12)) / 100.0
+}
+
+/// The middle of `values` (the mean of the two middle ones when even; NaN
+/// when there are none).
+pub(crate) fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.into_iter().collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }

@@ -137,7 +137,7 @@ const READY_PER_RUN: usize = 8;
 /// new block ranges of `results_expiry` summarised in a transaction of its
 /// own. A partition whose lock is not granted in time is left to the next
 /// run; any other failure is the caller's (a `prepare` error of the
-/// retention task). Answers the ranges summarised.
+/// retention task).
 ///
 /// A range the BRIN index has no summary of matches every probe, so
 /// [`oldest`]'s steps and [`delete_expired`]'s scan read all of it; only
@@ -148,7 +148,7 @@ const READY_PER_RUN: usize = 8;
 /// more rows but late ones, so each is readied again only once late rows
 /// or expiry's deletes make its statistics stale; the current partition,
 /// being written (and vacuumed), is left to autovacuum.
-async fn ready_ended(client: &mut Client, width: Width, now: i64) -> Result<i64, StoreError> {
+async fn ready_ended(client: &mut Client, width: Width, now: i64) -> Result<(), StoreError> {
     let span = span(width);
     let current = now.div_euclid(span);
     let parts = client
@@ -172,7 +172,6 @@ async fn ready_ended(client: &mut Client, width: Width, now: i64) -> Result<i64,
         })
         .collect();
     stale.sort_unstable();
-    let mut summarised = 0i64;
     for (_, table, index) in stale.iter().take(READY_PER_RUN) {
         let tx = client.transaction().await?;
         tx.batch_execute(&format!(
@@ -182,18 +181,15 @@ async fn ready_ended(client: &mut Client, width: Width, now: i64) -> Result<i64,
         let done = async {
             // A name of this width's partitions ([`partition`]).
             tx.batch_execute(&format!("ANALYZE {table}")).await?;
-            tx.query_one(
-                "SELECT brin_summarize_new_values($1::text::regclass)::bigint",
+            tx.execute(
+                "SELECT brin_summarize_new_values($1::text::regclass)",
                 &[index],
             )
             .await
         }
         .await;
         match done {
-            Ok(row) => {
-                tx.commit().await?;
-                summarised = summarised.saturating_add(row.get(0));
-            }
+            Ok(_) => tx.commit().await?,
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
                 tracing::debug!(
                     partition = table,
@@ -203,7 +199,7 @@ async fn ready_ended(client: &mut Client, width: Width, now: i64) -> Result<i64,
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(summarised)
+    Ok(())
 }
 
 /// Drops the partitions of `width` whose span ends at or before `before`,

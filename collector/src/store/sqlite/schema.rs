@@ -52,8 +52,8 @@
 //! Version 9 (issue #16, write rate): `results` is clustered by
 //! `(width, span, series, start)` instead of `(series, width, start)`, and
 //! `results_expiry` is gone (expiry is a range of the primary key). Every
-//! row is copied in the migration's transaction: the log says how many
-//! before and how long it took after.
+//! row is copied in the migration's transaction: the log says how large
+//! the file is before and how long it took after.
 //!
 //! # Design: the time-first layout
 //! A result row's place in the table's B-tree is its width, then its
@@ -164,8 +164,8 @@ ALTER TABLE results_by_span RENAME TO results;
 CREATE INDEX results_changed ON results (width, changed);
 ";
 
-/// The versions whose migration copies every row of `results` (counted
-/// before, timed after, in the log).
+/// The versions whose migration copies every row of `results` (the file's
+/// size before, the time after, in the log).
 const COPIES_RESULTS: [usize; 1] = [9];
 
 /// Windows per span: the unit of the time-first layout.
@@ -222,9 +222,7 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
         let copy = if found > 0 && COPIES_RESULTS.contains(&to) {
             // The file's size, read at once (a count of the rows would be
             // one more pass over the large database this line warns of).
-            let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-            let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-            let bytes = pages.saturating_mul(page);
+            let bytes = file_bytes(conn)?;
             tracing::info!(
                 from,
                 to,
@@ -252,6 +250,13 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The database file's size (pages × page size), read at once.
+fn file_bytes(conn: &Connection) -> Result<i64, StoreError> {
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    Ok(pages.saturating_mul(page))
+}
+
 /// Switches an existing database to `auto_vacuum = INCREMENTAL` when that
 /// is cheap (a `VACUUM` rewrites the file); says what to do otherwise.
 fn incremental_vacuum(conn: &Connection) -> Result<(), StoreError> {
@@ -267,10 +272,9 @@ fn incremental_vacuum(conn: &Connection) -> Result<(), StoreError> {
         );
         return Ok(());
     }
-    let size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     tracing::info!(
         pages,
-        bytes = pages.saturating_mul(size),
+        bytes = file_bytes(conn)?,
         "switching the database to auto_vacuum = INCREMENTAL: one VACUUM copies the whole file"
     );
     let started = Instant::now();

@@ -231,9 +231,7 @@ impl Writer {
             incarnations,
         })
     }
-}
 
-impl Writer {
     /// Records `batches` as seen without merging them (steps 1–3 of
     /// [`Writer::apply`] only; see [`crate::store::Ingest::record_refused`]).
     pub(super) fn record(

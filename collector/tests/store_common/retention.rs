@@ -221,6 +221,7 @@ impl<S: Expire + Leases> Expire for Failing<S> {
 
     async fn reclaim(&self, pages: u32) -> Answer<u64> {
         self.reclaims.fetch_add(1, Ordering::Relaxed);
+        self.fails(None, Step::Reclaim)?;
         self.inner.reclaim(pages).await
     }
 
@@ -246,8 +247,11 @@ impl<S: Leases> Leases for Failing<S> {
 /// hours still deletes the expired hours and days and reclaims; the
 /// minutes stay whole, their lag is what the test's oldest start says, and
 /// each failure is counted by width and step; a run whose widths cannot be
-/// listed still reclaims; the next clean run deletes the minutes. Judged by
-/// the windows the test inserted and their starts against the cuts.
+/// listed still reclaims; a day later, a run in which reading the minutes'
+/// oldest start and the reclaim fail deletes what expired at every width
+/// meanwhile, counts both failures, and leaves the minutes' lag gauge at its
+/// last value; the next clean run sets it. Judged by the windows the test
+/// inserted and their starts against the cuts.
 pub(crate) async fn check_one_failing_width<S: Store>(store: &S) {
     let (minute, hour, day) = (
         Width::new(MIN).unwrap(),
@@ -317,7 +321,7 @@ pub(crate) async fn check_one_failing_width<S: Store>(store: &S) {
         batch_rows: 3,
         ..RetentionConfig::default()
     };
-    let task = RetentionTask::new(failing.clone(), policy, cfg);
+    let task = RetentionTask::new(failing.clone(), policy.clone(), cfg);
     let run = task.run_once(now).await;
     assert_eq!(
         run.failed,
@@ -353,15 +357,52 @@ pub(crate) async fn check_one_failing_width<S: Store>(store: &S) {
     assert_eq!(m.errors(None, Step::Widths), 1);
     assert_eq!(all_windows(store, MIN).await, everything(MIN));
 
-    // Healed: the minutes go at the next run; the counts stay.
+    // A day later the minutes' oldest start cannot be read and the reclaim
+    // fails: every width still expires what it has to (the minutes of days
+    // 0–2, the hours before day 2, day 1), both failures are counted, and
+    // the minutes' lag keeps its last value (it would be 0 now).
+    *failing.fail.lock().unwrap() = vec![(Some(minute), Step::Oldest), (None, Step::Reclaim)];
+    let later = now + DAY;
+    let cuts_later = [
+        (minute, d0 + 3 * DAY),
+        (hour, d0 + 2 * DAY - HOUR + MIN),
+        (day, d0 + DAY + MIN),
+    ];
+    for (w, cut) in cuts_later {
+        assert_eq!(policy.delete_before(w, later), Some(cut), "{w:?}");
+    }
+    let lag = cuts[0].1 - oldest;
+    let reclaims = failing.reclaims.load(Ordering::Relaxed);
+    let run = task.run_once(later).await;
+    assert_eq!(
+        run.failed,
+        [(Some(minute), Step::Oldest), (None, Step::Reclaim)]
+    );
+    let widths: Vec<Width> = run.expired.iter().map(|e| e.0).collect();
+    assert_eq!(widths, [minute, hour, day]);
+    assert!(run.behind.is_empty() && !run.cut_short);
+    for (w, cut) in cuts_later {
+        assert_eq!(all_windows(store, w.ms()).await, kept(w.ms(), cut), "{w:?}");
+    }
+    assert_eq!(failing.reclaims.load(Ordering::Relaxed), reclaims + 1);
+    assert_eq!(m.errors(Some(minute), Step::Oldest), 1);
+    assert_eq!(m.errors(Some(hour), Step::Oldest), 0);
+    assert_eq!(m.errors(None, Step::Reclaim), 1);
+    assert_eq!(m.lag_ms(minute), lag, "the lag keeps its value");
+    assert_eq!(m.lag_ms(hour), 0);
+
+    // Healed: the next run reads the oldest start again; the counts stay.
     failing.fail.lock().unwrap().clear();
-    let run = task.run_once(now).await;
+    let run = task.run_once(later).await;
     assert!(run.failed.is_empty(), "{:?}", run.failed);
-    assert_eq!(all_windows(store, MIN).await, kept(MIN, cuts[0].1));
-    assert_eq!(all_windows(store, HOUR).await, kept(HOUR, cuts[1].1));
-    assert_eq!(all_windows(store, DAY).await, kept(DAY, cuts[2].1));
+    assert!(run.expired.is_empty());
+    for (w, cut) in cuts_later {
+        assert_eq!(all_windows(store, w.ms()).await, kept(w.ms(), cut), "{w:?}");
+    }
     assert_eq!(m.lag_ms(minute), 0);
     assert_eq!(m.errors(Some(minute), Step::Expire), 1);
+    assert_eq!(m.errors(Some(minute), Step::Oldest), 1);
+    assert_eq!(m.errors(None, Step::Reclaim), 1);
 }
 
 /// Polls `f` every 10 ms; panics after 30 s (a hang guard, not a timing

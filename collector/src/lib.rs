@@ -35,6 +35,9 @@
 //!   `[retention]`), the task deleting expired rows in bounded batches
 //!   (`task`), and the policy the query API falls back to a coarser width
 //!   by.
+//! - `lease` — this instance's hold on a named lease in the store, so a
+//!   job runs on one of the instances sharing a database at a time (each
+//!   sink's pushes, the retention runs).
 //! - [`finality`] — when a window is final (`[finality]`), decided from the
 //!   store's progress.
 //! - [`metrics`] — the one `prometheus-client` registry of `/metrics`.
@@ -49,6 +52,7 @@ pub mod config;
 pub mod finality;
 pub mod health;
 pub mod ingest;
+mod lease;
 pub mod merge;
 pub mod metrics;
 pub mod query;

@@ -133,7 +133,8 @@ pub async fn start<S: Store>(cfg: &Config, store: S) -> Result<Running, ServiceE
     let retention_metrics = task.metrics().clone();
     let retention = (
         retention_metrics.clone(),
-        tokio::spawn(task.run(stop_rx.clone())),
+        // Under the name the sinks' leases use: one per instance.
+        tokio::spawn(task.run(cfg.mqtt.client_id.clone(), stop_rx.clone())),
     );
     let mut registry = crate::metrics::registry(&counters, sinks.metrics());
     retention_metrics.register(&mut registry);

@@ -1,30 +1,46 @@
-//! Retention end to end (issue #16) on a running collector over real
-//! MQTT (mosquitto) and HTTP: with agent windows kept 2 h, the retention
-//! task deletes the older minutes it finds, ingest refuses a late partial
-//! for an expired minute (counted as `expired`) and applies the rest of its
-//! batch, and a query for minutes past their retention is answered from
-//! the hour roll-ups and says so — values judged by plain integer sums of
-//! the raw readings.
+//! Retention end to end (issue #16) on running collectors over real MQTT
+//! (mosquitto) and HTTP:
+//! - with agent windows kept 2 h, the retention task deletes the older
+//!   minutes it finds, ingest refuses a late partial for an expired minute
+//!   (counted as `expired`) and applies the rest of its batch, and a query
+//!   for minutes past their retention is answered from the hour roll-ups
+//!   and says so — values judged by plain integer sums of the raw readings;
+//! - two instances sharing one database (one PostgreSQL database; one
+//!   SQLite file) run retention one at a time: only the holder of the
+//!   `retention` lease runs — the other skips its runs and its run counter
+//!   stays 0 while the holder lives — the expired minutes are gone and
+//!   every other row is as the test's readings make it; when the holder
+//!   stops it gives the lease up, and the other takes over at once (well
+//!   before the 2-minute lease could expire) and expires minutes that
+//!   became expired after the hand-over;
+//! - the task's loop when the store cannot answer for the lease, and when
+//!   the lease passes to another holder mid-run, on both backends
+//!   (`store_common::retention::check_lease_faults`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod mqtt_common;
+mod store_common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tributary_collector::config::Config;
 use tributary_collector::ingest::PartialRefused;
-use tributary_collector::service;
+use tributary_collector::service::{self, Running};
+use tributary_collector::store::postgres::{PostgresOptions, PostgresStore};
 use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_core::batch::{Batch, Encoding, Partial};
 use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
 use tributary_testkit::{Mosquitto, MosquittoOptions};
 
-use mqtt_common::harness::{get_json, now_ms, Agent};
+use mqtt_common::harness::{get_json, metrics_text, now_ms, Agent};
 
 const MIN: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
+const DAY: i64 = 86_400_000;
+/// How long the instances of the multi-instance tests keep agent windows.
+const KEEP_MS: i64 = 2 * HOUR;
 
 fn key() -> SeriesKey {
     SeriesKey::new("temperature", "d1", BTreeMap::new()).unwrap()
@@ -119,7 +135,7 @@ async fn expired_minutes_are_deleted_refused_and_served_from_hours() {
         running.counters().partials_refused(PartialRefused::Expired),
         1
     );
-    let metrics = mqtt_common::harness::metrics_text(http).await;
+    let metrics = metrics_text(http).await;
     for line in [
         "tributary_collector_partials_refused_total{reason=\"expired\"} 1",
         "tributary_collector_retention_expired_rows_total{width=\"60000\"} 6",
@@ -189,4 +205,186 @@ async fn expired_minutes_are_deleted_refused_and_served_from_hours() {
         .collect();
     assert_eq!(counts, [3, 1]);
     running.stop().await.unwrap();
+}
+
+/// Readings (integers, quantum 1) by minute start.
+type Raw = BTreeMap<i64, Vec<i64>>;
+
+/// The minutes of `raw` as one batch `seq` of agent `seed`.
+fn batch(seq: u64, raw: &Raw) -> Batch {
+    let partials = raw.iter().map(|(&s, v)| partial(s, v)).collect();
+    Batch::new("seed", seq, now_ms(), partials)
+}
+
+/// (count, integer sum) per window start of `width`, from the readings.
+fn sums(raw: &Raw, width: i64) -> BTreeMap<i64, (u64, i64)> {
+    let mut out: BTreeMap<i64, (u64, i64)> = BTreeMap::new();
+    for (start, values) in raw {
+        let e = out.entry(start.div_euclid(width) * width).or_default();
+        e.0 += values.len() as u64;
+        e.1 += values.iter().sum::<i64>();
+    }
+    out
+}
+
+/// (count, integer sum) per stored window start of `width`.
+async fn stored<S: Store>(store: &S, width: i64) -> BTreeMap<i64, (u64, i64)> {
+    store
+        .windows(&key(), Width::new(width).unwrap(), i64::MIN, i64::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|w| {
+            let sum = i64::try_from(w.summary.sum_ticks()).unwrap();
+            (w.window.start(), (w.summary.count(), sum))
+        })
+        .collect()
+}
+
+/// A collector instance called `name`, retention every 100 ms keeping
+/// minutes 2 h, roll-ups (1 h, 1 d) forever, the default 2-minute lease.
+async fn instance<S: Store>(name: &str, broker: u16, store: &S) -> Running {
+    let cfg = Config::from_toml(&format!(
+        "rollups_ms = [3600000, 86400000]\n\
+         [mqtt]\nport = {broker}\nclient_id = \"{name}\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n\
+         [retention]\nwindows_ms = {KEEP_MS}\ninterval_ms = 100\nbatch_rows = 2\n"
+    ))
+    .unwrap();
+    service::start(&cfg, store.clone()).await.unwrap()
+}
+
+/// The contract on two handles `a` and `b` of one empty database.
+async fn one_instance_at_a_time<S: Store>(a: S, b: S) {
+    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
+    let now = now_ms();
+    // Minutes 5 h old (past the 2 h kept and the task's 10-minute grace by
+    // hours) and minutes of the last half hour (hours from expiring).
+    let old_hour = now / HOUR * HOUR - 5 * HOUR;
+    let old: Raw = (0..5)
+        .map(|m| (old_hour + m * 7 * MIN, vec![10 + m, 20 * m, 3]))
+        .collect();
+    let recent_min = now / MIN * MIN - 30 * MIN;
+    let recent: Raw = [(recent_min, vec![7, 8]), (recent_min + MIN, vec![9])].into();
+    let mut all = old.clone();
+    all.extend(recent.clone());
+    a.apply(&[batch(1, &all)]).await.unwrap();
+    assert_eq!(stored(&a, MIN).await, sums(&all, MIN));
+
+    // Both start; one takes the lease and expires the old minutes, the
+    // other skips its runs.
+    let ra = instance("retention-a", broker.port(), &a).await;
+    let rb = instance("retention-b", broker.port(), &b).await;
+    let (ma, mb) = (ra.retention().clone(), rb.retention().clone());
+    let minute = Width::new(MIN).unwrap();
+    let old_n = old.len() as u64;
+    until("the old minutes to expire under a leader", || async {
+        ma.expired(minute) + mb.expired(minute) == old_n && (ma.leader() || mb.leader())
+    })
+    .await;
+    let a_leads = ma.leader();
+    let ((leader, ml), (standby, ms), standby_store) = if a_leads {
+        ((ra, ma), (rb, mb), b.clone())
+    } else {
+        ((rb, mb), (ra, ma), a.clone())
+    };
+    // The standby ticks as often as the leader: three of its ticks have
+    // passed once it skipped three runs (or, were it not standing by, ran
+    // three).
+    until("three ticks of the standby", || async {
+        ms.skipped() + ms.runs() >= 3
+    })
+    .await;
+    assert_eq!(ms.runs(), 0, "the standby ran retention");
+    assert!(!ms.leader());
+    assert_eq!(ms.expired(minute), 0);
+    assert!(ml.leader() && ml.runs() >= 1);
+    assert_eq!(ml.expired(minute), old_n);
+    assert_eq!(ml.skipped(), 0);
+    let text = metrics_text(leader.http_addr()).await;
+    assert!(
+        text.contains("tributary_collector_retention_leader 1"),
+        "{text}"
+    );
+    let text = metrics_text(standby.http_addr()).await;
+    assert!(
+        text.contains("tributary_collector_retention_leader 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tributary_collector_retention_runs_total 0"),
+        "{text}"
+    );
+
+    // Minutes before the cut are gone, the recent ones and the roll-ups
+    // (kept forever) are as the readings make them.
+    assert_eq!(stored(&a, MIN).await, sums(&recent, MIN));
+    assert_eq!(stored(&a, HOUR).await, sums(&all, HOUR));
+    assert_eq!(stored(&a, DAY).await, sums(&all, DAY));
+
+    // The leader stops and gives the lease up; the other takes over at
+    // once and expires minutes written (late) after the hand-over.
+    leader.stop().await.unwrap();
+    assert!(!ml.leader());
+    let runs = ml.runs();
+    let later: Raw = (0..3)
+        .map(|m| (old_hour + HOUR + m * 11 * MIN, vec![100 * m, 5]))
+        .collect();
+    standby_store.apply(&[batch(2, &later)]).await.unwrap();
+    all.extend(later.clone());
+    let later_n = later.len() as u64;
+    until(
+        "the other instance to take over and expire the later minutes",
+        || async { ms.leader() && ms.expired(minute) == later_n },
+    )
+    .await;
+    assert!(ms.runs() >= 1);
+    assert_eq!(ml.runs(), runs, "the stopped instance ran on");
+    assert_eq!(stored(&a, MIN).await, sums(&recent, MIN));
+    assert_eq!(stored(&a, HOUR).await, sums(&all, HOUR));
+    standby.stop().await.unwrap();
+    assert!(!ms.leader());
+    drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_on_one_postgresql_database_run_retention_one_at_a_time() {
+    let pg = tributary_testkit::Postgres::start(Default::default()).unwrap();
+    let url = pg.create_database("retention_lease").unwrap();
+    let open = |url: String| async move {
+        PostgresStore::open(&PostgresOptions::new(&url), &[HOUR, DAY])
+            .await
+            .unwrap()
+    };
+    let a = open(url.clone()).await;
+    let b = open(url).await;
+    one_instance_at_a_time(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_on_one_sqlite_file_run_retention_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let a = SqliteStore::open(&path, &[HOUR, DAY]).unwrap();
+    let b = SqliteStore::open(&path, &[HOUR, DAY]).unwrap();
+    one_instance_at_a_time(a, b).await;
+}
+
+/// The task's loop when the store cannot answer for the lease, and when the
+/// lease passes to another holder mid-run (`store_common::retention`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_lease_failing_or_lost_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("c.db"), &[HOUR, DAY]).unwrap();
+    store_common::retention::check_lease_faults(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_lease_failing_or_lost_on_postgresql() {
+    let pg = tributary_testkit::Postgres::start(Default::default()).unwrap();
+    let url = pg.create_database("retention_lease_faults").unwrap();
+    let store = PostgresStore::open(&PostgresOptions::new(&url), &[HOUR, DAY])
+        .await
+        .unwrap();
+    store_common::retention::check_lease_faults(&store).await;
 }

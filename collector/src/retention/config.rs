@@ -34,7 +34,19 @@ pub struct RetentionConfig {
     /// SQLite: most free pages given back to the file system per step of
     /// `PRAGMA incremental_vacuum` (default 1,024 = 4 MiB at 4 KiB pages).
     pub vacuum_pages: u32,
+    /// How long the instance running retention holds the store's
+    /// `retention` lease without renewing it (default 120,000 = 2 min; at
+    /// least 10,000). Instances sharing a database run retention one at a
+    /// time; the holder renews the lease once a third of this has passed,
+    /// checked before every step of a run and between runs, so it must be
+    /// well above one step (a batch of `batch_rows` deletes; on PostgreSQL
+    /// up to 60 s waiting for a pooled connection). When the holder dies,
+    /// another instance takes over within this plus `interval_ms`.
+    pub lease_ms: u64,
 }
+
+/// The least `lease_ms`.
+const MIN_LEASE_MS: u64 = 10_000;
 
 impl Default for RetentionConfig {
     fn default() -> Self {
@@ -45,6 +57,7 @@ impl Default for RetentionConfig {
             batch_rows: 1_000,
             max_batches: 1_000,
             vacuum_pages: 1_024,
+            lease_ms: 120_000,
         }
     }
 }
@@ -66,6 +79,11 @@ impl RetentionConfig {
     /// The task's pace.
     pub fn interval(&self) -> Duration {
         Duration::from_millis(self.interval_ms)
+    }
+
+    /// The `retention` lease's time to live.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
     }
 
     /// Checks every value of the section against the roll-up widths
@@ -99,8 +117,42 @@ impl RetentionConfig {
         if self.vacuum_pages == 0 {
             p.bad("retention.vacuum_pages", "must be > 0");
         }
+        if !(MIN_LEASE_MS..=86_400_000).contains(&self.lease_ms) {
+            p.bad(
+                "retention.lease_ms",
+                format!("must be {MIN_LEASE_MS}..=86400000: well above one step of a run, which renews it"),
+            );
+        }
         if self.windows_ms >= 0 && self.rollups.values().all(|&v| v >= 0) {
             self.policy(rollups_ms).check(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn problems(cfg: &RetentionConfig) -> Result<(), String> {
+        let mut p = Problems::default();
+        cfg.check(&[], &mut p);
+        p.finish().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_lease_is_at_least_ten_seconds_and_at_most_a_day() {
+        let mut cfg = RetentionConfig::default();
+        assert_eq!(cfg.lease(), Duration::from_secs(120));
+        assert!(problems(&cfg).is_ok());
+        for bad in [0, MIN_LEASE_MS - 1, 86_400_001] {
+            cfg.lease_ms = bad;
+            let e = problems(&cfg).unwrap_err();
+            assert!(e.contains("retention.lease_ms"), "{bad}: {e}");
+        }
+        for good in [MIN_LEASE_MS, 86_400_000] {
+            cfg.lease_ms = good;
+            assert!(problems(&cfg).is_ok(), "{good}");
         }
     }
 }

@@ -31,8 +31,12 @@
 //!   coarser roll-up still holding the whole range ([`Policy::serve`]), and
 //!   the response says so.
 //!
-//! Files: [`config`] (`[retention]`), [`task`] (the background loop and its
-//! metrics).
+//! - **One instance at a time.** Instances sharing a database run the task
+//!   one at a time, the one holding the store's `retention` lease
+//!   ([`task`] says how it is kept through a run).
+//!
+//! Files: [`config`] (`[retention]`), [`task`] (the background loop, its
+//! lease and its metrics).
 
 pub mod config;
 pub mod task;
@@ -41,7 +45,7 @@ use tributary_core::{Width, Window};
 use tributary_runtime::config::Problems;
 
 pub use config::RetentionConfig;
-pub use task::{RetentionMetrics, RetentionTask, Run, Step};
+pub use task::{RetentionMetrics, RetentionTask, Run, Step, LEASE};
 
 /// How long after ingest starts refusing an expired window the task
 /// deletes it (ms): longer than any group takes from its check to its

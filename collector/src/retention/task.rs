@@ -5,6 +5,24 @@
 //! and its metrics (`tributary_collector_retention_*`).
 //!
 //! # Design
+//! **One instance at a time.** Instances sharing a database run retention
+//! one at a time: a run happens only on the instance holding the store's
+//! lease `retention` (`crate::lease`, held under the instance's
+//! `mqtt.client_id`, `tributary_collector_retention_leader` 1 there). The
+//! others skip their runs (`…_skipped_runs_total`) and take over when the
+//! holder stops (it gives the lease up) or dies (once `lease_ms` has
+//! passed). The lease's time to live is not stretched to cover a whole run
+//! (a run of `max_batches` per width has no useful bound): the holder
+//! checks it before every step and every batch of a run, and between runs,
+//! renewing it once a third of `lease_ms` has passed, so it lapses only if
+//! one step outlasts two thirds of `lease_ms` (the config keeps it well
+//! above one). A run that finds the lease lost, or cannot renew it, stops
+//! there; the new holder's runs go on from what is left. Even two runs at
+//! once would be safe — expiry deletes skip rows another transaction holds
+//! and PostgreSQL's partition work waits behind a lock timeout — the lease
+//! only saves the repeated work. A lease the store cannot answer means no
+//! run: counted as step `lease` in the errors, retried at the next tick.
+//!
 //! Each step of a run — listing the widths, and for each width preparing,
 //! expiring and reading the oldest start, then reclaiming — fails alone: a
 //! failure is logged with its width and step, counted in
@@ -24,8 +42,9 @@ use tributary_runtime::metrics::prometheus_client::metrics::gauge::Gauge;
 use tributary_runtime::metrics::prometheus_client::registry::Registry;
 
 use super::{Policy, RetentionConfig};
+use crate::lease::{HeldLease, Role};
 use crate::metrics::{label, Label};
-use crate::store::{Answer, Expire};
+use crate::store::{Answer, Expire, Leases};
 
 /// A step of a run that can fail alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,6 +62,9 @@ pub enum Step {
     Oldest,
     /// Giving freed space back; the rest is left to the next run.
     Reclaim,
+    /// Taking or renewing the `retention` lease (a step of the whole run):
+    /// the run does not start, or stops where it is.
+    Lease,
 }
 
 impl Step {
@@ -54,12 +76,14 @@ impl Step {
             Step::Expire => "expire",
             Step::Oldest => "oldest",
             Step::Reclaim => "reclaim",
+            Step::Lease => "lease",
         }
     }
 }
 
 /// The labels of a failed step: the width in ms (empty for the steps of
-/// the whole run, [`Step::Widths`] and [`Step::Reclaim`]) and the step.
+/// the whole run, [`Step::Widths`], [`Step::Reclaim`] and [`Step::Lease`])
+/// and the step.
 type ErrorLabels = [(&'static str, String); 2];
 
 fn error_labels(width: Option<Width>, step: Step) -> ErrorLabels {
@@ -83,6 +107,13 @@ pub struct RetentionMetrics {
     /// Steps that failed (the store's error; the next run retries), by
     /// width and step.
     errors: Family<ErrorLabels, Counter>,
+    /// 1 while this instance holds the `retention` lease, else 0.
+    leader: Gauge,
+    /// Runs this instance did.
+    runs: Counter,
+    /// Runs this instance skipped: another instance held the lease, or the
+    /// store could not say who did.
+    skipped: Counter,
 }
 
 impl RetentionMetrics {
@@ -104,6 +135,22 @@ impl RetentionMetrics {
     /// run) so far.
     pub fn errors(&self, width: Option<Width>, step: Step) -> u64 {
         self.errors.get_or_create(&error_labels(width, step)).get()
+    }
+
+    /// Whether this instance holds the `retention` lease.
+    pub fn leader(&self) -> bool {
+        self.leader.get() == 1
+    }
+
+    /// Runs done so far.
+    pub fn runs(&self) -> u64 {
+        self.runs.get()
+    }
+
+    /// Runs skipped so far (another instance held the lease, or the store
+    /// could not say who did).
+    pub fn skipped(&self) -> u64 {
+        self.skipped.get()
     }
 
     /// Registers the metrics in `r`.
@@ -131,8 +178,23 @@ impl RetentionMetrics {
         );
         r.register(
             name("errors"),
-            "Retention steps that failed, by width (ms; empty for the whole run's steps) and step (widths, prepare, expire, oldest, reclaim); retried at the next run.",
+            "Retention steps that failed, by width (ms; empty for the whole run's steps) and step (widths, prepare, expire, oldest, reclaim, lease); retried at the next run.",
             self.errors.clone(),
+        );
+        r.register(
+            name("leader"),
+            "1 while this instance holds the retention lease and runs retention; 0 while another instance does.",
+            self.leader.clone(),
+        );
+        r.register(
+            name("runs"),
+            "Retention runs this instance did.",
+            self.runs.clone(),
+        );
+        r.register(
+            name("skipped_runs"),
+            "Retention runs this instance skipped: another instance held the retention lease, or the store could not say.",
+            self.skipped.clone(),
         );
     }
 }
@@ -149,13 +211,29 @@ pub struct Run {
     /// The steps that failed, in the order they ran, each with its width
     /// (`None`: a step of the whole run).
     pub failed: Vec<(Option<Width>, Step)>,
+    /// The run stopped before its end: the task was asked to stop, or the
+    /// `retention` lease was lost or could not be renewed.
+    pub cut_short: bool,
 }
 
 impl Run {
     /// Whether the run did or missed anything worth a log line.
     pub fn eventful(&self) -> bool {
-        !self.expired.is_empty() || !self.behind.is_empty() || !self.failed.is_empty()
+        !self.expired.is_empty()
+            || !self.behind.is_empty()
+            || !self.failed.is_empty()
+            || self.cut_short
     }
+}
+
+/// The name of the lease the instance running retention holds.
+pub const LEASE: &str = "retention";
+
+/// What a run under the lease checks before each step: the lease, and the
+/// stop signal.
+struct Gate<'a> {
+    lease: &'a mut HeldLease,
+    stop: &'a watch::Receiver<bool>,
 }
 
 /// The retention task over a store.
@@ -167,7 +245,7 @@ pub struct RetentionTask<S> {
     metrics: Arc<RetentionMetrics>,
 }
 
-impl<S: Expire + Clone + 'static> RetentionTask<S> {
+impl<S: Expire + Leases + Clone + 'static> RetentionTask<S> {
     /// The task enforcing `policy` on `store` at the pace of `cfg`.
     pub fn new(store: S, policy: Policy, cfg: RetentionConfig) -> Self {
         RetentionTask {
@@ -183,35 +261,63 @@ impl<S: Expire + Clone + 'static> RetentionTask<S> {
         &self.metrics
     }
 
-    /// One run at collector clock `now`: deletes what has expired (at most
-    /// `max_batches` of `batch_rows` per width) and gives the space back.
-    /// A step that fails is logged, counted and listed in [`Run::failed`],
-    /// and the run goes on (module doc).
+    /// One run at collector clock `now`, whichever instance holds the
+    /// `retention` lease (for a caller that knows it runs alone: tests,
+    /// benchmarks; [`RetentionTask::run`] runs each under the lease):
+    /// deletes what has expired (at most `max_batches` of `batch_rows` per
+    /// width) and gives the space back. A step that fails is logged,
+    /// counted and listed in [`Run::failed`], and the run goes on (module
+    /// doc).
     pub async fn run_once(&self, now: i64) -> Run {
+        self.run_gated(now, None).await
+    }
+
+    /// One run; with a `gate`, checked before every step, the run stops
+    /// where it is once the gate closes ([`Run::cut_short`]).
+    async fn run_gated(&self, now: i64, mut gate: Option<Gate<'_>>) -> Run {
         let mut run = Run::default();
-        let widths = self.store.widths();
-        let widths = self.step(&mut run, None, Step::Widths, widths).await;
-        for width in widths.unwrap_or_default() {
-            self.width_once(&mut run, width, now).await;
+        if self.go_on(&mut run, &mut gate).await {
+            self.metrics.runs.inc();
+            let widths = self.store.widths();
+            let widths = self.step(&mut run, None, Step::Widths, widths).await;
+            for width in widths.unwrap_or_default() {
+                if !self.width_once(&mut run, &mut gate, width, now).await {
+                    break;
+                }
+            }
+            if !run.cut_short {
+                self.reclaim(&mut run, &mut gate).await;
+            }
+            self.metrics.last_run_ms.set(now);
         }
-        self.reclaim(&mut run).await;
-        self.metrics.last_run_ms.set(now);
         run
     }
 
     /// A run's steps for one `width`: each goes on after the one before
-    /// failed.
-    async fn width_once(&self, run: &mut Run, width: Width, now: i64) {
+    /// failed. False when the gate closed (the run stops).
+    async fn width_once(
+        &self,
+        run: &mut Run,
+        gate: &mut Option<Gate<'_>>,
+        width: Width,
+        now: i64,
+    ) -> bool {
+        if !self.go_on(run, gate).await {
+            return false;
+        }
         // Every stored width gets its partitions ahead, kept forever or
         // not, so rows do not pile up in PostgreSQL's default partition.
         let prepared = self.store.prepare(width, now);
         let _ = self.step(run, Some(width), Step::Prepare, prepared).await;
         let Some(before) = self.policy.delete_before(width, now) else {
-            return;
+            return true;
         };
         let mut total = 0u64;
         let mut done = false;
         for _ in 0..self.cfg.max_batches {
+            if !self.go_on(run, gate).await {
+                break;
+            }
             let batch = self.store.expire(width, before, self.cfg.batch_rows);
             let Some(n) = self.step(run, Some(width), Step::Expire, batch).await else {
                 // Failed: listed in `run.failed`, not in `run.behind`.
@@ -231,8 +337,11 @@ impl<S: Expire + Clone + 'static> RetentionTask<S> {
         if total > 0 {
             run.expired.push((width, total));
         }
-        if !done {
+        if !done && !run.cut_short {
             run.behind.push(width);
+        }
+        if run.cut_short || !self.go_on(run, gate).await {
+            return false;
         }
         let oldest = self.store.oldest(width);
         if let Some(oldest) = self.step(run, Some(width), Step::Oldest, oldest).await {
@@ -242,6 +351,7 @@ impl<S: Expire + Clone + 'static> RetentionTask<S> {
             };
             self.metrics.lag.get_or_create(&w).set(lag);
         }
+        true
     }
 
     /// Gives freed space back, one bounded step per call (ingest waits for
@@ -251,8 +361,11 @@ impl<S: Expire + Clone + 'static> RetentionTask<S> {
     /// back a call is a cheap read — SQLite: three header pragmas on the
     /// writer, 0.02–0.13 ms; PostgreSQL: a counter swap, ~1 µs
     /// (`retention_bench`) — so it is not worth skipping.
-    async fn reclaim(&self, run: &mut Run) {
+    async fn reclaim(&self, run: &mut Run, gate: &mut Option<Gate<'_>>) {
         for _ in 0..self.cfg.max_batches {
+            if !self.go_on(run, gate).await {
+                break;
+            }
             let step = self.store.reclaim(self.cfg.vacuum_pages);
             let Some(freed) = self.step(run, None, Step::Reclaim, step).await else {
                 break;
@@ -263,6 +376,41 @@ impl<S: Expire + Clone + 'static> RetentionTask<S> {
             run.freed_bytes = run.freed_bytes.saturating_add(freed);
             self.metrics.freed_bytes.inc_by(freed);
             tokio::task::yield_now().await;
+        }
+    }
+
+    /// Whether the run may take its next step: always without a gate;
+    /// with one, while the task is not stopping and the lease is still
+    /// ours (renewed when due). Otherwise marks the run cut short (a lease
+    /// the store cannot answer is also a failed step).
+    async fn go_on(&self, run: &mut Run, gate: &mut Option<Gate<'_>>) -> bool {
+        let Some(g) = gate else {
+            return true;
+        };
+        let stopping = *g.stop.borrow();
+        let go = !stopping && self.lead(&mut *g.lease, Some(run)).await;
+        run.cut_short |= !go;
+        go
+    }
+
+    /// Whether this instance holds the lease (takes it, or renews it when
+    /// due). A store error is counted as step [`Step::Lease`] (and listed
+    /// in `run`, if any) and answers no.
+    async fn lead(&self, lease: &mut HeldLease, run: Option<&mut Run>) -> bool {
+        match lease.role(&self.store).await {
+            Ok(Role::Leader { .. }) => true,
+            Ok(Role::Standby) => false,
+            Err(_) => {
+                // Logged by the lease.
+                self.metrics
+                    .errors
+                    .get_or_create(&error_labels(None, Step::Lease))
+                    .inc();
+                if let Some(run) = run {
+                    run.failed.push((None, Step::Lease));
+                }
+                false
+            }
         }
     }
 
@@ -294,20 +442,46 @@ impl<S: Expire + Clone + 'static> RetentionTask<S> {
         }
     }
 
-    /// Runs every `interval_ms` until `stop` turns true (does nothing when
-    /// the policy never deletes).
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    /// Runs every `interval_ms` until `stop` turns true, each run only
+    /// while this instance — called `holder` in the lease — holds the
+    /// `retention` lease; gives the lease up on stopping. Does nothing when
+    /// the policy never deletes.
+    pub async fn run(self, holder: String, mut stop: watch::Receiver<bool>) {
         if !self.policy.deletes() {
             return;
         }
+        let mut lease = HeldLease::new(
+            LEASE,
+            &holder,
+            self.cfg.lease(),
+            self.metrics.leader.clone(),
+        );
         let mut tick = tokio::time::interval(self.cfg.interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.wait_for(|s| *s) => return,
+            // Between runs the holder renews the lease when due, so it keeps
+            // it however long `interval_ms` is.
+            let renew = lease.renew_in();
+            let due = tokio::select! {
+                _ = tick.tick() => true,
+                () = tokio::time::sleep(renew.unwrap_or_default()), if renew.is_some() => false,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            if !due {
+                self.lead(&mut lease, None).await;
+                continue;
             }
-            let run = self.run_once(tributary_runtime::now_ms()).await;
+            if !self.lead(&mut lease, None).await {
+                self.metrics.skipped.inc();
+                continue;
+            }
+            let gate = Gate {
+                lease: &mut lease,
+                stop: &stop,
+            };
+            let run = self
+                .run_gated(tributary_runtime::now_ms(), Some(gate))
+                .await;
             if run.eventful() {
                 let failed: Vec<String> = run
                     .failed
@@ -322,9 +496,16 @@ impl<S: Expire + Clone + 'static> RetentionTask<S> {
                     freed_bytes = run.freed_bytes,
                     behind = ?run.behind,
                     failed = ?failed,
+                    cut_short = run.cut_short,
                     "retention run"
                 );
             }
+        }
+        if lease.give_up(&self.store).await.is_err() {
+            self.metrics
+                .errors
+                .get_or_create(&error_labels(None, Step::Lease))
+                .inc();
         }
     }
 }

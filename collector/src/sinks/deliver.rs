@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use super::http::{backoff, Attempt};
-use super::lease::Role;
 use super::runner::{gauge, Flow, Position, Runner};
+use crate::lease::Role;
 use crate::store::{Changed, Feed, Leases, Query};
 use tributary_runtime::now_ms;
 

@@ -3,8 +3,9 @@
 //! JSON webhook (`sinks/webhook.rs`), Prometheus remote write (native
 //! histograms, `sinks/prometheus.rs`, messages in `sinks/prompb.rs`) or
 //! OTLP/HTTP metrics (exponential histograms, `sinks/otlp.rs`). Every kind
-//! shares the runner (`runner.rs`, `deliver.rs`, `lease.rs`, `http.rs`): a
-//! new kind is one encoding module and its headers in `http.rs`.
+//! shares the runner (`runner.rs`, `deliver.rs`, `http.rs`; the lease in
+//! `crate::lease`): a new kind is one encoding module and its headers in
+//! `http.rs`.
 //!
 //! # Design
 //! The pending queue of a sink is the store itself: every result row written
@@ -53,7 +54,6 @@ mod config;
 mod deliver;
 mod http;
 mod influx;
-mod lease;
 mod otlp;
 mod prometheus;
 mod prompb;

@@ -9,9 +9,14 @@
 //! once it is final and then un-parked. Parking is durable, so a restart or
 //! another instance taking over goes on from the same cursor and parked set.
 //!
-//! A sink pushes only while this instance holds its lease
-//! ([`super::lease`]). On taking the lease the cursor and the parked rows
-//! are read again: the previous holder moved them.
+//! A sink pushes only while this instance holds its lease `sink:<name>`
+//! (`crate::lease`), checked — and renewed once a third of `lease_ms`
+//! has passed — before every request, between retries and at each poll;
+//! the sink's config keeps `lease_ms` at least twice a request's timeout
+//! and the poll interval, so a request never outlasts the lease it started
+//! under. On taking the lease the cursor and the parked rows are read
+//! again: the previous holder moved them. The lease is given up when the
+//! sink stops.
 //!
 //! The store is reached through its async roles (feed, leases, query):
 //! nothing here blocks a thread. Stopping is checked at every wait: a request in flight is
@@ -27,9 +32,9 @@ use tributary_core::{SeriesKey, Width};
 
 use super::config::SinkConfig;
 use super::http::Endpoint;
-use super::lease::{Role, SinkLease};
 use super::{SinkCounters, SinkError};
 use crate::finality::Finality;
+use crate::lease::{HeldLease, Role};
 use crate::query::stats::Stat;
 use crate::store::{Changed, Feed, Leases, Query};
 use tributary_runtime::now_ms;
@@ -105,7 +110,7 @@ pub(crate) struct Runner<S> {
     /// When long-parked windows were last logged.
     parked_warned: Option<Instant>,
     /// The sink's lease, held while this instance pushes.
-    pub(super) lease: SinkLease,
+    pub(super) lease: HeldLease,
 }
 
 impl<S: Feed + Leases + Query + Clone + 'static> Runner<S> {
@@ -123,11 +128,11 @@ impl<S: Feed + Leases + Query + Clone + 'static> Runner<S> {
             reason: format!("{} is not a valid width", cfg.width_ms),
         })?;
         Ok(Runner {
-            lease: SinkLease::new(
-                &cfg.name,
+            lease: HeldLease::new(
                 &cfg.store_name(),
                 holder,
                 Duration::from_millis(cfg.lease_ms),
+                counters.leader.clone(),
             ),
             width,
             stats: cfg.stats(),
@@ -203,13 +208,19 @@ impl<S: Feed + Leases + Query + Clone + 'static> Runner<S> {
             }
         }
         let cursor = position.map(|p| p.cursor);
-        self.lease.give_up(&self.store, &self.counters).await;
+        if self.lease.give_up(&self.store).await.is_err() {
+            self.counters.store_errors.inc();
+        }
         tracing::info!(sink = %self.cfg.name, cursor, "sink stopped");
     }
 
-    /// Whether this instance may push now (takes or renews the lease).
+    /// Whether this instance may push now (takes or renews the lease); a
+    /// store error counts and stands by.
     pub(super) async fn role(&mut self) -> Role {
-        self.lease.role(&self.store, &self.counters).await
+        self.lease.role(&self.store).await.unwrap_or_else(|_| {
+            self.counters.store_errors.inc();
+            Role::Standby
+        })
     }
 
     /// Waits `d`; true when asked to stop meanwhile.

@@ -9,12 +9,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tributary_collector::retention::{Policy, RetentionConfig, RetentionTask, Step, GRACE_MS};
+use tributary_collector::retention::{
+    Policy, RetentionConfig, RetentionMetrics, RetentionTask, Step, GRACE_MS, LEASE,
+};
 use tributary_collector::store::prelude::*;
-use tributary_collector::store::{Answer, Changed, StoreError};
+use tributary_collector::store::{Answer, Changed, Lease, StoreError};
 use tributary_core::batch::{Batch, Partial};
 use tributary_core::{Quantum, Summary, Width, Window};
 
@@ -158,12 +161,28 @@ type Steps = Vec<(Option<Width>, Step)>;
 
 /// A store whose retention steps fail where the test says: `fail` holds
 /// the (width, step) pairs that answer an error (`None`: the widths'
-/// listing); every other call goes to the real store. Counts reclaims.
+/// listing; with [`Step::Lease`], taking the lease); every other call goes
+/// to the real store. Counts reclaims. With `intrude` set, the next expiry
+/// batch, once done, waits until the `retention` lease has expired in the
+/// store and takes it for another holder, "intruder", for an hour (as if
+/// the batch had outlasted the lease and another instance had taken over).
 #[derive(Clone)]
 struct Failing<S> {
     inner: S,
     fail: Arc<Mutex<Steps>>,
     reclaims: Arc<AtomicUsize>,
+    intrude: Arc<AtomicBool>,
+}
+
+impl<S: Clone> Failing<S> {
+    fn new(inner: &S) -> Self {
+        Failing {
+            inner: inner.clone(),
+            fail: Arc::default(),
+            reclaims: Arc::default(),
+            intrude: Arc::default(),
+        }
+    }
 }
 
 impl<S> Failing<S> {
@@ -177,7 +196,7 @@ impl<S> Failing<S> {
     }
 }
 
-impl<S: Expire> Expire for Failing<S> {
+impl<S: Expire + Leases> Expire for Failing<S> {
     async fn widths(&self) -> Answer<Vec<Width>> {
         self.fails(None, Step::Widths)?;
         self.inner.widths().await
@@ -190,12 +209,20 @@ impl<S: Expire> Expire for Failing<S> {
 
     async fn expire(&self, width: Width, before: i64, limit: usize) -> Answer<usize> {
         self.fails(Some(width), Step::Expire)?;
-        self.inner.expire(width, before, limit).await
+        let n = self.inner.expire(width, before, limit).await;
+        if self.intrude.swap(false, Ordering::Relaxed) {
+            let hour = Duration::from_secs(3_600);
+            while self.inner.lease(LEASE, "intruder", hour).await.unwrap() != Lease::Ours {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        n
     }
 
-    fn reclaim(&self, pages: u32) -> impl Future<Output = Answer<u64>> + Send {
+    async fn reclaim(&self, pages: u32) -> Answer<u64> {
         self.reclaims.fetch_add(1, Ordering::Relaxed);
-        self.inner.reclaim(pages)
+        self.fails(None, Step::Reclaim)?;
+        self.inner.reclaim(pages).await
     }
 
     async fn oldest(&self, width: Width) -> Answer<Option<i64>> {
@@ -204,13 +231,27 @@ impl<S: Expire> Expire for Failing<S> {
     }
 }
 
+impl<S: Leases> Leases for Failing<S> {
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Answer<Lease> {
+        self.fails(None, Step::Lease)?;
+        self.inner.lease(name, holder, ttl).await
+    }
+
+    fn release(&self, name: &str, holder: &str) -> impl Future<Output = Answer<()>> + Send {
+        self.inner.release(name, holder)
+    }
+}
+
 /// On an empty `store` keeping roll-ups of 1 h and 1 d: a run in which
 /// expiry fails at the minutes (the first width) and preparing fails at the
 /// hours still deletes the expired hours and days and reclaims; the
 /// minutes stay whole, their lag is what the test's oldest start says, and
 /// each failure is counted by width and step; a run whose widths cannot be
-/// listed still reclaims; the next clean run deletes the minutes. Judged by
-/// the windows the test inserted and their starts against the cuts.
+/// listed still reclaims; a day later, a run in which reading the minutes'
+/// oldest start and the reclaim fail deletes what expired at every width
+/// meanwhile, counts both failures, and leaves the minutes' lag gauge at its
+/// last value; the next clean run sets it. Judged by the windows the test
+/// inserted and their starts against the cuts.
 pub(crate) async fn check_one_failing_width<S: Store>(store: &S) {
     let (minute, hour, day) = (
         Width::new(MIN).unwrap(),
@@ -274,17 +315,13 @@ pub(crate) async fn check_one_failing_width<S: Store>(store: &S) {
         );
     }
 
-    let failing = Failing {
-        inner: store.clone(),
-        fail: Arc::default(),
-        reclaims: Arc::default(),
-    };
+    let failing = Failing::new(store);
     *failing.fail.lock().unwrap() = vec![(Some(minute), Step::Expire), (Some(hour), Step::Prepare)];
     let cfg = RetentionConfig {
         batch_rows: 3,
         ..RetentionConfig::default()
     };
-    let task = RetentionTask::new(failing.clone(), policy, cfg);
+    let task = RetentionTask::new(failing.clone(), policy.clone(), cfg);
     let run = task.run_once(now).await;
     assert_eq!(
         run.failed,
@@ -320,15 +357,168 @@ pub(crate) async fn check_one_failing_width<S: Store>(store: &S) {
     assert_eq!(m.errors(None, Step::Widths), 1);
     assert_eq!(all_windows(store, MIN).await, everything(MIN));
 
-    // Healed: the minutes go at the next run; the counts stay.
+    // A day later the minutes' oldest start cannot be read and the reclaim
+    // fails: every width still expires what it has to (the minutes of days
+    // 0–2, the hours before day 2, day 1), both failures are counted, and
+    // the minutes' lag keeps its last value (it would be 0 now).
+    *failing.fail.lock().unwrap() = vec![(Some(minute), Step::Oldest), (None, Step::Reclaim)];
+    let later = now + DAY;
+    let cuts_later = [
+        (minute, d0 + 3 * DAY),
+        (hour, d0 + 2 * DAY - HOUR + MIN),
+        (day, d0 + DAY + MIN),
+    ];
+    for (w, cut) in cuts_later {
+        assert_eq!(policy.delete_before(w, later), Some(cut), "{w:?}");
+    }
+    let lag = cuts[0].1 - oldest;
+    let reclaims = failing.reclaims.load(Ordering::Relaxed);
+    let run = task.run_once(later).await;
+    assert_eq!(
+        run.failed,
+        [(Some(minute), Step::Oldest), (None, Step::Reclaim)]
+    );
+    let widths: Vec<Width> = run.expired.iter().map(|e| e.0).collect();
+    assert_eq!(widths, [minute, hour, day]);
+    assert!(run.behind.is_empty() && !run.cut_short);
+    for (w, cut) in cuts_later {
+        assert_eq!(all_windows(store, w.ms()).await, kept(w.ms(), cut), "{w:?}");
+    }
+    assert_eq!(failing.reclaims.load(Ordering::Relaxed), reclaims + 1);
+    assert_eq!(m.errors(Some(minute), Step::Oldest), 1);
+    assert_eq!(m.errors(Some(hour), Step::Oldest), 0);
+    assert_eq!(m.errors(None, Step::Reclaim), 1);
+    assert_eq!(m.lag_ms(minute), lag, "the lag keeps its value");
+    assert_eq!(m.lag_ms(hour), 0);
+
+    // Healed: the next run reads the oldest start again; the counts stay.
     failing.fail.lock().unwrap().clear();
-    let run = task.run_once(now).await;
+    let run = task.run_once(later).await;
     assert!(run.failed.is_empty(), "{:?}", run.failed);
-    assert_eq!(all_windows(store, MIN).await, kept(MIN, cuts[0].1));
-    assert_eq!(all_windows(store, HOUR).await, kept(HOUR, cuts[1].1));
-    assert_eq!(all_windows(store, DAY).await, kept(DAY, cuts[2].1));
+    assert!(run.expired.is_empty());
+    for (w, cut) in cuts_later {
+        assert_eq!(all_windows(store, w.ms()).await, kept(w.ms(), cut), "{w:?}");
+    }
     assert_eq!(m.lag_ms(minute), 0);
     assert_eq!(m.errors(Some(minute), Step::Expire), 1);
+    assert_eq!(m.errors(Some(minute), Step::Oldest), 1);
+    assert_eq!(m.errors(None, Step::Reclaim), 1);
+}
+
+/// Polls `f` every 10 ms; panics after 30 s (a hang guard, not a timing
+/// assertion).
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The task's loop on an empty `store` keeping roll-ups of 1 h and 1 d,
+/// minutes a day (so by the real clock every minute the test writes, in
+/// 2023, has expired), under the `retention` lease: while the store cannot
+/// answer for the lease no run starts and each miss is counted as step
+/// `lease`; a run whose lease passes to another holder between two batches
+/// (its batch outlasted the lease, shortened here to 300 ms) stops after
+/// that batch and the task stands by while the other holds it; once it is
+/// given up the task takes it and expires the rest. Judged by the windows
+/// the test wrote.
+pub(crate) async fn check_lease_faults<S: Store>(store: &S) {
+    let minute = Width::new(MIN).unwrap();
+    let mut truth = Truth::new();
+    let mut partials = Vec::new();
+    for m in 0..10 {
+        for device in ["dev-a", "dev-b"] {
+            let start = T0 + m * 7 * MIN;
+            let reading = (start + 3, 500 + m);
+            let mut s = Summary::new(Quantum::new(-3).unwrap());
+            s.insert(reading.0, reading.1).unwrap();
+            partials.push(Partial {
+                series: key(device),
+                window: Window::new(start, minute).unwrap(),
+                summary: s,
+            });
+            truth.insert((device.to_string(), start), vec![reading]);
+        }
+    }
+    let total = truth.len() as u64;
+    store
+        .apply(&[Batch::new("lease", 1, T0, partials)])
+        .await
+        .unwrap();
+    let everything: BTreeMap<(String, i64), Summary> = truth
+        .iter()
+        .map(|((d, s), r)| ((key(d).to_string(), *s), summary_of(r)))
+        .collect();
+    assert_eq!(all_windows(store, MIN).await, everything);
+
+    let failing = Failing::new(store);
+    *failing.fail.lock().unwrap() = vec![(None, Step::Lease)];
+    let cfg = RetentionConfig {
+        interval_ms: 20,
+        batch_rows: 3,
+        // Below what the config allows: renewed every 100 ms.
+        lease_ms: 300,
+        ..RetentionConfig::default()
+    };
+    let policy = Policy::new(DAY, vec![(HOUR, 0), (DAY, 0)]);
+    let task = RetentionTask::new(failing.clone(), policy, cfg);
+    let m: Arc<RetentionMetrics> = task.metrics().clone();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(task.run("me".to_string(), stop_rx));
+
+    // The store cannot say who holds the lease: no run, each miss counted.
+    until("three lease failures", || {
+        m.errors(None, Step::Lease) >= 3 && m.skipped() >= 3
+    })
+    .await;
+    assert_eq!(m.runs(), 0);
+    assert!(!m.leader());
+    assert_eq!(all_windows(store, MIN).await, everything);
+
+    // Healed: the task takes the lease and runs; its first batch outlasts
+    // the lease and another holder takes it. The run stops after that one
+    // batch and the task stands by.
+    failing.intrude.store(true, Ordering::Relaxed);
+    let errors = m.errors(None, Step::Lease);
+    failing.fail.lock().unwrap().clear();
+    until("the run to lose the lease", || {
+        m.runs() == 1 && !m.leader() && !failing.intrude.load(Ordering::Relaxed)
+    })
+    .await;
+    let skipped = m.skipped();
+    until("two runs skipped under the intruder", || {
+        m.skipped() >= skipped + 2
+    })
+    .await;
+    assert_eq!(m.runs(), 1);
+    assert_eq!(m.expired(minute), 3, "one batch");
+    assert_eq!(m.errors(None, Step::Lease), errors);
+    let left = all_windows(store, MIN).await;
+    assert_eq!(left.len() as u64, total - 3);
+    assert!(left.iter().all(|(k, s)| everything.get(k) == Some(s)));
+
+    // The intruder gives the lease up: the task takes it and expires the
+    // rest; the roll-ups stay as the readings make them.
+    failing.inner.release(LEASE, "intruder").await.unwrap();
+    until("every minute expired", || {
+        m.leader() && m.expired(minute) == total
+    })
+    .await;
+    assert!(all_windows(store, MIN).await.is_empty());
+    for width in [HOUR, DAY] {
+        assert_eq!(all_windows(store, width).await, rolled_up(&truth, width));
+    }
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!m.leader());
 }
 
 /// One partial of `width` at `start` holding one reading of `device`.

@@ -39,6 +39,16 @@ const CHUNK: usize = 512;
 /// Chunks the encoding thread may be ahead of the writer by.
 const CHUNKS_AHEAD: usize = 8;
 
+/// The page size of a new database (SQLite's default is 4 KiB). At fan-in 1
+/// each partial is a row inserted into `results` among its series' earlier
+/// windows of the same span, so leaves split often; 8 KiB pages split half
+/// as often and write fewer WAL frames per row. `store_bench --writers 0
+/// --fan-in 1 --minutes 400`, three alternating runs each: 238 k against
+/// 216 k partials/s (190 k against 169 k per CPU-second of the writer);
+/// 16 KiB was no better than 8 KiB. A database made with another page size
+/// keeps it (SQLite changes it only by a `VACUUM` outside WAL mode).
+const PAGE_SIZE: i64 = 8_192;
+
 /// Result rows the store keeps in memory at most (see [`Cache`]): enough
 /// for the roll-ups and open windows of some 30,000 active series.
 const CACHED_ROWS: usize = 100_000;
@@ -57,6 +67,9 @@ impl Writer {
     /// Opens the writer of the database at `path` (WAL), migrating it.
     pub(super) fn open(path: &Path, rollups: Vec<Width>) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
+        // Before anything creates the file's header (journal_mode = WAL
+        // does); on an existing database it changes nothing.
+        conn.pragma_update(None, "page_size", PAGE_SIZE)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         super::schema::migrate(&conn)?;

@@ -17,7 +17,6 @@
 
 mod modbus;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,8 @@ use tributary_agent::config::Config as AgentConfig;
 use tributary_agent::{Agent, Metrics};
 use tributary_collector::store::all_windows;
 use tributary_core::Width;
-use tributary_testkit::{free_port, OpcuaSim, Written};
+use tributary_testkit::opcua::{windows, Totals, Windows};
+use tributary_testkit::{free_port, OpcuaSim};
 
 const WIDTH: i64 = 1000;
 const ROUNDS: usize = 15;
@@ -69,28 +69,6 @@ fn items_toml() -> String {
         .collect()
 }
 
-/// metric → window start → (count, Σticks, min, max).
-type Windows = BTreeMap<String, BTreeMap<i64, (u64, i128, i64, i64)>>;
-
-/// The judge: the good values written, grouped by SourceTimestamp.
-fn expected(written: &[Written]) -> Windows {
-    let mut out = Windows::new();
-    for w in written.iter().filter(|w| w.status == "good") {
-        let start = w.at_ms.div_euclid(WIDTH) * WIDTH;
-        let t = i64::try_from(w.ticks).unwrap();
-        let e = out
-            .entry(w.metric.clone())
-            .or_default()
-            .entry(start)
-            .or_insert((0, 0, t, t));
-        e.0 += 1;
-        e.1 += w.ticks;
-        e.2 = e.2.min(t);
-        e.3 = e.3.max(t);
-    }
-    out
-}
-
 async fn stored(c: &Collector) -> Windows {
     let mut out = Windows::new();
     for ((key, start), w) in all_windows(&c.store, Width::new(WIDTH).unwrap())
@@ -101,7 +79,12 @@ async fn stored(c: &Collector) -> Windows {
         let x = w.summary.extent().unwrap();
         out.entry(key.metric().to_string()).or_default().insert(
             start,
-            (w.summary.count(), w.summary.sum_ticks(), x.min, x.max),
+            Totals {
+                count: w.summary.count(),
+                sum: w.summary.sum_ticks(),
+                min: i128::from(x.min),
+                max: i128::from(x.max),
+            },
         );
     }
     out
@@ -121,7 +104,7 @@ fn seen(m: &Metrics) -> u64 {
 async fn wait_stored(c: &Collector, want: &Windows) -> Windows {
     let total = |w: &Windows, metric: &str| {
         w.get(metric)
-            .map_or(0, |w| w.values().map(|x| x.0).sum::<u64>())
+            .map_or(0, |w| w.values().map(|x| x.count).sum::<u64>())
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -196,7 +179,7 @@ async fn opcua_values_reach_the_collector_exactly_through_a_server_restart() {
     wait_all_seen(m, &log).await;
 
     let written = sim.served().unwrap();
-    let want = expected(&written);
+    let want = windows(&written, WIDTH);
     let temps = written.iter().filter(|w| w.metric == "temp").count();
     assert_eq!(
         temps,
@@ -221,12 +204,16 @@ async fn opcua_values_reach_the_collector_exactly_through_a_server_restart() {
     for r in ["uncertain", "value", "repeat", "connect", "subscribe"] {
         assert_eq!(m.opcua_error("ua", r).get(), 0, "ua: {r}");
     }
-    assert_eq!(
-        m.opcua_reconnects("ua").get(),
-        1,
-        "the restart is one reconnection"
-    );
+    // The restart is at least one reconnection, not exactly one: how many
+    // attempts the new server takes depends on timing, and should the
+    // library lose the subscription while recreating it there (a request
+    // timing out under load), the session ends and the agent starts one of
+    // its own (`session_ended`). The library's reconnection is counted
+    // even then: it yields Reconnected in the same poll in which it drops
+    // the subscription, before the agent can end the session. That nothing
+    // was lost or taken twice is proved above, window by window.
     assert!(m.opcua_error("ua", "connection_lost").get() >= 1);
+    assert!(m.opcua_reconnects("ua").get() >= 1, "{}", m.render());
     assert!(m.opcua_error("ua-down", "connect").get() > 0);
     assert!(m.opcua_error("ua-badpw", "connect").get() > 0);
     assert_eq!(m.opcua_values("ua-badpw").get(), 0);

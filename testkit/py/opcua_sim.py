@@ -20,8 +20,13 @@ judge reads this log; it is independent of the agent's arithmetic.
 Usage: opcua_sim.py --port PORT --spec FILE --log FILE [--user U:P] [--secure DIR]
 The spec is JSON: {"seed": 7, "interval_ms": 100, "rounds": 20,
 "items": [{"node", "metric", "type", "scale", "offset", "quantum",
-"bad_every"}, ...]}; type is Boolean, Int16, Int32, UInt64, Float, Double
-or String; bad_every N writes every Nth value with a Bad status.
+"bad_every"}, ...], "refuse_subscriptions": 0, "refuse_items": 0}; type
+is Boolean, Int16, Int32, UInt64, Float, Double or String; bad_every N
+writes every Nth value with a Bad status; refuse_subscriptions N answers
+the first N CreateSubscription requests with BadTooManySubscriptions, and
+refuse_items N the first N CreateMonitoredItems requests with
+BadTooManyMonitoredItems (the sessions themselves are accepted), as a
+server short of resources would.
 "ready" is printed on stdout once the first values are set and the server
 listens. Each line "go" on stdin starts one run of `rounds` writes of
 every variable, `interval_ms` apart (no faster than the agent's sampling
@@ -42,6 +47,7 @@ from pathlib import Path
 from asyncua import Server, ua
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.internal_session import InternalSession
 from asyncua.server.user_managers import UserManager
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -143,6 +149,21 @@ async def secure(server, directory):
     server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
 
 
+def refuse(service, n, error):
+    """Answers the next `n` requests of InternalSession's `service`, of any
+    session, with `error`."""
+    left = [n]
+    serve = getattr(InternalSession, service)
+
+    async def refusing(self, *args, **kwargs):
+        if left[0] > 0:
+            left[0] -= 1
+            raise error()
+        return await serve(self, *args, **kwargs)
+
+    setattr(InternalSession, service, refusing)
+
+
 def node_id(text):
     ns, ident = text.split(";", 1)
     idx = int(ns[3:])
@@ -161,6 +182,10 @@ async def main():
     spec = json.load(open(args.spec))
     log = open(args.log, "a")
     sim = Sim(spec, log)
+    refuse("create_subscription", spec.get("refuse_subscriptions", 0),
+           ua.uaerrors.BadTooManySubscriptions)
+    refuse("create_monitored_items", spec.get("refuse_items", 0),
+           ua.uaerrors.BadTooManyMonitoredItems)
 
     user_manager = None
     if args.user:

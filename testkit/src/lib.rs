@@ -22,7 +22,8 @@
 //!   [`modbus::PtyPair`], a `socat` pty pair as the serial line.
 //! - [`opcua::OpcuaSim`] — an OPC UA server simulated by `asyncua` that
 //!   writes on request and logs every value with its SourceTimestamp and
-//!   exact ticks.
+//!   exact ticks; [`opcua::windows`] groups the log into the totals each
+//!   window must hold.
 //! - [`Prometheus`], [`VictoriaMetrics`], [`InfluxDb`] — real metrics
 //!   databases from the distribution in a temp dir on a free port, killed on
 //!   `Drop` (`start`, `url`).

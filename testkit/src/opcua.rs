@@ -5,8 +5,10 @@
 //! it stands for, computed in Python with exact fractions:
 //! [`OpcuaSim::served`] is the judge's input, independent of the agent's
 //! arithmetic. It writes only when told ([`OpcuaSim::run`]), so a test can
-//! first wait for the agent's subscription.
+//! first wait for the agent's subscription. [`windows`] groups the log
+//! into the totals a window of the agent must hold.
 
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -131,6 +133,58 @@ pub fn read_log(log: &Path) -> io::Result<Vec<Written>> {
             })
         })
         .collect()
+}
+
+/// What a window of good values holds, in exact integers: how many, the
+/// sum of their ticks, the least and the greatest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    /// Values in the window.
+    pub count: u64,
+    /// Σ ticks.
+    pub sum: i128,
+    /// The least ticks.
+    pub min: i128,
+    /// The greatest ticks.
+    pub max: i128,
+}
+
+impl Totals {
+    /// The totals of one value.
+    pub fn of(ticks: i128) -> Totals {
+        Totals {
+            count: 1,
+            sum: ticks,
+            min: ticks,
+            max: ticks,
+        }
+    }
+
+    /// Adds one value.
+    pub fn add(&mut self, ticks: i128) {
+        self.count += 1;
+        self.sum += ticks;
+        self.min = self.min.min(ticks);
+        self.max = self.max.max(ticks);
+    }
+}
+
+/// metric → window start → totals.
+pub type Windows = BTreeMap<String, BTreeMap<i64, Totals>>;
+
+/// The judge: the good values of `written`, grouped by metric and by the
+/// aligned window of `width_ms` their SourceTimestamp falls in.
+pub fn windows(written: &[Written], width_ms: i64) -> Windows {
+    let mut out = Windows::new();
+    for w in written.iter().filter(|w| w.status == "good") {
+        let start = w.at_ms.div_euclid(width_ms) * width_ms;
+        out.entry(w.metric.clone())
+            .or_default()
+            .entry(start)
+            .and_modify(|t| t.add(w.ticks))
+            .or_insert_with(|| Totals::of(w.ticks));
+    }
+    out
 }
 
 impl Drop for OpcuaSim {

@@ -160,14 +160,11 @@ impl SharedCounts {
     }
 }
 
-// Unused where `FixedSummary::try_insert` is the compact stand-in.
-#[cfg_attr(
-    not(any(feature = "alloc", all(target_arch = "arm", target_has_atomic = "32"))),
-    allow(dead_code)
-)]
 impl SharedCounts {
     /// Where bucket `index` of `side` is held with room for one more count:
-    /// its position in the shared array (`None`: not held, or full).
+    /// its position in the shared array (`None`: not held, or full). The
+    /// one lookup of both per-reading paths: [`Store::try_increment`], and
+    /// `FixedSketch::place` with [`Self::bump`].
     #[inline(always)]
     pub(crate) fn slot(&self, side: Side, index: i32) -> Option<usize> {
         let (start, len, offset) = self.base(side);
@@ -270,17 +267,12 @@ impl Store for SharedCounts {
     /// The device's per-reading path: one range check and one increment.
     #[inline(always)]
     fn try_increment(&mut self, side: Side, index: i32) -> bool {
-        let (start, len, offset) = self.base(side);
-        let k = index.wrapping_sub(offset) as u32 as usize;
-        if k >= len {
-            return false;
-        }
-        match self.counts.get_mut(start + k) {
-            Some(c) if *c < u8::MAX => {
-                *c += 1;
+        match self.slot(side, index) {
+            Some(pos) => {
+                self.bump(pos);
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 }

@@ -111,9 +111,10 @@ pub(crate) async fn run(
                 if gone {
                     return;
                 }
-                // The session ended for good (its loop gave up, or the
-                // subscription went away): start again, after a pause that
-                // keeps growing while sessions do not stay connected.
+                // The session ended for good (its loop gave up, or a
+                // reconnection lost the subscription or some of its
+                // items): start again, after a pause that keeps growing
+                // while sessions do not stay connected.
                 let lasted = lock(&uptime).longest(tokio::time::Instant::now());
                 backoff.ended_after(lasted);
                 count(&metrics, &cfg.name, "session_ended");
@@ -400,9 +401,25 @@ fn refused_items(cfg: &OpcuaConfig, statuses: impl Iterator<Item = StatusCode>) 
     refused
 }
 
+/// The monitored items `session`'s subscriptions hold.
+fn monitored(session: &Session) -> usize {
+    let state = session.subscription_state.lock();
+    state
+        .subscription_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|id| state.get(id))
+        .map(|s| s.monitored_items().count())
+        .sum()
+}
+
 /// Drives the session's event loop until it ends, counting connection
 /// losses, failed and successful reconnections, and timing its connected
-/// stretches in `uptime`.
+/// stretches in `uptime`. It also ends it after a reconnection that left
+/// the session fewer monitored items than it had when the connection
+/// broke: the library recreates a subscription the server lost, but only
+/// logs a refusal of its items and goes on with a subscription that
+/// reports nothing — a new session subscribes them afresh.
 async fn drive(
     stream: impl Stream<Item = Result<SessionPollResult, StatusCode>>,
     session: Arc<Session>,
@@ -412,9 +429,12 @@ async fn drive(
 ) {
     tokio::pin!(stream);
     let mut connected_once = false;
+    // The monitored items held when the connection last broke.
+    let mut held = 0;
     while let Some(event) = stream.next().await {
         match event {
             Ok(SessionPollResult::ConnectionLost(status)) => {
+                held = monitored(&session);
                 lock(&uptime).down(tokio::time::Instant::now());
                 count(&metrics, &device, "connection_lost");
                 tracing::warn!(device, %status, "OPC UA connection lost");
@@ -428,6 +448,16 @@ async fn drive(
                 if connected_once {
                     metrics.opcua_reconnects(&device).inc();
                     tracing::info!(device, ?mode, "OPC UA session re-established");
+                    let now = monitored(&session);
+                    if now < held {
+                        tracing::warn!(
+                            device,
+                            held,
+                            now,
+                            "OPC UA subscription recreated without all its monitored items"
+                        );
+                        return;
+                    }
                     // async-opcua 0.19 sends no Publish for a subscription
                     // it recreated until something triggers one (its
                     // publish loop starts after the recreation's trigger).
@@ -444,7 +474,8 @@ async fn drive(
     }
 }
 
-/// What ends [`forward`]: shutdown, or the session's event loop giving up.
+/// What ends [`forward`]: shutdown, or the session's event loop ending
+/// (the library gave up, or [`drive`] found items lost).
 struct Ends<'a> {
     shutdown: &'a mut watch::Receiver<bool>,
     event_loop: &'a mut tokio::task::JoinHandle<()>,

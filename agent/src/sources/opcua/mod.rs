@@ -23,18 +23,24 @@
 //! monitored item the server refuses: the others still report),
 //! `connection_lost` (the library's connection broke; it reconnects on
 //! its own), `reconnect` (one of its attempts failed), `session_ended`
-//! (its loop gave up, or the subscription went away: the task starts a new
-//! session), and per value `bad`, `uncertain`
+//! (the session is of no more use: its loop gave up, or a reconnection
+//! lost the subscription or some of its monitored items; the task starts a
+//! new session), and per value `bad`, `uncertain`
 //! (status), `type` (not a number), `value` (does not fit the ticks),
 //! `repeat` (the value last handed over, again: a recreated subscription's
 //! first report), `overflow` (dropped: the queue to the engine was full).
 //! Values handed over are counted in `tributary_agent_opcua_values_total`.
 //! Until a session is up the task retries with a backoff from 100 ms
 //! doubling to 30 s; after that the library's session loop reconnects with
-//! the same backoff and transfers or recreates the subscription
-//! (`tributary_agent_opcua_reconnects_total`); should that loop end, the
-//! task starts a new session after the backoff's next pause (back to
-//! 100 ms only if the session had stayed connected 30 s without a break). A server only
+//! the same backoff, without a limit, and transfers or recreates the
+//! subscription (`tributary_agent_opcua_reconnects_total`). The library
+//! drops a subscription it cannot recreate (the server refuses it, or the
+//! request fails) and only logs a refusal of the recreated items, so the
+//! task watches for both: the subscription's queue closing, and a
+//! reconnection that leaves fewer monitored items than the session held
+//! when the connection broke. Either ends the session, and the task starts
+//! a new one after the backoff's next pause (back to 100 ms only if the
+//! session had stayed connected 30 s without a break). A server only
 //! ever waits on itself: its failures stall no other input. Changes are
 //! queued between the library's callback and the engine in a bounded queue
 //! (the items' queue sizes summed, times 4, at least 1024 and at most

@@ -221,15 +221,35 @@ pub(crate) fn gather<'a>(
     let mut rows: Pending<'a> = Pending::with_capacity(partials + partials / 8);
     let mut watermarks: std::collections::BTreeMap<&'a str, i64> = Default::default();
     let mut reporters: HashSet<(i64, &'a str)> = HashSet::new();
+    // An agent's batches usually list the same series in the same order:
+    // the series at the same place in the agent's previous batch is tried
+    // first (one comparison of keys, where `id_of` hashes the key and
+    // probes), and a pair it matched is already among the reporters. In
+    // `store_bench --fan-in 1` the lookups were a tenth of the SQLite
+    // writer's time.
+    let mut previous: HashMap<&'a str, Vec<(&'a SeriesKey, i64)>> = HashMap::new();
     for b in fresh {
-        let w = watermarks.entry(b.agent.as_str()).or_insert(i64::MIN);
+        let agent = b.agent.as_str();
+        let w = watermarks.entry(agent).or_insert(i64::MIN);
         *w = (*w).max(b.watermark);
-        for p in &b.partials {
-            let id = id_of(&p.series)?;
-            reporters.insert((id, b.agent.as_str()));
+        let known = previous.entry(agent).or_default();
+        for (i, p) in b.partials.iter().enumerate() {
+            let id = match known.get(i) {
+                Some(&(k, id)) if *k == p.series => id,
+                _ => {
+                    let id = id_of(&p.series)?;
+                    reporters.insert((id, agent));
+                    match known.get_mut(i) {
+                        Some(slot) => *slot = (&p.series, id),
+                        None => known.push((&p.series, id)),
+                    }
+                    id
+                }
+            };
             let key = (id, p.window.width().ms(), p.window.start());
             merge_into(&mut rows, key, Merged::One(&p.summary), p.window, &p.series)?;
         }
+        known.truncate(b.partials.len());
     }
     let mut reporters: Vec<(i64, &'a str)> = reporters.into_iter().collect();
     reporters.sort_unstable();
@@ -259,7 +279,9 @@ impl<'a> Gathered<'a> {
                 summary: summary.get(),
             })
             .collect();
-        rows.sort_by_cached_key(|r| order(&r.key));
+        // Keys are unique and cheap to compute: sorting them in place beat
+        // caching them (a tenth of this call's time).
+        rows.sort_unstable_by_key(|r| order(&r.key));
         rows
     }
 
@@ -298,7 +320,7 @@ impl<'a> Gathered<'a> {
                 summary: summary.into_cow(),
             })
             .collect();
-        rows.sort_by_cached_key(|d| order(&d.key));
+        rows.sort_unstable_by_key(|d| order(&d.key));
         Ok(rows)
     }
 }
@@ -444,6 +466,57 @@ mod tests {
         assert_eq!(*p.rows[2].summary, want);
         assert_eq!(p.watermarks, [("gw-1", 5), ("gw-2", 9)]);
         assert_eq!(p.reporters, [(1, "gw-1"), (1, "gw-2"), (2, "gw-2")]);
+    }
+
+    /// The ids tried from an agent's previous batch never stand in for
+    /// another series: batches of one agent that reorder, drop, add or
+    /// replace series, and another agent listing other series at the same
+    /// places, get each partial the id its own key names, and every (series,
+    /// agent) pair that reported is listed once.
+    #[test]
+    fn each_partial_gets_its_own_series_id_whatever_the_agents_list() {
+        let devices = |ds: &[&str], minute: i64| -> Vec<Partial> {
+            ds.iter().map(|d| partial(d, minute, 1)).collect()
+        };
+        let group = [
+            Batch::new("gw-1", 1, 0, devices(&["a", "b", "c"], 0)),
+            Batch::new("gw-2", 1, 0, devices(&["d", "e", "f"], 0)),
+            Batch::new("gw-1", 2, 0, devices(&["a", "b", "c"], 1)),
+            Batch::new("gw-1", 3, 0, devices(&["c", "a", "b"], 2)),
+            Batch::new("gw-1", 4, 0, devices(&["a", "c"], 3)),
+            Batch::new("gw-1", 5, 0, devices(&["a", "c", "g", "b"], 4)),
+            Batch::new("gw-2", 2, 0, devices(&["d", "x", "f"], 1)),
+            Batch::new("gw-2", 3, 0, devices(&["d", "e", "f"], 2)),
+        ];
+        // The judge: ids from the device's letter, pairs from the inputs.
+        let id = |key: &SeriesKey| i64::from(key.device().as_bytes()[0]);
+        let fresh: Vec<&Batch> = group.iter().collect();
+        let mut lookups = 0;
+        let g = gather(&fresh, |key| {
+            lookups += 1;
+            Ok(id(key))
+        })
+        .unwrap();
+        let mut want: Vec<(RowKey, i64)> = group
+            .iter()
+            .flat_map(|b| &b.partials)
+            .map(|p| ((id(&p.series), MIN, p.window.start()), id(&p.series)))
+            .collect();
+        want.sort_unstable();
+        let mut got: Vec<(RowKey, i64)> = g.rows.keys().map(|&k| (k, k.0)).collect();
+        got.sort_unstable();
+        assert_eq!(got, want);
+        let mut pairs: Vec<(i64, &str)> = group
+            .iter()
+            .flat_map(|b| b.partials.iter().map(|p| (id(&p.series), b.agent.as_str())))
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        assert_eq!(g.reporters, pairs);
+        // The repeated lists were not looked up again: the first batch of
+        // each agent (6), then only the places whose series changed
+        // (gw-1: 3 reordered, 2 swapped, 2 added; gw-2: 1, then 1 back).
+        assert_eq!(lookups, 6 + 7 + 2);
     }
 
     /// Roll-ups merged through a finer roll-up hold the same readings as

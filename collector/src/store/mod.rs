@@ -4,7 +4,8 @@
 //! A store is one cheap-to-clone async handle ([`Store`]) that the service
 //! hands out by role: ingest applies groups through [`Ingest`], the query
 //! API and the dashboard read through [`Query`], and sinks follow the
-//! change feed through [`Feed`] and agree who pushes through [`Leases`].
+//! change feed through [`Feed`], and the instances agree which of them
+//! runs a sink or retention through [`Leases`].
 //! Every method returns a `Send` future, so any task may call it; the
 //! backends keep their blocking or pooled details inside:
 //! [`sqlite`] runs its one writer connection on the blocking pool and reads
@@ -53,7 +54,8 @@
 //!   store.
 //! - **Leases.** A named lease has one holder at a time until it expires
 //!   ([`Leases::lease`]), so instances sharing a database can agree which of
-//!   them runs a sink.
+//!   them runs a job that must run on one at a time (a sink, retention:
+//!   `crate::lease`).
 //! - **Expiry** ([`Expire`], for [`crate::retention`]) deletes result rows
 //!   of one width before a window start, at most a given number per
 //!   transaction, with their parked entries; it never changes a change
@@ -416,7 +418,9 @@ pub trait Feed: Send + Sync {
     fn set_cursor(&self, name: &str, value: u64) -> impl Future<Output = Answer<()>> + Send;
 }
 
-/// Named leases (which instance runs a sink).
+/// Named leases: which instance runs a job that must run on one instance
+/// at a time — a sink (`sink:<name>`), retention (`retention`); see
+/// `crate::lease`.
 pub trait Leases: Send + Sync {
     /// Takes the lease called `name` for `holder`, or renews it, until
     /// `ttl` from now by the store's clock (the database server's, so the

@@ -129,6 +129,17 @@ pub enum StoreError {
     /// whenever the same batches are applied.
     #[error("the store panicked: {0}")]
     Panicked(String),
+    /// A part of a group failed with `error` after other parts of it had
+    /// committed on their own (PostgreSQL's lanes): `committed` is what
+    /// those applied. Applying the group again answers their batches as
+    /// duplicates, so this is how the caller learns that they were new.
+    #[error("{error} (other batches of the group committed)")]
+    Partly {
+        /// The failed part's error.
+        error: Box<StoreError>,
+        /// What the parts that committed applied.
+        committed: Box<Committed>,
+    },
 }
 
 impl StoreError {
@@ -145,7 +156,17 @@ impl StoreError {
         match self {
             StoreError::Merge { .. } => Some(WholeBatch::Unmergeable),
             StoreError::Panicked(_) => Some(WholeBatch::StoreFailed),
+            StoreError::Partly { error, .. } => error.whole_batch(),
             _ => None,
+        }
+    }
+
+    /// The error of the part that failed, and what the parts of the group
+    /// that committed applied, if any did ([`StoreError::Partly`]).
+    pub fn committed(self) -> (StoreError, Option<Committed>) {
+        match self {
+            StoreError::Partly { error, committed } => (*error, Some(*committed)),
+            e => (e, None),
         }
     }
 }
@@ -174,6 +195,17 @@ pub struct Report {
     /// Per batch in order, whether it was new.
     pub applied: Vec<Applied>,
     /// The agent incarnations whose first batch the transaction applied.
+    pub incarnations: Vec<NewIncarnation>,
+}
+
+/// What committed of a group that failed in part ([`StoreError::Partly`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// Per batch of the group in order, whether it was new, for those of
+    /// the parts that committed (`None`: its part failed, nothing of it
+    /// is applied).
+    pub applied: Vec<Option<Applied>>,
+    /// The agent incarnations whose first batch those parts applied.
     pub incarnations: Vec<NewIncarnation>,
 }
 
@@ -281,7 +313,8 @@ pub type Answer<T> = Result<T, StoreError>;
 pub trait Ingest: Send + Sync {
     /// Applies `batches` in one transaction; the report lists, per batch in
     /// order, whether it was new, and the agent incarnations seen for the
-    /// first time. On error nothing is applied.
+    /// first time. On error nothing is applied, except what a
+    /// [`StoreError::Partly`] names as committed.
     fn apply_report(&self, batches: &[Batch]) -> impl Future<Output = Answer<Report>> + Send {
         self.apply_refused(batches, &[])
     }

@@ -601,7 +601,8 @@ async fn instances_on_one_database_push_a_sink_from_one_at_a_time() {
             .await
             .unwrap()
     };
-    let (a_store, b_store) = (open(url.clone()).await, open(url).await);
+    let (a_store, b_store) = (open(url.clone()).await, open(url.clone()).await);
+    let asks = LeaseAsks::install(&url).await;
     let apply = |b: Batch| {
         let store = a_store.clone();
         async move { store.apply(&[b]).await }
@@ -627,9 +628,11 @@ async fn instances_on_one_database_push_a_sink_from_one_at_a_time() {
     let b = Running::start_as("b", &cfg("b"), &b_store);
     let cb = b.counters();
     wait_until("a pushes minute 0", || ca.pushed.get() == 2).await;
-    tokio::time::sleep(Duration::from_millis(300)).await; // b polls 15 times
+    // b has asked for the lease, been refused and asked again since.
+    asks.wait("b", asks.of("b").await + 2).await;
     assert_eq!(cb.leader.get(), 0, "b stands by");
     assert_eq!(cb.pushed.get(), 0);
+    assert_eq!(asks.holder().await.as_deref(), Some("a"));
 
     // Another holder takes the lease (as if a's had expired): a notices at
     // its next renewal and pushes nothing more; nobody pushes meanwhile.
@@ -642,8 +645,13 @@ async fn instances_on_one_database_push_a_sink_from_one_at_a_time() {
     apply(batch(2, 2, vec![partial("d1", 1, &[3000])]))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both have checked the lease since minute 1 was stored (a whole
+    // check: one ask answered, and the next), and neither pushed it.
+    let (na, nb) = (asks.of("a").await, asks.of("b").await);
+    asks.wait("a", na + 2).await;
+    asks.wait("b", nb + 2).await;
     assert_eq!(ca.pushed.get() + cb.pushed.get(), 2);
+    assert_eq!(asks.holder().await.as_deref(), Some("intruder"));
     // The intruder's lease ends; one of a and b takes over.
     pg.psql("lease", "DELETE FROM leases").unwrap();
     wait_until("minute 1 pushed", || ca.pushed.get() + cb.pushed.get() == 3).await;
@@ -689,6 +697,67 @@ async fn instances_on_one_database_push_a_sink_from_one_at_a_time() {
         .collect();
     assert_eq!(who, ["a", p, s]);
     drop((a_store, b_store));
+}
+
+/// Every request for a lease in one PostgreSQL database, by holder: each
+/// take or renewal is an `INSERT … ON CONFLICT` on `leases`, taken or
+/// refused, and a trigger the test adds notes it. So the test waits until
+/// an instance has checked the lease instead of sleeping.
+struct LeaseAsks {
+    client: tokio_postgres::Client,
+}
+
+impl LeaseAsks {
+    async fn install(url: &str) -> LeaseAsks {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute(
+                "CREATE TABLE lease_asks (holder TEXT NOT NULL);
+                 CREATE FUNCTION note_lease_ask() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN INSERT INTO lease_asks VALUES (NEW.holder); RETURN NEW; END $$;
+                 CREATE TRIGGER note_lease_ask BEFORE INSERT ON leases
+                 FOR EACH ROW EXECUTE FUNCTION note_lease_ask();",
+            )
+            .await
+            .unwrap();
+        LeaseAsks { client }
+    }
+
+    /// How often `holder` has asked for a lease.
+    async fn of(&self, holder: &str) -> i64 {
+        self.client
+            .query_one(
+                "SELECT count(*) FROM lease_asks WHERE holder = $1",
+                &[&holder],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Waits (up to 10 s) until `holder` has asked `n` times.
+    async fn wait(&self, holder: &str, n: i64) {
+        let t = Instant::now();
+        while self.of(holder).await < n {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "timed out waiting for {holder} to ask for the lease"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Who holds the (one) lease now.
+    async fn holder(&self) -> Option<String> {
+        self.client
+            .query_opt("SELECT holder FROM leases", &[])
+            .await
+            .unwrap()
+            .map(|r| r.get(0))
+    }
 }
 
 #[tokio::test]

@@ -19,18 +19,23 @@
 //! refuses nothing: ingest stalls visibly and resumes with nothing lost
 //! once the fault is gone.
 //!
+//! Whatever path applied a batch, its metrics count it once: when recording
+//! a refusal fails once, and on PostgreSQL with lanes (a real server on
+//! 127.0.0.1), where a batch that cannot merge fails its lane while the
+//! other lanes commit and then come back as duplicates.
+//!
 //! Mounting a tmpfs needs root (as the CI and the tests' PostgreSQL setup
 //! run); the test fails with a clear message otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod mqtt_common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,12 +45,13 @@ use tokio::sync::watch;
 use tributary_collector::config::Config;
 use tributary_collector::ingest::{self, IngestConfig, IngestCounters, Refused};
 use tributary_collector::service;
+use tributary_collector::store::postgres::{PostgresOptions, PostgresStore};
 use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
-use tributary_collector::store::{all_windows, Answer, Refusal, Refusals, Report};
+use tributary_collector::store::{all_windows, Answer, Refusal, Refusals, Report, StoreError};
 use tributary_core::batch::{Batch, Encoding, Partial};
 use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
-use tributary_testkit::{Mosquitto, MosquittoOptions};
+use tributary_testkit::{Mosquitto, MosquittoOptions, Postgres, PostgresOptions as Server};
 
 const MIN: i64 = 60_000;
 
@@ -262,12 +268,15 @@ async fn a_full_disk_stalls_ingest_visibly_and_it_resumes_with_nothing_lost_or_d
 }
 
 /// The SQLite store with a bug: its code panics on the batches of
-/// `poison` (by sequence) or, while `everything` is set, on every batch.
+/// `poison` (by sequence) or, while `everything` is set, on every batch;
+/// and a database that fails the next `record_fails` records of refused
+/// batches (before anything of them is written).
 #[derive(Clone)]
 struct Buggy {
     store: SqliteStore,
     poison: Arc<BTreeSet<u64>>,
     everything: Arc<AtomicBool>,
+    record_fails: Arc<AtomicU64>,
 }
 
 impl Ingest for Buggy {
@@ -291,7 +300,16 @@ impl Ingest for Buggy {
         batches: &[Batch],
         refused: &[Refusals],
     ) -> impl Future<Output = Answer<Report>> + Send {
-        self.store.record_refused(batches, refused)
+        let fail = self
+            .record_fails
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        async move {
+            if fail {
+                return Err(StoreError::Backend("the database failed (injected)".into()));
+            }
+            self.store.record_refused(batches, refused).await
+        }
     }
 
     fn probe(&self) -> impl Future<Output = Answer<()>> + Send {
@@ -321,6 +339,7 @@ async fn a_batch_the_store_fails_on_alone_is_refused_durably_and_ingest_goes_on(
         store: store.clone(),
         poison: Arc::new(poison.clone()),
         everything: everything.clone(),
+        record_fails: Arc::default(),
     };
     let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
     let counters = Arc::new(IngestCounters::default());
@@ -432,4 +451,233 @@ async fn a_batch_the_store_fails_on_alone_is_refused_durably_and_ingest_goes_on(
         .expect("ingest stops promptly")
         .unwrap();
     let _ = agent.client.disconnect();
+}
+
+/// Ingest with groups of exactly `batches` batches (a group commits when
+/// full; its wait is longer than any test) over `store`, as `client_id`.
+fn one_group<S: Ingest + Clone + 'static>(
+    broker: &Mosquitto,
+    client_id: &str,
+    batches: usize,
+    store: S,
+) -> (
+    Arc<IngestCounters>,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let counters = Arc::new(IngestCounters::default());
+    let (stop, stop_rx) = watch::channel(false);
+    let cfg = IngestConfig {
+        port: broker.port(),
+        client_id: client_id.into(),
+        group_batches: batches,
+        group_wait: Duration::from_secs(600),
+        ..IngestConfig::default()
+    };
+    let task = tokio::spawn(ingest::run(cfg, store, counters.clone(), stop_rx));
+    (counters, stop, task)
+}
+
+/// Stops ingest and waits for it (bounded).
+async fn stop_ingest(stop: watch::Sender<bool>, task: tokio::task::JoinHandle<()>) {
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("ingest stops promptly")
+        .unwrap();
+}
+
+/// Recording a refused batch fails once (a database error, nothing
+/// written): the group is committed again, the refusal is counted once —
+/// when its record commits — and the batches the failed round applied
+/// alone are counted as new, once, although the round that commits finds
+/// them applied. Judged from the batches sent: one reading each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refusal_record_is_retried_and_everything_counts_once() {
+    const N: u64 = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("c.db"), &[3_600_000]).unwrap();
+    let poison = BTreeSet::from([3]);
+    let record_fails = Arc::new(AtomicU64::new(1));
+    let buggy = Buggy {
+        store: store.clone(),
+        poison: Arc::new(poison.clone()),
+        everything: Arc::default(),
+        record_fails: record_fails.clone(),
+    };
+    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
+    // One group of all N: the poison's round applies the others alone.
+    let (counters, stop, task) = one_group(&broker, "collector-record", N as usize, buggy);
+    let agent = Agent::connect("agent-f", broker.port(), None);
+    subscribed(&counters).await;
+    let w = (now_ms() - 3_600_000) / MIN * MIN;
+    for seq in 0..N {
+        agent.publish(batch(w, seq).encode(Encoding::Binary));
+    }
+    let seqs = agent.confirmed(N as usize).await;
+    assert_eq!(
+        seqs.iter().copied().collect::<BTreeSet<_>>(),
+        (0..N).collect(),
+        "{}",
+        counters.render()
+    );
+    assert_eq!(record_fails.load(Relaxed), 0, "the record failed once");
+    assert_eq!(counters.store_errors.get(), 1, "{}", counters.render());
+    // Each batch holds one partial of one reading.
+    let good = (0..N).filter(|s| !poison.contains(s)).count() as u64;
+    assert_eq!(counters.batches_new.get(), good, "{}", counters.render());
+    assert_eq!(counters.batches_duplicate.get(), 0);
+    assert_eq!(counters.partials.get(), good);
+    assert_eq!(counters.readings.get(), good);
+    assert_eq!(counters.incarnations(false), 1);
+    assert_eq!(counters.refused(Refused::StoreFailed), 1);
+    let agents = store.agents().await.unwrap();
+    assert_eq!(
+        agents[0].refused.get("store_failed"),
+        Some(&Refusal {
+            partials: 1,
+            readings: 1
+        })
+    );
+    assert_eq!(agents[0].incarnations[0].batches, N, "the refused one too");
+    stop_ingest(stop, task).await;
+    let _ = agent.client.disconnect();
+}
+
+/// Batch `seq` of `agent`: `seq + i` readings (`100·seq + j` ticks, at
+/// `w + j`) in each minute `w + i·MIN`, `i < minutes`, of its device's
+/// series; it reports `seq` readings dropped.
+fn agent_batch(agent: &str, w: i64, seq: u64, minutes: i64) -> Batch {
+    let minute = Width::new(MIN).unwrap();
+    let key = SeriesKey::new("temperature", format!("{agent}-dev"), Default::default()).unwrap();
+    let partials = (0..minutes)
+        .map(|i| {
+            let start = w + i * MIN;
+            let mut s = Summary::new(Quantum::new(-3).unwrap());
+            for j in 0..seq as i64 + i {
+                s.insert(start + j, 100 * seq as i64 + j).unwrap();
+            }
+            Partial {
+                series: key.clone(),
+                window: Window::new(start, minute).unwrap(),
+                summary: s,
+            }
+        })
+        .collect();
+    let mut b = Batch::new(agent, seq, w, partials);
+    b.dropped_readings = seq;
+    b
+}
+
+/// A batch fault on PostgreSQL with lanes: one agent's batch cannot merge
+/// (another quantum than its stored window), so its lane fails while the
+/// other agents' lanes commit, and the group is applied batch by batch,
+/// where those come back as duplicates. Every batch that applied — in a
+/// lane that committed, or alone — is counted once as new (its partials,
+/// readings, dropped readings and the agent's new incarnation), the
+/// unmergeable one is refused, and the store holds every good reading
+/// once. Judged from the batches sent, as integers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_fault_with_lanes_counts_each_applied_batch_once() {
+    let pg = Postgres::start(Server::default()).unwrap();
+    let url = pg.create_database("lanes_fault").unwrap();
+    let options = PostgresOptions {
+        pool_size: 4,
+        ..PostgresOptions::new(&url)
+    };
+    let store = PostgresStore::open(&options, &[3_600_000])
+        .await
+        .unwrap()
+        .with_lanes(4);
+    let w = (now_ms() - 3_600_000) / 3_600_000 * 3_600_000;
+    // The window the bad batch meets: stored at quantum 10^-3 before.
+    let shared = SeriesKey::new("temperature", "shared-dev", Default::default()).unwrap();
+    let partial_at = |q: i8| {
+        let mut s = Summary::new(Quantum::new(q).unwrap());
+        s.insert(w, 7).unwrap();
+        Partial {
+            series: shared.clone(),
+            window: Window::new(w, Width::new(MIN).unwrap()).unwrap(),
+            summary: s,
+        }
+    };
+    store
+        .apply(&[Batch::new("agent-seed", 1, w, vec![partial_at(-3)])])
+        .await
+        .unwrap();
+
+    // Four agents, three batches each, in one group: agent-x's batch 2
+    // holds the shared window at quantum 10^-2.
+    let agents = ["agent-a", "agent-b", "agent-c", "agent-x"];
+    let minutes = |agent: &str| if agent == "agent-b" { 3 } else { 2 };
+    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
+    let (counters, stop, task) = one_group(&broker, "collector-lanes", 12, store.clone());
+    let clients: Vec<Agent> = agents
+        .iter()
+        .map(|a| Agent::connect(a, broker.port(), None))
+        .collect();
+    subscribed(&counters).await;
+    // The judge: per (series, minute) the count and tick sum of the good
+    // batches' readings, and their partials, readings and drops.
+    let mut want: BTreeMap<(String, i64), (u64, i128)> = BTreeMap::new();
+    let (mut partials, mut readings, mut dropped) = (0u64, 0u64, BTreeMap::new());
+    for (agent, client) in agents.iter().zip(&clients) {
+        for seq in 1..=3u64 {
+            if *agent == "agent-x" && seq == 2 {
+                let bad = Batch::new(*agent, seq, w, vec![partial_at(-2)]);
+                client.publish(bad.encode(Encoding::Binary));
+                continue;
+            }
+            client.publish(agent_batch(agent, w, seq, minutes(agent)).encode(Encoding::Binary));
+            for i in 0..minutes(agent) {
+                let start = w + i * MIN;
+                let n = seq as i64 + i;
+                let e = want.entry((format!("{agent}-dev"), start)).or_default();
+                e.0 += n as u64;
+                e.1 += (0..n)
+                    .map(|j| i128::from(100 * seq as i64 + j))
+                    .sum::<i128>();
+                partials += 1;
+                readings += n as u64;
+            }
+            *dropped.entry(*agent).or_insert(0u64) += seq;
+        }
+    }
+    for c in &clients {
+        assert_eq!(c.confirmed(3).await.len(), 3, "{}", counters.render());
+    }
+    assert_eq!(counters.refused(Refused::Unmergeable), 1);
+    assert_eq!(counters.batches_new.get(), 11, "{}", counters.render());
+    assert_eq!(counters.batches_duplicate.get(), 0);
+    assert_eq!(counters.partials.get(), partials);
+    assert_eq!(counters.readings.get(), readings);
+    assert_eq!(counters.incarnations(false), 4, "{}", counters.render());
+    for agent in agents {
+        assert_eq!(counters.dropped_readings(agent), dropped[agent], "{agent}");
+    }
+    assert_eq!(
+        counters.store_errors.get(),
+        0,
+        "a batch fault, not a store error"
+    );
+    // The store holds every good reading once, and the shared window as
+    // the seed stored it.
+    let mut got: BTreeMap<(String, i64), (u64, i128)> =
+        all_windows(&store, Width::new(MIN).unwrap())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|((k, s), r)| {
+                (
+                    (k.device().to_string(), s),
+                    (r.summary.count(), r.summary.sum_ticks()),
+                )
+            })
+            .collect();
+    assert_eq!(got.remove(&("shared-dev".to_string(), w)), Some((1, 7)));
+    assert_eq!(got, want);
+    stop_ingest(stop, task).await;
+    for c in clients {
+        let _ = c.client.disconnect();
+    }
 }

@@ -23,42 +23,108 @@
 //!   nothing new can arrive until they are acknowledged.)
 //!
 //! Recording the refusals is one transaction; if it fails, the group is
-//! kept and committed again (nothing is confirmed that is not recorded).
-//! Any other error fails the whole group, to be applied again (batches
-//! applied one by one before it are then duplicates).
+//! kept and committed again (nothing is confirmed that is not recorded; a
+//! refusal is counted once, when its record commits). Any other error
+//! fails the whole group, to be applied again.
+//!
+//! # Counted once, whatever applied it
+//! A batch applied by an attempt that then failed — alone in the
+//! batch-by-batch round, or in a part of the group that committed on its
+//! own ([`StoreError::Partly`]: PostgreSQL's lanes) — is a duplicate when
+//! the group is applied again. [`Progress`] keeps, across the attempts, the
+//! batches such an attempt applied as new and the incarnations it saw
+//! first, and the attempt that commits answers those batches as new: their
+//! partials, readings and new incarnations are counted once, with the
+//! group.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 
 use tributary_core::batch::Batch;
+use tributary_core::Incarnation;
 
 use super::group::Outcome;
 use crate::store::{Applied, Ingest, NewIncarnation, Refusals, StoreError, WholeBatch};
 
+/// What the attempts at committing a group applied before one failed,
+/// kept until the group commits (see the module note).
+#[derive(Debug, Default)]
+pub(super) struct Progress {
+    /// The agent incarnations seen for the first time.
+    pub(super) incarnations: Vec<NewIncarnation>,
+    /// The batches applied as new, by (agent, incarnation, sequence).
+    applied: BTreeSet<(String, Incarnation, u64)>,
+}
+
+impl Progress {
+    /// Takes in that `batch` was applied as new by an attempt that may
+    /// still fail.
+    fn applied(&mut self, batch: &Batch) {
+        self.applied
+            .insert((batch.agent.clone(), batch.incarnation, batch.seq));
+    }
+
+    /// Takes in what committed of `batches` before the store call failed
+    /// with `error`; answers the error of the part that failed.
+    fn failed(&mut self, batches: &[Batch], error: StoreError) -> StoreError {
+        let (error, committed) = error.committed();
+        if let Some(mut c) = committed {
+            self.incarnations.append(&mut c.incarnations);
+            for (b, a) in batches.iter().zip(&c.applied) {
+                if *a == Some(Applied::New) {
+                    self.applied(b);
+                }
+            }
+        }
+        error
+    }
+
+    /// The group `batches` committed with `outcomes`: a duplicate that an
+    /// earlier attempt applied as new is new (its first copy in the group
+    /// only), and nothing is kept for the next group but the incarnations,
+    /// which the caller takes.
+    fn settle(&mut self, batches: &[Batch], outcomes: &mut [Outcome]) {
+        for (b, o) in batches.iter().zip(outcomes.iter_mut()) {
+            let key = (b.agent.clone(), b.incarnation, b.seq);
+            if self.applied.remove(&key) && *o == Outcome::Duplicate {
+                *o = Outcome::New;
+            }
+        }
+        self.applied.clear();
+    }
+}
+
 /// Applies `batches` in one transaction; answers the outcome of each and
-/// appends the agent incarnations seen for the first time to
-/// `incarnations`, storing with each new batch what the checks took out of
-/// it (`refused`, in the same transaction). A batch fault (see the module
-/// note) is isolated by [`one_by_one`]. A panic anywhere in here is a
-/// [`StoreError::Panicked`] of the group, never the end of ingest.
+/// appends the agent incarnations seen for the first time to `progress`,
+/// storing with each new batch what the checks took out of it (`refused`,
+/// in the same transaction). A batch fault (see the module note) is
+/// isolated by [`one_by_one`]. What an attempt that fails applied stays in
+/// `progress` for the next (see the module note). A panic anywhere in here
+/// is a [`StoreError::Panicked`] of the group, never the end of ingest.
 pub(super) async fn apply<S: Ingest>(
     store: &S,
     batches: &[Batch],
     refused: &[Refusals],
-    incarnations: &mut Vec<NewIncarnation>,
+    progress: &mut Progress,
 ) -> Result<Vec<Outcome>, StoreError> {
-    unpanicked(async {
+    let mut outcomes = unpanicked(async {
         match unpanicked(store.apply_refused(batches, refused)).await {
             Ok(mut r) => {
-                incarnations.append(&mut r.incarnations);
+                progress.incarnations.append(&mut r.incarnations);
                 r.applied.iter().map(|a| outcome(Some(a))).collect()
             }
-            Err(e) => match e.whole_batch() {
-                Some(_) => one_by_one(store, batches, refused, incarnations, e).await,
-                None => Err(e),
-            },
+            Err(e) => {
+                let e = progress.failed(batches, e);
+                match e.whole_batch() {
+                    Some(_) => one_by_one(store, batches, refused, progress, e).await,
+                    None => Err(e),
+                }
+            }
         }
     })
-    .await
+    .await?;
+    progress.settle(batches, &mut outcomes);
+    Ok(outcomes)
 }
 
 /// What became of a batch the store answered for.
@@ -78,7 +144,7 @@ async fn one_by_one<S: Ingest>(
     store: &S,
     batches: &[Batch],
     refused: &[Refusals],
-    incarnations: &mut Vec<NewIncarnation>,
+    progress: &mut Progress,
     error: StoreError,
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut each: Vec<Option<Outcome>> = Vec::with_capacity(batches.len());
@@ -95,19 +161,27 @@ async fn one_by_one<S: Ingest>(
         }
         for (i, b) in batches.iter().enumerate() {
             let r = refused.get(i..=i).unwrap_or_default();
-            match unpanicked(store.apply_refused(std::slice::from_ref(b), r)).await {
+            let one = std::slice::from_ref(b);
+            match unpanicked(store.apply_refused(one, r)).await {
                 Ok(mut r) => {
-                    incarnations.append(&mut r.incarnations);
+                    progress.incarnations.append(&mut r.incarnations);
                     proven = true;
-                    each.push(Some(outcome(r.applied.first())?));
-                }
-                Err(e) => match e.whole_batch() {
-                    Some(why) => {
-                        each.push(None);
-                        faults.push((i, why, e));
+                    let o = outcome(r.applied.first())?;
+                    if o == Outcome::New {
+                        progress.applied(b);
                     }
-                    None => return Err(e),
-                },
+                    each.push(Some(o));
+                }
+                Err(e) => {
+                    let e = progress.failed(one, e);
+                    match e.whole_batch() {
+                        Some(why) => {
+                            each.push(None);
+                            faults.push((i, why, e));
+                        }
+                        None => return Err(e),
+                    }
+                }
             }
         }
     }
@@ -130,9 +204,11 @@ async fn one_by_one<S: Ingest>(
         .unzip();
     let mut rec = match bad.is_empty() {
         true => return settled(each),
-        false => unpanicked(store.record_refused(&bad, &refusals)).await?,
+        false => unpanicked(store.record_refused(&bad, &refusals))
+            .await
+            .map_err(|e| progress.failed(&bad, e))?,
     };
-    incarnations.append(&mut rec.incarnations);
+    progress.incarnations.append(&mut rec.incarnations);
     for ((i, why, error), applied) in faults.into_iter().zip(&rec.applied) {
         each[i] = Some(match applied {
             Applied::Duplicate => Outcome::Duplicate,
@@ -180,4 +256,55 @@ async fn unpanicked<T>(f: impl Future<Output = Result<T, StoreError>>) -> Result
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::Committed;
+
+    fn batch(agent: &str, seq: u64) -> Batch {
+        Batch::new(agent, seq, 0, Vec::new())
+    }
+
+    #[test]
+    fn what_a_failed_attempt_applied_counts_once_when_the_group_commits() {
+        let (a1, a2, b1) = (batch("a", 1), batch("a", 2), batch("b", 1));
+        let mut p = Progress::default();
+        // Lanes: b's committed (b 1 new), a's failed.
+        let partly = StoreError::Partly {
+            error: Box::new(StoreError::Panicked("bug".into())),
+            committed: Box::new(Committed {
+                applied: vec![None, None, Some(Applied::New)],
+                incarnations: Vec::new(),
+            }),
+        };
+        let group = [a1.clone(), a2.clone(), b1.clone()];
+        let e = p.failed(&group, partly);
+        assert!(matches!(e, StoreError::Panicked(_)));
+        // Alone: a 1 applied, then the database fails.
+        p.applied(&a1);
+        // The next attempt finds a 1 and b 1 applied, b 1 delivered twice.
+        let group = [a1, a2, b1.clone(), b1];
+        let mut outcomes = [
+            Outcome::Duplicate,
+            Outcome::New,
+            Outcome::Duplicate,
+            Outcome::Duplicate,
+        ];
+        p.settle(&group, &mut outcomes);
+        assert_eq!(
+            outcomes,
+            [Outcome::New, Outcome::New, Outcome::New, Outcome::Duplicate],
+            "each batch new once, a redelivery still a duplicate"
+        );
+        let mut again = [Outcome::Duplicate; 4];
+        p.settle(&group, &mut again);
+        assert_eq!(
+            again,
+            [Outcome::Duplicate; 4],
+            "nothing kept after a commit"
+        );
+    }
 }

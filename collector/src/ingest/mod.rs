@@ -38,7 +38,8 @@
 //! connection: the broker resends only on a reconnect, so they held its
 //! in-flight window and ingest stopped for good. Once the store is back the
 //! group commits, in order, and nothing is lost or applied twice (batches a
-//! per-batch retry had already applied are duplicates). Each failure is
+//! per-batch retry or a committed lane had already applied are duplicates
+//! then, and counted as new once, with the group: [`commit`]). Each failure is
 //! counted (`tributary_collector_store_errors_total`), shown
 //! (`tributary_collector_store_writable` 0) and makes `/health/ready`
 //! answer 503 once the oldest uncommitted message is older than its bound.
@@ -92,8 +93,8 @@ pub use metrics::{IngestCounters, MAX_AGENT_LABELS, OTHER_AGENTS};
 pub use transport::{Protocol, TlsOptions};
 pub use tributary_runtime::config::Password;
 
-use crate::store::{Ingest, NewIncarnation, StoreError};
-use commit::apply;
+use crate::store::{Ingest, StoreError};
+use commit::{apply, Progress};
 use group::{Group, Outcome, Taken};
 use transport::{AckToken, Client, Connection, Event, Failure, Message, Out, Outbox};
 
@@ -152,7 +153,7 @@ pub async fn run<S: Ingest + Clone + 'static>(
         backoff,
         connected_at: None,
         store_backoff: None,
-        incarnations: Vec::new(),
+        progress: Progress::default(),
     };
     let mut flush_at: Option<Instant> = None;
     let mut retry_at: Option<Instant> = None;
@@ -277,12 +278,11 @@ async fn drain(client: &Client, conn: &mut Connection, outbox: &mut Outbox) {
 type Commit = tokio::task::JoinHandle<(Taken<AckToken>, Landed)>;
 
 /// What a commit answers besides its group: the outcome of each of its
-/// batches (or the store's error), and the agent incarnations seen for the
-/// first time so far (kept across failed attempts, see
-/// [`Shell::incarnations`]).
+/// batches (or the store's error), and what the attempts so far applied
+/// (kept across failed attempts, see [`Shell::progress`]).
 struct Landed {
     outcomes: Result<Vec<Outcome>, StoreError>,
-    incarnations: Vec<NewIncarnation>,
+    progress: Progress,
     /// How long the store's transaction took.
     took: Duration,
 }
@@ -298,11 +298,12 @@ struct Shell {
     connected_at: Option<Instant>,
     /// The wait before the next commit attempt while the store fails.
     store_backoff: Option<Duration>,
-    /// New incarnations reported by batches a per-batch retry applied
-    /// before the group failed: on the next attempt those batches are
-    /// duplicates and would report nothing, so they are kept until the
-    /// group commits.
-    incarnations: Vec<NewIncarnation>,
+    /// What attempts that failed applied (batches applied alone by a
+    /// per-batch retry, or by lanes that committed, and the new
+    /// incarnations they reported): on the next attempt those batches are
+    /// duplicates and would report nothing, so this is kept until the
+    /// group commits, and they are counted then, once.
+    progress: Progress,
 }
 
 impl Shell {
@@ -451,15 +452,15 @@ impl Shell {
     /// what it answers.
     fn start<S: Ingest + Clone + 'static>(&mut self, store: &S) -> Commit {
         let taken = self.group.take();
-        let mut incarnations = std::mem::take(&mut self.incarnations);
+        let mut progress = std::mem::take(&mut self.progress);
         let store = store.clone();
         tokio::spawn(async move {
             let began = Instant::now();
             let (batches, refused) = (taken.batches(), taken.refused());
-            let outcomes = apply(&store, batches, refused, &mut incarnations).await;
+            let outcomes = apply(&store, batches, refused, &mut progress).await;
             let landed = Landed {
                 outcomes,
-                incarnations,
+                progress,
                 took: began.elapsed(),
             };
             (taken, landed)
@@ -471,7 +472,7 @@ impl Shell {
     /// back in front of what gathered meanwhile and the answer is when to
     /// try again.
     fn finish(&mut self, taken: Taken<AckToken>, landed: Landed) -> Option<Instant> {
-        self.incarnations = landed.incarnations;
+        self.progress = landed.progress;
         self.counters
             .store_commit_seconds
             .observe(landed.took.as_secs_f64());
@@ -514,7 +515,7 @@ impl Shell {
         for (agent, n) in &settled.dropped {
             c.add_dropped(agent, *n);
         }
-        for new in std::mem::take(&mut self.incarnations) {
+        for new in std::mem::take(&mut self.progress.incarnations) {
             c.new_incarnation(new.known_agent);
             if new.known_agent {
                 tracing::warn!(agent = new.agent, incarnation = %new.incarnation,

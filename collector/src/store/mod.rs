@@ -4,7 +4,8 @@
 //! A store is one cheap-to-clone async handle ([`Store`]) that the service
 //! hands out by role: ingest applies groups through [`Ingest`], the query
 //! API and the dashboard read through [`Query`], and sinks follow the
-//! change feed through [`Feed`] and agree who pushes through [`Leases`].
+//! change feed through [`Feed`], and the instances agree which of them
+//! runs a sink or retention through [`Leases`].
 //! Every method returns a `Send` future, so any task may call it; the
 //! backends keep their blocking or pooled details inside:
 //! [`sqlite`] runs its one writer connection on the blocking pool and reads
@@ -53,7 +54,8 @@
 //!   store.
 //! - **Leases.** A named lease has one holder at a time until it expires
 //!   ([`Leases::lease`]), so instances sharing a database can agree which of
-//!   them runs a sink.
+//!   them runs a job that must run on one at a time (a sink, retention:
+//!   `crate::lease`).
 //! - **Expiry** ([`Expire`], for [`crate::retention`]) deletes result rows
 //!   of one width before a window start, at most a given number per
 //!   transaction, with their parked entries; it never changes a change
@@ -127,6 +129,17 @@ pub enum StoreError {
     /// whenever the same batches are applied.
     #[error("the store panicked: {0}")]
     Panicked(String),
+    /// A part of a group failed with `error` after other parts of it had
+    /// committed on their own (PostgreSQL's lanes): `committed` is what
+    /// those applied. Applying the group again answers their batches as
+    /// duplicates, so this is how the caller learns that they were new.
+    #[error("{error} (other batches of the group committed)")]
+    Partly {
+        /// The failed part's error.
+        error: Box<StoreError>,
+        /// What the parts that committed applied.
+        committed: Box<Committed>,
+    },
 }
 
 impl StoreError {
@@ -143,7 +156,17 @@ impl StoreError {
         match self {
             StoreError::Merge { .. } => Some(WholeBatch::Unmergeable),
             StoreError::Panicked(_) => Some(WholeBatch::StoreFailed),
+            StoreError::Partly { error, .. } => error.whole_batch(),
             _ => None,
+        }
+    }
+
+    /// The error of the part that failed, and what the parts of the group
+    /// that committed applied, if any did ([`StoreError::Partly`]).
+    pub fn committed(self) -> (StoreError, Option<Committed>) {
+        match self {
+            StoreError::Partly { error, committed } => (*error, Some(*committed)),
+            e => (e, None),
         }
     }
 }
@@ -172,6 +195,17 @@ pub struct Report {
     /// Per batch in order, whether it was new.
     pub applied: Vec<Applied>,
     /// The agent incarnations whose first batch the transaction applied.
+    pub incarnations: Vec<NewIncarnation>,
+}
+
+/// What committed of a group that failed in part ([`StoreError::Partly`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// Per batch of the group in order, whether it was new, for those of
+    /// the parts that committed (`None`: its part failed, nothing of it
+    /// is applied).
+    pub applied: Vec<Option<Applied>>,
+    /// The agent incarnations whose first batch those parts applied.
     pub incarnations: Vec<NewIncarnation>,
 }
 
@@ -279,7 +313,8 @@ pub type Answer<T> = Result<T, StoreError>;
 pub trait Ingest: Send + Sync {
     /// Applies `batches` in one transaction; the report lists, per batch in
     /// order, whether it was new, and the agent incarnations seen for the
-    /// first time. On error nothing is applied.
+    /// first time. On error nothing is applied, except what a
+    /// [`StoreError::Partly`] names as committed.
     fn apply_report(&self, batches: &[Batch]) -> impl Future<Output = Answer<Report>> + Send {
         self.apply_refused(batches, &[])
     }
@@ -416,7 +451,9 @@ pub trait Feed: Send + Sync {
     fn set_cursor(&self, name: &str, value: u64) -> impl Future<Output = Answer<()>> + Send;
 }
 
-/// Named leases (which instance runs a sink).
+/// Named leases: which instance runs a job that must run on one instance
+/// at a time — a sink (`sink:<name>`), retention (`retention`); see
+/// `crate::lease`.
 pub trait Leases: Send + Sync {
     /// Takes the lease called `name` for `holder`, or renews it, until
     /// `ttl` from now by the store's clock (the database server's, so the

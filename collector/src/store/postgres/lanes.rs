@@ -25,11 +25,14 @@
 //!   revisions higher. Lanes are therefore opt-in
 //!   ([`super::PostgresStore::with_lanes`]).
 //! - **Failure.** Every lane runs to its end; if one fails, the group's
-//!   answer is that error, while the lanes that committed stay committed.
-//!   The caller retries the group (as after any store error) and those
-//!   batches then answer [`crate::store::Applied::Duplicate`]: nothing is
-//!   merged twice, but the retry reports them as duplicates and does not
-//!   name their new incarnations again.
+//!   answer is that error, while the lanes that committed stay committed:
+//!   the error then also carries what they applied (which batches were
+//!   new, which incarnations first seen: [`crate::store::StoreError::Partly`]).
+//!   The caller retries the group (as after any store error) or its
+//!   batches one by one (after a batch fault), and those batches then
+//!   answer [`crate::store::Applied::Duplicate`]: nothing is merged twice,
+//!   and the caller counts them from the error, once (ingest's
+//!   `commit::Progress`).
 
 use std::collections::BTreeMap;
 

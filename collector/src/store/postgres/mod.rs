@@ -47,8 +47,8 @@ use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Width};
 
 use super::{
-    rollup_widths, AgentProgress, AgentState, Answer, Applied, Changed, Expire, Feed, Ingest,
-    Lease, Leases, Query, Refusals, Report, StoreError, StoredWindow,
+    rollup_widths, AgentProgress, AgentState, Answer, Applied, Changed, Committed, Expire, Feed,
+    Ingest, Lease, Leases, Query, Refusals, Report, StoreError, StoredWindow,
 };
 
 pub use schema::SCHEMA_VERSION;
@@ -209,7 +209,9 @@ impl PostgresStore {
 
     /// Applies each lane's batches (indices into `batches`) in its own
     /// transaction, the lanes at once; answers the group's report in its
-    /// order, or the first error once every lane has ended ([`lanes`]).
+    /// order, or the first error once every lane has ended ([`lanes`]),
+    /// with what the lanes that committed applied
+    /// ([`StoreError::Partly`]) if any did.
     async fn apply_lanes(
         &self,
         batches: &[Batch],
@@ -251,8 +253,20 @@ impl PostgresStore {
                 }
             }
         }
-        if let Some(e) = failed {
-            return Err(e);
+        if let Some(error) = failed {
+            // What the other lanes committed stays committed; the caller
+            // learns which batches were new there (a retry answers them
+            // as duplicates).
+            if applied.iter().all(Option::is_none) {
+                return Err(error);
+            }
+            return Err(StoreError::Partly {
+                error: Box::new(error),
+                committed: Box::new(Committed {
+                    applied,
+                    incarnations,
+                }),
+            });
         }
         let applied = applied
             .into_iter()

@@ -28,8 +28,10 @@
 //! - `cursors(name, value)` — durable cursors; `meta('position_base')` —
 //!   the base of change positions (version 5; `meta('change')`, the counter
 //!   of versions 1–4, is no longer written);
-//! - `leases(name, holder, expires)` — which instance runs each sink, until
-//!   when by the database's clock (version 2);
+//! - `leases(name, holder, expires)` — which instance runs each job that
+//!   must run on one instance at a time (a sink, `sink:<name>`; retention,
+//!   `retention`: `crate::lease`), until when by the database's clock
+//!   (version 2);
 //! - `parked(name, series, width, start)` — rows each sink passed over
 //!   because they were not final yet (version 2).
 //!

@@ -22,8 +22,10 @@
 //! - `series_agents(series, agent)` — which agents reported each series;
 //! - `cursors(name, value)` — durable cursors (sinks); `meta` — the change
 //!   counter. SQLite serialises writers, so change numbers commit in order;
-//! - `leases(name, holder, expires_ms)` — who runs each sink, until when
-//!   (several processes may open one database file);
+//! - `leases(name, holder, expires_ms)` — who runs each job that must run
+//!   on one instance at a time (a sink, `sink:<name>`; retention,
+//!   `retention`: `crate::lease`), until when (several processes may open
+//!   one database file);
 //! - `parked(name, series, width, start)` — rows each sink passed over
 //!   because they were not final yet.
 //!

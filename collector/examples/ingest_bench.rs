@@ -40,6 +40,15 @@
 //!   partials/s, p50 807 ms, p99 1,095 ms; baseline 7.6 M; writer busy
 //!   87 % (groups of 160), 1.12 cores, machine 58 % busy.
 //!
+//! Again at 12:00 UTC, on a day the machine ran slower (the bare broker
+//! 4.7 M, the bare PostgreSQL loop at half its morning rate), after the
+//! writer's CPU was cut (`config/multi-instance/OPERATIONS.md`): 83,386
+//! partials/s with the defaults (p50 294 ms, p99 438 ms; writer busy
+//! 75 %) and 103,813 with 64 in flight (p50 932 ms, p99 1,203 ms; writer
+//! busy 79 %, 1.22 cores, machine 64 % busy); the build before that change,
+//! alternated with it in the same minutes, ran at 95,230 against 104,301
+//! with 64 in flight (medians of 3 single runs).
+//!
 //! The broker moves the batches ~60× faster than they are applied. The
 //! bound is the collector's one SQLite writer: its transaction, with the
 //! 1 h and 1 d roll-ups, is most of the work and runs on one core while

@@ -544,6 +544,43 @@ async fn expired_pages_are_given_back_in_bounded_steps() {
     assert!(after <= full - free, "{after} pages of {full}");
 }
 
+/// A new database is made with 8 KiB pages (a fan-in-1 row lands among its
+/// series' earlier windows, and larger leaves split less often); one made
+/// with 4 KiB pages keeps them — SQLite changes a page size only by a
+/// `VACUUM` outside WAL mode — and holds the same windows, each the summary
+/// of its readings.
+#[tokio::test]
+async fn new_databases_get_8_kib_pages_and_older_ones_keep_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let page_size = |name: &str| {
+        rusqlite::Connection::open(dir.path().join(name))
+            .unwrap()
+            .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    // A file an earlier build made: 4 KiB pages, in WAL mode, no tables.
+    rusqlite::Connection::open(dir.path().join("old.db"))
+        .unwrap()
+        .execute_batch("PRAGMA page_size = 4096; PRAGMA journal_mode = WAL;")
+        .unwrap();
+    let (batches, truth) = workload(2, 10);
+    for (name, size) in [("new.db", 8192), ("old.db", 4096)] {
+        let store = open(&dir, name);
+        store.apply(&batches).await.unwrap();
+        let stored = all_windows(&store, MIN).await;
+        drop(store);
+        assert_eq!(page_size(name), size, "{name}");
+        assert_eq!(stored.len(), truth.len(), "{name}");
+        for ((device, start), readings) in &truth {
+            assert_eq!(
+                stored[&(device.clone(), *start)],
+                summary_of(readings),
+                "{name}: {device} {start}"
+            );
+        }
+    }
+}
+
 /// A database of version 5 (before retention, `auto_vacuum` off) is
 /// migrated to the current version at open: the expiry index made (7) and
 /// gone again with the time-first layout (9), the `refused` table (8),

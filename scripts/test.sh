@@ -36,11 +36,12 @@ if ! python3 -c 'import opentelemetry.sdk' >/dev/null 2>&1; then
     python3 -m pip install -q --break-system-packages opentelemetry-sdk
 fi
 # The Modbus tests poll device simulators from PyPI's pymodbus
-# (testkit/py/modbus_sim.py).
-if ! python3 -c 'import pymodbus' >/dev/null 2>&1; then
-  echo "installing: pymodbus (PyPI)"
-  python3 -m pip install -q 'pymodbus>=3.16,<4' 2>/dev/null ||
-    python3 -m pip install -q --break-system-packages 'pymodbus>=3.16,<4'
+# (testkit/py/modbus_sim.py); its RTU server needs pyserial, which pymodbus
+# installs only with its `serial` extra.
+if ! python3 -c 'import pymodbus, serial' >/dev/null 2>&1; then
+  echo "installing: pymodbus with pyserial (PyPI)"
+  python3 -m pip install -q 'pymodbus[serial]>=3.16,<4' 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages 'pymodbus[serial]>=3.16,<4'
 fi
 # The OPC UA test serves its variables from PyPI's asyncua
 # (testkit/py/opcua_sim.py).

@@ -117,6 +117,13 @@ def main():
             server = ModbusSerialServer(device, framer=FramerType.RTU, port=args.rtu, baudrate=9600, parity="N")
         task = asyncio.create_task(server.serve_forever())
         await asyncio.sleep(0.5)
+        if task.done():
+            # The server could not listen (the port taken, the serial line
+            # not opened, pyserial missing): fail with its error, never
+            # "ready", so a test stops at the start instead of waiting on
+            # a device that never answers.
+            await task
+            sys.exit("the Modbus server stopped before it was ready")
         print("ready", flush=True)
         await task
 

@@ -69,7 +69,7 @@ impl ModbusSim {
             let _ = child.kill();
             let _ = child.wait();
             return Err(io::Error::other(
-                "the pymodbus simulator did not start (is pymodbus installed?)",
+                "the pymodbus simulator did not start (are pymodbus and pyserial installed? scripts/test.sh installs them)",
             ));
         }
         Ok(ModbusSim {

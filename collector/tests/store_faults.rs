@@ -130,6 +130,28 @@ fn batch(w: i64, seq: u64) -> Batch {
     Batch::new("agent-f", seq, w, vec![partial])
 }
 
+/// Publishes batches 0..n of window `w` ([`batch`]) from `agent`, and waits
+/// until each is confirmed; checks every sequence was, and answers the
+/// confirmations in the order they came.
+async fn publish_all_confirmed(
+    agent: &Agent,
+    counters: &IngestCounters,
+    w: i64,
+    n: u64,
+) -> Vec<u64> {
+    for seq in 0..n {
+        agent.publish(batch(w, seq).encode(Encoding::Binary));
+    }
+    let seqs = agent.confirmed(n as usize).await;
+    assert_eq!(
+        seqs.iter().copied().collect::<BTreeSet<_>>(),
+        (0..n).collect(),
+        "{}",
+        counters.render()
+    );
+    seqs
+}
+
 /// Waits until `cond` holds (up to `secs`), polling.
 async fn wait_until(secs: u64, what: &str, mut cond: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -361,17 +383,8 @@ async fn a_batch_the_store_fails_on_alone_is_refused_durably_and_ingest_goes_on(
         let sum: i128 = kept.iter().map(|&s| i128::from(1000 + s)).sum();
         (kept.len() as u64, sum)
     };
-    for seq in 0..N {
-        agent.publish(batch(w, seq).encode(Encoding::Binary));
-    }
     // Every batch is confirmed, the poison too: refused for good.
-    let seqs = agent.confirmed(N as usize).await;
-    assert_eq!(
-        seqs.iter().copied().collect::<BTreeSet<_>>(),
-        (0..N).collect(),
-        "{}",
-        counters.render()
-    );
+    let seqs = publish_all_confirmed(&agent, &counters, w, N).await;
     assert_eq!(seqs.len(), N as usize, "each confirmed once");
     assert_eq!(counters.refused(Refused::StoreFailed), 2);
     assert_eq!(counters.batches_new.get(), N - 2);
@@ -511,16 +524,7 @@ async fn a_failed_refusal_record_is_retried_and_everything_counts_once() {
     let agent = Agent::connect("agent-f", broker.port(), None);
     subscribed(&counters).await;
     let w = (now_ms() - 3_600_000) / MIN * MIN;
-    for seq in 0..N {
-        agent.publish(batch(w, seq).encode(Encoding::Binary));
-    }
-    let seqs = agent.confirmed(N as usize).await;
-    assert_eq!(
-        seqs.iter().copied().collect::<BTreeSet<_>>(),
-        (0..N).collect(),
-        "{}",
-        counters.render()
-    );
+    publish_all_confirmed(&agent, &counters, w, N).await;
     assert_eq!(record_fails.load(Relaxed), 0, "the record failed once");
     assert_eq!(counters.store_errors.get(), 1, "{}", counters.render());
     // Each batch holds one partial of one reading.

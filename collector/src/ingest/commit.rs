@@ -84,6 +84,10 @@ impl Progress {
     /// only), and nothing is kept for the next group but the incarnations,
     /// which the caller takes.
     fn settle(&mut self, batches: &[Batch], outcomes: &mut [Outcome]) {
+        // Nothing failed before this attempt: the common case, no key built.
+        if self.applied.is_empty() {
+            return;
+        }
         for (b, o) in batches.iter().zip(outcomes.iter_mut()) {
             let key = (b.agent.clone(), b.incarnation, b.seq);
             if self.applied.remove(&key) && *o == Outcome::Duplicate {

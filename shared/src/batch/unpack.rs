@@ -76,9 +76,17 @@ fn utf8(b: &[u8]) -> Result<String, BinaryError> {
 struct Decoder {
     strings: Vec<String>,
     tagsets: Vec<TagSet>,
-    series: Vec<(SeriesKey, Quantum, usize)>,
+    series: Vec<(Key, Quantum, usize)>,
     widths: Vec<Width>,
     expanded: usize,
+}
+
+/// A series of the table: its key until a partial first names it, then
+/// which partial took it (a later one copies it from there). Most batches
+/// name each series once, so most keys move and none is copied.
+enum Key {
+    Held(SeriesKey),
+    MovedTo(usize),
 }
 
 impl Decoder {
@@ -162,7 +170,7 @@ impl Decoder {
             let quantum =
                 Quantum::new(exponent).map_err(|_| BinaryError("quantum out of range"))?;
             let key = SeriesKey::new(metric, device, tags).map_err(BatchError::Series)?;
-            self.series.push((key, quantum, size));
+            self.series.push((Key::Held(key), quantum, size));
         }
         let n = r.len(r.remaining(), "more widths than bytes")?;
         for _ in 0..n {
@@ -180,11 +188,21 @@ impl Decoder {
         let mut prev_k: Option<i128> = None;
         for _ in 0..n {
             let i = r.len(usize::MAX, "index past usize")?;
-            let (key, quantum, size) = self
+            let (slot, quantum, size) = self
                 .series
-                .get(i)
+                .get_mut(i)
                 .ok_or(BinaryError("series index out of range"))?;
-            let (key, quantum, size) = (key.clone(), *quantum, *size);
+            let (quantum, size) = (*quantum, *size);
+            let key = match core::mem::replace(slot, Key::MovedTo(out.len())) {
+                Key::Held(key) => key,
+                Key::MovedTo(j) => {
+                    *slot = Key::MovedTo(j);
+                    let first: Option<&Partial> = out.get(j);
+                    first
+                        .map(|p| p.series.clone())
+                        .ok_or(BinaryError("series index out of range"))?
+                }
+            };
             self.spend(size)?;
             let w = r.len(usize::MAX, "index past usize")?;
             let width = *self

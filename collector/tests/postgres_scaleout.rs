@@ -395,12 +395,10 @@ async fn three_postgres_instances_equal_one_sqlite_collector_through_a_kill() {
     let shared = PostgresStore::open(&PostgresOptions::new(&url), &[HOUR, DAY])
         .await
         .unwrap();
-    let (lite_windows, pg_windows) = (snapshot(&lite).await, snapshot(&shared).await);
-    assert_eq!(lite_windows[0].len(), truth.len());
-    for ((device, start), readings) in &truth {
-        let k = (key(device).to_string(), *start);
-        assert_eq!(lite_windows[0][&k], summary_of(readings), "{k:?}");
+    for width in [MIN, HOUR, DAY] {
+        assert_judged(&lite, &truth, width).await;
     }
+    let (lite_windows, pg_windows) = (snapshot(&lite).await, snapshot(&shared).await);
     assert!(
         lite_windows == pg_windows,
         "PostgreSQL results differ from SQLite's"

@@ -1,8 +1,9 @@
-//! Helpers shared by the store tests (SQLite and PostgreSQL): seeded workloads and whole-store
-//! snapshots to compare backends with.
+//! Helpers shared by the store tests (SQLite and PostgreSQL): seeded workloads, their readings'
+//! judgement by the oracle ([`judge`]) and whole-store snapshots to compare backends with.
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub(crate) mod identity;
+pub(crate) mod judge;
 pub(crate) mod refused;
 pub(crate) mod retention;
 
@@ -12,6 +13,8 @@ use tributary_collector::store::prelude::*;
 use tributary_collector::store::{self, StoredWindow};
 use tributary_core::batch::{Batch, Partial};
 use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+
+pub(crate) use judge::assert_judged;
 
 pub(crate) const MIN: i64 = 60_000;
 pub(crate) const HOUR: i64 = 3_600_000;
@@ -81,30 +84,14 @@ pub(crate) fn workload(
     (out, truth)
 }
 
-/// The summary of a list of readings.
+/// The summary of a list of readings: input for a test to send, never its
+/// judge (that is [`assert_judged`], the oracle's).
 pub(crate) fn summary_of(readings: &[(i64, i64)]) -> Summary {
     let mut s = Summary::new(Quantum::new(-3).unwrap());
     for &(t, v) in readings {
         s.insert(t, v).unwrap();
     }
     s
-}
-
-/// The summary of every window at `width` (a roll-up) of `truth`'s
-/// readings, by (series, start).
-pub(crate) fn rolled_up(truth: &Truth, width: i64) -> BTreeMap<(String, i64), Summary> {
-    let mut readings: BTreeMap<(String, i64), Vec<(i64, i64)>> = BTreeMap::new();
-    for ((d, start), r) in truth {
-        let coarse = start.div_euclid(width) * width;
-        readings
-            .entry((key(d).to_string(), coarse))
-            .or_default()
-            .extend(r);
-    }
-    readings
-        .iter()
-        .map(|(k, r)| (k.clone(), summary_of(r)))
-        .collect()
 }
 
 /// Every stored summary at `width`, by (series, start).

@@ -7,7 +7,7 @@
 //! expiry, nor the reclaim.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,7 @@ use tributary_collector::store::{Answer, Changed, Lease, StoreError};
 use tributary_core::batch::{Batch, Partial};
 use tributary_core::{Quantum, Summary, Width, Window};
 
-use super::{all_windows, key, rolled_up, summary_of, Truth, DAY, HOUR, MIN, T0};
+use super::{all_windows, assert_judged, key, Truth, DAY, HOUR, MIN, T0};
 
 /// Runs the contract on an empty `store` keeping roll-ups of 1 h and 1 d,
 /// with `batches` (one-minute partials from `T0` on, all of `truth`'s
@@ -72,16 +72,10 @@ pub(crate) async fn check_retention<S: Store>(store: &S, batches: &[Batch], trut
 
     // Minutes before the cut are gone; the rest and the roll-ups are as
     // their readings make them.
-    let stored = all_windows(store, MIN).await;
-    let want: BTreeMap<(String, i64), _> = truth
-        .iter()
-        .filter(|((_, start), _)| *start >= cut)
-        .map(|((d, start), r)| ((key(d).to_string(), *start), summary_of(r)))
-        .collect();
-    assert_eq!(stored, want);
+    let kept = since(truth, MIN, cut);
+    assert_judged(store, &kept, MIN).await;
     for width in [HOUR, DAY] {
-        let want = rolled_up(truth, width);
-        assert_eq!(all_windows(store, width).await, want, "width {width}");
+        assert_judged(store, truth, width).await;
     }
     let widths: Vec<i64> = store
         .widths()
@@ -91,7 +85,7 @@ pub(crate) async fn check_retention<S: Store>(store: &S, batches: &[Batch], trut
         .map(|w| w.ms())
         .collect();
     assert_eq!(widths, [MIN, HOUR, DAY]);
-    let oldest = want.keys().map(|(_, s)| *s).min();
+    let oldest = kept.keys().map(|(_, s)| *s).min();
     assert_eq!(store.oldest(minute).await.unwrap(), oldest);
 
     // The expired row's parked entry went with it.
@@ -295,22 +289,11 @@ pub(crate) async fn check_one_failing_width<S: Store>(store: &S) {
     for (w, cut) in cuts {
         assert_eq!(policy.delete_before(w, now), Some(cut), "{w:?}");
     }
-    let kept = |width: i64, cut: i64| -> BTreeMap<(String, i64), Summary> {
-        let all = if width == MIN {
-            truth
-                .iter()
-                .map(|((d, s), r)| ((key(d).to_string(), *s), summary_of(r)))
-                .collect()
-        } else {
-            rolled_up(&truth, width)
-        };
-        all.into_iter().filter(|((_, s), _)| *s >= cut).collect()
-    };
-    let everything = |width: i64| kept(width, i64::MIN);
-    assert_eq!(all_windows(store, MIN).await, everything(MIN));
+    let kept = |width: Width, cut: i64| since(&truth, width.ms(), cut);
+    assert_judged(store, &truth, MIN).await;
     for (w, cut) in cuts {
         assert!(
-            kept(w.ms(), cut).len() < everything(w.ms()).len(),
+            kept(w, cut).len() < truth.len(),
             "{w:?}: the workload has windows to expire"
         );
     }
@@ -330,13 +313,10 @@ pub(crate) async fn check_one_failing_width<S: Store>(store: &S) {
     let widths: Vec<Width> = run.expired.iter().map(|e| e.0).collect();
     assert_eq!(widths, [hour, day]);
     assert!(run.behind.is_empty());
-    assert_eq!(
-        all_windows(store, MIN).await,
-        everything(MIN),
-        "minutes whole"
-    );
-    assert_eq!(all_windows(store, HOUR).await, kept(HOUR, cuts[1].1));
-    assert_eq!(all_windows(store, DAY).await, kept(DAY, cuts[2].1));
+    // The minutes whole, the hours and days from their cuts.
+    assert_judged(store, &truth, MIN).await;
+    assert_judged(store, &kept(hour, cuts[1].1), HOUR).await;
+    assert_judged(store, &kept(day, cuts[2].1), DAY).await;
     assert!(failing.reclaims.load(Ordering::Relaxed) >= 1, "reclaimed");
     let m = task.metrics();
     assert_eq!(m.errors(Some(minute), Step::Expire), 1);
@@ -355,7 +335,7 @@ pub(crate) async fn check_one_failing_width<S: Store>(store: &S) {
     assert!(run.expired.is_empty());
     assert!(failing.reclaims.load(Ordering::Relaxed) > reclaims);
     assert_eq!(m.errors(None, Step::Widths), 1);
-    assert_eq!(all_windows(store, MIN).await, everything(MIN));
+    assert_judged(store, &truth, MIN).await;
 
     // A day later the minutes' oldest start cannot be read and the reclaim
     // fails: every width still expires what it has to (the minutes of days
@@ -382,7 +362,7 @@ pub(crate) async fn check_one_failing_width<S: Store>(store: &S) {
     assert_eq!(widths, [minute, hour, day]);
     assert!(run.behind.is_empty() && !run.cut_short);
     for (w, cut) in cuts_later {
-        assert_eq!(all_windows(store, w.ms()).await, kept(w.ms(), cut), "{w:?}");
+        assert_judged(store, &kept(w, cut), w.ms()).await;
     }
     assert_eq!(failing.reclaims.load(Ordering::Relaxed), reclaims + 1);
     assert_eq!(m.errors(Some(minute), Step::Oldest), 1);
@@ -397,12 +377,22 @@ pub(crate) async fn check_one_failing_width<S: Store>(store: &S) {
     assert!(run.failed.is_empty(), "{:?}", run.failed);
     assert!(run.expired.is_empty());
     for (w, cut) in cuts_later {
-        assert_eq!(all_windows(store, w.ms()).await, kept(w.ms(), cut), "{w:?}");
+        assert_judged(store, &kept(w, cut), w.ms()).await;
     }
     assert_eq!(m.lag_ms(minute), 0);
     assert_eq!(m.errors(Some(minute), Step::Expire), 1);
     assert_eq!(m.errors(Some(minute), Step::Oldest), 1);
     assert_eq!(m.errors(None, Step::Reclaim), 1);
+}
+
+/// `truth`'s readings in the windows of `width` that start at `cut` or
+/// later.
+fn since(truth: &Truth, width: i64, cut: i64) -> Truth {
+    truth
+        .iter()
+        .filter(|((_, start), _)| start.div_euclid(width) * width >= cut)
+        .map(|(k, r)| (k.clone(), r.clone()))
+        .collect()
 }
 
 /// Polls `f` every 10 ms; panics after 30 s (a hang guard, not a timing
@@ -450,11 +440,7 @@ pub(crate) async fn check_lease_faults<S: Store>(store: &S) {
         .apply(&[Batch::new("lease", 1, T0, partials)])
         .await
         .unwrap();
-    let everything: BTreeMap<(String, i64), Summary> = truth
-        .iter()
-        .map(|((d, s), r)| ((key(d).to_string(), *s), summary_of(r)))
-        .collect();
-    assert_eq!(all_windows(store, MIN).await, everything);
+    assert_judged(store, &truth, MIN).await;
 
     let failing = Failing::new(store);
     *failing.fail.lock().unwrap() = vec![(None, Step::Lease)];
@@ -478,7 +464,7 @@ pub(crate) async fn check_lease_faults<S: Store>(store: &S) {
     .await;
     assert_eq!(m.runs(), 0);
     assert!(!m.leader());
-    assert_eq!(all_windows(store, MIN).await, everything);
+    assert_judged(store, &truth, MIN).await;
 
     // Healed: the task takes the lease and runs; its first batch outlasts
     // the lease and another holder takes it. The run stops after that one
@@ -498,9 +484,15 @@ pub(crate) async fn check_lease_faults<S: Store>(store: &S) {
     assert_eq!(m.runs(), 1);
     assert_eq!(m.expired(minute), 3, "one batch");
     assert_eq!(m.errors(None, Step::Lease), errors);
+    // The windows left are exactly as their readings make them.
     let left = all_windows(store, MIN).await;
     assert_eq!(left.len() as u64, total - 3);
-    assert!(left.iter().all(|(k, s)| everything.get(k) == Some(s)));
+    let unexpired: Truth = truth
+        .iter()
+        .filter(|((d, s), _)| left.contains_key(&(key(d).to_string(), *s)))
+        .map(|(k, r)| (k.clone(), r.clone()))
+        .collect();
+    assert_judged(store, &unexpired, MIN).await;
 
     // The intruder gives the lease up: the task takes it and expires the
     // rest; the roll-ups stay as the readings make them.
@@ -511,7 +503,7 @@ pub(crate) async fn check_lease_faults<S: Store>(store: &S) {
     .await;
     assert!(all_windows(store, MIN).await.is_empty());
     for width in [HOUR, DAY] {
-        assert_eq!(all_windows(store, width).await, rolled_up(&truth, width));
+        assert_judged(store, &truth, width).await;
     }
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(10), running)

@@ -280,6 +280,7 @@ async fn the_store_contract_holds_on_postgresql() {
              DELETE FROM schema_version WHERE version >= 6;",
         )
         .unwrap();
+        log_index_builds(&pg, "carry");
         assert_eq!(
             pg.psql(
                 "carry",
@@ -297,6 +298,24 @@ async fn the_store_contract_holds_on_postgresql() {
             .unwrap(),
             "p"
         );
+        assert_eq!(all_stored(&store, MIN).await, before);
+        assert_eq!(all_stored(&store, HOUR).await, hours);
+        // Version 6 builds the BRIN index and version 8 leaves it be.
+        assert_eq!(expiry_index(&pg, "carry"), ("brin".into(), 1));
+
+        // A database whose version 6 made `results_expiry` a B-tree (an
+        // earlier text of that step) has it rebuilt as BRIN by version 8,
+        // its rows kept.
+        drop(store);
+        pg.psql(
+            "carry",
+            "DROP INDEX results_expiry; CREATE INDEX results_expiry ON results (width, start);
+             DELETE FROM schema_version WHERE version >= 8; DELETE FROM index_builds;",
+        )
+        .unwrap();
+        assert_eq!(expiry_index(&pg, "carry"), ("btree".into(), 0));
+        let store = open(&url).await;
+        assert_eq!(expiry_index(&pg, "carry"), ("brin".into(), 1));
         assert_eq!(all_stored(&store, MIN).await, before);
         assert_eq!(all_stored(&store, HOUR).await, hours);
     }
@@ -961,4 +980,42 @@ async fn the_direct_copy_falls_back_on_existing_and_concurrent_rows() {
     let (fed, entries) = minute_feed(&a).await;
     assert_eq!(fed.len(), entries, "each window once in the feed");
     assert_eq!(fed, stored, "the feed ends at every window's final state");
+}
+
+/// Records in `index_builds` every index `CREATE INDEX` makes in database
+/// `db` (an event trigger: the server's own account of what a migration
+/// built).
+fn log_index_builds(pg: &Postgres, db: &str) {
+    pg.psql(
+        db,
+        "CREATE TABLE index_builds (object TEXT NOT NULL);
+         CREATE FUNCTION log_index_builds() RETURNS event_trigger LANGUAGE plpgsql AS $$
+         DECLARE r record;
+         BEGIN
+             FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE command_tag = 'CREATE INDEX' LOOP
+                 INSERT INTO index_builds (object) VALUES (r.object_identity);
+             END LOOP;
+         END $$;
+         CREATE EVENT TRIGGER log_index_builds ON ddl_command_end
+             WHEN TAG IN ('CREATE INDEX') EXECUTE FUNCTION log_index_builds();",
+    )
+    .unwrap();
+}
+
+/// The access method of `results_expiry` in database `db`, and how many
+/// times [`log_index_builds`] saw it built.
+fn expiry_index(pg: &Postgres, db: &str) -> (String, u64) {
+    let am = pg
+        .psql(
+            db,
+            "SELECT am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam WHERE c.relname = 'results_expiry'",
+        )
+        .unwrap();
+    let builds = pg
+        .psql(
+            db,
+            "SELECT count(*) FROM index_builds WHERE object = 'public.results_expiry'",
+        )
+        .unwrap();
+    (am, builds.parse().unwrap())
 }

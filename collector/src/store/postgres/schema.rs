@@ -157,8 +157,10 @@ CREATE TABLE IF NOT EXISTS refused (agent TEXT COLLATE "C" NOT NULL, incarnation
 "#;
 
 /// No foreign key from `results` to `series`; `results_expiry` a BRIN
-/// index (on a large database the index is rebuilt in the migration's
-/// transaction: plan for the time it takes).
+/// index. Only a database whose version 6 ran an earlier text of that step
+/// (a B-tree `results_expiry`) has the index rebuilt, in the migration's
+/// transaction (on a large database: plan for the time it takes); version
+/// 6 as it is now makes it BRIN already, and it is not built twice.
 const V8: &str = r#"
 DO $$
 DECLARE c name;
@@ -170,14 +172,19 @@ BEGIN
              WHERE conrelid = 'results'::regclass AND contype = 'f' AND conparentid = 0 LOOP
         EXECUTE format('ALTER TABLE results DROP CONSTRAINT %I', c);
     END LOOP;
+    IF NOT EXISTS (SELECT 1 FROM pg_class i JOIN pg_am am ON am.oid = i.relam
+                   WHERE i.oid = to_regclass('results_expiry') AND am.amname = 'brin') THEN
+        -- (the same test as the store's `EXPIRY_IS_BRIN`, for the log)
+        DROP INDEX IF EXISTS results_expiry;
+        CREATE INDEX results_expiry ON results USING brin (width, start);
+    END IF;
 END $$;
-DROP INDEX IF EXISTS results_expiry;
-CREATE INDEX results_expiry ON results USING brin (width, start);
 "#;
 
-/// The versions whose migration reads every row of `results`: 6 copies
-/// them into the partitioned table, 8 builds the BRIN index over them.
-const COPIES_RESULTS: [i64; 2] = [6, 8];
+/// The index `results_expiry` exists and is a BRIN index.
+const EXPIRY_IS_BRIN: &str = "
+SELECT EXISTS (SELECT 1 FROM pg_class i JOIN pg_am am ON am.oid = i.relam
+               WHERE i.oid = to_regclass('results_expiry') AND am.amname = 'brin')";
 
 /// The rows (the planner's estimate) and bytes of `results` and its
 /// partitions.
@@ -205,6 +212,22 @@ pub(super) async fn version(client: &Client) -> Result<i64, StoreError> {
         .await?
         .get(0);
     Ok(v.unwrap_or(0))
+}
+
+/// Whether step `to` of a migration from version `found` reads every row
+/// of `results`: version 6 copies them into the partitioned table (in any
+/// database that had a version before); version 8 builds the BRIN index
+/// over them only where an earlier text of version 6 left a B-tree.
+async fn reads_every_row(
+    tx: &tokio_postgres::Transaction<'_>,
+    found: i64,
+    to: i64,
+) -> Result<bool, StoreError> {
+    Ok(match to {
+        6 => found > 0,
+        8 => !tx.query_one(EXPIRY_IS_BRIN, &[]).await?.get::<_, bool>(0),
+        _ => false,
+    })
 }
 
 /// Brings the schema to [`SCHEMA_VERSION`]; refuses a newer one.
@@ -245,7 +268,7 @@ pub(super) async fn migrate(client: &mut Client) -> Result<i64, StoreError> {
         // A step that copies or re-reads every result row says so before
         // and after: on a big database it takes minutes. A new database has
         // none.
-        let copy = if found > 0 && COPIES_RESULTS.contains(&to) {
+        let copy = if reads_every_row(&tx, found, to).await? {
             // The planner's figures (0 rows before a first ANALYZE): a
             // count would read the table once more.
             let row = tx.query_one(RESULTS_SIZE, &[]).await?;

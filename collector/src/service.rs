@@ -138,6 +138,7 @@ pub async fn start<S: Store>(cfg: &Config, store: S) -> Result<Running, ServiceE
     );
     let mut registry = crate::metrics::registry(&counters, sinks.metrics());
     retention_metrics.register(&mut registry);
+    store.register_metrics(&mut registry);
     let registry = Arc::new(registry);
     let state = ApiState {
         store,

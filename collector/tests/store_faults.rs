@@ -22,12 +22,17 @@
 //! Whatever path applied a batch, its metrics count it once: when recording
 //! a refusal fails once, and on PostgreSQL with lanes (a real server on
 //! 127.0.0.1), where a batch that cannot merge fails its lane while the
-//! other lanes commit and then come back as duplicates.
+//! other lanes commit and then come back as duplicates; and when the
+//! connection to PostgreSQL is cut during `COMMIT` (a proxy on 127.0.0.1,
+//! `commit_cut`) — after the server had it (it committed, the reply is
+//! lost: the store asks the server and answers the group as applied) or
+//! before (aborted: applied again), with and without lanes.
 //!
 //! Mounting a tmpfs needs root (as the CI and the tests' PostgreSQL setup
 //! run); the test fails with a clear message otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod commit_cut;
 mod mqtt_common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,13 +44,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use commit_cut::{CommitCut, Cut};
 use mqtt_common::harness::{get_json as get, metrics_text, now_ms, sample, subscribed, Agent};
 use serde_json::Value;
 use tokio::sync::watch;
 use tributary_collector::config::Config;
 use tributary_collector::ingest::{self, IngestConfig, IngestCounters, Refused};
 use tributary_collector::service;
-use tributary_collector::store::postgres::{PostgresOptions, PostgresStore};
+use tributary_collector::store::postgres::{CommitOutcome, PostgresOptions, PostgresStore};
 use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_collector::store::{all_windows, Answer, Refusal, Refusals, Report, StoreError};
@@ -573,6 +579,86 @@ fn agent_batch(agent: &str, w: i64, seq: u64, minutes: i64) -> Batch {
     b
 }
 
+/// What the batches a test sent add up to, from their readings (the
+/// judge of what ingest counts and the store holds).
+#[derive(Default)]
+struct Sent {
+    /// Per (device, minute start): the count and tick sum of the readings.
+    windows: BTreeMap<(String, i64), (u64, i128)>,
+    batches: u64,
+    partials: u64,
+    readings: u64,
+    /// Readings each agent reported dropped.
+    dropped: BTreeMap<String, u64>,
+    agents: BTreeSet<String>,
+}
+
+impl Sent {
+    /// Publishes [`agent_batch`]`(agent, w, seq, minutes)` from `client` and
+    /// adds up its readings as that function makes them (not from the
+    /// batch's summaries, which are code under test).
+    fn publish(&mut self, client: &Agent, agent: &str, w: i64, seq: u64, minutes: i64) {
+        client.publish(agent_batch(agent, w, seq, minutes).encode(Encoding::Binary));
+        for i in 0..minutes {
+            let n = seq as i64 + i;
+            let e = self
+                .windows
+                .entry((format!("{agent}-dev"), w + i * MIN))
+                .or_default();
+            e.0 += n as u64;
+            e.1 += (0..n)
+                .map(|j| i128::from(100 * seq as i64 + j))
+                .sum::<i128>();
+            self.partials += 1;
+            self.readings += n as u64;
+        }
+        self.batches += 1;
+        *self.dropped.entry(agent.to_string()).or_default() += seq;
+        self.agents.insert(agent.to_string());
+    }
+
+    /// Checks that ingest counted every batch sent once as new, with its
+    /// partials, readings, dropped readings and its agent's (one)
+    /// incarnation.
+    fn counted_once(&self, counters: &IngestCounters) {
+        assert_eq!(
+            counters.batches_new.get(),
+            self.batches,
+            "{}",
+            counters.render()
+        );
+        assert_eq!(counters.batches_duplicate.get(), 0);
+        assert_eq!(counters.partials.get(), self.partials);
+        assert_eq!(counters.readings.get(), self.readings);
+        let agents = self.agents.len() as u64;
+        assert_eq!(
+            counters.incarnations(false),
+            agents,
+            "{}",
+            counters.render()
+        );
+        for (agent, dropped) in &self.dropped {
+            assert_eq!(counters.dropped_readings(agent), *dropped, "{agent}");
+        }
+    }
+}
+
+/// The stored one-minute windows of `store`, by (device, start): their
+/// count and tick sum.
+async fn minute_totals(store: &PostgresStore) -> BTreeMap<(String, i64), (u64, i128)> {
+    all_windows(store, Width::new(MIN).unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|((k, s), r)| {
+            (
+                (k.device().to_string(), s),
+                (r.summary.count(), r.summary.sum_ticks()),
+            )
+        })
+        .collect()
+}
+
 /// A batch fault on PostgreSQL with lanes: one agent's batch cannot merge
 /// (another quantum than its stored window), so its lane fails while the
 /// other agents' lanes commit, and the group is applied batch by batch,
@@ -621,10 +707,8 @@ async fn a_batch_fault_with_lanes_counts_each_applied_batch_once() {
         .map(|a| Agent::connect(a, broker.port(), None))
         .collect();
     subscribed(&counters).await;
-    // The judge: per (series, minute) the count and tick sum of the good
-    // batches' readings, and their partials, readings and drops.
-    let mut want: BTreeMap<(String, i64), (u64, i128)> = BTreeMap::new();
-    let (mut partials, mut readings, mut dropped) = (0u64, 0u64, BTreeMap::new());
+    // The judge: what the good batches sent add up to.
+    let mut sent = Sent::default();
     for (agent, client) in agents.iter().zip(&clients) {
         for seq in 1..=3u64 {
             if *agent == "agent-x" && seq == 2 {
@@ -632,33 +716,14 @@ async fn a_batch_fault_with_lanes_counts_each_applied_batch_once() {
                 client.publish(bad.encode(Encoding::Binary));
                 continue;
             }
-            client.publish(agent_batch(agent, w, seq, minutes(agent)).encode(Encoding::Binary));
-            for i in 0..minutes(agent) {
-                let start = w + i * MIN;
-                let n = seq as i64 + i;
-                let e = want.entry((format!("{agent}-dev"), start)).or_default();
-                e.0 += n as u64;
-                e.1 += (0..n)
-                    .map(|j| i128::from(100 * seq as i64 + j))
-                    .sum::<i128>();
-                partials += 1;
-                readings += n as u64;
-            }
-            *dropped.entry(*agent).or_insert(0u64) += seq;
+            sent.publish(client, agent, w, seq, minutes(agent));
         }
     }
     for c in &clients {
         assert_eq!(c.confirmed(3).await.len(), 3, "{}", counters.render());
     }
     assert_eq!(counters.refused(Refused::Unmergeable), 1);
-    assert_eq!(counters.batches_new.get(), 11, "{}", counters.render());
-    assert_eq!(counters.batches_duplicate.get(), 0);
-    assert_eq!(counters.partials.get(), partials);
-    assert_eq!(counters.readings.get(), readings);
-    assert_eq!(counters.incarnations(false), 4, "{}", counters.render());
-    for agent in agents {
-        assert_eq!(counters.dropped_readings(agent), dropped[agent], "{agent}");
-    }
+    sent.counted_once(&counters);
     assert_eq!(
         counters.store_errors.get(),
         0,
@@ -666,22 +731,172 @@ async fn a_batch_fault_with_lanes_counts_each_applied_batch_once() {
     );
     // The store holds every good reading once, and the shared window as
     // the seed stored it.
-    let mut got: BTreeMap<(String, i64), (u64, i128)> =
-        all_windows(&store, Width::new(MIN).unwrap())
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|((k, s), r)| {
-                (
-                    (k.device().to_string(), s),
-                    (r.summary.count(), r.summary.sum_ticks()),
-                )
-            })
-            .collect();
+    let mut got = minute_totals(&store).await;
     assert_eq!(got.remove(&("shared-dev".to_string(), w)), Some((1, 7)));
-    assert_eq!(got, want);
+    assert_eq!(got, sent.windows);
     stop_ingest(stop, task).await;
     for c in clients {
         let _ = c.client.disconnect();
     }
+}
+
+/// Ingest over a PostgreSQL store (with `lanes`) whose connections pass
+/// through a [`CommitCut`] armed with `cut` before the one group of three
+/// agents' batches commits (one `COMMIT` cut: the group's, or one lane's).
+/// Every batch is counted once as new — its partials, readings, dropped
+/// readings and its agent's new incarnation — the store holds every
+/// reading once, and the lost reply's outcome is counted: committed after
+/// [`Cut::AfterCommit`] (no store error), aborted after
+/// [`Cut::BeforeCommit`] (one store error, then the retry); unresolved
+/// after [`Cut::AfterCommitThenDown`] (the database unreachable until
+/// then: the retry finds the batches applied and they count as duplicates
+/// — the known limit). Judged from the batches sent, as integers. Answers
+/// the store.
+async fn a_commit_cut(cut: Cut, lanes: usize) -> PostgresStore {
+    let pg = Postgres::start(Server::default()).unwrap();
+    pg.create_database("cut").unwrap();
+    let proxy = CommitCut::start(pg.port()).await;
+    let url = format!(
+        "postgres://{}@127.0.0.1:{}/cut",
+        tributary_testkit::postgres::USER,
+        proxy.port()
+    );
+    let options = PostgresOptions {
+        pool_size: 4,
+        ..PostgresOptions::new(&url)
+    };
+    let store = PostgresStore::open(&options, &[3_600_000])
+        .await
+        .unwrap()
+        .with_lanes(lanes);
+    let w = (now_ms() - 3_600_000) / 3_600_000 * 3_600_000;
+    let agents = ["agent-a", "agent-b", "agent-c"];
+    let minutes = |agent: &str| if agent == "agent-b" { 3 } else { 2 };
+    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
+    let (counters, stop, task) = one_group(&broker, "collector-cut", 9, store.clone());
+    let clients: Vec<Agent> = agents
+        .iter()
+        .map(|a| Agent::connect(a, broker.port(), None))
+        .collect();
+    subscribed(&counters).await;
+    proxy.arm(cut);
+    // The judge: what the batches sent add up to.
+    let mut sent = Sent::default();
+    for (agent, client) in agents.iter().zip(&clients) {
+        for seq in 1..=3u64 {
+            sent.publish(client, agent, w, seq, minutes(agent));
+        }
+    }
+    if cut == Cut::AfterCommitThenDown {
+        wait_until(30, "the lost commit is left unresolved", async || {
+            store.commits_unknown(CommitOutcome::Unresolved) == 1
+        })
+        .await;
+        proxy.restore();
+    }
+    for c in &clients {
+        assert_eq!(c.confirmed(3).await.len(), 3, "{}", counters.render());
+    }
+    assert_eq!(proxy.cuts(), 1, "one COMMIT cut");
+    assert_eq!(
+        minute_totals(&store).await,
+        sent.windows,
+        "every reading stored once"
+    );
+    let outcome = match cut {
+        Cut::AfterCommit => CommitOutcome::Committed,
+        Cut::BeforeCommit => CommitOutcome::Aborted,
+        Cut::AfterCommitThenDown => CommitOutcome::Unresolved,
+    };
+    match outcome {
+        CommitOutcome::Committed => {
+            sent.counted_once(&counters);
+            assert_eq!(counters.store_errors.get(), 0, "{}", counters.render());
+        }
+        CommitOutcome::Aborted => {
+            sent.counted_once(&counters);
+            assert_eq!(counters.store_errors.get(), 1, "{}", counters.render());
+        }
+        CommitOutcome::Unresolved => {
+            // As before the resolution: the retry finds the group applied.
+            assert_eq!(counters.batches_new.get(), 0, "{}", counters.render());
+            assert_eq!(counters.batches_duplicate.get(), sent.batches);
+            assert!(counters.store_errors.get() >= 1, "{}", counters.render());
+        }
+    }
+    for o in [
+        CommitOutcome::Committed,
+        CommitOutcome::Aborted,
+        CommitOutcome::Unresolved,
+    ] {
+        let want = u64::from(o == outcome);
+        assert_eq!(store.commits_unknown(o), want, "{}", o.name());
+    }
+    stop_ingest(stop, task).await;
+    for c in clients {
+        let _ = c.client.disconnect();
+    }
+    store
+}
+
+/// The line of `tributary_collector_store_commit_unknown_total` with
+/// `outcome` in the store's metrics as `/metrics` renders them.
+fn commit_unknown_line(store: &PostgresStore, outcome: CommitOutcome) -> String {
+    let mut r = tributary_runtime::metrics::prometheus_client::registry::Registry::default();
+    store.register_metrics(&mut r);
+    let text = tributary_runtime::metrics::render(&r);
+    let prefix = format!(
+        "tributary_collector_store_commit_unknown_total{{outcome=\"{}\"}} ",
+        outcome.name()
+    );
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+        .to_string()
+}
+
+/// The reply to the group's `COMMIT` is lost, the server committed: the
+/// store learns it and answers the group as applied — no store error, no
+/// retry that would find the batches applied and count them as
+/// duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_commit_reply_that_committed_counts_the_group_once() {
+    let store = a_commit_cut(Cut::AfterCommit, 1).await;
+    assert_eq!(
+        commit_unknown_line(&store, CommitOutcome::Committed),
+        "tributary_collector_store_commit_unknown_total{outcome=\"committed\"} 1"
+    );
+}
+
+/// The connection is cut before the server has the `COMMIT`: it aborted,
+/// the store says so (an error), and the retry applies the group, counted
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_cut_before_the_server_had_it_is_applied_again_once() {
+    a_commit_cut(Cut::BeforeCommit, 1).await;
+}
+
+/// The reply to the group's `COMMIT` is lost and the database is then
+/// unreachable: the outcome cannot be learnt, is counted as unresolved,
+/// and the group is retried once the database is back (its batches then
+/// answer as duplicates; the stored windows stay exact).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_commit_reply_with_the_database_unreachable_is_counted_unresolved() {
+    a_commit_cut(Cut::AfterCommitThenDown, 1).await;
+}
+
+/// With lanes, one lane's `COMMIT` reply is lost and it committed: the
+/// group is a whole success, every lane's batches counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_whose_commit_reply_is_lost_but_committed_counts_once() {
+    a_commit_cut(Cut::AfterCommit, 3).await;
+}
+
+/// With lanes, one lane's `COMMIT` is cut before the server had it: the
+/// other lanes committed ([`StoreError::Partly`]), the retry applies the
+/// aborted lane's batches and finds the others applied — each counted
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_cut_before_its_commit_is_applied_again_once() {
+    a_commit_cut(Cut::BeforeCommit, 3).await;
 }

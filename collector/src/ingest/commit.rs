@@ -35,7 +35,10 @@
 //! batches such an attempt applied as new and the incarnations it saw
 //! first, and the attempt that commits answers those batches as new: their
 //! partials, readings and new incarnations are counted once, with the
-//! group.
+//! group. A transaction whose `COMMIT` reply was lost never reaches here
+//! as an error when the store could learn that it committed (PostgreSQL
+//! asks the server: `store::postgres`'s `resolve`); only one whose outcome
+//! stayed unknown is retried, and its batches then count as duplicates.
 
 use std::collections::BTreeSet;
 use std::future::Future;

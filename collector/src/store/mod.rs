@@ -74,6 +74,7 @@ use std::time::Duration;
 
 use tributary_core::batch::Batch;
 use tributary_core::{Incarnation, SeriesKey, Summary, Width, Window};
+use tributary_runtime::metrics::prometheus_client::registry::Registry;
 
 pub use config::{StoreConfig, StoreKind, StoreTls};
 pub use refused::{Refusal, Refusals, WholeBatch};
@@ -349,6 +350,10 @@ pub trait Ingest: Send + Sync {
     /// Whether the store takes writes now: one small write transaction
     /// (a row of `meta`) committed the way ingest commits, for readiness.
     fn probe(&self) -> impl Future<Output = Answer<()>> + Send;
+
+    /// Registers the store's own metrics, if it has any, in the
+    /// collector's registry (PostgreSQL: commits whose reply was lost).
+    fn register_metrics(&self, _r: &mut Registry) {}
 }
 
 /// Reading results and progress (the query API's and dashboard's role).

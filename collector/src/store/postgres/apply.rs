@@ -32,7 +32,10 @@
 //!    matter); commit.
 //!
 //! A deadlock or serialisation failure (which the lock order should rule
-//! out) is retried with the whole transaction.
+//! out) is retried with the whole transaction. A `COMMIT` whose reply is
+//! lost (the connection fails during it) is answered with the
+//! transaction's id, taken in step 1, for [`super::resolve`] to learn
+//! whether it committed.
 
 use std::time::Duration;
 
@@ -43,6 +46,7 @@ use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Width};
 
 use super::direct::Direct;
+use super::resolve::Unknown;
 use super::{rows, senders};
 use crate::merge;
 use crate::store::codec::key_text;
@@ -65,23 +69,25 @@ enum Job<'a> {
 }
 
 /// Applies `batches` in one transaction, retrying on deadlock.
+/// A `COMMIT` whose reply was lost is [`Failed::Unknown`], for
+/// [`super::resolve::settle`].
 pub(super) async fn apply(
     client: &mut Client,
     batches: &[Batch],
     refused: &[Refusals],
     rollups: &[Width],
     direct: &Direct,
-) -> Result<Report, StoreError> {
+) -> Result<Report, Failed> {
     retried(client, batches, refused, Job::Apply { rollups, direct }).await
 }
 
 /// Records `batches` as seen without merging them (step 1 only),
-/// retrying on deadlock.
+/// retrying on deadlock (a lost `COMMIT` reply as in [`apply`]).
 pub(super) async fn record(
     client: &mut Client,
     batches: &[Batch],
     refused: &[Refusals],
-) -> Result<Report, StoreError> {
+) -> Result<Report, Failed> {
     retried(client, batches, refused, Job::Record).await
 }
 
@@ -92,7 +98,7 @@ async fn retried(
     batches: &[Batch],
     refused: &[Refusals],
     job: Job<'_>,
-) -> Result<Report, StoreError> {
+) -> Result<Report, Failed> {
     let mut attempt = 0;
     loop {
         match try_apply(client, batches, refused, job).await {
@@ -102,9 +108,7 @@ async fn retried(
                 let ms = 5u64 << attempt.min(6);
                 tokio::time::sleep(Duration::from_millis(ms + fastrand::u64(0..ms))).await;
             }
-            Err(Failed::Pg(e)) => return Err(e.into()),
-            Err(Failed::Store(e)) => return Err(e),
-            Ok(a) => return Ok(a),
+            done => return done,
         }
     }
 }
@@ -116,9 +120,16 @@ fn retryable(e: &tokio_postgres::Error) -> bool {
     )
 }
 
+/// How a transaction failed.
 pub(super) enum Failed {
+    /// A statement failed (the server's error, or the connection's before
+    /// `COMMIT`: nothing committed).
     Pg(tokio_postgres::Error),
+    /// The store's own checks or code failed (nothing committed).
     Store(StoreError),
+    /// The connection failed during `COMMIT`: committed or not, the
+    /// server knows ([`super::resolve`]).
+    Unknown(Box<Unknown>),
 }
 
 impl From<tokio_postgres::Error> for Failed {
@@ -146,24 +157,24 @@ async fn try_apply(
     let seen = tributary_runtime::now_ms();
 
     // 1. The senders, their keys, their marks.
-    let (marks, incarnations) = senders::lock(&tx, batches, seen).await?;
+    let (marks, incarnations, xid) = senders::lock(&tx, batches, seen).await?;
     let new = senders::claim(&tx, batches, &marks).await?;
     let (applied, fresh) = merge::senders::dedupe(batches, new)?;
     if fresh.is_empty() {
-        tx.commit().await?;
-        return Ok(Report {
+        let report = Report {
             applied,
             incarnations: Vec::new(),
-        });
+        };
+        return commit(tx, xid, report).await;
     }
     senders::update(&tx, batches, &fresh, &marks, seen).await?;
     senders::add_refused(&tx, batches, &applied, refused).await?;
     let Job::Apply { rollups, direct } = job else {
-        tx.commit().await?;
-        return Ok(Report {
+        let report = Report {
             applied,
             incarnations,
-        });
+        };
+        return commit(tx, xid, report).await;
     };
 
     // 2–3. Series ids, then the merge plan.
@@ -215,11 +226,24 @@ async fn try_apply(
         .await?;
     tx.execute(&upsert, &[&ma, &mw, &seen]).await?;
 
-    tx.commit().await?;
-    Ok(Report {
+    let report = Report {
         applied,
         incarnations,
-    })
+    };
+    commit(tx, xid, report).await
+}
+
+/// Commits `tx` (transaction `xid`), answering `report`; a `COMMIT` that
+/// the connection failed under rather than the server refused leaves the
+/// outcome to be learnt ([`Failed::Unknown`]).
+async fn commit(tx: Transaction<'_>, xid: i64, report: Report) -> Result<Report, Failed> {
+    match tx.commit().await {
+        Ok(()) => Ok(report),
+        Err(error) if error.as_db_error().is_none() => {
+            Err(Failed::Unknown(Box::new(Unknown { xid, error, report })))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Bits of a change position below the transaction id: the rows one

@@ -32,7 +32,9 @@
 //!   batches one by one (after a batch fault), and those batches then
 //!   answer [`crate::store::Applied::Duplicate`]: nothing is merged twice,
 //!   and the caller counts them from the error, once (ingest's
-//!   `commit::Progress`).
+//!   `commit::Progress`). A lane whose `COMMIT` reply is lost is resolved
+//!   on its own ([`super::resolve`]): committed, it counts as a lane that
+//!   committed (the group a whole success if every lane did).
 
 use std::collections::BTreeMap;
 

@@ -18,10 +18,14 @@
 //!   no counter row serialises the instances' commits.
 //! - **Lanes** (opt-in, [`PostgresStore::with_lanes`]): one apply may run
 //!   a group's agents as several such transactions at once (`lanes`).
+//! - **A lost `COMMIT` reply** (the connection fails during `COMMIT`) is
+//!   resolved, not guessed: the server is asked on another connection
+//!   whether the transaction (each lane's) committed (`resolve`).
 //!
 //! Files: [`schema`], [`apply`](self::apply) (with `rows`: the result
 //! rows, `direct`: their optimistic `COPY`, and `senders`: the agent incarnations' de-duplication marks),
-//! `lanes`, `query`, `feed` (change feed, parked rows, cursors), `leases`,
+//! `lanes`, `resolve` (a commit whose reply was lost), `query`, `feed`
+//! (change feed, parked rows, cursors), `leases`,
 //! `retention` (partitions of `results` by width and window start, dropped
 //! when expired; bounded deletes at the edge).
 
@@ -31,6 +35,7 @@ mod feed;
 mod lanes;
 mod leases;
 mod query;
+mod resolve;
 mod retention;
 mod rows;
 pub mod schema;
@@ -45,12 +50,14 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Width};
+use tributary_runtime::metrics::prometheus_client::registry::Registry;
 
 use super::{
     rollup_widths, AgentProgress, AgentState, Answer, Applied, Changed, Committed, Expire, Feed,
     Ingest, Lease, Leases, Query, Refusals, Report, StoreError, StoredWindow,
 };
 
+pub use resolve::CommitOutcome;
 pub use schema::SCHEMA_VERSION;
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -127,6 +134,8 @@ pub struct PostgresStore {
     freed: Arc<AtomicU64>,
     /// When to try the direct `COPY` of rows expected new ([`direct`]).
     direct: Arc<direct::Direct>,
+    /// Commits whose reply was lost, by outcome ([`resolve`]).
+    unknown: resolve::CommitsUnknown,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -176,6 +185,7 @@ impl PostgresStore {
             rollups,
             freed: Arc::default(),
             direct: Arc::default(),
+            unknown: resolve::CommitsUnknown::default(),
         };
         let found = schema::migrate(&mut store.client().await?).await?;
         tracing::info!(found, version = SCHEMA_VERSION, "PostgreSQL store open");
@@ -200,6 +210,12 @@ impl PostgresStore {
     /// store (and its clones) opened.
     pub fn direct_conflicts(&self) -> u64 {
         self.direct.conflicts()
+    }
+
+    /// How many transactions whose `COMMIT` reply was lost ended with
+    /// `outcome` ([`resolve`]), since this store (and its clones) opened.
+    pub fn commits_unknown(&self, outcome: CommitOutcome) -> u64 {
+        self.unknown.get(outcome)
     }
 
     /// The schema version in the database.
@@ -227,10 +243,7 @@ impl PostgresStore {
                 .collect();
             let store = self.clone();
             running.spawn(async move {
-                let mut client = store.client().await?;
-                let report =
-                    apply::apply(&mut client, &mine, &theirs, &store.rollups, &store.direct)
-                        .await?;
+                let report = store.applied(&mine, &theirs).await?;
                 Ok::<_, StoreError>((lane, report))
             });
         }
@@ -278,6 +291,17 @@ impl PostgresStore {
         })
     }
 
+    /// `batches` applied in one transaction on a connection of the pool,
+    /// a lost `COMMIT` reply resolved ([`resolve`]).
+    async fn applied(&self, batches: &[Batch], refused: &[Refusals]) -> Answer<Report> {
+        let result = {
+            // Let go before resolving: the pool may have no other.
+            let mut client = self.client().await?;
+            apply::apply(&mut client, batches, refused, &self.rollups, &self.direct).await
+        };
+        resolve::settle(&self.pool, &self.unknown, result).await
+    }
+
     /// A connection of the pool.
     async fn client(&self) -> Result<Object, StoreError> {
         Ok(self.pool.get().await?)
@@ -296,8 +320,7 @@ impl Ingest for PostgresStore {
             Vec::new()
         };
         if lanes.len() <= 1 {
-            let mut client = self.client().await?;
-            return apply::apply(&mut client, batches, refused, &self.rollups, &self.direct).await;
+            return self.applied(batches, refused).await;
         }
         self.apply_lanes(batches, refused, lanes).await
     }
@@ -306,7 +329,15 @@ impl Ingest for PostgresStore {
         if batches.is_empty() {
             return Ok(Report::default());
         }
-        apply::record(&mut self.client().await?, batches, refused).await
+        let result = {
+            let mut client = self.client().await?;
+            apply::record(&mut client, batches, refused).await
+        };
+        resolve::settle(&self.pool, &self.unknown, result).await
+    }
+
+    fn register_metrics(&self, r: &mut Registry) {
+        self.unknown.register(r);
     }
 
     async fn probe(&self) -> Answer<()> {

@@ -26,12 +26,14 @@ fn incarnation(text: &str) -> Result<Incarnation, StoreError> {
 }
 
 /// Locks (creating at `now_ms`) the rows of the group's senders in lock
-/// order; returns their marks and the senders seen for the first time.
+/// order; returns their marks, the senders seen for the first time and
+/// the transaction's id (`pg_current_xact_id()`, taken in the same
+/// statement, for [`super::resolve`]: this first write assigns it anyway).
 pub(super) async fn lock<'a>(
     tx: &Transaction<'_>,
     batches: &'a [Batch],
     now_ms: i64,
-) -> Result<(Marks<'a>, Vec<NewIncarnation>), StoreError> {
+) -> Result<(Marks<'a>, Vec<NewIncarnation>, i64), StoreError> {
     let group = senders::senders(batches);
     let (agents, incs) = columns(group.iter().copied());
     // `DO UPDATE` (of nothing) takes the row lock of an existing row;
@@ -42,7 +44,8 @@ pub(super) async fn lock<'a>(
                (agent, incarnation, applied_below, batches, dropped_readings, first_seen_ms, last_seen_ms)
              SELECT a, i, 0, 0, 0, $3, $3 FROM unnest($1::text[], $2::text[]) AS k(a, i) ORDER BY a, i
              ON CONFLICT (agent, incarnation) DO UPDATE SET agent = excluded.agent
-             RETURNING agent, incarnation, applied_below, (xmax = 0)",
+             RETURNING agent, incarnation, applied_below, (xmax = 0),
+               pg_current_xact_id()::text::bigint",
         )
         .await?;
     let by_text: BTreeMap<(&str, String), Sender<'a>> = group
@@ -51,7 +54,9 @@ pub(super) async fn lock<'a>(
         .collect();
     let mut marks = Marks::new();
     let mut first: Vec<Sender<'a>> = Vec::new();
+    let mut xid = None;
     for row in tx.query(&upsert, &[&agents, &incs, &now_ms]).await? {
+        xid = Some(row.get(4));
         let (agent, text): (String, String) = (row.get(0), row.get(1));
         let Some(&s) = by_text.get(&(agent.as_str(), text)) else {
             return Err(StoreError::Backend(format!(
@@ -69,7 +74,8 @@ pub(super) async fn lock<'a>(
     } else {
         known_agents(tx, &first).await?
     };
-    Ok((marks, news))
+    let xid = xid.ok_or_else(|| StoreError::Backend("no incarnation row came back".into()))?;
+    Ok((marks, news, xid))
 }
 
 /// The new incarnations `first`, each with whether its agent has others.

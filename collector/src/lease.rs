@@ -16,12 +16,48 @@
 //! the job stops, so another instance takes over at once rather than after
 //! the expiry. Taking, losing and standing by are logged once per change of
 //! holder, not at every check; the `leader` gauge shows the role (1/0).
+//!
+//! The renewals are timed by a [`LeaseClock`]: the monotonic clock, which a
+//! test may move forward ([`LeaseClock::advance`]) to let a third of a
+//! lease of a length a user can configure pass at once. A clock ahead only
+//! renews sooner, so this instance's view still never outlasts the store's.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tributary_runtime::metrics::prometheus_client::metrics::gauge::Gauge;
 
 use crate::store::{Lease, Leases, StoreError};
+
+/// The clock a [`HeldLease`] times its renewals by: the monotonic clock plus
+/// however far [`LeaseClock::advance`] moved it (never, outside tests).
+/// Clones share the advance.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseClock {
+    /// How far ahead of the monotonic clock (ms).
+    ahead_ms: Arc<AtomicU64>,
+}
+
+impl LeaseClock {
+    /// Now by this clock.
+    fn now(&self) -> Instant {
+        let ahead = Duration::from_millis(self.ahead_ms.load(Ordering::Relaxed));
+        let now = Instant::now();
+        now.checked_add(ahead).unwrap_or(now)
+    }
+
+    /// Moves this clock (and its clones) `by` forward: a lease timed by it
+    /// sees that much more time pass since its last renewal.
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        let _ = self
+            .ahead_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                Some(a.saturating_add(by))
+            });
+    }
+}
 
 /// Whether this instance may do the lease's job now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +80,11 @@ pub(crate) struct HeldLease {
     /// This instance's name in the lease.
     holder: String,
     ttl: Duration,
-    /// When the lease was last taken or renewed (asked), while it is ours.
+    /// When the lease was last taken or renewed (asked), while it is ours,
+    /// by `clock`.
     renewed: Option<Instant>,
+    /// What renewals are timed by.
+    clock: LeaseClock,
     /// The other holder last logged while standing by.
     standby: Option<String>,
     /// 1 while the lease is ours, else 0.
@@ -64,7 +103,13 @@ impl HeldLease {
             renewed: None,
             standby: None,
             leader,
+            clock: LeaseClock::default(),
         }
+    }
+
+    /// The same lease, its renewals timed by `clock`.
+    pub(crate) fn timed_by(self, clock: LeaseClock) -> Self {
+        HeldLease { clock, ..self }
     }
 
     /// This instance's name in the lease.
@@ -80,8 +125,11 @@ impl HeldLease {
     /// While the lease is ours: how long until it is due for renewal (zero
     /// when due); `None` when it is not ours.
     pub(crate) fn renew_in(&self) -> Option<Duration> {
-        self.renewed
-            .map(|t| self.renew_every().saturating_sub(t.elapsed()))
+        let now = self.clock.now();
+        self.renewed.map(|t| {
+            self.renew_every()
+                .saturating_sub(now.saturating_duration_since(t))
+        })
     }
 
     /// Whether this instance may do the job: takes the lease, or renews it
@@ -92,7 +140,7 @@ impl HeldLease {
         if self.renew_in().is_some_and(|left| !left.is_zero()) {
             return Ok(Role::Leader { taken: false });
         }
-        let asked = Instant::now();
+        let asked = self.clock.now();
         let res = store.lease(&self.name, &self.holder, self.ttl).await;
         let was_ours = self.renewed.is_some();
         match res {
@@ -140,5 +188,26 @@ impl HeldLease {
             .inspect_err(|e| {
                 tracing::warn!(lease = %self.name, error = %e, "cannot give up the lease; another instance takes over when it expires");
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_advanced_clock_and_its_clones_run_that_far_ahead() {
+        let clock = LeaseClock::default();
+        let twin = clock.clone();
+        let before = Instant::now();
+        let hour = Duration::from_secs(3_600);
+        clock.advance(hour);
+        assert!(twin.now() >= before + hour);
+        twin.advance(hour);
+        assert!(clock.now() >= before + 2 * hour);
+        assert!(LeaseClock::default().now() < before + hour);
+        // An advance past what an Instant can hold leaves the clock usable.
+        clock.advance(Duration::MAX);
+        assert!(clock.now() >= before);
     }
 }

@@ -13,6 +13,10 @@
 //!   stops it gives the lease up, and the other takes over at once (well
 //!   before the 2-minute lease could expire) and expires minutes that
 //!   became expired after the hand-over;
+//! - with runs further apart than the lease (every 11 s under a 10 s
+//!   lease), the holder renews it between runs and keeps it across them
+//!   while another instance asks for it every 100 ms and never runs; when
+//!   the holder stops the other takes over (both backends);
 //! - the task's loop when the store cannot answer for the lease, and when
 //!   the lease passes to another holder mid-run, on both backends
 //!   (`store_common::retention::check_lease_faults`).
@@ -26,10 +30,12 @@ use std::time::{Duration, Instant};
 
 use tributary_collector::config::Config;
 use tributary_collector::ingest::PartialRefused;
+use tributary_collector::retention::LEASE;
 use tributary_collector::service::{self, Running};
 use tributary_collector::store::postgres::{PostgresOptions, PostgresStore};
 use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
+use tributary_collector::store::Lease;
 use tributary_core::batch::{Batch, Encoding, Partial};
 use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
 use tributary_testkit::{Mosquitto, MosquittoOptions};
@@ -244,11 +250,24 @@ async fn stored<S: Store>(store: &S, width: i64) -> BTreeMap<i64, (u64, i64)> {
 /// A collector instance called `name`, retention every 100 ms keeping
 /// minutes 2 h, roll-ups (1 h, 1 d) forever, the default 2-minute lease.
 async fn instance<S: Store>(name: &str, broker: u16, store: &S) -> Running {
+    paced(name, broker, store, 100, 120_000).await
+}
+
+/// [`instance`] with retention every `interval_ms` under a lease of
+/// `lease_ms`.
+async fn paced<S: Store>(
+    name: &str,
+    broker: u16,
+    store: &S,
+    interval_ms: u64,
+    lease_ms: u64,
+) -> Running {
     let cfg = Config::from_toml(&format!(
         "rollups_ms = [3600000, 86400000]\n\
          [mqtt]\nport = {broker}\nclient_id = \"{name}\"\n\
          [http]\nlisten = \"127.0.0.1:0\"\n\
-         [retention]\nwindows_ms = {KEEP_MS}\ninterval_ms = 100\nbatch_rows = 2\n"
+         [retention]\nwindows_ms = {KEEP_MS}\ninterval_ms = {interval_ms}\n\
+         batch_rows = 2\nlease_ms = {lease_ms}\n"
     ))
     .unwrap();
     service::start(&cfg, store.clone()).await.unwrap()
@@ -347,26 +366,161 @@ async fn one_instance_at_a_time<S: Store>(a: S, b: S) {
     drop(broker);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_on_one_postgresql_database_run_retention_one_at_a_time() {
-    let pg = tributary_testkit::Postgres::start(Default::default()).unwrap();
-    let url = pg.create_database("retention_lease").unwrap();
-    let open = |url: String| async move {
+/// The least lease the config allows (ms).
+const LEASE_MS: u64 = 10_000;
+/// The holder's pace in [`the_holder_keeps_the_lease_between_runs`]: longer
+/// than the lease, so the lease would lapse between two of its runs were it
+/// renewed only in runs.
+const SLOW_MS: u64 = 11_000;
+
+/// Who holds the `retention` lease in `store`, asked as a third instance
+/// with a 1 ms lease (so if nobody held it, the probe's own lapses at once).
+async fn holder<S: Store>(store: &S) -> Option<String> {
+    match store
+        .lease(LEASE, "probe", Duration::from_millis(1))
+        .await
+        .unwrap()
+    {
+        Lease::Theirs(h) => Some(h),
+        Lease::Ours => None,
+    }
+}
+
+/// The contract between runs on two handles `a` and `b` of one empty
+/// database: instance `slow` runs retention every 11 s under the least
+/// lease (10 s) — its runs further apart than the lease — and takes the
+/// lease first; `quick` (same lease) asks for it every 100 ms, so it would
+/// find it free within 100 ms of any lapse (instances with one pace and
+/// ticks at other moments of the interval would find it only sometimes).
+/// Across three of the holder's runs (two gaps each longer than the lease)
+/// the holder's gauge stays 1 at every look, the lease in the database
+/// names it, and the other's run counter stays 0 while it skips run after
+/// run. Then the holder stops and the other takes over and expires minutes
+/// written after the hand-over. Judged by the lease row, the counters and
+/// the rows against the test's readings.
+async fn the_holder_keeps_the_lease_between_runs<S: Store>(a: S, b: S) {
+    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
+    let now = now_ms();
+    let old_hour = now / HOUR * HOUR - 5 * HOUR;
+    let old: Raw = (0..4)
+        .map(|m| (old_hour + m * 13 * MIN, vec![40 + m, -m]))
+        .collect();
+    let recent: Raw = [(now / MIN * MIN - 20 * MIN, vec![6, 1])].into();
+    let mut all = old.clone();
+    all.extend(recent.clone());
+    a.apply(&[batch(1, &all)]).await.unwrap();
+    let minute = Width::new(MIN).unwrap();
+
+    let slow = paced("retention-slow", broker.port(), &a, SLOW_MS, LEASE_MS).await;
+    let ms = slow.retention().clone();
+    until(
+        "the slow instance to lead and expire the old minutes",
+        || async { ms.leader() && ms.runs() == 1 && ms.expired(minute) == old.len() as u64 },
+    )
+    .await;
+    let quick = paced("retention-quick", broker.port(), &b, 100, LEASE_MS).await;
+    let mq = quick.retention().clone();
+
+    // Three runs of the holder, 11 s apart; the other asks all along: its
+    // skipped runs, read as each of the holder's runs begins, grow in
+    // every gap.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut asked = vec![mq.skipped()];
+    loop {
+        let runs = ms.runs();
+        if runs as usize > asked.len() {
+            asked.push(mq.skipped());
+        }
+        if runs >= 3 {
+            break;
+        }
+        assert!(ms.leader(), "the holder lost the lease between runs");
+        assert_eq!(mq.runs(), 0, "the other instance ran retention");
+        assert!(!mq.leader());
+        assert!(Instant::now() < deadline, "timed out waiting for 3 runs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(asked.len(), 3);
+    assert!(asked.windows(2).all(|w| w[0] < w[1]), "{asked:?}");
+    assert_eq!(holder(&a).await.as_deref(), Some("retention-slow"));
+    assert_eq!(mq.runs(), 0, "the other instance ran retention");
+    assert_eq!(ms.skipped(), 0);
+    let text = metrics_text(slow.http_addr()).await;
+    assert!(
+        text.contains("tributary_collector_retention_leader 1"),
+        "{text}"
+    );
+    assert_eq!(stored(&a, MIN).await, sums(&recent, MIN));
+    assert_eq!(stored(&a, HOUR).await, sums(&all, HOUR));
+
+    // The holder stops and gives the lease up; the other takes over at its
+    // next tick and expires minutes written after the hand-over.
+    slow.stop().await.unwrap();
+    let later: Raw = (0..2)
+        .map(|m| (old_hour + HOUR + m * 17 * MIN, vec![3 * m, 2]))
+        .collect();
+    b.apply(&[batch(2, &later)]).await.unwrap();
+    all.extend(later.clone());
+    until(
+        "the other instance to take over and expire the later minutes",
+        || async { mq.leader() && mq.expired(minute) == later.len() as u64 },
+    )
+    .await;
+    assert_eq!(holder(&b).await.as_deref(), Some("retention-quick"));
+    assert_eq!(ms.runs(), 3, "the stopped instance ran on");
+    assert_eq!(stored(&b, MIN).await, sums(&recent, MIN));
+    assert_eq!(stored(&b, HOUR).await, sums(&all, HOUR));
+    quick.stop().await.unwrap();
+    drop(broker);
+}
+
+/// Two handles (two instances' pools) of the new database `name` of `pg`,
+/// keeping roll-ups of 1 h and 1 d.
+async fn two_postgres(
+    pg: &tributary_testkit::Postgres,
+    name: &str,
+) -> (PostgresStore, PostgresStore) {
+    let url = pg.create_database(name).unwrap();
+    let open = || async {
         PostgresStore::open(&PostgresOptions::new(&url), &[HOUR, DAY])
             .await
             .unwrap()
     };
-    let a = open(url.clone()).await;
-    let b = open(url).await;
+    (open().await, open().await)
+}
+
+/// Two handles of one SQLite file in `dir`, keeping roll-ups of 1 h and 1 d.
+fn two_sqlite(dir: &tempfile::TempDir) -> (SqliteStore, SqliteStore) {
+    let path = dir.path().join("c.db");
+    let open = || SqliteStore::open(&path, &[HOUR, DAY]).unwrap();
+    (open(), open())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn between_runs_longer_apart_than_the_lease_the_postgresql_holder_keeps_it() {
+    let pg = tributary_testkit::Postgres::start(Default::default()).unwrap();
+    let (a, b) = two_postgres(&pg, "retention_between_runs").await;
+    the_holder_keeps_the_lease_between_runs(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn between_runs_longer_apart_than_the_lease_the_sqlite_holder_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_sqlite(&dir);
+    the_holder_keeps_the_lease_between_runs(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_on_one_postgresql_database_run_retention_one_at_a_time() {
+    let pg = tributary_testkit::Postgres::start(Default::default()).unwrap();
+    let (a, b) = two_postgres(&pg, "retention_lease").await;
     one_instance_at_a_time(a, b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_on_one_sqlite_file_run_retention_one_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.db");
-    let a = SqliteStore::open(&path, &[HOUR, DAY]).unwrap();
-    let b = SqliteStore::open(&path, &[HOUR, DAY]).unwrap();
+    let (a, b) = two_sqlite(&dir);
     one_instance_at_a_time(a, b).await;
 }
 

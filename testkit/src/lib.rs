@@ -34,6 +34,7 @@ pub mod metricsdb;
 pub mod modbus;
 pub mod opcua;
 pub mod postgres;
+mod simlog;
 
 pub use metricsdb::{InfluxDb, Prometheus, VictoriaMetrics};
 pub use modbus::{ModbusSim, PtyPair, Served};

@@ -81,22 +81,15 @@ impl ModbusSim {
 
     /// Every value served so far, in order.
     pub fn served(&self) -> io::Result<Vec<Served>> {
-        let text = std::fs::read_to_string(&self.log)?;
-        text.lines()
-            .filter(|l| l.ends_with(|c: char| c.is_ascii_digit()))
-            .map(|l| {
-                let f: Vec<&str> = l.split(' ').collect();
-                let bad = || io::Error::other(format!("bad log line {l:?}"));
-                if f.len() != 4 {
-                    return Err(bad());
-                }
-                Ok(Served {
-                    at_ms: f[0].parse().map_err(|_| bad())?,
-                    metric: f[1].to_string(),
-                    ticks: f[3].parse().map_err(|_| bad())?,
-                })
-            })
-            .collect()
+        crate::simlog::read(
+            &self.log,
+            |l| l.ends_with(|c: char| c.is_ascii_digit()),
+            |l| Served {
+                at_ms: l.at_ms,
+                metric: l.metric.to_string(),
+                ticks: l.ticks,
+            },
+        )
     }
 }
 

@@ -117,22 +117,16 @@ impl OpcuaSim {
 
 /// The values logged in `log`, in order.
 pub fn read_log(log: &Path) -> io::Result<Vec<Written>> {
-    let text = std::fs::read_to_string(log)?;
-    text.lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let bad = || io::Error::other(format!("bad log line {l:?}"));
-            if f.len() != 4 {
-                return Err(bad());
-            }
-            Ok(Written {
-                at_ms: f[0].parse().map_err(|_| bad())?,
-                metric: f[1].to_string(),
-                status: f[2].to_string(),
-                ticks: f[3].parse().map_err(|_| bad())?,
-            })
-        })
-        .collect()
+    crate::simlog::read(
+        log,
+        |_| true,
+        |l| Written {
+            at_ms: l.at_ms,
+            metric: l.metric.to_string(),
+            status: l.third.to_string(),
+            ticks: l.ticks,
+        },
+    )
 }
 
 /// What a window of good values holds, in exact integers: how many, the

@@ -23,7 +23,8 @@ pub struct RetentionConfig {
     /// (`"3600000" = 31536000000`); a roll-up not named is kept forever.
     pub rollups: BTreeMap<String, i64>,
     /// How often the retention task looks for expired rows (default
-    /// 60,000 = 1 minute).
+    /// 60,000 = 1 minute). May be longer than `lease_ms`: the holder renews
+    /// the lease between runs on a timer of its own.
     pub interval_ms: u64,
     /// Most rows deleted in one transaction (default 1,000): ingest waits
     /// for at most one such batch.

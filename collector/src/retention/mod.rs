@@ -44,6 +44,7 @@ pub mod task;
 use tributary_core::{Width, Window};
 use tributary_runtime::config::Problems;
 
+pub use crate::lease::LeaseClock;
 pub use config::RetentionConfig;
 pub use task::{RetentionMetrics, RetentionTask, Run, Step, LEASE};
 

@@ -42,7 +42,7 @@ use tributary_runtime::metrics::prometheus_client::metrics::gauge::Gauge;
 use tributary_runtime::metrics::prometheus_client::registry::Registry;
 
 use super::{Policy, RetentionConfig};
-use crate::lease::{HeldLease, Role};
+use crate::lease::{HeldLease, LeaseClock, Role};
 use crate::metrics::{label, Label};
 use crate::store::{Answer, Expire, Leases};
 
@@ -243,6 +243,8 @@ pub struct RetentionTask<S> {
     policy: Policy,
     cfg: RetentionConfig,
     metrics: Arc<RetentionMetrics>,
+    /// What the lease's renewals are timed by.
+    lease_clock: LeaseClock,
 }
 
 impl<S: Expire + Leases + Clone + 'static> RetentionTask<S> {
@@ -253,6 +255,16 @@ impl<S: Expire + Leases + Clone + 'static> RetentionTask<S> {
             policy,
             cfg,
             metrics: Arc::default(),
+            lease_clock: LeaseClock::default(),
+        }
+    }
+
+    /// The same task, its lease's renewals timed by `clock` (the monotonic
+    /// clock unless a test moves it forward).
+    pub fn with_lease_clock(self, clock: LeaseClock) -> Self {
+        RetentionTask {
+            lease_clock: clock,
+            ..self
         }
     }
 
@@ -455,7 +467,8 @@ impl<S: Expire + Leases + Clone + 'static> RetentionTask<S> {
             &holder,
             self.cfg.lease(),
             self.metrics.leader.clone(),
-        );
+        )
+        .timed_by(self.lease_clock.clone());
         let mut tick = tokio::time::interval(self.cfg.interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -9,12 +9,13 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tributary_collector::config::Config;
 use tributary_collector::retention::{
-    Policy, RetentionConfig, RetentionMetrics, RetentionTask, Step, GRACE_MS, LEASE,
+    LeaseClock, Policy, RetentionConfig, RetentionMetrics, RetentionTask, Step, GRACE_MS, LEASE,
 };
 use tributary_collector::store::prelude::*;
 use tributary_collector::store::{Answer, Changed, Lease, StoreError};
@@ -156,17 +157,24 @@ type Steps = Vec<(Option<Width>, Step)>;
 /// A store whose retention steps fail where the test says: `fail` holds
 /// the (width, step) pairs that answer an error (`None`: the widths'
 /// listing; with [`Step::Lease`], taking the lease); every other call goes
-/// to the real store. Counts reclaims. With `intrude` set, the next expiry
-/// batch, once done, waits until the `retention` lease has expired in the
-/// store and takes it for another holder, "intruder", for an hour (as if
-/// the batch had outlasted the lease and another instance had taken over).
+/// to the real store. Counts reclaims. With `intrude` holding a lease's
+/// time to live, the next expiry batch, once done, acts as if it had
+/// outlasted that lease and another instance had taken over: `clock` (the
+/// task's lease clock) moves that far ahead, and the `retention` lease ends
+/// in the store as its expiry would end it — released for its holder
+/// ([`HOLDER`]; the store's clock is not the test's to move) — and another
+/// holder, "intruder", takes it for an hour. `intrude` is then cleared.
 #[derive(Clone)]
 struct Failing<S> {
     inner: S,
     fail: Arc<Mutex<Steps>>,
     reclaims: Arc<AtomicUsize>,
-    intrude: Arc<AtomicBool>,
+    intrude: Arc<Mutex<Option<Duration>>>,
+    clock: LeaseClock,
 }
+
+/// The name the task under test holds the `retention` lease by.
+const HOLDER: &str = "me";
 
 impl<S: Clone> Failing<S> {
     fn new(inner: &S) -> Self {
@@ -175,6 +183,7 @@ impl<S: Clone> Failing<S> {
             fail: Arc::default(),
             reclaims: Arc::default(),
             intrude: Arc::default(),
+            clock: LeaseClock::default(),
         }
     }
 }
@@ -204,11 +213,13 @@ impl<S: Expire + Leases> Expire for Failing<S> {
     async fn expire(&self, width: Width, before: i64, limit: usize) -> Answer<usize> {
         self.fails(Some(width), Step::Expire)?;
         let n = self.inner.expire(width, before, limit).await;
-        if self.intrude.swap(false, Ordering::Relaxed) {
+        let outlasted = self.intrude.lock().unwrap().take();
+        if let Some(ttl) = outlasted {
+            self.clock.advance(ttl);
+            self.inner.release(LEASE, HOLDER).await.unwrap();
             let hour = Duration::from_secs(3_600);
-            while self.inner.lease(LEASE, "intruder", hour).await.unwrap() != Lease::Ours {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let taken = self.inner.lease(LEASE, "intruder", hour).await.unwrap();
+            assert_eq!(taken, Lease::Ours, "the intruder takes the ended lease");
         }
         n
     }
@@ -413,10 +424,11 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
 /// 2023, has expired), under the `retention` lease: while the store cannot
 /// answer for the lease no run starts and each miss is counted as step
 /// `lease`; a run whose lease passes to another holder between two batches
-/// (its batch outlasted the lease, shortened here to 300 ms) stops after
-/// that batch and the task stands by while the other holds it; once it is
-/// given up the task takes it and expires the rest. Judged by the windows
-/// the test wrote.
+/// (its batch outlasted the lease: the default 2 minutes, passed at once on
+/// the task's lease clock, [`Failing`]) stops after that batch and the task
+/// stands by while the other holds it; once it is given up the task takes
+/// it and expires the rest. The configuration is one a user can write,
+/// validated. Judged by the windows the test wrote.
 pub(crate) async fn check_lease_faults<S: Store>(store: &S) {
     let minute = Width::new(MIN).unwrap();
     let mut truth = Truth::new();
@@ -444,18 +456,19 @@ pub(crate) async fn check_lease_faults<S: Store>(store: &S) {
 
     let failing = Failing::new(store);
     *failing.fail.lock().unwrap() = vec![(None, Step::Lease)];
-    let cfg = RetentionConfig {
-        interval_ms: 20,
-        batch_rows: 3,
-        // Below what the config allows: renewed every 100 ms.
-        lease_ms: 300,
-        ..RetentionConfig::default()
-    };
-    let policy = Policy::new(DAY, vec![(HOUR, 0), (DAY, 0)]);
-    let task = RetentionTask::new(failing.clone(), policy, cfg);
+    let cfg = Config::from_toml(&format!(
+        "rollups_ms = [{HOUR}, {DAY}]\n\
+         [retention]\nwindows_ms = {DAY}\ninterval_ms = 20\nbatch_rows = 3\n"
+    ))
+    .unwrap();
+    let policy = cfg.retention_policy();
+    assert_eq!(policy, Policy::new(DAY, vec![(HOUR, 0), (DAY, 0)]));
+    let lease = cfg.retention.lease();
+    let task = RetentionTask::new(failing.clone(), policy, cfg.retention)
+        .with_lease_clock(failing.clock.clone());
     let m: Arc<RetentionMetrics> = task.metrics().clone();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(task.run("me".to_string(), stop_rx));
+    let running = tokio::spawn(task.run(HOLDER.to_string(), stop_rx));
 
     // The store cannot say who holds the lease: no run, each miss counted.
     until("three lease failures", || {
@@ -469,11 +482,11 @@ pub(crate) async fn check_lease_faults<S: Store>(store: &S) {
     // Healed: the task takes the lease and runs; its first batch outlasts
     // the lease and another holder takes it. The run stops after that one
     // batch and the task stands by.
-    failing.intrude.store(true, Ordering::Relaxed);
+    *failing.intrude.lock().unwrap() = Some(lease);
     let errors = m.errors(None, Step::Lease);
     failing.fail.lock().unwrap().clear();
     until("the run to lose the lease", || {
-        m.runs() == 1 && !m.leader() && !failing.intrude.load(Ordering::Relaxed)
+        m.runs() == 1 && !m.leader() && failing.intrude.lock().unwrap().is_none()
     })
     .await;
     let skipped = m.skipped();

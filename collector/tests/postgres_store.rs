@@ -100,7 +100,7 @@ async fn the_store_contract_holds_on_postgresql() {
     {
         let (_, one) = fresh(&pg, "order_a").await;
         let (_, other) = fresh(&pg, "order_b").await;
-        let (batches, _) = workload_small(3, 15);
+        let (batches, truth) = workload_small(3, 15);
         one.apply(&batches).await.unwrap();
         let mut reversed = batches.clone();
         reversed.reverse();
@@ -113,6 +113,7 @@ async fn the_store_contract_holds_on_postgresql() {
                 all_windows(&other, width).await,
                 "width {width}"
             );
+            assert_judged(&one, &truth, width).await;
         }
         assert_eq!(
             one.watermarks().await.unwrap(),

@@ -1,9 +1,10 @@
-//! Aggregator tests: closed windows merge to the single-pass summary, window
-//! bounds, overflow and sensor-error handling, raw mode.
+//! Aggregator tests: closed windows merge to exactly their readings (judged
+//! by the oracle), window bounds, overflow and sensor-error handling, raw mode.
 
-mod common;
+#[path = "common/judge.rs"]
+mod judge;
 
-use common::judge::assert_holds;
+use judge::assert_holds;
 use tributary_core::frame::Message;
 use tributary_core::quantum::Quantum;
 use tributary_core::summary::Summary;

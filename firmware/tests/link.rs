@@ -1,11 +1,12 @@
 //! Link tests: exactly-once delivery over a lossy, reordering, duplicating and
 //! corrupting channel; ring-full coarsening; clock wrap and time-sync phase.
 
-mod common;
+#[path = "common/judge.rs"]
+mod judge;
 
 use std::collections::BTreeMap;
 
-use common::judge::{assert_holds, problems};
+use judge::{assert_holds, problems};
 use tributary_core::fixed::FixedSummary;
 use tributary_core::frame::{encode, Ack, FrameDecoder, Message, SummaryFrame, MAX_FRAME};
 use tributary_core::quantum::Quantum;

@@ -22,8 +22,7 @@ use tributary_collector::ingest::{IngestConfig, Password, Protocol, Refused, Tls
 use tributary_collector::store::{Query, Refusal};
 use tributary_core::batch::{Batch, Encoding, Partial};
 use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
-use tributary_oracle::{Reading, Stats};
-use tributary_sim::judge::judge;
+use tributary_sim::judge::judge_readings;
 use tributary_testkit::{Mosquitto, MosquittoOptions};
 
 use mqtt_common::harness::{subscribed, Agent, Collector};
@@ -46,16 +45,12 @@ fn batch(agent: &str, seq: u64, value: i64) -> Batch {
 /// `Summary` built by the code under test).
 #[track_caller]
 fn assert_holds(windows: &[Summary], seqs: impl IntoIterator<Item = u64>) {
-    let readings: Vec<Reading> = seqs
+    let readings: Vec<(i64, i64)> = seqs
         .into_iter()
-        .map(|seq| Reading {
-            time_ms: 1_700_000_000_000 + seq as i64,
-            ticks: 1000 + seq as i64,
-        })
+        .map(|seq| (1_700_000_000_000 + seq as i64, 1000 + seq as i64))
         .collect();
-    let want = Stats::of(-3, &readings).expect("readings");
     assert_eq!(windows.len(), 1, "one window: {windows:?}");
-    let problems = judge(&windows[0], &want);
+    let problems = judge_readings(&windows[0], -3, &readings);
     assert!(problems.is_empty(), "{problems:?}");
 }
 

@@ -25,8 +25,7 @@ use tributary_collector::store::sqlite::SqliteStore;
 use tributary_collector::store::StoredWindow;
 use tributary_core::batch::{Batch, Partial};
 use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
-use tributary_oracle::{Reading, Stats};
-use tributary_sim::judge::judge;
+use tributary_sim::judge::judge_readings;
 
 const MIN: i64 = 60_000;
 const T0: i64 = 1_700_000_000_000 / 3_600_000 * 3_600_000;
@@ -278,12 +277,7 @@ fn points(server: &Server) -> BTreeMap<(String, i64, u64), Value> {
 /// instead of being repeated on both sides.
 #[track_caller]
 fn assert_holds(w: &StoredWindow, readings: &[(i64, i64)]) {
-    let rs: Vec<Reading> = readings
-        .iter()
-        .map(|&(time_ms, ticks)| Reading { time_ms, ticks })
-        .collect();
-    let want = Stats::of(-3, &rs).unwrap();
-    let problems = judge(&w.summary, &want);
+    let problems = judge_readings(&w.summary, -3, readings);
     assert!(problems.is_empty(), "{problems:?}");
 }
 

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use num_bigint::BigInt;
 use tributary_core::{SeriesKey, Summary};
-use tributary_oracle::{OracleError, Readings, Series, Stats};
+use tributary_oracle::{OracleError, Reading, Readings, Series, Stats};
 
 use crate::fleet::SeriesReadings;
 
@@ -141,6 +141,21 @@ pub fn judge(got: &Summary, want: &Stats) -> Vec<String> {
     out
 }
 
+/// Everything in which `got` differs from the summary of exactly
+/// `readings` — (event time in ms, ticks of the quantum 10^`exponent`) —
+/// by [`judge`] against the oracle's statistics of them (one line saying
+/// so when there are none): the check of a test that sent those readings.
+pub fn judge_readings(got: &Summary, exponent: i8, readings: &[(i64, i64)]) -> Vec<String> {
+    let rs: Vec<Reading> = readings
+        .iter()
+        .map(|&(time_ms, ticks)| Reading { time_ms, ticks })
+        .collect();
+    match Stats::of(exponent, &rs) {
+        Some(want) => judge(got, &want),
+        None => vec!["no readings to judge by".into()],
+    }
+}
+
 /// Everything in which the sketch of `got` differs, bucket by bucket at
 /// its own scale, from the buckets of the readings `ticks` (of the quantum
 /// 10^`exponent`) by the oracle's definition: each real reading's index
@@ -247,7 +262,6 @@ pub fn judge_windows(
 mod tests {
     use super::*;
     use tributary_core::Quantum;
-    use tributary_oracle::Reading;
 
     fn readings(values: &[i64]) -> Vec<Reading> {
         values
@@ -284,6 +298,20 @@ mod tests {
         let changed = judge(&summary(&[-250, 3, 0, 1_201, -4_700]), &want);
         assert!(changed.iter().any(|p| p.starts_with("Σv:")), "{changed:?}");
         assert!(changed.iter().any(|p| p.starts_with("max")), "{changed:?}");
+    }
+
+    #[test]
+    fn readings_as_pairs_are_judged_as_the_readings() {
+        let values = [-250, 3, 0, 1_200];
+        let pairs: Vec<(i64, i64)> = readings(&values)
+            .iter()
+            .map(|r| (r.time_ms, r.ticks))
+            .collect();
+        let none = Vec::<String>::new();
+        assert_eq!(judge_readings(&summary(&values), -3, &pairs), none);
+        let p = judge_readings(&summary(&values[1..]), -3, &pairs);
+        assert!(p.iter().any(|p| p.starts_with("count")), "{p:?}");
+        assert_eq!(judge_readings(&summary(&values), -3, &[]).len(), 1);
     }
 
     #[test]

@@ -416,8 +416,7 @@ mod tests {
     use super::*;
     use tributary_core::batch::Partial;
     use tributary_core::Quantum;
-    use tributary_oracle::{Reading, Stats};
-    use tributary_sim::judge::judge;
+    use tributary_sim::judge::judge_readings;
 
     const MIN: i64 = 60_000;
     const HOUR: i64 = 3_600_000;
@@ -427,12 +426,7 @@ mod tests {
     /// reference comes from the raw readings, not from `Summary`.
     #[track_caller]
     fn assert_holds(got: &Summary, readings: &[(i64, i64)]) {
-        let rs: Vec<Reading> = readings
-            .iter()
-            .map(|&(time_ms, ticks)| Reading { time_ms, ticks })
-            .collect();
-        let want = Stats::of(-3, &rs).unwrap();
-        let problems = judge(got, &want);
+        let problems = judge_readings(got, -3, readings);
         assert!(problems.is_empty(), "{problems:?}");
     }
 

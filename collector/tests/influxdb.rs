@@ -17,7 +17,7 @@ use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_core::batch::{Batch, Partial};
 use tributary_core::{SeriesKey, Width};
-use tributary_oracle::Ratio;
+use tributary_oracle::{Ratio, Reading, Stats};
 use tributary_testkit::InfluxDb;
 
 fn key(device: &str) -> SeriesKey {
@@ -139,10 +139,18 @@ async fn points_read_back_from_influxdb_1_equal_the_truth_and_revisions_overwrit
             .await
             .unwrap();
         let s = &stored[0].summary;
-        assert_eq!(p["mean"].as_f64(), s.mean());
-        assert_eq!(p["stddev"].as_f64(), s.stddev());
-        assert_eq!(p["p50"].as_f64().unwrap(), s.quantile(0.5).unwrap().value);
-        assert_eq!(p["p99"].as_f64().unwrap(), s.quantile(0.99).unwrap().value);
+        // Mean and stddev exactly as the oracle computes them from the raw
+        // readings; each quantile inside the bucket of the right-ranked
+        // reading at the stored sketch's scale, and the stored estimate
+        // itself (the point carries what the store holds).
+        let want = oracle_stats(raw);
+        assert_eq!(p["mean"].as_f64(), Some(want.mean()));
+        assert_eq!(p["stddev"].as_f64(), want.stddev());
+        for (field, pct, q) in [("p50", "50", 0.5), ("p99", "99", 0.99)] {
+            let v = p[field].as_f64().unwrap();
+            want.check_quantile(pct, v, s.sketch().scale()).unwrap();
+            assert_eq!(v, s.quantile(q).unwrap().value, "{field}");
+        }
     }
 
     // Late readings for d0's first window: a revision, same point.
@@ -167,4 +175,14 @@ async fn points_read_back_from_influxdb_1_equal_the_truth_and_revisions_overwrit
     assert_eq!(p["max"].as_f64().unwrap(), 99.0);
     stop.send(true).unwrap();
     sinks.join().await.unwrap();
+}
+
+/// The oracle's statistics of the values `raw` (ticks of 10⁻³; the
+/// statistics compared here do not depend on the readings' times).
+fn oracle_stats(raw: &[i64]) -> Stats {
+    let rs: Vec<Reading> = raw
+        .iter()
+        .map(|&ticks| Reading { time_ms: 0, ticks })
+        .collect();
+    Stats::of(-3, &rs).unwrap()
 }

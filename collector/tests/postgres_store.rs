@@ -100,7 +100,7 @@ async fn the_store_contract_holds_on_postgresql() {
     {
         let (_, one) = fresh(&pg, "order_a").await;
         let (_, other) = fresh(&pg, "order_b").await;
-        let (batches, _) = workload_small(3, 15);
+        let (batches, truth) = workload_small(3, 15);
         one.apply(&batches).await.unwrap();
         let mut reversed = batches.clone();
         reversed.reverse();
@@ -113,6 +113,7 @@ async fn the_store_contract_holds_on_postgresql() {
                 all_windows(&other, width).await,
                 "width {width}"
             );
+            assert_judged(&one, &truth, width).await;
         }
         assert_eq!(
             one.watermarks().await.unwrap(),
@@ -140,8 +141,14 @@ async fn the_store_contract_holds_on_postgresql() {
     // Later merges bump the revision; duplicates do not.
     {
         let (_, store) = fresh(&pg, "revision").await;
-        let (batches, _) = workload_small(1, 1);
-        let p = &batches[0].partials[0];
+        // One window's readings of the workload, sent as one partial.
+        let (_, truth) = workload_small(1, 1);
+        let (window, readings) = truth.into_iter().next().unwrap();
+        let p = &Partial {
+            series: key(&window.0),
+            window: Window::new(window.1, Width::new(MIN).unwrap()).unwrap(),
+            summary: summary_of(&readings),
+        };
         let mk = |seq| Batch::new("agent-x", seq, T0, vec![p.clone()]);
         store.apply(&[mk(1)]).await.unwrap();
         store.apply(&[mk(2)]).await.unwrap();
@@ -157,7 +164,9 @@ async fn the_store_contract_holds_on_postgresql() {
             .unwrap();
         assert_eq!(w.len(), 1);
         assert_eq!(w[0].revision, 1);
-        assert_eq!(w[0].summary.count(), 2 * p.summary.count());
+        // The window holds its readings twice, by the oracle.
+        let twice = Truth::from([(window, [readings.clone(), readings].concat())]);
+        assert_judged(&store, &twice, MIN).await;
     }
 
     // A quantum mismatch fails the whole group and applies nothing.

@@ -25,6 +25,7 @@ use tributary_collector::store::sqlite::SqliteStore;
 use tributary_collector::store::StoredWindow;
 use tributary_core::batch::{Batch, Partial};
 use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
+use tributary_sim::judge::judge_readings;
 
 const MIN: i64 = 60_000;
 const T0: i64 = 1_700_000_000_000 / 3_600_000 * 3_600_000;
@@ -134,11 +135,21 @@ fn key(device: &str) -> SeriesKey {
     SeriesKey::new("temperature", device, tags).unwrap()
 }
 
+/// The readings (time, ticks) `partial(_, minute, values)` sends.
+fn readings(minute: i64, values: &[i64]) -> Vec<(i64, i64)> {
+    let start = T0 + minute * MIN;
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (start + 100 * i as i64, v))
+        .collect()
+}
+
 fn partial(device: &str, minute: i64, values: &[i64]) -> Partial {
     let start = T0 + minute * MIN;
     let mut s = Summary::new(Quantum::new(-3).unwrap());
-    for (i, v) in values.iter().enumerate() {
-        s.insert(start + 100 * i as i64, *v).unwrap();
+    for (t, v) in readings(minute, values) {
+        s.insert(t, v).unwrap();
     }
     Partial {
         series: key(device),
@@ -259,8 +270,19 @@ fn points(server: &Server) -> BTreeMap<(String, i64, u64), Value> {
     out
 }
 
+/// Panics, naming the caller's line, unless the oracle finds the stored
+/// window `w` to hold exactly `readings` (time, ticks of 10⁻³): the stored
+/// window a pushed point is compared with ([`expected`]) is itself judged
+/// from the raw readings, so a statistic the summary gets wrong fails here
+/// instead of being repeated on both sides.
+#[track_caller]
+fn assert_holds(w: &StoredWindow, readings: &[(i64, i64)]) {
+    let problems = judge_readings(&w.summary, -3, readings);
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
 /// The point a webhook must carry for a stored window, from the summary's
-/// own accessors.
+/// own accessors (the window judged by [`assert_holds`]).
 fn expected(device: &str, w: &StoredWindow) -> Value {
     let s = &w.summary;
     let mut v = json!({
@@ -322,8 +344,16 @@ async fn final_windows_arrive_once_per_revision_with_the_stored_values() {
             ("d2".into(), 1, 0)
         ]
     );
+    let sent = BTreeMap::from([
+        (("d1", 0), readings(0, &[1000, 2500, 4000])),
+        (("d1", 1), readings(1, &[7000])),
+        (("d2", 0), readings(0, &[-1250, 3000])),
+        (("d2", 1), readings(1, &[100, 200, 300, 400])),
+    ]);
     for ((device, minute, _), p) in &got {
-        assert_eq!(p, &expected(device, &stored(&store, device, *minute).await));
+        let w = stored(&store, device, *minute).await;
+        assert_holds(&w, &sent[&(device.as_str(), *minute)]);
+        assert_eq!(p, &expected(device, &w));
     }
     let r = &server.accepted()[0];
     let v: Value = serde_json::from_str(&r.body).unwrap();
@@ -343,12 +373,13 @@ async fn final_windows_arrive_once_per_revision_with_the_stored_values() {
     let rev = &got[&("d1".to_string(), 0, 1)];
     let now = stored(&store, "d1", 0).await;
     assert_eq!(now.revision, 1);
-    assert_eq!(now.summary.count(), 4);
+    let mut revised = readings(0, &[1000, 2500, 4000]);
+    revised.extend(readings(0, &[3000]));
+    assert_holds(&now, &revised);
     assert_eq!(rev, &expected("d1", &now));
-    assert_eq!(
-        got[&("d1".to_string(), 2, 0)],
-        expected("d1", &stored(&store, "d1", 2).await)
-    );
+    let minute_2 = stored(&store, "d1", 2).await;
+    assert_holds(&minute_2, &readings(2, &[9000, 9500]));
+    assert_eq!(got[&("d1".to_string(), 2, 0)], expected("d1", &minute_2));
     assert_eq!(c.rejected.get(), 0);
     assert!(c.last_success.get() > 0.0);
     wait_until("nothing parked", || {
@@ -565,9 +596,19 @@ async fn a_sink_follows_a_postgresql_store_too() {
     wait_until("minute 1 and the revision", || c.pushed.get() == 4).await;
     run.stop().await;
     let got = points(&server);
+    let sent = BTreeMap::from([
+        (("d1", 0), readings(0, &[1000, 2000])),
+        (("d1", 1), readings(1, &[4000])),
+        (
+            ("d2", 0),
+            [readings(0, &[3000]), readings(0, &[5000])].concat(),
+        ),
+    ]);
     let mut want = (Vec::new(), store.cursor("sink:test").await.unwrap());
     for (d, m, _) in got.keys() {
-        want.0.push(expected(d, &stored(&store, d, *m).await));
+        let w = stored(&store, d, *m).await;
+        assert_holds(&w, &sent[&(d.as_str(), *m)]);
+        want.0.push(expected(d, &w));
     }
     let keys: Vec<_> = got.keys().cloned().collect();
     assert_eq!(
@@ -880,8 +921,10 @@ async fn the_influx_body_is_line_protocol_with_the_expected_fields() {
     let mut lines = parse_lines(&reqs[0].body);
     lines.sort_by(|a, b| a.1["device"].cmp(&b.1["device"]));
     assert_eq!(lines.len(), 2);
-    for (device, (m, tags, fields, t)) in ["d1", "d2"].iter().zip(lines) {
+    let sent = [readings(0, &[1000, 2500, 4001]), readings(0, &[1500])];
+    for ((device, (m, tags, fields, t)), sent) in ["d1", "d2"].iter().zip(lines).zip(sent) {
         let w = stored(&store, device, 0).await;
+        assert_holds(&w, &sent);
         let s = &w.summary;
         assert_eq!(m, "temperature");
         assert_eq!(

@@ -1,10 +1,15 @@
-//! Aggregator tests: closed windows merge to the single-pass summary, window
-//! bounds, overflow and sensor-error handling, raw mode.
+//! Aggregator tests: closed windows merge to exactly their readings (judged
+//! by the oracle), window bounds, overflow and sensor-error handling, raw mode.
 
+#[path = "common/judge.rs"]
+mod judge;
+
+use judge::assert_holds;
 use tributary_core::frame::Message;
 use tributary_core::quantum::Quantum;
 use tributary_core::summary::Summary;
 use tributary_firmware::{index, Aggregator, ChannelSpec, Mode, Sensor};
+use tributary_oracle::Reading;
 
 const SPECS: [ChannelSpec; 2] = [
     ChannelSpec {
@@ -32,10 +37,8 @@ fn lcg(state: &mut u64) -> u32 {
 fn closed_windows_merge_to_the_single_pass_summary() {
     let mut agg = Aggregator::<2>::new(&SPECS, 7, 10_000, Mode::Aggregate).unwrap();
     let mut frames = Vec::new();
-    let mut truth = [
-        Summary::new(Quantum::new(-3).unwrap()),
-        Summary::new(Quantum::new(-2).unwrap()),
-    ];
+    // The raw readings per channel: the judge's input.
+    let mut truth: [Vec<Reading>; 2] = [Vec::new(), Vec::new()];
     let mut rng = 42u64;
     let mut now = 0u64;
     for _ in 0..5_000 {
@@ -44,8 +47,12 @@ fn closed_windows_merge_to_the_single_pass_summary() {
             20_000 + (lcg(&mut rng) % 4000) as i32 - 2000,
             (lcg(&mut rng) % 10_000) as i32,
         ];
-        truth[0].insert(now as i64, i64::from(v[0])).unwrap();
-        truth[1].insert(now as i64, i64::from(v[1])).unwrap();
+        for (t, &x) in truth.iter_mut().zip(&v) {
+            t.push(Reading {
+                time_ms: now as i64,
+                ticks: i64::from(x),
+            });
+        }
         agg.record(now, &v, &mut |m| frames.push(m));
     }
     agg.flush(&mut |m| frames.push(m));
@@ -66,13 +73,8 @@ fn closed_windows_merge_to_the_single_pass_summary() {
         merged[usize::from(f.channel)].merge(&wide).unwrap();
     }
     assert_eq!(seqs, (0..frames.len() as u32).collect::<Vec<_>>());
-    for ch in 0..2 {
-        let scale = merged[ch].sketch().scale();
-        assert_eq!(
-            merged[ch],
-            truth[ch].with_sketch_scale(scale),
-            "channel {ch}"
-        );
+    for (ch, exponent) in [(0, -3), (1, -2)] {
+        assert_holds(&merged[ch], exponent, &truth[ch], &format!("channel {ch}"));
     }
 }
 
@@ -168,10 +170,13 @@ fn summary_overflow_emits_early_for_the_same_window() {
     }];
     let mut agg = Aggregator::<1>::new(&BIG, 2, 10_000, Mode::Aggregate).unwrap();
     let mut frames = Vec::new();
-    let mut truth = Summary::new(Quantum::new(0).unwrap());
+    let mut truth = Vec::new();
     for t in 0..10u64 {
         // (2³¹ − 1)² ≈ 2⁶²: Σd² overflows u64 after four readings.
-        truth.insert(t as i64, i64::from(i32::MAX)).unwrap();
+        truth.push(Reading {
+            time_ms: t as i64,
+            ticks: i64::from(i32::MAX),
+        });
         agg.record(t, &[i32::MAX], &mut |m| frames.push(m));
     }
     agg.flush(&mut |m| frames.push(m));
@@ -185,5 +190,5 @@ fn summary_overflow_emits_early_for_the_same_window() {
             .unwrap();
     }
     assert_eq!(agg.stats().dropped_readings, 0);
-    assert_eq!(merged, truth.with_sketch_scale(merged.sketch().scale()));
+    assert_holds(&merged, 0, &truth, "the early frames merged");
 }

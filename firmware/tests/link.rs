@@ -1,13 +1,18 @@
 //! Link tests: exactly-once delivery over a lossy, reordering, duplicating and
 //! corrupting channel; ring-full coarsening; clock wrap and time-sync phase.
 
+#[path = "common/judge.rs"]
+mod judge;
+
 use std::collections::BTreeMap;
 
+use judge::{assert_holds, problems};
 use tributary_core::fixed::FixedSummary;
 use tributary_core::frame::{encode, Ack, FrameDecoder, Message, SummaryFrame, MAX_FRAME};
 use tributary_core::quantum::Quantum;
 use tributary_core::summary::Summary;
 use tributary_firmware::{index, Aggregator, ChannelSpec, Clock, Link, Mode};
+use tributary_oracle::Reading;
 
 const SPECS: [ChannelSpec; 1] = [ChannelSpec {
     metric: "temperature",
@@ -57,7 +62,7 @@ fn every_closed_window_arrives_exactly_once() {
     let mut agg = Aggregator::<1>::new(&SPECS, 9, 1_000, Mode::Aggregate).unwrap();
     let mut link = Link::<16, 64>::new(500);
     let mut rng = 7u64;
-    let mut truth = Summary::new(Quantum::new(-3).unwrap());
+    let mut truth = Vec::new();
     let mut rx = FrameDecoder::<MAX_FRAME>::new();
     let mut got: BTreeMap<(u32, u32), SummaryFrame> = BTreeMap::new();
     let mut duplicates = 0;
@@ -68,7 +73,10 @@ fn every_closed_window_arrives_exactly_once() {
         let perfect = step >= 3_000;
         if step < 2_900 {
             let v = 20_000 + (lcg(&mut rng) % 2_000) as i32;
-            truth.insert(now as i64, i64::from(v)).unwrap();
+            truth.push(Reading {
+                time_ms: now as i64,
+                ticks: i64::from(v),
+            });
             agg.record(now, &[v], &mut |m| {
                 sent_windows += 1;
                 link.enqueue(m)
@@ -115,8 +123,7 @@ fn every_closed_window_arrives_exactly_once() {
             .merge(&Summary::from_fixed(&f.summary, f.start_tick as i64))
             .unwrap();
     }
-    let scale = merged.sketch().scale();
-    assert_eq!(merged, truth.with_sketch_scale(scale));
+    assert_holds(&merged, -3, &truth, "every window merged");
     // Coarsening may merge frames, so at most as many arrive as were made.
     assert!(got.len() as u32 <= sent_windows && !got.is_empty());
 }
@@ -301,13 +308,15 @@ fn a_full_pool_coarsens_unsent_summaries_and_loses_no_reading() {
     let mut rng = 5u64;
     // A pool far too small for 40 large frames: bytes, not slots, run out.
     let mut link = Link::<16, 64, 1_024>::new(500);
-    let mut truth = FixedSummary::new(Quantum::new(-3).unwrap(), 20_000);
+    let mut truth = Vec::new();
     for k in 0..40u32 {
         let values = wide_values(&mut rng, 120);
         let f = summary_frame(k, u64::from(k) * 1_000, 1_000, &values);
-        let mut shifted = f.summary.clone();
-        shifted.delay_times(k * 1_000).unwrap();
-        truth.merge(&shifted).unwrap();
+        // `summary_frame` takes value i at offset i ms into its window.
+        truth.extend(values.iter().enumerate().map(|(i, &v)| Reading {
+            time_ms: i64::from(k) * 1_000 + i as i64,
+            ticks: i64::from(v),
+        }));
         link.enqueue(Message::Summary(f));
         assert!(link.pool_used() <= 1_024);
     }
@@ -332,7 +341,15 @@ fn a_full_pool_coarsens_unsent_summaries_and_loses_no_reading() {
         merged.merge(&s).unwrap();
     }
     assert_eq!(next_start, 40_000);
-    assert_eq!(merged, truth);
+    // The values span ~20 octaves of both signs, so the merged sketch sits
+    // below the aggregator's floor by design: that one check is left out;
+    // every bucket at its scale is still judged.
+    let wide = Summary::from_fixed(&merged, 0);
+    let p: Vec<String> = problems(&wide, -3, &truth)
+        .into_iter()
+        .filter(|p| !p.starts_with("sketch scale"))
+        .collect();
+    assert!(p.is_empty(), "{p:#?}");
 }
 
 #[test]
@@ -468,7 +485,7 @@ fn outage(window: Option<usize>, outage: u64) -> (tributary_firmware::LinkStats,
     if let Some(w) = window {
         link = link.with_window(w);
     }
-    let mut truth = [Summary::new(milli()), Summary::new(milli())];
+    let mut truth: [Vec<Reading>; 2] = [Vec::new(), Vec::new()];
     let mut got: BTreeMap<(u32, u32), SummaryFrame> = BTreeMap::new();
     let mut rx = FrameDecoder::<MAX_FRAME>::new();
     let mut rng = 3u64;
@@ -482,7 +499,10 @@ fn outage(window: Option<usize>, outage: u64) -> (tributary_firmware::LinkStats,
                 19_000 + (lcg(&mut rng) % 3_000) as i32,
             ];
             for (t, &x) in truth.iter_mut().zip(&v) {
-                t.insert(now as i64, i64::from(x)).unwrap();
+                t.push(Reading {
+                    time_ms: now as i64,
+                    ticks: i64::from(x),
+                });
             }
             agg.record(now, &v, &mut |m| link.enqueue(m));
         } else if now == outage + 5_000 {
@@ -516,8 +536,7 @@ fn outage(window: Option<usize>, outage: u64) -> (tributary_firmware::LinkStats,
                 .merge(&Summary::from_fixed(&f.summary, f.start_tick as i64))
                 .unwrap();
         }
-        let scale = merged.sketch().scale();
-        exact &= merged == t.with_sketch_scale(scale);
+        exact &= problems(&merged, -3, t).is_empty();
     }
     (link.stats(), exact)
 }

@@ -432,10 +432,19 @@ mod tests {
         ];
         let mut f = FixedSummary::new(Quantum::DEFAULT, 0);
         let mut expected: Option<Extent<u32, i32>> = None;
-        for (t, v) in readings {
+        for (k, &(t, v)) in readings.iter().enumerate() {
             f.insert(t, v, &MICRO).unwrap();
             expected = Extent::merge_opt(expected, Some(Extent::of(t, v)));
             assert_eq!(f.extent(), expected.as_ref());
+            // And both are the extent of the readings so far, from the
+            // readings: min and max value, first and last by (time, value).
+            let seen = &readings[..=k];
+            let e = f.extent().unwrap();
+            let values = seen.iter().map(|r| r.1);
+            assert_eq!(e.min, values.clone().min().unwrap());
+            assert_eq!(e.max, values.max().unwrap());
+            assert_eq!((e.first.time, e.first.value), *seen.iter().min().unwrap());
+            assert_eq!((e.last.time, e.last.value), *seen.iter().max().unwrap());
         }
     }
 

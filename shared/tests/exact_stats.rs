@@ -1,5 +1,6 @@
-//! Sum, mean, variance and standard deviation are the exact rationals of the
-//! integer moments rounded once to the nearest `f64`, and a reading becomes
+//! A summary holds the exact count and integer moments of its readings, its
+//! sum, mean, variance and standard deviation are the exact rationals of
+//! those moments rounded once to the nearest `f64`, and a reading becomes
 //! ticks by one rounding of its exact value: checked against the oracle's
 //! big-integer rationals (`tributary-oracle`, which shares no code with this
 //! crate), on the issue's case and on random cases near the edges — huge
@@ -11,16 +12,16 @@ use proptest::prelude::*;
 use tributary_core::{Quantum, Summary};
 use tributary_oracle::Ratio;
 
-/// What the oracle says sum, mean, variance and stddev of `s` must be, from
-/// its count and integer moments.
-fn oracle(s: &Summary) -> (f64, f64, Option<f64>, Option<f64>) {
-    let e = i32::from(s.quantum().exponent());
-    let n = s.count();
-    let sum = Ratio::decimal(s.sum_ticks(), e);
-    let mean = Ratio::new(sum.num.clone(), sum.den.clone() * BigUint::from(n)).unwrap();
+/// What the oracle says sum, mean, variance and stddev must be for `n`
+/// readings of the quantum 10^`e` whose integer moments are `sum` = Σv and
+/// `sum_sq` = Σv² — moments taken from the raw readings ([`moments`]),
+/// never from the summary under test.
+fn oracle(e: i8, n: u64, sum: &BigInt, sum_sq: &BigInt) -> (f64, f64, Option<f64>, Option<f64>) {
+    let e = i32::from(e);
+    let total = Ratio::decimal(sum.clone(), e);
+    let mean = Ratio::new(total.num.clone(), total.den.clone() * BigUint::from(n)).unwrap();
     let var = (n >= 2).then(|| {
-        let m2 =
-            BigInt::from(n) * BigInt::from(s.sum_sq_ticks()) - BigInt::from(s.sum_ticks()).pow(2);
+        let m2 = BigInt::from(n) * sum_sq - sum.pow(2);
         let q2 = Ratio::decimal(1, 2 * e);
         Ratio::new(
             m2 * q2.num,
@@ -29,43 +30,68 @@ fn oracle(s: &Summary) -> (f64, f64, Option<f64>, Option<f64>) {
         .unwrap()
     });
     (
-        sum.to_f64(),
+        total.to_f64(),
         mean.to_f64(),
         var.as_ref().map(Ratio::to_f64),
         var.as_ref().and_then(Ratio::sqrt_to_f64),
     )
 }
 
-fn check(s: &Summary) {
-    let (sum, mean, var, sd) = oracle(s);
-    let what = format!(
-        "n={} Σv={} Σv²={} q={}",
-        s.count(),
-        s.sum_ticks(),
-        s.sum_sq_ticks(),
-        s.quantum()
-    );
-    assert_eq!(s.sum(), Some(sum), "sum: {what}");
+/// The exact moments (n, Σv, Σv²) of `values` taken 2^`doublings` times,
+/// in big integers from the raw values.
+fn moments(values: &[i64], doublings: u32) -> (BigInt, BigInt, BigInt) {
+    let times = BigInt::from(1) << doublings;
+    let sum: BigInt = values.iter().map(|&v| BigInt::from(v)).sum();
+    let sum_sq: BigInt = values.iter().map(|&v| BigInt::from(v).pow(2)).sum();
+    (
+        BigInt::from(values.len()) * &times,
+        sum * &times,
+        sum_sq * &times,
+    )
+}
+
+/// Checks that `s`, the summary of `values` taken 2^`doublings` times,
+/// holds their exact count and moments and that its statistics are the
+/// oracle's for those moments.
+fn check(s: &Summary, values: &[i64], doublings: u32) {
+    let (n, sum, sum_sq) = moments(values, doublings);
+    let what = format!("n={n} Σv={sum} Σv²={sum_sq} q={}", s.quantum());
+    assert_eq!(BigInt::from(s.count()), n, "count: {what}");
+    assert_eq!(BigInt::from(s.sum_ticks()), sum, "Σv: {what}");
+    assert_eq!(BigInt::from(s.sum_sq_ticks()), sum_sq, "Σv²: {what}");
+    let n = u64::try_from(n).unwrap();
+    let (want_sum, mean, var, sd) = oracle(s.quantum().exponent(), n, &sum, &sum_sq);
+    assert_eq!(s.sum(), Some(want_sum), "sum: {what}");
     assert_eq!(s.mean(), Some(mean), "mean: {what}");
     assert_eq!(s.variance(), var, "variance: {what}");
     assert_eq!(s.stddev(), sd, "stddev: {what}");
 }
 
-/// A summary of `values` doubled `doublings` times by merging it with
-/// itself (counts up to 2^40 without inserting them all); stops doubling
-/// before an overflow.
-fn doubled(q: Quantum, values: &[i64], doublings: u32) -> Summary {
+/// Whether moments this large fit no summary: a count past u64, Σv past
+/// i128 or Σv² past u128 (DESIGN §2's wide integers).
+fn beyond_the_summary(n: &BigInt, sum: &BigInt, sum_sq: &BigInt) -> bool {
+    *n > BigInt::from(u64::MAX)
+        || *sum > BigInt::from(i128::MAX)
+        || *sum < BigInt::from(i128::MIN)
+        || *sum_sq > BigInt::from(u128::MAX)
+}
+
+/// A summary of `values` doubled up to `doublings` times by merging it
+/// with itself (counts up to 2^40 without inserting them all), and the
+/// number of doublings applied: it stops before a refused (overflowing)
+/// merge.
+fn doubled(q: Quantum, values: &[i64], doublings: u32) -> (Summary, u32) {
     let mut s = Summary::new(q);
     for (t, &v) in values.iter().enumerate() {
         s.insert(t as i64, v).unwrap();
     }
-    for _ in 0..doublings {
+    for applied in 0..doublings {
         let copy = s.clone();
         if s.merge(&copy).is_err() {
-            break;
+            return (s, applied);
         }
     }
-    s
+    (s, doublings)
 }
 
 /// The issue: 999,999 zeros and one −0.001 at a 0.001 quantum have the mean
@@ -82,7 +108,9 @@ fn the_issue_case_is_exact() {
     assert_eq!(s.variance(), Some(1e-12));
     assert_eq!(s.stddev(), Some(1e-6));
     assert_eq!(s.sum(), Some(-0.001));
-    check(&s);
+    let mut values = vec![0i64; 999_999];
+    values.push(-1);
+    check(&s, &values, 0);
 }
 
 #[test]
@@ -92,7 +120,9 @@ fn means_in_minus_one_to_zero_ticks_are_exact() {
         for (zeros, minus) in [(1u32, 1u32), (9, 1), (999, 1), (99_999, 3), (7, 5)] {
             let mut v = vec![0i64; zeros as usize];
             v.extend(std::iter::repeat_n(-1, minus as usize));
-            check(&doubled(q, &v, 20));
+            let (s, applied) = doubled(q, &v, 20);
+            assert_eq!(applied, 20, "far from any limit");
+            check(&s, &v, applied);
         }
     }
 }
@@ -102,14 +132,15 @@ fn sums_beyond_two_to_the_53_are_rounded_once() {
     // Σv = 90,771,615,935,544,260 (not an f64): `sum as f64 / 1000` rounds
     // twice and gives 90771615935544.25; the nearest is …544.27.
     let q = Quantum::new(-3).unwrap();
+    let mut values = vec![1i64 << 53; 10];
+    values.push(699_623_388_134_340);
     let mut s = Summary::new(q);
-    for t in 0..10 {
-        s.insert(t, 1 << 53).unwrap();
+    for (t, &v) in values.iter().enumerate() {
+        s.insert(t as i64, v).unwrap();
     }
-    s.insert(10, 699_623_388_134_340).unwrap();
     assert_eq!(s.sum_ticks(), 90_771_615_935_544_260);
     assert_eq!(s.sum(), Some(90_771_615_935_544.27));
-    check(&s);
+    check(&s, &values, 0);
 }
 
 fn edge_value() -> impl Strategy<Value = i64> {
@@ -132,7 +163,13 @@ proptest! {
         values in prop::collection::vec(edge_value(), 1..12),
         doublings in 0u32..40,
     ) {
-        check(&doubled(Quantum::new(e).unwrap(), &values, doublings));
+        let (s, applied) = doubled(Quantum::new(e).unwrap(), &values, doublings);
+        if applied < doublings {
+            // The summary refused the next doubling: it must be past a limit.
+            let (n, sum, sum_sq) = moments(&values, applied + 1);
+            prop_assert!(beyond_the_summary(&n, &sum, &sum_sq), "refused at {applied} doublings");
+        }
+        check(&s, &values, applied);
     }
 
     #[test]

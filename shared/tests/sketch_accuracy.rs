@@ -4,14 +4,19 @@
 //! scale down — in the full and the fixed form.
 //!
 //! The exact quantile uses the sketch's rank definition: the element of rank
-//! ⌊q·(n−1)⌋ of the sorted (quantized) readings.
+//! ⌊q·(n−1)⌋ of the sorted (quantized) readings. The judge is the oracle's
+//! (`tributary-oracle`, no code shared with this crate): readings quantized
+//! by exact rationals, the relative-error bound of the scale, and the
+//! bucket of the true value that the estimate must lie in.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use num_bigint::BigInt;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, LogNormal, Normal, Pareto, Uniform};
 use tributary_core::index::{relative_error, DeviceIndex, MIN_SCALE};
 use tributary_core::{FixedSummary, Quantum, Summary};
+use tributary_oracle::{bucket, Ratio};
 
 const N: usize = 100_000;
 const QS: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
@@ -40,17 +45,30 @@ fn check(name: &str, summary: &Summary, mut ticks: Vec<i64>) -> f64 {
     ticks.sort_unstable();
     let n = ticks.len();
     assert_eq!(summary.count(), n as u64, "{name}");
-    let q_unit = summary.quantum();
-    let half_quantum = q_unit.scale(0.5);
+    let e = i32::from(summary.quantum().exponent());
+    let half_quantum = Ratio::decimal(5, e - 1).to_f64();
+    let scale = summary.sketch().scale();
+    // The bound of the scale, by the oracle; the one reported must be it.
+    let bound = bucket::relative_error(scale);
     let mut worst: f64 = 0.0;
     for q in QS {
         let rank = ((q * (n - 1) as f64).floor() as usize).min(n - 1);
-        let exact = q_unit.value(ticks[rank]);
+        let truth = Ratio::decimal(ticks[rank], e);
+        let exact = truth.to_f64();
         let got = summary.quantile(q).unwrap();
-        assert_eq!(got.relative_error, relative_error(summary.sketch().scale()));
+        assert!(
+            (got.relative_error - bound).abs() <= bound * 1e-12,
+            "{name}: reported bound {} at scale {scale}, the oracle's {bound}",
+            got.relative_error
+        );
+        assert!(
+            bucket::contains(&truth, got.value, scale),
+            "{name} q={q}: estimate {} is outside the bucket of the exact {exact} at scale {scale}",
+            got.value
+        );
         let err = (got.value - exact).abs();
         // The bound, with a hair of slack for the final f64 rounding.
-        let allowed = got.relative_error * exact.abs() * (1.0 + 1e-9) + half_quantum;
+        let allowed = bound * exact.abs() * (1.0 + 1e-9) + half_quantum;
         assert!(
             err <= allowed,
             "{name} q={q}: estimate {} vs exact {exact}: error {err} > allowed {allowed} \
@@ -65,14 +83,28 @@ fn check(name: &str, summary: &Summary, mut ticks: Vec<i64>) -> f64 {
     worst
 }
 
+/// The ticks of `x` at the quantum 10^`e` by the oracle: x's exact value
+/// over the quantum, rounded half away from zero (the documented rule).
+fn oracle_ticks(x: f64, e: i32) -> i64 {
+    let r = Ratio::of_f64(x).unwrap().mul(&Ratio::decimal(1, -e));
+    let twice = r.abs().mul(&Ratio::int(2));
+    let m = i64::try_from((twice.floor() + BigInt::from(1)) / BigInt::from(2)).unwrap();
+    if x < 0.0 {
+        -m
+    } else {
+        m
+    }
+}
+
 /// Folds readings (in the unit) into a full summary with quantum 1e-6 and
-/// returns it with their exact ticks.
+/// returns it with their exact ticks (the oracle's, not `Quantum::ticks`).
 fn full(values: &[f64]) -> (Summary, Vec<i64>) {
     let mut s = Summary::new(Quantum::DEFAULT);
+    let e = i32::from(Quantum::DEFAULT.exponent());
     let mut ticks = Vec::with_capacity(values.len());
     for (i, &x) in values.iter().enumerate() {
         s.insert_value(i as i64, x).unwrap();
-        ticks.push(Quantum::DEFAULT.ticks(x).unwrap());
+        ticks.push(oracle_ticks(x, e));
     }
     s.validate().unwrap();
     (s, ticks)

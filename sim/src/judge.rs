@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use num_bigint::BigInt;
 use tributary_core::{SeriesKey, Summary};
-use tributary_oracle::{OracleError, Readings, Series, Stats};
+use tributary_oracle::{OracleError, Reading, Readings, Series, Stats};
 
 use crate::fleet::SeriesReadings;
 
@@ -141,6 +141,63 @@ pub fn judge(got: &Summary, want: &Stats) -> Vec<String> {
     out
 }
 
+/// Everything in which `got` differs from the summary of exactly
+/// `readings` — (event time in ms, ticks of the quantum 10^`exponent`) —
+/// by [`judge`] against the oracle's statistics of them (one line saying
+/// so when there are none): the check of a test that sent those readings.
+pub fn judge_readings(got: &Summary, exponent: i8, readings: &[(i64, i64)]) -> Vec<String> {
+    let rs: Vec<Reading> = readings
+        .iter()
+        .map(|&(time_ms, ticks)| Reading { time_ms, ticks })
+        .collect();
+    match Stats::of(exponent, &rs) {
+        Some(want) => judge(got, &want),
+        None => vec!["no readings to judge by".into()],
+    }
+}
+
+/// Everything in which the sketch of `got` differs, bucket by bucket at
+/// its own scale, from the buckets of the readings `ticks` (of the quantum
+/// 10^`exponent`) by the oracle's definition: each real reading's index
+/// ([`tributary_oracle::bucket::index`]), its sign, and zero apart. The
+/// exact layout, stricter than [`judge`]'s quantiles; one big-integer
+/// comparison per reading, so for tests with thousands of readings, not
+/// millions.
+pub fn judge_buckets(got: &Summary, exponent: i8, ticks: &[i64]) -> Vec<String> {
+    let sketch = got.sketch();
+    let scale = sketch.scale();
+    let (mut positive, mut negative, mut zero) = (BTreeMap::new(), BTreeMap::new(), 0u64);
+    for &v in ticks {
+        let x = tributary_oracle::Ratio::decimal(v, i32::from(exponent));
+        match tributary_oracle::bucket::index(&x, scale) {
+            None => zero += 1,
+            Some(i) if v > 0 => *positive.entry(i).or_insert(0u64) += 1,
+            Some(i) => *negative.entry(i).or_insert(0u64) += 1,
+        }
+    }
+    let held = |b: tributary_core::sketch::Buckets<'_, _>| -> BTreeMap<i64, u64> {
+        b.iter().map(|(i, c)| (i64::from(i), c)).collect()
+    };
+    let mut out = Vec::new();
+    if sketch.zero_count() != zero {
+        out.push(format!(
+            "zero bucket: got {}, want {zero}",
+            sketch.zero_count()
+        ));
+    }
+    for (sign, got, want) in [
+        ("positive", held(sketch.positive()), positive),
+        ("negative", held(sketch.negative()), negative),
+    ] {
+        if got != want {
+            out.push(format!(
+                "{sign} buckets at scale {scale}: got {got:?}, want {want:?}"
+            ));
+        }
+    }
+    out
+}
+
 /// The verdict on a set of results.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Verdict {
@@ -205,7 +262,6 @@ pub fn judge_windows(
 mod tests {
     use super::*;
     use tributary_core::Quantum;
-    use tributary_oracle::Reading;
 
     fn readings(values: &[i64]) -> Vec<Reading> {
         values
@@ -242,6 +298,36 @@ mod tests {
         let changed = judge(&summary(&[-250, 3, 0, 1_201, -4_700]), &want);
         assert!(changed.iter().any(|p| p.starts_with("Σv:")), "{changed:?}");
         assert!(changed.iter().any(|p| p.starts_with("max")), "{changed:?}");
+    }
+
+    #[test]
+    fn readings_as_pairs_are_judged_as_the_readings() {
+        let values = [-250, 3, 0, 1_200];
+        let pairs: Vec<(i64, i64)> = readings(&values)
+            .iter()
+            .map(|r| (r.time_ms, r.ticks))
+            .collect();
+        let none = Vec::<String>::new();
+        assert_eq!(judge_readings(&summary(&values), -3, &pairs), none);
+        let p = judge_readings(&summary(&values[1..]), -3, &pairs);
+        assert!(p.iter().any(|p| p.starts_with("count")), "{p:?}");
+        assert_eq!(judge_readings(&summary(&values), -3, &[]).len(), 1);
+    }
+
+    #[test]
+    fn buckets_of_the_same_readings_agree_and_of_others_do_not() {
+        let values = [-250, 3, 0, 0, 1_200, -4_700, 12_000, 17, -1];
+        let none = Vec::<String>::new();
+        assert_eq!(judge_buckets(&summary(&values), -3, &values), none);
+        // 1.3 is eight buckets above 1.2 at scale 6.
+        let mut moved = values;
+        moved[4] = 1_300;
+        let p = judge_buckets(&summary(&moved), -3, &values);
+        assert!(p.iter().any(|p| p.starts_with("positive")), "{p:?}");
+        let p = judge_buckets(&summary(&values[1..]), -3, &values);
+        assert!(p.iter().any(|p| p.starts_with("negative")), "{p:?}");
+        let p = judge_buckets(&summary(&values), -3, &values[..3]);
+        assert!(p.iter().any(|p| p.starts_with("zero")), "{p:?}");
     }
 
     #[test]

@@ -416,9 +416,19 @@ mod tests {
     use super::*;
     use tributary_core::batch::Partial;
     use tributary_core::Quantum;
+    use tributary_sim::judge::judge_readings;
 
     const MIN: i64 = 60_000;
     const HOUR: i64 = 3_600_000;
+
+    /// Panics, naming the caller's line, unless the oracle finds `got` to be
+    /// the summary of exactly `readings` (event time, ticks of 10⁻³): the
+    /// reference comes from the raw readings, not from `Summary`.
+    #[track_caller]
+    fn assert_holds(got: &Summary, readings: &[(i64, i64)]) {
+        let problems = judge_readings(got, -3, readings);
+        assert!(problems.is_empty(), "{problems:?}");
+    }
 
     fn partial(device: &str, minute: i64, v: i64) -> Partial {
         let start = 10 * HOUR + minute * MIN;
@@ -458,12 +468,18 @@ mod tests {
                 ((2, HOUR, m0), 1),
             ]
         );
-        // The roll-up is the merge of the rows inside it, from the readings.
-        let mut want = Summary::new(Quantum::new(-3).unwrap());
-        for (t, v) in [(m0, 1), (m1, 2), (m0, 3), (m0, 5)] {
-            want.insert(t, v).unwrap();
+        // Each row holds exactly its readings: the minutes theirs, the
+        // roll-up those of the rows inside it.
+        let rows: [Vec<(i64, i64)>; 5] = [
+            vec![(m0, 1), (m0, 3), (m0, 5)],
+            vec![(m1, 2)],
+            vec![(m0, 1), (m1, 2), (m0, 3), (m0, 5)],
+            vec![(m0, 4)],
+            vec![(m0, 4)],
+        ];
+        for (row, readings) in p.rows.iter().zip(&rows) {
+            assert_holds(&row.summary, readings);
         }
-        assert_eq!(*p.rows[2].summary, want);
         assert_eq!(p.watermarks, [("gw-1", 5), ("gw-2", 9)]);
         assert_eq!(p.reporters, [(1, "gw-1"), (1, "gw-2"), (2, "gw-2")]);
     }
@@ -540,21 +556,27 @@ mod tests {
                 .find(|d| d.key == (1, width, start))
                 .map(|d| d.summary.clone().into_owned())
         };
-        let readings = |lo: i64, hi: i64| {
-            let mut want = Summary::new(Quantum::new(-3).unwrap());
-            for &m in minutes.iter().filter(|&&m| lo <= m && m < hi) {
-                want.insert(10 * HOUR + m * MIN, m + 1).unwrap();
-            }
-            want
+        // The readings of the minutes in `lo..hi`, as `partial` made them.
+        let readings = |lo: i64, hi: i64| -> Vec<(i64, i64)> {
+            minutes
+                .iter()
+                .filter(|&&m| lo <= m && m < hi)
+                .map(|&m| (10 * HOUR + m * MIN, m + 1))
+                .collect()
         };
         // 10:00 is minute 600 of the day: 90-minute windows start at
         // 9:00 (minutes -60..30 here), 10:30 (30..120), 12:00 (120..210)…
-        assert_eq!(of(24 * HOUR, 0), Some(readings(-600, 840)));
-        assert_eq!(of(90 * MIN, 9 * HOUR), Some(readings(-60, 30)));
-        assert_eq!(of(90 * MIN, 10 * HOUR + 30 * MIN), Some(readings(30, 120)));
-        assert_eq!(of(90 * MIN, 12 * HOUR), Some(readings(120, 210)));
-        assert_eq!(of(HOUR, 10 * HOUR), Some(readings(0, 60)));
-        assert_eq!(of(HOUR, 11 * HOUR), Some(readings(60, 120)));
+        for (width, start, (lo, hi)) in [
+            (24 * HOUR, 0, (-600, 840)),
+            (90 * MIN, 9 * HOUR, (-60, 30)),
+            (90 * MIN, 10 * HOUR + 30 * MIN, (30, 120)),
+            (90 * MIN, 12 * HOUR, (120, 210)),
+            (HOUR, 10 * HOUR, (0, 60)),
+            (HOUR, 11 * HOUR, (60, 120)),
+        ] {
+            let got = of(width, start).unwrap_or_else(|| panic!("no row {width} @ {start}"));
+            assert_holds(&got, &readings(lo, hi));
+        }
         let total: u64 = p
             .rows
             .iter()

@@ -219,6 +219,17 @@ mod tests {
             let e = lanes(&bad).unwrap_err().to_string();
             assert!(e.contains("store.lanes"), "{bad}: {e}");
         }
+        let keepalive = |toml: &str| Config::from_toml(toml).map(|c| c.store.postgres());
+        let secs = |s| Some(std::time::Duration::from_secs(s));
+        assert_eq!(keepalive(pg).unwrap().unwrap().keepalive, secs(30));
+        let set = keepalive(&format!("{pg}keepalive_ms = 3000\n"));
+        assert_eq!(set.unwrap().unwrap().keepalive, secs(3));
+        let off = keepalive(&format!("{pg}keepalive_ms = 0\n"));
+        assert_eq!(off.unwrap().unwrap().keepalive, None);
+        for bad in [1500, 2000, 7_201_000] {
+            let e = keepalive(&format!("{pg}keepalive_ms = {bad}\n")).unwrap_err();
+            assert!(e.to_string().contains("store.keepalive_ms"), "{bad}: {e}");
+        }
         let e = Config::from_toml("[store]\nkind = \"mysql\"\n").unwrap_err();
         assert!(e.to_string().contains("store.kind"), "{e}");
     }

@@ -526,6 +526,75 @@ async fn the_write_probe_fails_when_the_server_is_down() {
     assert!(answer.is_err(), "a stopped server takes no write");
 }
 
+/// The keepalive timers of this host's TCP connections to 127.0.0.1:`port`
+/// as `ss` shows them (`timer:(keepalive,8.9sec,0)`): the time left, one
+/// per connection (`None`: no keepalive timer).
+fn keepalive_timers(port: u16) -> Vec<Option<std::time::Duration>> {
+    let out = std::process::Command::new("ss")
+        .args(["-tnoH", "state", "established"])
+        .arg(format!("( dport = :{port} )"))
+        .output()
+        .expect("ss (iproute2) runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let at = l.find("timer:(keepalive,")? + "timer:(keepalive,".len();
+            let left = l[at..].split(',').next()?;
+            Some(ss_time(left).unwrap_or_else(|| panic!("a time: {l}")))
+        })
+        .collect()
+}
+
+/// A time as `ss` prints it: `8.808ms`, `8.9sec`, `119min`, `1min59sec`.
+fn ss_time(text: &str) -> Option<std::time::Duration> {
+    let secs = |t: &str| t.parse::<f64>().ok();
+    let (min, rest) = match text.split_once("min") {
+        Some((m, rest)) => (secs(m)?, rest),
+        None => (0.0, text),
+    };
+    let rest = if let Some(ms) = rest.strip_suffix("ms") {
+        secs(ms)? / 1000.0
+    } else if let Some(s) = rest.strip_suffix("sec") {
+        secs(s)?
+    } else if rest.is_empty() {
+        0.0
+    } else {
+        return None;
+    };
+    Some(std::time::Duration::from_secs_f64(min * 60.0 + rest))
+}
+
+/// `keepalive` reaches the store's sockets: its connection's keepalive
+/// timer counts down from the 9 s set, not from the driver's 2 hours — so
+/// a server that vanished is noticed by the collector too.
+#[tokio::test]
+async fn the_store_probes_its_idle_connections_after_the_keepalive_set() {
+    use std::time::Duration;
+    let pg = Postgres::start(ServerOptions::default()).unwrap();
+    let url = pg.create_database("keepalive").unwrap();
+    let options = PostgresOptions {
+        keepalive: Some(Duration::from_secs(9)),
+        ..PostgresOptions::new(&url)
+    };
+    let store = PostgresStore::open(&options, &[HOUR, DAY]).await.unwrap();
+    store.probe().await.unwrap();
+    let timers = keepalive_timers(pg.port());
+    assert!(!timers.is_empty(), "the store holds a connection");
+    // At most the 9 s set (some kernels' `ss` print a short one as
+    // `8.988ms`; the bound holds either way, and the driver's default
+    // reads `119min`).
+    for t in timers {
+        let left = t.expect("a keepalive timer");
+        assert!(left <= Duration::from_secs(9), "{left:?} left");
+    }
+}
+
 /// A batch of `agent` (sequence `seq`) with one reading for `device` in
 /// minute `minute`.
 fn one(agent: &str, seq: u64, device: &str, minute: i64) -> Batch {

@@ -26,7 +26,9 @@
 //! connection to PostgreSQL is cut during `COMMIT` (a proxy on 127.0.0.1,
 //! `commit_cut`) — after the server had it (it committed, the reply is
 //! lost: the store asks the server and answers the group as applied) or
-//! before (aborted: applied again), with and without lanes.
+//! before (aborted: applied again), with and without lanes — or swallowed
+//! with the server left waiting for it on a half-open connection (its
+//! backend is ended: aborted, applied again).
 //!
 //! Mounting a tmpfs needs root (as the CI and the tests' PostgreSQL setup
 //! run); the test fails with a clear message otherwise.
@@ -51,7 +53,9 @@ use tokio::sync::watch;
 use tributary_collector::config::Config;
 use tributary_collector::ingest::{self, IngestConfig, IngestCounters, Refused};
 use tributary_collector::service;
-use tributary_collector::store::postgres::{CommitOutcome, PostgresOptions, PostgresStore};
+use tributary_collector::store::postgres::{
+    CommitOutcome, IdleEnd, PostgresOptions, PostgresStore,
+};
 use tributary_collector::store::prelude::*;
 use tributary_collector::store::sqlite::SqliteStore;
 use tributary_collector::store::{all_windows, Answer, Refusal, Refusals, Report, StoreError};
@@ -750,7 +754,9 @@ async fn a_batch_fault_with_lanes_counts_each_applied_batch_once() {
 /// readings and its agent's new incarnation — the store holds every
 /// reading once, and the lost reply's outcome is counted: committed after
 /// [`Cut::AfterCommit`] (no store error), aborted after
-/// [`Cut::BeforeCommit`] (one store error, then the retry); unresolved
+/// [`Cut::BeforeCommit`] (one store error, then the retry) and after
+/// [`Cut::SwallowCommit`] (the same, once the backend left waiting for the
+/// `COMMIT` has been ended: within 10 s, not the 30 s of polling); unresolved
 /// after [`Cut::AfterCommitThenDown`] (the database unreachable until
 /// then: the retry finds the batches applied and they count as duplicates
 /// — the known limit). Judged from the batches sent, as integers. Answers
@@ -790,6 +796,18 @@ async fn a_commit_cut(cut: Cut, lanes: usize) -> PostgresStore {
             sent.publish(client, agent, w, seq, minutes(agent));
         }
     }
+    if cut == Cut::SwallowCommit {
+        // The server waits for the COMMIT on a connection it believes
+        // open (and would until TCP keepalive or
+        // idle_in_transaction_session_timeout): resolved by ending its
+        // backend, well before the 30 s the store polls for.
+        wait_until(
+            10,
+            "the swallowed COMMIT is resolved as aborted",
+            async || store.commits_unknown(CommitOutcome::Aborted) == 1,
+        )
+        .await;
+    }
     if cut == Cut::AfterCommitThenDown {
         wait_until(30, "the lost commit is left unresolved", async || {
             store.commits_unknown(CommitOutcome::Unresolved) == 1
@@ -808,7 +826,7 @@ async fn a_commit_cut(cut: Cut, lanes: usize) -> PostgresStore {
     );
     let outcome = match cut {
         Cut::AfterCommit => CommitOutcome::Committed,
-        Cut::BeforeCommit => CommitOutcome::Aborted,
+        Cut::BeforeCommit | Cut::SwallowCommit => CommitOutcome::Aborted,
         Cut::AfterCommitThenDown => CommitOutcome::Unresolved,
     };
     match outcome {
@@ -835,6 +853,20 @@ async fn a_commit_cut(cut: Cut, lanes: usize) -> PostgresStore {
         let want = u64::from(o == outcome);
         assert_eq!(store.commits_unknown(o), want, "{}", o.name());
     }
+    // A backend is ended only where it waited for the swallowed COMMIT
+    // (elsewhere the server had ended the transaction before the client
+    // saw the connection fail); the server then closed the connection the
+    // proxy held.
+    let swallowed = u64::from(cut == Cut::SwallowCommit);
+    for e in [IdleEnd::Terminated, IdleEnd::Refused, IdleEnd::TimedOut] {
+        let want = if e == IdleEnd::Terminated {
+            swallowed
+        } else {
+            0
+        };
+        assert_eq!(store.commits_idle(e), want, "{}", e.name());
+    }
+    assert_eq!(proxy.held_closed_by_server() as u64, swallowed);
     stop_ingest(stop, task).await;
     for c in clients {
         let _ = c.client.disconnect();
@@ -842,16 +874,13 @@ async fn a_commit_cut(cut: Cut, lanes: usize) -> PostgresStore {
     store
 }
 
-/// The line of `tributary_collector_store_commit_unknown_total` with
-/// `outcome` in the store's metrics as `/metrics` renders them.
-fn commit_unknown_line(store: &PostgresStore, outcome: CommitOutcome) -> String {
+/// The line of `series` (a metric's name and labels) in the store's
+/// metrics as `/metrics` renders them.
+fn store_metric(store: &PostgresStore, series: &str) -> String {
     let mut r = tributary_runtime::metrics::prometheus_client::registry::Registry::default();
     store.register_metrics(&mut r);
     let text = tributary_runtime::metrics::render(&r);
-    let prefix = format!(
-        "tributary_collector_store_commit_unknown_total{{outcome=\"{}\"}} ",
-        outcome.name()
-    );
+    let prefix = format!("{series} ");
     text.lines()
         .find(|l| l.starts_with(&prefix))
         .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
@@ -865,10 +894,8 @@ fn commit_unknown_line(store: &PostgresStore, outcome: CommitOutcome) -> String 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_commit_reply_that_committed_counts_the_group_once() {
     let store = a_commit_cut(Cut::AfterCommit, 1).await;
-    assert_eq!(
-        commit_unknown_line(&store, CommitOutcome::Committed),
-        "tributary_collector_store_commit_unknown_total{outcome=\"committed\"} 1"
-    );
+    let series = "tributary_collector_store_commit_unknown_total{outcome=\"committed\"}";
+    assert_eq!(store_metric(&store, series), format!("{series} 1"));
 }
 
 /// The connection is cut before the server has the `COMMIT`: it aborted,
@@ -902,4 +929,26 @@ async fn a_lane_whose_commit_reply_is_lost_but_committed_counts_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lane_cut_before_its_commit_is_applied_again_once() {
     a_commit_cut(Cut::BeforeCommit, 3).await;
+}
+
+/// The group's `COMMIT` never reaches the server, and the connection dies
+/// without the server noticing (half-open): its transaction waits for the
+/// `COMMIT`, holding the group's sender rows. The store finds the backend
+/// idle in that transaction, ends it, learns the transaction aborted —
+/// within 10 s — and the retry applies the group (not waiting on its
+/// locks), counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_never_reached_the_server_is_ended_and_applied_again_once() {
+    let store = a_commit_cut(Cut::SwallowCommit, 1).await;
+    let series = "tributary_collector_store_commit_idle_total{result=\"terminated\"}";
+    assert_eq!(store_metric(&store, series), format!("{series} 1"));
+}
+
+/// With lanes, one lane's `COMMIT` never reaches the server (half-open):
+/// its backend is ended, the other lanes committed, and the retry applies
+/// the ended lane's batches and finds the others applied — each counted
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_whose_commit_never_reached_the_server_is_ended_and_applied_again_once() {
+    a_commit_cut(Cut::SwallowCommit, 3).await;
 }

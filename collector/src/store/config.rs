@@ -4,11 +4,12 @@
 //! `TRIBUTARY_STORE_<KEY>`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 use tributary_runtime::config::Problems;
 
-use super::postgres::{PostgresOptions, Tls};
+use super::postgres::{PostgresOptions, Tls, KEEPALIVE};
 
 /// Which store backend.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -55,6 +56,14 @@ pub struct StoreConfig {
     /// PEM file of the CA to trust with `tls = "require"` (default: the
     /// system's roots).
     pub ca_file: Option<PathBuf>,
+    /// PostgreSQL TCP keepalives, in ms (whole seconds, 3000..=7200000;
+    /// default 30000): a connection silent this long is probed every third
+    /// of it and given up after three unanswered probes, or when data it
+    /// sent stays unacknowledged as long — a vanished server or a dead
+    /// network path is noticed in about twice this. 0: not set here (the
+    /// URL's `keepalives*` / `tcp_user_timeout` parameters, or the driver's
+    /// defaults: probes after 2 hours idle).
+    pub keepalive_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -66,6 +75,7 @@ impl Default for StoreConfig {
             lanes: 1,
             tls: StoreTls::Disable,
             ca_file: None,
+            keepalive_ms: KEEPALIVE.as_secs() * 1000,
         }
     }
 }
@@ -82,6 +92,7 @@ impl StoreConfig {
                     ca_file: self.ca_file.clone(),
                 },
             },
+            keepalive: (self.keepalive_ms > 0).then(|| Duration::from_millis(self.keepalive_ms)),
         })
     }
 
@@ -110,6 +121,14 @@ impl StoreConfig {
             p.bad("store.lanes", "must be 1..=pool_size");
         } else if self.lanes > 1 && self.kind != StoreKind::Postgres {
             p.bad("store.lanes", "only used with kind = \"postgres\"");
+        }
+        if self.keepalive_ms != 0
+            && (self.keepalive_ms % 1000 != 0 || !(3000..=7_200_000).contains(&self.keepalive_ms))
+        {
+            p.bad(
+                "store.keepalive_ms",
+                "must be 0 (not set) or whole seconds from 3000 to 7200000",
+            );
         }
         if self.ca_file.is_some() && self.tls != StoreTls::Require {
             p.bad("store.ca_file", "only used with tls = \"require\"");

@@ -3,7 +3,10 @@
 //! handing the `COMMIT` to the server, without its reply (the server
 //! commits, the client never learns it), or before it (the server aborts)
 //! — and can then stay down (every connection cut, new ones refused: the
-//! database unreachable) until [`CommitCut::restore`].
+//! database unreachable) until [`CommitCut::restore`]; or swallow the
+//! `COMMIT` ([`Cut::SwallowCommit`]: the client's side closed, the
+//! server's kept open and silent — a half-open connection as the server
+//! sees it, its transaction waiting for a `COMMIT` that never comes).
 //!
 //! It follows the client's side of the protocol (the startup message, then
 //! messages of a type byte and a length) to find a simple `Query` of
@@ -27,6 +30,10 @@ pub(crate) enum Cut {
     /// As [`Cut::AfterCommit`], and then down: every other connection cut
     /// and new ones refused (before the client learns of the cut).
     AfterCommitThenDown = 3,
+    /// The `COMMIT` (and all after it) never forwarded; the connection to
+    /// the server held open until the server closes it or the proxy is
+    /// dropped, the client's closed.
+    SwallowCommit = 4,
 }
 
 #[derive(Default)]
@@ -39,6 +46,9 @@ struct Shared {
     down: AtomicBool,
     /// The relays, to cut them all when going down.
     relays: Mutex<Vec<AbortHandle>>,
+    /// Connections to the server held open after [`Cut::SwallowCommit`],
+    /// each with whether the server has closed it.
+    held: Mutex<Vec<Arc<AtomicBool>>>,
 }
 
 impl Shared {
@@ -101,6 +111,13 @@ impl CommitCut {
     pub(crate) fn cuts(&self) -> u64 {
         self.shared.cuts.load(SeqCst)
     }
+
+    /// Connections held open after [`Cut::SwallowCommit`] that the server
+    /// has closed since.
+    pub(crate) fn held_closed_by_server(&self) -> usize {
+        let held = self.shared.held.lock().unwrap();
+        held.iter().filter(|c| c.load(SeqCst)).count()
+    }
 }
 
 impl Drop for CommitCut {
@@ -141,6 +158,11 @@ async fn relay(mut client: TcpStream, mut server: TcpStream, shared: Arc<Shared>
                         let armed = shared.armed.swap(0, SeqCst);
                         if armed != 0 {
                             shared.cuts.fetch_add(1, SeqCst);
+                            if armed == Cut::SwallowCommit as u8 {
+                                drop(client);
+                                hold(server, &pending[..at], &shared).await;
+                                return;
+                            }
                             let end = if armed == Cut::BeforeCommit as u8 { at } else { at + len };
                             cut(server, &pending[..end]).await;
                             if armed == Cut::AfterCommitThenDown as u8 {
@@ -175,4 +197,18 @@ async fn cut(mut server: TcpStream, last: &[u8]) {
     let _ = server.shutdown().await;
     let mut sink = vec![0u8; 1 << 12];
     while let Ok(1..) = server.read(&mut sink).await {}
+}
+
+/// Hands `before` (what came ahead of the swallowed `COMMIT`) to the
+/// server, then keeps the connection open without a byte more, reading
+/// (and dropping) what the server sends until it closes it; records when
+/// it has. The caller has closed the client's side.
+async fn hold(mut server: TcpStream, before: &[u8], shared: &Shared) {
+    let closed = Arc::new(AtomicBool::new(false));
+    shared.held.lock().unwrap().push(closed.clone());
+    if server.write_all(before).await.is_ok() {
+        let mut sink = vec![0u8; 1 << 12];
+        while let Ok(1..) = server.read(&mut sink).await {}
+    }
+    closed.store(true, SeqCst);
 }

@@ -34,8 +34,8 @@
 //! A deadlock or serialisation failure (which the lock order should rule
 //! out) is retried with the whole transaction. A `COMMIT` whose reply is
 //! lost (the connection fails during it) is answered with the
-//! transaction's id, taken in step 1, for [`super::resolve`] to learn
-//! whether it committed.
+//! transaction's id and backend process, taken in step 1, for
+//! [`super::resolve`] to learn whether it committed.
 
 use std::time::Duration;
 
@@ -47,7 +47,8 @@ use tributary_core::{SeriesKey, Width};
 
 use super::direct::Direct;
 use super::resolve::Unknown;
-use super::{rows, senders};
+use super::rows;
+use super::senders::{self, Xact};
 use crate::merge;
 use crate::store::codec::key_text;
 use crate::store::{Refusals, Report, StoreError};
@@ -157,7 +158,7 @@ async fn try_apply(
     let seen = tributary_runtime::now_ms();
 
     // 1. The senders, their keys, their marks.
-    let (marks, incarnations, xid) = senders::lock(&tx, batches, seen).await?;
+    let (marks, incarnations, xact) = senders::lock(&tx, batches, seen).await?;
     let new = senders::claim(&tx, batches, &marks).await?;
     let (applied, fresh) = merge::senders::dedupe(batches, new)?;
     if fresh.is_empty() {
@@ -165,7 +166,7 @@ async fn try_apply(
             applied,
             incarnations: Vec::new(),
         };
-        return commit(tx, xid, report).await;
+        return commit(tx, xact, report).await;
     }
     senders::update(&tx, batches, &fresh, &marks, seen).await?;
     senders::add_refused(&tx, batches, &applied, refused).await?;
@@ -174,7 +175,7 @@ async fn try_apply(
             applied,
             incarnations,
         };
-        return commit(tx, xid, report).await;
+        return commit(tx, xact, report).await;
     };
 
     // 2–3. Series ids, then the merge plan.
@@ -230,18 +231,20 @@ async fn try_apply(
         applied,
         incarnations,
     };
-    commit(tx, xid, report).await
+    commit(tx, xact, report).await
 }
 
-/// Commits `tx` (transaction `xid`), answering `report`; a `COMMIT` that
+/// Commits `tx` (transaction `xact`), answering `report`; a `COMMIT` that
 /// the connection failed under rather than the server refused leaves the
 /// outcome to be learnt ([`Failed::Unknown`]).
-async fn commit(tx: Transaction<'_>, xid: i64, report: Report) -> Result<Report, Failed> {
+async fn commit(tx: Transaction<'_>, xact: Xact, report: Report) -> Result<Report, Failed> {
     match tx.commit().await {
         Ok(()) => Ok(report),
-        Err(error) if error.as_db_error().is_none() => {
-            Err(Failed::Unknown(Box::new(Unknown { xid, error, report })))
-        }
+        Err(error) if error.as_db_error().is_none() => Err(Failed::Unknown(Box::new(Unknown {
+            xact,
+            error,
+            report,
+        }))),
         Err(e) => Err(e.into()),
     }
 }

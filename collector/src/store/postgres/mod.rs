@@ -20,7 +20,11 @@
 //!   a group's agents as several such transactions at once (`lanes`).
 //! - **A lost `COMMIT` reply** (the connection fails during `COMMIT`) is
 //!   resolved, not guessed: the server is asked on another connection
-//!   whether the transaction (each lane's) committed (`resolve`).
+//!   whether the transaction (each lane's) committed, and a backend still
+//!   waiting for a `COMMIT` that never arrived is ended (`resolve`).
+//! - **Keepalives.** TCP keepalives on every connection
+//!   ([`PostgresOptions::keepalive`]), so a server that vanished is noticed
+//!   by this side too, not only when a statement's bytes go unacknowledged.
 //!
 //! Files: [`schema`], [`apply`](self::apply) (with `rows`: the result
 //! rows, `direct`: their optimistic `COPY`, and `senders`: the agent incarnations' de-duplication marks),
@@ -57,7 +61,7 @@ use super::{
     Ingest, Lease, Leases, Query, Refusals, Report, StoreError, StoredWindow,
 };
 
-pub use resolve::CommitOutcome;
+pub use resolve::{CommitOutcome, IdleEnd};
 pub use schema::SCHEMA_VERSION;
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -109,15 +113,28 @@ pub struct PostgresOptions {
     pub pool_size: usize,
     /// TLS.
     pub tls: Tls,
+    /// TCP keepalives on every connection ([`keepalives`]): a connection
+    /// silent this long (whole seconds, at least 3) is probed every third
+    /// of it, and given up after three unanswered probes — or when data
+    /// it sent stays unacknowledged as long (`tcp_user_timeout`) — so a
+    /// vanished server is noticed in about twice this. `None`: the URL's
+    /// `keepalives*` and `tcp_user_timeout` parameters, or the driver's
+    /// defaults (probes after 2 hours idle, no user timeout).
+    pub keepalive: Option<Duration>,
 }
 
+/// The default [`PostgresOptions::keepalive`]: 30 s.
+pub const KEEPALIVE: Duration = Duration::from_secs(30);
+
 impl PostgresOptions {
-    /// Options for `url` with 4 connections and no TLS.
+    /// Options for `url` with 4 connections, no TLS and keepalives after
+    /// [`KEEPALIVE`].
     pub fn new(url: impl Into<String>) -> Self {
         PostgresOptions {
             url: url.into(),
             pool_size: 4,
             tls: Tls::Disable,
+            keepalive: Some(KEEPALIVE),
         }
     }
 }
@@ -136,6 +153,8 @@ pub struct PostgresStore {
     direct: Arc<direct::Direct>,
     /// Commits whose reply was lost, by outcome ([`resolve`]).
     unknown: resolve::CommitsUnknown,
+    /// Backends found waiting for a lost `COMMIT`, by result ([`resolve`]).
+    idle: resolve::IdleEnded,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -155,6 +174,9 @@ impl PostgresStore {
             .map_err(|e| StoreError::Backend(format!("store.url: {e}")))?;
         pg.connect_timeout(Duration::from_secs(10));
         pg.application_name("tributary-collector");
+        if let Some(idle) = options.keepalive {
+            keepalives(&mut pg, idle);
+        }
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
@@ -186,6 +208,7 @@ impl PostgresStore {
             freed: Arc::default(),
             direct: Arc::default(),
             unknown: resolve::CommitsUnknown::default(),
+            idle: resolve::IdleEnded::default(),
         };
         let found = schema::migrate(&mut store.client().await?).await?;
         tracing::info!(found, version = SCHEMA_VERSION, "PostgreSQL store open");
@@ -216,6 +239,13 @@ impl PostgresStore {
     /// `outcome` ([`resolve`]), since this store (and its clones) opened.
     pub fn commits_unknown(&self, outcome: CommitOutcome) -> u64 {
         self.unknown.get(outcome)
+    }
+
+    /// How many backends found waiting for a `COMMIT` that never arrived
+    /// ended with `end` ([`resolve`]), since this store (and its clones)
+    /// opened.
+    pub fn commits_idle(&self, end: IdleEnd) -> u64 {
+        self.idle.get(end)
     }
 
     /// The schema version in the database.
@@ -299,13 +329,30 @@ impl PostgresStore {
             let mut client = self.client().await?;
             apply::apply(&mut client, batches, refused, &self.rollups, &self.direct).await
         };
-        resolve::settle(&self.pool, &self.unknown, result).await
+        resolve::settle(&self.pool, &self.unknown, &self.idle, result).await
     }
 
     /// A connection of the pool.
     async fn client(&self) -> Result<Object, StoreError> {
         Ok(self.pool.get().await?)
     }
+}
+
+/// Sets TCP keepalives on `pg`: probes after `idle` of silence (whole
+/// seconds, at least 3), every third of it, three of them; data unacknowledged
+/// as long as that takes closes the connection too (on Linux
+/// `TCP_USER_TIMEOUT`, which keepalives alone do not cover: they probe
+/// only a connection with nothing in flight — not one whose `COMMIT`
+/// the vanished server never acknowledged).
+fn keepalives(pg: &mut tokio_postgres::Config, idle: Duration) {
+    let idle = idle.as_secs().max(3);
+    let interval = idle / 3;
+    let retries = 3;
+    pg.keepalives(true)
+        .keepalives_idle(Duration::from_secs(idle))
+        .keepalives_interval(Duration::from_secs(interval))
+        .keepalives_retries(retries)
+        .tcp_user_timeout(Duration::from_secs(idle + interval * u64::from(retries)));
 }
 
 impl Ingest for PostgresStore {
@@ -333,11 +380,12 @@ impl Ingest for PostgresStore {
             let mut client = self.client().await?;
             apply::record(&mut client, batches, refused).await
         };
-        resolve::settle(&self.pool, &self.unknown, result).await
+        resolve::settle(&self.pool, &self.unknown, &self.idle, result).await
     }
 
     fn register_metrics(&self, r: &mut Registry) {
         self.unknown.register(r);
+        self.idle.register(r);
     }
 
     async fn probe(&self) -> Answer<()> {

@@ -25,15 +25,26 @@ fn incarnation(text: &str) -> Result<Incarnation, StoreError> {
     Incarnation::parse(text).map_err(|e| corrupt("incarnation", e))
 }
 
+/// The transaction as the server knows it, for [`super::resolve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Xact {
+    /// Its id (`pg_current_xact_id()`, 64-bit: never reused).
+    pub(super) xid: i64,
+    /// The process id of the server's backend running it
+    /// (`pg_backend_pid()`).
+    pub(super) pid: i32,
+}
+
 /// Locks (creating at `now_ms`) the rows of the group's senders in lock
 /// order; returns their marks, the senders seen for the first time and
-/// the transaction's id (`pg_current_xact_id()`, taken in the same
-/// statement, for [`super::resolve`]: this first write assigns it anyway).
+/// the transaction's id and backend ([`Xact`], taken in the same
+/// statement, for [`super::resolve`]: this first write assigns the id
+/// anyway, so neither costs a round trip).
 pub(super) async fn lock<'a>(
     tx: &Transaction<'_>,
     batches: &'a [Batch],
     now_ms: i64,
-) -> Result<(Marks<'a>, Vec<NewIncarnation>, i64), StoreError> {
+) -> Result<(Marks<'a>, Vec<NewIncarnation>, Xact), StoreError> {
     let group = senders::senders(batches);
     let (agents, incs) = columns(group.iter().copied());
     // `DO UPDATE` (of nothing) takes the row lock of an existing row;
@@ -45,7 +56,7 @@ pub(super) async fn lock<'a>(
              SELECT a, i, 0, 0, 0, $3, $3 FROM unnest($1::text[], $2::text[]) AS k(a, i) ORDER BY a, i
              ON CONFLICT (agent, incarnation) DO UPDATE SET agent = excluded.agent
              RETURNING agent, incarnation, applied_below, (xmax = 0),
-               pg_current_xact_id()::text::bigint",
+               pg_current_xact_id()::text::bigint, pg_backend_pid()",
         )
         .await?;
     let by_text: BTreeMap<(&str, String), Sender<'a>> = group
@@ -56,7 +67,10 @@ pub(super) async fn lock<'a>(
     let mut first: Vec<Sender<'a>> = Vec::new();
     let mut xid = None;
     for row in tx.query(&upsert, &[&agents, &incs, &now_ms]).await? {
-        xid = Some(row.get(4));
+        xid = Some(Xact {
+            xid: row.get(4),
+            pid: row.get(5),
+        });
         let (agent, text): (String, String) = (row.get(0), row.get(1));
         let Some(&s) = by_text.get(&(agent.as_str(), text)) else {
             return Err(StoreError::Backend(format!(

@@ -65,9 +65,9 @@ pub(super) async fn lock<'a>(
         .collect();
     let mut marks = Marks::new();
     let mut first: Vec<Sender<'a>> = Vec::new();
-    let mut xid = None;
+    let mut xact = None;
     for row in tx.query(&upsert, &[&agents, &incs, &now_ms]).await? {
-        xid = Some(Xact {
+        xact = Some(Xact {
             xid: row.get(4),
             pid: row.get(5),
         });
@@ -88,8 +88,8 @@ pub(super) async fn lock<'a>(
     } else {
         known_agents(tx, &first).await?
     };
-    let xid = xid.ok_or_else(|| StoreError::Backend("no incarnation row came back".into()))?;
-    Ok((marks, news, xid))
+    let xact = xact.ok_or_else(|| StoreError::Backend("no incarnation row came back".into()))?;
+    Ok((marks, news, xact))
 }
 
 /// The new incarnations `first`, each with whether its agent has others.

@@ -50,12 +50,19 @@
 //! with 64 in flight (medians of 3 single runs).
 //!
 //! The decoder then stopped copying each series key into every partial (it
-//! moves the key into the first partial that names it): three alternating
-//! single runs each of `--in-flight 64 --minutes 240`, 2026-12-02 15:10
-//! UTC, nothing else running, gave medians of 89,441 partials/s before
-//! and 96,209 after (ranges 88,990–92,946 and 87,640–97,078: they
-//! overlap), with the bench process at 1.26 and 1.22 cores; the writer
-//! was busy 77–87 % of each run either way.
+//! moves the key into the first partial that names it). Three alternating
+//! single runs each of `--in-flight 64 --minutes 240` against the build
+//! before, nothing else running, twice on 2026-12-02:
+//! - 15:10 UTC: medians 89,441 partials/s before, 96,209 after (ranges
+//!   88,990–92,946 and 87,640–97,078); bench process 1.26 and 1.22 cores;
+//!   the baseline lines of these runs were not kept;
+//! - 16:22 UTC: medians 118,105 before, 112,621 after (ranges
+//!   113,069–125,999 and 104,761–146,144), baseline (bare broker) medians
+//!   5.43 M and 5.68 M; bench process 1.26 and 1.21 cores.
+//!
+//! Throughput did not move beyond the spread between runs; the process's
+//! CPU fell by about 4 %. The writer was busy 76–87 % of each run either
+//! way.
 //!
 //! The broker moves the batches ~60× faster than they are applied. The
 //! bound is the collector's one SQLite writer: its transaction, with the

@@ -542,3 +542,22 @@ async fn the_retention_lease_failing_or_lost_on_postgresql() {
         .unwrap();
     store_common::retention::check_lease_faults(&store).await;
 }
+
+/// A renewal between runs that the store cannot answer is tried again
+/// before the lease expires (`store_common::retention`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_renewal_keeps_the_sqlite_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("c.db"), &[HOUR, DAY]).unwrap();
+    store_common::retention::check_renewal_retried(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_renewal_keeps_the_postgresql_lease() {
+    let pg = tributary_testkit::Postgres::start(Default::default()).unwrap();
+    let url = pg.create_database("retention_renewal").unwrap();
+    let store = PostgresStore::open(&PostgresOptions::new(&url), &[HOUR, DAY])
+        .await
+        .unwrap();
+    store_common::retention::check_renewal_retried(&store).await;
+}

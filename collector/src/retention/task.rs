@@ -21,7 +21,10 @@
 //! once would be safe — expiry deletes skip rows another transaction holds
 //! and PostgreSQL's partition work waits behind a lock timeout — the lease
 //! only saves the repeated work. A lease the store cannot answer means no
-//! run: counted as step `lease` in the errors, retried at the next tick.
+//! run: counted as step `lease` in the errors. A holder whose renewal
+//! failed asks again every twelfth of `lease_ms` (at most 5 s) until the
+//! lease is renewed or has expired, so a transient error does not hand it
+//! to a standby; an instance that did not hold it asks at the next tick.
 //!
 //! Each step of a run — listing the widths, and for each width preparing,
 //! expiring and reading the oldest start, then reclaiming — fails alone: a

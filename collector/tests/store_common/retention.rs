@@ -526,6 +526,82 @@ pub(crate) async fn check_lease_faults<S: Store>(store: &S) {
     assert!(!m.leader());
 }
 
+/// The task's loop on an empty `store` when a renewal between runs fails:
+/// the task runs hourly under the least lease a user can configure (10 s),
+/// so it renews between runs, every 3.3 s. While the store cannot answer
+/// the task's renewals (injected, [`Failing`]) it does no work and counts
+/// each miss; once the store answers again it renews at its next try —
+/// well before the lease expires — and holds it on. Another instance asking
+/// the real store every 100 ms from the start until the first lease's
+/// expiry has long passed finds the task holding it every time. (A holder
+/// that forgot the lease at the error would let it lapse until its next
+/// run, an hour away, and the other would take it 10 s after the task did.)
+pub(crate) async fn check_renewal_retried<S: Store>(store: &S) {
+    let failing = Failing::new(store);
+    let cfg = Config::from_toml(&format!(
+        "rollups_ms = [{HOUR}, {DAY}]\n\
+         [retention]\nwindows_ms = {DAY}\ninterval_ms = {HOUR}\nlease_ms = 10000\n"
+    ))
+    .unwrap();
+    let lease = cfg.retention.lease();
+    assert_eq!(lease, Duration::from_secs(10));
+    let task = RetentionTask::new(failing.clone(), cfg.retention_policy(), cfg.retention);
+    let m: Arc<RetentionMetrics> = task.metrics().clone();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(task.run(HOLDER.to_string(), stop_rx));
+    until("the first run, under the lease", || {
+        m.leader() && m.runs() == 1
+    })
+    .await;
+    let taken = std::time::Instant::now();
+
+    // The other instance asks all along; the renewals fail from now on.
+    let other = {
+        let inner = failing.inner.clone();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while taken.elapsed() < lease + Duration::from_secs(3) {
+                answers.push(inner.lease(LEASE, "other", lease).await.unwrap());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            answers
+        })
+    };
+    *failing.fail.lock().unwrap() = vec![(None, Step::Lease)];
+    until("a renewal and a retry to fail", || {
+        m.errors(None, Step::Lease) >= 2
+    })
+    .await;
+    assert!(!m.leader(), "no work while the lease is unconfirmed");
+    assert!(
+        taken.elapsed() < lease,
+        "the retry came before the lease's expiry"
+    );
+    failing.fail.lock().unwrap().clear();
+    until("the lease to be renewed", || m.leader()).await;
+    assert!(
+        taken.elapsed() < lease,
+        "renewed before the first lease's expiry"
+    );
+
+    let answers = other.await.unwrap();
+    assert!(answers.len() >= 50, "{} asks", answers.len());
+    let theirs = Lease::Theirs(HOLDER.to_string());
+    assert!(
+        answers.iter().all(|a| *a == theirs),
+        "the other instance got the lease: {answers:?}"
+    );
+    assert!(m.leader());
+    assert_eq!(m.runs(), 1, "no run but the first (hourly)");
+    assert_eq!(m.skipped(), 0);
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!m.leader());
+}
+
 /// One partial of `width` at `start` holding one reading of `device`.
 fn one_window(device: &str, width: Width, start: i64) -> Partial {
     let mut s = Summary::new(Quantum::new(-3).unwrap());

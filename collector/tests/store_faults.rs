@@ -828,6 +828,7 @@ async fn a_commit_cut(cut: Cut, lanes: usize) -> PostgresStore {
         Cut::AfterCommit => CommitOutcome::Committed,
         Cut::BeforeCommit | Cut::SwallowCommit => CommitOutcome::Aborted,
         Cut::AfterCommitThenDown => CommitOutcome::Unresolved,
+        Cut::Freeze => unreachable!("not a cut this test makes"),
     };
     match outcome {
         CommitOutcome::Committed => {
@@ -951,4 +952,98 @@ async fn a_commit_that_never_reached_the_server_is_ended_and_applied_again_once(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lane_whose_commit_never_reached_the_server_is_ended_and_applied_again_once() {
     a_commit_cut(Cut::SwallowCommit, 3).await;
+}
+
+/// The count and tick sum of each one-minute window of
+/// [`agent_batch`]`(agent, w, seq, minutes)`, by (device, start), worked
+/// out from how that function makes its readings (not from its summaries).
+fn batch_totals(
+    agent: &str,
+    w: i64,
+    seq: u64,
+    minutes: i64,
+) -> BTreeMap<(String, i64), (u64, i128)> {
+    (0..minutes)
+        .map(|i| {
+            let n = seq as i64 + i;
+            let sum = (0..n).map(|j| i128::from(100 * seq as i64 + j)).sum();
+            ((format!("{agent}-dev"), w + i * MIN), (n as u64, sum))
+        })
+        .collect()
+}
+
+/// An instance whose host vanishes in the middle of applying a batch
+/// (its `COMMIT` frozen on the way, [`Cut::Freeze`]: no FIN, no RST, the
+/// server waiting for it, the instance for the reply, until the test
+/// abandons the apply) leaves a transaction holding the agent's sender
+/// row. Another instance's apply of the agent's next batch waits on that
+/// lock only until the server ends the orphaned session by the store's
+/// `idle_in_transaction_session_timeout` (twice a 3 s keepalive: 6 s;
+/// the server's TCP keepalive would take over 2 hours, and a test guard
+/// of 30 s fails first). The abandoned batch never committed: sent again
+/// to the other instance it is new, and the stored windows hold both
+/// batches' readings once. Judged from how the batches make their readings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_left_by_a_vanished_instance_is_ended_by_the_server() {
+    let pg = Postgres::start(Server::default()).unwrap();
+    pg.create_database("vanish").unwrap();
+    let proxy = CommitCut::start(pg.port()).await;
+    let url = |port: u16| {
+        format!(
+            "postgres://{}@127.0.0.1:{port}/vanish",
+            tributary_testkit::postgres::USER
+        )
+    };
+    let options = |port: u16| PostgresOptions {
+        keepalive: Some(Duration::from_secs(3)),
+        ..PostgresOptions::new(url(port))
+    };
+    let gone = PostgresStore::open(&options(proxy.port()), &[3_600_000])
+        .await
+        .unwrap();
+    let other = PostgresStore::open(&options(pg.port()), &[3_600_000])
+        .await
+        .unwrap();
+    let w = (now_ms() - 3_600_000) / 3_600_000 * 3_600_000;
+    let first = agent_batch("agent-a", w, 1, 2);
+    let next = agent_batch("agent-a", w, 2, 3);
+
+    proxy.arm(Cut::Freeze);
+    let applying = tokio::spawn({
+        let (gone, first) = (gone.clone(), first.clone());
+        async move { gone.apply(&[first]).await }
+    });
+    wait_until(10, "the first batch's COMMIT frozen", async || {
+        proxy.cuts() == 1
+    })
+    .await;
+    // Its host is gone: nothing on it will ever answer or resolve.
+    applying.abort();
+    assert!(applying.await.unwrap_err().is_cancelled());
+
+    let report = tokio::time::timeout(Duration::from_secs(30), other.apply(&[next]))
+        .await
+        .expect("the other instance waited on the orphan's locks beyond the server's timeout")
+        .unwrap();
+    assert_eq!(report, vec![tributary_collector::store::Applied::New]);
+    wait_until(
+        10,
+        "the server to close the orphan's connection",
+        async || proxy.held_closed_by_server() == 1,
+    )
+    .await;
+    // The abandoned batch is sent again (its agent was never confirmed).
+    assert_eq!(
+        other.apply(&[first]).await.unwrap(),
+        vec![tributary_collector::store::Applied::New]
+    );
+    let mut want = batch_totals("agent-a", w, 1, 2);
+    for (k, (n, sum)) in batch_totals("agent-a", w, 2, 3) {
+        let e = want.entry(k).or_default();
+        e.0 += n;
+        e.1 += sum;
+    }
+    assert_eq!(minute_totals(&other).await, want);
+    assert_eq!(other.commits_unknown(CommitOutcome::Aborted), 0);
+    drop(gone);
 }

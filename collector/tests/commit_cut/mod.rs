@@ -6,7 +6,9 @@
 //! database unreachable) until [`CommitCut::restore`]; or swallow the
 //! `COMMIT` ([`Cut::SwallowCommit`]: the client's side closed, the
 //! server's kept open and silent — a half-open connection as the server
-//! sees it, its transaction waiting for a `COMMIT` that never comes).
+//! sees it, its transaction waiting for a `COMMIT` that never comes); or
+//! freeze at it ([`Cut::Freeze`]: both sides kept open and silent — the
+//! client's host gone without a word, as both ends see it).
 //!
 //! It follows the client's side of the protocol (the startup message, then
 //! messages of a type byte and a length) to find a simple `Query` of
@@ -34,6 +36,11 @@ pub(crate) enum Cut {
     /// the server held open until the server closes it or the proxy is
     /// dropped, the client's closed.
     SwallowCommit = 4,
+    /// As [`Cut::SwallowCommit`], but the client's side is kept open too
+    /// (what it sends is read and dropped, nothing is answered), even once
+    /// the client closes it: the client waits for its `COMMIT`'s reply
+    /// and the server for the `COMMIT`, neither told anything.
+    Freeze = 5,
 }
 
 #[derive(Default)]
@@ -46,7 +53,8 @@ struct Shared {
     down: AtomicBool,
     /// The relays, to cut them all when going down.
     relays: Mutex<Vec<AbortHandle>>,
-    /// Connections to the server held open after [`Cut::SwallowCommit`],
+    /// Connections to the server held open after [`Cut::SwallowCommit`]
+    /// or [`Cut::Freeze`],
     /// each with whether the server has closed it.
     held: Mutex<Vec<Arc<AtomicBool>>>,
 }
@@ -112,8 +120,8 @@ impl CommitCut {
         self.shared.cuts.load(SeqCst)
     }
 
-    /// Connections held open after [`Cut::SwallowCommit`] that the server
-    /// has closed since.
+    /// Connections held open after [`Cut::SwallowCommit`] or
+    /// [`Cut::Freeze`] that the server has closed since.
     pub(crate) fn held_closed_by_server(&self) -> usize {
         let held = self.shared.held.lock().unwrap();
         held.iter().filter(|c| c.load(SeqCst)).count()
@@ -163,6 +171,10 @@ async fn relay(mut client: TcpStream, mut server: TcpStream, shared: Arc<Shared>
                                 hold(server, &pending[..at], &shared).await;
                                 return;
                             }
+                            if armed == Cut::Freeze as u8 {
+                                tokio::join!(hold(server, &pending[..at], &shared), mute(client));
+                                return;
+                            }
                             let end = if armed == Cut::BeforeCommit as u8 { at } else { at + len };
                             cut(server, &pending[..end]).await;
                             if armed == Cut::AfterCommitThenDown as u8 {
@@ -197,6 +209,13 @@ async fn cut(mut server: TcpStream, last: &[u8]) {
     let _ = server.shutdown().await;
     let mut sink = vec![0u8; 1 << 12];
     while let Ok(1..) = server.read(&mut sink).await {}
+}
+
+/// Reads and drops what the client sends, answering nothing, until it
+/// closes; then keeps nothing else open (the server's side is [`hold`]'s).
+async fn mute(mut client: TcpStream) {
+    let mut sink = vec![0u8; 1 << 12];
+    while let Ok(1..) = client.read(&mut sink).await {}
 }
 
 /// Hands `before` (what came ahead of the swallowed `COMMIT`) to the

@@ -25,6 +25,19 @@
 //! - **Keepalives.** TCP keepalives on every connection
 //!   ([`PostgresOptions::keepalive`]), so a server that vanished is noticed
 //!   by this side too, not only when a statement's bytes go unacknowledged.
+//!   The other way round, each session sets the server's
+//!   `idle_in_transaction_session_timeout` to the time this side takes to
+//!   give a silent server up ([`orphan_timeout`]): an instance whose host
+//!   vanished mid-transaction (power lost, network cut: no FIN, no RST)
+//!   leaves its backend waiting for the next statement, holding the row
+//!   locks of its senders and result rows, and the server, on its default
+//!   TCP keepalive (2 hours idle), would keep them that long — every other
+//!   instance applying a batch of those agents would wait on them. The
+//!   store's transactions never wait on this side between statements for
+//!   more than the work of one group (milliseconds to a second), so the
+//!   timeout ends only orphans. Set per session after connecting (not as a
+//!   startup `options` parameter, which connection poolers such as
+//!   PgBouncer refuse).
 //!
 //! Files: [`schema`], [`apply`](self::apply) (with `rows`: the result
 //! rows, `direct`: their optimistic `COPY`, and `senders`: the agent incarnations' de-duplication marks),
@@ -51,7 +64,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tributary_core::batch::Batch;
 use tributary_core::{SeriesKey, Width};
 use tributary_runtime::metrics::prometheus_client::registry::Registry;
@@ -119,7 +132,9 @@ pub struct PostgresOptions {
     /// it sent stays unacknowledged as long (`tcp_user_timeout`) — so a
     /// vanished server is noticed in about twice this. `None`: the URL's
     /// `keepalives*` and `tcp_user_timeout` parameters, or the driver's
-    /// defaults (probes after 2 hours idle, no user timeout).
+    /// defaults (probes after 2 hours idle, no user timeout). Also sets
+    /// the server's `idle_in_transaction_session_timeout` for each session
+    /// to the same total ([`orphan_timeout`]; `None`: the server's).
     pub keepalive: Option<Duration>,
 }
 
@@ -194,7 +209,20 @@ impl PostgresStore {
                 Manager::from_config(pg, connector, manager_config)
             }
         };
-        let pool = Pool::builder(manager)
+        let mut pool = Pool::builder(manager);
+        if let Some(idle) = options.keepalive {
+            let set = format!(
+                "SET idle_in_transaction_session_timeout = {}",
+                orphan_timeout(idle).as_millis()
+            );
+            pool = pool.post_create(Hook::async_fn(move |client, _| {
+                let set = set.clone();
+                Box::pin(
+                    async move { client.batch_execute(&set).await.map_err(HookError::Backend) },
+                )
+            }));
+        }
+        let pool = pool
             .max_size(options.pool_size.max(1))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .create_timeout(Some(Duration::from_secs(15)))
@@ -345,14 +373,29 @@ impl PostgresStore {
 /// only a connection with nothing in flight — not one whose `COMMIT`
 /// the vanished server never acknowledged).
 fn keepalives(pg: &mut tokio_postgres::Config, idle: Duration) {
-    let idle = idle.as_secs().max(3);
-    let interval = idle / 3;
-    let retries = 3;
+    let (idle, interval, retries) = probes(idle);
     pg.keepalives(true)
         .keepalives_idle(Duration::from_secs(idle))
         .keepalives_interval(Duration::from_secs(interval))
         .keepalives_retries(retries)
-        .tcp_user_timeout(Duration::from_secs(idle + interval * u64::from(retries)));
+        .tcp_user_timeout(orphan_timeout(Duration::from_secs(idle)));
+}
+
+/// The keepalive probes for `idle`: after how many seconds of silence,
+/// every how many seconds, how many.
+fn probes(idle: Duration) -> (u64, u64, u32) {
+    let idle = idle.as_secs().max(3);
+    (idle, idle / 3, 3)
+}
+
+/// How long a connection kept alive after `idle` takes to be given up
+/// when the other side is silent: the wait before the first probe and
+/// every probe's interval (twice `idle`; 60 s by default). Also the
+/// server's `idle_in_transaction_session_timeout` for the store's sessions
+/// (see the module's notes).
+fn orphan_timeout(idle: Duration) -> Duration {
+    let (idle, interval, retries) = probes(idle);
+    Duration::from_secs(idle + interval * u64::from(retries))
 }
 
 impl Ingest for PostgresStore {

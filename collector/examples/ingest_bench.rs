@@ -65,9 +65,9 @@
 //! way.
 //!
 //! On a freshly started machine (2026-12-02, 19:05 UTC, load average
-//! 0.3, the bare broker at 7.0 M against 4.7–5.7 M above), medians of 3
-//! (`--runs 3`): 134,928 partials/s with the defaults (p50 168 ms, p99
-//! 229 ms; writer busy 81 %) and **203,592** with `--in-flight 64
+//! 0.3, the bare broker at 7.0 M against 4.7–5.7 M at 12:00 and 16:22),
+//! medians of 3 (`--runs 3`): 134,928 partials/s with the defaults (p50
+//! 168 ms, p99 229 ms; writer busy 81 %) and **203,592** with `--in-flight 64
 //! --minutes 240` (runs 203,592, 197,889, 223,107; p50 468 ms, p99
 //! 656 ms; writer busy 85 %, groups of 160 batches, bench process 1.30
 //! cores): issue #16's 200 k, with 64 batches in flight per agent.

@@ -29,6 +29,10 @@ use tributary_core::batch::{Batch, Partial};
 use tributary_core::{Quantum, SeriesKey, Summary, Width, Window};
 use tributary_testkit::Prometheus;
 
+// Only its median here.
+#[allow(dead_code)]
+mod measure;
+
 /// The window width: 10 s, so 60 windows span 10 minutes, well inside what
 /// Prometheus' head accepts.
 const W: i64 = 10_000;
@@ -59,11 +63,6 @@ fn key(d: usize) -> SeriesKey {
 
 /// The raw readings (ticks of 10⁻³) of every (window, series), sorted.
 type Raw = Vec<Vec<Vec<i64>>>;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -200,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
         bare_rates.push(bare_rate);
         last = Some(prom);
     }
-    let (sink, bare) = (median(sink_rates), median(bare_rates));
+    let (sink, bare) = (measure::median(sink_rates), measure::median(bare_rates));
     println!(
         "median of {}: sink {sink:.0} windows/s ({:.0} samples/s), bare {bare:.0} windows/s; sink/bare = {:.2}",
         args.runs,

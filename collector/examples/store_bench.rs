@@ -77,8 +77,8 @@ struct Args {
     /// PostgreSQL writer counts to measure (`0` alone: SQLite only).
     #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
     writers: Vec<usize>,
-    /// PostgreSQL runs per writer count (each on a fresh database, beside
-    /// its own bare loop); the medians are printed.
+    /// Runs of SQLite and of each PostgreSQL writer count (each on a fresh
+    /// database, beside its own bare loop); the medians are printed.
     #[arg(long, default_value_t = 1)]
     runs: usize,
     /// How batches are dealt to PostgreSQL writers: `agent` (each writer
@@ -235,14 +235,29 @@ async fn main() -> anyhow::Result<()> {
         args.group,
         args.fan_in.clamp(1, args.agents),
     );
-    let bare = bare_sqlite(&batches)?;
-    let store = bench_sqlite(&batches, &rollups, args.group, total).await?;
-    println!(
-        "{:<22} store / bare = {:.2} by the clock, {:.2} per CPU-second",
-        "sqlite ratio",
-        store.0 / bare.0.max(1.0),
-        store.1 / bare.1.max(1.0)
-    );
+    let mut runs: Vec<[f64; 4]> = Vec::new();
+    for _ in 0..args.runs.max(1) {
+        let bare = bare_sqlite(&batches)?;
+        let store = bench_sqlite(&batches, &rollups, args.group, total).await?;
+        let ratio = [store.0 / bare.0.max(1.0), store.1 / bare.1.max(1.0)];
+        println!(
+            "{:<22} store / bare = {:.2} by the clock, {:.2} per CPU-second",
+            "sqlite ratio", ratio[0], ratio[1]
+        );
+        runs.push([store.0, bare.0, ratio[0], ratio[1]]);
+    }
+    if runs.len() > 1 {
+        let median = |i: usize| measure::median(runs.iter().map(|r| r[i]));
+        println!(
+            "{:<22} {:>9.0} partials/s median of {} (bare loop median {:.0} rows/s; ratio median {:.2} by the clock, {:.2} per CPU-second)",
+            "sqlite, 1 writer",
+            median(0),
+            runs.len(),
+            median(1),
+            median(2),
+            median(3)
+        );
+    }
     for &n in args.writers.iter().filter(|&&n| n > 0) {
         let pg = match &pg {
             Some(pg) => pg,

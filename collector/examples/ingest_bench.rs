@@ -72,7 +72,7 @@
 //! 656 ms; writer busy 85 %, groups of 160 batches, bench process 1.30
 //! cores): issue #16's 200 k, with 64 batches in flight per agent.
 //!
-//! The broker moves the batches 35–60× faster than they are applied. The
+//! The broker moves the batches 35–65× faster than they are applied. The
 //! bound is the collector's one SQLite writer: its transaction, with the
 //! 1 h and 1 d roll-ups, is most of the work and runs on one core while
 //! the other is half idle; the confirmation latency is the queue of

@@ -298,6 +298,20 @@ mod tests {
         (lease, gauge)
     }
 
+    /// `lease` taken, then its renewal due (by `clock`) and failed: it may
+    /// still be ours.
+    async fn taken_then_not_renewed(lease: &mut HeldLease, clock: &LeaseClock, store: &Scripted) {
+        store.then(Ok(Lease::Ours));
+        assert_eq!(
+            lease.role(store).await.unwrap(),
+            Role::Leader { taken: true }
+        );
+        clock.advance(TTL / 3);
+        store.then(down());
+        assert!(lease.role(store).await.is_err());
+        assert!(lease.renew_in().is_some());
+    }
+
     #[tokio::test]
     async fn a_failed_renewal_is_tried_again_before_the_lease_expires_and_keeps_it() {
         let (clock, store) = (LeaseClock::default(), Scripted::default());
@@ -357,15 +371,7 @@ mod tests {
     async fn a_lease_not_renewed_within_its_time_to_live_is_taken_as_new() {
         let (clock, store) = (LeaseClock::default(), Scripted::default());
         let (mut lease, gauge) = held(&clock);
-        store.then(Ok(Lease::Ours));
-        assert_eq!(
-            lease.role(&store).await.unwrap(),
-            Role::Leader { taken: true }
-        );
-        clock.advance(TTL / 3);
-        store.then(down());
-        assert!(lease.role(&store).await.is_err());
-        assert!(lease.renew_in().is_some());
+        taken_then_not_renewed(&mut lease, &clock, &store).await;
 
         // Past the lease's expiry: no longer ours, nothing to retry; the
         // next check takes it as new (another instance may have worked).
@@ -399,11 +405,7 @@ mod tests {
     async fn a_failed_renewal_answered_by_another_holder_stands_by() {
         let (clock, store) = (LeaseClock::default(), Scripted::default());
         let (mut lease, gauge) = held(&clock);
-        store.then(Ok(Lease::Ours));
-        lease.role(&store).await.unwrap();
-        clock.advance(TTL / 3);
-        store.then(down());
-        assert!(lease.role(&store).await.is_err());
+        taken_then_not_renewed(&mut lease, &clock, &store).await;
         store.then(Ok(Lease::Theirs("other".into())));
         assert_eq!(lease.role(&store).await.unwrap(), Role::Standby);
         assert_eq!(lease.renew_in(), None);

@@ -489,6 +489,15 @@ async fn two_postgres(
     (open().await, open().await)
 }
 
+/// A handle of the new database `name` of `pg`, keeping roll-ups of 1 h
+/// and 1 d.
+async fn one_postgres(pg: &tributary_testkit::Postgres, name: &str) -> PostgresStore {
+    let url = pg.create_database(name).unwrap();
+    PostgresStore::open(&PostgresOptions::new(&url), &[HOUR, DAY])
+        .await
+        .unwrap()
+}
+
 /// Two handles of one SQLite file in `dir`, keeping roll-ups of 1 h and 1 d.
 fn two_sqlite(dir: &tempfile::TempDir) -> (SqliteStore, SqliteStore) {
     let path = dir.path().join("c.db");
@@ -536,10 +545,7 @@ async fn the_retention_lease_failing_or_lost_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retention_lease_failing_or_lost_on_postgresql() {
     let pg = tributary_testkit::Postgres::start(Default::default()).unwrap();
-    let url = pg.create_database("retention_lease_faults").unwrap();
-    let store = PostgresStore::open(&PostgresOptions::new(&url), &[HOUR, DAY])
-        .await
-        .unwrap();
+    let store = one_postgres(&pg, "retention_lease_faults").await;
     store_common::retention::check_lease_faults(&store).await;
 }
 
@@ -555,9 +561,6 @@ async fn a_failed_renewal_keeps_the_sqlite_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_renewal_keeps_the_postgresql_lease() {
     let pg = tributary_testkit::Postgres::start(Default::default()).unwrap();
-    let url = pg.create_database("retention_renewal").unwrap();
-    let store = PostgresStore::open(&PostgresOptions::new(&url), &[HOUR, DAY])
-        .await
-        .unwrap();
+    let store = one_postgres(&pg, "retention_renewal").await;
     store_common::retention::check_renewal_retried(&store).await;
 }

@@ -606,6 +606,12 @@ impl Sent {
     /// batch's summaries, which are code under test).
     fn publish(&mut self, client: &Agent, agent: &str, w: i64, seq: u64, minutes: i64) {
         client.publish(agent_batch(agent, w, seq, minutes).encode(Encoding::Binary));
+        self.add(agent, w, seq, minutes);
+    }
+
+    /// Adds up the readings of [`agent_batch`]`(agent, w, seq, minutes)`
+    /// as that function makes them.
+    fn add(&mut self, agent: &str, w: i64, seq: u64, minutes: i64) {
         for i in 0..minutes {
             let n = seq as i64 + i;
             let e = self
@@ -954,24 +960,6 @@ async fn a_lane_whose_commit_never_reached_the_server_is_ended_and_applied_again
     a_commit_cut(Cut::SwallowCommit, 3).await;
 }
 
-/// The count and tick sum of each one-minute window of
-/// [`agent_batch`]`(agent, w, seq, minutes)`, by (device, start), worked
-/// out from how that function makes its readings (not from its summaries).
-fn batch_totals(
-    agent: &str,
-    w: i64,
-    seq: u64,
-    minutes: i64,
-) -> BTreeMap<(String, i64), (u64, i128)> {
-    (0..minutes)
-        .map(|i| {
-            let n = seq as i64 + i;
-            let sum = (0..n).map(|j| i128::from(100 * seq as i64 + j)).sum();
-            ((format!("{agent}-dev"), w + i * MIN), (n as u64, sum))
-        })
-        .collect()
-}
-
 /// An instance whose host vanishes in the middle of applying a batch
 /// (its `COMMIT` frozen on the way, [`Cut::Freeze`]: no FIN, no RST, the
 /// server waiting for it, the instance for the reply, until the test
@@ -1037,13 +1025,10 @@ async fn a_transaction_left_by_a_vanished_instance_is_ended_by_the_server() {
         other.apply(&[first]).await.unwrap(),
         vec![tributary_collector::store::Applied::New]
     );
-    let mut want = batch_totals("agent-a", w, 1, 2);
-    for (k, (n, sum)) in batch_totals("agent-a", w, 2, 3) {
-        let e = want.entry(k).or_default();
-        e.0 += n;
-        e.1 += sum;
-    }
-    assert_eq!(minute_totals(&other).await, want);
+    let mut sent = Sent::default();
+    sent.add("agent-a", w, 1, 2);
+    sent.add("agent-a", w, 2, 3);
+    assert_eq!(minute_totals(&other).await, sent.windows);
     assert_eq!(other.commits_unknown(CommitOutcome::Aborted), 0);
     drop(gone);
 }

@@ -518,12 +518,7 @@ pub(crate) async fn check_lease_faults<S: Store>(store: &S) {
     for width in [HOUR, DAY] {
         assert_judged(store, &truth, width).await;
     }
-    stop.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), running)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(!m.leader());
+    stopped(stop, running, &m).await;
 }
 
 /// The task's loop on an empty `store` when a renewal between runs fails:
@@ -594,6 +589,16 @@ pub(crate) async fn check_renewal_retried<S: Store>(store: &S) {
     assert!(m.leader());
     assert_eq!(m.runs(), 1, "no run but the first (hourly)");
     assert_eq!(m.skipped(), 0);
+    stopped(stop, running, &m).await;
+}
+
+/// Stops the task `running` (its `stop` sent) and checks that it ended
+/// within 10 s and gave the lease up.
+async fn stopped(
+    stop: tokio::sync::watch::Sender<bool>,
+    running: tokio::task::JoinHandle<()>,
+    m: &RetentionMetrics,
+) {
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(10), running)
         .await

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use tributary_collector::store::prelude::*;
-use tributary_collector::store::sqlite::SqliteStore;
+use tributary_collector::store::sqlite::{SqliteStore, SCHEMA_VERSION};
 use tributary_collector::store::{self, Applied, Lease};
 use tributary_core::batch::{Batch, Partial};
 use tributary_core::{Quantum, Summary, Width, Window};
@@ -249,10 +249,7 @@ async fn a_database_of_tick_indexed_sketches_is_refused_unless_empty() {
     drop(open(&dir, "a.db"));
     user_version(Some(3));
     drop(open(&dir, "a.db"));
-    assert_eq!(
-        user_version(None),
-        tributary_collector::store::sqlite::SCHEMA_VERSION
-    );
+    assert_eq!(user_version(None), SCHEMA_VERSION);
     let (batches, _) = workload(1, 1);
     open(&dir, "a.db").apply(&batches).await.unwrap();
     user_version(Some(3));
@@ -262,6 +259,134 @@ async fn a_database_of_tick_indexed_sketches_is_refused_unless_empty() {
         "{err}"
     );
     assert!(err.to_string().contains("tick counts"), "{err}");
+}
+
+/// Reads one integer from the database file at `path`.
+fn sql_int(path: &std::path::Path, sql: &str) -> i64 {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
+        .unwrap()
+        .unwrap_or(0)
+}
+
+/// The change numbers the feed gives at each width from the start, against
+/// those the rows of `results` carry (read from the table, not the log).
+async fn feed_matches_the_table(store: &SqliteStore, path: &std::path::Path) {
+    let c = rusqlite::Connection::open(path).unwrap();
+    for width in [MIN, HOUR, 24 * HOUR] {
+        let mut stmt = c
+            .prepare("SELECT changed FROM results WHERE width = ?1 ORDER BY changed")
+            .unwrap();
+        let table: Vec<u64> = stmt
+            .query_map([width], |r| r.get::<_, i64>(0))
+            .unwrap()
+            .map(|c| u64::try_from(c.unwrap()).unwrap())
+            .collect();
+        let w = Width::new(width).unwrap();
+        let fed: Vec<u64> = store
+            .changed_since(w, 0, usize::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.change)
+            .collect();
+        assert_eq!(fed, table, "width {width}");
+    }
+}
+
+/// The change feed's log (one entry per transaction and width) keeps one
+/// live key per stored row however often the roll-ups are rewritten, and
+/// gives up the keys of rows retention deletes: the live counts add up to
+/// the table's rows, the feed from the start gives exactly the table's
+/// rows at their change numbers, and nothing is left at a width expired
+/// whole. Each batch is its own transaction, so every one rewrites the
+/// roll-ups the batches before it wrote.
+#[tokio::test]
+async fn the_change_feed_log_keeps_one_live_key_per_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let store = open(&dir, "a.db");
+    let (batches, truth) = workload(3, 30);
+    for b in &batches {
+        store.apply(std::slice::from_ref(b)).await.unwrap();
+    }
+    assert_judged(&store, &truth, MIN).await;
+    let rows = sql_int(&path, "SELECT count(*) FROM results");
+    let writes = sql_int(&path, "SELECT value FROM meta WHERE key = 'change'");
+    assert!(
+        writes > 2 * rows,
+        "{writes} writes of {rows} rows: rewrites expected"
+    );
+    assert_eq!(sql_int(&path, "SELECT sum(live) FROM feed"), rows);
+    feed_matches_the_table(&store, &path).await;
+
+    // Retention deletes every one-minute row: their keys leave the log.
+    let minute = Width::new(MIN).unwrap();
+    while store.expire(minute, i64::MAX, 100).await.unwrap() > 0 {}
+    assert_eq!(
+        sql_int(&path, "SELECT count(*) FROM results WHERE width = 60000"),
+        0
+    );
+    assert_eq!(
+        sql_int(&path, "SELECT count(*) FROM feed WHERE width = 60000"),
+        0
+    );
+    assert_eq!(
+        sql_int(&path, "SELECT sum(live) FROM feed"),
+        sql_int(&path, "SELECT count(*) FROM results")
+    );
+    feed_matches_the_table(&store, &path).await;
+}
+
+/// An entry of the log left with at most a quarter of its keys alive is
+/// rewritten with only those: 40 series' hour roll-ups written by one
+/// transaction, 31 of them rewritten by the next, leave that transaction's
+/// hour entry listing the 9 rows it still names; the feed still gives all
+/// 40 rows once each, in change order.
+#[tokio::test]
+async fn a_sparse_entry_of_the_log_is_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let store = open(&dir, "a.db");
+    let devices: Vec<String> = (0..40).map(|d| format!("dev-{d:02}")).collect();
+    let minute = |start: i64, devices: &[String]| -> Vec<Partial> {
+        devices
+            .iter()
+            .map(|d| partial_of(d, MIN, start, &[(start, 20_000)]))
+            .collect()
+    };
+    store
+        .apply(&[Batch::new("agent-0", 0, T0 + MIN, minute(T0, &devices))])
+        .await
+        .unwrap();
+    let first: i64 = sql_int(&path, "SELECT min(first) FROM feed WHERE width = 3600000");
+    let entry = |first: i64| {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.query_row(
+            "SELECT keys, live FROM feed WHERE width = 3600000 AND first >= ?1 ORDER BY first",
+            [first],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        )
+        .unwrap()
+    };
+    assert_eq!(entry(first), (40, 40));
+    store
+        .apply(&[Batch::new(
+            "agent-0",
+            1,
+            T0 + 2 * MIN,
+            minute(T0 + MIN, &devices[..31]),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(entry(first), (9, 9));
+    let hour = Width::new(HOUR).unwrap();
+    let fed = store.changed_since(hour, 0, usize::MAX).await.unwrap();
+    let mut series: Vec<String> = fed.iter().map(|c| c.series.device().to_string()).collect();
+    series.sort();
+    assert_eq!(series, devices);
+    assert!(fed.windows(2).all(|p| p[0].change < p[1].change));
+    feed_matches_the_table(&store, &path).await;
 }
 
 /// The store keeps committed rows in memory to merge into; the database
@@ -590,7 +715,7 @@ async fn a_version_5_database_gets_the_expiry_index_and_incremental_vacuum() {
             q("SELECT count(*) FROM sqlite_schema WHERE name IN ('results_expiry', 'refused')"),
         )
     };
-    assert_eq!(state(), (9, 2, 1));
+    assert_eq!(state(), (SCHEMA_VERSION, 2, 1));
     {
         let c = rusqlite::Connection::open(&path).unwrap();
         c.execute_batch(
@@ -602,7 +727,7 @@ async fn a_version_5_database_gets_the_expiry_index_and_incremental_vacuum() {
     let store = open(&dir, "a.db");
     assert_eq!(all_windows(&store, MIN).await, before);
     drop(store);
-    assert_eq!(state(), (9, 2, 1));
+    assert_eq!(state(), (SCHEMA_VERSION, 2, 1));
 }
 
 /// The primary key of `results`, column by column.
@@ -617,8 +742,10 @@ fn results_key(path: &std::path::Path) -> Vec<String> {
 
 /// A database of version 8 (results clustered by series) is migrated to the
 /// time-first layout of version 9 at open: every row kept with its
-/// revision and change number, so the change feed reads the same, and each
-/// row's span is its start divided by 16 windows of its width.
+/// revision and change number, and each row's span is its start divided by
+/// 16 windows of its width; then to the change feed's log of version 10,
+/// built from the rows in change order: the feed reads the same, and the
+/// `(width, changed)` index is gone.
 #[tokio::test]
 async fn a_version_8_database_is_clustered_time_first() {
     let dir = tempfile::tempdir().unwrap();
@@ -665,14 +792,18 @@ async fn a_version_8_database_is_clustered_time_first() {
     assert_eq!(results_key(&path), ["width", "span", "series", "start"]);
     let c = rusqlite::Connection::open(&path).unwrap();
     let q = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
-    assert_eq!(q("PRAGMA user_version"), 9);
+    assert_eq!(q("PRAGMA user_version"), SCHEMA_VERSION);
     assert_eq!(
         q("SELECT count(*) FROM results WHERE span != start / (width * 16)"),
         0
     );
     assert_eq!(
-        q("SELECT count(*) FROM sqlite_schema WHERE name = 'results_expiry'"),
+        q("SELECT count(*) FROM sqlite_schema WHERE name IN ('results_expiry', 'results_changed')"),
         0
+    );
+    assert_eq!(
+        q("SELECT sum(keys) FROM feed"),
+        i64::try_from(changes.len()).unwrap()
     );
 }
 

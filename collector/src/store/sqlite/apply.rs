@@ -220,7 +220,9 @@ impl Writer {
             rows.write(at, &delta.summary, None, &mut done)?;
         }
         let change = rows.change;
+        let log = std::mem::take(&mut rows.log);
         drop(rows);
+        log.commit(&tx)?;
         tx.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'change'",
             params![change],

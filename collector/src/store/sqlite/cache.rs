@@ -19,11 +19,13 @@ use tributary_core::{SeriesKey, Summary};
 /// A result row's key: (series id, width ms, window start ms).
 pub(super) type RowKey = crate::merge::RowKey;
 
-/// A cached row: its revision and merged summary as committed.
+/// A cached row: its revision, merged summary and change number as
+/// committed.
 #[derive(Debug, Clone)]
 pub(super) struct CachedRow {
     pub(super) revision: u32,
     pub(super) summary: Summary,
+    pub(super) changed: i64,
     /// The transaction that last used it (for eviction).
     used: u64,
 }
@@ -110,12 +112,13 @@ impl Cache {
             let n = *self.agents.entry(agent).or_insert(next);
             self.reporters.insert((id, n));
         }
-        for (key, (revision, summary)) in done.rows {
+        for (key, (revision, summary, changed)) in done.rows {
             self.rows.insert(
                 key,
                 CachedRow {
                     revision,
                     summary,
+                    changed,
                     used,
                 },
             );
@@ -150,7 +153,7 @@ impl Cache {
 pub(super) struct Committed {
     pub(super) ids: Vec<(SeriesKey, i64)>,
     pub(super) reporters: std::collections::HashSet<(i64, String)>,
-    pub(super) rows: Vec<(RowKey, (u32, Summary))>,
+    pub(super) rows: Vec<(RowKey, (u32, Summary, i64))>,
 }
 
 #[cfg(test)]
@@ -159,8 +162,11 @@ mod tests {
     use super::*;
     use tributary_core::Quantum;
 
-    fn row(n: i64) -> (RowKey, (u32, Summary)) {
-        ((n, 60_000, 0), (0, Summary::new(Quantum::new(0).unwrap())))
+    fn row(n: i64) -> (RowKey, (u32, Summary, i64)) {
+        (
+            (n, 60_000, 0),
+            (0, Summary::new(Quantum::new(0).unwrap()), n),
+        )
     }
 
     #[test]

@@ -29,22 +29,15 @@ fn changed_rows(
     Ok(out)
 }
 
-/// Rows at `width` changed after `after`, in change order, at most `limit`.
+/// Rows at `width` changed after `after`, in change order, at most `limit`
+/// (from the change feed's log, [`super::feed_log`]).
 pub(super) fn changed_since(
     conn: &Connection,
     width: Width,
     after: u64,
     limit: usize,
 ) -> Result<Vec<Changed>, StoreError> {
-    let (after, limit) = feed_bounds(after, limit);
-    changed_rows(
-        conn,
-        "SELECT r.changed, s.key, r.start, r.revision, r.summary FROM results r
-         JOIN series s ON s.id = r.series
-         WHERE r.width = ?1 AND r.changed > ?2 ORDER BY r.changed LIMIT ?3",
-        params![width.ms(), after, limit],
-        width,
-    )
+    super::feed_log::read(conn, width, after, limit)
 }
 
 /// The rows `name` parked at `width`, changed after `after`.

@@ -18,12 +18,14 @@
 //!
 //! Files: [`schema`] (tables, migrations), [`apply`] (the writer and its
 //! transaction), `senders` (its de-duplication marks), [`query`],
-//! [`feed`] (change feed, parked rows, cursors), [`leases`], [`retention`]
+//! [`feed`] (change feed, parked rows, cursors) over [`feed_log`] (which
+//! rows each transaction wrote), [`leases`], [`retention`]
 //! (expiry in bounded batches, incremental vacuum).
 
 mod apply;
 mod cache;
 mod feed;
+mod feed_log;
 mod leases;
 mod query;
 mod readers;

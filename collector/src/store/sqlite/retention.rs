@@ -64,12 +64,21 @@ pub(super) fn expire(
         .transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Oldest spans first, in the key's order (no sort); the last span may
     // hold windows on both sides of the cut.
-    let n = tx.execute(
-        "DELETE FROM results WHERE (width, span, series, start) IN (
-             SELECT width, span, series, start FROM results
-             WHERE width = ?1 AND span <= ?4 AND start < ?2 ORDER BY span LIMIT ?3)",
-        params![width.ms(), before, limit, span(width.ms(), before)],
-    )?;
+    // Each deleted row's change number leaves the feed's log with it.
+    let gone = tx
+        .prepare(
+            "DELETE FROM results WHERE (width, span, series, start) IN (
+                 SELECT width, span, series, start FROM results
+                 WHERE width = ?1 AND span <= ?4 AND start < ?2 ORDER BY span LIMIT ?3)
+             RETURNING width, changed",
+        )?
+        .query_map(
+            params![width.ms(), before, limit, span(width.ms(), before)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .collect::<Result<Vec<(i64, i64)>, _>>()?;
+    let n = gone.len();
+    super::feed_log::supersede(&tx, gone)?;
     if n > 0 {
         tx.execute(
             "DELETE FROM parked WHERE width = ?1 AND start < ?2",

@@ -2,12 +2,14 @@
 //! the first time is a plain insert of its delta; a row whose committed
 //! state the [`Cache`] holds, or that the insert finds stored, has the
 //! delta folded into that state and is updated. Every row written takes
-//! the next change number.
+//! the next change number, and goes into the change feed's [`Log`] (with
+//! the change it replaces, if any).
 
 use rusqlite::{params, CachedStatement, Transaction};
 use tributary_core::{SeriesKey, Summary, Window};
 
 use super::cache::{Cache, Committed};
+use super::feed_log::Log;
 use super::schema::span;
 use crate::merge::{self, RowKey};
 use crate::store::codec::{decode_summary, encode_summary};
@@ -23,6 +25,8 @@ pub(super) struct RowWriter<'t> {
     rollups: &'t [i64],
     /// The last change number taken.
     pub(super) change: i64,
+    /// The rows written and the changes they replaced, for the feed.
+    pub(super) log: Log,
 }
 
 impl<'t> RowWriter<'t> {
@@ -38,7 +42,7 @@ impl<'t> RowWriter<'t> {
                 "INSERT OR IGNORE INTO results (series, width, start, revision, summary, changed, span) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?,
             select: tx.prepare_cached(
-                "SELECT revision, summary FROM results WHERE width = ?2 AND span = ?4 AND series = ?1 AND start = ?3",
+                "SELECT revision, summary, changed FROM results WHERE width = ?2 AND span = ?4 AND series = ?1 AND start = ?3",
             )?,
             update: tx.prepare_cached(
                 "UPDATE results SET revision = ?4, summary = ?5, changed = ?6 WHERE width = ?2 AND span = ?7 AND series = ?1 AND start = ?3",
@@ -46,6 +50,7 @@ impl<'t> RowWriter<'t> {
             cache,
             rollups,
             change,
+            log: Log::default(),
         })
     }
 
@@ -68,8 +73,9 @@ impl<'t> RowWriter<'t> {
         self.change += 1;
         let (id, width, start) = key;
         let span = span(width, start);
-        let stored = match self.cache.take(&key) {
-            Some(row) => (row.revision, row.summary),
+        self.log.written(width, (self.change, id, start));
+        let (stored, replaced) = match self.cache.take(&key) {
+            Some(row) => ((row.revision, row.summary), row.changed),
             None => {
                 // A row seen for the first time: a plain insert of the
                 // delta at the first revision.
@@ -94,18 +100,19 @@ impl<'t> RowWriter<'t> {
                     // churn.
                     if self.rollups.contains(&width) {
                         done.rows
-                            .push((key, (merge::FIRST_REVISION, delta.clone())));
+                            .push((key, (merge::FIRST_REVISION, delta.clone(), self.change)));
                     }
                     return Ok(());
                 }
-                let (revision, bytes): (u32, Vec<u8>) = self
+                let (revision, bytes, changed): (u32, Vec<u8>, i64) = self
                     .select
                     .query_row(params![id, width, start, span], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     })?;
-                (revision, decode_summary(&bytes)?)
+                ((revision, decode_summary(&bytes)?), changed)
             }
         };
+        self.log.superseded(width, replaced);
         let (revision, summary) = merge::fold_into(stored, delta, series, window)?;
         let row = params![
             id,
@@ -123,7 +130,7 @@ impl<'t> RowWriter<'t> {
                 "a cached result row is missing from the database; cache cleared".into(),
             ));
         }
-        done.rows.push((key, (revision, summary)));
+        done.rows.push((key, (revision, summary, self.change)));
         Ok(())
     }
 }

@@ -15,8 +15,11 @@
 //! - `series(id, key)` — series keys as canonical JSON, unique;
 //! - `results(width, span, series, start, revision, summary, changed)` —
 //!   one row per (series, width, window) with the merged summary as
-//!   postcard bytes and the change number of its last write (indexed for
-//!   the change feed). Clustered by time first (version 9, see [`span`]);
+//!   postcard bytes and the change number of its last write. Clustered by
+//!   time first (version 9, see [`span`]);
+//! - `feed(width, first, last, keys, live)`, `feed_keys(width, first,
+//!   list)` — the change feed's log: the rows each transaction wrote at
+//!   each width (version 10, [`super::feed_log`]);
 //! - `watermarks(agent, watermark, seen_ms)` — the highest watermark each
 //!   agent sent and when it was last seen;
 //! - `series_agents(series, agent)` — which agents reported each series;
@@ -57,6 +60,12 @@
 //! row is copied in the migration's transaction: the log says how large
 //! the file is before and how long it took after.
 //!
+//! Version 10 (issue #16, write rate): the change feed reads a log of the
+//! rows each transaction wrote (`feed`, `feed_keys`: [`super::feed_log`])
+//! instead of the index `results_changed (width, changed)`, which cost a
+//! second B-tree write per row. The migration builds the log from the
+//! rows stored, in change order, then drops the index.
+//!
 //! # Design: the time-first layout
 //! A result row's place in the table's B-tree is its width, then its
 //! *span* ([`SPAN_WINDOWS`] consecutive windows of its width, [`span`]),
@@ -77,13 +86,13 @@ use rusqlite::Connection;
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// The first version whose sketches index the real reading.
 const REAL_VALUE_SKETCHES: i64 = 4;
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 9] = [V1, V2, V3, V4, V5, V6, V7, V8, V9];
+const MIGRATIONS: [&str; 10] = [V1, V2, V3, V4, V5, V6, V7, V8, V9, V10];
 
 const V1: &str = "
 CREATE TABLE IF NOT EXISTS applied (agent TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (agent, seq)) WITHOUT ROWID;
@@ -166,9 +175,25 @@ ALTER TABLE results_by_span RENAME TO results;
 CREATE INDEX results_changed ON results (width, changed);
 ";
 
-/// The versions whose migration copies every row of `results` (the file's
-/// size before, the time after, in the log).
-const COPIES_RESULTS: [usize; 1] = [9];
+/// The change feed's log (see [`super::feed_log`]); filled from the rows
+/// stored by [`super::feed_log::rebuild`] before the `(width, changed)`
+/// index it replaces is dropped ([`REBUILDS_FEED`]).
+const V10: &str = "
+DROP TABLE IF EXISTS feed;
+DROP TABLE IF EXISTS feed_keys;
+CREATE TABLE feed (width INTEGER NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL,
+    keys INTEGER NOT NULL, live INTEGER NOT NULL, PRIMARY KEY (width, first)) WITHOUT ROWID;
+CREATE TABLE feed_keys (width INTEGER NOT NULL, first INTEGER NOT NULL, list BLOB NOT NULL,
+    PRIMARY KEY (width, first)) WITHOUT ROWID;
+";
+
+/// The version whose migration fills the feed's log from `results` and
+/// drops the index it replaces.
+const REBUILDS_FEED: usize = 10;
+
+/// The versions whose migration passes over every row of `results` (the
+/// file's size before, the time after, in the log).
+const COPIES_RESULTS: [usize; 2] = [9, REBUILDS_FEED];
 
 /// Windows per span: the unit of the time-first layout.
 pub(super) const SPAN_WINDOWS: i64 = 16;
@@ -229,20 +254,27 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
                 from,
                 to,
                 bytes,
-                "SQLite schema migration: copying every result row in one transaction (minutes on a large database)"
+                "SQLite schema migration: passing over every result row in one transaction (minutes on a large database)"
             );
             Some((bytes, Instant::now()))
         } else {
             None
         };
-        conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {to}; COMMIT;"))?;
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        if to == REBUILDS_FEED {
+            super::feed_log::rebuild(&tx)?;
+            tx.execute_batch("DROP INDEX results_changed;")?;
+        }
+        tx.pragma_update(None, "user_version", to as i64)?;
+        tx.commit()?;
         if let Some((bytes, started)) = copy {
             tracing::info!(
                 from,
                 to,
                 bytes,
                 took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                "SQLite schema migrated: result rows copied"
+                "SQLite schema migrated: every result row passed over"
             );
         }
     }

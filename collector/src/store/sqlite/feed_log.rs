@@ -192,8 +192,7 @@ pub(super) fn read(
     after: u64,
     limit: usize,
 ) -> Result<Vec<Changed>, StoreError> {
-    let (after, limit) = feed_bounds(after, limit);
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let (after, _) = feed_bounds(after, limit);
     let w = width.ms();
     let snapshot = conn.unchecked_transaction()?;
     // The entry holding `after` (if any) and every later one.

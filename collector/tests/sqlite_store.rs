@@ -291,6 +291,19 @@ async fn feed_matches_the_table(store: &SqliteStore, path: &std::path::Path) {
             .map(|c| c.change)
             .collect();
         assert_eq!(fed, table, "width {width}");
+        // Read as a sink reads: pages of 7 from the last change seen, so
+        // most pages start and end inside an entry.
+        let mut paged = Vec::new();
+        loop {
+            let after = paged.last().copied().unwrap_or(0);
+            let page = store.changed_since(w, after, 7).await.unwrap();
+            assert!(page.len() <= 7);
+            paged.extend(page.iter().map(|c| c.change));
+            if page.len() < 7 {
+                break;
+            }
+        }
+        assert_eq!(paged, table, "width {width}, in pages");
     }
 }
 
@@ -334,6 +347,40 @@ async fn the_change_feed_log_keeps_one_live_key_per_row() {
     assert_eq!(
         sql_int(&path, "SELECT sum(live) FROM feed"),
         sql_int(&path, "SELECT count(*) FROM results")
+    );
+    feed_matches_the_table(&store, &path).await;
+}
+
+/// A transaction writing more rows at one width than an entry lists gets
+/// several entries, none longer than the bound, and the feed reads across
+/// them in order, whole or in pages: 50 series × 120 minutes in one
+/// group are 6,000 one-minute rows.
+#[tokio::test]
+async fn a_large_transaction_is_logged_in_bounded_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let store = open(&dir, "a.db");
+    let partials: Vec<Partial> = (0..50)
+        .flat_map(|d| {
+            (0..120).map(move |m| {
+                let start = T0 + m * MIN;
+                partial_of(&format!("dev-{d:02}"), MIN, start, &[(start, 20_000 + d)])
+            })
+        })
+        .collect();
+    store
+        .apply(&[Batch::new("agent-0", 0, T0 + 120 * MIN, partials)])
+        .await
+        .unwrap();
+    assert_eq!(
+        sql_int(&path, "SELECT count(*) FROM results WHERE width = 60000"),
+        6_000
+    );
+    assert!(sql_int(&path, "SELECT count(*) FROM feed WHERE width = 60000") >= 2);
+    assert!(sql_int(&path, "SELECT max(keys) FROM feed") <= 4_096);
+    assert_eq!(
+        sql_int(&path, "SELECT sum(keys) FROM feed WHERE width = 60000"),
+        6_000
     );
     feed_matches_the_table(&store, &path).await;
 }

@@ -1,5 +1,5 @@
 //! The SQLite change feed's log: which result rows each transaction wrote,
-//! one entry per (transaction, width), instead of an index entry per row.
+//! in entries per (transaction, width), instead of an index entry per row.
 //!
 //! # Design
 //! A sink reads the rows at a width whose change number is above its
@@ -10,7 +10,8 @@
 //! quarter of the write time. From version 10 the writer records, per
 //! width, the keys of the rows it wrote in one transaction as one entry:
 //! `feed (width, first, last, keys, live)` — the range of change numbers
-//! the transaction took at that width, how many keys the entry lists and
+//! the transaction took at that width (several entries when it wrote more
+//! than [`ENTRY_KEYS`] rows there), how many keys the entry lists and
 //! how many of them still name their row's latest change — and
 //! `feed_keys (width, first, list)`, the keys as varint deltas
 //! ([`encode`]). Change numbers of one width never overlap between
@@ -43,8 +44,11 @@ const COMPACT_AT: i64 = 4;
 /// look-ups of a rewrite would cost more than the bytes it saves.
 const COMPACT_MIN: i64 = 32;
 
-/// Keys a rebuilt entry lists at most ([`rebuild`]).
-const REBUILT_KEYS: usize = 10_000;
+/// Keys an entry lists at most: a transaction writing more rows at one
+/// width gets several entries. It bounds what a feed read decodes to
+/// answer one page, and what a compaction looks up in the writer's
+/// transaction.
+const ENTRY_KEYS: usize = 4_096;
 
 /// A result row as the log names it: its change number, series id and
 /// window start (its width is the entry's).
@@ -78,7 +82,9 @@ impl Log {
         self.written.sort_unstable();
         for run in self.written.chunk_by(|a, b| a.0 == b.0) {
             let width = run[0].0;
-            add_entry(tx, width, run.iter().map(|(_, k)| *k))?;
+            for part in run.chunks(ENTRY_KEYS) {
+                add_entry(tx, width, part.iter().map(|(_, k)| *k))?;
+            }
         }
         Ok(())
     }
@@ -245,7 +251,7 @@ pub(super) fn read(
 
 /// Builds the log from the rows stored, in change order (the schema
 /// migration to version 10, before the `(width, changed)` index goes):
-/// entries of at most [`REBUILT_KEYS`] keys, a run of equal change numbers
+/// entries of at most [`ENTRY_KEYS`] keys, a run of equal change numbers
 /// (rows written before change numbers existed carry 0) never split.
 pub(super) fn rebuild(conn: &Connection) -> Result<(), StoreError> {
     let mut stmt = conn.prepare(
@@ -258,7 +264,7 @@ pub(super) fn rebuild(conn: &Connection) -> Result<(), StoreError> {
     while let Some(r) = rows.next()? {
         let w: i64 = r.get(0)?;
         let key: Key = (r.get(1)?, r.get(2)?, r.get(3)?);
-        let full = keys.len() >= REBUILT_KEYS && keys.last().is_some_and(|k| k.0 != key.0);
+        let full = keys.len() >= ENTRY_KEYS && keys.last().is_some_and(|k| k.0 != key.0);
         if width != Some(w) || full {
             if let Some(w) = width {
                 add_entry(conn, w, keys.drain(..))?;

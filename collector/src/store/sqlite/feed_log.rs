@@ -113,7 +113,7 @@ fn add_entry(
 /// Takes each (width, change) of `gone` — a row that carried that change
 /// and no longer does — off the live count of its entry; deletes entries
 /// left with none and compacts those left sparse. A change no entry holds
-/// (a row older than the log) is passed over.
+/// is passed over (none should be: migration 10 logged every stored row).
 pub(super) fn supersede(tx: &Connection, mut gone: Vec<(i64, i64)>) -> Result<(), StoreError> {
     if gone.is_empty() {
         return Ok(());

@@ -1,6 +1,6 @@
 //! The SQLite schema and its migrations.
 //!
-//! # Schema (version 9, in `PRAGMA user_version`; migrations run at open)
+//! # Schema (version 10, in `PRAGMA user_version`; migrations run at open)
 //! - `incarnations(agent, incarnation, applied_below, batches,
 //!   dropped_readings, first_seen_ms, last_seen_ms)` — one row per agent
 //!   incarnation (16 hex digits): its de-duplication mark (every batch
@@ -16,7 +16,9 @@
 //! - `results(width, span, series, start, revision, summary, changed)` —
 //!   one row per (series, width, window) with the merged summary as
 //!   postcard bytes and the change number of its last write. Clustered by
-//!   time first (version 9, see [`span`]);
+//!   time first (version 9, see [`span`]). `series` is declared a foreign
+//!   key of `series(id)`, which the writer does not have checked (its ids
+//!   come from `series` itself: `super::apply`);
 //! - `feed(width, first, last, keys, live)`, `feed_keys(width, first,
 //!   list)` — the change feed's log: the rows each transaction wrote at
 //!   each width (version 10, [`super::feed_log`]);

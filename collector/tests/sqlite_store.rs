@@ -970,3 +970,74 @@ async fn partials_of_every_width_and_their_roll_ups_add_up_across_groups() {
         assert_judged(&store, &want, width).await;
     }
 }
+
+/// Rows the store does not hold in memory are inserted sixteen to a
+/// statement, and a stored row among them is folded into instead: groups
+/// large enough for that path (over 512 one-minute rows) where each run of
+/// sixteen mixes stored and new rows, then cached and uncached ones, then
+/// (after a reopen) only stored ones, end with every window and roll-up
+/// equal to the oracle on the raw readings, and the feed giving each row
+/// at its last change.
+#[tokio::test]
+async fn rows_inserted_many_at_a_time_fold_into_the_stored_ones_among_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let mut raw: BTreeMap<(String, i64), Vec<(i64, i64)>> = BTreeMap::new();
+    // Agent `agent`'s partials of 40 devices over the minutes `minutes`
+    // (32 minutes: two spans of the table's clustering).
+    let mut group = |agent: u64, minutes: &dyn Fn(i64) -> bool| {
+        let mut partials = Vec::new();
+        for d in 0..40 {
+            let device = format!("dev-{d:02}");
+            for m in (0..32).filter(|&m| minutes(m)) {
+                let start = T0 + m * MIN;
+                let readings: Vec<(i64, i64)> = (0..2)
+                    .map(|j| {
+                        let v = 20_000 + (agent as i64) * 1_000 + d * 31 + m * 7 + j;
+                        (start + j * 1_000 + agent as i64, v)
+                    })
+                    .collect();
+                raw.entry((device.clone(), start))
+                    .or_default()
+                    .extend(&readings);
+                partials.push(partial_of(&device, MIN, start, &readings));
+            }
+        }
+        Batch::new(format!("agent-{agent}"), 0, T0, partials)
+    };
+    let even = group(0, &|m| m % 2 == 0);
+    let all = [
+        group(1, &|_| true),
+        group(2, &|_| true),
+        group(3, &|_| true),
+    ];
+    {
+        let store = open(&dir, "a.db");
+        store.apply(&[even]).await.unwrap();
+        // Half of every run stored, half new.
+        store.apply(&[all[0].clone()]).await.unwrap();
+        // Now the even minutes are in memory and the odd ones are not.
+        store.apply(&[all[1].clone()]).await.unwrap();
+    }
+    // A cold memory: every row is stored and none is held.
+    let store = open(&dir, "a.db");
+    store.apply(&[all[2].clone()]).await.unwrap();
+    assert_eq!(
+        sql_int(&path, "SELECT count(*) FROM results WHERE width = 60000"),
+        40 * 32
+    );
+    for width in [MIN, HOUR, 24 * HOUR] {
+        let mut want = Truth::new();
+        for ((device, start), readings) in &raw {
+            want.entry((device.clone(), start.div_euclid(width) * width))
+                .or_default()
+                .extend(readings);
+        }
+        assert_judged(&store, &want, width).await;
+    }
+    feed_matches_the_table(&store, &path).await;
+    assert_eq!(
+        sql_int(&path, "SELECT sum(live) FROM feed"),
+        sql_int(&path, "SELECT count(*) FROM results")
+    );
+}

@@ -230,9 +230,7 @@ impl Writer {
             let at = (delta.key, delta.window, delta.series);
             rows.write(at, &delta.summary, None, &mut done)?;
         }
-        let change = rows.change;
-        let log = std::mem::take(&mut rows.log);
-        drop(rows);
+        let (change, log) = rows.finish(&mut done)?;
         log.commit(&tx)?;
         tx.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'change'",

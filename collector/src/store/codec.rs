@@ -37,6 +37,48 @@ pub(crate) fn encode_summary(summary: &Summary) -> Result<Vec<u8>, StoreError> {
     postcard::to_allocvec(summary).map_err(|e| corrupt("summary", e))
 }
 
+/// Summaries encoded back to back in one buffer (as [`encode_summary`]
+/// encodes each): a thread encoding thousands for another to write makes
+/// two allocations, not one per summary freed by the other thread.
+#[derive(Debug, Default)]
+pub(crate) struct EncodedSummaries {
+    bytes: Vec<u8>,
+    /// Where each summary's bytes end.
+    ends: Vec<usize>,
+}
+
+impl EncodedSummaries {
+    /// Room for `n` summaries of a few dozen bytes.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        EncodedSummaries {
+            bytes: Vec::with_capacity(n * 64),
+            ends: Vec::with_capacity(n),
+        }
+    }
+
+    /// Encodes `summary` after the others.
+    pub(crate) fn push(&mut self, summary: &Summary) -> Result<(), StoreError> {
+        let bytes = std::mem::take(&mut self.bytes);
+        self.bytes = postcard::to_extend(summary, bytes).map_err(|e| corrupt("summary", e))?;
+        self.ends.push(self.bytes.len());
+        Ok(())
+    }
+
+    /// How many summaries it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The bytes of the `i`th summary.
+    pub(crate) fn get(&self, i: usize) -> Option<&[u8]> {
+        let start = match i {
+            0 => 0,
+            _ => *self.ends.get(i - 1)?,
+        };
+        self.bytes.get(start..*self.ends.get(i)?)
+    }
+}
+
 /// A stored summary (postcard bytes) read back.
 pub(crate) fn decode_summary(bytes: &[u8]) -> Result<Summary, StoreError> {
     postcard::from_bytes(bytes).map_err(|e| corrupt("summary", e))
@@ -146,4 +188,41 @@ pub(crate) fn refused_row(
     };
     rows.entry(key).or_default().insert(reason, r);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tributary_core::Quantum;
+
+    use super::*;
+
+    /// Back to back, each summary reads back as encoded on its own — sizes
+    /// from an empty summary to one of a few hundred sketch buckets.
+    #[test]
+    fn summaries_encoded_back_to_back_read_back_one_by_one() {
+        let summaries: Vec<Summary> = [0_i64, 1, 7, 300]
+            .iter()
+            .map(|&n| {
+                let mut s = Summary::new(Quantum::new(-2).unwrap());
+                for i in 0..n {
+                    s.insert(1_000 + i, 1.5_f64.powi(i as i32 % 40) as i64 - i)
+                        .unwrap();
+                }
+                s
+            })
+            .collect();
+        let mut all = EncodedSummaries::with_capacity(1);
+        for s in &summaries {
+            all.push(s).unwrap();
+        }
+        assert_eq!(all.len(), summaries.len());
+        for (i, s) in summaries.iter().enumerate() {
+            let bytes = all.get(i).unwrap();
+            assert_eq!(bytes, encode_summary(s).unwrap().as_slice());
+            assert_eq!(&decode_summary(bytes).unwrap(), s);
+        }
+        assert_eq!(all.get(summaries.len()), None);
+    }
 }

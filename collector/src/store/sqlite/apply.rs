@@ -30,7 +30,7 @@ use super::rows::RowWriter;
 use super::schema::span;
 use super::senders;
 use crate::merge;
-use crate::store::codec::{encode_summary, key_text};
+use crate::store::codec::{key_text, EncodedSummaries};
 use crate::store::{Applied, NewIncarnation, Refusals, Report, StoreError};
 
 /// Encoded deltas the encoding thread hands the writer at a time.
@@ -191,32 +191,41 @@ impl Writer {
             std::thread::scope(|s| -> Result<_, StoreError> {
                 let rolling = s.spawn(|| gathered.roll_ups(&self.rollups));
                 // Chunks, not rows, through the channel: a wake-up per row
-                // cost the writer a sixth of its time.
-                let (sent, received) = std::sync::mpsc::sync_channel::<Vec<_>>(CHUNKS_AHEAD);
+                // cost the writer a sixth of its time; and a chunk's
+                // summaries in one buffer, not one allocation each (freeing
+                // those on this thread contended for the allocator's lock).
+                let (sent, received) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
                 let (fine, encode) = (&fine, &encode);
                 s.spawn(move || {
-                    let mut chunk = Vec::with_capacity(CHUNK);
+                    let mut chunk = EncodedSummaries::with_capacity(CHUNK);
                     for (r, _) in fine.iter().zip(encode).filter(|(_, &e)| e) {
-                        chunk.push(encode_summary(r.summary));
-                        // The writer stopped (it failed): so does this.
-                        if chunk.len() == CHUNK && sent.send(std::mem::take(&mut chunk)).is_err() {
+                        if let Err(e) = chunk.push(r.summary) {
+                            let _ = sent.send(Err(e));
                             return;
                         }
+                        let full = chunk.len() == CHUNK;
+                        if full {
+                            let next = EncodedSummaries::with_capacity(CHUNK);
+                            // The writer stopped (it failed): so does this.
+                            if sent.send(Ok(std::mem::replace(&mut chunk, next))).is_err() {
+                                return;
+                            }
+                        }
                     }
-                    let _ = sent.send(chunk);
+                    let _ = sent.send(Ok(chunk));
                 });
-                let mut ready = Vec::new().into_iter();
+                let stopped = || StoreError::Backend("the encoding thread stopped early".into());
+                let (mut ready, mut next) = (EncodedSummaries::default(), 0);
                 for (r, &encoded) in fine.iter().zip(encode) {
                     let bytes = match encoded {
-                        true => Some(match ready.next() {
-                            Some(b) => b?,
-                            None => {
-                                ready = received.recv().unwrap_or_default().into_iter();
-                                ready.next().ok_or_else(|| {
-                                    StoreError::Backend("the encoding thread stopped early".into())
-                                })??
+                        true => {
+                            if next == ready.len() {
+                                ready = received.recv().map_err(|_| stopped())??;
+                                next = 0;
                             }
-                        }),
+                            next += 1;
+                            Some(ready.get(next - 1).ok_or_else(stopped)?)
+                        }
                         false => None,
                     };
                     rows.write((r.key, r.window, r.series), r.summary, bytes, &mut done)?;

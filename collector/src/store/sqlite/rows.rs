@@ -7,6 +7,8 @@
 //! deltas come encoded (most rows at an agent's width) are inserted
 //! [`INSERT_ROWS`] to a statement.
 
+use std::ops::Range;
+
 use rusqlite::{params, CachedStatement, Transaction};
 use tributary_core::{SeriesKey, Summary, Window};
 
@@ -50,8 +52,10 @@ pub(super) struct RowWriter<'t, 'd> {
     change: i64,
     /// The rows written and the changes they replaced, for the feed.
     log: Log,
-    /// New rows (with their deltas' bytes) waiting for a multi-row insert.
-    pending: Vec<(NewRow<'d>, Vec<u8>)>,
+    /// New rows waiting for a multi-row insert, with where their deltas'
+    /// bytes are in `pending_bytes`.
+    pending: Vec<(NewRow<'d>, Range<usize>)>,
+    pending_bytes: Vec<u8>,
 }
 
 impl<'t, 'd> RowWriter<'t, 'd> {
@@ -91,6 +95,7 @@ impl<'t, 'd> RowWriter<'t, 'd> {
             change,
             log: Log::default(),
             pending: Vec::with_capacity(INSERT_ROWS),
+            pending_bytes: Vec::with_capacity(INSERT_ROWS * 64),
         })
     }
 
@@ -108,7 +113,7 @@ impl<'t, 'd> RowWriter<'t, 'd> {
         &mut self,
         (key, window, series): (RowKey, Window, &'d SeriesKey),
         delta: &Summary,
-        bytes: Option<Vec<u8>>,
+        bytes: Option<&[u8]>,
         done: &mut Committed,
     ) -> Result<(), StoreError> {
         self.change += 1;
@@ -122,7 +127,9 @@ impl<'t, 'd> RowWriter<'t, 'd> {
         };
         if let Some(bytes) = bytes {
             debug_assert!(!self.cache.holds(&key), "bytes for a cached row");
-            self.pending.push((new, bytes));
+            let at = self.pending_bytes.len();
+            self.pending_bytes.extend_from_slice(bytes);
+            self.pending.push((new, at..self.pending_bytes.len()));
             if self.pending.len() == INSERT_ROWS {
                 self.flush(done)?;
             }
@@ -157,22 +164,24 @@ impl<'t, 'd> RowWriter<'t, 'd> {
     /// kept out), fewer one by one.
     fn flush(&mut self, done: &mut Committed) -> Result<(), StoreError> {
         let mut pending = std::mem::take(&mut self.pending);
+        let buffer = std::mem::take(&mut self.pending_bytes);
+        let bytes_of = |at: &Range<usize>| &buffer[at.clone()];
         if pending.len() == INSERT_ROWS {
-            for (i, (row, bytes)) in pending.iter().enumerate() {
+            for (i, (row, at)) in pending.iter().enumerate() {
                 let (id, width, start) = row.key;
-                let at = i * COLUMNS;
+                let n = i * COLUMNS;
                 let s = &mut self.insert_many;
-                s.raw_bind_parameter(at + 1, id)?;
-                s.raw_bind_parameter(at + 2, width)?;
-                s.raw_bind_parameter(at + 3, start)?;
-                s.raw_bind_parameter(at + 4, merge::FIRST_REVISION)?;
-                s.raw_bind_parameter(at + 5, bytes.as_slice())?;
-                s.raw_bind_parameter(at + 6, row.change)?;
-                s.raw_bind_parameter(at + 7, span(width, start))?;
+                s.raw_bind_parameter(n + 1, id)?;
+                s.raw_bind_parameter(n + 2, width)?;
+                s.raw_bind_parameter(n + 3, start)?;
+                s.raw_bind_parameter(n + 4, merge::FIRST_REVISION)?;
+                s.raw_bind_parameter(n + 5, bytes_of(at))?;
+                s.raw_bind_parameter(n + 6, row.change)?;
+                s.raw_bind_parameter(n + 7, span(width, start))?;
             }
             let all = self.insert_many.raw_execute()? == INSERT_ROWS;
-            for (row, bytes) in pending.drain(..) {
-                let delta = || decode_summary(&bytes);
+            for (row, at) in pending.drain(..) {
+                let delta = || decode_summary(bytes_of(&at));
                 if all {
                     self.inserted(&row, delta, done)?;
                     continue;
@@ -187,9 +196,9 @@ impl<'t, 'd> RowWriter<'t, 'd> {
                 }
             }
         } else {
-            for (row, bytes) in pending.drain(..) {
-                let delta = || decode_summary(&bytes);
-                if self.insert_one(&row, &bytes)? {
+            for (row, at) in pending.drain(..) {
+                let delta = || decode_summary(bytes_of(&at));
+                if self.insert_one(&row, bytes_of(&at))? {
                     self.inserted(&row, delta, done)?;
                 } else {
                     self.fold_stored(&row, &delta()?, done)?;
@@ -197,6 +206,8 @@ impl<'t, 'd> RowWriter<'t, 'd> {
             }
         }
         self.pending = pending;
+        self.pending_bytes = buffer;
+        self.pending_bytes.clear();
         Ok(())
     }
 

@@ -261,6 +261,19 @@ async fn a_database_of_tick_indexed_sketches_is_refused_unless_empty() {
     assert!(err.to_string().contains("tick counts"), "{err}");
 }
 
+/// Applies `batches` four at a time, in turn by `a` and by `b` (two stores
+/// on one file, each one's memory made stale by the other's commits).
+async fn apply_in_turn(a: &SqliteStore, b: &SqliteStore, batches: &[Batch]) {
+    for (i, chunk) in batches.chunks(4).enumerate() {
+        if i % 2 == 0 {
+            a.apply(chunk).await
+        } else {
+            b.apply(chunk).await
+        }
+        .unwrap();
+    }
+}
+
 /// Reads one integer from the database file at `path`.
 fn sql_int(path: &std::path::Path, sql: &str) -> i64 {
     let c = rusqlite::Connection::open(path).unwrap();
@@ -447,13 +460,8 @@ async fn two_writers_on_one_file_stay_exact() {
     let a = open(&dir, "shared.db");
     let b = open(&dir, "shared.db");
     let single = open(&dir, "single.db");
-    for (i, chunk) in batches.chunks(4).enumerate() {
-        if i % 2 == 0 {
-            a.apply(chunk).await
-        } else {
-            b.apply(chunk).await
-        }
-        .unwrap();
+    apply_in_turn(&a, &b, &batches).await;
+    for chunk in batches.chunks(4) {
         single.apply(chunk).await.unwrap();
     }
     for width in [MIN, HOUR, 24 * HOUR] {
@@ -545,14 +553,7 @@ async fn every_result_row_names_a_stored_series() {
     bad.partials.push(clash);
     assert!(a.apply(&[bad]).await.is_err());
     assert_eq!(sql_int(&path, "SELECT count(*) FROM series"), 0);
-    for (i, chunk) in batches.chunks(4).enumerate() {
-        if i % 2 == 0 {
-            a.apply(chunk).await
-        } else {
-            b.apply(chunk).await
-        }
-        .unwrap();
-    }
+    apply_in_turn(&a, &b, &batches).await;
     assert!(sql_int(&path, "SELECT count(*) FROM results") > 0);
     assert_eq!(
         sql_int(

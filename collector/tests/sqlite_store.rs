@@ -534,7 +534,7 @@ async fn a_failed_transaction_leaves_no_stale_merge_behind() {
 }
 
 /// The writer does not have SQLite check `results.series` against
-/// `series` (that look-up per row cost an eighth of its time): every id it
+/// `series` (a look-up per row, about 13 % of its rate): every id it
 /// writes must still name a stored series — also after a group that
 /// created series failed and rolled back, and with another store writing
 /// the file in turn (which clears each one's memory of ids).

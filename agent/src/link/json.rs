@@ -129,6 +129,29 @@ pub fn parse(payload: &[u8]) -> Result<JsonMessage, (Reject, String)> {
 mod tests {
     use super::*;
 
+    /// A reading's value is the double nearest its decimal text, as Rust's
+    /// own (correctly rounding) parser reads it — also for mantissas longer
+    /// than a double holds, halfway cases and the smallest normal number.
+    #[test]
+    fn values_parse_to_the_nearest_double() {
+        let long = format!("99999999999966{}9921.5", "6".repeat(246));
+        let texts = [
+            "21.5",
+            "0.1",
+            "9007199254740993",
+            "2.2250738585072011e-308",
+            "1.00000000000000011102230246251565404236316680908203125",
+            "123456789012345678901234567890.123456789",
+            long.as_str(),
+        ];
+        for text in texts {
+            let payload = format!(r#"{{"v":1,"metric":"t","time":5,"value":{text}}}"#);
+            let m = parse(payload.as_bytes()).unwrap();
+            let want: f64 = text.parse().unwrap();
+            assert_eq!(m.readings[0].value.to_bits(), want.to_bits(), "{text}");
+        }
+    }
+
     #[test]
     fn parses_single_and_batch() {
         let m = parse(br#"{"v":1,"metric":"t","time":5,"value":21.5,"tags":{"a":"b"}}"#).unwrap();

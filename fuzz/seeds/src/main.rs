@@ -82,6 +82,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "batch",
         br#"{"v":1,"boot":7,"seq":42,"readings":[{"metric":"t","time":1700000000000,"value":-1e-3},{"metric":"h","time":1700000000001,"value":55}]}"#,
     )?;
+    // Found by this fuzzer (2026-12-03): a mantissa of ~300 digits, which
+    // serde_json's default float parser read a few units in the last place
+    // off; the agent now parses to the nearest double.
+    let long = format!(
+        r#"{{"v":1,"metric":"re","time":17000000000010,"value":99999999999966{}9921.5,"tags":{{"room":"lab"}}}}"#,
+        "6".repeat(246)
+    );
+    write("readings_json", "long_mantissa", long.as_bytes())?;
     for (target, file) in [
         ("agent_config", "agent.toml"),
         ("collector_config", "collector.toml"),

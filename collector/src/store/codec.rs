@@ -198,8 +198,8 @@ mod tests {
 
     use super::*;
 
-    /// Back to back, each summary reads back as encoded on its own — sizes
-    /// from an empty summary to one of a few hundred sketch buckets.
+    /// Back to back, each summary reads back as encoded on its own — from
+    /// an empty summary to one of 300 readings.
     #[test]
     fn summaries_encoded_back_to_back_read_back_one_by_one() {
         let summaries: Vec<Summary> = [0_i64, 1, 7, 300]

@@ -203,8 +203,7 @@ impl Writer {
                             let _ = sent.send(Err(e));
                             return;
                         }
-                        let full = chunk.len() == CHUNK;
-                        if full {
+                        if chunk.len() == CHUNK {
                             let next = EncodedSummaries::with_capacity(CHUNK);
                             // The writer stopped (it failed): so does this.
                             if sent.send(Ok(std::mem::replace(&mut chunk, next))).is_err() {

@@ -67,18 +67,12 @@ impl<'t, 'd> RowWriter<'t, 'd> {
         change: i64,
     ) -> Result<Self, StoreError> {
         const INSERT: &str = "INSERT OR IGNORE INTO results (series, width, start, revision, summary, changed, span) VALUES ";
+        // The `i`th row's parameters: `(?n+1, …, ?n+7)`.
         let row = |i: usize| {
-            let n = i * COLUMNS;
-            format!(
-                "(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5,
-                n + 6,
-                n + 7
-            )
+            let params: Vec<String> = (1..=COLUMNS)
+                .map(|c| format!("?{}", i * COLUMNS + c))
+                .collect();
+            format!("({})", params.join(", "))
         };
         let many: Vec<String> = (0..INSERT_ROWS).map(row).collect();
         Ok(RowWriter {
@@ -186,13 +180,11 @@ impl<'t, 'd> RowWriter<'t, 'd> {
                     self.inserted(&row, delta, done)?;
                     continue;
                 }
-                let (revision, stored, changed) = self.stored(&row)?;
-                if changed == row.change {
+                let stored = self.stored(&row)?;
+                if stored.2 == row.change {
                     self.inserted(&row, delta, done)?;
                 } else {
-                    self.log.superseded(row.key.1, changed);
-                    let stored = (revision, decode_summary(&stored)?);
-                    self.fold(&row, stored, &delta()?, done)?;
+                    self.fold_read(&row, stored, &delta()?, done)?;
                 }
             }
         } else {
@@ -262,7 +254,19 @@ impl<'t, 'd> RowWriter<'t, 'd> {
         delta: &Summary,
         done: &mut Committed,
     ) -> Result<(), StoreError> {
-        let (revision, bytes, changed) = self.stored(row)?;
+        let stored = self.stored(row)?;
+        self.fold_read(row, stored, delta, done)
+    }
+
+    /// Folds `delta` into `row`'s stored (revision, summary bytes, change),
+    /// as read back, taking that change off the feed's log.
+    fn fold_read(
+        &mut self,
+        row: &NewRow<'_>,
+        (revision, bytes, changed): (u32, Vec<u8>, i64),
+        delta: &Summary,
+        done: &mut Committed,
+    ) -> Result<(), StoreError> {
         self.log.superseded(row.key.1, changed);
         self.fold(row, (revision, decode_summary(&bytes)?), delta, done)
     }
